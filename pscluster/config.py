@@ -1,0 +1,54 @@
+"""One settings object for every process, read from ``PSC_*`` environment variables.
+
+The same names work in local mode, in docker compose and in Kubernetes, so a deployment is
+configured by environment alone. Command-line flags override individual fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PSC_", extra="ignore")
+
+    # Where clients and workers find the coordinator.
+    coordinator: str = "localhost:50051"
+    # Interface servers bind to; compose and Kubernetes set 0.0.0.0.
+    host: str = "127.0.0.1"
+    coordinator_port: int = 50051
+    shard_port: int = 50061
+    # Address under which a shard is reached by others; defaults to host:port.
+    advertise: str = ""
+    # Shard addresses, comma-separated, as the coordinator reaches them.
+    shards: str = ""
+    # Coordinator state: the SQLite database and the job blobs (datasets, models).
+    state_dir: Path = Path(".pscluster")
+    db_path: Path | None = None
+
+    heartbeat_seconds: float = Field(1.0, gt=0)
+    # A worker that sends no heartbeat for this long is dead and its leases go back to the pool.
+    worker_timeout_seconds: float = Field(5.0, gt=0)
+    # A job that makes no progress for this long says why in its status.
+    stall_seconds: float = Field(20.0, gt=0)
+    default_partitions: int = Field(12, ge=1)
+
+    chunk_bytes: int = Field(1 << 20, ge=1024)
+    # Every message is a chunk or a small control message, so this bounds memory per message.
+    max_message_bytes: int = Field(8 << 20, ge=1 << 16)
+    # Longest a pull waits on the server for a barrier or a staleness bound before it answers
+    # DEADLINE_EXCEEDED and the worker re-checks its lease.
+    pull_wait_seconds: float = Field(10.0, gt=0)
+    rpc_timeout_seconds: float = Field(60.0, gt=0)
+    grpc_threads: int = Field(64, ge=4)
+    grace_seconds: float = Field(2.0, ge=0)
+    log_level: str = "INFO"
+
+    def shard_list(self) -> list[str]:
+        return [s.strip() for s in self.shards.split(",") if s.strip()]
+
+    def database(self) -> Path:
+        return self.db_path or self.state_dir / "coordinator.sqlite"

@@ -1,0 +1,1 @@
+"""Datasets as the cluster sees them: one safetensors blob, split into leased partitions."""

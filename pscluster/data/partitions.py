@@ -1,0 +1,31 @@
+"""Which samples a lease covers, and in which batches: deterministic from the job's seed.
+
+The training set is permuted once by the seed and cut into contiguous, balanced partitions;
+each (epoch, partition) shuffles its own samples with a seed derived from both. So any process
+(a worker, a test replaying single-process training) derives the same batches from the same
+numbers, and a re-leased partition is trained on exactly the batches it would have been.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pscluster.model.partition import BalancedRanges
+
+
+def partition_indices(n: int, partitions: int, partition: int, seed: int) -> np.ndarray:
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} out of range 0..{partitions - 1}")
+    order = np.random.default_rng([seed, 0]).permutation(n)
+    r = BalancedRanges().split(n, partitions)[partition]
+    return order[r.start : r.end]
+
+
+def batches(
+    n: int, partitions: int, partition: int, epoch: int, batch_size: int, seed: int
+) -> list[np.ndarray]:
+    """Index batches for one lease; the last batch may be smaller."""
+    idx = partition_indices(n, partitions, partition, seed)
+    rng = np.random.default_rng([seed, 1, epoch, partition])
+    idx = idx[rng.permutation(len(idx))]
+    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]

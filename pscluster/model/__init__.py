@@ -1,0 +1,1 @@
+"""Models as the cluster sees them: source code, a flat parameter layout, safetensors states."""

@@ -1,0 +1,97 @@
+"""The flat parameter vector: which state_dict entries it holds, in which order, at which offset.
+
+Shards see one float32 vector per job; only the layout knows it is a model. Trainable
+parameters are laid out in ``named_parameters()`` order; buffers (BatchNorm statistics, ...)
+are not trained and travel beside the vector in the job's initial state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pscluster.transport.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class ParamLayout:
+    def __init__(self, entries: Sequence[tuple[str, Sequence[int]]]) -> None:
+        slots: list[ParamSlot] = []
+        offset = 0
+        seen: set[str] = set()
+        for name, shape in entries:
+            if name in seen:
+                raise InvalidArgument(f"parameter {name!r} appears twice in the layout")
+            seen.add(name)
+            slot = ParamSlot(name, tuple(int(d) for d in shape), offset)
+            slots.append(slot)
+            offset += slot.numel
+        self.slots = tuple(slots)
+        self.size = offset
+
+    @classmethod
+    def of_module(cls, module: nn.Module) -> ParamLayout:
+        return cls([(n, tuple(p.shape)) for n, p in module.named_parameters()])
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.slots]
+
+    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate the layout's entries of ``tensors`` into one float32 vector."""
+        flat = torch.empty(self.size, dtype=torch.float32)
+        for slot in self.slots:
+            if slot.name not in tensors:
+                raise InvalidArgument(f"state has no entry {slot.name!r}")
+            t = tensors[slot.name]
+            if tuple(t.shape) != slot.shape:
+                raise InvalidArgument(
+                    f"{slot.name!r} has shape {tuple(t.shape)}, expected {slot.shape}"
+                )
+            flat[slot.offset : slot.offset + slot.numel] = t.detach().reshape(-1).to("cpu")
+        return flat
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        if flat.numel() != self.size:
+            raise InvalidArgument(f"vector has {flat.numel()} values, layout needs {self.size}")
+        return {
+            s.name: flat[s.offset : s.offset + s.numel].reshape(s.shape).clone()
+            for s in self.slots
+        }
+
+    def load_into(self, module: nn.Module, flat: torch.Tensor) -> None:
+        """Copy the vector into the module's parameters (on whatever device they live)."""
+        params = dict(module.named_parameters())
+        with torch.no_grad():
+            for slot in self.slots:
+                p = params[slot.name]
+                src = flat[slot.offset : slot.offset + slot.numel].view(slot.shape)
+                p.copy_(src, non_blocking=True)
+
+    def gradient(self, module: nn.Module, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The module's gradients as one flat float32 vector (zeros where a grad is None)."""
+        params = dict(module.named_parameters())
+        device = next(iter(params.values())).device if params else torch.device("cpu")
+        flat = out if out is not None else torch.empty(self.size, dtype=torch.float32, device=device)
+        for slot in self.slots:
+            g = params[slot.name].grad
+            dst = flat[slot.offset : slot.offset + slot.numel]
+            if g is None:
+                dst.zero_()
+            else:
+                dst.copy_(g.reshape(-1))
+        return flat

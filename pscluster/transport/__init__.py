@@ -1,0 +1,1 @@
+"""How every process talks gRPC: servers, channels, chunked streams, wire dtypes, errors."""

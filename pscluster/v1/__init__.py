@@ -1,0 +1,1 @@
+"""Generated from proto/pscluster/v1 by proto/generate.py."""
