@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     rpc_timeout_seconds: float = Field(60.0, gt=0)
     grpc_threads: int = Field(64, ge=4)
     grace_seconds: float = Field(2.0, ge=0)
+    # Workers: the torch device ("" picks cuda when available, else cpu) and intra-op threads
+    # (0 keeps torch's default; local clusters on few cores set 1 so processes do not contend).
+    device: str = ""
+    torch_threads: int = Field(0, ge=0)
+    # How often a worker sends its step losses to the coordinator.
+    progress_seconds: float = Field(0.5, gt=0)
     log_level: str = "INFO"
 
     def shard_list(self) -> list[str]:
