@@ -35,7 +35,7 @@ def encode(values: torch.Tensor, dtype: int = common_pb2.DTYPE_FLOAT32) -> memor
     """A contiguous 1-D float tensor as raw bytes of the wire dtype (no copy for float32)."""
     torch_dtype, _ = _DTYPES[dtype]
     flat = values.detach().reshape(-1).to(device="cpu", dtype=torch_dtype).contiguous()
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+    return flat.view(torch.uint8).numpy().data
 
 
 def decode(buffer: bytes | bytearray | memoryview, dtype: int, length: int) -> torch.Tensor:

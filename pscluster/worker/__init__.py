@@ -1,0 +1,1 @@
+"""Stateless workers: lease work from the coordinator, pull, compute gradients, push."""

@@ -1,0 +1,213 @@
+"""The worker process: register, heartbeat, and run whatever task the coordinator hands out.
+
+Workers hold no state the cluster depends on: a worker may join or die at any moment. Its
+heartbeats keep its lease alive; when they stop, the coordinator returns the lease to the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+
+import grpc
+import torch
+
+from pscluster.config import Settings
+from pscluster.transport.channel import open_channel
+from pscluster.v1 import coordinator_pb2
+from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+from pscluster.worker.progress import ProgressReporter
+from pscluster.worker.runtime import JobRuntime, pick_device
+from pscluster.worker.trainer import LeaseLost, Trainer
+
+log = logging.getLogger(__name__)
+
+
+class WorkerAgent:
+    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.channel = open_channel(settings.coordinator, settings)
+        self.stub = co_grpc.CoordinatorStub(self.channel)
+        self.worker_id = ""
+        self.heartbeat_seconds = settings.heartbeat_seconds
+        self._lease = ""  # the lease being worked on, "" when idle
+        self._revoked: set[str] = set()
+        self._lock = threading.Lock()
+        self._runtimes: dict[str, JobRuntime] = {}
+        self._failed_jobs: set[str] = set()
+
+    # --- membership ---
+    def register(self) -> None:
+        """Register, retrying with backoff until the coordinator answers or we are stopped."""
+        backoff = 0.2
+        while not self.stop.is_set():
+            try:
+                reply = self.stub.RegisterWorker(
+                    coordinator_pb2.RegisterWorkerRequest(
+                        host=socket.gethostname(),
+                        pid=os.getpid(),
+                        device=str(pick_device(self.settings.device)),
+                        worker_id=self.worker_id,
+                    ),
+                    timeout=10,
+                )
+                with self._lock:
+                    self.worker_id = reply.worker_id
+                    self._revoked.clear()
+                self.heartbeat_seconds = reply.heartbeat_seconds or self.settings.heartbeat_seconds
+                log.info("registered as %s with %s", self.worker_id, self.settings.coordinator)
+                return
+            except grpc.RpcError as e:
+                log.warning("coordinator %s: %s; retrying", self.settings.coordinator, e.details())  # type: ignore[attr-defined]
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _heartbeats(self) -> None:
+        while not self.stop.wait(self.heartbeat_seconds):
+            try:
+                reply = self.stub.Heartbeat(
+                    coordinator_pb2.HeartbeatRequest(worker_id=self.worker_id),
+                    timeout=max(self.heartbeat_seconds, 2.0),
+                )
+            except grpc.RpcError as e:
+                log.warning("heartbeat failed: %s", e.details())  # type: ignore[attr-defined]
+                continue
+            with self._lock:
+                if not reply.known:
+                    # The coordinator declared us dead (or restarted): whatever we hold is gone.
+                    self._revoked.add(self._lease)
+                self._revoked.update(reply.revoked_leases)
+            if not reply.known:
+                self.register()
+
+    def lease_alive(self) -> bool:
+        with self._lock:
+            return not self.stop.is_set() and self._lease not in self._revoked
+
+    # --- work ---
+    def run(self) -> None:
+        self.register()
+        beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            while not self.stop.is_set():
+                try:
+                    task = self.stub.AcquireTask(
+                        coordinator_pb2.AcquireTaskRequest(worker_id=self.worker_id), timeout=10
+                    )
+                except grpc.RpcError as e:
+                    if e.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                        self.register()
+                    else:
+                        log.warning("acquire failed: %s", e.details())  # type: ignore[attr-defined]
+                        self.stop.wait(1.0)
+                    continue
+                if task.kind in (coordinator_pb2.TASK_KIND_TRAIN, coordinator_pb2.TASK_KIND_EVAL):
+                    self._run_task(task)
+                else:
+                    self.stop.wait(task.wait_seconds or 0.2)
+        finally:
+            self.stop.set()
+            for rt in self._runtimes.values():
+                rt.close()
+            self.channel.close()
+
+    def _runtime(self, job_id: str) -> JobRuntime | None:
+        if job_id in self._runtimes:
+            return self._runtimes[job_id]
+        try:
+            rt = JobRuntime(self.stub, job_id, self.settings)
+        except grpc.RpcError as e:
+            log.warning("could not load job %s: %s", job_id, e.details())  # type: ignore[attr-defined]
+            return None
+        except Exception:
+            # The user's model or data do not load here: the job cannot run anywhere, so it
+            # fails with the traceback rather than hanging until someone looks.
+            error = traceback.format_exc()
+            log.error("job %s cannot run: %s", job_id, error)
+            self._failed_jobs.add(job_id)
+            self._report_failure(job_id, error)
+            return None
+        self._runtimes[job_id] = rt
+        return rt
+
+    def _report_failure(self, job_id: str, error: str) -> None:
+        try:
+            self.stub.ReportFailure(
+                coordinator_pb2.ReportFailureRequest(
+                    worker_id=self.worker_id, job_id=job_id, error=error
+                ),
+                timeout=10,
+            )
+        except grpc.RpcError as e:
+            log.warning("could not report failure of %s: %s", job_id, e.details())  # type: ignore[attr-defined]
+
+    def _run_task(self, task: coordinator_pb2.Task) -> None:
+        with self._lock:
+            self._lease = task.lease_id
+        try:
+            rt = None if task.job_id in self._failed_jobs else self._runtime(task.job_id)
+            if rt is None:
+                return  # the lease expires with our silence on it
+            trainer = Trainer(rt, self.worker_id, self.settings, self.lease_alive)
+            request = coordinator_pb2.CompleteTaskRequest(
+                worker_id=self.worker_id, lease_id=task.lease_id
+            )
+            if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
+                reporter = ProgressReporter(
+                    self.stub, self.worker_id, task.job_id, self.settings.progress_seconds
+                )
+                started = time.monotonic()
+                try:
+                    request.samples = trainer.train(task, reporter)
+                finally:
+                    reporter.flush()
+                log.info(
+                    "job %s epoch %d partition %d: %d samples in %.2fs",
+                    task.job_id,
+                    task.epoch,
+                    task.partition,
+                    request.samples,
+                    time.monotonic() - started,
+                )
+            else:
+                request.test_accuracy, request.test_loss = trainer.evaluate()
+                log.info(
+                    "job %s epoch %d: test accuracy %.4f",
+                    task.job_id,
+                    task.epoch,
+                    request.test_accuracy,
+                )
+            self.stub.CompleteTask(request, timeout=self.settings.rpc_timeout_seconds)
+        except LeaseLost as e:
+            log.info("lease %s abandoned: %s", task.lease_id, e)
+            self._forget_if_gone(task.job_id)
+        except grpc.RpcError as e:
+            log.warning("task %s failed: %s", task.lease_id, e.details())  # type: ignore[attr-defined]
+            self._forget_if_gone(task.job_id)
+        except Exception:
+            error = traceback.format_exc()
+            log.error("job %s failed on this worker: %s", task.job_id, error)
+            self._report_failure(task.job_id, error)
+        finally:
+            with self._lock:
+                self._lease = ""
+
+    def _forget_if_gone(self, job_id: str) -> None:
+        """Drop the cached runtime of a job that no longer runs (its memory, its channels)."""
+        try:
+            info = self.stub.GetJob(coordinator_pb2.GetJobRequest(job_id=job_id), timeout=5)
+        except grpc.RpcError:
+            return
+        if info.state != "running" and job_id in self._runtimes:
+            self._runtimes.pop(job_id).close()
+
+
+def configure_torch(settings: Settings) -> None:
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)

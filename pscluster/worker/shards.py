@@ -1,0 +1,118 @@
+"""The worker's view of a job's shards: pull the whole vector, push the whole gradient.
+
+Each shard holds one contiguous range; a pull or push talks to every shard in parallel, each
+as a stream of chunks, and the ranges are stitched into (or cut from) one flat vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from pscluster.config import Settings
+from pscluster.transport import wire
+from pscluster.transport.channel import open_channel
+from pscluster.v1 import common_pb2, coordinator_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
+
+
+@dataclass
+class Snapshot:
+    """Parameters as pulled, with each shard's version and clock (what a push refers to)."""
+
+    values: torch.Tensor
+    versions: list[int]
+    clocks: list[int]
+
+
+class ShardSet:
+    def __init__(
+        self, job_id: str, ranges: Sequence[coordinator_pb2.ShardRange], settings: Settings
+    ) -> None:
+        self.job_id = job_id
+        self.ranges = list(ranges)
+        self.size = sum(r.length for r in self.ranges)
+        self.settings = settings
+        self._channels = [open_channel(r.address, settings) for r in self.ranges]
+        self._stubs = [ps_grpc.ParameterServerStub(c) for c in self._channels]
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.ranges)))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        for c in self._channels:
+            c.close()
+
+    def pull(self, worker_id: str, min_versions: Sequence[int] | None, timeout: float) -> Snapshot:
+        """Pull every range; blocks while a shard's consistency mode makes this worker wait."""
+        values = torch.empty(self.size, dtype=torch.float32)
+        mins = list(min_versions) if min_versions is not None else [0] * len(self.ranges)
+
+        def one(i: int) -> tuple[int, int]:
+            r = self.ranges[i]
+            request = ps_pb2.PullRequest(
+                job_id=self.job_id, worker_id=worker_id, min_version=mins[i]
+            )
+            stream = self._stubs[i].Pull(request, timeout=timeout)
+            header: ps_pb2.PullHeader | None = None
+            assembler: wire.Assembler | None = None
+            for chunk in stream:
+                if chunk.HasField("header"):
+                    header = chunk.header
+                    assembler = wire.Assembler(header.length * wire.itemsize(header.dtype))
+                elif assembler is not None:
+                    assembler.add(chunk.data)
+            if header is None or assembler is None:
+                raise RuntimeError(f"shard {r.address} answered a pull without a header")
+            part = wire.decode(assembler.result(), header.dtype, header.length)
+            values[r.start : r.start + r.length] = part
+            return header.version, header.clock
+
+        results = list(self._pool.map(one, range(len(self.ranges))))
+        return Snapshot(values, [v for v, _ in results], [c for _, c in results])
+
+    def push(
+        self,
+        worker_id: str,
+        seq: int,
+        gradient: torch.Tensor,
+        base: Snapshot,
+        batch_size: int,
+        timeout: float,
+    ) -> list[ps_pb2.PushReply]:
+        """Push each shard its slice of ``gradient``; replies in shard order."""
+        payload = wire.encode(gradient)
+        chunk_bytes = self.settings.chunk_bytes
+
+        def messages(i: int) -> Iterator[ps_pb2.PushChunk]:
+            r = self.ranges[i]
+            yield ps_pb2.PushChunk(
+                header=ps_pb2.PushHeader(
+                    job_id=self.job_id,
+                    worker_id=worker_id,
+                    seq=seq,
+                    base_version=base.versions[i],
+                    base_clock=base.clocks[i],
+                    length=r.length,
+                    dtype=common_pb2.DTYPE_FLOAT32,
+                    batch_size=batch_size,
+                )
+            )
+            for data in wire.chunks(payload[r.start * 4 : (r.start + r.length) * 4], chunk_bytes):
+                yield ps_pb2.PushChunk(data=data)
+
+        def one(i: int) -> ps_pb2.PushReply:
+            reply: ps_pb2.PushReply = self._stubs[i].Push(messages(i), timeout=timeout)
+            return reply
+
+        return list(self._pool.map(one, range(len(self.ranges))))
+
+
+def is_retryable(error: grpc.RpcError) -> bool:
+    """Codes after which the same call may succeed later (a barrier not yet met, a restart)."""
+    code = error.code()  # type: ignore[attr-defined]
+    return code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)

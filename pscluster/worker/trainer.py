@@ -1,0 +1,160 @@
+"""One lease of work: train on a partition (pull, forward/backward, push) or evaluate.
+
+The loop is the same in every consistency mode; the shards decide when a pull may return and
+whether a push is applied. The worker only remembers, in sync mode, which step it pushed for,
+so that its next pull waits for that step's barrier (min_version = version + 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+import torch
+
+from pscluster.config import Settings
+from pscluster.data.partitions import batches
+from pscluster.v1 import coordinator_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from pscluster.worker.progress import ProgressReporter
+from pscluster.worker.runtime import JobRuntime
+from pscluster.worker.shards import Snapshot, is_retryable
+
+log = logging.getLogger(__name__)
+
+# A batch whose push is refused as stale is recomputed on fresh parameters this many times
+# before it is skipped (only a worker cut off for long gets there).
+MAX_ATTEMPTS = 5
+
+
+T = TypeVar("T")
+
+
+class LeaseLost(Exception):
+    """The lease no longer stands (revoked, expired, job gone): abandon the work."""
+
+
+class Trainer:
+    def __init__(
+        self,
+        runtime: JobRuntime,
+        worker_id: str,
+        settings: Settings,
+        lease_alive: Callable[[], bool],
+    ) -> None:
+        self.rt = runtime
+        self.worker_id = worker_id
+        self.settings = settings
+        self.lease_alive = lease_alive
+        self.nonfinite_batches = 0
+
+    def _check(self) -> None:
+        if not self.lease_alive():
+            raise LeaseLost("lease revoked or worker stopping")
+
+    def _call(self, fn: Callable[[], T], what: str) -> T:
+        """Retry while the failure is temporary and the lease stands; NOT_FOUND loses the lease."""
+        backoff = 0.05
+        while True:
+            self._check()
+            try:
+                return fn()
+            except grpc.RpcError as e:
+                code = e.code()  # type: ignore[attr-defined]
+                if code == grpc.StatusCode.NOT_FOUND:
+                    raise LeaseLost(f"{what}: {e.details()}") from e  # type: ignore[attr-defined]
+                if not is_retryable(e):
+                    raise
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                log.debug("%s: %s, retrying", what, e.details())  # type: ignore[attr-defined]
+
+    def pull(self, min_versions: list[int] | None) -> Snapshot:
+        timeout = self.settings.pull_wait_seconds + 5
+        return self._call(
+            lambda: self.rt.shards.pull(self.worker_id, min_versions, timeout), "pull"
+        )
+
+    def train(self, task: coordinator_pb2.Task, reporter: ProgressReporter) -> int:
+        rt = self.rt
+        spec = rt.spec
+        n = rt.data.train_x.shape[0]
+        plan = batches(n, task.partitions, task.partition, task.epoch, spec.batch_size, spec.seed)
+        sync = spec.mode == "sync"
+        min_versions: list[int] | None = None
+        samples = 0
+        for idx in plan:
+            x, y = rt.batch(torch.from_numpy(idx))
+            for _attempt in range(MAX_ATTEMPTS):
+                snap = self.pull(min_versions)
+                loss, grad = self._gradient(snap, x, y)
+                if not math.isfinite(loss) or not bool(torch.isfinite(grad).all()):
+                    # Shards refuse non-finite gradients anyway; not sending one saves a
+                    # half-applied step where only some shards would refuse it.
+                    self.nonfinite_batches += 1
+                    log.warning("non-finite gradient on job %s: batch skipped", rt.job_id)
+                    break
+                replies = self._push(grad, snap, len(idx))
+                stale = [r.outcome == ps_pb2.PUSH_OUTCOME_STALE for r in replies]
+                if sync:
+                    min_versions = [
+                        0 if s else v + 1 for s, v in zip(stale, snap.versions, strict=True)
+                    ]
+                if not any(stale):
+                    reporter.step(loss, len(idx), task.epoch)
+                    break
+            samples += len(idx)
+        return samples
+
+    def _gradient(
+        self, snap: Snapshot, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[float, torch.Tensor]:
+        model = self.rt.model
+        self.rt.load(snap.values)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        loss = self.rt.loss_fn(model(x), y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return float(loss.detach()), self.rt.gradient()
+
+    def _push(self, grad: torch.Tensor, snap: Snapshot, batch_size: int) -> list[ps_pb2.PushReply]:
+        seq = self.rt.next_seq()  # one id per push: a retry of this push reuses it
+        timeout = self.settings.rpc_timeout_seconds
+
+        def send() -> list[ps_pb2.PushReply]:
+            return self.rt.shards.push(self.worker_id, seq, grad, snap, batch_size, timeout)
+
+        try:
+            return self._call(send, "push")
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+                # sync: this worker already pushed for the open step; wait for its barrier.
+                return [ps_pb2.PushReply(outcome=ps_pb2.PUSH_OUTCOME_BUFFERED)] * len(snap.versions)
+            raise
+
+    def evaluate(self) -> tuple[float, float]:
+        """Accuracy and mean loss of the current parameters on the test set."""
+        rt = self.rt
+        snap = self.pull_observer()
+        rt.load(snap.values)
+        model = rt.model
+        model.eval()
+        correct, total, loss_sum = 0, 0, 0.0
+        with torch.no_grad():
+            for x, y in rt.test_batches():
+                out = model(x)
+                loss_sum += float(rt.loss_fn(out, y)) * len(y)
+                if rt.spec.loss in ("", "cross_entropy"):
+                    correct += int((out.argmax(dim=1) == y).sum())
+                total += len(y)
+        accuracy = correct / total if rt.spec.loss in ("", "cross_entropy") else -1.0
+        return accuracy, loss_sum / total
+
+    def pull_observer(self) -> Snapshot:
+        timeout = self.settings.rpc_timeout_seconds
+        return self._call(lambda: self.rt.shards.pull("", None, timeout), "pull")
