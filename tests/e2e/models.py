@@ -1,0 +1,31 @@
+"""Models as a user would write them, in their own file; the cluster receives this source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class DigitsMLP(nn.Module):
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+class NeedsLocalFile(nn.Module):
+    """Builds on the submitter's machine but not on a worker: it reads a file next to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        classes = (Path(__file__).parent / "classes.txt").read_text().split()
+        self.fc = nn.Linear(64, len(classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(x)
+        return out
