@@ -1,0 +1,137 @@
+"""``pscluster up / down / status``: run a local cluster and look at any cluster's health."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pscluster.client.cli_common import Address, err, fail, out, user_errors
+from pscluster.client.local import DEFAULT_STATE_DIR, LocalCluster, stop_detached
+
+StateDir = Annotated[
+    Path,
+    typer.Option(help="where the local cluster keeps its database, job blobs, logs, cluster.json"),
+]
+
+
+def up(
+    local: Annotated[
+        bool, typer.Option("--local", help="run the cluster as local processes")
+    ] = False,
+    shards: Annotated[int, typer.Option(min=1, help="parameter-server shards")] = 2,
+    workers: Annotated[int, typer.Option(min=0, help="training workers")] = 3,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="coordinator port (0: a free one)")
+    ] = 50051,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="seconds each process may take to start")
+    ] = 90.0,
+) -> None:
+    """Start a cluster: a coordinator, shards and workers. Ctrl-C stops it."""
+    if not local:
+        raise fail(
+            "only local clusters start from here: use `pscluster up --local`; "
+            "for containers run `docker compose up`"
+        )
+    with user_errors():
+        cluster = LocalCluster(
+            shards=shards, workers=workers, state_dir=state_dir, port=port, start_timeout=timeout
+        )
+        console = out()
+        with console.status(f"starting {shards} shards, a coordinator and {workers} workers"):
+            cluster.start()
+        _print_cluster(cluster)
+        if detach:
+            cluster.detach()
+            where = "" if state_dir == DEFAULT_STATE_DIR else f" --state-dir {state_dir}"
+            console.print(f"running in the background; stop it with `pscluster down{where}`")
+            return
+        _run_foreground(cluster)
+
+
+def _run_foreground(cluster: LocalCluster) -> None:
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    out().print("cluster is up; press Ctrl-C to stop it")
+    try:
+        dead = cluster.supervise(stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        out().print("stopping the cluster ...")
+        cluster.stop()
+    if dead is not None:
+        raise fail(
+            f"{dead.name} exited with code {dead.returncode()}; the cluster was stopped. "
+            f"Last lines of {dead.log_path}:\n{dead.log_tail()}"
+        )
+    out().print("stopped")
+
+
+def _print_cluster(cluster: LocalCluster) -> None:
+    table = Table(title="local pscluster", show_header=True)
+    for column in ("process", "pid", "address", "log"):
+        table.add_column(column)
+    for h in cluster.handles():
+        table.add_row(h.name, str(h.pid), h.address or "", str(h.log_path))
+    console = out()
+    console.print(table)
+    console.print(f"coordinator: [bold]{cluster.address}[/]  (PSC_COORDINATOR={cluster.address})")
+
+
+def down(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    grace: Annotated[
+        float, typer.Option(min=0, help="seconds to exit after SIGTERM before SIGKILL")
+    ] = 5.0,
+) -> None:
+    """Stop the local cluster started with `pscluster up --local`."""
+    with user_errors():
+        stopped = stop_detached(state_dir, grace)
+    if not stopped:
+        out().print(f"no local cluster is running from {state_dir}")
+        return
+    out().print(f"stopped {', '.join(stopped)}")
+
+
+def status(address: Address = None) -> None:
+    """Shards with their health; workers with liveness, task and heartbeat age."""
+    from pscluster.client.sdk import Client
+
+    with user_errors(), Client(address) as client:
+        st = client.status()
+        shards = Table(title=f"shards ({client.address})")
+        for column in ("address", "health", "error"):
+            shards.add_column(column)
+        for s in st.shards:
+            shards.add_row(s.address, "[green]healthy[/]" if s.healthy else "[red]down[/]", s.error)
+        workers = Table(title="workers")
+        for column in ("worker", "host", "device", "alive", "task", "job", "heartbeat"):
+            workers.add_column(column)
+        for w in st.workers:
+            workers.add_row(
+                w.worker_id,
+                w.host,
+                w.device,
+                "[green]yes[/]" if w.alive else "[red]no[/]",
+                w.task,
+                w.job_id,
+                f"{w.last_heartbeat_age:.1f}s ago",
+            )
+        console = out()
+        console.print(shards)
+        console.print(workers)
+        if not st.workers:
+            err().print("no workers registered: jobs will wait until one starts")

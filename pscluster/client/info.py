@@ -1,0 +1,117 @@
+"""Plain Python views of the coordinator's replies, so SDK users never handle protobufs.
+
+Sentinels of the wire format (``-1`` for "no evaluation yet", ``0.0`` for "not started") become
+``None`` here: a user comparing ``info.test_accuracy >= 0.9`` should not have to know them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pscluster.v1 import coordinator_pb2 as co_pb2
+
+TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job's state and progress as the coordinator last reported it."""
+
+    job_id: str
+    name: str
+    state: str  # "pending" | "running" | "completed" | "failed" | "cancelled"
+    mode: str
+    epoch: int  # current epoch, 0-based; == epochs when training is done
+    epochs: int
+    progress: float  # 0..1
+    status_message: str
+    error: str
+    created_unix: float
+    started_unix: float | None
+    finished_unix: float | None
+    test_accuracy: float | None  # latest evaluation
+    last_loss: float | None
+    num_params: int
+    workers: tuple[str, ...]
+    steps: int
+
+    @property
+    def done(self) -> bool:
+        """True once the job can no longer change (completed, failed or cancelled)."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish (None until both are known)."""
+        if self.started_unix is None or self.finished_unix is None:
+            return None
+        return self.finished_unix - self.started_unix
+
+    @classmethod
+    def from_proto(cls, m: co_pb2.JobInfo) -> JobInfo:
+        return cls(
+            job_id=m.job_id,
+            name=m.name,
+            state=m.state,
+            mode=m.mode,
+            epoch=m.epoch,
+            epochs=m.epochs,
+            progress=m.progress,
+            status_message=m.status_message,
+            error=m.error,
+            created_unix=m.created_unix,
+            started_unix=m.started_unix or None,
+            finished_unix=m.finished_unix or None,
+            test_accuracy=m.test_accuracy if m.test_accuracy >= 0 else None,
+            last_loss=m.last_loss if m.last_loss >= 0 else None,
+            num_params=m.num_params,
+            workers=tuple(m.workers),
+            steps=m.steps,
+        )
+
+
+@dataclass(frozen=True)
+class ShardHealth:
+    address: str
+    healthy: bool
+    error: str
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    worker_id: str
+    host: str
+    device: str
+    alive: bool
+    last_heartbeat_age: float  # seconds
+    job_id: str  # "" when idle
+    task: str  # "train e3/p5", "eval e3", "idle"
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    shards: tuple[ShardHealth, ...]
+    workers: tuple[WorkerInfo, ...]
+
+    @property
+    def healthy(self) -> bool:
+        """Every shard answers and at least one worker is alive: jobs can make progress."""
+        return all(s.healthy for s in self.shards) and any(w.alive for w in self.workers)
+
+    @classmethod
+    def from_proto(cls, m: co_pb2.ClusterStatusReply) -> ClusterStatus:
+        return cls(
+            shards=tuple(ShardHealth(s.address, s.healthy, s.error) for s in m.shards),
+            workers=tuple(
+                WorkerInfo(
+                    worker_id=w.worker_id,
+                    host=w.host,
+                    device=w.device,
+                    alive=w.alive,
+                    last_heartbeat_age=w.last_heartbeat_age,
+                    job_id=w.job_id,
+                    task=w.task,
+                )
+                for w in m.workers
+            ),
+        )

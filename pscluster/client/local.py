@@ -1,0 +1,400 @@
+"""An embedded cluster on this machine: a coordinator, N shards and M workers as processes.
+
+Used by ``pscluster up --local`` and by tests::
+
+    with LocalCluster(shards=2, workers=2, state_dir=tmp_path) as cluster:
+        client = cluster.client()
+        ...
+        cluster.kill_worker(0)            # fault injection
+        cluster.add_worker()
+
+Ports are picked free on the loopback interface unless given. Every process logs to
+``<state_dir>/logs/<name>.log`` and finds the others through the same ``PSC_*`` variables a
+compose or Kubernetes deployment sets, so local mode exercises the real configuration path.
+While it runs, ``<state_dir>/cluster.json`` records the processes, so that ``pscluster down``
+(another process) can stop a detached cluster and a second ``up`` on the same state directory
+(which would share the coordinator's database) is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pscluster.client import processes
+from pscluster.client.processes import ProcessHandle, StartError
+from pscluster.config import Settings
+
+if TYPE_CHECKING:  # the SDK imports torch; `pscluster up` and `down` do not need it
+    from pscluster.client.sdk import Client
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "LocalCluster",
+    "ProcessHandle",
+    "StartError",
+    "read_state",
+    "stop_detached",
+]
+
+DEFAULT_STATE_DIR = Path(".pscluster/local")
+STATE_FILE = "cluster.json"
+_BIND_ATTEMPTS = 3
+
+
+class LocalCluster:
+    """Start, watch and stop the processes of a cluster on this machine.
+
+    ``port`` 0 picks a free port for the coordinator too. ``env`` adds or overrides
+    environment variables of every process (e.g. ``{"PSC_WORKER_TIMEOUT_SECONDS": "2"}``).
+    ``start_timeout`` bounds how long each process may take to come up; ``grace`` is how
+    long processes get to exit after SIGTERM before they are killed.
+    """
+
+    def __init__(
+        self,
+        shards: int = 2,
+        workers: int = 3,
+        *,
+        state_dir: str | Path = DEFAULT_STATE_DIR,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        start_timeout: float = 60.0,
+        grace: float = 5.0,
+    ) -> None:
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, got {shards}")
+        if workers < 0:
+            raise ValueError(f"workers must be 0 or more, got {workers}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0 (pick a free one) or 1..65535, got {port}")
+        if start_timeout <= 0 or grace < 0:
+            raise ValueError("start_timeout must be > 0 and grace >= 0 seconds")
+        self.num_shards = shards
+        self.num_workers = workers
+        self.state_dir = Path(state_dir).resolve()
+        self.port = port
+        self.host = host
+        self.extra_env = dict(env or {})
+        self.start_timeout = start_timeout
+        self.grace = grace
+        self.coordinator: ProcessHandle | None = None
+        self.shard_handles: list[ProcessHandle] = []
+        self.workers: list[ProcessHandle] = []
+        self._detached = False
+        self._started = False
+
+    # --- addresses ---
+    @property
+    def address(self) -> str:
+        """The coordinator's host:port, for Client and PSC_COORDINATOR."""
+        if self.coordinator is None or self.coordinator.address is None:
+            raise RuntimeError("the cluster is not started")
+        return self.coordinator.address
+
+    @property
+    def shard_addresses(self) -> list[str]:
+        return [h.address for h in self.shard_handles if h.address]
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    # --- lifecycle ---
+    def start(self) -> LocalCluster:
+        """Start shards, then the coordinator, then workers; wait until all are ready.
+
+        Raises StartError (after stopping whatever did start) if a process exits or is not
+        ready within ``start_timeout``.
+        """
+        if self._started:
+            raise RuntimeError("this LocalCluster was already started")
+        running = read_state(self.state_dir)
+        if running is not None:
+            raise StartError(
+                f"a local cluster is already running from {self.state_dir} "
+                f"(coordinator {running.get('address')}); stop it with `pscluster down"
+                f" --state-dir {self.state_dir}` or use another --state-dir"
+            )
+        self._started = True
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for i in range(self.num_shards):
+                self.shard_handles.append(self._start_server("shard", i, 0))
+            self.coordinator = self._start_server("coordinator", 0, self.port)
+            self._write_state()
+            for _ in range(self.num_workers):
+                self.add_worker(wait=False)
+            if self.num_workers:
+                self.wait_for_workers(self.num_workers, self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop workers first (so they do not retry against vanished servers), then the
+        coordinator, then the shards. Does nothing for a detached cluster."""
+        if self._detached:
+            return
+        grace = self.grace if grace is None else grace
+        processes.stop_all(self.workers, grace)
+        if self.coordinator is not None:
+            processes.stop_all([self.coordinator], grace)
+        processes.stop_all(self.shard_handles, grace)
+        if self._started:
+            self.state_file.unlink(missing_ok=True)
+
+    def detach(self) -> Path:
+        """Leave the processes running after this object is gone; ``stop_detached`` ends them."""
+        self._write_state()
+        for h in self.handles():
+            h.close_log()
+        self._detached = True
+        return self.state_file
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def handles(self) -> list[ProcessHandle]:
+        coordinator = [self.coordinator] if self.coordinator else []
+        return [*self.shard_handles, *coordinator, *self.workers]
+
+    # --- workers and fault injection ---
+    def add_worker(self, wait: bool = False) -> ProcessHandle:
+        """Start one more worker; ``wait`` blocks until the coordinator counts it alive."""
+        index = len(self.workers)
+        handle = ProcessHandle(
+            role="worker",
+            index=index,
+            argv=["-m", "pscluster.worker"],
+            env=self._env(self._worker_env()),
+            log_path=self.state_dir / "logs" / f"worker-{index}.log",
+        )
+        handle.start()
+        self.workers.append(handle)
+        if not self._detached:
+            self._write_state()
+        if wait:
+            alive = sum(1 for w in self.workers if w.alive())
+            self.wait_for_workers(alive, self.start_timeout)
+        return handle
+
+    def kill_worker(self, index: int, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
+        """Send ``sig`` to worker ``index`` (SIGKILL: a crash) and wait until it has exited."""
+        if not 0 <= index < len(self.workers):
+            raise IndexError(f"no worker {index}; workers are 0..{len(self.workers) - 1}")
+        self.kill(self.workers[index], sig, timeout)
+
+    def kill(self, handle: ProcessHandle, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
+        handle.signal(sig)
+        if not handle.wait(timeout):
+            raise TimeoutError(f"{handle.name} still running {timeout:g} s after signal {sig}")
+
+    def restart(self, handle: ProcessHandle) -> ProcessHandle:
+        """Start a stopped process again with the same role, port and environment (e.g. a
+        coordinator after a crash, to test recovery from its database)."""
+        if handle.alive():
+            raise RuntimeError(f"{handle.name} is still running (pid {handle.pid})")
+        handle.close_log()
+        handle.start()
+        if handle.address is not None:
+            processes.wait_serving(handle, self.start_timeout)
+        return handle
+
+    def wait_for_workers(self, count: int, timeout: float) -> None:
+        """Block until the coordinator reports ``count`` live workers (StartError otherwise)."""
+        from pscluster.client.errors import PSClusterError
+
+        deadline = time.monotonic() + timeout
+        alive = 0
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                dead = [w for w in self.workers if w.returncode() is not None]
+                if dead:
+                    w = dead[0]
+                    raise StartError(
+                        f"{w.name} exited with code {w.returncode()}; last lines of "
+                        f"{w.log_path}:\n{w.log_tail()}"
+                    )
+                try:
+                    alive = sum(1 for w in client.status().workers if w.alive)
+                except PSClusterError:
+                    alive = 0
+                if alive >= count:
+                    return
+                time.sleep(0.2)
+        raise StartError(
+            f"only {alive} of {count} workers registered with the coordinator within "
+            f"{timeout:g} s; see the logs in {self.state_dir / 'logs'}"
+        )
+
+    def client(self) -> Client:
+        """A Client connected to this cluster's coordinator (close it, or use ``with``)."""
+        from pscluster.client.sdk import Client
+
+        settings = Settings(coordinator=self.address, rpc_timeout_seconds=10.0)
+        return Client(self.address, settings=settings)
+
+    def supervise(self, stop: threading.Event, poll: float = 0.5) -> ProcessHandle | None:
+        """Block until ``stop`` is set (None) or a coordinator or shard exits (its handle).
+
+        A worker that exits is reported by the coordinator's status and is not fatal.
+        """
+        while not stop.wait(poll):
+            for h in [*self.shard_handles, *([self.coordinator] if self.coordinator else [])]:
+                if not h.alive():
+                    return h
+        return None
+
+    # --- internals ---
+    def _start_server(self, role: str, index: int, port: int) -> ProcessHandle:
+        for attempt in range(_BIND_ATTEMPTS):
+            bound = port or processes.free_ports(self.host, 1)[0]
+            handle = self._server_handle(role, index, bound)
+            handle.start()
+            try:
+                processes.wait_serving(handle, self.start_timeout)
+                return handle
+            except StartError:
+                # Another program may take a free port between the check and the bind; retry
+                # with a new one, but only when we picked it.
+                retry = port == 0 and attempt + 1 < _BIND_ATTEMPTS and processes.bind_failed(handle)
+                processes.stop_all([handle], self.grace)
+                if not retry:
+                    raise
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _server_handle(self, role: str, index: int, port: int) -> ProcessHandle:
+        address = f"{self.host}:{port}"
+        if role == "shard":
+            argv = ["-m", "pscluster.server", "--port", str(port)]
+            env = {"PSC_SHARD_PORT": str(port), "PSC_ADVERTISE": address}
+            name = f"shard-{index}"
+        else:
+            shards = ",".join(self.shard_addresses)
+            argv = ["-m", "pscluster.coordinator", "--port", str(port), "--shards", shards]
+            argv += ["--state-dir", str(self.state_dir)]
+            env = {"PSC_COORDINATOR_PORT": str(port)}
+            name = "coordinator"
+        return ProcessHandle(
+            role=role,
+            index=index,
+            argv=argv,
+            env=self._env(env),
+            log_path=self.state_dir / "logs" / f"{name}.log",
+            address=address,
+        )
+
+    def _env(self, role_env: dict[str, str]) -> dict[str, str]:
+        cluster_env = {
+            "PSC_HOST": self.host,
+            "PSC_STATE_DIR": str(self.state_dir),
+            "PSC_SHARDS": ",".join(self.shard_addresses),
+        }
+        if self.coordinator is not None:
+            cluster_env["PSC_COORDINATOR"] = self.address
+        return processes.child_env(os.environ, {**cluster_env, **role_env, **self.extra_env})
+
+    def _worker_env(self) -> dict[str, str]:
+        if "PSC_TORCH_THREADS" in os.environ:
+            return {}
+        # Workers on one machine share its cores: intra-op thread pools that together fit the
+        # cores, instead of every process spawning a thread per core and all of them thrashing.
+        cores = os.cpu_count() or 1
+        return {"PSC_TORCH_THREADS": str(max(1, cores // max(1, self.num_workers)))}
+
+    def _write_state(self) -> None:
+        state = {
+            "address": self.coordinator.address if self.coordinator else None,
+            "shards": self.shard_addresses,
+            "started_unix": time.time(),
+            "processes": [
+                {
+                    "name": h.name,
+                    "role": h.role,
+                    "pid": h.pid,
+                    "address": h.address,
+                    "log": str(h.log_path),
+                }
+                for h in self.handles()
+                if h.popen is not None
+            ],
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+
+def read_state(state_dir: str | Path) -> dict[str, Any] | None:
+    """The recorded cluster of ``state_dir`` if any of its processes still runs, else None
+    (a leftover file of a cluster that died is removed)."""
+    path = Path(state_dir) / STATE_FILE
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return None
+    if not any(processes.is_pscluster_process(p["pid"]) for p in state.get("processes", [])):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def stop_detached(state_dir: str | Path, grace: float = 5.0) -> list[str]:
+    """Stop the cluster recorded in ``state_dir``; the names of the processes it stopped.
+
+    An empty list means nothing was running. Workers go first, shards last, as in stop().
+    """
+    state = read_state(state_dir)
+    if state is None:
+        return []
+    procs = state.get("processes", [])
+    stopped = []
+    for role in ("worker", "coordinator", "shard"):
+        group = [p for p in procs if p["role"] == role and processes.is_pscluster_process(p["pid"])]
+        for p in group:
+            _kill(p["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in group:
+            if not _wait_gone(p["pid"], deadline):
+                _kill(p["pid"], signal.SIGKILL)
+                _wait_gone(p["pid"], time.monotonic() + 5.0)
+            stopped.append(p["name"])
+    (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_gone(pid: int, deadline: float) -> bool:
+    while True:
+        # Reap it if it is our own child (a test that detaches and stops in one process).
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not processes.is_pscluster_process(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)

@@ -1,0 +1,120 @@
+"""A job's metrics as plain dataclasses: what a user plots or asserts on after training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pscluster.v1 import coordinator_pb2 as co_pb2
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One training step as a worker reported it."""
+
+    step: int
+    loss: float
+    samples: int
+    worker: str
+    epoch: int
+    time: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One evaluation of the parameters on the test set."""
+
+    epoch: int
+    test_accuracy: float
+    test_loss: float
+    time: float  # unix seconds
+    samples: int  # training samples seen when the evaluation was made
+
+
+@dataclass(frozen=True)
+class ShardRow:
+    """One shard's share of the job: its range of the flat vector and its push counters."""
+
+    shard: str
+    start: int
+    length: int
+    version: int
+    pushes_applied: int
+    pushes_rejected: dict[str, int]
+    checksum: float
+
+
+@dataclass(frozen=True)
+class JobMetrics:
+    """Per-step loss, per-epoch test accuracy and the parameter servers' push statistics.
+
+    Example::
+
+        m = job.metrics()
+        print(m.final_accuracy, m.pushes_applied, m.pushes_rejected.get("stale", 0))
+        losses = [row.loss for row in m.steps]
+    """
+
+    job_id: str
+    steps: list[StepRow] = field(default_factory=list)
+    epochs: list[EpochRow] = field(default_factory=list)
+    pushes_applied: int = 0
+    pushes_rejected: dict[str, int] = field(default_factory=dict)
+    bytes_pushed: int = 0
+    bytes_pulled: int = 0
+    pulls: int = 0
+    # version staleness (updates applied since the worker's pull) of applied pushes -> count
+    staleness: dict[int, int] = field(default_factory=dict)
+    # clock staleness (the worker's lead over the slowest worker) of applied pushes -> count
+    clock_staleness: dict[int, int] = field(default_factory=dict)
+    pushes_by_worker: dict[str, int] = field(default_factory=dict)
+    shards: list[ShardRow] = field(default_factory=list)
+
+    @property
+    def final_accuracy(self) -> float | None:
+        """Test accuracy of the last evaluation, None if there was none."""
+        return self.epochs[-1].test_accuracy if self.epochs else None
+
+    @property
+    def mean_staleness(self) -> float | None:
+        total = sum(self.staleness.values())
+        if total == 0:
+            return None
+        return sum(k * v for k, v in self.staleness.items()) / total
+
+    @property
+    def total_rejected(self) -> int:
+        return sum(self.pushes_rejected.values())
+
+    @classmethod
+    def from_proto(cls, m: co_pb2.JobMetrics) -> JobMetrics:
+        return cls(
+            job_id=m.job_id,
+            steps=[
+                StepRow(s.step, s.loss, s.samples, s.worker_id, s.epoch, s.unix_time)
+                for s in m.steps
+            ],
+            epochs=[
+                EpochRow(e.epoch, e.test_accuracy, e.test_loss, e.unix_time, e.samples)
+                for e in m.epochs
+            ],
+            pushes_applied=m.pushes_applied,
+            pushes_rejected=dict(m.pushes_rejected),
+            bytes_pushed=m.bytes_pushed,
+            bytes_pulled=m.bytes_pulled,
+            pulls=m.pulls,
+            staleness=dict(sorted(m.staleness.items())),
+            clock_staleness=dict(sorted(m.clock_staleness.items())),
+            pushes_by_worker=dict(m.pushes_by_worker),
+            shards=[
+                ShardRow(
+                    shard=s.shard,
+                    start=s.start,
+                    length=s.length,
+                    version=s.version,
+                    pushes_applied=s.pushes_applied,
+                    pushes_rejected=dict(s.pushes_rejected),
+                    checksum=s.checksum,
+                )
+                for s in m.shards
+            ],
+        )

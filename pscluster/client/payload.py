@@ -1,0 +1,176 @@
+"""Everything ``Client.submit`` sends, built and checked before the first byte leaves.
+
+A mistake found here (a float64 model, X and y of different lengths, an unknown optimizer
+field) costs the user nothing; the same mistake found by a worker costs a failed job. Checks
+that need the cluster's knowledge (mode, optimizer and loss names, shard count) are left to
+the coordinator, so there is one source of truth for them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pscluster.client.errors import InvalidJobError
+from pscluster.data.dataset import Dataset
+from pscluster.model import source, state
+from pscluster.model.layout import ParamLayout
+from pscluster.transport import wire
+from pscluster.transport.errors import PSError
+from pscluster.v1 import common_pb2
+from pscluster.v1 import coordinator_pb2 as co_pb2
+
+DEFAULT_OPTIMIZER: Mapping[str, Any] = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
+_OPTIMIZER_FIELDS = tuple(f.name for f in common_pb2.OptimizerConfig.DESCRIPTOR.fields)
+_UINT32_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Payload:
+    spec: co_pb2.JobSpec
+    dataset: bytes
+    initial_state: bytes
+
+    def chunks(self, chunk_bytes: int) -> Iterator[co_pb2.SubmitJobChunk]:
+        """The SubmitJob stream: the spec first, then each blob in chunk-sized pieces."""
+        yield co_pb2.SubmitJobChunk(spec=self.spec)
+        for name, blob in (("dataset", self.dataset), ("initial_state", self.initial_state)):
+            for piece in wire.chunks(memoryview(blob), chunk_bytes):
+                yield co_pb2.SubmitJobChunk(blob=common_pb2.BlobChunk(blob=name, data=piece))
+
+
+def build_payload(
+    model: type[nn.Module],
+    train: tuple[Any, Any],
+    test: tuple[Any, Any],
+    *,
+    mode: str,
+    staleness: int,
+    optimizer: Mapping[str, Any] | None,
+    epochs: int,
+    batch_size: int,
+    model_kwargs: Mapping[str, Any] | None,
+    loss: str,
+    partitions: int,
+    shards: int,
+    seed: int,
+    name: str,
+) -> Payload:
+    """Check the arguments of ``Client.submit`` and turn them into the wire spec and blobs.
+
+    Raises InvalidJobError naming the argument that is wrong.
+    """
+    if not isinstance(model, type) or not issubclass(model, nn.Module):
+        got = type(model).__name__
+        hint = f" (pass the class {got}, not an instance)" if isinstance(model, nn.Module) else ""
+        raise InvalidJobError(f"model must be an nn.Module subclass, got {got}{hint}")
+    if model.__qualname__ != model.__name__:
+        raise InvalidJobError(
+            f"model {model.__qualname__} is nested inside another object; define it at the top "
+            "level of a .py file so that workers can rebuild it from the file's source"
+        )
+    kwargs = dict(model_kwargs or {})
+    try:
+        kwargs_json = json.dumps(kwargs)
+    except (TypeError, ValueError) as e:
+        raise InvalidJobError(f"model_kwargs must be JSON-serialisable: {e}") from e
+    try:
+        model_source = source.module_source(model)
+    except PSError as e:
+        raise InvalidJobError(str(e)) from e
+
+    initial, layout = _initial_state(model, kwargs, seed)
+    dataset = _dataset(train, test)
+    ints = {
+        "staleness": staleness,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "partitions": partitions,
+        "shards": shards,
+    }
+    for arg, value in ints.items():
+        _check_int(arg, value, _UINT32_MAX)
+    _check_int("seed", seed, 2**64 - 1)
+
+    spec = co_pb2.JobSpec(
+        name=name,
+        model=co_pb2.ModelSpec(
+            source=model_source,
+            class_name=model.__name__,
+            kwargs_json=kwargs_json,
+            params=[co_pb2.ParamInfo(name=s.name, shape=s.shape) for s in layout.slots],
+        ),
+        mode=mode,
+        optimizer=optimizer_config(optimizer),
+        loss=loss,
+        seed=seed,
+        **ints,
+    )
+    return Payload(spec, dataset, initial)
+
+
+def optimizer_config(optimizer: Mapping[str, Any] | None) -> common_pb2.OptimizerConfig:
+    """A dict such as ``{"name": "adam", "lr": 1e-3}`` as the wire config (fields as in torch)."""
+    if optimizer is None:
+        optimizer = DEFAULT_OPTIMIZER
+    if not isinstance(optimizer, Mapping):
+        raise InvalidJobError(
+            f"optimizer must be a dict like {dict(DEFAULT_OPTIMIZER)}, "
+            f"got {type(optimizer).__name__}"
+        )
+    unknown = sorted(set(optimizer) - set(_OPTIMIZER_FIELDS))
+    if unknown:
+        raise InvalidJobError(
+            f"optimizer has unknown field(s) {unknown}; expected some of {list(_OPTIMIZER_FIELDS)}"
+        )
+    try:
+        return common_pb2.OptimizerConfig(**{"name": "sgd", **optimizer})
+    except (TypeError, ValueError) as e:
+        raise InvalidJobError(f"optimizer field has the wrong type: {e}") from e
+
+
+def _initial_state(
+    model: type[nn.Module], kwargs: dict[str, Any], seed: int
+) -> tuple[bytes, ParamLayout]:
+    # Seeded so that resubmitting the same job starts from the same parameters; fork_rng keeps
+    # the caller's own random stream untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            instance = model(**kwargs)
+        except Exception as e:  # the user's constructor: any error is theirs to see
+            raise InvalidJobError(
+                f"could not build {model.__name__}(**{kwargs!r}): {type(e).__name__}: {e}"
+            ) from e
+    params = list(instance.named_parameters())
+    if not params:
+        raise InvalidJobError(f"{model.__name__} has no parameters to train")
+    wrong = [f"{n} ({p.dtype})" for n, p in params if p.dtype != torch.float32]
+    if wrong:
+        raise InvalidJobError(
+            f"{model.__name__}'s parameters must be float32 (the servers keep float32 vectors); "
+            f"these are not: {', '.join(wrong)}. Remove .double()/.half() from the model"
+        )
+    return state.dumps(instance.state_dict()), ParamLayout.of_module(instance)
+
+
+def _dataset(train: tuple[Any, Any], test: tuple[Any, Any]) -> bytes:
+    for arg, value in (("train", train), ("test", test)):
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise InvalidJobError(f"{arg} must be a pair (X, y) of arrays or tensors")
+    try:
+        return Dataset.from_arrays((train[0], train[1]), (test[0], test[1])).to_blob()
+    except PSError as e:
+        raise InvalidJobError(f"bad data: {e}") from e
+
+
+def _check_int(arg: str, value: object, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidJobError(f"{arg} must be an integer, got {value!r}")
+    if not 0 <= value <= maximum:
+        raise InvalidJobError(f"{arg} must be between 0 and {maximum}, got {value}")

@@ -1,0 +1,269 @@
+"""The Python SDK: submit a job, follow it, read its metrics and fetch the trained model.
+
+Example::
+
+    from pscluster import Client
+
+    with Client("localhost:50051") as client:
+        job = client.submit(model=MyNet, train=(X, y), test=(Xt, yt), mode="ssp", staleness=2)
+        job.wait(progress=True)
+        print(job.metrics().final_accuracy)
+        MyNet().load_state_dict(job.fetch_model())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import torch
+from rich.console import Console
+from torch import nn
+
+from pscluster.client import progress as _progress
+from pscluster.client.errors import (
+    ClusterUnavailableError,
+    InvalidJobError,
+    JobFailed,
+    JobNotFoundError,
+    PSClusterError,
+    from_rpc_error,
+)
+from pscluster.client.info import ClusterStatus, JobInfo
+from pscluster.client.metrics import JobMetrics
+from pscluster.client.payload import build_payload
+from pscluster.config import Settings
+from pscluster.model import state
+from pscluster.transport.channel import open_channel
+from pscluster.transport.errors import PSError
+from pscluster.v1 import coordinator_pb2 as co_pb2
+from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+
+__all__ = [
+    "Client",
+    "ClusterUnavailableError",
+    "InvalidJobError",
+    "Job",
+    "JobFailed",
+    "JobInfo",
+    "JobMetrics",
+    "JobNotFoundError",
+    "PSClusterError",
+]
+
+T = TypeVar("T")
+
+
+class Client:
+    """A connection to the coordinator of a pscluster.
+
+    ``address`` defaults to ``settings.coordinator`` (``PSC_COORDINATOR``, else
+    ``localhost:50051``). Every call has a deadline of ``settings.rpc_timeout_seconds``.
+
+    Example::
+
+        client = Client()                     # PSC_COORDINATOR or localhost:50051
+        for info in client.jobs():
+            print(info.job_id, info.state, info.test_accuracy)
+        client.close()
+    """
+
+    def __init__(self, address: str | None = None, *, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.address = address or self.settings.coordinator
+        if not self.address.strip():
+            raise ValueError("the coordinator address is empty; expected host:port")
+        self._channel = open_channel(self.address, self.settings)
+        self._stub = co_grpc.CoordinatorStub(self._channel)
+
+    # --- jobs ---
+    def submit(
+        self,
+        model: type[nn.Module],
+        train: tuple[Any, Any],
+        test: tuple[Any, Any],
+        *,
+        mode: str = "async",
+        staleness: int = 0,
+        optimizer: Mapping[str, Any] | None = None,
+        epochs: int = 10,
+        batch_size: int = 64,
+        model_kwargs: Mapping[str, Any] | None = None,
+        loss: str = "cross_entropy",
+        partitions: int = 0,
+        shards: int = 0,
+        seed: int = 0,
+        name: str = "",
+    ) -> Job:
+        """Submit a training job and return at once; follow it with :meth:`Job.wait`.
+
+        ``model`` is an ``nn.Module`` class defined at the top level of a .py file: workers
+        rebuild it from that file's source as ``model(**model_kwargs)``. ``train`` and ``test``
+        are ``(X, y)`` pairs of numpy arrays or tensors (X floating point). ``mode`` is
+        "async", "sync" or "ssp" (bounded by ``staleness``); ``optimizer`` is a dict of
+        torch.optim fields, by default ``{"name": "sgd", "lr": 0.05, "momentum": 0.9}``.
+        ``partitions`` and ``shards`` of 0 let the coordinator choose.
+
+        Raises InvalidJobError (before sending anything) if the model or the data are wrong,
+        or when the coordinator rejects the spec.
+
+        Example::
+
+            job = client.submit(model=MyNet, train=(X, y), test=(Xt, yt), mode="ssp",
+                                staleness=2, optimizer={"name": "adam", "lr": 1e-3})
+        """
+        payload = build_payload(
+            model,
+            train,
+            test,
+            mode=mode,
+            staleness=staleness,
+            optimizer=optimizer,
+            epochs=epochs,
+            batch_size=batch_size,
+            model_kwargs=model_kwargs,
+            loss=loss,
+            partitions=partitions,
+            shards=shards,
+            seed=seed,
+            name=name,
+        )
+        stream = payload.chunks(self.settings.chunk_bytes)
+        reply = self._call("submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t))
+        return Job(self, reply.job_id)
+
+    def job(self, job_id: str) -> Job:
+        """A handle on an existing job; NOT_FOUND surfaces as JobNotFoundError."""
+        job = Job(self, job_id)
+        job.info()
+        return job
+
+    def jobs(self) -> list[JobInfo]:
+        """Every job the coordinator knows, as it reports them (oldest first)."""
+        reply = self._call(
+            "list jobs", lambda t: self._stub.ListJobs(co_pb2.ListJobsRequest(), timeout=t)
+        )
+        return [JobInfo.from_proto(j) for j in reply.jobs]
+
+    def status(self) -> ClusterStatus:
+        """Shards with their health and workers with their liveness and current task."""
+        reply = self._call(
+            "get the cluster status",
+            lambda t: self._stub.ClusterStatus(co_pb2.ClusterStatusRequest(), timeout=t),
+        )
+        return ClusterStatus.from_proto(reply)
+
+    # --- lifecycle ---
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.address!r})"
+
+    # --- plumbing shared with Job ---
+    def _call(self, what: str, call: Callable[[float], T]) -> T:
+        """Run one RPC with the configured deadline, translating its failure for the user."""
+        try:
+            return call(self.settings.rpc_timeout_seconds)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, self.address, what) from None
+
+    def _job_request(self, job_id: str) -> co_pb2.GetJobRequest:
+        return co_pb2.GetJobRequest(job_id=job_id)
+
+
+class Job:
+    """A handle on one job; every method asks the coordinator afresh.
+
+    Example::
+
+        job = client.job("a1b2c3")
+        info = job.wait(progress=True, timeout=600)
+        print(info.test_accuracy, job.metrics().pushes_rejected)
+    """
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        if not job_id:
+            raise ValueError("job_id is empty")
+        self.client = client
+        self.id = job_id
+
+    def info(self) -> JobInfo:
+        stub, req = self.client._stub, self.client._job_request(self.id)
+        reply = self.client._call(f"get job {self.id}", lambda t: stub.GetJob(req, timeout=t))
+        return JobInfo.from_proto(reply)
+
+    def wait(
+        self,
+        progress: bool = False,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        *,
+        console: Console | None = None,
+    ) -> JobInfo:
+        """Block until the job completes and return its final info.
+
+        ``progress=True`` draws a progress bar with the epoch, the last loss, the latest test
+        accuracy and what the job is waiting on. Raises JobFailed if the job fails or is
+        cancelled, TimeoutError if it is still running after ``timeout`` seconds.
+        """
+        if poll <= 0:
+            raise ValueError(f"poll must be > 0 seconds, got {poll}")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
+        info = _progress.follow(
+            self.info, progress=progress, timeout=timeout, poll=poll, console=console
+        )
+        if info.state != "completed":
+            raise JobFailed(info)
+        return info
+
+    def metrics(self) -> JobMetrics:
+        """Per-step loss, per-epoch test accuracy and the shards' push statistics."""
+        stub, req = self.client._stub, self.client._job_request(self.id)
+        reply = self.client._call(
+            f"get the metrics of job {self.id}", lambda t: stub.GetMetrics(req, timeout=t)
+        )
+        return JobMetrics.from_proto(reply)
+
+    def fetch_model(self) -> dict[str, torch.Tensor]:
+        """The trained ``state_dict`` (parameters and buffers), ready for ``load_state_dict``.
+
+        FAILED_PRECONDITION (as PSClusterError) if the job has no model yet.
+        """
+        stub, req = self.client._stub, self.client._job_request(self.id)
+
+        def fetch(timeout: float) -> bytearray:
+            blob = bytearray()
+            for chunk in stub.FetchModel(req, timeout=timeout):
+                blob += chunk.data
+            return blob
+
+        blob = self.client._call(f"fetch the model of job {self.id}", fetch)
+        try:
+            return state.loads(blob, f"the model of job {self.id}")
+        except PSError as e:
+            raise PSClusterError(str(e)) from e
+
+    def cancel(self) -> JobInfo:
+        """Stop the job; its workers abandon their leases. Cancelling a finished job is a no-op
+        or FAILED_PRECONDITION, as the coordinator decides."""
+        stub, req = self.client._stub, self.client._job_request(self.id)
+        reply = self.client._call(f"cancel job {self.id}", lambda t: stub.CancelJob(req, timeout=t))
+        return JobInfo.from_proto(reply)
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"

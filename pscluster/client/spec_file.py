@@ -1,0 +1,193 @@
+"""The job file of ``pscluster submit``: a YAML spec pointing at the user's model and data code.
+
+Example (paths are relative to the YAML file's folder)::
+
+    name: digits
+    model: digits_model.py:DigitsNet
+    model_kwargs: {hidden: 128}
+    data: digits_data.py:load        # returns ((X, y), (X_test, y_test))
+    mode: ssp
+    staleness: 2
+    optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+    epochs: 10
+    batch_size: 32
+    target_accuracy: 0.95
+
+Fields are checked strictly: a typo or a wrong type is an error naming the field, because a
+silently ignored ``epoch: 3`` would train for the default ten epochs without saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import types
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from pscluster.client.errors import InvalidJobError
+
+
+class SpecFileError(InvalidJobError):
+    """The job file is missing, malformed, or points at code that does not load."""
+
+
+class JobFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = ""
+    model: str = Field(description="path/to/file.py:ClassName, relative to the YAML file")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    data: str = Field(description="path/to/file.py:function returning ((X, y), (Xt, yt))")
+    mode: Literal["async", "sync", "ssp"] = "async"
+    staleness: int = Field(0, ge=0)
+    optimizer: dict[str, Any] | None = None
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    partitions: int = Field(0, ge=0)
+    shards: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0)
+    target_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class LoadedJob:
+    """A validated job file with its model class and data loaded, ready for Client.submit."""
+
+    def __init__(self, path: Path, spec: JobFile) -> None:
+        self.path = path
+        self.spec = spec
+        self.base = path.parent
+        self._modules: dict[Path, types.ModuleType] = {}
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or self.path.stem
+
+    def model_class(self) -> type[nn.Module]:
+        obj = self._resolve("model", self.spec.model)
+        if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+            raise SpecFileError(f"{self.path}: model {self.spec.model!r} is not an nn.Module class")
+        return obj
+
+    def data(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+        fn = self._resolve("data", self.spec.data)
+        if not callable(fn):
+            raise SpecFileError(f"{self.path}: data {self.spec.data!r} is not a function")
+        try:
+            result = fn()
+        except Exception as e:  # the user's loader: show its error, not ours
+            raise SpecFileError(
+                f"{self.path}: data function {self.spec.data!r} raised {type(e).__name__}: {e}"
+            ) from e
+        if not (
+            isinstance(result, (tuple, list))
+            and len(result) == 2
+            and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in result)
+        ):
+            raise SpecFileError(
+                f"{self.path}: data function {self.spec.data!r} must return "
+                f"((X, y), (X_test, y_test)), got {type(result).__name__}"
+            )
+        (x, y), (xt, yt) = result
+        return (x, y), (xt, yt)
+
+    def submit_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``Client.submit`` this file describes (loads model and data)."""
+        train, test = self.data()
+        s = self.spec
+        return {
+            "model": self.model_class(),
+            "train": train,
+            "test": test,
+            "mode": s.mode,
+            "staleness": s.staleness,
+            "optimizer": s.optimizer,
+            "epochs": s.epochs,
+            "batch_size": s.batch_size,
+            "model_kwargs": s.model_kwargs,
+            "loss": s.loss,
+            "partitions": s.partitions,
+            "shards": s.shards,
+            "seed": s.seed,
+            "name": self.name,
+        }
+
+    def _resolve(self, field: str, ref: str) -> Any:
+        file_part, sep, attr = ref.rpartition(":")
+        if not sep or not file_part or not attr:
+            raise SpecFileError(
+                f"{self.path}: field {field!r} is {ref!r}; expected 'path/to/file.py:Name'"
+            )
+        file = (self.base / file_part).resolve()
+        if not file.is_file():
+            raise SpecFileError(f"{self.path}: field {field!r}: no file {file}")
+        module = self._modules.get(file) or self._load(field, file)
+        self._modules[file] = module
+        if not hasattr(module, attr):
+            raise SpecFileError(f"{self.path}: field {field!r}: {file.name} defines no {attr!r}")
+        return getattr(module, attr)
+
+    def _load(self, field: str, file: Path) -> types.ModuleType:
+        # A unique name per file, kept in sys.modules: inspect.getsource (which the SDK uses to
+        # ship the model's source) finds a class's file through its module there.
+        digest = hashlib.sha1(str(file).encode()).hexdigest()[:10]
+        name = f"psc_job_{file.stem}_{digest}"
+        spec = importlib.util.spec_from_file_location(name, file)
+        if spec is None or spec.loader is None:
+            raise SpecFileError(f"{self.path}: field {field!r}: cannot import {file}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        # The file's folder is importable while it runs, as it would be for `python file.py`.
+        sys.path.insert(0, str(file.parent))
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            sys.modules.pop(name, None)
+            raise SpecFileError(
+                f"{self.path}: field {field!r}: importing {file.name} raised "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        finally:
+            sys.path.remove(str(file.parent))
+        return module
+
+
+def load_job_file(path: str | Path) -> LoadedJob:
+    """Read and validate a job file; SpecFileError names the field that is wrong."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise SpecFileError(f"cannot read job file {path}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise SpecFileError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise SpecFileError(
+            f"{path} must hold a mapping of fields (model:, data:, ...), got {type(raw).__name__}"
+        )
+    try:
+        spec = JobFile.model_validate(raw)
+    except ValidationError as e:
+        raise SpecFileError(f"{path} is not a valid job file:\n{format_errors(e)}") from e
+    return LoadedJob(path.resolve(), spec)
+
+
+def format_errors(error: ValidationError) -> str:
+    """One line per problem: the field, what was wrong, and what is expected."""
+    allowed = ", ".join(JobFile.model_fields)
+    lines = []
+    for err in error.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(file)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown field; expected one of: {allowed}")
+        elif err["type"] == "missing":
+            lines.append(f"  {field}: required field is missing")
+        else:
+            lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
