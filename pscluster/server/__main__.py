@@ -1,0 +1,3 @@
+from pscluster.server.main import main
+
+main()

@@ -1,0 +1,20 @@
+"""Asynchronous (Hogwild-style over a server): every push is applied the moment it arrives."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext
+from pscluster.server.domain import Outcome, PushHeader
+
+
+class AsyncPolicy(ConsistencyPolicy):
+    """No waiting and no staleness bound; staleness is only measured (``stats.staleness``)."""
+
+    name: ClassVar[str] = "async"
+
+    def on_push(self, job: JobContext, push: PushHeader, grad: torch.Tensor) -> Decision:
+        job.apply(grad, [push], step=False)
+        return Decision(Outcome.APPLIED)

@@ -1,0 +1,88 @@
+"""The ``ConsistencyPolicy`` protocol: when a push is applied, and when a worker may pull.
+
+A policy is per job and holds whatever state its mode needs (a sync step's summed gradients,
+...). The job calls it under the job's lock and gives it a narrow view of itself
+(:class:`JobContext`): the policy decides, the job does the bookkeeping (idempotence, counters,
+clocks, waking waiters). So a new mode, e.g. sync with backup workers, is one new file that
+subclasses an existing policy or this protocol, plus one entry in the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+
+from pscluster.server.domain import Outcome, PushHeader
+
+
+class JobContext(Protocol):
+    """The job as its policy sees it. Every call happens with the job's lock held."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def clock(self) -> int:
+        """The slowest member's clock (see :mod:`pscluster.server.clocks`)."""
+        ...
+
+    @property
+    def members(self) -> list[str]: ...
+
+    def clock_of(self, worker_id: str) -> int: ...
+
+    def slowest(self) -> tuple[str, int] | None: ...
+
+    def apply(self, grad: torch.Tensor, pushes: Sequence[PushHeader], *, step: bool) -> None:
+        """Run the optimizer on ``grad`` once, version += 1, record the pushes' staleness.
+
+        ``pushes`` are the pushes behind ``grad``; ``step`` marks a sync barrier step.
+        """
+        ...
+
+    def record_clock_lead(self, lead: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy made of a push. ``reject_key`` names the ``pushes_rejected`` counter of a
+    refused push (e.g. "stale"); the job counts it and answers with ``reason``."""
+
+    outcome: Outcome
+    reason: str = ""
+    reject_key: str = ""
+
+
+class ConsistencyPolicy(Protocol):
+    name: ClassVar[str]
+
+    def on_push(self, job: JobContext, push: PushHeader, grad: torch.Tensor) -> Decision:
+        """Decide on a push from a member whose payload is valid and whose base_version is not
+        ahead of the job's. May apply it (``job.apply``) or hold it. Raise a PSError (e.g.
+        FailedPrecondition) only before changing any state. ``grad`` is lent for the call only
+        (its memory is reused for the next push): copy what must outlive it.
+        """
+        ...
+
+    def pull_blocker(self, job: JobContext, worker_id: str) -> str | None:
+        """What a member's pull must wait for ("the ssp bound ..."), or None if it may go."""
+        return None
+
+    def version_wait(self, job: JobContext, min_version: int) -> str:
+        """What a pull asking for ``min_version`` is waiting for, for the timeout message."""
+        return f"version {min_version} (the shard is at version {job.version})"
+
+    def on_pull_granted(self, job: JobContext, worker_id: str) -> None:
+        """Called when a member's pull goes ahead (ssp records the worker's clock lead)."""
+        return None
+
+    def on_members_changed(self, job: JobContext) -> None:
+        """Re-check after SetMembers: a barrier may now be complete."""
+        return None
+
+    def waiting_for(self, job: JobContext) -> list[str]:
+        """Members the job is waiting on (sync: those that have not pushed for the open step)."""
+        return []

@@ -1,0 +1,84 @@
+"""Synchronous training: a barrier per step, the members' gradients averaged and applied once.
+
+The open step is the current version ``v``: every member pushes a gradient computed on ``v``,
+the pushes are summed, and when the last one arrives the average is applied (``v`` becomes
+``v + 1``) and the workers blocked in ``Pull(min_version=v + 1)`` go on. This is bulk
+synchronous SGD: with one worker it is exactly single-process training.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext
+from pscluster.server.domain import Outcome, PushHeader
+from pscluster.transport.errors import FailedPrecondition
+
+
+class SyncPolicy(ConsistencyPolicy):
+    """Subclasses change when a step closes (``is_complete``) and what becomes of a push for a
+    closed step (``refuse_old``), e.g. sync with backup workers."""
+
+    name: ClassVar[str] = "sync"
+
+    def __init__(self) -> None:
+        self._sum: torch.Tensor | None = None  # kept across steps: fresh memory is slow
+        self._pushes: dict[str, PushHeader] = {}  # by worker, for the open step
+
+    def on_push(self, job: JobContext, push: PushHeader, grad: torch.Tensor) -> Decision:
+        if push.base_version < job.version:
+            return self.refuse_old(job, push)
+        if push.worker_id in self._pushes:
+            raise FailedPrecondition(
+                f"worker {push.worker_id} already pushed for step {job.version}; "
+                f"pull min_version={job.version + 1} first"
+            )
+        if self._sum is None:
+            self._sum = torch.empty_like(grad)
+        if self._pushes:
+            self._sum.add_(grad)
+        else:
+            self._sum.copy_(grad)  # the gradient is only lent to us
+        self._pushes[push.worker_id] = push
+        if self.is_complete(job):
+            self._apply(job)
+            return Decision(Outcome.APPLIED)
+        return Decision(Outcome.BUFFERED)
+
+    def refuse_old(self, job: JobContext, push: PushHeader) -> Decision:
+        return Decision(
+            Outcome.STALE,
+            reason=(
+                f"computed on version {push.base_version} but step {job.version} is open; "
+                "pull the current parameters and push again"
+            ),
+            reject_key="stale",
+        )
+
+    def is_complete(self, job: JobContext) -> bool:
+        """Every current member has pushed for the open step (and someone has)."""
+        return bool(self._pushes) and all(m in self._pushes for m in job.members)
+
+    def on_members_changed(self, job: JobContext) -> None:
+        # A member that left (or died) is no longer waited for: the others may be complete.
+        if self.is_complete(job):
+            self._apply(job)
+
+    def waiting_for(self, job: JobContext) -> list[str]:
+        return [m for m in job.members if m not in self._pushes]
+
+    def version_wait(self, job: JobContext, min_version: int) -> str:
+        if min_version == job.version + 1:
+            return f"sync barrier for step {job.version} waiting on workers {self.waiting_for(job)}"
+        return f"version {min_version} (the shard is at version {job.version})"
+
+    def _apply(self, job: JobContext) -> None:
+        grad, pushes = self._sum, list(self._pushes.values())
+        self._pushes = {}
+        if grad is None or not pushes:
+            return
+        if len(pushes) > 1:
+            grad.div_(len(pushes))  # the average over the pushes that made the step
+        job.apply(grad, pushes, step=True)

@@ -1,0 +1,76 @@
+"""Protos to the shard's plain objects and back: the servicer's decode and encode steps."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from pscluster.server.domain import (
+    JobConfig,
+    JobStats,
+    Outcome,
+    PullSnapshot,
+    PushHeader,
+    PushResult,
+)
+from pscluster.server.optimizer import parse_optimizer
+from pscluster.v1 import common_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+
+_OUTCOMES = {
+    Outcome.UNKNOWN: ps_pb2.PUSH_OUTCOME_UNSPECIFIED,
+    Outcome.APPLIED: ps_pb2.PUSH_OUTCOME_APPLIED,
+    Outcome.BUFFERED: ps_pb2.PUSH_OUTCOME_BUFFERED,
+    Outcome.STALE: ps_pb2.PUSH_OUTCOME_STALE,
+}
+
+
+def job_config(config: ps_pb2.ShardJobConfig) -> JobConfig:
+    """Decode (and validate the optimizer of) a job config."""
+    return JobConfig(
+        job_id=config.job_id,
+        start=config.start,
+        length=config.length,
+        mode=config.mode,
+        staleness=config.staleness,
+        optimizer=parse_optimizer(config.optimizer),
+    )
+
+
+def push_header(header: ps_pb2.PushHeader) -> PushHeader:
+    return PushHeader(
+        job_id=header.job_id,
+        worker_id=header.worker_id,
+        seq=header.seq,
+        base_version=header.base_version,
+        base_clock=header.base_clock,
+        length=header.length,
+        dtype=header.dtype,
+        batch_size=header.batch_size,
+    )
+
+
+def push_reply(result: PushResult) -> ps_pb2.PushReply:
+    return ps_pb2.PushReply(
+        outcome=_OUTCOMES[result.outcome],
+        version=result.version,
+        clock=result.clock,
+        duplicate=result.duplicate,
+        reason=result.reason,
+    )
+
+
+def pull_header(snapshot: PullSnapshot) -> ps_pb2.PullChunk:
+    return ps_pb2.PullChunk(
+        header=ps_pb2.PullHeader(
+            version=snapshot.version,
+            clock=snapshot.clock,
+            start=snapshot.start,
+            length=snapshot.length,
+            # An unspecified request dtype is answered as what it means: float32.
+            dtype=common_pb2.DType.ValueType(snapshot.dtype or common_pb2.DTYPE_FLOAT32),
+        )
+    )
+
+
+def job_stats(stats: JobStats, shard: str) -> common_pb2.ShardJobStats:
+    return common_pb2.ShardJobStats(shard=shard, **asdict(stats))

@@ -1,0 +1,96 @@
+"""Plain data the shard's logic works with, decoded from (and encoded to) the protos by the
+servicer; nothing here knows about gRPC."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pscluster.server.optimizer import OptimizerSpec
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    job_id: str
+    start: int
+    length: int
+    mode: str
+    staleness: int
+    optimizer: OptimizerSpec
+
+
+@dataclass(frozen=True)
+class PushHeader:
+    job_id: str
+    worker_id: str
+    seq: int
+    base_version: int
+    base_clock: int
+    length: int
+    dtype: int
+    batch_size: int = 0
+
+
+class Outcome(enum.Enum):
+    UNKNOWN = "unknown"  # a retry of a push older than the last one remembered
+    APPLIED = "applied"
+    BUFFERED = "buffered"
+    STALE = "stale"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    outcome: Outcome
+    version: int
+    clock: int
+    duplicate: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PullSnapshot:
+    """The values as raw bytes of the wire dtype, in a copy safe to stream unlocked.
+
+    Use it as a context manager: leaving it hands the copy back for reuse.
+    """
+
+    version: int
+    clock: int
+    start: int
+    length: int
+    dtype: int
+    payload: memoryview
+    release: Callable[[], None] = field(repr=False)
+
+    def __enter__(self) -> PullSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@dataclass
+class JobStats:
+    """Field names match ``common_pb2.ShardJobStats`` so the servicer maps it one to one."""
+
+    job_id: str
+    start: int
+    length: int
+    version: int
+    clock: int
+    pushes_received: int
+    pushes_applied: int
+    pushes_rejected: dict[str, int]
+    pulls: int
+    bytes_pushed: int
+    bytes_pulled: int
+    staleness: dict[int, int]
+    clock_staleness: dict[int, int]
+    max_clock_lead: int
+    members: list[str]
+    worker_clocks: dict[str, int]
+    waiting_for: list[str]
+    checksum: float
+    last_update_unix: float
+    steps_applied: int

@@ -1,0 +1,52 @@
+"""Run a parameter-server shard: ``python -m pscluster.server --port 0``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pscluster.config import Settings
+from pscluster.server.servicer import SERVICE_NAME, ParameterServerServicer, add_to_server
+from pscluster.server.shard import Shard
+from pscluster.transport.server import RunningServer, build_server, wait_for_termination
+
+
+def serve(settings: Settings, port: int | None = None) -> RunningServer:
+    """Start a shard in this process and return at once.
+
+    ``port`` None: ``settings.shard_port``; 0: a free port (read it from ``.port``).
+    """
+    servicer = ParameterServerServicer(Shard(), settings)
+    running = build_server(
+        settings,
+        settings.shard_port if port is None else port,
+        [lambda server: add_to_server(servicer, server)],
+        [SERVICE_NAME],
+    )
+    servicer.advertise = settings.advertise or f"{settings.host}:{running.port}"
+    return running
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pscluster.server",
+        description="A parameter-server shard. Flags override the PSC_* environment.",
+    )
+    parser.add_argument("--host", help="interface to bind (PSC_HOST)")
+    parser.add_argument("--port", type=int, help="port to bind, 0 for a free one (PSC_SHARD_PORT)")
+    parser.add_argument("--advertise", help="address others reach this shard at (PSC_ADVERTISE)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, ... (PSC_LOG_LEVEL)")
+    args = parser.parse_args(argv)
+    overrides = {
+        "host": args.host,
+        "shard_port": args.port,
+        "advertise": args.advertise,
+        "log_level": args.log_level,
+    }
+    settings = Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    running = serve(settings)
+    wait_for_termination(running, settings.grace_seconds, on_stop=lambda: None)

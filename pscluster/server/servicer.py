@@ -1,0 +1,175 @@
+"""The ``pscluster.v1.ParameterServer`` servicer: decode, call the shard, encode.
+
+All logic lives in :class:`~pscluster.server.shard.Shard` and
+:class:`~pscluster.server.shard_job.ShardJob`; domain errors become status codes in
+:func:`~pscluster.transport.errors.grpc_errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from pscluster.config import Settings
+from pscluster.server import convert, framing
+from pscluster.server.shard import Shard
+from pscluster.transport.errors import InvalidArgument, grpc_errors
+from pscluster.v1 import common_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+
+SERVICE_NAME = "pscluster.v1.ParameterServer"
+# A blocked pull gives up this long before the caller's deadline, so that the caller hears
+# what it waited for rather than a bare DEADLINE_EXCEEDED from its own side.
+_REPLY_MARGIN_SECONDS = 0.05
+# Room for the framing of a data chunk inside a message.
+_CHUNK_OVERHEAD = 64
+
+
+class ParameterServerServicer:
+    def __init__(self, shard: Shard, settings: Settings, advertise: str = "") -> None:
+        self._shard = shard
+        self._settings = settings
+        # The address reported in stats; set by serve() once the port is bound.
+        self.advertise = advertise
+
+    @grpc_errors
+    def InitJob(
+        self,
+        request_iterator: Iterator[ps_pb2.InitJobChunk | memoryview],
+        context: grpc.ServicerContext,
+    ) -> ps_pb2.InitJobReply:
+        first = next(request_iterator, None)
+        if not isinstance(first, ps_pb2.InitJobChunk) or first.WhichOneof("part") != "config":
+            raise InvalidArgument("an InitJob stream must start with the config, then data chunks")
+        config = convert.job_config(first.config)
+        job = self._shard.init_job(config, _data(request_iterator, "InitJob", "config"))
+        return ps_pb2.InitJobReply(version=job.version, checksum=job.checksum())
+
+    @grpc_errors
+    def SetMembers(
+        self, request: ps_pb2.SetMembersRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.SetMembersReply:
+        job = self._shard.job(request.job_id)
+        generation = job.set_members(list(request.worker_ids), request.generation)
+        return ps_pb2.SetMembersReply(generation=generation)
+
+    @grpc_errors
+    def Pull(
+        self, request: ps_pb2.PullRequest, context: grpc.ServicerContext
+    ) -> Iterator[ps_pb2.PullChunk | bytes]:
+        job = self._shard.job(request.job_id)
+        chunk_bytes = self._chunk_bytes(request.chunk_bytes)
+        # A caller that goes away wakes the wait, which then notices and ends.
+        context.add_callback(job.wake)
+        snapshot = job.pull(
+            request.worker_id,
+            request.min_version,
+            request.dtype,
+            timeout=self._wait_budget(context),
+            cancelled=lambda: not context.is_active(),
+        )
+        with snapshot:
+            yield convert.pull_header(snapshot)
+            yield from framing.frames(snapshot.payload, chunk_bytes)
+
+    @grpc_errors
+    def Push(
+        self,
+        request_iterator: Iterator[ps_pb2.PushChunk | memoryview],
+        context: grpc.ServicerContext,
+    ) -> ps_pb2.PushReply:
+        first = next(request_iterator, None)
+        if not isinstance(first, ps_pb2.PushChunk) or first.WhichOneof("part") != "header":
+            raise InvalidArgument("a Push stream must start with a PushHeader, then data chunks")
+        header = convert.push_header(first.header)
+        job = self._shard.job(header.job_id)
+        result = job.push(header, _data(request_iterator, "Push", "header"))
+        return convert.push_reply(result)
+
+    @grpc_errors
+    def GetJobStats(
+        self, request: ps_pb2.JobStatsRequest, context: grpc.ServicerContext
+    ) -> common_pb2.ShardJobStats:
+        return convert.job_stats(self._shard.job(request.job_id).stats(), self.advertise)
+
+    @grpc_errors
+    def DropJob(
+        self, request: ps_pb2.DropJobRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.DropJobReply:
+        self._shard.drop(request.job_id)
+        return ps_pb2.DropJobReply()
+
+    def _chunk_bytes(self, requested: int) -> int:
+        if requested == 0:
+            return self._settings.chunk_bytes
+        limit = self._settings.max_message_bytes - _CHUNK_OVERHEAD
+        if requested > limit:
+            raise InvalidArgument(
+                f"chunk_bytes {requested} exceeds the message limit; use at most {limit} "
+                "(or 0 for the server's default)"
+            )
+        return requested
+
+    def _wait_budget(self, context: grpc.ServicerContext) -> float:
+        budget = self._settings.pull_wait_seconds
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = min(budget, remaining - _REPLY_MARGIN_SECONDS)
+        return max(0.0, budget)
+
+
+def _data(
+    messages: Iterator[ps_pb2.InitJobChunk | memoryview] | Iterator[ps_pb2.PushChunk | memoryview],
+    rpc: str,
+    first: str,
+) -> Iterator[bytes | memoryview]:
+    """The payload bytes of a stream's remaining messages, which must all be data chunks."""
+    for message in messages:
+        if isinstance(message, memoryview):  # framed data, parsed without a copy
+            yield message
+        elif message.WhichOneof("part") == "data":
+            yield message.data
+        else:
+            raise InvalidArgument(f"{rpc} stream has a second {first}; only data chunks may follow")
+
+
+def add_to_server(servicer: ParameterServerServicer, server: grpc.Server) -> None:
+    """Register the service like the generated ``add_ParameterServerServicer_to_server``, but
+    with data chunks framed and parsed by :mod:`pscluster.server.framing` (no protobuf copies).
+    """
+    handlers = {
+        "InitJob": grpc.stream_unary_rpc_method_handler(
+            servicer.InitJob,
+            request_deserializer=framing.parser(ps_pb2.InitJobChunk.FromString),
+            response_serializer=ps_pb2.InitJobReply.SerializeToString,
+        ),
+        "SetMembers": grpc.unary_unary_rpc_method_handler(
+            servicer.SetMembers,
+            request_deserializer=ps_pb2.SetMembersRequest.FromString,
+            response_serializer=ps_pb2.SetMembersReply.SerializeToString,
+        ),
+        "Pull": grpc.unary_stream_rpc_method_handler(
+            servicer.Pull,
+            request_deserializer=ps_pb2.PullRequest.FromString,
+            response_serializer=framing.serializer,
+        ),
+        "Push": grpc.stream_unary_rpc_method_handler(
+            servicer.Push,
+            request_deserializer=framing.parser(ps_pb2.PushChunk.FromString),
+            response_serializer=ps_pb2.PushReply.SerializeToString,
+        ),
+        "GetJobStats": grpc.unary_unary_rpc_method_handler(
+            servicer.GetJobStats,
+            request_deserializer=ps_pb2.JobStatsRequest.FromString,
+            response_serializer=common_pb2.ShardJobStats.SerializeToString,
+        ),
+        "DropJob": grpc.unary_unary_rpc_method_handler(
+            servicer.DropJob,
+            request_deserializer=ps_pb2.DropJobRequest.FromString,
+            response_serializer=ps_pb2.DropJobReply.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    # Also as registered methods, which the generated stubs call by default (a faster path).
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]

@@ -1,0 +1,77 @@
+"""A shard's jobs by id. Its lock guards only the dict: each job has its own lock, so a slow
+push to one job never holds up another job."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import cast
+
+from pscluster.server.consistency import make_policy
+from pscluster.server.domain import JobConfig
+from pscluster.server.shard_job import ShardJob
+from pscluster.transport import wire
+from pscluster.transport.errors import AlreadyExists, InvalidArgument, NotFound
+from pscluster.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+
+class Shard:
+    def __init__(self) -> None:
+        self._jobs: dict[str, ShardJob] = {}
+        self._lock = threading.Lock()
+
+    def check_new(self, config: JobConfig) -> None:
+        """Validate a job config before its (possibly large) initial values are received."""
+        if not config.job_id:
+            raise InvalidArgument("config.job_id is empty; name the job")
+        make_policy(config.mode, config.staleness)  # InvalidArgument on an unknown mode
+        with self._lock:
+            if config.job_id in self._jobs:
+                raise AlreadyExists(f"job {config.job_id} already exists on this shard")
+
+    def init_job(self, config: JobConfig, data: Iterable[bytes | memoryview]) -> ShardJob:
+        """Create a job from its config and the chunks of its initial float32 values."""
+        self.check_new(config)
+        assembler = wire.Assembler(config.length * 4)
+        for chunk in data:
+            # Assembler.add is typed for bytes but copies from any buffer (a framed memoryview).
+            assembler.add(cast(bytes, chunk))
+        values = wire.decode(assembler.result(), common_pb2.DTYPE_FLOAT32, config.length)
+        job = ShardJob(config, values)
+        with self._lock:
+            # Checked again: two InitJob calls for one id may have streamed at the same time.
+            if config.job_id in self._jobs:
+                raise AlreadyExists(f"job {config.job_id} already exists on this shard")
+            self._jobs[config.job_id] = job
+        log.info(
+            "job %s: %d values [%d, %d), mode %s, optimizer %s",
+            config.job_id,
+            config.length,
+            config.start,
+            config.start + config.length,
+            config.mode,
+            config.optimizer.name,
+        )
+        return job
+
+    def job(self, job_id: str) -> ShardJob:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} is not on this shard; InitJob it first")
+        return job
+
+    def drop(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs.pop(job_id, None)
+        if job is None:
+            raise NotFound(f"job {job_id!r} is not on this shard")
+        job.drop()
+        log.info("job %s dropped", job_id)
+
+    def job_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._jobs)

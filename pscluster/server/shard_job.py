@@ -1,0 +1,338 @@
+"""One job's slice on a shard: values, optimizer, consistency policy, members and counters.
+
+No gRPC here: the servicer hands in plain headers and byte chunks. One lock (a Condition) per
+job, so jobs never wait on each other; payloads are received and checked outside the lock, and
+only the decision and the optimizer step run under it. A push is validated in full before it
+touches anything, so a refused push changes nothing but the counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+
+import torch
+
+from pscluster.server.buffers import Pool, SnapshotCache, fill, wire_torch_dtype
+from pscluster.server.clocks import MemberClocks
+from pscluster.server.consistency import make_policy
+from pscluster.server.domain import (
+    JobConfig,
+    JobStats,
+    Outcome,
+    PullSnapshot,
+    PushHeader,
+    PushResult,
+)
+from pscluster.server.optimizer import FlatOptimizer
+from pscluster.server.stats import JobCounters
+from pscluster.transport import wire
+from pscluster.transport.errors import DeadlineExceeded, InvalidArgument, NotFound, PSError
+
+log = logging.getLogger(__name__)
+
+
+class ShardJob:
+    def __init__(self, config: JobConfig, values: torch.Tensor) -> None:
+        if values.shape != (config.length,):
+            raise InvalidArgument(
+                f"job {config.job_id} needs {config.length} initial values, got {values.numel()}"
+            )
+        self.config = config
+        self._policy = make_policy(config.mode, config.staleness)
+        self._opt = FlatOptimizer(values, config.optimizer)
+        self._cond = threading.Condition()
+        self._version = 0
+        self._clocks = MemberClocks()
+        self._generation = 0
+        # worker -> (highest seq seen, the reply it got): a retried push is answered, not redone.
+        self._last_push: dict[str, tuple[int, PushResult]] = {}
+        self._counters = JobCounters()
+        self._dropped = False
+        self._receive_buffers = Pool(lambda: bytearray(config.length * 4))
+        self._snapshots = SnapshotCache(config.length)
+
+    # --- the JobContext the policy sees (called with the lock held) ---
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def clock(self) -> int:
+        return self._clocks.clock
+
+    @property
+    def members(self) -> list[str]:
+        return self._clocks.members
+
+    def clock_of(self, worker_id: str) -> int:
+        return self._clocks.of(worker_id)
+
+    def slowest(self) -> tuple[str, int] | None:
+        return self._clocks.slowest()
+
+    def apply(self, grad: torch.Tensor, pushes: Sequence[PushHeader], *, step: bool) -> None:
+        version, clock = self._version, self._clocks.clock
+        self._opt.step(grad)
+        self._version += 1
+        for push in pushes:
+            self._counters.applied(version - push.base_version, max(0, clock - push.base_clock))
+        if step:
+            self._counters.steps_applied += 1
+        self._cond.notify_all()
+
+    def record_clock_lead(self, lead: int) -> None:
+        self._counters.clock_lead(lead)
+
+    # --- pushes ---
+
+    def push(self, header: PushHeader, data: Iterable[bytes | memoryview]) -> PushResult:
+        """Receive a push's payload from ``data`` (the stream's chunks) and decide on it."""
+        with self._cond:
+            self._check_alive()
+            self._counters.pushes_received += 1
+            self._guard("invalid", lambda: self._check_header(header))
+            self._guard("not_member", lambda: self._check_member(header.worker_id))
+        # The payload is received, decoded and checked outside the lock: other workers' pushes
+        # and pulls go on meanwhile, and a bad payload never reaches the shared state.
+        buffer = self._receive_buffers.take() if _is_float32(header.dtype) else None
+        try:
+            return self._decide(header, self._receive(header, data, buffer))
+        finally:
+            if buffer is not None:
+                self._receive_buffers.give(buffer)
+
+    def _receive(
+        self, header: PushHeader, data: Iterable[bytes | memoryview], buffer: bytearray | None
+    ) -> torch.Tensor:
+        try:
+            if buffer is None:  # a half-precision push, converted to a new float32 tensor
+                buffer = bytearray(header.length * wire.itemsize(header.dtype))
+                fill(buffer, data)
+                return wire.decode(buffer, header.dtype, header.length)
+            fill(buffer, data)
+            return torch.frombuffer(buffer, dtype=torch.float32) if buffer else torch.empty(0)
+        except InvalidArgument:
+            with self._cond:
+                self._counters.rejected("invalid")
+            raise
+
+    def _decide(self, header: PushHeader, grad: torch.Tensor) -> PushResult:
+        finite = _all_finite(grad)
+        with self._cond:
+            self._counters.bytes_pushed += header.length * wire.itemsize(header.dtype)
+            if not finite:
+                self._counters.rejected("nonfinite")
+                raise InvalidArgument(
+                    f"push seq {header.seq} from worker {header.worker_id} has NaN or Inf values; "
+                    "nothing was applied"
+                )
+            self._check_alive()
+            self._guard("not_member", lambda: self._check_member(header.worker_id))
+            remembered = self._remembered(header)
+            if remembered is not None:
+                return remembered
+            self._guard("invalid", lambda: self._check_base_version(header))
+            decision = self._policy.on_push(self, header, grad)
+            if decision.outcome is Outcome.STALE:
+                self._counters.rejected(decision.reject_key or "stale")
+            else:
+                self._clocks.tick(header.worker_id)
+                self._cond.notify_all()  # a clock moved: ssp pulls may go on
+            result = PushResult(
+                decision.outcome, self._version, self._clocks.clock, reason=decision.reason
+            )
+            self._last_push[header.worker_id] = (header.seq, result)
+            return result
+
+    def _check_header(self, header: PushHeader) -> None:
+        if not header.worker_id:
+            raise InvalidArgument("push header has no worker_id; every push comes from a worker")
+        wire.itemsize(header.dtype)
+        if header.length != self.config.length:
+            c = self.config
+            raise InvalidArgument(
+                f"push announces {header.length} values but job {c.job_id} holds {c.length} "
+                f"on this shard (range [{c.start}, {c.start + c.length})); send this shard's slice"
+            )
+
+    def _check_base_version(self, header: PushHeader) -> None:
+        if header.base_version > self._version:
+            raise InvalidArgument(
+                f"push base_version {header.base_version} is ahead of the shard's version "
+                f"{self._version}; send the version of the parameters you pulled"
+            )
+
+    def _remembered(self, header: PushHeader) -> PushResult | None:
+        last = self._last_push.get(header.worker_id)
+        if last is None or header.seq > last[0]:
+            return None
+        if header.seq == last[0]:
+            return replace(last[1], duplicate=True)
+        return PushResult(
+            Outcome.UNKNOWN,
+            self._version,
+            self._clocks.clock,
+            duplicate=True,
+            reason=f"seq {header.seq} is older than this worker's last push (seq {last[0]})",
+        )
+
+    # --- pulls ---
+
+    def pull(
+        self,
+        worker_id: str,
+        min_version: int,
+        dtype: int,
+        timeout: float,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> PullSnapshot:
+        """A copy of the values once the mode lets ``worker_id`` read them.
+
+        Waits at most ``timeout`` seconds (then DeadlineExceeded naming what it waited for).
+        An observer (empty ``worker_id``) needs no membership and never waits on the mode; it
+        waits only for a ``min_version`` it asks for.
+        """
+        wire.itemsize(dtype)  # InvalidArgument for an unknown dtype, before any wait
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._check_alive()
+                if worker_id:
+                    self._check_member(worker_id)
+                blocker = self._pull_blocker(worker_id, min_version)
+                if blocker is None:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or cancelled():
+                    raise DeadlineExceeded(
+                        f"pull by {worker_id or 'an observer'} gave up after {timeout:.1f}s "
+                        f"waiting for {blocker}"
+                    )
+                self._cond.wait(remaining)
+            if worker_id:
+                self._policy.on_pull_granted(self, worker_id)
+            # A copy: the live vector changes under later pushes while the stream goes out.
+            lease = self._snapshots.take(self._opt.values, self._version, dtype)
+            self._counters.pulled(len(lease.payload))
+            return PullSnapshot(
+                self._version,
+                self._clocks.clock,
+                self.config.start,
+                self.config.length,
+                dtype,
+                lease.payload,
+                lease.release,
+            )
+
+    def _pull_blocker(self, worker_id: str, min_version: int) -> str | None:
+        if self._version < min_version:
+            return self._policy.version_wait(self, min_version)
+        return self._policy.pull_blocker(self, worker_id) if worker_id else None
+
+    # --- membership, stats, lifecycle ---
+
+    def set_members(self, worker_ids: Sequence[str], generation: int) -> int:
+        """Replace the member set unless ``generation`` is older; returns the one in force."""
+        if any(not w for w in worker_ids):
+            raise InvalidArgument("worker_ids contains an empty id")
+        if len(set(worker_ids)) != len(worker_ids):
+            raise InvalidArgument(f"worker_ids has duplicates: {sorted(worker_ids)}")
+        with self._cond:
+            self._check_alive()
+            if generation < self._generation:
+                return self._generation
+            self._generation = generation
+            added, removed = self._clocks.set_members(worker_ids)
+            self._policy.on_members_changed(self)
+            # Wake waiting pulls: a removed worker must stop waiting, the ssp minimum may move.
+            self._cond.notify_all()
+        if added or removed:
+            log.info(
+                "job %s generation %d: added %s, removed %s",
+                self.config.job_id,
+                generation,
+                added,
+                removed,
+            )
+        return generation
+
+    def stats(self) -> JobStats:
+        with self._cond:
+            c = self._counters
+            return JobStats(
+                job_id=self.config.job_id,
+                start=self.config.start,
+                length=self.config.length,
+                version=self._version,
+                clock=self._clocks.clock,
+                pushes_received=c.pushes_received,
+                pushes_applied=c.pushes_applied,
+                pushes_rejected=dict(c.pushes_rejected),
+                pulls=c.pulls,
+                bytes_pushed=c.bytes_pushed,
+                bytes_pulled=c.bytes_pulled,
+                staleness=dict(c.staleness),
+                clock_staleness=dict(c.clock_staleness),
+                max_clock_lead=c.max_clock_lead,
+                members=self._clocks.members,
+                worker_clocks=self._clocks.snapshot(),
+                waiting_for=self._policy.waiting_for(self),
+                checksum=self.checksum_locked(),
+                last_update_unix=c.last_update_unix,
+                steps_applied=c.steps_applied,
+            )
+
+    def checksum(self) -> float:
+        with self._cond:
+            return self.checksum_locked()
+
+    def checksum_locked(self) -> float:
+        return float(self._opt.values.sum(dtype=torch.float64))
+
+    def drop(self) -> None:
+        """Mark the job gone and wake its waiters, which answer NOT_FOUND."""
+        with self._cond:
+            self._dropped = True
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let waiting pulls re-check their conditions (e.g. a caller went away)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _check_alive(self) -> None:
+        if self._dropped:
+            raise NotFound(f"job {self.config.job_id} was dropped from this shard")
+
+    def _check_member(self, worker_id: str) -> None:
+        if worker_id not in self._clocks:
+            raise NotFound(
+                f"worker {worker_id} is not a member of job {self.config.job_id}: it holds no lease"
+            )
+
+    def _guard(self, reason: str, check: Callable[[], None]) -> None:
+        """Run ``check``; count a refusal under ``reason`` before passing it on."""
+        try:
+            check()
+        except PSError:
+            self._counters.rejected(reason)
+            raise
+
+
+def _is_float32(dtype: int) -> bool:
+    return wire_torch_dtype(dtype) == torch.float32
+
+
+def _all_finite(values: torch.Tensor) -> bool:
+    # A sum is finite only if every term is (NaN and Inf propagate through addition), so one
+    # cheap reduction clears nearly every gradient; only an overflowing sum needs the exact,
+    # elementwise test.
+    if math.isfinite(float(values.sum())):
+        return True
+    return bool(torch.isfinite(values).all())

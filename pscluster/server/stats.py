@@ -1,0 +1,40 @@
+"""A job's counters on one shard: what ``GetJobStats`` reports and tests assert on."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+
+class JobCounters:
+    """Plain counters; the job updates them under its lock."""
+
+    def __init__(self) -> None:
+        self.pushes_received = 0
+        self.pushes_applied = 0
+        self.pushes_rejected: Counter[str] = Counter()
+        self.pulls = 0
+        self.bytes_pushed = 0
+        self.bytes_pulled = 0
+        self.staleness: Counter[int] = Counter()
+        self.clock_staleness: Counter[int] = Counter()
+        self.max_clock_lead = 0
+        self.steps_applied = 0
+        self.last_update_unix = 0.0
+
+    def applied(self, version_staleness: int, clock_staleness: int) -> None:
+        """One push reached the parameters (sync: once per push in the step)."""
+        self.pushes_applied += 1
+        self.staleness[version_staleness] += 1
+        self.clock_staleness[clock_staleness] += 1
+        self.last_update_unix = time.time()
+
+    def rejected(self, reason: str) -> None:
+        self.pushes_rejected[reason] += 1
+
+    def pulled(self, payload_bytes: int) -> None:
+        self.pulls += 1
+        self.bytes_pulled += payload_bytes
+
+    def clock_lead(self, lead: int) -> None:
+        self.max_clock_lead = max(self.max_clock_lead, lead)

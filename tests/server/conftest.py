@@ -1,0 +1,157 @@
+"""Fixtures for the shard tests: a real shard on a free port, and a small client for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+import pytest
+import torch
+
+from pscluster.config import Settings
+from pscluster.server.main import serve
+from pscluster.transport import wire
+from pscluster.transport.channel import open_channel, wait_ready
+from pscluster.transport.server import RunningServer
+from pscluster.v1 import common_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
+
+RPC_TIMEOUT = 30.0
+
+
+def sgd(lr: float = 0.1) -> common_pb2.OptimizerConfig:
+    return common_pb2.OptimizerConfig(name="sgd", lr=lr)
+
+
+class ShardClient:
+    """Raw calls to a shard, the way a worker or the coordinator makes them."""
+
+    def __init__(self, stub: ps_grpc.ParameterServerStub, chunk_bytes: int = 4096) -> None:
+        self.stub = stub
+        self.chunk_bytes = chunk_bytes
+
+    def init_job(
+        self,
+        job_id: str,
+        values: torch.Tensor,
+        *,
+        mode: str = "async",
+        staleness: int = 0,
+        optimizer: common_pb2.OptimizerConfig | None = None,
+        start: int = 0,
+        length: int | None = None,
+    ) -> ps_pb2.InitJobReply:
+        config = ps_pb2.ShardJobConfig(
+            job_id=job_id,
+            start=start,
+            length=values.numel() if length is None else length,
+            mode=mode,
+            staleness=staleness,
+            optimizer=optimizer or sgd(),
+        )
+
+        def stream() -> Iterator[ps_pb2.InitJobChunk]:
+            yield ps_pb2.InitJobChunk(config=config)
+            for piece in wire.chunks(wire.encode(values), self.chunk_bytes):
+                yield ps_pb2.InitJobChunk(data=piece)
+
+        return self.stub.InitJob(stream(), timeout=RPC_TIMEOUT)
+
+    def set_members(self, job_id: str, workers: Sequence[str], generation: int) -> int:
+        request = ps_pb2.SetMembersRequest(
+            job_id=job_id, worker_ids=list(workers), generation=generation
+        )
+        return self.stub.SetMembers(request, timeout=RPC_TIMEOUT).generation
+
+    def pull(
+        self,
+        job_id: str,
+        worker_id: str = "",
+        *,
+        min_version: int = 0,
+        dtype: int = common_pb2.DTYPE_FLOAT32,
+        chunk_bytes: int = 0,
+        timeout: float = RPC_TIMEOUT,
+    ) -> tuple[ps_pb2.PullHeader, torch.Tensor, int]:
+        """(header, values as float32, number of data chunks)."""
+        request = ps_pb2.PullRequest(
+            job_id=job_id,
+            worker_id=worker_id,
+            min_version=min_version,
+            dtype=dtype,  # type: ignore[arg-type]
+            chunk_bytes=chunk_bytes,
+        )
+        stream = iter(self.stub.Pull(request, timeout=timeout))
+        first = next(stream)
+        assert first.WhichOneof("part") == "header"
+        header = first.header
+        data = bytearray()
+        count = 0
+        for chunk in stream:
+            data += chunk.data
+            count += 1
+        return header, wire.decode(data, header.dtype, header.length), count
+
+    def push(
+        self,
+        job_id: str,
+        worker_id: str,
+        grad: torch.Tensor,
+        *,
+        seq: int,
+        base_version: int = 0,
+        base_clock: int = 0,
+        dtype: int = common_pb2.DTYPE_FLOAT32,
+        length: int | None = None,
+        payload: bytes | None = None,
+    ) -> ps_pb2.PushReply:
+        header = ps_pb2.PushHeader(
+            job_id=job_id,
+            worker_id=worker_id,
+            seq=seq,
+            base_version=base_version,
+            base_clock=base_clock,
+            length=grad.numel() if length is None else length,
+            dtype=dtype,  # type: ignore[arg-type]
+            batch_size=1,
+        )
+        body = wire.encode(grad, dtype) if payload is None else memoryview(payload)
+
+        def stream() -> Iterator[ps_pb2.PushChunk]:
+            yield ps_pb2.PushChunk(header=header)
+            for piece in wire.chunks(body, self.chunk_bytes):
+                yield ps_pb2.PushChunk(data=piece)
+
+        return self.stub.Push(stream(), timeout=RPC_TIMEOUT)
+
+    def stats(self, job_id: str) -> common_pb2.ShardJobStats:
+        return self.stub.GetJobStats(ps_pb2.JobStatsRequest(job_id=job_id), timeout=RPC_TIMEOUT)
+
+    def drop(self, job_id: str) -> None:
+        self.stub.DropJob(ps_pb2.DropJobRequest(job_id=job_id), timeout=RPC_TIMEOUT)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(host="127.0.0.1", pull_wait_seconds=5.0, grace_seconds=0.0)
+
+
+@pytest.fixture
+def shard_server(settings: Settings) -> Iterator[RunningServer]:
+    running = serve(settings, port=0)
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture
+def channel(shard_server: RunningServer, settings: Settings) -> Iterator[grpc.Channel]:
+    channel = open_channel(f"127.0.0.1:{shard_server.port}", settings)
+    wait_ready(channel, timeout=10)
+    yield channel
+    channel.close()
+
+
+@pytest.fixture
+def client(channel: grpc.Channel) -> ShardClient:
+    return ShardClient(ps_grpc.ParameterServerStub(channel))
