@@ -1,0 +1,3 @@
+from pscluster.coordinator.main import main
+
+main()

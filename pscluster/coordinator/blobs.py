@@ -1,0 +1,79 @@
+"""Job blobs as files: ``<state_dir>/jobs/<job_id>/<name>.safetensors``.
+
+Datasets and models can be large, so they live beside the database rather than in it, and
+are written to a temporary file and renamed: a crash never leaves a half-written blob under
+the real name, so a restarted coordinator serves either the whole model or none.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pscluster.transport.errors import InvalidArgument, NotFound
+
+DATASET = "dataset"
+INITIAL_STATE = "initial_state"
+MODEL = "model"
+NAMES = (DATASET, INITIAL_STATE, MODEL)
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, job_id: str, name: str) -> Path:
+        # Both parts become a file path: refuse anything that could leave the jobs folder.
+        if name not in NAMES:
+            raise InvalidArgument(f"unknown blob {name!r}; expected one of {list(NAMES)}")
+        if not _JOB_ID.match(job_id):
+            raise InvalidArgument(f"job id {job_id!r} is not a valid job id")
+        return self.root / job_id / f"{name}.safetensors"
+
+    def write(self, job_id: str, name: str, data: bytes | bytearray | memoryview) -> Path:
+        target = self.path(job_id, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def exists(self, job_id: str, name: str) -> bool:
+        return self.path(job_id, name).is_file()
+
+    def read(self, job_id: str, name: str) -> bytes:
+        path = self.path(job_id, name)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError as e:
+            raise NotFound(f"job {job_id} has no {name} blob") from e
+
+    def iter_chunks(self, job_id: str, name: str, chunk_bytes: int) -> Iterator[bytes]:
+        """The blob in chunks, read lazily so a large model is never held whole in memory.
+
+        The file is opened before the first chunk is asked for, so a missing blob fails the
+        call up front instead of midway through a stream.
+        """
+        path = self.path(job_id, name)
+        try:
+            f = path.open("rb")
+        except FileNotFoundError as e:
+            raise NotFound(f"job {job_id} has no {name} blob") from e
+
+        def read_all() -> Iterator[bytes]:
+            with f:
+                while chunk := f.read(chunk_bytes):
+                    yield chunk
+
+        return read_all()

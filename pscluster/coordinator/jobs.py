@@ -1,0 +1,303 @@
+"""A job's lifecycle: submitted, initialised on its shards, finished, failed or cancelled.
+
+Every transition is written to the store under the coordinator lock and checked against the
+state it starts from, so a cancel racing a start or a finish cannot be undone by it. Shard
+calls happen outside the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+
+import grpc
+import torch
+
+from pscluster.coordinator import blobs
+from pscluster.coordinator import store as st
+from pscluster.coordinator.runtime import Activity, Runtime
+from pscluster.coordinator.shard_client import ShardError
+from pscluster.coordinator.spec import (
+    SUBMITTED_BLOBS,
+    layout_of,
+    read_submission,
+    validate_job,
+)
+from pscluster.coordinator.stats import aggregate, shard_part
+from pscluster.model import state
+from pscluster.model.partition import BalancedRanges
+from pscluster.transport.errors import FailedPrecondition, NotFound
+from pscluster.v1 import common_pb2
+from pscluster.v1 import coordinator_pb2 as co_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+
+log = logging.getLogger(__name__)
+MAX_ERROR_CHARS = 64 * 1024
+# Codes a shard may answer InitJob with that are worth retrying; anything else fails the job.
+_RETRY_INIT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class JobManager:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._busy: set[str] = set()  # being started or finished; guarded by rt.lock
+        self._to_finish: set[str] = set()  # finished training, final model not saved yet
+
+    def require(self, job_id: str) -> st.JobRecord:
+        job = self.rt.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"unknown job {job_id!r}")
+        return job
+
+    # --- submission and start ---
+    def submit(self, chunks: Iterable[co_pb2.SubmitJobChunk]) -> st.JobRecord:
+        rt = self.rt
+        spec, data = read_submission(chunks)
+        addresses = rt.settings.shard_list()
+        job = validate_job(spec, data, len(addresses), rt.settings.default_partitions)
+        job_id = f"j-{uuid.uuid4().hex[:8]}"
+        ranges = BalancedRanges().split(job.layout.size, job.spec.shards)
+        slices = [
+            st.ShardSlice(a, r.start, r.length)
+            for a, r in zip(addresses[: len(ranges)], ranges, strict=True)
+        ]
+        for name in SUBMITTED_BLOBS:
+            rt.blobs.write(job_id, name, data[name])
+        record = st.JobRecord(
+            job_id=job_id,
+            name=job.spec.name,
+            spec=job.spec.SerializeToString(),
+            mode=job.spec.mode,
+            epochs=job.spec.epochs,
+            partitions=job.spec.partitions,
+            num_params=job.layout.size,
+            shards=slices,
+            created_unix=rt.wall(),
+            status_message="pending: initialising shards",
+        )
+        rt.store.create_job(record)
+        log.info("job %s submitted: %d params on %d shards", job_id, job.layout.size, len(slices))
+        self.start(job_id, job.flat)
+        return self.require(job_id)
+
+    def start(self, job_id: str, flat: torch.Tensor | None = None) -> bool:
+        """Initialise a pending job on its shards and start scheduling it; False if it stays
+        pending (a shard is unreachable: the monitor retries) or is no longer pending."""
+        rt = self.rt
+        with rt.lock:
+            if job_id in self._busy:
+                return False
+            self._busy.add(job_id)
+        try:
+            job = self.require(job_id)
+            if job.state != st.PENDING:
+                return False
+            if flat is None:
+                initial = state.loads(rt.blobs.read(job_id, blobs.INITIAL_STATE), "initial_state")
+                flat = layout_of(co_pb2.JobSpec.FromString(job.spec)).flatten(initial)
+            spec = co_pb2.JobSpec.FromString(job.spec)
+            for part in job.shards:
+                config = ps_pb2.ShardJobConfig(
+                    job_id=job_id,
+                    start=part.start,
+                    length=part.length,
+                    mode=spec.mode,
+                    staleness=spec.staleness,
+                    optimizer=spec.optimizer,
+                )
+                try:
+                    rt.shards.init_job(
+                        part.address, config, flat[part.start : part.start + part.length]
+                    )
+                except ShardError as e:
+                    if e.status in _RETRY_INIT:
+                        rt.store.update_job(job_id, status_message=f"pending: {e}; retrying")
+                        log.warning("job %s stays pending: %s", job_id, e)
+                    else:
+                        self.terminate(job_id, st.FAILED, f"could not initialise the job: {e}")
+                    return False
+            with rt.lock:
+                job = self.require(job_id)
+                if job.state == st.PENDING:
+                    job = rt.store.update_job(
+                        job_id,
+                        state=st.RUNNING,
+                        started_unix=rt.wall(),
+                        status_message="running: waiting for workers",
+                    )
+                    self._schedule(job)
+                    log.info("job %s running", job_id)
+                    return True
+            # Cancelled while its shards were being initialised: free what was just created.
+            rt.shards.drop_job([p.address for p in job.shards], job_id)
+            return False
+        finally:
+            with rt.lock:
+                self._busy.discard(job_id)
+
+    def _schedule(self, job: st.JobRecord) -> None:
+        """Call under rt.lock: hand the job's remaining work out from now on."""
+        rt = self.rt
+        evals = set(job.pending_evals)
+        if job.epoch >= job.epochs:
+            evals.add(job.epochs - 1)  # training is done, so the final evaluation is owed
+        rt.book.add_job(
+            job.job_id,
+            job.epochs,
+            job.partitions,
+            epoch=job.epoch,
+            done=job.done_partitions,
+            evals=evals,
+        )
+        rt.membership.add_job(job.job_id, [p.address for p in job.shards], job.generation)
+        now = rt.mono()
+        rt.activity[job.job_id] = Activity(now, now)
+
+    def restore(self) -> None:
+        """After a restart: resume running jobs where their saved progress left them."""
+        rt = self.rt
+        for job in rt.store.list_jobs():
+            if job.state != st.RUNNING:
+                continue
+            final_done = any(e.epoch == job.epochs - 1 for e in rt.store.epochs(job.job_id))
+            with rt.lock:
+                if job.epoch >= job.epochs and final_done:
+                    rt.membership.add_job(
+                        job.job_id, [p.address for p in job.shards], job.generation
+                    )
+                    self._to_finish.add(job.job_id)
+                    continue
+                self._schedule(job)
+            # Workers of the previous coordinator are gone: clear the shards' memberships so no
+            # barrier waits on them.
+            rt.sync_members(job.job_id)
+            log.info("job %s resumed at epoch %d/%d", job.job_id, job.epoch, job.epochs)
+
+    def pending_ids(self) -> list[str]:
+        return [j.job_id for j in self.rt.store.list_jobs() if j.state == st.PENDING]
+
+    # --- the end of a job ---
+    def mark_finishing(self, job_id: str) -> None:
+        """Call under rt.lock when the final evaluation is in: the model is to be saved."""
+        self.rt.book.remove_job(job_id, "job completed")
+        self._to_finish.add(job_id)
+
+    def finishing_ids(self) -> list[str]:
+        with self.rt.lock:
+            return sorted(self._to_finish - self._busy)
+
+    def finish(self, job_id: str) -> bool:
+        """Save the trained model and the shard stats, then free the shards; False if a shard
+        could not be read (the job stays running and the monitor retries)."""
+        rt = self.rt
+        with rt.lock:
+            if job_id in self._busy:
+                return False
+            self._busy.add(job_id)
+        try:
+            job = self.require(job_id)
+            if job.state != st.RUNNING:
+                return False
+            try:
+                model = self.live_model(job)
+                rt.blobs.write(job_id, blobs.MODEL, state.dumps(model))
+                metrics = self.live_stats(job)
+            except ShardError as e:
+                rt.store.update_job(job_id, status_message=f"finalizing: {e}; retrying")
+                log.warning("job %s: final model not saved yet: %s", job_id, e)
+                return False
+            with rt.lock:
+                if self.require(job_id).state != st.RUNNING:
+                    return False
+                job = rt.store.update_job(
+                    job_id,
+                    state=st.COMPLETED,
+                    finished_unix=rt.wall(),
+                    final_stats=shard_part(metrics),
+                    epoch=job.epochs,
+                    done_partitions=[],
+                    pending_evals=[],
+                    status_message=f"completed: test accuracy {job.test_accuracy:.4f}",
+                )
+                self._to_finish.discard(job_id)
+                rt.activity.pop(job_id, None)
+            log.info("job %s completed: test accuracy %.4f", job_id, job.test_accuracy)
+            self._release_shards(job)
+            return True
+        finally:
+            with rt.lock:
+                self._busy.discard(job_id)
+
+    def fail(self, job_id: str, error: str) -> st.JobRecord:
+        """Idempotent: a job already failed (or otherwise ended) is left as it is."""
+        job, _ = self.terminate(job_id, st.FAILED, error)
+        return job
+
+    def cancel(self, job_id: str) -> st.JobRecord:
+        job, changed = self.terminate(job_id, st.CANCELLED, "")
+        if not changed:
+            raise FailedPrecondition(
+                f"job {job_id} is already {job.state}; only pending or running jobs can be "
+                "cancelled"
+            )
+        return job
+
+    def terminate(self, job_id: str, final_state: str, error: str) -> tuple[st.JobRecord, bool]:
+        rt = self.rt
+        error = error[:MAX_ERROR_CHARS]
+        with rt.lock:
+            job = self.require(job_id)
+            if job.state in st.TERMINAL:
+                return job, False
+            revoked = rt.book.remove_job(job_id, f"job {final_state}")
+            message = (
+                f"{final_state}: {error.strip().splitlines()[-1]}" if error.strip() else final_state
+            )
+            job = rt.store.update_job(
+                job_id,
+                state=final_state,
+                error=error,
+                status_message=message,
+                finished_unix=rt.wall(),
+            )
+            self._to_finish.discard(job_id)
+            rt.activity.pop(job_id, None)
+        log.info("job %s %s (%d leases revoked) %s", job_id, final_state, len(revoked), error[:200])
+        self._release_shards(job, keep_stats=True)
+        return job, True
+
+    def _release_shards(self, job: st.JobRecord, keep_stats: bool = False) -> None:
+        rt = self.rt
+        rt.membership.forget(job.job_id)
+        addresses = [p.address for p in job.shards]
+        if keep_stats:
+            found = [
+                s
+                for s in rt.shards.job_stats(addresses, job.job_id)
+                if not isinstance(s, ShardError)
+            ]
+            if found:
+                rt.store.update_job(
+                    job.job_id, final_stats=shard_part(aggregate(job.job_id, found))
+                )
+        for e in rt.shards.drop_job(addresses, job.job_id):
+            log.warning("job %s: shard not freed: %s", job.job_id, e)
+
+    # --- reading live state from the shards ---
+    def live_model(self, job: st.JobRecord) -> dict[str, torch.Tensor]:
+        """The current parameters as a state_dict, with the initial state's other entries
+        (buffers) beside them: what a user loads with ``model.load_state_dict``."""
+        layout = layout_of(co_pb2.JobSpec.FromString(job.spec))
+        flat = self.rt.shards.pull_all(job.job_id, job.shards, job.num_params)
+        initial = state.loads(self.rt.blobs.read(job.job_id, blobs.INITIAL_STATE), "initial_state")
+        initial.update(layout.unflatten(flat))
+        return initial
+
+    def live_stats(self, job: st.JobRecord) -> co_pb2.JobMetrics:
+        found: list[common_pb2.ShardJobStats] = []
+        for s in self.rt.shards.job_stats([p.address for p in job.shards], job.job_id):
+            if isinstance(s, ShardError):
+                raise s
+            found.append(s)
+        return aggregate(job.job_id, found)

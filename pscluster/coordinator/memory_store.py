@@ -1,0 +1,110 @@
+"""A store that keeps everything in memory: for tests and throwaway local clusters.
+
+It honours the same contract as the SQLite store (the shared test class runs against both),
+so a coordinator built on it behaves the same until it is restarted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from pscluster.coordinator.store import (
+    EpochRecord,
+    JobRecord,
+    JobStore,
+    StepRecord,
+    check_changes,
+)
+from pscluster.transport.errors import AlreadyExists, NotFound
+
+
+def _copy(job: JobRecord) -> JobRecord:
+    # Callers get copies: a record mutated outside the store must not change what is stored.
+    return dataclasses.replace(
+        job,
+        shards=list(job.shards),
+        done_partitions=list(job.done_partitions),
+        pending_evals=list(job.pending_evals),
+    )
+
+
+class MemoryStore(JobStore):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, JobRecord] = {}
+        self._steps: dict[str, list[StepRecord]] = {}
+        self._epochs: dict[str, dict[int, EpochRecord]] = {}
+
+    def close(self) -> None:
+        """Nothing to release: the data go with the object."""
+
+    def create_job(self, job: JobRecord) -> None:
+        with self._lock:
+            if job.job_id in self._jobs:
+                raise AlreadyExists(f"job {job.job_id} already exists")
+            self._jobs[job.job_id] = _copy(job)
+            self._steps[job.job_id] = []
+            self._epochs[job.job_id] = {}
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else _copy(job)
+
+    def list_jobs(self) -> list[JobRecord]:
+        with self._lock:
+            return [_copy(j) for j in self._jobs.values()]
+
+    def update_job(self, job_id: str, **changes: Any) -> JobRecord:
+        check_changes(changes)
+        with self._lock:
+            job = self._require(job_id)
+            for name, value in changes.items():
+                if name in ("done_partitions", "pending_evals"):
+                    value = sorted(int(v) for v in value)  # as the SQLite store keeps them
+                setattr(job, name, value)
+            return _copy(job)
+
+    def append_steps(self, job_id: str, steps: Sequence[StepRecord]) -> JobRecord:
+        with self._lock:
+            job = self._require(job_id)
+            rows = self._steps[job_id]
+            for s in steps:
+                rows.append(dataclasses.replace(s, step=job.steps + 1))
+                job.steps += 1
+                job.samples += s.samples
+                job.last_loss = s.loss
+            return _copy(job)
+
+    def steps(self, job_id: str, after: int = 0) -> list[StepRecord]:
+        with self._lock:
+            return [s for s in self._steps.get(job_id, []) if s.step > after]
+
+    def steps_by_worker(self, job_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._lock:
+            for s in self._steps.get(job_id, []):
+                counts[s.worker_id] = counts.get(s.worker_id, 0) + 1
+        return counts
+
+    def record_epoch(self, job_id: str, result: EpochRecord) -> JobRecord:
+        with self._lock:
+            job = self._require(job_id)
+            evals = self._epochs[job_id]
+            evals[result.epoch] = result
+            job.test_accuracy = evals[max(evals)].test_accuracy
+            return _copy(job)
+
+    def epochs(self, job_id: str) -> list[EpochRecord]:
+        with self._lock:
+            evals = self._epochs.get(job_id, {})
+            return [evals[e] for e in sorted(evals)]
+
+    def _require(self, job_id: str) -> JobRecord:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"unknown job {job_id!r}")
+        return job

@@ -1,0 +1,109 @@
+"""No silent hangs: a thread that expires dead workers, retries what failed, and says why a
+job is not moving.
+
+Every status line is computed from the coordinator's own state first (no workers, no lease
+taken); only a job stalled for ``stall_seconds`` costs shard calls, to name the barrier or the
+shard it is stuck on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from pscluster.coordinator.jobs import JobManager
+from pscluster.coordinator.runtime import Runtime
+from pscluster.coordinator.shard_client import ShardError
+from pscluster.coordinator.tasks import TaskDispatcher
+
+log = logging.getLogger(__name__)
+
+
+class Monitor:
+    def __init__(self, rt: Runtime, jobs: JobManager, tasks: TaskDispatcher) -> None:
+        self.rt = rt
+        self.jobs = jobs
+        self.tasks = tasks
+        # Half a heartbeat: a dead worker is noticed at most half a heartbeat late.
+        self.interval = max(0.05, rt.settings.heartbeat_seconds / 2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="coordinator-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:  # the monitor must outlive any one bad job or shard
+                log.exception("monitor tick failed")
+
+    def tick(self) -> None:
+        self.tasks.expire_workers()
+        for job_id in self.jobs.pending_ids():
+            if self._stop.is_set():
+                return
+            self.jobs.start(job_id)
+        for job_id in self.jobs.finishing_ids():
+            self.jobs.finish(job_id)
+        with self.rt.lock:
+            running = self.rt.book.job_ids()
+        for job_id in running:
+            message = self.describe(job_id)
+            job = self.rt.store.get_job(job_id)
+            if message is None or job is None or job.status_message == message:
+                continue
+            with self.rt.lock:  # the job may have ended since: never overwrite its final line
+                if self.rt.book.has_job(job_id):
+                    self.rt.store.update_job(job_id, status_message=message)
+
+    def describe(self, job_id: str) -> str | None:
+        """The running job's status line; None if it is no longer scheduled."""
+        rt = self.rt
+        with rt.lock:
+            if not rt.book.has_job(job_id):
+                return None
+            sched = rt.book.schedule(job_id)
+            act = rt.activity[job_id]
+            holders = rt.book.holders(job_id)
+            alive = rt.workers.alive_count()
+            if sched.training_done:
+                base = f"training done: final evaluation pending, {len(holders)} workers"
+            else:
+                base = (
+                    f"epoch {sched.epoch + 1}/{sched.epochs}: {len(sched.done)}/"
+                    f"{sched.partitions} partitions done, {len(holders)} workers"
+                )
+        now = rt.mono()
+        idle = now - act.last_progress
+        if idle < rt.settings.stall_seconds:
+            return base
+        if alive == 0:
+            why = "no workers alive"
+        elif not holders:
+            why = f"no worker has taken a lease for {now - act.last_lease:.0f} s"
+        else:
+            stuck = ", ".join(holders)
+            why = self._shard_reason(job_id) or f"workers [{stuck}] hold leases but report nothing"
+        return f"{base}; stalled for {idle:.0f} s: {why}"
+
+    def _shard_reason(self, job_id: str) -> str | None:
+        job = self.rt.store.get_job(job_id)
+        if job is None:
+            return None
+        addresses = [p.address for p in job.shards]
+        for address, stats in zip(
+            addresses, self.rt.shards.job_stats(addresses, job_id), strict=True
+        ):
+            if isinstance(stats, ShardError):
+                return str(stats)
+            if stats.waiting_for:
+                waiting = ", ".join(stats.waiting_for)
+                return f"sync barrier on shard {address} waiting on workers [{waiting}]"
+        return None

@@ -1,0 +1,160 @@
+"""What clients and workers read: job info, plans, metrics, blobs, models, cluster status.
+
+Nothing here changes a job. Reads of a running job's parameters or counters go to its shards
+live; once a job is over they come from what was saved when it ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pscluster.coordinator import blobs
+from pscluster.coordinator import store as st
+from pscluster.coordinator.jobs import JobManager
+from pscluster.coordinator.leases import TRAIN
+from pscluster.coordinator.runtime import Runtime
+from pscluster.model import state
+from pscluster.transport import wire
+from pscluster.transport.errors import FailedPrecondition, InvalidArgument
+from pscluster.v1 import coordinator_pb2 as co_pb2
+
+
+class JobQueries:
+    def __init__(self, rt: Runtime, jobs: JobManager) -> None:
+        self.rt = rt
+        self.jobs = jobs
+
+    def info(self, job_id: str) -> co_pb2.JobInfo:
+        return self._info(self.jobs.require(job_id))
+
+    def list(self) -> co_pb2.ListJobsReply:
+        return co_pb2.ListJobsReply(jobs=[self._info(j) for j in self.rt.store.list_jobs()])
+
+    def _info(self, job: st.JobRecord) -> co_pb2.JobInfo:
+        with self.rt.lock:
+            workers = self.rt.book.holders(job.job_id)
+            sched = self.rt.book.schedule(job.job_id) if self.rt.book.has_job(job.job_id) else None
+            epoch = sched.epoch if sched else job.epoch
+            done = (
+                sched.partitions_done()
+                if sched
+                else job.epoch * job.partitions + len(job.done_partitions)
+            )
+        total = job.epochs * job.partitions
+        progress = 1.0 if job.state == st.COMPLETED else min(1.0, done / total)
+        return co_pb2.JobInfo(
+            job_id=job.job_id,
+            name=job.name,
+            state=job.state,
+            mode=job.mode,
+            epoch=min(epoch, job.epochs),
+            epochs=job.epochs,
+            progress=progress,
+            status_message=job.status_message,
+            error=job.error,
+            created_unix=job.created_unix,
+            started_unix=job.started_unix,
+            finished_unix=job.finished_unix,
+            test_accuracy=job.test_accuracy,
+            last_loss=job.last_loss,
+            num_params=job.num_params,
+            workers=workers,
+            steps=job.steps,
+        )
+
+    def plan(self, job_id: str) -> co_pb2.JobPlan:
+        job = self.jobs.require(job_id)
+        return co_pb2.JobPlan(
+            job_id=job.job_id,
+            spec=co_pb2.JobSpec.FromString(job.spec),
+            shards=[
+                co_pb2.ShardRange(address=p.address, start=p.start, length=p.length)
+                for p in job.shards
+            ],
+            num_params=job.num_params,
+        )
+
+    def metrics(self, job_id: str) -> co_pb2.JobMetrics:
+        job = self.jobs.require(job_id)
+        if job.state == st.RUNNING:
+            metrics = self.jobs.live_stats(job)
+        elif job.final_stats:
+            metrics = co_pb2.JobMetrics.FromString(job.final_stats)
+        else:  # pending, or ended before its shards could report
+            metrics = co_pb2.JobMetrics(job_id=job_id)
+        metrics.job_id = job_id
+        store = self.rt.store
+        for s in store.steps(job_id):
+            metrics.steps.add(
+                step=s.step,
+                loss=s.loss,
+                samples=s.samples,
+                worker_id=s.worker_id,
+                epoch=s.epoch,
+                unix_time=s.unix_time,
+            )
+        for e in store.epochs(job_id):
+            metrics.epochs.add(
+                epoch=e.epoch,
+                test_accuracy=e.test_accuracy,
+                test_loss=e.test_loss,
+                unix_time=e.unix_time,
+                samples=e.samples,
+            )
+        metrics.pushes_by_worker.update(store.steps_by_worker(job_id))
+        return metrics
+
+    def blob_chunks(self, job_id: str, name: str) -> Iterator[bytes]:
+        self.jobs.require(job_id)
+        if name not in (blobs.DATASET, blobs.INITIAL_STATE):
+            raise InvalidArgument(
+                f"blob {name!r} is unknown; expected 'dataset' or 'initial_state' "
+                "(the trained model comes from FetchModel)"
+            )
+        return self.rt.blobs.iter_chunks(job_id, name, self.rt.settings.chunk_bytes)
+
+    def model_chunks(self, job_id: str) -> Iterator[bytes]:
+        job = self.jobs.require(job_id)
+        chunk_bytes = self.rt.settings.chunk_bytes
+        if job.state == st.COMPLETED:
+            return self.rt.blobs.iter_chunks(job_id, blobs.MODEL, chunk_bytes)
+        if job.state == st.RUNNING:
+            data = state.dumps(self.jobs.live_model(job))
+            return wire.chunks(memoryview(data), chunk_bytes)
+        reason = {
+            st.PENDING: "its shards are not initialised yet",
+            st.FAILED: "it failed, so no model was saved",
+            st.CANCELLED: "it was cancelled, so no model was saved",
+        }.get(job.state, "it has no model")
+        raise FailedPrecondition(f"job {job_id} is {job.state}: {reason}")
+
+    def cluster_status(self) -> co_pb2.ClusterStatusReply:
+        rt = self.rt
+        addresses = rt.settings.shard_list()
+        reply = co_pb2.ClusterStatusReply()
+        for address, problem in zip(addresses, rt.shards.health(addresses), strict=True):
+            reply.shards.add(
+                address=address,
+                healthy=problem is None,
+                error="" if problem is None else str(problem),
+            )
+        now = rt.mono()
+        with rt.lock:
+            for w in rt.workers.snapshot():
+                lease = rt.book.lease_of(w.worker_id)
+                if lease is None:
+                    task = "idle"
+                elif lease.kind == TRAIN:
+                    task = f"train e{lease.epoch}/p{lease.partition}"
+                else:
+                    task = f"eval e{lease.epoch}"
+                reply.workers.add(
+                    worker_id=w.worker_id,
+                    host=w.host,
+                    device=w.device,
+                    alive=w.alive,
+                    last_heartbeat_age=max(0.0, now - w.last_seen),
+                    job_id=lease.job_id if lease else "",
+                    task=task,
+                )
+        return reply

@@ -1,0 +1,83 @@
+"""The coordinator's shared state, built once per coordinator and passed to its parts.
+
+``lock`` guards the lease book, the worker registry and ``activity``; it is never held while
+a shard is called (membership changes take their own per-job lock, see membership.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pscluster.config import Settings
+from pscluster.coordinator.blobs import BlobStore
+from pscluster.coordinator.leases import LeaseBook
+from pscluster.coordinator.membership import Membership
+from pscluster.coordinator.shard_client import ShardClients, ShardError
+from pscluster.coordinator.store import JobStore
+from pscluster.coordinator.workers import WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Activity:
+    """When a running job last moved, for the stall diagnosis (monotonic seconds)."""
+
+    last_progress: float
+    last_lease: float
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: JobStore
+    blobs: BlobStore
+    shards: ShardClients
+    book: LeaseBook
+    workers: WorkerRegistry
+    membership: Membership
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    activity: dict[str, Activity] = field(default_factory=dict)
+    wall: Callable[[], float] = time.time
+    mono: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def build(cls, settings: Settings, store: JobStore) -> Runtime:
+        shards = ShardClients(settings)
+
+        def persist(job_id: str, generation: int) -> None:
+            store.update_job(job_id, generation=generation)
+
+        return cls(
+            settings=settings,
+            store=store,
+            blobs=BlobStore(settings.state_dir / "jobs"),
+            shards=shards,
+            book=LeaseBook(),
+            workers=WorkerRegistry(settings.worker_timeout_seconds),
+            membership=Membership(shards, persist),
+        )
+
+    def sync_members(self, job_id: str) -> ShardError | None:
+        """Push the job's current members to its shards; the error if a shard refused."""
+
+        def snapshot() -> list[str] | None:
+            with self.lock:
+                return self.book.members(job_id) if self.book.has_job(job_id) else None
+
+        try:
+            self.membership.sync(job_id, snapshot)
+        except ShardError as e:
+            log.warning("job %s: membership not updated: %s", job_id, e)
+            return e
+        return None
+
+    def touch_progress(self, job_id: str) -> None:
+        """Call under ``lock``: the job made progress (a step or a finished lease)."""
+        act = self.activity.get(job_id)
+        if act is not None:
+            act.last_progress = self.mono()

@@ -1,0 +1,156 @@
+"""The gRPC face of the coordinator: decode, call the logic, encode; errors mapped in one place.
+
+Every handler is wrapped by ``@grpc_errors``, so a domain error raised anywhere below becomes
+its status code (NotFound -> NOT_FOUND, ...) with the message that says what to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from pscluster.coordinator.app import Coordinator
+from pscluster.coordinator.leases import TRAIN
+from pscluster.coordinator.tasks import StepReport
+from pscluster.transport.errors import InvalidArgument, grpc_errors
+from pscluster.v1 import common_pb2
+from pscluster.v1 import coordinator_pb2 as co_pb2
+from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+
+SERVICE_NAME = "pscluster.v1.Coordinator"
+# How long an idle worker waits before asking again: short enough that a new job starts at
+# once, long enough that a hundred idle workers cost little.
+WAIT_SECONDS = 0.2
+
+
+def _job_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidArgument("job_id is empty; expected a job id such as 'j-3f2a9c1b'")
+    return job_id
+
+
+class CoordinatorServicer(co_grpc.CoordinatorServicer):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+
+    # --- clients ---
+    @grpc_errors
+    def SubmitJob(
+        self, request_iterator: Iterator[co_pb2.SubmitJobChunk], context: grpc.ServicerContext
+    ) -> co_pb2.JobInfo:
+        job = self.c.jobs.submit(request_iterator)
+        return self.c.queries.info(job.job_id)
+
+    @grpc_errors
+    def GetJob(
+        self, request: co_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> co_pb2.JobInfo:
+        return self.c.queries.info(_job_id(request.job_id))
+
+    @grpc_errors
+    def ListJobs(
+        self, request: co_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> co_pb2.ListJobsReply:
+        return self.c.queries.list()
+
+    @grpc_errors
+    def CancelJob(
+        self, request: co_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> co_pb2.JobInfo:
+        job = self.c.jobs.cancel(_job_id(request.job_id))
+        return self.c.queries.info(job.job_id)
+
+    @grpc_errors
+    def GetMetrics(
+        self, request: co_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> co_pb2.JobMetrics:
+        return self.c.queries.metrics(_job_id(request.job_id))
+
+    @grpc_errors
+    def FetchModel(
+        self, request: co_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.BlobChunk]:
+        for data in self.c.queries.model_chunks(_job_id(request.job_id)):
+            yield common_pb2.BlobChunk(blob="model", data=data)
+
+    @grpc_errors
+    def ClusterStatus(
+        self, request: co_pb2.ClusterStatusRequest, context: grpc.ServicerContext
+    ) -> co_pb2.ClusterStatusReply:
+        return self.c.queries.cluster_status()
+
+    # --- workers ---
+    @grpc_errors
+    def RegisterWorker(
+        self, request: co_pb2.RegisterWorkerRequest, context: grpc.ServicerContext
+    ) -> co_pb2.RegisterWorkerReply:
+        info = self.c.tasks.register(request.host, request.pid, request.device, request.worker_id)
+        return co_pb2.RegisterWorkerReply(
+            worker_id=info.worker_id, heartbeat_seconds=self.c.settings.heartbeat_seconds
+        )
+
+    @grpc_errors
+    def Heartbeat(
+        self, request: co_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> co_pb2.HeartbeatReply:
+        known, revoked = self.c.tasks.heartbeat(request.worker_id)
+        return co_pb2.HeartbeatReply(known=known, revoked_leases=revoked)
+
+    @grpc_errors
+    def AcquireTask(
+        self, request: co_pb2.AcquireTaskRequest, context: grpc.ServicerContext
+    ) -> co_pb2.Task:
+        lease = self.c.tasks.acquire(request.worker_id)
+        if lease is None:
+            return co_pb2.Task(kind=co_pb2.TASK_KIND_WAIT, wait_seconds=WAIT_SECONDS)
+        return co_pb2.Task(
+            kind=co_pb2.TASK_KIND_TRAIN if lease.kind == TRAIN else co_pb2.TASK_KIND_EVAL,
+            job_id=lease.job_id,
+            lease_id=lease.lease_id,
+            epoch=lease.epoch,
+            partition=max(lease.partition, 0),
+            partitions=lease.partitions,
+            lease_seconds=self.c.settings.worker_timeout_seconds,
+        )
+
+    @grpc_errors
+    def CompleteTask(
+        self, request: co_pb2.CompleteTaskRequest, context: grpc.ServicerContext
+    ) -> co_pb2.CompleteTaskReply:
+        self.c.tasks.complete(
+            request.worker_id,
+            request.lease_id,
+            request.test_accuracy,
+            request.test_loss,
+            request.samples,
+        )
+        return co_pb2.CompleteTaskReply()
+
+    @grpc_errors
+    def ReportProgress(
+        self, request: co_pb2.ReportProgressRequest, context: grpc.ServicerContext
+    ) -> co_pb2.ReportProgressReply:
+        steps = [StepReport(s.loss, s.samples, s.epoch, s.unix_time) for s in request.steps]
+        self.c.tasks.report_progress(request.worker_id, _job_id(request.job_id), steps)
+        return co_pb2.ReportProgressReply()
+
+    @grpc_errors
+    def ReportFailure(
+        self, request: co_pb2.ReportFailureRequest, context: grpc.ServicerContext
+    ) -> co_pb2.ReportFailureReply:
+        self.c.tasks.report_failure(request.worker_id, _job_id(request.job_id), request.error)
+        return co_pb2.ReportFailureReply()
+
+    @grpc_errors
+    def GetJobPlan(
+        self, request: co_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> co_pb2.JobPlan:
+        return self.c.queries.plan(_job_id(request.job_id))
+
+    @grpc_errors
+    def FetchBlob(
+        self, request: co_pb2.FetchBlobRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.BlobChunk]:
+        for data in self.c.queries.blob_chunks(_job_id(request.job_id), request.blob):
+            yield common_pb2.BlobChunk(blob=request.blob, data=data)

@@ -1,0 +1,203 @@
+"""Every call the coordinator makes to a parameter-server shard, each with a deadline.
+
+One channel per shard address, opened on first use and kept. Calls that go to every shard of
+a job (SetMembers, GetJobStats, DropJob, health) are issued as futures and then collected, so
+a job on eight shards waits for the slowest shard, not for the sum of them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pscluster.config import Settings
+from pscluster.coordinator.store import ShardSlice
+from pscluster.transport import wire
+from pscluster.transport.channel import open_channel
+from pscluster.transport.errors import Unavailable
+from pscluster.v1 import common_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
+
+# Status calls (stats, health) feed monitoring: answer fast rather than hang a status line.
+STATUS_TIMEOUT_SECONDS = 3.0
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class ShardError(Unavailable):
+    """A shard call failed; ``code`` is what the shard (or the channel) answered."""
+
+    def __init__(self, address: str, status: grpc.StatusCode, details: str) -> None:
+        self.address = address
+        self.status = status
+        self.details = details
+        if status in _UNREACHABLE:
+            text = f"shard {address} unreachable: {details or status.name}"
+        else:
+            text = f"shard {address} answered {status.name}: {details}"
+        super().__init__(text)
+
+    @property
+    def unreachable(self) -> bool:
+        return self.status in _UNREACHABLE
+
+
+def _error(address: str, e: grpc.RpcError) -> ShardError:
+    if isinstance(e, grpc.Call):
+        return ShardError(address, e.code(), e.details() or "")
+    return ShardError(address, grpc.StatusCode.UNKNOWN, str(e))
+
+
+class ShardClients:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.timeout = settings.rpc_timeout_seconds
+        self.status_timeout = min(STATUS_TIMEOUT_SECONDS, settings.rpc_timeout_seconds)
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def channel(self, address: str) -> grpc.Channel:
+        with self._lock:
+            if address not in self._channels:
+                self._channels[address] = open_channel(address, self.settings)
+            return self._channels[address]
+
+    def stub(self, address: str) -> ps_grpc.ParameterServerStub:
+        return ps_grpc.ParameterServerStub(self.channel(address))
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+    def init_job(self, address: str, config: ps_pb2.ShardJobConfig, values: torch.Tensor) -> bool:
+        """Create the job's slice on a shard; False if the shard already had it (a retried
+        init whose earlier attempt reached this shard)."""
+        buffer = wire.encode(values)
+
+        def stream() -> Iterator[ps_pb2.InitJobChunk]:
+            yield ps_pb2.InitJobChunk(config=config)
+            for data in wire.chunks(buffer, self.settings.chunk_bytes):
+                yield ps_pb2.InitJobChunk(data=data)
+
+        try:
+            self.stub(address).InitJob(stream(), timeout=self.timeout)
+        except grpc.RpcError as e:
+            err = _error(address, e)
+            if err.status == grpc.StatusCode.ALREADY_EXISTS:
+                return False
+            raise err from None
+        return True
+
+    def set_members(
+        self, addresses: Sequence[str], job_id: str, members: Sequence[str], generation: int
+    ) -> None:
+        request = ps_pb2.SetMembersRequest(
+            job_id=job_id, worker_ids=list(members), generation=generation
+        )
+        calls = [
+            (a, self.stub(a).SetMembers.future(request, timeout=self.timeout)) for a in addresses
+        ]
+        errors = [e for e in (_failure(a, f) for a, f in calls) if e is not None]
+        if errors:
+            raise errors[0]
+
+    def job_stats(
+        self, addresses: Sequence[str], job_id: str
+    ) -> list[common_pb2.ShardJobStats | ShardError]:
+        """Each shard's stats, or the error it answered, in the order of ``addresses``."""
+        request = ps_pb2.JobStatsRequest(job_id=job_id)
+        calls = [
+            (a, self.stub(a).GetJobStats.future(request, timeout=self.status_timeout))
+            for a in addresses
+        ]
+        results: list[common_pb2.ShardJobStats | ShardError] = []
+        for a, f in calls:
+            err = _failure(a, f)
+            results.append(f.result() if err is None else err)
+        return results
+
+    def drop_job(self, addresses: Sequence[str], job_id: str) -> list[ShardError]:
+        """Free the job everywhere; a shard that never had it is fine. Returns what failed."""
+        request = ps_pb2.DropJobRequest(job_id=job_id)
+        calls = [(a, self.stub(a).DropJob.future(request, timeout=self.timeout)) for a in addresses]
+        errors = []
+        for a, f in calls:
+            err = _failure(a, f)
+            if err is not None and err.status != grpc.StatusCode.NOT_FOUND:
+                errors.append(err)
+        return errors
+
+    def pull(self, job_id: str, part: ShardSlice) -> torch.Tensor:
+        """An observer's read of one shard's slice (never waits on barriers or clocks)."""
+        request = ps_pb2.PullRequest(
+            job_id=job_id,
+            worker_id="",
+            dtype=common_pb2.DTYPE_FLOAT32,
+            chunk_bytes=self.settings.chunk_bytes,
+        )
+        try:
+            stream = iter(self.stub(part.address).Pull(request, timeout=self.timeout))
+            first = next(stream, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise ShardError(part.address, grpc.StatusCode.INTERNAL, "pull sent no header")
+            header = first.header
+            if (header.start, header.length) != (part.start, part.length):
+                raise ShardError(
+                    part.address,
+                    grpc.StatusCode.INTERNAL,
+                    f"pull returned range {header.start}+{header.length}, "
+                    f"expected {part.start}+{part.length}",
+                )
+            assembler = wire.Assembler(header.length * wire.itemsize(header.dtype))
+            for msg in stream:
+                assembler.add(msg.data)
+            return wire.decode(assembler.result(), header.dtype, header.length)
+        except grpc.RpcError as e:
+            raise _error(part.address, e) from None
+
+    def pull_all(self, job_id: str, parts: Sequence[ShardSlice], size: int) -> torch.Tensor:
+        """The job's whole flat vector, assembled from its shards' ranges."""
+        flat = torch.empty(size, dtype=torch.float32)
+        for part in parts:
+            flat[part.start : part.start + part.length] = self.pull(job_id, part)
+        return flat
+
+    def health(self, addresses: Sequence[str]) -> list[ShardError | None]:
+        """The standard gRPC health check of each shard: None if SERVING, else the problem."""
+        request = health_pb2.HealthCheckRequest(service="")
+        calls = [
+            (
+                a,
+                health_pb2_grpc.HealthStub(self.channel(a)).Check.future(
+                    request, timeout=self.status_timeout
+                ),
+            )
+            for a in addresses
+        ]
+        out: list[ShardError | None] = []
+        for a, f in calls:
+            err = _failure(a, f)
+            if err is not None:
+                out.append(err)
+            elif f.result().status != health_pb2.HealthCheckResponse.SERVING:
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(f.result().status)
+                out.append(ShardError(a, grpc.StatusCode.UNAVAILABLE, f"health is {status}"))
+            else:
+                out.append(None)
+        return out
+
+
+def _failure(address: str, future: grpc.Future[Any]) -> ShardError | None:
+    """Wait for a call; None if it succeeded (its result is then ``future.result()``)."""
+    try:
+        future.result()
+    except grpc.RpcError as e:
+        return _error(address, e)
+    return None

@@ -1,0 +1,212 @@
+"""Everything a submission must get right, checked before anything is stored.
+
+Every error names the field and says what is expected, so the SDK can show it as is. A job
+that passes here can be initialised on its shards and trained by any worker: the parameters
+named in the spec are in the initial state with the right shapes, and the data load.
+"""
+
+from __future__ import annotations
+
+import keyword
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from pscluster.coordinator import blobs
+from pscluster.data.dataset import Dataset
+from pscluster.model import source, state
+from pscluster.model.layout import ParamLayout
+from pscluster.server.optimizer import parse_optimizer
+from pscluster.transport.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from pscluster.v1 import common_pb2
+from pscluster.v1 import coordinator_pb2 as co_pb2
+
+MODES = ("async", "sync", "ssp")
+LOSSES = ("cross_entropy", "mse")
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_PARTITIONS = 1 << 16
+MAX_NAME = 200
+# A submission is held in memory while it is checked; beyond this it is refused up front.
+MAX_SUBMISSION_BYTES = 4 << 30
+SUBMITTED_BLOBS = (blobs.DATASET, blobs.INITIAL_STATE)
+
+
+@dataclass(frozen=True)
+class ValidatedJob:
+    spec: co_pb2.JobSpec  # with partitions and shards set to the values in force
+    layout: ParamLayout
+    flat: torch.Tensor  # the initial trainable parameters, float32, in layout order
+    blobs: dict[str, bytes]
+
+
+def read_submission(
+    chunks: Iterable[co_pb2.SubmitJobChunk], max_bytes: int = MAX_SUBMISSION_BYTES
+) -> tuple[co_pb2.JobSpec, dict[str, bytes]]:
+    """Split a SubmitJob stream into the spec and the blobs it carries."""
+    spec: co_pb2.JobSpec | None = None
+    parts: dict[str, bytearray] = {}
+    total = 0
+    for chunk in chunks:
+        kind = chunk.WhichOneof("part")
+        if kind == "spec":
+            if spec is not None:
+                raise InvalidArgument("the stream carries two specs; send the JobSpec once, first")
+            spec = chunk.spec
+        elif kind == "blob":
+            if spec is None:
+                raise InvalidArgument("the first message must be the JobSpec, then blob chunks")
+            name = chunk.blob.blob
+            if name not in SUBMITTED_BLOBS:
+                raise InvalidArgument(f"blob {name!r} is unknown; expected {list(SUBMITTED_BLOBS)}")
+            total += len(chunk.blob.data)
+            if total > max_bytes:
+                raise ResourceExhausted(
+                    f"the submission exceeds {max_bytes} bytes; use a smaller dataset"
+                )
+            parts.setdefault(name, bytearray()).extend(chunk.blob.data)
+        else:
+            raise InvalidArgument("a SubmitJobChunk must carry a spec or a blob")
+    if spec is None:
+        raise InvalidArgument("the stream is empty; send the JobSpec, then the blobs")
+    missing = [n for n in SUBMITTED_BLOBS if n not in parts]
+    if missing:
+        raise InvalidArgument(f"blob(s) {missing} missing; a job needs {list(SUBMITTED_BLOBS)}")
+    return spec, {n: bytes(b) for n, b in parts.items()}
+
+
+def validate_job(
+    spec: co_pb2.JobSpec,
+    blob_data: dict[str, bytes],
+    configured_shards: int,
+    default_partitions: int,
+) -> ValidatedJob:
+    layout = validate_spec(spec, configured_shards)
+    initial = _initial_state(blob_data[blobs.INITIAL_STATE], layout)
+    train_rows = _dataset_rows(blob_data[blobs.DATASET], spec.loss)
+    explicit = co_pb2.JobSpec()
+    explicit.CopyFrom(spec)
+    # Fewer partitions than rows, and no more shards than values: an empty lease or an
+    # empty shard range is only overhead.
+    explicit.partitions = min(spec.partitions or default_partitions, train_rows)
+    explicit.shards = min(spec.shards or configured_shards, layout.size)
+    return ValidatedJob(explicit, layout, layout.flatten(initial), blob_data)
+
+
+def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
+    """Check every field; returns the parameter layout the spec describes."""
+    if configured_shards < 1:
+        raise FailedPrecondition(
+            "the coordinator has no shards configured; start it with --shards (PSC_SHARDS)"
+        )
+    if len(spec.name) > MAX_NAME:
+        raise InvalidArgument(f"name has {len(spec.name)} characters; at most {MAX_NAME}")
+    layout = _validate_model(spec.model)
+    if spec.mode not in MODES:
+        raise InvalidArgument(f"mode {spec.mode!r} is unknown; expected one of {list(MODES)}")
+    if spec.mode != "ssp" and spec.staleness:
+        raise InvalidArgument(
+            f"staleness={spec.staleness} only applies to mode 'ssp'; leave it 0 for {spec.mode!r}"
+        )
+    validate_optimizer(spec.optimizer)
+    _in_range("epochs", spec.epochs, 1, MAX_EPOCHS)
+    _in_range("batch_size", spec.batch_size, 1, MAX_BATCH_SIZE)
+    _in_range("partitions", spec.partitions, 0, MAX_PARTITIONS, "0 for the coordinator's default")
+    _in_range("shards", spec.shards, 0, configured_shards, "0 for all configured shards")
+    if spec.loss not in LOSSES:
+        raise InvalidArgument(f"loss {spec.loss!r} is unknown; expected one of {list(LOSSES)}")
+    return layout
+
+
+def validate_optimizer(opt: common_pb2.OptimizerConfig) -> None:
+    """The shard's own rules, so a job the coordinator accepts is one every shard accepts."""
+    parse_optimizer(opt)
+
+
+def _validate_model(model: co_pb2.ModelSpec) -> ParamLayout:
+    if not model.source.strip():
+        raise InvalidArgument("model.source is empty; send the Python source of the model module")
+    try:
+        # Compiling runs nothing; it catches a truncated or mangled source before a worker does.
+        compile(model.source, "<model.source>", "exec")
+    except (SyntaxError, ValueError) as e:
+        raise InvalidArgument(f"model.source does not compile: {e}") from e
+    if not model.class_name.isidentifier() or keyword.iskeyword(model.class_name):
+        raise InvalidArgument(
+            f"model.class_name {model.class_name!r} is not a Python identifier; "
+            "expected the name of the nn.Module class defined in model.source"
+        )
+    try:
+        source.parse_kwargs(model.kwargs_json)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"model.kwargs_json: {e}") from e
+    if not model.params:
+        raise InvalidArgument("model.params is empty; list the trainable parameters and shapes")
+    entries: list[tuple[str, list[int]]] = []
+    seen: set[str] = set()
+    for i, p in enumerate(model.params):
+        if not p.name:
+            raise InvalidArgument(f"model.params[{i}].name is empty; expected a state_dict key")
+        if p.name in seen:
+            raise InvalidArgument(f"model.params[{i}].name {p.name!r} appears twice")
+        seen.add(p.name)
+        if any(d < 1 for d in p.shape):
+            raise InvalidArgument(
+                f"model.params[{i}] ({p.name!r}) has shape {list(p.shape)}; "
+                "every dimension must be >= 1"
+            )
+        entries.append((p.name, list(p.shape)))
+    return ParamLayout(entries)
+
+
+def _in_range(field: str, value: int, low: int, high: int, note: str = "") -> None:
+    if not low <= value <= high:
+        hint = f" ({note})" if note else ""
+        raise InvalidArgument(f"{field}={value} is out of range; expected {low}..{high}{hint}")
+
+
+def _initial_state(data: bytes, layout: ParamLayout) -> dict[str, torch.Tensor]:
+    tensors = state.loads(data, "blob 'initial_state'")
+    for slot in layout.slots:
+        t = tensors.get(slot.name)
+        if t is None:
+            raise InvalidArgument(
+                f"blob 'initial_state' has no entry {slot.name!r} named in model.params"
+            )
+        if tuple(t.shape) != slot.shape:
+            raise InvalidArgument(
+                f"blob 'initial_state': {slot.name!r} has shape {list(t.shape)}, "
+                f"model.params says {list(slot.shape)}"
+            )
+        if t.dtype != torch.float32:
+            raise InvalidArgument(
+                f"blob 'initial_state': {slot.name!r} is {t.dtype}; trainable parameters "
+                "must be float32"
+            )
+    return tensors
+
+
+def _dataset_rows(data: bytes, loss: str) -> int:
+    ds = Dataset.from_blob(data)
+    for split, y in (("train", ds.train_y), ("test", ds.test_y)):
+        if loss == "cross_entropy":
+            if y.ndim != 1 or y.dtype != torch.int64:
+                raise InvalidArgument(
+                    f"blob 'dataset': {split}_y is {y.dtype} with shape {list(y.shape)}; "
+                    "cross_entropy needs 1-D int64 class labels"
+                )
+            if y.numel() and int(y.min()) < 0:
+                raise InvalidArgument(
+                    f"blob 'dataset': {split}_y has negative class labels; expected 0..C-1"
+                )
+        elif not y.is_floating_point():
+            raise InvalidArgument(
+                f"blob 'dataset': {split}_y is {y.dtype}; mse needs floating-point targets"
+            )
+    return int(ds.train_x.shape[0])
+
+
+def layout_of(spec: co_pb2.JobSpec) -> ParamLayout:
+    """The flat-vector layout of a stored (already validated) spec."""
+    return ParamLayout([(p.name, list(p.shape)) for p in spec.model.params])

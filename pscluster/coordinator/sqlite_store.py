@@ -1,0 +1,230 @@
+"""The embedded default store: one SQLite file in WAL mode under the coordinator's state dir.
+
+One connection guarded by a lock: the coordinator's writes are small and few (a job update
+per lease, a row per step), so serialising them costs less than the bookkeeping of a
+connection per thread, and it keeps multi-statement updates (step numbering) atomic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pscluster.coordinator.store import (
+    EpochRecord,
+    JobRecord,
+    JobStore,
+    ShardSlice,
+    StepRecord,
+    check_changes,
+)
+from pscluster.transport.errors import AlreadyExists, NotFound
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL, spec BLOB NOT NULL, mode TEXT NOT NULL,
+    epochs INTEGER NOT NULL, partitions INTEGER NOT NULL, num_params INTEGER NOT NULL,
+    shards TEXT NOT NULL, state TEXT NOT NULL,
+    created_unix REAL NOT NULL, started_unix REAL NOT NULL, finished_unix REAL NOT NULL,
+    error TEXT NOT NULL, status_message TEXT NOT NULL,
+    epoch INTEGER NOT NULL, done_partitions TEXT NOT NULL, pending_evals TEXT NOT NULL,
+    test_accuracy REAL, last_loss REAL, steps INTEGER NOT NULL, samples INTEGER NOT NULL,
+    generation INTEGER NOT NULL, final_stats BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    job_id TEXT NOT NULL, step INTEGER NOT NULL, loss REAL, samples INTEGER NOT NULL,
+    worker_id TEXT NOT NULL, epoch INTEGER NOT NULL, unix_time REAL NOT NULL,
+    PRIMARY KEY (job_id, step)
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    job_id TEXT NOT NULL, epoch INTEGER NOT NULL, test_accuracy REAL, test_loss REAL,
+    unix_time REAL NOT NULL, samples INTEGER NOT NULL,
+    PRIMARY KEY (job_id, epoch)
+);
+"""
+
+_FIELDS = [f.name for f in dataclasses.fields(JobRecord)]
+_JSON_FIELDS = {"done_partitions", "pending_evals", "shards"}
+_FLOAT_FIELDS = {"test_accuracy", "last_loss"}
+
+
+def _real(value: Any) -> float:
+    # SQLite stores NaN as NULL; a diverged loss must read back as NaN, not fail.
+    return math.nan if value is None else float(value)
+
+
+def _encode(name: str, value: Any) -> Any:
+    if name == "shards":
+        return json.dumps([[s.address, s.start, s.length] for s in value])
+    if name in _JSON_FIELDS:
+        return json.dumps(sorted(int(v) for v in value))
+    return value
+
+
+def _decode_job(row: sqlite3.Row) -> JobRecord:
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        raw = row[name]
+        if name == "shards":
+            values[name] = [ShardSlice(a, int(s), int(n)) for a, s, n in json.loads(raw)]
+        elif name in _JSON_FIELDS:
+            values[name] = [int(v) for v in json.loads(raw)]
+        elif name in _FLOAT_FIELDS:
+            values[name] = _real(raw)
+        elif name in {"spec", "final_stats"}:
+            values[name] = bytes(raw)
+        else:
+            values[name] = raw
+    return JobRecord(**values)
+
+
+class SqliteStore(JobStore):
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # isolation_level=None: autocommit, with explicit BEGIN where several statements must
+        # land together.
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def create_job(self, job: JobRecord) -> None:
+        cols = ", ".join(_FIELDS)
+        marks = ", ".join("?" for _ in _FIELDS)
+        row = [_encode(n, getattr(job, n)) for n in _FIELDS]
+        with self._lock:
+            try:
+                self._db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", row)
+            except sqlite3.IntegrityError as e:
+                raise AlreadyExists(f"job {job.job_id} already exists") from e
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else _decode_job(row)
+
+    def list_jobs(self) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
+        return [_decode_job(r) for r in rows]
+
+    def update_job(self, job_id: str, **changes: Any) -> JobRecord:
+        check_changes(changes)
+        with self._lock:
+            if changes:
+                sets = ", ".join(f"{name} = ?" for name in changes)
+                args = [_encode(n, v) for n, v in changes.items()]
+                self._db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*args, job_id])
+            return self._require(job_id)
+
+    def append_steps(self, job_id: str, steps: Sequence[StepRecord]) -> JobRecord:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                job = self._require(job_id)
+                rows = [
+                    (
+                        job_id,
+                        job.steps + i + 1,
+                        s.loss,
+                        s.samples,
+                        s.worker_id,
+                        s.epoch,
+                        s.unix_time,
+                    )
+                    for i, s in enumerate(steps)
+                ]
+                self._db.executemany("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                if steps:
+                    self._db.execute(
+                        "UPDATE jobs SET steps = ?, last_loss = ?, samples = ? WHERE job_id = ?",
+                        (
+                            job.steps + len(steps),
+                            steps[-1].loss,
+                            job.samples + sum(s.samples for s in steps),
+                            job_id,
+                        ),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return self._require(job_id)
+
+    def steps(self, job_id: str, after: int = 0) -> list[StepRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT step, loss, samples, worker_id, epoch, unix_time FROM steps "
+                "WHERE job_id = ? AND step > ? ORDER BY step",
+                (job_id, after),
+            ).fetchall()
+        return [StepRecord(r[0], _real(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+    def steps_by_worker(self, job_id: str) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT worker_id, COUNT(*) FROM steps WHERE job_id = ? GROUP BY worker_id",
+                (job_id,),
+            ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def record_epoch(self, job_id: str, result: EpochRecord) -> JobRecord:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._require(job_id)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        result.epoch,
+                        result.test_accuracy,
+                        result.test_loss,
+                        result.unix_time,
+                        result.samples,
+                    ),
+                )
+                latest = self._db.execute(
+                    "SELECT test_accuracy FROM epochs WHERE job_id = ? ORDER BY epoch DESC LIMIT 1",
+                    (job_id,),
+                ).fetchone()
+                self._db.execute(
+                    "UPDATE jobs SET test_accuracy = ? WHERE job_id = ?", (latest[0], job_id)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return self._require(job_id)
+
+    def epochs(self, job_id: str) -> list[EpochRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT epoch, test_accuracy, test_loss, unix_time, samples FROM epochs "
+                "WHERE job_id = ? ORDER BY epoch",
+                (job_id,),
+            ).fetchall()
+        return [EpochRecord(r[0], _real(r[1]), _real(r[2]), r[3], r[4]) for r in rows]
+
+    def _require(self, job_id: str) -> JobRecord:
+        row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"unknown job {job_id!r}")
+        return _decode_job(row)

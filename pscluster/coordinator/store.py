@@ -1,0 +1,136 @@
+"""The coordinator's durable state behind one interface: jobs, their steps and evaluations.
+
+Everything a restarted coordinator needs to list finished jobs, report their metrics and
+resume running ones lives here; leases and worker liveness do not (workers re-register).
+Blobs (datasets, models) are files, see :mod:`pscluster.coordinator.blobs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PENDING = "pending"
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+@dataclass(frozen=True)
+class ShardSlice:
+    """The range of the job's flat vector that one shard holds."""
+
+    address: str
+    start: int
+    length: int
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    name: str
+    spec: bytes  # serialized pscluster.v1.JobSpec, with partitions and shards made explicit
+    mode: str
+    epochs: int
+    partitions: int  # per epoch
+    num_params: int
+    shards: list[ShardSlice]
+    state: str = PENDING
+    created_unix: float = 0.0
+    started_unix: float = 0.0
+    finished_unix: float = 0.0
+    error: str = ""
+    status_message: str = ""
+    epoch: int = 0  # current epoch; == epochs once training is done
+    done_partitions: list[int] = field(default_factory=list)  # of the current epoch
+    pending_evals: list[int] = field(default_factory=list)  # epochs whose evaluation is owed
+    test_accuracy: float = -1.0
+    last_loss: float = -1.0
+    steps: int = 0
+    samples: int = 0  # training samples reported in steps
+    generation: int = 0  # last membership generation sent to the shards
+    final_stats: bytes = b""  # serialized pscluster.v1.JobMetrics (shard counters only)
+
+
+# The identity and the plan of a job are fixed at submission; the rest may change.
+_FIXED = {"job_id", "name", "spec", "mode", "epochs", "partitions", "num_params", "shards"}
+MUTABLE_FIELDS = (
+    frozenset(f.name for f in dataclasses.fields(JobRecord)) - _FIXED - {"created_unix"}
+)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int  # job-wide, 1-based, in order of arrival; ignored on append
+    loss: float
+    samples: int
+    worker_id: str
+    epoch: int
+    unix_time: float
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    test_accuracy: float
+    test_loss: float
+    unix_time: float
+    samples: int
+
+
+def check_changes(changes: dict[str, Any]) -> None:
+    """Refuse a write of an unknown or fixed field (a programming error, not user input)."""
+    bad = sorted(set(changes) - MUTABLE_FIELDS)
+    if bad:
+        raise ValueError(f"cannot update job fields {bad}; mutable: {sorted(MUTABLE_FIELDS)}")
+
+
+class JobStore(ABC):
+    """Thread-safe: every method may be called from any gRPC handler thread."""
+
+    @abstractmethod
+    def create_job(self, job: JobRecord) -> None:
+        """Store a new job; AlreadyExists if its id is taken."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    @abstractmethod
+    def list_jobs(self) -> list[JobRecord]:
+        """Every job, oldest first."""
+
+    @abstractmethod
+    def update_job(self, job_id: str, **changes: Any) -> JobRecord:
+        """Change some fields (others are untouched) and return the new record; NotFound."""
+
+    @abstractmethod
+    def append_steps(self, job_id: str, steps: Sequence[StepRecord]) -> JobRecord:
+        """Number the steps after the job's last one, store them and update the job's step
+        count, last loss and samples; returns the new record. NotFound if the job is unknown.
+        """
+
+    @abstractmethod
+    def steps(self, job_id: str, after: int = 0) -> list[StepRecord]:
+        """The job's steps numbered above ``after``, in order."""
+
+    @abstractmethod
+    def steps_by_worker(self, job_id: str) -> dict[str, int]: ...
+
+    @abstractmethod
+    def record_epoch(self, job_id: str, result: EpochRecord) -> JobRecord:
+        """Store an evaluation (replacing one of the same epoch); the job's test_accuracy
+        follows the evaluation of the latest epoch. NotFound if the job is unknown.
+        """
+
+    @abstractmethod
+    def epochs(self, job_id: str) -> list[EpochRecord]:
+        """The job's evaluations, by epoch."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the store holds (connections, files)."""

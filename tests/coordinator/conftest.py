@@ -1,0 +1,304 @@
+"""Fixtures for the coordinator tests: a tiny job built by hand, real shards, a real
+coordinator on a free port, and a worker played by hand through the gRPC API."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from pscluster.config import Settings
+from pscluster.coordinator.main import CoordinatorHandle, serve
+from pscluster.data.dataset import Dataset
+from pscluster.model import source, state
+from pscluster.model.layout import ParamLayout
+from pscluster.server.main import serve as serve_shard
+from pscluster.transport import wire
+from pscluster.transport.channel import open_channel, wait_ready
+from pscluster.transport.server import RunningServer
+from pscluster.v1 import common_pb2
+from pscluster.v1 import coordinator_pb2 as co_pb2
+from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
+
+RPC_TIMEOUT = 20.0
+
+MODEL_SOURCE = """
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, n_in: int = 4, n_out: int = 3) -> None:
+        super().__init__()
+        self.fc = nn.Linear(n_in, n_out)
+        # A buffer: not trained, travels beside the flat vector in the initial state.
+        self.register_buffer("scale", torch.full((n_out,), 2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.scale
+"""
+
+
+@dataclass
+class TinyJob:
+    """A JobSpec and its two blobs, built the way the SDK builds them."""
+
+    spec: co_pb2.JobSpec
+    blobs: dict[str, bytes]
+    initial: dict[str, torch.Tensor]
+    layout: ParamLayout
+
+    def chunks(self, chunk_bytes: int = 700) -> Iterator[co_pb2.SubmitJobChunk]:
+        yield co_pb2.SubmitJobChunk(spec=self.spec)
+        for name, data in self.blobs.items():
+            for i in range(0, len(data), chunk_bytes):
+                piece = common_pb2.BlobChunk(blob=name, data=data[i : i + chunk_bytes])
+                yield co_pb2.SubmitJobChunk(blob=piece)
+
+
+def tiny_job(
+    *,
+    mode: str = "async",
+    epochs: int = 2,
+    partitions: int = 3,
+    train_rows: int = 24,
+    lr: float = 0.1,
+    name: str = "tiny",
+) -> TinyJob:
+    torch.manual_seed(0)
+    model = source.build(MODEL_SOURCE, "Tiny", json.dumps({"n_in": 4, "n_out": 3}))
+    layout = ParamLayout.of_module(model)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    train = (rng.normal(size=(train_rows, 4)).astype(np.float32), rng.integers(0, 3, train_rows))
+    test = (rng.normal(size=(9, 4)).astype(np.float32), rng.integers(0, 3, 9))
+    spec = co_pb2.JobSpec(
+        name=name,
+        model=co_pb2.ModelSpec(
+            source=MODEL_SOURCE,
+            class_name="Tiny",
+            kwargs_json=json.dumps({"n_in": 4, "n_out": 3}),
+            params=[co_pb2.ParamInfo(name=s.name, shape=s.shape) for s in layout.slots],
+        ),
+        mode=mode,
+        optimizer=common_pb2.OptimizerConfig(name="sgd", lr=lr),
+        epochs=epochs,
+        batch_size=4,
+        partitions=partitions,
+        loss="cross_entropy",
+        seed=7,
+    )
+    blobs = {
+        "dataset": Dataset.from_arrays(train, test).to_blob(),
+        "initial_state": state.dumps(initial),
+    }
+    return TinyJob(spec, blobs, initial, layout)
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll ``check`` until it holds; fail the test with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def rpc_failure(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    """The status code and details a call fails with; the test fails if the call succeeds."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        assert isinstance(e, grpc.Call)
+        return e.code(), e.details() or ""
+    raise AssertionError("the call succeeded; expected an error status")
+
+
+def rpc_code(call: Callable[[], object]) -> grpc.StatusCode:
+    return rpc_failure(call)[0]
+
+
+@dataclass
+class Shards:
+    servers: list[RunningServer]
+    channels: dict[str, grpc.Channel] = field(default_factory=dict)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{s.port}" for s in self.servers]
+
+    def stub(self, address: str) -> ps_grpc.ParameterServerStub:
+        if address not in self.channels:
+            self.channels[address] = open_channel(address)
+        return ps_grpc.ParameterServerStub(self.channels[address])
+
+    def stats(self, address: str, job_id: str) -> common_pb2.ShardJobStats:
+        return self.stub(address).GetJobStats(
+            ps_pb2.JobStatsRequest(job_id=job_id), timeout=RPC_TIMEOUT
+        )
+
+
+class HandWorker:
+    """A worker played by hand: each call is one RPC, so a test decides what happens when."""
+
+    def __init__(self, stub: co_grpc.CoordinatorStub, shards: Shards, worker_id: str = "") -> None:
+        self.stub = stub
+        self.shards = shards
+        reply = stub.RegisterWorker(
+            co_pb2.RegisterWorkerRequest(host="test", pid=1, device="cpu", worker_id=worker_id),
+            timeout=RPC_TIMEOUT,
+        )
+        self.worker_id = reply.worker_id
+        self.seq = 0
+
+    def heartbeat(self) -> co_pb2.HeartbeatReply:
+        return self.stub.Heartbeat(
+            co_pb2.HeartbeatRequest(worker_id=self.worker_id), timeout=RPC_TIMEOUT
+        )
+
+    def acquire(self) -> co_pb2.Task:
+        return self.stub.AcquireTask(
+            co_pb2.AcquireTaskRequest(worker_id=self.worker_id), timeout=RPC_TIMEOUT
+        )
+
+    def complete(self, task: co_pb2.Task, accuracy: float = 0.5, loss: float = 1.0) -> None:
+        self.stub.CompleteTask(
+            co_pb2.CompleteTaskRequest(
+                worker_id=self.worker_id,
+                lease_id=task.lease_id,
+                test_accuracy=accuracy,
+                test_loss=loss,
+                samples=8,
+            ),
+            timeout=RPC_TIMEOUT,
+        )
+
+    def report(self, job_id: str, epoch: int, losses: list[float]) -> None:
+        steps = [co_pb2.StepMetric(loss=v, samples=4, epoch=epoch) for v in losses]
+        self.stub.ReportProgress(
+            co_pb2.ReportProgressRequest(worker_id=self.worker_id, job_id=job_id, steps=steps),
+            timeout=RPC_TIMEOUT,
+        )
+
+    def push_ones(self, plan: co_pb2.JobPlan) -> list[ps_pb2.PushReply]:
+        """Push a gradient of ones to every shard of the job (as one training step)."""
+        self.seq += 1
+        replies = []
+        for part in plan.shards:
+            header = ps_pb2.PushHeader(
+                job_id=plan.job_id,
+                worker_id=self.worker_id,
+                seq=self.seq,
+                length=part.length,
+                dtype=common_pb2.DTYPE_FLOAT32,
+                batch_size=4,
+            )
+            body = wire.encode(torch.ones(part.length))
+            chunks = [ps_pb2.PushChunk(header=header), ps_pb2.PushChunk(data=bytes(body))]
+            replies.append(self.shards.stub(part.address).Push(iter(chunks), timeout=RPC_TIMEOUT))
+        return replies
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_optim_imported() -> None:
+    """torch (2.13) spends ~4 s importing its compiler stack on the first optimizer built in a
+    process; a shard pays it on its first InitJob. Pay it once here so that per-test timings
+    (and the deadlines they run under) measure the coordinator, not that import."""
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+
+@pytest.fixture
+def shards() -> Iterator[Shards]:
+    settings = Settings(host="127.0.0.1", grace_seconds=0.0, pull_wait_seconds=2.0)
+    group = Shards([serve_shard(settings, port=0) for _ in range(2)])
+    yield group
+    for channel in group.channels.values():
+        channel.close()
+    for server in group.servers:
+        server.stop(0)
+
+
+def coordinator_settings(
+    state_dir: Path, shard_addresses: list[str], **overrides: object
+) -> Settings:
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "shards": ",".join(shard_addresses),
+        "state_dir": state_dir,
+        "heartbeat_seconds": 0.2,
+        "worker_timeout_seconds": 5.0,
+        "stall_seconds": 30.0,
+        "chunk_bytes": 1024,
+        "rpc_timeout_seconds": 30.0,  # a shard builds its first torch optimizer slowly
+        "grace_seconds": 0.0,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class Running:
+    """A coordinator under test and a client stub on it."""
+
+    handle: CoordinatorHandle
+    stub: co_grpc.CoordinatorStub
+    channel: grpc.Channel
+
+    def close(self) -> None:
+        self.channel.close()
+        self.handle.stop(0)
+
+
+def start_coordinator(settings: Settings) -> Running:
+    handle = serve(settings, port=0)
+    channel = open_channel(f"127.0.0.1:{handle.port}", settings)
+    wait_ready(channel, timeout=10)
+    return Running(handle, co_grpc.CoordinatorStub(channel), channel)
+
+
+@pytest.fixture
+def make_coordinator(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Start coordinators (stopped at teardown); kwargs override settings fields."""
+    started: list[Running] = []
+
+    def make(shard_addresses: list[str], **overrides: object) -> Running:
+        running = start_coordinator(
+            coordinator_settings(tmp_path / "state", shard_addresses, **overrides)
+        )
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.close()
+
+
+def submit(stub: co_grpc.CoordinatorStub, job: TinyJob) -> co_pb2.JobInfo:
+    return stub.SubmitJob(job.chunks(), timeout=RPC_TIMEOUT)
+
+
+def plan_of(stub: co_grpc.CoordinatorStub, job_id: str) -> co_pb2.JobPlan:
+    return stub.GetJobPlan(co_pb2.GetJobRequest(job_id=job_id), timeout=RPC_TIMEOUT)
+
+
+def get_job(stub: co_grpc.CoordinatorStub, job_id: str) -> co_pb2.JobInfo:
+    return stub.GetJob(co_pb2.GetJobRequest(job_id=job_id), timeout=RPC_TIMEOUT)
+
+
+def fetch_model(stub: co_grpc.CoordinatorStub, job_id: str) -> bytes:
+    chunks = stub.FetchModel(co_pb2.GetJobRequest(job_id=job_id), timeout=RPC_TIMEOUT)
+    data = bytearray()
+    for c in chunks:
+        assert c.blob == "model"
+        data += c.data
+    return bytes(data)

@@ -1,0 +1,159 @@
+"""A job from submission to saved model, with the worker played by hand over real sockets,
+and what a coordinator restarted on the same state dir still knows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import grpc
+import torch
+
+from pscluster.model import state
+from pscluster.v1 import coordinator_pb2 as co_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from tests.coordinator.conftest import (
+    RPC_TIMEOUT,
+    HandWorker,
+    Running,
+    Shards,
+    fetch_model,
+    get_job,
+    plan_of,
+    rpc_code,
+    submit,
+    tiny_job,
+)
+
+LR = 0.1
+
+
+def metrics_of(running: Running, job_id: str) -> co_pb2.JobMetrics:
+    return running.stub.GetMetrics(co_pb2.GetJobRequest(job_id=job_id), timeout=RPC_TIMEOUT)
+
+
+def test_a_job_runs_to_a_saved_model_and_survives_a_restart(
+    shards: Shards, make_coordinator: Callable[..., Running]
+) -> None:
+    # Prepare
+    running = make_coordinator(shards.addresses)
+    job = tiny_job(epochs=2, partitions=3, lr=LR)
+    info = submit(running.stub, job)
+    assert (info.state, info.epochs, info.num_params) == ("running", 2, job.layout.size)
+    assert info.job_id.startswith("j-") and info.test_accuracy == -1 and info.last_loss == -1
+    plan = plan_of(running.stub, info.job_id)
+    assert [(p.address, p.start, p.length) for p in plan.shards] == [
+        (shards.addresses[0], 0, 8),
+        (shards.addresses[1], 8, 7),
+    ]
+    assert plan.spec.partitions == 3 and plan.num_params == 15
+    worker = HandWorker(running.stub, shards)
+
+    # Execute: play the worker until the job completes.
+    seen: list[tuple[int, int, int]] = []
+    pushes = 0
+    for _ in range(20):
+        task = worker.acquire()
+        seen.append((task.kind, task.epoch, task.partition))
+        if task.kind == co_pb2.TASK_KIND_TRAIN:
+            assert task.partitions == 3 and task.lease_seconds > 0
+            # The membership is in place on every shard before the task was handed over.
+            for part in plan.shards:
+                assert worker.worker_id in shards.stats(part.address, info.job_id).members
+            replies = worker.push_ones(plan)
+            assert [r.outcome for r in replies] == [ps_pb2.PUSH_OUTCOME_APPLIED] * 2
+            pushes += 1
+            worker.report(info.job_id, task.epoch, [1.0 / pushes])
+            if pushes == 1:
+                # A running job's model and metrics come live from the shards.
+                live = state.loads(fetch_model(running.stub, info.job_id))
+                assert torch.allclose(live["fc.bias"], job.initial["fc.bias"] - LR)
+                assert metrics_of(running, info.job_id).pushes_applied == 2
+            worker.complete(task)
+        elif task.kind == co_pb2.TASK_KIND_EVAL:
+            worker.complete(task, accuracy=0.5 + 0.1 * task.epoch, loss=2.0 - task.epoch)
+        if get_job(running.stub, info.job_id).state != "running":
+            break
+
+    # Assert: the order of work, then the job's end state.
+    train, evaluate = co_pb2.TASK_KIND_TRAIN, co_pb2.TASK_KIND_EVAL
+    assert seen == [
+        (train, 0, 0),
+        (train, 0, 1),
+        (train, 0, 2),
+        (evaluate, 0, 0),
+        (train, 1, 0),
+        (train, 1, 1),
+        (train, 1, 2),
+        (evaluate, 1, 0),
+    ]
+    done = get_job(running.stub, info.job_id)
+    assert (done.state, done.epoch, done.progress, done.steps) == ("completed", 2, 1.0, 6)
+    assert abs(done.test_accuracy - 0.6) < 1e-9 and abs(done.last_loss - 1 / 6) < 1e-9
+    assert done.finished_unix >= done.started_unix >= done.created_unix > 0
+    assert list(done.workers) == []
+    metrics = metrics_of(running, info.job_id)
+    assert [s.step for s in metrics.steps] == [1, 2, 3, 4, 5, 6]
+    assert [(e.epoch, round(e.test_accuracy, 6)) for e in metrics.epochs] == [(0, 0.5), (1, 0.6)]
+    assert dict(metrics.pushes_by_worker) == {worker.worker_id: 6}
+    assert metrics.pushes_applied == 12 and len(metrics.shards) == 2
+    model_bytes = fetch_model(running.stub, info.job_id)
+    model = state.loads(model_bytes)
+    assert set(model) == {"fc.weight", "fc.bias", "scale"}
+    for name in ("fc.weight", "fc.bias"):  # six pushes of ones at lr 0.1
+        assert torch.allclose(model[name], job.initial[name] - LR * pushes, atol=1e-6)
+    assert torch.equal(model["scale"], job.initial["scale"])  # the buffer rides along
+    for part in plan.shards:  # the shards forgot the job
+        code = rpc_code(partial(shards.stats, part.address, info.job_id))
+        assert code == grpc.StatusCode.NOT_FOUND
+
+    # Execute: a new coordinator on the same state dir.
+    running.close()
+    again = make_coordinator(shards.addresses)
+
+    # Assert: the job, its metrics and its model are still served.
+    listed = again.stub.ListJobs(co_pb2.ListJobsRequest(), timeout=RPC_TIMEOUT)
+    assert [(j.job_id, j.state) for j in listed.jobs] == [(info.job_id, "completed")]
+    restored = metrics_of(again, info.job_id)
+    assert len(restored.steps) == 6 and len(restored.epochs) == 2
+    assert restored.pushes_applied == 12 and dict(restored.pushes_by_worker) == {
+        worker.worker_id: 6
+    }
+    assert fetch_model(again.stub, info.job_id) == model_bytes
+
+
+def test_a_restarted_coordinator_resumes_a_running_job(
+    shards: Shards, make_coordinator: Callable[..., Running]
+) -> None:
+    # Prepare: sync mode, one partition done, the worker holding the next one.
+    running = make_coordinator(shards.addresses)
+    job = tiny_job(mode="sync", epochs=2, partitions=2)
+    info = submit(running.stub, job)
+    plan = plan_of(running.stub, info.job_id)
+    worker = HandWorker(running.stub, shards)
+    first = worker.acquire()
+    # Sync: a lone member's push closes the barrier at once, so it is applied.
+    assert [r.outcome for r in worker.push_ones(plan)] == [ps_pb2.PUSH_OUTCOME_APPLIED] * 2
+    worker.complete(first)
+    held = worker.acquire()
+    assert (held.epoch, held.partition) == (0, 1)
+
+    # Execute
+    running.close()
+    again = make_coordinator(shards.addresses)
+    worker.stub = again.stub
+
+    # Assert: progress kept, the old membership cleared, the worker told to register.
+    resumed = get_job(again.stub, info.job_id)
+    assert (resumed.state, resumed.epoch, resumed.progress) == ("running", 0, 0.25)
+    for part in plan.shards:
+        assert list(shards.stats(part.address, info.job_id).members) == []
+    assert not worker.heartbeat().known
+    assert rpc_code(worker.acquire) == grpc.StatusCode.NOT_FOUND
+    back = HandWorker(again.stub, shards, worker_id=worker.worker_id)
+    task = back.acquire()
+    assert (task.kind, task.epoch, task.partition) == (co_pb2.TASK_KIND_TRAIN, 0, 1)
+    for part in plan.shards:
+        assert list(shards.stats(part.address, info.job_id).members) == [back.worker_id]
+    # The lease handed out before the restart is gone for good.
+    assert rpc_code(lambda: worker.complete(held)) == grpc.StatusCode.FAILED_PRECONDITION

@@ -1,0 +1,193 @@
+"""Submission checks: every bad field or blob is refused with a message naming it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from pscluster.coordinator.spec import read_submission, validate_job
+from pscluster.data.dataset import Dataset
+from pscluster.model import state
+from pscluster.transport.errors import FailedPrecondition, InvalidArgument, PSError
+from pscluster.v1 import common_pb2
+from pscluster.v1 import coordinator_pb2 as co_pb2
+from tests.coordinator.conftest import TinyJob, tiny_job
+
+
+def check(job: TinyJob, configured_shards: int = 2) -> co_pb2.JobSpec:
+    spec, blobs = read_submission(job.chunks())
+    return validate_job(spec, blobs, configured_shards, default_partitions=12).spec
+
+
+def test_a_good_job_passes_with_its_plan_made_explicit() -> None:
+    job = tiny_job(partitions=0, train_rows=5)
+    job.spec.shards = 0
+    spec = check(job, configured_shards=2)
+    assert spec.partitions == 5  # the default 12, capped at the number of training rows
+    assert spec.shards == 2  # 0 means every configured shard
+    assert spec.model.source == job.spec.model.source
+
+
+def _set(path: str, value: object) -> Callable[[co_pb2.JobSpec], None]:
+    def apply(spec: co_pb2.JobSpec) -> None:
+        *parents, leaf = path.split(".")
+        target: object = spec
+        for p in parents:
+            target = getattr(target, p)
+        setattr(target, leaf, value)
+
+    return apply
+
+
+def _params(*entries: tuple[str, list[int]]) -> Callable[[co_pb2.JobSpec], None]:
+    def apply(spec: co_pb2.JobSpec) -> None:
+        del spec.model.params[:]
+        for name, shape in entries:
+            spec.model.params.add(name=name, shape=shape)
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("name", "x" * 201), "name has 201 characters"),
+        (_set("model.source", "  "), "model.source is empty"),
+        (_set("model.source", "class Tiny(:\n"), "model.source does not compile"),
+        (_set("model.class_name", "not a name"), "model.class_name"),
+        (_set("model.class_name", "class"), "model.class_name"),
+        (_set("model.kwargs_json", "[1, 2]"), "model.kwargs_json: .*JSON object"),
+        (_set("model.kwargs_json", "{oops"), "model.kwargs_json: .*not valid JSON"),
+        (_params(), "model.params is empty"),
+        (_params(("fc.weight", [3, 4]), ("fc.weight", [3])), "appears twice"),
+        (_params(("fc.weight", [3, 0])), "every dimension must be >= 1"),
+        (_params(("", [3])), r"model.params\[0\].name is empty"),
+        (_set("mode", "hogwild"), "mode 'hogwild' is unknown"),
+        (_set("staleness", 3), "only applies to mode 'ssp'"),
+        (_set("optimizer.name", "lbfgs"), "optimizer.name"),
+        (_set("optimizer.lr", 0.0), "optimizer.lr"),
+        (_set("optimizer.lr", float("nan")), "optimizer.lr"),
+        (_set("optimizer.momentum", -0.5), "optimizer.momentum"),
+        (_set("epochs", 0), "epochs=0 is out of range"),
+        (_set("epochs", 10_001), "epochs=10001 is out of range"),
+        (_set("batch_size", 0), "batch_size=0"),
+        (_set("shards", 3), r"shards=3 is out of range; expected 0..2"),
+        (_set("loss", "hinge"), "loss 'hinge' is unknown"),
+    ],
+)
+def test_a_bad_spec_field_is_named(change: Callable[[co_pb2.JobSpec], None], message: str) -> None:
+    job = tiny_job()
+    change(job.spec)
+    with pytest.raises(InvalidArgument, match=message):
+        check(job)
+
+
+def test_ssp_takes_a_staleness() -> None:
+    job = tiny_job(mode="ssp")
+    job.spec.staleness = 3
+    assert check(job).staleness == 3
+
+
+def test_no_configured_shards_is_a_coordinator_problem() -> None:
+    with pytest.raises(FailedPrecondition, match="no shards configured"):
+        check(tiny_job(), configured_shards=0)
+
+
+def _state(**tensors: torch.Tensor) -> bytes:
+    return state.dumps(tensors)
+
+
+@pytest.mark.parametrize(
+    ("blob", "data", "message"),
+    [
+        ("initial_state", b"garbage", "initial_state.* not a valid safetensors"),
+        ("initial_state", _state(**{"fc.weight": torch.zeros(3, 4)}), "no entry 'fc.bias'"),
+        (
+            "initial_state",
+            _state(**{"fc.weight": torch.zeros(4, 3), "fc.bias": torch.zeros(3)}),
+            r"'fc.weight' has shape \[4, 3\], model.params says \[3, 4\]",
+        ),
+        (
+            "initial_state",
+            _state(
+                **{"fc.weight": torch.zeros(3, 4, dtype=torch.float64), "fc.bias": torch.zeros(3)}
+            ),
+            "must be float32",
+        ),
+        ("dataset", b"\x00" * 16, "dataset is not a valid safetensors"),
+        (
+            "dataset",
+            _state(train_x=torch.zeros(4, 4), train_y=torch.zeros(4, dtype=torch.int64)),
+            "dataset blob lacks",
+        ),
+        (
+            "dataset",
+            Dataset.from_arrays(
+                (torch.zeros(4, 4), torch.zeros(4, 1)), (torch.zeros(2, 4), torch.zeros(2, 1))
+            ).to_blob(),
+            "train_y .* cross_entropy needs 1-D int64",
+        ),
+        (
+            "dataset",
+            Dataset.from_arrays(
+                (torch.zeros(4, 4), torch.full((4,), -1, dtype=torch.int64)),
+                (torch.zeros(2, 4), torch.zeros(2, dtype=torch.int64)),
+            ).to_blob(),
+            "negative class labels",
+        ),
+    ],
+)
+def test_a_bad_blob_is_named(blob: str, data: bytes, message: str) -> None:
+    job = tiny_job()
+    job.blobs[blob] = data
+    with pytest.raises(InvalidArgument, match=message):
+        check(job)
+
+
+def test_mse_needs_float_targets() -> None:
+    job = tiny_job()
+    job.spec.loss = "mse"
+    with pytest.raises(InvalidArgument, match="mse needs floating-point targets"):
+        check(job)
+
+
+def _chunk(blob: str, data: bytes = b"x") -> co_pb2.SubmitJobChunk:
+    return co_pb2.SubmitJobChunk(blob=common_pb2.BlobChunk(blob=blob, data=data))
+
+
+@pytest.mark.parametrize(
+    ("stream", "error", "message"),
+    [
+        ([], InvalidArgument, "stream is empty"),
+        ([_chunk("dataset")], InvalidArgument, "first message must be the JobSpec"),
+        ([co_pb2.SubmitJobChunk()], InvalidArgument, "must carry a spec or a blob"),
+        (
+            [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec())] * 2,
+            InvalidArgument,
+            "two specs",
+        ),
+        (
+            [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec()), _chunk("weights")],
+            InvalidArgument,
+            "blob 'weights' is unknown",
+        ),
+        (
+            [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec()), _chunk("dataset")],
+            InvalidArgument,
+            r"\['initial_state'\] missing",
+        ),
+    ],
+)
+def test_a_malformed_stream_is_refused(
+    stream: list[co_pb2.SubmitJobChunk], error: type[PSError], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        read_submission(stream)
+
+
+def test_an_oversized_submission_is_refused_early() -> None:
+    stream = [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec())] + [_chunk("dataset", b"x" * 100)] * 5
+    with pytest.raises(PSError, match="exceeds 300 bytes"):
+        read_submission(stream, max_bytes=300)
