@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from pscluster.client.cli_common import Address, err, fail, out, user_errors
@@ -84,22 +86,32 @@ def jobs(address: Address = None) -> None:
     if not infos:
         out().print("no jobs")
         return
-    table = Table()
-    for column in ("id", "name", "state", "mode", "epoch", "progress", "accuracy", "loss"):
-        table.add_column(column, no_wrap=column == "id")
-    table.add_column("status")
-    for i in infos:
-        table.add_row(
+    headers = ("id", "name", "state", "mode", "epoch", "progress", "accuracy", "loss")
+    rows = [
+        (
             i.job_id,
             i.name,
-            _state(i),
+            i.state,
             i.mode,
             f"{min(i.epoch + 1, i.epochs)}/{i.epochs}",
             f"{i.progress:.0%}",
             "-" if i.test_accuracy is None else f"{i.test_accuracy:.4f}",
             "-" if i.last_loss is None else f"{i.last_loss:.4f}",
-            i.error.splitlines()[-1] if i.error else i.status_message,
         )
+        for i in infos
+    ]
+    table = Table(box=box.SIMPLE_HEAD)
+    for n, header in enumerate(headers):
+        # These columns keep their full width; only the status is cut to fit the terminal
+        # (its whole text is in `pscluster watch` and in the SDK's JobInfo).
+        width = max(len(header), *(len(row[n]) for row in rows))
+        table.add_column(header, no_wrap=True, min_width=width)
+    table.add_column("status", no_wrap=True, overflow="ellipsis")
+    for info, row in zip(infos, rows, strict=True):
+        status = info.error.splitlines()[-1] if info.error else info.status_message
+        cells = [escape(c) for c in (*row, status)]
+        cells[2] = _state(info)
+        table.add_row(*cells)
     out().print(table)
 
 

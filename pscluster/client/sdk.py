@@ -242,7 +242,13 @@ class Job:
     def fetch_model(self) -> dict[str, torch.Tensor]:
         """The trained ``state_dict`` (parameters and buffers), ready for ``load_state_dict``.
 
-        FAILED_PRECONDITION (as PSClusterError) if the job has no model yet.
+        Of a running job: its current parameters. A pending, failed or cancelled job has no
+        model: PSClusterError with code FAILED_PRECONDITION says why.
+
+        Example::
+
+            model = MyNet()
+            model.load_state_dict(job.fetch_model())
         """
         stub, req = self.client._stub, self.client._job_request(self.id)
 

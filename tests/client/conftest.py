@@ -5,11 +5,13 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from pscluster.client.processes import free_ports
+from pscluster.client.spec_file import load_job_file
 
 MODEL_SOURCE = """
 import torch
@@ -72,15 +74,31 @@ target_accuracy: 0.1
 """
 
 
-@pytest.fixture
-def job_dir(tmp_path: Path) -> Path:
-    """A folder with code/tiny_model.py, code/tiny_data.py and a valid job.yaml."""
-    code = tmp_path / "code"
+def write_job_dir(root: Path) -> Path:
+    code = root / "code"
     code.mkdir()
     (code / "tiny_model.py").write_text(MODEL_SOURCE)
     (code / "tiny_data.py").write_text(DATA_SOURCE)
-    (tmp_path / "job.yaml").write_text(textwrap.dedent(GOOD_YAML))
-    return tmp_path
+    (root / "job.yaml").write_text(textwrap.dedent(GOOD_YAML))
+    return root
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path) -> Path:
+    """A folder with code/tiny_model.py, code/tiny_data.py and a valid job.yaml."""
+    return write_job_dir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def job_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The valid job.yaml, shared by the tests of a module."""
+    return write_job_dir(tmp_path_factory.mktemp("job")) / "job.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_job(job_file: Path) -> dict[str, Any]:
+    """Client.submit keyword arguments of a tiny 3-class job (model and data loaded)."""
+    return load_job_file(job_file).submit_kwargs()
 
 
 @pytest.fixture
