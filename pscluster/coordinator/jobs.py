@@ -91,32 +91,8 @@ class JobManager:
             self._busy.add(job_id)
         try:
             job = self.require(job_id)
-            if job.state != st.PENDING:
+            if job.state != st.PENDING or not self._init_shards(job, flat):
                 return False
-            if flat is None:
-                initial = state.loads(rt.blobs.read(job_id, blobs.INITIAL_STATE), "initial_state")
-                flat = layout_of(co_pb2.JobSpec.FromString(job.spec)).flatten(initial)
-            spec = co_pb2.JobSpec.FromString(job.spec)
-            for part in job.shards:
-                config = ps_pb2.ShardJobConfig(
-                    job_id=job_id,
-                    start=part.start,
-                    length=part.length,
-                    mode=spec.mode,
-                    staleness=spec.staleness,
-                    optimizer=spec.optimizer,
-                )
-                try:
-                    rt.shards.init_job(
-                        part.address, config, flat[part.start : part.start + part.length]
-                    )
-                except ShardError as e:
-                    if e.status in _RETRY_INIT:
-                        rt.store.update_job(job_id, status_message=f"pending: {e}; retrying")
-                        log.warning("job %s stays pending: %s", job_id, e)
-                    else:
-                        self.terminate(job_id, st.FAILED, f"could not initialise the job: {e}")
-                    return False
             with rt.lock:
                 job = self.require(job_id)
                 if job.state == st.PENDING:
@@ -135,6 +111,42 @@ class JobManager:
         finally:
             with rt.lock:
                 self._busy.discard(job_id)
+
+    def _init_shards(self, job: st.JobRecord, flat: torch.Tensor | None) -> bool:
+        rt = self.rt
+        addresses = [p.address for p in job.shards]
+        # A health check first: its short deadline finds a dead or black-holed shard in
+        # seconds, where InitJob's deadline (sized for a large model) would hold the caller.
+        problems = [p for p in rt.shards.health(addresses) if p is not None]
+        try:
+            if problems:
+                raise problems[0]
+            if flat is None:
+                initial = state.loads(
+                    rt.blobs.read(job.job_id, blobs.INITIAL_STATE), "initial_state"
+                )
+                flat = layout_of(co_pb2.JobSpec.FromString(job.spec)).flatten(initial)
+            spec = co_pb2.JobSpec.FromString(job.spec)
+            for part in job.shards:
+                config = ps_pb2.ShardJobConfig(
+                    job_id=job.job_id,
+                    start=part.start,
+                    length=part.length,
+                    mode=spec.mode,
+                    staleness=spec.staleness,
+                    optimizer=spec.optimizer,
+                )
+                rt.shards.init_job(
+                    part.address, config, flat[part.start : part.start + part.length]
+                )
+        except ShardError as e:
+            if e.status in _RETRY_INIT:
+                rt.store.update_job(job.job_id, status_message=f"pending: {e}; retrying")
+                log.warning("job %s stays pending: %s", job.job_id, e)
+            else:
+                self.terminate(job.job_id, st.FAILED, f"could not initialise the job: {e}")
+            return False
+        return True
 
     def _schedule(self, job: st.JobRecord) -> None:
         """Call under rt.lock: hand the job's remaining work out from now on."""
@@ -157,9 +169,7 @@ class JobManager:
     def restore(self) -> None:
         """After a restart: resume running jobs where their saved progress left them."""
         rt = self.rt
-        for job in rt.store.list_jobs():
-            if job.state != st.RUNNING:
-                continue
+        for job in rt.store.list_jobs(st.RUNNING):
             final_done = any(e.epoch == job.epochs - 1 for e in rt.store.epochs(job.job_id))
             with rt.lock:
                 if job.epoch >= job.epochs and final_done:
@@ -169,13 +179,13 @@ class JobManager:
                     self._to_finish.add(job.job_id)
                     continue
                 self._schedule(job)
-            # Workers of the previous coordinator are gone: clear the shards' memberships so no
-            # barrier waits on them.
-            rt.sync_members(job.job_id)
+                # Workers of the previous coordinator are gone: the monitor clears the shards'
+                # memberships (not done here, so an unreachable shard cannot delay the start).
+                rt.unsynced.add(job.job_id)
             log.info("job %s resumed at epoch %d/%d", job.job_id, job.epoch, job.epochs)
 
     def pending_ids(self) -> list[str]:
-        return [j.job_id for j in self.rt.store.list_jobs() if j.state == st.PENDING]
+        return [j.job_id for j in self.rt.store.list_jobs(st.PENDING)]
 
     # --- the end of a job ---
     def mark_finishing(self, job_id: str) -> None:

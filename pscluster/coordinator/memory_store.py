@@ -54,9 +54,9 @@ class MemoryStore(JobStore):
             job = self._jobs.get(job_id)
             return None if job is None else _copy(job)
 
-    def list_jobs(self) -> list[JobRecord]:
+    def list_jobs(self, state: str | None = None) -> list[JobRecord]:
         with self._lock:
-            return [_copy(j) for j in self._jobs.values()]
+            return [_copy(j) for j in self._jobs.values() if state in (None, j.state)]
 
     def update_job(self, job_id: str, **changes: Any) -> JobRecord:
         check_changes(changes)

@@ -1,6 +1,9 @@
-"""No silent hangs: a thread that expires dead workers, retries what failed, and says why a
-job is not moving.
+"""No silent hangs: threads that expire dead workers, retry what failed, and say why a job
+is not moving.
 
+Two loops, so that retrying an unreachable shard (which can take a whole RPC deadline) never
+delays declaring a worker dead: the liveness loop (dead workers, status lines) and the retry
+loop (pending jobs' shard init, final models not saved yet, memberships that did not land).
 Every status line is computed from the coordinator's own state first (no workers, no lease
 taken); only a job stalled for ``stall_seconds`` costs shard calls, to name the barrier or the
 shard it is stuck on.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.runtime import Runtime
@@ -26,32 +30,52 @@ class Monitor:
         self.tasks = tasks
         # Half a heartbeat: a dead worker is noticed at most half a heartbeat late.
         self.interval = max(0.05, rt.settings.heartbeat_seconds / 2)
+        self.retry_interval = max(self.interval, 0.5)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="coordinator-monitor", daemon=True)
+        self._threads = [
+            threading.Thread(
+                target=self._loop,
+                args=(self.tick, self.interval),
+                name="coordinator-liveness",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._loop,
+                args=(self.retry, self.retry_interval),
+                name="coordinator-retry",
+                daemon=True,
+            ),
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop both loops; a retry in flight ends within its RPC deadline."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+    def _loop(self, step: Callable[[], None], interval: float) -> None:
+        while not self._stop.wait(interval):
             try:
-                self.tick()
+                step()
             except Exception:  # the monitor must outlive any one bad job or shard
-                log.exception("monitor tick failed")
+                log.exception("monitor step %s failed", step.__name__)
 
-    def tick(self) -> None:
-        self.tasks.expire_workers()
+    def retry(self) -> None:
         for job_id in self.jobs.pending_ids():
             if self._stop.is_set():
                 return
             self.jobs.start(job_id)
         for job_id in self.jobs.finishing_ids():
             self.jobs.finish(job_id)
+        self.rt.resync_members()
+
+    def tick(self) -> None:
+        self.tasks.expire_workers()
         with self.rt.lock:
             running = self.rt.book.job_ids()
         for job_id in running:

@@ -42,6 +42,9 @@ class Runtime:
     membership: Membership
     lock: threading.RLock = field(default_factory=threading.RLock)
     activity: dict[str, Activity] = field(default_factory=dict)
+    # Jobs whose shards may hold a stale membership (a sync failed, or a restart): the monitor
+    # sends the current one again until it lands.
+    unsynced: set[str] = field(default_factory=set)
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
 
@@ -73,8 +76,20 @@ class Runtime:
             self.membership.sync(job_id, snapshot)
         except ShardError as e:
             log.warning("job %s: membership not updated: %s", job_id, e)
+            with self.lock:
+                self.unsynced.add(job_id)
             return e
+        with self.lock:
+            self.unsynced.discard(job_id)
         return None
+
+    def resync_members(self) -> None:
+        """Retry the memberships that did not land (jobs that ended meanwhile are skipped)."""
+        with self.lock:
+            pending = sorted(j for j in self.unsynced if self.book.has_job(j))
+            self.unsynced.intersection_update(pending)
+        for job_id in pending:
+            self.sync_members(job_id)
 
     def touch_progress(self, job_id: str) -> None:
         """Call under ``lock``: the job made progress (a step or a finished lease)."""

@@ -26,6 +26,9 @@ from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
 
 # Status calls (stats, health) feed monitoring: answer fast rather than hang a status line.
 STATUS_TIMEOUT_SECONDS = 3.0
+# Small control calls (SetMembers, DropJob) sit on a worker's AcquireTask or a client's
+# CancelJob: a shard that cannot answer them in this time is treated as unreachable.
+CONTROL_TIMEOUT_SECONDS = 5.0
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -58,6 +61,7 @@ class ShardClients:
         self.settings = settings
         self.timeout = settings.rpc_timeout_seconds
         self.status_timeout = min(STATUS_TIMEOUT_SECONDS, settings.rpc_timeout_seconds)
+        self.control_timeout = min(CONTROL_TIMEOUT_SECONDS, settings.rpc_timeout_seconds)
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
 
@@ -102,7 +106,8 @@ class ShardClients:
             job_id=job_id, worker_ids=list(members), generation=generation
         )
         calls = [
-            (a, self.stub(a).SetMembers.future(request, timeout=self.timeout)) for a in addresses
+            (a, self.stub(a).SetMembers.future(request, timeout=self.control_timeout))
+            for a in addresses
         ]
         errors = [e for e in (_failure(a, f) for a, f in calls) if e is not None]
         if errors:
@@ -126,7 +131,10 @@ class ShardClients:
     def drop_job(self, addresses: Sequence[str], job_id: str) -> list[ShardError]:
         """Free the job everywhere; a shard that never had it is fine. Returns what failed."""
         request = ps_pb2.DropJobRequest(job_id=job_id)
-        calls = [(a, self.stub(a).DropJob.future(request, timeout=self.timeout)) for a in addresses]
+        calls = [
+            (a, self.stub(a).DropJob.future(request, timeout=self.control_timeout))
+            for a in addresses
+        ]
         errors = []
         for a, f in calls:
             err = _failure(a, f)

@@ -91,6 +91,10 @@ def validate_job(
     # empty shard range is only overhead.
     explicit.partitions = min(spec.partitions or default_partitions, train_rows)
     explicit.shards = min(spec.shards or configured_shards, layout.size)
+    if spec.mode != "ssp":
+        # Only ssp has a staleness bound; one sent with another mode (an SDK default, a job
+        # file switched between modes) is dropped, so the plan shows what is in force.
+        explicit.staleness = 0
     return ValidatedJob(explicit, layout, layout.flatten(initial), blob_data)
 
 
@@ -105,10 +109,6 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     layout = _validate_model(spec.model)
     if spec.mode not in MODES:
         raise InvalidArgument(f"mode {spec.mode!r} is unknown; expected one of {list(MODES)}")
-    if spec.mode != "ssp" and spec.staleness:
-        raise InvalidArgument(
-            f"staleness={spec.staleness} only applies to mode 'ssp'; leave it 0 for {spec.mode!r}"
-        )
     validate_optimizer(spec.optimizer)
     _in_range("epochs", spec.epochs, 1, MAX_EPOCHS)
     _in_range("batch_size", spec.batch_size, 1, MAX_BATCH_SIZE)

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     test_accuracy REAL, last_loss REAL, steps INTEGER NOT NULL, samples INTEGER NOT NULL,
     generation INTEGER NOT NULL, final_stats BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS steps (
     job_id TEXT NOT NULL, step INTEGER NOT NULL, loss REAL, samples INTEGER NOT NULL,
     worker_id TEXT NOT NULL, epoch INTEGER NOT NULL, unix_time REAL NOT NULL,
@@ -120,9 +121,14 @@ class SqliteStore(JobStore):
             row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else _decode_job(row)
 
-    def list_jobs(self) -> list[JobRecord]:
+    def list_jobs(self, state: str | None = None) -> list[JobRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
+            if state is None:
+                rows = self._db.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM jobs WHERE state = ? ORDER BY seq", (state,)
+                ).fetchall()
         return [_decode_job(r) for r in rows]
 
     def update_job(self, job_id: str, **changes: Any) -> JobRecord:

@@ -101,8 +101,8 @@ class JobStore(ABC):
     def get_job(self, job_id: str) -> JobRecord | None: ...
 
     @abstractmethod
-    def list_jobs(self) -> list[JobRecord]:
-        """Every job, oldest first."""
+    def list_jobs(self, state: str | None = None) -> list[JobRecord]:
+        """Every job (or those in ``state``), oldest first."""
 
     @abstractmethod
     def update_job(self, job_id: str, **changes: Any) -> JobRecord:

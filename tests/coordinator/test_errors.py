@@ -30,8 +30,8 @@ from tests.coordinator.conftest import (
 
 def _bad_jobs() -> Iterator[tuple[str, TinyJob, str]]:
     job = tiny_job()
-    job.spec.staleness = 2
-    yield "staleness", job, "staleness=2 only applies to mode 'ssp'"
+    job.spec.optimizer.lr = -1.0
+    yield "lr", job, "optimizer.lr must be > 0"
     job = tiny_job()
     job.spec.model.params[0].shape[:] = [4, 3]
     yield "shape", job, r"'fc.weight' has shape \[3, 4\], model.params says \[4, 3\]"

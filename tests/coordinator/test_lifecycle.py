@@ -23,6 +23,7 @@ from tests.coordinator.conftest import (
     rpc_code,
     submit,
     tiny_job,
+    wait_for,
 )
 
 LR = 0.1
@@ -146,8 +147,10 @@ def test_a_restarted_coordinator_resumes_a_running_job(
     # Assert: progress kept, the old membership cleared, the worker told to register.
     resumed = get_job(again.stub, info.job_id)
     assert (resumed.state, resumed.epoch, resumed.progress) == ("running", 0, 0.25)
-    for part in plan.shards:
-        assert list(shards.stats(part.address, info.job_id).members) == []
+    wait_for(
+        "the shards' memberships to be cleared",
+        lambda: all(not shards.stats(p.address, info.job_id).members for p in plan.shards),
+    )
     assert not worker.heartbeat().known
     assert rpc_code(worker.acquire) == grpc.StatusCode.NOT_FOUND
     back = HandWorker(again.stub, shards, worker_id=worker.worker_id)

@@ -65,7 +65,6 @@ def _params(*entries: tuple[str, list[int]]) -> Callable[[co_pb2.JobSpec], None]
         (_params(("fc.weight", [3, 0])), "every dimension must be >= 1"),
         (_params(("", [3])), r"model.params\[0\].name is empty"),
         (_set("mode", "hogwild"), "mode 'hogwild' is unknown"),
-        (_set("staleness", 3), "only applies to mode 'ssp'"),
         (_set("optimizer.name", "lbfgs"), "optimizer.name"),
         (_set("optimizer.lr", 0.0), "optimizer.lr"),
         (_set("optimizer.lr", float("nan")), "optimizer.lr"),
@@ -84,10 +83,11 @@ def test_a_bad_spec_field_is_named(change: Callable[[co_pb2.JobSpec], None], mes
         check(job)
 
 
-def test_ssp_takes_a_staleness() -> None:
-    job = tiny_job(mode="ssp")
+@pytest.mark.parametrize(("mode", "in_force"), [("ssp", 3), ("sync", 0), ("async", 0)])
+def test_only_ssp_keeps_a_staleness(mode: str, in_force: int) -> None:
+    job = tiny_job(mode=mode)
     job.spec.staleness = 3
-    assert check(job).staleness == 3
+    assert check(job).staleness == in_force
 
 
 def test_no_configured_shards_is_a_coordinator_problem() -> None:

@@ -66,6 +66,10 @@ class TestStoreContract:
         for i in (3, 1, 2):
             store.create_job(job(f"j-{i}", created=float(i)))
         assert [j.job_id for j in store.list_jobs()] == ["j-3", "j-1", "j-2"]  # submission order
+        store.update_job("j-1", state=RUNNING)
+        store.update_job("j-2", state=RUNNING)
+        assert [j.job_id for j in store.list_jobs(RUNNING)] == ["j-1", "j-2"]
+        assert [j.job_id for j in store.list_jobs(COMPLETED)] == []
 
     def test_update_changes_only_the_named_fields(self, store: JobStore) -> None:
         store.create_job(job("j-1"))
