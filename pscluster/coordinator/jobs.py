@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import grpc
 import torch
 
-from pscluster.coordinator import blobs
+from pscluster.coordinator import blobs, live
 from pscluster.coordinator import store as st
 from pscluster.coordinator.runtime import Activity, Runtime
 from pscluster.coordinator.shard_client import ShardError
@@ -28,7 +28,6 @@ from pscluster.coordinator.stats import aggregate, shard_part
 from pscluster.model import state
 from pscluster.model.partition import BalancedRanges
 from pscluster.transport.errors import FailedPrecondition, NotFound
-from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
@@ -210,9 +209,9 @@ class JobManager:
             if job.state != st.RUNNING:
                 return False
             try:
-                model = self.live_model(job)
+                model = live.model(self.rt, job)
                 rt.blobs.write(job_id, blobs.MODEL, state.dumps(model))
-                metrics = self.live_stats(job)
+                metrics = live.stats(self.rt, job)
             except ShardError as e:
                 rt.store.update_job(job_id, status_message=f"finalizing: {e}; retrying")
                 log.warning("job %s: final model not saved yet: %s", job_id, e)
@@ -293,21 +292,3 @@ class JobManager:
                 )
         for e in rt.shards.drop_job(addresses, job.job_id):
             log.warning("job %s: shard not freed: %s", job.job_id, e)
-
-    # --- reading live state from the shards ---
-    def live_model(self, job: st.JobRecord) -> dict[str, torch.Tensor]:
-        """The current parameters as a state_dict, with the initial state's other entries
-        (buffers) beside them: what a user loads with ``model.load_state_dict``."""
-        layout = layout_of(co_pb2.JobSpec.FromString(job.spec))
-        flat = self.rt.shards.pull_all(job.job_id, job.shards, job.num_params)
-        initial = state.loads(self.rt.blobs.read(job.job_id, blobs.INITIAL_STATE), "initial_state")
-        initial.update(layout.unflatten(flat))
-        return initial
-
-    def live_stats(self, job: st.JobRecord) -> co_pb2.JobMetrics:
-        found: list[common_pb2.ShardJobStats] = []
-        for s in self.rt.shards.job_stats([p.address for p in job.shards], job.job_id):
-            if isinstance(s, ShardError):
-                raise s
-            found.append(s)
-        return aggregate(job.job_id, found)

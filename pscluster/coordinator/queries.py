@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pscluster.coordinator import blobs
+from pscluster.coordinator import blobs, live
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.leases import TRAIN
@@ -77,7 +77,7 @@ class JobQueries:
     def metrics(self, job_id: str) -> co_pb2.JobMetrics:
         job = self.jobs.require(job_id)
         if job.state == st.RUNNING:
-            metrics = self.jobs.live_stats(job)
+            metrics = live.stats(self.rt, job)
         elif job.final_stats:
             metrics = co_pb2.JobMetrics.FromString(job.final_stats)
         else:  # pending, or ended before its shards could report
@@ -119,7 +119,7 @@ class JobQueries:
         if job.state == st.COMPLETED:
             return self.rt.blobs.iter_chunks(job_id, blobs.MODEL, chunk_bytes)
         if job.state == st.RUNNING:
-            data = state.dumps(self.jobs.live_model(job))
+            data = state.dumps(live.model(self.rt, job))
             return wire.chunks(memoryview(data), chunk_bytes)
         reason = {
             st.PENDING: "its shards are not initialised yet",

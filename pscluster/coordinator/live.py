@@ -1,0 +1,39 @@
+"""A running job read live from its shards: its parameters as a model, its counters.
+
+Completion saves exactly what :func:`model` returns, so a model fetched mid-run and the saved
+one are built by the same code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pscluster.coordinator import blobs
+from pscluster.coordinator import store as st
+from pscluster.coordinator.runtime import Runtime
+from pscluster.coordinator.shard_client import ShardError
+from pscluster.coordinator.spec import layout_of
+from pscluster.coordinator.stats import aggregate
+from pscluster.model import state
+from pscluster.v1 import common_pb2
+from pscluster.v1 import coordinator_pb2 as co_pb2
+
+
+def model(rt: Runtime, job: st.JobRecord) -> dict[str, torch.Tensor]:
+    """The current parameters as a state_dict, with the initial state's other entries
+    (buffers) beside them: what a user loads with ``model.load_state_dict``."""
+    layout = layout_of(co_pb2.JobSpec.FromString(job.spec))
+    flat = rt.shards.pull_all(job.job_id, job.shards, job.num_params)
+    initial = state.loads(rt.blobs.read(job.job_id, blobs.INITIAL_STATE), "initial_state")
+    initial.update(layout.unflatten(flat))
+    return initial
+
+
+def stats(rt: Runtime, job: st.JobRecord) -> co_pb2.JobMetrics:
+    """Every shard's counters, summed; ShardError if one of them cannot answer."""
+    found: list[common_pb2.ShardJobStats] = []
+    for s in rt.shards.job_stats([p.address for p in job.shards], job.job_id):
+        if isinstance(s, ShardError):
+            raise s
+        found.append(s)
+    return aggregate(job.job_id, found)
