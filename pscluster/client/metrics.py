@@ -41,6 +41,10 @@ class ShardRow:
     pushes_applied: int
     pushes_rejected: dict[str, int]
     checksum: float
+    # ssp: the largest lead of a worker's clock over the slowest member at a granted pull, and
+    # the clock staleness of applied pushes; both stay <= the staleness bound.
+    max_clock_lead: int = 0
+    clock_staleness: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class JobMetrics:
                     pushes_applied=s.pushes_applied,
                     pushes_rejected=dict(s.pushes_rejected),
                     checksum=s.checksum,
+                    max_clock_lead=s.max_clock_lead,
+                    clock_staleness=dict(s.clock_staleness),
                 )
                 for s in m.shards
             ],

@@ -1,0 +1,84 @@
+"""Workers come and go while a job runs: joiners take part, a killed worker stops nothing."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from pscluster.client.local import LocalCluster
+from pscluster.client.sdk import Job
+from tests.e2e.conftest import start_cluster
+from tests.e2e.data import digits
+from tests.e2e.models import DigitsMLP
+
+pytestmark = pytest.mark.slow
+
+
+def submit(cluster: LocalCluster, mode: str, epochs: int) -> Job:
+    train, test = digits()
+    with cluster.client() as client:
+        return client.submit(
+            model=DigitsMLP,
+            train=train,
+            test=test,
+            mode=mode,
+            staleness=2,
+            optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            epochs=epochs,
+            batch_size=16,
+            partitions=6,
+        )
+
+
+def wait_for_steps(job: Job, steps: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while job.info().steps < steps:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job.id} made fewer than {steps} steps in {timeout} s")
+        time.sleep(0.2)
+
+
+def test_a_worker_started_mid_job_joins_it(tmp_path: Path) -> None:
+    # Prepare
+    cluster = start_cluster(tmp_path, shards=2, workers=1)
+    try:
+        with cluster.client() as client:
+            job = submit(cluster, "ssp", epochs=8)
+            job = client.job(job.id)
+            wait_for_steps(job, 20, timeout=120)
+
+            # Execute
+            cluster.add_worker(wait=True)
+            info = job.wait(timeout=300)
+            metrics = job.metrics()
+    finally:
+        cluster.stop()
+
+    # Assert
+    assert info.state == "completed"
+    assert len(metrics.pushes_by_worker) == 2, metrics.pushes_by_worker
+    assert min(metrics.pushes_by_worker.values()) > 0
+    assert info.test_accuracy >= 0.95
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_worker_killed_mid_job_does_not_stop_it(tmp_path: Path, mode: str) -> None:
+    # Prepare
+    cluster = start_cluster(tmp_path, shards=2, workers=3)
+    try:
+        with cluster.client() as client:
+            job = client.job(submit(cluster, mode, epochs=8).id)
+            wait_for_steps(job, 30, timeout=120)
+
+            # Execute: a crash, not a shutdown; its lease must expire and be re-leased.
+            cluster.kill_worker(0, signal.SIGKILL)
+            info = job.wait(timeout=300)
+    finally:
+        cluster.stop()
+
+    # Assert
+    assert info.state == "completed", info.error
+    assert info.test_accuracy >= 0.95
