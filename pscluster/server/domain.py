@@ -4,10 +4,10 @@ servicer; nothing here knows about gRPC."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pscluster.server.optimizer import OptimizerSpec
+from pscluster.server.snapshots import SnapshotLease
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ class PushResult:
 
 @dataclass(frozen=True)
 class PullSnapshot:
-    """The values as raw bytes of the wire dtype, in a copy safe to stream unlocked.
+    """What a pull streams: the values of one version as raw bytes of the wire dtype.
 
-    Use it as a context manager: leaving it hands the copy back for reuse.
+    Use it as a context manager: leaving it ends the hold on the values.
     """
 
     version: int
@@ -60,14 +60,17 @@ class PullSnapshot:
     start: int
     length: int
     dtype: int
-    payload: memoryview
-    release: Callable[[], None] = field(repr=False)
+    payload: SnapshotLease
 
     def __enter__(self) -> PullSnapshot:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        self.payload.release()
+
+    def to_bytes(self) -> bytes:
+        """The whole payload at once (for tests and small slices)."""
+        return b"".join(self.payload.chunks(1 << 20, bytes))
 
 
 @dataclass

@@ -71,7 +71,7 @@ class ParameterServerServicer:
         )
         with snapshot:
             yield convert.pull_header(snapshot)
-            yield from framing.frames(snapshot.payload, chunk_bytes)
+            yield from snapshot.payload.chunks(chunk_bytes, framing.frame)
 
     @grpc_errors
     def Push(

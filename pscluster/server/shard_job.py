@@ -9,7 +9,6 @@ touches anything, so a refused push changes nothing but the counters.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -17,7 +16,7 @@ from dataclasses import replace
 
 import torch
 
-from pscluster.server.buffers import Pool, SnapshotCache, fill, wire_torch_dtype
+from pscluster.server.buffers import Pool, all_finite, is_float32, receive_gradient
 from pscluster.server.clocks import MemberClocks
 from pscluster.server.consistency import make_policy
 from pscluster.server.domain import (
@@ -29,6 +28,7 @@ from pscluster.server.domain import (
     PushResult,
 )
 from pscluster.server.optimizer import FlatOptimizer
+from pscluster.server.snapshots import SnapshotCache
 from pscluster.server.stats import JobCounters
 from pscluster.transport import wire
 from pscluster.transport.errors import DeadlineExceeded, InvalidArgument, NotFound, PSError
@@ -78,6 +78,7 @@ class ShardJob:
 
     def apply(self, grad: torch.Tensor, pushes: Sequence[PushHeader], *, step: bool) -> None:
         version, clock = self._version, self._clocks.clock
+        self._snapshots.before_update()
         self._opt.step(grad)
         self._version += 1
         for push in pushes:
@@ -100,7 +101,7 @@ class ShardJob:
             self._guard("not_member", lambda: self._check_member(header.worker_id))
         # The payload is received, decoded and checked outside the lock: other workers' pushes
         # and pulls go on meanwhile, and a bad payload never reaches the shared state.
-        buffer = self._receive_buffers.take() if _is_float32(header.dtype) else None
+        buffer = self._receive_buffers.take() if is_float32(header.dtype) else None
         try:
             return self._decide(header, self._receive(header, data, buffer))
         finally:
@@ -111,19 +112,14 @@ class ShardJob:
         self, header: PushHeader, data: Iterable[bytes | memoryview], buffer: bytearray | None
     ) -> torch.Tensor:
         try:
-            if buffer is None:  # a half-precision push, converted to a new float32 tensor
-                buffer = bytearray(header.length * wire.itemsize(header.dtype))
-                fill(buffer, data)
-                return wire.decode(buffer, header.dtype, header.length)
-            fill(buffer, data)
-            return torch.frombuffer(buffer, dtype=torch.float32) if buffer else torch.empty(0)
+            return receive_gradient(header.length, header.dtype, data, buffer)
         except InvalidArgument:
             with self._cond:
                 self._counters.rejected("invalid")
             raise
 
     def _decide(self, header: PushHeader, grad: torch.Tensor) -> PushResult:
-        finite = _all_finite(grad)
+        finite = all_finite(grad)
         with self._cond:
             self._counters.bytes_pushed += header.length * wire.itemsize(header.dtype)
             if not finite:
@@ -217,17 +213,15 @@ class ShardJob:
                 self._cond.wait(remaining)
             if worker_id:
                 self._policy.on_pull_granted(self, worker_id)
-            # A copy: the live vector changes under later pushes while the stream goes out.
             lease = self._snapshots.take(self._opt.values, self._version, dtype)
-            self._counters.pulled(len(lease.payload))
+            self._counters.pulled(lease.nbytes)
             return PullSnapshot(
                 self._version,
                 self._clocks.clock,
                 self.config.start,
                 self.config.length,
                 dtype,
-                lease.payload,
-                lease.release,
+                lease,
             )
 
     def _pull_blocker(self, worker_id: str, min_version: int) -> str | None:
@@ -323,16 +317,3 @@ class ShardJob:
         except PSError:
             self._counters.rejected(reason)
             raise
-
-
-def _is_float32(dtype: int) -> bool:
-    return wire_torch_dtype(dtype) == torch.float32
-
-
-def _all_finite(values: torch.Tensor) -> bool:
-    # A sum is finite only if every term is (NaN and Inf propagate through addition), so one
-    # cheap reduction clears nearly every gradient; only an overflowing sum needs the exact,
-    # elementwise test.
-    if math.isfinite(float(values.sum())):
-        return True
-    return bool(torch.isfinite(values).all())

@@ -41,7 +41,7 @@ def push(
 
 def param(job: ShardJob) -> float:
     with job.pull("", 0, F32, timeout=1) as snap:
-        return float(torch.frombuffer(bytearray(snap.payload), dtype=torch.float32)[0])
+        return float(torch.frombuffer(bytearray(snap.to_bytes()), dtype=torch.float32)[0])
 
 
 def test_registry_knows_the_modes_and_refuses_others() -> None:
@@ -148,7 +148,7 @@ def test_ssp_pull_blocks_beyond_the_bound_until_the_slowest_catches_up() -> None
         "clock 0",
     ):
         job.pull("fast", 0, F32, timeout=0.2)
-    job.pull("slow", 0, F32, timeout=1).release()  # the slow one is never held back
+    job.pull("slow", 0, F32, timeout=1).payload.release()  # the slow one is never held back
 
     got: list[int] = []
     waiter = threading.Thread(target=lambda: got.append(job.pull("fast", 0, F32, timeout=10).clock))
@@ -190,7 +190,7 @@ def test_ssp_joining_worker_starts_at_the_slowest_clock_and_leavers_are_forgotte
         push(job, "b", 0.0, seq=seq)
     job.set_members(["a", "b", "c"], 2)
     assert job.stats().worker_clocks == {"a": 5, "b": 3, "c": 3}
-    job.pull("c", 0, F32, timeout=1).release()  # not behind: it does not stall anyone
+    job.pull("c", 0, F32, timeout=1).payload.release()  # not behind: it does not stall anyone
 
     job.set_members(["a", "c"], 3)  # b leaves: the minimum is now c's
     assert job.clock == 3 and "b" not in job.stats().worker_clocks

@@ -4,6 +4,7 @@ answered with the right status code while the parameters stay as they were."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -295,3 +296,41 @@ def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> common_p
     return common_pb2.OptimizerConfig(
         name="sgd", lr=lr, momentum=momentum, weight_decay=weight_decay
     )
+
+
+def test_ssp_workers_of_different_speeds_stay_within_the_bound(client: Any) -> None:
+    s, steps = 1, 12
+    client.init_job("ssp", torch.zeros(N), mode="ssp", staleness=s, optimizer=sgd(lr=0.01))
+    workers = {"fast": 0.0, "mid": 0.01, "slow": 0.03}  # seconds of "compute" per step
+    client.set_members("ssp", list(workers), 1)
+    errors: list[BaseException] = []
+
+    def run(name: str, delay: float) -> None:
+        try:
+            for seq in range(1, steps + 1):
+                header, _, _ = client.pull("ssp", name, timeout=20)
+                time.sleep(delay)
+                reply = client.push(
+                    "ssp",
+                    name,
+                    torch.ones(N),
+                    seq=seq,
+                    base_version=header.version,
+                    base_clock=header.clock,
+                )
+                assert reply.outcome == ps_pb2.PUSH_OUTCOME_APPLIED, reply.reason
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=item) for item in workers.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    assert not errors
+    stats = client.stats("ssp")
+    assert dict(stats.worker_clocks) == {name: steps for name in workers}
+    assert stats.pushes_applied == 3 * steps and stats.version == 3 * steps
+    assert stats.max_clock_lead <= s and max(stats.clock_staleness) <= s
+    assert stats.max_clock_lead == s  # the fast worker did run ahead, as far as allowed

@@ -46,7 +46,7 @@ def push(
 
 def values(job: ShardJob) -> torch.Tensor:
     with job.pull("", 0, F32, timeout=1) as snap:
-        return wire.decode(bytearray(snap.payload), F32, LENGTH)
+        return wire.decode(bytearray(snap.to_bytes()), F32, LENGTH)
 
 
 def test_push_applies_sgd_and_counts() -> None:
@@ -261,8 +261,8 @@ def test_half_precision_pushes_and_pulls() -> None:
         (common_pb2.DTYPE_BFLOAT16, torch.bfloat16),
     ):
         with job.pull("w1", 0, dtype, timeout=1) as snap:
-            assert len(snap.payload) == 2 * LENGTH
-            got = torch.frombuffer(bytearray(snap.payload), dtype=torch_dtype)
+            assert len(snap.to_bytes()) == 2 * LENGTH
+            got = torch.frombuffer(bytearray(snap.to_bytes()), dtype=torch_dtype)
         assert torch.equal(got.float(), torch.arange(LENGTH, dtype=torch.float32) - 1.0)
 
 
@@ -272,9 +272,23 @@ def test_snapshots_are_copies_taken_at_the_pull() -> None:
     with job.pull("w1", 0, F32, timeout=1) as first, job.pull("w1", 0, F32, timeout=1) as second:
         push(job, "w1", torch.ones(LENGTH), seq=1)
         with job.pull("w1", 0, F32, timeout=1) as third:
-            old = torch.frombuffer(bytearray(first.payload), dtype=torch.float32)
+            old = torch.frombuffer(bytearray(first.to_bytes()), dtype=torch.float32)
             assert torch.equal(old, torch.arange(LENGTH, dtype=torch.float32))
-            assert bytes(first.payload) == bytes(second.payload)
+            assert first.to_bytes() == second.to_bytes()
             assert torch.equal(
-                torch.frombuffer(bytearray(third.payload), dtype=torch.float32), old - 0.5
+                torch.frombuffer(bytearray(third.to_bytes()), dtype=torch.float32), old - 0.5
             )
+
+
+def test_a_pull_streams_one_version_even_when_a_push_lands_mid_stream() -> None:
+    job = make_job()
+    job.set_members(["w1"], 1)
+    before = torch.arange(LENGTH, dtype=torch.float32)
+    with job.pull("w1", 0, F32, timeout=1) as snap:
+        pieces = snap.payload.chunks(8, bytes)  # 2 values per chunk
+        first = next(pieces)
+        push(job, "w1", torch.ones(LENGTH), seq=1)  # updates the live vector
+        rest = list(pieces)
+    streamed = torch.frombuffer(bytearray(first + b"".join(rest)), dtype=torch.float32)
+    assert torch.equal(streamed, before)
+    assert torch.equal(values(job), before - 0.5)
