@@ -1,12 +1,15 @@
 """How close a shard's Pull + Push come to raw gRPC streaming on the same machine.
 
 Starts two processes: a real shard (``python -m pscluster.server --port 0``) and a bare gRPC
-streaming echo server (this file with ``--echo-server``: byte chunks, no protobuf, no copies),
-both with 1 MB chunks. For a 64 MB float32 vector it times (a) echo: 64 MB downloaded from the
-echo server + 64 MB uploaded to it, (b) PS: a Pull of the 64 MB vector + a Push of a 64 MB
-gradient (async mode, plain SGD with a tiny lr), alternating the two so that load from other
-processes hits both alike. It prints the median MB/s of each and the ratio PS/echo, and writes
-them to bench/results/transport.json. Target: ratio >= 0.8.
+streaming echo server (this file with ``--echo-server``: byte chunks, no protobuf, no copies,
+no locks, no optimizer), both with 1 MB chunks. For a 64 MB float32 vector it times
+(a) echo: 64 MB downloaded from the echo server + 64 MB uploaded to it, and (b) PS: a Pull of
+the 64 MB vector + a Push of a 64 MB gradient (async mode, plain SGD with a tiny lr), in
+alternation so that load from other processes hits both alike. The client does the same tensor
+work in both: it assembles the download into one buffer and uploads chunks cut from a tensor
+(the PS client frames them with pscluster.server.framing, as a worker should), so the ratio
+measures what the shard and its protocol add. It prints the median MB/s of each and the ratio
+PS/echo, and writes them to bench/results/transport.json. Target: ratio >= 0.8.
 
     .venv/bin/python bench/transport.py [--mb 64] [--repeats 7]
 """

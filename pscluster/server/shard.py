@@ -12,7 +12,12 @@ from pscluster.server.consistency import make_policy
 from pscluster.server.domain import JobConfig
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
-from pscluster.transport.errors import AlreadyExists, InvalidArgument, NotFound
+from pscluster.transport.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from pscluster.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -35,7 +40,13 @@ class Shard:
     def init_job(self, config: JobConfig, data: Iterable[bytes | memoryview]) -> ShardJob:
         """Create a job from its config and the chunks of its initial float32 values."""
         self.check_new(config)
-        assembler = wire.Assembler(config.length * 4)
+        try:
+            assembler = wire.Assembler(config.length * 4)
+        except MemoryError:
+            raise ResourceExhausted(
+                f"job {config.job_id}: this shard cannot hold {config.length} values "
+                f"({config.length * 4} bytes); spread the job over more shards"
+            ) from None
         for chunk in data:
             # Assembler.add is typed for bytes but copies from any buffer (a framed memoryview).
             assembler.add(cast(bytes, chunk))

@@ -18,6 +18,7 @@ from pscluster.transport.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
 from pscluster.v1 import common_pb2
 
@@ -243,6 +244,8 @@ def test_shard_refuses_duplicate_and_unknown_jobs() -> None:
         shard.init_job(JobConfig("k", 0, 2, "bsp", 0, config.optimizer), [bytes(8)])
     with pytest.raises(InvalidArgument, match="ended after 4 of the announced 8"):
         shard.init_job(JobConfig("k", 0, 2, "async", 0, config.optimizer), [bytes(4)])
+    with pytest.raises(ResourceExhausted, match="cannot hold"):
+        shard.init_job(JobConfig("k", 0, 1 << 44, "async", 0, config.optimizer), [])
     shard.drop("j")
     assert shard.job_ids() == []
     with pytest.raises(NotFound):
