@@ -41,6 +41,8 @@ def up(
             "only local clusters start from here: use `pscluster up --local`; "
             "for containers run `docker compose up`"
         )
+    # SIGTERM while starting behaves as Ctrl-C: start() then stops what it already started.
+    signal.signal(signal.SIGTERM, _interrupt)
     with user_errors():
         cluster = LocalCluster(
             shards=shards, workers=workers, state_dir=state_dir, port=port, start_timeout=timeout
@@ -55,6 +57,10 @@ def up(
             console.print(f"running in the background; stop it with `pscluster down{where}`")
             return
         _run_foreground(cluster)
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _run_foreground(cluster: LocalCluster) -> None:

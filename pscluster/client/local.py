@@ -18,17 +18,18 @@ While it runs, ``<state_dir>/cluster.json`` records the processes, so that ``psc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pscluster.client import processes
+from pscluster.client.local_state import STATE_FILE, read_state, stop_detached
 from pscluster.client.processes import ProcessHandle, StartError
 from pscluster.config import Settings
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # the SDK imports torch; `pscluster up` and `down` do not nee
 
 __all__ = [
     "DEFAULT_STATE_DIR",
+    "STATE_FILE",
     "LocalCluster",
     "ProcessHandle",
     "StartError",
@@ -45,7 +47,6 @@ __all__ = [
 ]
 
 DEFAULT_STATE_DIR = Path(".pscluster/local")
-STATE_FILE = "cluster.json"
 _BIND_ATTEMPTS = 3
 
 
@@ -127,14 +128,17 @@ class LocalCluster:
         self._started = True
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
+            # The state file is rewritten after each start, so that `pscluster down` finds every
+            # process even if this launcher is killed half-way.
             for i in range(self.num_shards):
                 self.shard_handles.append(self._start_server("shard", i, 0))
+                self._write_state()
             self.coordinator = self._start_server("coordinator", 0, self.port)
             self._write_state()
             for _ in range(self.num_workers):
                 self.add_worker(wait=False)
             if self.num_workers:
-                self.wait_for_workers(self.num_workers, self.start_timeout)
+                self.wait_for_workers(self.num_workers, self.start_timeout, self.workers)
         except BaseException:
             self.stop()
             raise
@@ -193,7 +197,7 @@ class LocalCluster:
             self._write_state()
         if wait:
             alive = sum(1 for w in self.workers if w.alive())
-            self.wait_for_workers(alive, self.start_timeout)
+            self.wait_for_workers(alive, self.start_timeout, [handle])
         return handle
 
     def kill_worker(self, index: int, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
@@ -218,15 +222,21 @@ class LocalCluster:
             processes.wait_serving(handle, self.start_timeout)
         return handle
 
-    def wait_for_workers(self, count: int, timeout: float) -> None:
-        """Block until the coordinator reports ``count`` live workers (StartError otherwise)."""
+    def wait_for_workers(
+        self, count: int, timeout: float, watch: Sequence[ProcessHandle] = ()
+    ) -> None:
+        """Block until the coordinator reports ``count`` live workers.
+
+        StartError after ``timeout`` seconds, or at once if a process in ``watch`` (the
+        workers just started) exits meanwhile.
+        """
         from pscluster.client.errors import PSClusterError
 
         deadline = time.monotonic() + timeout
         alive = 0
         with self.client() as client:
             while time.monotonic() < deadline:
-                dead = [w for w in self.workers if w.returncode() is not None]
+                dead = [w for w in watch if w.returncode() is not None]
                 if dead:
                     w = dead[0]
                     raise StartError(
@@ -340,61 +350,3 @@ class LocalCluster:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
-
-
-def read_state(state_dir: str | Path) -> dict[str, Any] | None:
-    """The recorded cluster of ``state_dir`` if any of its processes still runs, else None
-    (a leftover file of a cluster that died is removed)."""
-    path = Path(state_dir) / STATE_FILE
-    try:
-        state: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        path.unlink(missing_ok=True)
-        return None
-    if not any(processes.is_pscluster_process(p["pid"]) for p in state.get("processes", [])):
-        path.unlink(missing_ok=True)
-        return None
-    return state
-
-
-def stop_detached(state_dir: str | Path, grace: float = 5.0) -> list[str]:
-    """Stop the cluster recorded in ``state_dir``; the names of the processes it stopped.
-
-    An empty list means nothing was running. Workers go first, shards last, as in stop().
-    """
-    state = read_state(state_dir)
-    if state is None:
-        return []
-    procs = state.get("processes", [])
-    stopped = []
-    for role in ("worker", "coordinator", "shard"):
-        group = [p for p in procs if p["role"] == role and processes.is_pscluster_process(p["pid"])]
-        for p in group:
-            _kill(p["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in group:
-            if not _wait_gone(p["pid"], deadline):
-                _kill(p["pid"], signal.SIGKILL)
-                _wait_gone(p["pid"], time.monotonic() + 5.0)
-            stopped.append(p["name"])
-    (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
-    return stopped
-
-
-def _kill(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _wait_gone(pid: int, deadline: float) -> bool:
-    while True:
-        # Reap it if it is our own child (a test that detaches and stops in one process).
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if not processes.is_pscluster_process(pid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)

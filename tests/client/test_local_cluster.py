@@ -6,7 +6,11 @@ tests see the coordinator's own answers; training is in test_local_training.py (
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +25,7 @@ from pscluster.client.cli import app
 from pscluster.client.errors import InvalidJobError, JobFailed, JobNotFoundError, PSClusterError
 from pscluster.client.local import LocalCluster, StartError, read_state, stop_detached
 from pscluster.client.payload import build_payload
+from pscluster.client.processes import child_env, is_pscluster_process
 from pscluster.client.sdk import Client, Job
 from pscluster.model import state
 
@@ -230,3 +235,51 @@ def test_detached_cluster_outlives_its_object_until_stopped(tmp_path: Path) -> N
     assert sorted(stopped) == ["coordinator", "shard-0"]
     assert all(h.wait(10.0) for h in handles)
     assert read_state(tmp_path) is None
+
+
+def test_up_in_the_foreground_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    # Prepare: `pscluster up` as the user runs it, in its own process.
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pscluster.client.cli",
+            "up",
+            "--local",
+            "--shards",
+            "1",
+            "--workers",
+            "0",
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path),
+        ],
+        env=child_env(os.environ, {"COLUMNS": "200"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while (state := read_state(tmp_path)) is None or len(state["processes"]) < 2:
+            assert up.poll() is None, up.communicate()[0]
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.2)
+        with Client(state["address"]) as client:
+            assert [s.healthy for s in client.status().shards] == [True]
+
+        # Execute
+        up.send_signal(signal.SIGTERM)
+        output, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+
+    # Assert
+    assert up.returncode == 0, output
+    assert "stopped" in output
+    assert read_state(tmp_path) is None
+    for p in state["processes"]:
+        assert not is_pscluster_process(p["pid"]), f"{p['name']} is still running"

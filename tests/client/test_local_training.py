@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from pscluster.client.cli import app
 from pscluster.client.local import LocalCluster
+from pscluster.client.processes import child_env
 from pscluster.client.spec_file import load_job_file
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -96,7 +97,8 @@ def test_cli_watch_exits_1_below_the_target(cluster: LocalCluster, tmp_path: Pat
 
 
 def test_the_example_script_trains_and_checks_the_fetched_model(cluster: LocalCluster) -> None:
-    env = {**os.environ, "PSC_COORDINATOR": cluster.address}
+    # child_env puts this checkout first on PYTHONPATH, as for the cluster's own processes.
+    env = child_env(os.environ, {"PSC_COORDINATOR": cluster.address})
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "train_digits.py"), "--mode", "async", "--epochs", "5"],
         env=env,
