@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -17,9 +18,7 @@ def digits() -> Split:
     return (xtr, ytr), (xte, yte)
 
 
-def accuracy(model: "torch.nn.Module", x: np.ndarray, y: np.ndarray) -> float:
-    import torch
-
+def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     with torch.no_grad():
         pred = model(torch.from_numpy(x)).argmax(dim=1).numpy()
     return float((pred == y).mean())

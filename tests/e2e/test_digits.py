@@ -40,7 +40,9 @@ def test_digits_reaches_95_percent_and_the_fetched_model_agrees(
 
     # Assert
     assert info.state == "completed"
-    assert info.test_accuracy >= 0.95, f"{mode}: final test accuracy {info.test_accuracy:.4f}"
+    assert info.test_accuracy is not None and info.test_accuracy >= 0.95, (
+        f"{mode}: final test accuracy {info.test_accuracy}"
+    )
     model = DigitsMLP()
     model.load_state_dict(state)
     local = accuracy(model, *test)

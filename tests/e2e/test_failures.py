@@ -24,7 +24,7 @@ def test_a_model_that_does_not_build_on_workers_fails_the_job_with_its_traceback
         with cluster.client() as client:
             # Execute
             job = client.submit(model=NeedsLocalFile, train=train, test=test, epochs=1)
-            with pytest.raises(JobFailed) as failed:
+            with pytest.raises(JobFailed):
                 job.wait(timeout=120)
             info = job.info()
     finally:

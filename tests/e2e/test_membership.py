@@ -61,7 +61,7 @@ def test_a_worker_started_mid_job_joins_it(tmp_path: Path) -> None:
     assert info.state == "completed"
     assert len(metrics.pushes_by_worker) == 2, metrics.pushes_by_worker
     assert min(metrics.pushes_by_worker.values()) > 0
-    assert info.test_accuracy >= 0.95
+    assert info.test_accuracy is not None and info.test_accuracy >= 0.95
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -81,4 +81,4 @@ def test_a_worker_killed_mid_job_does_not_stop_it(tmp_path: Path, mode: str) -> 
 
     # Assert
     assert info.state == "completed", info.error
-    assert info.test_accuracy >= 0.95
+    assert info.test_accuracy is not None and info.test_accuracy >= 0.95

@@ -46,12 +46,14 @@ def single_process(train: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.
         for partition in range(PARTITIONS):
             for idx in batches(len(x), PARTITIONS, partition, epoch, BATCH, SEED):
                 opt.zero_grad()
-                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                F.cross_entropy(model(x[idx]), y[idx]).backward()  # type: ignore[no-untyped-call]
                 opt.step()
     return model.state_dict()
 
 
-def test_sync_one_worker_equals_single_process_sgd(one_worker: LocalCluster, tmp_path: Path) -> None:
+def test_sync_one_worker_equals_single_process_sgd(
+    one_worker: LocalCluster, tmp_path: Path
+) -> None:
     # Prepare
     train, test = digits()
     xt, yt = torch.from_numpy(train[0]), torch.from_numpy(train[1])
