@@ -34,7 +34,9 @@ def generate(out_dir: Path) -> None:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     package = out_dir / "pscluster" / "v1"
-    (package / "__init__.py").write_text('"""Generated from proto/pscluster/v1 by proto/generate.py."""\n')
+    (package / "__init__.py").write_text(
+        '"""Generated from proto/pscluster/v1 by proto/generate.py."""\n'
+    )
 
 
 if __name__ == "__main__":

@@ -30,14 +30,19 @@ class Dataset:
         train: tuple[object, object],
         test: tuple[object, object],
     ) -> Dataset:
-        tx, ty = (_as_tensor(a, name) for a, name in zip(train, ("train X", "train y")))
-        vx, vy = (_as_tensor(a, name) for a, name in zip(test, ("test X", "test y")))
+        tx, ty = (
+            _as_tensor(a, name) for a, name in zip(train, ("train X", "train y"), strict=True)
+        )
+        vx, vy = (_as_tensor(a, name) for a, name in zip(test, ("test X", "test y"), strict=True))
         ds = cls(tx, ty, vx, vy)
         ds.validate()
         return ds
 
     def validate(self) -> None:
-        for x, y, split in ((self.train_x, self.train_y, "train"), (self.test_x, self.test_y, "test")):
+        for x, y, split in (
+            (self.train_x, self.train_y, "train"),
+            (self.test_x, self.test_y, "test"),
+        ):
             if x.ndim < 1 or x.shape[0] == 0:
                 raise InvalidArgument(f"{split} X is empty")
             if y.shape[0] != x.shape[0]:

@@ -69,8 +69,7 @@ class ParamLayout:
         if flat.numel() != self.size:
             raise InvalidArgument(f"vector has {flat.numel()} values, layout needs {self.size}")
         return {
-            s.name: flat[s.offset : s.offset + s.numel].reshape(s.shape).clone()
-            for s in self.slots
+            s.name: flat[s.offset : s.offset + s.numel].reshape(s.shape).clone() for s in self.slots
         }
 
     def load_into(self, module: nn.Module, flat: torch.Tensor) -> None:
@@ -86,7 +85,9 @@ class ParamLayout:
         """The module's gradients as one flat float32 vector (zeros where a grad is None)."""
         params = dict(module.named_parameters())
         device = next(iter(params.values())).device if params else torch.device("cpu")
-        flat = out if out is not None else torch.empty(self.size, dtype=torch.float32, device=device)
+        flat = (
+            out if out is not None else torch.empty(self.size, dtype=torch.float32, device=device)
+        )
         for slot in self.slots:
             g = params[slot.name].grad
             dst = flat[slot.offset : slot.offset + slot.numel]

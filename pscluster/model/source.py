@@ -31,7 +31,9 @@ def module_source(model_cls: type[nn.Module]) -> str:
         ) from e
 
 
-def load_class(source: str, class_name: str, module_name: str = "psc_user_model") -> type[nn.Module]:
+def load_class(
+    source: str, class_name: str, module_name: str = "psc_user_model"
+) -> type[nn.Module]:
     """Execute ``source`` as a new module and return its ``class_name`` (an nn.Module)."""
     module = types.ModuleType(module_name)
     module.__file__ = f"<{module_name}>"
