@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from pscluster.config import Settings
+from pscluster.server.optimizer import warm_up
 from pscluster.server.servicer import SERVICE_NAME, ParameterServerServicer, add_to_server
 from pscluster.server.shard import Shard
 from pscluster.transport.server import RunningServer, build_server, wait_for_termination
@@ -16,6 +17,7 @@ def serve(settings: Settings, port: int | None = None) -> RunningServer:
 
     ``port`` None: ``settings.shard_port``; 0: a free port (read it from ``.port``).
     """
+    warm_up()
     servicer = ParameterServerServicer(Shard(), settings)
     running = build_server(
         settings,

@@ -154,3 +154,14 @@ def _build(param: nn.Parameter, spec: OptimizerSpec) -> torch.optim.Optimizer:
         )
     cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
     return cls([param], lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+
+
+def warm_up() -> None:
+    """Build and step a throwaway optimizer once.
+
+    The first torch.optim optimizer of a process imports torch's compiler stack (2-5 s on
+    these machines); paying that before the shard reports SERVING keeps it out of the first
+    job's InitJob deadline.
+    """
+    opt = FlatOptimizer(torch.zeros(1), OptimizerSpec(name="sgd", lr=0.1))
+    opt.step(torch.zeros(1))
