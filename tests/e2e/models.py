@@ -9,7 +9,7 @@ from torch import nn
 
 
 class DigitsMLP(nn.Module):
-    def __init__(self, hidden: int = 64) -> None:
+    def __init__(self, hidden: int = 128) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from pscluster.client.local import LocalCluster
-from tests.e2e.data import accuracy, digits
-from tests.e2e.models import DigitsMLP
+from pscluster.client.spec_file import load_job_file
+from tests.e2e.data import accuracy
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -18,22 +22,14 @@ STALENESS = 2
 def test_digits_reaches_95_percent_and_the_fetched_model_agrees(
     cluster: LocalCluster, mode: str
 ) -> None:
-    # Prepare
-    train, test = digits()
+    # Prepare: the README's example job, in each mode.
+    example = load_job_file(ROOT / "examples" / "digits.yaml")
+    kwargs = {**example.submit_kwargs(), "mode": mode, "staleness": STALENESS}
+    test = kwargs["test"]
 
     # Execute
     with cluster.client() as client:
-        job = client.submit(
-            model=DigitsMLP,
-            train=train,
-            test=test,
-            mode=mode,
-            staleness=STALENESS,
-            optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
-            epochs=10,
-            batch_size=32,
-            name=f"digits-{mode}",
-        )
+        job = client.submit(**kwargs)
         info = job.wait(timeout=300)
         metrics = job.metrics()
         state = job.fetch_model()
@@ -43,11 +39,11 @@ def test_digits_reaches_95_percent_and_the_fetched_model_agrees(
     assert info.test_accuracy is not None and info.test_accuracy >= 0.95, (
         f"{mode}: final test accuracy {info.test_accuracy}"
     )
-    model = DigitsMLP()
+    model = kwargs["model"](**kwargs["model_kwargs"])
     model.load_state_dict(state)
     local = accuracy(model, *test)
     assert local == pytest.approx(info.test_accuracy, abs=1e-9)
-    assert len(metrics.epochs) == 10
+    assert len(metrics.epochs) == kwargs["epochs"]
     assert metrics.pushes_applied > 0
     assert len(metrics.pushes_by_worker) == 3, "all three workers took part"
     assert all(torch.isfinite(t).all() for t in state.values())
