@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=None, help="coordinator (default PSC_COORDINATOR)")
     parser.add_argument("--mode", default="ssp", choices=["async", "sync", "ssp"])
     parser.add_argument("--staleness", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait at most")
     args = parser.parse_args(argv)
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             test=(xt, yt),
             mode=args.mode,
             staleness=args.staleness,
-            optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4},
             epochs=args.epochs,
             batch_size=32,
             name=f"digits-{args.mode}",
