@@ -7,7 +7,7 @@ no locks, no optimizer), both with 1 MB chunks. For a 64 MB float32 vector it ti
 the 64 MB vector + a Push of a 64 MB gradient (async mode, plain SGD with a tiny lr), in
 alternation so that load from other processes hits both alike. The client does the same tensor
 work in both: it assembles the download into one buffer and uploads chunks cut from a tensor
-(the PS client frames them with pscluster.server.framing, as a worker should), so the ratio
+(the PS client frames them with pscluster.transport.framing, as a worker should), so the ratio
 measures what the shard and its protocol add. It prints the median MB/s of each and the ratio
 PS/echo, and writes them to bench/results/transport.json. Target: ratio >= 0.8.
 
@@ -34,8 +34,7 @@ import grpc
 import torch
 
 from pscluster.config import Settings
-from pscluster.server import framing
-from pscluster.transport import wire
+from pscluster.transport import framing, wire
 from pscluster.transport.channel import open_channel, wait_ready
 from pscluster.transport.server import server_options
 from pscluster.v1 import common_pb2

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import grpc
 
 from pscluster.config import Settings
-from pscluster.server import convert, framing
+from pscluster.server import convert
 from pscluster.server.shard import Shard
+from pscluster.transport import framing
 from pscluster.transport.errors import InvalidArgument, grpc_errors
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2

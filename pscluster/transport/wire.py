@@ -67,7 +67,7 @@ class Assembler:
         self.buffer = bytearray(expected_bytes)
         self.filled = 0
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes | bytearray | memoryview) -> None:
         end = self.filled + len(data)
         if end > len(self.buffer):
             raise InvalidArgument(

@@ -14,11 +14,13 @@ import grpc
 import torch
 
 from pscluster.config import Settings
-from pscluster.transport import wire
+from pscluster.transport import framing, wire
 from pscluster.transport.channel import open_channel
 from pscluster.v1 import common_pb2, coordinator_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
-from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
+
+PULL = "/pscluster.v1.ParameterServer/Pull"
+PUSH = "/pscluster.v1.ParameterServer/Push"
 
 
 @dataclass
@@ -39,7 +41,24 @@ class ShardSet:
         self.size = sum(r.length for r in self.ranges)
         self.settings = settings
         self._channels = [open_channel(r.address, settings) for r in self.ranges]
-        self._stubs = [ps_grpc.ParameterServerStub(c) for c in self._channels]
+        # Data chunks are framed and parsed by hand (pscluster.transport.framing): the same
+        # bytes on the wire as the generated stubs, without protobuf's two copies of a tensor.
+        self._pulls = [
+            c.unary_stream(
+                PULL,
+                request_serializer=ps_pb2.PullRequest.SerializeToString,
+                response_deserializer=framing.parser(ps_pb2.PullChunk.FromString),
+            )
+            for c in self._channels
+        ]
+        self._pushes = [
+            c.stream_unary(
+                PUSH,
+                request_serializer=framing.serializer,
+                response_deserializer=ps_pb2.PushReply.FromString,
+            )
+            for c in self._channels
+        ]
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.ranges)))
 
     def close(self) -> None:
@@ -57,11 +76,14 @@ class ShardSet:
             request = ps_pb2.PullRequest(
                 job_id=self.job_id, worker_id=worker_id, min_version=mins[i]
             )
-            stream = self._stubs[i].Pull(request, timeout=timeout)
             header: ps_pb2.PullHeader | None = None
             assembler: wire.Assembler | None = None
-            for chunk in stream:
-                if chunk.HasField("header"):
+            for chunk in self._pulls[i](request, timeout=timeout):
+                if isinstance(chunk, memoryview):
+                    if assembler is None:
+                        raise RuntimeError(f"shard {r.address} sent data before its header")
+                    assembler.add(chunk)
+                elif chunk.HasField("header"):
                     header = chunk.header
                     assembler = wire.Assembler(header.length * wire.itemsize(header.dtype))
                 elif assembler is not None:
@@ -88,7 +110,7 @@ class ShardSet:
         payload = wire.encode(gradient)
         chunk_bytes = self.settings.chunk_bytes
 
-        def messages(i: int) -> Iterator[ps_pb2.PushChunk]:
+        def messages(i: int) -> Iterator[ps_pb2.PushChunk | bytes]:
             r = self.ranges[i]
             yield ps_pb2.PushChunk(
                 header=ps_pb2.PushHeader(
@@ -102,11 +124,10 @@ class ShardSet:
                     batch_size=batch_size,
                 )
             )
-            for data in wire.chunks(payload[r.start * 4 : (r.start + r.length) * 4], chunk_bytes):
-                yield ps_pb2.PushChunk(data=data)
+            yield from framing.frames(payload[r.start * 4 : (r.start + r.length) * 4], chunk_bytes)
 
         def one(i: int) -> ps_pb2.PushReply:
-            reply: ps_pb2.PushReply = self._stubs[i].Push(messages(i), timeout=timeout)
+            reply: ps_pb2.PushReply = self._pushes[i](messages(i), timeout=timeout)
             return reply
 
         return list(self._pool.map(one, range(len(self.ranges))))

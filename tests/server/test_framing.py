@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pscluster.server import framing
+from pscluster.transport import framing
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
 
