@@ -63,9 +63,10 @@ class JobMetrics:
     epochs: list[EpochRow] = field(default_factory=list)
     pushes_applied: int = 0
     pushes_rejected: dict[str, int] = field(default_factory=dict)
-    bytes_pushed: int = 0
+    bytes_pushed: int = 0  # payload bytes the shards received (after compression)
     bytes_pulled: int = 0
     pulls: int = 0
+    bytes_pushed_raw: int = 0  # what those pushes would have been as float32
     # version staleness (updates applied since the worker's pull) of applied pushes -> count
     staleness: dict[int, int] = field(default_factory=dict)
     # clock staleness (the worker's lead over the slowest worker) of applied pushes -> count
@@ -84,6 +85,13 @@ class JobMetrics:
         if total == 0:
             return None
         return sum(k * v for k, v in self.staleness.items()) / total
+
+    @property
+    def compression_ratio(self) -> float | None:
+        """Raw float32 bytes over bytes pushed (1.0 uncompressed), None before any push."""
+        if self.bytes_pushed == 0:
+            return None
+        return self.bytes_pushed_raw / self.bytes_pushed
 
     @property
     def total_rejected(self) -> int:
@@ -106,6 +114,7 @@ class JobMetrics:
             bytes_pushed=m.bytes_pushed,
             bytes_pulled=m.bytes_pulled,
             pulls=m.pulls,
+            bytes_pushed_raw=m.bytes_pushed_raw,
             staleness=dict(sorted(m.staleness.items())),
             clock_staleness=dict(sorted(m.clock_staleness.items())),
             pushes_by_worker=dict(m.pushes_by_worker),

@@ -28,6 +28,12 @@ from pscluster.v1 import coordinator_pb2 as co_pb2
 DEFAULT_OPTIMIZER: Mapping[str, Any] = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
 _OPTIMIZER_FIELDS = tuple(f.name for f in common_pb2.OptimizerConfig.DESCRIPTOR.fields)
 _UINT32_MAX = 2**32 - 1
+_COMPRESSION_FIELDS = tuple(f.name for f in common_pb2.CompressionConfig.DESCRIPTOR.fields)
+_PULL_DTYPES = {
+    "float32": common_pb2.DTYPE_FLOAT32,
+    "float16": common_pb2.DTYPE_FLOAT16,
+    "bfloat16": common_pb2.DTYPE_BFLOAT16,
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ def build_payload(
     shards: int,
     seed: int,
     name: str,
+    compression: Mapping[str, Any] | None = None,
 ) -> Payload:
     """Check the arguments of ``Client.submit`` and turn them into the wire spec and blobs.
 
@@ -107,9 +114,14 @@ def build_payload(
         ),
         mode=mode,
         optimizer=optimizer_config(optimizer),
+        compression=compression_config(compression),
         loss=loss,
         seed=seed,
-        **ints,
+        staleness=ints["staleness"],
+        epochs=ints["epochs"],
+        batch_size=ints["batch_size"],
+        partitions=ints["partitions"],
+        shards=ints["shards"],
     )
     return Payload(spec, dataset, initial)
 
@@ -132,6 +144,39 @@ def optimizer_config(optimizer: Mapping[str, Any] | None) -> common_pb2.Optimize
         return common_pb2.OptimizerConfig(**{"name": "sgd", **optimizer})
     except (TypeError, ValueError) as e:
         raise InvalidJobError(f"optimizer field has the wrong type: {e}") from e
+
+
+def compression_config(compression: Mapping[str, Any] | None) -> common_pb2.CompressionConfig:
+    """A dict such as ``{"name": "topk", "ratio": 0.01}`` as the wire config.
+
+    ``pull_dtype`` may be "float32", "float16" or "bfloat16". Names and ranges are checked by
+    the coordinator (one source of truth); only the shape of the dict is checked here.
+    """
+    if compression is None:
+        return common_pb2.CompressionConfig()
+    if not isinstance(compression, Mapping):
+        raise InvalidJobError(
+            'compression must be a dict like {"name": "topk", "ratio": 0.01}, '
+            f"got {type(compression).__name__}"
+        )
+    fields = dict(compression)
+    unknown = sorted(set(fields) - set(_COMPRESSION_FIELDS))
+    if unknown:
+        raise InvalidJobError(
+            f"compression has unknown field(s) {unknown}; expected some of "
+            f"{list(_COMPRESSION_FIELDS)}"
+        )
+    if "pull_dtype" in fields:
+        dtype = fields["pull_dtype"]
+        if dtype not in _PULL_DTYPES:
+            raise InvalidJobError(
+                f"compression.pull_dtype {dtype!r} is unknown; expected one of {list(_PULL_DTYPES)}"
+            )
+        fields["pull_dtype"] = _PULL_DTYPES[dtype]
+    try:
+        return common_pb2.CompressionConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise InvalidJobError(f"compression field has the wrong type: {e}") from e
 
 
 def _initial_state(

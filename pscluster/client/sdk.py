@@ -96,6 +96,7 @@ class Client:
         shards: int = 0,
         seed: int = 0,
         name: str = "",
+        compression: Mapping[str, Any] | None = None,
     ) -> Job:
         """Submit a training job and return at once; follow it with :meth:`Job.wait`.
 
@@ -104,7 +105,10 @@ class Client:
         are ``(X, y)`` pairs of numpy arrays or tensors (X floating point). ``mode`` is
         "async", "sync" or "ssp" (bounded by ``staleness``); ``optimizer`` is a dict of
         torch.optim fields, by default ``{"name": "sgd", "lr": 0.05, "momentum": 0.9}``.
-        ``partitions`` and ``shards`` of 0 let the coordinator choose.
+        ``partitions`` and ``shards`` of 0 let the coordinator choose. ``compression``
+        compresses the gradients workers push, e.g. ``{"name": "topk", "ratio": 0.01}``
+        (codecs: none, fp16, bf16, int8, topk, dgc; dgc also takes momentum, clip_norm and
+        warmup_epochs) and may set ``pull_dtype`` ("float16", "bfloat16") for training pulls.
 
         Raises InvalidJobError (before sending anything) if the model or the data are wrong,
         or when the coordinator rejects the spec.
@@ -129,6 +133,7 @@ class Client:
             shards=shards,
             seed=seed,
             name=name,
+            compression=compression,
         )
         stream = payload.chunks(self.settings.chunk_bytes)
         reply = self._call("submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t))

@@ -54,6 +54,8 @@ class JobFile(BaseModel):
     shards: int = Field(0, ge=0)
     seed: int = Field(0, ge=0)
     target_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    # e.g. {name: topk, ratio: 0.01}; see Client.submit (names and ranges: the coordinator)
+    compression: dict[str, Any] | None = None
 
 
 class LoadedJob:
@@ -116,6 +118,7 @@ class LoadedJob:
             "shards": s.shards,
             "seed": s.seed,
             "name": self.name,
+            "compression": s.compression,
         }
 
     def _resolve(self, field: str, ref: str) -> Any:

@@ -134,6 +134,7 @@ class JobManager:
                     mode=spec.mode,
                     staleness=spec.staleness,
                     optimizer=spec.optimizer,
+                    compression=spec.compression,
                 )
                 rt.shards.init_job(
                     part.address, config, flat[part.start : part.start + part.length]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pscluster.compression import parse_settings
 from pscluster.coordinator import blobs
 from pscluster.data.dataset import Dataset
 from pscluster.model import source, state
@@ -110,6 +111,8 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     if spec.mode not in MODES:
         raise InvalidArgument(f"mode {spec.mode!r} is unknown; expected one of {list(MODES)}")
     validate_optimizer(spec.optimizer)
+    # The shards' own parser: a codec the coordinator accepts is one every shard decodes.
+    parse_settings(spec.compression)
     _in_range("epochs", spec.epochs, 1, MAX_EPOCHS)
     _in_range("batch_size", spec.batch_size, 1, MAX_BATCH_SIZE)
     _in_range("partitions", spec.partitions, 0, MAX_PARTITIONS, "0 for the coordinator's default")

@@ -14,6 +14,7 @@ def aggregate(job_id: str, stats: Sequence[common_pb2.ShardJobStats]) -> co_pb2.
     for s in stats:
         m.pushes_applied += s.pushes_applied
         m.bytes_pushed += s.bytes_pushed
+        m.bytes_pushed_raw += s.bytes_pushed_raw
         m.bytes_pulled += s.bytes_pulled
         m.pulls += s.pulls
         for reason, n in s.pushes_rejected.items():

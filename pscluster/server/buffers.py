@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 import torch
 
+from pscluster.compression import Compressor
 from pscluster.transport import wire
 from pscluster.transport.errors import InvalidArgument
 from pscluster.v1 import common_pb2
@@ -95,3 +96,21 @@ def all_finite(values: torch.Tensor) -> bool:
     if math.isfinite(float(values.sum())):
         return True
     return bool(torch.isfinite(values).all())
+
+
+def receive_compressed(
+    codec: Compressor, length: int, payload_bytes: int, chunks: Iterable[bytes | memoryview]
+) -> torch.Tensor:
+    """A compressed push's payload decoded to ``length`` float32 values.
+
+    The payload must be exactly the announced size (the limit was checked on the header), and
+    the codec refuses anything malformed with InvalidArgument before any value is used.
+    """
+    owned = bytearray(payload_bytes)
+    fill(owned, chunks)
+    values = codec.decompress(owned, length)
+    if values.shape != (length,):
+        raise InvalidArgument(
+            f"{codec.name} payload decoded to {values.numel()} values, not {length}"
+        )
+    return values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from pscluster.compression import parse_settings
 from pscluster.server.domain import (
     JobConfig,
     JobStats,
@@ -33,6 +34,7 @@ def job_config(config: ps_pb2.ShardJobConfig) -> JobConfig:
         mode=config.mode,
         staleness=config.staleness,
         optimizer=parse_optimizer(config.optimizer),
+        codec=parse_settings(config.compression).name,
     )
 
 
@@ -46,6 +48,8 @@ def push_header(header: ps_pb2.PushHeader) -> PushHeader:
         length=header.length,
         dtype=header.dtype,
         batch_size=header.batch_size,
+        codec=header.codec or "none",
+        payload_bytes=header.payload_bytes,
     )
 
 

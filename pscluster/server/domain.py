@@ -18,6 +18,7 @@ class JobConfig:
     mode: str
     staleness: int
     optimizer: OptimizerSpec
+    codec: str = "none"  # the only codec this job's pushes may use
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class PushHeader:
     length: int
     dtype: int
     batch_size: int = 0
+    codec: str = "none"
+    payload_bytes: int = 0  # 0 with codec "none": length * itemsize(dtype)
 
 
 class Outcome(enum.Enum):
@@ -88,6 +91,7 @@ class JobStats:
     pulls: int
     bytes_pushed: int
     bytes_pulled: int
+    bytes_pushed_raw: int
     staleness: dict[int, int]
     clock_staleness: dict[int, int]
     max_clock_lead: int

@@ -16,7 +16,14 @@ from dataclasses import replace
 
 import torch
 
-from pscluster.server.buffers import Pool, all_finite, is_float32, receive_gradient
+from pscluster.compression import CompressionSettings, make_compressor
+from pscluster.server.buffers import (
+    Pool,
+    all_finite,
+    is_float32,
+    receive_compressed,
+    receive_gradient,
+)
 from pscluster.server.clocks import MemberClocks
 from pscluster.server.consistency import make_policy
 from pscluster.server.domain import (
@@ -28,6 +35,7 @@ from pscluster.server.domain import (
     PushResult,
 )
 from pscluster.server.optimizer import FlatOptimizer
+from pscluster.server.payloads import check_payload_size, payload_bytes
 from pscluster.server.snapshots import SnapshotCache
 from pscluster.server.stats import JobCounters
 from pscluster.transport import wire
@@ -44,6 +52,8 @@ class ShardJob:
             )
         self.config = config
         self._policy = make_policy(config.mode, config.staleness)
+        # Decoding is stateless, so the shard needs only the codec's name (not its ratio).
+        self._codec = make_compressor(CompressionSettings(name=config.codec))
         self._opt = FlatOptimizer(values, config.optimizer)
         self._cond = threading.Condition()
         self._version = 0
@@ -101,7 +111,8 @@ class ShardJob:
             self._guard("not_member", lambda: self._check_member(header.worker_id))
         # The payload is received, decoded and checked outside the lock: other workers' pushes
         # and pulls go on meanwhile, and a bad payload never reaches the shared state.
-        buffer = self._receive_buffers.take() if is_float32(header.dtype) else None
+        raw = header.codec == "none"
+        buffer = self._receive_buffers.take() if raw and is_float32(header.dtype) else None
         try:
             return self._decide(header, self._receive(header, data, buffer))
         finally:
@@ -112,6 +123,8 @@ class ShardJob:
         self, header: PushHeader, data: Iterable[bytes | memoryview], buffer: bytearray | None
     ) -> torch.Tensor:
         try:
+            if header.codec != "none":
+                return receive_compressed(self._codec, header.length, header.payload_bytes, data)
             return receive_gradient(header.length, header.dtype, data, buffer)
         except InvalidArgument:
             with self._cond:
@@ -121,7 +134,7 @@ class ShardJob:
     def _decide(self, header: PushHeader, grad: torch.Tensor) -> PushResult:
         finite = all_finite(grad)
         with self._cond:
-            self._counters.bytes_pushed += header.length * wire.itemsize(header.dtype)
+            self._counters.pushed(payload_bytes(header), header.length * 4)
             if not finite:
                 self._counters.rejected("nonfinite")
                 raise InvalidArgument(
@@ -150,12 +163,18 @@ class ShardJob:
         if not header.worker_id:
             raise InvalidArgument("push header has no worker_id; every push comes from a worker")
         wire.itemsize(header.dtype)
+        if header.codec != self.config.codec:
+            raise InvalidArgument(
+                f"push uses codec {header.codec!r} but job {self.config.job_id} was set up for "
+                f"{self.config.codec!r}; compress as the job spec says"
+            )
         if header.length != self.config.length:
             c = self.config
             raise InvalidArgument(
                 f"push announces {header.length} values but job {c.job_id} holds {c.length} "
                 f"on this shard (range [{c.start}, {c.start + c.length})); send this shard's slice"
             )
+        check_payload_size(self._codec, header)
 
     def _check_base_version(self, header: PushHeader) -> None:
         if header.base_version > self._version:
@@ -271,6 +290,7 @@ class ShardJob:
                 pulls=c.pulls,
                 bytes_pushed=c.bytes_pushed,
                 bytes_pulled=c.bytes_pulled,
+                bytes_pushed_raw=c.bytes_pushed_raw,
                 staleness=dict(c.staleness),
                 clock_staleness=dict(c.clock_staleness),
                 max_clock_lead=c.max_clock_lead,

@@ -16,6 +16,7 @@ class JobCounters:
         self.pulls = 0
         self.bytes_pushed = 0
         self.bytes_pulled = 0
+        self.bytes_pushed_raw = 0
         self.staleness: Counter[int] = Counter()
         self.clock_staleness: Counter[int] = Counter()
         self.max_clock_lead = 0
@@ -28,6 +29,11 @@ class JobCounters:
         self.staleness[version_staleness] += 1
         self.clock_staleness[clock_staleness] += 1
         self.last_update_unix = time.time()
+
+    def pushed(self, payload_bytes: int, raw_bytes: int) -> None:
+        """A push's payload arrived whole: what it cost on the wire, and what it stands for."""
+        self.bytes_pushed += payload_bytes
+        self.bytes_pushed_raw += raw_bytes
 
     def rejected(self, reason: str) -> None:
         self.pushes_rejected[reason] += 1

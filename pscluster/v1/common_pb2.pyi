@@ -226,6 +226,7 @@ class ShardJobStats(_message.Message):
     CHECKSUM_FIELD_NUMBER: _builtins.int
     LAST_UPDATE_UNIX_FIELD_NUMBER: _builtins.int
     STEPS_APPLIED_FIELD_NUMBER: _builtins.int
+    BYTES_PUSHED_RAW_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     shard: _builtins.str
     """the shard's advertised address"""
@@ -251,6 +252,10 @@ class ShardJobStats(_message.Message):
     last_update_unix: _builtins.float
     steps_applied: _builtins.int
     """sync: barrier steps applied"""
+    bytes_pushed_raw: _builtins.int
+    """What the pushes' gradients would have been as float32 (4 bytes per value); with
+    bytes_pushed it gives the compression ratio actually achieved on the wire.
+    """
     @_builtins.property
     def pushes_rejected(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """by reason: "stale", "nonfinite", "invalid", "not_member" """
@@ -297,11 +302,64 @@ class ShardJobStats(_message.Message):
         checksum: _builtins.float = ...,
         last_update_unix: _builtins.float = ...,
         steps_applied: _builtins.int = ...,
+        bytes_pushed_raw: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "checksum", b"checksum", "clock", b"clock", "clock_staleness", b"clock_staleness", "job_id", b"job_id", "last_update_unix", b"last_update_unix", "length", b"length", "max_clock_lead", b"max_clock_lead", "members", b"members", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_received", b"pushes_received", "pushes_rejected", b"pushes_rejected", "shard", b"shard", "staleness", b"staleness", "start", b"start", "steps_applied", b"steps_applied", "version", b"version", "waiting_for", b"waiting_for", "worker_clocks", b"worker_clocks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "checksum", b"checksum", "clock", b"clock", "clock_staleness", b"clock_staleness", "job_id", b"job_id", "last_update_unix", b"last_update_unix", "length", b"length", "max_clock_lead", b"max_clock_lead", "members", b"members", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_received", b"pushes_received", "pushes_rejected", b"pushes_rejected", "shard", b"shard", "staleness", b"staleness", "start", b"start", "steps_applied", b"steps_applied", "version", b"version", "waiting_for", b"waiting_for", "worker_clocks", b"worker_clocks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShardJobStats: _TypeAlias = ShardJobStats  # noqa: Y015
+
+@_typing.final
+class CompressionConfig(_message.Message):
+    """Gradient compression of a job's pushes (worker -> shard), and the dtype of its pulls.
+    The shard only decodes: error-feedback residuals and DGC momentum live on the workers.
+    Codec names (pscluster/compression/registry.py has one implementation per name):
+      "none" (or empty): raw float32 values
+      "fp16", "bf16":    half-precision values (2x fewer bytes)
+      "int8":            per-chunk float32 scale + int8 values, stochastic rounding (~4x)
+      "topk":            the `ratio` largest magnitudes as (uint32 index, float32 value), with
+                         error feedback: what is not sent is added to the next gradient
+      "dgc":             Deep Gradient Compression (Lin et al. 2018): top-k with momentum
+                         correction, local gradient clipping, momentum-factor masking and
+                         sparsity warm-up; use it with a server optimizer without momentum
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RATIO_FIELD_NUMBER: _builtins.int
+    MOMENTUM_FIELD_NUMBER: _builtins.int
+    CLIP_NORM_FIELD_NUMBER: _builtins.int
+    WARMUP_EPOCHS_FIELD_NUMBER: _builtins.int
+    PULL_DTYPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    ratio: _builtins.float
+    """topk/dgc: fraction of values sent, in (0, 1]; 0: 0.01"""
+    momentum: _builtins.float
+    """dgc: worker-side momentum; 0: 0.9"""
+    clip_norm: _builtins.float
+    """dgc: clip the worker's gradient to this L2 norm; 0: no clip"""
+    warmup_epochs: _builtins.int
+    """dgc: sparsity ramps 75%, 93.75%, ... to 1-ratio over these"""
+    pull_dtype: Global___DType.ValueType
+    """wire dtype of workers' training pulls; float32 if unspecified"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ratio: _builtins.float = ...,
+        momentum: _builtins.float = ...,
+        clip_norm: _builtins.float = ...,
+        warmup_epochs: _builtins.int = ...,
+        pull_dtype: Global___DType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_norm", b"clip_norm", "momentum", b"momentum", "name", b"name", "pull_dtype", b"pull_dtype", "ratio", b"ratio", "warmup_epochs", b"warmup_epochs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompressionConfig: _TypeAlias = CompressionConfig  # noqa: Y015

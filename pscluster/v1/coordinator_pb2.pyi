@@ -121,6 +121,7 @@ class JobSpec(_message.Message):
     SHARDS_FIELD_NUMBER: _builtins.int
     LOSS_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     mode: _builtins.str
     """"async" | "sync" | "ssp" """
@@ -142,6 +143,10 @@ class JobSpec(_message.Message):
     def model(self) -> Global___ModelSpec: ...
     @_builtins.property
     def optimizer(self) -> _common_pb2.OptimizerConfig: ...
+    @_builtins.property
+    def compression(self) -> _common_pb2.CompressionConfig:
+        """unset: no compression, float32 pulls"""
+
     def __init__(
         self,
         *,
@@ -156,10 +161,11 @@ class JobSpec(_message.Message):
         shards: _builtins.int = ...,
         loss: _builtins.str = ...,
         seed: _builtins.int = ...,
+        compression: _common_pb2.CompressionConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "optimizer", b"optimizer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "model", b"model", "optimizer", b"optimizer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "epochs", b"epochs", "loss", b"loss", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "seed", b"seed", "shards", b"shards", "staleness", b"staleness"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "compression", b"compression", "epochs", b"epochs", "loss", b"loss", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "seed", b"seed", "shards", b"shards", "staleness", b"staleness"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -486,11 +492,14 @@ class JobMetrics(_message.Message):
     CLOCK_STALENESS_FIELD_NUMBER: _builtins.int
     SHARDS_FIELD_NUMBER: _builtins.int
     PUSHES_BY_WORKER_FIELD_NUMBER: _builtins.int
+    BYTES_PUSHED_RAW_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     pushes_applied: _builtins.int
     bytes_pushed: _builtins.int
     bytes_pulled: _builtins.int
     pulls: _builtins.int
+    bytes_pushed_raw: _builtins.int
+    """bytes the pushed gradients would have been as float32"""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepMetric]: ...
     @_builtins.property
@@ -522,10 +531,11 @@ class JobMetrics(_message.Message):
         clock_staleness: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
         shards: _abc.Iterable[_common_pb2.ShardJobStats] | None = ...,
         pushes_by_worker: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        bytes_pushed_raw: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "clock_staleness", b"clock_staleness", "epochs", b"epochs", "job_id", b"job_id", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_by_worker", b"pushes_by_worker", "pushes_rejected", b"pushes_rejected", "shards", b"shards", "staleness", b"staleness", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "clock_staleness", b"clock_staleness", "epochs", b"epochs", "job_id", b"job_id", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_by_worker", b"pushes_by_worker", "pushes_rejected", b"pushes_rejected", "shards", b"shards", "staleness", b"staleness", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,7 @@ class ShardJobConfig(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     STALENESS_FIELD_NUMBER: _builtins.int
     OPTIMIZER_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     start: _builtins.int
     """global offset of this shard's range in the job's flat vector"""
@@ -70,6 +71,10 @@ class ShardJobConfig(_message.Message):
     """ssp bound s"""
     @_builtins.property
     def optimizer(self) -> _common_pb2.OptimizerConfig: ...
+    @_builtins.property
+    def compression(self) -> _common_pb2.CompressionConfig:
+        """The codec this job's pushes use; a push announcing another one is refused."""
+
     def __init__(
         self,
         *,
@@ -79,10 +84,11 @@ class ShardJobConfig(_message.Message):
         mode: _builtins.str = ...,
         staleness: _builtins.int = ...,
         optimizer: _common_pb2.OptimizerConfig | None = ...,
+        compression: _common_pb2.CompressionConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["optimizer", b"optimizer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "optimizer", b"optimizer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "staleness", b"staleness", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "job_id", b"job_id", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "staleness", b"staleness", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -288,6 +294,8 @@ class PushHeader(_message.Message):
     LENGTH_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    CODEC_FIELD_NUMBER: _builtins.int
+    PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     worker_id: _builtins.str
     seq: _builtins.int
@@ -303,6 +311,13 @@ class PushHeader(_message.Message):
     dtype: _common_pb2.DType.ValueType
     batch_size: _builtins.int
     """samples behind this gradient"""
+    codec: _builtins.str
+    """Codec of the payload ("" or "none": raw values of `dtype`). Any other codec ignores
+    `dtype`: its payload is self-describing (its layout is documented in
+    pscluster/compression/) and decodes to `length` float32 values.
+    """
+    payload_bytes: _builtins.int
+    """Bytes of payload that follow; 0 with codec "none" means length * itemsize(dtype)."""
     def __init__(
         self,
         *,
@@ -314,10 +329,12 @@ class PushHeader(_message.Message):
         length: _builtins.int = ...,
         dtype: _common_pb2.DType.ValueType = ...,
         batch_size: _builtins.int = ...,
+        codec: _builtins.str = ...,
+        payload_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "dtype", b"dtype", "job_id", b"job_id", "length", b"length", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "codec", b"codec", "dtype", b"dtype", "job_id", b"job_id", "length", b"length", "payload_bytes", b"payload_bytes", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

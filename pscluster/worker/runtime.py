@@ -13,12 +13,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pscluster.compression import parse_settings
 from pscluster.config import Settings
 from pscluster.data.dataset import Dataset
 from pscluster.model import source, state
 from pscluster.model.layout import ParamLayout
-from pscluster.v1 import coordinator_pb2
+from pscluster.v1 import common_pb2, coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+from pscluster.worker.compressed import PushEncoder
 from pscluster.worker.shards import ShardSet
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,11 @@ class JobRuntime:
         initial = state.loads(fetch_blob(stub, job_id, "initial_state", timeout), "initial state")
         self.model = self._build(initial)
         self.shards = ShardSet(job_id, plan.shards, settings)
+        # Compression state (residuals, DGC momentum) lives here: one per job, per shard range.
+        self.encoder = PushEncoder(
+            parse_settings(plan.spec.compression), [(r.start, r.length) for r in plan.shards]
+        )
+        self.pull_dtype = plan.spec.compression.pull_dtype or common_pb2.DTYPE_FLOAT32
         self.seq = 0  # push sequence number, strictly increasing over this worker's pushes
         self._train = (self.data.train_x.to(self.device), self.data.train_y.to(self.device))
 

@@ -66,15 +66,28 @@ class ShardSet:
         for c in self._channels:
             c.close()
 
-    def pull(self, worker_id: str, min_versions: Sequence[int] | None, timeout: float) -> Snapshot:
-        """Pull every range; blocks while a shard's consistency mode makes this worker wait."""
+    def pull(
+        self,
+        worker_id: str,
+        min_versions: Sequence[int] | None,
+        timeout: float,
+        dtype: int = common_pb2.DTYPE_FLOAT32,
+    ) -> Snapshot:
+        """Pull every range; blocks while a shard's consistency mode makes this worker wait.
+
+        ``dtype`` is the wire dtype (a job's ``compression.pull_dtype``); values arrive as
+        float32 whatever it is.
+        """
         values = torch.empty(self.size, dtype=torch.float32)
         mins = list(min_versions) if min_versions is not None else [0] * len(self.ranges)
 
         def one(i: int) -> tuple[int, int]:
             r = self.ranges[i]
             request = ps_pb2.PullRequest(
-                job_id=self.job_id, worker_id=worker_id, min_version=mins[i]
+                job_id=self.job_id,
+                worker_id=worker_id,
+                min_version=mins[i],
+                dtype=common_pb2.DType.ValueType(dtype),
             )
             header: ps_pb2.PullHeader | None = None
             assembler: wire.Assembler | None = None
@@ -101,13 +114,16 @@ class ShardSet:
         self,
         worker_id: str,
         seq: int,
-        gradient: torch.Tensor,
+        payloads: Sequence[bytes | bytearray | memoryview],
+        codec: str,
         base: Snapshot,
         batch_size: int,
         timeout: float,
     ) -> list[ps_pb2.PushReply]:
-        """Push each shard its slice of ``gradient``; replies in shard order."""
-        payload = wire.encode(gradient)
+        """Push each shard its payload (its slice of the gradient, encoded by ``codec``: see
+        :class:`pscluster.worker.compressed.PushEncoder`); replies in shard order."""
+        if len(payloads) != len(self.ranges):
+            raise ValueError(f"{len(payloads)} payloads for {len(self.ranges)} shards")
         chunk_bytes = self.settings.chunk_bytes
 
         def messages(i: int) -> Iterator[ps_pb2.PushChunk | bytes]:
@@ -122,9 +138,11 @@ class ShardSet:
                     length=r.length,
                     dtype=common_pb2.DTYPE_FLOAT32,
                     batch_size=batch_size,
+                    codec=codec,
+                    payload_bytes=len(payloads[i]),
                 )
             )
-            yield from framing.frames(payload[r.start * 4 : (r.start + r.length) * 4], chunk_bytes)
+            yield from framing.frames(memoryview(payloads[i]), chunk_bytes)
 
         def one(i: int) -> ps_pb2.PushReply:
             reply: ps_pb2.PushReply = self._pushes[i](messages(i), timeout=timeout)

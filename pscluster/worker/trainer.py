@@ -76,8 +76,9 @@ class Trainer:
 
     def pull(self, min_versions: list[int] | None) -> Snapshot:
         timeout = self.settings.pull_wait_seconds + 5
+        dtype = self.rt.pull_dtype
         return self._call(
-            lambda: self.rt.shards.pull(self.worker_id, min_versions, timeout), "pull"
+            lambda: self.rt.shards.pull(self.worker_id, min_versions, timeout, dtype), "pull"
         )
 
     def train(self, task: coordinator_pb2.Task, reporter: ProgressReporter) -> int:
@@ -99,7 +100,7 @@ class Trainer:
                     self.nonfinite_batches += 1
                     log.warning("non-finite gradient on job %s: batch skipped", rt.job_id)
                     break
-                replies = self._push(grad, snap, len(idx))
+                replies = self._push(grad, snap, len(idx), task.epoch)
                 stale = [r.outcome == ps_pb2.PUSH_OUTCOME_STALE for r in replies]
                 if sync:
                     min_versions = [
@@ -122,15 +123,28 @@ class Trainer:
         loss.backward()  # type: ignore[no-untyped-call]
         return float(loss.detach()), self.rt.gradient()
 
-    def _push(self, grad: torch.Tensor, snap: Snapshot, batch_size: int) -> list[ps_pb2.PushReply]:
+    def _push(
+        self, grad: torch.Tensor, snap: Snapshot, batch_size: int, epoch: int
+    ) -> list[ps_pb2.PushReply]:
         seq = self.rt.next_seq()  # one id per push: a retry of this push reuses it
         timeout = self.settings.rpc_timeout_seconds
+        encoder = self.rt.encoder
+        # Encoded once: a retry resends the same bytes, and codec state moves on only for the
+        # ranges whose shard took the push (a stale refusal is recomputed, not double-counted).
+        encoded = encoder.encode(grad, epoch)
+        payloads = [e.payload for e in encoded]
 
         def send() -> list[ps_pb2.PushReply]:
-            return self.rt.shards.push(self.worker_id, seq, grad, snap, batch_size, timeout)
+            return self.rt.shards.push(
+                self.worker_id, seq, payloads, encoder.name, snap, batch_size, timeout
+            )
 
         try:
-            return self._call(send, "push")
+            replies = self._call(send, "push")
+            for i, (reply, e) in enumerate(zip(replies, encoded, strict=True)):
+                if reply.outcome != ps_pb2.PUSH_OUTCOME_STALE:
+                    encoder.commit(i, e)
+            return replies
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
                 # sync: this worker already pushed for the open step; wait for its barrier.

@@ -126,6 +126,10 @@ def test_initial_state_is_seeded_and_leaves_the_callers_rng_alone(
         ("TinyNet", None, {"batch_size": 2.0}, "batch_size must be an integer"),
         ("TinyNet", None, {"model_kwargs": {"hidden": object()}}, "JSON-serialisable"),
         ("TinyNet", None, {"model_kwargs": {"width": 3}}, "unexpected keyword argument"),
+        ("TinyNet", None, {"compression": "topk"}, "compression must be a dict"),
+        ("TinyNet", None, {"compression": {"rato": 0.1}}, "compression has unknown field(s)"),
+        ("TinyNet", None, {"compression": {"pull_dtype": "fp8"}}, "pull_dtype 'fp8' is unknown"),
+        ("TinyNet", None, {"compression": {"ratio": "x"}}, "compression field has the wrong type"),
     ],
 )
 def test_submit_refuses_bad_input_before_any_rpc(

@@ -126,3 +126,10 @@ def test_model_file_that_fails_to_import(job_dir: Path, write_job: Callable[...,
 
     with pytest.raises(SpecFileError, match=r"importing bad_model\.py raised ModuleNotFoundError"):
         job.model_class()
+
+
+def test_compression_passes_through_to_submit(write_job: Callable[..., Path]) -> None:
+    path = write_job(compression={"name": "topk", "ratio": 0.01, "pull_dtype": "float16"})
+    kwargs = load_job_file(path).submit_kwargs()
+    assert kwargs["compression"] == {"name": "topk", "ratio": 0.01, "pull_dtype": "float16"}
+    assert load_job_file(write_job(compression=None)).submit_kwargs()["compression"] is None

@@ -74,6 +74,12 @@ def _params(*entries: tuple[str, list[int]]) -> Callable[[co_pb2.JobSpec], None]
         (_set("batch_size", 0), "batch_size=0"),
         (_set("shards", 3), r"shards=3 is out of range; expected 0..2"),
         (_set("loss", "hinge"), "loss 'hinge' is unknown"),
+        (_set("compression.name", "zstd"), r"compression\.name 'zstd' is unknown"),
+        (_set("compression.ratio", 1.5), r"compression\.ratio=1\.5 is out of range"),
+        (_set("compression.ratio", -0.1), r"compression\.ratio=-0\.1 is out of range"),
+        (_set("compression.momentum", 1.0), r"compression\.momentum=1\.0 is out of range"),
+        (_set("compression.clip_norm", -1.0), r"compression\.clip_norm=-1\.0 is invalid"),
+        (_set("compression.pull_dtype", 9), r"compression\.pull_dtype=9 is unknown"),
     ],
 )
 def test_a_bad_spec_field_is_named(change: Callable[[co_pb2.JobSpec], None], message: str) -> None:
@@ -191,3 +197,11 @@ def test_an_oversized_submission_is_refused_early() -> None:
     stream = [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec())] + [_chunk("dataset", b"x" * 100)] * 5
     with pytest.raises(PSError, match="exceeds 300 bytes"):
         read_submission(stream, max_bytes=300)
+
+
+def test_a_compression_config_is_kept_in_the_plan() -> None:
+    job = tiny_job()
+    job.spec.compression.name = "dgc"
+    job.spec.compression.ratio = 0.001
+    job.spec.compression.warmup_epochs = 3
+    assert check(job).compression == job.spec.compression
