@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from pscluster.client.info import WorkerInfo
 from pscluster.client.sdk import Client, Job
 from tests.containers.compose import ComposeProject, run_docker, wait_until
 from tests.containers.conftest import JOB_TIMEOUT, WORKERS
@@ -78,8 +79,13 @@ def test_a_worker_killed_mid_job_leaves_the_job_to_the_others(
     compose.up(workers=WORKERS)
     job = client.submit(**{**digits_job, "name": "kill"})
     wait_until("the job trains", lambda: trained_steps(job), timeout=120)
-    training = [w for w in client.status().workers if w.alive and w.job_id == job.id]
-    assert training, "no worker holds a task of the job"
+    training: list[WorkerInfo] = []
+
+    def a_worker_holds_a_task() -> bool:
+        training[:] = [w for w in client.status().workers if w.alive and w.job_id == job.id]
+        return bool(training)
+
+    wait_until("a worker holds a task of the job", a_worker_holds_a_task, timeout=60, poll=0.1)
     victim = training[0]
 
     # Execute: SIGKILL, no goodbye; its container's hostname is its container id
