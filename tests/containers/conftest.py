@@ -33,12 +33,6 @@ FAST = {
 JOB_TIMEOUT = 420.0
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "containers: builds the image and runs the compose cluster (needs Docker)"
-    )
-
-
 @pytest.fixture(scope="session")
 def compose(request: pytest.FixtureRequest) -> Iterator[ComposeProject]:
     """A running cluster (coordinator, ps-0, ps-1, 3 workers) on a free 127.0.0.1 port.
