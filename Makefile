@@ -44,6 +44,7 @@ demo: install
 
 bench: install
 	$(PY) bench/transport.py
+	$(PY) bench/compression.py
 
 # --- containers (compose.yaml; deploy/README.md) ---
 # Where no registry is reachable, docker-setup writes .env so that compose builds offline.
