@@ -157,8 +157,8 @@ make_base_image() {
 wheel_requirements() {
     cat "$ROOT/requirements/cpu.txt"
     "$PYTHON" "$ROOT/deploy/scripts/runtime_requirements.py" "$ROOT/pyproject.toml"
-    # pscluster itself is built inside the image from source, by setuptools (pyproject).
-    echo "setuptools>=68"
+    # pscluster itself is built inside the image from source: its build backend too (pyproject).
+    "$PYTHON" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' "$ROOT/pyproject.toml"
 }
 
 download_wheels() {
