@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import grpc
 import torch
@@ -80,15 +81,30 @@ class JobManager:
         self.start(job_id, job.flat)
         return self.require(job_id)
 
+    @contextmanager
+    def _claimed(self, job_id: str) -> Iterator[bool]:
+        """One start or finish of a job at a time: the RPC path and the monitor's retries may
+        reach the same job together. Yields False if another is under way."""
+        with self.rt.lock:
+            claimed = job_id not in self._busy
+            if claimed:
+                self._busy.add(job_id)
+        if not claimed:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with self.rt.lock:
+                self._busy.discard(job_id)
+
     def start(self, job_id: str, flat: torch.Tensor | None = None) -> bool:
         """Initialise a pending job on its shards and start scheduling it; False if it stays
         pending (a shard is unreachable: the monitor retries) or is no longer pending."""
         rt = self.rt
-        with rt.lock:
-            if job_id in self._busy:
+        with self._claimed(job_id) as claimed:
+            if not claimed:
                 return False
-            self._busy.add(job_id)
-        try:
             job = self.require(job_id)
             if job.state != st.PENDING or not self._init_shards(job, flat):
                 return False
@@ -107,9 +123,6 @@ class JobManager:
             # Cancelled while its shards were being initialised: free what was just created.
             rt.shards.drop_job([p.address for p in job.shards], job_id)
             return False
-        finally:
-            with rt.lock:
-                self._busy.discard(job_id)
 
     def _init_shards(self, job: st.JobRecord, flat: torch.Tensor | None) -> bool:
         rt = self.rt
@@ -201,11 +214,9 @@ class JobManager:
         """Save the trained model and the shard stats, then free the shards; False if a shard
         could not be read (the job stays running and the monitor retries)."""
         rt = self.rt
-        with rt.lock:
-            if job_id in self._busy:
+        with self._claimed(job_id) as claimed:
+            if not claimed:
                 return False
-            self._busy.add(job_id)
-        try:
             job = self.require(job_id)
             if job.state != st.RUNNING:
                 return False
@@ -235,9 +246,6 @@ class JobManager:
             log.info("job %s completed: test accuracy %.4f", job_id, job.test_accuracy)
             self._release_shards(job)
             return True
-        finally:
-            with rt.lock:
-                self._busy.discard(job_id)
 
     def fail(self, job_id: str, error: str) -> st.JobRecord:
         """Idempotent: a job already failed (or otherwise ended) is left as it is."""
