@@ -42,26 +42,33 @@ def wait_for_steps(job: Job, steps: int, timeout: float) -> None:
 
 
 def test_a_worker_started_mid_job_joins_it(tmp_path: Path) -> None:
-    # Prepare
+    # Prepare: a job long enough that it is still running when the new worker arrives on any
+    # machine (a GPU worker finishes 8 epochs of digits in seconds); it is cancelled once the
+    # newcomer has pushed.
     cluster = start_cluster(tmp_path, shards=2, workers=1)
     try:
         with cluster.client() as client:
-            job = submit(cluster, "ssp", epochs=8)
-            job = client.job(job.id)
+            job = client.job(submit(cluster, "ssp", epochs=500).id)
             wait_for_steps(job, 20, timeout=120)
+            first = set(job.metrics().pushes_by_worker)
 
             # Execute
             cluster.add_worker(wait=True)
-            info = job.wait(timeout=300)
+            deadline = time.monotonic() + 120
+            while len(job.metrics().pushes_by_worker) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            info = job.info()
             metrics = job.metrics()
+            job.cancel()
     finally:
         cluster.stop()
 
     # Assert
-    assert info.state == "completed"
+    assert info.state == "running", "the job was still running when the newcomer pushed"
+    assert len(first) == 1
     assert len(metrics.pushes_by_worker) == 2, metrics.pushes_by_worker
-    assert min(metrics.pushes_by_worker.values()) > 0
-    assert info.test_accuracy is not None and info.test_accuracy >= 0.95
+    newcomer = (set(metrics.pushes_by_worker) - first).pop()
+    assert metrics.pushes_by_worker[newcomer] > 0
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
