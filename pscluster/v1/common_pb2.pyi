@@ -227,6 +227,7 @@ class ShardJobStats(_message.Message):
     LAST_UPDATE_UNIX_FIELD_NUMBER: _builtins.int
     STEPS_APPLIED_FIELD_NUMBER: _builtins.int
     BYTES_PUSHED_RAW_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     shard: _builtins.str
     """the shard's advertised address"""
@@ -258,7 +259,7 @@ class ShardJobStats(_message.Message):
     """
     @_builtins.property
     def pushes_rejected(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """by reason: "stale", "nonfinite", "invalid", "not_member" """
+        """by reason: "stale", "late", "nonfinite", "invalid", "not_member" """
 
     @_builtins.property
     def staleness(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]:
@@ -277,6 +278,10 @@ class ShardJobStats(_message.Message):
     @_builtins.property
     def waiting_for(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """sync: members whose push for the open step is missing"""
+
+    @_builtins.property
+    def excluded(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ssp: members not counted in the slowest clock"""
 
     def __init__(
         self,
@@ -303,10 +308,11 @@ class ShardJobStats(_message.Message):
         last_update_unix: _builtins.float = ...,
         steps_applied: _builtins.int = ...,
         bytes_pushed_raw: _builtins.int = ...,
+        excluded: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "checksum", b"checksum", "clock", b"clock", "clock_staleness", b"clock_staleness", "job_id", b"job_id", "last_update_unix", b"last_update_unix", "length", b"length", "max_clock_lead", b"max_clock_lead", "members", b"members", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_received", b"pushes_received", "pushes_rejected", b"pushes_rejected", "shard", b"shard", "staleness", b"staleness", "start", b"start", "steps_applied", b"steps_applied", "version", b"version", "waiting_for", b"waiting_for", "worker_clocks", b"worker_clocks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "checksum", b"checksum", "clock", b"clock", "clock_staleness", b"clock_staleness", "excluded", b"excluded", "job_id", b"job_id", "last_update_unix", b"last_update_unix", "length", b"length", "max_clock_lead", b"max_clock_lead", "members", b"members", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_received", b"pushes_received", "pushes_rejected", b"pushes_rejected", "shard", b"shard", "staleness", b"staleness", "start", b"start", "steps_applied", b"steps_applied", "version", b"version", "waiting_for", b"waiting_for", "worker_clocks", b"worker_clocks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

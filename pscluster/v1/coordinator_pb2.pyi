@@ -122,6 +122,9 @@ class JobSpec(_message.Message):
     LOSS_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     COMPRESSION_FIELD_NUMBER: _builtins.int
+    BACKUP_WORKERS_FIELD_NUMBER: _builtins.int
+    STRAGGLERS_FIELD_NUMBER: _builtins.int
+    STALENESS_AWARE_LR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     mode: _builtins.str
     """"async" | "sync" | "ssp" """
@@ -139,6 +142,10 @@ class JobSpec(_message.Message):
     """"cross_entropy" | "mse" """
     seed: _builtins.int
     """batch shuffling"""
+    backup_workers: _builtins.int
+    """sync: close a step without the last this-many pushes"""
+    staleness_aware_lr: _builtins.bool
+    """async/ssp: scale each push by 1 / (staleness + 1)"""
     @_builtins.property
     def model(self) -> Global___ModelSpec: ...
     @_builtins.property
@@ -147,6 +154,8 @@ class JobSpec(_message.Message):
     def compression(self) -> _common_pb2.CompressionConfig:
         """unset: no compression, float32 pulls"""
 
+    @_builtins.property
+    def stragglers(self) -> Global___StragglerConfig: ...
     def __init__(
         self,
         *,
@@ -162,14 +171,53 @@ class JobSpec(_message.Message):
         loss: _builtins.str = ...,
         seed: _builtins.int = ...,
         compression: _common_pb2.CompressionConfig | None = ...,
+        backup_workers: _builtins.int = ...,
+        stragglers: Global___StragglerConfig | None = ...,
+        staleness_aware_lr: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "model", b"model", "optimizer", b"optimizer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "model", b"model", "optimizer", b"optimizer", "stragglers", b"stragglers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "compression", b"compression", "epochs", b"epochs", "loss", b"loss", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "seed", b"seed", "shards", b"shards", "staleness", b"staleness"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "batch_size", b"batch_size", "compression", b"compression", "epochs", b"epochs", "loss", b"loss", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "seed", b"seed", "shards", b"shards", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "stragglers", b"stragglers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class StragglerConfig(_message.Message):
+    """How the coordinator finds and works around slow workers. Zero values mean the defaults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FACTOR_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    NO_MITIGATION_FIELD_NUMBER: _builtins.int
+    GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+    factor: _builtins.float
+    """A worker is a straggler when its step time (EWMA of the compute per batch) exceeds this
+    multiple of the median of the job's other active workers. 0: 2.0; otherwise > 1.
+    """
+    alpha: _builtins.float
+    """EWMA weight of the newest batch, in (0, 1]; 0: 0.2"""
+    no_mitigation: _builtins.bool
+    """Detect and report only: leases are not resized or split and ssp does not exclude."""
+    grace_seconds: _builtins.float
+    """ssp: a worker flagged this long stops counting in the slowest clock. 0: 5 s."""
+    def __init__(
+        self,
+        *,
+        factor: _builtins.float = ...,
+        alpha: _builtins.float = ...,
+        no_mitigation: _builtins.bool = ...,
+        grace_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "factor", b"factor", "grace_seconds", b"grace_seconds", "no_mitigation", b"no_mitigation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StragglerConfig: _TypeAlias = StragglerConfig  # noqa: Y015
 
 @_typing.final
 class SubmitJobChunk(_message.Message):
@@ -328,6 +376,85 @@ class ListJobsReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListJobsReply: _TypeAlias = ListJobsReply  # noqa: Y015
+
+@_typing.final
+class WorkerSpeed(_message.Message):
+    """One worker's speed on a job, as the coordinator's straggler detector sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    COMPUTE_SECONDS_FIELD_NUMBER: _builtins.int
+    STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
+    SLOWDOWN_FIELD_NUMBER: _builtins.int
+    STRAGGLER_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    compute_seconds: _builtins.float
+    """EWMA of compute time per batch (waits on shards excluded)"""
+    step_seconds: _builtins.float
+    """EWMA of wall time per batch (pull, compute, push, waits)"""
+    batches: _builtins.int
+    """batches timed"""
+    slowdown: _builtins.float
+    """compute_seconds over the median of the others; 0: unknown"""
+    straggler: _builtins.bool
+    excluded: _builtins.bool
+    """ssp: not counted in the slowest clock"""
+    active: _builtins.bool
+    """reported recently"""
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        compute_seconds: _builtins.float = ...,
+        step_seconds: _builtins.float = ...,
+        batches: _builtins.int = ...,
+        slowdown: _builtins.float = ...,
+        straggler: _builtins.bool = ...,
+        excluded: _builtins.bool = ...,
+        active: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "batches", b"batches", "compute_seconds", b"compute_seconds", "excluded", b"excluded", "slowdown", b"slowdown", "step_seconds", b"step_seconds", "straggler", b"straggler", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerSpeed: _TypeAlias = WorkerSpeed  # noqa: Y015
+
+@_typing.final
+class JobEvent(_message.Message):
+    """Something that happened to a job: a straggler flagged or cleared, a lease split, ..."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIX_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    unix_time: _builtins.float
+    kind: _builtins.str
+    """"straggler", "recovered", "excluded", "included", "split", ..."""
+    worker_id: _builtins.str
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        unix_time: _builtins.float = ...,
+        kind: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message", b"message", "unix_time", b"unix_time", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
 
 @_typing.final
 class StepMetric(_message.Message):
@@ -493,6 +620,8 @@ class JobMetrics(_message.Message):
     SHARDS_FIELD_NUMBER: _builtins.int
     PUSHES_BY_WORKER_FIELD_NUMBER: _builtins.int
     BYTES_PUSHED_RAW_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     pushes_applied: _builtins.int
     bytes_pushed: _builtins.int
@@ -516,6 +645,10 @@ class JobMetrics(_message.Message):
     def pushes_by_worker(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """steps reported per worker"""
 
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerSpeed]: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobEvent]: ...
     def __init__(
         self,
         *,
@@ -532,10 +665,12 @@ class JobMetrics(_message.Message):
         shards: _abc.Iterable[_common_pb2.ShardJobStats] | None = ...,
         pushes_by_worker: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         bytes_pushed_raw: _builtins.int = ...,
+        workers: _abc.Iterable[Global___WorkerSpeed] | None = ...,
+        events: _abc.Iterable[Global___JobEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "clock_staleness", b"clock_staleness", "epochs", b"epochs", "job_id", b"job_id", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_by_worker", b"pushes_by_worker", "pushes_rejected", b"pushes_rejected", "shards", b"shards", "staleness", b"staleness", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "clock_staleness", b"clock_staleness", "epochs", b"epochs", "events", b"events", "job_id", b"job_id", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_by_worker", b"pushes_by_worker", "pushes_rejected", b"pushes_rejected", "shards", b"shards", "staleness", b"staleness", "steps", b"steps", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -592,6 +727,8 @@ class WorkerStatus(_message.Message):
     LAST_HEARTBEAT_AGE_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
+    STRAGGLER_FIELD_NUMBER: _builtins.int
+    SLOWDOWN_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     host: _builtins.str
     device: _builtins.str
@@ -602,6 +739,10 @@ class WorkerStatus(_message.Message):
     """job of its current lease, if any"""
     task: _builtins.str
     """"train e3/p5", "eval e3", "idle" """
+    straggler: _builtins.bool
+    """flagged on the job of its lease"""
+    slowdown: _builtins.float
+    """its compute time over the median of the job's others"""
     def __init__(
         self,
         *,
@@ -612,10 +753,12 @@ class WorkerStatus(_message.Message):
         last_heartbeat_age: _builtins.float = ...,
         job_id: _builtins.str = ...,
         task: _builtins.str = ...,
+        straggler: _builtins.bool = ...,
+        slowdown: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "device", b"device", "host", b"host", "job_id", b"job_id", "last_heartbeat_age", b"last_heartbeat_age", "task", b"task", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "device", b"device", "host", b"host", "job_id", b"job_id", "last_heartbeat_age", b"last_heartbeat_age", "slowdown", b"slowdown", "straggler", b"straggler", "task", b"task", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -772,6 +915,8 @@ class Task(_message.Message):
     PARTITIONS_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    FIRST_BATCH_FIELD_NUMBER: _builtins.int
+    END_BATCH_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     job_id: _builtins.str
     lease_id: _builtins.str
@@ -781,6 +926,12 @@ class Task(_message.Message):
     lease_seconds: _builtins.float
     """the lease expires unless heartbeats renew it"""
     wait_seconds: _builtins.float
+    first_batch: _builtins.int
+    """train: the batches [first_batch, end_batch) of the partition's batch plan; end_batch 0
+    means to the end. The coordinator may move end_batch earlier while the lease runs (see
+    ReportProgressReply) to hand the rest to a faster worker.
+    """
+    end_batch: _builtins.int
     def __init__(
         self,
         *,
@@ -792,10 +943,12 @@ class Task(_message.Message):
         partitions: _builtins.int = ...,
         lease_seconds: _builtins.float = ...,
         wait_seconds: _builtins.float = ...,
+        first_batch: _builtins.int = ...,
+        end_batch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "job_id", b"job_id", "kind", b"kind", "lease_id", b"lease_id", "lease_seconds", b"lease_seconds", "partition", b"partition", "partitions", b"partitions", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_batch", b"end_batch", "epoch", b"epoch", "first_batch", b"first_batch", "job_id", b"job_id", "kind", b"kind", "lease_id", b"lease_id", "lease_seconds", b"lease_seconds", "partition", b"partition", "partitions", b"partitions", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -857,11 +1010,16 @@ class ReportProgressRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     job_id: _builtins.str
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepMetric]:
         """`step` is ignored: the coordinator numbers steps"""
+
+    @_builtins.property
+    def lease(self) -> Global___LeaseProgress:
+        """train: where the worker is in its lease, and its timings"""
 
     def __init__(
         self,
@@ -869,25 +1027,70 @@ class ReportProgressRequest(_message.Message):
         worker_id: _builtins.str = ...,
         job_id: _builtins.str = ...,
         steps: _abc.Iterable[Global___StepMetric] | None = ...,
+        lease: Global___LeaseProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "steps", b"steps", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lease", b"lease", "steps", b"steps", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportProgressRequest: _TypeAlias = ReportProgressRequest  # noqa: Y015
 
 @_typing.final
-class ReportProgressReply(_message.Message):
+class LeaseProgress(_message.Message):
+    """A train lease's progress since the last report."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
+    COMPUTE_SECONDS_FIELD_NUMBER: _builtins.int
+    STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    position: _builtins.int
+    """batches of the partition's plan done (absolute index)"""
+    batches: _builtins.int
+    """batches timed since the last report"""
+    compute_seconds: _builtins.float
+    """their compute time (data, forward, backward, encode)"""
+    step_seconds: _builtins.float
+    """their wall time, waits on shards included"""
     def __init__(
         self,
+        *,
+        lease_id: _builtins.str = ...,
+        position: _builtins.int = ...,
+        batches: _builtins.int = ...,
+        compute_seconds: _builtins.float = ...,
+        step_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "compute_seconds", b"compute_seconds", "lease_id", b"lease_id", "position", b"position", "step_seconds", b"step_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseProgress: _TypeAlias = LeaseProgress  # noqa: Y015
+
+@_typing.final
+class ReportProgressReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    END_BATCH_FIELD_NUMBER: _builtins.int
+    end_batch: _builtins.int
+    """The lease's end now: a straggler's lease may be cut short so a faster worker takes the
+    rest. 0: unchanged. The worker stops before this batch and completes the lease.
+    """
+    def __init__(
+        self,
+        *,
+        end_batch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_batch", b"end_batch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

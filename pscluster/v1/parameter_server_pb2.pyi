@@ -37,6 +37,10 @@ class _PushOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PushOutco
     """sync: held until every member has pushed for this step"""
     PUSH_OUTCOME_STALE: _PushOutcome.ValueType  # 3
     """refused: computed on parameters too old for the mode"""
+    PUSH_OUTCOME_LATE: _PushOutcome.ValueType  # 4
+    """sync with backup workers: the step closed without this push; it is dropped. Pull the
+    current parameters and go on with the next batch.
+    """
 
 class PushOutcome(_PushOutcome, metaclass=_PushOutcomeEnumTypeWrapper): ...
 
@@ -47,6 +51,10 @@ PUSH_OUTCOME_BUFFERED: PushOutcome.ValueType  # 2
 """sync: held until every member has pushed for this step"""
 PUSH_OUTCOME_STALE: PushOutcome.ValueType  # 3
 """refused: computed on parameters too old for the mode"""
+PUSH_OUTCOME_LATE: PushOutcome.ValueType  # 4
+"""sync with backup workers: the step closed without this push; it is dropped. Pull the
+current parameters and go on with the next batch.
+"""
 Global___PushOutcome: _TypeAlias = PushOutcome  # noqa: Y015
 
 @_typing.final
@@ -60,6 +68,8 @@ class ShardJobConfig(_message.Message):
     STALENESS_FIELD_NUMBER: _builtins.int
     OPTIMIZER_FIELD_NUMBER: _builtins.int
     COMPRESSION_FIELD_NUMBER: _builtins.int
+    BACKUP_WORKERS_FIELD_NUMBER: _builtins.int
+    STALENESS_AWARE_LR_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     start: _builtins.int
     """global offset of this shard's range in the job's flat vector"""
@@ -69,6 +79,14 @@ class ShardJobConfig(_message.Message):
     """"async" | "sync" | "ssp" """
     staleness: _builtins.int
     """ssp bound s"""
+    backup_workers: _builtins.int
+    """sync: a step is applied once all members but this many have pushed for it (backup workers,
+    Chen et al. 2016); later pushes for a closed step are dropped and counted as "late".
+    """
+    staleness_aware_lr: _builtins.bool
+    """async/ssp: divide each push's gradient by (staleness + 1) before the optimizer step
+    (staleness-aware async SGD, Zhang et al. 2016); sync pushes have staleness 0.
+    """
     @_builtins.property
     def optimizer(self) -> _common_pb2.OptimizerConfig: ...
     @_builtins.property
@@ -85,10 +103,12 @@ class ShardJobConfig(_message.Message):
         staleness: _builtins.int = ...,
         optimizer: _common_pb2.OptimizerConfig | None = ...,
         compression: _common_pb2.CompressionConfig | None = ...,
+        backup_workers: _builtins.int = ...,
+        staleness_aware_lr: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "optimizer", b"optimizer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "job_id", b"job_id", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "staleness", b"staleness", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "compression", b"compression", "job_id", b"job_id", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -149,21 +169,29 @@ class SetMembersRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     WORKER_IDS_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    EXCLUDED_WORKER_IDS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     generation: _builtins.int
     """monotonic per job, set by the coordinator"""
     @_builtins.property
     def worker_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def excluded_worker_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ssp: members not counted in the slowest clock (stragglers the coordinator excluded). A
+        worker leaving this list counts again once its clock has caught up with the others'.
+        """
+
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         worker_ids: _abc.Iterable[_builtins.str] | None = ...,
         generation: _builtins.int = ...,
+        excluded_worker_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "job_id", b"job_id", "worker_ids", b"worker_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excluded_worker_ids", b"excluded_worker_ids", "generation", b"generation", "job_id", b"job_id", "worker_ids", b"worker_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
