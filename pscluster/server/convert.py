@@ -22,11 +22,12 @@ _OUTCOMES = {
     Outcome.APPLIED: ps_pb2.PUSH_OUTCOME_APPLIED,
     Outcome.BUFFERED: ps_pb2.PUSH_OUTCOME_BUFFERED,
     Outcome.STALE: ps_pb2.PUSH_OUTCOME_STALE,
+    Outcome.LATE: ps_pb2.PUSH_OUTCOME_LATE,
 }
 
 
 def job_config(config: ps_pb2.ShardJobConfig) -> JobConfig:
-    """Decode (and validate the optimizer of) a job config."""
+    """Decode (and validate the optimizer of) a job config; the shard checks the mode."""
     return JobConfig(
         job_id=config.job_id,
         start=config.start,
@@ -35,6 +36,8 @@ def job_config(config: ps_pb2.ShardJobConfig) -> JobConfig:
         staleness=config.staleness,
         optimizer=parse_optimizer(config.optimizer),
         codec=parse_settings(config.compression).name,
+        backup_workers=config.backup_workers,
+        staleness_aware_lr=config.staleness_aware_lr,
     )
 
 

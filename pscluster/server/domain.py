@@ -19,6 +19,10 @@ class JobConfig:
     staleness: int
     optimizer: OptimizerSpec
     codec: str = "none"  # the only codec this job's pushes may use
+    # sync: a step closes once all members but this many have pushed (Chen et al. 2016).
+    backup_workers: int = 0
+    # async/ssp: a push's gradient is divided by (version staleness + 1) (Zhang et al. 2016).
+    staleness_aware_lr: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Outcome(enum.Enum):
     APPLIED = "applied"
     BUFFERED = "buffered"
     STALE = "stale"
+    LATE = "late"  # sync with backup workers: the step closed without this push; dropped
 
 
 @dataclass(frozen=True)
@@ -101,3 +106,4 @@ class JobStats:
     checksum: float
     last_update_unix: float
     steps_applied: int
+    excluded: list[str]

@@ -52,7 +52,9 @@ class ParameterServerServicer:
         self, request: ps_pb2.SetMembersRequest, context: grpc.ServicerContext
     ) -> ps_pb2.SetMembersReply:
         job = self._shard.job(request.job_id)
-        generation = job.set_members(list(request.worker_ids), request.generation)
+        generation = job.set_members(
+            list(request.worker_ids), request.generation, list(request.excluded_worker_ids)
+        )
         return ps_pb2.SetMembersReply(generation=generation)
 
     @grpc_errors

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterable
 from typing import cast
 
-from pscluster.server.consistency import make_policy
+from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
@@ -32,7 +32,7 @@ class Shard:
         """Validate a job config before its (possibly large) initial values are received."""
         if not config.job_id:
             raise InvalidArgument("config.job_id is empty; name the job")
-        make_policy(config.mode, config.staleness)  # InvalidArgument on an unknown mode
+        validate_consistency(config.mode, config.staleness, config.backup_workers)
         with self._lock:
             if config.job_id in self._jobs:
                 raise AlreadyExists(f"job {config.job_id} already exists on this shard")

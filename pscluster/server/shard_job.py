@@ -24,7 +24,7 @@ from pscluster.server.buffers import (
     receive_compressed,
     receive_gradient,
 )
-from pscluster.server.clocks import MemberClocks
+from pscluster.server.clocks import MemberClocks, check_member_ids
 from pscluster.server.consistency import make_policy
 from pscluster.server.domain import (
     JobConfig,
@@ -43,6 +43,9 @@ from pscluster.transport.errors import DeadlineExceeded, InvalidArgument, NotFou
 
 log = logging.getLogger(__name__)
 
+# Outcomes of a push that was refused: counted in pushes_rejected, the sender's clock stays.
+_REFUSED = (Outcome.STALE, Outcome.LATE)
+
 
 class ShardJob:
     def __init__(self, config: JobConfig, values: torch.Tensor) -> None:
@@ -51,7 +54,7 @@ class ShardJob:
                 f"job {config.job_id} needs {config.length} initial values, got {values.numel()}"
             )
         self.config = config
-        self._policy = make_policy(config.mode, config.staleness)
+        self._policy = make_policy(config.mode, config.staleness, config.backup_workers)
         # Decoding is stateless, so the shard needs only the codec's name (not its ratio).
         self._codec = make_compressor(CompressionSettings(name=config.codec))
         self._opt = FlatOptimizer(values, config.optimizer)
@@ -88,6 +91,12 @@ class ShardJob:
 
     def apply(self, grad: torch.Tensor, pushes: Sequence[PushHeader], *, step: bool) -> None:
         version, clock = self._version, self._clocks.clock
+        if self.config.staleness_aware_lr and not step:
+            # Staleness-aware async SGD (Zhang et al. 2016): a gradient computed on parameters
+            # tau updates old moves them 1 / (tau + 1) as far. Sync steps have tau = 0.
+            lag = max(version - push.base_version for push in pushes)
+            if lag > 0:
+                grad.div_(lag + 1)  # lent memory: ours to change until we return
         self._snapshots.before_update()
         self._opt.step(grad)
         self._version += 1
@@ -148,8 +157,8 @@ class ShardJob:
                 return remembered
             self._guard("invalid", lambda: self._check_base_version(header))
             decision = self._policy.on_push(self, header, grad)
-            if decision.outcome is Outcome.STALE:
-                self._counters.rejected(decision.reject_key or "stale")
+            if decision.outcome in _REFUSED:
+                self._counters.rejected(decision.reject_key or decision.outcome.value)
             else:
                 self._clocks.tick(header.worker_id)
                 self._cond.notify_all()  # a clock moved: ssp pulls may go on
@@ -232,6 +241,7 @@ class ShardJob:
                 self._cond.wait(remaining)
             if worker_id:
                 self._policy.on_pull_granted(self, worker_id)
+                self._read_current(worker_id)
             lease = self._snapshots.take(self._opt.values, self._version, dtype)
             self._counters.pulled(lease.nbytes)
             return PullSnapshot(
@@ -243,6 +253,14 @@ class ShardJob:
                 lease,
             )
 
+    def _read_current(self, worker_id: str) -> None:
+        """The worker now holds the current parameters: an excluded (or re-entering) worker is
+        not behind any more (see :meth:`MemberClocks.read`)."""
+        before = self._clocks.clock
+        self._clocks.read(worker_id)
+        if self._clocks.clock != before:  # a re-entry moved the clock: ssp pulls may go on
+            self._cond.notify_all()
+
     def _pull_blocker(self, worker_id: str, min_version: int) -> str | None:
         if self._version < min_version:
             return self._policy.version_wait(self, min_version)
@@ -250,28 +268,37 @@ class ShardJob:
 
     # --- membership, stats, lifecycle ---
 
-    def set_members(self, worker_ids: Sequence[str], generation: int) -> int:
-        """Replace the member set unless ``generation`` is older; returns the one in force."""
-        if any(not w for w in worker_ids):
-            raise InvalidArgument("worker_ids contains an empty id")
-        if len(set(worker_ids)) != len(worker_ids):
-            raise InvalidArgument(f"worker_ids has duplicates: {sorted(worker_ids)}")
+    def set_members(
+        self, worker_ids: Sequence[str], generation: int, excluded: Sequence[str] = ()
+    ) -> int:
+        """Replace the member set unless ``generation`` is older; returns the one in force.
+
+        ``excluded`` are members the coordinator took out of the ssp clock (stragglers): the
+        others' pulls stop waiting for them, their pushes still face the ssp bound, and one
+        taken off the list counts again once it has caught up (:mod:`pscluster.server.clocks`).
+        In async and sync modes the set is kept and reported (the clock is only informational
+        there) but decides nothing.
+        """
+        check_member_ids(worker_ids, excluded)
         with self._cond:
             self._check_alive()
             if generation < self._generation:
                 return self._generation
             self._generation = generation
-            added, removed = self._clocks.set_members(worker_ids)
+            before = self._clocks.excluded
+            added, removed = self._clocks.set_members(worker_ids, excluded)
+            now_excluded = self._clocks.excluded
             self._policy.on_members_changed(self)
             # Wake waiting pulls: a removed worker must stop waiting, the ssp minimum may move.
             self._cond.notify_all()
-        if added or removed:
+        if added or removed or before != now_excluded:
             log.info(
-                "job %s generation %d: added %s, removed %s",
+                "job %s generation %d: added %s, removed %s, excluded %s",
                 self.config.job_id,
                 generation,
                 added,
                 removed,
+                now_excluded,
             )
         return generation
 
@@ -300,6 +327,7 @@ class ShardJob:
                 checksum=self.checksum_locked(),
                 last_update_unix=c.last_update_unix,
                 steps_applied=c.steps_applied,
+                excluded=self._clocks.excluded,
             )
 
     def checksum(self) -> float:

@@ -41,6 +41,8 @@ class ShardClient:
         optimizer: common_pb2.OptimizerConfig | None = None,
         start: int = 0,
         length: int | None = None,
+        backup_workers: int = 0,
+        staleness_aware_lr: bool = False,
     ) -> ps_pb2.InitJobReply:
         config = ps_pb2.ShardJobConfig(
             job_id=job_id,
@@ -49,6 +51,8 @@ class ShardClient:
             mode=mode,
             staleness=staleness,
             optimizer=optimizer or sgd(),
+            backup_workers=backup_workers,
+            staleness_aware_lr=staleness_aware_lr,
         )
 
         def stream() -> Iterator[ps_pb2.InitJobChunk]:
@@ -58,9 +62,18 @@ class ShardClient:
 
         return self.stub.InitJob(stream(), timeout=RPC_TIMEOUT)
 
-    def set_members(self, job_id: str, workers: Sequence[str], generation: int) -> int:
+    def set_members(
+        self,
+        job_id: str,
+        workers: Sequence[str],
+        generation: int,
+        excluded: Sequence[str] = (),
+    ) -> int:
         request = ps_pb2.SetMembersRequest(
-            job_id=job_id, worker_ids=list(workers), generation=generation
+            job_id=job_id,
+            worker_ids=list(workers),
+            generation=generation,
+            excluded_worker_ids=list(excluded),
         )
         return self.stub.SetMembers(request, timeout=RPC_TIMEOUT).generation
 

@@ -1,18 +1,21 @@
 """Consistency modes (async, sync, ssp): when a push is applied and when a worker may pull."""
 
 from pscluster.server.consistency.async_ import AsyncPolicy
+from pscluster.server.consistency.backup_sync import BackupSyncPolicy
 from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext
-from pscluster.server.consistency.registry import MODES, make_policy
+from pscluster.server.consistency.registry import MODES, make_policy, validate_consistency
 from pscluster.server.consistency.ssp import SSPPolicy
 from pscluster.server.consistency.sync import SyncPolicy
 
 __all__ = [
     "MODES",
     "AsyncPolicy",
+    "BackupSyncPolicy",
     "ConsistencyPolicy",
     "Decision",
     "JobContext",
     "SSPPolicy",
     "SyncPolicy",
     "make_policy",
+    "validate_consistency",
 ]

@@ -26,7 +26,8 @@ class JobContext(Protocol):
 
     @property
     def clock(self) -> int:
-        """The slowest member's clock (see :mod:`pscluster.server.clocks`)."""
+        """The slowest counted member's clock, never going down (see
+        :mod:`pscluster.server.clocks`: excluded stragglers are not counted)."""
         ...
 
     @property
@@ -39,7 +40,9 @@ class JobContext(Protocol):
     def apply(self, grad: torch.Tensor, pushes: Sequence[PushHeader], *, step: bool) -> None:
         """Run the optimizer on ``grad`` once, version += 1, record the pushes' staleness.
 
-        ``pushes`` are the pushes behind ``grad``; ``step`` marks a sync barrier step.
+        ``pushes`` are the pushes behind ``grad``; ``step`` marks a sync barrier step. With the
+        job's ``staleness_aware_lr`` a push applied on its own (``step=False``) is scaled by
+        1 / (version staleness + 1) first, in place.
         """
         ...
 
@@ -49,7 +52,7 @@ class JobContext(Protocol):
 @dataclass(frozen=True)
 class Decision:
     """What a policy made of a push. ``reject_key`` names the ``pushes_rejected`` counter of a
-    refused push (e.g. "stale"); the job counts it and answers with ``reason``."""
+    refused push (e.g. "stale", "late"); the job counts it and answers with ``reason``."""
 
     outcome: Outcome
     reason: str = ""

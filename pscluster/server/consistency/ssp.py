@@ -5,6 +5,11 @@ applied on arrival, as in async, but a worker may not run more than ``s`` clocks
 slowest: its pull waits until the slowest catches up. A push computed on parameters more than
 ``s`` clocks old is refused; the pull bound makes that rare, it is the safety net for a worker
 that was cut off and comes back with an old gradient.
+
+A straggler the coordinator excludes is not counted in the slowest clock (see
+:mod:`pscluster.server.clocks`), so the others stop waiting for it; its pushes still face the
+bound, and each pull it is granted brings its clock up to the shard clock (the job does that
+bookkeeping), so it is back within the bound after reading the current parameters.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Synchronous training: a barrier per step, the members' gradients averaged and applied once.
 
+(Sync with backup workers, which closes a step without the slowest few, is in
+:mod:`pscluster.server.consistency.backup_sync`.)
+
 The open step is the current version ``v``: every member pushes a gradient computed on ``v``,
 the pushes are summed, and when the last one arrives the average is applied (``v`` becomes
 ``v + 1``) and the workers blocked in ``Pull(min_version=v + 1)`` go on. This is bulk
