@@ -49,8 +49,11 @@ class Settings(BaseSettings):
     # (0 keeps torch's default; local clusters on few cores set 1 so processes do not contend).
     device: str = ""
     torch_threads: int = Field(0, ge=0)
-    # How often a worker sends its step losses to the coordinator.
+    # How often a worker sends its step losses (and its lease's progress) to the coordinator.
     progress_seconds: float = Field(0.5, gt=0)
+    # Fault injection for straggler tests and benchmarks: a worker stretches the compute of
+    # each batch to this many times its length (1: off), as a slower device would.
+    slowdown: float = Field(1.0, ge=1.0, le=1000.0)
     log_level: str = "INFO"
 
     def shard_list(self) -> list[str]:

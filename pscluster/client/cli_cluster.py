@@ -112,6 +112,13 @@ def down(
     out().print(f"stopped {', '.join(stopped)}")
 
 
+def _speed(straggler: bool, slowdown: float) -> str:
+    """A worker's busy time per batch relative to the median of its job's other workers."""
+    if straggler:
+        return f"[red]straggler {slowdown:.1f}x[/]"
+    return f"{slowdown:.1f}x" if slowdown else ""
+
+
 def status(address: Address = None) -> None:
     """Shards with their health; workers with liveness, task and heartbeat age."""
     from pscluster.client.sdk import Client
@@ -124,7 +131,8 @@ def status(address: Address = None) -> None:
         for s in st.shards:
             shards.add_row(s.address, "[green]healthy[/]" if s.healthy else "[red]down[/]", s.error)
         workers = Table(title="workers")
-        for column in ("worker", "host", "device", "alive", "task", "job", "heartbeat"):
+        columns = ("worker", "host", "device", "alive", "task", "job", "speed", "heartbeat")
+        for column in columns:
             workers.add_column(column)
         for w in st.workers:
             workers.add_row(
@@ -134,6 +142,7 @@ def status(address: Address = None) -> None:
                 "[green]yes[/]" if w.alive else "[red]no[/]",
                 w.task,
                 w.job_id,
+                _speed(w.straggler, w.slowdown),
                 f"{w.last_heartbeat_age:.1f}s ago",
             )
         console = out()

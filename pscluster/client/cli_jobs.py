@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -146,12 +147,35 @@ def metrics(
         f"pushes applied: {m.pushes_applied}, rejected: {m.total_rejected} {m.pushes_rejected}",
         f"pulls: {m.pulls}; bytes pushed {_size(m.bytes_pushed)}, pulled {_size(m.bytes_pulled)}",
         f"staleness (version lag -> pushes): {m.staleness}"
-        + (f", mean {m.mean_staleness:.2f}" if m.mean_staleness is not None else ""),
+        + (f", mean {m.mean_staleness:.2f}" if m.mean_staleness is not None else "")
+        + (f", p99 {m.staleness_percentile(0.99)}" if m.staleness else ""),
         f"clock staleness: {m.clock_staleness}",
         f"steps by worker: {m.pushes_by_worker}",
     ]
     for line in lines:
         console.print(line, markup=False)
+    if m.workers:
+        speeds = Table(title="workers (busy per batch; straggler: > factor x the median)")
+        for column in ("worker", "busy", "wall", "batches", "vs median", "flag"):
+            speeds.add_column(column)
+        for w in m.workers:
+            flag = "straggler" if w.straggler else ""
+            if w.excluded:
+                flag += " (excluded from ssp clock)"
+            speeds.add_row(
+                w.worker,
+                f"{w.busy_seconds * 1000:.1f} ms",
+                f"{w.step_seconds * 1000:.1f} ms",
+                str(w.batches),
+                f"{w.slowdown:.2f}x" if w.slowdown else "",
+                flag,
+            )
+        console.print(speeds)
+    if m.events:
+        console.print("events:")
+        for ev in m.events:
+            when = time.strftime("%H:%M:%S", time.localtime(ev.time))
+            console.print(f"  {when} {ev.kind}: {ev.message}", markup=False)
 
 
 def _size(n: int) -> str:

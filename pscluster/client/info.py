@@ -85,7 +85,9 @@ class WorkerInfo:
     alive: bool
     last_heartbeat_age: float  # seconds
     job_id: str  # "" when idle
-    task: str  # "train e3/p5", "eval e3", "idle"
+    task: str  # "train e3/p5 b0-4", "eval e3", "idle"
+    straggler: bool = False  # flagged on the job of its lease
+    slowdown: float = 0.0  # its busy time per batch over the median of the job's others
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class ClusterStatus:
                     last_heartbeat_age=w.last_heartbeat_age,
                     job_id=w.job_id,
                     task=w.task,
+                    straggler=w.straggler,
+                    slowdown=w.slowdown,
                 )
                 for w in m.workers
             ),

@@ -181,14 +181,16 @@ class LocalCluster:
         return [*self.shard_handles, *coordinator, *self.workers]
 
     # --- workers and fault injection ---
-    def add_worker(self, wait: bool = False) -> ProcessHandle:
-        """Start one more worker; ``wait`` blocks until the coordinator counts it alive."""
+    def add_worker(self, wait: bool = False, env: dict[str, str] | None = None) -> ProcessHandle:
+        """Start one more worker; ``wait`` blocks until the coordinator counts it alive.
+        ``env`` sets this worker's own variables (e.g. ``{"PSC_SLOWDOWN": "5"}``: a
+        straggler)."""
         index = len(self.workers)
         handle = ProcessHandle(
             role="worker",
             index=index,
             argv=["-m", "pscluster.worker"],
-            env=self._env(self._worker_env()),
+            env={**self._env(self._worker_env()), **(env or {})},
             log_path=self.state_dir / "logs" / f"worker-{index}.log",
         )
         handle.start()

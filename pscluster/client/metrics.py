@@ -48,6 +48,30 @@ class ShardRow:
 
 
 @dataclass(frozen=True)
+class WorkerSpeedRow:
+    """A worker's timings on the job, as the coordinator's straggler detector saw them."""
+
+    worker: str
+    busy_seconds: float  # EWMA per batch of wall time less waits on other workers
+    step_seconds: float  # EWMA of wall time per batch
+    batches: int
+    slowdown: float  # busy time over the median of the other workers; 0: unknown
+    straggler: bool
+    excluded: bool  # ssp: not counted in the slowest clock
+    active: bool
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """Something that happened to the job: a straggler flagged or cleared, a lease split."""
+
+    time: float  # unix seconds
+    kind: str
+    worker: str
+    message: str
+
+
+@dataclass(frozen=True)
 class JobMetrics:
     """Per-step loss, per-epoch test accuracy and the parameter servers' push statistics.
 
@@ -73,6 +97,25 @@ class JobMetrics:
     clock_staleness: dict[int, int] = field(default_factory=dict)
     pushes_by_worker: dict[str, int] = field(default_factory=dict)
     shards: list[ShardRow] = field(default_factory=list)
+    workers: list[WorkerSpeedRow] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
+
+    @property
+    def stragglers(self) -> list[str]:
+        """Workers flagged as stragglers when the metrics were read."""
+        return [w.worker for w in self.workers if w.straggler]
+
+    def staleness_percentile(self, q: float) -> int | None:
+        """The ``q``-quantile (0..1) of the version staleness of applied pushes."""
+        total = sum(self.staleness.values())
+        if total == 0:
+            return None
+        seen = 0
+        for lag, n in sorted(self.staleness.items()):
+            seen += n
+            if seen >= q * total:
+                return lag
+        return max(self.staleness)
 
     @property
     def final_accuracy(self) -> float | None:
@@ -132,4 +175,18 @@ class JobMetrics:
                 )
                 for s in m.shards
             ],
+            workers=[
+                WorkerSpeedRow(
+                    w.worker_id,
+                    w.busy_seconds,
+                    w.step_seconds,
+                    w.batches,
+                    w.slowdown,
+                    w.straggler,
+                    w.excluded,
+                    w.active,
+                )
+                for w in m.workers
+            ],
+            events=[EventRow(e.unix_time, e.kind, e.worker_id, e.message) for e in m.events],
         )

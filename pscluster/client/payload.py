@@ -67,6 +67,9 @@ def build_payload(
     seed: int,
     name: str,
     compression: Mapping[str, Any] | None = None,
+    backup_workers: int = 0,
+    stragglers: Mapping[str, Any] | None = None,
+    staleness_aware_lr: bool = False,
 ) -> Payload:
     """Check the arguments of ``Client.submit`` and turn them into the wire spec and blobs.
 
@@ -99,7 +102,12 @@ def build_payload(
         "batch_size": batch_size,
         "partitions": partitions,
         "shards": shards,
+        "backup_workers": backup_workers,
     }
+    if not isinstance(staleness_aware_lr, bool):
+        raise InvalidJobError(
+            f"staleness_aware_lr must be True or False, got {type(staleness_aware_lr).__name__}"
+        )
     for arg, value in ints.items():
         _check_int(arg, value, _UINT32_MAX)
     _check_int("seed", seed, 2**64 - 1)
@@ -122,6 +130,9 @@ def build_payload(
         batch_size=ints["batch_size"],
         partitions=ints["partitions"],
         shards=ints["shards"],
+        backup_workers=ints["backup_workers"],
+        stragglers=straggler_config(stragglers),
+        staleness_aware_lr=staleness_aware_lr,
     )
     return Payload(spec, dataset, initial)
 
@@ -144,6 +155,29 @@ def optimizer_config(optimizer: Mapping[str, Any] | None) -> common_pb2.Optimize
         return common_pb2.OptimizerConfig(**{"name": "sgd", **optimizer})
     except (TypeError, ValueError) as e:
         raise InvalidJobError(f"optimizer field has the wrong type: {e}") from e
+
+
+def straggler_config(stragglers: Mapping[str, Any] | None) -> co_pb2.StragglerConfig:
+    """A dict such as ``{"factor": 3, "no_mitigation": True}`` as the wire config.
+
+    Ranges are checked by the coordinator (one source of truth); only the shape here.
+    """
+    if stragglers is None:
+        return co_pb2.StragglerConfig()
+    if not isinstance(stragglers, Mapping):
+        raise InvalidJobError(
+            f'stragglers must be a dict like {{"factor": 2.0}}, got {type(stragglers).__name__}'
+        )
+    known = list(co_pb2.StragglerConfig.DESCRIPTOR.fields_by_name)
+    unknown = sorted(set(stragglers) - set(known))
+    if unknown:
+        raise InvalidJobError(
+            f"stragglers has unknown field(s) {unknown}; expected some of {known}"
+        )
+    try:
+        return co_pb2.StragglerConfig(**stragglers)
+    except (TypeError, ValueError) as e:
+        raise InvalidJobError(f"stragglers field has the wrong type: {e}") from e
 
 
 def compression_config(compression: Mapping[str, Any] | None) -> common_pb2.CompressionConfig:

@@ -97,6 +97,9 @@ class Client:
         seed: int = 0,
         name: str = "",
         compression: Mapping[str, Any] | None = None,
+        backup_workers: int = 0,
+        stragglers: Mapping[str, Any] | None = None,
+        staleness_aware_lr: bool = False,
     ) -> Job:
         """Submit a training job and return at once; follow it with :meth:`Job.wait`.
 
@@ -109,6 +112,14 @@ class Client:
         compresses the gradients workers push, e.g. ``{"name": "topk", "ratio": 0.01}``
         (codecs: none, fp16, bf16, int8, topk, dgc; dgc also takes momentum, clip_norm and
         warmup_epochs) and may set ``pull_dtype`` ("float16", "bfloat16") for training pulls.
+
+        Stragglers: ``backup_workers`` (sync only) closes each step without the last that
+        many pushes (Chen et al. 2016). ``stragglers`` tunes detection and mitigation, e.g.
+        ``{"factor": 2.0, "alpha": 0.2, "grace_seconds": 5, "no_mitigation": False}``: a
+        worker whose busy time per batch exceeds ``factor`` x the median of the others is
+        flagged, gets smaller leases, has its lease split when others are idle and, in ssp,
+        stops holding back the slowest clock after ``grace_seconds``.
+        ``staleness_aware_lr`` divides each async/ssp push by (staleness + 1).
 
         Raises InvalidJobError (before sending anything) if the model or the data are wrong,
         or when the coordinator rejects the spec.
@@ -134,6 +145,9 @@ class Client:
             seed=seed,
             name=name,
             compression=compression,
+            backup_workers=backup_workers,
+            stragglers=stragglers,
+            staleness_aware_lr=staleness_aware_lr,
         )
         stream = payload.chunks(self.settings.chunk_bytes)
         reply = self._call("submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t))

@@ -56,6 +56,10 @@ class JobFile(BaseModel):
     target_accuracy: float | None = Field(None, ge=0.0, le=1.0)
     # e.g. {name: topk, ratio: 0.01}; see Client.submit (names and ranges: the coordinator)
     compression: dict[str, Any] | None = None
+    backup_workers: int = Field(0, ge=0)
+    # e.g. {factor: 2.0, grace_seconds: 5}; see Client.submit
+    stragglers: dict[str, Any] | None = None
+    staleness_aware_lr: bool = False
 
 
 class LoadedJob:
@@ -119,6 +123,9 @@ class LoadedJob:
             "seed": s.seed,
             "name": self.name,
             "compression": s.compression,
+            "backup_workers": s.backup_workers,
+            "stragglers": s.stragglers,
+            "staleness_aware_lr": s.staleness_aware_lr,
         }
 
     def _resolve(self, field: str, ref: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -23,9 +23,12 @@ from pscluster.coordinator.spec import (
     SUBMITTED_BLOBS,
     layout_of,
     read_submission,
+    straggler_settings,
     validate_job,
 )
 from pscluster.coordinator.stats import aggregate, shard_part
+from pscluster.data.dataset import train_rows
+from pscluster.data.partitions import batch_counts
 from pscluster.model import state
 from pscluster.model.partition import BalancedRanges
 from pscluster.transport.errors import FailedPrecondition, NotFound
@@ -148,6 +151,8 @@ class JobManager:
                     staleness=spec.staleness,
                     optimizer=spec.optimizer,
                     compression=spec.compression,
+                    backup_workers=spec.backup_workers,
+                    staleness_aware_lr=spec.staleness_aware_lr,
                 )
                 rt.shards.init_job(
                     part.address, config, flat[part.start : part.start + part.length]
@@ -167,6 +172,8 @@ class JobManager:
         evals = set(job.pending_evals)
         if job.epoch >= job.epochs:
             evals.add(job.epochs - 1)  # training is done, so the final evaluation is owed
+        spec = co_pb2.JobSpec.FromString(job.spec)
+        rows = train_rows(rt.blobs.path(job.job_id, blobs.DATASET))
         rt.book.add_job(
             job.job_id,
             job.epochs,
@@ -174,7 +181,9 @@ class JobManager:
             epoch=job.epoch,
             done=job.done_partitions,
             evals=evals,
+            batch_counts=batch_counts(rows, job.partitions, spec.batch_size),
         )
+        rt.relief.add_job(job.job_id, spec.mode, straggler_settings(spec))
         rt.membership.add_job(job.job_id, [p.address for p in job.shards], job.generation)
         now = rt.mono()
         rt.activity[job.job_id] = Activity(now, now)
@@ -224,6 +233,8 @@ class JobManager:
                 model = live.model(self.rt, job)
                 rt.blobs.write(job_id, blobs.MODEL, state.dumps(model))
                 metrics = live.stats(self.rt, job)
+                with rt.lock:
+                    metrics.workers.extend(rt.relief.speeds(job_id, rt.mono()))
             except ShardError as e:
                 rt.store.update_job(job_id, status_message=f"finalizing: {e}; retrying")
                 log.warning("job %s: final model not saved yet: %s", job_id, e)
@@ -243,6 +254,7 @@ class JobManager:
                 )
                 self._to_finish.discard(job_id)
                 rt.activity.pop(job_id, None)
+                rt.relief.remove_job(job_id, rt.mono())
             log.info("job %s completed: test accuracy %.4f", job_id, job.test_accuracy)
             self._release_shards(job)
             return True
@@ -281,11 +293,17 @@ class JobManager:
             )
             self._to_finish.discard(job_id)
             rt.activity.pop(job_id, None)
+            speeds = rt.relief.remove_job(job_id, rt.mono())
         log.info("job %s %s (%d leases revoked) %s", job_id, final_state, len(revoked), error[:200])
-        self._release_shards(job, keep_stats=True)
+        self._release_shards(job, keep_stats=True, speeds=speeds)
         return job, True
 
-    def _release_shards(self, job: st.JobRecord, keep_stats: bool = False) -> None:
+    def _release_shards(
+        self,
+        job: st.JobRecord,
+        keep_stats: bool = False,
+        speeds: Sequence[co_pb2.WorkerSpeed] = (),
+    ) -> None:
         rt = self.rt
         rt.membership.forget(job.job_id)
         addresses = [p.address for p in job.shards]
@@ -296,8 +314,8 @@ class JobManager:
                 if not isinstance(s, ShardError)
             ]
             if found:
-                rt.store.update_job(
-                    job.job_id, final_stats=shard_part(aggregate(job.job_id, found))
-                )
+                metrics = aggregate(job.job_id, found)
+                metrics.workers.extend(speeds)
+                rt.store.update_job(job.job_id, final_stats=shard_part(metrics))
         for e in rt.shards.drop_job(addresses, job.job_id):
             log.warning("job %s: shard not freed: %s", job.job_id, e)

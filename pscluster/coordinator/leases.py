@@ -3,14 +3,20 @@
 Nothing here talks to a shard, a socket or a clock, so every rule of the schedule (one lease
 per worker, evaluations before training, epochs closing, leases going back to the pool) is
 unit-testable. The caller holds the coordinator lock around every call.
+
+A train lease covers a *unit*: a run of batches ``[first, end)`` of one partition's batch
+plan. An epoch starts with one unit per partition; a unit may be leased in part (a straggler
+gets a share sized to its speed), cut short while it runs (the rest goes to a faster worker)
+or handed back with the batches done so far kept. A partition is done when none of its units
+is left, free or leased, and the epoch closes when every partition is done.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from pscluster.transport.errors import FailedPrecondition, InvalidArgument
 
@@ -30,19 +36,49 @@ class Lease:
     epoch: int
     partition: int  # -1 for an evaluation
     partitions: int
+    first_batch: int = 0  # train: the batches [first_batch, end_batch) of the partition
+    end_batch: int = 0  # 0: to the end of the partition (its size is not known)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Batches ``[first, end)`` of a partition's plan; ``end`` 0: to the plan's end."""
+
+    partition: int
+    first: int
+    end: int
+
+    def size(self) -> int | None:
+        return self.end - self.first if self.end else None
 
 
 @dataclass
 class Schedule:
-    """One job's progress: the current epoch, its partitions and the evaluations owed."""
+    """One job's progress: the current epoch, its units of work and the evaluations owed."""
 
     epochs: int
     partitions: int
     epoch: int = 0
     done: set[int] = field(default_factory=set)
-    train_leases: dict[int, str] = field(default_factory=dict)  # partition -> lease id
+    batch_counts: list[int] | None = None  # batches per partition, if known
+    free: list[Unit] = field(default_factory=list)  # not leased, not done, in order
+    train_leases: dict[str, Unit] = field(default_factory=dict)  # lease id -> unit
     evals_pending: list[int] = field(default_factory=list)  # epochs, not leased, sorted
     eval_leases: dict[int, str] = field(default_factory=dict)  # epoch -> lease id
+
+    def start_epoch(self) -> None:
+        """Every partition not done becomes one free unit."""
+        counts = self.batch_counts
+        self.free = [
+            Unit(p, 0, counts[p] if counts else 0)
+            for p in range(self.partitions)
+            if p not in self.done
+        ]
+
+    def open_units(self, partition: int) -> int:
+        return sum(u.partition == partition for u in self.free) + sum(
+            u.partition == partition for u in self.train_leases.values()
+        )
 
     @property
     def training_done(self) -> bool:
@@ -91,8 +127,13 @@ class LeaseBook:
         epoch: int = 0,
         done: Iterable[int] = (),
         evals: Iterable[int] = (),
+        batch_counts: Sequence[int] | None = None,
     ) -> None:
-        """Start scheduling a job, possibly from progress saved before a restart."""
+        """Start scheduling a job, possibly from progress saved before a restart.
+
+        ``batch_counts`` (batches per partition) lets train leases be sized and split;
+        without them every lease is a whole partition.
+        """
         if job_id in self._jobs:
             raise InvalidArgument(f"job {job_id} is already scheduled")
         if epochs < 1 or partitions < 1:
@@ -107,7 +148,15 @@ class LeaseBook:
         owed = sorted(set(evals))
         if any(not 0 <= e < epochs for e in owed):
             raise InvalidArgument(f"job {job_id}: evaluations {owed} are outside 0..{epochs - 1}")
-        self._jobs[job_id] = Schedule(epochs, partitions, epoch, done_set, {}, owed, {})
+        counts = list(batch_counts) if batch_counts is not None else None
+        if counts is not None and (len(counts) != partitions or any(c < 1 for c in counts)):
+            raise InvalidArgument(
+                f"job {job_id}: batch_counts {counts} must give >= 1 batch for each of the "
+                f"{partitions} partitions"
+            )
+        sched = Schedule(epochs, partitions, epoch, done_set, counts, evals_pending=owed)
+        sched.start_epoch()
+        self._jobs[job_id] = sched
 
     def has_job(self, job_id: str) -> bool:
         return job_id in self._jobs
@@ -128,9 +177,12 @@ class LeaseBook:
         return revoked
 
     # --- leases ---
-    def acquire(self, worker_id: str) -> Lease | None:
+    def acquire(self, worker_id: str, share: Callable[[str], float] | None = None) -> Lease | None:
         """The next task for an idle worker: the oldest owed evaluation of the oldest job with
-        one, else a free partition of its current epoch; None if no job has anything to hand out.
+        one, else a free unit of its current epoch; None if no job has anything to hand out.
+
+        ``share(job_id)`` in (0, 1] is the fraction of a unit this worker gets (a straggler's
+        speed relative to the others): the rest of the unit stays free for someone faster.
         """
         if worker_id in self._by_worker:
             raise FailedPrecondition(
@@ -145,16 +197,51 @@ class LeaseBook:
                 return lease
             if sched.training_done:
                 continue
-            free = self._free_partition(sched)
-            if free is not None:
-                lease = self._grant(job_id, worker_id, TRAIN, sched.epoch, free, sched.partitions)
-                sched.train_leases[free] = lease.lease_id
-                return lease
+            if sched.free:
+                unit = sched.free.pop(0)
+                size = unit.size()
+                fraction = share(job_id) if share is not None else 1.0
+                if size is not None and size > 1 and fraction < 1.0:
+                    taken = max(1, int(size * fraction))
+                    if taken < size:
+                        sched.free.insert(0, Unit(unit.partition, unit.first + taken, unit.end))
+                        unit = Unit(unit.partition, unit.first, unit.first + taken)
+                return self._grant_unit(job_id, worker_id, sched, unit)
         return None
 
-    def release_worker(self, worker_id: str, revoke_reason: str | None = None) -> Lease | None:
-        """Return the worker's lease to the pool (train: the partition is free again; eval: the
-        evaluation is owed again). With ``revoke_reason`` the worker is told why if it comes back.
+    def split(self, lease_id: str, new_end: int) -> Unit | None:
+        """Cut a running train lease short at batch ``new_end``: the batches after it become a
+        free unit (returned) for another worker. None if there is nothing to hand on."""
+        lease = self._leases.get(lease_id)
+        if lease is None or lease.kind != TRAIN or not lease.end_batch:
+            return None
+        sched = self._jobs.get(lease.job_id)
+        if sched is None or lease_id not in sched.train_leases:
+            return None
+        new_end = max(new_end, lease.first_batch + 1)
+        if new_end >= lease.end_batch:
+            return None
+        rest = Unit(lease.partition, new_end, lease.end_batch)
+        shorter = replace(lease, end_batch=new_end)
+        self._leases[lease_id] = shorter
+        sched.train_leases[lease_id] = Unit(lease.partition, lease.first_batch, new_end)
+        sched.free.insert(0, rest)
+        return rest
+
+    def train_leases(self, job_id: str) -> list[Lease]:
+        """The job's running train leases."""
+        sched = self._jobs.get(job_id)
+        return [] if sched is None else [self._leases[i] for i in sched.train_leases]
+
+    def lease(self, lease_id: str) -> Lease | None:
+        return self._leases.get(lease_id)
+
+    def release_worker(
+        self, worker_id: str, revoke_reason: str | None = None, position: int = 0
+    ) -> Lease | None:
+        """Return the worker's lease to the pool (train: its unit is free again from batch
+        ``position`` on, the batches the worker reported done; eval: the evaluation is owed
+        again). With ``revoke_reason`` the worker is told why if it comes back.
         """
         lease_id = self._by_worker.get(worker_id)
         if lease_id is None:
@@ -163,7 +250,13 @@ class LeaseBook:
         sched = self._jobs.get(lease.job_id)
         if sched is not None:
             if lease.kind == TRAIN:
-                sched.train_leases.pop(lease.partition, None)
+                unit = sched.train_leases.pop(lease_id, None)
+                if unit is not None:
+                    # At least the last batch is redone: a released unit never closes a
+                    # partition, so an epoch only closes on a completed lease.
+                    last = unit.end - 1 if unit.end else position
+                    first = max(unit.first, min(position, last))
+                    sched.free.insert(0, Unit(unit.partition, first, unit.end))
             else:
                 sched.eval_leases.pop(lease.epoch, None)
                 sched.evals_pending = sorted({*sched.evals_pending, lease.epoch})
@@ -188,8 +281,9 @@ class LeaseBook:
         del self._leases[lease_id]
         del self._by_worker[worker_id]
         if lease.kind == TRAIN:
-            sched.train_leases.pop(lease.partition, None)
-            sched.done.add(lease.partition)
+            sched.train_leases.pop(lease_id, None)
+            if sched.open_units(lease.partition) == 0:
+                sched.done.add(lease.partition)
             if len(sched.done) < sched.partitions:
                 return Outcome(lease)
             # The epoch closes: its evaluation is owed, and training moves on (or stops).
@@ -197,6 +291,8 @@ class LeaseBook:
             sched.evals_pending = sorted({*sched.evals_pending, closed})
             sched.epoch += 1
             sched.done = set()
+            if not sched.training_done:
+                sched.start_epoch()
             return Outcome(lease, epoch_closed=closed)
         sched.eval_leases.pop(lease.epoch, None)
         final = sched.training_done and lease.epoch == sched.epochs - 1
@@ -235,12 +331,22 @@ class LeaseBook:
         self._by_worker[worker_id] = lease.lease_id
         return lease
 
-    @staticmethod
-    def _free_partition(sched: Schedule) -> int | None:
-        for p in range(sched.partitions):
-            if p not in sched.done and p not in sched.train_leases:
-                return p
-        return None
+    def _grant_unit(self, job_id: str, worker_id: str, sched: Schedule, unit: Unit) -> Lease:
+        lease = Lease(
+            self._new_id(),
+            job_id,
+            worker_id,
+            TRAIN,
+            sched.epoch,
+            unit.partition,
+            sched.partitions,
+            unit.first,
+            unit.end,
+        )
+        self._leases[lease.lease_id] = lease
+        self._by_worker[worker_id] = lease.lease_id
+        sched.train_leases[lease.lease_id] = unit
+        return lease
 
     def _drop(self, lease: Lease, reason: str) -> None:
         self._leases.pop(lease.lease_id, None)

@@ -4,7 +4,8 @@ Sync barriers wait for every member and ssp clocks measure the slowest one, so a
 be a member on every shard before its first pull, and a departed worker must stop being one.
 Each change takes the job's lock, snapshots the membership, numbers it with the next
 generation and sends it to every shard; shards ignore a generation older than the one they
-hold, so even a late message cannot undo a newer membership.
+hold, so even a late message cannot undo a newer membership. The message also names the
+members an ssp job's slowest clock should not wait for (stragglers, see relief.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pscluster.coordinator.shard_client import ShardClients
+
+
+@dataclass(frozen=True)
+class Roster:
+    """A job's members, and those of them excluded from the ssp slowest clock."""
+
+    members: list[str]
+    excluded: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -40,7 +49,7 @@ class Membership:
         with self._lock:
             self._jobs.pop(job_id, None)
 
-    def sync(self, job_id: str, snapshot: Callable[[], list[str] | None]) -> list[str] | None:
+    def sync(self, job_id: str, snapshot: Callable[[], Roster | None]) -> Roster | None:
         """Send the membership ``snapshot()`` returns (None: the job is gone, send nothing).
 
         Returns the members sent. Raises ShardError if a shard did not take it; the caller
@@ -51,10 +60,12 @@ class Membership:
         if job is None:
             return None
         with job.lock:
-            members = snapshot()
-            if members is None:
+            roster = snapshot()
+            if roster is None:
                 return None
             job.generation += 1
             self._persist(job_id, job.generation)
-            self._shards.set_members(job.addresses, job_id, members, job.generation)
-            return members
+            self._shards.set_members(
+                job.addresses, job_id, roster.members, job.generation, roster.excluded
+            )
+            return roster

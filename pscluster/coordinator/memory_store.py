@@ -13,6 +13,7 @@ from typing import Any
 
 from pscluster.coordinator.store import (
     EpochRecord,
+    EventRecord,
     JobRecord,
     JobStore,
     StepRecord,
@@ -37,6 +38,7 @@ class MemoryStore(JobStore):
         self._jobs: dict[str, JobRecord] = {}
         self._steps: dict[str, list[StepRecord]] = {}
         self._epochs: dict[str, dict[int, EpochRecord]] = {}
+        self._events: dict[str, list[EventRecord]] = {}
 
     def close(self) -> None:
         """Nothing to release: the data go with the object."""
@@ -102,6 +104,15 @@ class MemoryStore(JobStore):
         with self._lock:
             evals = self._epochs.get(job_id, {})
             return [evals[e] for e in sorted(evals)]
+
+    def append_event(self, job_id: str, event: EventRecord) -> None:
+        with self._lock:
+            self._require(job_id)
+            self._events.setdefault(job_id, []).append(event)
+
+    def events(self, job_id: str) -> list[EventRecord]:
+        with self._lock:
+            return list(self._events.get(job_id, []))
 
     def _require(self, job_id: str) -> JobRecord:
         job = self._jobs.get(job_id)

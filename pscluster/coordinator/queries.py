@@ -78,6 +78,8 @@ class JobQueries:
         job = self.jobs.require(job_id)
         if job.state == st.RUNNING:
             metrics = live.stats(self.rt, job)
+            with self.rt.lock:
+                metrics.workers.extend(self.rt.relief.speeds(job_id, self.rt.mono()))
         elif job.final_stats:
             metrics = co_pb2.JobMetrics.FromString(job.final_stats)
         else:  # pending, or ended before its shards could report
@@ -102,6 +104,10 @@ class JobQueries:
                 samples=e.samples,
             )
         metrics.pushes_by_worker.update(store.steps_by_worker(job_id))
+        for ev in store.events(job_id):
+            metrics.events.add(
+                unix_time=ev.unix_time, kind=ev.kind, worker_id=ev.worker_id, message=ev.message
+            )
         return metrics
 
     def blob_chunks(self, job_id: str, name: str) -> Iterator[bytes]:
@@ -146,15 +152,20 @@ class JobQueries:
                     task = "idle"
                 elif lease.kind == TRAIN:
                     task = f"train e{lease.epoch}/p{lease.partition}"
+                    if lease.end_batch:
+                        task += f" b{lease.first_batch}-{lease.end_batch}"
                 else:
                     task = f"eval e{lease.epoch}"
+                job_id = lease.job_id if lease else ""
                 reply.workers.add(
                     worker_id=w.worker_id,
                     host=w.host,
                     device=w.device,
                     alive=w.alive,
                     last_heartbeat_age=max(0.0, now - w.last_seen),
-                    job_id=lease.job_id if lease else "",
+                    job_id=job_id,
                     task=task,
+                    straggler=w.worker_id in rt.relief.stragglers(job_id),
+                    slowdown=rt.relief.slowdown(job_id, w.worker_id, now),
                 )
         return reply

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pscluster.config import Settings
 from pscluster.coordinator.blobs import BlobStore
 from pscluster.coordinator.leases import LeaseBook
-from pscluster.coordinator.membership import Membership
+from pscluster.coordinator.membership import Membership, Roster
+from pscluster.coordinator.relief import StragglerRelief
 from pscluster.coordinator.shard_client import ShardClients, ShardError
 from pscluster.coordinator.store import JobStore
 from pscluster.coordinator.workers import WorkerRegistry
@@ -40,6 +41,7 @@ class Runtime:
     book: LeaseBook
     workers: WorkerRegistry
     membership: Membership
+    relief: StragglerRelief
     lock: threading.RLock = field(default_factory=threading.RLock)
     activity: dict[str, Activity] = field(default_factory=dict)
     # Jobs whose shards may hold a stale membership (a sync failed, or a restart): the monitor
@@ -63,14 +65,19 @@ class Runtime:
             book=LeaseBook(),
             workers=WorkerRegistry(settings.worker_timeout_seconds),
             membership=Membership(shards, persist),
+            relief=StragglerRelief(settings.progress_seconds),
         )
 
     def sync_members(self, job_id: str) -> ShardError | None:
         """Push the job's current members to its shards; the error if a shard refused."""
 
-        def snapshot() -> list[str] | None:
+        def snapshot() -> Roster | None:
             with self.lock:
-                return self.book.members(job_id) if self.book.has_job(job_id) else None
+                if not self.book.has_job(job_id):
+                    return None
+                members = self.book.members(job_id)
+                excluded = self.relief.excluded(job_id, self.mono())
+                return Roster(members, [w for w in excluded if w in members])
 
         try:
             self.membership.sync(job_id, snapshot)

@@ -112,6 +112,8 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
             partition=max(lease.partition, 0),
             partitions=lease.partitions,
             lease_seconds=self.c.settings.worker_timeout_seconds,
+            first_batch=lease.first_batch,
+            end_batch=lease.end_batch,
         )
 
     @grpc_errors
@@ -132,8 +134,11 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
         self, request: co_pb2.ReportProgressRequest, context: grpc.ServicerContext
     ) -> co_pb2.ReportProgressReply:
         steps = [StepReport(s.loss, s.samples, s.epoch, s.unix_time) for s in request.steps]
-        self.c.tasks.report_progress(request.worker_id, _job_id(request.job_id), steps)
-        return co_pb2.ReportProgressReply()
+        progress = request.lease if request.HasField("lease") else None
+        end = self.c.tasks.report_progress(
+            request.worker_id, _job_id(request.job_id), steps, progress
+        )
+        return co_pb2.ReportProgressReply(end_batch=end)
 
     @grpc_errors
     def ReportFailure(

@@ -100,10 +100,18 @@ class ShardClients:
         return True
 
     def set_members(
-        self, addresses: Sequence[str], job_id: str, members: Sequence[str], generation: int
+        self,
+        addresses: Sequence[str],
+        job_id: str,
+        members: Sequence[str],
+        generation: int,
+        excluded: Sequence[str] = (),
     ) -> None:
         request = ps_pb2.SetMembersRequest(
-            job_id=job_id, worker_ids=list(members), generation=generation
+            job_id=job_id,
+            worker_ids=list(members),
+            generation=generation,
+            excluded_worker_ids=list(excluded),
         )
         calls = [
             (a, self.stub(a).SetMembers.future(request, timeout=self.control_timeout))

@@ -15,6 +15,7 @@ import torch
 
 from pscluster.compression import parse_settings
 from pscluster.coordinator import blobs
+from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.data.dataset import Dataset
 from pscluster.model import source, state
 from pscluster.model.layout import ParamLayout
@@ -113,6 +114,12 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     validate_optimizer(spec.optimizer)
     # The shards' own parser: a codec the coordinator accepts is one every shard decodes.
     parse_settings(spec.compression)
+    if spec.backup_workers and spec.mode != "sync":
+        raise InvalidArgument(
+            f"backup_workers={spec.backup_workers} needs mode 'sync' (got {spec.mode!r}): only "
+            "a sync barrier waits for every worker; set it to 0 for other modes"
+        )
+    straggler_settings(spec)
     _in_range("epochs", spec.epochs, 1, MAX_EPOCHS)
     _in_range("batch_size", spec.batch_size, 1, MAX_BATCH_SIZE)
     _in_range("partitions", spec.partitions, 0, MAX_PARTITIONS, "0 for the coordinator's default")
@@ -120,6 +127,12 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     if spec.loss not in LOSSES:
         raise InvalidArgument(f"loss {spec.loss!r} is unknown; expected one of {list(LOSSES)}")
     return layout
+
+
+def straggler_settings(spec: co_pb2.JobSpec) -> StragglerSettings:
+    """The job's straggler detection and mitigation, defaults filled in."""
+    c = spec.stragglers
+    return StragglerSettings.parse(c.factor, c.alpha, c.no_mitigation, c.grace_seconds)
 
 
 def validate_optimizer(opt: common_pb2.OptimizerConfig) -> None:

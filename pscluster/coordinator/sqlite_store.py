@@ -18,6 +18,7 @@ from typing import Any
 
 from pscluster.coordinator.store import (
     EpochRecord,
+    EventRecord,
     JobRecord,
     JobStore,
     ShardSlice,
@@ -50,6 +51,11 @@ CREATE TABLE IF NOT EXISTS epochs (
     unix_time REAL NOT NULL, samples INTEGER NOT NULL,
     PRIMARY KEY (job_id, epoch)
 );
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL, unix_time REAL NOT NULL, kind TEXT NOT NULL,
+    worker_id TEXT NOT NULL, message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id);
 """
 
 _FIELDS = [f.name for f in dataclasses.fields(JobRecord)]
@@ -228,6 +234,29 @@ class SqliteStore(JobStore):
                 (job_id,),
             ).fetchall()
         return [EpochRecord(r[0], _real(r[1]), _real(r[2]), r[3], r[4]) for r in rows]
+
+    def append_event(self, job_id: str, event: EventRecord) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._require(job_id)
+                self._db.execute(
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                    (job_id, event.unix_time, event.kind, event.worker_id, event.message),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def events(self, job_id: str) -> list[EventRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT unix_time, kind, worker_id, message FROM events WHERE job_id = ? "
+                "ORDER BY rowid",
+                (job_id,),
+            ).fetchall()
+        return [EventRecord(r[0], r[1], r[2], r[3]) for r in rows]
 
     def _require(self, job_id: str) -> JobRecord:
         row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()

@@ -83,6 +83,16 @@ class EpochRecord:
     samples: int
 
 
+@dataclass(frozen=True)
+class EventRecord:
+    """Something that happened to a job (a straggler flagged, a lease split, ...)."""
+
+    unix_time: float
+    kind: str
+    worker_id: str
+    message: str
+
+
 def check_changes(changes: dict[str, Any]) -> None:
     """Refuse a write of an unknown or fixed field (a programming error, not user input)."""
     bad = sorted(set(changes) - MUTABLE_FIELDS)
@@ -130,6 +140,14 @@ class JobStore(ABC):
     @abstractmethod
     def epochs(self, job_id: str) -> list[EpochRecord]:
         """The job's evaluations, by epoch."""
+
+    @abstractmethod
+    def append_event(self, job_id: str, event: EventRecord) -> None:
+        """Store an event of the job; NotFound if the job is unknown."""
+
+    @abstractmethod
+    def events(self, job_id: str) -> list[EventRecord]:
+        """The job's events, oldest first."""
 
     @abstractmethod
     def close(self) -> None:

@@ -18,8 +18,26 @@ from pscluster.coordinator.leases import EVAL, TRAIN, Lease
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.workers import WorkerInfo
 from pscluster.transport.errors import FailedPrecondition, InvalidArgument
+from pscluster.v1 import coordinator_pb2 as co_pb2
 
 log = logging.getLogger(__name__)
+
+
+# More batches than this in one report is not a real report.
+_MAX_REPORTED_BATCHES = 1 << 20
+
+
+def check_progress(p: co_pb2.LeaseProgress) -> None:
+    """A lease's progress report must be plausible before any of it is recorded."""
+    for name in ("busy_seconds", "step_seconds"):
+        value = getattr(p, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise InvalidArgument(f"lease.{name}={value} is invalid; expected seconds >= 0")
+    if p.batches > _MAX_REPORTED_BATCHES:
+        raise InvalidArgument(
+            f"lease.batches={p.batches} is implausible; report the batches timed since the "
+            "last report"
+        )
 
 
 @dataclass(frozen=True)
@@ -41,7 +59,7 @@ class TaskDispatcher:
             info, replaced = rt.workers.register(host, pid, device, rt.mono(), worker_id)
             # A process registering under a live id is a restart: the old process's lease is gone.
             released = (
-                rt.book.release_worker(info.worker_id, f"worker {info.worker_id} re-registered")
+                self._release(info.worker_id, f"worker {info.worker_id} re-registered")
                 if replaced
                 else None
             )
@@ -64,11 +82,15 @@ class TaskDispatcher:
         """The worker's next lease, or None: nothing to do now, ask again shortly."""
         rt = self.rt
         with rt.lock:
-            rt.workers.require(worker_id, rt.mono())
-            released = rt.book.release_worker(worker_id)
-            lease = rt.book.acquire(worker_id)
+            now = rt.mono()
+            rt.workers.require(worker_id, now)
+            released = self._release(worker_id)
+            lease = rt.book.acquire(worker_id, lambda job_id: rt.relief.share(job_id, worker_id))
+            if lease is None:
+                lease = self._take_over(worker_id, now)
             if lease is not None:
-                rt.activity[lease.job_id].last_lease = rt.mono()
+                rt.activity[lease.job_id].last_lease = now
+                rt.relief.granted(lease, now)
         if released is not None and released.kind == TRAIN:
             log.info("worker %s abandoned lease %s", worker_id, released.lease_id)
             if lease is None or lease.kind != TRAIN or lease.job_id != released.job_id:
@@ -84,19 +106,59 @@ class TaskDispatcher:
                 with rt.lock:
                     current = rt.book.lease_of(worker_id)
                     if current is not None and current.lease_id == lease.lease_id:
-                        rt.book.release_worker(worker_id)
+                        self._release(worker_id)
                 rt.sync_members(lease.job_id)
                 log.warning("worker %s waits: %s", worker_id, error)
                 return None
         log.info(
-            "worker %s leased %s %s e%d p%d",
+            "worker %s leased %s %s e%d p%d [%d, %s)",
             worker_id,
             lease.lease_id,
             lease.kind,
             lease.epoch,
             lease.partition,
+            lease.first_batch,
+            lease.end_batch or "end",
         )
         return lease
+
+    def _take_over(self, worker_id: str, now: float) -> Lease | None:
+        """Call under lock, for a worker that found nothing free: cut short a straggler's
+        lease (or one past its deadline) and lease the rest of it to this worker."""
+        rt = self.rt
+        for job_id in rt.book.job_ids():
+            split = rt.relief.pick_split(job_id, rt.book.train_leases(job_id), worker_id, now)
+            if split is None:
+                continue
+            rest = rt.book.split(split.lease.lease_id, split.new_end)
+            if rest is None:
+                continue
+            lease = rt.book.acquire(worker_id)
+            if lease is None:  # cannot happen: the rest was just put first in the pool
+                return None
+            self._event(
+                job_id,
+                "split",
+                split.lease.worker_id,
+                f"{split.why}: batches [{rest.first}, {rest.end}) of partition "
+                f"{rest.partition} (epoch {lease.epoch}) go to worker {worker_id}",
+            )
+            return lease
+        return None
+
+    def _release(self, worker_id: str, revoke_reason: str | None = None) -> Lease | None:
+        """Call under lock: hand the worker's lease back, keeping the batches it reported."""
+        rt = self.rt
+        held = rt.book.lease_of(worker_id)
+        if held is None:
+            return None
+        position = rt.relief.position(held.lease_id)
+        rt.relief.ended(held.lease_id)
+        return rt.book.release_worker(worker_id, revoke_reason, position)
+
+    def _event(self, job_id: str, kind: str, worker_id: str, message: str) -> None:
+        log.info("job %s: %s", job_id, message)
+        self.rt.store.append_event(job_id, st.EventRecord(self.rt.wall(), kind, worker_id, message))
 
     def complete(
         self, worker_id: str, lease_id: str, accuracy: float, loss: float, samples: int
@@ -112,6 +174,7 @@ class TaskDispatcher:
                 )
             outcome = rt.book.complete(worker_id, lease_id)
             lease = outcome.lease
+            rt.relief.ended(lease_id)
             job_id = lease.job_id
             rt.touch_progress(job_id)
             sched = rt.book.schedule(job_id)
@@ -135,13 +198,23 @@ class TaskDispatcher:
         if outcome.final:
             self.jobs.finish(job_id)
 
-    def report_progress(self, worker_id: str, job_id: str, steps: Sequence[StepReport]) -> None:
+    def report_progress(
+        self,
+        worker_id: str,
+        job_id: str,
+        steps: Sequence[StepReport],
+        progress: co_pb2.LeaseProgress | None = None,
+    ) -> int:
+        """Record steps and a lease's progress; returns the lease's end batch now (0: the
+        lease is not this worker's train lease, or runs to the end of its partition)."""
         rt = self.rt
         with rt.lock:
             rt.workers.require(worker_id, rt.mono())
         job = self.jobs.require(job_id)
         if job.state in st.TERMINAL:
             raise FailedPrecondition(f"job {job_id} is {job.state}; progress is no longer recorded")
+        if progress is not None:
+            check_progress(progress)
         for i, s in enumerate(steps):
             if s.epoch >= job.epochs:
                 raise InvalidArgument(
@@ -153,10 +226,35 @@ class TaskDispatcher:
             st.StepRecord(0, s.loss, s.samples, worker_id, s.epoch, s.unix_time or now)
             for s in steps
         ]
-        rt.store.append_steps(job_id, records)
         if records:
-            with rt.lock:
+            rt.store.append_steps(job_id, records)
+        end, exclusion = 0, None
+        with rt.lock:
+            if records:
                 rt.touch_progress(job_id)
+            if progress is not None and progress.lease_id:
+                end, exclusion = self._lease_progress(worker_id, job_id, progress)
+        if exclusion is not None:
+            added, removed = exclusion
+            for w in added:
+                self._event(job_id, "excluded", w, f"worker {w} no longer holds back the ssp clock")
+            for w in removed:
+                self._event(job_id, "included", w, f"worker {w} counts in the ssp clock again")
+            rt.sync_members(job_id)
+        return end
+
+    def _lease_progress(
+        self, worker_id: str, job_id: str, progress: co_pb2.LeaseProgress
+    ) -> tuple[int, tuple[list[str], list[str]] | None]:
+        """Call under lock: fold in a lease's progress; (its end batch, ssp exclusion change)."""
+        rt = self.rt
+        now = rt.mono()
+        lease = rt.book.lease(progress.lease_id)
+        if lease is not None and (lease.worker_id != worker_id or lease.job_id != job_id):
+            lease = None  # not this worker's: its timings still count, its position does not
+        for change in rt.relief.on_progress(job_id, worker_id, lease, progress, now):
+            self._event(job_id, change.kind, change.worker_id, change.message)
+        return (lease.end_batch if lease else 0), rt.relief.exclusion_changed(job_id, now)
 
     def report_failure(self, worker_id: str, job_id: str, error: str) -> None:
         if not error.strip():
@@ -172,7 +270,7 @@ class TaskDispatcher:
         with rt.lock:
             dead, forgotten = rt.workers.expire(rt.mono())
             for wid in dead:
-                lease = rt.book.release_worker(wid, f"worker {wid} timed out")
+                lease = self._release(wid, f"worker {wid} timed out")
                 if lease is not None and lease.kind == TRAIN:
                     affected.add(lease.job_id)
             for wid in forgotten:

@@ -6,10 +6,12 @@ partitions it leases. Keys are fixed so that any tool can open the blob.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from pscluster.model import state
 from pscluster.transport.errors import InvalidArgument
@@ -64,6 +66,12 @@ class Dataset:
         ds = cls(*(tensors[k] for k in KEYS))
         ds.validate()
         return ds
+
+
+def train_rows(path: str | os.PathLike[str]) -> int:
+    """Rows of a stored dataset blob's training split, read from its header only."""
+    with safe_open(os.fspath(path), framework="pt") as f:  # type: ignore[no-untyped-call]
+        return int(f.get_slice("train_x").get_shape()[0])
 
 
 def _as_tensor(a: object, name: str) -> torch.Tensor:

@@ -29,3 +29,14 @@ def batches(
     rng = np.random.default_rng([seed, 1, epoch, partition])
     idx = idx[rng.permutation(len(idx))]
     return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+
+
+def batch_counts(n: int, partitions: int, batch_size: int) -> list[int]:
+    """Batches in each partition's plan (what :func:`batches` returns), without the indices.
+
+    The coordinator sizes and splits train leases in batches, so it needs these counts but
+    never the data.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return [-(-r.length // batch_size) for r in BalancedRanges().split(n, partitions)]

@@ -75,6 +75,7 @@ def pull_header(snapshot: PullSnapshot) -> ps_pb2.PullChunk:
             length=snapshot.length,
             # An unspecified request dtype is answered as what it means: float32.
             dtype=common_pb2.DType.ValueType(snapshot.dtype or common_pb2.DTYPE_FLOAT32),
+            waited_seconds=snapshot.waited_seconds,
         )
     )
 

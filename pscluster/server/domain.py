@@ -69,6 +69,7 @@ class PullSnapshot:
     length: int
     dtype: int
     payload: SnapshotLease
+    waited_seconds: float = 0.0  # how long the consistency mode held the pull
 
     def __enter__(self) -> PullSnapshot:
         return self

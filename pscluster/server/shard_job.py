@@ -223,7 +223,9 @@ class ShardJob:
         waits only for a ``min_version`` it asks for.
         """
         wire.itemsize(dtype)  # InvalidArgument for an unknown dtype, before any wait
-        deadline = time.monotonic() + timeout
+        arrived = time.monotonic()
+        deadline = arrived + timeout
+        held = False
         with self._cond:
             while True:
                 self._check_alive()
@@ -232,6 +234,7 @@ class ShardJob:
                 blocker = self._pull_blocker(worker_id, min_version)
                 if blocker is None:
                     break
+                held = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or cancelled():
                     raise DeadlineExceeded(
@@ -251,6 +254,7 @@ class ShardJob:
                 self.config.length,
                 dtype,
                 lease,
+                waited_seconds=time.monotonic() - arrived if held else 0.0,
             )
 
     def _read_current(self, worker_id: str) -> None:

@@ -194,11 +194,11 @@ class StragglerConfig(_message.Message):
     NO_MITIGATION_FIELD_NUMBER: _builtins.int
     GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     factor: _builtins.float
-    """A worker is a straggler when its step time (EWMA of the compute per batch) exceeds this
-    multiple of the median of the job's other active workers. 0: 2.0; otherwise > 1.
+    """A worker is a straggler when its busy time per batch (EWMA; see WorkerSpeed) exceeds
+    this multiple of the median of the job's other active workers. 0: 2.0; otherwise > 1.
     """
     alpha: _builtins.float
-    """EWMA weight of the newest batch, in (0, 1]; 0: 0.2"""
+    """EWMA weight of the newest batch, in (0, 1]; 0: 0.1"""
     no_mitigation: _builtins.bool
     """Detect and report only: leases are not resized or split and ssp does not exclude."""
     grace_seconds: _builtins.float
@@ -384,7 +384,7 @@ class WorkerSpeed(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
-    COMPUTE_SECONDS_FIELD_NUMBER: _builtins.int
+    BUSY_SECONDS_FIELD_NUMBER: _builtins.int
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
     BATCHES_FIELD_NUMBER: _builtins.int
     SLOWDOWN_FIELD_NUMBER: _builtins.int
@@ -392,14 +392,16 @@ class WorkerSpeed(_message.Message):
     EXCLUDED_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
-    compute_seconds: _builtins.float
-    """EWMA of compute time per batch (waits on shards excluded)"""
+    busy_seconds: _builtins.float
+    """EWMA of busy time per batch: wall time less what its pulls waited on other workers
+    (sync barrier, ssp bound); the worker's own speed, compute and transfers included.
+    """
     step_seconds: _builtins.float
     """EWMA of wall time per batch (pull, compute, push, waits)"""
     batches: _builtins.int
     """batches timed"""
     slowdown: _builtins.float
-    """compute_seconds over the median of the others; 0: unknown"""
+    """busy_seconds over the median of the others; 0: unknown"""
     straggler: _builtins.bool
     excluded: _builtins.bool
     """ssp: not counted in the slowest clock"""
@@ -409,7 +411,7 @@ class WorkerSpeed(_message.Message):
         self,
         *,
         worker_id: _builtins.str = ...,
-        compute_seconds: _builtins.float = ...,
+        busy_seconds: _builtins.float = ...,
         step_seconds: _builtins.float = ...,
         batches: _builtins.int = ...,
         slowdown: _builtins.float = ...,
@@ -419,7 +421,7 @@ class WorkerSpeed(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "batches", b"batches", "compute_seconds", b"compute_seconds", "excluded", b"excluded", "slowdown", b"slowdown", "step_seconds", b"step_seconds", "straggler", b"straggler", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "batches", b"batches", "busy_seconds", b"busy_seconds", "excluded", b"excluded", "slowdown", b"slowdown", "step_seconds", b"step_seconds", "straggler", b"straggler", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,7 +744,7 @@ class WorkerStatus(_message.Message):
     straggler: _builtins.bool
     """flagged on the job of its lease"""
     slowdown: _builtins.float
-    """its compute time over the median of the job's others"""
+    """its busy time per batch over the median of the job's others"""
     def __init__(
         self,
         *,
@@ -1046,29 +1048,29 @@ class LeaseProgress(_message.Message):
     LEASE_ID_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     BATCHES_FIELD_NUMBER: _builtins.int
-    COMPUTE_SECONDS_FIELD_NUMBER: _builtins.int
+    BUSY_SECONDS_FIELD_NUMBER: _builtins.int
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     position: _builtins.int
     """batches of the partition's plan done (absolute index)"""
     batches: _builtins.int
     """batches timed since the last report"""
-    compute_seconds: _builtins.float
-    """their compute time (data, forward, backward, encode)"""
+    busy_seconds: _builtins.float
+    """their wall time less what pulls waited on other workers"""
     step_seconds: _builtins.float
-    """their wall time, waits on shards included"""
+    """their wall time, waits included"""
     def __init__(
         self,
         *,
         lease_id: _builtins.str = ...,
         position: _builtins.int = ...,
         batches: _builtins.int = ...,
-        compute_seconds: _builtins.float = ...,
+        busy_seconds: _builtins.float = ...,
         step_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "compute_seconds", b"compute_seconds", "lease_id", b"lease_id", "position", b"position", "step_seconds", b"step_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "busy_seconds", b"busy_seconds", "lease_id", b"lease_id", "position", b"position", "step_seconds", b"step_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

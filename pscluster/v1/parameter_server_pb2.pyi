@@ -263,11 +263,16 @@ class PullHeader(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
+    WAITED_SECONDS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     clock: _builtins.int
     start: _builtins.int
     length: _builtins.int
     dtype: _common_pb2.DType.ValueType
+    waited_seconds: _builtins.float
+    """How long the pull was held by the consistency mode (a sync barrier, the ssp bound)
+    before it went ahead: what the worker spent waiting on others, not working.
+    """
     def __init__(
         self,
         *,
@@ -276,10 +281,11 @@ class PullHeader(_message.Message):
         start: _builtins.int = ...,
         length: _builtins.int = ...,
         dtype: _common_pb2.DType.ValueType = ...,
+        waited_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "dtype", b"dtype", "length", b"length", "start", b"start", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "dtype", b"dtype", "length", b"length", "start", b"start", "version", b"version", "waited_seconds", b"waited_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

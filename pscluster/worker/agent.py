@@ -160,7 +160,12 @@ class WorkerAgent:
             )
             if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
                 reporter = ProgressReporter(
-                    self.stub, self.worker_id, task.job_id, self.settings.progress_seconds
+                    self.stub,
+                    self.worker_id,
+                    task.job_id,
+                    self.settings.progress_seconds,
+                    task.lease_id,
+                    task.end_batch,
                 )
                 started = time.monotonic()
                 try:
@@ -168,10 +173,12 @@ class WorkerAgent:
                 finally:
                     reporter.flush()
                 log.info(
-                    "job %s epoch %d partition %d: %d samples in %.2fs",
+                    "job %s epoch %d partition %d batches [%d, %s): %d samples in %.2fs",
                     task.job_id,
                     task.epoch,
                     task.partition,
+                    task.first_batch,
+                    reporter.end_batch or "end",
                     request.samples,
                     time.monotonic() - started,
                 )

@@ -30,6 +30,9 @@ class Snapshot:
     values: torch.Tensor
     versions: list[int]
     clocks: list[int]
+    # The longest any shard held the pull for the consistency mode (the shards are pulled in
+    # parallel, so this is what the worker spent waiting on other workers).
+    waited_seconds: float = 0.0
 
 
 class ShardSet:
@@ -81,7 +84,7 @@ class ShardSet:
         values = torch.empty(self.size, dtype=torch.float32)
         mins = list(min_versions) if min_versions is not None else [0] * len(self.ranges)
 
-        def one(i: int) -> tuple[int, int]:
+        def one(i: int) -> tuple[int, int, float]:
             r = self.ranges[i]
             request = ps_pb2.PullRequest(
                 job_id=self.job_id,
@@ -105,10 +108,15 @@ class ShardSet:
                 raise RuntimeError(f"shard {r.address} answered a pull without a header")
             part = wire.decode(assembler.result(), header.dtype, header.length)
             values[r.start : r.start + r.length] = part
-            return header.version, header.clock
+            return header.version, header.clock, header.waited_seconds
 
         results = list(self._pool.map(one, range(len(self.ranges))))
-        return Snapshot(values, [v for v, _ in results], [c for _, c in results])
+        return Snapshot(
+            values,
+            [v for v, _, _ in results],
+            [c for _, c, _ in results],
+            max(w for _, _, w in results),
+        )
 
     def push(
         self,

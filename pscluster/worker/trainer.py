@@ -51,6 +51,7 @@ class Trainer:
         self.settings = settings
         self.lease_alive = lease_alive
         self.nonfinite_batches = 0
+        self.late_batches = 0
 
     def _check(self) -> None:
         if not self.lease_alive():
@@ -89,10 +90,15 @@ class Trainer:
         sync = spec.mode == "sync"
         min_versions: list[int] | None = None
         samples = 0
-        for idx in plan:
+        position = task.first_batch
+        while position < (reporter.end_batch or len(plan)) and position < len(plan):
+            started = time.perf_counter()
+            idx = plan[position]
             x, y = rt.batch(torch.from_numpy(idx))
+            waited = 0.0
             for _attempt in range(MAX_ATTEMPTS):
                 snap = self.pull(min_versions)
+                waited += snap.waited_seconds
                 loss, grad = self._gradient(snap, x, y)
                 if not math.isfinite(loss) or not bool(torch.isfinite(grad).all()):
                     # Shards refuse non-finite gradients anyway; not sending one saves a
@@ -102,15 +108,37 @@ class Trainer:
                     break
                 replies = self._push(grad, snap, len(idx), task.epoch)
                 stale = [r.outcome == ps_pb2.PUSH_OUTCOME_STALE for r in replies]
+                late = [r.outcome == ps_pb2.PUSH_OUTCOME_LATE for r in replies]
                 if sync:
                     min_versions = [
-                        0 if s else v + 1 for s, v in zip(stale, snap.versions, strict=True)
+                        0 if s or lt else v + 1
+                        for s, lt, v in zip(stale, late, snap.versions, strict=True)
                     ]
+                if any(late):
+                    # Backup workers: the step closed without this gradient. As in Chen et
+                    # al., it is dropped and the worker goes on with fresh parameters.
+                    self.late_batches += 1
+                    break
                 if not any(stale):
                     reporter.step(loss, len(idx), task.epoch)
                     break
             samples += len(idx)
+            position += 1
+            wall = time.perf_counter() - started
+            own = max(0.0, wall - waited)
+            busy = self._slow_down(own)  # the injected delay adds to both
+            reporter.batch_done(position, busy, wall + busy - own)
         return samples
+
+    def _slow_down(self, busy: float) -> float:
+        """Fault injection for straggler tests and benchmarks (``PSC_SLOWDOWN``): stretch the
+        worker's own time on each batch (all but the waits on other workers) to ``slowdown``
+        times its length, as a slower machine would. Returns the busy time it now took."""
+        factor = self.settings.slowdown
+        if factor > 1.0:
+            time.sleep(busy * (factor - 1.0))
+            return busy * factor
+        return busy
 
     def _gradient(
         self, snap: Snapshot, x: torch.Tensor, y: torch.Tensor

@@ -157,12 +157,13 @@ def test_cluster_status_shows_what_each_worker_does(
     running = make_coordinator(shards.addresses)
     info = submit(running.stub, tiny_job())
     busy, idle = HandWorker(running.stub, shards), HandWorker(running.stub, shards)
-    busy.acquire()
+    lease = busy.acquire()
     status = running.stub.ClusterStatus(co_pb2.ClusterStatusRequest(), timeout=RPC_TIMEOUT)
     assert [(s.address, s.healthy) for s in status.shards] == [(a, True) for a in shards.addresses]
     workers = {w.worker_id: (w.alive, w.job_id, w.task, w.host) for w in status.workers}
+    assert lease.end_batch > lease.first_batch == 0
     assert workers == {
-        busy.worker_id: (True, info.job_id, "train e0/p0", "test"),
+        busy.worker_id: (True, info.job_id, f"train e0/p0 b0-{lease.end_batch}", "test"),
         idle.worker_id: (True, "", "idle", "test"),
     }
     assert all(0 <= w.last_heartbeat_age < 5 for w in status.workers)

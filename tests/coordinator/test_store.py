@@ -16,6 +16,7 @@ from pscluster.coordinator.store import (
     COMPLETED,
     RUNNING,
     EpochRecord,
+    EventRecord,
     JobRecord,
     JobStore,
     ShardSlice,
@@ -124,6 +125,20 @@ class TestStoreContract:
         with pytest.raises(NotFound):
             store.record_epoch("j-404", EpochRecord(0, 0.5, 1.0, 1.0, 1))
 
+    def test_events_read_back_in_order_per_job(self, store: JobStore) -> None:
+        store.create_job(job("j-1"))
+        store.create_job(job("j-2"))
+        first = EventRecord(5.0, "straggler", "w-1", "worker w-1 is a straggler")
+        second = EventRecord(4.0, "recovered", "w-1", "worker w-1 is no longer a straggler")
+        store.append_event("j-1", first)
+        store.append_event("j-2", EventRecord(1.0, "split", "w-2", "other job"))
+        store.append_event("j-1", second)
+        # In order of arrival, not of timestamp: clocks of different hosts may disagree.
+        assert store.events("j-1") == [first, second]
+        assert store.events("j-404") == []
+        with pytest.raises(NotFound):
+            store.append_event("j-404", first)
+
     def test_concurrent_appends_get_contiguous_numbers(self, store: JobStore) -> None:
         store.create_job(job("j-1"))
 
@@ -149,6 +164,7 @@ def test_sqlite_keeps_everything_across_a_reopen(tmp_path: Path) -> None:
     first.append_steps("j-1", [step(0.5)])
     first.record_epoch("j-1", EpochRecord(0, 0.7, 0.3, 5.0, 4))
     first.update_job("j-1", state=COMPLETED, final_stats=b"\x00stats")
+    first.append_event("j-1", EventRecord(6.0, "straggler", "w-1", "slow"))
     first.close()
     # Execute
     second = SqliteStore(path)
@@ -158,6 +174,7 @@ def test_sqlite_keeps_everything_across_a_reopen(tmp_path: Path) -> None:
     assert (restored.state, restored.final_stats, restored.steps) == (COMPLETED, b"\x00stats", 1)
     assert [e.test_accuracy for e in second.epochs("j-1")] == [0.7]
     assert second.steps("j-1")[0].loss == 0.5
+    assert [e.kind for e in second.events("j-1")] == ["straggler"]
     second.close()
 
 

@@ -1,0 +1,197 @@
+"""What the coordinator does about stragglers, per job: size, split and exclude.
+
+Detection is :mod:`pscluster.coordinator.stragglers`; this module turns its flags into the
+three mitigations a job gets unless its spec says ``no_mitigation``:
+
+- *smaller leases*: a flagged straggler is given a share of a unit sized to its speed
+  (1/slowdown), and the rest of the unit stays free for faster workers;
+- *splitting*: when a worker that is not a straggler finds nothing free in the epoch, the
+  lease of a straggler, or a lease that has run past its deadline, is cut short at the
+  batch its holder is about to reach, and the rest goes to the idle worker, so an epoch is
+  not held hostage by one slow worker;
+- *ssp exclusion*: a worker flagged for the grace period stops counting in the ssp
+  slowest clock, so it stops blocking the others (the shards let it back in once it has
+  caught up; see :mod:`pscluster.server.clocks`).
+
+Backup workers in sync mode are the shards' business (the job spec's ``backup_workers``).
+Pure bookkeeping: the caller holds the coordinator lock and passes monotonic times in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pscluster.coordinator.leases import Lease
+from pscluster.coordinator.stragglers import Change, SpeedTracker, StragglerSettings
+from pscluster.v1 import coordinator_pb2 as co_pb2
+
+# A lease with no straggler on it is split only once it has run this many times longer than
+# its batches take the job's typical worker, plus a margin for start-up.
+_DEADLINE_SLACK_SECONDS = 2.0
+
+
+@dataclass
+class _Job:
+    mode: str
+    settings: StragglerSettings
+    tracker: SpeedTracker
+    excluded: list[str]
+
+
+@dataclass(frozen=True)
+class Split:
+    lease: Lease
+    new_end: int
+    why: str
+
+
+class StragglerRelief:
+    def __init__(self, progress_seconds: float) -> None:
+        # A worker hears that its lease was cut short with its next progress report, so it
+        # may do this long of extra batches first.
+        self.progress_seconds = progress_seconds
+        self._jobs: dict[str, _Job] = {}
+        self._positions: dict[str, int] = {}  # lease id -> batches done (absolute index)
+        self._started: dict[str, float] = {}  # lease id -> when it was granted
+
+    # --- jobs ---
+    def add_job(self, job_id: str, mode: str, settings: StragglerSettings) -> None:
+        active = max(10.0, 10 * self.progress_seconds)
+        self._jobs[job_id] = _Job(mode, settings, SpeedTracker(settings, active), [])
+
+    def remove_job(self, job_id: str, now: float) -> list[co_pb2.WorkerSpeed]:
+        """Stop tracking a job; its workers' speeds as they ended (for its final metrics)."""
+        speeds = self.speeds(job_id, now)
+        self._jobs.pop(job_id, None)
+        return speeds
+
+    # --- leases ---
+    def granted(self, lease: Lease, now: float) -> None:
+        self._started[lease.lease_id] = now
+        self._positions[lease.lease_id] = lease.first_batch
+
+    def ended(self, lease_id: str) -> None:
+        self._started.pop(lease_id, None)
+        self._positions.pop(lease_id, None)
+
+    def position(self, lease_id: str) -> int:
+        return self._positions.get(lease_id, 0)
+
+    # --- progress ---
+    def on_progress(
+        self,
+        job_id: str,
+        worker_id: str,
+        lease: Lease | None,
+        progress: co_pb2.LeaseProgress,
+        now: float,
+    ) -> list[Change]:
+        """Fold a progress report in; the straggler flags it raised or cleared."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return []
+        if lease is not None and lease.lease_id in self._positions:
+            self._positions[lease.lease_id] = max(
+                self._positions[lease.lease_id], progress.position
+            )
+        job.tracker.record(
+            worker_id, progress.batches, progress.busy_seconds, progress.step_seconds, now
+        )
+        return job.tracker.assess(now)
+
+    def share(self, job_id: str, worker_id: str) -> float:
+        """The fraction of a unit to lease to this worker (1 unless it is a straggler)."""
+        job = self._jobs.get(job_id)
+        if job is None or not job.settings.mitigate:
+            return 1.0
+        return job.tracker.share(worker_id)
+
+    def pick_split(self, job_id: str, leases: list[Lease], taker: str, now: float) -> Split | None:
+        """The running lease of the job to cut short for the idle worker ``taker``, if any."""
+        job = self._jobs.get(job_id)
+        if job is None or not job.settings.mitigate or job.tracker.is_straggler(taker):
+            return None
+        typical = job.tracker.median_step_seconds(now)
+        best: tuple[float, Split] | None = None
+        for lease in leases:
+            if lease.worker_id == taker or not lease.end_batch:
+                continue
+            position = self.position(lease.lease_id)
+            left = lease.end_batch - position
+            own = job.tracker.step_seconds(lease.worker_id) or typical or 0.0
+            # Batches the holder does before it hears of the cut (one report interval).
+            margin = 1 + (math.ceil(self.progress_seconds / own) if own > 0 else 1)
+            if left <= margin:
+                continue
+            if job.tracker.is_straggler(lease.worker_id):
+                why = f"worker {lease.worker_id} is a straggler"
+            elif typical is not None:
+                took = now - self._started.get(lease.lease_id, now)
+                size = lease.end_batch - lease.first_batch
+                deadline = job.settings.factor * size * typical + _DEADLINE_SLACK_SECONDS
+                if took <= deadline:
+                    continue
+                why = f"lease {lease.lease_id} ran {took:.1f}s, past its {deadline:.1f}s deadline"
+            else:
+                continue
+            # The lease with the most time left goes first: that is what holds the epoch.
+            remaining = left * own
+            if best is None or remaining > best[0]:
+                best = (remaining, Split(lease, position + margin, why))
+        return None if best is None else best[1]
+
+    # --- ssp exclusion ---
+    def excluded(self, job_id: str, now: float) -> list[str]:
+        """ssp: the stragglers the shards' slowest clock should not wait for."""
+        job = self._jobs.get(job_id)
+        if job is None or job.mode != "ssp" or not job.settings.mitigate:
+            return []
+        return job.tracker.excluded(now)
+
+    def exclusion_changed(self, job_id: str, now: float) -> tuple[list[str], list[str]] | None:
+        """(newly excluded, no longer excluded) since the last call, or None if unchanged."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        current = self.excluded(job_id, now)
+        if current == job.excluded:
+            return None
+        added = sorted(set(current) - set(job.excluded))
+        removed = sorted(set(job.excluded) - set(current))
+        job.excluded = current
+        return added, removed
+
+    # --- reading ---
+    def stragglers(self, job_id: str) -> list[str]:
+        job = self._jobs.get(job_id)
+        return [] if job is None else job.tracker.stragglers()
+
+    def slowdown(self, job_id: str, worker_id: str, now: float) -> float:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return 0.0
+        found = job.tracker.snapshot(now).get(worker_id)
+        return 0.0 if found is None else found[0].slowdown
+
+    def speeds(self, job_id: str, now: float) -> list[co_pb2.WorkerSpeed]:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return []
+        excluded = set(self.excluded(job_id, now))
+        return [
+            co_pb2.WorkerSpeed(
+                worker_id=w,
+                busy_seconds=s.busy,
+                step_seconds=s.step,
+                batches=s.batches,
+                slowdown=s.slowdown,
+                straggler=s.flagged_since is not None,
+                excluded=w in excluded,
+                active=active,
+            )
+            for w, (s, active) in sorted(job.tracker.snapshot(now).items())
+        ]
+
+    def job_ids(self) -> list[str]:
+        return list(self._jobs)
