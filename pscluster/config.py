@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     rpc_timeout_seconds: float = Field(60.0, gt=0)
     grpc_threads: int = Field(64, ge=4)
     grace_seconds: float = Field(2.0, ge=0)
+    # A worker's id ("": the coordinator picks one). A fixed id names a worker in logs and
+    # metrics across restarts; two live workers must not share one.
+    worker_id: str = ""
     # Workers: the torch device ("" picks cuda when available, else cpu) and intra-op threads
     # (0 keeps torch's default; local clusters on few cores set 1 so processes do not contend).
     device: str = ""

@@ -19,6 +19,7 @@ from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.data.dataset import Dataset
 from pscluster.model import source, state
 from pscluster.model.layout import ParamLayout
+from pscluster.server.consistency import validate_consistency
 from pscluster.server.optimizer import parse_optimizer
 from pscluster.transport.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from pscluster.v1 import common_pb2
@@ -111,14 +112,11 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     layout = _validate_model(spec.model)
     if spec.mode not in MODES:
         raise InvalidArgument(f"mode {spec.mode!r} is unknown; expected one of {list(MODES)}")
+    # The shards' own rules, so a job the coordinator accepts is one every shard accepts.
+    validate_consistency(spec.mode, spec.staleness, spec.backup_workers)
     validate_optimizer(spec.optimizer)
     # The shards' own parser: a codec the coordinator accepts is one every shard decodes.
     parse_settings(spec.compression)
-    if spec.backup_workers and spec.mode != "sync":
-        raise InvalidArgument(
-            f"backup_workers={spec.backup_workers} needs mode 'sync' (got {spec.mode!r}): only "
-            "a sync barrier waits for every worker; set it to 0 for other modes"
-        )
     straggler_settings(spec)
     _in_range("epochs", spec.epochs, 1, MAX_EPOCHS)
     _in_range("batch_size", spec.batch_size, 1, MAX_BATCH_SIZE)

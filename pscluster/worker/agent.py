@@ -33,7 +33,7 @@ class WorkerAgent:
         self.stop = stop or threading.Event()
         self.channel = open_channel(settings.coordinator, settings)
         self.stub = co_grpc.CoordinatorStub(self.channel)
-        self.worker_id = ""
+        self.worker_id = settings.worker_id  # "" lets the coordinator pick one
         self.heartbeat_seconds = settings.heartbeat_seconds
         self._lease = ""  # the lease being worked on, "" when idle
         self._revoked: set[str] = set()

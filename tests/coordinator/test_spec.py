@@ -80,6 +80,11 @@ def _params(*entries: tuple[str, list[int]]) -> Callable[[co_pb2.JobSpec], None]
         (_set("compression.momentum", 1.0), r"compression\.momentum=1\.0 is out of range"),
         (_set("compression.clip_norm", -1.0), r"compression\.clip_norm=-1\.0 is invalid"),
         (_set("compression.pull_dtype", 9), r"compression\.pull_dtype=9 is unknown"),
+        (_set("backup_workers", 1), r"backup_workers=1 needs mode 'sync'"),
+        (_set("stragglers.factor", 1.0), r"stragglers\.factor=1\.0 is out of range"),
+        (_set("stragglers.factor", float("nan")), r"stragglers\.factor=nan is out of range"),
+        (_set("stragglers.alpha", 1.5), r"stragglers\.alpha=1\.5 is out of range"),
+        (_set("stragglers.grace_seconds", -1.0), r"stragglers\.grace_seconds=-1\.0"),
     ],
 )
 def test_a_bad_spec_field_is_named(change: Callable[[co_pb2.JobSpec], None], message: str) -> None:
