@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Fault injection for straggler tests and benchmarks: a worker stretches the compute of
     # each batch to this many times its length (1: off), as a slower device would.
     slowdown: float = Field(1.0, ge=1.0, le=1000.0)
+    # Prometheus metrics over HTTP on this port (0 picks a free one); unset: not served.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
     log_level: str = "INFO"
 
     def shard_list(self) -> list[str]:

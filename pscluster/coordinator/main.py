@@ -14,6 +14,8 @@ import grpc
 from pscluster.config import Settings
 from pscluster.coordinator.app import Coordinator
 from pscluster.coordinator.servicer import SERVICE_NAME, CoordinatorServicer
+from pscluster.coordinator.telemetry import coordinator_registry
+from pscluster.telemetry import MetricsServer, serve_metrics
 from pscluster.transport.server import RunningServer, build_server, wait_for_termination
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 class CoordinatorHandle:
     server: RunningServer
     coordinator: Coordinator
+    metrics: MetricsServer | None = None
 
     @property
     def port(self) -> int:
@@ -36,6 +39,8 @@ class CoordinatorHandle:
     def stop(self, grace: float | None = None) -> None:
         """Stop taking calls (in-flight ones get ``grace`` seconds), then the monitor."""
         self.server.stop(grace)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.coordinator.close()
 
 
@@ -57,8 +62,18 @@ def serve(settings: Settings, port: int | None = None) -> CoordinatorHandle:
     except BaseException:
         coordinator.close()
         raise
+    metrics = None
+    if settings.metrics_port is not None:
+        registry = coordinator_registry(coordinator.rt)
+        try:
+            metrics = serve_metrics(registry, settings.host, settings.metrics_port)
+        except BaseException:
+            running.stop(0)
+            coordinator.close()
+            raise
+        log.info("metrics on http://%s:%d/metrics", settings.host, metrics.port)
     coordinator.start()
-    return CoordinatorHandle(running, coordinator)
+    return CoordinatorHandle(running, coordinator, metrics)
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:
