@@ -130,6 +130,11 @@ def test_initial_state_is_seeded_and_leaves_the_callers_rng_alone(
         ("TinyNet", None, {"compression": {"rato": 0.1}}, "compression has unknown field(s)"),
         ("TinyNet", None, {"compression": {"pull_dtype": "fp8"}}, "pull_dtype 'fp8' is unknown"),
         ("TinyNet", None, {"compression": {"ratio": "x"}}, "compression field has the wrong type"),
+        ("TinyNet", None, {"backup_workers": -1}, "backup_workers must be between 0 and"),
+        ("TinyNet", None, {"stragglers": 2.0}, "stragglers must be a dict"),
+        ("TinyNet", None, {"stragglers": {"k": 2}}, "stragglers has unknown field(s) ['k']"),
+        ("TinyNet", None, {"stragglers": {"factor": "x"}}, "stragglers field has the wrong type"),
+        ("TinyNet", None, {"staleness_aware_lr": "yes"}, "staleness_aware_lr must be True"),
     ],
 )
 def test_submit_refuses_bad_input_before_any_rpc(

@@ -133,3 +133,15 @@ def test_compression_passes_through_to_submit(write_job: Callable[..., Path]) ->
     kwargs = load_job_file(path).submit_kwargs()
     assert kwargs["compression"] == {"name": "topk", "ratio": 0.01, "pull_dtype": "float16"}
     assert load_job_file(write_job(compression=None)).submit_kwargs()["compression"] is None
+
+
+def test_straggler_options_pass_through_to_submit(write_job: Callable[..., Path]) -> None:
+    path = write_job(
+        mode="sync", backup_workers=1, stragglers={"factor": 3.0}, staleness_aware_lr=True
+    )
+    kwargs = load_job_file(path).submit_kwargs()
+    assert (kwargs["backup_workers"], kwargs["stragglers"], kwargs["staleness_aware_lr"]) == (
+        1,
+        {"factor": 3.0},
+        True,
+    )
