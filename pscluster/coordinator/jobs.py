@@ -183,7 +183,7 @@ class JobManager:
             evals=evals,
             batch_counts=batch_counts(rows, job.partitions, spec.batch_size),
         )
-        rt.relief.add_job(job.job_id, spec.mode, straggler_settings(spec))
+        rt.relief.add_job(job.job_id, spec.mode, straggler_settings(spec), spec.backup_workers)
         rt.membership.add_job(job.job_id, [p.address for p in job.shards], job.generation)
         now = rt.mono()
         rt.activity[job.job_id] = Activity(now, now)

@@ -181,8 +181,9 @@ class LeaseBook:
         """The next task for an idle worker: the oldest owed evaluation of the oldest job with
         one, else a free unit of its current epoch; None if no job has anything to hand out.
 
-        ``share(job_id)`` in (0, 1] is the fraction of a unit this worker gets (a straggler's
+        ``share(job_id)`` in [0, 1] is the fraction of a unit this worker gets (a straggler's
         speed relative to the others): the rest of the unit stays free for someone faster.
+        0: no training on that job for this worker now.
         """
         if worker_id in self._by_worker:
             raise FailedPrecondition(
@@ -197,10 +198,10 @@ class LeaseBook:
                 return lease
             if sched.training_done:
                 continue
-            if sched.free:
+            fraction = share(job_id) if share is not None else 1.0
+            if sched.free and fraction > 0.0:
                 unit = sched.free.pop(0)
                 size = unit.size()
-                fraction = share(job_id) if share is not None else 1.0
                 if size is not None and size > 1 and fraction < 1.0:
                     taken = max(1, int(size * fraction))
                     if taken < size:

@@ -3,8 +3,11 @@
 Detection is :mod:`pscluster.coordinator.stragglers`; this module turns its flags into the
 three mitigations a job gets unless its spec says ``no_mitigation``:
 
-- *smaller leases*: a flagged straggler is given a share of a unit sized to its speed
-  (1/slowdown), and the rest of the unit stays free for faster workers;
+- *smaller leases, or none*: a flagged straggler is given a share of a unit sized to its
+  speed (1/slowdown), and the rest of the unit stays free for faster workers. In plain sync
+  (no backup workers) every step waits for every member, so a straggler is given nothing
+  while others can train, except one small probe lease every ``PROBE_SECONDS`` so that its
+  speed is measured again and a recovered worker is let back in;
 - *splitting*: when a worker that is not a straggler finds nothing free in the epoch, the
   lease of a straggler, or a lease that has run past its deadline, is cut short at the
   batch its holder is about to reach, and the rest goes to the idle worker, so an epoch is
@@ -20,7 +23,7 @@ Pure bookkeeping: the caller holds the coordinator lock and passes monotonic tim
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pscluster.coordinator.leases import Lease
 from pscluster.coordinator.stragglers import Change, SpeedTracker, StragglerSettings
@@ -29,6 +32,8 @@ from pscluster.v1 import coordinator_pb2 as co_pb2
 # A lease with no straggler on it is split only once it has run this many times longer than
 # its batches take the job's typical worker, plus a margin for start-up.
 _DEADLINE_SLACK_SECONDS = 2.0
+# Plain sync: how often a straggler kept off the job gets a small lease to be measured again.
+PROBE_SECONDS = 5.0
 
 
 @dataclass
@@ -37,6 +42,12 @@ class _Job:
     settings: StragglerSettings
     tracker: SpeedTracker
     excluded: list[str]
+    backup_workers: int = 0
+    last_lease: dict[str, float] = field(default_factory=dict)  # worker -> when granted
+
+    @property
+    def barrier_waits_for_all(self) -> bool:
+        return self.mode == "sync" and self.backup_workers == 0
 
 
 @dataclass(frozen=True)
@@ -56,9 +67,12 @@ class StragglerRelief:
         self._started: dict[str, float] = {}  # lease id -> when it was granted
 
     # --- jobs ---
-    def add_job(self, job_id: str, mode: str, settings: StragglerSettings) -> None:
+    def add_job(
+        self, job_id: str, mode: str, settings: StragglerSettings, backup_workers: int = 0
+    ) -> None:
         active = max(10.0, 10 * self.progress_seconds)
-        self._jobs[job_id] = _Job(mode, settings, SpeedTracker(settings, active), [])
+        tracker = SpeedTracker(settings, active)
+        self._jobs[job_id] = _Job(mode, settings, tracker, [], backup_workers)
 
     def remove_job(self, job_id: str, now: float) -> list[co_pb2.WorkerSpeed]:
         """Stop tracking a job; its workers' speeds as they ended (for its final metrics)."""
@@ -70,6 +84,9 @@ class StragglerRelief:
     def granted(self, lease: Lease, now: float) -> None:
         self._started[lease.lease_id] = now
         self._positions[lease.lease_id] = lease.first_batch
+        job = self._jobs.get(lease.job_id)
+        if job is not None:
+            job.last_lease[lease.worker_id] = now
 
     def ended(self, lease_id: str) -> None:
         self._started.pop(lease_id, None)
@@ -100,12 +117,19 @@ class StragglerRelief:
         )
         return job.tracker.assess(now)
 
-    def share(self, job_id: str, worker_id: str) -> float:
-        """The fraction of a unit to lease to this worker (1 unless it is a straggler)."""
+    def share(self, job_id: str, worker_id: str, now: float) -> float:
+        """The fraction of a unit to lease to this worker: 1 unless it is a straggler; 0 for
+        none at all (plain sync, between probes)."""
         job = self._jobs.get(job_id)
         if job is None or not job.settings.mitigate:
             return 1.0
-        return job.tracker.share(worker_id)
+        share = job.tracker.share(worker_id)
+        others = job.tracker.median_step_seconds(now) is not None  # unflagged workers train
+        if share < 1.0 and job.barrier_waits_for_all and others:
+            last = job.last_lease.get(worker_id)
+            if last is not None and now - last < PROBE_SECONDS:
+                return 0.0
+        return share
 
     def pick_split(self, job_id: str, leases: list[Lease], taker: str, now: float) -> Split | None:
         """The running lease of the job to cut short for the idle worker ``taker``, if any."""

@@ -116,6 +116,16 @@ class SpeedTracker:
             others = [o.busy for w, o in judged.items() if w != worker_id]
             if not others:
                 s.slowdown = 0.0
+                if s.flagged_since is not None:  # nobody left to be slower than
+                    s.flagged_since = None
+                    changes.append(
+                        Change(
+                            worker_id,
+                            "recovered",
+                            f"worker {worker_id} is no longer a straggler: no other active "
+                            "worker to compare with",
+                        )
+                    )
                 continue
             median = statistics.median(others)
             s.slowdown = s.busy / median if median > 0 else 0.0

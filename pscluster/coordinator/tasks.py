@@ -85,7 +85,9 @@ class TaskDispatcher:
             now = rt.mono()
             rt.workers.require(worker_id, now)
             released = self._release(worker_id)
-            lease = rt.book.acquire(worker_id, lambda job_id: rt.relief.share(job_id, worker_id))
+            lease = rt.book.acquire(
+                worker_id, lambda job_id: rt.relief.share(job_id, worker_id, now)
+            )
             if lease is None:
                 lease = self._take_over(worker_id, now)
             if lease is not None:

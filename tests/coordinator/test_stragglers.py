@@ -198,7 +198,7 @@ class TestRelief:
         self.run(book, relief, now=2.0)
         assert relief.stragglers("j") == ["slow"]
         assert relief.pick_split("j", book.train_leases("j"), "idle", now=2.0) is None
-        assert relief.share("j", "slow") == 1.0
+        assert relief.share("j", "slow", now=2.0) == 1.0
         assert relief.excluded("j", now=10.0) == []
 
     def test_ssp_exclusion_is_reported_once_per_change(self) -> None:
@@ -210,6 +210,22 @@ class TestRelief:
         speeds = {s.worker_id: s for s in relief.speeds("j", now=3.5)}
         assert speeds["slow"].straggler and speeds["slow"].excluded
         assert speeds["slow"].slowdown == pytest.approx(10.0)
+
+    def test_in_plain_sync_a_straggler_gets_nothing_but_probes(self) -> None:
+        book, relief = self.make(mode="sync")
+        self.run(book, relief, now=2.0)  # leases granted at t=0
+        assert relief.share("j", "slow", now=2.0) == 0.0
+        assert relief.share("j", "slow", now=5.0) == pytest.approx(0.1)  # a probe
+        assert relief.share("j", "a", now=2.0) == 1.0
+
+    def test_a_straggler_alone_is_cleared_and_gets_work(self) -> None:
+        book, relief = self.make(mode="sync")
+        self.run(book, relief, now=2.0)
+        # The fast workers go quiet (left the job): nobody is left to be slower than.
+        lease = book.lease_of("slow")
+        changes = relief.on_progress("j", "slow", lease, progress("x", 30, 10, 0.1), now=13.0)
+        assert [(c.worker_id, c.kind) for c in changes] == [("slow", "recovered")]
+        assert relief.share("j", "slow", now=13.0) == 1.0
 
     def test_a_lease_past_its_deadline_is_split_without_a_flag(self) -> None:
         book, relief = self.make()
