@@ -45,6 +45,9 @@ demo: install
 bench: install
 	$(PY) bench/transport.py
 	$(PY) bench/compression.py
+	$(PY) bench/staleness.py --repeats 3 --staleness-lr
+	$(PY) bench/staleness.py --repeats 2 --staleness-lr --slowdown 3
+	$(PY) bench/stragglers.py --repeats 2
 
 # --- containers (compose.yaml; deploy/README.md) ---
 # Where no registry is reachable, docker-setup writes .env so that compose builds offline.

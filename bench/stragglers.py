@@ -60,13 +60,13 @@ def run(cluster: LocalCluster, job: dict[str, Any]) -> dict[str, Any]:
         handle = client.submit(**job)
         info = handle.wait(timeout=1800)
         m = handle.metrics()
-    if info.state != "completed":
+    seconds, started, accuracy = info.duration, info.started_unix, info.test_accuracy
+    if info.state != "completed" or seconds is None or started is None or accuracy is None:
         raise RuntimeError(f"job {info.job_id} ended {info.state}: {info.error}")
-    seconds = info.finished_unix - info.started_unix
-    reached = [e.time - info.started_unix for e in m.epochs if e.test_accuracy >= TARGET]
+    reached = [e.time - started for e in m.epochs if e.test_accuracy >= TARGET]
     slow = next((w for w in m.workers if w.worker == "slow"), None)
     return {
-        "accuracy": round(info.test_accuracy, 4),
+        "accuracy": round(accuracy, 4),
         "seconds": round(seconds, 2),
         "samples_per_s": round(sum(s.samples for s in m.steps) / seconds, 1),
         "to_target_s": round(reached[0], 2) if reached else None,
