@@ -65,6 +65,7 @@ class StragglerRelief:
         self._jobs: dict[str, _Job] = {}
         self._positions: dict[str, int] = {}  # lease id -> batches done (absolute index)
         self._started: dict[str, float] = {}  # lease id -> when it was granted
+        self._job_of: dict[str, str] = {}  # lease id -> job id
 
     # --- jobs ---
     def add_job(
@@ -78,12 +79,16 @@ class StragglerRelief:
         """Stop tracking a job; its workers' speeds as they ended (for its final metrics)."""
         speeds = self.speeds(job_id, now)
         self._jobs.pop(job_id, None)
+        # Its leases were revoked with it: nobody will report or complete them.
+        for lease_id in [i for i, j in self._job_of.items() if j == job_id]:
+            self.ended(lease_id)
         return speeds
 
     # --- leases ---
     def granted(self, lease: Lease, now: float) -> None:
         self._started[lease.lease_id] = now
         self._positions[lease.lease_id] = lease.first_batch
+        self._job_of[lease.lease_id] = lease.job_id
         job = self._jobs.get(lease.job_id)
         if job is not None:
             job.last_lease[lease.worker_id] = now
@@ -91,6 +96,7 @@ class StragglerRelief:
     def ended(self, lease_id: str) -> None:
         self._started.pop(lease_id, None)
         self._positions.pop(lease_id, None)
+        self._job_of.pop(lease_id, None)
 
     def position(self, lease_id: str) -> int:
         return self._positions.get(lease_id, 0)

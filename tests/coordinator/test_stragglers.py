@@ -227,6 +227,14 @@ class TestRelief:
         assert [(c.worker_id, c.kind) for c in changes] == [("slow", "recovered")]
         assert relief.share("j", "slow", now=13.0) == 1.0
 
+    def test_removing_a_job_forgets_its_leases(self) -> None:
+        book, relief = self.make()
+        leases = self.run(book, relief, now=2.0)
+        speeds = relief.remove_job("j", now=2.0)
+        assert [s.worker_id for s in speeds] == ["a", "b", "c", "slow"]
+        assert all(relief.position(lease_id) == 0 for lease_id in leases.values())
+        assert relief.job_ids() == []
+
     def test_a_lease_past_its_deadline_is_split_without_a_flag(self) -> None:
         book, relief = self.make()
         leases = self.run(book, relief, now=2.0)
