@@ -325,16 +325,33 @@ class LeaseBook:
 
     # --- internals ---
     def _grant(
-        self, job_id: str, worker_id: str, kind: str, epoch: int, partition: int, partitions: int
+        self,
+        job_id: str,
+        worker_id: str,
+        kind: str,
+        epoch: int,
+        partition: int,
+        partitions: int,
+        first_batch: int = 0,
+        end_batch: int = 0,
     ) -> Lease:
-        lease = Lease(self._new_id(), job_id, worker_id, kind, epoch, partition, partitions)
+        lease = Lease(
+            self._new_id(),
+            job_id,
+            worker_id,
+            kind,
+            epoch,
+            partition,
+            partitions,
+            first_batch,
+            end_batch,
+        )
         self._leases[lease.lease_id] = lease
         self._by_worker[worker_id] = lease.lease_id
         return lease
 
     def _grant_unit(self, job_id: str, worker_id: str, sched: Schedule, unit: Unit) -> Lease:
-        lease = Lease(
-            self._new_id(),
+        lease = self._grant(
             job_id,
             worker_id,
             TRAIN,
@@ -344,8 +361,6 @@ class LeaseBook:
             unit.first,
             unit.end,
         )
-        self._leases[lease.lease_id] = lease
-        self._by_worker[worker_id] = lease.lease_id
         sched.train_leases[lease.lease_id] = unit
         return lease
 

@@ -157,6 +157,7 @@ class JobQueries:
                 else:
                     task = f"eval e{lease.epoch}"
                 job_id = lease.job_id if lease else ""
+                straggler, slowdown = rt.relief.standing(job_id, w.worker_id)
                 reply.workers.add(
                     worker_id=w.worker_id,
                     host=w.host,
@@ -165,7 +166,7 @@ class JobQueries:
                     last_heartbeat_age=max(0.0, now - w.last_seen),
                     job_id=job_id,
                     task=task,
-                    straggler=w.worker_id in rt.relief.stragglers(job_id),
-                    slowdown=rt.relief.slowdown(job_id, w.worker_id, now),
+                    straggler=straggler,
+                    slowdown=slowdown,
                 )
         return reply

@@ -50,6 +50,15 @@ class _Job:
         return self.mode == "sync" and self.backup_workers == 0
 
 
+@dataclass
+class _Held:
+    """A running lease as relief sees it."""
+
+    job_id: str
+    started: float  # monotonic time it was granted
+    position: int  # batches done (absolute index in the partition's plan)
+
+
 @dataclass(frozen=True)
 class Split:
     lease: Lease
@@ -63,9 +72,7 @@ class StragglerRelief:
         # may do this long of extra batches first.
         self.progress_seconds = progress_seconds
         self._jobs: dict[str, _Job] = {}
-        self._positions: dict[str, int] = {}  # lease id -> batches done (absolute index)
-        self._started: dict[str, float] = {}  # lease id -> when it was granted
-        self._job_of: dict[str, str] = {}  # lease id -> job id
+        self._held: dict[str, _Held] = {}  # by lease id
 
     # --- jobs ---
     def add_job(
@@ -80,26 +87,23 @@ class StragglerRelief:
         speeds = self.speeds(job_id, now)
         self._jobs.pop(job_id, None)
         # Its leases were revoked with it: nobody will report or complete them.
-        for lease_id in [i for i, j in self._job_of.items() if j == job_id]:
+        for lease_id in [i for i, h in self._held.items() if h.job_id == job_id]:
             self.ended(lease_id)
         return speeds
 
     # --- leases ---
     def granted(self, lease: Lease, now: float) -> None:
-        self._started[lease.lease_id] = now
-        self._positions[lease.lease_id] = lease.first_batch
-        self._job_of[lease.lease_id] = lease.job_id
+        self._held[lease.lease_id] = _Held(lease.job_id, now, lease.first_batch)
         job = self._jobs.get(lease.job_id)
         if job is not None:
             job.last_lease[lease.worker_id] = now
 
     def ended(self, lease_id: str) -> None:
-        self._started.pop(lease_id, None)
-        self._positions.pop(lease_id, None)
-        self._job_of.pop(lease_id, None)
+        self._held.pop(lease_id, None)
 
     def position(self, lease_id: str) -> int:
-        return self._positions.get(lease_id, 0)
+        held = self._held.get(lease_id)
+        return 0 if held is None else held.position
 
     # --- progress ---
     def on_progress(
@@ -114,10 +118,9 @@ class StragglerRelief:
         job = self._jobs.get(job_id)
         if job is None:
             return []
-        if lease is not None and lease.lease_id in self._positions:
-            self._positions[lease.lease_id] = max(
-                self._positions[lease.lease_id], progress.position
-            )
+        held = None if lease is None else self._held.get(lease.lease_id)
+        if held is not None:
+            held.position = max(held.position, progress.position)
         job.tracker.record(
             worker_id, progress.batches, progress.busy_seconds, progress.step_seconds, now
         )
@@ -157,7 +160,8 @@ class StragglerRelief:
             if job.tracker.is_straggler(lease.worker_id):
                 why = f"worker {lease.worker_id} is a straggler"
             elif typical is not None:
-                took = now - self._started.get(lease.lease_id, now)
+                held = self._held.get(lease.lease_id)
+                took = 0.0 if held is None else now - held.started
                 size = lease.end_batch - lease.first_batch
                 deadline = job.settings.factor * size * typical + _DEADLINE_SLACK_SECONDS
                 if took <= deadline:
@@ -197,12 +201,12 @@ class StragglerRelief:
         job = self._jobs.get(job_id)
         return [] if job is None else job.tracker.stragglers()
 
-    def slowdown(self, job_id: str, worker_id: str, now: float) -> float:
+    def standing(self, job_id: str, worker_id: str) -> tuple[bool, float]:
+        """(flagged as a straggler, slowdown) of a worker on a job; (False, 0.0) if unknown."""
         job = self._jobs.get(job_id)
         if job is None:
-            return 0.0
-        found = job.tracker.snapshot(now).get(worker_id)
-        return 0.0 if found is None else found[0].slowdown
+            return False, 0.0
+        return job.tracker.is_straggler(worker_id), job.tracker.slowdown(worker_id)
 
     def speeds(self, job_id: str, now: float) -> list[co_pb2.WorkerSpeed]:
         job = self._jobs.get(job_id)

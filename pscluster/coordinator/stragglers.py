@@ -160,6 +160,10 @@ class SpeedTracker:
         s = self._speeds.get(worker_id)
         return s is not None and s.flagged_since is not None
 
+    def slowdown(self, worker_id: str) -> float:
+        s = self._speeds.get(worker_id)
+        return 0.0 if s is None else s.slowdown
+
     def stragglers(self) -> list[str]:
         return sorted(w for w, s in self._speeds.items() if s.flagged_since is not None)
 
