@@ -12,7 +12,8 @@ import json
 import math
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,18 @@ class SqliteStore(JobStore):
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Statements that land together or not at all, under the connection's lock."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -147,38 +160,32 @@ class SqliteStore(JobStore):
             return self._require(job_id)
 
     def append_steps(self, job_id: str, steps: Sequence[StepRecord]) -> JobRecord:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                job = self._require(job_id)
-                rows = [
+        with self._transaction():
+            job = self._require(job_id)
+            rows = [
+                (
+                    job_id,
+                    job.steps + i + 1,
+                    s.loss,
+                    s.samples,
+                    s.worker_id,
+                    s.epoch,
+                    s.unix_time,
+                )
+                for i, s in enumerate(steps)
+            ]
+            self._db.executemany("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            if steps:
+                self._db.execute(
+                    "UPDATE jobs SET steps = ?, last_loss = ?, samples = ? WHERE job_id = ?",
                     (
+                        job.steps + len(steps),
+                        steps[-1].loss,
+                        job.samples + sum(s.samples for s in steps),
                         job_id,
-                        job.steps + i + 1,
-                        s.loss,
-                        s.samples,
-                        s.worker_id,
-                        s.epoch,
-                        s.unix_time,
-                    )
-                    for i, s in enumerate(steps)
-                ]
-                self._db.executemany("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                if steps:
-                    self._db.execute(
-                        "UPDATE jobs SET steps = ?, last_loss = ?, samples = ? WHERE job_id = ?",
-                        (
-                            job.steps + len(steps),
-                            steps[-1].loss,
-                            job.samples + sum(s.samples for s in steps),
-                            job_id,
-                        ),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return self._require(job_id)
+                    ),
+                )
+            return self._require(job_id)  # read inside the transaction: this write's result
 
     def steps(self, job_id: str, after: int = 0) -> list[StepRecord]:
         with self._lock:
@@ -198,32 +205,26 @@ class SqliteStore(JobStore):
         return {r[0]: int(r[1]) for r in rows}
 
     def record_epoch(self, job_id: str, result: EpochRecord) -> JobRecord:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._require(job_id)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        job_id,
-                        result.epoch,
-                        result.test_accuracy,
-                        result.test_loss,
-                        result.unix_time,
-                        result.samples,
-                    ),
-                )
-                latest = self._db.execute(
-                    "SELECT test_accuracy FROM epochs WHERE job_id = ? ORDER BY epoch DESC LIMIT 1",
-                    (job_id,),
-                ).fetchone()
-                self._db.execute(
-                    "UPDATE jobs SET test_accuracy = ? WHERE job_id = ?", (latest[0], job_id)
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            self._require(job_id)
+            self._db.execute(
+                "INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    result.epoch,
+                    result.test_accuracy,
+                    result.test_loss,
+                    result.unix_time,
+                    result.samples,
+                ),
+            )
+            latest = self._db.execute(
+                "SELECT test_accuracy FROM epochs WHERE job_id = ? ORDER BY epoch DESC LIMIT 1",
+                (job_id,),
+            ).fetchone()
+            self._db.execute(
+                "UPDATE jobs SET test_accuracy = ? WHERE job_id = ?", (latest[0], job_id)
+            )
             return self._require(job_id)
 
     def epochs(self, job_id: str) -> list[EpochRecord]:
@@ -236,18 +237,12 @@ class SqliteStore(JobStore):
         return [EpochRecord(r[0], _real(r[1]), _real(r[2]), r[3], r[4]) for r in rows]
 
     def append_event(self, job_id: str, event: EventRecord) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._require(job_id)
-                self._db.execute(
-                    "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-                    (job_id, event.unix_time, event.kind, event.worker_id, event.message),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            self._require(job_id)
+            self._db.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                (job_id, event.unix_time, event.kind, event.worker_id, event.message),
+            )
 
     def events(self, job_id: str) -> list[EventRecord]:
         with self._lock:
