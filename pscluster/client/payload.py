@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -25,10 +25,10 @@ from pscluster.transport.errors import PSError
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
+M = TypeVar("M")
+
 DEFAULT_OPTIMIZER: Mapping[str, Any] = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
-_OPTIMIZER_FIELDS = tuple(f.name for f in common_pb2.OptimizerConfig.DESCRIPTOR.fields)
 _UINT32_MAX = 2**32 - 1
-_COMPRESSION_FIELDS = tuple(f.name for f in common_pb2.CompressionConfig.DESCRIPTOR.fields)
 _PULL_DTYPES = {
     "float32": common_pb2.DTYPE_FLOAT32,
     "float16": common_pb2.DTYPE_FLOAT16,
@@ -137,24 +137,31 @@ def build_payload(
     return Payload(spec, dataset, initial)
 
 
+def _checked_fields(value: object, arg: str, example: str, message: type[Any]) -> dict[str, Any]:
+    """``value`` as a dict of ``message``'s fields; InvalidJobError naming ``arg`` otherwise."""
+    if not isinstance(value, Mapping):
+        raise InvalidJobError(f"{arg} must be a dict like {example}, got {type(value).__name__}")
+    known = [f.name for f in message.DESCRIPTOR.fields]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise InvalidJobError(f"{arg} has unknown field(s) {unknown}; expected some of {known}")
+    return dict(value)
+
+
+def _built(message: type[M], fields: Mapping[str, Any], arg: str) -> M:
+    try:
+        return message(**fields)
+    except (TypeError, ValueError) as e:
+        raise InvalidJobError(f"{arg} field has the wrong type: {e}") from e
+
+
 def optimizer_config(optimizer: Mapping[str, Any] | None) -> common_pb2.OptimizerConfig:
     """A dict such as ``{"name": "adam", "lr": 1e-3}`` as the wire config (fields as in torch)."""
     if optimizer is None:
         optimizer = DEFAULT_OPTIMIZER
-    if not isinstance(optimizer, Mapping):
-        raise InvalidJobError(
-            f"optimizer must be a dict like {dict(DEFAULT_OPTIMIZER)}, "
-            f"got {type(optimizer).__name__}"
-        )
-    unknown = sorted(set(optimizer) - set(_OPTIMIZER_FIELDS))
-    if unknown:
-        raise InvalidJobError(
-            f"optimizer has unknown field(s) {unknown}; expected some of {list(_OPTIMIZER_FIELDS)}"
-        )
-    try:
-        return common_pb2.OptimizerConfig(**{"name": "sgd", **optimizer})
-    except (TypeError, ValueError) as e:
-        raise InvalidJobError(f"optimizer field has the wrong type: {e}") from e
+    example = str(dict(DEFAULT_OPTIMIZER))
+    fields = _checked_fields(optimizer, "optimizer", example, common_pb2.OptimizerConfig)
+    return _built(common_pb2.OptimizerConfig, {"name": "sgd", **fields}, "optimizer")
 
 
 def straggler_config(stragglers: Mapping[str, Any] | None) -> co_pb2.StragglerConfig:
@@ -164,20 +171,8 @@ def straggler_config(stragglers: Mapping[str, Any] | None) -> co_pb2.StragglerCo
     """
     if stragglers is None:
         return co_pb2.StragglerConfig()
-    if not isinstance(stragglers, Mapping):
-        raise InvalidJobError(
-            f'stragglers must be a dict like {{"factor": 2.0}}, got {type(stragglers).__name__}'
-        )
-    known = list(co_pb2.StragglerConfig.DESCRIPTOR.fields_by_name)
-    unknown = sorted(set(stragglers) - set(known))
-    if unknown:
-        raise InvalidJobError(
-            f"stragglers has unknown field(s) {unknown}; expected some of {known}"
-        )
-    try:
-        return co_pb2.StragglerConfig(**stragglers)
-    except (TypeError, ValueError) as e:
-        raise InvalidJobError(f"stragglers field has the wrong type: {e}") from e
+    fields = _checked_fields(stragglers, "stragglers", '{"factor": 2.0}', co_pb2.StragglerConfig)
+    return _built(co_pb2.StragglerConfig, fields, "stragglers")
 
 
 def compression_config(compression: Mapping[str, Any] | None) -> common_pb2.CompressionConfig:
@@ -188,18 +183,8 @@ def compression_config(compression: Mapping[str, Any] | None) -> common_pb2.Comp
     """
     if compression is None:
         return common_pb2.CompressionConfig()
-    if not isinstance(compression, Mapping):
-        raise InvalidJobError(
-            'compression must be a dict like {"name": "topk", "ratio": 0.01}, '
-            f"got {type(compression).__name__}"
-        )
-    fields = dict(compression)
-    unknown = sorted(set(fields) - set(_COMPRESSION_FIELDS))
-    if unknown:
-        raise InvalidJobError(
-            f"compression has unknown field(s) {unknown}; expected some of "
-            f"{list(_COMPRESSION_FIELDS)}"
-        )
+    example = '{"name": "topk", "ratio": 0.01}'
+    fields = _checked_fields(compression, "compression", example, common_pb2.CompressionConfig)
     if "pull_dtype" in fields:
         dtype = fields["pull_dtype"]
         if dtype not in _PULL_DTYPES:
@@ -207,10 +192,7 @@ def compression_config(compression: Mapping[str, Any] | None) -> common_pb2.Comp
                 f"compression.pull_dtype {dtype!r} is unknown; expected one of {list(_PULL_DTYPES)}"
             )
         fields["pull_dtype"] = _PULL_DTYPES[dtype]
-    try:
-        return common_pb2.CompressionConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise InvalidJobError(f"compression field has the wrong type: {e}") from e
+    return _built(common_pb2.CompressionConfig, fields, "compression")
 
 
 def _initial_state(
