@@ -7,8 +7,9 @@ configured by environment alone. Command-line flags override individual fields.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -60,6 +61,44 @@ class Settings(BaseSettings):
     # Prometheus metrics over HTTP on this port (0 picks a free one); unset: not served.
     metrics_port: int | None = Field(None, ge=0, le=65535)
     log_level: str = "INFO"
+
+    # --- durability (shards; docs/reliability.md) ---
+    # Where a shard keeps its write-ahead log and checkpoints, one folder per job. Unset: state
+    # is in memory only, and a restarted shard comes back without its jobs.
+    shard_data_dir: Path | None = None
+    # When an acknowledged push is on disk. "always": fsync before the reply (group commit:
+    # concurrent pushes share one fsync). "interval": fsync at most every
+    # wal_fsync_interval_seconds (a crash of the process loses nothing, a crash of the machine
+    # up to one interval). "never": the kernel decides.
+    wal_fsync: Literal["always", "interval", "never"] = "always"
+    wal_fsync_interval_seconds: float = Field(0.05, gt=0)
+    # A checkpoint (then a fresh log) after this long, or once the log has grown this much.
+    checkpoint_seconds: float = Field(30.0, gt=0)
+    checkpoint_wal_bytes: int = Field(256 << 20, ge=1 << 16)
+
+    # --- security (docs/reliability.md, "Security model") ---
+    # Servers: the cluster's admin token (or a file holding it). Set: every RPC but health
+    # checks needs a token; unset: no authentication (a warning says so at start).
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    # Clients, workers and the coordinator: the token sent with each call (admin, or a job's).
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    # TLS, PEM files. Servers: tls_cert + tls_key, and tls_ca with tls_client_auth for mutual
+    # TLS. Clients: tls_ca to verify servers, tls_cert + tls_key as client certificate (mTLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_client_auth: bool = False
+    # Clients: the name expected in the server's certificate, when it differs from the host
+    # dialled (e.g. a certificate for "pscluster" reached at 127.0.0.1).
+    tls_server_name: str = ""
+
+    # --- limits (RESOURCE_EXHAUSTED beyond them) ---
+    max_model_parameters: int = Field(1_000_000_000, ge=1)
+    max_active_jobs: int = Field(32, ge=1)
+    # Pending or running jobs one submitter (one token, or one peer host without auth) may have.
+    max_active_jobs_per_client: int = Field(8, ge=1)
 
     def shard_list(self) -> list[str]:
         return [s.strip() for s in self.shards.split(",") if s.strip()]

@@ -297,8 +297,13 @@ class LocalCluster:
         address = f"{self.host}:{port}"
         if role == "shard":
             argv = ["-m", "pscluster.server", "--port", str(port)]
-            env = {"PSC_SHARD_PORT": str(port), "PSC_ADVERTISE": address}
             name = f"shard-{index}"
+            env = {
+                "PSC_SHARD_PORT": str(port),
+                "PSC_ADVERTISE": address,
+                # Its write-ahead log and checkpoints: a restarted shard recovers from them.
+                "PSC_SHARD_DATA_DIR": str(self.state_dir / "shards" / name),
+            }
         else:
             shards = ",".join(self.shard_addresses)
             argv = ["-m", "pscluster.coordinator", "--port", str(port), "--shards", shards]

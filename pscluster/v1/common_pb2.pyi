@@ -228,6 +228,10 @@ class ShardJobStats(_message.Message):
     STEPS_APPLIED_FIELD_NUMBER: _builtins.int
     BYTES_PUSHED_RAW_FIELD_NUMBER: _builtins.int
     EXCLUDED_FIELD_NUMBER: _builtins.int
+    PUSHES_DUPLICATE_FIELD_NUMBER: _builtins.int
+    DURABLE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_VERSION_FIELD_NUMBER: _builtins.int
+    RECORDS_REPLAYED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     shard: _builtins.str
     """the shard's advertised address"""
@@ -257,6 +261,14 @@ class ShardJobStats(_message.Message):
     """What the pushes' gradients would have been as float32 (4 bytes per value); with
     bytes_pushed it gives the compression ratio actually achieved on the wire.
     """
+    pushes_duplicate: _builtins.int
+    """Retries of pushes already decided (same worker and seq): answered again, applied once."""
+    durable: _builtins.bool
+    """Durability: whether this shard logs the job (write-ahead log and checkpoints), the version
+    of its newest checkpoint, and how many logged records the shard replayed when it started.
+    """
+    checkpoint_version: _builtins.int
+    records_replayed: _builtins.int
     @_builtins.property
     def pushes_rejected(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """by reason: "stale", "late", "nonfinite", "invalid", "not_member" """
@@ -309,10 +321,14 @@ class ShardJobStats(_message.Message):
         steps_applied: _builtins.int = ...,
         bytes_pushed_raw: _builtins.int = ...,
         excluded: _abc.Iterable[_builtins.str] | None = ...,
+        pushes_duplicate: _builtins.int = ...,
+        durable: _builtins.bool = ...,
+        checkpoint_version: _builtins.int = ...,
+        records_replayed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "checksum", b"checksum", "clock", b"clock", "clock_staleness", b"clock_staleness", "excluded", b"excluded", "job_id", b"job_id", "last_update_unix", b"last_update_unix", "length", b"length", "max_clock_lead", b"max_clock_lead", "members", b"members", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_received", b"pushes_received", "pushes_rejected", b"pushes_rejected", "shard", b"shard", "staleness", b"staleness", "start", b"start", "steps_applied", b"steps_applied", "version", b"version", "waiting_for", b"waiting_for", "worker_clocks", b"worker_clocks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "checkpoint_version", b"checkpoint_version", "checksum", b"checksum", "clock", b"clock", "clock_staleness", b"clock_staleness", "durable", b"durable", "excluded", b"excluded", "job_id", b"job_id", "last_update_unix", b"last_update_unix", "length", b"length", "max_clock_lead", b"max_clock_lead", "members", b"members", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_duplicate", b"pushes_duplicate", "pushes_received", b"pushes_received", "pushes_rejected", b"pushes_rejected", "records_replayed", b"records_replayed", "shard", b"shard", "staleness", b"staleness", "start", b"start", "steps_applied", b"steps_applied", "version", b"version", "waiting_for", b"waiting_for", "worker_clocks", b"worker_clocks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

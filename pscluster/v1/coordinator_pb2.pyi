@@ -285,6 +285,7 @@ class JobInfo(_message.Message):
     NUM_PARAMS_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     name: _builtins.str
     state: _builtins.str
@@ -309,6 +310,11 @@ class JobInfo(_message.Message):
     num_params: _builtins.int
     steps: _builtins.int
     """training steps reported by workers"""
+    token: _builtins.str
+    """Set only in SubmitJob's reply, when the cluster requires tokens: a bearer token that can
+    read and write this job (status, metrics, model, cancel) and nothing else. Not stored in
+    clear anywhere; keep it like a password.
+    """
     @_builtins.property
     def workers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """workers holding a lease on this job"""
@@ -333,10 +339,11 @@ class JobInfo(_message.Message):
         num_params: _builtins.int = ...,
         workers: _abc.Iterable[_builtins.str] | None = ...,
         steps: _builtins.int = ...,
+        token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix", b"created_unix", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "finished_unix", b"finished_unix", "job_id", b"job_id", "last_loss", b"last_loss", "mode", b"mode", "name", b"name", "num_params", b"num_params", "progress", b"progress", "started_unix", b"started_unix", "state", b"state", "status_message", b"status_message", "steps", b"steps", "test_accuracy", b"test_accuracy", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix", b"created_unix", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "finished_unix", b"finished_unix", "job_id", b"job_id", "last_loss", b"last_loss", "mode", b"mode", "name", b"name", "num_params", b"num_params", "progress", b"progress", "started_unix", b"started_unix", "state", b"state", "status_message", b"status_message", "steps", b"steps", "test_accuracy", b"test_accuracy", "token", b"token", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
