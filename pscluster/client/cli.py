@@ -3,6 +3,7 @@
     pscluster up --local --shards 2 --workers 3
     pscluster submit examples/digits.yaml --watch
     pscluster jobs ; pscluster status ; pscluster down
+    pscluster certs ./certs --host pscluster   # TLS: a CA, server and client certificates
 
 The role commands (``coordinator``, ``shard``, ``worker``) hand their arguments unchanged to
 the role's own entry point, so ``pscluster shard --port 50061`` and
@@ -15,7 +16,7 @@ import importlib
 
 import typer
 
-from pscluster.client import cli_cluster, cli_jobs
+from pscluster.client import cli_certs, cli_cluster, cli_jobs
 
 app = typer.Typer(
     name="pscluster",
@@ -36,6 +37,7 @@ app.command("jobs")(cli_jobs.jobs)
 app.command("metrics")(cli_jobs.metrics)
 app.command("fetch")(cli_jobs.fetch)
 app.command("cancel")(cli_jobs.cancel)
+app.command("certs")(cli_certs.certs)
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 

@@ -1,12 +1,17 @@
-"""The one way to open a client channel: message limits, keepalive and retries on UNAVAILABLE."""
+"""The one way to open a client channel: message limits, keepalive, retries on UNAVAILABLE,
+TLS and the caller's token (see :mod:`pscluster.transport.tls` and :mod:`.auth`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
 from pscluster.config import Settings
+from pscluster.transport import tls
+from pscluster.transport.auth import TokenInterceptor, caller_token
 
 # gRPC retries an RPC transparently when the server is briefly unreachable (a restart, a
 # connection reset). Only UNAVAILABLE is retried: it means nothing was processed.
@@ -28,17 +33,33 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-def open_channel(address: str, settings: Settings | None = None) -> grpc.Channel:
+def open_channel(
+    address: str,
+    settings: Settings | None = None,
+    *,
+    extra_options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A channel to ``address``: TLS when the settings name a CA or a certificate, and every
+    call carrying the caller's token (``PSC_TOKEN``, else the admin token) when there is one.
+
+    ``extra_options`` are added to the standard ones (e.g. a shorter reconnect backoff).
+    Raises ValueError if a token or TLS file is missing or unusable.
+    """
     settings = settings or Settings()
-    options = [
+    token = caller_token(settings)
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", _SERVICE_CONFIG),
+        *extra_options,
     ]
-    return grpc.insecure_channel(address, options=options)
+    channel = tls.dial(address, settings, options)
+    if token is None:
+        return channel
+    return grpc.intercept_channel(channel, TokenInterceptor(token))
 
 
 def wait_ready(channel: grpc.Channel, timeout: float) -> None:

@@ -1,4 +1,4 @@
-"""The one way to build a gRPC server: limits, keepalive, health, reflection, shutdown."""
+"""The one way to build a gRPC server: limits, keepalive, auth, TLS, health, reflection."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pscluster.config import Settings
+from pscluster.transport import tls
+from pscluster.transport.auth import AuthInterceptor, admin_token
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,18 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
+def server_interceptors(settings: Settings) -> list[grpc.ServerInterceptor]:  # type: ignore[type-arg]
+    """Every server's interceptors, in the order they run (the first sees a call first).
+
+    Authentication comes first, so nothing else spends work on a call it will refuse.
+    """
+    interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
+    admin = admin_token(settings)
+    if admin is not None:
+        interceptors.append(AuthInterceptor(admin))
+    return interceptors
+
+
 def build_server(
     settings: Settings,
     port: int,
@@ -53,12 +67,17 @@ def build_server(
     """Start a server on ``settings.host:port`` (0 picks a free port) with health and reflection.
 
     ``register`` are the generated ``add_XServicer_to_server`` calls bound to their servicers;
-    ``service_names`` are the full names reported as SERVING by the health service.
+    ``service_names`` are the full names reported as SERVING by the health service. With an
+    admin token every call but a health check needs a token; with ``tls_cert`` it serves TLS.
+    A bad token or TLS setting raises (ValueError) before anything is bound.
     """
+    interceptors = server_interceptors(settings)
+    credentials = tls.server_credentials(settings)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.grpc_threads),
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.grpc_threads * 4,
+        interceptors=interceptors,
     )
     for add in register:
         add(server)
@@ -66,13 +85,36 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(f"{settings.host}:{port}")
+    address = f"{settings.host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise RuntimeError(f"could not bind {settings.host}:{port}")
     server.start()
     for name in [*service_names, ""]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s on %s:%d", ", ".join(service_names), settings.host, bound)
+    log.info(
+        "serving %s on %s:%d (%s, %s)",
+        ", ".join(service_names),
+        settings.host,
+        bound,
+        "plain text"
+        if credentials is None
+        else "mutual TLS"
+        if settings.tls_client_auth
+        else "TLS",
+        "tokens required" if interceptors else "no authentication",
+    )
+    if not interceptors:
+        log.warning(
+            "this cluster is open: no admin token (PSC_ADMIN_TOKEN or PSC_ADMIN_TOKEN_FILE) is "
+            "set, so anyone who reaches %s:%d may call every RPC, including submitting model "
+            "code that workers run",
+            settings.host,
+            bound,
+        )
     return RunningServer(server, bound, health_servicer)
 
 
