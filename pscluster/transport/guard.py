@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -26,7 +26,13 @@ from google.protobuf import descriptor_pool
 from pscluster.transport.errors import InvalidArgument
 
 Deserializer = Callable[[bytes], Any]
-Continuation = Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None]
+if TYPE_CHECKING:  # grpc-stubs makes these generic; at runtime they are plain classes
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Interceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    Interceptor = grpc.ServerInterceptor
+Continuation = Callable[[grpc.HandlerCallDetails], "Handler | None"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +47,12 @@ class Undecodable:
         return f"request is not a valid {self.message}: {self.error}"
 
 
-class DecodeGuard(grpc.ServerInterceptor[Any, Any]):
+class DecodeGuard(Interceptor):
     """A server interceptor: undecodable requests get INVALID_ARGUMENT and reach no servicer."""
 
     def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> Handler | None:
         handler = continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler  # unknown method, or raw bytes: nothing can fail to decode
@@ -64,9 +70,7 @@ def _guard_deserializer(deserialize: Deserializer, message: str) -> Deserializer
     return guarded
 
 
-def _guarded(
-    handler: grpc.RpcMethodHandler[Any, Any], deserialize: Deserializer
-) -> grpc.RpcMethodHandler[Any, Any]:
+def _guarded(handler: Handler, deserialize: Deserializer) -> Handler:
     serialize = handler.response_serializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
