@@ -7,6 +7,7 @@ calls happen outside the lock.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,6 +18,7 @@ import torch
 
 from pscluster.coordinator import blobs, live
 from pscluster.coordinator import store as st
+from pscluster.coordinator.leases import Lease
 from pscluster.coordinator.runtime import Activity, Runtime
 from pscluster.coordinator.shard_client import ShardError
 from pscluster.coordinator.spec import (
@@ -39,6 +41,10 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 64 * 1024
 # Codes a shard may answer InitJob with that are worth retrying; anything else fails the job.
 _RETRY_INIT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# After a coordinator restart, a worker holding a restored lease has this long more than the
+# worker timeout to reach the new process: its channel reconnects with gRPC's backoff (1 s,
+# then x1.6 per failed attempt), which after a 10 s outage can leave it ~6 s behind.
+RESTORE_GRACE_SECONDS = 10.0
 
 
 class JobManager:
@@ -189,7 +195,8 @@ class JobManager:
         rt.activity[job.job_id] = Activity(now, now)
 
     def restore(self) -> None:
-        """After a restart: resume running jobs where their saved progress left them."""
+        """After a restart: resume running jobs where their saved progress left them, with
+        the leases their workers were training on (see :meth:`_restore_leases`)."""
         rt = self.rt
         for job in rt.store.list_jobs(st.RUNNING):
             final_done = any(e.epoch == job.epochs - 1 for e in rt.store.epochs(job.job_id))
@@ -201,10 +208,30 @@ class JobManager:
                     self._to_finish.add(job.job_id)
                     continue
                 self._schedule(job)
-                # Workers of the previous coordinator are gone: the monitor clears the shards'
-                # memberships (not done here, so an unreachable shard cannot delay the start).
+                # The shards' memberships are sent again, under a generation above the saved
+                # one, by the monitor (not here: an unreachable shard must not delay the start).
                 rt.unsynced.add(job.job_id)
             log.info("job %s resumed at epoch %d/%d", job.job_id, job.epoch, job.epochs)
+        self._restore_leases()
+
+    def _restore_leases(self) -> None:
+        """Honour the leases granted before the restart: the workers holding them have kept
+        training (shards do not need the coordinator), so re-issuing them would redo that
+        work. A holder that does not come back in time is declared dead and its lease goes
+        back to the pool, as for any silent worker."""
+        rt = self.rt
+        grace = RESTORE_GRACE_SECONDS
+        with rt.lock:
+            now = rt.mono()
+            for record in rt.store.leases():
+                lease = Lease(**dataclasses.asdict(record))
+                if not rt.book.restore(lease):
+                    log.info("lease %s of job %s not restored", lease.lease_id, lease.job_id)
+                    continue
+                rt.workers.expect(lease.worker_id, now, grace)
+                rt.relief.granted(lease, now)
+                log.info("lease %s of worker %s restored", lease.lease_id, lease.worker_id)
+            rt.save_leases()
 
     def pending_ids(self) -> list[str]:
         return [j.job_id for j in self.rt.store.list_jobs(st.PENDING)]
@@ -294,6 +321,7 @@ class JobManager:
             self._to_finish.discard(job_id)
             rt.activity.pop(job_id, None)
             speeds = rt.relief.remove_job(job_id, rt.mono())
+            rt.save_leases()
         log.info("job %s %s (%d leases revoked) %s", job_id, final_state, len(revoked), error[:200])
         self._release_shards(job, keep_stats=True, speeds=speeds)
         return job, True

@@ -116,6 +116,8 @@ class LeaseBook:
         self._by_worker: dict[str, str] = {}
         self._revoked: OrderedDict[str, str] = OrderedDict()  # lease id -> reason
         self._revoked_by_worker: dict[str, list[str]] = {}
+        # Bumped by every change to the outstanding leases: the caller saves them only then.
+        self.revision = 0
 
     # --- jobs ---
     def add_job(
@@ -225,6 +227,7 @@ class LeaseBook:
         rest = Unit(lease.partition, new_end, lease.end_batch)
         shorter = replace(lease, end_batch=new_end)
         self._leases[lease_id] = shorter
+        self.revision += 1
         sched.train_leases[lease_id] = Unit(lease.partition, lease.first_batch, new_end)
         sched.free.insert(0, rest)
         return rest
@@ -261,6 +264,7 @@ class LeaseBook:
             else:
                 sched.eval_leases.pop(lease.epoch, None)
                 sched.evals_pending = sorted({*sched.evals_pending, lease.epoch})
+        self.revision += 1
         if revoke_reason is None:
             del self._leases[lease_id]
             del self._by_worker[worker_id]
@@ -279,6 +283,7 @@ class LeaseBook:
                 f"not {worker_id}"
             )
         sched = self._jobs[lease.job_id]  # a lease of a removed job was revoked with it
+        self.revision += 1
         del self._leases[lease_id]
         del self._by_worker[worker_id]
         if lease.kind == TRAIN:
@@ -298,6 +303,37 @@ class LeaseBook:
         sched.eval_leases.pop(lease.epoch, None)
         final = sched.training_done and lease.epoch == sched.epochs - 1
         return Outcome(lease, final=final)
+
+    def outstanding(self) -> list[Lease]:
+        """Every lease held now, in grant order (what a restarted coordinator restores)."""
+        return list(self._leases.values())
+
+    def restore(self, lease: Lease) -> bool:
+        """Hold ``lease`` again after a restart, so that the worker training on it keeps it.
+
+        Call right after :meth:`add_job` restored the job's progress. False (nothing changed)
+        if the lease no longer fits it: another epoch, a partition since done, an evaluation
+        no longer owed, or a worker or lease already holding another.
+        """
+        sched = self._jobs.get(lease.job_id)
+        if sched is None or lease.lease_id in self._leases or lease.worker_id in self._by_worker:
+            return False
+        if lease.kind == EVAL:
+            if lease.epoch not in sched.evals_pending:
+                return False
+            sched.evals_pending.remove(lease.epoch)
+            sched.eval_leases[lease.epoch] = lease.lease_id
+        else:
+            if lease.epoch != sched.epoch or sched.training_done:
+                return False
+            unit = Unit(lease.partition, lease.first_batch, lease.end_batch)
+            if not self._carve(sched, unit):
+                return False
+            sched.train_leases[lease.lease_id] = unit
+        self._leases[lease.lease_id] = lease
+        self._by_worker[lease.worker_id] = lease.lease_id
+        self.revision += 1
+        return True
 
     def lease_of(self, worker_id: str) -> Lease | None:
         lease_id = self._by_worker.get(worker_id)
@@ -348,6 +384,7 @@ class LeaseBook:
         )
         self._leases[lease.lease_id] = lease
         self._by_worker[worker_id] = lease.lease_id
+        self.revision += 1
         return lease
 
     def _grant_unit(self, job_id: str, worker_id: str, sched: Schedule, unit: Unit) -> Lease:
@@ -364,7 +401,26 @@ class LeaseBook:
         sched.train_leases[lease.lease_id] = unit
         return lease
 
+    @staticmethod
+    def _carve(sched: Schedule, unit: Unit) -> bool:
+        """Take ``unit`` out of the free unit of its partition that covers it (what is left
+        either side stays free); False if no free unit covers it."""
+        for i, free in enumerate(sched.free):
+            if free.partition != unit.partition or unit.first < free.first:
+                continue
+            if free.end and (not unit.end or unit.end > free.end):
+                continue
+            pieces = (
+                [Unit(free.partition, free.first, unit.first)] if unit.first > free.first else []
+            )
+            if unit.end and unit.end != free.end:
+                pieces.append(Unit(free.partition, unit.end, free.end))
+            sched.free[i : i + 1] = pieces
+            return True
+        return False
+
     def _drop(self, lease: Lease, reason: str) -> None:
+        self.revision += 1
         self._leases.pop(lease.lease_id, None)
         if self._by_worker.get(lease.worker_id) == lease.lease_id:
             del self._by_worker[lease.worker_id]

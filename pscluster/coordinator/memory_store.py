@@ -16,6 +16,7 @@ from pscluster.coordinator.store import (
     EventRecord,
     JobRecord,
     JobStore,
+    LeaseRecord,
     StepRecord,
     check_changes,
 )
@@ -39,6 +40,7 @@ class MemoryStore(JobStore):
         self._steps: dict[str, list[StepRecord]] = {}
         self._epochs: dict[str, dict[int, EpochRecord]] = {}
         self._events: dict[str, list[EventRecord]] = {}
+        self._leases: list[LeaseRecord] = []
 
     def close(self) -> None:
         """Nothing to release: the data go with the object."""
@@ -113,6 +115,14 @@ class MemoryStore(JobStore):
     def events(self, job_id: str) -> list[EventRecord]:
         with self._lock:
             return list(self._events.get(job_id, []))
+
+    def save_leases(self, leases: Sequence[LeaseRecord]) -> None:
+        with self._lock:
+            self._leases = list(leases)
+
+    def leases(self) -> list[LeaseRecord]:
+        with self._lock:
+            return list(self._leases)
 
     def _require(self, job_id: str) -> JobRecord:
         job = self._jobs.get(job_id)

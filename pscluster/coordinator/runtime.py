@@ -6,6 +6,7 @@ a shard is called (membership changes take their own per-job lock, see membershi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from pscluster.coordinator.leases import LeaseBook
 from pscluster.coordinator.membership import Membership, Roster
 from pscluster.coordinator.relief import StragglerRelief
 from pscluster.coordinator.shard_client import ShardClients, ShardError
-from pscluster.coordinator.store import JobStore
+from pscluster.coordinator.store import JobStore, LeaseRecord
 from pscluster.coordinator.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Runtime:
     unsynced: set[str] = field(default_factory=set)
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
+    saved_revision: int = -1  # the lease book's revision last written to the store
 
     @classmethod
     def build(cls, settings: Settings, store: JobStore) -> Runtime:
@@ -97,6 +99,16 @@ class Runtime:
             self.unsynced.intersection_update(pending)
         for job_id in pending:
             self.sync_members(job_id)
+
+    def save_leases(self) -> None:
+        """Call under ``lock`` after changing leases: write them if they changed, so that a
+        restarted coordinator honours the leases its workers are still training on."""
+        if self.book.revision == self.saved_revision:
+            return
+        self.store.save_leases(
+            [LeaseRecord(**dataclasses.asdict(lease)) for lease in self.book.outstanding()]
+        )
+        self.saved_revision = self.book.revision
 
     def touch_progress(self, job_id: str) -> None:
         """Call under ``lock``: the job made progress (a step or a finished lease)."""

@@ -22,6 +22,7 @@ from pscluster.coordinator.store import (
     EventRecord,
     JobRecord,
     JobStore,
+    LeaseRecord,
     ShardSlice,
     StepRecord,
     check_changes,
@@ -57,7 +58,13 @@ CREATE TABLE IF NOT EXISTS events (
     worker_id TEXT NOT NULL, message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id);
+CREATE TABLE IF NOT EXISTS leases (
+    lease_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, worker_id TEXT NOT NULL,
+    kind TEXT NOT NULL, epoch INTEGER NOT NULL, partition INTEGER NOT NULL,
+    partitions INTEGER NOT NULL, first_batch INTEGER NOT NULL, end_batch INTEGER NOT NULL
+);
 """
+_LEASE_FIELDS = [f.name for f in dataclasses.fields(LeaseRecord)]
 
 _FIELDS = [f.name for f in dataclasses.fields(JobRecord)]
 _JSON_FIELDS = {"done_partitions", "pending_evals", "shards"}
@@ -252,6 +259,19 @@ class SqliteStore(JobStore):
                 (job_id,),
             ).fetchall()
         return [EventRecord(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def save_leases(self, leases: Sequence[LeaseRecord]) -> None:
+        rows = [[getattr(lease, n) for n in _LEASE_FIELDS] for lease in leases]
+        marks = ", ".join("?" for _ in _LEASE_FIELDS)
+        with self._transaction():
+            self._db.execute("DELETE FROM leases")
+            self._db.executemany(f"INSERT INTO leases VALUES ({marks})", rows)
+
+    def leases(self) -> list[LeaseRecord]:
+        cols = ", ".join(_LEASE_FIELDS)
+        with self._lock:
+            rows = self._db.execute(f"SELECT {cols} FROM leases ORDER BY rowid").fetchall()
+        return [LeaseRecord(*r) for r in rows]
 
     def _require(self, job_id: str) -> JobRecord:
         row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()

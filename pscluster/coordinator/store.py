@@ -1,7 +1,8 @@
 """The coordinator's durable state behind one interface: jobs, their steps and evaluations.
 
 Everything a restarted coordinator needs to list finished jobs, report their metrics and
-resume running ones lives here; leases and worker liveness do not (workers re-register).
+resume running ones lives here, leases included (so that a worker training through a
+coordinator restart keeps its lease); worker liveness does not (workers re-register).
 Blobs (datasets, models) are files, see :mod:`pscluster.coordinator.blobs`.
 """
 
@@ -93,6 +94,21 @@ class EventRecord:
     message: str
 
 
+@dataclass(frozen=True)
+class LeaseRecord:
+    """A lease as granted (the fields of :class:`pscluster.coordinator.leases.Lease`)."""
+
+    lease_id: str
+    job_id: str
+    worker_id: str
+    kind: str
+    epoch: int
+    partition: int
+    partitions: int
+    first_batch: int
+    end_batch: int
+
+
 def check_changes(changes: dict[str, Any]) -> None:
     """Refuse a write of an unknown or fixed field (a programming error, not user input)."""
     bad = sorted(set(changes) - MUTABLE_FIELDS)
@@ -148,6 +164,14 @@ class JobStore(ABC):
     @abstractmethod
     def events(self, job_id: str) -> list[EventRecord]:
         """The job's events, oldest first."""
+
+    @abstractmethod
+    def save_leases(self, leases: Sequence[LeaseRecord]) -> None:
+        """Replace the stored leases with ``leases`` (every lease outstanding now)."""
+
+    @abstractmethod
+    def leases(self) -> list[LeaseRecord]:
+        """The leases outstanding when :meth:`save_leases` was last called."""
 
     @abstractmethod
     def close(self) -> None:

@@ -65,6 +65,7 @@ class TaskDispatcher:
             )
             # A fresh start: the new process holds no lease, so there is no revocation to hear.
             rt.book.forget_worker(info.worker_id)
+            rt.save_leases()
         if released is not None and released.kind == TRAIN:
             rt.sync_members(released.job_id)
         log.info("worker %s registered (%s, pid %d, %s)", info.worker_id, host, pid, device)
@@ -93,6 +94,7 @@ class TaskDispatcher:
             if lease is not None:
                 rt.activity[lease.job_id].last_lease = now
                 rt.relief.granted(lease, now)
+            rt.save_leases()
         if released is not None and released.kind == TRAIN:
             log.info("worker %s abandoned lease %s", worker_id, released.lease_id)
             if lease is None or lease.kind != TRAIN or lease.job_id != released.job_id:
@@ -109,6 +111,7 @@ class TaskDispatcher:
                     current = rt.book.lease_of(worker_id)
                     if current is not None and current.lease_id == lease.lease_id:
                         self._release(worker_id)
+                    rt.save_leases()
                 rt.sync_members(lease.job_id)
                 log.warning("worker %s waits: %s", worker_id, error)
                 return None
@@ -195,6 +198,7 @@ class TaskDispatcher:
                 log.info("job %s: epoch %d done", job_id, outcome.epoch_closed)
             if outcome.final:
                 self.jobs.mark_finishing(job_id)
+            rt.save_leases()
         if lease.kind == TRAIN:
             rt.sync_members(job_id)
         if outcome.final:
@@ -277,6 +281,7 @@ class TaskDispatcher:
                     affected.add(lease.job_id)
             for wid in forgotten:
                 rt.book.forget_worker(wid)
+            rt.save_leases()
         for wid in dead:
             log.warning(
                 "worker %s is dead: no heartbeat for %.1f s", wid, rt.workers.timeout_seconds

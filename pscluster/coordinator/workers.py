@@ -1,7 +1,9 @@
 """Worker registry and liveness: who is registered, when each was last heard from.
 
 Workers are stateless and cheap to replace, so the registry lives in memory only: after a
-coordinator restart every worker hears "unknown worker, register again" and does so. Times
+coordinator restart every worker hears "unknown worker, register again" and does so, except
+those holding a lease the restarted coordinator restored: they are expected back (see
+:meth:`WorkerRegistry.expect`) and go on training on it. Times
 are ``time.monotonic()`` values passed in by the caller, so tests can drive the clock.
 """
 
@@ -53,6 +55,14 @@ class WorkerRegistry:
         info = WorkerInfo(wid, host[:256], pid, device[:64], now, now)
         self._workers[wid] = info
         return info, previous is not None and previous.alive
+
+    def expect(self, worker_id: str, now: float, grace: float) -> None:
+        """Count a worker that held a lease before a coordinator restart as alive: it has
+        ``grace`` seconds more than the usual timeout to be heard from (its channel may be in
+        reconnect backoff after the outage), or it is declared dead and its lease released."""
+        if worker_id in self._workers:
+            return
+        self._workers[worker_id] = WorkerInfo(worker_id, "", 0, "", now, now + grace)
 
     def touch(self, worker_id: str, now: float) -> bool:
         """Renew liveness; False if the worker is unknown or already declared dead."""

@@ -2,6 +2,12 @@
 
 Workers hold no state the cluster depends on: a worker may join or die at any moment. Its
 heartbeats keep its lease alive; when they stop, the coordinator returns the lease to the pool.
+
+The coordinator may also go away for a while (a crash and a restart): training goes on
+against the shards meanwhile, and every call to the coordinator (registration, heartbeats,
+acquiring, reporting, completing) is retried with a capped backoff until it answers again. A
+restarted coordinator restores the leases it had granted, so the lease's work is kept; if it
+says the worker is unknown, the lease is gone and the worker registers afresh.
 """
 
 from __future__ import annotations
@@ -20,11 +26,15 @@ from pscluster.config import Settings
 from pscluster.transport.channel import open_channel
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+from pscluster.worker.backoff import Backoff
 from pscluster.worker.progress import ProgressReporter
 from pscluster.worker.runtime import JobRuntime, pick_device
 from pscluster.worker.trainer import LeaseLost, Trainer
 
 log = logging.getLogger(__name__)
+# Codes after which a call to the coordinator is worth making again: it is down, restarting or
+# overloaded; anything else is an answer.
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class WorkerAgent:
@@ -44,7 +54,7 @@ class WorkerAgent:
     # --- membership ---
     def register(self) -> None:
         """Register, retrying with backoff until the coordinator answers or we are stopped."""
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         while not self.stop.is_set():
             try:
                 reply = self.stub.RegisterWorker(
@@ -64,8 +74,7 @@ class WorkerAgent:
                 return
             except grpc.RpcError as e:
                 log.warning("coordinator %s: %s; retrying", self.settings.coordinator, e.details())  # type: ignore[attr-defined]
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff.wait(self.stop)
 
     def _heartbeats(self) -> None:
         while not self.stop.wait(self.heartbeat_seconds):
@@ -94,18 +103,20 @@ class WorkerAgent:
         self.register()
         beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         beat.start()
+        backoff = Backoff(0.2, 5.0)
         try:
             while not self.stop.is_set():
                 try:
                     task = self.stub.AcquireTask(
                         coordinator_pb2.AcquireTaskRequest(worker_id=self.worker_id), timeout=10
                     )
+                    backoff.reset()
                 except grpc.RpcError as e:
                     if e.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
                         self.register()
                     else:
                         log.warning("acquire failed: %s", e.details())  # type: ignore[attr-defined]
-                        self.stop.wait(1.0)
+                        backoff.wait(self.stop)
                     continue
                 if task.kind in (coordinator_pb2.TASK_KIND_TRAIN, coordinator_pb2.TASK_KIND_EVAL):
                     self._run_task(task)
@@ -158,6 +169,7 @@ class WorkerAgent:
             request = coordinator_pb2.CompleteTaskRequest(
                 worker_id=self.worker_id, lease_id=task.lease_id
             )
+            reporter: ProgressReporter | None = None
             if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
                 reporter = ProgressReporter(
                     self.stub,
@@ -190,7 +202,9 @@ class WorkerAgent:
                     task.epoch,
                     request.test_accuracy,
                 )
-            self.stub.CompleteTask(request, timeout=self.settings.rpc_timeout_seconds)
+            self._complete(request)
+            if reporter is not None:
+                reporter.flush()  # what an outage held back, now the coordinator is back
         except LeaseLost as e:
             log.info("lease %s abandoned: %s", task.lease_id, e)
             self._forget_if_gone(task.job_id)
@@ -204,6 +218,22 @@ class WorkerAgent:
         finally:
             with self._lock:
                 self._lease = ""
+
+    def _complete(self, request: coordinator_pb2.CompleteTaskRequest) -> None:
+        """Hand the finished lease in, through a coordinator outage if need be: the work is
+        done and applied on the shards, so it is worth waiting for. Gives up (LeaseLost) once
+        the lease is revoked, e.g. the restarted coordinator no longer knows this worker."""
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                self.stub.CompleteTask(request, timeout=self.settings.rpc_timeout_seconds)
+                return
+            except grpc.RpcError as e:
+                if e.code() not in _TRANSIENT:  # type: ignore[attr-defined]
+                    raise
+                log.warning("completing %s: %s; retrying", request.lease_id, e.details())  # type: ignore[attr-defined]
+            if backoff.wait(self.stop) or not self.lease_alive():
+                raise LeaseLost("the coordinator could not be told the lease is done")
 
     def _forget_if_gone(self, job_id: str) -> None:
         """Drop the cached runtime of a job that no longer runs (its memory, its channels)."""

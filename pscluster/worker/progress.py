@@ -3,6 +3,10 @@
 With them goes the lease's progress: where the worker is in its batches (so a lease handed
 back or cut short loses no work) and how long the batches took (the coordinator's straggler
 detector). The reply may move the lease's end earlier: a faster worker takes the rest.
+
+While the coordinator cannot be reached (a restart), reports are kept and sent with the next
+one that goes through, and attempts back off, so that training is not slowed by a report per
+batch timing out.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ import grpc
 
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+from pscluster.worker.backoff import Backoff
 
 log = logging.getLogger(__name__)
+# Steps kept while the coordinator is unreachable; the oldest are dropped beyond this (they
+# are metrics, and an outage long enough to fill it is one the job will be told about).
+MAX_PENDING_STEPS = 100_000
 
 
 class ProgressReporter:
@@ -38,6 +46,9 @@ class ProgressReporter:
         self._pending: list[coordinator_pb2.StepMetric] = []
         self._progress = coordinator_pb2.LeaseProgress(lease_id=lease_id)
         self._last_flush = time.monotonic()
+        self._backoff = Backoff(1.0, 8.0)
+        self._retry_at = 0.0  # after a failed report, no attempt before this (monotonic)
+        self.dropped_reports = 0
 
     def batch_done(self, position: int, busy_seconds: float, step_seconds: float) -> None:
         """One batch of the lease is done (applied, refused or dropped): ``position`` is the
@@ -47,7 +58,8 @@ class ProgressReporter:
         p.batches += 1
         p.busy_seconds += busy_seconds
         p.step_seconds += step_seconds
-        if time.monotonic() - self._last_flush >= self.every:
+        now = time.monotonic()
+        if now - self._last_flush >= self.every and now >= self._retry_at:
             self.flush()
 
     def step(self, loss: float, samples: int, epoch: int) -> None:
@@ -62,6 +74,7 @@ class ProgressReporter:
         )
 
     def flush(self) -> None:
+        """Send what was gathered; on failure keep it for the next report and back off."""
         self._last_flush = time.monotonic()
         progress = self._progress
         if not self._pending and not progress.batches:
@@ -77,8 +90,31 @@ class ProgressReporter:
         )
         try:
             reply = self.stub.ReportProgress(request, timeout=10)
-            if reply.end_batch:
-                self.end_batch = reply.end_batch
         except grpc.RpcError as e:
-            # Metrics are best effort: losing a report must never stop training.
-            log.warning("progress report for %s dropped: %s", self.job_id, e.details())  # type: ignore[attr-defined]
+            # Never fatal to training; kept for the next report if the failure is passing.
+            code = e.code()  # type: ignore[attr-defined]
+            self.dropped_reports += 1
+            self._retry_at = time.monotonic() + self._backoff.delay()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self._keep(steps, progress)
+            log.warning("progress report for %s failed: %s", self.job_id, e.details())  # type: ignore[attr-defined]
+            return
+        self._backoff.reset()
+        self._retry_at = 0.0
+        if reply.end_batch:
+            self.end_batch = reply.end_batch
+
+    def _keep(
+        self, steps: list[coordinator_pb2.StepMetric], progress: coordinator_pb2.LeaseProgress
+    ) -> None:
+        """Put an unsent report back in front of what was gathered since."""
+        self._pending = (steps + self._pending)[-MAX_PENDING_STEPS:]
+        now = self._progress
+        merged = coordinator_pb2.LeaseProgress(
+            lease_id=self.lease_id,
+            position=max(now.position, progress.position),
+            batches=progress.batches + now.batches,
+            busy_seconds=progress.busy_seconds + now.busy_seconds,
+            step_seconds=progress.step_seconds + now.step_seconds,
+        )
+        self._progress = merged

@@ -20,6 +20,7 @@ from pscluster.config import Settings
 from pscluster.data.partitions import batches
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from pscluster.worker.backoff import Backoff
 from pscluster.worker.progress import ProgressReporter
 from pscluster.worker.runtime import JobRuntime
 from pscluster.worker.shards import Snapshot, is_retryable
@@ -58,8 +59,14 @@ class Trainer:
             raise LeaseLost("lease revoked or worker stopping")
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
-        """Retry while the failure is temporary and the lease stands; NOT_FOUND loses the lease."""
-        backoff = 0.05
+        """Retry while the failure is temporary and the lease stands; NOT_FOUND loses the lease.
+
+        Every attempt has its deadline (set by ``fn``); a push retried this way resends the
+        same seq, so a shard that had applied it before the connection broke answers it again
+        without applying it twice. UNAVAILABLE backs off (a shard restarting or cut off);
+        DEADLINE_EXCEEDED does not (the deadline was the wait, e.g. a sync barrier not met).
+        """
+        backoff = Backoff(0.05, 2.0)
         while True:
             self._check()
             try:
@@ -71,8 +78,7 @@ class Trainer:
                 if not is_retryable(e):
                     raise
                 if code == grpc.StatusCode.UNAVAILABLE:
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    time.sleep(backoff.delay())
                 log.debug("%s: %s, retrying", what, e.details())  # type: ignore[attr-defined]
 
     def pull(self, min_versions: list[int] | None) -> Snapshot:

@@ -169,6 +169,33 @@ def test_restored_progress_resumes_where_it_stopped() -> None:
     assert b.acquire("c") is None
 
 
+def test_restored_leases_are_held_again_and_only_when_they_still_fit() -> None:
+    # Prepare: a coordinator that had leased part of partition 1 and evaluation 0, then
+    # restarted with its saved progress.
+    b = book()
+    b.add_job("j", epochs=3, partitions=3, epoch=1, done=[0], evals=[0], batch_counts=[8, 8, 8])
+    train = Lease("l-a", "j", "a", TRAIN, 1, 1, 3, 2, 6)
+    evaluation = Lease("l-b", "j", "b", EVAL, 0, -1, 3)
+    # Execute
+    restored = [
+        b.restore(train),
+        b.restore(evaluation),
+        b.restore(Lease("l-c", "j", "c", TRAIN, 0, 2, 3, 0, 8)),  # an epoch that has closed
+        b.restore(Lease("l-d", "j", "d", TRAIN, 1, 0, 3, 0, 8)),  # a partition done
+        b.restore(Lease("l-e", "j", "a", TRAIN, 1, 2, 3, 0, 8)),  # its worker holds one
+    ]
+    # Assert: the rest of partition 1 and partition 2 are still free; completing the restored
+    # leases and the free units closes the epoch.
+    assert restored == [True, True, False, False, False]
+    assert b.lease_of("a") == train and b.members("j") == ["a"]
+    free = [(le.partition, le.first_batch, le.end_batch) for le in (take(b, w) for w in "xyz")]
+    assert sorted(free) == [(1, 0, 2), (1, 6, 8), (2, 0, 8)]
+    for worker, lease in [("a", train), ("b", evaluation)]:
+        b.complete(worker, lease.lease_id)
+    outcomes = [b.complete(w, b.lease_of(w).lease_id) for w in "xyz"]  # type: ignore[union-attr]
+    assert [o.epoch_closed for o in outcomes][-1] == 1
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     epochs=st.integers(1, 4),

@@ -19,6 +19,7 @@ from pscluster.coordinator.store import (
     EventRecord,
     JobRecord,
     JobStore,
+    LeaseRecord,
     ShardSlice,
     StepRecord,
 )
@@ -139,6 +140,15 @@ class TestStoreContract:
         with pytest.raises(NotFound):
             store.append_event("j-404", first)
 
+    def test_saved_leases_replace_the_previous_ones(self, store: JobStore) -> None:
+        train = LeaseRecord("l-1", "j-1", "w-1", "train", 0, 2, 4, 3, 9)
+        evaluation = LeaseRecord("l-2", "j-1", "w-2", "eval", 0, -1, 4, 0, 0)
+        assert store.leases() == []
+        store.save_leases([train, evaluation])
+        assert store.leases() == [train, evaluation]
+        store.save_leases([evaluation])
+        assert store.leases() == [evaluation]
+
     def test_concurrent_appends_get_contiguous_numbers(self, store: JobStore) -> None:
         store.create_job(job("j-1"))
 
@@ -165,6 +175,8 @@ def test_sqlite_keeps_everything_across_a_reopen(tmp_path: Path) -> None:
     first.record_epoch("j-1", EpochRecord(0, 0.7, 0.3, 5.0, 4))
     first.update_job("j-1", state=COMPLETED, final_stats=b"\x00stats")
     first.append_event("j-1", EventRecord(6.0, "straggler", "w-1", "slow"))
+    lease = LeaseRecord("l-1", "j-1", "w-1", "train", 0, 2, 4, 3, 9)
+    first.save_leases([lease])
     first.close()
     # Execute
     second = SqliteStore(path)
@@ -175,6 +187,7 @@ def test_sqlite_keeps_everything_across_a_reopen(tmp_path: Path) -> None:
     assert [e.test_accuracy for e in second.epochs("j-1")] == [0.7]
     assert second.steps("j-1")[0].loss == 0.5
     assert [e.kind for e in second.events("j-1")] == ["straggler"]
+    assert second.leases() == [lease]
     second.close()
 
 
