@@ -110,6 +110,29 @@ class MemberClocks:
     def snapshot(self) -> dict[str, int]:
         return dict(self._clocks)
 
+    def state(self) -> dict[str, object]:
+        """Everything that decides the clock, as JSON-able data (for checkpoints)."""
+        return {
+            "clocks": dict(self._clocks),
+            "excluded": sorted(self._excluded),
+            "reentering": sorted(self._reentering),
+            "floor": self._floor,
+        }
+
+    def load_state(self, state: dict[str, object]) -> None:
+        """Become what :meth:`state` described."""
+        clocks = state["clocks"]
+        excluded, reentering = state["excluded"], state["reentering"]
+        floor = state["floor"]
+        if not (isinstance(clocks, dict) and isinstance(excluded, list)):
+            raise ValueError(f"clock state needs a clocks object and lists, got {state}")
+        if not (isinstance(reentering, list) and isinstance(floor, int)):
+            raise ValueError(f"clock state needs reentering and an integer floor, got {state}")
+        self._clocks = {str(w): int(c) for w, c in clocks.items()}
+        self._excluded = {str(w) for w in excluded}
+        self._reentering = {str(w) for w in reentering}
+        self._floor = floor
+
     def _counted(self) -> dict[str, int]:
         counted = {
             w: c

@@ -108,3 +108,7 @@ class JobStats:
     last_update_unix: float
     steps_applied: int
     excluded: list[str]
+    pushes_duplicate: int = 0
+    durable: bool = False  # the job is logged (write-ahead log and checkpoints)
+    checkpoint_version: int = 0  # the version its newest checkpoint holds
+    records_replayed: int = 0  # logged records replayed when the shard started

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 
 from pscluster.config import Settings
+from pscluster.server.durability.journal import DurabilityConfig
+from pscluster.server.durability.recovery import recover_all
 from pscluster.server.optimizer import warm_up
 from pscluster.server.servicer import SERVICE_NAME, ParameterServerServicer, add_to_server
 from pscluster.server.shard import Shard
 from pscluster.transport.server import RunningServer, build_server, wait_for_termination
 
+log = logging.getLogger(__name__)
+
 
 def serve(settings: Settings, port: int | None = None) -> RunningServer:
     """Start a shard in this process and return at once.
 
-    ``port`` None: ``settings.shard_port``; 0: a free port (read it from ``.port``).
+    ``port`` None: ``settings.shard_port``; 0: a free port (read it from ``.port``). With
+    ``shard_data_dir`` set, every job found there is recovered before the port is served, so
+    no caller ever sees a shard that has forgotten its jobs.
     """
     warm_up()
-    servicer = ParameterServerServicer(Shard(), settings)
+    shard = recovered_shard(settings)
+    servicer = ParameterServerServicer(shard, settings)
     running = build_server(
         settings,
         settings.shard_port if port is None else port,
@@ -27,6 +35,27 @@ def serve(settings: Settings, port: int | None = None) -> RunningServer:
     )
     servicer.advertise = settings.advertise or f"{settings.host}:{running.port}"
     return running
+
+
+def recovered_shard(settings: Settings) -> Shard:
+    """A shard with the jobs of ``settings.shard_data_dir`` (none without one)."""
+    durability = DurabilityConfig.from_settings(settings)
+    shard = Shard(durability)
+    if durability is None:
+        return shard
+    started = time.monotonic()
+    recovered = recover_all(durability)
+    for item in recovered:
+        shard.adopt(item.job)
+    log.info(
+        "recovered %d job(s) from %s (%d records replayed) in %.3fs; wal_fsync=%s",
+        len(recovered),
+        durability.data_dir,
+        sum(item.records_replayed for item in recovered),
+        time.monotonic() - started,
+        durability.fsync,
+    )
+    return shard
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -141,6 +141,28 @@ class FlatOptimizer:
                 # Dropped so the shard does not keep the last gradient alive between pushes.
                 self.param.grad = None
 
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, float | None]]:
+        """The optimizer's per-parameter state (momentum, Adam moments, step count): tensors
+        (copies) and plain numbers apart, so checkpoints need no pickle."""
+        tensors: dict[str, torch.Tensor] = {}
+        scalars: dict[str, float | None] = {}
+        for key, value in self._opt.state.get(self.param, {}).items():
+            if isinstance(value, torch.Tensor):
+                tensors[key] = value.detach().clone()
+            else:
+                scalars[key] = value
+        return tensors, scalars
+
+    def load_state_tensors(
+        self, tensors: dict[str, torch.Tensor], scalars: dict[str, float | None]
+    ) -> None:
+        """Restore what :meth:`state_tensors` gave (the hyperparameters come from the spec)."""
+        if not tensors and not scalars:
+            return
+        state = self._opt.state_dict()
+        state["state"] = {0: {**scalars, **tensors}}
+        self._opt.load_state_dict(state)
+
 
 def _build(param: nn.Parameter, spec: OptimizerSpec) -> torch.optim.Optimizer:
     if spec.name == "sgd":

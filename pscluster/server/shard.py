@@ -10,6 +10,7 @@ from typing import cast
 
 from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig
+from pscluster.server.durability.journal import DurabilityConfig, Journal
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
 from pscluster.transport.errors import (
@@ -24,9 +25,14 @@ log = logging.getLogger(__name__)
 
 
 class Shard:
-    def __init__(self) -> None:
+    """``durability`` None keeps every job in memory only; otherwise each job is logged and
+    checkpointed under ``durability.data_dir`` (see :mod:`pscluster.server.durability`)."""
+
+    def __init__(self, durability: DurabilityConfig | None = None) -> None:
         self._jobs: dict[str, ShardJob] = {}
+        self._starting: set[str] = set()  # InitJobs writing their first checkpoint
         self._lock = threading.Lock()
+        self._durability = durability
 
     def check_new(self, config: JobConfig) -> None:
         """Validate a job config before its (possibly large) initial values are received."""
@@ -34,7 +40,7 @@ class Shard:
             raise InvalidArgument("config.job_id is empty; name the job")
         validate_consistency(config.mode, config.staleness, config.backup_workers)
         with self._lock:
-            if config.job_id in self._jobs:
+            if config.job_id in self._jobs or config.job_id in self._starting:
                 raise AlreadyExists(f"job {config.job_id} already exists on this shard")
 
     def init_job(self, config: JobConfig, data: Iterable[bytes | memoryview]) -> ShardJob:
@@ -54,9 +60,17 @@ class Shard:
         job = ShardJob(config, values)
         with self._lock:
             # Checked again: two InitJob calls for one id may have streamed at the same time.
-            if config.job_id in self._jobs:
+            if config.job_id in self._jobs or config.job_id in self._starting:
                 raise AlreadyExists(f"job {config.job_id} already exists on this shard")
-            self._jobs[config.job_id] = job
+            self._starting.add(config.job_id)
+        try:
+            if self._durability is not None:  # durable before anyone can push to it
+                job.attach(Journal.create(job, self._durability))
+            with self._lock:
+                self._jobs[config.job_id] = job
+        finally:
+            with self._lock:
+                self._starting.discard(config.job_id)
         log.info(
             "job %s: %d values [%d, %d), mode %s, optimizer %s",
             config.job_id,
@@ -67,6 +81,21 @@ class Shard:
             config.optimizer.name,
         )
         return job
+
+    def adopt(self, job: ShardJob) -> None:
+        """Serve a job recovered from its folder (before the server starts)."""
+        with self._lock:
+            if job.config.job_id in self._jobs:
+                raise AlreadyExists(f"job {job.config.job_id} was recovered twice")
+            self._jobs[job.config.job_id] = job
+
+    def close(self) -> None:
+        """Stop logging (the files stay for the next start)."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            if job.journal is not None:
+                job.journal.close()
 
     def job(self, job_id: str) -> ShardJob:
         with self._lock:

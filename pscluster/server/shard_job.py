@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -41,6 +42,9 @@ from pscluster.server.stats import JobCounters
 from pscluster.transport import wire
 from pscluster.transport.errors import DeadlineExceeded, InvalidArgument, NotFound, PSError
 
+if TYPE_CHECKING:
+    from pscluster.server.durability.journal import Journal
+
 log = logging.getLogger(__name__)
 
 # Outcomes of a push that was refused: counted in pushes_rejected, the sender's clock stays.
@@ -68,6 +72,9 @@ class ShardJob:
         self._dropped = False
         self._receive_buffers = Pool(lambda: bytearray(config.length * 4))
         self._snapshots = SnapshotCache(config.length)
+        # Durability (pscluster.server.durability): None keeps the job in memory only.
+        self._journal: Journal | None = None
+        self._replayed = 0
 
     # --- the JobContext the policy sees (called with the lock held) ---
 
@@ -122,8 +129,14 @@ class ShardJob:
         # and pulls go on meanwhile, and a bad payload never reaches the shared state.
         raw = header.codec == "none"
         buffer = self._receive_buffers.take() if raw and is_float32(header.dtype) else None
+        # A durable job logs the payload as it came: float32 is the receive buffer itself,
+        # other payloads are kept as their chunks go by.
+        payload: bytearray | None = buffer
+        if self._journal is not None and buffer is None:
+            payload = bytearray()
+            data = _tee(data, payload)
         try:
-            return self._decide(header, self._receive(header, data, buffer))
+            return self._decide(header, self._receive(header, data, buffer), payload)
         finally:
             if buffer is not None:
                 self._receive_buffers.give(buffer)
@@ -140,7 +153,23 @@ class ShardJob:
                 self._counters.rejected("invalid")
             raise
 
-    def _decide(self, header: PushHeader, grad: torch.Tensor) -> PushResult:
+    def replay_push(self, header: PushHeader, payload: bytes) -> PushResult:
+        """Recovery: a logged push, through the same checks and decision as when it came."""
+        with self._cond:
+            self._counters.pushes_received += 1
+        return self._decide(header, self._receive(header, [payload], None), None)
+
+    def _decide(
+        self, header: PushHeader, grad: torch.Tensor, payload: bytearray | None
+    ) -> PushResult:
+        result, ticket = self._decide_locked(header, grad, payload)
+        if self._journal is not None:
+            self._journal.commit(ticket, self)
+        return result
+
+    def _decide_locked(
+        self, header: PushHeader, grad: torch.Tensor, payload: bytearray | None
+    ) -> tuple[PushResult, int]:
         finite = all_finite(grad)
         with self._cond:
             self._counters.pushed(payload_bytes(header), header.length * 4)
@@ -154,8 +183,14 @@ class ShardJob:
             self._guard("not_member", lambda: self._check_member(header.worker_id))
             remembered = self._remembered(header)
             if remembered is not None:
-                return remembered
+                self._counters.pushes_duplicate += 1
+                # Answered only once the push it repeats is durable (it may still be syncing).
+                return remembered, self._journal.tail() if self._journal else 0
             self._guard("invalid", lambda: self._check_base_version(header))
+            ticket = 0
+            if self._journal is not None and payload is not None:
+                # Logged before the policy sees it: the policy may scale the gradient in place.
+                ticket = self._journal.log_push(header, payload)
             decision = self._policy.on_push(self, header, grad)
             if decision.outcome in _REFUSED:
                 self._counters.rejected(decision.reject_key or decision.outcome.value)
@@ -166,7 +201,7 @@ class ShardJob:
                 decision.outcome, self._version, self._clocks.clock, reason=decision.reason
             )
             self._last_push[header.worker_id] = (header.seq, result)
-            return result
+            return result, ticket
 
     def _check_header(self, header: PushHeader) -> None:
         if not header.worker_id:
@@ -242,12 +277,15 @@ class ShardJob:
                         f"waiting for {blocker}"
                     )
                 self._cond.wait(remaining)
+            ticket = 0
             if worker_id:
                 self._policy.on_pull_granted(self, worker_id)
+                if self._journal is not None and worker_id in self._clocks.excluded:
+                    ticket = self._journal.log_read(worker_id)  # its clock may move
                 self._read_current(worker_id)
             lease = self._snapshots.take(self._opt.values, self._version, dtype)
             self._counters.pulled(lease.nbytes)
-            return PullSnapshot(
+            snapshot = PullSnapshot(
                 self._version,
                 self._clocks.clock,
                 self.config.start,
@@ -256,6 +294,14 @@ class ShardJob:
                 lease,
                 waited_seconds=time.monotonic() - arrived if held else 0.0,
             )
+        if ticket:
+            self._commit(ticket)
+        return snapshot
+
+    def replay_read(self, worker_id: str) -> None:
+        """Recovery: a logged pull by an uncounted member (its clock read)."""
+        with self._cond:
+            self._read_current(worker_id)
 
     def _read_current(self, worker_id: str) -> None:
         """The worker now holds the current parameters: an excluded (or re-entering) worker is
@@ -289,12 +335,16 @@ class ShardJob:
             if generation < self._generation:
                 return self._generation
             self._generation = generation
+            ticket = 0
+            if self._journal is not None:
+                ticket = self._journal.log_members(list(worker_ids), generation, list(excluded))
             before = self._clocks.excluded
             added, removed = self._clocks.set_members(worker_ids, excluded)
             now_excluded = self._clocks.excluded
             self._policy.on_members_changed(self)
             # Wake waiting pulls: a removed worker must stop waiting, the ssp minimum may move.
             self._cond.notify_all()
+        self._commit(ticket)
         if added or removed or before != now_excluded:
             log.info(
                 "job %s generation %d: added %s, removed %s, excluded %s",
@@ -332,6 +382,10 @@ class ShardJob:
                 last_update_unix=c.last_update_unix,
                 steps_applied=c.steps_applied,
                 excluded=self._clocks.excluded,
+                pushes_duplicate=c.pushes_duplicate,
+                durable=self._journal is not None,
+                checkpoint_version=self._journal.checkpoint_version if self._journal else 0,
+                records_replayed=self._replayed,
             )
 
     def checksum(self) -> float:
@@ -342,10 +396,28 @@ class ShardJob:
         return float(self._opt.values.sum(dtype=torch.float64))
 
     def drop(self) -> None:
-        """Mark the job gone and wake its waiters, which answer NOT_FOUND."""
+        """Mark the job gone and wake its waiters, which answer NOT_FOUND; delete its files."""
         with self._cond:
             self._dropped = True
             self._cond.notify_all()
+        if self._journal is not None:
+            self._journal.delete()
+
+    # --- durability (pscluster.server.durability) ---
+
+    @property
+    def journal(self) -> Journal | None:
+        return self._journal
+
+    def attach(self, journal: Journal, records_replayed: int = 0) -> None:
+        """Log from now on (a new job, or one just recovered by replaying its log)."""
+        with self._cond:
+            self._journal = journal
+            self._replayed = records_replayed
+
+    def _commit(self, ticket: int) -> None:
+        if ticket and self._journal is not None:
+            self._journal.commit(ticket, self)
 
     def wake(self) -> None:
         """Let waiting pulls re-check their conditions (e.g. a caller went away)."""
@@ -369,3 +441,10 @@ class ShardJob:
         except PSError:
             self._counters.rejected(reason)
             raise
+
+
+def _tee(chunks: Iterable[bytes | memoryview], into: bytearray) -> Iterator[bytes | memoryview]:
+    """``chunks`` unchanged, each also appended to ``into``."""
+    for chunk in chunks:
+        into += chunk
+        yield chunk

@@ -22,6 +22,24 @@ class JobCounters:
         self.max_clock_lead = 0
         self.steps_applied = 0
         self.last_update_unix = 0.0
+        self.pushes_duplicate = 0  # retries of pushes already decided, answered again
+
+    def state(self) -> dict[str, object]:
+        """The counters as JSON-able data (for checkpoints); map keys become strings."""
+        return {
+            name: dict(value) if isinstance(value, Counter) else value
+            for name, value in vars(self).items()
+        }
+
+    def load_state(self, state: dict[str, object]) -> None:
+        """Become what :meth:`state` described (unknown names are ignored: newer writers)."""
+        for name, value in state.items():
+            current = getattr(self, name, None)
+            if isinstance(current, Counter) and isinstance(value, dict):
+                keyed = int if name.endswith("staleness") else str
+                setattr(self, name, Counter({keyed(k): int(v) for k, v in value.items()}))
+            elif isinstance(current, int | float) and isinstance(value, int | float):
+                setattr(self, name, type(current)(value))
 
     def applied(self, version_staleness: int, clock_staleness: int) -> None:
         """One push reached the parameters (sync: once per push in the step)."""

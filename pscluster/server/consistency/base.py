@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -89,3 +89,12 @@ class ConsistencyPolicy(Protocol):
     def waiting_for(self, job: JobContext) -> list[str]:
         """Members the job is waiting on (sync: those that have not pushed for the open step)."""
         return []
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """What the policy holds between pushes (sync: the open step's sum and pushes), as
+        tensors (copies) and JSON-able data, for checkpoints. Stateless modes hold nothing."""
+        return {}, {}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Become what :meth:`state_dict` described."""
+        return None

@@ -11,7 +11,8 @@ synchronous SGD: with one worker it is exactly single-process training.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import asdict
+from typing import Any, ClassVar
 
 import torch
 
@@ -76,6 +77,17 @@ class SyncPolicy(ConsistencyPolicy):
         if min_version == job.version + 1:
             return f"sync barrier for step {job.version} waiting on workers {self.waiting_for(job)}"
         return f"version {min_version} (the shard is at version {job.version})"
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        pushes = [asdict(push) for push in self._pushes.values()]
+        if not pushes or self._sum is None:
+            return {}, {"pushes": []}
+        return {"sum": self._sum.clone()}, {"pushes": pushes}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self._pushes = {p["worker_id"]: PushHeader(**p) for p in meta.get("pushes", [])}
+        held = tensors.get("sum")
+        self._sum = None if held is None else held.clone()
 
     def _apply(self, job: JobContext) -> None:
         grad, pushes = self._sum, list(self._pushes.values())

@@ -1,0 +1,85 @@
+"""Checkpoint files: tensors in safetensors, everything else as JSON in its metadata. No pickle.
+
+A checkpoint is written to a temporary file, fsynced, renamed over its final name and the
+folder fsynced, so a crash leaves either the whole new file or none of it. Each tensor's CRC32
+is stored beside it: safetensors checks the layout, the CRCs check the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from pscluster.server.durability.wal import fsync_dir
+
+_KEY = "pscluster"
+_FORMAT = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be trusted; the message names the file and what is wrong."""
+
+
+def checkpoint_path(folder: Path, number: int) -> Path:
+    return folder / f"checkpoint-{number:012d}.safetensors"
+
+
+def checkpoint_number(path: Path) -> int:
+    return int(path.name.split(".", 1)[0].split("-", 1)[1])
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """The folder's checkpoints, newest first."""
+    return sorted(folder.glob("checkpoint-*.safetensors"), key=checkpoint_number, reverse=True)
+
+
+def _crc(tensor: torch.Tensor) -> int:
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+    return zlib.crc32(raw.numpy().data)
+
+
+def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write ``tensors`` and ``meta`` (JSON-able) to ``path`` atomically and durably."""
+    tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
+    header = {"format": _FORMAT, "meta": meta, "crc": {n: _crc(t) for n, t in tensors.items()}}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={_KEY: json.dumps(header)})
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and metadata of ``path``; CheckpointError if any of it is damaged."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+        header = json.loads(metadata[_KEY])
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+    if not isinstance(header, dict) or header.get("format") != _FORMAT:
+        raise CheckpointError(f"checkpoint {path} has an unknown format (expected {_FORMAT})")
+    crcs = header.get("crc", {})
+    if set(crcs) != set(tensors):
+        raise CheckpointError(
+            f"checkpoint {path} lists tensors {sorted(crcs)} but holds {sorted(tensors)}"
+        )
+    for name, tensor in tensors.items():
+        if _crc(tensor) != crcs[name]:
+            raise CheckpointError(f"checkpoint {path}: tensor {name!r} fails its CRC32 check")
+    meta = header.get("meta")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has no metadata object")
+    return tensors, meta

@@ -1,0 +1,189 @@
+"""One job's durability: its folder, its write-ahead log and when it takes checkpoints.
+
+Folder layout (``<shard_data_dir>/<job id, %-quoted>/``)::
+
+    checkpoint-000000000003.safetensors   state before segment 3's first record
+    wal-000000000003.log                  records since, in the order they were applied
+    wal-000000000004.log                  ... (segments only grow in number)
+
+Checkpoint ``n`` covers every segment numbered below ``n``. After a new checkpoint is durable,
+files numbered below the *previous* checkpoint are deleted: one older checkpoint and the log
+after it stay, so a damaged newest checkpoint still leaves a full way back.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from pscluster.config import Settings
+from pscluster.server.domain import PushHeader
+from pscluster.server.durability.checkpoint import (
+    checkpoint_number,
+    checkpoint_path,
+    checkpoints,
+    write_checkpoint,
+)
+from pscluster.server.durability.image import capture
+from pscluster.server.durability.wal import (
+    FsyncMode,
+    RecordType,
+    WriteAheadLog,
+    segment_number,
+    segment_path,
+    segments,
+)
+
+if TYPE_CHECKING:
+    from pscluster.server.shard_job import ShardJob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DurabilityConfig:
+    data_dir: Path
+    fsync: FsyncMode = "always"
+    fsync_interval_seconds: float = 0.05
+    checkpoint_seconds: float = 30.0
+    checkpoint_wal_bytes: int = 256 << 20
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DurabilityConfig | None:
+        """None when ``shard_data_dir`` is unset: the shard keeps its state in memory only."""
+        if settings.shard_data_dir is None:
+            return None
+        return cls(
+            data_dir=Path(settings.shard_data_dir),
+            fsync=settings.wal_fsync,
+            fsync_interval_seconds=settings.wal_fsync_interval_seconds,
+            checkpoint_seconds=settings.checkpoint_seconds,
+            checkpoint_wal_bytes=settings.checkpoint_wal_bytes,
+        )
+
+    def job_folder(self, job_id: str) -> Path:
+        # Quoted so any job id is one safe folder name ("." too, so "." and ".." are not special).
+        return self.data_dir / quote(job_id, safe="-_").replace(".", "%2E")
+
+
+class Journal:
+    """Logs a job's inputs (called under the job's lock) and checkpoints it now and then."""
+
+    def __init__(
+        self, folder: Path, config: DurabilityConfig, segment: int, checkpoint_version: int
+    ) -> None:
+        self.folder = folder
+        self._config = config
+        self._segment = segment
+        self._wal = WriteAheadLog(
+            segment_path(folder, segment), config.fsync, config.fsync_interval_seconds
+        )
+        self.checkpoint_version = checkpoint_version
+        self._last_checkpoint = time.monotonic()
+        self._checkpointing = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def create(cls, job: ShardJob, config: DurabilityConfig) -> Journal:
+        """A new job's folder with its first checkpoint (the config and initial values),
+        written before InitJob replies. A leftover folder of the same id is replaced."""
+        folder = config.job_folder(job.config.job_id)
+        if folder.exists():
+            log.warning("job %s: replacing the leftover folder %s", job.config.job_id, folder)
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        tensors, meta = capture(job)
+        write_checkpoint(checkpoint_path(folder, 0), tensors, meta)
+        return cls(folder, config, segment=0, checkpoint_version=job.version)
+
+    # --- called under the job's lock ---
+
+    def log_push(self, header: PushHeader, payload: bytes | bytearray | memoryview) -> int:
+        meta: dict[str, Any] = {
+            "worker_id": header.worker_id,
+            "seq": header.seq,
+            "base_version": header.base_version,
+            "base_clock": header.base_clock,
+            "length": header.length,
+            "dtype": header.dtype,
+            "batch_size": header.batch_size,
+            "codec": header.codec,
+            "payload_bytes": header.payload_bytes,
+        }
+        return self._wal.append(RecordType.PUSH, meta, payload)
+
+    def log_members(self, worker_ids: list[str], generation: int, excluded: list[str]) -> int:
+        meta = {"worker_ids": worker_ids, "generation": generation, "excluded": excluded}
+        return self._wal.append(RecordType.MEMBERS, meta)
+
+    def log_read(self, worker_id: str) -> int:
+        return self._wal.append(RecordType.READ, {"worker_id": worker_id})
+
+    def tail(self) -> int:
+        return self._wal.tail()
+
+    # --- called outside the job's lock ---
+
+    def commit(self, ticket: int, job: ShardJob) -> None:
+        """Return once record ``ticket`` is as durable as ``wal_fsync`` asks; then take a
+        checkpoint if one is due (this caller's reply waits for it: checkpoints are rare)."""
+        self._wal.sync(ticket)
+        due_time = time.monotonic() - self._last_checkpoint >= self._config.checkpoint_seconds
+        if self._wal.bytes >= self._config.checkpoint_wal_bytes or (due_time and self._wal.bytes):
+            self.checkpoint(job)
+
+    def checkpoint(self, job: ShardJob) -> bool:
+        """Snapshot the job under its lock, move the log on, write the snapshot outside the
+        lock. False if another checkpoint is already being taken."""
+        if not self._checkpointing.acquire(blocking=False):
+            return False
+        try:
+            with job._cond:
+                if self._closed:
+                    return False
+                tensors, meta = capture(job)
+                version = job.version
+                self._segment += 1
+                self._wal.roll(segment_path(self.folder, self._segment))
+            started = time.monotonic()
+            write_checkpoint(checkpoint_path(self.folder, self._segment), tensors, meta)
+            self._last_checkpoint = time.monotonic()
+            self.checkpoint_version = version
+            self._prune()
+            log.info(
+                "job %s: checkpoint %d at version %d in %.3fs",
+                job.config.job_id,
+                self._segment,
+                version,
+                self._last_checkpoint - started,
+            )
+            return True
+        finally:
+            self._checkpointing.release()
+
+    def _prune(self) -> None:
+        kept = [checkpoint_number(p) for p in checkpoints(self.folder)][:2]
+        oldest = min(kept)
+        for path in checkpoints(self.folder):
+            if checkpoint_number(path) < oldest:
+                path.unlink(missing_ok=True)
+        for path in segments(self.folder):
+            if segment_number(path) < oldest:
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Stop logging (the files stay): for a shard that stops, or a test's simulated crash."""
+        self._closed = True
+        self._wal.close()
+
+    def delete(self) -> None:
+        """The job was dropped: stop logging and remove its folder."""
+        with self._checkpointing:  # not while a checkpoint is being written into it
+            self.close()
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,135 @@
+"""Bring a shard's jobs back from their folders: newest good checkpoint, then the log after it.
+
+Replay is state-machine replay: every logged input goes through the same code the live shard
+ran (:meth:`ShardJob._decide` for a push, :meth:`ShardJob.set_members`, the clock read of a
+pull), in log order, which is the order the live shard applied them in. So the recovered job is
+bit-identical to the one that crashed, up to its last logged record.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pscluster.server.domain import PushHeader
+from pscluster.server.durability.checkpoint import (
+    CheckpointError,
+    checkpoint_number,
+    checkpoints,
+    read_checkpoint,
+)
+from pscluster.server.durability.image import restore
+from pscluster.server.durability.journal import DurabilityConfig, Journal
+from pscluster.server.durability.wal import (
+    CorruptSegment,
+    Record,
+    RecordType,
+    read_records,
+    segment_number,
+    segments,
+)
+from pscluster.server.shard_job import ShardJob
+from pscluster.transport.errors import PSError
+
+log = logging.getLogger(__name__)
+
+
+class RecoveryError(Exception):
+    """A job folder the shard cannot trust: the message names the files and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Recovered:
+    job: ShardJob
+    records_replayed: int
+    seconds: float
+
+
+def recover_all(config: DurabilityConfig) -> list[Recovered]:
+    """Every job under ``config.data_dir``; RecoveryError if one cannot be recovered."""
+    if not config.data_dir.exists():
+        config.data_dir.mkdir(parents=True)
+        return []
+    found = []
+    for folder in sorted(p for p in config.data_dir.iterdir() if p.is_dir()):
+        recovered = recover_job(folder, config)
+        if recovered is not None:
+            found.append(recovered)
+    return found
+
+
+def recover_job(folder: Path, config: DurabilityConfig) -> Recovered | None:
+    """The job in ``folder``, ready to serve and logging again; None for a folder of a job
+    whose InitJob never completed (no checkpoint at all: it was never acknowledged)."""
+    started = time.monotonic()
+    for tmp in folder.glob("*.tmp"):
+        tmp.unlink()
+    candidates = checkpoints(folder)
+    if not candidates:
+        log.warning("%s holds no checkpoint (an InitJob that never finished); removing it", folder)
+        shutil.rmtree(folder)
+        return None
+    job, start, checkpoint_version = _newest_good(candidates)
+    replayed = 0
+    logs = [p for p in segments(folder) if segment_number(p) >= start]
+    for i, path in enumerate(logs):
+        try:
+            for record in read_records(path, last=i == len(logs) - 1):
+                _replay(job, record)
+                replayed += 1
+        except CorruptSegment as exc:
+            log.error("%s; the %d later segment(s) are dropped", exc, len(logs) - i - 1)
+            for later in logs[i + 1 :]:
+                later.unlink()
+            logs = logs[: i + 1]
+            break
+    last = max([segment_number(p) for p in logs] + [start])
+    journal = Journal(folder, config, segment=last + 1, checkpoint_version=checkpoint_version)
+    job.attach(journal, replayed)
+    seconds = time.monotonic() - started
+    log.info(
+        "job %s recovered from %s: checkpoint %d, %d records replayed, version %d, in %.3fs",
+        job.config.job_id,
+        folder,
+        start,
+        replayed,
+        job.version,
+        seconds,
+    )
+    return Recovered(job, replayed, seconds)
+
+
+def _newest_good(candidates: list[Path]) -> tuple[ShardJob, int, int]:
+    """The job from the newest checkpoint that reads back whole, its number and version."""
+    problems = []
+    for path in candidates:
+        try:
+            tensors, meta = read_checkpoint(path)
+            job = restore(tensors, meta)
+        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+            log.error("%s; trying an older checkpoint", exc)
+            problems.append(f"{path}: {exc}")
+            continue
+        return job, checkpoint_number(path), job.version
+    raise RecoveryError(
+        "no checkpoint can be trusted, so the job cannot be recovered: " + "; ".join(problems)
+    )
+
+
+def _replay(job: ShardJob, record: Record) -> None:
+    meta = record.meta
+    try:
+        if record.type is RecordType.PUSH:
+            header = PushHeader(job_id=job.config.job_id, **meta)
+            job.replay_push(header, record.blob)
+        elif record.type is RecordType.MEMBERS:
+            job.set_members(meta["worker_ids"], meta["generation"], meta["excluded"])
+        elif record.type is RecordType.READ:
+            job.replay_read(meta["worker_id"])
+    except PSError as exc:
+        # The live shard refused it the same way (e.g. a second sync push for one step) after
+        # logging it: replay refuses it again, and the state is the same as then.
+        log.debug("replayed record refused again: %s", exc)
