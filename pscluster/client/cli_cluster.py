@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pscluster.client.cli_common import Address, err, fail, out, user_errors
+from pscluster.client.cli_common import Address, Token, err, fail, out, user_errors
 from pscluster.client.local import DEFAULT_STATE_DIR, LocalCluster, stop_detached
 
 StateDir = Annotated[
@@ -119,11 +119,11 @@ def _speed(straggler: bool, slowdown: float) -> str:
     return f"{slowdown:.1f}x" if slowdown else ""
 
 
-def status(address: Address = None) -> None:
+def status(address: Address = None, token: Token = None) -> None:
     """Shards with their health; workers with liveness, task and heartbeat age."""
     from pscluster.client.sdk import Client
 
-    with user_errors(), Client(address) as client:
+    with user_errors(), Client(address, token=token) as client:
         st = client.status()
         shards = Table(title=f"shards ({client.address})")
         for column in ("address", "health", "error"):

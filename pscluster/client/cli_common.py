@@ -19,6 +19,11 @@ from pscluster.client.processes import StartError
 
 ADDRESS_HELP = "coordinator host:port (default: PSC_COORDINATOR, else localhost:50051)"
 Address = Annotated[str | None, typer.Option("--address", "-a", help=ADDRESS_HELP)]
+TOKEN_HELP = (
+    "bearer token for a cluster that requires one (default: PSC_TOKEN / PSC_TOKEN_FILE, else "
+    "PSC_ADMIN_TOKEN); prefer the variables: a command line is visible to other users"
+)
+Token = Annotated[str | None, typer.Option("--token", help=TOKEN_HELP, show_default=False)]
 
 
 def out() -> Console:

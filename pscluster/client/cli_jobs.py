@@ -17,7 +17,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from pscluster.client.cli_common import Address, err, fail, out, user_errors
+from pscluster.client.cli_common import Address, Token, err, fail, out, user_errors
 from pscluster.client.errors import JobFailed
 from pscluster.client.info import JobInfo
 
@@ -35,6 +35,7 @@ def submit(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="follow until the end")] = False,
     address: Address = None,
     timeout: Timeout = None,
+    token: Token = None,
 ) -> None:
     """Submit the job a YAML file describes; print its id (with --watch: follow it to the end)."""
     from pscluster.client.sdk import Client
@@ -43,8 +44,9 @@ def submit(
     with user_errors():
         job_file = load_job_file(spec)
         kwargs = job_file.submit_kwargs()
-        with Client(address) as client:
+        with Client(address, token=token) as client:
             job = client.submit(**kwargs)
+            _print_token(job)
             if not watch:
                 out().print(job.id)
                 return
@@ -52,11 +54,25 @@ def submit(
             _follow(job, timeout, job_file.spec.target_accuracy)
 
 
-def watch(job_id: JobId, address: Address = None, timeout: Timeout = None) -> None:
+def _print_token(job: Job) -> None:
+    """The job's token, once, on stderr (stdout stays the job id, for scripts)."""
+    if job.token:
+        err().print(
+            f"job token (shown once; the cluster keeps no copy): {job.token}\n"
+            f"  it reads or cancels job {job.id} only, e.g. "
+            f"PSC_TOKEN=<token> pscluster watch {job.id}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def watch(
+    job_id: JobId, address: Address = None, timeout: Timeout = None, token: Token = None
+) -> None:
     """Show a job's progress bar until it ends, then its final test accuracy."""
     from pscluster.client.sdk import Client
 
-    with user_errors(), Client(address) as client:
+    with user_errors(), Client(address, token=token) as client:
         _follow(client.job(job_id), timeout, None)
 
 
@@ -78,11 +94,11 @@ def _follow(job: Job, timeout: float | None, target: float | None) -> None:
         raise fail(f"final test accuracy {accuracy} is below the target {target}")
 
 
-def jobs(address: Address = None) -> None:
+def jobs(address: Address = None, token: Token = None) -> None:
     """Every job with its state and progress."""
     from pscluster.client.sdk import Client
 
-    with user_errors(), Client(address) as client:
+    with user_errors(), Client(address, token=token) as client:
         infos = client.jobs()
     if not infos:
         out().print("no jobs")
@@ -124,12 +140,13 @@ def _state(info: JobInfo) -> str:
 def metrics(
     job_id: JobId,
     address: Address = None,
+    token: Token = None,
     as_json: Annotated[bool, typer.Option("--json", help="every metric, as JSON")] = False,
 ) -> None:
     """A summary of a job's metrics: accuracy per epoch, loss, pushes and staleness."""
     from pscluster.client.sdk import Client
 
-    with user_errors(), Client(address) as client:
+    with user_errors(), Client(address, token=token) as client:
         m = client.job(job_id).metrics()
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(m), indent=2))
@@ -193,12 +210,13 @@ def fetch(
     job_id: JobId,
     output: Annotated[Path, typer.Option("--output", "-o", help="safetensors file to write")],
     address: Address = None,
+    token: Token = None,
 ) -> None:
     """Save the trained model's state_dict as a safetensors file."""
     from pscluster.client.sdk import Client
     from pscluster.model import state
 
-    with user_errors(), Client(address) as client:
+    with user_errors(), Client(address, token=token) as client:
         tensors = client.job(job_id).fetch_model()
         blob = state.dumps(tensors)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -206,11 +224,11 @@ def fetch(
     out().print(f"wrote {len(tensors)} tensors ({_size(len(blob))}) to {output}")
 
 
-def cancel(job_id: JobId, address: Address = None) -> None:
+def cancel(job_id: JobId, address: Address = None, token: Token = None) -> None:
     """Cancel a job; its workers abandon their leases."""
     from pscluster.client.sdk import Client
 
-    with user_errors(), Client(address) as client:
+    with user_errors(), Client(address, token=token) as client:
         info = client.job(job_id).cancel()
     out().print(f"job {info.job_id}: {info.state}")
     if info.state != "cancelled":

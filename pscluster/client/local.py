@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 from pscluster.client import processes
 from pscluster.client.local_state import STATE_FILE, read_state, stop_detached
 from pscluster.client.processes import ProcessHandle, StartError
-from pscluster.config import Settings
 
 if TYPE_CHECKING:  # the SDK imports torch; `pscluster up` and `down` do not need it
     from pscluster.client.sdk import Client
@@ -261,7 +260,11 @@ class LocalCluster:
         """A Client connected to this cluster's coordinator (close it, or use ``with``)."""
         from pscluster.client.sdk import Client
 
-        settings = Settings(coordinator=self.address, rpc_timeout_seconds=10.0)
+        # The cluster's own PSC_* variables (its admin token, its TLS files), so that a cluster
+        # started with ``env={"PSC_ADMIN_TOKEN": ...}`` is reachable without more setup.
+        settings = processes.settings_from_env(
+            self._env({}), coordinator=self.address, rpc_timeout_seconds=10.0
+        )
         return Client(self.address, settings=settings)
 
     def supervise(self, stop: threading.Event, poll: float = 0.5) -> ProcessHandle | None:

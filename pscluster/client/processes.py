@@ -22,6 +22,9 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pscluster.config import Settings
+from pscluster.transport.channel import open_channel
+
 # The folder holding the pscluster package, put on the children's PYTHONPATH so that they run
 # this very code even where the package is not installed (a source checkout).
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -139,13 +142,24 @@ def free_ports(host: str, count: int) -> list[int]:
             s.close()
 
 
+def settings_from_env(env: Mapping[str, str], **overrides: object) -> Settings:
+    """The Settings a process started with ``env`` reads (its ``PSC_*`` variables), so the
+    launcher talks to it with the same token and TLS files it serves with."""
+    values: dict[str, object] = {
+        k[len("PSC_") :].lower(): v for k, v in env.items() if k.startswith("PSC_")
+    }
+    return Settings(**{**values, **overrides})  # type: ignore[arg-type]
+
+
 def wait_serving(handle: ProcessHandle, timeout: float) -> None:
     """Block until the server answers SERVING to a standard gRPC health check.
 
+    The check dials as the process serves (TLS from its own ``PSC_TLS_*`` settings).
     Raises StartError with the process's log tail if it exits first or the deadline passes.
     """
     if handle.address is None:
         raise ValueError(f"{handle.name} is not a server")
+    settings = settings_from_env(handle.env)
     # Short reconnect backoff: the default grows to minutes, far longer than a start takes.
     options = [
         ("grpc.initial_reconnect_backoff_ms", 100),
@@ -154,7 +168,7 @@ def wait_serving(handle: ProcessHandle, timeout: float) -> None:
     ]
     deadline = time.monotonic() + timeout
     last_error = "no answer yet"
-    with grpc.insecure_channel(handle.address, options=options) as channel:
+    with open_channel(handle.address, settings, extra_options=options) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             code = handle.returncode()

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 import torch
+from pydantic import SecretStr
 from rich.console import Console
 from torch import nn
 
@@ -62,16 +63,37 @@ class Client:
     ``address`` defaults to ``settings.coordinator`` (``PSC_COORDINATOR``, else
     ``localhost:50051``). Every call has a deadline of ``settings.rpc_timeout_seconds``.
 
+    On a cluster that requires tokens, ``token`` (else ``PSC_TOKEN`` / ``PSC_TOKEN_FILE``,
+    else ``PSC_ADMIN_TOKEN``) goes with every call: the admin token may do everything, a job's
+    token (``Job.token``, returned once by :meth:`submit`) only reads or cancels that job.
+    TLS comes from the settings (``PSC_TLS_CA``, and ``PSC_TLS_CERT``/``PSC_TLS_KEY`` for
+    mutual TLS).
+
     Example::
 
         client = Client()                     # PSC_COORDINATOR or localhost:50051
         for info in client.jobs():
             print(info.job_id, info.state, info.test_accuracy)
         client.close()
+
+        owner = Client("pscluster:50051", token=job_token)   # a job's token: that job only
+        print(owner.job(job_id).info().state)
     """
 
-    def __init__(self, address: str | None = None, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        settings: Settings | None = None,
+        token: str | None = None,
+    ) -> None:
         self.settings = settings or Settings()
+        if token is not None:
+            if not token.strip():
+                raise ValueError("token is empty; pass the admin token or a job's token")
+            self.settings = self.settings.model_copy(
+                update={"token": SecretStr(token), "token_file": None}
+            )
         self.address = address or self.settings.coordinator
         if not self.address.strip():
             raise ValueError("the coordinator address is empty; expected host:port")
@@ -151,7 +173,7 @@ class Client:
         )
         stream = payload.chunks(self.settings.chunk_bytes)
         reply = self._call("submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t))
-        return Job(self, reply.job_id)
+        return Job(self, reply.job_id, token=reply.token or None)
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job; NOT_FOUND surfaces as JobNotFoundError."""
@@ -214,11 +236,15 @@ class Job:
         print(info.test_accuracy, job.metrics().pushes_rejected)
     """
 
-    def __init__(self, client: Client, job_id: str) -> None:
+    def __init__(self, client: Client, job_id: str, *, token: str | None = None) -> None:
         if not job_id:
             raise ValueError("job_id is empty")
         self.client = client
         self.id = job_id
+        # The job's bearer token, from submit() on a cluster that requires tokens (else None):
+        # ``Client(address, token=job.token)`` reads and cancels this job and nothing else.
+        # The coordinator keeps no copy; store it like a password.
+        self.token = token
 
     def info(self) -> JobInfo:
         stub, req = self.client._stub, self.client._job_request(self.id)

@@ -6,13 +6,16 @@ its status code (NotFound -> NOT_FOUND, ...) with the message that says what to 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import grpc
 
+from pscluster.coordinator.admission import Admission
 from pscluster.coordinator.app import Coordinator
 from pscluster.coordinator.leases import TRAIN
 from pscluster.coordinator.tasks import StepReport
+from pscluster.transport.auth import JobTokens, admin_token, caller_identity
 from pscluster.transport.errors import InvalidArgument, grpc_errors
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
@@ -33,14 +36,34 @@ def _job_id(job_id: str) -> str:
 class CoordinatorServicer(co_grpc.CoordinatorServicer):
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
+        self.admission = Admission(
+            coordinator.settings, coordinator.rt.store, coordinator.rt.blobs.root
+        )
+        # Who may call what is checked by the server's auth interceptor; the servicer only
+        # issues job tokens, derived from the admin token (see transport/auth.py).
+        admin = admin_token(coordinator.settings)
+        self.tokens = JobTokens(admin) if admin is not None else None
 
     # --- clients ---
     @grpc_errors
     def SubmitJob(
         self, request_iterator: Iterator[co_pb2.SubmitJobChunk], context: grpc.ServicerContext
     ) -> co_pb2.JobInfo:
-        job = self.c.jobs.submit(request_iterator)
-        return self.c.queries.info(job.job_id)
+        chunks = iter(request_iterator)
+        first = next(chunks, None)
+        stream = itertools.chain([] if first is None else [first], chunks)
+        if first is None or first.WhichOneof("part") != "spec":
+            # Not a submission the limits can judge: the spec reader says what is wrong.
+            job = self.c.jobs.submit(stream)
+        else:
+            # The limits are checked on the spec, before any blob is read or stored.
+            with self.admission.admit(first.spec, caller_identity(context)) as admitted:
+                job = self.c.jobs.submit(stream)
+                admitted(job.job_id)
+        info = self.c.queries.info(job.job_id)
+        if self.tokens is not None:
+            info.token = self.tokens.issue(job.job_id)  # only here: nothing stores it
+        return info
 
     @grpc_errors
     def GetJob(
