@@ -1,0 +1,201 @@
+"""A durable shard process SIGKILLed mid-stream and restarted on the same port loses no
+acknowledged push and applies every retried push once."""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from pscluster.transport import wire
+from pscluster.transport.channel import open_channel, wait_ready
+from pscluster.v1 import common_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVING = re.compile(r"serving pscluster\.v1\.ParameterServer on 127\.0\.0\.1:(\d+)")
+RECOVERED = re.compile(r"recovered (\d+) job\(s\) from .* \((\d+) records replayed\)")
+LENGTH = 50_000
+PUSHES = 120
+LR = 0.05
+
+
+class ShardProcess:
+    """``python -m pscluster.server`` with a data folder; its log lines are kept."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.env = {**os.environ, "PSC_LOG_LEVEL": "INFO", "PSC_SHARD_DATA_DIR": str(data_dir)}
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, port: int = 0) -> int:
+        args = ["--port", str(port), "--host", "127.0.0.1"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pscluster.server", *args],
+            cwd=ROOT,
+            env=self.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                assert self.proc.poll() is None, f"the shard exited: {self.log[-20:]}"
+                continue
+            match = SERVING.search(line)
+            if match:
+                return int(match.group(1))
+        raise AssertionError(f"no 'serving' line within 90 s: {self.log[-20:]}")
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.log.append(line)
+            self.lines.put(line)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def shard(tmp_path: Path) -> Iterator[ShardProcess]:
+    process = ShardProcess(tmp_path / "data")
+    yield process
+    process.stop()
+
+
+def _grad(seq: int) -> torch.Tensor:
+    return torch.randn(LENGTH, generator=torch.Generator().manual_seed(seq))
+
+
+def _push(stub: ps_grpc.ParameterServerStub, seq: int) -> ps_pb2.PushReply:
+    header = ps_pb2.PushHeader(
+        job_id="k", worker_id="w", seq=seq, length=LENGTH, dtype=common_pb2.DTYPE_FLOAT32
+    )
+    body = wire.encode(_grad(seq))
+    chunks = [ps_pb2.PushChunk(header=header)]
+    chunks += [ps_pb2.PushChunk(data=bytes(c)) for c in wire.chunks(body, 1 << 16)]
+    return stub.Push(iter(chunks), timeout=5)
+
+
+def _pusher(port: int, replies: dict[int, ps_pb2.PushReply], errors: list[str]) -> None:
+    """Push seq 1..PUSHES; an unanswered push is retried with the same seq until answered."""
+    channel = open_channel(f"127.0.0.1:{port}")
+    stub = ps_grpc.ParameterServerStub(channel)
+    deadline = time.monotonic() + 180
+    try:
+        for seq in range(1, PUSHES + 1):
+            while seq not in replies:
+                if time.monotonic() > deadline:
+                    errors.append(f"push {seq} unanswered for 180 s")
+                    return
+                try:
+                    replies[seq] = _push(stub, seq)
+                except grpc.RpcError as exc:
+                    if exc.code() not in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.CANCELLED,
+                    ):
+                        errors.append(f"push {seq}: {exc.code()} {exc.details()}")
+                        return
+                    time.sleep(0.1)
+    finally:
+        channel.close()
+
+
+def test_sigkilled_shard_recovers_every_acknowledged_push(shard: ShardProcess) -> None:
+    # Prepare: an async plain-SGD job, one member
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    port = shard.start()
+    channel = open_channel(f"127.0.0.1:{port}")
+    wait_ready(channel, timeout=30)
+    stub = ps_grpc.ParameterServerStub(channel)
+    initial = torch.linspace(-1, 1, LENGTH)
+    config = ps_pb2.ShardJobConfig(
+        job_id="k",
+        length=LENGTH,
+        mode="async",
+        optimizer=common_pb2.OptimizerConfig(name="sgd", lr=LR),
+    )
+    init = [ps_pb2.InitJobChunk(config=config)]
+    init += [ps_pb2.InitJobChunk(data=bytes(c)) for c in wire.chunks(wire.encode(initial), 1 << 16)]
+    stub.InitJob(iter(init), timeout=30)
+    stub.SetMembers(
+        ps_pb2.SetMembersRequest(job_id="k", worker_ids=["w"], generation=1), timeout=30
+    )
+
+    # Execute: push in the background, SIGKILL the shard mid-stream, restart it on its port
+    replies: dict[int, ps_pb2.PushReply] = {}
+    errors: list[str] = []
+    pusher = threading.Thread(target=_pusher, args=(port, replies, errors), daemon=True)
+    pusher.start()
+    deadline = time.monotonic() + 120
+    target = rng.randint(10, PUSHES - 30)
+    while len(replies) < target and pusher.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(rng.random() * 0.05)
+    acked_before_kill = len(replies)
+    shard.kill()
+    killed = time.monotonic()
+    assert shard.start(port) == port
+    print(f"killed after {acked_before_kill} acks; serving again {time.monotonic() - killed:.2f}s")
+    pusher.join(timeout=200)
+
+    # Assert
+    assert not pusher.is_alive() and not errors, errors
+    assert all(r.outcome == ps_pb2.PUSH_OUTCOME_APPLIED for r in replies.values())
+    recovered = [RECOVERED.search(line) for line in shard.log]
+    found = [m for m in recovered if m]
+    assert found and found[-1].group(1) == "1", shard.log[-20:]
+    print(f"records replayed: {found[-1].group(2)}")
+    channel.close()
+    channel = open_channel(f"127.0.0.1:{port}")
+    wait_ready(channel, timeout=30)
+    stub = ps_grpc.ParameterServerStub(channel)
+    stats = stub.GetJobStats(ps_pb2.JobStatsRequest(job_id="k"), timeout=30)
+    assert stats.version == len(replies) == PUSHES
+    assert stats.pushes_applied == PUSHES
+    assert stats.durable and stats.records_replayed == int(found[-1].group(2))
+    expected = initial.clone()
+    for seq in range(1, PUSHES + 1):  # what single-process torch does with exactly these
+        expected.add_(_grad(seq), alpha=-LR)
+    pulled = b"".join(
+        c.data for c in list(stub.Pull(ps_pb2.PullRequest(job_id="k"), timeout=30))[1:]
+    )
+    values = wire.decode(bytearray(pulled), common_pb2.DTYPE_FLOAT32, LENGTH)
+    torch.testing.assert_close(values, expected, rtol=0, atol=1e-5)
+
+    again = _push(stub, PUSHES - 1)  # an old, acknowledged push re-sent after the restart
+    last = _push(stub, PUSHES)
+    after = stub.GetJobStats(ps_pb2.JobStatsRequest(job_id="k"), timeout=30)
+    assert again.duplicate and last.duplicate and last.outcome == ps_pb2.PUSH_OUTCOME_APPLIED
+    assert after.checksum == stats.checksum and after.version == PUSHES
+    assert after.pushes_duplicate >= stats.pushes_duplicate + 2
+    channel.close()
