@@ -226,3 +226,33 @@ def test_token_settings_are_checked_at_start(tmp_path: Path) -> None:
     good = folder / "token"
     good.write_text("x" * 20 + "\n")
     assert admin_token(Settings(admin_token_file=good)) == "x" * 20
+
+
+def test_cli_submit_prints_the_job_token_once_and_the_cli_sends_tokens(
+    secured: Cluster, admin_token: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from pscluster.client.cli import app
+
+    # Prepare
+    root = Path(__file__).resolve().parents[2]
+    runner = CliRunner()
+    where = ["--address", secured.address]
+
+    # Execute
+    submitted = runner.invoke(
+        app, ["submit", str(root / "examples" / "digits.yaml"), *where, "--token", admin_token]
+    )
+    job_id = submitted.stdout.strip()
+    token = submitted.stderr.split("no copy): ", 1)[1].split()[0]
+    watched = runner.invoke(app, ["jobs", *where, "--token", token])
+    anonymous = runner.invoke(app, ["jobs", *where])
+
+    # Assert
+    assert submitted.exit_code == 0, submitted.output
+    assert job_id.startswith("j-") and "\n" not in job_id, "stdout is the job id alone"
+    assert token.startswith(f"pscj.{job_id}.")
+    assert watched.exit_code == 1 and "PERMISSION_DENIED" in watched.output
+    assert anonymous.exit_code == 1 and "UNAUTHENTICATED" in anonymous.output
+    assert "Traceback" not in watched.output + anonymous.output
