@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pscluster.config import Settings
-from pscluster.transport.channel import open_channel
+from pscluster.transport import tls
 
 # The folder holding the pscluster package, put on the children's PYTHONPATH so that they run
 # this very code even where the package is not installed (a source checkout).
@@ -142,24 +142,38 @@ def free_ports(host: str, count: int) -> list[int]:
             s.close()
 
 
-def settings_from_env(env: Mapping[str, str], **overrides: object) -> Settings:
+_TLS_FIELDS = ("tls_cert", "tls_key", "tls_ca", "tls_client_auth", "tls_server_name")
+
+
+def settings_from_env(
+    env: Mapping[str, str], fields: Sequence[str] | None = None, **overrides: object
+) -> Settings:
     """The Settings a process started with ``env`` reads (its ``PSC_*`` variables), so the
-    launcher talks to it with the same token and TLS files it serves with."""
+    launcher talks to it with the same token and TLS files it serves with. ``fields`` limits
+    which variables are taken (None: all). Raises ValueError for an invalid value."""
     values: dict[str, object] = {
         k[len("PSC_") :].lower(): v for k, v in env.items() if k.startswith("PSC_")
     }
+    if fields is not None:
+        values = {k: v for k, v in values.items() if k in fields}
     return Settings(**{**values, **overrides})  # type: ignore[arg-type]
 
 
 def wait_serving(handle: ProcessHandle, timeout: float) -> None:
     """Block until the server answers SERVING to a standard gRPC health check.
 
-    The check dials as the process serves (TLS from its own ``PSC_TLS_*`` settings).
-    Raises StartError with the process's log tail if it exits first or the deadline passes.
+    The check dials as the process serves: TLS from its own ``PSC_TLS_*`` variables (only
+    those are read here: any other bad setting is the process's to report, in its log).
+    Health checks need no token. Raises StartError with the process's log tail if it exits
+    first or the deadline passes, or if its TLS settings are unusable.
     """
     if handle.address is None:
         raise ValueError(f"{handle.name} is not a server")
-    settings = settings_from_env(handle.env)
+    try:
+        settings = settings_from_env(handle.env, _TLS_FIELDS)
+        tls.channel_credentials(settings)  # a missing or unreadable file: say so now
+    except ValueError as e:
+        raise StartError(f"cannot check whether {handle.name} is serving: {e}") from e
     # Short reconnect backoff: the default grows to minutes, far longer than a start takes.
     options = [
         ("grpc.initial_reconnect_backoff_ms", 100),
@@ -168,7 +182,7 @@ def wait_serving(handle: ProcessHandle, timeout: float) -> None:
     ]
     deadline = time.monotonic() + timeout
     last_error = "no answer yet"
-    with open_channel(handle.address, settings, extra_options=options) as channel:
+    with tls.dial(handle.address, settings, options) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             code = handle.returncode()
