@@ -44,6 +44,9 @@ GUARDED = "guarded"  # the shard job whose parameters no refused call may touch
 SCRATCH = "scratch"  # a shard job fuzzed calls may change (membership, pushes)
 MEMBER = "w1"
 LENGTH = 64
+# Jobs with a codec, so that compressed payloads get fuzzed too: job id -> codec.
+CODEC_JOBS = {"c-fp16": "fp16", "c-int8": "int8", "c-topk": "topk", "c-dgc": "dgc"}
+FIXTURE_JOBS = {GUARDED: "", SCRATCH: "", **CODEC_JOBS}
 
 # Codes a refused call may end with. Never UNKNOWN or INTERNAL (a bug on the server) nor
 # UNAVAILABLE (the server fell over). CANCELLED only where the client cancelled.
@@ -233,18 +236,22 @@ class ShardUnderTest:
         assert outcome.code == grpc.StatusCode.OK, outcome
         return common_pb2.ShardJobStats.FromString(outcome.replies[0])
 
-    def fingerprint(self) -> tuple[float, int]:
-        stats = self.stats()
-        return stats.checksum, stats.version
+    def fingerprint(self, *job_ids: str) -> dict[str, tuple[str, int]]:
+        """Checksum (as repr, so NaN equals NaN) and version of the guarded job and of
+        ``job_ids`` among the fixture's jobs."""
+        out = {}
+        for job_id in sorted({GUARDED, *job_ids} & set(FIXTURE_JOBS)):
+            stats = self.stats(job_id)
+            out[job_id] = (repr(stats.checksum), stats.version)
+        return out
 
-    def check(self, before: tuple[float, int], outcome: Outcome, what: str) -> None:
-        """After a call: the shard answers health checks, and the guarded job's parameters
-        moved only if the call was a push that was applied."""
+    def check(self, before: dict[str, tuple[str, int]], outcome: Outcome, what: str) -> None:
+        """After a call: the shard answers health checks, and the jobs' parameters moved only
+        if the call was a push that was applied."""
         assert serving(self.raw), f"{what}: the shard stopped serving"
         if not applied(outcome):
-            assert self.fingerprint() == before, (
-                f"{what}: refused ({outcome.code.name}) but changed"
-            )
+            after = self.fingerprint(*before)
+            assert after == before, f"{what}: refused ({outcome.code.name}) but {before} -> {after}"
 
 
 def applied(outcome: Outcome) -> bool:
@@ -262,9 +269,9 @@ def shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardUnderTest]:
     running = serve_shard(fuzz_settings(tmp_path_factory.mktemp("shard")), port=0)
     raw = Raw(f"127.0.0.1:{running.port}")
     try:
-        for job_id in (GUARDED, SCRATCH):
+        for job_id, codec in FIXTURE_JOBS.items():
             values = torch.linspace(-1.0, 1.0, LENGTH)
-            outcome = raw.client_stream(PS + "InitJob", init_chunks(job_id, values))
+            outcome = raw.client_stream(PS + "InitJob", init_chunks(job_id, values, codec=codec))
             assert outcome.code == grpc.StatusCode.OK, outcome
             members = ps_pb2.SetMembersRequest(job_id=job_id, worker_ids=[MEMBER], generation=1)
             outcome = raw.unary(PS + "SetMembers", members.SerializeToString())
