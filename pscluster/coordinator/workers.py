@@ -30,6 +30,7 @@ class WorkerInfo:
     registered: float
     last_seen: float
     alive: bool = True
+    expected_until: float = 0.0  # restored after a restart: not declared dead before this
 
 
 class WorkerRegistry:
@@ -62,7 +63,9 @@ class WorkerRegistry:
         reconnect backoff after the outage), or it is declared dead and its lease released."""
         if worker_id in self._workers:
             return
-        self._workers[worker_id] = WorkerInfo(worker_id, "", 0, "", now, now + grace)
+        self._workers[worker_id] = WorkerInfo(
+            worker_id, "", 0, "", now, now, True, now + self.timeout_seconds + grace
+        )
 
     def touch(self, worker_id: str, now: float) -> bool:
         """Renew liveness; False if the worker is unknown or already declared dead."""
@@ -85,7 +88,7 @@ class WorkerRegistry:
         dead, forgotten = [], []
         for info in list(self._workers.values()):
             silent = now - info.last_seen
-            if info.alive and silent > self.timeout_seconds:
+            if info.alive and silent > self.timeout_seconds and now > info.expected_until:
                 info.alive = False
                 dead.append(info.worker_id)
             elif not info.alive and silent > self.timeout_seconds * _KEEP_DEAD_TIMEOUTS:

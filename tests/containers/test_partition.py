@@ -1,0 +1,79 @@
+"""A worker container cut off the cluster network for 20 s (ssp): declared dead, its lease
+reclaimed and its membership dropped; back on the network it registers again and trains; no
+push more than ``staleness`` clocks behind is ever applied."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from pscluster.client.sdk import Client
+from pscluster.v1 import coordinator_pb2 as co_pb2
+from tests.containers.compose import ComposeProject, run_docker, wait_until
+from tests.containers.conftest import JOB_TIMEOUT
+
+pytestmark = pytest.mark.slow
+
+STALENESS = 2
+CUT_SECONDS = 20.0
+
+
+def live_shards(client: Client, job_id: str) -> list[Any]:
+    # Raw stats, every field (the SDK's rows keep the usual ones): the client's own stub.
+    reply = client._stub.GetMetrics(co_pb2.GetJobRequest(job_id=job_id), timeout=30)
+    return list(reply.shards)
+
+
+def test_a_partitioned_worker_is_dropped_then_rejoins_without_stale_pushes(
+    compose: ComposeProject, client: Client, digits_job: dict[str, Any], target_accuracy: float
+) -> None:
+    # Prepare: an ssp job long enough to outlast the partition; the worker to cut off, found
+    # by its hostname (the container id's first 12 characters).
+    job = client.submit(**{**digits_job, "mode": "ssp", "staleness": STALENESS, "epochs": 30})
+    wait_until("30 steps", lambda: job.info().steps >= 30, timeout=180)
+    container = compose.containers("worker")[0]
+    hostnames = {w.host: w for w in client.status().workers if w.alive}
+    victim = hostnames[container[:12]].worker_id
+    network = f"{compose.name}_cluster"
+
+    # Execute
+    cut = time.monotonic()
+    run_docker(["network", "disconnect", network, container], timeout=60)
+    try:
+        wait_until(
+            "the cut-off worker declared dead",
+            lambda: not {w.worker_id: w for w in client.status().workers}[victim].alive,
+            timeout=CUT_SECONDS,
+        )
+        detected = time.monotonic() - cut
+        members = [set(s.members) for s in live_shards(client, job.id)]
+        time.sleep(max(0.0, CUT_SECONDS - (time.monotonic() - cut)))
+    finally:
+        run_docker(["network", "connect", network, container], timeout=60)
+    back = time.monotonic()
+    pushes_before = job.metrics().pushes_by_worker.get(victim, 0)
+    wait_until(
+        "the worker to push again",
+        lambda: job.metrics().pushes_by_worker.get(victim, 0) > pushes_before,
+        timeout=120,
+    )
+    rejoined = time.monotonic() - back
+    shards = live_shards(client, job.id)
+    info = job.wait(timeout=JOB_TIMEOUT)
+    worst = max((int(k) for s in shards for k in s.clock_staleness), default=0)
+    refused = {
+        r: sum(int(s.pushes_rejected.get(r, 0)) for s in shards) for r in ("stale", "not_member")
+    }
+    print(
+        f"\n[partition {CUT_SECONDS:g} s] detect={detected:.2f}s rejoin={rejoined:.2f}s "
+        f"max clock staleness={worst} (s={STALENESS}) refused={refused} "
+        f"accuracy={info.test_accuracy}"
+    )
+
+    # Assert
+    assert all(victim not in m for m in members), members
+    assert worst <= STALENESS
+    assert info.state == "completed"
+    assert info.test_accuracy is not None and info.test_accuracy >= target_accuracy
