@@ -23,7 +23,16 @@ from pscluster.transport.errors import grpc_errors
 from pscluster.transport.guard import DecodeGuard
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
-from tests.fuzz.conftest import CO, PS, UNGUARDED_DETAILS, Raw, fuzz, fuzz_settings
+from tests.fuzz.conftest import (
+    CO,
+    PS,
+    UNGUARDED_DETAILS,
+    CoordinatorUnderTest,
+    Raw,
+    ShardUnderTest,
+    fuzz,
+    fuzz_settings,
+)
 
 # Bytes no message parses: a tag whose varint never ends.
 GARBAGE = b"\xff\xff\xff\xff\xff"
@@ -290,3 +299,17 @@ def test_random_bytes_never_internal_behind_the_guard(
     prefix, kind = (PS, PS_METHODS[method]) if method in PS_METHODS else (CO, CO_METHODS[method])
     code = call(guarded_services, prefix + method, kind, payload)
     assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (method, payload)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="DecodeGuard is not in the servers' interceptors yet: add it to "
+    "pscluster/transport/server.py:build_server (server_interceptors); then drop this mark",
+)
+def test_end_to_end_undecodable(shard: ShardUnderTest, coordinator: CoordinatorUnderTest) -> None:
+    """The servers as serve() builds them answer garbage with INVALID_ARGUMENT."""
+    for name, kind in PS_METHODS.items():
+        assert call(shard.raw, PS + name, kind, GARBAGE) == grpc.StatusCode.INVALID_ARGUMENT, name
+    for name, kind in CO_METHODS.items():
+        code = call(coordinator.raw, CO + name, kind, GARBAGE)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, name

@@ -13,6 +13,7 @@ import grpc
 import torch
 from hypothesis import event, given
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from pscluster.compression import CompressionSettings, make_compressor
 from pscluster.transport import framing
@@ -71,7 +72,8 @@ def send(shard: ShardUnderTest, rpc: str, messages: list[bytes]) -> Outcome:
         outcome = shard.raw.client_stream(PS + rpc, messages)
     # --hypothesis-show-statistics shows how the examples ended: a fuzz test whose calls all
     # fail the same early check fuzzes little.
-    event(f"{rpc}: {outcome.code.name} {outcome.details[:40]}")
+    if currently_in_test_context():
+        event(f"{rpc}: {outcome.code.name} {outcome.details[:40]}")
     return outcome
 
 
