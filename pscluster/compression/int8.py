@@ -72,8 +72,10 @@ class Int8(Stateless):
         if length and int(q.min()) < -LEVELS:
             raise InvalidArgument(f"int8 payload has the value -128; expected -{LEVELS}..{LEVELS}")
         values = torch.from_numpy(q.astype(np.float32))
-        per_value = torch.from_numpy(scales.astype(np.float32)).repeat_interleave(chunk)[:length]
-        return values * per_value
+        # Index the scales rather than repeat each one `chunk` times: the sender picks the chunk
+        # size, and repeating would allocate chunk x 4 bytes whatever the length.
+        per_value = scales.astype(np.float32)[np.arange(length) // chunk]
+        return values * torch.from_numpy(per_value)
 
     def max_payload_bytes(self, length: int) -> int:
         # A sender may choose any chunk size; chunk 1 is the largest payload.

@@ -40,7 +40,7 @@ def serve(settings: Settings, port: int | None = None) -> RunningServer:
 def recovered_shard(settings: Settings) -> Shard:
     """A shard with the jobs of ``settings.shard_data_dir`` (none without one)."""
     durability = DurabilityConfig.from_settings(settings)
-    shard = Shard(durability)
+    shard = Shard(durability, max_values=settings.max_model_parameters)
     if durability is None:
         return shard
     started = time.monotonic()

@@ -28,7 +28,12 @@ class Shard:
     """``durability`` None keeps every job in memory only; otherwise each job is logged and
     checkpointed under ``durability.data_dir`` (see :mod:`pscluster.server.durability`)."""
 
-    def __init__(self, durability: DurabilityConfig | None = None) -> None:
+    def __init__(
+        self, durability: DurabilityConfig | None = None, max_values: int = 1_000_000_000
+    ) -> None:
+        # The largest range a job may ask this shard to hold (PSC_MAX_MODEL_PARAMETERS): an
+        # InitJob announcing more is refused before anything is allocated for it.
+        self.max_values = max_values
         self._jobs: dict[str, ShardJob] = {}
         self._starting: set[str] = set()  # InitJobs writing their first checkpoint
         self._lock = threading.Lock()
@@ -39,6 +44,12 @@ class Shard:
         if not config.job_id:
             raise InvalidArgument("config.job_id is empty; name the job")
         validate_consistency(config.mode, config.staleness, config.backup_workers)
+        if config.length > self.max_values:
+            raise ResourceExhausted(
+                f"job {config.job_id} announces {config.length} values for this shard; the "
+                f"limit is {self.max_values} (PSC_MAX_MODEL_PARAMETERS): spread the job over "
+                "more shards or raise the limit"
+            )
         with self._lock:
             if config.job_id in self._jobs or config.job_id in self._starting:
                 raise AlreadyExists(f"job {config.job_id} already exists on this shard")
@@ -48,7 +59,7 @@ class Shard:
         self.check_new(config)
         try:
             assembler = wire.Assembler(config.length * 4)
-        except MemoryError:
+        except (MemoryError, OverflowError):
             raise ResourceExhausted(
                 f"job {config.job_id}: this shard cannot hold {config.length} values "
                 f"({config.length * 4} bytes); spread the job over more shards"

@@ -185,7 +185,11 @@ def _only_job(
     call = behaviour
 
     def checked(request: Any, context: grpc.ServicerContext) -> Any:
-        asked = getattr(request, "job_id", "")
+        if not hasattr(request, "job_id"):
+            # Not a decoded message (DecodeGuard's marker for garbage): the inner handler
+            # answers INVALID_ARGUMENT, which says more than a refusal would.
+            return call(request, context)
+        asked = request.job_id
         if asked != job_id:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from pscluster.config import Settings
 from pscluster.transport import tls
 from pscluster.transport.auth import AuthInterceptor, admin_token
+from pscluster.transport.guard import DecodeGuard
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ def server_interceptors(settings: Settings) -> list[grpc.ServerInterceptor]:  # 
     admin = admin_token(settings)
     if admin is not None:
         interceptors.append(AuthInterceptor(admin))
+    # Undecodable requests: INVALID_ARGUMENT naming the message, not gRPC's bare INTERNAL.
+    interceptors.append(DecodeGuard())
     return interceptors
 
 

@@ -301,11 +301,6 @@ def test_random_bytes_never_internal_behind_the_guard(
     assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (method, payload)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DecodeGuard is not in the servers' interceptors yet: add it to "
-    "pscluster/transport/server.py:build_server (server_interceptors); then drop this mark",
-)
 def test_end_to_end_undecodable(shard: ShardUnderTest, coordinator: CoordinatorUnderTest) -> None:
     """The servers as serve() builds them answer garbage with INVALID_ARGUMENT."""
     for name, kind in PS_METHODS.items():

@@ -151,11 +151,6 @@ def test_push_announcing_a_huge_size_is_refused_at_once(
     shard.check(before, outcome, "huge Push announcement")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="InitJob length*4 past sys.maxsize raises OverflowError -> INTERNAL: "
-    "pscluster/server/shard.py:Shard.init_job (and check_new: no bound on config.length)",
-)
 @pytest.mark.parametrize("length", [1 << 61, 2**64 - 1])
 def test_init_job_announcing_an_impossible_length(shard: ShardUnderTest, length: int) -> None:
     config = ps_pb2.ShardJobConfig(
@@ -253,11 +248,6 @@ def test_huge_push_announcements_cost_no_memory(shard_process: ShardProcess) -> 
     assert shard_process.peak_kb() - before < MEMORY_SLACK_KB
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="InitJob allocates length*4 bytes before any data arrives, with no bound from "
-    "PSC_MAX_MODEL_PARAMETERS: pscluster/server/shard.py:Shard.init_job/check_new",
-)
 def test_init_job_announcing_a_huge_length_costs_no_memory(shard_process: ShardProcess) -> None:
     # 64M values (256 MB) announced, past PSC_MAX_MODEL_PARAMETERS (1M here), and no data.
     before = shard_process.peak_kb()
@@ -277,12 +267,6 @@ def test_init_job_announcing_a_huge_length_costs_no_memory(shard_process: ShardP
     assert shard_process.peak_kb() - before < MEMORY_SLACK_KB, "allocated before refusing"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an int8 payload's chunk size (any uint32) is expanded by repeat_interleave(chunk): "
-    "chunk x 4 bytes allocated from a 72-byte payload: pscluster/compression/int8.py:"
-    "Int8.decompress",
-)
 def test_int8_chunk_size_does_not_allocate(shard_process: ShardProcess) -> None:
     # A well-sized int8 payload for 64 values (one scale, 64 int8) whose chunk size is 2^28.
     payload = struct.pack("<I", 1 << 28) + struct.pack("<f", 0.5) + bytes(LENGTH)
