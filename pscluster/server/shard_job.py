@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -36,7 +35,8 @@ from pscluster.server.domain import (
     PushResult,
 )
 from pscluster.server.optimizer import FlatOptimizer
-from pscluster.server.payloads import check_payload_size, payload_bytes
+from pscluster.server.payloads import payload_bytes
+from pscluster.server.push_checks import check_base_version, check_header, recall
 from pscluster.server.snapshots import SnapshotCache
 from pscluster.server.stats import JobCounters
 from pscluster.transport import wire
@@ -123,7 +123,7 @@ class ShardJob:
         with self._cond:
             self._check_alive()
             self._counters.pushes_received += 1
-            self._guard("invalid", lambda: self._check_header(header))
+            self._guard("invalid", lambda: check_header(self.config, self._codec, header))
             self._guard("not_member", lambda: self._check_member(header.worker_id))
         # The payload is received, decoded and checked outside the lock: other workers' pushes
         # and pulls go on meanwhile, and a bad payload never reaches the shared state.
@@ -181,12 +181,12 @@ class ShardJob:
                 )
             self._check_alive()
             self._guard("not_member", lambda: self._check_member(header.worker_id))
-            remembered = self._remembered(header)
+            remembered = recall(self._last_push, header, self._version, self._clocks.clock)
             if remembered is not None:
                 self._counters.pushes_duplicate += 1
                 # Answered only once the push it repeats is durable (it may still be syncing).
                 return remembered, self._journal.tail() if self._journal else 0
-            self._guard("invalid", lambda: self._check_base_version(header))
+            self._guard("invalid", lambda: check_base_version(header, self._version))
             ticket = 0
             if self._journal is not None and payload is not None:
                 # Logged before the policy sees it: the policy may scale the gradient in place.
@@ -202,44 +202,6 @@ class ShardJob:
             )
             self._last_push[header.worker_id] = (header.seq, result)
             return result, ticket
-
-    def _check_header(self, header: PushHeader) -> None:
-        if not header.worker_id:
-            raise InvalidArgument("push header has no worker_id; every push comes from a worker")
-        wire.itemsize(header.dtype)
-        if header.codec != self.config.codec:
-            raise InvalidArgument(
-                f"push uses codec {header.codec!r} but job {self.config.job_id} was set up for "
-                f"{self.config.codec!r}; compress as the job spec says"
-            )
-        if header.length != self.config.length:
-            c = self.config
-            raise InvalidArgument(
-                f"push announces {header.length} values but job {c.job_id} holds {c.length} "
-                f"on this shard (range [{c.start}, {c.start + c.length})); send this shard's slice"
-            )
-        check_payload_size(self._codec, header)
-
-    def _check_base_version(self, header: PushHeader) -> None:
-        if header.base_version > self._version:
-            raise InvalidArgument(
-                f"push base_version {header.base_version} is ahead of the shard's version "
-                f"{self._version}; send the version of the parameters you pulled"
-            )
-
-    def _remembered(self, header: PushHeader) -> PushResult | None:
-        last = self._last_push.get(header.worker_id)
-        if last is None or header.seq > last[0]:
-            return None
-        if header.seq == last[0]:
-            return replace(last[1], duplicate=True)
-        return PushResult(
-            Outcome.UNKNOWN,
-            self._version,
-            self._clocks.clock,
-            duplicate=True,
-            reason=f"seq {header.seq} is older than this worker's last push (seq {last[0]})",
-        )
 
     # --- pulls ---
 

@@ -244,8 +244,13 @@ def test_shard_refuses_duplicate_and_unknown_jobs() -> None:
         shard.init_job(JobConfig("k", 0, 2, "bsp", 0, config.optimizer), [bytes(8)])
     with pytest.raises(InvalidArgument, match="ended after 4 of the announced 8"):
         shard.init_job(JobConfig("k", 0, 2, "async", 0, config.optimizer), [bytes(4)])
-    with pytest.raises(ResourceExhausted, match="cannot hold"):
+    with pytest.raises(ResourceExhausted, match="the limit is 1000000000"):
         shard.init_job(JobConfig("k", 0, 1 << 44, "async", 0, config.optimizer), [])
+    # Under the limit but more than the machine can allocate: refused as well, nothing kept.
+    with pytest.raises(ResourceExhausted, match="cannot hold"):
+        Shard(max_values=1 << 62).init_job(
+            JobConfig("k", 0, 1 << 44, "async", 0, config.optimizer), []
+        )
     shard.drop("j")
     assert shard.job_ids() == []
     with pytest.raises(NotFound):

@@ -1,0 +1,62 @@
+"""What a push must satisfy before its decision, and the answer to a retried push.
+
+Plain functions of the job's config and counters, so that :mod:`pscluster.server.shard_job`
+keeps only the order in which they run under the job's lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pscluster.compression import Compressor
+from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
+from pscluster.server.payloads import check_payload_size
+from pscluster.transport import wire
+from pscluster.transport.errors import InvalidArgument
+
+
+def check_header(config: JobConfig, codec: Compressor, header: PushHeader) -> None:
+    """Refuse a header that does not fit the job, before any of its payload is read."""
+    if not header.worker_id:
+        raise InvalidArgument("push header has no worker_id; every push comes from a worker")
+    wire.itemsize(header.dtype)
+    if header.codec != config.codec:
+        raise InvalidArgument(
+            f"push uses codec {header.codec!r} but job {config.job_id} was set up for "
+            f"{config.codec!r}; compress as the job spec says"
+        )
+    if header.length != config.length:
+        raise InvalidArgument(
+            f"push announces {header.length} values but job {config.job_id} holds "
+            f"{config.length} on this shard (range [{config.start}, "
+            f"{config.start + config.length})); send this shard's slice"
+        )
+    check_payload_size(codec, header)
+
+
+def check_base_version(header: PushHeader, version: int) -> None:
+    if header.base_version > version:
+        raise InvalidArgument(
+            f"push base_version {header.base_version} is ahead of the shard's version "
+            f"{version}; send the version of the parameters you pulled"
+        )
+
+
+def recall(
+    last_push: dict[str, tuple[int, PushResult]], header: PushHeader, version: int, clock: int
+) -> PushResult | None:
+    """The answer to a push this shard has already decided (its worker's seq is not new), or
+    None for a new push. A retry of the last push gets that push's answer again; an older seq
+    (a retry overtaken by a later push) gets UNKNOWN: nothing is applied either way."""
+    last = last_push.get(header.worker_id)
+    if last is None or header.seq > last[0]:
+        return None
+    if header.seq == last[0]:
+        return replace(last[1], duplicate=True)
+    return PushResult(
+        Outcome.UNKNOWN,
+        version,
+        clock,
+        duplicate=True,
+        reason=f"seq {header.seq} is older than this worker's last push (seq {last[0]})",
+    )
