@@ -15,11 +15,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from pscluster.client.errors import ClusterUnavailableError
 from pscluster.client.info import JobInfo
 
-# How long the coordinator may stay unreachable while a job is followed before giving up. A
-# restart is not only its own downtime: gRPC reconnects with a backoff (1 s, x1.6 per failed
-# attempt, +-20 %), so a client may first get through ~2.5x the outage later (measured in
-# bench/faults.py: a 16 s restart under load lost a watcher that gave up after 30 s).
-UNREACHABLE_GRACE_SECONDS = 120.0
+# How long the coordinator may stay unreachable while a job is followed before giving up.
+UNREACHABLE_GRACE_SECONDS = 30.0
 
 
 def describe(info: JobInfo) -> str:

@@ -204,12 +204,18 @@ def coordinator_restart(path: Path, outage: float = 6.0) -> Outcome:
         job = submit(client)
         wait_until("30 steps", lambda: job.info().steps >= 30, timeout=180)
 
-        def watch() -> None:  # a user following the job across the outage
+        # A user following the job across the outage: its handle is made (one GetJob) before
+        # the kill, so that only the waiting happens while the coordinator is away.
+        watching = cluster.client()
+        watched = watching.job(job.id)
+
+        def watch() -> None:
             try:
-                with cluster.client() as client:
-                    watcher["info"] = client.job(job.id).wait(timeout=JOB_TIMEOUT, poll=0.2)
+                watcher["info"] = watched.wait(timeout=JOB_TIMEOUT, poll=0.2)
             except Exception as e:  # reported by the caller
                 watcher["error"] = repr(e)
+            finally:
+                watching.close()
 
         following = threading.Thread(target=watch, daemon=True)
         following.start()
