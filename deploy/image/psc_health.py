@@ -7,21 +7,31 @@ Exit 0 when the server answers SERVING, 1 otherwise, with one line on stderr say
 Every pscluster server already serves grpc.health.v1 (pscluster.transport.server), so the
 image needs no grpcurl download and compose, Kubernetes and a person debugging all ask the
 same question the same way. The overall status (service "") is what the server sets SERVING
-only once it is ready (a shard after warming up its optimizers).
+only once it is ready (a shard after warming up its optimizers). With TLS on, the probe dials
+with the container's own PSC_TLS_* files (health checks need no token).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pscluster.client.processes import TLS_FIELDS, settings_from_env
+from pscluster.transport import tls
+
 
 def check(address: str, service: str, timeout: float) -> tuple[bool, str]:
     """(healthy, reason): one Check call with a deadline; never raises for an RPC failure."""
-    with grpc.insecure_channel(address) as channel:
+    try:
+        settings = settings_from_env(os.environ, TLS_FIELDS)
+        channel = tls.dial(address, settings)
+    except ValueError as e:  # a TLS file missing or unreadable
+        return False, f"{address}: cannot dial: {e}"
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

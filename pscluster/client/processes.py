@@ -142,7 +142,7 @@ def free_ports(host: str, count: int) -> list[int]:
             s.close()
 
 
-_TLS_FIELDS = ("tls_cert", "tls_key", "tls_ca", "tls_client_auth", "tls_server_name")
+TLS_FIELDS = ("tls_cert", "tls_key", "tls_ca", "tls_client_auth", "tls_server_name")
 
 
 def settings_from_env(
@@ -170,7 +170,7 @@ def wait_serving(handle: ProcessHandle, timeout: float) -> None:
     if handle.address is None:
         raise ValueError(f"{handle.name} is not a server")
     try:
-        settings = settings_from_env(handle.env, _TLS_FIELDS)
+        settings = settings_from_env(handle.env, TLS_FIELDS)
         tls.channel_credentials(settings)  # a missing or unreadable file: say so now
     except ValueError as e:
         raise StartError(f"cannot check whether {handle.name} is serving: {e}") from e

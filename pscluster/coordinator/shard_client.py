@@ -156,7 +156,7 @@ class ShardClients:
             job_id=job_id,
             worker_id="",
             dtype=common_pb2.DTYPE_FLOAT32,
-            chunk_bytes=self.settings.chunk_bytes,
+            chunk_bytes=0,  # the shard's own size, which fits its message limit
         )
         try:
             stream = iter(self.stub(part.address).Pull(request, timeout=self.timeout))

@@ -265,8 +265,20 @@ class TaskDispatcher:
     def report_failure(self, worker_id: str, job_id: str, error: str) -> None:
         if not error.strip():
             raise InvalidArgument("error is empty; send the reason the job cannot run")
-        self.jobs.require(job_id)
-        log.warning("worker %s reports job %s failed", worker_id or "?", job_id)
+        if self.jobs.require(job_id).state in st.TERMINAL:
+            return  # already ended: a second report (another worker's, a retry) changes nothing
+        rt = self.rt
+        with rt.lock:
+            # Only a worker working on the job may fail it: it reports while it holds the
+            # lease whose model or data would not load. Anyone else is refused, job untouched.
+            rt.workers.require(worker_id, rt.mono())
+            lease = rt.book.lease_of(worker_id)
+            if lease is None or lease.job_id != job_id:
+                raise FailedPrecondition(
+                    f"worker {worker_id} holds no lease on job {job_id}; only a worker running "
+                    "the job may report that it cannot run"
+                )
+        log.warning("worker %s reports job %s failed", worker_id, job_id)
         self.jobs.fail(job_id, error)
 
     def expire_workers(self) -> list[str]:

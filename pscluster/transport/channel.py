@@ -54,6 +54,10 @@ def open_channel(
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", _SERVICE_CONFIG),
+        # Reconnect soon after a server comes back (a restarted coordinator or shard): gRPC's
+        # default backoff grows to two minutes, longer than any restart here takes.
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
         *extra_options,
     ]
     channel = tls.dial(address, settings, options)

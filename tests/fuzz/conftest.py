@@ -80,6 +80,7 @@ def fuzz_settings(tmp: Path, **overrides: object) -> Settings:
     base: dict[str, object] = {
         "host": "127.0.0.1",
         "max_message_bytes": MAX_MESSAGE,
+        "chunk_bytes": MAX_MESSAGE // 4,
         "pull_wait_seconds": 0.3,
         "grace_seconds": 0.0,
         "state_dir": tmp,

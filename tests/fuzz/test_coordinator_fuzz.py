@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
@@ -105,8 +104,6 @@ def test_job_queries(coordinator: CoordinatorUnderTest, rpc: str, job_id: str, b
     if job_id == "RUNNING":
         if rpc == "CancelJob":
             return  # cancelling the running job is a legitimate change
-        if rpc == "FetchModel":
-            return  # test_fetch_model_of_a_running_job (xfail) has that bug
         job_id = coordinator.job_id
     if rpc == "FetchBlob":
         request: Any = co_pb2.FetchBlobRequest(job_id=job_id, blob=blob)
@@ -346,14 +343,9 @@ def test_submit_job_cancelled_mid_stream(coordinator: CoordinatorUnderTest, keep
     assert coordinator.fingerprint() == before
 
 
-# --- bugs found ---
+# --- bugs found by fuzzing, fixed ---
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ReportFailure from a worker that is not registered (or holds no lease on the job) "
-    "fails the job: pscluster/coordinator/tasks.py:TaskDispatcher.report_failure",
-)
 def test_report_failure_needs_a_worker_of_the_job(coordinator: CoordinatorUnderTest) -> None:
     outcome = send(coordinator, "SubmitJob", coordinator.submission.chunks())
     assert outcome.code == grpc.StatusCode.OK, outcome
@@ -370,13 +362,6 @@ def test_report_failure_needs_a_worker_of_the_job(coordinator: CoordinatorUnderT
         send(coordinator, "CancelJob", [co_pb2.GetJobRequest(job_id=job_id).SerializeToString()])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with PSC_MAX_MESSAGE_BYTES <= PSC_CHUNK_BYTES + 64 (1 MiB each here, both valid "
-    "settings) the coordinator pulls with chunk_bytes=settings.chunk_bytes, the shard refuses "
-    "it, and FetchModel of a running job answers UNAVAILABLE: "
-    "pscluster/coordinator/shard_client.py (Pull chunk_bytes) and pscluster/config.py",
-)
 def test_fetch_model_of_a_running_job(coordinator: CoordinatorUnderTest) -> None:
     request = co_pb2.GetJobRequest(job_id=coordinator.job_id).SerializeToString()
     outcome = send(coordinator, "FetchModel", [request])
