@@ -48,6 +48,8 @@ bench: install
 	$(PY) bench/staleness.py --repeats 3 --staleness-lr
 	$(PY) bench/staleness.py --repeats 2 --staleness-lr --slowdown 3
 	$(PY) bench/stragglers.py --repeats 2
+	$(PY) bench/durability.py
+	$(PY) bench/faults.py
 
 # --- containers (compose.yaml; deploy/README.md) ---
 # Where no registry is reachable, docker-setup writes .env so that compose builds offline.
