@@ -12,9 +12,29 @@ import grpc
 from pscluster.config import Settings
 from pscluster.transport import tls
 from pscluster.transport.auth import TokenInterceptor, caller_token
+from pscluster.v1 import coordinator_pb2, parameter_server_pb2
+
+
+def _server_streaming_methods() -> list[dict[str, str]]:
+    """Every pscluster.v1 method whose server streams its reply (Pull, FetchModel, ...)."""
+    names = []
+    for module in (coordinator_pb2, parameter_server_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            names += [
+                {"service": service.full_name, "method": method.name}
+                for method in service.methods
+                if method.server_streaming
+            ]
+    return names
+
 
 # gRPC retries an RPC transparently when the server is briefly unreachable (a restart, a
-# connection reset). Only UNAVAILABLE is retried: it means nothing was processed.
+# connection reset). Only UNAVAILABLE is retried; the calls that change state are idempotent
+# by their ids (a push's seq, a lease's id), so a retry of one that was processed is harmless.
+# Server-streaming calls are left out: with a retry policy, grpcio 1.85 leaves such a call
+# blocked past its deadline, forever, once its server is killed while the call waits (a pull
+# at a sync barrier); tests/transport/test_channel.py keeps that from coming back. A worker
+# retries its pulls itself, with backoff; a failed fetch is reported to its caller.
 _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
@@ -27,7 +47,8 @@ _SERVICE_CONFIG = json.dumps(
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
-            }
+            },
+            {"name": _server_streaming_methods(), "waitForReady": False},
         ]
     }
 )

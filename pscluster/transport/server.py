@@ -75,6 +75,7 @@ def build_server(
     A bad token or TLS setting raises (ValueError) before anything is bound.
     """
     interceptors = server_interceptors(settings)
+    secured = any(isinstance(i, AuthInterceptor) for i in interceptors)
     credentials = tls.server_credentials(settings)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.grpc_threads),
@@ -108,9 +109,9 @@ def build_server(
         else "mutual TLS"
         if settings.tls_client_auth
         else "TLS",
-        "tokens required" if interceptors else "no authentication",
+        "tokens required" if secured else "no authentication",
     )
-    if not interceptors:
+    if not secured:
         log.warning(
             "this cluster is open: no admin token (PSC_ADMIN_TOKEN or PSC_ADMIN_TOKEN_FILE) is "
             "set, so anyone who reaches %s:%d may call every RPC, including submitting model "

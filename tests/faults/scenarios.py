@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
+from pscluster.client.errors import ClusterUnavailableError
 from pscluster.client.info import JobInfo
 from pscluster.client.local import LocalCluster
 from pscluster.client.sdk import Client, Job
@@ -35,6 +36,8 @@ from tests.e2e.conftest import FAST
 from tests.e2e.data import digits
 from tests.e2e.models import DigitsMLP
 from tests.faults.proxy import FaultProxy, Faults
+
+T = TypeVar("T")
 
 TARGET_ACCURACY = 0.95
 HEARTBEAT = 1.0  # the default heartbeat; the worker timeout below is 3 of them
@@ -112,11 +115,24 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, poll: float
         try:
             if check():
                 return time.monotonic()
-        except grpc.RpcError:
+        except (grpc.RpcError, ClusterUnavailableError):
             pass  # the thing being waited for may be down right now
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(poll)
+
+
+def once_reachable(what: str, call: Callable[[], T], timeout: float = 60) -> T:
+    """``call()``, retried while its server cannot be reached (a channel still backing off
+    from a restart fails fast for up to its reconnect backoff, 5 s)."""
+    result: list[T] = []
+
+    def answered() -> bool:
+        result.append(call())
+        return True
+
+    wait_until(what, answered, timeout)
+    return result[0]
 
 
 def raw_metrics(address: str, job_id: str) -> co_pb2.JobMetrics:
@@ -227,7 +243,7 @@ def coordinator_restart(path: Path, outage: float = 6.0) -> Outcome:
         cluster.restart(cluster.coordinator)
         up = time.monotonic()
         outcome.detect_seconds = up - killed  # down for this long, restart included
-        after = job.info()
+        after = once_reachable("the restarted coordinator", job.info)
 
         def whole() -> bool:
             workers = status_workers(cluster).values()

@@ -188,6 +188,7 @@ def shard_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardPro
         **os.environ,
         "PSC_LOG_LEVEL": "INFO",
         "PSC_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
+        "PSC_CHUNK_BYTES": str(MAX_MESSAGE // 4),
         "PSC_MAX_MODEL_PARAMETERS": str(1 << 20),
         "PSC_GRPC_THREADS": "4",
     }
