@@ -123,12 +123,110 @@ def staleness(
     plt.close(fig)
 
 
+def transport(summary: dict[str, Any], path: Path) -> None:
+    """Median MB/s down, up and both of raw TCP, the gRPC echo and the PS, side by side."""
+    names = [("tcp", "raw TCP"), ("echo", "gRPC echo"), ("ps", "PS pull+push")]
+    keys = [
+        ("median_down_mb_per_s", "down"),
+        ("median_up_mb_per_s", "up"),
+        ("median_mb_per_s", "down+up"),
+    ]
+    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    width = 0.26
+    for k, (key, label) in enumerate(keys):
+        xs = [i + (k - 1) * width for i in range(len(names))]
+        values = [summary[n][key] for n, _ in names]
+        ax.bar(xs, values, width=width, color=f"C{k}", label=label)
+        for x, v in zip(xs, values, strict=True):
+            ax.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)), [label for _, label in names])
+    ax.set_ylabel("MB/s (median)")
+    ax.legend(fontsize=8)
+    ax.set_title(
+        f"{summary['vector_mb']} MB over loopback: PS/echo = {summary['ratio_ps_over_echo']:.2f},"
+        f" PS/TCP = {summary['ratio_ps_over_tcp']:.2f}"
+    )
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def peers(rows: list[dict[str, Any]], path: Path) -> None:
+    """Per model, samples/s of every system and mode at each process count; for digits also
+    the time to the target accuracy. ``rows`` are bench/peers.py's result rows."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    panels = [(m, "samples_per_s", "samples/s") for m in models]
+    if any(r.get("time_to_target") is not None for r in rows):
+        panels.append((models[0], "time_to_target", "s to target accuracy"))
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(11, 3.4 * len(panels)), squeeze=False, constrained_layout=True
+    )
+    for ax, (model, key, ylabel) in zip(axes[:, 0], panels, strict=True):
+        mine = [r for r in rows if r["model"] == model]
+        labels = list(dict.fromkeys(r["label"] for r in mine))
+        counts = sorted({r["processes"] for r in mine})
+        width = 0.8 / len(counts)
+        for k, n in enumerate(counts):
+            values = []
+            for label in labels:
+                got = [r.get(key) for r in mine if r["label"] == label and r["processes"] == n]
+                values.append(got[0] if got and got[0] is not None else 0.0)
+            xs = [i + (k - (len(counts) - 1) / 2) * width for i in range(len(labels))]
+            ax.bar(xs, values, width=width, color=f"C{k}", label=f"{n} process(es)")
+            for x, v in zip(xs, values, strict=True):
+                ax.text(
+                    x,
+                    v,
+                    f"{v:.0f}" if v >= 10 else f"{v:.1f}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+        ax.set_xticks(range(len(labels)), labels, rotation=15, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        ax.set_title(f"{model}: {ylabel} (0: not reached)")
+    fig.suptitle("pscluster vs PyTorch DDP (gloo), same processes, model and batches")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def scaling(rows: list[dict[str, Any]], path: Path) -> None:
+    """samples/s against workers, one line per shard count."""
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for k, shards in enumerate(sorted({r["shards"] for r in rows})):
+        mine = sorted((r for r in rows if r["shards"] == shards), key=lambda r: r["workers"])
+        xs = [r["workers"] for r in mine]
+        ys = [r["samples_per_s"] for r in mine]
+        ax.plot(xs, ys, marker="o", color=f"C{k}", label=f"{shards} shard(s)")
+        for x, y in zip(xs, ys, strict=True):
+            ax.annotate(
+                f"{y:.0f}",
+                (x, y),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(0, 4),
+                ha="center",
+            )
+    ax.set_xticks(sorted({r["workers"] for r in rows}))
+    ax.set_xlabel("workers")
+    ax.set_ylabel("training samples/s")
+    ax.legend(fontsize=8)
+    ax.set_title("async scaling (more processes than cores oversubscribe them)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
-    if len(sys.argv) != 3 or sys.argv[1] not in ("compression", "staleness"):
-        sys.exit("usage: python bench/plots.py compression|staleness RESULTS.json")
+    kinds = ("compression", "staleness", "transport", "peers", "scaling")
+    if len(sys.argv) != 3 or sys.argv[1] not in kinds:
+        sys.exit(f"usage: python bench/plots.py {'|'.join(kinds)} RESULTS.json")
     path = Path(sys.argv[2])
     data = json.loads(path.read_text())
-    if sys.argv[1] == "compression":
+    if sys.argv[1] == "transport":
+        transport(data, path.with_suffix(".png"))
+    elif sys.argv[1] in ("peers", "scaling"):
+        (peers if sys.argv[1] == "peers" else scaling)(data["rows"], path.with_suffix(".png"))
+    elif sys.argv[1] == "compression":
         compression(data["results"], path.with_suffix(".png"))
     else:
         staleness(data["runs"], data["target"], path.with_suffix(".png"), data.get("title", ""))

@@ -1,15 +1,20 @@
-"""How close a shard's Pull + Push come to raw gRPC streaming on the same machine.
+"""How close a shard's Pull + Push come to raw gRPC streaming and to raw TCP on the same machine.
 
-Starts two processes: a real shard (``python -m pscluster.server --port 0``) and a bare gRPC
+Starts three processes: a real shard (``python -m pscluster.server --port 0``), a bare gRPC
 streaming echo server (this file with ``--echo-server``: byte chunks, no protobuf, no copies,
-no locks, no optimizer), both with 1 MB chunks. For a 64 MB float32 vector it times
-(a) echo: 64 MB downloaded from the echo server + 64 MB uploaded to it, and (b) PS: a Pull of
-the 64 MB vector + a Push of a 64 MB gradient (async mode, plain SGD with a tiny lr), in
-alternation so that load from other processes hits both alike. The client does the same tensor
+no locks, no optimizer), both with 1 MB chunks, and a raw TCP server (``--tcp-server``: plain
+sockets, no framing beyond a 9-byte command, ``sendall`` of the whole buffer and
+``recv_into`` a preallocated one). For a 64 MB float32 vector it times (a) echo: 64 MB
+downloaded from the echo server + 64 MB uploaded to it, (b) PS: a Pull of the 64 MB vector + a
+Push of a 64 MB gradient (async mode, plain SGD with a tiny lr), and (c) TCP: the same 64 MB
+down and up over one loopback socket, in alternation so that load from other processes hits
+all three alike. The client does the same tensor
 work in both: it assembles the download into one buffer and uploads chunks cut from a tensor
 (the PS client frames them with pscluster.transport.framing, as a worker should), so the ratio
-measures what the shard and its protocol add. It prints the median MB/s of each and the ratio
-PS/echo, and writes them to bench/results/transport.json. Target: ratio >= 0.8.
+measures what the shard and its protocol add; PS/TCP measures what gRPC, HTTP/2 and the shard
+add together over the bytes alone. It prints the median MB/s of each and the ratios PS/echo and
+PS/TCP, and writes them to bench/results/transport.json and a bar plot transport.png. Target:
+PS/echo >= 0.8 (PS/TCP has no target: it is the ceiling of any protocol on this machine).
 
     .venv/bin/python bench/transport.py [--mb 64] [--repeats 7]
 """
@@ -20,7 +25,9 @@ import argparse
 import json
 import os
 import re
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -42,6 +49,10 @@ from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import plots  # noqa: E402
+
 CHUNK = 1 << 20
 ECHO_SERVICE = "bench.Echo"
 _SERVING = re.compile(r"serving .* on [\w.\-]+:(\d+)")
@@ -85,6 +96,56 @@ def run_echo_server(host: str, mb: int) -> None:
     server.start()
     print(f"serving {ECHO_SERVICE} on {host}:{port}", file=sys.stderr, flush=True)
     server.wait_for_termination()
+
+
+# --- the raw TCP server (a separate process too): the bytes alone, no protocol ---
+
+# A command is one byte and a little-endian byte count: b"D" asks for that many bytes, b"U"
+# announces that many; the upload is acknowledged by the same 8-byte count.
+_COMMAND = struct.Struct("<cQ")
+
+
+def _recv_exactly(conn: socket.socket, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = conn.recv_into(view[got:])
+        if n == 0:
+            raise ConnectionError(f"peer closed after {got} of {len(view)} bytes")
+        got += n
+
+
+def _serve_tcp_connection(conn: socket.socket, payload: bytes, sink: memoryview) -> None:
+    header = memoryview(bytearray(_COMMAND.size))
+    with conn:
+        while True:
+            try:
+                _recv_exactly(conn, header)
+            except ConnectionError:
+                return  # the client is done
+            command, size = _COMMAND.unpack(header)
+            if size > len(payload):
+                raise ValueError(f"asked for {size} bytes; this server holds {len(payload)}")
+            if command == b"D":
+                conn.sendall(memoryview(payload)[:size])
+            elif command == b"U":
+                _recv_exactly(conn, sink[:size])
+                conn.sendall(size.to_bytes(8, "little"))
+            else:
+                raise ValueError(f"unknown command {command!r}; expected b'D' or b'U'")
+
+
+def run_tcp_server(host: str, mb: int) -> None:
+    payload = os.urandom(mb * CHUNK)
+    sink = memoryview(bytearray(mb * CHUNK))
+    with socket.create_server((host, 0)) as server:
+        port = server.getsockname()[1]
+        print(f"serving raw TCP on {host}:{port}", file=sys.stderr, flush=True)
+        while True:
+            conn, _ = server.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(
+                target=_serve_tcp_connection, args=(conn, payload, sink), daemon=True
+            ).start()
 
 
 # --- the client side ---
@@ -133,6 +194,24 @@ def echo_round(channel: grpc.Channel, payload: memoryview) -> tuple[float, float
     t2 = time.perf_counter()
     if sent != len(payload):
         raise RuntimeError(f"echo received {sent} bytes; expected {len(payload)}")
+    return t1 - t0, t2 - t1
+
+
+def tcp_round(conn: socket.socket, payload: memoryview) -> tuple[float, float]:
+    """64 MB down into one preallocated buffer and the tensor's bytes up, on one socket: what
+    the bytes cost on loopback with no protocol at all."""
+    t0 = time.perf_counter()
+    conn.sendall(_COMMAND.pack(b"D", len(payload)))
+    buffer = bytearray(len(payload))
+    _recv_exactly(conn, memoryview(buffer))
+    t1 = time.perf_counter()
+    conn.sendall(_COMMAND.pack(b"U", len(payload)))
+    conn.sendall(payload)
+    ack = bytearray(8)
+    _recv_exactly(conn, memoryview(ack))
+    t2 = time.perf_counter()
+    if int.from_bytes(ack, "little") != len(payload):
+        raise RuntimeError(f"TCP server acknowledged {ack!r}; expected {len(payload)} bytes")
     return t1 - t0, t2 - t1
 
 
@@ -227,54 +306,81 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "transport.json")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tcp-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.mb < 1 or args.repeats < 1 or args.warmup < 0:
+        parser.error("--mb and --repeats must be at least 1 and --warmup at least 0")
     settings = Settings()
     if args.echo_server:
         run_echo_server(settings.host, args.mb)
         return
+    if args.tcp_server:
+        run_tcp_server(settings.host, args.mb)
+        return
 
-    shard, shard_port = start([sys.executable, "-m", "pscluster.server", "--port", "0"])
-    echo, echo_port = start(
-        [sys.executable, str(Path(__file__).resolve()), "--echo-server", "--mb", str(args.mb)]
-    )
+    here = str(Path(__file__).resolve())
+    procs: list[subprocess.Popen[str]] = []
     try:
+        shard, shard_port = start([sys.executable, "-m", "pscluster.server", "--port", "0"])
+        procs.append(shard)
+        echo, echo_port = start([sys.executable, here, "--echo-server", "--mb", str(args.mb)])
+        procs.append(echo)
+        tcp, tcp_port = start([sys.executable, here, "--tcp-server", "--mb", str(args.mb)])
+        procs.append(tcp)
         ps_channel = open_channel(f"{settings.host}:{shard_port}", settings)
         echo_channel = open_channel(f"{settings.host}:{echo_port}", settings)
         wait_ready(ps_channel, 30)
         wait_ready(echo_channel, 30)
+        tcp_conn = socket.create_connection((settings.host, tcp_port), timeout=120)
+        tcp_conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ps = PSBench(ps_channel, args.mb)
-        echo_payload = wire.encode(torch.full((ps.length,), 1e-3))
-        results: dict[str, list[dict[str, float]]] = {"echo": [], "ps": []}
-        for i in range(args.warmup + args.repeats):
-            echo_sample = measure(lambda: echo_round(echo_channel, echo_payload), args.mb)
-            ps_sample = measure(ps.round, args.mb)
-            if i >= args.warmup:
-                results["echo"].append(echo_sample)
-                results["ps"].append(ps_sample)
+        payload = wire.encode(torch.full((ps.length,), 1e-3))
+        results: dict[str, list[dict[str, float]]] = {"echo": [], "ps": [], "tcp": []}
+        with tcp_conn:
+            for i in range(args.warmup + args.repeats):
+                samples = {
+                    "echo": measure(lambda: echo_round(echo_channel, payload), args.mb),
+                    "ps": measure(ps.round, args.mb),
+                    "tcp": measure(lambda: tcp_round(tcp_conn, payload), args.mb),
+                }
+                if i >= args.warmup:
+                    for name, sample in samples.items():
+                        results[name].append(sample)
         report = {name: summarize(samples, args.mb) for name, samples in results.items()}
-        ratio = report["ps"]["median_mb_per_s"] / report["echo"]["median_mb_per_s"]
+        ps_rate = report["ps"]["median_mb_per_s"]
+        ratio = ps_rate / report["echo"]["median_mb_per_s"]
+        ratio_tcp = ps_rate / report["tcp"]["median_mb_per_s"]
         summary = {
             "vector_mb": args.mb,
             "chunk_bytes": CHUNK,
             "repeats": args.repeats,
             "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "command": " ".join(["python", "bench/transport.py", *sys.argv[1:]]),
             "echo": report["echo"],
             "ps": report["ps"],
+            "tcp": report["tcp"],
             "ratio_ps_over_echo": ratio,
+            "ratio_ps_over_tcp": ratio_tcp,
+            "ratio_echo_over_tcp": report["echo"]["median_mb_per_s"]
+            / report["tcp"]["median_mb_per_s"],
             "target_ratio": 0.8,
         }
         print(f"{'':6} {'MB/s (down+up)':>15} {'down MB/s':>10} {'up MB/s':>10}")
-        for name in ("echo", "ps"):
+        for name in ("tcp", "echo", "ps"):
             r = report[name]
             print(
                 f"{name:6} {r['median_mb_per_s']:15.0f} {r['median_down_mb_per_s']:10.0f} "
                 f"{r['median_up_mb_per_s']:10.0f}"
             )
-        print(f"ratio ps/echo = {ratio:.2f} (target >= 0.8)")
+        print(f"ratio ps/echo = {ratio:.2f} (target >= 0.8); ps/tcp = {ratio_tcp:.2f}")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2) + "\n")
+        png = args.out.with_suffix(".png")
+        plots.transport(summary, png)
+        print(f"wrote {args.out} and {png}")
     finally:
-        for proc in (shard, echo):
+        for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
 
