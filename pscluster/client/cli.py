@@ -3,6 +3,7 @@
     pscluster up --local --shards 2 --workers 3
     pscluster submit examples/digits.yaml --watch
     pscluster jobs ; pscluster status ; pscluster down
+    pscluster plot JOB -o curves.png --csv curves/   # loss, accuracy, staleness
     pscluster certs ./certs --host pscluster   # TLS: a CA, server and client certificates
 
 The role commands (``coordinator``, ``shard``, ``worker``) hand their arguments unchanged to
@@ -16,7 +17,7 @@ import importlib
 
 import typer
 
-from pscluster.client import cli_certs, cli_cluster, cli_jobs
+from pscluster.client import cli_certs, cli_cluster, cli_jobs, cli_plot
 
 app = typer.Typer(
     name="pscluster",
@@ -35,6 +36,7 @@ app.command("submit")(cli_jobs.submit)
 app.command("watch")(cli_jobs.watch)
 app.command("jobs")(cli_jobs.jobs)
 app.command("metrics")(cli_jobs.metrics)
+app.command("plot")(cli_plot.plot)
 app.command("fetch")(cli_jobs.fetch)
 app.command("cancel")(cli_jobs.cancel)
 app.command("certs")(cli_certs.certs)

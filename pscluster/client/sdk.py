@@ -32,6 +32,7 @@ from pscluster.client.errors import (
     PSClusterError,
     from_rpc_error,
 )
+from pscluster.client.history import History
 from pscluster.client.info import ClusterStatus, JobInfo
 from pscluster.client.metrics import JobMetrics
 from pscluster.client.payload import build_payload
@@ -45,6 +46,7 @@ from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 __all__ = [
     "Client",
     "ClusterUnavailableError",
+    "History",
     "InvalidJobError",
     "Job",
     "JobFailed",
@@ -283,6 +285,18 @@ class Job:
             f"get the metrics of job {self.id}", lambda t: stub.GetMetrics(req, timeout=t)
         )
         return JobMetrics.from_proto(reply)
+
+    def history(self) -> History:
+        """The job's curves as tables: loss per step, test results per epoch (times in seconds
+        since the job started) and the staleness histograms; ``to_csv(dir)`` writes them out.
+
+        Example::
+
+            h = job.history()
+            best = max(h.epochs, key=lambda e: e.test_accuracy)
+            h.to_csv("runs/ssp")
+        """
+        return History.from_metrics(self.info(), self.metrics())
 
     def fetch_model(self) -> dict[str, torch.Tensor]:
         """The trained ``state_dict`` (parameters and buffers), ready for ``load_state_dict``.

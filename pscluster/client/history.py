@@ -1,0 +1,158 @@
+"""A job's training curves as tables: rows a user plots, compares or writes out as CSV.
+
+:class:`~pscluster.client.metrics.JobMetrics` mirrors the coordinator's reply (unix times,
+histograms as dicts). A :class:`History` is the same data shaped for analysis: times in
+seconds since the job started, so two runs line up on one axis, and the staleness histograms
+as rows. It needs nothing beyond the standard library: ``to_csv`` writes files that pandas,
+a spreadsheet or gnuplot read as they are.
+
+Example::
+
+    h = job.history()
+    print(h.epochs[-1].test_accuracy, h.epochs[-1].seconds)
+    h.to_csv("runs/ssp")   # steps.csv, epochs.csv, staleness.csv
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pscluster.client.info import JobInfo
+from pscluster.client.metrics import JobMetrics
+
+__all__ = ["CSV_FILES", "EpochPoint", "History", "StalenessBin", "StepPoint"]
+
+# The files to_csv writes, one per table.
+CSV_FILES = ("steps.csv", "epochs.csv", "staleness.csv")
+
+VERSION = "version"  # updates applied on a shard between a worker's pull and its push
+CLOCK = "clock"  # ssp: the pushing worker's clock lead over the slowest worker
+
+
+@dataclass(frozen=True)
+class StepPoint:
+    """One training step (one pushed gradient) as its worker reported it."""
+
+    step: int  # job-wide, in order of report
+    seconds: float  # since the job started (the worker's clock at the step)
+    loss: float  # training loss of the batch
+    samples: int  # samples in the batch
+    worker: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class EpochPoint:
+    """One evaluation of the parameters on the test set, made after an epoch."""
+
+    epoch: int
+    seconds: float  # since the job started
+    test_accuracy: float  # 0..1
+    test_loss: float
+    samples: int  # training samples seen when the evaluation was made
+
+
+@dataclass(frozen=True)
+class StalenessBin:
+    """How many applied pushes had one staleness (one bar of a histogram)."""
+
+    kind: str  # "version" or "clock"
+    lag: int
+    pushes: int  # shard-level pushes: a step pushes one slice to each shard
+
+
+@dataclass(frozen=True)
+class History:
+    """A job's per-step loss, per-epoch test results and staleness histograms, as rows.
+
+    ``started_unix`` is the origin of every ``seconds``: the job's start, or the first step's
+    time for a job not started yet. Rows are in order (steps by number, epochs by epoch,
+    staleness by kind then lag). Empty tables mean nothing was recorded yet.
+    """
+
+    job_id: str
+    mode: str
+    state: str
+    started_unix: float
+    epochs_planned: int
+    steps: list[StepPoint] = field(default_factory=list)
+    epochs: list[EpochPoint] = field(default_factory=list)
+    staleness: list[StalenessBin] = field(default_factory=list)
+    pushes_applied: int = 0
+
+    @classmethod
+    def from_metrics(cls, info: JobInfo, metrics: JobMetrics) -> History:
+        """Build the tables from a job's info (its start) and its metrics (everything else)."""
+        if info.job_id != metrics.job_id:
+            raise ValueError(
+                f"the info is of job {info.job_id!r} but the metrics of job {metrics.job_id!r}; "
+                "pass both of the same job"
+            )
+        times = [s.time for s in metrics.steps] + [e.time for e in metrics.epochs]
+        origin = info.started_unix or (min(times) if times else info.created_unix)
+        steps = [
+            StepPoint(s.step, s.time - origin, s.loss, s.samples, s.worker, s.epoch)
+            for s in sorted(metrics.steps, key=lambda s: s.step)
+        ]
+        epochs = [
+            EpochPoint(e.epoch, e.time - origin, e.test_accuracy, e.test_loss, e.samples)
+            for e in sorted(metrics.epochs, key=lambda e: e.epoch)
+        ]
+        return cls(
+            job_id=info.job_id,
+            mode=info.mode,
+            state=info.state,
+            started_unix=origin,
+            epochs_planned=info.epochs,
+            steps=steps,
+            epochs=epochs,
+            staleness=_bins(VERSION, metrics.staleness) + _bins(CLOCK, metrics.clock_staleness),
+            pushes_applied=metrics.pushes_applied,
+        )
+
+    def histogram(self, kind: str = VERSION) -> dict[int, int]:
+        """One staleness histogram, lag -> pushes: ``kind`` is "version" or "clock"."""
+        if kind not in (VERSION, CLOCK):
+            raise ValueError(f"staleness kind {kind!r} is unknown; expected 'version' or 'clock'")
+        return {b.lag: b.pushes for b in self.staleness if b.kind == kind}
+
+    def tables(self) -> dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+        """Each table as (column names, rows of plain values), keyed by its CSV file name."""
+        return {
+            "steps.csv": _table(StepPoint, self.steps),
+            "epochs.csv": _table(EpochPoint, self.epochs),
+            "staleness.csv": _table(StalenessBin, self.staleness),
+        }
+
+    def to_csv(self, directory: str | Path) -> list[Path]:
+        """Write steps.csv, epochs.csv and staleness.csv (with a header row) into
+        ``directory``, creating it; return the paths written."""
+        folder = Path(directory)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} is a file; expected a directory to write the CSVs into")
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, (header, rows) in self.tables().items():
+            path = folder / name
+            with path.open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(header)
+                writer.writerows(rows)
+            written.append(path)
+        return written
+
+
+def _bins(kind: str, histogram: Mapping[int, int]) -> list[StalenessBin]:
+    return [StalenessBin(kind, lag, n) for lag, n in sorted(histogram.items())]
+
+
+def _table(
+    row_type: type[Any], rows: Sequence[Any]
+) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+    header = tuple(f.name for f in dataclasses.fields(row_type))
+    return header, [dataclasses.astuple(r) for r in rows]
