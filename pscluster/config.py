@@ -60,9 +60,13 @@ class Settings(BaseSettings):
     # Fault injection for straggler tests and benchmarks: a worker stretches the compute of
     # each batch to this many times its length (1: off), as a slower device would.
     slowdown: float = Field(1.0, ge=1.0, le=1000.0)
-    # Prometheus metrics over HTTP on this port (0 picks a free one); unset: not served.
+    # Prometheus metrics over HTTP at /metrics on this port (0 picks a free one; the bound
+    # port is logged); unset: not served. Every role reads it (docs/observability.md).
     metrics_port: int | None = Field(None, ge=0, le=65535)
     log_level: str = "INFO"
+    # "text": the classic one line per record; "json": one JSON object per line with ts,
+    # level, logger, message, role, and job_id / worker_id when known (pscluster/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     # --- durability (shards; docs/reliability.md) ---
     # Where a shard keeps its write-ahead log and checkpoints, one folder per job. Unset: state

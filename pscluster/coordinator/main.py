@@ -15,6 +15,7 @@ from pscluster.config import Settings
 from pscluster.coordinator.app import Coordinator
 from pscluster.coordinator.servicer import SERVICE_NAME, CoordinatorServicer
 from pscluster.coordinator.telemetry import coordinator_registry
+from pscluster.logs import configure_logging
 from pscluster.telemetry import MetricsServer, serve_metrics
 from pscluster.transport.server import RunningServer, build_server, wait_for_termination
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
@@ -96,10 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = parse_args(argv)
     port = overrides.pop("port", None)
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings, "coordinator")
     handle = serve(settings, port)
     log.info("coordinator state in %s, shards %s", settings.state_dir, settings.shard_list())
     # On SIGTERM: the monitor stops first (no new shard calls), then the server drains its

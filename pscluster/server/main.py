@@ -5,28 +5,48 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 
 from pscluster.config import Settings
+from pscluster.logs import configure_logging
 from pscluster.server.durability.journal import DurabilityConfig
 from pscluster.server.durability.recovery import recover_all
 from pscluster.server.optimizer import warm_up
 from pscluster.server.servicer import SERVICE_NAME, ParameterServerServicer, add_to_server
 from pscluster.server.shard import Shard
+from pscluster.server.telemetry import shard_registry
+from pscluster.telemetry import MetricsServer, serve_metrics
 from pscluster.transport.server import RunningServer, build_server, wait_for_termination
 
 log = logging.getLogger(__name__)
 
 
-def serve(settings: Settings, port: int | None = None) -> RunningServer:
+@dataclass
+class ShardServer(RunningServer):
+    """A running shard: the gRPC server, plus its metrics endpoint when one is served."""
+
+    shard: Shard | None = None
+    metrics: MetricsServer | None = None
+
+    def stop(self, grace: float | None = None) -> None:
+        super().stop(grace)
+        if self.metrics is not None:
+            self.metrics.stop()
+
+
+def serve(settings: Settings, port: int | None = None) -> ShardServer:
     """Start a shard in this process and return at once.
 
     ``port`` None: ``settings.shard_port``; 0: a free port (read it from ``.port``). With
     ``shard_data_dir`` set, every job found there is recovered before the port is served, so
-    no caller ever sees a shard that has forgotten its jobs.
+    no caller ever sees a shard that has forgotten its jobs. With ``metrics_port`` set, its
+    Prometheus series are served there (``.metrics.port`` is the port bound).
     """
     warm_up()
     shard = recovered_shard(settings)
-    servicer = ParameterServerServicer(shard, settings)
+    registry, telemetry = shard_registry(shard)
+    measured = telemetry if settings.metrics_port is not None else None
+    servicer = ParameterServerServicer(shard, settings, telemetry=measured)
     running = build_server(
         settings,
         settings.shard_port if port is None else port,
@@ -34,7 +54,15 @@ def serve(settings: Settings, port: int | None = None) -> RunningServer:
         [SERVICE_NAME],
     )
     servicer.advertise = settings.advertise or f"{settings.host}:{running.port}"
-    return running
+    metrics = None
+    if settings.metrics_port is not None:
+        try:
+            metrics = serve_metrics(registry, settings.host, settings.metrics_port)
+        except BaseException:
+            running.stop(0)
+            raise
+        log.info("metrics on http://%s:%d/metrics", settings.host, metrics.port)
+    return ShardServer(running.server, running.port, running.health, shard, metrics)
 
 
 def recovered_shard(settings: Settings) -> Shard:
@@ -75,9 +103,6 @@ def main(argv: list[str] | None = None) -> None:
         "log_level": args.log_level,
     }
     settings = Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings, "shard")
     running = serve(settings)
     wait_for_termination(running, settings.grace_seconds, on_stop=lambda: None)

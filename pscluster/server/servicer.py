@@ -7,6 +7,7 @@ All logic lives in :class:`~pscluster.server.shard.Shard` and
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -14,6 +15,7 @@ import grpc
 from pscluster.config import Settings
 from pscluster.server import convert
 from pscluster.server.shard import Shard
+from pscluster.server.telemetry import ShardTelemetry
 from pscluster.transport import framing
 from pscluster.transport.errors import InvalidArgument, grpc_errors
 from pscluster.v1 import common_pb2
@@ -28,9 +30,17 @@ _CHUNK_OVERHEAD = 64
 
 
 class ParameterServerServicer:
-    def __init__(self, shard: Shard, settings: Settings, advertise: str = "") -> None:
+    def __init__(
+        self,
+        shard: Shard,
+        settings: Settings,
+        advertise: str = "",
+        telemetry: ShardTelemetry | None = None,
+    ) -> None:
         self._shard = shard
         self._settings = settings
+        # Push latency goes here when metrics are served (None: not measured).
+        self.telemetry = telemetry
         # The address reported in stats; set by serve() once the port is bound.
         self.advertise = advertise
 
@@ -82,13 +92,21 @@ class ParameterServerServicer:
         request_iterator: Iterator[ps_pb2.PushChunk | memoryview],
         context: grpc.ServicerContext,
     ) -> ps_pb2.PushReply:
+        started = time.perf_counter()
         first = next(request_iterator, None)
         if not isinstance(first, ps_pb2.PushChunk) or first.WhichOneof("part") != "header":
             raise InvalidArgument("a Push stream must start with a PushHeader, then data chunks")
         header = convert.push_header(first.header)
         job = self._shard.job(header.job_id)
-        result = job.push(header, _data(request_iterator, "Push", "header"))
-        return convert.push_reply(result)
+        # Timed only once the job is known: a push to an unknown job creates no series.
+        outcome = "error"
+        try:
+            result = job.push(header, _data(request_iterator, "Push", "header"))
+            outcome = result.outcome.value
+            return convert.push_reply(result)
+        finally:
+            if self.telemetry is not None:
+                self.telemetry.observe_push(header.job_id, outcome, time.perf_counter() - started)
 
     @grpc_errors
     def GetJobStats(

@@ -90,6 +90,7 @@ class Shard:
             config.start + config.length,
             config.mode,
             config.optimizer.name,
+            extra={"job_id": config.job_id},
         )
         return job
 
@@ -121,7 +122,7 @@ class Shard:
         if job is None:
             raise NotFound(f"job {job_id!r} is not on this shard")
         job.drop()
-        log.info("job %s dropped", job_id)
+        log.info("job %s dropped", job_id, extra={"job_id": job_id})
 
     def job_ids(self) -> list[str]:
         with self._lock:

@@ -315,6 +315,7 @@ class ShardJob:
                 added,
                 removed,
                 now_excluded,
+                extra={"job_id": self.config.job_id},
             )
         return generation
 

@@ -12,6 +12,7 @@ says the worker is unknown, the lease is gone and the worker registers afresh.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -23,12 +24,14 @@ import grpc
 import torch
 
 from pscluster.config import Settings
+from pscluster.logs import bind_worker_id, log_context
 from pscluster.transport.channel import open_channel
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 from pscluster.worker.backoff import Backoff
 from pscluster.worker.progress import ProgressReporter
 from pscluster.worker.runtime import JobRuntime, pick_device
+from pscluster.worker.telemetry import WorkerTelemetry
 from pscluster.worker.trainer import LeaseLost, Trainer
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,14 @@ _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class WorkerAgent:
-    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stop: threading.Event | None = None,
+        telemetry: WorkerTelemetry | None = None,
+    ) -> None:
         self.settings = settings
+        self.telemetry = telemetry
         self.stop = stop or threading.Event()
         self.channel = open_channel(settings.coordinator, settings)
         self.stub = co_grpc.CoordinatorStub(self.channel)
@@ -69,6 +78,7 @@ class WorkerAgent:
                 with self._lock:
                     self.worker_id = reply.worker_id
                     self._revoked.clear()
+                bind_worker_id(reply.worker_id)
                 self.heartbeat_seconds = reply.heartbeat_seconds or self.settings.heartbeat_seconds
                 log.info("registered as %s with %s", self.worker_id, self.settings.coordinator)
                 return
@@ -101,7 +111,13 @@ class WorkerAgent:
     # --- work ---
     def run(self) -> None:
         self.register()
-        beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        # In a copy of this context, so that its log lines carry the worker id too.
+        beat = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._heartbeats,),
+            name="heartbeat",
+            daemon=True,
+        )
         beat.start()
         backoff = Backoff(0.2, 5.0)
         try:
@@ -159,13 +175,23 @@ class WorkerAgent:
             log.warning("could not report failure of %s: %s", job_id, e.details())  # type: ignore[attr-defined]
 
     def _run_task(self, task: coordinator_pb2.Task) -> None:
+        kind = "train" if task.kind == coordinator_pb2.TASK_KIND_TRAIN else "eval"
+        if self.telemetry is not None:
+            self.telemetry.task_started(task.job_id, kind, task.epoch, task.partition)
+        with log_context(job_id=task.job_id, worker_id=self.worker_id):
+            result = self._work_on(task)
+        if self.telemetry is not None:
+            self.telemetry.task_ended(result)
+
+    def _work_on(self, task: coordinator_pb2.Task) -> str:
+        """Run one lease; its result for the metrics: completed, lost or failed."""
         with self._lock:
             self._lease = task.lease_id
         try:
             rt = None if task.job_id in self._failed_jobs else self._runtime(task.job_id)
             if rt is None:
-                return  # the lease expires with our silence on it
-            trainer = Trainer(rt, self.worker_id, self.settings, self.lease_alive)
+                return "failed"  # the lease expires with our silence on it
+            trainer = Trainer(rt, self.worker_id, self.settings, self.lease_alive, self.telemetry)
             request = coordinator_pb2.CompleteTaskRequest(
                 worker_id=self.worker_id, lease_id=task.lease_id
             )
@@ -205,16 +231,20 @@ class WorkerAgent:
             self._complete(request)
             if reporter is not None:
                 reporter.flush()  # what an outage held back, now the coordinator is back
+            return "completed"
         except LeaseLost as e:
             log.info("lease %s abandoned: %s", task.lease_id, e)
             self._forget_if_gone(task.job_id)
+            return "lost"
         except grpc.RpcError as e:
             log.warning("task %s failed: %s", task.lease_id, e.details())  # type: ignore[attr-defined]
             self._forget_if_gone(task.job_id)
+            return "lost"
         except Exception:
             error = traceback.format_exc()
             log.error("job %s failed on this worker: %s", task.job_id, error)
             self._report_failure(task.job_id, error)
+            return "failed"
         finally:
             with self._lock:
                 self._lease = ""
@@ -243,6 +273,8 @@ class WorkerAgent:
             return
         if info.state != "running" and job_id in self._runtimes:
             self._runtimes.pop(job_id).close()
+            if self.telemetry is not None:
+                self.telemetry.forget_job(job_id)
 
 
 def configure_torch(settings: Settings) -> None:

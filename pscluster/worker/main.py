@@ -8,7 +8,12 @@ import signal
 import threading
 
 from pscluster.config import Settings
+from pscluster.logs import configure_logging
+from pscluster.telemetry import serve_metrics
 from pscluster.worker.agent import WorkerAgent, configure_torch
+from pscluster.worker.telemetry import WorkerTelemetry
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,10 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",
-    )
+    configure_logging(settings, "worker")
     configure_torch(settings)
     stop = threading.Event()
 
@@ -30,7 +32,17 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    WorkerAgent(settings, stop).run()
+    telemetry = WorkerTelemetry()
+    telemetry.slowdown.set(settings.slowdown)
+    metrics = None
+    if settings.metrics_port is not None:
+        metrics = serve_metrics(telemetry.registry, settings.host, settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.host, metrics.port)
+    try:
+        WorkerAgent(settings, stop, telemetry).run()
+    finally:
+        if metrics is not None:
+            metrics.stop()
 
 
 if __name__ == "__main__":

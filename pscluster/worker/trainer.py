@@ -18,12 +18,14 @@ import torch
 
 from pscluster.config import Settings
 from pscluster.data.partitions import batches
+from pscluster.transport import wire
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.worker.backoff import Backoff
 from pscluster.worker.progress import ProgressReporter
 from pscluster.worker.runtime import JobRuntime
 from pscluster.worker.shards import Snapshot, is_retryable
+from pscluster.worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,10 @@ class Trainer:
         worker_id: str,
         settings: Settings,
         lease_alive: Callable[[], bool],
+        telemetry: WorkerTelemetry | None = None,
     ) -> None:
         self.rt = runtime
+        self.telemetry = telemetry
         self.worker_id = worker_id
         self.settings = settings
         self.lease_alive = lease_alive
@@ -84,9 +88,16 @@ class Trainer:
     def pull(self, min_versions: list[int] | None) -> Snapshot:
         timeout = self.settings.pull_wait_seconds + 5
         dtype = self.rt.pull_dtype
-        return self._call(
-            lambda: self.rt.shards.pull(self.worker_id, min_versions, timeout, dtype), "pull"
-        )
+
+        def attempt() -> Snapshot:
+            started = time.perf_counter()
+            snap = self.rt.shards.pull(self.worker_id, min_versions, timeout, dtype)
+            if self.telemetry is not None:
+                nbytes = self.rt.shards.size * wire.itemsize(dtype)
+                self.telemetry.pulled(self.rt.job_id, time.perf_counter() - started, nbytes)
+            return snap
+
+        return self._call(attempt, "pull")
 
     def train(self, task: coordinator_pb2.Task, reporter: ProgressReporter) -> int:
         rt = self.rt
@@ -127,8 +138,12 @@ class Trainer:
                     break
                 if not any(stale):
                     reporter.step(loss, len(idx), task.epoch)
+                    if self.telemetry is not None:
+                        self.telemetry.stepped(rt.job_id)
                     break
             samples += len(idx)
+            if self.telemetry is not None:
+                self.telemetry.trained(rt.job_id, len(idx))
             position += 1
             wall = time.perf_counter() - started
             own = max(0.0, wall - waited)
@@ -143,6 +158,8 @@ class Trainer:
         factor = self.settings.slowdown
         if factor > 1.0:
             time.sleep(busy * (factor - 1.0))
+            if self.telemetry is not None:
+                self.telemetry.slept(busy * (factor - 1.0))
             return busy * factor
         return busy
 
@@ -169,9 +186,14 @@ class Trainer:
         payloads = [e.payload for e in encoded]
 
         def send() -> list[ps_pb2.PushReply]:
-            return self.rt.shards.push(
+            started = time.perf_counter()
+            replies = self.rt.shards.push(
                 self.worker_id, seq, payloads, encoder.name, snap, batch_size, timeout
             )
+            if self.telemetry is not None:
+                nbytes = sum(memoryview(p).nbytes for p in payloads)
+                self.telemetry.pushed(self.rt.job_id, time.perf_counter() - started, nbytes)
+            return replies
 
         try:
             replies = self._call(send, "push")

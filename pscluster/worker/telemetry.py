@@ -1,0 +1,157 @@
+"""A worker's Prometheus series: what it trained, how long its pulls and pushes took, what it
+is working on now.
+
+Unlike the shards and the coordinator, a worker has no state to read at scrape time: these are
+measured as the work happens, into a registry of the worker's own (never the process-wide
+default). Series carry a ``job_id`` label; a job's series are removed when the worker forgets
+the job (it ended), so a long-lived worker does not accumulate them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Pull latency includes the time a consistency mode holds the pull (a sync barrier, an ssp
+# bound): seconds are common there, so the buckets reach further than for a push.
+PULL_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+PUSH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class WorkerTelemetry:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.steps = Counter(
+            "pscluster_worker_steps",
+            "Training steps whose gradient the shards took (the steps the job counts).",
+            ["job_id"],
+            registry=r,
+        )
+        self.samples = Counter(
+            "pscluster_worker_samples",
+            "Training samples processed (batches skipped or refused included).",
+            ["job_id"],
+            registry=r,
+        )
+        self.pull_seconds = Histogram(
+            "pscluster_worker_pull_duration_seconds",
+            "Time of one pull of the whole parameter vector from every shard, consistency "
+            "waits included.",
+            ["job_id"],
+            buckets=PULL_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.push_seconds = Histogram(
+            "pscluster_worker_push_duration_seconds",
+            "Time of one push of the whole gradient to every shard (each retry is one push).",
+            ["job_id"],
+            buckets=PUSH_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.pulled_bytes = Counter(
+            "pscluster_worker_pulled_bytes",
+            "Parameter bytes pulled, in the job's pull dtype.",
+            ["job_id"],
+            registry=r,
+        )
+        self.pushed_bytes = Counter(
+            "pscluster_worker_pushed_bytes",
+            "Gradient payload bytes pushed, as encoded by the job's compression.",
+            ["job_id"],
+            registry=r,
+        )
+        self.tasks = Counter(
+            "pscluster_worker_tasks",
+            "Leases worked on, by kind (train, eval) and result (completed, lost, failed).",
+            ["job_id", "kind", "result"],
+            registry=r,
+        )
+        self.task = Gauge(
+            "pscluster_worker_task",
+            "1 for the lease being worked on now (no series while idle).",
+            ["job_id", "kind", "epoch", "partition"],
+            registry=r,
+        )
+        self.slowdown = Gauge(
+            "pscluster_worker_injected_slowdown",
+            "Fault injection (PSC_SLOWDOWN): each batch's own compute is stretched to this many "
+            "times its length (1: none).",
+            registry=r,
+        )
+        self.injected_seconds = Counter(
+            "pscluster_worker_injected_delay_seconds",
+            "Time slept by the injected slowdown.",
+            registry=r,
+        )
+        self._lock = threading.Lock()
+        self._current: tuple[str, str, str, str] | None = None
+        self._task_labels: set[tuple[str, str, str]] = set()
+        self._jobs: set[str] = set()
+
+    def _job(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.add(job_id)
+
+    def pulled(self, job_id: str, seconds: float, nbytes: int) -> None:
+        self._job(job_id)
+        self.pull_seconds.labels(job_id).observe(seconds)
+        self.pulled_bytes.labels(job_id).inc(nbytes)
+
+    def pushed(self, job_id: str, seconds: float, nbytes: int) -> None:
+        self._job(job_id)
+        self.push_seconds.labels(job_id).observe(seconds)
+        self.pushed_bytes.labels(job_id).inc(nbytes)
+
+    def stepped(self, job_id: str) -> None:
+        self._job(job_id)
+        self.steps.labels(job_id).inc()
+
+    def trained(self, job_id: str, samples: int) -> None:
+        self._job(job_id)
+        self.samples.labels(job_id).inc(samples)
+
+    def slept(self, seconds: float) -> None:
+        self.injected_seconds.inc(seconds)
+
+    def task_started(self, job_id: str, kind: str, epoch: int, partition: int) -> None:
+        labels = (job_id, kind, str(epoch), str(partition))
+        with self._lock:
+            previous, self._current = self._current, labels
+        if previous is not None:
+            self.task.remove(*previous)
+        self.task.labels(*labels).set(1)
+
+    def task_ended(self, result: str) -> None:
+        """The current lease is over: ``result`` is completed, lost or failed."""
+        with self._lock:
+            current, self._current = self._current, None
+            if current is not None:
+                self._task_labels.add((current[0], current[1], result))
+        if current is None:
+            return
+        self.task.remove(*current)
+        self.tasks.labels(current[0], current[1], result).inc()
+
+    def forget_job(self, job_id: str) -> None:
+        """The job ended: drop its series (their last values were scraped while it ran)."""
+        with self._lock:
+            known = job_id in self._jobs
+            self._jobs.discard(job_id)
+            tasks = {t for t in self._task_labels if t[0] == job_id}
+            self._task_labels -= tasks
+        if known:
+            for metric in (
+                self.steps,
+                self.samples,
+                self.pull_seconds,
+                self.push_seconds,
+                self.pulled_bytes,
+                self.pushed_bytes,
+            ):
+                with contextlib.suppress(KeyError):  # never observed for this job
+                    metric.remove(job_id)
+        for labels in tasks:
+            self.tasks.remove(*labels)
