@@ -6,7 +6,7 @@ PSC := $(VENV)/bin/pscluster
 TORCH_REQ ?= requirements/cpu.txt
 
 .PHONY: install proto proto-check lint test test-fast demo bench clean \
-	docker-setup images up down logs
+	docker-setup images up down logs load soak
 
 $(VENV)/.installed: pyproject.toml $(TORCH_REQ)
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,20 @@ bench: install
 	$(PY) bench/stragglers.py --repeats 2
 	$(PY) bench/durability.py
 	$(PY) bench/faults.py
+
+# Locust (deploy/locust): a single-client run, then LOAD_USERS users for LOAD_TIME against
+# PSC_COORDINATOR, or a local cluster started for the run; fails if any request failed.
+LOAD_USERS ?= 50
+LOAD_TIME ?= 60s
+LOAD_MB ?= 1
+LOAD_CODEC ?= none
+LOAD_ARGS = --users $(LOAD_USERS) --model-mb $(LOAD_MB) --codec $(LOAD_CODEC)
+
+load: install
+	$(PY) deploy/locust/run.py $(LOAD_ARGS) --time $(LOAD_TIME) --out bench/results/load
+
+soak: install
+	$(PY) deploy/locust/run.py $(LOAD_ARGS) --time 10m --out bench/results/load_soak
 
 # --- containers (compose.yaml; deploy/README.md) ---
 # Where no registry is reachable, docker-setup writes .env so that compose builds offline.
