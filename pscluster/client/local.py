@@ -55,7 +55,9 @@ class LocalCluster:
     ``port`` 0 picks a free port for the coordinator too. ``env`` adds or overrides
     environment variables of every process (e.g. ``{"PSC_WORKER_TIMEOUT_SECONDS": "2"}``).
     ``start_timeout`` bounds how long each process may take to come up; ``grace`` is how
-    long processes get to exit after SIGTERM before they are killed.
+    long processes get to exit after SIGTERM before they are killed. ``metrics`` (also on
+    when ``PSC_METRICS_PORT`` is set in the environment or ``env``) gives every process its
+    own free port for Prometheus metrics: see :attr:`metrics_urls` and ``cluster.json``.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class LocalCluster:
         host: str = "127.0.0.1",
         start_timeout: float = 60.0,
         grace: float = 5.0,
+        metrics: bool = False,
     ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, got {shards}")
@@ -91,6 +94,9 @@ class LocalCluster:
         self.workers: list[ProcessHandle] = []
         self._detached = False
         self._started = False
+        # One PSC_METRICS_PORT would have every process bind the same port: each gets its own.
+        self.metrics = metrics or "PSC_METRICS_PORT" in {**os.environ, **self.extra_env}
+        self.metrics_ports: dict[str, int] = {}  # process name -> its metrics port
 
     # --- addresses ---
     @property
@@ -103,6 +109,13 @@ class LocalCluster:
     @property
     def shard_addresses(self) -> list[str]:
         return [h.address for h in self.shard_handles if h.address]
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """Each process's Prometheus endpoint by name (shard-0, coordinator, worker-0, ...)."""
+        return {
+            name: f"http://{self.host}:{port}/metrics" for name, port in self.metrics_ports.items()
+        }
 
     @property
     def state_file(self) -> Path:
@@ -189,7 +202,11 @@ class LocalCluster:
             role="worker",
             index=index,
             argv=["-m", "pscluster.worker"],
-            env={**self._env(self._worker_env()), **(env or {})},
+            env={
+                **self._env(self._worker_env()),
+                **(env or {}),
+                **self._metrics_env(f"worker-{index}"),
+            },
             log_path=self.state_dir / "logs" / f"worker-{index}.log",
         )
         handle.start()
@@ -317,7 +334,7 @@ class LocalCluster:
             role=role,
             index=index,
             argv=argv,
-            env=self._env(env),
+            env={**self._env(env), **self._metrics_env(name)},
             log_path=self.state_dir / "logs" / f"{name}.log",
             address=address,
         )
@@ -331,6 +348,13 @@ class LocalCluster:
         if self.coordinator is not None:
             cluster_env["PSC_COORDINATOR"] = self.address
         return processes.child_env(os.environ, {**cluster_env, **role_env, **self.extra_env})
+
+    def _metrics_env(self, name: str) -> dict[str, str]:
+        if not self.metrics:
+            return {}
+        port = processes.free_ports(self.host, 1)[0]
+        self.metrics_ports[name] = port
+        return {"PSC_METRICS_PORT": str(port)}
 
     def _worker_env(self) -> dict[str, str]:
         if "PSC_TORCH_THREADS" in os.environ:
@@ -352,6 +376,7 @@ class LocalCluster:
                     "pid": h.pid,
                     "address": h.address,
                     "log": str(h.log_path),
+                    "metrics": self.metrics_urls.get(h.name),
                 }
                 for h in self.handles()
                 if h.popen is not None

@@ -1,0 +1,103 @@
+"""A local cluster with metrics on: the coordinator, shard and worker processes each serve
+their series while a job trains, the three agree on what was done, and with
+PSC_LOG_FORMAT=json the worker's lines about the job carry the job's and the worker's ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pscluster.client.local import LocalCluster
+from pscluster.client.spec_file import load_job_file
+from tests.telemetry.conftest import json_lines, scrape, total, value, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = {
+    "PSC_HEARTBEAT_SECONDS": "0.5",
+    "PSC_WORKER_TIMEOUT_SECONDS": "3",
+    "PSC_PULL_WAIT_SECONDS": "5",
+    "PSC_LOG_FORMAT": "json",
+}
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_process_serves_metrics_that_agree_and_logs_json(tmp_path: Path) -> None:
+    # Prepare: 1 shard, 1 worker, so that the three processes' counts must be equal.
+    example = load_job_file(ROOT / "examples" / "digits.yaml")
+    kwargs = {**example.submit_kwargs(), "mode": "async", "epochs": 3}
+    cluster = LocalCluster(shards=1, workers=1, state_dir=tmp_path, env=FAST, metrics=True)
+    with cluster:
+        urls = cluster.metrics_urls
+        assert set(urls) == {"shard-0", "coordinator", "worker-0"}
+        recorded = json.loads(cluster.state_file.read_text())["processes"]
+        assert {p["name"]: p["metrics"] for p in recorded} == urls
+        coordinator = urls["coordinator"]
+        assert value(scrape(coordinator), "pscluster_coordinator_workers", state="alive") == 1
+
+        # Execute: a short job; the coordinator's progress series are read while it runs.
+        with cluster.client() as client:
+            job = client.submit(**kwargs)
+            running: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            shard_running: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+            def progressed() -> bool:
+                running.update(scrape(coordinator))
+                shard_running.update(scrape(urls["shard-0"]))
+                return (
+                    total(running, "pscluster_coordinator_job_steps_total") > 0
+                    and total(shard_running, "pscluster_shard_pushes_applied_total") > 0
+                )
+
+            wait_until(progressed, 120, "the coordinator and shard showing the running job")
+            info = job.wait(timeout=300)
+            final = job.metrics()  # the shard's counters, saved when the job ended
+        worker = scrape(urls["worker-0"])
+        shard = scrape(urls["shard-0"])
+        after = scrape(coordinator)
+
+    # Assert: progress while running; counts that agree once done.
+    jid = {"job_id": job.id}
+    assert info.state == "completed"
+    assert value(running, "pscluster_coordinator_job_epochs", **jid) == 3
+    assert 0 <= value(running, "pscluster_coordinator_job_progress_ratio", **jid) <= 1
+    assert value(running, "pscluster_coordinator_job_workers", **jid) == 1
+    assert value(running, "pscluster_coordinator_jobs", state="running") == 1
+    assert value(after, "pscluster_coordinator_jobs", state="completed") == 1
+    assert total(after, "pscluster_coordinator_job_steps_total") == 0, "only running jobs"
+
+    # The shard showed the job while it ran, and forgot its series once it was dropped.
+    assert value(shard_running, "pscluster_shard_jobs") == 1
+    assert value(shard_running, "pscluster_shard_push_staleness_count", **jid) > 0
+    assert value(shard, "pscluster_shard_jobs") == 0
+    assert not [k for k in shard if ("job_id", job.id) in k[1]]
+
+    steps = value(worker, "pscluster_worker_steps_total", **jid)
+    assert steps == info.steps > 0
+    assert final.pushes_applied == steps
+    pushes = value(worker, "pscluster_worker_push_duration_seconds_count", **jid)
+    assert pushes == final.pushes_applied + sum(final.pushes_rejected.values())
+    assert value(worker, "pscluster_worker_pushed_bytes_total", **jid) == final.bytes_pushed
+    # The coordinator pulls too (the final model), so the shard sent at least what the worker got.
+    assert 0 < value(worker, "pscluster_worker_pulled_bytes_total", **jid) <= final.bytes_pulled
+    assert value(worker, "pscluster_worker_samples_total", **jid) == 3 * len(kwargs["train"][1])
+    assert (
+        value(worker, "pscluster_worker_tasks_total", **jid, kind="eval", result="completed") == 3
+    )
+    assert value(worker, "pscluster_worker_injected_slowdown") == 1
+    assert total(worker, "pscluster_worker_task") == 0, "idle once the job is done"
+
+    lines = (tmp_path / "logs" / "worker-0.log").read_text().splitlines()
+    records = list(json_lines([line for line in lines if not line.startswith("===")]))
+    assert records and all(r["role"] == "worker" for r in records)
+    about_job = [r for r in records if job.id in str(r["message"])]
+    assert about_job, "the worker logged nothing about the job"
+    registered = [r for r in records if str(r["message"]).startswith("registered as ")]
+    assert registered, "no registration line"
+    worker_id = str(registered[-1]["message"]).split()[2]
+    assert registered[-1].get("worker_id") == worker_id
+    for record in about_job:
+        assert record.get("job_id") == job.id, record
+        assert record.get("worker_id") == worker_id, record
