@@ -184,7 +184,9 @@ def peers(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xticks(range(len(labels)), labels, rotation=15, fontsize=8)
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
-        ax.set_title(f"{model}: {ylabel} (0: not reached)")
+        ax.set_title(
+            f"{model}: {ylabel}" + (" (0: not reached)" if key == "time_to_target" else "")
+        )
     fig.suptitle("pscluster vs PyTorch DDP (gloo), same processes, model and batches")
     fig.savefig(path, dpi=110)
     plt.close(fig)
