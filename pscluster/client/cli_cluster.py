@@ -34,6 +34,12 @@ def up(
     timeout: Annotated[
         float, typer.Option(min=1, help="seconds each process may take to start")
     ] = 90.0,
+    metrics: Annotated[
+        bool,
+        typer.Option(
+            "--metrics", help="serve Prometheus metrics from every process (each on a free port)"
+        ),
+    ] = False,
 ) -> None:
     """Start a cluster: a coordinator, shards and workers. Ctrl-C stops it."""
     if not local:
@@ -45,7 +51,12 @@ def up(
     signal.signal(signal.SIGTERM, _interrupt)
     with user_errors():
         cluster = LocalCluster(
-            shards=shards, workers=workers, state_dir=state_dir, port=port, start_timeout=timeout
+            shards=shards,
+            workers=workers,
+            state_dir=state_dir,
+            port=port,
+            start_timeout=timeout,
+            metrics=metrics,
         )
         console = out()
         with console.status(f"starting {shards} shards, a coordinator and {workers} workers"):
@@ -88,10 +99,13 @@ def _run_foreground(cluster: LocalCluster) -> None:
 
 def _print_cluster(cluster: LocalCluster) -> None:
     table = Table(title="local pscluster", show_header=True)
-    for column in ("process", "pid", "address", "log"):
+    urls = cluster.metrics_urls
+    columns = ["process", "pid", "address", "log"] + (["metrics"] if urls else [])
+    for column in columns:
         table.add_column(column)
     for h in cluster.handles():
-        table.add_row(h.name, str(h.pid), h.address or "", str(h.log_path))
+        row = [h.name, str(h.pid), h.address or "", str(h.log_path)]
+        table.add_row(*row, *([urls.get(h.name, "")] if urls else []))
     console = out()
     console.print(table)
     console.print(f"coordinator: [bold]{cluster.address}[/]  (PSC_COORDINATOR={cluster.address})")

@@ -29,6 +29,8 @@ def test_help_lists_every_command() -> None:
         "metrics",
         "fetch",
         "cancel",
+        "plot",
+        "certs",
         "coordinator",
         "shard",
         "worker",
