@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from pscluster.logs import log_context
+
 log = logging.getLogger(__name__)
 
 
@@ -56,7 +58,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def grpc_errors(method: F) -> F:
     """Wrap a servicer method: a PSError aborts with its code, anything else with INTERNAL.
 
-    Works for unary and server-streaming handlers (generators are wrapped lazily).
+    Works for unary and server-streaming handlers (generators are wrapped lazily). What the
+    handler logs carries the request's ``job_id`` and ``worker_id`` (see pscluster.logs).
     """
     import inspect
 
@@ -65,7 +68,8 @@ def grpc_errors(method: F) -> F:
         @functools.wraps(method)
         def gen_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                yield from method(self, request, context)
+                with log_context(**_ids(request)):
+                    yield from method(self, request, context)
             except PSError as e:
                 context.abort(e.code, str(e))
             except Exception as e:  # a bug: log it, answer INTERNAL rather than hang the caller
@@ -77,7 +81,8 @@ def grpc_errors(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            with log_context(**_ids(request)):
+                return method(self, request, context)
         except PSError as e:
             context.abort(e.code, str(e))
         except Exception as e:
@@ -85,3 +90,13 @@ def grpc_errors(method: F) -> F:
             context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 
     return wrapper  # type: ignore[return-value]
+
+
+def _ids(request: Any) -> dict[str, str]:
+    """The job and worker a request names, for its log records (streams name none here)."""
+    ids = {}
+    for field in ("job_id", "worker_id"):
+        value = getattr(request, field, None)
+        if isinstance(value, str) and value:
+            ids[field] = value
+    return ids

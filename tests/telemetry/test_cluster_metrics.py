@@ -101,3 +101,12 @@ def test_every_process_serves_metrics_that_agree_and_logs_json(tmp_path: Path) -
     for record in about_job:
         assert record.get("job_id") == job.id, record
         assert record.get("worker_id") == worker_id, record
+
+    # The coordinator's lines written while handling a call about the job (a worker's lease,
+    # its progress) carry the ids the request named.
+    lines = (tmp_path / "logs" / "coordinator.log").read_text().splitlines()
+    records = list(json_lines([line for line in lines if not line.startswith("===")]))
+    leased = [r for r in records if " leased " in str(r["message"])]
+    assert leased, "the coordinator logged no lease"
+    for record in leased:
+        assert record.get("worker_id") == str(record["message"]).split()[1], record
