@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from load_rss import WARMUP_SECONDS
+
 PUSH_P99_TARGET_MS = 250.0
 
 
@@ -96,9 +98,15 @@ def main(argv: list[str] | None = None) -> int:
             run["push_rate_vs_single"] = round(ratio, 2)
         run["single"] = {k: v for k, v in single.items() if k != "by_name"}
     for name, entry in run.get("rss", {}).items():
+        warm = entry.get("growth_after_warmup_mb")
         lines.append(
             f"{name} RSS: start {entry.get('start_mb')} MB, end {entry.get('end_mb')} MB, "
             f"peak {entry.get('peak_mb')} MB"
+            + (
+                f", growth after {WARMUP_SECONDS:g} s warm-up {warm:+} MB"
+                if warm is not None
+                else ""
+            )
         )
     print("\n".join(lines))
     Path(f"{args.prefix}_summary.json").write_text(json.dumps(run, indent=2) + "\n")

@@ -15,6 +15,9 @@ from pathlib import Path
 
 _UNITS = {"B": 1 / (1 << 20), "KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0, "kB": 1 / 1024}
 _DOCKER_TIMEOUT_SECONDS = 20.0
+# The first seconds under load grow a shard's buffers and thread stacks once; growth measured
+# from this point on is what a leak would show.
+WARMUP_SECONDS = 20.0
 
 
 def local_shard_pids(state_dir: str | Path) -> dict[str, int]:
@@ -83,7 +86,7 @@ class RssSampler:
         return now
 
     def report(self) -> dict[str, object]:
-        """First, last and peak RSS per shard, and every sample (for a plot or a closer look)."""
+        """First, last and peak RSS per shard, growth after the warm-up, and every sample."""
         shards: dict[str, dict[str, float]] = {}
         if self.samples:
             first, last = self.samples[0][1], self.samples[-1][1]
@@ -96,6 +99,10 @@ class RssSampler:
                     entry["end_mb"] = round(last[name], 1)
                 if name in first and name in last:
                     entry["growth_mb"] = round(last[name] - first[name], 1)
+                warm = [x[name] for t, x in self.samples if t >= WARMUP_SECONDS and name in x]
+                if len(warm) >= 2:
+                    entry["after_warmup_mb"] = round(warm[0], 1)
+                    entry["growth_after_warmup_mb"] = round(warm[-1] - warm[0], 1)
                 shards[name] = entry
         return {
             "source": f"docker:{self.docker_filter}" if self.docker_filter else "proc",
