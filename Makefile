@@ -23,9 +23,10 @@ proto: install
 	$(PY) proto/generate.py
 
 lint: install
-	$(VENV)/bin/ruff check pscluster tests bench examples
-	$(VENV)/bin/ruff format --check pscluster tests bench examples
+	$(VENV)/bin/ruff check pscluster tests bench examples deploy/locust
+	$(VENV)/bin/ruff format --check pscluster tests bench examples deploy/locust
 	$(VENV)/bin/mypy
+	MYPYPATH=deploy/locust $(VENV)/bin/mypy deploy/locust/*.py
 
 # The container tests (tests/containers) need Docker and compose v2: docker-setup installs them
 # (and what an offline build needs) first. Outside CI a failed setup only skips those tests.
@@ -57,7 +58,10 @@ LOAD_USERS ?= 50
 LOAD_TIME ?= 60s
 LOAD_MB ?= 1
 LOAD_CODEC ?= none
-LOAD_ARGS = --users $(LOAD_USERS) --model-mb $(LOAD_MB) --codec $(LOAD_CODEC)
+# A worker user's step period in seconds; 0 runs steps back to back (peak throughput).
+LOAD_STEP ?= 0
+LOAD_ARGS = --users $(LOAD_USERS) --model-mb $(LOAD_MB) --codec $(LOAD_CODEC) \
+	--step-seconds $(LOAD_STEP)
 
 load: install
 	$(PY) deploy/locust/run.py $(LOAD_ARGS) --time $(LOAD_TIME) --out bench/results/load

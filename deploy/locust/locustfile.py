@@ -114,6 +114,12 @@ def _arguments(parser: Any) -> None:
     group.add_argument(
         "--compute-ms", type=float, default=50.0, help="a worker's compute time per step"
     )
+    group.add_argument(
+        "--step-seconds",
+        type=float,
+        default=0.0,
+        help="a worker starts a step every this many seconds (0: back to back, a closed loop)",
+    )
     group.add_argument("--client-users", type=int, default=4, help="how many users are clients")
     group.add_argument("--state-dir", default="", help="local cluster state dir (shard pids)")
     group.add_argument("--docker-shards", default="", help="sample RSS of containers named so")
@@ -200,9 +206,18 @@ for _hook, _listener in (
 
 
 class WorkerUser(User):
-    """A training worker of the load job: pull everything, compute, push everything."""
+    """A training worker of the load job: pull everything, compute, push everything.
 
-    wait_time = constant(0)
+    Back to back by default: the users then offer more than the cluster can take, and the run
+    measures its peak throughput (latency is then queueing). With ``--step-seconds`` each user
+    starts a step at that period, as locust's ``constant_pacing`` does: a fixed offered load
+    (users / period steps per second), at which latency is measured.
+    """
+
+    def wait_time(self) -> float:
+        if self.step_seconds <= 0:
+            return 0.0
+        return max(0.0, self.step_seconds - (time.monotonic() - self.step_started))
 
     def on_start(self) -> None:
         job = RUN.job
@@ -214,6 +229,8 @@ class WorkerUser(User):
         self.worker_id = job.members[index]
         options = _options(self.environment)
         self.compute_seconds = float(options.compute_ms) / 1000.0
+        self.step_seconds = float(options.step_seconds)
+        self.step_started = time.monotonic()
         self.label = f"{options.model_mb:g}MB"
         self.shards = ShardSet(job.job_id, job.ranges, _settings())
         ranges = [(r.start, r.length) for r in job.ranges]
@@ -226,6 +243,7 @@ class WorkerUser(User):
 
     @task
     def step(self) -> None:
+        self.step_started = time.monotonic()
         gradient = RUN.gradient
         if gradient is None:
             raise StopUser("the load job is gone")

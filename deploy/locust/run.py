@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-mb", type=float, default=1.0)
     parser.add_argument("--codec", default="none")
     parser.add_argument("--compute-ms", type=float, default=50.0)
+    parser.add_argument(
+        "--step-seconds", type=float, default=0.0, help="worker step period (0: back to back)"
+    )
     parser.add_argument("--client-users", type=int, default=4)
     parser.add_argument("--rss-every", type=float, default=10.0)
     parser.add_argument("--out", default="bench/results/load", help="CSV/HTML prefix")
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 "--run-time", args.time, "-u", str(args.users), "-r", str(args.spawn_rate),
                 "--compute-ms", str(args.compute_ms), "--client-users", str(args.client_users),
+                "--step-seconds", str(args.step_seconds),
                 "--html", f"{args.out}.html",
             ],
         )  # fmt: skip
