@@ -45,6 +45,8 @@ demo: install
 
 bench: install
 	$(PY) bench/transport.py
+	$(PY) bench/peers.py
+	$(PY) bench/scaling.py
 	$(PY) bench/compression.py
 	$(PY) bench/staleness.py --repeats 3 --staleness-lr
 	$(PY) bench/staleness.py --repeats 2 --staleness-lr --slowdown 3
