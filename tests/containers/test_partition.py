@@ -54,11 +54,15 @@ def test_a_partitioned_worker_is_dropped_then_rejoins_without_stale_pushes(
         run_docker(["network", "connect", network, container], timeout=60)
     back = time.monotonic()
     pushes_before = job.metrics().pushes_by_worker.get(victim, 0)
-    wait_until(
-        "the worker to push again",
-        lambda: job.metrics().pushes_by_worker.get(victim, 0) > pushes_before,
-        timeout=120,
-    )
+    try:
+        wait_until(
+            "the worker to push again",
+            lambda: job.metrics().pushes_by_worker.get(victim, 0) > pushes_before,
+            timeout=120,
+        )
+    except TimeoutError as e:
+        tail = run_docker(["logs", "--tail", "80", container], timeout=60)
+        raise TimeoutError(f"{e}; the worker's last lines:\n{tail}") from None
     rejoined = time.monotonic() - back
     shards = live_shards(client, job.id)
     info = job.wait(timeout=JOB_TIMEOUT)

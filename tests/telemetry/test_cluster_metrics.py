@@ -46,8 +46,11 @@ def test_every_process_serves_metrics_that_agree_and_logs_json(tmp_path: Path) -
             def progressed() -> bool:
                 running.update(scrape(coordinator))
                 shard_running.update(scrape(urls["shard-0"]))
+                # The worker holds no lease for a moment between two tasks: wait for a
+                # scrape that finds it on the job.
                 return (
                     total(running, "pscluster_coordinator_job_steps_total") > 0
+                    and total(running, "pscluster_coordinator_job_workers") > 0
                     and total(shard_running, "pscluster_shard_pushes_applied_total") > 0
                 )
 
