@@ -4,6 +4,7 @@ push more than ``staleness`` clocks behind is ever applied."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from typing import Any
 
@@ -29,9 +30,10 @@ def live_shards(client: Client, job_id: str) -> list[Any]:
 def test_a_partitioned_worker_is_dropped_then_rejoins_without_stale_pushes(
     compose: ComposeProject, client: Client, digits_job: dict[str, Any], target_accuracy: float
 ) -> None:
-    # Prepare: an ssp job long enough to outlast the partition; the worker to cut off, found
-    # by its hostname (the container id's first 12 characters).
-    job = client.submit(**{**digits_job, "mode": "ssp", "staleness": STALENESS, "epochs": 30})
+    # Prepare: an ssp job long enough to outlast the partition (three workers train an epoch
+    # of digits in about 0.4 s here: 30 epochs were over before the worker was back), the
+    # worker to cut off, found by its hostname (the container id's first 12 characters).
+    job = client.submit(**{**digits_job, "mode": "ssp", "staleness": STALENESS, "epochs": 200})
     wait_until("30 steps", lambda: job.info().steps >= 30, timeout=180)
     container = compose.containers("worker")[0]
     hostnames = {w.host: w for w in client.status().workers if w.alive}
@@ -61,7 +63,9 @@ def test_a_partitioned_worker_is_dropped_then_rejoins_without_stale_pushes(
             timeout=120,
         )
     except TimeoutError as e:
-        tail = run_docker(["logs", "--tail", "80", container], timeout=60)
+        command = ["docker", "logs", "--tail", "80", container]
+        logs = subprocess.run(command, capture_output=True, text=True, timeout=60)  # to stderr
+        tail = logs.stdout + logs.stderr
         raise TimeoutError(f"{e}; the worker's last lines:\n{tail}") from None
     rejoined = time.monotonic() - back
     shards = live_shards(client, job.id)
