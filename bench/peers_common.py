@@ -125,6 +125,7 @@ class Setting:
     staleness: int = 0
     shards: int = 1
     compression: dict[str, Any] | None = None
+    local_steps: int = 0
 
 
 SETTINGS = [
@@ -142,6 +143,9 @@ SETTINGS = [
         "async",
         compression={"name": "int8", "pull_dtype": "float16"},
     ),
+    Setting("async8", "pscluster async, 8 local steps", "async", local_steps=8),
+    Setting("sync8", "pscluster sync, 8 local steps", "sync", local_steps=8),
+    Setting("sync16", "pscluster sync, 16 local steps", "sync", local_steps=16),
 ]
 
 
@@ -203,6 +207,31 @@ def best_rows(ratios: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if key not in best or r["ratio_samples_per_s"] > best[key]["ratio_samples_per_s"]:
             best[key] = r
     return list(best.values())
+
+
+def target_verdicts(ratios: list[dict[str, Any]]) -> dict[str, str]:
+    """Per model and process count, whether a pscluster setting meets the issue's target:
+    >= 1.0x DDP samples/s and, where the model has a time to target, no later than DDP."""
+    verdicts: dict[str, str] = {}
+    for r in ratios:
+        if r["system"] != "ddp":
+            continue
+        key = f"{r['model']}, {r['processes']} process(es)"
+        meeting = [
+            p["label"]
+            for p in ratios
+            if p["system"] == "pscluster"
+            and p["model"] == r["model"]
+            and p["processes"] == r["processes"]
+            and (p["ratio_samples_per_s"] or 0.0) >= 1.0
+            and (r["time_to_target"] is None or (p["ratio_time_to_target"] or 9e9) <= 1.0)
+        ]
+        verdicts[key] = (
+            f"target met by {', '.join(meeting)}"
+            if meeting
+            else "target (>= 1.0x, no later) not met"
+        )
+    return verdicts
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     pull_wait_seconds: float = Field(10.0, gt=0)
     rpc_timeout_seconds: float = Field(60.0, gt=0)
     grpc_threads: int = Field(64, ge=4)
+    # Coordinator: how long AcquireTask holds a worker that has nothing to do, answering as
+    # soon as a lease frees up (a long poll: with short epochs, a worker that slept between
+    # polls lost every partition to the one that just finished its own). 0: answer at once.
+    acquire_hold_seconds: float = Field(0.5, ge=0, le=5)
     grace_seconds: float = Field(2.0, ge=0)
     # A worker's id ("": the coordinator picks one). A fixed id names a worker in logs and
     # metrics across restarts; two live workers must not share one.

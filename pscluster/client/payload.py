@@ -70,6 +70,7 @@ def build_payload(
     backup_workers: int = 0,
     stragglers: Mapping[str, Any] | None = None,
     staleness_aware_lr: bool = False,
+    local_steps: int = 0,
 ) -> Payload:
     """Check the arguments of ``Client.submit`` and turn them into the wire spec and blobs.
 
@@ -103,6 +104,7 @@ def build_payload(
         "partitions": partitions,
         "shards": shards,
         "backup_workers": backup_workers,
+        "local_steps": local_steps,
     }
     if not isinstance(staleness_aware_lr, bool):
         raise InvalidJobError(
@@ -133,6 +135,7 @@ def build_payload(
         backup_workers=ints["backup_workers"],
         stragglers=straggler_config(stragglers),
         staleness_aware_lr=staleness_aware_lr,
+        local_steps=ints["local_steps"],
     )
     return Payload(spec, dataset, initial)
 

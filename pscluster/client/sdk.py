@@ -124,6 +124,7 @@ class Client:
         backup_workers: int = 0,
         stragglers: Mapping[str, Any] | None = None,
         staleness_aware_lr: bool = False,
+        local_steps: int = 0,
     ) -> Job:
         """Submit a training job and return at once; follow it with :meth:`Job.wait`.
 
@@ -144,6 +145,13 @@ class Client:
         flagged, gets smaller leases, has its lease split when others are idle and, in ssp,
         stops holding back the slowest clock after ``grace_seconds``.
         ``staleness_aware_lr`` divides each async/ssp push by (staleness + 1).
+
+        ``local_steps`` (local SGD, as Downpour SGD's n_push/n_fetch): each worker takes that
+        many plain SGD steps at the optimizer's ``lr`` on its own copy of the parameters, then
+        pushes the summed gradient of the window (applied by the shards' optimizer as one
+        update) and pulls again: 1/``local_steps`` of the communication per sample, at the
+        price of parameters that are up to ``local_steps`` steps old elsewhere. 0 or 1: pull
+        and push every step.
 
         Raises InvalidJobError (before sending anything) if the model or the data are wrong,
         or when the coordinator rejects the spec.
@@ -172,6 +180,7 @@ class Client:
             backup_workers=backup_workers,
             stragglers=stragglers,
             staleness_aware_lr=staleness_aware_lr,
+            local_steps=local_steps,
         )
         stream = payload.chunks(self.settings.chunk_bytes)
         reply = self._call("submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t))

@@ -60,6 +60,7 @@ class JobFile(BaseModel):
     # e.g. {factor: 2.0, grace_seconds: 5}; see Client.submit
     stragglers: dict[str, Any] | None = None
     staleness_aware_lr: bool = False
+    local_steps: int = Field(0, ge=0)
 
 
 class LoadedJob:
@@ -126,6 +127,7 @@ class LoadedJob:
             "backup_workers": s.backup_workers,
             "stragglers": s.stragglers,
             "staleness_aware_lr": s.staleness_aware_lr,
+            "local_steps": s.local_steps,
         }
 
     def _resolve(self, field: str, ref: str) -> Any:

@@ -25,6 +25,7 @@ from pscluster.coordinator.spec import (
     SUBMITTED_BLOBS,
     layout_of,
     read_submission,
+    shard_optimizer,
     straggler_settings,
     validate_job,
 )
@@ -155,7 +156,7 @@ class JobManager:
                     length=part.length,
                     mode=spec.mode,
                     staleness=spec.staleness,
-                    optimizer=spec.optimizer,
+                    optimizer=shard_optimizer(spec),
                     compression=spec.compression,
                     backup_workers=spec.backup_workers,
                     staleness_aware_lr=spec.staleness_aware_lr,

@@ -118,6 +118,14 @@ class LeaseBook:
         self._revoked_by_worker: dict[str, list[str]] = {}
         # Bumped by every change to the outstanding leases: the caller saves them only then.
         self.revision = 0
+        # Called after every change to what may be leased (a lease taken, ended or cut, a job
+        # added): the coordinator wakes the workers that wait for a task.
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        self.revision += 1
+        if self.on_change is not None:
+            self.on_change()
 
     # --- jobs ---
     def add_job(
@@ -159,6 +167,7 @@ class LeaseBook:
         sched = Schedule(epochs, partitions, epoch, done_set, counts, evals_pending=owed)
         sched.start_epoch()
         self._jobs[job_id] = sched
+        self._changed()
 
     def has_job(self, job_id: str) -> bool:
         return job_id in self._jobs
@@ -227,7 +236,7 @@ class LeaseBook:
         rest = Unit(lease.partition, new_end, lease.end_batch)
         shorter = replace(lease, end_batch=new_end)
         self._leases[lease_id] = shorter
-        self.revision += 1
+        self._changed()
         sched.train_leases[lease_id] = Unit(lease.partition, lease.first_batch, new_end)
         sched.free.insert(0, rest)
         return rest
@@ -264,7 +273,7 @@ class LeaseBook:
             else:
                 sched.eval_leases.pop(lease.epoch, None)
                 sched.evals_pending = sorted({*sched.evals_pending, lease.epoch})
-        self.revision += 1
+        self._changed()
         if revoke_reason is None:
             del self._leases[lease_id]
             del self._by_worker[worker_id]
@@ -283,7 +292,7 @@ class LeaseBook:
                 f"not {worker_id}"
             )
         sched = self._jobs[lease.job_id]  # a lease of a removed job was revoked with it
-        self.revision += 1
+        self._changed()
         del self._leases[lease_id]
         del self._by_worker[worker_id]
         if lease.kind == TRAIN:
@@ -332,7 +341,7 @@ class LeaseBook:
             sched.train_leases[lease.lease_id] = unit
         self._leases[lease.lease_id] = lease
         self._by_worker[lease.worker_id] = lease.lease_id
-        self.revision += 1
+        self._changed()
         return True
 
     def lease_of(self, worker_id: str) -> Lease | None:
@@ -384,7 +393,7 @@ class LeaseBook:
         )
         self._leases[lease.lease_id] = lease
         self._by_worker[worker_id] = lease.lease_id
-        self.revision += 1
+        self._changed()
         return lease
 
     def _grant_unit(self, job_id: str, worker_id: str, sched: Schedule, unit: Unit) -> Lease:
@@ -420,7 +429,7 @@ class LeaseBook:
         return False
 
     def _drop(self, lease: Lease, reason: str) -> None:
-        self.revision += 1
+        self._changed()
         self._leases.pop(lease.lease_id, None)
         if self._by_worker.get(lease.worker_id) == lease.lease_id:
             del self._by_worker[lease.worker_id]

@@ -51,6 +51,17 @@ class Runtime:
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
     saved_revision: int = -1  # the lease book's revision last written to the store
+    # Notified whenever the lease book changes: workers waiting in AcquireTask look again.
+    tasks_changed: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tasks_changed = threading.Condition(self.lock)
+
+        def wake() -> None:
+            with self.lock:  # re-entrant: the book is changed under it already
+                self.tasks_changed.notify_all()
+
+        self.book.on_change = wake
 
     @classmethod
     def build(cls, settings: Settings, store: JobStore) -> Runtime:

@@ -124,9 +124,11 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
     def AcquireTask(
         self, request: co_pb2.AcquireTaskRequest, context: grpc.ServicerContext
     ) -> co_pb2.Task:
-        lease = self.c.tasks.acquire(request.worker_id)
+        hold = self.c.settings.acquire_hold_seconds
+        lease, held = self.c.tasks.acquire_waiting(request.worker_id, hold)
         if lease is None:
-            return co_pb2.Task(kind=co_pb2.TASK_KIND_WAIT, wait_seconds=WAIT_SECONDS)
+            # A held call already waited: the worker may ask again at once.
+            return co_pb2.Task(kind=co_pb2.TASK_KIND_WAIT, wait_seconds=0 if held else WAIT_SECONDS)
         return co_pb2.Task(
             kind=co_pb2.TASK_KIND_TRAIN if lease.kind == TRAIN else co_pb2.TASK_KIND_EVAL,
             job_id=lease.job_id,

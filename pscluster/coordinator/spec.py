@@ -31,6 +31,8 @@ MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 1 << 20
 MAX_PARTITIONS = 1 << 16
 MAX_NAME = 200
+# Local SGD windows longer than this are not local SGD any more but separate training runs.
+MAX_LOCAL_STEPS = 1024
 # A submission is held in memory while it is checked; beyond this it is refused up front.
 MAX_SUBMISSION_BYTES = 4 << 30
 SUBMITTED_BLOBS = (blobs.DATASET, blobs.INITIAL_STATE)
@@ -116,12 +118,18 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     validate_consistency(spec.mode, spec.staleness, spec.backup_workers)
     validate_optimizer(spec.optimizer)
     # The shards' own parser: a codec the coordinator accepts is one every shard decodes.
-    parse_settings(spec.compression)
+    codec = parse_settings(spec.compression)
     straggler_settings(spec)
     _in_range("epochs", spec.epochs, 1, MAX_EPOCHS)
     _in_range("batch_size", spec.batch_size, 1, MAX_BATCH_SIZE)
     _in_range("partitions", spec.partitions, 0, MAX_PARTITIONS, "0 for the coordinator's default")
     _in_range("shards", spec.shards, 0, configured_shards, "0 for all configured shards")
+    _in_range("local_steps", spec.local_steps, 0, MAX_LOCAL_STEPS, "0 or 1 for every step")
+    if spec.local_steps > 1 and codec.name == "dgc":
+        raise InvalidArgument(
+            "compression 'dgc' keeps its own momentum on the workers, and with local_steps > 1 "
+            "the job's optimizer already runs there: use 'topk' (error feedback) with local steps"
+        )
     if spec.loss not in LOSSES:
         raise InvalidArgument(f"loss {spec.loss!r} is unknown; expected one of {list(LOSSES)}")
     return layout
@@ -131,6 +139,15 @@ def straggler_settings(spec: co_pb2.JobSpec) -> StragglerSettings:
     """The job's straggler detection and mitigation, defaults filled in."""
     c = spec.stragglers
     return StragglerSettings.parse(c.factor, c.alpha, c.no_mitigation, c.grace_seconds)
+
+
+def shard_optimizer(spec: co_pb2.JobSpec) -> common_pb2.OptimizerConfig:
+    """What the shards run. With local SGD steps the job's optimizer runs on the workers and
+    a push carries a window's parameter change divided by lr, so the shards only add it:
+    plain SGD at the same lr (w -= lr * change / lr), averaged over a sync step's pushes."""
+    if spec.local_steps > 1:
+        return common_pb2.OptimizerConfig(name="sgd", lr=spec.optimizer.lr)
+    return spec.optimizer
 
 
 def validate_optimizer(opt: common_pb2.OptimizerConfig) -> None:

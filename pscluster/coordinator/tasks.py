@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,38 @@ class TaskDispatcher:
     def __init__(self, rt: Runtime, jobs: JobManager) -> None:
         self.rt = rt
         self.jobs = jobs
+        # Held AcquireTask calls each take a server thread: at most half of them wait at once,
+        # the others are told to come back later, so a crowd of idle workers cannot starve
+        # the rest of the coordinator's RPCs.
+        self._holds = threading.BoundedSemaphore(max(1, rt.settings.grpc_threads // 2))
+
+    def acquire_waiting(self, worker_id: str, hold: float) -> tuple[Lease | None, bool]:
+        """:meth:`acquire`, but with nothing to hand out, wait up to ``hold`` seconds for the
+        lease book to change (a lease ended or cut, a job started) and look again.
+
+        Returns the lease (or None) and whether the call was held: a worker that was held
+        asks again at once, one that was not (every hold slot taken) waits a moment first.
+        """
+        lease = self.acquire(worker_id)
+        if lease is not None or hold <= 0 or not self._holds.acquire(blocking=False):
+            return lease, False
+        rt = self.rt
+        try:
+            deadline = rt.mono() + hold
+            while True:
+                with rt.lock:
+                    seen = rt.book.revision
+                lease = self.acquire(worker_id)
+                if lease is not None:
+                    return lease, True
+                with rt.lock:
+                    remaining = deadline - rt.mono()
+                    if remaining <= 0:
+                        return None, True
+                    if rt.book.revision == seen:
+                        rt.tasks_changed.wait(remaining)
+        finally:
+            self._holds.release()
 
     def register(self, host: str, pid: int, device: str, worker_id: str = "") -> WorkerInfo:
         rt = self.rt

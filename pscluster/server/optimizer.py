@@ -120,7 +120,7 @@ class FlatOptimizer:
         self.spec = spec
         # nn.Parameter shares the tensor's storage: no copy of a possibly huge vector.
         self.param = nn.Parameter(values, requires_grad=True)
-        self._opt = _build(self.param, spec)
+        self._opt = torch_optimizer([self.param], spec)
 
     @property
     def values(self) -> torch.Tensor:
@@ -164,10 +164,12 @@ class FlatOptimizer:
         self._opt.load_state_dict(state)
 
 
-def _build(param: nn.Parameter, spec: OptimizerSpec) -> torch.optim.Optimizer:
+def torch_optimizer(params: list[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """The torch.optim optimizer ``spec`` describes, over ``params`` (a shard's one flat
+    vector, or a worker's model when it takes local SGD steps)."""
     if spec.name == "sgd":
         return torch.optim.SGD(
-            [param],
+            params,
             lr=spec.lr,
             momentum=spec.momentum,
             dampening=spec.dampening,
@@ -175,7 +177,7 @@ def _build(param: nn.Parameter, spec: OptimizerSpec) -> torch.optim.Optimizer:
             weight_decay=spec.weight_decay,
         )
     cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
-    return cls([param], lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+    return cls(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
 
 
 def warm_up() -> None:

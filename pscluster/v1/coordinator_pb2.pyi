@@ -30,7 +30,7 @@ class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.Val
     DESCRIPTOR: _descriptor.EnumDescriptor
     TASK_KIND_UNSPECIFIED: _TaskKind.ValueType  # 0
     TASK_KIND_WAIT: _TaskKind.ValueType  # 1
-    """nothing to do now: ask again after `wait_seconds`"""
+    """nothing to do now: ask again after `wait_seconds` (0: at once)"""
     TASK_KIND_TRAIN: _TaskKind.ValueType  # 2
     """train on one partition of the data for one epoch"""
     TASK_KIND_EVAL: _TaskKind.ValueType  # 3
@@ -40,7 +40,7 @@ class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper): ...
 
 TASK_KIND_UNSPECIFIED: TaskKind.ValueType  # 0
 TASK_KIND_WAIT: TaskKind.ValueType  # 1
-"""nothing to do now: ask again after `wait_seconds`"""
+"""nothing to do now: ask again after `wait_seconds` (0: at once)"""
 TASK_KIND_TRAIN: TaskKind.ValueType  # 2
 """train on one partition of the data for one epoch"""
 TASK_KIND_EVAL: TaskKind.ValueType  # 3
@@ -125,6 +125,7 @@ class JobSpec(_message.Message):
     BACKUP_WORKERS_FIELD_NUMBER: _builtins.int
     STRAGGLERS_FIELD_NUMBER: _builtins.int
     STALENESS_AWARE_LR_FIELD_NUMBER: _builtins.int
+    LOCAL_STEPS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     mode: _builtins.str
     """"async" | "sync" | "ssp" """
@@ -146,6 +147,11 @@ class JobSpec(_message.Message):
     """sync: close a step without the last this-many pushes"""
     staleness_aware_lr: _builtins.bool
     """async/ssp: scale each push by 1 / (staleness + 1)"""
+    local_steps: _builtins.int
+    """Local SGD: a worker takes this many plain SGD steps (at the optimizer's lr) on its own
+    copy of the parameters between a pull and a push, and pushes the window's summed
+    gradient, which the shard's optimizer applies as one update. 0 or 1: every step.
+    """
     @_builtins.property
     def model(self) -> Global___ModelSpec: ...
     @_builtins.property
@@ -174,10 +180,11 @@ class JobSpec(_message.Message):
         backup_workers: _builtins.int = ...,
         stragglers: Global___StragglerConfig | None = ...,
         staleness_aware_lr: _builtins.bool = ...,
+        local_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "model", b"model", "optimizer", b"optimizer", "stragglers", b"stragglers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "batch_size", b"batch_size", "compression", b"compression", "epochs", b"epochs", "loss", b"loss", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "seed", b"seed", "shards", b"shards", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "stragglers", b"stragglers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "batch_size", b"batch_size", "compression", b"compression", "epochs", b"epochs", "local_steps", b"local_steps", "loss", b"loss", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "seed", b"seed", "shards", b"shards", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "stragglers", b"stragglers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -136,8 +136,8 @@ class WorkerAgent:
                     continue
                 if task.kind in (coordinator_pb2.TASK_KIND_TRAIN, coordinator_pb2.TASK_KIND_EVAL):
                     self._run_task(task)
-                else:
-                    self.stop.wait(task.wait_seconds or 0.2)
+                elif task.wait_seconds > 0:  # 0: the coordinator held the call already
+                    self.stop.wait(task.wait_seconds)
         finally:
             self.stop.set()
             for rt in self._runtimes.values():

@@ -9,6 +9,7 @@ import threading
 
 from pscluster.config import Settings
 from pscluster.logs import configure_logging
+from pscluster.server.optimizer import warm_up
 from pscluster.telemetry import serve_metrics
 from pscluster.worker.agent import WorkerAgent, configure_torch
 from pscluster.worker.telemetry import WorkerTelemetry
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(**overrides)
     configure_logging(settings, "worker")
     configure_torch(settings)
+    # Local SGD steps run torch.optim on the worker: its first optimizer's import cost (2-5 s
+    # here) is paid now, before the worker asks for work, not in a job's first window.
+    warm_up()
     stop = threading.Event()
 
     def handle(_signum: int, _frame: object) -> None:

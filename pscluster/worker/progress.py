@@ -50,12 +50,15 @@ class ProgressReporter:
         self._retry_at = 0.0  # after a failed report, no attempt before this (monotonic)
         self.dropped_reports = 0
 
-    def batch_done(self, position: int, busy_seconds: float, step_seconds: float) -> None:
-        """One batch of the lease is done (applied, refused or dropped): ``position`` is the
-        index of the next one; ``busy_seconds`` is its wall time less the waits on others."""
+    def batch_done(
+        self, position: int, busy_seconds: float, step_seconds: float, batches: int = 1
+    ) -> None:
+        """``batches`` batches of the lease are done (applied, refused or dropped; more than
+        one with local SGD steps): ``position`` is the index of the next one;
+        ``busy_seconds`` is their wall time less the waits on others."""
         p = self._progress
         p.position = position
-        p.batches += 1
+        p.batches += batches
         p.busy_seconds += busy_seconds
         p.step_seconds += step_seconds
         now = time.monotonic()

@@ -7,7 +7,7 @@ coordinator, and the model is rebuilt from the submitted source (never unpickled
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -21,11 +21,10 @@ from pscluster.model.layout import ParamLayout
 from pscluster.v1 import common_pb2, coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 from pscluster.worker.compressed import PushEncoder
+from pscluster.worker.local_sgd import LocalSGD, LossFn
 from pscluster.worker.shards import ShardSet
 
 log = logging.getLogger(__name__)
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ModelMismatch(Exception):
@@ -74,6 +73,10 @@ class JobRuntime:
         self.data = Dataset.from_blob(fetch_blob(stub, job_id, "dataset", timeout))
         initial = state.loads(fetch_blob(stub, job_id, "initial_state", timeout), "initial state")
         self.model = self._build(initial)
+        # One per job, not per lease: with local steps it holds the worker's optimizer state.
+        self.local = LocalSGD(
+            self.model, self.layout, self.loss_fn, plan.spec.optimizer, plan.spec.local_steps
+        )
         self.shards = ShardSet(job_id, plan.shards, settings)
         # Compression state (residuals, DGC momentum) lives here: one per job, per shard range.
         self.encoder = PushEncoder(

@@ -8,7 +8,6 @@ so that its next pull waits for that step's barrier (min_version = version + 1).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -100,30 +99,38 @@ class Trainer:
         return self._call(attempt, "pull")
 
     def train(self, task: coordinator_pb2.Task, reporter: ProgressReporter) -> int:
+        """Train on the lease's batches, a window of ``local_steps`` batches per pull and push
+        (one batch when the job has no local steps)."""
         rt = self.rt
         spec = rt.spec
         n = rt.data.train_x.shape[0]
         plan = batches(n, task.partitions, task.partition, task.epoch, spec.batch_size, spec.seed)
         sync = spec.mode == "sync"
+        window_size = max(1, spec.local_steps)
         min_versions: list[int] | None = None
         samples = 0
         position = task.first_batch
-        while position < (reporter.end_batch or len(plan)) and position < len(plan):
+        while position < min(reporter.end_batch or len(plan), len(plan)):
             started = time.perf_counter()
-            idx = plan[position]
-            x, y = rt.batch(torch.from_numpy(idx))
+            end = min(position + window_size, reporter.end_batch or len(plan), len(plan))
+            data = [rt.batch(torch.from_numpy(plan[p])) for p in range(position, end)]
             waited = 0.0
             for _attempt in range(MAX_ATTEMPTS):
                 snap = self.pull(min_versions)
                 waited += snap.waited_seconds
-                loss, grad = self._gradient(snap, x, y)
-                if not math.isfinite(loss) or not bool(torch.isfinite(grad).all()):
+                window = rt.local.run(snap.values, data)
+                if window.nonfinite:
                     # Shards refuse non-finite gradients anyway; not sending one saves a
                     # half-applied step where only some shards would refuse it.
-                    self.nonfinite_batches += 1
-                    log.warning("non-finite gradient on job %s: batch skipped", rt.job_id)
+                    self.nonfinite_batches += window.nonfinite
+                    log.warning(
+                        "non-finite gradient on job %s: %d batch(es) skipped",
+                        rt.job_id,
+                        window.nonfinite,
+                    )
+                if window.update is None:
                     break
-                replies = self._push(grad, snap, len(idx), task.epoch)
+                replies = self._push(window.update, snap, window.samples, task.epoch)
                 stale = [r.outcome == ps_pb2.PUSH_OUTCOME_STALE for r in replies]
                 late = [r.outcome == ps_pb2.PUSH_OUTCOME_LATE for r in replies]
                 if sync:
@@ -134,21 +141,23 @@ class Trainer:
                 if any(late):
                     # Backup workers: the step closed without this gradient. As in Chen et
                     # al., it is dropped and the worker goes on with fresh parameters.
-                    self.late_batches += 1
+                    self.late_batches += len(data)
                     break
                 if not any(stale):
-                    reporter.step(loss, len(idx), task.epoch)
-                    if self.telemetry is not None:
-                        self.telemetry.stepped(rt.job_id)
+                    for loss, size in window.steps:
+                        reporter.step(loss, size, task.epoch)
+                        if self.telemetry is not None:
+                            self.telemetry.stepped(rt.job_id)
                     break
-            samples += len(idx)
+            trained = sum(len(y) for _, y in data)
+            samples += trained
             if self.telemetry is not None:
-                self.telemetry.trained(rt.job_id, len(idx))
-            position += 1
+                self.telemetry.trained(rt.job_id, trained)
+            position = end
             wall = time.perf_counter() - started
             own = max(0.0, wall - waited)
             busy = self._slow_down(own)  # the injected delay adds to both
-            reporter.batch_done(position, busy, wall + busy - own)
+            reporter.batch_done(position, busy, wall + busy - own, batches=len(data))
         return samples
 
     def _slow_down(self, busy: float) -> float:
@@ -162,17 +171,6 @@ class Trainer:
                 self.telemetry.slept(busy * (factor - 1.0))
             return busy * factor
         return busy
-
-    def _gradient(
-        self, snap: Snapshot, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[float, torch.Tensor]:
-        model = self.rt.model
-        self.rt.load(snap.values)
-        model.train()
-        model.zero_grad(set_to_none=True)
-        loss = self.rt.loss_fn(model(x), y)
-        loss.backward()  # type: ignore[no-untyped-call]
-        return float(loss.detach()), self.rt.gradient()
 
     def _push(
         self, grad: torch.Tensor, snap: Snapshot, batch_size: int, epoch: int

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from pscluster.coordinator.spec import read_submission, validate_job
+from pscluster.coordinator.spec import read_submission, shard_optimizer, validate_job
 from pscluster.data.dataset import Dataset
 from pscluster.model import state
 from pscluster.transport.errors import FailedPrecondition, InvalidArgument, PSError
@@ -30,6 +30,17 @@ def test_a_good_job_passes_with_its_plan_made_explicit() -> None:
     assert spec.model.source == job.spec.model.source
 
 
+def test_with_local_steps_the_shards_only_add_what_the_workers_send() -> None:
+    spec = tiny_job().spec
+    spec.optimizer.CopyFrom(common_pb2.OptimizerConfig(name="adam", lr=0.002, weight_decay=0.1))
+    assert shard_optimizer(spec) == spec.optimizer  # one step per push: the job's optimizer
+
+    spec.local_steps = 8
+
+    # The job's optimizer runs on the workers; the shards take plain SGD steps at its lr.
+    assert shard_optimizer(spec) == common_pb2.OptimizerConfig(name="sgd", lr=0.002)
+
+
 def _set(path: str, value: object) -> Callable[[co_pb2.JobSpec], None]:
     def apply(spec: co_pb2.JobSpec) -> None:
         *parents, leaf = path.split(".")
@@ -39,6 +50,11 @@ def _set(path: str, value: object) -> Callable[[co_pb2.JobSpec], None]:
         setattr(target, leaf, value)
 
     return apply
+
+
+def _dgc_local_steps(spec: co_pb2.JobSpec) -> None:
+    spec.local_steps = 4
+    spec.compression.name = "dgc"
 
 
 def _params(*entries: tuple[str, list[int]]) -> Callable[[co_pb2.JobSpec], None]:
@@ -73,6 +89,8 @@ def _params(*entries: tuple[str, list[int]]) -> Callable[[co_pb2.JobSpec], None]
         (_set("epochs", 10_001), "epochs=10001 is out of range"),
         (_set("batch_size", 0), "batch_size=0"),
         (_set("shards", 3), r"shards=3 is out of range; expected 0..2"),
+        (_set("local_steps", 1025), r"local_steps=1025 is out of range; expected 0..1024"),
+        (_dgc_local_steps, r"compression 'dgc' keeps its own momentum .* use 'topk'"),
         (_set("loss", "hinge"), "loss 'hinge' is unknown"),
         (_set("compression.name", "zstd"), r"compression\.name 'zstd' is unknown"),
         (_set("compression.ratio", 1.5), r"compression\.ratio=1\.5 is out of range"),

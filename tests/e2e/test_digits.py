@@ -18,13 +18,22 @@ pytestmark = pytest.mark.slow
 STALENESS = 2
 
 
-@pytest.mark.parametrize("mode", ["async", "sync", "ssp"])
+@pytest.mark.parametrize(
+    ("mode", "local_steps"),
+    [("async", 0), ("sync", 0), ("ssp", 0), ("sync", 8)],
+    ids=["async", "sync", "ssp", "sync-local-sgd"],
+)
 def test_digits_reaches_95_percent_and_the_fetched_model_agrees(
-    cluster: LocalCluster, mode: str
+    cluster: LocalCluster, mode: str, local_steps: int
 ) -> None:
-    # Prepare: the README's example job, in each mode.
+    # Prepare: the README's example job, in each mode (and as local SGD: 8 steps a window).
     example = load_job_file(ROOT / "examples" / "digits.yaml")
-    kwargs = {**example.submit_kwargs(), "mode": mode, "staleness": STALENESS}
+    kwargs = {
+        **example.submit_kwargs(),
+        "mode": mode,
+        "staleness": STALENESS,
+        "local_steps": local_steps,
+    }
     test = kwargs["test"]
 
     # Execute
@@ -47,6 +56,11 @@ def test_digits_reaches_95_percent_and_the_fetched_model_agrees(
     assert metrics.pushes_applied > 0
     assert len(metrics.pushes_by_worker) == 3, "all three workers took part"
     assert all(torch.isfinite(t).all() for t in state.values())
+    if local_steps:
+        # A push per window, not per batch (a window is cut short at a lease's end, so there
+        # are more than batches / 8 of them; without local steps pushes == batches).
+        for shard in metrics.shards:
+            assert 0 < shard.pushes_applied <= len(metrics.steps) // 2
     if mode == "ssp":
         # The bound holds on every shard: no pull granted further ahead, no push applied staler.
         for shard in metrics.shards:

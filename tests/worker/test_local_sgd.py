@@ -1,0 +1,106 @@
+"""A worker's training window: one step, or local SGD steps with the job's own optimizer,
+checked against plain PyTorch doing the same steps."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pscluster.model.layout import ParamLayout
+from pscluster.server.optimizer import FlatOptimizer, OptimizerSpec
+from pscluster.v1 import common_pb2
+from pscluster.worker.local_sgd import LocalSGD, all_finite
+
+SGD = common_pb2.OptimizerConfig(name="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4)
+ADAM = common_pb2.OptimizerConfig(name="adam", lr=1e-3)
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def data(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(5, 6, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(n)
+    ]
+
+
+def test_one_step_pushes_the_gradient_of_the_pulled_parameters() -> None:
+    model = net()
+    layout = ParamLayout.of_module(model)
+    start = layout.flatten(dict(model.named_parameters())) + 0.01
+    ((x, y),) = data(1)
+    reference = copy.deepcopy(model)
+    layout.load_into(reference, start)
+    F.cross_entropy(reference(x), y).backward()  # type: ignore[no-untyped-call]
+
+    window = LocalSGD(model, layout, F.cross_entropy, SGD, 1).run(start, [(x, y)])
+
+    assert window.update is not None and window.samples == 5 and window.nonfinite == 0
+    expected = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])  # type: ignore[union-attr]
+    assert torch.equal(window.update, expected)
+
+
+@pytest.mark.parametrize("config", [SGD, ADAM], ids=["sgd-momentum", "adam"])
+def test_local_steps_push_what_the_jobs_optimizer_did_over_the_window(
+    config: common_pb2.OptimizerConfig,
+) -> None:
+    # Prepare: the same model trained by plain torch.optim over two windows of 3 batches.
+    model = net()
+    layout = ParamLayout.of_module(model)
+    reference = copy.deepcopy(model)
+    opt = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    if config.name == "adam":
+        opt = torch.optim.Adam(reference.parameters(), lr=1e-3)  # type: ignore[assignment]
+    batches = data(6)
+    local = LocalSGD(model, layout, F.cross_entropy, config, 3)
+    # The shard's side: plain SGD at the job's lr (what the coordinator sets up).
+    shard = FlatOptimizer(
+        layout.flatten(dict(model.named_parameters())), OptimizerSpec(name="sgd", lr=config.lr)
+    )
+
+    # Execute: pull, 3 local steps, push; twice (the optimizer state carries over).
+    for window_batches in (batches[:3], batches[3:]):
+        window = local.run(shard.values.clone(), window_batches)
+        assert window.update is not None and window.nonfinite == 0
+        shard.step(window.update)
+        for x, y in window_batches:
+            opt.zero_grad()
+            F.cross_entropy(reference(x), y).backward()  # type: ignore[no-untyped-call]
+            opt.step()
+
+    # Assert: the shard holds what one process with torch.optim would (up to the rounding
+    # of dividing by lr and multiplying back).
+    expected = layout.flatten(dict(reference.named_parameters()))
+    torch.testing.assert_close(shard.values, expected, rtol=1e-5, atol=1e-6)
+    assert [n for _, n in window.steps] == [5, 5, 5]
+
+
+def test_a_non_finite_batch_is_skipped_and_the_rest_of_the_window_is_pushed() -> None:
+    model = net()
+    layout = ParamLayout.of_module(model)
+    batches = data(3)
+    bad = batches[1][0].clone()
+    bad[0, 0] = float("nan")
+    batches[1] = (bad, batches[1][1])
+    start = layout.flatten(dict(model.named_parameters()))
+
+    window = LocalSGD(model, layout, F.cross_entropy, SGD, 3).run(start, batches)
+
+    assert window.nonfinite == 1 and window.samples == 10
+    assert window.update is not None and all_finite(window.update)
+
+
+def test_all_finite_takes_huge_finite_values_and_refuses_nan_and_inf() -> None:
+    huge = torch.full((1000,), 3e38)
+    assert all_finite(huge)  # the sum overflows; the exact check says finite
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        values = torch.zeros(10)
+        values[3] = bad
+        assert not all_finite(values)
