@@ -17,9 +17,11 @@ optimizer.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,6 +64,7 @@ class LocalSGD:
         self.local_steps = max(1, local_steps)
         self.lr = optimizer.lr
         self._opt: torch.optim.Optimizer | None = None
+        self._before: dict[str, Any] | None = None  # optimizer state as the window began
         if self.local_steps > 1:
             params = [p for _, p in model.named_parameters()]
             self._opt = torch_optimizer(params, parse_optimizer(optimizer))
@@ -74,7 +77,16 @@ class LocalSGD:
         self.model.train()
         if self._opt is None:
             return self._one_step(batches)
+        self._before = copy.deepcopy(self._opt.state_dict())
         return self._local_steps(values, batches)
+
+    def discard(self) -> None:
+        """The last window's push was not applied (refused as stale, or late for its sync
+        step): put the optimizer state back as it was before the window, as a shard's
+        optimizer never saw the update either."""
+        if self._opt is not None and self._before is not None:
+            self._opt.load_state_dict(self._before)
+            self._before = None
 
     def _backward(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
         """Gradients of one batch into the model; its loss, or None if anything is not finite."""

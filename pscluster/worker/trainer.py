@@ -138,6 +138,8 @@ class Trainer:
                         0 if s or lt else v + 1
                         for s, lt, v in zip(stale, late, snap.versions, strict=True)
                     ]
+                if any(late) or any(stale):
+                    rt.local.discard()  # local steps: their optimizer state goes back too
                 if any(late):
                     # Backup workers: the step closed without this gradient. As in Chen et
                     # al., it is dropped and the worker goes on with fresh parameters.

@@ -104,3 +104,24 @@ def test_all_finite_takes_huge_finite_values_and_refuses_nan_and_inf() -> None:
         values = torch.zeros(10)
         values[3] = bad
         assert not all_finite(values)
+
+
+def test_a_discarded_window_leaves_the_optimizer_as_it_was() -> None:
+    # Prepare: one window taken and kept, so that there is momentum to protect.
+    model = net()
+    layout = ParamLayout.of_module(model)
+    local = LocalSGD(model, layout, F.cross_entropy, SGD, 2)
+    start = layout.flatten(dict(model.named_parameters()))
+    batches = data(4)
+    kept = local.run(start, batches[:2])
+    assert kept.update is not None
+    after_kept = copy.deepcopy(local._opt.state_dict())  # type: ignore[union-attr]
+
+    # Execute: a second window whose push is refused, then discarded.
+    local.run(start, batches[2:])
+    local.discard()
+
+    # Assert: the momentum buffers are those after the kept window, not after the refused one.
+    now = local._opt.state_dict()  # type: ignore[union-attr]
+    for key, state in after_kept["state"].items():
+        assert torch.equal(now["state"][key]["momentum_buffer"], state["momentum_buffer"])
