@@ -117,8 +117,5 @@ class JobRuntime:
     def load(self, values: torch.Tensor) -> None:
         self.layout.load_into(self.model, values)
 
-    def gradient(self) -> torch.Tensor:
-        return self.layout.gradient(self.model).to("cpu")
-
     def close(self) -> None:
         self.shards.close()
