@@ -146,12 +146,13 @@ class Client:
         stops holding back the slowest clock after ``grace_seconds``.
         ``staleness_aware_lr`` divides each async/ssp push by (staleness + 1).
 
-        ``local_steps`` (local SGD, as Downpour SGD's n_push/n_fetch): each worker takes that
-        many plain SGD steps at the optimizer's ``lr`` on its own copy of the parameters, then
-        pushes the summed gradient of the window (applied by the shards' optimizer as one
-        update) and pulls again: 1/``local_steps`` of the communication per sample, at the
-        price of parameters that are up to ``local_steps`` steps old elsewhere. 0 or 1: pull
-        and push every step.
+        ``local_steps`` (local SGD, as Downpour SGD's n_fetch = n_push): each worker takes
+        that many steps of the job's ``optimizer`` on its own copy of the parameters (keeping
+        its momentum or Adam state), then pushes the window's change and pulls again; the
+        shards add the change (sync: averaged over the workers). 1/``local_steps`` of the
+        communication per sample, at the price of workers seeing each other's progress once
+        per window. Use it with ``mode="sync"``, or lower ``lr`` in async, where every
+        worker's whole change is added. 0 or 1: pull and push every step.
 
         Raises InvalidJobError (before sending anything) if the model or the data are wrong,
         or when the coordinator rejects the spec.

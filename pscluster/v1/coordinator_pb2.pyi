@@ -148,9 +148,10 @@ class JobSpec(_message.Message):
     staleness_aware_lr: _builtins.bool
     """async/ssp: scale each push by 1 / (staleness + 1)"""
     local_steps: _builtins.int
-    """Local SGD: a worker takes this many plain SGD steps (at the optimizer's lr) on its own
-    copy of the parameters between a pull and a push, and pushes the window's summed
-    gradient, which the shard's optimizer applies as one update. 0 or 1: every step.
+    """Local SGD: a worker takes this many steps of the job's optimizer on its own copy of the
+    parameters between a pull and a push, and pushes the window's change / lr; the shards
+    then run plain SGD at that lr (sync: the workers' changes averaged). 0 or 1: a pull and
+    a push every step, the shards running the job's optimizer.
     """
     @_builtins.property
     def model(self) -> Global___ModelSpec: ...
