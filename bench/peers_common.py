@@ -224,7 +224,7 @@ def target_verdicts(ratios: list[dict[str, Any]]) -> dict[str, str]:
             and p["model"] == r["model"]
             and p["processes"] == r["processes"]
             and (p["ratio_samples_per_s"] or 0.0) >= 1.0
-            and (r["time_to_target"] is None or (p["ratio_time_to_target"] or 9e9) <= 1.0)
+            and (r["time_to_target"] is None or _no_later(p["ratio_time_to_target"]))
         ]
         verdicts[key] = (
             f"target met by {', '.join(meeting)}"
@@ -232,6 +232,11 @@ def target_verdicts(ratios: list[dict[str, Any]]) -> dict[str, str]:
             else "target (>= 1.0x, no later) not met"
         )
     return verdicts
+
+
+def _no_later(time_ratio: float | None) -> bool:
+    """Reached the target no later than DDP (None: never reached it)."""
+    return time_ratio is not None and time_ratio <= 1.0
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -66,28 +66,31 @@ class TaskDispatcher:
         Returns the lease (or None) and whether the call was held: a worker that was held
         asks again at once, one that was not (every hold slot taken) waits a moment first.
         """
-        lease = self.acquire(worker_id)
-        if lease is not None or hold <= 0 or not self._holds.acquire(blocking=False):
-            return lease, False
         rt = self.rt
+        held = False
+        # Real time, not ``rt.mono`` (the lease clock, which tests may drive by hand): the
+        # hold is how long a server thread and the worker's call really wait.
+        deadline = time.monotonic() + hold
         try:
-            # Real time, not ``rt.mono`` (the lease clock, which tests may drive by hand): the
-            # hold is how long a server thread and the worker's call really wait.
-            deadline = time.monotonic() + hold
             while True:
                 with rt.lock:
                     seen = rt.book.revision
                 lease = self.acquire(worker_id)
                 if lease is not None:
-                    return lease, True
+                    return lease, held
+                if not held:
+                    if hold <= 0 or not self._holds.acquire(blocking=False):
+                        return None, False
+                    held = True
                 with rt.lock:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return None, True
-                    if rt.book.revision == seen:
+                    if rt.book.revision == seen:  # else something changed: look again now
                         rt.tasks_changed.wait(remaining)
         finally:
-            self._holds.release()
+            if held:
+                self._holds.release()
 
     def register(self, host: str, pid: int, device: str, worker_id: str = "") -> WorkerInfo:
         rt = self.rt
