@@ -132,8 +132,9 @@ class WorkerTelemetry:
                 self._task_labels.add((current[0], current[1], result))
         if current is None:
             return
-        self.task.remove(*current)
+        # Counted before the gauge drops: a scrape that finds the worker idle has the count.
         self.tasks.labels(current[0], current[1], result).inc()
+        self.task.remove(*current)
 
     def forget_job(self, job_id: str) -> None:
         """The job ended: drop its series (their last values were scraped while it ran)."""

@@ -57,7 +57,16 @@ def test_every_process_serves_metrics_that_agree_and_logs_json(tmp_path: Path) -
             wait_until(progressed, 120, "the coordinator and shard showing the running job")
             info = job.wait(timeout=300)
             final = job.metrics()  # the shard's counters, saved when the job ended
-        worker = scrape(urls["worker-0"])
+        # The worker hands the last lease in before it counts it: the job can be over a
+        # moment before the worker's own series say so.
+        worker: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+        def worker_idle() -> bool:
+            worker.clear()
+            worker.update(scrape(urls["worker-0"]))
+            return total(worker, "pscluster_worker_task") == 0
+
+        wait_until(worker_idle, 30, "the worker's task gauge to drop once the job ended")
         shard = scrape(urls["shard-0"])
         after = scrape(coordinator)
 
