@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 # compose also reads ROOT/.env, where deploy/scripts/docker-setup.sh selects the offline build.
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -45,6 +47,18 @@ def run_docker(args: Sequence[str], timeout: float, env: Mapping[str, str] | Non
         tail = (done.stdout + done.stderr)[-4000:]
         raise DockerError(f"`docker {' '.join(args)}` exited {done.returncode}:\n{tail}")
     return done.stdout
+
+
+def require_docker() -> None:
+    """Skip the calling test (fixture) when docker compose is unusable here, saying why;
+    fail instead in CI (CI set), where a missing engine is an untested feature, not a skip."""
+    problem = docker_problem()
+    if problem is None:
+        return
+    reason = f"docker compose is not usable here ({problem}); run `make docker-setup`"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set, so the container tests must run: {reason}")
+    pytest.skip(reason)
 
 
 def docker_problem() -> str | None:

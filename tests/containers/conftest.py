@@ -7,7 +7,6 @@ deploy/scripts/docker-setup.sh). Without them the tests skip, saying why, except
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from pscluster.client.processes import free_ports
 from pscluster.client.sdk import Client, Job
 from pscluster.client.spec_file import load_job_file
-from tests.containers.compose import ComposeProject, docker_problem
+from tests.containers.compose import ComposeProject, require_docker
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS_YAML = ROOT / "examples" / "digits.yaml"
@@ -40,12 +39,7 @@ def compose(request: pytest.FixtureRequest) -> Iterator[ComposeProject]:
     Always `down -v` at the end, also when a test or the start failed, so that nothing of the
     session is left running; the logs are printed when something failed.
     """
-    problem = docker_problem()
-    if problem is not None:
-        reason = f"docker compose is not usable here ({problem}); run `make docker-setup`"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set, so the container tests must run: {reason}")
-        pytest.skip(reason)
+    require_docker()
     project = ComposeProject(
         name=f"psc-test-{secrets.token_hex(4)}",
         publish_port=free_ports("127.0.0.1", 1)[0],

@@ -5,7 +5,6 @@ security context (non-root uid, read-only root) and the volumes all work togethe
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from pscluster.client.processes import free_ports
 from pscluster.client.sdk import Client
 from pscluster.client.spec_file import load_job_file
-from tests.containers.compose import ComposeProject, docker_problem
+from tests.containers.compose import ComposeProject, require_docker
 from tests.containers.conftest import DIGITS_YAML, JOB_TIMEOUT, report
 from tests.kubernetes.manifests import KUBERNETES, containers, find, render
 from tests.kubernetes.pods import PodRunner
@@ -26,12 +25,7 @@ pytestmark = [pytest.mark.containers, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def pods(request: pytest.FixtureRequest) -> Iterator[tuple[PodRunner, str]]:
     """The base manifests' pods, running, with the coordinator Service forwarded to the host."""
-    problem = docker_problem()
-    if problem is not None:
-        reason = f"docker is not usable here ({problem}); run `make docker-setup`"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set, so the container tests must run: {reason}")
-        pytest.skip(reason)
+    require_docker()
     docs = render(KUBERNETES / "base")
     images = {c["image"] for d in docs for c in containers(d)}
     assert images == {"pscluster:latest"}, "the manifests name the image compose builds"
