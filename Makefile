@@ -6,7 +6,7 @@ PSC := $(VENV)/bin/pscluster
 TORCH_REQ ?= requirements/cpu.txt
 
 .PHONY: install proto proto-check lint test test-fast demo bench clean \
-	docker-setup images up down logs load soak
+	docker-setup images up down logs load soak load-compose
 
 $(VENV)/.installed: pyproject.toml $(TORCH_REQ)
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,17 @@ load: install
 
 soak: install
 	$(PY) deploy/locust/run.py $(LOAD_ARGS) --time 10m --out bench/results/load_soak
+
+# The same against the compose cluster: its shards published on 127.0.0.1 for the run
+# (deploy/locust/compose.load.yaml), no compose workers (the locust users are the workers),
+# shard RSS from `docker stats`. The cluster keeps running afterwards: `make down`.
+LOAD_COMPOSE = $(COMPOSE) -f compose.yaml -f deploy/locust/compose.load.yaml
+load-compose: install
+	$(LOAD_COMPOSE) up -d --build --wait --scale worker=0
+	$(PY) deploy/locust/run.py $(LOAD_ARGS) --time $(LOAD_TIME) \
+	  --coordinator 127.0.0.1:$${PSC_PUBLISH_PORT:-50051} \
+	  --shard-addresses 127.0.0.1:$${PSC_LOAD_PS0_PORT:-50161},127.0.0.1:$${PSC_LOAD_PS1_PORT:-50162} \
+	  --docker-shards pscluster-ps- --out bench/results/load_compose
 
 # --- containers (compose.yaml; deploy/README.md) ---
 # Where no registry is reachable, docker-setup writes .env so that compose builds offline.

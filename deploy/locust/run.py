@@ -1,6 +1,8 @@
 """``make load`` / ``make soak``: a single-client run, the load run, then the checker.
 
-Uses the cluster named by ``--coordinator`` (or PSC_COORDINATOR), or a local cluster already
+Uses the cluster named by ``--coordinator`` (or PSC_COORDINATOR; ``--shard-addresses`` where
+the shards are reachable under other names than the coordinator's, as for compose through
+deploy/locust/compose.load.yaml: ``make load-compose``), or a local cluster already
 running from ``--state-dir``; otherwise starts one there (shards, a coordinator, no training
 workers: the locust users are the workers) and stops it at the end. Runs locust headless twice
 with the same model and codec: one worker user for ``--single-time`` (the single-client peak:
@@ -56,6 +58,8 @@ def locust(args: argparse.Namespace, coordinator: str, prefix: str, extra: list[
         argv += ["--state-dir", args.state_dir_used]
     if args.docker_shards:
         argv += ["--docker-shards", args.docker_shards]
+    if args.shard_addresses:
+        argv += ["--shards", args.shard_addresses]
     limit = _seconds(args.time) + _seconds(args.single_time) + OVERRUN_SECONDS
     print("$", " ".join(argv[1:]), flush=True)
     return subprocess.run(argv, cwd=ROOT, timeout=limit, check=False).returncode
@@ -80,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", default=".pscluster/load", help="local cluster state")
     parser.add_argument("--shards", type=int, default=2, help="shards of a cluster started here")
     parser.add_argument("--docker-shards", default="", help="sample RSS of containers named so")
+    parser.add_argument(
+        "--shard-addresses",
+        default="",
+        help="host:port,... the worker users dial (default: the addresses the coordinator "
+        "lists, which for compose are names only its network resolves)",
+    )
     args = parser.parse_args(argv)
     if args.users <= args.client_users:
         parser.error(f"--users ({args.users}) must exceed --client-users ({args.client_users})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from pscluster.compression import parse_settings
+from pscluster.model.optimizer import parse_optimizer
 from pscluster.server.domain import (
     JobConfig,
     JobStats,
@@ -13,7 +14,6 @@ from pscluster.server.domain import (
     PushHeader,
     PushResult,
 )
-from pscluster.server.optimizer import parse_optimizer
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 

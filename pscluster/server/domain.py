@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pscluster.server.optimizer import OptimizerSpec
+from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.snapshots import SnapshotLease
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from pscluster.config import Settings
 from pscluster.logs import configure_logging
+from pscluster.model.optimizer import warm_up
 from pscluster.server.durability.journal import DurabilityConfig
 from pscluster.server.durability.recovery import recover_all
-from pscluster.server.optimizer import warm_up
 from pscluster.server.servicer import SERVICE_NAME, ParameterServerServicer, add_to_server
 from pscluster.server.shard import Shard
 from pscluster.server.telemetry import shard_registry

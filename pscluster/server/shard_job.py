@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pscluster.compression import CompressionSettings, make_compressor
+from pscluster.model.optimizer import FlatOptimizer
 from pscluster.server.buffers import (
     Pool,
     all_finite,
@@ -34,7 +35,6 @@ from pscluster.server.domain import (
     PushHeader,
     PushResult,
 )
-from pscluster.server.optimizer import FlatOptimizer
 from pscluster.server.payloads import payload_bytes
 from pscluster.server.push_checks import check_base_version, check_header, recall
 from pscluster.server.snapshots import SnapshotCache

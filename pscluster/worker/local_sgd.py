@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from pscluster.model.layout import ParamLayout
-from pscluster.server.optimizer import parse_optimizer, torch_optimizer
+from pscluster.model.optimizer import parse_optimizer, torch_optimizer
 from pscluster.v1 import common_pb2
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -9,7 +9,7 @@ import threading
 
 from pscluster.config import Settings
 from pscluster.logs import configure_logging
-from pscluster.server.optimizer import warm_up
+from pscluster.model.optimizer import warm_up
 from pscluster.telemetry import serve_metrics
 from pscluster.worker.agent import WorkerAgent, configure_torch
 from pscluster.worker.telemetry import WorkerTelemetry

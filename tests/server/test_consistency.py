@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
+from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.consistency import MODES, SSPPolicy, SyncPolicy, make_policy
 from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
-from pscluster.server.optimizer import OptimizerSpec
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
 from pscluster.transport.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument

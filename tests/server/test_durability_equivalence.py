@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pscluster.compression import CompressionSettings, make_compressor
+from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.domain import JobConfig, PushHeader
 from pscluster.server.durability.journal import DurabilityConfig
 from pscluster.server.durability.recovery import recover_job
-from pscluster.server.optimizer import OptimizerSpec
 from pscluster.server.shard import Shard
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire

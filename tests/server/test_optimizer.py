@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from pscluster.server.optimizer import FlatOptimizer, parse_optimizer
+from pscluster.model.optimizer import FlatOptimizer, parse_optimizer
 from pscluster.transport.errors import InvalidArgument
 from pscluster.v1 import common_pb2
 

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
+from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
-from pscluster.server.optimizer import OptimizerSpec
 from pscluster.server.shard import Shard
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.domain import JobConfig, PushHeader
 from pscluster.server.durability.checkpoint import (
     CheckpointError,
@@ -21,7 +22,6 @@ from pscluster.server.durability.wal import (
     WriteAheadLog,
     read_records,
 )
-from pscluster.server.optimizer import OptimizerSpec
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
 from pscluster.v1 import common_pb2

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pscluster.model.layout import ParamLayout
-from pscluster.server.optimizer import FlatOptimizer, OptimizerSpec
+from pscluster.model.optimizer import FlatOptimizer, OptimizerSpec
 from pscluster.v1 import common_pb2
 from pscluster.worker.local_sgd import LocalSGD, all_finite
 

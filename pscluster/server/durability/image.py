@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.domain import JobConfig, Outcome, PushResult
-from pscluster.server.optimizer import OptimizerSpec
 
 if TYPE_CHECKING:
     from pscluster.server.shard_job import ShardJob

@@ -1,4 +1,8 @@
-"""Server-side optimizers: ``torch.optim`` itself, run on one flat parameter.
+"""A job's optimizer: ``torch.optim`` itself, on a shard's flat slice or on a worker's model.
+
+Shards step one flat parameter (``FlatOptimizer``); with local SGD, workers step their copy
+of the model with the same builder (``torch_optimizer``), which is why this lives with the
+model code that every role shares rather than in ``server/``.
 
 Reusing torch.optim (rather than re-implementing the update rules) is what makes a shard's
 update bit-identical to single-process PyTorch: an update is elementwise, so stepping one flat
