@@ -8,14 +8,7 @@ read its peak RSS (VmHWM) from /proc, so nothing else in the test process blurs 
 
 from __future__ import annotations
 
-import os
-import queue
-import re
 import struct
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +34,9 @@ from tests.fuzz.conftest import (
     init_chunks,
     serving,
 )
+from tests.server.shard_process import ShardProcess
 
 BIG = MAX_MESSAGE + 4096
-ROOT = Path(__file__).resolve().parents[2]
-SERVING = re.compile(r"serving pscluster\.v1\.ParameterServer on 127\.0\.0\.1:(\d+)")
 # What a refused announcement may cost the shard process at most (its own baseline aside).
 MEMORY_SLACK_KB = 150 * 1024
 
@@ -173,70 +165,39 @@ def test_init_job_announcing_an_impossible_length(shard: ShardUnderTest, length:
 
 
 @dataclass
-class ShardProcess:
-    proc: subprocess.Popen[str]
+class MeasuredShard:
+    shard: ShardProcess
     raw: Raw
 
     def peak_kb(self) -> int:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        status = Path(f"/proc/{self.shard.pid}/status").read_text()
         return int(status.split("VmHWM:")[1].split()[0])
 
 
 @pytest.fixture(scope="module")
-def shard_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardProcess]:
-    env = {
-        **os.environ,
-        "PSC_LOG_LEVEL": "INFO",
-        "PSC_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
-        "PSC_CHUNK_BYTES": str(MAX_MESSAGE // 4),
-        "PSC_MAX_MODEL_PARAMETERS": str(1 << 20),
-        "PSC_GRPC_THREADS": "4",
-    }
-    env.pop("PSC_SHARD_DATA_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pscluster.server", "--port", "0", "--host", "127.0.0.1"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
+def shard_process() -> Iterator[MeasuredShard]:
+    shard = ShardProcess(
+        {
+            "PSC_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
+            "PSC_CHUNK_BYTES": str(MAX_MESSAGE // 4),
+            "PSC_MAX_MODEL_PARAMETERS": str(1 << 20),
+            "PSC_GRPC_THREADS": "4",
+        }
     )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
     try:
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            try:
-                match = SERVING.search(lines.get(timeout=1))
-            except queue.Empty:
-                assert proc.poll() is None, "the shard process exited before serving"
-                continue
-            port = int(match.group(1)) if match else None
-        assert port is not None, "no 'serving ... on host:port' log line within 60 s"
-        raw = Raw(f"127.0.0.1:{port}")
+        raw = Raw(f"127.0.0.1:{shard.start()}")
         for job_id, codec in (("mem", ""), ("mem-int8", "int8")):
             chunks = init_chunks(job_id, torch.zeros(LENGTH), codec=codec)
             assert raw.client_stream(PS + "InitJob", chunks).code == grpc.StatusCode.OK
             members = ps_pb2.SetMembersRequest(job_id=job_id, worker_ids=[MEMBER], generation=1)
             assert raw.unary(PS + "SetMembers", members.SerializeToString()).code.name == "OK"
-        yield ShardProcess(proc, raw)
+        yield MeasuredShard(shard, raw)
         raw.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+        shard.stop()
 
 
-def test_huge_push_announcements_cost_no_memory(shard_process: ShardProcess) -> None:
+def test_huge_push_announcements_cost_no_memory(shard_process: MeasuredShard) -> None:
     before = shard_process.peak_kb()
     for length, payload_bytes in ((1 << 34, 0), (LENGTH, 1 << 34), (2**64 - 1, 2**64 - 1)):
         header = ps_pb2.PushHeader(
@@ -249,7 +210,7 @@ def test_huge_push_announcements_cost_no_memory(shard_process: ShardProcess) -> 
     assert shard_process.peak_kb() - before < MEMORY_SLACK_KB
 
 
-def test_init_job_announcing_a_huge_length_costs_no_memory(shard_process: ShardProcess) -> None:
+def test_init_job_announcing_a_huge_length_costs_no_memory(shard_process: MeasuredShard) -> None:
     # 64M values (256 MB) announced, past PSC_MAX_MODEL_PARAMETERS (1M here), and no data.
     before = shard_process.peak_kb()
     config = ps_pb2.ShardJobConfig(
@@ -268,7 +229,7 @@ def test_init_job_announcing_a_huge_length_costs_no_memory(shard_process: ShardP
     assert shard_process.peak_kb() - before < MEMORY_SLACK_KB, "allocated before refusing"
 
 
-def test_int8_chunk_size_does_not_allocate(shard_process: ShardProcess) -> None:
+def test_int8_chunk_size_does_not_allocate(shard_process: MeasuredShard) -> None:
     # A well-sized int8 payload for 64 values (one scale, 64 int8) whose chunk size is 2^28.
     payload = struct.pack("<I", 1 << 28) + struct.pack("<f", 0.5) + bytes(LENGTH)
     header = ps_pb2.PushHeader(

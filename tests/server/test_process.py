@@ -3,15 +3,8 @@ cleanly on SIGTERM (what orchestrators send)."""
 
 from __future__ import annotations
 
-import os
-import queue
-import re
-import signal
 import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
 
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,38 +14,13 @@ from pscluster.transport.channel import open_channel, wait_ready
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
-
-ROOT = Path(__file__).resolve().parents[2]
-SERVING = re.compile(r"serving pscluster\.v1\.ParameterServer on 127\.0\.0\.1:(\d+)")
-
-
-def _read_lines(stream: object, lines: queue.Queue[str]) -> None:
-    for line in stream:  # type: ignore[attr-defined]
-        lines.put(line)
+from tests.server.shard_process import ROOT, ShardProcess
 
 
 def test_shard_process_serves_and_stops_on_sigterm() -> None:
-    env = {**os.environ, "PSC_LOG_LEVEL": "INFO", "PSC_SHARD_PORT": "1"}  # --port must win
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pscluster.server", "--port", "0", "--host", "127.0.0.1"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(proc.stderr, lines), daemon=True).start()
+    shard = ShardProcess({"PSC_SHARD_PORT": "1"})  # --port must win
     try:
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            try:
-                match = SERVING.search(lines.get(timeout=1))
-            except queue.Empty:
-                assert proc.poll() is None, "the shard process exited before serving"
-                continue
-            port = int(match.group(1)) if match else None
-        assert port is not None, "no 'serving ... on host:port' log line within 60 s"
+        port = shard.start()
 
         channel = open_channel(f"127.0.0.1:{port}")
         wait_ready(channel, timeout=10)
@@ -79,12 +47,9 @@ def test_shard_process_serves_and_stops_on_sigterm() -> None:
         assert pulled[1].data == bytes(wire.encode(values))
         channel.close()
 
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert shard.terminate() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        shard.stop()
 
 
 def test_bad_flags_fail_fast() -> None:

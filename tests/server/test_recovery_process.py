@@ -3,13 +3,8 @@ acknowledged push and applies every retried push once."""
 
 from __future__ import annotations
 
-import os
-import queue
 import random
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,66 +19,17 @@ from pscluster.transport.channel import open_channel, wait_ready
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
+from tests.server.shard_process import ShardProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-SERVING = re.compile(r"serving pscluster\.v1\.ParameterServer on 127\.0\.0\.1:(\d+)")
 RECOVERED = re.compile(r"recovered (\d+) job\(s\) from .* \((\d+) records replayed\)")
 LENGTH = 50_000
 PUSHES = 120
 LR = 0.05
 
 
-class ShardProcess:
-    """``python -m pscluster.server`` with a data folder; its log lines are kept."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.env = {**os.environ, "PSC_LOG_LEVEL": "INFO", "PSC_SHARD_DATA_DIR": str(data_dir)}
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self, port: int = 0) -> int:
-        args = ["--port", str(port), "--host", "127.0.0.1"]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pscluster.server", *args],
-            cwd=ROOT,
-            env=self.env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=1)
-            except queue.Empty:
-                assert self.proc.poll() is None, f"the shard exited: {self.log[-20:]}"
-                continue
-            match = SERVING.search(line)
-            if match:
-                return int(match.group(1))
-        raise AssertionError(f"no 'serving' line within 90 s: {self.log[-20:]}")
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            self.log.append(line)
-            self.lines.put(line)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-
 @pytest.fixture
 def shard(tmp_path: Path) -> Iterator[ShardProcess]:
-    process = ShardProcess(tmp_path / "data")
+    process = ShardProcess({"PSC_SHARD_DATA_DIR": str(tmp_path / "data")})
     yield process
     process.stop()
 
