@@ -110,9 +110,14 @@ class Trainer:
         min_versions: list[int] | None = None
         samples = 0
         position = task.first_batch
-        while position < min(reporter.end_batch or len(plan), len(plan)):
+
+        def lease_end() -> int:
+            # Read each window: the coordinator may cut the lease short while it runs.
+            return min(reporter.end_batch or len(plan), len(plan))
+
+        while position < lease_end():
             started = time.perf_counter()
-            end = min(position + window_size, reporter.end_batch or len(plan), len(plan))
+            end = min(position + window_size, lease_end())
             data = [rt.batch(torch.from_numpy(plan[p])) for p in range(position, end)]
             waited = 0.0
             for _attempt in range(MAX_ATTEMPTS):

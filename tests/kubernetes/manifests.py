@@ -113,6 +113,11 @@ def selects(service: Doc, workload: Doc) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+def named_ports(container: Doc) -> dict[str, int]:
+    """A container's ports by name (what Services and probes refer to)."""
+    return {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+
+
 def config_maps(docs: list[Doc]) -> dict[str, dict[str, str]]:
     return {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
 

@@ -38,6 +38,7 @@ from tests.kubernetes.manifests import (
     PodSpec,
     config_maps,
     container_env,
+    named_ports,
     pods,
     selects,
 )
@@ -168,10 +169,10 @@ class PodRunner:
     ) -> None:
         (container,) = pod.spec["containers"]
         name = self.container(pod.name)
-        alias_args = [a for alias in aliases for a in ("--network-alias", alias)]
         create = ["create", "--name", name]
         if not published:
-            create += ["--network", self.network, *alias_args]
+            create += ["--network", self.network]
+            create += [a for alias in aliases for a in ("--network-alias", alias)]
         else:
             # Published ports need a network with a way out; the cluster network joins after.
             edge = f"{self.prefix}-edge"
@@ -179,7 +180,7 @@ class PodRunner:
                 run_docker(["network", "create", edge], timeout=60)
                 self.networks.append(edge)
             create += ["--network", edge]
-            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            ports = named_ports(container)
             for host_port, service in published:
                 target = service["spec"]["ports"][0]["targetPort"]
                 target = ports[target] if isinstance(target, str) else target
@@ -187,11 +188,7 @@ class PodRunner:
         run_docker([*create, *self._docker_args(pod, container, maps)], timeout=120)
         self.created.append(name)
         if published:
-            connect = [
-                "network",
-                "connect",
-                *[a.replace("--network-alias", "--alias") for a in alias_args],
-            ]
+            connect = ["network", "connect", *[a for alias in aliases for a in ("--alias", alias)]]
             run_docker([*connect, self.network, name], timeout=60)
         run_docker(["start", name], timeout=120)
 

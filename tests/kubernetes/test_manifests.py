@@ -29,6 +29,7 @@ from tests.kubernetes.manifests import (
     container_env,
     containers,
     find,
+    named_ports,
     pod_spec,
     pod_template,
     pods,
@@ -101,7 +102,7 @@ def test_every_psc_variable_is_a_setting_with_a_valid_value(
     pod's environment must load."""
     # Prepare
     docs = all_docs()
-    maps = {name: data for _, d in docs for name, data in config_maps([d]).items()}
+    maps = config_maps([d for _, d in docs])
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     compose_names = {
         name for service in compose["services"].values() for name in service.get("environment", {})
@@ -128,10 +129,6 @@ def _port(address: str) -> int:
     return int(port)
 
 
-def _named_ports(container: Doc) -> dict[str, int]:
-    return {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-
-
 def test_pods_find_each_other_where_the_settings_say() -> None:
     # Prepare
     docs = render(BASE)
@@ -153,7 +150,7 @@ def test_pods_find_each_other_where_the_settings_say() -> None:
     # (and the init container that waits for the shards) list in order.
     assert shard_service["spec"]["clusterIP"] == "None" and selects(shard_service, shard_set)
     shard_container = pod_spec(shard_set)["containers"][0]
-    shard_port = _named_ports(shard_container)["grpc"]
+    shard_port = named_ports(shard_container)["grpc"]
     expected = [f"{p.name}.{shard_service['metadata']['name']}:{shard_port}" for p in shard_pods]
     for pod in shard_pods:
         shard_env = env(pod, "shard")
@@ -165,7 +162,7 @@ def test_pods_find_each_other_where_the_settings_say() -> None:
     # Workers call the coordinator's Service, which leads to its gRPC port.
     assert selects(coordinator_service, coordinator_set)
     coordinator_container = pod_spec(coordinator_set)["containers"][0]
-    grpc_port = _named_ports(coordinator_container)["grpc"]
+    grpc_port = named_ports(coordinator_container)["grpc"]
     assert int(env(coordinator_pod, "coordinator")["PSC_COORDINATOR_PORT"]) == grpc_port
     host, _, port = env(worker_pod, "worker")["PSC_COORDINATOR"].rpartition(":")
     service_ports = {p["port"]: p["targetPort"] for p in coordinator_service["spec"]["ports"]}
@@ -177,14 +174,14 @@ def test_pods_find_each_other_where_the_settings_say() -> None:
         workloads = [d for d in docs if pod_template(d) is not None and selects(service, d)]
         assert workloads, f"{label(service)} selects no pods"
         for workload in workloads:
-            names = {n for c in containers(workload) for n in _named_ports(c)}
+            names = {n for c in containers(workload) for n in named_ports(c)}
             for port in service["spec"]["ports"]:
                 assert port["targetPort"] in names, f"{label(service)} -> {label(workload)}"
 
 
 def test_probes_and_metrics_use_the_ports_the_processes_listen_on() -> None:
     docs = all_docs()
-    maps = {name: data for _, d in docs for name, data in config_maps([d]).items()}
+    maps = config_maps([d for _, d in docs])
     for folder, doc in docs:
         template = pod_template(doc)
         if template is None:
@@ -192,7 +189,7 @@ def test_probes_and_metrics_use_the_ports_the_processes_listen_on() -> None:
         annotations = template["metadata"].get("annotations", {})
         for container in template["spec"]["containers"]:
             env = container_env(container, "pod-0", "pscluster", maps)
-            ports = _named_ports(container)
+            ports = named_ports(container)
             # Prometheus finds the series where the process serves them.
             assert int(env["PSC_METRICS_PORT"]) == ports["metrics"]
             assert int(annotations["prometheus.io/port"]) == ports["metrics"]
