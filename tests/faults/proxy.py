@@ -157,12 +157,14 @@ class FaultProxy:
                     break  # the reply is lost; the request went through
                 if delay:
                     self._stop.wait(delay)
-                dst.sendall(data)
+                # Counted as they are handed on, not after: a peer that has read them (and a
+                # test that then looks) must find them counted.
                 with self._lock:
                     if up:
                         self.counters.bytes_up += len(data)
                     else:
                         self.counters.bytes_down += len(data)
+                dst.sendall(data)
                 if drop:
                     break
         except OSError:
