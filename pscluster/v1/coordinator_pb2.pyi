@@ -53,8 +53,11 @@ class ParamInfo(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     SHAPE_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """state_dict key"""
+    dtype: _builtins.str
+    """buffers: "float32", "float16", "bfloat16", "float64", "int64", ..."""
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -62,14 +65,48 @@ class ParamInfo(_message.Message):
         *,
         name: _builtins.str = ...,
         shape: _abc.Iterable[_builtins.int] | None = ...,
+        dtype: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "name", b"name", "shape", b"shape"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ParamInfo: _TypeAlias = ParamInfo  # noqa: Y015
+
+@_typing.final
+class SourceFile(_message.Message):
+    """One of the user's local modules, shipped with the model so that workers can import it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    module: _builtins.str
+    """its import name, e.g. "layers" or "mypkg.blocks" """
+    source: _builtins.str
+    package: _builtins.bool
+    """an __init__.py: its module is a package"""
+    path: _builtins.str
+    """where it came from, relative to its root (for tracebacks)"""
+    def __init__(
+        self,
+        *,
+        module: _builtins.str = ...,
+        source: _builtins.str = ...,
+        package: _builtins.bool = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["module", b"module", "package", b"package", "path", b"path", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceFile: _TypeAlias = SourceFile  # noqa: Y015
 
 @_typing.final
 class ModelSpec(_message.Message):
@@ -79,6 +116,9 @@ class ModelSpec(_message.Message):
     CLASS_NAME_FIELD_NUMBER: _builtins.int
     KWARGS_JSON_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    BUFFERS_FIELD_NUMBER: _builtins.int
+    MODULE_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """Python source of the module that defines the model class. Model code travels as source,
     never as a pickle; workers execute it, so only trusted submitters may submit.
@@ -86,10 +126,25 @@ class ModelSpec(_message.Message):
     class_name: _builtins.str
     kwargs_json: _builtins.str
     """constructor keyword arguments as a JSON object"""
+    module: _builtins.str
+    """The import name `source` runs under ("" runs it as an anonymous module), and the user's
+    local modules it imports; workers import them from here, in isolation per job.
+    """
     @_builtins.property
     def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParamInfo]:
-        """The trainable float32 parameters, in the order they are laid out in the flat vector."""
+        """The trainable float32 parameters, in the order they are laid out in the flat vector.
+        Frozen parameters (requires_grad=False) are not listed: they stay as the initial state
+        has them and are neither pulled nor pushed.
+        """
 
+    @_builtins.property
+    def buffers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParamInfo]:
+        """The buffers the shards keep and merge (floating point and integer state_dict buffers),
+        in the order they are laid out in the float64 buffer vector.
+        """
+
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceFile]: ...
     def __init__(
         self,
         *,
@@ -97,10 +152,13 @@ class ModelSpec(_message.Message):
         class_name: _builtins.str = ...,
         kwargs_json: _builtins.str = ...,
         params: _abc.Iterable[Global___ParamInfo] | None = ...,
+        buffers: _abc.Iterable[Global___ParamInfo] | None = ...,
+        module: _builtins.str = ...,
+        files: _abc.Iterable[Global___SourceFile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_name", b"class_name", "kwargs_json", b"kwargs_json", "params", b"params", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "class_name", b"class_name", "files", b"files", "kwargs_json", b"kwargs_json", "module", b"module", "params", b"params", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -126,6 +184,10 @@ class JobSpec(_message.Message):
     STRAGGLERS_FIELD_NUMBER: _builtins.int
     STALENESS_AWARE_LR_FIELD_NUMBER: _builtins.int
     LOCAL_STEPS_FIELD_NUMBER: _builtins.int
+    LOSS_FUNCTION_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    INIT_FROM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     mode: _builtins.str
     """"async" | "sync" | "ssp" """
@@ -140,7 +202,7 @@ class JobSpec(_message.Message):
     shards: _builtins.int
     """shards to spread the parameters over; 0: all"""
     loss: _builtins.str
-    """"cross_entropy" | "mse" """
+    """"cross_entropy" | "mse" | "l1" | "bce_with_logits" | "custom" (see loss_function)"""
     seed: _builtins.int
     """batch shuffling"""
     backup_workers: _builtins.int
@@ -153,6 +215,21 @@ class JobSpec(_message.Message):
     then run plain SGD at that lr (sync: the workers' changes averaged). 0 or 1: a pull and
     a push every step, the shards running the job's optimizer.
     """
+    loss_function: _builtins.str
+    """loss "custom": "module:function", a function loss(output, target) -> scalar tensor
+    defined in the shipped code (ModelSpec.source or files).
+    """
+    metric: _builtins.str
+    """What evaluation reports besides the loss: "accuracy", "mse", "mae" or "loss" (the loss
+    only). "": the loss's own (accuracy for cross_entropy and bce_with_logits, mse for mse
+    and l1, loss for a custom loss).
+    """
+    precision: _builtins.str
+    """"fp32" (or ""), "bf16" (autocast, CPU and GPU) or "fp16" (autocast with dynamic loss
+    scaling, CUDA workers only). Shards keep float32 parameters and optimizer state.
+    """
+    init_from: _builtins.str
+    """the job whose model this job started from, if any"""
     @_builtins.property
     def model(self) -> Global___ModelSpec: ...
     @_builtins.property
@@ -182,10 +259,14 @@ class JobSpec(_message.Message):
         stragglers: Global___StragglerConfig | None = ...,
         staleness_aware_lr: _builtins.bool = ...,
         local_steps: _builtins.int = ...,
+        loss_function: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        precision: _builtins.str = ...,
+        init_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "model", b"model", "optimizer", b"optimizer", "stragglers", b"stragglers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "batch_size", b"batch_size", "compression", b"compression", "epochs", b"epochs", "local_steps", b"local_steps", "loss", b"loss", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "seed", b"seed", "shards", b"shards", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "stragglers", b"stragglers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "batch_size", b"batch_size", "compression", b"compression", "epochs", b"epochs", "init_from", b"init_from", "local_steps", b"local_steps", "loss", b"loss", "loss_function", b"loss_function", "metric", b"metric", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "precision", b"precision", "seed", b"seed", "shards", b"shards", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "stragglers", b"stragglers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,6 +375,8 @@ class JobInfo(_message.Message):
     WORKERS_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    METRIC_VALUE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     name: _builtins.str
     state: _builtins.str
@@ -323,6 +406,10 @@ class JobInfo(_message.Message):
     read and write this job (status, metrics, model, cancel) and nothing else. Not stored in
     clear anywhere; keep it like a password.
     """
+    metric: _builtins.str
+    """what the job evaluates: "accuracy", "mse", "mae" or "loss" """
+    metric_value: _builtins.float
+    """its value at the latest evaluation; NaN before the first"""
     @_builtins.property
     def workers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """workers holding a lease on this job"""
@@ -348,10 +435,12 @@ class JobInfo(_message.Message):
         workers: _abc.Iterable[_builtins.str] | None = ...,
         steps: _builtins.int = ...,
         token: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        metric_value: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix", b"created_unix", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "finished_unix", b"finished_unix", "job_id", b"job_id", "last_loss", b"last_loss", "mode", b"mode", "name", b"name", "num_params", b"num_params", "progress", b"progress", "started_unix", b"started_unix", "state", b"state", "status_message", b"status_message", "steps", b"steps", "test_accuracy", b"test_accuracy", "token", b"token", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix", b"created_unix", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "finished_unix", b"finished_unix", "job_id", b"job_id", "last_loss", b"last_loss", "metric", b"metric", "metric_value", b"metric_value", "mode", b"mode", "name", b"name", "num_params", b"num_params", "progress", b"progress", "started_unix", b"started_unix", "state", b"state", "status_message", b"status_message", "steps", b"steps", "test_accuracy", b"test_accuracy", "token", b"token", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -512,17 +601,44 @@ Global___StepMetric: _TypeAlias = StepMetric  # noqa: Y015
 class EpochMetric(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     EPOCH_FIELD_NUMBER: _builtins.int
     TEST_ACCURACY_FIELD_NUMBER: _builtins.int
     TEST_LOSS_FIELD_NUMBER: _builtins.int
     UNIX_TIME_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     test_accuracy: _builtins.float
     test_loss: _builtins.float
     unix_time: _builtins.float
     samples: _builtins.int
     """training samples seen when this evaluation was made"""
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Everything the evaluation measured: "loss" and the job's metric ("accuracy", "mse",
+        "mae"); test_accuracy repeats "accuracy" (-1 when the job does not measure it).
+        """
+
     def __init__(
         self,
         *,
@@ -531,10 +647,11 @@ class EpochMetric(_message.Message):
         test_loss: _builtins.float = ...,
         unix_time: _builtins.float = ...,
         samples: _builtins.int = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "samples", b"samples", "test_accuracy", b"test_accuracy", "test_loss", b"test_loss", "unix_time", b"unix_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "metrics", b"metrics", "samples", b"samples", "test_accuracy", b"test_accuracy", "test_loss", b"test_loss", "unix_time", b"unix_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -975,11 +1092,33 @@ Global___Task: _TypeAlias = Task  # noqa: Y015
 class CompleteTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     WORKER_ID_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
     TEST_ACCURACY_FIELD_NUMBER: _builtins.int
     TEST_LOSS_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     lease_id: _builtins.str
     test_accuracy: _builtins.float
@@ -988,6 +1127,18 @@ class CompleteTaskRequest(_message.Message):
     """eval"""
     samples: _builtins.int
     """train: samples trained on"""
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """eval: everything measured ("loss", and the job's metric); test_accuracy and test_loss
+        repeat "accuracy" and "loss".
+        """
+
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """eval: the version of each shard (in plan order) of the parameters evaluated, so that the
+        coordinator saves exactly the model whose results it reports.
+        """
+
     def __init__(
         self,
         *,
@@ -996,10 +1147,12 @@ class CompleteTaskRequest(_message.Message):
         test_accuracy: _builtins.float = ...,
         test_loss: _builtins.float = ...,
         samples: _builtins.int = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        versions: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "samples", b"samples", "test_accuracy", b"test_accuracy", "test_loss", b"test_loss", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "metrics", b"metrics", "samples", b"samples", "test_accuracy", b"test_accuracy", "test_loss", b"test_loss", "versions", b"versions", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1160,19 +1313,26 @@ class ShardRange(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
+    BUFFER_START_FIELD_NUMBER: _builtins.int
+    BUFFER_LENGTH_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     start: _builtins.int
     length: _builtins.int
+    buffer_start: _builtins.int
+    """the shard's range of the float64 buffer vector"""
+    buffer_length: _builtins.int
     def __init__(
         self,
         *,
         address: _builtins.str = ...,
         start: _builtins.int = ...,
         length: _builtins.int = ...,
+        buffer_start: _builtins.int = ...,
+        buffer_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "length", b"length", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "buffer_length", b"buffer_length", "buffer_start", b"buffer_start", "length", b"length", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

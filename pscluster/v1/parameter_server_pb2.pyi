@@ -70,6 +70,10 @@ class ShardJobConfig(_message.Message):
     COMPRESSION_FIELD_NUMBER: _builtins.int
     BACKUP_WORKERS_FIELD_NUMBER: _builtins.int
     STALENESS_AWARE_LR_FIELD_NUMBER: _builtins.int
+    BUFFER_START_FIELD_NUMBER: _builtins.int
+    BUFFER_LENGTH_FIELD_NUMBER: _builtins.int
+    COUNTERS_FIELD_NUMBER: _builtins.int
+    INITIAL_BUFFERS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     start: _builtins.int
     """global offset of this shard's range in the job's flat vector"""
@@ -87,11 +91,28 @@ class ShardJobConfig(_message.Message):
     """async/ssp: divide each push's gradient by (staleness + 1) before the optimizer step
     (staleness-aware async SGD, Zhang et al. 2016); sync pushes have staleness 0.
     """
+    buffer_start: _builtins.int
+    """Buffers (BatchNorm running statistics, num_batches_tracked, any registered buffer): this
+    shard keeps the range [buffer_start, buffer_start + buffer_length) of the job's buffer
+    vector, as float64. Workers send their change to it with every push; an applied push adds
+    its change (async, ssp: the running merge of every worker's updates, as one process would
+    make them), and a sync step adds the average of its pushes' changes (the average of the
+    members' new values), except over `counters`, which add every push's change.
+    """
+    buffer_length: _builtins.int
+    initial_buffers: _builtins.bytes
+    """float64 little-endian, buffer_length values"""
     @_builtins.property
     def optimizer(self) -> _common_pb2.OptimizerConfig: ...
     @_builtins.property
     def compression(self) -> _common_pb2.CompressionConfig:
         """The codec this job's pushes use; a push announcing another one is refused."""
+
+    @_builtins.property
+    def counters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Span]:
+        """Spans of the buffer range, relative to buffer_start, that count (integer buffers such as
+        num_batches_tracked): summed over a sync step's pushes rather than averaged.
+        """
 
     def __init__(
         self,
@@ -105,14 +126,40 @@ class ShardJobConfig(_message.Message):
         compression: _common_pb2.CompressionConfig | None = ...,
         backup_workers: _builtins.int = ...,
         staleness_aware_lr: _builtins.bool = ...,
+        buffer_start: _builtins.int = ...,
+        buffer_length: _builtins.int = ...,
+        counters: _abc.Iterable[Global___Span] | None = ...,
+        initial_buffers: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "optimizer", b"optimizer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "compression", b"compression", "job_id", b"job_id", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "buffer_length", b"buffer_length", "buffer_start", b"buffer_start", "compression", b"compression", "counters", b"counters", "initial_buffers", b"initial_buffers", "job_id", b"job_id", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShardJobConfig: _TypeAlias = ShardJobConfig  # noqa: Y015
+
+@_typing.final
+class Span(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    length: _builtins.int
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Span: _TypeAlias = Span  # noqa: Y015
 
 @_typing.final
 class InitJobChunk(_message.Message):
@@ -264,6 +311,7 @@ class PullHeader(_message.Message):
     LENGTH_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
     WAITED_SECONDS_FIELD_NUMBER: _builtins.int
+    BUFFERS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     clock: _builtins.int
     start: _builtins.int
@@ -273,6 +321,8 @@ class PullHeader(_message.Message):
     """How long the pull was held by the consistency mode (a sync barrier, the ssp bound)
     before it went ahead: what the worker spent waiting on others, not working.
     """
+    buffers: _builtins.bytes
+    """The shard's buffer range as float64 little-endian values (empty when the job has none)."""
     def __init__(
         self,
         *,
@@ -282,10 +332,11 @@ class PullHeader(_message.Message):
         length: _builtins.int = ...,
         dtype: _common_pb2.DType.ValueType = ...,
         waited_seconds: _builtins.float = ...,
+        buffers: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "dtype", b"dtype", "length", b"length", "start", b"start", "version", b"version", "waited_seconds", b"waited_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "clock", b"clock", "dtype", b"dtype", "length", b"length", "start", b"start", "version", b"version", "waited_seconds", b"waited_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -330,6 +381,8 @@ class PushHeader(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     CODEC_FIELD_NUMBER: _builtins.int
     PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    BUFFER_DELTA_FIELD_NUMBER: _builtins.int
+    GRAD_SCALE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     worker_id: _builtins.str
     seq: _builtins.int
@@ -352,6 +405,14 @@ class PushHeader(_message.Message):
     """
     payload_bytes: _builtins.int
     """Bytes of payload that follow; 0 with codec "none" means length * itemsize(dtype)."""
+    buffer_delta: _builtins.bytes
+    """float64 little-endian: the worker's buffers after its batches minus the buffers it pulled,
+    over this shard's buffer range; empty when the job has no buffers.
+    """
+    grad_scale: _builtins.float
+    """Dynamic loss scaling (precision fp16): the payload is the gradient multiplied by this,
+    and the shard divides by it before anything else. 0 means 1.
+    """
     def __init__(
         self,
         *,
@@ -365,10 +426,12 @@ class PushHeader(_message.Message):
         batch_size: _builtins.int = ...,
         codec: _builtins.str = ...,
         payload_bytes: _builtins.int = ...,
+        buffer_delta: _builtins.bytes = ...,
+        grad_scale: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "codec", b"codec", "dtype", b"dtype", "job_id", b"job_id", "length", b"length", "payload_bytes", b"payload_bytes", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "buffer_delta", b"buffer_delta", "codec", b"codec", "dtype", b"dtype", "grad_scale", b"grad_scale", "job_id", b"job_id", "length", b"length", "payload_bytes", b"payload_bytes", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
