@@ -149,9 +149,9 @@ def run_ps_row(
         raise RuntimeError(f"job {job.id} completed without start and finish times: {info}")
     started = info.started_unix
     samples = sum(s.samples for s in metrics.steps)
-    curve = [[round(e.time - started, 3), round(e.test_accuracy, 4)] for e in metrics.epochs]
+    curve = [[round(e.unix_time - started, 3), round(e.test_accuracy, 4)] for e in metrics.epochs]
     steady = steady_rate(
-        [s.time - started for s in metrics.steps], [s.samples for s in metrics.steps]
+        [s.unix_time - started for s in metrics.steps], [s.samples for s in metrics.steps]
     )
     return row(
         model,

@@ -50,7 +50,7 @@ def run(cluster: LocalCluster, model: ModelBench, workers: int, shards: int) -> 
     wall = info.finished_unix - started
     samples = sum(s.samples for s in metrics.steps)
     steady = steady_rate(
-        [s.time - started for s in metrics.steps], [s.samples for s in metrics.steps]
+        [s.unix_time - started for s in metrics.steps], [s.samples for s in metrics.steps]
     )
     cores = os.cpu_count() or 1
     return {

@@ -89,7 +89,7 @@ def percentile(histogram: dict[int, int], q: float) -> int | None:
 def summarize(
     setting: Setting, repeat: int, started: float, finished: float, metrics: JobMetrics
 ) -> dict[str, Any]:
-    curve = [[round(e.time - started, 2), round(e.test_accuracy, 4)] for e in metrics.epochs]
+    curve = [[round(e.unix_time - started, 2), round(e.test_accuracy, 4)] for e in metrics.epochs]
     reached = [t for t, acc in curve if acc >= TARGET]
     samples = sum(s.samples for s in metrics.steps)
     wall = finished - started

@@ -63,7 +63,7 @@ def run(cluster: LocalCluster, job: dict[str, Any]) -> dict[str, Any]:
     seconds, started, accuracy = info.duration, info.started_unix, info.test_accuracy
     if info.state != "completed" or seconds is None or started is None or accuracy is None:
         raise RuntimeError(f"job {info.job_id} ended {info.state}: {info.error}")
-    reached = [e.time - started for e in m.epochs if e.test_accuracy >= TARGET]
+    reached = [e.unix_time - started for e in m.epochs if e.test_accuracy >= TARGET]
     slow = next((w for w in m.workers if w.worker == "slow"), None)
     return {
         "accuracy": round(accuracy, 4),

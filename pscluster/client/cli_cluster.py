@@ -16,7 +16,10 @@ from pscluster.client.local import DEFAULT_STATE_DIR, LocalCluster, stop_detache
 
 StateDir = Annotated[
     Path,
-    typer.Option(help="where the local cluster keeps its database, job blobs, logs, cluster.json"),
+    typer.Option(
+        help="where the local cluster keeps its job database, the models and data of submitted "
+        "jobs, its logs and cluster.json (the running processes)"
+    ),
 ]
 
 
@@ -163,4 +166,8 @@ def status(address: Address = None, token: Token = None) -> None:
         console.print(shards)
         console.print(workers)
         if not st.workers:
-            err().print("no workers registered: jobs will wait until one starts")
+            err().print(
+                "no workers registered: jobs wait until one starts, e.g. "
+                f"`pscluster worker --coordinator {client.address}`",
+                markup=False,
+            )

@@ -14,12 +14,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
-from rich.markup import escape
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from pscluster.client.cli_common import Address, Token, err, fail, out, user_errors
 from pscluster.client.errors import JobFailed
 from pscluster.client.info import JobInfo
+from pscluster.client.metrics import (
+    ACCURACY,
+    HIGHER_IS_BETTER,
+    JobMetrics,
+    format_metric,
+    metric_label,
+)
 
 if TYPE_CHECKING:
     from pscluster.client.sdk import Job
@@ -69,7 +77,7 @@ def _print_token(job: Job) -> None:
 def watch(
     job_id: JobId, address: Address = None, timeout: Timeout = None, token: Token = None
 ) -> None:
-    """Show a job's progress bar until it ends, then its final test accuracy."""
+    """Show a job's progress bar until it ends, then its final test metric (accuracy, mse, ...)."""
     from pscluster.client.sdk import Client
 
     with user_errors(), Client(address, token=token) as client:
@@ -77,25 +85,38 @@ def watch(
 
 
 def _follow(job: Job, timeout: float | None, target: float | None) -> None:
-    """Wait with a progress bar; exit 1 if the job fails or ends below ``target`` accuracy."""
+    """Wait with a progress bar, then print the job's final test metric; exit 1 if the job
+    fails, or if it measures accuracy and ends below ``target``."""
     try:
         info = job.wait(progress=True, timeout=timeout, console=out())
     except JobFailed as e:
         raise fail(str(e).replace("[", "\\[")) from None
-    accuracy = job.metrics().final_accuracy
-    if accuracy is None:
-        accuracy = info.test_accuracy
+    metrics = job.metrics().of_job(info)
+    metric, value = metrics.metric, metrics.final_metric
+    if value is None and metric == info.metric:
+        value = info.metric_value
     took = f" in {info.duration:.1f} s" if info.duration is not None else ""
-    if accuracy is None:
-        out().print(f"job {job.id} completed{took}; it reported no test accuracy")
+    if value is None:
+        out().print(f"job {job.id} completed{took}; it reported no evaluation on the test set")
     else:
-        out().print(f"job {job.id} completed{took}: final test accuracy [bold]{accuracy:.4f}[/]")
-    if target is not None and (accuracy is None or accuracy < target):
-        raise fail(f"final test accuracy {accuracy} is below the target {target}")
+        shown = format_metric(metric, value)
+        out().print(f"job {job.id} completed{took}: final test {metric} [bold]{shown}[/]")
+    if target is None:
+        return
+    if metric != ACCURACY:
+        err().print(
+            f"target_accuracy {target} was not checked: this job measures {metric}, not "
+            "accuracy; remove target_accuracy from its job file",
+            markup=False,
+        )
+    elif value is None:
+        raise fail(f"the job reported no test accuracy to compare with the target {target}")
+    elif value < target:
+        raise fail(f"final test accuracy {value:.4f} is below the target {target}")
 
 
 def jobs(address: Address = None, token: Token = None) -> None:
-    """Every job with its state and progress."""
+    """Every job with its state, progress, latest test metric, training loss and status."""
     from pscluster.client.sdk import Client
 
     with user_errors(), Client(address, token=token) as client:
@@ -103,38 +124,62 @@ def jobs(address: Address = None, token: Token = None) -> None:
     if not infos:
         out().print("no jobs")
         return
-    headers = ("id", "name", "state", "mode", "epoch", "progress", "accuracy", "loss")
-    rows = [
-        (
-            i.job_id,
-            i.name,
-            i.state,
-            i.mode,
-            f"{min(i.epoch + 1, i.epochs)}/{i.epochs}",
-            f"{i.progress:.0%}",
-            "-" if i.test_accuracy is None else f"{i.test_accuracy:.4f}",
-            "-" if i.last_loss is None else f"{i.last_loss:.4f}",
+    console = out()
+    console.print(jobs_view(infos, console.width))
+
+
+# `pscluster jobs` headers: short, so that every column fits in 80 (a pipe's width with no
+# COLUMNS set); "test" is the job's metric at its latest evaluation, "loss" the training loss.
+JOB_COLUMNS = ("id", "name", "state", "mode", "epoch", "done", "test", "loss")
+# Narrower than this, a status column says too little: the statuses go under the table.
+STATUS_MIN_WIDTH = 24
+_STATE_COLOURS = {"completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
+
+
+def jobs_view(infos: list[JobInfo], width: int) -> RenderableType:
+    """`pscluster jobs` at ``width`` columns: a table with every column, the statuses in its
+    last column when they fit there, else listed under it in full.
+
+    Rich drops whole columns when those it cannot shrink do not fit, which is how narrow
+    terminals and pipes lost columns: here only the name (which folds) and the status (cut
+    with an ellipsis) can shrink, and the short columns never wrap.
+    """
+    rows = [_cells(i) for i in infos]
+    needed = sum(max(len(h), *(len(r[n]) for r in rows)) + 2 for n, h in enumerate(JOB_COLUMNS))
+    beside = width - needed >= STATUS_MIN_WIDTH
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, show_edge=False)
+    for header in JOB_COLUMNS:
+        table.add_column(
+            header, **({"overflow": "fold"} if header == "name" else {"no_wrap": True})
         )
-        for i in infos
-    ]
-    table = Table(box=box.SIMPLE_HEAD)
-    for n, header in enumerate(headers):
-        # These columns keep their full width; only the status is cut to fit the terminal
-        # (its whole text is in `pscluster watch` and in the SDK's JobInfo).
-        width = max(len(header), *(len(row[n]) for row in rows))
-        table.add_column(header, no_wrap=True, min_width=width)
-    table.add_column("status", no_wrap=True, overflow="ellipsis")
+    if beside:
+        table.add_column("status")  # shrinkable: its cells are single lines, cut to fit
     for info, row in zip(infos, rows, strict=True):
-        status = info.error.splitlines()[-1] if info.error else info.status_message
-        cells = [escape(c) for c in (*row, status)]
-        cells[2] = _state(info)
+        cells: list[RenderableType] = [Text(c) for c in row]
+        cells[2] = Text(info.state, style=_STATE_COLOURS.get(info.state, ""))
+        if beside:
+            cells.append(Text(_status(info), no_wrap=True, overflow="ellipsis"))
         table.add_row(*cells)
-    out().print(table)
+    if beside:
+        return table
+    statuses = [Text(f"{i.job_id}  {_status(i)}") for i in infos if _status(i)]
+    return Group(table, Text("status", style="bold"), *statuses) if statuses else table
 
 
-def _state(info: JobInfo) -> str:
-    colour = {"completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
-    return f"[{colour.get(info.state, 'white')}]{info.state}[/]"
+def _cells(i: JobInfo) -> tuple[str, ...]:
+    test = "-"
+    if i.metric_value is not None:
+        test = f"{metric_label(i.metric)} {format_metric(i.metric, i.metric_value, 3)}"
+    loss = "-" if i.last_loss is None else f"{i.last_loss:.4f}"
+    epoch = f"{min(i.epoch + 1, i.epochs)}/{i.epochs}"
+    return (i.job_id, i.name, i.state, i.mode, epoch, f"{i.progress:.0%}", test, loss)
+
+
+def _status(info: JobInfo) -> str:
+    """The last line of the error, else the status without the state the table already shows."""
+    if info.error.strip():
+        return info.error.strip().splitlines()[-1]
+    return info.status_message.removeprefix(f"{info.state}: ")
 
 
 def metrics(
@@ -143,56 +188,87 @@ def metrics(
     token: Token = None,
     as_json: Annotated[bool, typer.Option("--json", help="every metric, as JSON")] = False,
 ) -> None:
-    """A summary of a job's metrics: accuracy per epoch, loss, pushes and staleness."""
+    """A summary of a job's metrics: its test metric per epoch, loss, pushes and staleness."""
     from pscluster.client.sdk import Client
 
     with user_errors(), Client(address, token=token) as client:
-        m = client.job(job_id).metrics()
+        job = client.job(job_id)
+        info = job.info()
+        m = job.metrics().of_job(info)
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(m), indent=2))
         return
     console = out()
-    epochs = Table(title=f"job {job_id}: evaluations")
-    for column in ("epoch", "test accuracy", "test loss", "samples"):
-        epochs.add_column(column)
-    for e in m.epochs:
-        epochs.add_row(str(e.epoch), f"{e.test_accuracy:.4f}", f"{e.test_loss:.4f}", str(e.samples))
-    console.print(epochs)
-    last = m.steps[-1].loss if m.steps else None
-    lines = [
-        f"steps: {len(m.steps)}" + (f", last loss {last:.4f}" if last is not None else ""),
-        f"pushes applied: {m.pushes_applied}, rejected: {m.total_rejected} {m.pushes_rejected}",
-        f"pulls: {m.pulls}; bytes pushed {_size(m.bytes_pushed)}, pulled {_size(m.bytes_pulled)}",
-        f"staleness (version lag -> pushes): {m.staleness}"
-        + (f", mean {m.mean_staleness:.2f}" if m.mean_staleness is not None else "")
-        + (f", p99 {m.staleness_percentile(0.99)}" if m.staleness else ""),
-        f"clock staleness: {m.clock_staleness}",
-        f"steps by worker: {m.pushes_by_worker}",
-    ]
-    for line in lines:
+    better = "higher" if m.metric in HIGHER_IS_BETTER else "lower"
+    console.print(f"job {job_id}, evaluations on the test set ({m.metric}: {better} is better)")
+    console.print(_evaluations(m))
+    for line in _summary(m, info.mode):
         console.print(line, markup=False)
     if m.workers:
-        speeds = Table(title="workers (busy per batch; straggler: > factor x the median)")
-        for column in ("worker", "busy", "wall", "batches", "vs median", "flag"):
-            speeds.add_column(column)
-        for w in m.workers:
-            flag = "straggler" if w.straggler else ""
-            if w.excluded:
-                flag += " (excluded from ssp clock)"
-            speeds.add_row(
-                w.worker,
-                f"{w.busy_seconds * 1000:.1f} ms",
-                f"{w.step_seconds * 1000:.1f} ms",
-                str(w.batches),
-                f"{w.slowdown:.2f}x" if w.slowdown else "",
-                flag,
-            )
-        console.print(speeds)
+        console.print(_speeds(m))
     if m.events:
         console.print("events:")
         for ev in m.events:
-            when = time.strftime("%H:%M:%S", time.localtime(ev.time))
-            console.print(f"  {when} {ev.kind}: {ev.message}", markup=False)
+            when = time.strftime("%H:%M:%S", time.localtime(ev.unix_time))
+            console.print(f"  {when} (+{ev.seconds:.1f} s) {ev.kind}: {ev.message}", markup=False)
+
+
+def _evaluations(m: JobMetrics) -> Table:
+    """One row per evaluation on the test set, a column for each metric it measured."""
+    table = Table()
+    names = m.metric_names
+    for column in ("epoch", "seconds", *(f"test {n}" for n in names), "samples"):
+        table.add_column(column, no_wrap=True)
+    for e in m.epochs:
+        values = [format_metric(n, e.metrics[n]) if n in e.metrics else "-" for n in names]
+        table.add_row(str(e.epoch), f"{e.seconds:.1f}", *values, str(e.samples))
+    return table
+
+
+def _summary(m: JobMetrics, mode: str) -> list[str]:
+    last = m.steps[-1].loss if m.steps else None
+    rejected = ", ".join(f"{why} {n}" for why, n in sorted(m.pushes_rejected.items()))
+    lines = [
+        f"steps: {len(m.steps)}" + (f", last training loss {last:.4f}" if last is not None else ""),
+        f"pushes applied: {m.pushes_applied}, rejected: {m.total_rejected}"
+        + (f" ({rejected})" if rejected else ""),
+        f"pulls: {m.pulls}; bytes pushed {_size(m.bytes_pushed)}, pulled {_size(m.bytes_pulled)}",
+        "staleness (updates since the pull: pushes): "
+        + _histogram(m.staleness)
+        + (f"; mean {m.mean_staleness:.2f}" if m.mean_staleness is not None else "")
+        + (f", p99 {m.staleness_percentile(0.99)}" if m.staleness else ""),
+    ]
+    if mode == "ssp":
+        lines.append(
+            "clock staleness (lead over the slowest worker: pushes): "
+            + _histogram(m.clock_staleness)
+        )
+    steps = ", ".join(f"{w} {n}" for w, n in sorted(m.pushes_by_worker.items()))
+    lines.append(f"steps by worker: {steps or 'none yet'}")
+    return lines
+
+
+def _histogram(counts: dict[int, int]) -> str:
+    return ", ".join(f"{lag}: {n}" for lag, n in sorted(counts.items())) or "none yet"
+
+
+def _speeds(m: JobMetrics) -> Table:
+    speeds = Table(title="workers (busy per batch; straggler: > factor x the median)")
+    for column in ("worker", "busy", "wall", "batches", "vs median", "flag"):
+        speeds.add_column(column)
+    for w in m.workers:
+        flag = "straggler" if w.straggler else ""
+        if w.excluded:
+            flag += " (excluded from ssp clock)"
+        speeds.add_row(
+            w.worker,
+            f"{w.busy_seconds * 1000:.1f} ms",
+            f"{w.step_seconds * 1000:.1f} ms",
+            str(w.batches),
+            f"{w.slowdown:.2f}x" if w.slowdown else "",
+            flag,
+        )
+    return speeds
 
 
 def _size(n: int) -> str:
@@ -218,10 +294,10 @@ def fetch(
 
     with user_errors(), Client(address, token=token) as client:
         tensors = client.job(job_id).fetch_model()
-        blob = state.dumps(tensors)
+        encoded = state.dumps(tensors)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_bytes(blob)
-    out().print(f"wrote {len(tensors)} tensors ({_size(len(blob))}) to {output}")
+        output.write_bytes(encoded)
+    out().print(f"wrote {len(tensors)} tensors ({_size(len(encoded))}) to {output}")
 
 
 def cancel(job_id: JobId, address: Address = None, token: Token = None) -> None:

@@ -1,9 +1,11 @@
 """``pscluster plot JOB -o curves.png``: a job's training curves in one figure.
 
-Four panels: training loss per step, training loss and test accuracy over time, test accuracy
-and loss per epoch, and the staleness histograms of the applied pushes (version staleness,
-and in ssp the clock staleness beside it). The data is :meth:`Job.history`, which ``--csv``
-also writes out.
+Four panels: training loss per step, training loss and the job's test metric over time, that
+metric and the test loss per epoch, and the staleness histograms of the applied pushes (version
+staleness, and in ssp the clock staleness beside it). The test metric is what the job
+evaluates: accuracy for a classifier (higher is better, on a 0..1 axis), mse or mae for a
+regression, the loss alone for a custom loss (lower is better); its axis label says which.
+The data is :meth:`Job.history`, which ``--csv`` also writes out.
 
 matplotlib is imported on use, with the Agg backend (no display needed): it is an optional
 dependency, and `pscluster --help` should not pay for it.
@@ -19,6 +21,7 @@ import typer
 
 from pscluster.client.cli_common import Address, Token, out, user_errors
 from pscluster.client.errors import PSClusterError
+from pscluster.client.metrics import ACCURACY, HIGHER_IS_BETTER, LOSS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -44,7 +47,8 @@ def plot(
     address: Address = None,
     token: Token = None,
 ) -> None:
-    """Plot a job's loss and accuracy over steps, epochs and time, and its staleness."""
+    """Plot a job's loss and test metric (accuracy, mse, ...) over steps, epochs and time,
+    and its staleness."""
     from pscluster.client.sdk import Client
 
     with user_errors():
@@ -119,7 +123,7 @@ def _loss_by_step(ax: Axes, h: History) -> None:
 
 
 def _over_time(ax: Axes, h: History) -> None:
-    ax.set_title("loss and test accuracy over time")
+    ax.set_title(f"loss and test {h.metric} over time")
     ax.set_xlabel("seconds since the job started")
     ax.set_ylabel("training loss", color="tab:blue")
     if not h.steps and not h.epochs:
@@ -130,32 +134,35 @@ def _over_time(ax: Axes, h: History) -> None:
         seconds = [s.seconds for s in ordered]
         losses = _smooth([s.loss for s in ordered], _window(len(ordered)))
         ax.plot(seconds, losses, color="tab:blue")
-    accuracy = ax.twinx()
-    accuracy.set_ylabel("test accuracy", color="tab:green")
-    accuracy.set_ylim(0, 1.02)
+    test = ax.twinx()
+    _metric_axis(test, h.metric)
     if h.epochs:
-        accuracy.plot(
-            [e.seconds for e in h.epochs],
-            [e.test_accuracy for e in h.epochs],
-            "o-",
-            color="tab:green",
-        )
+        test.plot([e.seconds for e in h.epochs], h.metric_values(), "o-", color="tab:green")
 
 
 def _by_epoch(ax: Axes, h: History) -> None:
     ax.set_title("test set after each epoch")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy", color="tab:green")
-    ax.set_ylim(0, 1.02)
+    _metric_axis(ax, h.metric)
     if not h.epochs:
         _empty(ax, "no evaluation yet")
         return
     epochs = [e.epoch for e in h.epochs]
-    ax.plot(epochs, [e.test_accuracy for e in h.epochs], "o-", color="tab:green")
+    ax.plot(epochs, h.metric_values(), "o-", color="tab:green")
     _integer_ticks(ax)
+    if h.metric == LOSS:
+        return  # the job's metric is the test loss itself: a second axis would repeat it
     loss = ax.twinx()
-    loss.set_ylabel("test loss", color="tab:red")
-    loss.plot(epochs, [e.test_loss for e in h.epochs], "s--", color="tab:red")
+    loss.set_ylabel("test loss (lower is better)", color="tab:red")
+    loss.plot(epochs, h.metric_values(LOSS), "s--", color="tab:red")
+
+
+def _metric_axis(ax: Axes, metric: str) -> None:
+    """Label an axis with the job's metric and which way is better; accuracy spans 0..1."""
+    better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+    ax.set_ylabel(f"test {metric} ({better} is better)", color="tab:green")
+    if metric == ACCURACY:
+        ax.set_ylim(0, 1.02)
 
 
 def _staleness(ax: Axes, h: History) -> None:

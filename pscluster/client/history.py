@@ -1,15 +1,21 @@
 """A job's training curves as tables: rows a user plots, compares or writes out as CSV.
 
-:class:`~pscluster.client.metrics.JobMetrics` mirrors the coordinator's reply (unix times,
-histograms as dicts). A :class:`History` is the same data shaped for analysis: times in
-seconds since the job started, so two runs line up on one axis, and the staleness histograms
-as rows. It needs nothing beyond the standard library: ``to_csv`` writes files that pandas,
-a spreadsheet or gnuplot read as they are.
+:class:`~pscluster.client.metrics.JobMetrics` mirrors the coordinator's reply (histograms as
+dicts). A :class:`History` is the same data shaped for analysis: times in seconds since the job
+started, so two runs line up on one axis, and the staleness histograms as rows. It needs
+nothing beyond the standard library: ``to_csv`` writes files that pandas, a spreadsheet or
+gnuplot read as they are.
+
+Each evaluation carries what the job measured: the test loss and the job's metric
+(``History.metric``: "accuracy" for a classifier, "mse" or "mae" for a regression, "loss" when
+the loss is all). epochs.csv has a ``test_<metric>`` column for each, e.g. ``test_accuracy``
+and ``test_loss``, or ``test_mse`` and ``test_loss``.
 
 Example::
 
     h = job.history()
-    print(h.epochs[-1].test_accuracy, h.epochs[-1].seconds)
+    last = h.epochs[-1]
+    print(h.metric, last.metrics[h.metric], last.seconds)
     h.to_csv("runs/ssp")   # steps.csv, epochs.csv, staleness.csv
 """
 
@@ -17,13 +23,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pscluster.client.info import JobInfo
-from pscluster.client.metrics import JobMetrics
+from pscluster.client.metrics import JobMetrics, ordered_metrics
 
 __all__ = ["CSV_FILES", "EpochPoint", "History", "StalenessBin", "StepPoint"]
 
@@ -52,9 +59,11 @@ class EpochPoint:
 
     epoch: int
     seconds: float  # since the job started
-    test_accuracy: float  # 0..1
+    test_accuracy: float  # 0..1; -1 when the job does not measure accuracy
     test_loss: float
     samples: int  # training samples seen when the evaluation was made
+    # Everything measured: "loss" and the job's metric, e.g. {"loss": 0.04, "mse": 0.031}.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,8 +80,9 @@ class History:
     """A job's per-step loss, per-epoch test results and staleness histograms, as rows.
 
     ``started_unix`` is the origin of every ``seconds``: the job's start, or the first step's
-    time for a job not started yet. Rows are in order (steps by number, epochs by epoch,
-    staleness by kind then lag). Empty tables mean nothing was recorded yet.
+    time for a job not started yet. ``metric`` is what the job evaluates besides the loss.
+    Rows are in order (steps by number, epochs by epoch, staleness by kind then lag). Empty
+    tables mean nothing was recorded yet.
     """
 
     job_id: str
@@ -80,6 +90,7 @@ class History:
     state: str
     started_unix: float
     epochs_planned: int
+    metric: str
     steps: list[StepPoint] = field(default_factory=list)
     epochs: list[EpochPoint] = field(default_factory=list)
     staleness: list[StalenessBin] = field(default_factory=list)
@@ -87,28 +98,24 @@ class History:
 
     @classmethod
     def from_metrics(cls, info: JobInfo, metrics: JobMetrics) -> History:
-        """Build the tables from a job's info (its start) and its metrics (everything else)."""
-        if info.job_id != metrics.job_id:
-            raise ValueError(
-                f"the info is of job {info.job_id!r} but the metrics of job {metrics.job_id!r}; "
-                "pass both of the same job"
-            )
-        times = [s.time for s in metrics.steps] + [e.time for e in metrics.epochs]
-        origin = info.started_unix or (min(times) if times else info.created_unix)
+        """Build the tables from a job's info (its start, its metric) and its metrics
+        (everything else)."""
+        metrics = metrics.of_job(info)  # raises if they are of two jobs
         steps = [
-            StepPoint(s.step, s.time - origin, s.loss, s.samples, s.worker, s.epoch)
+            StepPoint(s.step, s.seconds, s.loss, s.samples, s.worker, s.epoch)
             for s in sorted(metrics.steps, key=lambda s: s.step)
         ]
         epochs = [
-            EpochPoint(e.epoch, e.time - origin, e.test_accuracy, e.test_loss, e.samples)
+            EpochPoint(e.epoch, e.seconds, e.test_accuracy, e.test_loss, e.samples, dict(e.metrics))
             for e in sorted(metrics.epochs, key=lambda e: e.epoch)
         ]
         return cls(
             job_id=info.job_id,
             mode=info.mode,
             state=info.state,
-            started_unix=origin,
+            started_unix=metrics.started_unix,
             epochs_planned=info.epochs,
+            metric=metrics.metric,
             steps=steps,
             epochs=epochs,
             staleness=_bins(VERSION, metrics.staleness) + _bins(CLOCK, metrics.clock_staleness),
@@ -121,13 +128,34 @@ class History:
             raise ValueError(f"staleness kind {kind!r} is unknown; expected 'version' or 'clock'")
         return {b.lag: b.pushes for b in self.staleness if b.kind == kind}
 
+    @property
+    def metric_names(self) -> list[str]:
+        """Every metric some evaluation measured, the job's own first and the loss last."""
+        return ordered_metrics((k for e in self.epochs for k in e.metrics), self.metric)
+
+    def metric_values(self, metric: str | None = None) -> list[float]:
+        """One metric (default: the job's) at each evaluation, NaN where it was not measured."""
+        name = metric or self.metric
+        return [e.metrics.get(name, math.nan) for e in self.epochs]
+
     def tables(self) -> dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
         """Each table as (column names, rows of plain values), keyed by its CSV file name."""
         return {
             "steps.csv": _table(StepPoint, self.steps),
-            "epochs.csv": _table(EpochPoint, self.epochs),
+            "epochs.csv": self._epochs_table(),
             "staleness.csv": _table(StalenessBin, self.staleness),
         }
+
+    def _epochs_table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        # A column per metric measured, named as before there were several: a classifier's
+        # epochs.csv is still epoch, seconds, test_accuracy, test_loss, samples.
+        names = self.metric_names
+        header = ("epoch", "seconds", *(f"test_{m}" for m in names), "samples")
+        rows = [
+            (e.epoch, e.seconds, *(e.metrics.get(m, "") for m in names), e.samples)
+            for e in self.epochs
+        ]
+        return header, rows
 
     def to_csv(self, directory: str | Path) -> list[Path]:
         """Write steps.csv, epochs.csv and staleness.csv (with a header row) into

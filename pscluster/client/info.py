@@ -1,13 +1,16 @@
 """Plain Python views of the coordinator's replies, so SDK users never handle protobufs.
 
-Sentinels of the wire format (``-1`` for "no evaluation yet", ``0.0`` for "not started") become
-``None`` here: a user comparing ``info.test_accuracy >= 0.9`` should not have to know them.
+Sentinels of the wire format (``-1`` for "no evaluation yet", ``0.0`` for "not started", NaN
+for "not measured") become ``None`` here: a user comparing ``info.test_accuracy >= 0.9`` should
+not have to know them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from pscluster.client.metrics import ACCURACY, LOSS
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
@@ -29,8 +32,12 @@ class JobInfo:
     created_unix: float
     started_unix: float | None
     finished_unix: float | None
-    test_accuracy: float | None  # latest evaluation
-    last_loss: float | None
+    test_accuracy: float | None  # latest evaluation; None too when the job measures no accuracy
+    # What the job evaluates on its test set besides the loss ("accuracy", "mse", "mae" or
+    # "loss") and its value at the latest evaluation (None before the first).
+    metric: str
+    metric_value: float | None
+    last_loss: float | None  # training loss of the latest step
     num_params: int
     workers: tuple[str, ...]
     steps: int
@@ -49,6 +56,8 @@ class JobInfo:
 
     @classmethod
     def from_proto(cls, m: co_pb2.JobInfo) -> JobInfo:
+        accuracy = m.test_accuracy if m.test_accuracy >= 0 else None
+        metric, value = _metric(m, accuracy)
         return cls(
             job_id=m.job_id,
             name=m.name,
@@ -62,12 +71,26 @@ class JobInfo:
             created_unix=m.created_unix,
             started_unix=m.started_unix or None,
             finished_unix=m.finished_unix or None,
-            test_accuracy=m.test_accuracy if m.test_accuracy >= 0 else None,
+            test_accuracy=accuracy,
+            metric=metric,
+            metric_value=value,
             last_loss=m.last_loss if m.last_loss >= 0 else None,
             num_params=m.num_params,
             workers=tuple(m.workers),
             steps=m.steps,
         )
+
+
+def _metric(m: co_pb2.JobInfo, accuracy: float | None) -> tuple[str, float | None]:
+    """The job's metric and its latest value, from a coordinator of any age."""
+    if not m.metric:
+        # An older coordinator: a job that measures accuracy is a classifier; any other
+        # reports only its loss, whose value at an evaluation such a coordinator does not send.
+        return (ACCURACY, accuracy) if accuracy is not None else (LOSS, None)
+    if m.metric == ACCURACY:
+        # test_accuracy keeps the -1 of "no evaluation yet", whatever metric_value holds then.
+        return ACCURACY, accuracy
+    return m.metric, None if math.isnan(m.metric_value) else m.metric_value
 
 
 @dataclass(frozen=True)

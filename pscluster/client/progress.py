@@ -14,18 +14,21 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from pscluster.client.errors import ClusterUnavailableError
 from pscluster.client.info import JobInfo
+from pscluster.client.metrics import format_metric, metric_label
 
 # How long the coordinator may stay unreachable while a job is followed before giving up.
 UNREACHABLE_GRACE_SECONDS = 30.0
 
 
 def describe(info: JobInfo) -> str:
-    """One line of what matters while training: epoch, loss, accuracy, what it waits on."""
+    """One line of what matters while training: epoch, training loss, the job's metric at the
+    latest evaluation ("acc 0.953", "mse 0.0312"), what it waits on."""
     parts = [f"epoch {min(info.epoch + 1, info.epochs)}/{info.epochs}" if info.epochs else ""]
     if info.last_loss is not None:
         parts.append(f"loss {info.last_loss:.4f}")
-    if info.test_accuracy is not None:
-        parts.append(f"acc {info.test_accuracy:.3f}")
+    if info.metric_value is not None:
+        value = format_metric(info.metric, info.metric_value, digits=3)
+        parts.append(f"{metric_label(info.metric)} {value}")
     if info.status_message and not info.done:
         parts.append(info.status_message)
     return "  ".join(p for p in parts if p)

@@ -60,6 +60,10 @@ def test_history_tables_are_consistent(
         == list(range(h.epochs_planned))
     )
     assert all(0.0 <= e.test_accuracy <= 1.0 and e.test_loss >= 0 for e in h.epochs)
+    # A classifier's metric is its accuracy, the same numbers under either name.
+    assert h.metric == "accuracy"
+    assert h.metric_values() == [e.test_accuracy for e in h.epochs]
+    assert h.metric_values("loss") == [e.test_loss for e in h.epochs]
     assert [e.samples for e in h.epochs] == [
         train_samples * (n + 1) for n in range(tiny_job["epochs"])
     ]
@@ -94,6 +98,7 @@ def test_plot_writes_a_png_and_csvs_that_parse(
     steps, epochs, staleness = tables["steps.csv"], tables["epochs.csv"], tables["staleness.csv"]
     assert [int(r["step"]) for r in steps] == [s.step for s in h.steps]
     assert [float(r["loss"]) for r in steps] == pytest.approx([s.loss for s in h.steps])
+    assert list(epochs[0]) == ["epoch", "seconds", "test_accuracy", "test_loss", "samples"]
     assert [float(r["test_accuracy"]) for r in epochs] == pytest.approx(
         [e.test_accuracy for e in h.epochs]
     )
