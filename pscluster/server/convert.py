@@ -27,7 +27,9 @@ _OUTCOMES = {
 
 
 def job_config(config: ps_pb2.ShardJobConfig) -> JobConfig:
-    """Decode (and validate the optimizer of) a job config; the shard checks the mode."""
+    """Decode (and validate the optimizer of) a job config; the shard checks the mode and the
+    buffers. Its ``initial_buffers`` are the job's first state, not config: the servicer hands
+    them to the shard beside it."""
     return JobConfig(
         job_id=config.job_id,
         start=config.start,
@@ -38,6 +40,9 @@ def job_config(config: ps_pb2.ShardJobConfig) -> JobConfig:
         codec=parse_settings(config.compression).name,
         backup_workers=config.backup_workers,
         staleness_aware_lr=config.staleness_aware_lr,
+        buffer_start=config.buffer_start,
+        buffer_length=config.buffer_length,
+        counters=tuple((span.start, span.length) for span in config.counters),
     )
 
 
@@ -53,6 +58,8 @@ def push_header(header: ps_pb2.PushHeader) -> PushHeader:
         batch_size=header.batch_size,
         codec=header.codec or "none",
         payload_bytes=header.payload_bytes,
+        grad_scale=header.grad_scale,
+        buffer_delta=header.buffer_delta,
     )
 
 
@@ -76,6 +83,7 @@ def pull_header(snapshot: PullSnapshot) -> ps_pb2.PullChunk:
             # An unspecified request dtype is answered as what it means: float32.
             dtype=common_pb2.DType.ValueType(snapshot.dtype or common_pb2.DTYPE_FLOAT32),
             waited_seconds=snapshot.waited_seconds,
+            buffers=snapshot.buffers,
         )
     )
 

@@ -4,7 +4,7 @@ servicer; nothing here knows about gRPC."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.snapshots import SnapshotLease
@@ -23,6 +23,12 @@ class JobConfig:
     backup_workers: int = 0
     # async/ssp: a push's gradient is divided by (version staleness + 1) (Zhang et al. 2016).
     staleness_aware_lr: bool = False
+    # The job's buffer range on this shard (pscluster.server.job_buffers); its initial values
+    # are state, not config: they travel beside it (ShardJob's ``buffers``).
+    buffer_start: int = 0
+    buffer_length: int = 0
+    # (start, length) spans of the buffer range that count (summed, not averaged, in sync).
+    counters: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,15 @@ class PushHeader:
     batch_size: int = 0
     codec: str = "none"
     payload_bytes: int = 0  # 0 with codec "none": length * itemsize(dtype)
+    # fp16 loss scaling: the payload is the gradient times this (0 means 1).
+    grad_scale: float = 0.0
+    # float64 little-endian change to the job's buffers; empty means no change.
+    buffer_delta: bytes = field(default=b"", repr=False)
+
+    @property
+    def scale(self) -> float:
+        """The divisor of the decoded payload: ``grad_scale``, with 0 meaning 1."""
+        return self.grad_scale or 1.0
 
 
 class Outcome(enum.Enum):
@@ -70,6 +85,7 @@ class PullSnapshot:
     dtype: int
     payload: SnapshotLease
     waited_seconds: float = 0.0  # how long the consistency mode held the pull
+    buffers: bytes = b""  # the job's buffers at the same version, float64 little-endian
 
     def __enter__(self) -> PullSnapshot:
         return self

@@ -6,6 +6,7 @@ keeps only the order in which they run under the job's lock.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from pscluster.compression import Compressor
@@ -13,6 +14,11 @@ from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
 from pscluster.server.payloads import check_payload_size
 from pscluster.transport import wire
 from pscluster.transport.errors import InvalidArgument
+
+# The division by grad_scale runs in float32: a scale outside float32's normal range would turn
+# every gradient into 0 or Inf there, so it is refused as malformed rather than half-applied.
+_MIN_SCALE = 2.0**-126
+_MAX_SCALE = 3.4028234663852886e38
 
 
 def check_header(config: JobConfig, codec: Compressor, header: PushHeader) -> None:
@@ -32,6 +38,29 @@ def check_header(config: JobConfig, codec: Compressor, header: PushHeader) -> No
             f"{config.start + config.length})); send this shard's slice"
         )
     check_payload_size(codec, header)
+    check_grad_scale(header.grad_scale)
+    check_buffer_delta(config, header)
+
+
+def check_grad_scale(scale: float) -> None:
+    if scale == 0:  # proto3's default: no loss scaling
+        return
+    if not (math.isfinite(scale) and _MIN_SCALE <= scale <= _MAX_SCALE):
+        raise InvalidArgument(
+            f"grad_scale {scale} is not a positive, finite float32 number; send the loss "
+            "scale the payload was multiplied by (0 or 1: none)"
+        )
+
+
+def check_buffer_delta(config: JobConfig, header: PushHeader) -> None:
+    """The delta covers the job's whole buffer range or is empty ("no change")."""
+    expected = config.buffer_length * 8
+    if len(header.buffer_delta) not in (0, expected):
+        raise InvalidArgument(
+            f"push carries a buffer_delta of {len(header.buffer_delta)} bytes but job "
+            f"{config.job_id} keeps {config.buffer_length} buffer values on this shard: "
+            f"expected {expected} bytes (float64) or none"
+        )
 
 
 def check_base_version(header: PushHeader, version: int) -> None:

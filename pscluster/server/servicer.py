@@ -54,7 +54,8 @@ class ParameterServerServicer:
         if not isinstance(first, ps_pb2.InitJobChunk) or first.WhichOneof("part") != "config":
             raise InvalidArgument("an InitJob stream must start with the config, then data chunks")
         config = convert.job_config(first.config)
-        job = self._shard.init_job(config, _data(request_iterator, "InitJob", "config"))
+        data = _data(request_iterator, "InitJob", "config")
+        job = self._shard.init_job(config, data, first.config.initial_buffers)
         return ps_pb2.InitJobReply(version=job.version, checksum=job.checksum())
 
     @grpc_errors

@@ -11,6 +11,7 @@ from typing import cast
 from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig
 from pscluster.server.durability.journal import DurabilityConfig, Journal
+from pscluster.server.job_buffers import check_buffer_spec, initial_buffers
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
 from pscluster.transport.errors import (
@@ -44,6 +45,7 @@ class Shard:
         if not config.job_id:
             raise InvalidArgument("config.job_id is empty; name the job")
         validate_consistency(config.mode, config.staleness, config.backup_workers)
+        check_buffer_spec(config.buffer_length, config.counters)
         if config.length > self.max_values:
             raise ResourceExhausted(
                 f"job {config.job_id} announces {config.length} values for this shard; the "
@@ -54,9 +56,17 @@ class Shard:
             if config.job_id in self._jobs or config.job_id in self._starting:
                 raise AlreadyExists(f"job {config.job_id} already exists on this shard")
 
-    def init_job(self, config: JobConfig, data: Iterable[bytes | memoryview]) -> ShardJob:
-        """Create a job from its config and the chunks of its initial float32 values."""
+    def init_job(
+        self,
+        config: JobConfig,
+        data: Iterable[bytes | memoryview],
+        buffers: bytes = b"",
+    ) -> ShardJob:
+        """Create a job from its config, the chunks of its initial float32 values and its
+        initial buffers (``ShardJobConfig.initial_buffers``: float64 little-endian)."""
         self.check_new(config)
+        # Checked before the values stream in; its size is bounded by the config message's.
+        initial = initial_buffers(config.buffer_length, buffers)
         try:
             assembler = wire.Assembler(config.length * 4)
         except (MemoryError, OverflowError):
@@ -68,7 +78,7 @@ class Shard:
             # Assembler.add is typed for bytes but copies from any buffer (a framed memoryview).
             assembler.add(cast(bytes, chunk))
         values = wire.decode(assembler.result(), common_pb2.DTYPE_FLOAT32, config.length)
-        job = ShardJob(config, values)
+        job = ShardJob(config, values, initial)
         with self._lock:
             # Checked again: two InitJob calls for one id may have streamed at the same time.
             if config.job_id in self._jobs or config.job_id in self._starting:

@@ -11,20 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
 from pscluster.compression import CompressionSettings, make_compressor
 from pscluster.model.optimizer import FlatOptimizer
-from pscluster.server.buffers import (
-    Pool,
-    all_finite,
-    is_float32,
-    receive_compressed,
-    receive_gradient,
-)
 from pscluster.server.clocks import MemberClocks, check_member_ids
 from pscluster.server.consistency import make_policy
 from pscluster.server.domain import (
@@ -35,6 +28,8 @@ from pscluster.server.domain import (
     PushHeader,
     PushResult,
 )
+from pscluster.server.intake import PushIntake, Received
+from pscluster.server.job_buffers import JobBuffers
 from pscluster.server.payloads import payload_bytes
 from pscluster.server.push_checks import check_base_version, check_header, recall
 from pscluster.server.snapshots import SnapshotCache
@@ -52,16 +47,28 @@ _REFUSED = (Outcome.STALE, Outcome.LATE)
 
 
 class ShardJob:
-    def __init__(self, config: JobConfig, values: torch.Tensor) -> None:
+    """``buffers``: the job's initial float64 buffer values (None when it has none)."""
+
+    def __init__(
+        self, config: JobConfig, values: torch.Tensor, buffers: torch.Tensor | None = None
+    ) -> None:
         if values.shape != (config.length,):
             raise InvalidArgument(
                 f"job {config.job_id} needs {config.length} initial values, got {values.numel()}"
+            )
+        held = 0 if buffers is None else buffers.numel()
+        if held != config.buffer_length:
+            raise InvalidArgument(
+                f"job {config.job_id} needs {config.buffer_length} initial buffer values, "
+                f"got {held}"
             )
         self.config = config
         self._policy = make_policy(config.mode, config.staleness, config.backup_workers)
         # Decoding is stateless, so the shard needs only the codec's name (not its ratio).
         self._codec = make_compressor(CompressionSettings(name=config.codec))
+        self._intake = PushIntake(config, self._codec)
         self._opt = FlatOptimizer(values, config.optimizer)
+        self._buffers = JobBuffers(buffers, config.counters)
         self._cond = threading.Condition()
         self._version = 0
         self._clocks = MemberClocks()
@@ -70,7 +77,6 @@ class ShardJob:
         self._last_push: dict[str, tuple[int, PushResult]] = {}
         self._counters = JobCounters()
         self._dropped = False
-        self._receive_buffers = Pool(lambda: bytearray(config.length * 4))
         self._snapshots = SnapshotCache(config.length)
         # Durability (pscluster.server.durability): None keeps the job in memory only.
         self._journal: Journal | None = None
@@ -96,7 +102,14 @@ class ShardJob:
     def slowest(self) -> tuple[str, int] | None:
         return self._clocks.slowest()
 
-    def apply(self, grad: torch.Tensor, pushes: Sequence[PushHeader], *, step: bool) -> None:
+    def apply(
+        self,
+        grad: torch.Tensor,
+        pushes: Sequence[PushHeader],
+        *,
+        step: bool,
+        buffer_delta: torch.Tensor | None = None,
+    ) -> None:
         version, clock = self._version, self._clocks.clock
         if self.config.staleness_aware_lr and not step:
             # Staleness-aware async SGD (Zhang et al. 2016): a gradient computed on parameters
@@ -106,6 +119,7 @@ class ShardJob:
                 grad.div_(lag + 1)  # lent memory: ours to change until we return
         self._snapshots.before_update()
         self._opt.step(grad)
+        self._buffers.apply(buffer_delta, len(pushes))  # never scaled by staleness
         self._version += 1
         for push in pushes:
             self._counters.applied(version - push.base_version, max(0, clock - push.base_clock))
@@ -125,59 +139,41 @@ class ShardJob:
             self._counters.pushes_received += 1
             self._guard("invalid", lambda: check_header(self.config, self._codec, header))
             self._guard("not_member", lambda: self._check_member(header.worker_id))
-        # The payload is received, decoded and checked outside the lock: other workers' pushes
-        # and pulls go on meanwhile, and a bad payload never reaches the shared state.
-        raw = header.codec == "none"
-        buffer = self._receive_buffers.take() if raw and is_float32(header.dtype) else None
-        # A durable job logs the payload as it came: float32 is the receive buffer itself,
-        # other payloads are kept as their chunks go by.
-        payload: bytearray | None = buffer
-        if self._journal is not None and buffer is None:
-            payload = bytearray()
-            data = _tee(data, payload)
-        try:
-            return self._decide(header, self._receive(header, data, buffer), payload)
-        finally:
-            if buffer is not None:
-                self._receive_buffers.give(buffer)
-
-    def _receive(
-        self, header: PushHeader, data: Iterable[bytes | memoryview], buffer: bytearray | None
-    ) -> torch.Tensor:
-        try:
-            if header.codec != "none":
-                return receive_compressed(self._codec, header.length, header.payload_bytes, data)
-            return receive_gradient(header.length, header.dtype, data, buffer)
-        except InvalidArgument:
-            with self._cond:
-                self._counters.rejected("invalid")
-            raise
+        # A durable job logs the payload as it came off the wire.
+        return self._receive_and_decide(header, data, keep_payload=self._journal is not None)
 
     def replay_push(self, header: PushHeader, payload: bytes) -> PushResult:
         """Recovery: a logged push, through the same checks and decision as when it came."""
         with self._cond:
             self._counters.pushes_received += 1
-        return self._decide(header, self._receive(header, [payload], None), None)
+        return self._receive_and_decide(header, [payload], keep_payload=False)
 
-    def _decide(
-        self, header: PushHeader, grad: torch.Tensor, payload: bytearray | None
+    def _receive_and_decide(
+        self, header: PushHeader, data: Iterable[bytes | memoryview], *, keep_payload: bool
     ) -> PushResult:
-        result, ticket = self._decide_locked(header, grad, payload)
+        # Received, decoded and checked outside the lock (pscluster.server.intake).
+        try:
+            received = self._intake.receive(header, data, keep_payload=keep_payload)
+        except InvalidArgument:
+            with self._cond:
+                self._counters.rejected("invalid")
+            raise
+        try:
+            result, ticket = self._decide_locked(header, received)
+        finally:
+            received.release()
         if self._journal is not None:
             self._journal.commit(ticket, self)
         return result
 
-    def _decide_locked(
-        self, header: PushHeader, grad: torch.Tensor, payload: bytearray | None
-    ) -> tuple[PushResult, int]:
-        finite = all_finite(grad)
+    def _decide_locked(self, header: PushHeader, received: Received) -> tuple[PushResult, int]:
         with self._cond:
             self._counters.pushed(payload_bytes(header), header.length * 4)
-            if not finite:
+            if received.nonfinite:
                 self._counters.rejected("nonfinite")
                 raise InvalidArgument(
-                    f"push seq {header.seq} from worker {header.worker_id} has NaN or Inf values; "
-                    "nothing was applied"
+                    f"push seq {header.seq} from worker {header.worker_id} has NaN or Inf values "
+                    f"in {received.nonfinite}; nothing was applied"
                 )
             self._check_alive()
             self._guard("not_member", lambda: self._check_member(header.worker_id))
@@ -188,10 +184,10 @@ class ShardJob:
                 return remembered, self._journal.tail() if self._journal else 0
             self._guard("invalid", lambda: check_base_version(header, self._version))
             ticket = 0
-            if self._journal is not None and payload is not None:
+            if self._journal is not None and received.payload is not None:
                 # Logged before the policy sees it: the policy may scale the gradient in place.
-                ticket = self._journal.log_push(header, payload)
-            decision = self._policy.on_push(self, header, grad)
+                ticket = self._journal.log_push(header, received.payload)
+            decision = self._policy.on_push(self, header, received.grad, received.buffer_delta)
             if decision.outcome in _REFUSED:
                 self._counters.rejected(decision.reject_key or decision.outcome.value)
             else:
@@ -255,6 +251,7 @@ class ShardJob:
                 dtype,
                 lease,
                 waited_seconds=time.monotonic() - arrived if held else 0.0,
+                buffers=self._buffers.snapshot(),  # of the same moment as the values
             )
         if ticket:
             self._commit(ticket)
@@ -404,10 +401,3 @@ class ShardJob:
         except PSError:
             self._counters.rejected(reason)
             raise
-
-
-def _tee(chunks: Iterable[bytes | memoryview], into: bytearray) -> Iterator[bytes | memoryview]:
-    """``chunks`` unchanged, each also appended to ``into``."""
-    for chunk in chunks:
-        into += chunk
-        yield chunk

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pscluster.config import Settings
+from pscluster.server.job_buffers import encode_buffers
 from pscluster.server.main import serve
 from pscluster.transport import wire
 from pscluster.transport.channel import open_channel, wait_ready
@@ -43,7 +44,12 @@ class ShardClient:
         length: int | None = None,
         backup_workers: int = 0,
         staleness_aware_lr: bool = False,
+        buffers: torch.Tensor | None = None,
+        counters: Sequence[tuple[int, int]] = (),
+        buffer_start: int = 0,
     ) -> ps_pb2.InitJobReply:
+        """``buffers``: the job's initial buffer values (sent as float64), ``counters`` the
+        (start, length) spans of them that count."""
         config = ps_pb2.ShardJobConfig(
             job_id=job_id,
             start=start,
@@ -53,6 +59,10 @@ class ShardClient:
             optimizer=optimizer or sgd(),
             backup_workers=backup_workers,
             staleness_aware_lr=staleness_aware_lr,
+            buffer_start=buffer_start,
+            buffer_length=0 if buffers is None else buffers.numel(),
+            counters=[ps_pb2.Span(start=start, length=n) for start, n in counters],
+            initial_buffers=b"" if buffers is None else encode_buffers(buffers),
         )
 
         def stream() -> Iterator[ps_pb2.InitJobChunk]:
@@ -118,7 +128,13 @@ class ShardClient:
         dtype: int = common_pb2.DTYPE_FLOAT32,
         length: int | None = None,
         payload: bytes | None = None,
+        buffer_delta: torch.Tensor | bytes = b"",
+        grad_scale: float = 0.0,
     ) -> ps_pb2.PushReply:
+        """``buffer_delta``: the buffers' change (a tensor, sent as float64, or raw bytes);
+        ``grad_scale``: the loss scale ``grad`` (or ``payload``) was already multiplied by."""
+        if isinstance(buffer_delta, torch.Tensor):
+            buffer_delta = encode_buffers(buffer_delta)
         header = ps_pb2.PushHeader(
             job_id=job_id,
             worker_id=worker_id,
@@ -128,6 +144,8 @@ class ShardClient:
             length=grad.numel() if length is None else length,
             dtype=dtype,  # type: ignore[arg-type]
             batch_size=1,
+            buffer_delta=buffer_delta,
+            grad_scale=grad_scale,
         )
         body = wire.encode(grad, dtype) if payload is None else memoryview(payload)
 

@@ -1,6 +1,7 @@
 """A durable job abandoned mid-stream (as a crash leaves it) and recovered from its folder is the
-same state machine as an in-memory twin that saw the same inputs: bit-identical values and
-optimizer state, version, clocks, members, dedup table and open sync step."""
+same state machine as an in-memory twin that saw the same inputs: bit-identical values, buffers
+and optimizer state, version, clocks, members, dedup table and open sync step (its buffer sum
+too)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.domain import JobConfig, PushHeader
 from pscluster.server.durability.journal import DurabilityConfig
 from pscluster.server.durability.recovery import recover_job
+from pscluster.server.job_buffers import encode_buffers
 from pscluster.server.shard import Shard
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
@@ -27,6 +29,8 @@ from pscluster.transport.errors import PSError
 from pscluster.v1 import common_pb2
 
 LENGTH = 32
+BUFFERS = 6  # with buffers: five statistics, then a counter
+COUNTERS = ((5, 1),)
 POOL = ["w0", "w1", "w2", "w3"]
 F32, F16 = common_pb2.DTYPE_FLOAT32, common_pb2.DTYPE_FLOAT16
 
@@ -40,6 +44,9 @@ class Case:
     staleness_aware_lr: bool = False
     codec: str = "none"
     half_pushes: bool = False  # some raw pushes in float16 (logged as their wire bytes)
+    buffers: bool = True  # the job keeps buffers and pushes change them
+    scaled: bool = False  # some pushes carry a loss scale (float32 ones: a durable job logs the
+    # receive buffer itself, so the scale must be undone elsewhere)
 
 
 CASES = {
@@ -48,9 +55,10 @@ CASES = {
         OptimizerSpec(name="sgd", lr=0.1, momentum=0.9),
         staleness_aware_lr=True,
         half_pushes=True,
+        scaled=True,
     ),
-    "async-int8": Case("async", OptimizerSpec(name="adam", lr=0.01), codec="int8"),
-    "sync": Case("sync", OptimizerSpec(name="adam", lr=0.01)),
+    "async-int8": Case("async", OptimizerSpec(name="adam", lr=0.01), codec="int8", buffers=False),
+    "sync": Case("sync", OptimizerSpec(name="adam", lr=0.01), scaled=True),
     "sync-backup": Case("sync", OptimizerSpec(name="sgd", lr=0.1), backup_workers=1),
     "ssp": Case("ssp", OptimizerSpec(name="adamw", lr=0.01, weight_decay=0.1), staleness=1),
 }
@@ -95,6 +103,9 @@ class Driver:
             payload = bytes(self.codec.compress(grad, state, 0).payload)
         elif self.case.half_pushes and self.rng.random() < 0.3:
             dtype, payload = F16, bytes(wire.encode(grad, F16))
+        scale = self.rng.choice([0.0, 1.0, 1024.0, 0.5]) if self.case.scaled else 0.0
+        if scale and codec == "none":
+            payload = bytes(wire.encode(grad * scale, dtype))
         header = PushHeader(
             "eq",
             worker,
@@ -105,8 +116,22 @@ class Driver:
             dtype=dtype,
             codec=codec,
             payload_bytes=len(payload) if codec != "none" else 0,
+            grad_scale=scale if codec == "none" else 0.0,
+            buffer_delta=self._buffer_delta(),
         )
         _same(jobs, lambda job: job.push(header, [payload]))
+
+    def _buffer_delta(self) -> bytes:
+        """Mostly a change; sometimes none, sometimes a NaN (refused, so never logged)."""
+        roll = self.rng.random()
+        if not self.case.buffers or roll < 0.2:
+            return b""
+        gen = torch.Generator().manual_seed(self.rng.getrandbits(32))
+        delta = torch.randn(BUFFERS, generator=gen, dtype=torch.float64)
+        delta[-1] = 1.0  # num_batches_tracked
+        if roll > 0.95:
+            delta[0] = float("nan")
+        return encode_buffers(delta)
 
     def _members(self, jobs: list[ShardJob], twin: ShardJob) -> None:
         members = self.rng.sample(POOL, self.rng.randint(1, len(POOL)))
@@ -117,9 +142,9 @@ class Driver:
         _same(jobs, lambda job: job.set_members(members, generation, excluded))
 
 
-def _pull(job: ShardJob, worker: str) -> int:
+def _pull(job: ShardJob, worker: str) -> tuple[int, bytes]:
     with job.pull(worker, 0, F32, timeout=0.0) as snapshot:
-        return snapshot.version
+        return snapshot.version, snapshot.buffers
 
 
 def _same(jobs: list[ShardJob], call: Any) -> None:
@@ -138,6 +163,7 @@ def _state(job: ShardJob) -> dict[str, Any]:
     policy_tensors, policy_meta = job._policy.state_dict()
     return {
         "values": job._opt.values.numpy().tobytes(),
+        "buffers": job._buffers.values.numpy().tobytes(),
         "opt": {k: v.numpy().tobytes() for k, v in opt.items()},
         "opt_scalars": scalars,
         "policy": ({k: v.numpy().tobytes() for k, v in policy_tensors.items()}, policy_meta),
@@ -176,10 +202,16 @@ def _run(case: Case, seed: int, folder: Path, checkpoint_wal_bytes: int) -> None
         codec=case.codec,
         backup_workers=case.backup_workers,
         staleness_aware_lr=case.staleness_aware_lr,
+        buffer_start=LENGTH,
+        buffer_length=BUFFERS if case.buffers else 0,
+        counters=COUNTERS if case.buffers else (),
     )
     initial = torch.randn(LENGTH, generator=torch.Generator().manual_seed(seed))
-    durable = Shard(durability).init_job(config, [bytes(wire.encode(initial))])
-    twin = ShardJob(config, initial.clone())
+    gen = torch.Generator().manual_seed(seed + 1)
+    buffers = torch.randn(config.buffer_length, generator=gen, dtype=torch.float64)
+    raw = encode_buffers(buffers) if case.buffers else b""
+    durable = Shard(durability).init_job(config, [bytes(wire.encode(initial))], raw)
+    twin = ShardJob(config, initial.clone(), buffers.clone() if case.buffers else None)
     driver = Driver(case, rng)
     _same([durable, twin], lambda job: job.set_members(POOL[:3], 1))
     for _ in range(rng.randint(20, 80)):

@@ -1,5 +1,5 @@
 """A durable shard process SIGKILLed mid-stream and restarted on the same port loses no
-acknowledged push and applies every retried push once."""
+acknowledged push (its gradient nor its buffer change) and applies every retried push once."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import grpc
 import pytest
 import torch
 
+from pscluster.server.job_buffers import decode_buffers, encode_buffers
 from pscluster.transport import wire
 from pscluster.transport.channel import open_channel, wait_ready
 from pscluster.v1 import common_pb2
@@ -25,6 +26,7 @@ RECOVERED = re.compile(r"recovered (\d+) job\(s\) from .* \((\d+) records replay
 LENGTH = 50_000
 PUSHES = 120
 LR = 0.05
+BUFFERS = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)  # the last one counts
 
 
 @pytest.fixture
@@ -38,9 +40,18 @@ def _grad(seq: int) -> torch.Tensor:
     return torch.randn(LENGTH, generator=torch.Generator().manual_seed(seq))
 
 
+def _delta(seq: int) -> torch.Tensor:
+    return torch.tensor([seq * 0.25, -0.5, 0.0, 1.0], dtype=torch.float64)
+
+
 def _push(stub: ps_grpc.ParameterServerStub, seq: int) -> ps_pb2.PushReply:
     header = ps_pb2.PushHeader(
-        job_id="k", worker_id="w", seq=seq, length=LENGTH, dtype=common_pb2.DTYPE_FLOAT32
+        job_id="k",
+        worker_id="w",
+        seq=seq,
+        length=LENGTH,
+        dtype=common_pb2.DTYPE_FLOAT32,
+        buffer_delta=encode_buffers(_delta(seq)),
     )
     body = wire.encode(_grad(seq))
     chunks = [ps_pb2.PushChunk(header=header)]
@@ -89,6 +100,9 @@ def test_sigkilled_shard_recovers_every_acknowledged_push(shard: ShardProcess) -
         length=LENGTH,
         mode="async",
         optimizer=common_pb2.OptimizerConfig(name="sgd", lr=LR),
+        buffer_length=BUFFERS.numel(),
+        counters=[ps_pb2.Span(start=3, length=1)],
+        initial_buffers=encode_buffers(BUFFERS),
     )
     init = [ps_pb2.InitJobChunk(config=config)]
     init += [ps_pb2.InitJobChunk(data=bytes(c)) for c in wire.chunks(wire.encode(initial), 1 << 16)]
@@ -132,11 +146,12 @@ def test_sigkilled_shard_recovers_every_acknowledged_push(shard: ShardProcess) -
     expected = initial.clone()
     for seq in range(1, PUSHES + 1):  # what single-process torch does with exactly these
         expected.add_(_grad(seq), alpha=-LR)
-    pulled = b"".join(
-        c.data for c in list(stub.Pull(ps_pb2.PullRequest(job_id="k"), timeout=30))[1:]
-    )
+    reply = list(stub.Pull(ps_pb2.PullRequest(job_id="k"), timeout=30))
+    pulled = b"".join(c.data for c in reply[1:])
     values = wire.decode(bytearray(pulled), common_pb2.DTYPE_FLOAT32, LENGTH)
     torch.testing.assert_close(values, expected, rtol=0, atol=1e-5)
+    buffers = decode_buffers(reply[0].header.buffers, BUFFERS.numel(), "pulled buffers")
+    assert torch.equal(buffers, BUFFERS + sum(_delta(seq) for seq in range(1, PUSHES + 1)))
 
     again = _push(stub, PUSHES - 1)  # an old, acknowledged push re-sent after the restart
     last = _push(stub, PUSHES)

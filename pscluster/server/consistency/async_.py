@@ -15,6 +15,12 @@ class AsyncPolicy(ConsistencyPolicy):
 
     name: ClassVar[str] = "async"
 
-    def on_push(self, job: JobContext, push: PushHeader, grad: torch.Tensor) -> Decision:
-        job.apply(grad, [push], step=False)
+    def on_push(
+        self,
+        job: JobContext,
+        push: PushHeader,
+        grad: torch.Tensor,
+        buffer_delta: torch.Tensor | None = None,
+    ) -> Decision:
+        job.apply(grad, [push], step=False, buffer_delta=buffer_delta)
         return Decision(Outcome.APPLIED)

@@ -1,7 +1,7 @@
 """The ``ConsistencyPolicy`` protocol: when a push is applied, and when a worker may pull.
 
-A policy is per job and holds whatever state its mode needs (a sync step's summed gradients,
-...). The job calls it under the job's lock and gives it a narrow view of itself
+A policy is per job and holds whatever state its mode needs (a sync step's summed gradients
+and buffer changes, ...). The job calls it under the job's lock and gives it a narrow view of itself
 (:class:`JobContext`): the policy decides, the job does the bookkeeping (idempotence, counters,
 clocks, waking waiters). So a new mode, e.g. sync with backup workers, is one new file that
 subclasses an existing policy or this protocol, plus one entry in the registry.
@@ -37,12 +37,22 @@ class JobContext(Protocol):
 
     def slowest(self) -> tuple[str, int] | None: ...
 
-    def apply(self, grad: torch.Tensor, pushes: Sequence[PushHeader], *, step: bool) -> None:
-        """Run the optimizer on ``grad`` once, version += 1, record the pushes' staleness.
+    def apply(
+        self,
+        grad: torch.Tensor,
+        pushes: Sequence[PushHeader],
+        *,
+        step: bool,
+        buffer_delta: torch.Tensor | None = None,
+    ) -> None:
+        """Run the optimizer on ``grad`` once, version += 1, record the pushes' staleness, and
+        add ``buffer_delta`` to the job's buffers.
 
         ``pushes`` are the pushes behind ``grad``; ``step`` marks a sync barrier step. With the
         job's ``staleness_aware_lr`` a push applied on its own (``step=False``) is scaled by
-        1 / (version staleness + 1) first, in place.
+        1 / (version staleness + 1) first, in place. ``buffer_delta`` is the *sum* of the
+        pushes' buffer changes (float64; None: none changed anything); the job averages it over
+        ``len(pushes)`` except over its counter spans, and never scales it by staleness.
         """
         ...
 
@@ -62,11 +72,19 @@ class Decision:
 class ConsistencyPolicy(Protocol):
     name: ClassVar[str]
 
-    def on_push(self, job: JobContext, push: PushHeader, grad: torch.Tensor) -> Decision:
+    def on_push(
+        self,
+        job: JobContext,
+        push: PushHeader,
+        grad: torch.Tensor,
+        buffer_delta: torch.Tensor | None = None,
+    ) -> Decision:
         """Decide on a push from a member whose payload is valid and whose base_version is not
-        ahead of the job's. May apply it (``job.apply``) or hold it. Raise a PSError (e.g.
-        FailedPrecondition) only before changing any state. ``grad`` is lent for the call only
-        (its memory is reused for the next push): copy what must outlive it.
+        ahead of the job's. May apply it (``job.apply``, passing the push's ``buffer_delta``
+        along with its gradient) or hold it. Raise a PSError (e.g. FailedPrecondition) only
+        before changing any state. ``grad`` (already divided by the push's loss scale) and
+        ``buffer_delta`` (float64, None: no change) are lent for the call only (their memory is
+        reused for the next push): copy what must outlive it.
         """
         ...
 

@@ -31,7 +31,13 @@ class SSPPolicy(ConsistencyPolicy):
             raise InvalidArgument(f"ssp staleness must be >= 0, got {staleness}")
         self.staleness = staleness
 
-    def on_push(self, job: JobContext, push: PushHeader, grad: torch.Tensor) -> Decision:
+    def on_push(
+        self,
+        job: JobContext,
+        push: PushHeader,
+        grad: torch.Tensor,
+        buffer_delta: torch.Tensor | None = None,
+    ) -> Decision:
         if push.base_clock + self.staleness < job.clock:
             return Decision(
                 Outcome.STALE,
@@ -41,7 +47,7 @@ class SSPPolicy(ConsistencyPolicy):
                 ),
                 reject_key="stale",
             )
-        job.apply(grad, [push], step=False)
+        job.apply(grad, [push], step=False, buffer_delta=buffer_delta)
         return Decision(Outcome.APPLIED)
 
     def pull_blocker(self, job: JobContext, worker_id: str) -> str | None:

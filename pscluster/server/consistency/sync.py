@@ -6,12 +6,14 @@
 The open step is the current version ``v``: every member pushes a gradient computed on ``v``,
 the pushes are summed, and when the last one arrives the average is applied (``v`` becomes
 ``v + 1``) and the workers blocked in ``Pull(min_version=v + 1)`` go on. This is bulk
-synchronous SGD: with one worker it is exactly single-process training.
+synchronous SGD: with one worker it is exactly single-process training. The pushes' buffer
+changes are summed beside the gradients and handed to the job with them, which averages them
+(the members' new running statistics) except over counters such as num_batches_tracked.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, ClassVar
 
 import torch
@@ -29,9 +31,17 @@ class SyncPolicy(ConsistencyPolicy):
 
     def __init__(self) -> None:
         self._sum: torch.Tensor | None = None  # kept across steps: fresh memory is slow
+        # The open step's summed buffer changes (small, so made afresh; None: none so far).
+        self._buffer_sum: torch.Tensor | None = None
         self._pushes: dict[str, PushHeader] = {}  # by worker, for the open step
 
-    def on_push(self, job: JobContext, push: PushHeader, grad: torch.Tensor) -> Decision:
+    def on_push(
+        self,
+        job: JobContext,
+        push: PushHeader,
+        grad: torch.Tensor,
+        buffer_delta: torch.Tensor | None = None,
+    ) -> Decision:
         if push.base_version < job.version:
             return self.refuse_old(job, push)
         if push.worker_id in self._pushes:
@@ -45,7 +55,14 @@ class SyncPolicy(ConsistencyPolicy):
             self._sum.add_(grad)
         else:
             self._sum.copy_(grad)  # the gradient is only lent to us
-        self._pushes[push.worker_id] = push
+            self._buffer_sum = None
+        if buffer_delta is not None:
+            if self._buffer_sum is None:
+                self._buffer_sum = buffer_delta.clone()
+            else:
+                self._buffer_sum.add_(buffer_delta)
+        # The delta's bytes are in the sum now: the held header need not keep them.
+        self._pushes[push.worker_id] = replace(push, buffer_delta=b"")
         if self.is_complete(job):
             self._apply(job)
             return Decision(Outcome.APPLIED)
@@ -79,21 +96,34 @@ class SyncPolicy(ConsistencyPolicy):
         return f"version {min_version} (the shard is at version {job.version})"
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        pushes = [asdict(push) for push in self._pushes.values()]
+        pushes = [_header_json(push) for push in self._pushes.values()]
         if not pushes or self._sum is None:
             return {}, {"pushes": []}
-        return {"sum": self._sum.clone()}, {"pushes": pushes}
+        tensors = {"sum": self._sum.clone()}
+        if self._buffer_sum is not None:
+            tensors["buffer_sum"] = self._buffer_sum.clone()
+        return tensors, {"pushes": pushes}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._pushes = {p["worker_id"]: PushHeader(**p) for p in meta.get("pushes", [])}
         held = tensors.get("sum")
         self._sum = None if held is None else held.clone()
+        held = tensors.get("buffer_sum")  # absent: no change so far (or an older checkpoint)
+        self._buffer_sum = None if held is None else held.clone()
 
     def _apply(self, job: JobContext) -> None:
-        grad, pushes = self._sum, list(self._pushes.values())
-        self._pushes = {}
+        grad, pushes, buffer_sum = self._sum, list(self._pushes.values()), self._buffer_sum
+        self._pushes, self._buffer_sum = {}, None
         if grad is None or not pushes:
             return
         if len(pushes) > 1:
             grad.div_(len(pushes))  # the average over the pushes that made the step
-        job.apply(grad, pushes, step=True)
+        # The buffer sum goes as a sum: the job averages it, except over its counters.
+        job.apply(grad, pushes, step=True, buffer_delta=buffer_sum)
+
+
+def _header_json(push: PushHeader) -> dict[str, Any]:
+    """A held push's header as JSON (its buffer delta is already in the sum)."""
+    data = asdict(push)
+    del data["buffer_delta"]
+    return data

@@ -1,18 +1,19 @@
 """Durable shards: a write-ahead log per job plus periodic checkpoints, replayed on start.
 
 With ``PSC_SHARD_DATA_DIR`` set, a shard keeps each job in ``<dir>/<job id>/``: InitJob writes
-a first checkpoint (config and initial values) before it replies; every input that changes the
-job's state is appended to the log under the job's lock, so the log's order is the order of
-application (a push that reached the consistency policy, with its header and its payload as it
-came off the wire; a SetMembers that was not older than the generation in force; a pull by an
-excluded or re-entering ssp member, whose clock it moves). A push is acknowledged only after
-its record is written, and with ``wal_fsync=always`` only after it is fsynced. Every
-``checkpoint_seconds`` or ``checkpoint_wal_bytes`` the job's whole state (values, optimizer
-moments and step counts, version, clocks, generation, members, the push-dedup table, the sync
-step in progress, counters) is checkpointed and the log starts a new segment. On start the
-shard loads each job's newest good checkpoint and replays the log after it through the same
-code the live shard ran, before it reports SERVING. A push retried after a timeout or a
-restart is answered from the restored dedup table (duplicate=True) and applied once.
+a first checkpoint (config, initial values and buffers) before it replies; every input that
+changes the job's state is appended to the log under the job's lock, so the log's order is the
+order of application (a push that reached the consistency policy, with its header, loss scale
+and buffer delta, and its payload as it came off the wire; a SetMembers that was not older than
+the generation in force; a pull by an excluded or re-entering ssp member, whose clock it
+moves). A push is acknowledged only after its record is written, and with ``wal_fsync=always``
+only after it is fsynced. Every ``checkpoint_seconds`` or ``checkpoint_wal_bytes`` the job's
+whole state (values, buffers, optimizer moments and step counts, version, clocks, generation,
+members, the push-dedup table, the sync step in progress with its buffer sum, counters) is
+checkpointed and the log starts a new segment. On start the shard loads each job's newest good
+checkpoint and replays the log after it through the same code the live shard ran, before it
+reports SERVING. A push retried after a timeout or a restart is answered from the restored
+dedup table (duplicate=True) and applied once.
 
 What ``wal_fsync`` (``PSC_WAL_FSYNC``) loses:
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pscluster.server.shard_job import ShardJob
 
 _VALUES = "values"
+_BUFFERS = "buffers"
 _OPT = "opt."
 _POLICY = "policy."
 
@@ -29,9 +30,11 @@ def config_to_json(config: JobConfig) -> dict[str, Any]:
 
 
 def config_from_json(data: dict[str, Any]) -> JobConfig:
+    """Also reads configs written before buffers (no buffer fields: a job without any)."""
     spec = dict(data["optimizer"])
     spec["betas"] = tuple(spec["betas"])
-    return JobConfig(**{**data, "optimizer": OptimizerSpec(**spec)})
+    counters = tuple((int(start), int(length)) for start, length in data.get("counters", ()))
+    return JobConfig(**{**data, "optimizer": OptimizerSpec(**spec), "counters": counters})
 
 
 def capture(job: ShardJob) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -40,6 +43,8 @@ def capture(job: ShardJob) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     opt_tensors, opt_scalars = job._opt.state_tensors()
     policy_tensors, policy_meta = job._policy.state_dict()
     tensors = {_VALUES: job._opt.values.clone()}
+    if len(job._buffers):
+        tensors[_BUFFERS] = job._buffers.values.clone()
     tensors.update({_OPT + k: v for k, v in opt_tensors.items()})
     tensors.update({_POLICY + k: v for k, v in policy_tensors.items()})
     meta = {
@@ -63,7 +68,9 @@ def restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> ShardJob:
     from pscluster.server.shard_job import ShardJob  # the job imports this package
 
     config = config_from_json(meta["config"])
-    job = ShardJob(config, tensors[_VALUES].clone())
+    # A KeyError when the config has buffers but the file not: recovery tries an older one.
+    buffers = tensors[_BUFFERS].clone() if config.buffer_length else None
+    job = ShardJob(config, tensors[_VALUES].clone(), buffers)
     job._opt.load_state_tensors(_prefixed(tensors, _OPT), meta["optimizer"])
     job._policy.load_state_dict(_prefixed(tensors, _POLICY), meta["policy"])
     job._version = int(meta["version"])

@@ -105,6 +105,8 @@ class Journal:
     # --- called under the job's lock ---
 
     def log_push(self, header: PushHeader, payload: bytes | bytearray | memoryview) -> int:
+        """The header as JSON; the blob is the payload followed by the buffer delta, whose
+        length the meta gives (older records have neither it nor ``grad_scale``)."""
         meta: dict[str, Any] = {
             "worker_id": header.worker_id,
             "seq": header.seq,
@@ -115,8 +117,10 @@ class Journal:
             "batch_size": header.batch_size,
             "codec": header.codec,
             "payload_bytes": header.payload_bytes,
+            "grad_scale": header.grad_scale,
+            "buffer_delta_bytes": len(header.buffer_delta),
         }
-        return self._wal.append(RecordType.PUSH, meta, payload)
+        return self._wal.append(RecordType.PUSH, meta, payload, header.buffer_delta)
 
     def log_members(self, worker_ids: list[str], generation: int, excluded: list[str]) -> int:
         meta = {"worker_ids": worker_ids, "generation": generation, "excluded": excluded}

@@ -123,8 +123,7 @@ def _replay(job: ShardJob, record: Record) -> None:
     meta = record.meta
     try:
         if record.type is RecordType.PUSH:
-            header = PushHeader(job_id=job.config.job_id, **meta)
-            job.replay_push(header, record.blob)
+            job.replay_push(*_logged_push(job.config.job_id, record))
         elif record.type is RecordType.MEMBERS:
             job.set_members(meta["worker_ids"], meta["generation"], meta["excluded"])
         elif record.type is RecordType.READ:
@@ -133,3 +132,13 @@ def _replay(job: ShardJob, record: Record) -> None:
         # The live shard refused it the same way (e.g. a second sync push for one step) after
         # logging it: replay refuses it again, and the state is the same as then.
         log.debug("replayed record refused again: %s", exc)
+
+
+def _logged_push(job_id: str, record: Record) -> tuple[PushHeader, bytes]:
+    """The header and payload of a push record: its blob is the payload then the buffer delta
+    (records from before buffers have no delta and no grad_scale: scale 1, no change)."""
+    meta = dict(record.meta)
+    delta_bytes = int(meta.pop("buffer_delta_bytes", 0))
+    split = len(record.blob) - delta_bytes
+    header = PushHeader(job_id=job_id, **meta, buffer_delta=record.blob[split:])
+    return header, record.blob[:split]

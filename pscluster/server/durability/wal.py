@@ -4,7 +4,7 @@ A record is ``<u32 length><u32 crc32> <u8 type><u32 meta length> meta blob``: ``
 everything after the first eight bytes and the CRC covers it, so a torn write (a crash in the
 middle of a record) or a flipped bit is caught when the log is read back. ``meta`` is JSON (the
 push header, the member list, ...); ``blob`` is raw bytes (a push's payload as it came off the
-wire, so a compressed push stays small on disk). No pickle anywhere.
+wire, so a compressed push stays small on disk, then its buffer delta). No pickle anywhere.
 
 Appends happen under the job's lock, so the log's order is the order in which the job applied
 what it logs; :meth:`WriteAheadLog.sync` runs outside that lock: one fsync covers every record
@@ -50,17 +50,24 @@ class Record:
 
 
 def encode(
-    kind: RecordType, meta: dict[str, Any], blob: bytes | bytearray | memoryview
+    kind: RecordType,
+    meta: dict[str, Any],
+    blob: bytes | bytearray | memoryview,
+    tail: bytes = b"",
 ) -> list[bytes | memoryview]:
-    """The buffers of one record, for one ``writev`` (the blob is not copied)."""
+    """The buffers of one record, for one ``writev`` (the blob is not copied). ``tail`` is
+    appended to the blob (a push's buffer delta after its payload)."""
     meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
     head = _KIND.pack(kind, len(meta_bytes)) + meta_bytes
     body = memoryview(blob).cast("B")
-    length = len(head) + body.nbytes
+    length = len(head) + body.nbytes + len(tail)
     if length > _MAX_RECORD:
         raise ValueError(f"a log record holds at most {_MAX_RECORD} bytes, got {length}")
-    crc = zlib.crc32(body, zlib.crc32(head))
-    return [_FRAME.pack(length, crc) + head, body]
+    crc = zlib.crc32(tail, zlib.crc32(body, zlib.crc32(head)))
+    buffers: list[bytes | memoryview] = [_FRAME.pack(length, crc) + head, body]
+    if tail:
+        buffers.append(tail)
+    return buffers
 
 
 def segment_path(folder: Path, number: int) -> Path:
@@ -112,10 +119,14 @@ class WriteAheadLog:
         return fd
 
     def append(
-        self, kind: RecordType, meta: dict[str, Any], blob: bytes | bytearray | memoryview = b""
+        self,
+        kind: RecordType,
+        meta: dict[str, Any],
+        blob: bytes | bytearray | memoryview = b"",
+        tail: bytes = b"",
     ) -> int:
         """Write one record (under the job's lock); returns its ticket for :meth:`sync`."""
-        buffers = encode(kind, meta, blob)
+        buffers = encode(kind, meta, blob, tail)
         total = sum(memoryview(b).nbytes for b in buffers)
         written = os.writev(self._fd, buffers)
         if written != total:  # a short write: finish it from where it stopped
