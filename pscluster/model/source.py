@@ -1,7 +1,8 @@
-"""Model code travels as source: the module that defines the class, run in a fresh namespace.
+"""Model code travels as source: a :class:`~pscluster.model.bundle.CodeBundle` of the user's
+own modules, imported on the worker in isolation (:mod:`pscluster.model.loader`).
 
-Sending source rather than a pickle means a worker never unpickles anything from the network,
-and the user's class can live in their own file (``inspect.getsource`` of its module).
+Sending source rather than a pickle means a worker never unpickles anything from the network.
+``build`` keeps the older form working: one module's source, run as an anonymous module.
 """
 
 from __future__ import annotations
@@ -9,16 +10,21 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-import types
 from typing import Any
 
 from torch import nn
 
+from pscluster.model.bundle import CodeBundle
+from pscluster.model.loader import LoadedBundle
 from pscluster.transport.errors import InvalidArgument
 
 
 def module_source(model_cls: type[nn.Module]) -> str:
-    """The source of the whole module defining ``model_cls`` (helpers and imports included)."""
+    """The source of the whole module defining ``model_cls`` (helpers and imports included).
+
+    Kept for callers that ship one module; :func:`pscluster.model.bundle.collect` also ships
+    the local modules it imports, and only the model's definitions from a script.
+    """
     module = sys.modules.get(model_cls.__module__)
     if module is None:
         raise InvalidArgument(f"cannot find the module of {model_cls.__qualname__}")
@@ -31,28 +37,20 @@ def module_source(model_cls: type[nn.Module]) -> str:
         ) from e
 
 
-def load_class(
-    source: str, class_name: str, module_name: str = "psc_user_model"
-) -> type[nn.Module]:
-    """Execute ``source`` as a new module and return its ``class_name`` (an nn.Module)."""
-    module = types.ModuleType(module_name)
-    module.__file__ = f"<{module_name}>"
-    # Registered while it runs so that dataclasses, pickling-free typing tricks and
-    # `from __future__ import annotations` resolve names in the module as they would on disk.
-    sys.modules[module_name] = module
-    try:
-        exec(compile(source, f"<{module_name}>", "exec"), module.__dict__)
-    finally:
-        sys.modules.pop(module_name, None)
-    cls = module.__dict__.get(class_name)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise InvalidArgument(f"the model source defines no nn.Module named {class_name!r}")
-    return cls
+def load_class(source: str, class_name: str) -> type[nn.Module]:
+    """Execute ``source`` as a new anonymous module and return its ``class_name`` (an nn.Module)."""
+    return LoadedBundle(CodeBundle(module="", source=source)).model_class(class_name)
 
 
 def build(source: str, class_name: str, kwargs_json: str) -> nn.Module:
+    """The model ``class_name(**kwargs)`` from one module's source (the anonymous form)."""
+    return build_from_bundle(CodeBundle(module="", source=source), class_name, kwargs_json)
+
+
+def build_from_bundle(bundle: CodeBundle, class_name: str, kwargs_json: str) -> nn.Module:
+    """The model ``class_name(**kwargs)`` defined by the main module of ``bundle``."""
     kwargs = parse_kwargs(kwargs_json)
-    return load_class(source, class_name)(**kwargs)
+    return LoadedBundle(bundle).model_class(class_name)(**kwargs)
 
 
 def parse_kwargs(kwargs_json: str) -> dict[str, Any]:
