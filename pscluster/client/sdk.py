@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -35,7 +36,7 @@ from pscluster.client.errors import (
 from pscluster.client.history import History
 from pscluster.client.info import ClusterStatus, JobInfo
 from pscluster.client.metrics import JobMetrics
-from pscluster.client.payload import build_payload
+from pscluster.client.payload import InitFrom, LossArg, build_payload
 from pscluster.config import Settings
 from pscluster.model import state
 from pscluster.transport.channel import open_channel
@@ -115,7 +116,7 @@ class Client:
         epochs: int = 10,
         batch_size: int = 64,
         model_kwargs: Mapping[str, Any] | None = None,
-        loss: str = "cross_entropy",
+        loss: LossArg = "cross_entropy",
         partitions: int = 0,
         shards: int = 0,
         seed: int = 0,
@@ -125,12 +126,34 @@ class Client:
         stragglers: Mapping[str, Any] | None = None,
         staleness_aware_lr: bool = False,
         local_steps: int = 0,
+        metric: str = "",
+        precision: str = "fp32",
+        init_from: Job | str | Mapping[str, torch.Tensor] | None = None,
+        code_dir: str | Path | None = None,
     ) -> Job:
         """Submit a training job and return at once; follow it with :meth:`Job.wait`.
 
-        ``model`` is an ``nn.Module`` class defined at the top level of a .py file: workers
-        rebuild it from that file's source as ``model(**model_kwargs)``. ``train`` and ``test``
-        are ``(X, y)`` pairs of numpy arrays or tensors (X floating point). ``mode`` is
+        ``model`` is an ``nn.Module`` class defined at the top level of a .py file (or directly
+        under a script's ``if __name__ == "__main__":``): workers rebuild it as
+        ``model(**model_kwargs)`` from that file's source and the local modules it imports
+        (or every .py under ``code_dir``); see the README's "Bring your own model". Parameters
+        with ``requires_grad=False`` stay frozen (never pulled or pushed); buffers (BatchNorm
+        statistics) train on the shards beside the parameters.
+
+        ``train`` and ``test`` are ``(X, y)`` pairs: X an array or tensor (float, or integer
+        ids), a tuple of them (``forward(*X)``) or a dict of them (``forward(**X)``); y an
+        array of any shape. ``loss`` is "cross_entropy", "mse", "l1", "bce_with_logits" or a
+        function ``loss(output, y) -> scalar`` defined at the top level of your file;
+        ``metric`` ("accuracy", "mse", "mae", "loss"; default: the loss's own) is what each
+        epoch's evaluation reports. ``precision`` "bf16" trains in bfloat16 autocast (CPU and
+        GPU), "fp16" in float16 with dynamic loss scaling (CUDA workers); the shards keep
+        float32 weights. ``init_from`` starts from a finished job's model (a Job or its id) or
+        a state_dict, loaded by name: entries the model lacks are an error, entries it has
+        beyond them keep their initialisation (adapters, a new head).
+
+        Before anything is sent, the model is built from the code that would be sent and run
+        forward and backward on a few rows (the dry run); the data are checked for NaN, and
+        labels against the model's outputs. ``mode`` is
         "async", "sync" or "ssp" (bounded by ``staleness``); ``optimizer`` is a dict of
         torch.optim fields, by default ``{"name": "sgd", "lr": 0.05, "momentum": 0.9}``.
         ``partitions`` and ``shards`` of 0 let the coordinator choose. ``compression``
@@ -182,10 +205,31 @@ class Client:
             stragglers=stragglers,
             staleness_aware_lr=staleness_aware_lr,
             local_steps=local_steps,
+            metric=metric,
+            precision=precision,
+            init_from=self._init_from(init_from),
+            code_dir=code_dir,
         )
         stream = payload.chunks(self.settings.chunk_bytes)
         reply = self._call("submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t))
         return Job(self, reply.job_id, token=reply.token or None)
+
+    def _init_from(self, source: Job | str | Mapping[str, torch.Tensor] | None) -> InitFrom | None:
+        """Where a fine-tune starts, fetched now: a completed job's model, or the given state."""
+        if source is None:
+            return None
+        if isinstance(source, Mapping):
+            bad = [k for k, v in source.items() if not isinstance(v, torch.Tensor)]
+            if bad:
+                raise InvalidJobError(f"init_from values must be tensors; these are not: {bad}")
+            return InitFrom(source)
+        job = source if isinstance(source, Job) else self.job(source)
+        info = job.info()
+        if info.state != "completed":
+            raise InvalidJobError(
+                f"init_from job {job.id} is {info.state}; fine-tune from a completed job"
+            )
+        return InitFrom(job.fetch_model(), job.id)
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job; NOT_FOUND surfaces as JobNotFoundError."""
@@ -294,7 +338,7 @@ class Job:
         reply = self.client._call(
             f"get the metrics of job {self.id}", lambda t: stub.GetMetrics(req, timeout=t)
         )
-        return JobMetrics.from_proto(reply)
+        return JobMetrics.from_proto(reply).of_job(self.info())
 
     def history(self) -> History:
         """The job's curves as tables: loss per step, test results per epoch (times in seconds

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
 from pscluster.client.errors import InvalidJobError
+from pscluster.model.objective import BUILTIN_LOSSES
 
 
 class SpecFileError(InvalidJobError):
@@ -49,11 +50,18 @@ class JobFile(BaseModel):
     optimizer: dict[str, Any] | None = None
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    # a built-in loss, or path/to/file.py:function for a loss of your own
+    loss: str = "cross_entropy"
+    metric: Literal["", "accuracy", "mse", "mae", "loss"] = ""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    init_from: str = Field("", description="a completed job's id: start from its model")
+    code_dir: str = Field("", description="ship every .py under this folder (relative)")
     partitions: int = Field(0, ge=0)
     shards: int = Field(0, ge=0)
     seed: int = Field(0, ge=0)
     target_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    # a regression job's target: the test metric (mse, mae or loss) at or below this
+    target_metric: float | None = Field(None, ge=0.0)
     # e.g. {name: topk, ratio: 0.01}; see Client.submit (names and ranges: the coordinator)
     compression: dict[str, Any] | None = None
     backup_workers: int = Field(0, ge=0)
@@ -61,6 +69,16 @@ class JobFile(BaseModel):
     stragglers: dict[str, Any] | None = None
     staleness_aware_lr: bool = False
     local_steps: int = Field(0, ge=0)
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, loss: str) -> str:
+        if ":" in loss or loss in BUILTIN_LOSSES:
+            return loss
+        raise ValueError(
+            f"unknown loss {loss!r}; expected one of {list(BUILTIN_LOSSES)} or "
+            "path/to/file.py:function"
+        )
 
 
 class LoadedJob:
@@ -118,7 +136,11 @@ class LoadedJob:
             "epochs": s.epochs,
             "batch_size": s.batch_size,
             "model_kwargs": s.model_kwargs,
-            "loss": s.loss,
+            "loss": self.loss(),
+            "metric": s.metric,
+            "precision": s.precision,
+            "init_from": s.init_from or None,
+            "code_dir": (self.base / s.code_dir) if s.code_dir else None,
             "partitions": s.partitions,
             "shards": s.shards,
             "seed": s.seed,
@@ -129,6 +151,15 @@ class LoadedJob:
             "staleness_aware_lr": s.staleness_aware_lr,
             "local_steps": s.local_steps,
         }
+
+    def loss(self) -> Any:
+        """A built-in loss name as it is, or the function a ``file.py:function`` names."""
+        if ":" not in self.spec.loss:
+            return self.spec.loss
+        fn = self._resolve("loss", self.spec.loss)
+        if not callable(fn):
+            raise SpecFileError(f"{self.path}: loss {self.spec.loss!r} is not a function")
+        return fn
 
     def _resolve(self, field: str, ref: str) -> Any:
         file_part, sep, attr = ref.rpartition(":")

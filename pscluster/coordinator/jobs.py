@@ -23,6 +23,9 @@ from pscluster.coordinator.runtime import Activity, Runtime
 from pscluster.coordinator.shard_client import ShardError
 from pscluster.coordinator.spec import (
     SUBMITTED_BLOBS,
+    buffer_layout_of,
+    buffer_ranges,
+    counter_spans_in,
     layout_of,
     read_submission,
     shard_optimizer,
@@ -66,6 +69,8 @@ class JobManager:
         spec, data = read_submission(chunks)
         addresses = rt.settings.shard_list()
         job = validate_job(spec, data, len(addresses), rt.settings.default_partitions)
+        if job.spec.precision == "fp16":
+            self._require_cuda_workers()
         job_id = f"j-{uuid.uuid4().hex[:8]}"
         ranges = BalancedRanges().split(job.layout.size, job.spec.shards)
         slices = [
@@ -88,8 +93,20 @@ class JobManager:
         )
         rt.store.create_job(record)
         log.info("job %s submitted: %d params on %d shards", job_id, job.layout.size, len(slices))
-        self.start(job_id, job.flat)
+        self.start(job_id, (job.flat, job.buffers))
         return self.require(job_id)
+
+    def _require_cuda_workers(self) -> None:
+        """fp16 training runs only on CUDA workers: refuse it at the door when no live worker
+        has a GPU, rather than let the job fail on the first worker that takes it."""
+        with self.rt.lock:
+            devices = sorted({w.device for w in self.rt.workers.snapshot() if w.alive})
+        if not any(d.startswith("cuda") for d in devices):
+            raise FailedPrecondition(
+                "precision 'fp16' needs CUDA workers, and none of this cluster's live workers "
+                f"has one (their devices: {', '.join(devices) or 'no workers'}); use "
+                "precision='bf16' on CPUs, or start GPU workers first"
+            )
 
     @contextmanager
     def _claimed(self, job_id: str) -> Iterator[bool]:
@@ -108,7 +125,7 @@ class JobManager:
             with self.rt.lock:
                 self._busy.discard(job_id)
 
-    def start(self, job_id: str, flat: torch.Tensor | None = None) -> bool:
+    def start(self, job_id: str, initial: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool:
         """Initialise a pending job on its shards and start scheduling it; False if it stays
         pending (a shard is unreachable: the monitor retries) or is no longer pending."""
         rt = self.rt
@@ -116,7 +133,7 @@ class JobManager:
             if not claimed:
                 return False
             job = self.require(job_id)
-            if job.state != st.PENDING or not self._init_shards(job, flat):
+            if job.state != st.PENDING or not self._init_shards(job, initial):
                 return False
             with rt.lock:
                 job = self.require(job_id)
@@ -134,7 +151,9 @@ class JobManager:
             rt.shards.drop_job([p.address for p in job.shards], job_id)
             return False
 
-    def _init_shards(self, job: st.JobRecord, flat: torch.Tensor | None) -> bool:
+    def _init_shards(
+        self, job: st.JobRecord, initial: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> bool:
         rt = self.rt
         addresses = [p.address for p in job.shards]
         # A health check first: its short deadline finds a dead or black-holed shard in
@@ -143,13 +162,19 @@ class JobManager:
         try:
             if problems:
                 raise problems[0]
-            if flat is None:
-                initial = state.loads(
+            spec = co_pb2.JobSpec.FromString(job.spec)
+            if initial is None:
+                tensors = state.loads(
                     rt.blobs.read(job.job_id, blobs.INITIAL_STATE), "initial_state"
                 )
-                flat = layout_of(co_pb2.JobSpec.FromString(job.spec)).flatten(initial)
-            spec = co_pb2.JobSpec.FromString(job.spec)
-            for part in job.shards:
+                initial = (
+                    layout_of(spec).flatten(tensors),
+                    buffer_layout_of(spec).flatten(tensors),
+                )
+            flat, buffers = initial
+            counters = buffer_layout_of(spec).counter_spans()
+            ranges = buffer_ranges(spec, len(job.shards))
+            for part, brange in zip(job.shards, ranges, strict=True):
                 config = ps_pb2.ShardJobConfig(
                     job_id=job.job_id,
                     start=part.start,
@@ -160,6 +185,10 @@ class JobManager:
                     compression=spec.compression,
                     backup_workers=spec.backup_workers,
                     staleness_aware_lr=spec.staleness_aware_lr,
+                    buffer_start=brange.start,
+                    buffer_length=brange.length,
+                    counters=counter_spans_in(counters, brange),
+                    initial_buffers=buffers[brange.start : brange.end].numpy().tobytes(),
                 )
                 rt.shards.init_job(
                     part.address, config, flat[part.start : part.start + part.length]
@@ -258,7 +287,9 @@ class JobManager:
             if job.state != st.RUNNING:
                 return False
             try:
-                model = live.model(self.rt, job)
+                model, versions = live.model_and_versions(self.rt, job)
+                if not self._evaluated(job, versions):
+                    return False
                 rt.blobs.write(job_id, blobs.MODEL, state.dumps(model))
                 metrics = live.stats(self.rt, job)
                 with rt.lock:
@@ -286,6 +317,36 @@ class JobManager:
             log.info("job %s completed: test accuracy %.4f", job_id, job.test_accuracy)
             self._release_shards(job)
             return True
+
+    def _evaluated(self, job: st.JobRecord, versions: tuple[int, ...]) -> bool:
+        """Whether the final evaluation saw exactly the parameters about to be saved (what
+        the job reports must be what the user fetches). If a late update moved them, the
+        final evaluation is handed out again and the model is saved after it."""
+        final = self.rt.store.latest_epoch(job.job_id)
+        if final is None or not final.versions or tuple(final.versions) == versions:
+            return True
+        rt = self.rt
+        log.warning(
+            "job %s: the final evaluation saw versions %s but the shards are at %s; "
+            "evaluating again",
+            job.job_id,
+            list(final.versions),
+            list(versions),
+        )
+        with rt.lock:
+            self._to_finish.discard(job.job_id)
+            job = rt.store.update_job(job.job_id, pending_evals=[job.epochs - 1])
+            spec = co_pb2.JobSpec.FromString(job.spec)
+            rows = train_rows(rt.blobs.path(job.job_id, blobs.DATASET))
+            rt.book.add_job(
+                job.job_id,
+                job.epochs,
+                job.partitions,
+                epoch=job.epochs,
+                evals={job.epochs - 1},
+                batch_counts=batch_counts(rows, job.partitions, spec.batch_size),
+            )
+        return False
 
     def fail(self, job_id: str, error: str) -> st.JobRecord:
         """Idempotent: a job already failed (or otherwise ended) is left as it is."""

@@ -12,7 +12,7 @@ from pscluster.coordinator import blobs
 from pscluster.coordinator import store as st
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.shard_client import ShardError
-from pscluster.coordinator.spec import layout_of
+from pscluster.coordinator.spec import buffer_layout_of, layout_of
 from pscluster.coordinator.stats import aggregate
 from pscluster.model import state
 from pscluster.v1 import common_pb2
@@ -20,13 +20,22 @@ from pscluster.v1 import coordinator_pb2 as co_pb2
 
 
 def model(rt: Runtime, job: st.JobRecord) -> dict[str, torch.Tensor]:
-    """The current parameters as a state_dict, with the initial state's other entries
-    (buffers) beside them: what a user loads with ``model.load_state_dict``."""
-    layout = layout_of(co_pb2.JobSpec.FromString(job.spec))
-    flat = rt.shards.pull_all(job.job_id, job.shards, job.num_params)
+    """The current state_dict: what a user loads with ``model.load_state_dict``."""
+    return model_and_versions(rt, job)[0]
+
+
+def model_and_versions(
+    rt: Runtime, job: st.JobRecord
+) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
+    """The current parameters and buffers from the shards, with the initial state's other
+    entries (frozen parameters, boolean buffers) beside them, and each shard's version."""
+    spec = co_pb2.JobSpec.FromString(job.spec)
+    layout, buffers = layout_of(spec), buffer_layout_of(spec)
+    live = rt.shards.pull_all(job.job_id, job.shards, job.num_params, buffers.size)
     initial = state.loads(rt.blobs.read(job.job_id, blobs.INITIAL_STATE), "initial_state")
-    initial.update(layout.unflatten(flat))
-    return initial
+    initial.update(layout.unflatten(live.flat))
+    initial.update(buffers.unflatten(live.buffers))
+    return initial, live.versions
 
 
 def stats(rt: Runtime, job: st.JobRecord) -> co_pb2.JobMetrics:

@@ -6,6 +6,7 @@ live; once a job is over they come from what was saved when it ended.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from pscluster.coordinator import blobs, live
@@ -13,7 +14,8 @@ from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.leases import TRAIN
 from pscluster.coordinator.runtime import Runtime
-from pscluster.model import state
+from pscluster.coordinator.spec import buffer_ranges
+from pscluster.model import objective, state
 from pscluster.transport import wire
 from pscluster.transport.errors import FailedPrecondition, InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
@@ -42,6 +44,7 @@ class JobQueries:
             )
         total = job.epochs * job.partitions
         progress = 1.0 if job.state == st.COMPLETED else min(1.0, done / total)
+        metric, value = self._metric(job)
         return co_pb2.JobInfo(
             job_id=job.job_id,
             name=job.name,
@@ -60,16 +63,38 @@ class JobQueries:
             num_params=job.num_params,
             workers=workers,
             steps=job.steps,
+            metric=metric,
+            metric_value=value,
         )
+
+    def _metric(self, job: st.JobRecord) -> tuple[str, float]:
+        """The job's metric and its value at the latest evaluation (NaN before the first)."""
+        spec = co_pb2.JobSpec.FromString(job.spec)
+        metric = objective.metric_of(spec.loss, spec.metric)
+        latest = self.rt.store.latest_epoch(job.job_id)
+        if latest is None:
+            return metric, math.nan
+        if metric in latest.metrics:
+            return metric, latest.metrics[metric]
+        # An evaluation recorded before metrics were kept: accuracy and loss only.
+        return metric, latest.test_accuracy if metric == "accuracy" else latest.test_loss
 
     def plan(self, job_id: str) -> co_pb2.JobPlan:
         job = self.jobs.require(job_id)
+        spec = co_pb2.JobSpec.FromString(job.spec)
+        buffers = buffer_ranges(spec, len(job.shards))
         return co_pb2.JobPlan(
             job_id=job.job_id,
-            spec=co_pb2.JobSpec.FromString(job.spec),
+            spec=spec,
             shards=[
-                co_pb2.ShardRange(address=p.address, start=p.start, length=p.length)
-                for p in job.shards
+                co_pb2.ShardRange(
+                    address=p.address,
+                    start=p.start,
+                    length=p.length,
+                    buffer_start=b.start,
+                    buffer_length=b.length,
+                )
+                for p, b in zip(job.shards, buffers, strict=True)
             ],
             num_params=job.num_params,
         )
@@ -102,6 +127,7 @@ class JobQueries:
                 test_loss=e.test_loss,
                 unix_time=e.unix_time,
                 samples=e.samples,
+                metrics=e.metrics,
             )
         metrics.pushes_by_worker.update(store.steps_by_worker(job_id))
         for ev in store.events(job_id):
@@ -129,8 +155,9 @@ class JobQueries:
             return wire.chunks(memoryview(data), chunk_bytes)
         reason = {
             st.PENDING: "its shards are not initialised yet",
-            st.FAILED: "it failed, so no model was saved",
-            st.CANCELLED: "it was cancelled, so no model was saved",
+            st.FAILED: "it failed before training finished, so there is no trained model "
+            "(`pscluster status`/`job.info().error` says why)",
+            st.CANCELLED: "it was cancelled before training finished, so there is no trained model",
         }.get(job.state, "it has no model")
         raise FailedPrecondition(f"job {job_id} is {job.state}: {reason}")
 

@@ -14,7 +14,7 @@ import grpc
 from pscluster.coordinator.admission import Admission
 from pscluster.coordinator.app import Coordinator
 from pscluster.coordinator.leases import TRAIN
-from pscluster.coordinator.tasks import StepReport
+from pscluster.coordinator.tasks import Evaluated, StepReport
 from pscluster.transport.auth import JobTokens, admin_token, caller_identity
 from pscluster.transport.errors import InvalidArgument, grpc_errors
 from pscluster.v1 import common_pb2
@@ -145,13 +145,13 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
     def CompleteTask(
         self, request: co_pb2.CompleteTaskRequest, context: grpc.ServicerContext
     ) -> co_pb2.CompleteTaskReply:
-        self.c.tasks.complete(
-            request.worker_id,
-            request.lease_id,
-            request.test_accuracy,
-            request.test_loss,
-            request.samples,
-        )
+        metrics = dict(request.metrics)
+        if not metrics:  # a worker from before metrics: accuracy and loss
+            metrics = {"loss": request.test_loss}
+            if request.test_accuracy >= 0:
+                metrics["accuracy"] = request.test_accuracy
+        evaluation = Evaluated(metrics, tuple(request.versions))
+        self.c.tasks.complete(request.worker_id, request.lease_id, request.samples, evaluation)
         return co_pb2.CompleteTaskReply()
 
     @grpc_errors

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -30,6 +31,22 @@ STATUS_TIMEOUT_SECONDS = 3.0
 # CancelJob: a shard that cannot answer them in this time is treated as unreachable.
 CONTROL_TIMEOUT_SECONDS = 5.0
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass(frozen=True)
+class ShardRead:
+    values: torch.Tensor  # float32, the shard's range of the parameters
+    buffers: torch.Tensor  # float64, the shard's range of the buffers
+    version: int
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """A job's parameters and buffers as its shards hold them now."""
+
+    flat: torch.Tensor
+    buffers: torch.Tensor
+    versions: tuple[int, ...]  # each shard's, in plan order
 
 
 class ShardError(Unavailable):
@@ -150,7 +167,7 @@ class ShardClients:
                 errors.append(err)
         return errors
 
-    def pull(self, job_id: str, part: ShardSlice) -> torch.Tensor:
+    def pull(self, job_id: str, part: ShardSlice) -> ShardRead:
         """An observer's read of one shard's slice (never waits on barriers or clocks)."""
         request = ps_pb2.PullRequest(
             job_id=job_id,
@@ -174,16 +191,34 @@ class ShardClients:
             assembler = wire.Assembler(header.length * wire.itemsize(header.dtype))
             for msg in stream:
                 assembler.add(msg.data)
-            return wire.decode(assembler.result(), header.dtype, header.length)
+            values = wire.decode(assembler.result(), header.dtype, header.length)
+            buffers = wire.decode_float64(header.buffers)
+            return ShardRead(values, buffers, header.version)
         except grpc.RpcError as e:
             raise _error(part.address, e) from None
 
-    def pull_all(self, job_id: str, parts: Sequence[ShardSlice], size: int) -> torch.Tensor:
-        """The job's whole flat vector, assembled from its shards' ranges."""
+    def pull_all(
+        self, job_id: str, parts: Sequence[ShardSlice], size: int, buffer_size: int
+    ) -> LiveState:
+        """The job's whole flat vector and buffers, assembled from its shards' ranges, with
+        the version each shard was at."""
         flat = torch.empty(size, dtype=torch.float32)
+        buffers = torch.empty(buffer_size, dtype=torch.float64)
+        versions = []
+        offset = 0
         for part in parts:
-            flat[part.start : part.start + part.length] = self.pull(job_id, part)
-        return flat
+            read = self.pull(job_id, part)
+            flat[part.start : part.start + part.length] = read.values
+            buffers[offset : offset + read.buffers.numel()] = read.buffers
+            offset += read.buffers.numel()
+            versions.append(read.version)
+        if offset != buffer_size:
+            raise ShardError(
+                parts[0].address if parts else "",
+                grpc.StatusCode.INTERNAL,
+                f"the shards hold {offset} buffer values, the job has {buffer_size}",
+            )
+        return LiveState(flat, buffers, tuple(versions))
 
     def health(self, addresses: Sequence[str]) -> list[ShardError | None]:
         """The standard gRPC health check of each shard: None if SERVING, else the problem."""

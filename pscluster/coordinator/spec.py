@@ -17,16 +17,19 @@ from pscluster.compression import parse_settings
 from pscluster.coordinator import blobs
 from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.data.dataset import Dataset
-from pscluster.model import source, state
+from pscluster.model import objective, source, state
+from pscluster.model.buffers import BufferLayout, parse_dtype
 from pscluster.model.layout import ParamLayout
 from pscluster.model.optimizer import parse_optimizer
+from pscluster.model.partition import BalancedRanges, Range
 from pscluster.server.consistency import validate_consistency
 from pscluster.transport.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
 MODES = ("async", "sync", "ssp")
-LOSSES = ("cross_entropy", "mse")
+PRECISIONS = ("fp32", "bf16", "fp16")
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 1 << 20
 MAX_PARTITIONS = 1 << 16
@@ -35,6 +38,10 @@ MAX_NAME = 200
 MAX_LOCAL_STEPS = 1024
 # A submission is held in memory while it is checked; beyond this it is refused up front.
 MAX_SUBMISSION_BYTES = 4 << 30
+# The user's code travels in the spec message: the shipped sources together stay below this.
+MAX_SOURCE_BYTES = 4 << 20
+# Buffers travel in every push and pull header (float64); a shard's share stays below this.
+MAX_BUFFER_BYTES_PER_SHARD = 2 << 20
 SUBMITTED_BLOBS = (blobs.DATASET, blobs.INITIAL_STATE)
 
 
@@ -43,6 +50,7 @@ class ValidatedJob:
     spec: co_pb2.JobSpec  # with partitions and shards set to the values in force
     layout: ParamLayout
     flat: torch.Tensor  # the initial trainable parameters, float32, in layout order
+    buffers: torch.Tensor  # the initial buffers, float64, in buffer layout order
     blobs: dict[str, bytes]
 
 
@@ -88,7 +96,8 @@ def validate_job(
     default_partitions: int,
 ) -> ValidatedJob:
     layout = validate_spec(spec, configured_shards)
-    initial = _initial_state(blob_data[blobs.INITIAL_STATE], layout)
+    buffers = buffer_layout_of(spec)
+    initial = _initial_state(blob_data[blobs.INITIAL_STATE], layout, buffers)
     train_rows = _dataset_rows(blob_data[blobs.DATASET], spec.loss)
     explicit = co_pb2.JobSpec()
     explicit.CopyFrom(spec)
@@ -96,11 +105,14 @@ def validate_job(
     # empty shard range is only overhead.
     explicit.partitions = min(spec.partitions or default_partitions, train_rows)
     explicit.shards = min(spec.shards or configured_shards, layout.size)
+    _check_buffer_size(buffers, explicit.shards)
     if spec.mode != "ssp":
         # Only ssp has a staleness bound; one sent with another mode (an SDK default, a job
         # file switched between modes) is dropped, so the plan shows what is in force.
         explicit.staleness = 0
-    return ValidatedJob(explicit, layout, layout.flatten(initial), blob_data)
+    return ValidatedJob(
+        explicit, layout, layout.flatten(initial), buffers.flatten(initial), blob_data
+    )
 
 
 def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
@@ -130,8 +142,11 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
             "compression 'dgc' keeps its own momentum on the workers, and with local_steps > 1 "
             "the job's optimizer already runs there: use 'topk' (error feedback) with local steps"
         )
-    if spec.loss not in LOSSES:
-        raise InvalidArgument(f"loss {spec.loss!r} is unknown; expected one of {list(LOSSES)}")
+    objective.check_objective(spec.loss, spec.metric, spec.loss_function)
+    if spec.precision and spec.precision not in PRECISIONS:
+        raise InvalidArgument(
+            f"precision {spec.precision!r} is unknown; expected one of {list(PRECISIONS)}"
+        )
     return layout
 
 
@@ -188,7 +203,74 @@ def _validate_model(model: co_pb2.ModelSpec) -> ParamLayout:
                 "every dimension must be >= 1"
             )
         entries.append((p.name, list(p.shape)))
+    buffer_layout_of_model(model, seen)
+    _validate_files(model)
     return ParamLayout(entries)
+
+
+def buffer_layout_of_model(model: co_pb2.ModelSpec, taken: set[str] | None = None) -> BufferLayout:
+    """The buffer layout a model spec describes; InvalidArgument naming a bad entry."""
+    seen = set(taken or ())
+    entries = []
+    for i, b in enumerate(model.buffers):
+        if not b.name or b.name in seen:
+            raise InvalidArgument(
+                f"model.buffers[{i}].name {b.name!r} is empty or names another entry"
+            )
+        seen.add(b.name)
+        entries.append(
+            (b.name, [int(d) for d in b.shape], parse_dtype(b.dtype, f"buffer {b.name!r}"))
+        )
+    return BufferLayout(entries)
+
+
+def buffer_layout_of(spec: co_pb2.JobSpec) -> BufferLayout:
+    return buffer_layout_of_model(spec.model)
+
+
+def buffer_ranges(spec: co_pb2.JobSpec, shards: int) -> list[Range]:
+    """Each shard's range of the job's buffer vector (empty ranges when it has none)."""
+    return BalancedRanges().split(buffer_layout_of(spec).size, shards)
+
+
+def counter_spans_in(counters: list[tuple[int, int]], shard: Range) -> list[ps_pb2.Span]:
+    """The counters that fall in a shard's buffer range, relative to its start."""
+    spans = []
+    for start, length in counters:
+        low, high = max(start, shard.start), min(start + length, shard.end)
+        if low < high:
+            spans.append(ps_pb2.Span(start=low - shard.start, length=high - low))
+    return spans
+
+
+def _check_buffer_size(buffers: BufferLayout, shards: int) -> None:
+    per_shard = -(-buffers.size // max(1, shards)) * 8
+    if per_shard > MAX_BUFFER_BYTES_PER_SHARD:
+        raise InvalidArgument(
+            f"the model's buffers hold {buffers.size} values, {per_shard >> 10} KiB per shard "
+            f"in every push (at most {MAX_BUFFER_BYTES_PER_SHARD >> 10} KiB): use more "
+            "shards, or register constant tensors with register_buffer(..., persistent=False)"
+        )
+
+
+def _validate_files(model: co_pb2.ModelSpec) -> None:
+    names = [f.module for f in model.files]
+    total = len(model.source.encode()) + sum(len(f.source.encode()) for f in model.files)
+    if total > MAX_SOURCE_BYTES:
+        raise InvalidArgument(
+            f"the shipped code is {total >> 10} KiB; at most {MAX_SOURCE_BYTES >> 10} KiB: "
+            "keep data and weights out of the model's modules"
+        )
+    for name in [model.module, *names]:
+        if name and not all(part.isidentifier() for part in name.split(".")):
+            raise InvalidArgument(f"module name {name!r} is not a Python module path")
+    if len(set(names)) != len(names) or model.module in names:
+        raise InvalidArgument(f"the shipped modules {sorted(names)} name a module twice")
+    for f in model.files:
+        try:
+            compile(f.source, f.path or f.module, "exec")
+        except (SyntaxError, ValueError) as e:
+            raise InvalidArgument(f"shipped module {f.module!r} does not compile: {e}") from e
 
 
 def _in_range(field: str, value: int, low: int, high: int, note: str = "") -> None:
@@ -197,45 +279,54 @@ def _in_range(field: str, value: int, low: int, high: int, note: str = "") -> No
         raise InvalidArgument(f"{field}={value} is out of range; expected {low}..{high}{hint}")
 
 
-def _initial_state(data: bytes, layout: ParamLayout) -> dict[str, torch.Tensor]:
-    tensors = state.loads(data, "blob 'initial_state'")
+def _initial_state(
+    data: bytes, layout: ParamLayout, buffers: BufferLayout
+) -> dict[str, torch.Tensor]:
+    tensors = state.loads(data, "the model's initial state")
     for slot in layout.slots:
-        t = tensors.get(slot.name)
-        if t is None:
-            raise InvalidArgument(
-                f"blob 'initial_state' has no entry {slot.name!r} named in model.params"
-            )
-        if tuple(t.shape) != slot.shape:
-            raise InvalidArgument(
-                f"blob 'initial_state': {slot.name!r} has shape {list(t.shape)}, "
-                f"model.params says {list(slot.shape)}"
-            )
-        if t.dtype != torch.float32:
-            raise InvalidArgument(
-                f"blob 'initial_state': {slot.name!r} is {t.dtype}; trainable parameters "
-                "must be float32"
-            )
+        _check_entry(tensors, slot.name, slot.shape, torch.float32, "trainable parameter")
+    for b in buffers.slots:
+        _check_entry(tensors, b.name, b.shape, b.dtype, "buffer")
     return tensors
+
+
+def _check_entry(
+    tensors: dict[str, torch.Tensor],
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    what: str,
+) -> None:
+    t = tensors.get(name)
+    if t is None:
+        raise InvalidArgument(f"the model's initial state has no {what} {name!r}")
+    if tuple(t.shape) != shape or t.dtype != dtype:
+        raise InvalidArgument(
+            f"the model's initial state has {what} {name!r} as {t.dtype} of shape "
+            f"{list(t.shape)}; the spec says {dtype} of shape {list(shape)}"
+        )
 
 
 def _dataset_rows(data: bytes, loss: str) -> int:
     ds = Dataset.from_blob(data)
+    name = objective.loss_name(loss)
     for split, y in (("train", ds.train_y), ("test", ds.test_y)):
-        if loss == "cross_entropy":
-            if y.ndim != 1 or y.dtype != torch.int64:
-                raise InvalidArgument(
-                    f"blob 'dataset': {split}_y is {y.dtype} with shape {list(y.shape)}; "
-                    "cross_entropy needs 1-D int64 class labels"
-                )
+        what = f"the {split} targets (y)"
+        if name == "cross_entropy" and not y.is_floating_point():
             if y.numel() and int(y.min()) < 0:
-                raise InvalidArgument(
-                    f"blob 'dataset': {split}_y has negative class labels; expected 0..C-1"
-                )
-        elif not y.is_floating_point():
+                raise InvalidArgument(f"{what} have negative class labels; expected 0..C-1")
+        elif name == "cross_entropy" and y.ndim < 2:
             raise InvalidArgument(
-                f"blob 'dataset': {split}_y is {y.dtype}; mse needs floating-point targets"
+                f"{what} are {y.dtype} of shape {list(y.shape)}; cross_entropy needs int64 "
+                "class labels, or class probabilities of shape (rows, classes)"
             )
-    return int(ds.train_x.shape[0])
+        elif name in ("mse", "l1", "bce_with_logits") and not y.is_floating_point():
+            raise InvalidArgument(
+                f"{what} are {y.dtype}; loss {name!r} needs floating-point targets"
+            )
+        if name == "bce_with_logits":
+            objective.check_binary(y, what)
+    return int(ds.train_y.shape[0])
 
 
 def layout_of(spec: co_pb2.JobSpec) -> ParamLayout:

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE TABLE IF NOT EXISTS epochs (
     job_id TEXT NOT NULL, epoch INTEGER NOT NULL, test_accuracy REAL, test_loss REAL,
     unix_time REAL NOT NULL, samples INTEGER NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}', versions TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (job_id, epoch)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -64,6 +65,13 @@ CREATE TABLE IF NOT EXISTS leases (
     partitions INTEGER NOT NULL, first_batch INTEGER NOT NULL, end_batch INTEGER NOT NULL
 );
 """
+# Columns added since the first schema, for state directories made by an older coordinator.
+_ADDED_COLUMNS = {
+    "epochs": {
+        "metrics": "TEXT NOT NULL DEFAULT '{}'",
+        "versions": "TEXT NOT NULL DEFAULT '[]'",
+    },
+}
 _LEASE_FIELDS = [f.name for f in dataclasses.fields(LeaseRecord)]
 
 _FIELDS = [f.name for f in dataclasses.fields(JobRecord)]
@@ -115,6 +123,14 @@ class SqliteStore(JobStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._add_columns()
+
+    def _add_columns(self) -> None:
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -215,7 +231,8 @@ class SqliteStore(JobStore):
         with self._transaction():
             self._require(job_id)
             self._db.execute(
-                "INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO epochs (job_id, epoch, test_accuracy, test_loss, "
+                "unix_time, samples, metrics, versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     result.epoch,
@@ -223,6 +240,8 @@ class SqliteStore(JobStore):
                     result.test_loss,
                     result.unix_time,
                     result.samples,
+                    json.dumps(result.metrics),
+                    json.dumps(list(result.versions)),
                 ),
             )
             latest = self._db.execute(
@@ -235,13 +254,31 @@ class SqliteStore(JobStore):
             return self._require(job_id)
 
     def epochs(self, job_id: str) -> list[EpochRecord]:
+        return self._epochs(job_id, "ORDER BY epoch")
+
+    def latest_epoch(self, job_id: str) -> EpochRecord | None:
+        found = self._epochs(job_id, "ORDER BY epoch DESC LIMIT 1")
+        return found[0] if found else None
+
+    def _epochs(self, job_id: str, order: str) -> list[EpochRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT epoch, test_accuracy, test_loss, unix_time, samples FROM epochs "
-                "WHERE job_id = ? ORDER BY epoch",
+                "SELECT epoch, test_accuracy, test_loss, unix_time, samples, metrics, versions "
+                f"FROM epochs WHERE job_id = ? {order}",
                 (job_id,),
             ).fetchall()
-        return [EpochRecord(r[0], _real(r[1]), _real(r[2]), r[3], r[4]) for r in rows]
+        return [
+            EpochRecord(
+                r[0],
+                _real(r[1]),
+                _real(r[2]),
+                r[3],
+                r[4],
+                {k: _real(v) for k, v in json.loads(r[5]).items()},
+                tuple(int(v) for v in json.loads(r[6])),
+            )
+            for r in rows
+        ]
 
     def append_event(self, job_id: str, event: EventRecord) -> None:
         with self._transaction():

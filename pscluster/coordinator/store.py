@@ -78,10 +78,15 @@ class StepRecord:
 @dataclass(frozen=True)
 class EpochRecord:
     epoch: int
-    test_accuracy: float
+    test_accuracy: float  # -1 when the job does not measure accuracy
     test_loss: float
     unix_time: float
     samples: int
+    # Everything the evaluation measured ("loss" and the job's metric).
+    metrics: dict[str, float] = field(default_factory=dict)
+    # Each shard's version of the parameters evaluated (plan order): the final model saved
+    # must be of exactly these versions.
+    versions: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,11 @@ class JobStore(ABC):
     @abstractmethod
     def epochs(self, job_id: str) -> list[EpochRecord]:
         """The job's evaluations, by epoch."""
+
+    def latest_epoch(self, job_id: str) -> EpochRecord | None:
+        """The evaluation of the job's latest evaluated epoch, if any."""
+        evaluated = self.epochs(job_id)
+        return evaluated[-1] if evaluated else None
 
     @abstractmethod
     def append_event(self, job_id: str, event: EventRecord) -> None:

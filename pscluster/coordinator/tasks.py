@@ -43,6 +43,59 @@ def check_progress(p: co_pb2.LeaseProgress) -> None:
 
 
 @dataclass(frozen=True)
+class Evaluated:
+    """What an evaluation lease reports: every measure, and the shard versions measured."""
+
+    metrics: dict[str, float]
+    versions: tuple[int, ...] = ()
+
+    def record(self, epoch: int, unix_time: float, samples: int) -> st.EpochRecord:
+        m = self.metrics
+        return st.EpochRecord(
+            epoch,
+            m.get("accuracy", -1.0),
+            m["loss"],
+            unix_time,
+            samples,
+            dict(m),
+            self.versions,
+        )
+
+    def divergence(self, epoch: int) -> str:
+        """Why the job cannot go on (its model's results are not finite), or ""."""
+        bad = {k: v for k, v in self.metrics.items() if not math.isfinite(v)}
+        if not bad:
+            return ""
+        return (
+            f"the model diverged: its test {', '.join(f'{k} is {v}' for k, v in bad.items())} "
+            f"after epoch {epoch}; lower the learning rate (or clip gradients in the model)"
+        )
+
+
+_RANGES = {"accuracy": (0.0, 1.0), "mse": (0.0, math.inf), "mae": (0.0, math.inf)}
+
+
+def check_evaluation(evaluation: Evaluated | None, job: st.JobRecord) -> Evaluated:
+    """An evaluation report must carry the loss, only known measures in their ranges, and a
+    version per shard; InvalidArgument before anything is recorded."""
+    if evaluation is None or "loss" not in evaluation.metrics:
+        raise InvalidArgument("an evaluation must report metrics['loss']")
+    for name, value in evaluation.metrics.items():
+        if name != "loss" and name not in _RANGES:
+            raise InvalidArgument(
+                f"metric {name!r} is unknown; expected loss, {', '.join(_RANGES)}"
+            )
+        low, high = _RANGES.get(name, (-math.inf, math.inf))
+        if math.isfinite(value) and not low <= value <= high:
+            raise InvalidArgument(f"metrics[{name!r}]={value} is out of range [{low}, {high}]")
+    if evaluation.versions and len(evaluation.versions) != len(job.shards):
+        raise InvalidArgument(
+            f"versions has {len(evaluation.versions)} entries; the job has {len(job.shards)} shards"
+        )
+    return evaluation
+
+
+@dataclass(frozen=True)
 class StepReport:
     loss: float
     samples: int
@@ -205,28 +258,29 @@ class TaskDispatcher:
         self.rt.store.append_event(job_id, st.EventRecord(self.rt.wall(), kind, worker_id, message))
 
     def complete(
-        self, worker_id: str, lease_id: str, accuracy: float, loss: float, samples: int
+        self,
+        worker_id: str,
+        lease_id: str,
+        samples: int,
+        evaluation: Evaluated | None = None,
     ) -> None:
         rt = self.rt
+        diverged = ""
         with rt.lock:
             rt.workers.require(worker_id, rt.mono())
             held = rt.book.lease_of(worker_id)
-            is_eval = held is not None and held.lease_id == lease_id and held.kind == EVAL
-            if is_eval and not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):
-                raise InvalidArgument(
-                    f"test_accuracy={accuracy} is invalid; expected a fraction in [0, 1]"
-                )
+            if held is not None and held.lease_id == lease_id and held.kind == EVAL:
+                evaluation = check_evaluation(evaluation, self.jobs.require(held.job_id))
             outcome = rt.book.complete(worker_id, lease_id)
             lease = outcome.lease
             rt.relief.ended(lease_id)
             job_id = lease.job_id
             rt.touch_progress(job_id)
             sched = rt.book.schedule(job_id)
-            if lease.kind == EVAL:
+            if lease.kind == EVAL and evaluation is not None:
                 seen = self.jobs.require(job_id).samples
-                rt.store.record_epoch(
-                    job_id, st.EpochRecord(lease.epoch, accuracy, loss, rt.wall(), seen)
-                )
+                rt.store.record_epoch(job_id, evaluation.record(lease.epoch, rt.wall(), seen))
+                diverged = evaluation.divergence(lease.epoch)
             rt.store.update_job(
                 job_id,
                 epoch=sched.epoch,
@@ -235,12 +289,14 @@ class TaskDispatcher:
             )
             if outcome.epoch_closed is not None:
                 log.info("job %s: epoch %d done", job_id, outcome.epoch_closed)
-            if outcome.final:
+            if outcome.final and not diverged:
                 self.jobs.mark_finishing(job_id)
             rt.save_leases()
         if lease.kind == TRAIN:
             rt.sync_members(job_id)
-        if outcome.final:
+        if diverged:
+            self.jobs.fail(job_id, diverged)
+        elif outcome.final:
             self.jobs.finish(job_id)
 
     def report_progress(

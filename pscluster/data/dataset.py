@@ -1,77 +1,158 @@
 """A job's data: train and test arrays in one safetensors blob.
 
 The SDK uploads the user's arrays once; every worker fetches the blob and reads the
-partitions it leases. Keys are fixed so that any tool can open the blob.
+partitions it leases. X may be one array or several (a tuple or a dict: see
+:mod:`pscluster.data.inputs`); y is one array of any shape. Keys are plain so that any tool
+can open the blob: ``train_x`` for one input, ``train_x/0``, ``train_x/1``... or
+``train_x/<name>`` for several, with the structure in the file's metadata.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as _load
+from safetensors.torch import save as _save
 
+from pscluster.data import inputs
+from pscluster.data.inputs import Inputs, Structure
 from pscluster.model import state
 from pscluster.transport.errors import InvalidArgument
 
-KEYS = ("train_x", "train_y", "test_x", "test_y")
+SPLITS = ("train", "test")
+_STRUCTURE = "x_structure"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    train_x: torch.Tensor
+    train_x: Inputs
     train_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: Inputs
     test_y: torch.Tensor
 
     @classmethod
-    def from_arrays(
-        cls,
-        train: tuple[object, object],
-        test: tuple[object, object],
-    ) -> Dataset:
-        tx, ty = (
-            _as_tensor(a, name) for a, name in zip(train, ("train X", "train y"), strict=True)
-        )
-        vx, vy = (_as_tensor(a, name) for a, name in zip(test, ("test X", "test y"), strict=True))
-        ds = cls(tx, ty, vx, vy)
+    def from_arrays(cls, train: tuple[object, object], test: tuple[object, object]) -> Dataset:
+        tx = inputs.as_inputs(train[0], "train X", _as_tensor)
+        vx = inputs.as_inputs(test[0], "test X", _as_tensor)
+        ds = cls(tx, _as_tensor(train[1], "train y"), vx, _as_tensor(test[1], "test y"))
         ds.validate()
         return ds
 
+    @property
+    def structure(self) -> Structure:
+        return inputs.structure(self.train_x)
+
     def validate(self) -> None:
+        if inputs.structure(self.test_x) != self.structure:
+            raise InvalidArgument(
+                f"train X is {_describe(self.structure)} but test X is "
+                f"{_describe(inputs.structure(self.test_x))}; pass both the same way"
+            )
         for x, y, split in (
             (self.train_x, self.train_y, "train"),
             (self.test_x, self.test_y, "test"),
         ):
-            if x.ndim < 1 or x.shape[0] == 0:
+            rows = inputs.rows(x, f"{split} X")
+            if rows == 0:
                 raise InvalidArgument(f"{split} X is empty")
-            if y.shape[0] != x.shape[0]:
+            if y.ndim < 1 or y.shape[0] != rows:
                 raise InvalidArgument(
-                    f"{split} X has {x.shape[0]} rows but {split} y has {y.shape[0]}"
+                    f"{split} X has {rows} rows but {split} y has "
+                    f"{y.shape[0] if y.ndim else 'no'} rows"
                 )
-            if not x.is_floating_point():
-                raise InvalidArgument(f"{split} X must be floating point, got {x.dtype}")
+            for key, a, b in zip(
+                self.structure.keys or ("",),
+                inputs.parts(x),
+                inputs.parts(self.train_x),
+                strict=True,
+            ):
+                if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype:
+                    where = f"[{key!r}]" if key else ""
+                    raise InvalidArgument(
+                        f"test X{where} is {a.dtype} rows of {tuple(a.shape[1:])} but train X"
+                        f"{where} is {b.dtype} rows of {tuple(b.shape[1:])}"
+                    )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for split in SPLITS:
+            x = getattr(self, f"{split}_x")
+            for key, t in zip(self.structure.keys or ("",), inputs.parts(x), strict=True):
+                out[f"{split}_x/{key}" if key else f"{split}_x"] = t
+            out[f"{split}_y"] = getattr(self, f"{split}_y")
+        return out
 
     def to_blob(self) -> bytes:
-        return state.dumps({k: getattr(self, k) for k in KEYS})
+        tensors: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        for key, t in self.tensors().items():
+            t = t.contiguous()
+            # The same array as train and test (evaluating on the training set): safetensors
+            # stores no shared memory, so the second use is a copy.
+            if t.numel() and t.untyped_storage().data_ptr() in seen:
+                t = t.clone()
+            seen.add(t.untyped_storage().data_ptr())
+            tensors[key] = t
+        return _save(tensors, metadata={_STRUCTURE: json.dumps(self.structure.to_json())})
 
     @classmethod
     def from_blob(cls, blob: bytes | bytearray) -> Dataset:
-        tensors = state.loads(blob, "dataset")
-        missing = [k for k in KEYS if k not in tensors]
-        if missing:
-            raise InvalidArgument(f"dataset blob lacks {missing}; expected keys {list(KEYS)}")
-        ds = cls(*(tensors[k] for k in KEYS))
+        try:
+            tensors = _load(bytes(blob))
+        except (SafetensorError, ValueError) as e:
+            raise InvalidArgument(f"the uploaded data is not a valid safetensors file: {e}") from e
+        return cls.from_tensors(tensors, _metadata(blob))
+
+    @classmethod
+    def from_buffer(cls, blob: bytearray) -> Dataset:
+        """The dataset of a fetched blob, its tensors views on ``blob`` (no copy)."""
+        tensors = state.views(blob, "the uploaded data")
+        return cls.from_tensors(tensors, _metadata(blob))
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], structure: Structure) -> Dataset:
+        def split_x(split: str) -> Inputs:
+            names = [f"{split}_x/{k}" for k in structure.keys] or [f"{split}_x"]
+            missing = [n for n in names if n not in tensors]
+            if missing:
+                raise InvalidArgument(f"the uploaded data lacks {missing}")
+            return structure.build([tensors[n] for n in names])
+
+        missing_y = [f"{s}_y" for s in SPLITS if f"{s}_y" not in tensors]
+        if missing_y:
+            raise InvalidArgument(f"the uploaded data lacks {missing_y}")
+        ds = cls(split_x("train"), tensors["train_y"], split_x("test"), tensors["test_y"])
         ds.validate()
         return ds
+
+
+def _metadata(blob: bytes | bytearray) -> Structure:
+    """The input structure from a blob's header (no metadata: one input, as older SDKs sent)."""
+    header, _ = state.header(blob, "the uploaded data")
+    raw = (header.get("__metadata__") or {}).get(_STRUCTURE)
+    if raw is None:
+        return Structure("tensor")
+    try:
+        return Structure.from_json(json.loads(raw))
+    except ValueError as e:
+        raise InvalidArgument(f"the uploaded data's input structure is unreadable: {e}") from e
+
+
+def _describe(s: Structure) -> str:
+    if s.kind == "tensor":
+        return "one array"
+    return f"a {s.kind} of {len(s.keys)} arrays {list(s.keys) if s.kind == 'dict' else ''}".strip()
 
 
 def train_rows(path: str | os.PathLike[str]) -> int:
     """Rows of a stored dataset blob's training split, read from its header only."""
     with safe_open(os.fspath(path), framework="pt") as f:  # type: ignore[no-untyped-call]
-        return int(f.get_slice("train_x").get_shape()[0])
+        return int(f.get_slice("train_y").get_shape()[0])
 
 
 def _as_tensor(a: object, name: str) -> torch.Tensor:
@@ -82,6 +163,8 @@ def _as_tensor(a: object, name: str) -> torch.Tensor:
             t = torch.from_numpy(np.ascontiguousarray(a))
         except TypeError as e:
             raise InvalidArgument(f"{name} is not an array or tensor: {e}") from e
+    if t.is_complex():
+        raise InvalidArgument(f"{name} is {t.dtype}; complex data is not supported")
     if t.is_floating_point() and t.dtype != torch.float32:
         t = t.to(torch.float32)
     if not t.is_floating_point() and t.dtype != torch.int64:

@@ -24,11 +24,20 @@ def partition_indices(n: int, partitions: int, partition: int, seed: int) -> np.
 def batches(
     n: int, partitions: int, partition: int, epoch: int, batch_size: int, seed: int
 ) -> list[np.ndarray]:
-    """Index batches for one lease; the last batch may be smaller."""
+    """Index batches for one lease; the last batch may be smaller, but never a lone sample:
+    that one joins the batch before it (BatchNorm cannot train on one sample, and a lone
+    sample's gradient would count as much as a whole batch's)."""
     idx = partition_indices(n, partitions, partition, seed)
     rng = np.random.default_rng([seed, 1, epoch, partition])
     idx = idx[rng.permutation(len(idx))]
-    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    return [idx[start:end] for start, end in _bounds(len(idx), batch_size)]
+
+
+def _bounds(length: int, batch_size: int) -> list[tuple[int, int]]:
+    starts = list(range(0, length, batch_size))
+    if len(starts) > 1 and length - starts[-1] == 1:
+        starts.pop()
+    return [(s, starts[i + 1] if i + 1 < len(starts) else length) for i, s in enumerate(starts)]
 
 
 def batch_counts(n: int, partitions: int, batch_size: int) -> list[int]:
@@ -39,4 +48,4 @@ def batch_counts(n: int, partitions: int, batch_size: int) -> list[int]:
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return [-(-r.length // batch_size) for r in BalancedRanges().split(n, partitions)]
+    return [len(_bounds(r.length, batch_size)) for r in BalancedRanges().split(n, partitions)]

@@ -82,3 +82,16 @@ class Assembler:
                 f"stream ended after {self.filled} of the announced {len(self.buffer)} bytes"
             )
         return self.buffer
+
+
+def decode_float64(data: bytes) -> torch.Tensor:
+    """float64 little-endian bytes (a job's buffers) as a tensor; empty bytes, no values."""
+    if not data:
+        return torch.zeros(0, dtype=torch.float64)
+    if len(data) % 8:
+        raise InvalidArgument(f"{len(data)} bytes are not a whole number of float64 values")
+    return torch.frombuffer(bytearray(data), dtype=torch.float64)
+
+
+def encode_float64(values: torch.Tensor) -> bytes:
+    return values.detach().to("cpu", torch.float64).contiguous().numpy().astype("<f8").tobytes()

@@ -12,7 +12,10 @@ says the worker is unknown, the lease is gone and the worker registers afresh.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import ctypes
+import gc
 import logging
 import os
 import socket
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 # Codes after which a call to the coordinator is worth making again: it is down, restarting or
 # overloaded; anything else is an answer.
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# How often an idle worker asks whether the jobs it holds in memory have ended.
+CLEANUP_SECONDS = 2.0
 
 
 class WorkerAgent:
@@ -59,6 +64,7 @@ class WorkerAgent:
         self._lock = threading.Lock()
         self._runtimes: dict[str, JobRuntime] = {}
         self._failed_jobs: set[str] = set()
+        self._next_cleanup = 0.0
 
     # --- membership ---
     def register(self) -> None:
@@ -134,6 +140,7 @@ class WorkerAgent:
                         log.warning("acquire failed: %s", e.details())  # type: ignore[attr-defined]
                         backoff.wait(self.stop)
                     continue
+                self._free_ended_jobs(keep=task.job_id)
                 if task.kind in (coordinator_pb2.TASK_KIND_TRAIN, coordinator_pb2.TASK_KIND_EVAL):
                     self._run_task(task)
                 elif task.wait_seconds > 0:  # 0: the coordinator held the call already
@@ -221,12 +228,16 @@ class WorkerAgent:
                     time.monotonic() - started,
                 )
             else:
-                request.test_accuracy, request.test_loss = trainer.evaluate()
+                results, versions = trainer.evaluate()
+                request.metrics.update(results)
+                request.versions.extend(versions)
+                request.test_accuracy = results.get("accuracy", -1.0)
+                request.test_loss = results["loss"]
                 log.info(
-                    "job %s epoch %d: test accuracy %.4f",
+                    "job %s epoch %d: %s",
                     task.job_id,
                     task.epoch,
-                    request.test_accuracy,
+                    ", ".join(f"test {k} {v:.4f}" for k, v in sorted(results.items())),
                 )
             self._complete(request)
             if reporter is not None:
@@ -237,6 +248,13 @@ class WorkerAgent:
             self._forget_if_gone(task.job_id)
             return "lost"
         except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:  # type: ignore[attr-defined]
+                # The cluster refused what this job produced (a malformed result): doing the
+                # same work again would be refused again, so the job fails with the reason.
+                error = f"the coordinator refused this worker's result: {e.details()}"  # type: ignore[attr-defined]
+                log.error("job %s: %s", task.job_id, error)
+                self._report_failure(task.job_id, error)
+                return "failed"
             log.warning("task %s failed: %s", task.lease_id, e.details())  # type: ignore[attr-defined]
             self._forget_if_gone(task.job_id)
             return "lost"
@@ -265,6 +283,20 @@ class WorkerAgent:
             if backoff.wait(self.stop) or not self.lease_alive():
                 raise LeaseLost("the coordinator could not be told the lease is done")
 
+    def _free_ended_jobs(self, keep: str) -> None:
+        """Drop the runtimes (model, data, channels) of cached jobs that no longer run.
+
+        Asked when the worker is idle or moves to another job, at most every few seconds: a
+        worker must not hold a finished job's data until something else needs the memory.
+        """
+        others = [j for j in self._runtimes if j != keep]
+        now = time.monotonic()
+        if not others or now < self._next_cleanup:
+            return
+        self._next_cleanup = now + CLEANUP_SECONDS
+        for job_id in others:
+            self._forget_if_gone(job_id)
+
     def _forget_if_gone(self, job_id: str) -> None:
         """Drop the cached runtime of a job that no longer runs (its memory, its channels)."""
         try:
@@ -273,8 +305,20 @@ class WorkerAgent:
             return
         if info.state != "running" and job_id in self._runtimes:
             self._runtimes.pop(job_id).close()
+            self._failed_jobs.discard(job_id)
             if self.telemetry is not None:
                 self.telemetry.forget_job(job_id)
+            release_memory()
+            log.info("job %s is %s: its model and data are freed", job_id, info.state)
+
+
+def release_memory() -> None:
+    """Give a freed job's memory back to the system, not just to the allocator: glibc keeps
+    freed heap pages of small allocations until asked (a worker's RSS would stay at its peak)."""
+    gc.collect()
+    # Not glibc (OSError, AttributeError): that allocator returns memory its own way.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def configure_torch(settings: Settings) -> None:

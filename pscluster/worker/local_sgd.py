@@ -13,24 +13,32 @@ window.
 
 k = 1 is the ordinary step: one gradient on the pulled parameters, applied by the shards'
 optimizer.
+
+Either way the window also yields the change of the model's buffers (BatchNorm statistics),
+which goes with the push: the shards merge it (see :mod:`pscluster.model.buffers`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from pscluster.data import inputs
+from pscluster.data.inputs import Inputs
+from pscluster.model.buffers import BufferLayout
 from pscluster.model.layout import ParamLayout
+from pscluster.model.objective import LossFn
 from pscluster.model.optimizer import parse_optimizer, torch_optimizer
 from pscluster.v1 import common_pb2
+from pscluster.worker.precision import Precision
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = tuple[Inputs, torch.Tensor]
 
 
 @dataclass
@@ -43,6 +51,10 @@ class Window:
     # (loss, samples) of each batch that went into ``update``, in order.
     steps: list[tuple[float, int]] = field(default_factory=list)
     nonfinite: int = 0  # batches skipped for a non-finite loss or gradient
+    overflows: int = 0  # fp16 batches skipped because the scaled gradient overflowed
+    # The buffers' change over the window (float64, CPU); None when the model has none.
+    buffer_delta: torch.Tensor | None = None
+    grad_scale: float = 1.0  # ``update`` is the gradient times this (fp16 loss scaling)
 
     @property
     def samples(self) -> int:
@@ -53,32 +65,38 @@ class LocalSGD:
     def __init__(
         self,
         model: nn.Module,
-        layout: ParamLayout,
+        layouts: tuple[ParamLayout, BufferLayout],
         loss_fn: LossFn,
         optimizer: common_pb2.OptimizerConfig,
         local_steps: int,
+        precision: Precision,
     ) -> None:
         self.model = model
-        self.layout = layout
+        self.layout, self.buffers = layouts
         self.loss_fn = loss_fn
+        self.precision = precision
         self.local_steps = max(1, local_steps)
         self.lr = optimizer.lr
         self._opt: torch.optim.Optimizer | None = None
         self._before: dict[str, Any] | None = None  # optimizer state as the window began
         if self.local_steps > 1:
-            params = [p for _, p in model.named_parameters()]
-            self._opt = torch_optimizer(params, parse_optimizer(optimizer))
+            trainable = [p for _, p in model.named_parameters() if p.requires_grad]
+            self._opt = torch_optimizer(trainable, parse_optimizer(optimizer))
 
-    def run(
-        self, values: torch.Tensor, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
-    ) -> Window:
-        """Start from the pulled ``values`` and train on ``batches`` in order."""
+    def run(self, values: torch.Tensor, buffers: torch.Tensor, batches: Sequence[Batch]) -> Window:
+        """Start from the pulled ``values`` and ``buffers`` and train on ``batches`` in order."""
         self.layout.load_into(self.model, values)
+        self.buffers.load_into(self.model, buffers)
         self.model.train()
         if self._opt is None:
-            return self._one_step(batches)
-        self._before = copy.deepcopy(self._opt.state_dict())
-        return self._local_steps(values, batches)
+            window = self._one_step(batches)
+        else:
+            self._before = copy.deepcopy(self._opt.state_dict())
+            window = self._local_steps(values, batches)
+        if self.buffers.size and window.update is not None:
+            delta = self.buffers.read(self.model).sub_(buffers)
+            window.buffer_delta = delta if all_finite(delta) else None
+        return window
 
     def discard(self) -> None:
         """The last window's push was not applied (refused as stale, or late for its sync
@@ -88,39 +106,55 @@ class LocalSGD:
             self._opt.load_state_dict(self._before)
             self._before = None
 
-    def _backward(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
-        """Gradients of one batch into the model; its loss, or None if anything is not finite."""
+    def _backward(self, x: Inputs, y: torch.Tensor) -> float | None:
+        """Gradients of one batch into the model (scaled for fp16); the batch's loss, or None
+        if the loss is not finite."""
         self.model.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()  # type: ignore[no-untyped-call]
+        with self.precision.autocast():
+            loss = self.loss_fn(inputs.call(self.model, x), y)
+        self.precision.backward(loss)
         value = float(loss.detach())
         return value if math.isfinite(value) else None
 
-    def _one_step(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Window:
+    def _one_step(self, batches: Sequence[Batch]) -> Window:
         window = Window(update=None)
         for x, y in batches:  # one batch, by construction
+            scale = self.precision.scale
             value = self._backward(x, y)
             grad = self.layout.gradient(self.model)
-            if value is None or not all_finite(grad):
+            finite = all_finite(grad)
+            self.precision.update(finite)
+            if not finite and value is not None and scale != 1.0:
+                window.overflows += 1  # the scale was too large: fp16's normal course
+                continue
+            if value is None or not finite:
                 window.nonfinite += 1
                 continue
             window.update = grad.to("cpu")
-            window.steps.append((value, len(y)))
+            window.grad_scale = scale
+            window.steps.append((value, inputs.rows(x, "batch")))
         return window
 
-    def _local_steps(
-        self, start: torch.Tensor, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
-    ) -> Window:
+    def _local_steps(self, start: torch.Tensor, batches: Sequence[Batch]) -> Window:
         assert self._opt is not None
         window = Window(update=None)
         for x, y in batches:
+            scale = self.precision.scale
             value = self._backward(x, y)
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            if value is None or not all(all_finite(g) for g in grads):
+            if scale != 1.0:
+                for g in grads:
+                    g.div_(scale)
+            finite = all(all_finite(g) for g in grads)
+            self.precision.update(finite)
+            if not finite and value is not None and scale != 1.0:
+                window.overflows += 1
+                continue
+            if value is None or not finite:
                 window.nonfinite += 1
                 continue
             self._opt.step()
-            window.steps.append((value, len(y)))
+            window.steps.append((value, inputs.rows(x, "batch")))
         if window.steps:
             now = self.layout.flatten(dict(self.model.named_parameters()))
             # (start - now) / lr: the shards' SGD step at lr turns it back into the change.

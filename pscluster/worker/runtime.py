@@ -1,7 +1,8 @@
 """Everything a worker needs to run one job, built once per job and cached.
 
 A worker is stateless between jobs: the plan, the data and the model all come from the
-coordinator, and the model is rebuilt from the submitted source (never unpickled).
+coordinator, and the model is rebuilt from the submitted source (never unpickled), through the
+same :mod:`pscluster.model.rebuild` the SDK's dry run used at submit.
 """
 
 from __future__ import annotations
@@ -10,25 +11,23 @@ import logging
 from collections.abc import Iterator
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from pscluster.compression import parse_settings
 from pscluster.config import Settings
+from pscluster.data import inputs
 from pscluster.data.dataset import Dataset
-from pscluster.model import source, state
-from pscluster.model.layout import ParamLayout
+from pscluster.data.inputs import Inputs
+from pscluster.model import objective, rebuild, state
 from pscluster.v1 import common_pb2, coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 from pscluster.worker.compressed import PushEncoder
-from pscluster.worker.local_sgd import LocalSGD, LossFn
-from pscluster.worker.shards import ShardSet
+from pscluster.worker.local_sgd import LocalSGD
+from pscluster.worker.precision import Precision
+from pscluster.worker.shards import ShardSet, Snapshot
 
 log = logging.getLogger(__name__)
 
-
-class ModelMismatch(Exception):
-    """The model built from the submitted source does not match the submitted layout."""
+EVAL_BATCH = 1024
 
 
 def pick_device(setting: str) -> torch.device:
@@ -37,26 +36,13 @@ def pick_device(setting: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def loss_function(name: str) -> LossFn:
-    if name in ("", "cross_entropy"):
-        return F.cross_entropy
-
-    def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(out, y.to(out.dtype).reshape(out.shape))
-
-    if name == "mse":
-        return mse
-    raise ValueError(f"unknown loss {name!r}")
-
-
-def fetch_blob(stub: co_grpc.CoordinatorStub, job_id: str, blob: str, timeout: float) -> bytes:
-    parts = [
-        c.data
-        for c in stub.FetchBlob(
-            coordinator_pb2.FetchBlobRequest(job_id=job_id, blob=blob), timeout=timeout
-        )
-    ]
-    return b"".join(parts)
+def fetch_blob(stub: co_grpc.CoordinatorStub, job_id: str, blob: str, timeout: float) -> bytearray:
+    """A job's blob, assembled in one buffer (read with :func:`state.views`, no more copies)."""
+    data = bytearray()
+    request = coordinator_pb2.FetchBlobRequest(job_id=job_id, blob=blob)
+    for chunk in stub.FetchBlob(request, timeout=timeout):
+        data += chunk.data
+    return data
 
 
 class JobRuntime:
@@ -68,14 +54,23 @@ class JobRuntime:
         self.job_id = job_id
         self.spec = plan.spec
         self.device = pick_device(settings.device)
-        self.layout = ParamLayout([(p.name, tuple(p.shape)) for p in plan.spec.model.params])
-        self.loss_fn = loss_function(plan.spec.loss)
-        self.data = Dataset.from_blob(fetch_blob(stub, job_id, "dataset", timeout))
-        initial = state.loads(fetch_blob(stub, job_id, "initial_state", timeout), "initial state")
-        self.model = self._build(initial)
+        self.precision = Precision(plan.spec.precision, self.device)
+        self.layout = rebuild.param_layout(plan.spec.model)
+        self.buffer_layout = rebuild.buffer_layout(plan.spec.model)
+        code = rebuild.load_code(plan.spec.model)
+        self.loss_fn = rebuild.loss_function(plan.spec, code)
+        initial = state.views(fetch_blob(stub, job_id, "initial_state", timeout), "initial state")
+        self.model = rebuild.build_model(plan.spec.model, initial, code).to(self.device)
+        del initial
+        self.data = Dataset.from_buffer(fetch_blob(stub, job_id, "dataset", timeout))
         # One per job, not per lease: with local steps it holds the worker's optimizer state.
         self.local = LocalSGD(
-            self.model, self.layout, self.loss_fn, plan.spec.optimizer, plan.spec.local_steps
+            self.model,
+            (self.layout, self.buffer_layout),
+            self.loss_fn,
+            plan.spec.optimizer,
+            plan.spec.local_steps,
+            self.precision,
         )
         self.shards = ShardSet(job_id, plan.shards, settings)
         # Compression state (residuals, DGC momentum) lives here: one per job, per shard range.
@@ -84,38 +79,47 @@ class JobRuntime:
         )
         self.pull_dtype = plan.spec.compression.pull_dtype or common_pb2.DTYPE_FLOAT32
         self.seq = 0  # push sequence number, strictly increasing over this worker's pushes
-        self._train = (self.data.train_x.to(self.device), self.data.train_y.to(self.device))
+        # sync: the versions the next pull must wait for, kept across this job's leases: a
+        # worker whose push is buffered in an open step must not pull that step's parameters
+        # again in its next lease (its push would then be refused as stale).
+        self.min_versions: list[int] | None = None
+        self._train = (
+            inputs.to_device(self.data.train_x, self.device),
+            self.data.train_y.to(self.device),
+        )
 
-    def _build(self, initial: dict[str, torch.Tensor]) -> nn.Module:
-        m = self.spec.model
-        model = source.build(m.source, m.class_name, m.kwargs_json)
-        built = ParamLayout.of_module(model)
-        if [(s.name, s.shape) for s in built.slots] != [
-            (s.name, s.shape) for s in self.layout.slots
-        ]:
-            raise ModelMismatch(
-                f"the model built from source has parameters "
-                f"{[(s.name, s.shape) for s in built.slots]}, but the job was submitted with "
-                f"{[(s.name, s.shape) for s in self.layout.slots]}"
-            )
-        model.load_state_dict(initial, strict=True)
-        return model.to(self.device)
+    @property
+    def train_rows(self) -> int:
+        return int(self.data.train_y.shape[0])
 
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
         idx = indices.to(self.device)
-        return self._train[0][idx], self._train[1][idx]
+        return inputs.take(self._train[0], idx), self._train[1][idx]
 
-    def test_batches(self, size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def test_batches(self, size: int = EVAL_BATCH) -> Iterator[tuple[Inputs, torch.Tensor]]:
         x, y = self.data.test_x, self.data.test_y
-        for i in range(0, x.shape[0], size):
-            yield x[i : i + size].to(self.device), y[i : i + size].to(self.device)
+        for i in range(0, y.shape[0], size):
+            part = slice(i, i + size)
+            yield inputs.to_device(inputs.take(x, part), self.device), y[part].to(self.device)
+
+    def evaluate(self, snap: Snapshot) -> dict[str, float]:
+        """The job's loss and metric on the test set, for exactly the pulled parameters and
+        buffers, in float32 and ``eval()`` mode: what a user who fetches this model gets."""
+        self.load(snap)
+        self.model.eval()
+        evaluation = objective.Evaluation(self.spec.loss, self.spec.metric, self.loss_fn)
+        with torch.no_grad():
+            for x, y in self.test_batches():
+                evaluation.add(inputs.call(self.model, x), y)
+        return evaluation.result()
 
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
 
-    def load(self, values: torch.Tensor) -> None:
-        self.layout.load_into(self.model, values)
+    def load(self, snap: Snapshot) -> None:
+        self.layout.load_into(self.model, snap.values)
+        self.buffer_layout.load_into(self.model, snap.buffers)
 
     def close(self) -> None:
         self.shards.close()

@@ -28,6 +28,7 @@ class Snapshot:
     """Parameters as pulled, with each shard's version and clock (what a push refers to)."""
 
     values: torch.Tensor
+    buffers: torch.Tensor  # float64, the whole buffer vector (empty when the model has none)
     versions: list[int]
     clocks: list[int]
     # The longest any shard held the pull for the consistency mode (the shards are pulled in
@@ -42,6 +43,7 @@ class ShardSet:
         self.job_id = job_id
         self.ranges = list(ranges)
         self.size = sum(r.length for r in self.ranges)
+        self.buffer_size = sum(r.buffer_length for r in self.ranges)
         self.settings = settings
         self._channels = [open_channel(r.address, settings) for r in self.ranges]
         # Data chunks are framed and parsed by hand (pscluster.transport.framing): the same
@@ -82,6 +84,7 @@ class ShardSet:
         float32 whatever it is.
         """
         values = torch.empty(self.size, dtype=torch.float32)
+        buffers = torch.zeros(self.buffer_size, dtype=torch.float64)
         mins = list(min_versions) if min_versions is not None else [0] * len(self.ranges)
 
         def one(i: int) -> tuple[int, int, float]:
@@ -108,11 +111,16 @@ class ShardSet:
                 raise RuntimeError(f"shard {r.address} answered a pull without a header")
             part = wire.decode(assembler.result(), header.dtype, header.length)
             values[r.start : r.start + r.length] = part
+            if r.buffer_length:
+                buffers[r.buffer_start : r.buffer_start + r.buffer_length] = decode_buffers(
+                    header.buffers, r.buffer_length, r.address
+                )
             return header.version, header.clock, header.waited_seconds
 
         results = list(self._pool.map(one, range(len(self.ranges))))
         return Snapshot(
             values,
+            buffers,
             [v for v, _, _ in results],
             [c for _, c, _ in results],
             max(w for _, _, w in results),
@@ -127,12 +135,16 @@ class ShardSet:
         base: Snapshot,
         batch_size: int,
         timeout: float,
+        extras: PushExtras | None = None,
     ) -> list[ps_pb2.PushReply]:
         """Push each shard its payload (its slice of the gradient, encoded by ``codec``: see
-        :class:`pscluster.worker.compressed.PushEncoder`); replies in shard order."""
+        :class:`pscluster.worker.compressed.PushEncoder`) and its slice of the buffers'
+        change; replies in shard order."""
         if len(payloads) != len(self.ranges):
             raise ValueError(f"{len(payloads)} payloads for {len(self.ranges)} shards")
         chunk_bytes = self.settings.chunk_bytes
+        extras = extras or PushExtras()
+        deltas = [self._buffer_delta(extras.buffer_delta, r) for r in self.ranges]
 
         def messages(i: int) -> Iterator[ps_pb2.PushChunk | bytes]:
             r = self.ranges[i]
@@ -148,6 +160,8 @@ class ShardSet:
                     batch_size=batch_size,
                     codec=codec,
                     payload_bytes=len(payloads[i]),
+                    buffer_delta=deltas[i],
+                    grad_scale=extras.grad_scale if extras.grad_scale != 1.0 else 0.0,
                 )
             )
             yield from framing.frames(memoryview(payloads[i]), chunk_bytes)
@@ -157,6 +171,33 @@ class ShardSet:
             return reply
 
         return list(self._pool.map(one, range(len(self.ranges))))
+
+    @staticmethod
+    def _buffer_delta(delta: torch.Tensor | None, r: coordinator_pb2.ShardRange) -> bytes:
+        """A shard's slice of the buffers' change; nothing when it did not change (constant
+        buffers cost no bytes per push)."""
+        if delta is None or not r.buffer_length:
+            return b""
+        part = delta[r.buffer_start : r.buffer_start + r.buffer_length]
+        if not bool(part.any()):
+            return b""
+        return part.numpy().astype("<f8", copy=False).tobytes()
+
+
+@dataclass(frozen=True)
+class PushExtras:
+    """What goes with a push beside the gradient."""
+
+    buffer_delta: torch.Tensor | None = None  # float64, the whole buffer vector's change
+    grad_scale: float = 1.0  # fp16 loss scaling: the gradient was multiplied by this
+
+
+def decode_buffers(data: bytes, length: int, address: str) -> torch.Tensor:
+    if len(data) != length * 8:
+        raise RuntimeError(
+            f"shard {address} sent {len(data)} bytes of buffers, expected {length} float64"
+        )
+    return wire.decode_float64(data)
 
 
 def is_retryable(error: grpc.RpcError) -> bool:

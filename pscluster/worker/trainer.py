@@ -2,7 +2,8 @@
 
 The loop is the same in every consistency mode; the shards decide when a pull may return and
 whether a push is applied. The worker only remembers, in sync mode, which step it pushed for,
-so that its next pull waits for that step's barrier (min_version = version + 1).
+so that its next pull waits for that step's barrier (min_version = version + 1), in this lease
+or its next one on the same job.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from pscluster.transport import wire
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.worker.backoff import Backoff
+from pscluster.worker.local_sgd import Window
 from pscluster.worker.progress import ProgressReporter
 from pscluster.worker.runtime import JobRuntime
-from pscluster.worker.shards import Snapshot, is_retryable
+from pscluster.worker.shards import PushExtras, Snapshot, is_retryable
 from pscluster.worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger(__name__)
@@ -103,11 +105,11 @@ class Trainer:
         (one batch when the job has no local steps)."""
         rt = self.rt
         spec = rt.spec
-        n = rt.data.train_x.shape[0]
-        plan = batches(n, task.partitions, task.partition, task.epoch, spec.batch_size, spec.seed)
+        plan = batches(
+            rt.train_rows, task.partitions, task.partition, task.epoch, spec.batch_size, spec.seed
+        )
         sync = spec.mode == "sync"
         window_size = max(1, spec.local_steps)
-        min_versions: list[int] | None = None
         samples = 0
         position = task.first_batch
 
@@ -121,9 +123,9 @@ class Trainer:
             data = [rt.batch(torch.from_numpy(plan[p])) for p in range(position, end)]
             waited = 0.0
             for _attempt in range(MAX_ATTEMPTS):
-                snap = self.pull(min_versions)
+                snap = self.pull(rt.min_versions)
                 waited += snap.waited_seconds
-                window = rt.local.run(snap.values, data)
+                window = rt.local.run(snap.values, snap.buffers, data)
                 if window.nonfinite:
                     # Shards refuse non-finite gradients anyway; not sending one saves a
                     # half-applied step where only some shards would refuse it.
@@ -135,11 +137,11 @@ class Trainer:
                     )
                 if window.update is None:
                     break
-                replies = self._push(window.update, snap, window.samples, task.epoch)
+                replies = self._push(window, snap, task.epoch)
                 stale = [r.outcome == ps_pb2.PUSH_OUTCOME_STALE for r in replies]
                 late = [r.outcome == ps_pb2.PUSH_OUTCOME_LATE for r in replies]
                 if sync:
-                    min_versions = [
+                    rt.min_versions = [
                         0 if s or lt else v + 1
                         for s, lt, v in zip(stale, late, snap.versions, strict=True)
                     ]
@@ -156,7 +158,7 @@ class Trainer:
                         if self.telemetry is not None:
                             self.telemetry.stepped(rt.job_id)
                     break
-            trained = sum(len(y) for _, y in data)
+            trained = sum(int(y.shape[0]) for _, y in data)
             samples += trained
             if self.telemetry is not None:
                 self.telemetry.trained(rt.job_id, trained)
@@ -179,21 +181,21 @@ class Trainer:
             return busy * factor
         return busy
 
-    def _push(
-        self, grad: torch.Tensor, snap: Snapshot, batch_size: int, epoch: int
-    ) -> list[ps_pb2.PushReply]:
+    def _push(self, window: Window, snap: Snapshot, epoch: int) -> list[ps_pb2.PushReply]:
+        assert window.update is not None
         seq = self.rt.next_seq()  # one id per push: a retry of this push reuses it
         timeout = self.settings.rpc_timeout_seconds
         encoder = self.rt.encoder
         # Encoded once: a retry resends the same bytes, and codec state moves on only for the
         # ranges whose shard took the push (a stale refusal is recomputed, not double-counted).
-        encoded = encoder.encode(grad, epoch)
+        encoded = encoder.encode(window.update, epoch)
         payloads = [e.payload for e in encoded]
+        extras = PushExtras(window.buffer_delta, window.grad_scale)
 
         def send() -> list[ps_pb2.PushReply]:
             started = time.perf_counter()
             replies = self.rt.shards.push(
-                self.worker_id, seq, payloads, encoder.name, snap, batch_size, timeout
+                self.worker_id, seq, payloads, encoder.name, snap, window.samples, timeout, extras
             )
             if self.telemetry is not None:
                 nbytes = sum(memoryview(p).nbytes for p in payloads)
@@ -212,23 +214,10 @@ class Trainer:
                 return [ps_pb2.PushReply(outcome=ps_pb2.PUSH_OUTCOME_BUFFERED)] * len(snap.versions)
             raise
 
-    def evaluate(self) -> tuple[float, float]:
-        """Accuracy and mean loss of the current parameters on the test set."""
-        rt = self.rt
+    def evaluate(self) -> tuple[dict[str, float], list[int]]:
+        """The job's loss and metric on the test set, and the shard versions they are of."""
         snap = self.pull_observer()
-        rt.load(snap.values)
-        model = rt.model
-        model.eval()
-        correct, total, loss_sum = 0, 0, 0.0
-        with torch.no_grad():
-            for x, y in rt.test_batches():
-                out = model(x)
-                loss_sum += float(rt.loss_fn(out, y)) * len(y)
-                if rt.spec.loss in ("", "cross_entropy"):
-                    correct += int((out.argmax(dim=1) == y).sum())
-                total += len(y)
-        accuracy = correct / total if rt.spec.loss in ("", "cross_entropy") else -1.0
-        return accuracy, loss_sum / total
+        return self.rt.evaluate(snap), snap.versions
 
     def pull_observer(self) -> Snapshot:
         timeout = self.settings.rpc_timeout_seconds

@@ -80,6 +80,7 @@ def test_payload_carries_spec_source_layout_and_blobs(models: types.ModuleType) 
         blobs.setdefault(c.blob.blob, bytearray()).extend(c.blob.data)
     assert list(blobs) == ["dataset", "initial_state"]
     ds = Dataset.from_blob(blobs["dataset"])
+    assert isinstance(ds.train_x, torch.Tensor)
     assert torch.equal(ds.train_x, torch.from_numpy(train[0]))
     assert ds.train_y.dtype == torch.int64
     spec = chunks[0].spec

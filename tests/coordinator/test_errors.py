@@ -34,7 +34,11 @@ def _bad_jobs() -> Iterator[tuple[str, TinyJob, str]]:
     yield "lr", job, "optimizer.lr must be > 0"
     job = tiny_job()
     job.spec.model.params[0].shape[:] = [4, 3]
-    yield "shape", job, r"'fc.weight' has shape \[3, 4\], model.params says \[4, 3\]"
+    yield (
+        "shape",
+        job,
+        r"'fc.weight' as torch.float32 of shape \[3, 4\]; the spec says torch.float32 of shape \[4, 3\]",
+    )
     job = tiny_job()
     del job.blobs["initial_state"]
     yield "missing blob", job, r"\['initial_state'\] missing"

@@ -131,32 +131,36 @@ def _state(**tensors: torch.Tensor) -> bytes:
 @pytest.mark.parametrize(
     ("blob", "data", "message"),
     [
-        ("initial_state", b"garbage", "initial_state.* not a valid safetensors"),
-        ("initial_state", _state(**{"fc.weight": torch.zeros(3, 4)}), "no entry 'fc.bias'"),
+        ("initial_state", b"garbage", "initial state is not a valid safetensors"),
+        (
+            "initial_state",
+            _state(**{"fc.weight": torch.zeros(3, 4)}),
+            "initial state has no trainable parameter 'fc.bias'",
+        ),
         (
             "initial_state",
             _state(**{"fc.weight": torch.zeros(4, 3), "fc.bias": torch.zeros(3)}),
-            r"'fc.weight' has shape \[4, 3\], model.params says \[3, 4\]",
+            r"'fc.weight' as torch.float32 of shape \[4, 3\]; the spec says torch.float32 of shape \[3, 4\]",
         ),
         (
             "initial_state",
             _state(
                 **{"fc.weight": torch.zeros(3, 4, dtype=torch.float64), "fc.bias": torch.zeros(3)}
             ),
-            "must be float32",
+            "'fc.weight' as torch.float64",
         ),
-        ("dataset", b"\x00" * 16, "dataset is not a valid safetensors"),
+        ("dataset", b"\x00" * 16, "uploaded data is not a valid safetensors"),
         (
             "dataset",
             _state(train_x=torch.zeros(4, 4), train_y=torch.zeros(4, dtype=torch.int64)),
-            "dataset blob lacks",
+            "uploaded data lacks",
         ),
         (
             "dataset",
             Dataset.from_arrays(
-                (torch.zeros(4, 4), torch.zeros(4, 1)), (torch.zeros(2, 4), torch.zeros(2, 1))
+                (torch.zeros(4, 4), torch.zeros(4)), (torch.zeros(2, 4), torch.zeros(2))
             ).to_blob(),
-            "train_y .* cross_entropy needs 1-D int64",
+            r"train targets \(y\) are torch.float32 of shape \[4\]; cross_entropy needs int64",
         ),
         (
             "dataset",
@@ -178,7 +182,7 @@ def test_a_bad_blob_is_named(blob: str, data: bytes, message: str) -> None:
 def test_mse_needs_float_targets() -> None:
     job = tiny_job()
     job.spec.loss = "mse"
-    with pytest.raises(InvalidArgument, match="mse needs floating-point targets"):
+    with pytest.raises(InvalidArgument, match="loss 'mse' needs floating-point targets"):
         check(job)
 
 

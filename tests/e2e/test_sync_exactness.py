@@ -17,8 +17,10 @@ from torch.nn import functional as F
 from pscluster.client.local import LocalCluster
 from pscluster.data.partitions import batches
 from tests.e2e.conftest import start_cluster
-from tests.e2e.data import digits
+from tests.e2e.data import digits, digits_images
 from tests.e2e.models import DigitsMLP
+from tests.e2e.reference import train_one_process
+from tests.e2e.user_models import DigitsCNN
 
 pytestmark = pytest.mark.slow
 
@@ -80,3 +82,43 @@ def test_sync_one_worker_equals_single_process_sgd(
     assert remote.keys() == local.keys()
     for name, value in local.items():
         torch.testing.assert_close(remote[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_sync_one_worker_batchnorm_parameters_and_buffers_are_bit_exact(
+    one_worker: LocalCluster,
+) -> None:
+    # Prepare: BatchNorm's running statistics and batch counters train on the shards.
+    train, test = digits_images()
+    local = train_one_process(
+        DigitsCNN,
+        train,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        partitions=PARTITIONS,
+        seed=SEED,
+        optimizer=lambda p: torch.optim.SGD(p, lr=LR, momentum=0.9),
+    )
+
+    # Execute
+    with one_worker.client() as client:
+        job = client.submit(
+            model=DigitsCNN,
+            train=train,
+            test=test,
+            mode="sync",
+            optimizer={"name": "sgd", "lr": LR, "momentum": 0.9},
+            epochs=EPOCHS,
+            batch_size=BATCH,
+            partitions=PARTITIONS,
+            seed=SEED,
+        )
+        info = job.wait(timeout=300)
+        remote = job.fetch_model()
+
+    # Assert: every entry equal bit for bit, buffers included.
+    assert info.state == "completed"
+    expected = local.state_dict()
+    assert remote.keys() == expected.keys()
+    for name, value in expected.items():
+        assert remote[name].dtype == value.dtype, name
+        assert torch.equal(remote[name], value), name

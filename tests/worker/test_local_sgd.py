@@ -10,10 +10,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pscluster.model.buffers import BufferLayout
 from pscluster.model.layout import ParamLayout
 from pscluster.model.optimizer import FlatOptimizer, OptimizerSpec
 from pscluster.v1 import common_pb2
 from pscluster.worker.local_sgd import LocalSGD, all_finite
+from pscluster.worker.precision import GROWTH_INTERVAL, Precision, PrecisionUnavailable
 
 SGD = common_pb2.OptimizerConfig(name="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4)
 ADAM = common_pb2.OptimizerConfig(name="adam", lr=1e-3)
@@ -31,6 +33,16 @@ def data(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
+NO_BUFFERS = torch.zeros(0, dtype=torch.float64)
+
+
+def make_local(model: nn.Module, config: common_pb2.OptimizerConfig, steps: int) -> LocalSGD:
+    layouts = (ParamLayout.of_module(model), BufferLayout.of_module(model))
+    return LocalSGD(
+        model, layouts, F.cross_entropy, config, steps, Precision("fp32", torch.device("cpu"))
+    )
+
+
 def test_one_step_pushes_the_gradient_of_the_pulled_parameters() -> None:
     model = net()
     layout = ParamLayout.of_module(model)
@@ -40,7 +52,7 @@ def test_one_step_pushes_the_gradient_of_the_pulled_parameters() -> None:
     layout.load_into(reference, start)
     F.cross_entropy(reference(x), y).backward()  # type: ignore[no-untyped-call]
 
-    window = LocalSGD(model, layout, F.cross_entropy, SGD, 1).run(start, [(x, y)])
+    window = make_local(model, SGD, 1).run(start, NO_BUFFERS, [(x, y)])
 
     assert window.update is not None and window.samples == 5 and window.nonfinite == 0
     expected = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])  # type: ignore[union-attr]
@@ -59,7 +71,7 @@ def test_local_steps_push_what_the_jobs_optimizer_did_over_the_window(
     if config.name == "adam":
         opt = torch.optim.Adam(reference.parameters(), lr=1e-3)  # type: ignore[assignment]
     batches = data(6)
-    local = LocalSGD(model, layout, F.cross_entropy, config, 3)
+    local = make_local(model, config, 3)
     # The shard's side: plain SGD at the job's lr (what the coordinator sets up).
     shard = FlatOptimizer(
         layout.flatten(dict(model.named_parameters())), OptimizerSpec(name="sgd", lr=config.lr)
@@ -67,7 +79,7 @@ def test_local_steps_push_what_the_jobs_optimizer_did_over_the_window(
 
     # Execute: pull, 3 local steps, push; twice (the optimizer state carries over).
     for window_batches in (batches[:3], batches[3:]):
-        window = local.run(shard.values.clone(), window_batches)
+        window = local.run(shard.values.clone(), NO_BUFFERS, window_batches)
         assert window.update is not None and window.nonfinite == 0
         shard.step(window.update)
         for x, y in window_batches:
@@ -91,7 +103,7 @@ def test_a_non_finite_batch_is_skipped_and_the_rest_of_the_window_is_pushed() ->
     batches[1] = (bad, batches[1][1])
     start = layout.flatten(dict(model.named_parameters()))
 
-    window = LocalSGD(model, layout, F.cross_entropy, SGD, 3).run(start, batches)
+    window = make_local(model, SGD, 3).run(start, NO_BUFFERS, batches)
 
     assert window.nonfinite == 1 and window.samples == 10
     assert window.update is not None and all_finite(window.update)
@@ -110,18 +122,66 @@ def test_a_discarded_window_leaves_the_optimizer_as_it_was() -> None:
     # Prepare: one window taken and kept, so that there is momentum to protect.
     model = net()
     layout = ParamLayout.of_module(model)
-    local = LocalSGD(model, layout, F.cross_entropy, SGD, 2)
+    local = make_local(model, SGD, 2)
     start = layout.flatten(dict(model.named_parameters()))
     batches = data(4)
-    kept = local.run(start, batches[:2])
+    kept = local.run(start, NO_BUFFERS, batches[:2])
     assert kept.update is not None
     after_kept = copy.deepcopy(local._opt.state_dict())  # type: ignore[union-attr]
 
     # Execute: a second window whose push is refused, then discarded.
-    local.run(start, batches[2:])
+    local.run(start, NO_BUFFERS, batches[2:])
     local.discard()
 
     # Assert: the momentum buffers are those after the kept window, not after the refused one.
     now = local._opt.state_dict()  # type: ignore[union-attr]
     for key, state in after_kept["state"].items():
         assert torch.equal(now["state"][key]["momentum_buffer"], state["momentum_buffer"])
+
+
+def test_the_window_carries_the_change_of_the_batchnorm_buffers() -> None:
+    # Prepare: a model with BatchNorm, its buffers as a shard would hold them.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+    reference = copy.deepcopy(model)
+    layouts = (ParamLayout.of_module(model), BufferLayout.of_module(model))
+    pulled = layouts[1].read(model)
+    start = layouts[0].flatten(dict(model.named_parameters()))
+    batches = data(2)
+    local = LocalSGD(
+        model, layouts, F.cross_entropy, SGD, 2, Precision("fp32", torch.device("cpu"))
+    )
+
+    # Execute
+    window = local.run(start, pulled, batches)
+
+    # Assert: pulled + change is what the reference's forward passes left in its buffers,
+    # and the batch counter counts both batches.
+    opt = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    for x, y in batches:
+        opt.zero_grad()
+        F.cross_entropy(reference(x), y).backward()  # type: ignore[no-untyped-call]
+        opt.step()
+    assert window.buffer_delta is not None
+    merged = layouts[1].unflatten(pulled + window.buffer_delta)
+    for name, value in reference.state_dict().items():
+        if name in merged:
+            assert torch.equal(merged[name], value), name
+    assert int(merged["1.num_batches_tracked"]) == 2
+
+
+def test_fp16_loss_scale_halves_on_overflow_and_grows_after_good_steps() -> None:
+    precision = Precision("fp32", torch.device("cpu"))
+    precision.name = "fp16"  # the scaling policy itself needs no GPU
+    precision.scale = 1024.0
+
+    precision.update(finite=False)
+    assert precision.scale == 512.0 and precision.overflows == 1
+    for _ in range(GROWTH_INTERVAL):
+        precision.update(finite=True)
+    assert precision.scale == 1024.0
+
+
+def test_fp16_on_a_cpu_worker_says_to_use_bf16() -> None:
+    with pytest.raises(PrecisionUnavailable, match="bf16"):
+        Precision("fp16", torch.device("cpu"))
