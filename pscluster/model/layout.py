@@ -2,7 +2,7 @@
 
 Shards see one float32 vector per job; only the layout knows it is a model. Trainable
 parameters are laid out in ``named_parameters()`` order; buffers (BatchNorm statistics, ...)
-are not trained and travel beside the vector in the job's initial state.
+have their own float64 vector (:mod:`pscluster.model.buffers`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ class ParamLayout:
 
     @classmethod
     def of_module(cls, module: nn.Module) -> ParamLayout:
-        return cls([(n, tuple(p.shape)) for n, p in module.named_parameters()])
+        """The module's trainable parameters: frozen ones (``requires_grad=False``) never
+        change, so they are neither pulled nor pushed; they travel once, in the job's initial
+        state, and come back in the fetched model as they went."""
+        return cls([(n, tuple(p.shape)) for n, p in module.named_parameters() if p.requires_grad])
 
     @property
     def names(self) -> list[str]:

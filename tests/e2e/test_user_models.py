@@ -63,7 +63,7 @@ def test_batchnorm_cnn_fetched_model_is_what_the_job_reports(
     # Prepare
     train, test = digits_images()
     options = CNN_SETTINGS[setting]
-    epochs = 6
+    epochs = 10
     opt: dict[str, Any] = options["optimizer"]
     make_opt = (
         (lambda p: torch.optim.Adam(p, lr=opt["lr"]))
@@ -119,7 +119,7 @@ def test_frozen_layer_never_changes_under_weight_decay(cluster: LocalCluster) ->
         test=test,
         epochs=3,
         mode="async",
-        optimizer={"name": "adamw", "lr": 1e-2, "weight_decay": 0.5},
+        optimizer={"name": "adamw", "lr": 1e-2, "weight_decay": 0.1},
     )
 
     # Assert

@@ -117,3 +117,15 @@ class LoRADigits(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
         return out
+
+
+class Wide(nn.Module):
+    """A linear classifier of wide rows (for jobs whose data, not model, is large)."""
+
+    def __init__(self, inputs: int = 1000, classes: int = 2) -> None:
+        super().__init__()
+        self.fc = nn.Linear(inputs, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(x)
+        return out
