@@ -37,7 +37,8 @@ def _bad_jobs() -> Iterator[tuple[str, TinyJob, str]]:
     yield (
         "shape",
         job,
-        r"'fc.weight' as torch.float32 of shape \[3, 4\]; the spec says torch.float32 of shape \[4, 3\]",
+        r"'fc.weight' as torch.float32 of shape \[3, 4\]; the spec says "
+        r"torch.float32 of shape \[4, 3\]",
     )
     job = tiny_job()
     del job.blobs["initial_state"]

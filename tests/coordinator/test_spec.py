@@ -140,7 +140,8 @@ def _state(**tensors: torch.Tensor) -> bytes:
         (
             "initial_state",
             _state(**{"fc.weight": torch.zeros(4, 3), "fc.bias": torch.zeros(3)}),
-            r"'fc.weight' as torch.float32 of shape \[4, 3\]; the spec says torch.float32 of shape \[3, 4\]",
+            r"'fc.weight' as torch.float32 of shape \[4, 3\]; the spec says "
+            r"torch.float32 of shape \[3, 4\]",
         ),
         (
             "initial_state",

@@ -105,7 +105,8 @@ def test_a_model_importing_its_sibling_modules_trains(
             sys.modules.pop(name, None)
 
     # Assert
-    assert info.state == "completed" and info.test_accuracy > 0.9
+    assert info.state == "completed"
+    assert info.test_accuracy is not None and info.test_accuracy > 0.9
 
 
 SCRIPT = """
@@ -228,6 +229,7 @@ def test_lora_fine_tune_from_a_finished_job_moves_a_tenth_of_the_bytes(
     for name in ("fc1", "fc2", "fc3"):
         assert torch.equal(lora_state[f"{name}.weight"], base_model.state_dict()[f"{name}.weight"])
     base_accuracy = eval_accuracy(base_model, *rotated[1])
+    assert lora_info.test_accuracy is not None
     assert lora_info.test_accuracy > base_accuracy + 0.2, (lora_info.test_accuracy, base_accuracy)
 
 
@@ -252,6 +254,7 @@ def test_bf16_trains_the_batchnorm_cnn_within_a_point_of_fp32(cluster: LocalClus
 
     # Assert
     assert fp32_info.state == bf16_info.state == "completed"
+    assert bf16_info.test_accuracy is not None and fp32_info.test_accuracy is not None
     assert bf16_info.test_accuracy >= fp32_info.test_accuracy - 0.01
 
 
