@@ -21,14 +21,10 @@ from pscluster.coordinator import store as st
 from pscluster.coordinator.leases import Lease
 from pscluster.coordinator.runtime import Activity, Runtime
 from pscluster.coordinator.shard_client import ShardError
+from pscluster.coordinator.shard_init import initial_vectors, shard_configs
 from pscluster.coordinator.spec import (
     SUBMITTED_BLOBS,
-    buffer_layout_of,
-    buffer_ranges,
-    counter_spans_in,
-    layout_of,
     read_submission,
-    shard_optimizer,
     straggler_settings,
     validate_job,
 )
@@ -39,7 +35,6 @@ from pscluster.model import state
 from pscluster.model.partition import BalancedRanges
 from pscluster.transport.errors import FailedPrecondition, NotFound
 from pscluster.v1 import coordinator_pb2 as co_pb2
-from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 64 * 1024
@@ -162,37 +157,10 @@ class JobManager:
         try:
             if problems:
                 raise problems[0]
-            spec = co_pb2.JobSpec.FromString(job.spec)
             if initial is None:
-                tensors = state.loads(
-                    rt.blobs.read(job.job_id, blobs.INITIAL_STATE), "initial_state"
-                )
-                initial = (
-                    layout_of(spec).flatten(tensors),
-                    buffer_layout_of(spec).flatten(tensors),
-                )
-            flat, buffers = initial
-            counters = buffer_layout_of(spec).counter_spans()
-            ranges = buffer_ranges(spec, len(job.shards))
-            for part, brange in zip(job.shards, ranges, strict=True):
-                config = ps_pb2.ShardJobConfig(
-                    job_id=job.job_id,
-                    start=part.start,
-                    length=part.length,
-                    mode=spec.mode,
-                    staleness=spec.staleness,
-                    optimizer=shard_optimizer(spec),
-                    compression=spec.compression,
-                    backup_workers=spec.backup_workers,
-                    staleness_aware_lr=spec.staleness_aware_lr,
-                    buffer_start=brange.start,
-                    buffer_length=brange.length,
-                    counters=counter_spans_in(counters, brange),
-                    initial_buffers=buffers[brange.start : brange.end].numpy().tobytes(),
-                )
-                rt.shards.init_job(
-                    part.address, config, flat[part.start : part.start + part.length]
-                )
+                initial = initial_vectors(job, rt.blobs.read(job.job_id, blobs.INITIAL_STATE))
+            for address, config, values in shard_configs(job, *initial):
+                rt.shards.init_job(address, config, values)
         except ShardError as e:
             if e.status in _RETRY_INIT:
                 rt.store.update_job(job.job_id, status_message=f"pending: {e}; retrying")

@@ -10,9 +10,9 @@ import torch
 
 from pscluster.coordinator import blobs
 from pscluster.coordinator import store as st
+from pscluster.coordinator.model_spec import buffer_layout_of, layout_of
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.shard_client import ShardError
-from pscluster.coordinator.spec import buffer_layout_of, layout_of
 from pscluster.coordinator.stats import aggregate
 from pscluster.model import state
 from pscluster.v1 import common_pb2

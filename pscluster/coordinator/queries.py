@@ -13,8 +13,8 @@ from pscluster.coordinator import blobs, live
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.leases import TRAIN
+from pscluster.coordinator.model_spec import buffer_ranges
 from pscluster.coordinator.runtime import Runtime
-from pscluster.coordinator.spec import buffer_ranges
 from pscluster.model import objective, state
 from pscluster.transport import wire
 from pscluster.transport.errors import FailedPrecondition, InvalidArgument
@@ -25,6 +25,7 @@ class JobQueries:
     def __init__(self, rt: Runtime, jobs: JobManager) -> None:
         self.rt = rt
         self.jobs = jobs
+        self._metric_names: dict[str, str] = {}
 
     def info(self, job_id: str) -> co_pb2.JobInfo:
         return self._info(self.jobs.require(job_id))
@@ -69,8 +70,10 @@ class JobQueries:
 
     def _metric(self, job: st.JobRecord) -> tuple[str, float]:
         """The job's metric and its value at the latest evaluation (NaN before the first)."""
-        spec = co_pb2.JobSpec.FromString(job.spec)
-        metric = objective.metric_of(spec.loss, spec.metric)
+        metric = self._metric_names.get(job.job_id)
+        if metric is None:  # a spec never changes: parse it (user code and all) once
+            spec = co_pb2.JobSpec.FromString(job.spec)
+            metric = self._metric_names[job.job_id] = objective.metric_of(spec.loss, spec.metric)
         latest = self.rt.store.latest_epoch(job.job_id)
         if latest is None:
             return metric, math.nan

@@ -14,7 +14,7 @@ import grpc
 from pscluster.coordinator.admission import Admission
 from pscluster.coordinator.app import Coordinator
 from pscluster.coordinator.leases import TRAIN
-from pscluster.coordinator.tasks import Evaluated, StepReport
+from pscluster.coordinator.reports import Evaluated, StepReport
 from pscluster.transport.auth import JobTokens, admin_token, caller_identity
 from pscluster.transport.errors import InvalidArgument, grpc_errors
 from pscluster.v1 import common_pb2

@@ -295,7 +295,8 @@ class WorkerAgent:
             return
         self._next_cleanup = now + CLEANUP_SECONDS
         for job_id in others:
-            self._forget_if_gone(job_id)
+            with log_context(job_id=job_id):
+                self._forget_if_gone(job_id)
 
     def _forget_if_gone(self, job_id: str) -> None:
         """Drop the cached runtime of a job that no longer runs (its memory, its channels)."""

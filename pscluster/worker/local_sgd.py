@@ -94,8 +94,7 @@ class LocalSGD:
             self._before = copy.deepcopy(self._opt.state_dict())
             window = self._local_steps(values, batches)
         if self.buffers.size and window.update is not None:
-            delta = self.buffers.read(self.model).sub_(buffers)
-            window.buffer_delta = delta if all_finite(delta) else None
+            window.buffer_delta = buffer_change(self.buffers.read(self.model), buffers)
         return window
 
     def discard(self) -> None:
@@ -172,3 +171,11 @@ def all_finite(values: torch.Tensor) -> bool:
     every value (a NaN or inf makes the sum non-finite); the exact check runs only when the
     sum overflows, so that huge but finite gradients still go to the shards, which take them."""
     return math.isfinite(float(values.sum())) or bool(torch.isfinite(values).all())
+
+
+def buffer_change(now: torch.Tensor, pulled: torch.Tensor) -> torch.Tensor | None:
+    """What the window changed in the buffers: 0 where a value stayed (an infinite mask minus
+    itself is 0, not NaN); None when a buffer turned non-finite (a diverged batch), so that
+    nothing of it reaches the shards."""
+    delta = torch.where(now == pulled, torch.zeros_like(now), now - pulled)
+    return delta if all_finite(delta) else None

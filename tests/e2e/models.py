@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -25,6 +26,21 @@ class NeedsLocalFile(nn.Module):
         super().__init__()
         classes = (Path(__file__).parent / "classes.txt").read_text().split()
         self.fc = nn.Linear(64, len(classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(x)
+        return out
+
+
+class FailsOnWorkers(nn.Module):
+    """Builds where the job is submitted, not on the workers: their machines lack something
+    (here, told by an environment variable only the workers have)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        if os.environ.get("PSC_TEST_BROKEN_MACHINE"):
+            raise RuntimeError("libcuda.so.1: cannot open shared object file")
+        self.fc = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.fc(x)

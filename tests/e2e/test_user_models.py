@@ -39,10 +39,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def submit_and_fetch(
     cluster: LocalCluster, model: type[nn.Module], **kwargs: Any
 ) -> tuple[Any, dict[str, torch.Tensor]]:
+    info, state, _ = submit_fetch_metrics(cluster, model, **kwargs)
+    return info, state
+
+
+def submit_fetch_metrics(
+    cluster: LocalCluster, model: type[nn.Module], **kwargs: Any
+) -> tuple[Any, dict[str, torch.Tensor], Any]:
     with cluster.client() as client:
         job = client.submit(model=model, seed=SEED, batch_size=BATCH, **kwargs)
         info = job.wait(timeout=300)
-        return info, job.fetch_model()
+        return info, job.fetch_model(), job.metrics()
 
 
 CNN_SETTINGS: dict[str, dict[str, Any]] = {
@@ -81,7 +88,7 @@ def test_batchnorm_cnn_fetched_model_is_what_the_job_reports(
     )
 
     # Execute
-    info, state = submit_and_fetch(
+    info, state, metrics = submit_fetch_metrics(
         cluster,
         DigitsCNN,
         train=train,
@@ -102,6 +109,9 @@ def test_batchnorm_cnn_fetched_model_is_what_the_job_reports(
     assert accuracy == pytest.approx(info.test_accuracy, abs=1e-9)
     reference = eval_accuracy(local, *test)
     assert accuracy >= reference - 0.01, f"{setting}: {accuracy} vs one process {reference}"
+    if setting == "sync":
+        # A worker waits for the step it pushed for, across its leases: nothing is stale.
+        assert metrics.pushes_rejected.get("stale", 0) == 0, metrics.pushes_rejected
 
 
 def test_frozen_layer_never_changes_under_weight_decay(cluster: LocalCluster) -> None:

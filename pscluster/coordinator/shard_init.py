@@ -1,0 +1,54 @@
+"""What each shard of a job is initialised with: its config, its range of the parameters and
+of the buffers. Pure functions of the stored job, so a retried initialisation (the monitor,
+after a restart) sends exactly what the first attempt did."""
+
+from __future__ import annotations
+
+import torch
+
+from pscluster.coordinator import store as st
+from pscluster.coordinator.model_spec import (
+    buffer_layout_of,
+    buffer_ranges,
+    counter_spans_in,
+    layout_of,
+)
+from pscluster.coordinator.spec import shard_optimizer
+from pscluster.model import state
+from pscluster.transport import wire
+from pscluster.v1 import coordinator_pb2 as co_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+
+
+def initial_vectors(job: st.JobRecord, initial_state: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """The job's initial parameters (float32) and buffers (float64) from its stored state."""
+    spec = co_pb2.JobSpec.FromString(job.spec)
+    tensors = state.loads(initial_state, "the model's initial state")
+    return layout_of(spec).flatten(tensors), buffer_layout_of(spec).flatten(tensors)
+
+
+def shard_configs(
+    job: st.JobRecord, flat: torch.Tensor, buffers: torch.Tensor
+) -> list[tuple[str, ps_pb2.ShardJobConfig, torch.Tensor]]:
+    """(address, config, initial values) of every shard of the job, in plan order."""
+    spec = co_pb2.JobSpec.FromString(job.spec)
+    counters = buffer_layout_of(spec).counter_spans()
+    out = []
+    for part, brange in zip(job.shards, buffer_ranges(spec, len(job.shards)), strict=True):
+        config = ps_pb2.ShardJobConfig(
+            job_id=job.job_id,
+            start=part.start,
+            length=part.length,
+            mode=spec.mode,
+            staleness=spec.staleness,
+            optimizer=shard_optimizer(spec),
+            compression=spec.compression,
+            backup_workers=spec.backup_workers,
+            staleness_aware_lr=spec.staleness_aware_lr,
+            buffer_start=brange.start,
+            buffer_length=brange.length,
+            counters=counter_spans_in(counters, brange),
+            initial_buffers=wire.encode_float64(buffers[brange.start : brange.end]),
+        )
+        out.append((part.address, config, flat[part.start : part.start + part.length]))
+    return out
