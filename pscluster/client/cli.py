@@ -3,7 +3,7 @@
     pscluster up --local --shards 2 --workers 3
     pscluster submit examples/digits.yaml --watch
     pscluster jobs ; pscluster status ; pscluster down
-    pscluster plot JOB -o curves.png --csv curves/   # loss, accuracy, staleness
+    pscluster plot JOB -o curves.png --csv curves/   # loss, the job's metric, staleness
     pscluster certs ./certs --host pscluster   # TLS: a CA, server and client certificates
 
 The role commands (``coordinator``, ``shard``, ``worker``) hand their arguments unchanged to

@@ -54,10 +54,12 @@ def submit_fetch_metrics(
 
 CNN_SETTINGS: dict[str, dict[str, Any]] = {
     "sync": {"mode": "sync", "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
+    # Asynchrony adds momentum of its own (Mitliagkas et al. 2016): ssp with momentum 0.9
+    # ended 0.96-0.98 against one process's 0.98-0.99 over runs; 0.5 ends within a point.
     "ssp": {
         "mode": "ssp",
         "staleness": 2,
-        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.5},
     },
     "async-adam": {"mode": "async", "optimizer": {"name": "adam", "lr": 2e-3}},
 }
