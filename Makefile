@@ -53,6 +53,8 @@ bench: install
 	$(PY) bench/stragglers.py --repeats 2
 	$(PY) bench/durability.py
 	$(PY) bench/faults.py
+	$(PY) bench/finetune.py
+	$(PY) bench/precision.py
 
 # Locust (deploy/locust): a single-client run, then LOAD_USERS users for LOAD_TIME against
 # PSC_COORDINATOR, or a local cluster started for the run; fails if any request failed.
