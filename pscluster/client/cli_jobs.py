@@ -28,6 +28,7 @@ from pscluster.client.metrics import (
     format_metric,
     metric_label,
 )
+from pscluster.model.objective import LOWER_IS_BETTER
 
 if TYPE_CHECKING:
     from pscluster.client.sdk import Job
@@ -59,7 +60,7 @@ def submit(
                 out().print(job.id)
                 return
             out().print(f"submitted job [bold]{job.id}[/] ({job_file.name}) to {client.address}")
-            _follow(job, timeout, job_file.spec.target_accuracy)
+            _follow(job, timeout, job_file.spec.target_accuracy, job_file.spec.target_metric)
 
 
 def _print_token(job: Job) -> None:
@@ -84,9 +85,12 @@ def watch(
         _follow(client.job(job_id), timeout, None)
 
 
-def _follow(job: Job, timeout: float | None, target: float | None) -> None:
+def _follow(
+    job: Job, timeout: float | None, target: float | None, target_metric: float | None = None
+) -> None:
     """Wait with a progress bar, then print the job's final test metric; exit 1 if the job
-    fails, or if it measures accuracy and ends below ``target``."""
+    fails, if it measures accuracy and ends below ``target``, or if its metric ends on the
+    wrong side of ``target_metric`` (above it for mse, mae and loss; below it for accuracy)."""
     try:
         info = job.wait(progress=True, timeout=timeout, console=out())
     except JobFailed as e:
@@ -101,6 +105,8 @@ def _follow(job: Job, timeout: float | None, target: float | None) -> None:
     else:
         shown = format_metric(metric, value)
         out().print(f"job {job.id} completed{took}: final test {metric} [bold]{shown}[/]")
+    if target_metric is not None:
+        _check_metric_target(metric, value, target_metric)
     if target is None:
         return
     if metric != ACCURACY:
@@ -113,6 +119,16 @@ def _follow(job: Job, timeout: float | None, target: float | None) -> None:
         raise fail(f"the job reported no test accuracy to compare with the target {target}")
     elif value < target:
         raise fail(f"final test accuracy {value:.4f} is below the target {target}")
+
+
+def _check_metric_target(metric: str, value: float | None, target: float) -> None:
+    if value is None:
+        raise fail(f"the job reported no test {metric} to compare with the target {target}")
+    lower_is_better = metric in LOWER_IS_BETTER
+    missed = value > target if lower_is_better else value < target
+    if missed:
+        side = "above" if lower_is_better else "below"
+        raise fail(f"final test {metric} {value:.4f} is {side} the target {target}")
 
 
 def jobs(address: Address = None, token: Token = None) -> None:

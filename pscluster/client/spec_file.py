@@ -60,7 +60,8 @@ class JobFile(BaseModel):
     shards: int = Field(0, ge=0)
     seed: int = Field(0, ge=0)
     target_accuracy: float | None = Field(None, ge=0.0, le=1.0)
-    # a regression job's target: the test metric (mse, mae or loss) at or below this
+    # `submit --watch` exits 1 unless the final test metric reaches this: at or below it for
+    # mse, mae and loss, at or above it for accuracy
     target_metric: float | None = Field(None, ge=0.0)
     # e.g. {name: topk, ratio: 0.01}; see Client.submit (names and ranges: the coordinator)
     compression: dict[str, Any] | None = None

@@ -287,3 +287,27 @@ def test_jobs_at_80_columns_lists_every_status_in_full_under_the_table() -> None
     # Assert
     assert "j-3f2a9c1b  waiting for 2 workers to finish the partitions of epoch 2" in text
     assert "j-77cc88dd  ValueError: the loss is not a scalar" in text
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "target", "missed"),
+    [
+        ("mse", 0.4, 0.5, False),
+        ("mse", 0.6, 0.5, True),
+        ("loss", 0.5, 0.5, False),
+        ("accuracy", 0.96, 0.95, False),
+        ("accuracy", 0.94, 0.95, True),
+    ],
+)
+def test_target_metric_is_checked_in_the_metrics_direction(
+    metric: str, value: float, target: float, missed: bool
+) -> None:
+    import typer
+
+    from pscluster.client.cli_jobs import _check_metric_target
+
+    if missed:
+        with pytest.raises(typer.Exit):
+            _check_metric_target(metric, value, target)
+    else:
+        _check_metric_target(metric, value, target)
