@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pscluster.client.spec_file import load_job_file
-from pscluster.model.bundle import CodeBundle, ShippedFile, collect, shipped_ref
+from pscluster.model.bundle import CodeBundle, collect, shipped_ref
+from pscluster.model.imports import ShippedFile
 from pscluster.model.loader import load_object
 from pscluster.model.source import build_from_bundle
 from pscluster.transport.errors import InvalidArgument

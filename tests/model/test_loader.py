@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pscluster.model import source
-from pscluster.model.bundle import CodeBundle, ShippedFile
+from pscluster.model.bundle import CodeBundle
+from pscluster.model.imports import ShippedFile
 from pscluster.model.loader import LoadedBundle, load_bundle, load_class, load_object
 from pscluster.model.script import extract_definitions
 from pscluster.transport.errors import InvalidArgument
