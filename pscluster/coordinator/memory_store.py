@@ -20,7 +20,20 @@ from pscluster.coordinator.store import (
     StepRecord,
     check_changes,
 )
-from pscluster.transport.errors import AlreadyExists, NotFound
+from pscluster.coordinator.writes import (
+    EpochRecorded,
+    EventAppended,
+    LeaseDropped,
+    LeaseSaved,
+    ProgressSaved,
+    StepsAppended,
+    Write,
+)
+from pscluster.errors import AlreadyExists, NotFound
+
+
+def _lease_id(w: LeaseSaved | LeaseDropped) -> str:
+    return w.lease.lease_id if isinstance(w, LeaseSaved) else w.lease_id
 
 
 def _copy(job: JobRecord) -> JobRecord:
@@ -119,6 +132,33 @@ class MemoryStore(JobStore):
     def save_leases(self, leases: Sequence[LeaseRecord]) -> None:
         with self._lock:
             self._leases = list(leases)
+
+    def apply(self, writes: Sequence[Write]) -> None:
+        for w in writes:
+            if isinstance(w, (LeaseSaved, LeaseDropped)):
+                with self._lock:
+                    kept = [r for r in self._leases if r.lease_id != _lease_id(w)]
+                    self._leases = [*kept, w.lease] if isinstance(w, LeaseSaved) else kept
+                continue
+            with self._lock:
+                known = w.job_id in self._jobs
+            if not known:
+                continue
+            if isinstance(w, ProgressSaved):
+                self.update_job(
+                    w.job_id,
+                    epoch=w.epoch,
+                    done_partitions=list(w.done_partitions),
+                    pending_evals=list(w.pending_evals),
+                )
+            elif isinstance(w, EpochRecorded):
+                self.record_epoch(w.job_id, w.record)
+            elif isinstance(w, StepsAppended):
+                self.append_steps(w.job_id, w.steps)
+            elif isinstance(w, EventAppended):
+                self.append_event(w.job_id, w.event)
+            else:
+                self.update_job(w.job_id, **w.changes)
 
     def leases(self) -> list[LeaseRecord]:
         with self._lock:

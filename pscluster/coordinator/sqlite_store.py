@@ -27,7 +27,16 @@ from pscluster.coordinator.store import (
     StepRecord,
     check_changes,
 )
-from pscluster.transport.errors import AlreadyExists, NotFound
+from pscluster.coordinator.writes import (
+    EpochRecorded,
+    EventAppended,
+    LeaseDropped,
+    LeaseSaved,
+    ProgressSaved,
+    StepsAppended,
+    Write,
+)
+from pscluster.errors import AlreadyExists, NotFound
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -184,31 +193,29 @@ class SqliteStore(JobStore):
 
     def append_steps(self, job_id: str, steps: Sequence[StepRecord]) -> JobRecord:
         with self._transaction():
-            job = self._require(job_id)
-            rows = [
-                (
-                    job_id,
-                    job.steps + i + 1,
-                    s.loss,
-                    s.samples,
-                    s.worker_id,
-                    s.epoch,
-                    s.unix_time,
-                )
-                for i, s in enumerate(steps)
-            ]
-            self._db.executemany("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            if steps:
-                self._db.execute(
-                    "UPDATE jobs SET steps = ?, last_loss = ?, samples = ? WHERE job_id = ?",
-                    (
-                        job.steps + len(steps),
-                        steps[-1].loss,
-                        job.samples + sum(s.samples for s in steps),
-                        job_id,
-                    ),
-                )
+            self._require(job_id)
+            self._insert_steps(job_id, steps)
             return self._require(job_id)  # read inside the transaction: this write's result
+
+    def _insert_steps(self, job_id: str, steps: Sequence[StepRecord]) -> None:
+        """Number the steps after the job's last one (call inside a transaction)."""
+        row = self._db.execute(
+            "SELECT steps, samples FROM jobs WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        if row is None or not steps:
+            return
+        count, samples = int(row[0]), int(row[1])
+        self._db.executemany(
+            "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (job_id, count + i + 1, s.loss, s.samples, s.worker_id, s.epoch, s.unix_time)
+                for i, s in enumerate(steps)
+            ],
+        )
+        self._db.execute(
+            "UPDATE jobs SET steps = ?, last_loss = ?, samples = ? WHERE job_id = ?",
+            (count + len(steps), steps[-1].loss, samples + sum(s.samples for s in steps), job_id),
+        )
 
     def steps(self, job_id: str, after: int = 0) -> list[StepRecord]:
         with self._lock:
@@ -230,28 +237,30 @@ class SqliteStore(JobStore):
     def record_epoch(self, job_id: str, result: EpochRecord) -> JobRecord:
         with self._transaction():
             self._require(job_id)
-            self._db.execute(
-                "INSERT OR REPLACE INTO epochs (job_id, epoch, test_accuracy, test_loss, "
-                "unix_time, samples, metrics, versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    result.epoch,
-                    result.test_accuracy,
-                    result.test_loss,
-                    result.unix_time,
-                    result.samples,
-                    json.dumps(result.metrics),
-                    json.dumps(list(result.versions)),
-                ),
-            )
-            latest = self._db.execute(
-                "SELECT test_accuracy FROM epochs WHERE job_id = ? ORDER BY epoch DESC LIMIT 1",
-                (job_id,),
-            ).fetchone()
-            self._db.execute(
-                "UPDATE jobs SET test_accuracy = ? WHERE job_id = ?", (latest[0], job_id)
-            )
+            self._insert_epoch(job_id, result)
             return self._require(job_id)
+
+    def _insert_epoch(self, job_id: str, result: EpochRecord) -> None:
+        """Store an evaluation; the job's test_accuracy follows its latest epoch's."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO epochs (job_id, epoch, test_accuracy, test_loss, "
+            "unix_time, samples, metrics, versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                result.epoch,
+                result.test_accuracy,
+                result.test_loss,
+                result.unix_time,
+                result.samples,
+                json.dumps(result.metrics),
+                json.dumps(list(result.versions)),
+            ),
+        )
+        latest = self._db.execute(
+            "SELECT test_accuracy FROM epochs WHERE job_id = ? ORDER BY epoch DESC LIMIT 1",
+            (job_id,),
+        ).fetchone()
+        self._db.execute("UPDATE jobs SET test_accuracy = ? WHERE job_id = ?", (latest[0], job_id))
 
     def epochs(self, job_id: str) -> list[EpochRecord]:
         return self._epochs(job_id, "ORDER BY epoch")
@@ -303,6 +312,49 @@ class SqliteStore(JobStore):
         with self._transaction():
             self._db.execute("DELETE FROM leases")
             self._db.executemany(f"INSERT INTO leases VALUES ({marks})", rows)
+
+    def apply(self, writes: Sequence[Write]) -> None:
+        if not writes:
+            return
+        with self._transaction():
+            for w in writes:
+                self._apply_one(w)
+
+    def _apply_one(self, w: Write) -> None:
+        db = self._db
+        if isinstance(w, LeaseSaved):
+            row = [getattr(w.lease, n) for n in _LEASE_FIELDS]
+            marks = ", ".join("?" for _ in _LEASE_FIELDS)
+            db.execute(f"INSERT OR REPLACE INTO leases VALUES ({marks})", row)
+        elif isinstance(w, LeaseDropped):
+            db.execute("DELETE FROM leases WHERE lease_id = ?", (w.lease_id,))
+        elif isinstance(w, ProgressSaved):
+            db.execute(
+                "UPDATE jobs SET epoch = ?, done_partitions = ?, pending_evals = ? "
+                "WHERE job_id = ?",
+                (
+                    w.epoch,
+                    _encode("done_partitions", w.done_partitions),
+                    _encode("pending_evals", w.pending_evals),
+                    w.job_id,
+                ),
+            )
+        elif isinstance(w, EpochRecorded):
+            self._insert_epoch(w.job_id, w.record)
+        elif isinstance(w, StepsAppended):
+            self._insert_steps(w.job_id, w.steps)
+        elif isinstance(w, EventAppended):
+            e = w.event
+            db.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                (w.job_id, e.unix_time, e.kind, e.worker_id, e.message),
+            )
+        else:
+            check_changes(w.changes)
+            if w.changes:
+                sets = ", ".join(f"{name} = ?" for name in w.changes)
+                args = [_encode(n, v) for n, v in w.changes.items()]
+                db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*args, w.job_id])
 
     def leases(self) -> list[LeaseRecord]:
         cols = ", ".join(_LEASE_FIELDS)

@@ -12,7 +12,10 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pscluster.coordinator.writes import Write
 
 PENDING = "pending"
 RUNNING = "running"
@@ -178,6 +181,12 @@ class JobStore(ABC):
     @abstractmethod
     def save_leases(self, leases: Sequence[LeaseRecord]) -> None:
         """Replace the stored leases with ``leases`` (every lease outstanding now)."""
+
+    @abstractmethod
+    def apply(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order, all or none (one transaction): the scheduling core's
+        decisions, batched by the store writer. Writes about a job that is gone are skipped
+        (its leases and progress went with it)."""
 
     @abstractmethod
     def leases(self) -> list[LeaseRecord]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 DEFAULT_FACTOR = 2.0
 DEFAULT_ALPHA = 0.1
@@ -82,6 +82,19 @@ class Change:
     message: str
 
 
+def _median_without(values: list[float], index: int) -> float | None:
+    """The median of sorted ``values`` without the one at ``index``; None if none is left."""
+    n = len(values) - 1
+    if n <= 0:
+        return None
+
+    def at(k: int) -> float:  # the k-th of the others, in order
+        return values[k if k < index else k + 1]
+
+    middle = n // 2
+    return at(middle) if n % 2 else (at(middle - 1) + at(middle)) / 2
+
+
 class SpeedTracker:
     """The straggler detector of one job."""
 
@@ -109,49 +122,55 @@ class SpeedTracker:
         s.last_report = now
 
     def assess(self, now: float) -> list[Change]:
-        """Recompute every active worker's slowdown; the flags raised or cleared."""
+        """Recompute every active worker's slowdown; the flags raised or cleared.
+
+        One sort, then each worker's median of the others by index: O(n log n) for n
+        workers (a median per worker over a copied list was O(n^2 log n): 36 ms a report
+        at 500 workers, under the coordinator's lock)."""
         changes: list[Change] = []
-        judged = {w: s for w, s in self._speeds.items() if self._judged(s, now)}
-        for worker_id, s in judged.items():
-            others = [o.busy for w, o in judged.items() if w != worker_id]
-            if not others:
-                s.slowdown = 0.0
-                if s.flagged_since is not None:  # nobody left to be slower than
-                    s.flagged_since = None
-                    changes.append(
-                        Change(
-                            worker_id,
-                            "recovered",
-                            f"worker {worker_id} is no longer a straggler: no other active "
-                            "worker to compare with",
-                        )
-                    )
-                continue
-            median = statistics.median(others)
-            s.slowdown = s.busy / median if median > 0 else 0.0
-            k = self.settings.factor
-            if s.flagged_since is None and s.slowdown > k:
-                s.flagged_since = now
-                changes.append(
-                    Change(
-                        worker_id,
-                        "straggler",
-                        f"worker {worker_id} is a straggler: {s.busy * 1000:.0f} ms per "
-                        f"batch, {s.slowdown:.1f}x the median of the others "
-                        f"({median * 1000:.0f} ms; threshold {k:g}x)",
-                    )
-                )
-            elif s.flagged_since is not None and s.slowdown < k / _HYSTERESIS:
-                s.flagged_since = None
-                changes.append(
-                    Change(
-                        worker_id,
-                        "recovered",
-                        f"worker {worker_id} is no longer a straggler: {s.slowdown:.1f}x "
-                        "the median of the others",
-                    )
-                )
+        judged = sorted(
+            ((s.busy, w, s) for w, s in self._speeds.items() if self._judged(s, now)),
+            key=lambda t: t[0],
+        )
+        values = [b for b, _, _ in judged]
+        for index, (_, worker_id, s) in enumerate(judged):
+            change = self._judge(worker_id, s, _median_without(values, index), now)
+            if change is not None:
+                changes.append(change)
         return changes
+
+    def _judge(self, worker_id: str, s: Speed, median: float | None, now: float) -> Change | None:
+        if median is None:
+            s.slowdown = 0.0
+            if s.flagged_since is None:
+                return None
+            s.flagged_since = None  # nobody left to be slower than
+            return Change(
+                worker_id,
+                "recovered",
+                f"worker {worker_id} is no longer a straggler: no other active worker to "
+                "compare with",
+            )
+        s.slowdown = s.busy / median if median > 0 else 0.0
+        k = self.settings.factor
+        if s.flagged_since is None and s.slowdown > k:
+            s.flagged_since = now
+            return Change(
+                worker_id,
+                "straggler",
+                f"worker {worker_id} is a straggler: {s.busy * 1000:.0f} ms per batch, "
+                f"{s.slowdown:.1f}x the median of the others ({median * 1000:.0f} ms; "
+                f"threshold {k:g}x)",
+            )
+        if s.flagged_since is not None and s.slowdown < k / _HYSTERESIS:
+            s.flagged_since = None
+            return Change(
+                worker_id,
+                "recovered",
+                f"worker {worker_id} is no longer a straggler: {s.slowdown:.1f}x the median "
+                "of the others",
+            )
+        return None
 
     def _judged(self, s: Speed, now: float) -> bool:
         return s.batches >= MIN_BATCHES and now - s.last_report <= self.active_seconds

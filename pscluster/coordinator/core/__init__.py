@@ -1,0 +1,1 @@
+"""The coordinator's scheduling core: decisions as plain objects (events in, actions out)."""

@@ -1,0 +1,204 @@
+"""The scheduling core on its own: events in, actions out, no sockets, threads or database.
+
+Hypothesis drives a job through random interleavings of workers registering, leasing,
+reporting, finishing, dying and coming back, and checks the invariants after every step: a
+partition's batches are never leased twice at once, a dead worker's lease always comes back,
+an epoch closes exactly once, and the job finishes exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from pscluster.coordinator.core.actions import Action, FinishJob, SyncMembers
+from pscluster.coordinator.core.kinds import TaskResult
+from pscluster.coordinator.core.scheduler import JobPlan, NotScheduled, Scheduler
+from pscluster.coordinator.leases import EVAL, TRAIN
+from pscluster.coordinator.stragglers import StragglerSettings
+from pscluster.coordinator.writes import EpochRecorded, LeaseDropped, LeaseSaved, ProgressSaved
+from pscluster.errors import FailedPrecondition, InvalidArgument, NotFound
+from pscluster.v1 import coordinator_pb2 as co_pb2
+
+EPOCHS, PARTITIONS, BATCHES, TIMEOUT = 3, 4, 6, 3.0
+WORKERS = [f"w{i}" for i in range(5)]
+
+
+def scheduler() -> Scheduler:
+    counter = itertools.count()
+    core = Scheduler(TIMEOUT, progress_seconds=1.0, new_lease_id=lambda: f"l-{next(counter)}")
+    plan = JobPlan(
+        "j",
+        EPOCHS,
+        PARTITIONS,
+        shards=2,
+        mode="async",
+        stragglers=StragglerSettings(),
+        batch_counts=[BATCHES] * PARTITIONS,
+    )
+    core.add_job(plan, now=0.0)
+    return core
+
+
+def evaluation() -> TaskResult:
+    return TaskResult(metrics={"loss": 0.5, "accuracy": 0.9}, versions=(3, 3))
+
+
+class CoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = scheduler()
+        self.now = 0.0
+        self.actions: list[Action] = []
+        self.saved: dict[str, LeaseSaved] = {}  # what the store holds after the writes
+
+    def _apply(self, actions: list[Action]) -> None:
+        self.actions += actions
+        for a in actions:
+            if isinstance(a, LeaseSaved):
+                self.saved[a.lease.lease_id] = a
+            elif isinstance(a, LeaseDropped):
+                self.saved.pop(a.lease_id, None)
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def register(self, worker: str) -> None:
+        _, actions = self.core.register("h", 1, "cpu", worker, self.now)
+        self._apply(actions)
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def acquire(self, worker: str) -> None:
+        try:
+            _, actions = self.core.acquire(worker, self.now)
+        except NotFound:
+            return
+        self._apply(actions)
+
+    @rule(worker=st.sampled_from(WORKERS), batches=st.integers(0, BATCHES))
+    def report(self, worker: str, batches: int) -> None:
+        lease = self.core.book.lease_of(worker)
+        if lease is None or lease.kind != TRAIN:
+            return
+        progress = co_pb2.LeaseProgress(
+            lease_id=lease.lease_id,
+            position=min(lease.first_batch + batches, lease.end_batch),
+            batches=batches,
+            busy_seconds=0.01 * batches,
+            step_seconds=0.01 * batches,
+        )
+        try:
+            _, actions = self.core.report(worker, "j", [], progress, self.now, self.now)
+        except (NotFound, NotScheduled):
+            return
+        self._apply(actions)
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def complete(self, worker: str) -> None:
+        lease = self.core.book.lease_of(worker)
+        if lease is None:
+            return
+        result = evaluation() if lease.kind == EVAL else TaskResult(samples=10)
+        try:
+            actions = self.core.complete(worker, lease.lease_id, result, self.now, self.now)
+        except (NotFound, FailedPrecondition):
+            return
+        self._apply(actions)
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def heartbeat(self, worker: str) -> None:
+        self.core.heartbeat(worker, self.now)
+
+    @rule(seconds=st.floats(0.1, 5.0))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+        dead, actions = self.core.expire(self.now)
+        self._apply(actions)
+        for worker in dead:
+            assert self.core.book.lease_of(worker) is None, "a dead worker's lease comes back"
+
+    @invariant()
+    def batches_are_never_leased_twice_at_once(self) -> None:
+        if not self.core.book.has_job("j"):
+            return
+        sched = self.core.book.schedule("j")
+        covered: dict[int, set[int]] = {}
+        units = [*sched.free, *sched.train_leases.values()]
+        for unit in units:
+            seen = covered.setdefault(unit.partition, set())
+            batches = set(range(unit.first, unit.end))
+            assert not seen & batches, f"partition {unit.partition}: {sorted(seen & batches)}"
+            seen |= batches
+
+    @invariant()
+    def a_worker_holds_one_lease_and_the_store_knows_it(self) -> None:
+        outstanding = self.core.book.outstanding()
+        holders = [lease.worker_id for lease in outstanding]
+        assert len(holders) == len(set(holders))
+        assert {lease.lease_id for lease in outstanding} == set(self.saved)
+
+    @invariant()
+    def epochs_close_once_each_in_order(self) -> None:
+        epochs = [a.epoch for a in self.actions if isinstance(a, ProgressSaved)]
+        assert all(b - a in (0, 1) for a, b in itertools.pairwise(epochs))
+        recorded = [a.record.epoch for a in self.actions if isinstance(a, EpochRecorded)]
+        assert len(recorded) == len(set(recorded)), "an epoch evaluated twice"
+        finished = [a for a in self.actions if isinstance(a, FinishJob)]
+        assert len(finished) <= 1
+        if finished:
+            assert sorted(recorded) == list(range(EPOCHS))
+
+
+TestCore = CoreMachine.TestCase
+TestCore.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+
+
+def test_a_job_driven_to_the_end_finishes_once_and_saves_every_epoch() -> None:
+    # Prepare
+    core = scheduler()
+    for w in ("a", "b"):
+        core.register("h", 1, "cpu", w, 0.0)
+    actions: list[Action] = []
+
+    # Execute: two workers take and finish whatever is handed out.
+    for _ in range(200):
+        for w in ("a", "b"):
+            lease, got = core.acquire(w, 0.0)
+            actions += got
+            if lease is not None:
+                result = evaluation() if lease.kind == EVAL else TaskResult(samples=4)
+                actions += core.complete(w, lease.lease_id, result, 0.0, 0.0)
+
+    # Assert
+    assert sum(isinstance(a, FinishJob) for a in actions) == 1
+    assert sorted(a.record.epoch for a in actions if isinstance(a, EpochRecorded)) == [0, 1, 2]
+    assert core.acquire("a", 0.0)[0] is None, "nothing more to hand out once finished"
+
+
+def test_a_train_grant_asks_for_a_membership_sync_and_an_eval_grant_does_not() -> None:
+    core = scheduler()
+    core.register("h", 1, "cpu", "a", 0.0)
+    lease, actions = core.acquire("a", 0.0)
+    assert lease is not None and lease.kind == TRAIN
+    assert SyncMembers("j") in actions and any(isinstance(a, LeaseSaved) for a in actions)
+    assert core.roster("j", 0.0) == (["a"], [])
+
+
+def test_an_evaluation_out_of_range_changes_nothing() -> None:
+    # Prepare: one epoch's partitions done, its evaluation leased.
+    core = scheduler()
+    core.register("h", 1, "cpu", "a", 0.0)
+    for _ in range(PARTITIONS):
+        lease, _ = core.acquire("a", 0.0)
+        assert lease is not None
+        core.complete("a", lease.lease_id, TaskResult(samples=1), 0.0, 0.0)
+    lease, _ = core.acquire("a", 0.0)
+    assert lease is not None and lease.kind == EVAL
+
+    # Execute / Assert
+    bad = TaskResult(metrics={"loss": 1.0, "accuracy": 1.5}, versions=(1, 1))
+    with pytest.raises(InvalidArgument, match="accuracy"):
+        core.complete("a", lease.lease_id, bad, 0.0, 0.0)
+    assert core.book.lease_of("a") == lease, "the lease still stands"
