@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+
+from pscluster.client.errors import PSClusterError
 
 ROOT = Path(__file__).resolve().parents[2]
 # compose also reads ROOT/.env, where deploy/scripts/docker-setup.sh selects the offline build.
@@ -155,9 +158,25 @@ class ComposeProject:
 
 
 def wait_until(what: str, check: Callable[[], object], timeout: float, poll: float = 0.5) -> None:
-    """Poll ``check()`` until it is truthy; TimeoutError naming ``what`` after ``timeout`` s."""
+    """Poll ``check()`` until it is truthy; TimeoutError naming ``what`` after ``timeout`` s.
+
+    A check that fails because a server is unreachable for now (a shard restarting, the
+    coordinator answering UNAVAILABLE) counts as "not yet": that is often what is waited out.
+    """
     deadline = time.monotonic() + timeout
-    while not check():
+    last = ""
+    while True:
+        try:
+            if check():
+                return
+        except (grpc.RpcError, PSClusterError) as e:
+            code = e.code() if isinstance(e, grpc.RpcError) else e.code  # type: ignore[attr-defined]
+            if code not in _TRANSIENT:
+                raise
+            last = f" (last: {code.name}: {e})"
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s{last}")
         time.sleep(poll)
+
+
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -27,6 +27,12 @@ def live_shards(client: Client, job_id: str) -> list[Any]:
     return list(reply.shards)
 
 
+def reached_after(job: Any, since_monotonic: float, target: float) -> bool:
+    """Whether an evaluation made after ``since`` (a monotonic time) reached ``target``."""
+    since = time.time() - (time.monotonic() - since_monotonic)
+    return any(e.unix_time >= since and e.test_accuracy >= target for e in job.metrics().epochs)
+
+
 def test_a_partitioned_worker_is_dropped_then_rejoins_without_stale_pushes(
     compose: ComposeProject, client: Client, digits_job: dict[str, Any], target_accuracy: float
 ) -> None:
@@ -68,8 +74,16 @@ def test_a_partitioned_worker_is_dropped_then_rejoins_without_stale_pushes(
         tail = logs.stdout + logs.stderr
         raise TimeoutError(f"{e}; the worker's last lines:\n{tail}") from None
     rejoined = time.monotonic() - back
+    # The job need not run its 200 epochs (on a busy machine that outlasts any fixed
+    # timeout): once an evaluation after the rejoin reaches the target, it has shown what it
+    # must, and is cancelled.
+    wait_until(
+        "an evaluation after the rejoin at the target accuracy",
+        lambda: reached_after(job, back, target_accuracy),
+        timeout=JOB_TIMEOUT,
+    )
     shards = live_shards(client, job.id)
-    info = job.wait(timeout=JOB_TIMEOUT)
+    info = job.cancel()
     worst = max((int(k) for s in shards for k in s.clock_staleness), default=0)
     refused = {
         r: sum(int(s.pushes_rejected.get(r, 0)) for s in shards) for r in ("stale", "not_member")
@@ -77,11 +91,9 @@ def test_a_partitioned_worker_is_dropped_then_rejoins_without_stale_pushes(
     print(
         f"\n[partition {CUT_SECONDS:g} s] detect={detected:.2f}s rejoin={rejoined:.2f}s "
         f"max clock staleness={worst} (s={STALENESS}) refused={refused} "
-        f"accuracy={info.test_accuracy}"
+        f"accuracy={info.test_accuracy} after {info.epoch} epochs"
     )
 
     # Assert
     assert all(victim not in m for m in members), members
-    assert worst <= STALENESS
-    assert info.state == "completed"
-    assert info.test_accuracy is not None and info.test_accuracy >= target_accuracy
+    assert worst <= STALENESS  # and the target was reached after the rejoin (waited above)
