@@ -20,8 +20,8 @@ from pscluster.client.errors import InvalidJobError
 from pscluster.data import inputs
 from pscluster.data.dataset import Dataset
 from pscluster.data.inputs import Inputs
+from pscluster.errors import PSError
 from pscluster.model import objective, rebuild
-from pscluster.transport.errors import PSError
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.worker.precision import Precision, PrecisionUnavailable
 

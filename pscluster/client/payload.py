@@ -23,10 +23,10 @@ from torch import nn
 from pscluster.client import dry_run, initial
 from pscluster.client.errors import InvalidJobError
 from pscluster.data.dataset import Dataset
+from pscluster.errors import PSError
 from pscluster.model import bundle, objective, rebuild, state
 from pscluster.model.bundle import shipped_module
 from pscluster.transport import wire
-from pscluster.transport.errors import PSError
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 

@@ -38,9 +38,9 @@ from pscluster.client.info import ClusterStatus, JobInfo
 from pscluster.client.metrics import JobMetrics
 from pscluster.client.payload import InitFrom, LossArg, build_payload
 from pscluster.config import Settings
+from pscluster.errors import PSError
 from pscluster.model import state
 from pscluster.transport.channel import open_channel
-from pscluster.transport.errors import PSError
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 

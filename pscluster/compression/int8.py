@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pscluster.compression.base import CodecState, Encoded, Stateless
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 DEFAULT_CHUNK = 512
 LEVELS = 127

@@ -16,7 +16,7 @@ from pscluster.compression.fp16 import Float16
 from pscluster.compression.int8 import Int8
 from pscluster.compression.none import NoCompression
 from pscluster.compression.topk import TopK
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 from pscluster.v1 import common_pb2
 
 NAMES = ("none", "fp16", "bf16", "int8", "topk", "dgc")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pscluster.compression.base import RAW_ITEMSIZE
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 _HEADER = struct.Struct("<I")
 ENTRY_BYTES = 8  # uint32 index + float32 value

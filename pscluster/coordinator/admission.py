@@ -23,7 +23,7 @@ from pathlib import Path
 from pscluster.config import Settings
 from pscluster.coordinator import store as st
 from pscluster.coordinator.store import JobStore
-from pscluster.transport.errors import ResourceExhausted
+from pscluster.errors import ResourceExhausted
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 OWNER_FILE = "submitter"

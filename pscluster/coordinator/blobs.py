@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from pscluster.transport.errors import InvalidArgument, NotFound
+from pscluster.errors import InvalidArgument, NotFound
 
 DATASET = "dataset"
 INITIAL_STATE = "initial_state"

@@ -31,9 +31,9 @@ from pscluster.coordinator.spec import (
 from pscluster.coordinator.stats import aggregate, shard_part
 from pscluster.data.dataset import train_rows
 from pscluster.data.partitions import batch_counts
+from pscluster.errors import FailedPrecondition, NotFound
 from pscluster.model import objective, state
 from pscluster.model.partition import BalancedRanges
-from pscluster.transport.errors import FailedPrecondition, NotFound
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from pscluster.transport.errors import FailedPrecondition, InvalidArgument
+from pscluster.errors import FailedPrecondition, InvalidArgument
 
 TRAIN = "train"
 EVAL = "eval"

@@ -11,11 +11,11 @@ import keyword
 
 import torch
 
+from pscluster.errors import InvalidArgument
 from pscluster.model import source, state
 from pscluster.model.buffers import BufferLayout, parse_dtype
 from pscluster.model.layout import ParamLayout
 from pscluster.model.partition import BalancedRanges, Range
-from pscluster.transport.errors import InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 

@@ -15,9 +15,9 @@ from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.leases import TRAIN
 from pscluster.coordinator.model_spec import buffer_ranges
 from pscluster.coordinator.runtime import Runtime
+from pscluster.errors import FailedPrecondition, InvalidArgument
 from pscluster.model import objective, state
 from pscluster.transport import wire
-from pscluster.transport.errors import FailedPrecondition, InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 from pscluster.coordinator import store as st
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 # More batches than this in one report is not a real report.

@@ -15,8 +15,9 @@ from pscluster.coordinator.admission import Admission
 from pscluster.coordinator.app import Coordinator
 from pscluster.coordinator.leases import TRAIN
 from pscluster.coordinator.reports import Evaluated, StepReport
+from pscluster.errors import InvalidArgument
 from pscluster.transport.auth import JobTokens, admin_token, caller_identity
-from pscluster.transport.errors import InvalidArgument, grpc_errors
+from pscluster.transport.errors import grpc_errors
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc

@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pscluster.config import Settings
 from pscluster.coordinator.store import ShardSlice
+from pscluster.errors import Unavailable
 from pscluster.transport import wire
 from pscluster.transport.channel import open_channel
-from pscluster.transport.errors import Unavailable
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc

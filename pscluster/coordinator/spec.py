@@ -22,11 +22,11 @@ from pscluster.coordinator.model_spec import (
 )
 from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.data.dataset import Dataset
+from pscluster.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from pscluster.model import objective
 from pscluster.model.layout import ParamLayout
 from pscluster.model.optimizer import parse_optimizer
 from pscluster.server.consistency import validate_consistency
-from pscluster.transport.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 

@@ -18,7 +18,7 @@ from pscluster.coordinator.leases import EVAL, TRAIN, Lease
 from pscluster.coordinator.reports import Evaluated, StepReport, check_evaluation, check_progress
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.workers import WorkerInfo
-from pscluster.transport.errors import FailedPrecondition, InvalidArgument
+from pscluster.errors import FailedPrecondition, InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 log = logging.getLogger(__name__)

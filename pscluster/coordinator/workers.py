@@ -13,7 +13,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from pscluster.transport.errors import InvalidArgument, NotFound
+from pscluster.errors import InvalidArgument, NotFound
 
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A dead worker stays listed (alive=False) in ClusterStatus for this many timeouts, so that an

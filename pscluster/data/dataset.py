@@ -21,8 +21,8 @@ from safetensors.torch import save as _save
 
 from pscluster.data import inputs
 from pscluster.data.inputs import Inputs, Structure
+from pscluster.errors import InvalidArgument
 from pscluster.model import state
-from pscluster.transport.errors import InvalidArgument
 
 SPLITS = ("train", "test")
 _STRUCTURE = "x_structure"

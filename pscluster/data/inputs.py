@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 Inputs: TypeAlias = torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
 Kind = Literal["tensor", "tuple", "dict"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 # dtype names as they travel in ParamInfo.dtype (torch's names without "torch.").
 DTYPES: dict[str, torch.dtype] = {

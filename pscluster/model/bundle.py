@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pscluster.errors import InvalidArgument
 from pscluster.model.imports import (
     Collector,
     ShippedFile,
@@ -29,7 +30,6 @@ from pscluster.model.imports import (
     read_source,
 )
 from pscluster.model.script import extract_definitions
-from pscluster.transport.errors import InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 log = logging.getLogger(__name__)

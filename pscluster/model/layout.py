@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 
 @dataclass(frozen=True)

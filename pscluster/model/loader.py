@@ -37,9 +37,9 @@ from typing import Any
 
 from torch import nn
 
+from pscluster.errors import InvalidArgument
 from pscluster.model.bundle import CodeBundle
 from pscluster.model.imports import ShippedFile, importable
-from pscluster.transport.errors import InvalidArgument
 
 # What an anonymous bundle's source runs as (the name older releases gave it, too).
 ANONYMOUS = "psc_user_model"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

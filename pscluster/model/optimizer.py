@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 from pscluster.v1 import common_pb2
 
 OPTIMIZERS = ("sgd", "adam", "adamw")

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pscluster.errors import InvalidArgument
 from pscluster.model import objective
 from pscluster.model.buffers import BufferLayout, dtype_name, parse_dtype
 from pscluster.model.bundle import CodeBundle
 from pscluster.model.layout import ParamLayout
 from pscluster.model.loader import LoadedBundle
 from pscluster.model.source import parse_kwargs
-from pscluster.transport.errors import InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 

@@ -16,7 +16,7 @@ import re
 import symtable
 from collections.abc import Iterator, Sequence
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 # The line breaks the tokenizer counts (str.splitlines also splits on form feeds and more,
 # which would shift every line number after them).

@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import nn
 
+from pscluster.errors import InvalidArgument
 from pscluster.model.bundle import CodeBundle
 from pscluster.model.loader import LoadedBundle
-from pscluster.transport.errors import InvalidArgument
 
 
 def module_source(model_cls: type[nn.Module]) -> str:

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as _load
 from safetensors.torch import save as _save
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 
 def dumps(tensors: Mapping[str, torch.Tensor]) -> bytes:

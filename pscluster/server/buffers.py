@@ -17,8 +17,8 @@ from typing import Generic, TypeVar
 import torch
 
 from pscluster.compression import Compressor
+from pscluster.errors import InvalidArgument
 from pscluster.transport import wire
-from pscluster.transport.errors import InvalidArgument
 from pscluster.v1 import common_pb2
 
 T = TypeVar("T")

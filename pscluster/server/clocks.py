@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 
 def check_member_ids(worker_ids: Sequence[str], excluded: Sequence[str] = ()) -> None:

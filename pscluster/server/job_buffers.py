@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 Span = tuple[int, int]  # (start, length), relative to the job's buffer_start
 _LE_FLOAT64 = np.dtype("<f8")

@@ -4,9 +4,9 @@ payload is received, so an oversized announcement costs the shard no memory."""
 from __future__ import annotations
 
 from pscluster.compression import Compressor
+from pscluster.errors import InvalidArgument
 from pscluster.server.domain import PushHeader
 from pscluster.transport import wire
-from pscluster.transport.errors import InvalidArgument
 
 
 def check_payload_size(codec: Compressor, header: PushHeader) -> None:

@@ -10,10 +10,10 @@ import math
 from dataclasses import replace
 
 from pscluster.compression import Compressor
+from pscluster.errors import InvalidArgument
 from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
 from pscluster.server.payloads import check_payload_size
 from pscluster.transport import wire
-from pscluster.transport.errors import InvalidArgument
 
 # The division by grad_scale runs in float32: a scale outside float32's normal range would turn
 # every gradient into 0 or Inf there, so it is refused as malformed rather than half-applied.

@@ -13,11 +13,12 @@ from collections.abc import Iterator
 import grpc
 
 from pscluster.config import Settings
+from pscluster.errors import InvalidArgument
 from pscluster.server import convert
 from pscluster.server.shard import Shard
 from pscluster.server.telemetry import ShardTelemetry
 from pscluster.transport import framing
-from pscluster.transport.errors import InvalidArgument, grpc_errors
+from pscluster.transport.errors import grpc_errors
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 

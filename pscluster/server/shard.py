@@ -8,18 +8,13 @@ import threading
 from collections.abc import Iterable
 from typing import cast
 
+from pscluster.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig
 from pscluster.server.durability.journal import DurabilityConfig, Journal
 from pscluster.server.job_buffers import check_buffer_spec, initial_buffers
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
-from pscluster.transport.errors import (
-    AlreadyExists,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-)
 from pscluster.v1 import common_pb2
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pscluster.compression import CompressionSettings, make_compressor
+from pscluster.errors import DeadlineExceeded, InvalidArgument, NotFound, PSError
 from pscluster.model.optimizer import FlatOptimizer
 from pscluster.server.clocks import MemberClocks, check_member_ids
 from pscluster.server.consistency import make_policy
@@ -35,7 +36,6 @@ from pscluster.server.push_checks import check_base_version, check_header, recal
 from pscluster.server.snapshots import SnapshotCache
 from pscluster.server.stats import JobCounters
 from pscluster.transport import wire
-from pscluster.transport.errors import DeadlineExceeded, InvalidArgument, NotFound, PSError
 
 if TYPE_CHECKING:
     from pscluster.server.durability.journal import Journal

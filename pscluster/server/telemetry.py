@@ -24,9 +24,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from pscluster.errors import NotFound
 from pscluster.server.domain import JobStats
 from pscluster.server.shard import Shard
-from pscluster.transport.errors import NotFound
 
 # Push latency from the call's arrival to its reply, payload transfer included: 1 ms to 30 s
 # (a 16 MB push over a slow link, or a sync push that waits on a durable fsync).

@@ -1,7 +1,7 @@
-"""Domain errors and the one place that turns them into gRPC status codes.
+"""The one place that turns domain errors (:mod:`pscluster.errors`) into gRPC status codes.
 
-Logic modules raise these and know nothing about gRPC; servicers wrap their methods with
-:func:`grpc_errors`, so every handler maps errors the same way.
+Logic modules raise domain errors and know nothing about gRPC; servicers wrap their methods
+with :func:`grpc_errors`, so every handler maps errors the same way, through :data:`STATUS`.
 """
 
 from __future__ import annotations
@@ -13,43 +13,40 @@ from typing import Any, TypeVar
 
 import grpc
 
+from pscluster.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PSError,
+    ResourceExhausted,
+    Unavailable,
+)
 from pscluster.logs import log_context
 
 log = logging.getLogger(__name__)
 
 
-class PSError(Exception):
-    """Base of errors that a caller can act on; ``code`` is the gRPC status they map to."""
-
-    code = grpc.StatusCode.INTERNAL
-
-
-class InvalidArgument(PSError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class NotFound(PSError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class AlreadyExists(PSError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+# The one table from domain errors to status codes. Looked up along the exception's MRO, so
+# a subclass (the coordinator's ShardError is an Unavailable) maps as its base does.
+STATUS: dict[type[PSError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 
 
-class FailedPrecondition(PSError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class ResourceExhausted(PSError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class Unavailable(PSError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class DeadlineExceeded(PSError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+def status_of(error: PSError) -> grpc.StatusCode:
+    """The status code a domain error answers with (INTERNAL for one the table lacks)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,7 +68,7 @@ def grpc_errors(method: F) -> F:
                 with log_context(**_ids(request)):
                     yield from method(self, request, context)
             except PSError as e:
-                context.abort(e.code, str(e))
+                context.abort(status_of(e), str(e))
             except Exception as e:  # a bug: log it, answer INTERNAL rather than hang the caller
                 log.exception("unhandled error in %s", method.__name__)
                 context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
@@ -84,7 +81,7 @@ def grpc_errors(method: F) -> F:
             with log_context(**_ids(request)):
                 return method(self, request, context)
         except PSError as e:
-            context.abort(e.code, str(e))
+            context.abort(status_of(e), str(e))
         except Exception as e:
             log.exception("unhandled error in %s", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")

@@ -8,7 +8,7 @@ failure becomes an :class:`Undecodable` marker, and the handler so that meeting 
 request of a unary call, or any message of a request stream -- aborts the call with
 INVALID_ARGUMENT naming the message type that was expected.
 
-A marker met inside a request stream is raised as :class:`~pscluster.transport.errors.
+A marker met inside a request stream is raised as :class:`~pscluster.errors.
 InvalidArgument` from the iterator the servicer reads, so ``@grpc_errors`` maps it like any
 other bad input and the servicer never acts on a stream it could not read in full; whatever the
 servicer does with it, the guard has the last word on the status.
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import descriptor_pool
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 
 Deserializer = Callable[[bytes], Any]
 if TYPE_CHECKING:  # grpc-stubs makes these generic; at runtime they are plain classes

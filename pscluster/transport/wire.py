@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 from pscluster.v1 import common_pb2
 
 # Wire dtype -> (torch dtype, bytes per element). bfloat16 has no numpy dtype, so tensors are

@@ -18,7 +18,7 @@ from pscluster.compression.fp16 import FP16_MAX
 from pscluster.compression.int8 import Int8
 from pscluster.compression.registry import codec_name, parse_settings
 from pscluster.compression.topk import TopK
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 from pscluster.v1 import common_pb2
 
 FINITE = st.floats(allow_nan=False, allow_infinity=False, width=32)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pscluster.coordinator.leases import EVAL, TRAIN, Lease, LeaseBook
-from pscluster.transport.errors import FailedPrecondition, InvalidArgument
+from pscluster.errors import FailedPrecondition, InvalidArgument
 
 
 def book() -> LeaseBook:

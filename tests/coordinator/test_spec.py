@@ -9,8 +9,8 @@ import torch
 
 from pscluster.coordinator.spec import read_submission, shard_optimizer, validate_job
 from pscluster.data.dataset import Dataset
+from pscluster.errors import FailedPrecondition, InvalidArgument, PSError
 from pscluster.model import state
-from pscluster.transport.errors import FailedPrecondition, InvalidArgument, PSError
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from tests.coordinator.conftest import TinyJob, tiny_job

@@ -23,7 +23,7 @@ from pscluster.coordinator.store import (
     ShardSlice,
     StepRecord,
 )
-from pscluster.transport.errors import AlreadyExists, InvalidArgument, NotFound
+from pscluster.errors import AlreadyExists, InvalidArgument, NotFound
 
 
 def job(job_id: str, created: float = 1.0) -> JobRecord:

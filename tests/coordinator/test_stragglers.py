@@ -9,7 +9,7 @@ import pytest
 from pscluster.coordinator.leases import TRAIN, LeaseBook, Unit
 from pscluster.coordinator.relief import StragglerRelief
 from pscluster.coordinator.stragglers import MIN_BATCHES, SpeedTracker, StragglerSettings
-from pscluster.transport.errors import InvalidArgument
+from pscluster.errors import InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pscluster.coordinator.workers import WorkerRegistry
-from pscluster.transport.errors import InvalidArgument, NotFound
+from pscluster.errors import InvalidArgument, NotFound
 
 
 def test_a_new_worker_gets_a_fresh_id_and_a_requested_one_is_kept() -> None:

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from pscluster.client.spec_file import load_job_file
+from pscluster.errors import InvalidArgument
 from pscluster.model.bundle import CodeBundle, collect, shipped_ref
 from pscluster.model.imports import ShippedFile
 from pscluster.model.loader import load_object
 from pscluster.model.source import build_from_bundle
-from pscluster.transport.errors import InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from tests.model.conftest import WORKER, WRITE_SPEC, import_from, run_python, write_files
 

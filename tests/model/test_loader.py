@@ -10,12 +10,12 @@ import types
 import pytest
 import torch
 
+from pscluster.errors import InvalidArgument
 from pscluster.model import source
 from pscluster.model.bundle import CodeBundle
 from pscluster.model.imports import ShippedFile
 from pscluster.model.loader import LoadedBundle, load_bundle, load_class, load_object
 from pscluster.model.script import extract_definitions
-from pscluster.transport.errors import InvalidArgument
 
 MODEL = """\
 from torch import nn

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import torch
 
+from pscluster.errors import InvalidArgument
 from pscluster.model.bundle import CodeBundle
 from pscluster.model.loader import load_object
 from pscluster.model.script import extract_definitions
-from pscluster.transport.errors import InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from tests.model.conftest import WORKER, WRITE_SPEC, run_python, write_files
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pscluster.errors import InvalidArgument
 from pscluster.server.clocks import MemberClocks, check_member_ids
-from pscluster.transport.errors import InvalidArgument
 
 
 def clocks_at(values: dict[str, int], excluded: tuple[str, ...] = ()) -> MemberClocks:

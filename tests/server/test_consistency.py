@@ -8,12 +8,12 @@ import time
 import pytest
 import torch
 
+from pscluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.consistency import MODES, SSPPolicy, SyncPolicy, make_policy
 from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
-from pscluster.transport.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from pscluster.v1 import common_pb2
 
 F32 = common_pb2.DTYPE_FLOAT32

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pscluster.compression import CompressionSettings, make_compressor
+from pscluster.errors import PSError
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.domain import JobConfig, PushHeader
 from pscluster.server.durability.journal import DurabilityConfig
@@ -25,7 +26,6 @@ from pscluster.server.job_buffers import encode_buffers
 from pscluster.server.shard import Shard
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
-from pscluster.transport.errors import PSError
 from pscluster.v1 import common_pb2
 
 LENGTH = 32

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pscluster.errors import InvalidArgument
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
-from pscluster.transport.errors import InvalidArgument
 from pscluster.v1 import common_pb2
 
 F32, F16 = common_pb2.DTYPE_FLOAT32, common_pb2.DTYPE_FLOAT16

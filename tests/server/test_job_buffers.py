@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pscluster.errors import InvalidArgument
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
 from pscluster.server.job_buffers import JobBuffers, decode_buffers, encode_buffers
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
-from pscluster.transport.errors import InvalidArgument
 from pscluster.v1 import common_pb2
 
 F32 = common_pb2.DTYPE_FLOAT32

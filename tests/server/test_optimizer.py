@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import torch
 
+from pscluster.errors import InvalidArgument
 from pscluster.model.optimizer import FlatOptimizer, parse_optimizer
-from pscluster.transport.errors import InvalidArgument
 from pscluster.v1 import common_pb2
 
 SHAPES = [(37, 13), (13,), (5, 37), (5,), (1000, 3), (7,)]

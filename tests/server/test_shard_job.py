@@ -8,18 +8,18 @@ import time
 import pytest
 import torch
 
-from pscluster.model.optimizer import OptimizerSpec
-from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
-from pscluster.server.shard import Shard
-from pscluster.server.shard_job import ShardJob
-from pscluster.transport import wire
-from pscluster.transport.errors import (
+from pscluster.errors import (
     AlreadyExists,
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
 )
+from pscluster.model.optimizer import OptimizerSpec
+from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
+from pscluster.server.shard import Shard
+from pscluster.server.shard_job import ShardJob
+from pscluster.transport import wire
 from pscluster.v1 import common_pb2
 
 F32 = common_pb2.DTYPE_FLOAT32

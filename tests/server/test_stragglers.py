@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from pscluster.errors import DeadlineExceeded, InvalidArgument
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.consistency import (
     BackupSyncPolicy,
@@ -20,7 +21,6 @@ from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
 from pscluster.server.shard import Shard
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
-from pscluster.transport.errors import DeadlineExceeded, InvalidArgument
 from pscluster.v1 import common_pb2
 
 F32 = common_pb2.DTYPE_FLOAT32

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pscluster.errors import InvalidArgument
 from pscluster.server.consistency.base import Decision, JobContext
 from pscluster.server.consistency.sync import SyncPolicy
 from pscluster.server.domain import Outcome, PushHeader
-from pscluster.transport.errors import InvalidArgument
 
 
 class BackupSyncPolicy(SyncPolicy):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pscluster.errors import InvalidArgument
 from pscluster.server.consistency.async_ import AsyncPolicy
 from pscluster.server.consistency.backup_sync import BackupSyncPolicy
 from pscluster.server.consistency.base import ConsistencyPolicy
 from pscluster.server.consistency.ssp import SSPPolicy
 from pscluster.server.consistency.sync import SyncPolicy
-from pscluster.transport.errors import InvalidArgument
 
 
 def _sync(staleness: int, backup_workers: int) -> ConsistencyPolicy:

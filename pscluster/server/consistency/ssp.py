@@ -18,9 +18,9 @@ from typing import ClassVar
 
 import torch
 
+from pscluster.errors import InvalidArgument
 from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext
 from pscluster.server.domain import Outcome, PushHeader
-from pscluster.transport.errors import InvalidArgument
 
 
 class SSPPolicy(ConsistencyPolicy):

@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from pscluster.errors import FailedPrecondition
 from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext
 from pscluster.server.domain import Outcome, PushHeader
-from pscluster.transport.errors import FailedPrecondition
 
 
 class SyncPolicy(ConsistencyPolicy):

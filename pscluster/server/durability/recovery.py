@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pscluster.errors import PSError
 from pscluster.server.domain import PushHeader
 from pscluster.server.durability.checkpoint import (
     CheckpointError,
@@ -32,7 +33,6 @@ from pscluster.server.durability.wal import (
     segments,
 )
 from pscluster.server.shard_job import ShardJob
-from pscluster.transport.errors import PSError
 
 log = logging.getLogger(__name__)
 

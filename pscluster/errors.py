@@ -1,0 +1,53 @@
+"""Domain errors: what went wrong, in terms a caller can act on, with no transport attached.
+
+Logic modules (shards, the coordinator, model and data code) raise these and know nothing
+about gRPC. The servicers turn them into status codes in one place,
+:func:`pscluster.transport.errors.grpc_errors`, as Flower's servicers map ``ValueError`` to
+``FAILED_PRECONDITION``: so the same logic runs unchanged in-process, in tests and behind any
+transport.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExists",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PSError",
+    "ResourceExhausted",
+    "Unavailable",
+]
+
+
+class PSError(Exception):
+    """Base of errors that a caller can act on (anything else is a bug)."""
+
+
+class InvalidArgument(PSError):
+    """The request is malformed; the same request will always be refused."""
+
+
+class NotFound(PSError):
+    """What the request names (a job, a worker, a lease) is not here."""
+
+
+class AlreadyExists(PSError):
+    """What the request would create is already there."""
+
+
+class FailedPrecondition(PSError):
+    """The request is well formed but the state it needs does not hold (yet)."""
+
+
+class ResourceExhausted(PSError):
+    """The request asks for more than this process may give (memory, a quota)."""
+
+
+class Unavailable(PSError):
+    """Something the request needs cannot be reached now; trying again later may work."""
+
+
+class DeadlineExceeded(PSError):
+    """A wait the request asked for ran out of time; the message says what it waited for."""
