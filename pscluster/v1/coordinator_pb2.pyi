@@ -741,6 +741,26 @@ class JobMetrics(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class BatchesDroppedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     EPOCHS_FIELD_NUMBER: _builtins.int
@@ -756,6 +776,7 @@ class JobMetrics(_message.Message):
     BYTES_PUSHED_RAW_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    BATCHES_DROPPED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     pushes_applied: _builtins.int
     bytes_pushed: _builtins.int
@@ -783,6 +804,10 @@ class JobMetrics(_message.Message):
     def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerSpeed]: ...
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobEvent]: ...
+    @_builtins.property
+    def batches_dropped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Batches the workers dropped without training on them, by reason (see LeaseProgress)."""
+
     def __init__(
         self,
         *,
@@ -801,10 +826,11 @@ class JobMetrics(_message.Message):
         bytes_pushed_raw: _builtins.int = ...,
         workers: _abc.Iterable[Global___WorkerSpeed] | None = ...,
         events: _abc.Iterable[Global___JobEvent] | None = ...,
+        batches_dropped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "clock_staleness", b"clock_staleness", "epochs", b"epochs", "events", b"events", "job_id", b"job_id", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_by_worker", b"pushes_by_worker", "pushes_rejected", b"pushes_rejected", "shards", b"shards", "staleness", b"staleness", "steps", b"steps", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_dropped", b"batches_dropped", "bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "clock_staleness", b"clock_staleness", "epochs", b"epochs", "events", b"events", "job_id", b"job_id", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_by_worker", b"pushes_by_worker", "pushes_rejected", b"pushes_rejected", "shards", b"shards", "staleness", b"staleness", "steps", b"steps", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1213,11 +1239,32 @@ class LeaseProgress(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class DroppedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     LEASE_ID_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     BATCHES_FIELD_NUMBER: _builtins.int
     BUSY_SECONDS_FIELD_NUMBER: _builtins.int
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     position: _builtins.int
     """batches of the partition's plan done (absolute index)"""
@@ -1227,6 +1274,13 @@ class LeaseProgress(_message.Message):
     """their wall time less what pulls waited on other workers"""
     step_seconds: _builtins.float
     """their wall time, waits included"""
+    @_builtins.property
+    def dropped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Batches of these that trained nothing, by reason: "stale" (refused as stale on every
+        attempt), "late" (sync with backup workers), "already_pushed", "nonfinite" (a NaN or Inf
+        loss or gradient), "overflow" (fp16 loss scaling skipped the step). Not in any `samples`.
+        """
+
     def __init__(
         self,
         *,
@@ -1235,10 +1289,11 @@ class LeaseProgress(_message.Message):
         batches: _builtins.int = ...,
         busy_seconds: _builtins.float = ...,
         step_seconds: _builtins.float = ...,
+        dropped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "busy_seconds", b"busy_seconds", "lease_id", b"lease_id", "position", b"position", "step_seconds", b"step_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "busy_seconds", b"busy_seconds", "dropped", b"dropped", "lease_id", b"lease_id", "position", b"position", "step_seconds", b"step_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

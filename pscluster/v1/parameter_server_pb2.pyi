@@ -41,6 +41,10 @@ class _PushOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PushOutco
     """sync with backup workers: the step closed without this push; it is dropped. Pull the
     current parameters and go on with the next batch.
     """
+    PUSH_OUTCOME_ALREADY_PUSHED: _PushOutcome.ValueType  # 5
+    """sync: this worker already pushed for the open step (e.g. in an earlier lease); this
+    payload was not taken. Pull with min_version = next_version, then push this batch again.
+    """
 
 class PushOutcome(_PushOutcome, metaclass=_PushOutcomeEnumTypeWrapper): ...
 
@@ -54,6 +58,10 @@ PUSH_OUTCOME_STALE: PushOutcome.ValueType  # 3
 PUSH_OUTCOME_LATE: PushOutcome.ValueType  # 4
 """sync with backup workers: the step closed without this push; it is dropped. Pull the
 current parameters and go on with the next batch.
+"""
+PUSH_OUTCOME_ALREADY_PUSHED: PushOutcome.ValueType  # 5
+"""sync: this worker already pushed for the open step (e.g. in an earlier lease); this
+payload was not taken. Pull with min_version = next_version, then push this batch again.
 """
 Global___PushOutcome: _TypeAlias = PushOutcome  # noqa: Y015
 
@@ -471,6 +479,7 @@ class PushReply(_message.Message):
     CLOCK_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    NEXT_VERSION_FIELD_NUMBER: _builtins.int
     outcome: Global___PushOutcome.ValueType
     version: _builtins.int
     """shard version after the push"""
@@ -479,6 +488,11 @@ class PushReply(_message.Message):
     """a retry of a push already seen; nothing was applied again"""
     reason: _builtins.str
     """why a push was refused"""
+    next_version: _builtins.int
+    """The min_version this worker's next pull of this shard must ask for, as the job's
+    consistency mode decides: in sync, the version at which the step this push is in (or the
+    open step it was refused from) closes; 0 when the next pull need not wait for a version.
+    """
     def __init__(
         self,
         *,
@@ -487,10 +501,11 @@ class PushReply(_message.Message):
         clock: _builtins.int = ...,
         duplicate: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        next_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "duplicate", b"duplicate", "outcome", b"outcome", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "duplicate", b"duplicate", "next_version", b"next_version", "outcome", b"outcome", "reason", b"reason", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
