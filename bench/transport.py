@@ -185,10 +185,7 @@ def echo_round(channel: grpc.Channel, payload: memoryview) -> tuple[float, float
         f"/{ECHO_SERVICE}/Upload", request_serializer=_identity, response_deserializer=_identity
     )
     t0 = time.perf_counter()
-    buffer = wire.Assembler(len(payload))
-    for chunk in download(b"", timeout=120):
-        buffer.add(chunk)
-    buffer.result()
+    wire.fill(bytearray(len(payload)), download(b"", timeout=120))
     t1 = time.perf_counter()
     sent = int.from_bytes(upload(wire.chunks(payload, CHUNK), timeout=120), "little")
     t2 = time.perf_counter()
@@ -258,10 +255,7 @@ class PSBench:
         if not isinstance(first, ps_pb2.PullChunk):
             raise RuntimeError("a pull stream must start with its header")
         header = first.header
-        buffer = wire.Assembler(header.length * 4)
-        for chunk in stream:
-            buffer.add(cast(bytes, chunk))
-        wire.decode(buffer.result(), header.dtype, header.length)
+        wire.fill(wire.byte_view(torch.empty(header.length)), cast(Iterator[memoryview], stream))
         t1 = time.perf_counter()
         self.seq += 1
         push_header = ps_pb2.PushHeader(

@@ -188,10 +188,9 @@ class ShardClients:
                     f"pull returned range {header.start}+{header.length}, "
                     f"expected {part.start}+{part.length}",
                 )
-            assembler = wire.Assembler(header.length * wire.itemsize(header.dtype))
-            for msg in stream:
-                assembler.add(msg.data)
-            values = wire.decode(assembler.result(), header.dtype, header.length)
+            received = bytearray(header.length * wire.itemsize(header.dtype))
+            wire.fill(received, (msg.data for msg in stream))
+            values = wire.decode(received, header.dtype, header.length)
             buffers = wire.decode_float64(header.buffers)
             return ShardRead(values, buffers, header.version)
         except grpc.RpcError as e:

@@ -51,20 +51,6 @@ class Pool(Generic[T]):
                 self._idle.append(item)
 
 
-def fill(buffer: bytearray, chunks: Iterable[bytes | memoryview]) -> None:
-    """Copy a stream's chunks into ``buffer``; InvalidArgument unless they fill it exactly."""
-    view = memoryview(buffer)
-    filled = 0
-    for chunk in chunks:
-        end = filled + len(chunk)
-        if end > len(buffer):
-            raise InvalidArgument(f"stream carries more than the announced {len(buffer)} bytes")
-        view[filled:end] = chunk
-        filled = end
-    if filled != len(buffer):
-        raise InvalidArgument(f"stream ended after {filled} of the announced {len(buffer)} bytes")
-
-
 def wire_torch_dtype(dtype: int) -> torch.dtype:
     """The torch dtype of a wire dtype (InvalidArgument if unknown)."""
     wire.itemsize(dtype)
@@ -79,9 +65,9 @@ def receive_gradient(
     then converted."""
     if buffer is None:
         owned = bytearray(length * wire.itemsize(dtype))
-        fill(owned, chunks)
+        wire.fill(owned, chunks)
         return wire.decode(owned, dtype, length)
-    fill(buffer, chunks)
+    wire.fill(buffer, chunks)
     return torch.frombuffer(buffer, dtype=torch.float32) if buffer else torch.empty(0)
 
 
@@ -107,7 +93,7 @@ def receive_compressed(
     the codec refuses anything malformed with InvalidArgument before any value is used.
     """
     owned = bytearray(payload_bytes)
-    fill(owned, chunks)
+    wire.fill(owned, chunks)
     values = codec.decompress(owned, length)
     if values.shape != (length,):
         raise InvalidArgument(

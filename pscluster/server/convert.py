@@ -23,6 +23,7 @@ _OUTCOMES = {
     Outcome.BUFFERED: ps_pb2.PUSH_OUTCOME_BUFFERED,
     Outcome.STALE: ps_pb2.PUSH_OUTCOME_STALE,
     Outcome.LATE: ps_pb2.PUSH_OUTCOME_LATE,
+    Outcome.ALREADY_PUSHED: ps_pb2.PUSH_OUTCOME_ALREADY_PUSHED,
 }
 
 
@@ -70,6 +71,7 @@ def push_reply(result: PushResult) -> ps_pb2.PushReply:
         clock=result.clock,
         duplicate=result.duplicate,
         reason=result.reason,
+        next_version=result.next_version,
     )
 
 

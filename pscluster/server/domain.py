@@ -4,7 +4,8 @@ servicer; nothing here knows about gRPC."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.snapshots import SnapshotLease
@@ -29,6 +30,18 @@ class JobConfig:
     buffer_length: int = 0
     # (start, length) spans of the buffer range that count (summed, not averaged, in sync).
     counters: tuple[tuple[int, int], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able, for checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobConfig:
+        """Also reads configs written before buffers (no buffer fields: a job without any)."""
+        spec = dict(data["optimizer"])
+        spec["betas"] = tuple(spec["betas"])
+        counters = tuple((int(start), int(length)) for start, length in data.get("counters", ()))
+        return cls(**{**data, "optimizer": OptimizerSpec(**spec), "counters": counters})
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,14 @@ class Outcome(enum.Enum):
     BUFFERED = "buffered"
     STALE = "stale"
     LATE = "late"  # sync with backup workers: the step closed without this push; dropped
+    # sync: the worker's earlier push holds its place in the open step; this one not taken
+    ALREADY_PUSHED = "already_pushed"
+
+    @property
+    def taken(self) -> bool:
+        """The push's gradient is in the parameters or held for them (its sender's clock
+        moves on, and so may its compression state)."""
+        return self in (Outcome.APPLIED, Outcome.BUFFERED)
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,7 @@ class PushResult:
     clock: int
     duplicate: bool = False
     reason: str = ""
+    next_version: int = 0  # the min_version of the sender's next pull (0: none)
 
 
 @dataclass(frozen=True)

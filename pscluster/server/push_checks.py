@@ -1,4 +1,4 @@
-"""What a push must satisfy before its decision, and the answer to a retried push.
+"""What a push must satisfy before its decision.
 
 Plain functions of the job's config and counters, so that :mod:`pscluster.server.shard_job`
 keeps only the order in which they run under the job's lock.
@@ -7,11 +7,10 @@ keeps only the order in which they run under the job's lock.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from pscluster.compression import Compressor
 from pscluster.errors import InvalidArgument
-from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
+from pscluster.server.domain import JobConfig, PushHeader
 from pscluster.server.payloads import check_payload_size
 from pscluster.transport import wire
 
@@ -69,23 +68,3 @@ def check_base_version(header: PushHeader, version: int) -> None:
             f"push base_version {header.base_version} is ahead of the shard's version "
             f"{version}; send the version of the parameters you pulled"
         )
-
-
-def recall(
-    last_push: dict[str, tuple[int, PushResult]], header: PushHeader, version: int, clock: int
-) -> PushResult | None:
-    """The answer to a push this shard has already decided (its worker's seq is not new), or
-    None for a new push. A retry of the last push gets that push's answer again; an older seq
-    (a retry overtaken by a later push) gets UNKNOWN: nothing is applied either way."""
-    last = last_push.get(header.worker_id)
-    if last is None or header.seq > last[0]:
-        return None
-    if header.seq == last[0]:
-        return replace(last[1], duplicate=True)
-    return PushResult(
-        Outcome.UNKNOWN,
-        version,
-        clock,
-        duplicate=True,
-        reason=f"seq {header.seq} is older than this worker's last push (seq {last[0]})",
-    )

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from typing import cast
+
+import torch
 
 from pscluster.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from pscluster.server.consistency import validate_consistency
@@ -15,7 +16,6 @@ from pscluster.server.durability.journal import DurabilityConfig, Journal
 from pscluster.server.job_buffers import check_buffer_spec, initial_buffers
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
-from pscluster.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,13 @@ class Shard:
         # Checked before the values stream in; its size is bounded by the config message's.
         initial = initial_buffers(config.buffer_length, buffers)
         try:
-            assembler = wire.Assembler(config.length * 4)
-        except (MemoryError, OverflowError):
+            values = torch.empty(config.length, dtype=torch.float32)
+        except (MemoryError, RuntimeError):
             raise ResourceExhausted(
                 f"job {config.job_id}: this shard cannot hold {config.length} values "
                 f"({config.length * 4} bytes); spread the job over more shards"
             ) from None
-        for chunk in data:
-            # Assembler.add is typed for bytes but copies from any buffer (a framed memoryview).
-            assembler.add(cast(bytes, chunk))
-        values = wire.decode(assembler.result(), common_pb2.DTYPE_FLOAT32, config.length)
+        wire.fill(wire.byte_view(values), data)  # received straight into the job's values
         job = ShardJob(config, values, initial)
         with self._lock:
             # Checked again: two InitJob calls for one id may have streamed at the same time.
@@ -81,7 +78,8 @@ class Shard:
             self._starting.add(config.job_id)
         try:
             if self._durability is not None:  # durable before anyone can push to it
-                job.attach(Journal.create(job, self._durability))
+                journal = Journal.create(config.job_id, job.state_dict(), self._durability)
+                job.attach(journal)
             with self._lock:
                 self._jobs[config.job_id] = job
         finally:

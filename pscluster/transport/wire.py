@@ -7,7 +7,7 @@ larger than a chunk travels as a stream.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -48,7 +48,8 @@ def decode(buffer: bytes | bytearray | memoryview, dtype: int, length: int) -> t
     if length == 0:
         return torch.empty(0, dtype=torch.float32)
     torch_dtype, _ = _DTYPES[dtype]
-    # A bytearray (what Assembler builds) is writable and is wrapped without another copy.
+    # A bytearray (a receive buffer :func:`fill` filled) is writable and is wrapped without
+    # another copy.
     owned = buffer if isinstance(buffer, bytearray) else bytearray(buffer)
     raw = torch.frombuffer(owned, dtype=torch.uint8)
     return raw.view(torch_dtype).to(torch.float32)
@@ -60,28 +61,27 @@ def chunks(buffer: memoryview, chunk_bytes: int) -> Iterator[bytes]:
         yield bytes(buffer[offset : offset + chunk_bytes])
 
 
-class Assembler:
-    """Collects streamed chunks into one preallocated buffer, refusing more than announced."""
+def fill(buffer: bytearray | memoryview, chunks: Iterable[bytes | memoryview]) -> None:
+    """Copy a stream's chunks into ``buffer`` (preallocated: a receive buffer, or the memory
+    of the tensor the values are for); InvalidArgument unless they fill it exactly. The one
+    way every receiver here (shards, workers, the coordinator) assembles a stream."""
+    view = memoryview(buffer).cast("B")
+    filled = 0
+    for chunk in chunks:
+        end = filled + len(chunk)
+        if end > len(view):
+            raise InvalidArgument(f"stream carries more than the announced {len(view)} bytes")
+        view[filled:end] = chunk
+        filled = end
+    if filled != len(view):
+        raise InvalidArgument(f"stream ended after {filled} of the announced {len(view)} bytes")
 
-    def __init__(self, expected_bytes: int) -> None:
-        self.buffer = bytearray(expected_bytes)
-        self.filled = 0
 
-    def add(self, data: bytes | bytearray | memoryview) -> None:
-        end = self.filled + len(data)
-        if end > len(self.buffer):
-            raise InvalidArgument(
-                f"stream carries more than the announced {len(self.buffer)} bytes"
-            )
-        self.buffer[self.filled : end] = data
-        self.filled = end
-
-    def result(self) -> bytearray:
-        if self.filled != len(self.buffer):
-            raise InvalidArgument(
-                f"stream ended after {self.filled} of the announced {len(self.buffer)} bytes"
-            )
-        return self.buffer
+def byte_view(values: torch.Tensor) -> memoryview:
+    """The writable bytes of a contiguous CPU float tensor (to :func:`fill` it in place)."""
+    if not values.is_contiguous() or values.device.type != "cpu":
+        raise ValueError("byte_view needs a contiguous CPU tensor")
+    return values.view(torch.uint8).numpy().data
 
 
 def decode_float64(data: bytes) -> torch.Tensor:

@@ -95,21 +95,14 @@ class ShardSet:
                 min_version=mins[i],
                 dtype=common_pb2.DType.ValueType(dtype),
             )
-            header: ps_pb2.PullHeader | None = None
-            assembler: wire.Assembler | None = None
-            for chunk in self._pulls[i](request, timeout=timeout):
-                if isinstance(chunk, memoryview):
-                    if assembler is None:
-                        raise RuntimeError(f"shard {r.address} sent data before its header")
-                    assembler.add(chunk)
-                elif chunk.HasField("header"):
-                    header = chunk.header
-                    assembler = wire.Assembler(header.length * wire.itemsize(header.dtype))
-                elif assembler is not None:
-                    assembler.add(chunk.data)
-            if header is None or assembler is None:
+            stream = iter(self._pulls[i](request, timeout=timeout))
+            first = next(stream, None)
+            if isinstance(first, memoryview) or first is None or not first.HasField("header"):
                 raise RuntimeError(f"shard {r.address} answered a pull without a header")
-            part = wire.decode(assembler.result(), header.dtype, header.length)
+            header = first.header
+            received = bytearray(header.length * wire.itemsize(header.dtype))
+            wire.fill(received, (c if isinstance(c, memoryview) else c.data for c in stream))
+            part = wire.decode(received, header.dtype, header.length)
             values[r.start : r.start + r.length] = part
             if r.buffer_length:
                 buffers[r.buffer_start : r.buffer_start + r.buffer_length] = decode_buffers(

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from pscluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from pscluster.errors import DeadlineExceeded, InvalidArgument
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.consistency import MODES, SSPPolicy, SyncPolicy, make_policy
 from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
@@ -68,7 +68,8 @@ def test_sync_buffers_until_every_member_pushed_then_applies_the_average() -> No
 
     r3 = push(job, "w3", 6.0, seq=1)
 
-    assert r3 == PushResult(Outcome.APPLIED, version=1, clock=1)
+    assert r3 == PushResult(Outcome.APPLIED, version=1, clock=1, next_version=1)
+    assert (r1.next_version, r2.next_version) == (1, 1)  # the step closes at version 1
     assert param(job) == -3.0  # lr 1 x mean(1, 2, 6)
     stats = job.stats()
     assert (stats.steps_applied, stats.pushes_applied, stats.staleness) == (1, 3, {0: 3})
@@ -105,9 +106,15 @@ def test_sync_refuses_stale_and_double_pushes() -> None:
 
     job.set_members(["w1", "w2"], 2)
     assert push(job, "w1", 1.0, seq=3, base_version=1).outcome is Outcome.BUFFERED
-    with pytest.raises(FailedPrecondition, match="already pushed for step 1; pull min_version=2"):
-        push(job, "w1", 1.0, seq=4, base_version=1)
+    twice = push(job, "w1", 1.0, seq=4, base_version=1)
+
+    # Assert: an outcome, not an error; the step keeps the first push, the worker's next pull
+    # waits for the step to close
+    assert twice.outcome is Outcome.ALREADY_PUSHED and twice.next_version == 2
+    assert "already pushed for step 1; pull min_version=2" in twice.reason
     assert job.version == 1 and param(job) == -1.0
+    assert job.stats().pushes_rejected == {"stale": 1, "already_pushed": 1}
+    assert job.stats().worker_clocks["w1"] == 2  # the refused push moved no clock
 
 
 def test_sync_membership_change_completes_an_open_barrier() -> None:

@@ -138,7 +138,7 @@ class Driver:
         excluded: list[str] = []
         if self.case.mode == "ssp" and len(members) > 1 and self.rng.random() < 0.6:
             excluded = self.rng.sample(members, 1)
-        generation = twin._generation + self.rng.choice([-1, 0, 1, 1])
+        generation = twin.state_dict()[1]["generation"] + self.rng.choice([-1, 0, 1, 1])
         _same(jobs, lambda job: job.set_members(members, generation, excluded))
 
 
@@ -159,17 +159,10 @@ def _same(jobs: list[ShardJob], call: Any) -> None:
 
 def _state(job: ShardJob) -> dict[str, Any]:
     stats = job.stats()
-    opt, scalars = job._opt.state_tensors()
-    policy_tensors, policy_meta = job._policy.state_dict()
+    tensors, meta = job.state_dict()
     return {
-        "values": job._opt.values.numpy().tobytes(),
-        "buffers": job._buffers.values.numpy().tobytes(),
-        "opt": {k: v.numpy().tobytes() for k, v in opt.items()},
-        "opt_scalars": scalars,
-        "policy": ({k: v.numpy().tobytes() for k, v in policy_tensors.items()}, policy_meta),
-        "generation": job._generation,
-        "clocks": job._clocks.state(),
-        "last_push": job._last_push,
+        "tensors": {k: v.numpy().tobytes() for k, v in tensors.items()},
+        **{k: meta[k] for k in ("optimizer", "policy", "generation", "clocks", "last_push")},
         **{
             k: getattr(stats, k)
             for k in (
@@ -185,7 +178,11 @@ def _state(job: ShardJob) -> dict[str, Any]:
                 "clock_staleness",
             )
         },
-        "refused": {k: v for k, v in stats.pushes_rejected.items() if k in ("stale", "late")},
+        "refused": {
+            k: v
+            for k, v in stats.pushes_rejected.items()
+            if k in ("stale", "late", "already_pushed")
+        },
     }
 
 

@@ -87,8 +87,8 @@ def test_backup_workers_close_a_step_without_the_slowest_and_drop_its_late_push(
     third = push(job, "w3", 6.0, seq=1)
     late = push(job, "w4", 100.0, seq=1, base_version=0)
 
-    assert third == PushResult(Outcome.APPLIED, version=1, clock=0)
-    assert late.outcome is Outcome.LATE and late.version == 1
+    assert third == PushResult(Outcome.APPLIED, version=1, clock=0, next_version=1)
+    assert late.outcome is Outcome.LATE and late.version == 1 and late.next_version == 0
     assert "step 0 closed without this push" in late.reason
     assert "go on with the next batch" in late.reason
     assert torch.equal(values(job), torch.full((LENGTH,), -3.0))  # mean(1, 2, 6), not w4's

@@ -138,11 +138,11 @@ def test_checkpoint_round_trip_keeps_optimizer_state(
         _push(back, seq, grad)
 
     # Assert: bit-identical, so every piece of optimizer state came back exactly
-    assert torch.equal(back._opt.values, job._opt.values)
+    saved, _ = job.state_dict()
+    loaded, _ = back.state_dict()
+    assert torch.equal(loaded["values"], saved["values"])
     assert back.version == job.version == 6
-    saved, _ = job._opt.state_tensors()
-    loaded, _ = back._opt.state_tensors()
-    assert saved.keys() == loaded.keys() and saved
+    assert saved.keys() == loaded.keys() and any(k.startswith("opt.") for k in saved)
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
     assert back.stats().pushes_applied == 6
 

@@ -2,8 +2,13 @@
 
 from pscluster.server.consistency.async_ import AsyncPolicy
 from pscluster.server.consistency.backup_sync import BackupSyncPolicy
-from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext
-from pscluster.server.consistency.registry import MODES, make_policy, validate_consistency
+from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext, Traits
+from pscluster.server.consistency.registry import (
+    MODES,
+    make_policy,
+    mode_traits,
+    validate_consistency,
+)
 from pscluster.server.consistency.ssp import SSPPolicy
 from pscluster.server.consistency.sync import SyncPolicy
 
@@ -16,6 +21,8 @@ __all__ = [
     "JobContext",
     "SSPPolicy",
     "SyncPolicy",
+    "Traits",
     "make_policy",
+    "mode_traits",
     "validate_consistency",
 ]

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext
+from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext, Traits
 from pscluster.server.domain import Outcome, PushHeader
 
 
@@ -14,6 +14,14 @@ class AsyncPolicy(ConsistencyPolicy):
     """No waiting and no staleness bound; staleness is only measured (``stats.staleness``)."""
 
     name: ClassVar[str] = "async"
+    traits: ClassVar[Traits] = Traits(
+        steps=False,
+        step_waits_for_all=False,
+        clock_bound=False,
+        excludable=False,
+        waits_for_version=False,
+        takes_backup_workers=False,
+    )
 
     def on_push(
         self,

@@ -13,13 +13,25 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pscluster.errors import InvalidArgument
-from pscluster.server.consistency.base import Decision, JobContext
+from pscluster.server.consistency.base import Decision, JobContext, Traits
 from pscluster.server.consistency.sync import SyncPolicy
 from pscluster.server.domain import Outcome, PushHeader
 
 
 class BackupSyncPolicy(SyncPolicy):
     name: ClassVar[str] = "sync"
+    traits: ClassVar[Traits] = Traits(
+        steps=True,
+        step_waits_for_all=False,
+        clock_bound=False,
+        excludable=False,
+        waits_for_version=True,
+        takes_backup_workers=True,
+    )
+
+    @classmethod
+    def create(cls, *, staleness: int, backup_workers: int) -> BackupSyncPolicy:
+        return cls(backup_workers=backup_workers)
 
     def __init__(self, *, backup_workers: int) -> None:
         if backup_workers < 1:

@@ -60,17 +60,49 @@ class JobContext(Protocol):
 
 
 @dataclass(frozen=True)
+class Traits:
+    """What a mode means to code outside this package, so that the coordinator and the worker
+    ask these questions instead of comparing mode names (a new mode then needs no change
+    there). Read them through :func:`pscluster.server.consistency.mode_traits`."""
+
+    # Pushes are held in steps, and a step closes once enough members have pushed for it
+    # (sync, with or without backup workers).
+    steps: bool
+    # A step waits for every member: one slow worker holds everyone back (plain sync; with
+    # backup workers a step closes without the slowest few).
+    step_waits_for_all: bool
+    # A clock bound applies: ``staleness`` is in force (ssp), pulls wait on the slowest clock.
+    clock_bound: bool
+    # A straggler can be left out of the slowest clock (SetMembers' ``excluded_worker_ids``).
+    excludable: bool
+    # The shards answer pushes with a ``next_version`` the worker's next pull waits for
+    # (sync's min_version: the step its push is in).
+    waits_for_version: bool
+    # ``backup_workers`` may be set (sync).
+    takes_backup_workers: bool
+
+
+@dataclass(frozen=True)
 class Decision:
     """What a policy made of a push. ``reject_key`` names the ``pushes_rejected`` counter of a
-    refused push (e.g. "stale", "late"); the job counts it and answers with ``reason``."""
+    push that was not taken (e.g. "stale", "late"); the job counts it and answers with
+    ``reason``. ``next_version`` is the min_version the worker's next pull must ask for (0:
+    none), sent back in the reply so that the worker never computes it itself."""
 
     outcome: Outcome
     reason: str = ""
     reject_key: str = ""
+    next_version: int = 0
 
 
 class ConsistencyPolicy(Protocol):
     name: ClassVar[str]
+    traits: ClassVar[Traits]
+
+    @classmethod
+    def create(cls, *, staleness: int, backup_workers: int) -> ConsistencyPolicy:
+        """A fresh policy for one job; each takes the settings its mode uses."""
+        return cls()
 
     def on_push(
         self,
@@ -81,10 +113,10 @@ class ConsistencyPolicy(Protocol):
     ) -> Decision:
         """Decide on a push from a member whose payload is valid and whose base_version is not
         ahead of the job's. May apply it (``job.apply``, passing the push's ``buffer_delta``
-        along with its gradient) or hold it. Raise a PSError (e.g. FailedPrecondition) only
-        before changing any state. ``grad`` (already divided by the push's loss scale) and
-        ``buffer_delta`` (float64, None: no change) are lent for the call only (their memory is
-        reused for the next push): copy what must outlive it.
+        along with its gradient), hold it, or refuse it with an outcome (never an exception:
+        the worker acts on each shard's outcome). ``grad`` (already divided by the push's loss
+        scale) and ``buffer_delta`` (float64, None: no change) are lent for the call only
+        (their memory is reused for the next push): copy what must outlive it.
         """
         ...
 

@@ -19,17 +19,29 @@ from typing import ClassVar
 import torch
 
 from pscluster.errors import InvalidArgument
-from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext
+from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext, Traits
 from pscluster.server.domain import Outcome, PushHeader
 
 
 class SSPPolicy(ConsistencyPolicy):
     name: ClassVar[str] = "ssp"
+    traits: ClassVar[Traits] = Traits(
+        steps=False,
+        step_waits_for_all=False,
+        clock_bound=True,
+        excludable=True,
+        waits_for_version=False,
+        takes_backup_workers=False,
+    )
 
     def __init__(self, *, staleness: int) -> None:
         if staleness < 0:
             raise InvalidArgument(f"ssp staleness must be >= 0, got {staleness}")
         self.staleness = staleness
+
+    @classmethod
+    def create(cls, *, staleness: int, backup_workers: int) -> SSPPolicy:
+        return cls(staleness=staleness)
 
     def on_push(
         self,

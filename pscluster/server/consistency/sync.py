@@ -18,8 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from pscluster.errors import FailedPrecondition
-from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext
+from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext, Traits
 from pscluster.server.domain import Outcome, PushHeader
 
 
@@ -28,6 +27,14 @@ class SyncPolicy(ConsistencyPolicy):
     closed step (``refuse_old``), e.g. sync with backup workers."""
 
     name: ClassVar[str] = "sync"
+    traits: ClassVar[Traits] = Traits(
+        steps=True,
+        step_waits_for_all=True,
+        clock_bound=False,
+        excludable=False,
+        waits_for_version=True,
+        takes_backup_workers=True,
+    )
 
     def __init__(self) -> None:
         self._sum: torch.Tensor | None = None  # kept across steps: fresh memory is slow
@@ -45,9 +52,16 @@ class SyncPolicy(ConsistencyPolicy):
         if push.base_version < job.version:
             return self.refuse_old(job, push)
         if push.worker_id in self._pushes:
-            raise FailedPrecondition(
-                f"worker {push.worker_id} already pushed for step {job.version}; "
-                f"pull min_version={job.version + 1} first"
+            # Its earlier push (an earlier lease's, say) holds its place in this step: this one
+            # is not taken; the worker waits for the step and pushes this batch again.
+            return Decision(
+                Outcome.ALREADY_PUSHED,
+                reason=(
+                    f"worker {push.worker_id} already pushed for step {job.version}; "
+                    f"pull min_version={job.version + 1} first"
+                ),
+                reject_key="already_pushed",
+                next_version=job.version + 1,
             )
         if self._sum is None:
             self._sum = torch.empty_like(grad)
@@ -64,9 +78,11 @@ class SyncPolicy(ConsistencyPolicy):
         # The delta's bytes are in the sum now: the held header need not keep them.
         self._pushes[push.worker_id] = replace(push, buffer_delta=b"")
         if self.is_complete(job):
-            self._apply(job)
-            return Decision(Outcome.APPLIED)
-        return Decision(Outcome.BUFFERED)
+            self._apply(job)  # the version is the step's end now
+            return Decision(Outcome.APPLIED, next_version=job.version)
+        # The next pull waits for this step's barrier: its own parameters again would make
+        # its next push stale.
+        return Decision(Outcome.BUFFERED, next_version=job.version + 1)
 
     def refuse_old(self, job: JobContext, push: PushHeader) -> Decision:
         return Decision(

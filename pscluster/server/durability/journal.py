@@ -17,10 +17,13 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
+
+import torch
 
 from pscluster.config import Settings
 from pscluster.server.domain import PushHeader
@@ -30,7 +33,6 @@ from pscluster.server.durability.checkpoint import (
     checkpoints,
     write_checkpoint,
 )
-from pscluster.server.durability.image import capture
 from pscluster.server.durability.wal import (
     FsyncMode,
     RecordType,
@@ -40,10 +42,13 @@ from pscluster.server.durability.wal import (
     segments,
 )
 
-if TYPE_CHECKING:
-    from pscluster.server.shard_job import ShardJob
-
 log = logging.getLogger(__name__)
+
+State = tuple[dict[str, torch.Tensor], dict[str, Any]]
+# The job's state_dict read under its lock, with the given function called under the same
+# hold (the journal moves its log on there): no record can fall between a checkpoint and the
+# log that follows it. ShardJob.capture is one.
+Capture = Callable[[Callable[[], None]], State]
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,11 @@ class DurabilityConfig:
 
 
 class Journal:
-    """Logs a job's inputs (called under the job's lock) and checkpoints it now and then."""
+    """Logs a job's inputs (called under the job's lock) and checkpoints it now and then.
+
+    It knows the job only through the :data:`Capture` callback the job binds (so this package
+    does not import the job, and the job does not hand out its lock).
+    """
 
     def __init__(
         self, folder: Path, config: DurabilityConfig, segment: int, checkpoint_version: int
@@ -88,19 +97,25 @@ class Journal:
         self._last_checkpoint = time.monotonic()
         self._checkpointing = threading.Lock()
         self._closed = False
+        self._capture: Capture | None = None
 
     @classmethod
-    def create(cls, job: ShardJob, config: DurabilityConfig) -> Journal:
-        """A new job's folder with its first checkpoint (the config and initial values),
-        written before InitJob replies. A leftover folder of the same id is replaced."""
-        folder = config.job_folder(job.config.job_id)
+    def create(cls, job_id: str, state: State, config: DurabilityConfig) -> Journal:
+        """A new job's folder with its first checkpoint (``state``: the config and initial
+        values), written before InitJob replies. A leftover folder of the same id is
+        replaced."""
+        folder = config.job_folder(job_id)
         if folder.exists():
-            log.warning("job %s: replacing the leftover folder %s", job.config.job_id, folder)
+            log.warning("job %s: replacing the leftover folder %s", job_id, folder)
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        tensors, meta = capture(job)
+        tensors, meta = state
         write_checkpoint(checkpoint_path(folder, 0), tensors, meta)
-        return cls(folder, config, segment=0, checkpoint_version=job.version)
+        return cls(folder, config, segment=0, checkpoint_version=int(meta["version"]))
+
+    def bind(self, capture: Capture) -> None:
+        """How checkpoints read the job (before any record is logged)."""
+        self._capture = capture
 
     # --- called under the job's lock ---
 
@@ -134,27 +149,33 @@ class Journal:
 
     # --- called outside the job's lock ---
 
-    def commit(self, ticket: int, job: ShardJob) -> None:
+    def commit(self, ticket: int) -> None:
         """Return once record ``ticket`` is as durable as ``wal_fsync`` asks; then take a
         checkpoint if one is due (this caller's reply waits for it: checkpoints are rare)."""
         self._wal.sync(ticket)
         due_time = time.monotonic() - self._last_checkpoint >= self._config.checkpoint_seconds
         if self._wal.bytes >= self._config.checkpoint_wal_bytes or (due_time and self._wal.bytes):
-            self.checkpoint(job)
+            self.checkpoint()
 
-    def checkpoint(self, job: ShardJob) -> bool:
+    def checkpoint(self) -> bool:
         """Snapshot the job under its lock, move the log on, write the snapshot outside the
-        lock. False if another checkpoint is already being taken."""
-        if not self._checkpointing.acquire(blocking=False):
+        lock. False if another checkpoint is already being taken (or none can be)."""
+        if self._capture is None or not self._checkpointing.acquire(blocking=False):
             return False
         try:
-            with job._cond:
-                if self._closed:
-                    return False
-                tensors, meta = capture(job)
-                version = job.version
-                self._segment += 1
-                self._wal.roll(segment_path(self.folder, self._segment))
+            rolled = False
+
+            def roll() -> None:
+                nonlocal rolled
+                if not self._closed:
+                    self._segment += 1
+                    self._wal.roll(segment_path(self.folder, self._segment))
+                    rolled = True
+
+            tensors, meta = self._capture(roll)
+            if not rolled:
+                return False
+            version = int(meta["version"])
             started = time.monotonic()
             write_checkpoint(checkpoint_path(self.folder, self._segment), tensors, meta)
             self._last_checkpoint = time.monotonic()
@@ -162,7 +183,7 @@ class Journal:
             self._prune()
             log.info(
                 "job %s: checkpoint %d at version %d in %.3fs",
-                job.config.job_id,
+                meta["config"]["job_id"],
                 self._segment,
                 version,
                 self._last_checkpoint - started,

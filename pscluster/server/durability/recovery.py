@@ -1,7 +1,7 @@
 """Bring a shard's jobs back from their folders: newest good checkpoint, then the log after it.
 
 Replay is state-machine replay: every logged input goes through the same code the live shard
-ran (:meth:`ShardJob._decide` for a push, :meth:`ShardJob.set_members`, the clock read of a
+ran (:meth:`ShardJob.replay_push` for a push, :meth:`ShardJob.set_members`, the clock read of a
 pull), in log order, which is the order the live shard applied them in. So the recovered job is
 bit-identical to the one that crashed, up to its last logged record.
 """
@@ -129,8 +129,8 @@ def _replay(job: ShardJob, record: Record) -> None:
         elif record.type is RecordType.READ:
             job.replay_read(meta["worker_id"])
     except PSError as exc:
-        # The live shard refused it the same way (e.g. a second sync push for one step) after
-        # logging it: replay refuses it again, and the state is the same as then.
+        # The live shard refused it the same way (e.g. a push whose base_version was ahead)
+        # after logging it: replay refuses it again, and the state is the same as then.
         log.debug("replayed record refused again: %s", exc)
 
 

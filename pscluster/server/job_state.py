@@ -1,0 +1,236 @@
+"""A job's state on one shard: what its consistency policy sees and what a checkpoint holds.
+
+The values and their optimizer, the model's buffers, the version, the members' clocks, the
+membership generation, the answers to the last pushes (for retries), the counters and the
+policy's own state (sync's open step). :class:`~pscluster.server.shard_job.ShardJob` owns the
+lock and the order of events; this object holds the state and nothing else, so that
+``state_dict`` / ``load_state_dict`` are the one description of it (checkpoints, recovery and
+the durability tests all go through them). Not thread-safe: call it under the job's lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from pscluster.model.optimizer import FlatOptimizer
+from pscluster.server.clocks import MemberClocks
+from pscluster.server.consistency import make_policy
+from pscluster.server.dedup import PushLedger
+from pscluster.server.domain import JobConfig, JobStats, PushHeader, PushResult
+from pscluster.server.job_buffers import JobBuffers
+from pscluster.server.snapshots import SnapshotCache
+from pscluster.server.stats import JobCounters
+
+StateDict = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+_VALUES = "values"
+_BUFFERS = "buffers"
+_OPT = "opt."
+_POLICY = "policy."
+
+
+class JobState:
+    """The :class:`~pscluster.server.consistency.JobContext` a job's policy decides with.
+
+    ``wake`` is called whenever waiting pulls should look again (the version or a clock moved).
+    """
+
+    def __init__(
+        self,
+        config: JobConfig,
+        values: torch.Tensor,
+        buffers: torch.Tensor | None,
+        wake: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.policy = make_policy(config.mode, config.staleness, config.backup_workers)
+        self.opt = FlatOptimizer(values, config.optimizer)
+        self.buffers = JobBuffers(buffers, config.counters)
+        self.version = 0
+        self.clocks = MemberClocks()
+        self.generation = 0
+        self.ledger = PushLedger()
+        self.counters = JobCounters()
+        # Not state: copies of the values that pulls stream from (copy-on-write).
+        self.snapshots = SnapshotCache(config.length)
+        self._wake = wake
+
+    # --- the JobContext ---
+
+    @property
+    def clock(self) -> int:
+        return self.clocks.clock
+
+    @property
+    def members(self) -> list[str]:
+        return self.clocks.members
+
+    def clock_of(self, worker_id: str) -> int:
+        return self.clocks.of(worker_id)
+
+    def slowest(self) -> tuple[str, int] | None:
+        return self.clocks.slowest()
+
+    def apply(
+        self,
+        grad: torch.Tensor,
+        pushes: Sequence[PushHeader],
+        *,
+        step: bool,
+        buffer_delta: torch.Tensor | None = None,
+    ) -> None:
+        version, clock = self.version, self.clocks.clock
+        if self.config.staleness_aware_lr and not step:
+            # Staleness-aware async SGD (Zhang et al. 2016): a gradient computed on parameters
+            # tau updates old moves them 1 / (tau + 1) as far. Sync steps have tau = 0.
+            lag = max(version - push.base_version for push in pushes)
+            if lag > 0:
+                grad.div_(lag + 1)  # lent memory: ours to change until we return
+        self.snapshots.before_update()
+        self.opt.step(grad)
+        self.buffers.apply(buffer_delta, len(pushes))  # never scaled by staleness
+        self.version += 1
+        for push in pushes:
+            self.counters.applied(version - push.base_version, max(0, clock - push.base_clock))
+        if step:
+            self.counters.steps_applied += 1
+        self._wake()
+
+    def record_clock_lead(self, lead: int) -> None:
+        self.counters.clock_lead(lead)
+
+    # --- what the job asks, under its lock ---
+
+    def decide(
+        self, header: PushHeader, grad: torch.Tensor, buffer_delta: torch.Tensor | None
+    ) -> PushResult:
+        """The policy's decision on a new, valid push from a member, with its bookkeeping: a
+        taken push moves its sender's clock, a refused one is counted; either is remembered
+        for retries."""
+        decision = self.policy.on_push(self, header, grad, buffer_delta)
+        if decision.outcome.taken:
+            self.clocks.tick(header.worker_id)
+            self._wake()  # a clock moved: ssp pulls may go on
+        else:
+            self.counters.rejected(decision.reject_key or decision.outcome.value)
+        result = PushResult(
+            decision.outcome,
+            self.version,
+            self.clocks.clock,
+            reason=decision.reason,
+            next_version=decision.next_version,
+        )
+        self.ledger.remember(header.worker_id, header.seq, result)
+        return result
+
+    def pull_blocker(self, worker_id: str, min_version: int) -> str | None:
+        """What a pull must wait for, or None if it may go (an observer has no ``worker_id``)."""
+        if self.version < min_version:
+            return self.policy.version_wait(self, min_version)
+        return self.policy.pull_blocker(self, worker_id) if worker_id else None
+
+    def read_current(self, worker_id: str) -> None:
+        """The worker now holds the current parameters: an excluded (or re-entering) worker is
+        not behind any more (see :meth:`MemberClocks.read`)."""
+        before = self.clocks.clock
+        self.clocks.read(worker_id)
+        if self.clocks.clock != before:  # a re-entry moved the clock: ssp pulls may go on
+            self._wake()
+
+    def set_members(
+        self, worker_ids: Sequence[str], excluded: Sequence[str]
+    ) -> tuple[list[str], list[str], bool]:
+        """(added, removed, whether the uncounted set changed). Wakes waiting pulls: a removed
+        worker must stop waiting, the ssp minimum may move, a sync step may be complete."""
+        before = self.clocks.excluded
+        added, removed = self.clocks.set_members(worker_ids, excluded)
+        self.policy.on_members_changed(self)
+        self._wake()
+        return added, removed, before != self.clocks.excluded
+
+    # --- reading ---
+
+    def stats(self, *, durable: bool, checkpoint_version: int, replayed: int) -> JobStats:
+        c, clocks = self.counters, self.clocks
+        return JobStats(
+            job_id=self.config.job_id,
+            start=self.config.start,
+            length=self.config.length,
+            version=self.version,
+            clock=clocks.clock,
+            pushes_received=c.pushes_received,
+            pushes_applied=c.pushes_applied,
+            pushes_rejected=dict(c.pushes_rejected),
+            pulls=c.pulls,
+            bytes_pushed=c.bytes_pushed,
+            bytes_pulled=c.bytes_pulled,
+            bytes_pushed_raw=c.bytes_pushed_raw,
+            staleness=dict(c.staleness),
+            clock_staleness=dict(c.clock_staleness),
+            max_clock_lead=c.max_clock_lead,
+            members=clocks.members,
+            worker_clocks=clocks.snapshot(),
+            waiting_for=self.policy.waiting_for(self),
+            checksum=self.checksum(),
+            last_update_unix=c.last_update_unix,
+            steps_applied=c.steps_applied,
+            excluded=clocks.excluded,
+            pushes_duplicate=c.pushes_duplicate,
+            durable=durable,
+            checkpoint_version=checkpoint_version,
+            records_replayed=replayed,
+        )
+
+    def checksum(self) -> float:
+        return float(self.opt.values.sum(dtype=torch.float64))
+
+    # --- checkpoints ---
+
+    def state_dict(self) -> StateDict:
+        """Tensors (copies, so the caller may write them while pushes go on) and JSON-able
+        data; the config is in it, so it alone rebuilds the job."""
+        opt_tensors, opt_scalars = self.opt.state_tensors()
+        policy_tensors, policy_meta = self.policy.state_dict()
+        tensors = {_VALUES: self.opt.values.clone()}
+        if len(self.buffers):
+            tensors[_BUFFERS] = self.buffers.values.clone()
+        tensors.update({_OPT + k: v for k, v in opt_tensors.items()})
+        tensors.update({_POLICY + k: v for k, v in policy_tensors.items()})
+        meta = {
+            "config": self.config.to_json(),
+            "version": self.version,
+            "generation": self.generation,
+            "clocks": self.clocks.state(),
+            "last_push": self.ledger.state_dict(),
+            "counters": self.counters.state(),
+            "optimizer": opt_scalars,
+            "policy": policy_meta,
+        }
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Become exactly what :meth:`state_dict` described (of a job with this config, as
+        recovery builds it: not yet serving pulls).
+
+        A KeyError when the config has buffers but the tensors not: recovery then tries an
+        older checkpoint.
+        """
+        self.snapshots.before_update()
+        self.opt.values.copy_(tensors[_VALUES])
+        if self.config.buffer_length:
+            self.buffers.values.copy_(tensors[_BUFFERS])
+        self.opt.load_state_tensors(_prefixed(tensors, _OPT), meta["optimizer"])
+        self.policy.load_state_dict(_prefixed(tensors, _POLICY), meta["policy"])
+        self.version = int(meta["version"])
+        self.generation = int(meta["generation"])
+        self.clocks.load_state(meta["clocks"])
+        self.ledger.load_state_dict(meta["last_push"])
+        self.counters.load_state(meta["counters"])
+        self._wake()
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v.clone() for k, v in tensors.items() if k.startswith(prefix)}
