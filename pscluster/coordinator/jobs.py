@@ -20,7 +20,6 @@ from pscluster.coordinator import blobs, live
 from pscluster.coordinator import store as st
 from pscluster.coordinator.leases import Lease
 from pscluster.coordinator.runtime import Activity, Runtime
-from pscluster.coordinator.shard_client import ShardError
 from pscluster.coordinator.shard_init import initial_vectors, shard_configs
 from pscluster.coordinator.spec import (
     SUBMITTED_BLOBS,
@@ -34,6 +33,7 @@ from pscluster.data.partitions import batch_counts
 from pscluster.errors import FailedPrecondition, NotFound
 from pscluster.model import objective, state
 from pscluster.model.partition import BalancedRanges
+from pscluster.shard_client import ShardError
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 log = logging.getLogger(__name__)
@@ -159,8 +159,7 @@ class JobManager:
                 raise problems[0]
             if initial is None:
                 initial = initial_vectors(job, rt.blobs.read(job.job_id, blobs.INITIAL_STATE))
-            for address, config, values in shard_configs(job, *initial):
-                rt.shards.init_job(address, config, values)
+            rt.shards.init_job(shard_configs(job, *initial))  # every shard at once
         except ShardError as e:
             if e.status in _RETRY_INIT:
                 rt.store.update_job(job.job_id, status_message=f"pending: {e}; retrying")

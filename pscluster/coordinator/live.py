@@ -10,11 +10,11 @@ import torch
 
 from pscluster.coordinator import blobs
 from pscluster.coordinator import store as st
-from pscluster.coordinator.model_spec import buffer_layout_of, layout_of
+from pscluster.coordinator.model_spec import buffer_layout_of, buffer_ranges, layout_of
 from pscluster.coordinator.runtime import Runtime
-from pscluster.coordinator.shard_client import ShardError
 from pscluster.coordinator.stats import aggregate
 from pscluster.model import state
+from pscluster.shard_client import ShardError, ShardRange
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -31,11 +31,15 @@ def model_and_versions(
     entries (frozen parameters, boolean buffers) beside them, and each shard's version."""
     spec = co_pb2.JobSpec.FromString(job.spec)
     layout, buffers = layout_of(spec), buffer_layout_of(spec)
-    live = rt.shards.pull_all(job.job_id, job.shards, job.num_params, buffers.size)
+    ranges = [
+        ShardRange(p.address, p.start, p.length, b.start, b.length)
+        for p, b in zip(job.shards, buffer_ranges(spec, len(job.shards)), strict=True)
+    ]
+    live = rt.shards.pull_all(job.job_id, ranges)  # every shard at once, received in place
     initial = state.loads(rt.blobs.read(job.job_id, blobs.INITIAL_STATE), "initial_state")
-    initial.update(layout.unflatten(live.flat))
+    initial.update(layout.unflatten(live.values))
     initial.update(buffers.unflatten(live.buffers))
-    return initial, live.versions
+    return initial, tuple(live.versions)
 
 
 def stats(rt: Runtime, job: st.JobRecord) -> co_pb2.JobMetrics:

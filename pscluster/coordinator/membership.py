@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pscluster.coordinator.shard_client import ShardClients
+from pscluster.shard_client import ShardClient
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class _Job:
 
 
 class Membership:
-    def __init__(self, shards: ShardClients, persist: Callable[[str, int], None]) -> None:
+    def __init__(self, shards: ShardClient, persist: Callable[[str, int], None]) -> None:
         """``persist(job_id, generation)`` saves the generation, so that a restarted
         coordinator keeps numbering above what the shards have seen."""
         self._shards = shards

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pscluster.coordinator.store import (
@@ -53,6 +54,7 @@ class MemoryStore(JobStore):
         self._steps: dict[str, list[StepRecord]] = {}
         self._epochs: dict[str, dict[int, EpochRecord]] = {}
         self._events: dict[str, list[EventRecord]] = {}
+        self._dropped: dict[str, Counter[str]] = {}
         self._leases: list[LeaseRecord] = []
 
     def close(self) -> None:
@@ -128,6 +130,15 @@ class MemoryStore(JobStore):
     def events(self, job_id: str) -> list[EventRecord]:
         with self._lock:
             return list(self._events.get(job_id, []))
+
+    def add_dropped(self, job_id: str, batches: Mapping[str, int]) -> None:
+        with self._lock:
+            self._require(job_id)
+            self._dropped.setdefault(job_id, Counter()).update(batches)
+
+    def dropped(self, job_id: str) -> dict[str, int]:
+        with self._lock:
+            return dict(self._dropped.get(job_id, {}))
 
     def save_leases(self, leases: Sequence[LeaseRecord]) -> None:
         with self._lock:

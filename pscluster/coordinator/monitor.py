@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.runtime import Runtime
-from pscluster.coordinator.shard_client import ShardError
 from pscluster.coordinator.tasks import TaskDispatcher
+from pscluster.shard_client import ShardError
 
 log = logging.getLogger(__name__)
 

@@ -133,6 +133,7 @@ class JobQueries:
                 metrics=e.metrics,
             )
         metrics.pushes_by_worker.update(store.steps_by_worker(job_id))
+        metrics.batches_dropped.update(store.dropped(job_id))
         for ev in store.events(job_id):
             metrics.events.add(
                 unix_time=ev.unix_time, kind=ev.kind, worker_id=ev.worker_id, message=ev.message

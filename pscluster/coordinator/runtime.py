@@ -18,9 +18,9 @@ from pscluster.coordinator.blobs import BlobStore
 from pscluster.coordinator.leases import LeaseBook
 from pscluster.coordinator.membership import Membership, Roster
 from pscluster.coordinator.relief import StragglerRelief
-from pscluster.coordinator.shard_client import ShardClients, ShardError
 from pscluster.coordinator.store import JobStore, LeaseRecord
 from pscluster.coordinator.workers import WorkerRegistry
+from pscluster.shard_client import ShardClient, ShardError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Runtime:
     settings: Settings
     store: JobStore
     blobs: BlobStore
-    shards: ShardClients
+    shards: ShardClient
     book: LeaseBook
     workers: WorkerRegistry
     membership: Membership
@@ -65,7 +65,7 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, store: JobStore) -> Runtime:
-        shards = ShardClients(settings)
+        shards = ShardClient(settings)
 
         def persist(job_id: str, generation: int) -> None:
             store.update_job(job_id, generation=generation)

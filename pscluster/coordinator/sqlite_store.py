@@ -12,7 +12,7 @@ import json
 import math
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,10 @@ CREATE TABLE IF NOT EXISTS events (
     worker_id TEXT NOT NULL, message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id);
+CREATE TABLE IF NOT EXISTS dropped (
+    job_id TEXT NOT NULL, reason TEXT NOT NULL, batches INTEGER NOT NULL,
+    PRIMARY KEY (job_id, reason)
+);
 CREATE TABLE IF NOT EXISTS leases (
     lease_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, worker_id TEXT NOT NULL,
     kind TEXT NOT NULL, epoch INTEGER NOT NULL, partition INTEGER NOT NULL,
@@ -305,6 +309,22 @@ class SqliteStore(JobStore):
                 (job_id,),
             ).fetchall()
         return [EventRecord(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def add_dropped(self, job_id: str, batches: Mapping[str, int]) -> None:
+        with self._transaction():
+            self._require(job_id)
+            self._db.executemany(
+                "INSERT INTO dropped VALUES (?, ?, ?) ON CONFLICT (job_id, reason) "
+                "DO UPDATE SET batches = batches + excluded.batches",
+                [(job_id, reason, int(n)) for reason, n in batches.items()],
+            )
+
+    def dropped(self, job_id: str) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT reason, batches FROM dropped WHERE job_id = ?", (job_id,)
+            ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
 
     def save_leases(self, leases: Sequence[LeaseRecord]) -> None:
         rows = [[getattr(lease, n) for n in _LEASE_FIELDS] for lease in leases]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +177,15 @@ class JobStore(ABC):
     @abstractmethod
     def events(self, job_id: str) -> list[EventRecord]:
         """The job's events, oldest first."""
+
+    @abstractmethod
+    def add_dropped(self, job_id: str, batches: Mapping[str, int]) -> None:
+        """Add batches the job's workers dropped, by reason, to its totals; NotFound if the
+        job is unknown."""
+
+    @abstractmethod
+    def dropped(self, job_id: str) -> dict[str, int]:
+        """The batches the job's workers dropped, by reason, over its whole run."""
 
     @abstractmethod
     def save_leases(self, leases: Sequence[LeaseRecord]) -> None:

@@ -22,6 +22,7 @@ from pscluster.errors import FailedPrecondition, InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 log = logging.getLogger(__name__)
+_MAX_REASON = 64  # characters in a dropped-batch reason
 
 
 class TaskDispatcher:
@@ -235,8 +236,10 @@ class TaskDispatcher:
         job = self.jobs.require(job_id)
         if job.state in st.TERMINAL:
             raise FailedPrecondition(f"job {job_id} is {job.state}; progress is no longer recorded")
+        dropped: dict[str, int] = {}
         if progress is not None:
             check_progress(progress)
+            dropped = _dropped_batches(progress)
         for i, s in enumerate(steps):
             if s.epoch >= job.epochs:
                 raise InvalidArgument(
@@ -250,6 +253,8 @@ class TaskDispatcher:
         ]
         if records:
             rt.store.append_steps(job_id, records)
+        if dropped:
+            self._record_dropped(job_id, worker_id, dropped)
         end, exclusion = 0, None
         with rt.lock:
             if records:
@@ -264,6 +269,15 @@ class TaskDispatcher:
                 self._event(job_id, "included", w, f"worker {w} counts in the ssp clock again")
             rt.sync_members(job_id)
         return end
+
+    def _record_dropped(self, job_id: str, worker_id: str, dropped: dict[str, int]) -> None:
+        """Batches a worker trained nothing on: into the job's totals
+        (``job.metrics().batches_dropped``) and one event that names them."""
+        self.rt.store.add_dropped(job_id, dropped)
+        counts = ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items()))
+        total = sum(dropped.values())
+        message = f"worker {worker_id} dropped {total} batch(es) without training on them: {counts}"
+        self._event(job_id, "batches_dropped", worker_id, message)
 
     def _lease_progress(
         self, worker_id: str, job_id: str, progress: co_pb2.LeaseProgress
@@ -317,3 +331,17 @@ class TaskDispatcher:
         for job_id in sorted(affected):
             rt.sync_members(job_id)
         return dead
+
+
+def _dropped_batches(progress: co_pb2.LeaseProgress) -> dict[str, int]:
+    """The batches a report says were dropped, by reason (checked: the reasons are names)."""
+    out = {}
+    for reason, n in progress.dropped.items():
+        if not reason or len(reason) > _MAX_REASON or not reason.replace("_", "").isalnum():
+            raise InvalidArgument(
+                f"lease.dropped has the reason {reason[:_MAX_REASON]!r}; expected a short name "
+                "such as 'stale', 'late' or 'nonfinite'"
+            )
+        if n:
+            out[reason] = int(n)
+    return out

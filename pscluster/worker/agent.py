@@ -28,19 +28,34 @@ import torch
 
 from pscluster.config import Settings
 from pscluster.logs import bind_worker_id, log_context
+from pscluster.shard_client import ShardClient, ShardError
 from pscluster.transport.channel import open_channel
+from pscluster.transport.retry import RetryPolicy, Stopped, retry
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
-from pscluster.worker.backoff import Backoff
-from pscluster.worker.progress import ProgressReporter
+from pscluster.worker.progress import PASSING, ProgressReporter
 from pscluster.worker.runtime import JobRuntime, pick_device
 from pscluster.worker.telemetry import WorkerTelemetry
 from pscluster.worker.trainer import LeaseLost, Trainer
 
 log = logging.getLogger(__name__)
-# Codes after which a call to the coordinator is worth making again: it is down, restarting or
-# overloaded; anything else is an answer.
-_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _code(error: Exception) -> grpc.StatusCode | None:
+    return error.code() if isinstance(error, grpc.Call) else None
+
+
+# Calls to the coordinator that carry work go on while it is down, restarting or overloaded
+# (PASSING); anything else is an answer. Registering and acquiring go on through any failure
+# (a misconfigured worker keeps saying so in its log rather than exiting), except an
+# AcquireTask answered NOT_FOUND: the coordinator no longer knows this worker.
+COMPLETE_RETRY = RetryPolicy(lambda e: _code(e) in PASSING, first=0.2, cap=5.0)
+REGISTER_RETRY = RetryPolicy(lambda e: isinstance(e, grpc.RpcError), first=0.2, cap=5.0)
+ACQUIRE_RETRY = RetryPolicy(
+    lambda e: isinstance(e, grpc.RpcError) and _code(e) != grpc.StatusCode.NOT_FOUND,
+    first=0.2,
+    cap=5.0,
+)
 # How often an idle worker asks whether the jobs it holds in memory have ended.
 CLEANUP_SECONDS = 2.0
 
@@ -57,6 +72,7 @@ class WorkerAgent:
         self.stop = stop or threading.Event()
         self.channel = open_channel(settings.coordinator, settings)
         self.stub = co_grpc.CoordinatorStub(self.channel)
+        self.shards = ShardClient(settings)  # every job's shards, one channel per address
         self.worker_id = settings.worker_id  # "" lets the coordinator pick one
         self.heartbeat_seconds = settings.heartbeat_seconds
         self._lease = ""  # the lease being worked on, "" when idle
@@ -69,28 +85,28 @@ class WorkerAgent:
     # --- membership ---
     def register(self) -> None:
         """Register, retrying with backoff until the coordinator answers or we are stopped."""
-        backoff = Backoff(0.2, 5.0)
-        while not self.stop.is_set():
-            try:
-                reply = self.stub.RegisterWorker(
-                    coordinator_pb2.RegisterWorkerRequest(
-                        host=socket.gethostname(),
-                        pid=os.getpid(),
-                        device=str(pick_device(self.settings.device)),
-                        worker_id=self.worker_id,
-                    ),
-                    timeout=10,
-                )
-                with self._lock:
-                    self.worker_id = reply.worker_id
-                    self._revoked.clear()
-                bind_worker_id(reply.worker_id)
-                self.heartbeat_seconds = reply.heartbeat_seconds or self.settings.heartbeat_seconds
-                log.info("registered as %s with %s", self.worker_id, self.settings.coordinator)
-                return
-            except grpc.RpcError as e:
-                log.warning("coordinator %s: %s; retrying", self.settings.coordinator, e.details())  # type: ignore[attr-defined]
-                backoff.wait(self.stop)
+        request = coordinator_pb2.RegisterWorkerRequest(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            device=str(pick_device(self.settings.device)),
+            worker_id=self.worker_id,
+        )
+        try:
+            reply = retry(
+                lambda: self.stub.RegisterWorker(request, timeout=10),
+                REGISTER_RETRY,
+                what=f"registering with {self.settings.coordinator}",
+                stop=self.stop,
+                log_level=logging.WARNING,
+            )
+        except Stopped:
+            return
+        with self._lock:
+            self.worker_id = reply.worker_id
+            self._revoked.clear()
+        bind_worker_id(reply.worker_id)
+        self.heartbeat_seconds = reply.heartbeat_seconds or self.settings.heartbeat_seconds
+        log.info("registered as %s with %s", self.worker_id, self.settings.coordinator)
 
     def _heartbeats(self) -> None:
         while not self.stop.wait(self.heartbeat_seconds):
@@ -125,20 +141,14 @@ class WorkerAgent:
             daemon=True,
         )
         beat.start()
-        backoff = Backoff(0.2, 5.0)
         try:
             while not self.stop.is_set():
                 try:
-                    task = self.stub.AcquireTask(
-                        coordinator_pb2.AcquireTaskRequest(worker_id=self.worker_id), timeout=10
-                    )
-                    backoff.reset()
-                except grpc.RpcError as e:
-                    if e.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
-                        self.register()
-                    else:
-                        log.warning("acquire failed: %s", e.details())  # type: ignore[attr-defined]
-                        backoff.wait(self.stop)
+                    task = self._acquire()
+                except Stopped:
+                    break
+                except grpc.RpcError:  # NOT_FOUND: the coordinator does not know us
+                    self.register()
                     continue
                 self._free_ended_jobs(keep=task.job_id)
                 if task.kind in (coordinator_pb2.TASK_KIND_TRAIN, coordinator_pb2.TASK_KIND_EVAL):
@@ -147,15 +157,25 @@ class WorkerAgent:
                     self.stop.wait(task.wait_seconds)
         finally:
             self.stop.set()
-            for rt in self._runtimes.values():
-                rt.close()
+            self.shards.close()
             self.channel.close()
+
+    def _acquire(self) -> coordinator_pb2.Task:
+        return retry(
+            lambda: self.stub.AcquireTask(
+                coordinator_pb2.AcquireTaskRequest(worker_id=self.worker_id), timeout=10
+            ),
+            ACQUIRE_RETRY,
+            what="acquiring a task",
+            stop=self.stop,
+            log_level=logging.WARNING,
+        )
 
     def _runtime(self, job_id: str) -> JobRuntime | None:
         if job_id in self._runtimes:
             return self._runtimes[job_id]
         try:
-            rt = JobRuntime(self.stub, job_id, self.settings)
+            rt = JobRuntime(self.stub, job_id, self.settings, self.shards)
         except grpc.RpcError as e:
             log.warning("could not load job %s: %s", job_id, e.details())  # type: ignore[attr-defined]
             return None
@@ -247,6 +267,16 @@ class WorkerAgent:
             log.info("lease %s abandoned: %s", task.lease_id, e)
             self._forget_if_gone(task.job_id)
             return "lost"
+        except ShardError as e:
+            if e.status == grpc.StatusCode.INVALID_ARGUMENT:
+                # A shard refused what this job produced: the same work would be refused again.
+                error = f"a shard refused this worker's push: {e}"
+                log.error("job %s: %s", task.job_id, error)
+                self._report_failure(task.job_id, error)
+                return "failed"
+            log.warning("task %s failed: %s", task.lease_id, e)
+            self._forget_if_gone(task.job_id)
+            return "lost"
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:  # type: ignore[attr-defined]
                 # The cluster refused what this job produced (a malformed result): doing the
@@ -271,17 +301,23 @@ class WorkerAgent:
         """Hand the finished lease in, through a coordinator outage if need be: the work is
         done and applied on the shards, so it is worth waiting for. Gives up (LeaseLost) once
         the lease is revoked, e.g. the restarted coordinator no longer knows this worker."""
-        backoff = Backoff(0.2, 5.0)
-        while True:
-            try:
-                self.stub.CompleteTask(request, timeout=self.settings.rpc_timeout_seconds)
-                return
-            except grpc.RpcError as e:
-                if e.code() not in _TRANSIENT:  # type: ignore[attr-defined]
-                    raise
-                log.warning("completing %s: %s; retrying", request.lease_id, e.details())  # type: ignore[attr-defined]
-            if backoff.wait(self.stop) or not self.lease_alive():
-                raise LeaseLost("the coordinator could not be told the lease is done")
+        lost = LeaseLost("the coordinator could not be told the lease is done")
+
+        def still_held() -> None:
+            if not self.lease_alive():
+                raise lost
+
+        try:
+            retry(
+                lambda: self.stub.CompleteTask(request, timeout=self.settings.rpc_timeout_seconds),
+                COMPLETE_RETRY,
+                what=f"completing {request.lease_id}",
+                stop=self.stop,
+                check=still_held,
+                log_level=logging.WARNING,
+            )
+        except Stopped:
+            raise lost from None
 
     def _free_ended_jobs(self, keep: str) -> None:
         """Drop the runtimes (model, data, channels) of cached jobs that no longer run.
@@ -305,7 +341,7 @@ class WorkerAgent:
         except grpc.RpcError:
             return
         if info.state != "running" and job_id in self._runtimes:
-            self._runtimes.pop(job_id).close()
+            del self._runtimes[job_id]
             self._failed_jobs.discard(job_id)
             if self.telemetry is not None:
                 self.telemetry.forget_job(job_id)

@@ -8,11 +8,11 @@ refused as stale is recomputed on fresh parameters, and its residual must not co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
-from pscluster.compression import CompressionSettings, Encoded, make_compressor
+from pscluster.compression import CodecState, CompressionSettings, Encoded, make_compressor
 
 
 class PushEncoder:
@@ -26,14 +26,24 @@ class PushEncoder:
     def name(self) -> str:
         return self.codec.name
 
-    def encode(self, gradient: torch.Tensor, epoch: int) -> list[Encoded]:
-        """Each range's payload (and the state to commit if its shard applies it)."""
+    def encode(
+        self, gradient: torch.Tensor, epoch: int, ranges: Iterable[int] | None = None
+    ) -> dict[int, Encoded]:
+        """The payload of each range in ``ranges`` (all by default), by index, with the state
+        to commit if its shard takes it. Nothing changes until :meth:`commit`."""
         prepared = self.codec.prepare(gradient.detach().reshape(-1).to(torch.float32))
-        return [
-            self.codec.compress(prepared[start : start + length], state, epoch)
-            for (start, length), state in zip(self.ranges, self._states, strict=True)
-        ]
+        wanted = range(len(self.ranges)) if ranges is None else ranges
+        out = {}
+        for i in wanted:
+            start, length = self.ranges[i]
+            out[i] = self.codec.compress(prepared[start : start + length], self._states[i], epoch)
+        return out
 
     def commit(self, index: int, encoded: Encoded) -> None:
-        """Range ``index``'s push was taken by its shard: its state moves on."""
+        """Range ``index``'s push was taken by its shard: its state moves on. Every range is
+        committed on its own shard's answer, never on another's."""
         self._states[index] = encoded.state
+
+    def state(self, index: int) -> CodecState:
+        """Range ``index``'s codec state now (a residual, DGC's momentum; empty if none)."""
+        return self._states[index]

@@ -16,14 +16,20 @@ import time
 
 import grpc
 
+from pscluster.transport.retry import Backoff
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
-from pscluster.worker.backoff import Backoff
 
 log = logging.getLogger(__name__)
 # Steps kept while the coordinator is unreachable; the oldest are dropped beyond this (they
 # are metrics, and an outage long enough to fill it is one the job will be told about).
 MAX_PENDING_STEPS = 100_000
+# A coordinator down, restarting or overloaded: the report is kept for the next one.
+PASSING = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 
 
 class ProgressReporter:
@@ -53,8 +59,8 @@ class ProgressReporter:
     def batch_done(
         self, position: int, busy_seconds: float, step_seconds: float, batches: int = 1
     ) -> None:
-        """``batches`` batches of the lease are done (applied, refused or dropped; more than
-        one with local SGD steps): ``position`` is the index of the next one;
+        """``batches`` batches of the lease are done (trained or dropped; more than one with
+        local SGD steps): ``position`` is the index of the next one;
         ``busy_seconds`` is their wall time less the waits on others."""
         p = self._progress
         p.position = position
@@ -64,6 +70,11 @@ class ProgressReporter:
         now = time.monotonic()
         if now - self._last_flush >= self.every and now >= self._retry_at:
             self.flush()
+
+    def dropped(self, reason: str, batches: int) -> None:
+        """``batches`` of the lease trained nothing, for ``reason`` (see LeaseProgress)."""
+        if batches > 0:
+            self._progress.dropped[reason] += batches
 
     def step(self, loss: float, samples: int, epoch: int) -> None:
         self._pending.append(
@@ -80,7 +91,7 @@ class ProgressReporter:
         """Send what was gathered; on failure keep it for the next report and back off."""
         self._last_flush = time.monotonic()
         progress = self._progress
-        if not self._pending and not progress.batches:
+        if not self._pending and not progress.batches and not progress.dropped:
             return
         steps, self._pending = self._pending, []
         request = coordinator_pb2.ReportProgressRequest(
@@ -98,7 +109,7 @@ class ProgressReporter:
             code = e.code()  # type: ignore[attr-defined]
             self.dropped_reports += 1
             self._retry_at = time.monotonic() + self._backoff.delay()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if code in PASSING:
                 self._keep(steps, progress)
             log.warning("progress report for %s failed: %s", self.job_id, e.details())  # type: ignore[attr-defined]
             return
@@ -120,4 +131,7 @@ class ProgressReporter:
             busy_seconds=progress.busy_seconds + now.busy_seconds,
             step_seconds=progress.step_seconds + now.step_seconds,
         )
+        for counts in (progress.dropped, now.dropped):
+            for reason, batches in counts.items():
+                merged.dropped[reason] += batches
         self._progress = merged

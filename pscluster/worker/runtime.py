@@ -18,12 +18,12 @@ from pscluster.data import inputs
 from pscluster.data.dataset import Dataset
 from pscluster.data.inputs import Inputs
 from pscluster.model import objective, rebuild, state
+from pscluster.shard_client import JobShards, ShardClient, ShardRange, Snapshot
 from pscluster.v1 import common_pb2, coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 from pscluster.worker.compressed import PushEncoder
 from pscluster.worker.local_sgd import LocalSGD
 from pscluster.worker.precision import Precision
-from pscluster.worker.shards import ShardSet, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,15 @@ def fetch_blob(stub: co_grpc.CoordinatorStub, job_id: str, blob: str, timeout: f
 
 
 class JobRuntime:
-    def __init__(self, stub: co_grpc.CoordinatorStub, job_id: str, settings: Settings) -> None:
+    """``shards`` is the worker's client of shards (shared by its jobs)."""
+
+    def __init__(
+        self,
+        stub: co_grpc.CoordinatorStub,
+        job_id: str,
+        settings: Settings,
+        shards: ShardClient,
+    ) -> None:
         timeout = settings.rpc_timeout_seconds
         plan: coordinator_pb2.JobPlan = stub.GetJobPlan(
             coordinator_pb2.GetJobRequest(job_id=job_id), timeout=timeout
@@ -72,17 +80,18 @@ class JobRuntime:
             plan.spec.local_steps,
             self.precision,
         )
-        self.shards = ShardSet(job_id, plan.shards, settings)
+        self.shards = JobShards(shards, job_id, [ShardRange.from_proto(r) for r in plan.shards])
         # Compression state (residuals, DGC momentum) lives here: one per job, per shard range.
         self.encoder = PushEncoder(
             parse_settings(plan.spec.compression), [(r.start, r.length) for r in plan.shards]
         )
         self.pull_dtype = plan.spec.compression.pull_dtype or common_pb2.DTYPE_FLOAT32
         self.seq = 0  # push sequence number, strictly increasing over this worker's pushes
-        # sync: the versions the next pull must wait for, kept across this job's leases: a
+        # Per shard, the version the next pull must wait for: the ``next_version`` the last
+        # push was answered with (sync: the step it is in). Kept across this job's leases: a
         # worker whose push is buffered in an open step must not pull that step's parameters
         # again in its next lease (its push would then be refused as stale).
-        self.min_versions: list[int] | None = None
+        self.min_versions = [0] * len(plan.shards)
         self._train = (
             inputs.to_device(self.data.train_x, self.device),
             self.data.train_y.to(self.device),
@@ -120,6 +129,3 @@ class JobRuntime:
     def load(self, snap: Snapshot) -> None:
         self.layout.load_into(self.model, snap.values)
         self.buffer_layout.load_into(self.model, snap.buffers)
-
-    def close(self) -> None:
-        self.shards.close()

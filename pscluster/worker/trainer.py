@@ -1,9 +1,12 @@
 """One lease of work: train on a partition (pull, forward/backward, push) or evaluate.
 
 The loop is the same in every consistency mode; the shards decide when a pull may return and
-whether a push is applied. The worker only remembers, in sync mode, which step it pushed for,
-so that its next pull waits for that step's barrier (min_version = version + 1), in this lease
-or its next one on the same job.
+whether a push is taken, and each push's answer says what the worker's next pull of that
+shard waits for (``next_version``: sync's barrier), which the worker keeps across its leases
+of a job. Every batch is either trained (in ``samples`` and the step losses) or dropped and
+counted by reason in the lease's progress: refused by the shards (stale on every attempt, late
+for a sync step with backup workers, already pushed), or never sent (a NaN or Inf loss or
+gradient, an fp16 overflow).
 """
 
 from __future__ import annotations
@@ -18,24 +21,38 @@ import torch
 
 from pscluster.config import Settings
 from pscluster.data.partitions import batches
+from pscluster.shard_client import PushExtras, ShardError, Snapshot
 from pscluster.transport import wire
+from pscluster.transport.retry import RetryPolicy, retry
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
-from pscluster.worker.backoff import Backoff
-from pscluster.worker.local_sgd import Window
+from pscluster.worker.local_sgd import Batch, Window
+from pscluster.worker.outcomes import PushRound
 from pscluster.worker.progress import ProgressReporter
 from pscluster.worker.runtime import JobRuntime
-from pscluster.worker.shards import PushExtras, Snapshot, is_retryable
 from pscluster.worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger(__name__)
 
-# A batch whose push is refused as stale is recomputed on fresh parameters this many times
-# before it is skipped (only a worker cut off for long gets there).
+# A window whose push some shard refuses (stale, already pushed) is recomputed on fresh
+# parameters and pushed again to those shards, this many times in all, before it is dropped
+# (only a worker cut off for long gets there).
 MAX_ATTEMPTS = 5
-
-
 T = TypeVar("T")
+
+
+def _shard_down(error: Exception) -> bool:
+    return isinstance(error, ShardError) and error.unreachable
+
+
+def _barrier_not_met(error: Exception) -> bool:
+    """The pull's deadline was its wait (a sync barrier): try again at once."""
+    return isinstance(error, ShardError) and error.status == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+# Shard calls go on through a shard's restart or a barrier not yet met, for as long as the
+# lease stands (see pscluster.transport.retry for which layer retries what).
+SHARD_RETRY = RetryPolicy(_shard_down, first=0.05, cap=2.0, at_once=_barrier_not_met)
 
 
 class LeaseLost(Exception):
@@ -56,35 +73,21 @@ class Trainer:
         self.worker_id = worker_id
         self.settings = settings
         self.lease_alive = lease_alive
-        self.nonfinite_batches = 0
-        self.late_batches = 0
 
     def _check(self) -> None:
         if not self.lease_alive():
             raise LeaseLost("lease revoked or worker stopping")
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
-        """Retry while the failure is temporary and the lease stands; NOT_FOUND loses the lease.
-
-        Every attempt has its deadline (set by ``fn``); a push retried this way resends the
-        same seq, so a shard that had applied it before the connection broke answers it again
-        without applying it twice. UNAVAILABLE backs off (a shard restarting or cut off);
-        DEADLINE_EXCEEDED does not (the deadline was the wait, e.g. a sync barrier not met).
-        """
-        backoff = Backoff(0.05, 2.0)
-        while True:
-            self._check()
-            try:
-                return fn()
-            except grpc.RpcError as e:
-                code = e.code()  # type: ignore[attr-defined]
-                if code == grpc.StatusCode.NOT_FOUND:
-                    raise LeaseLost(f"{what}: {e.details()}") from e  # type: ignore[attr-defined]
-                if not is_retryable(e):
-                    raise
-                if code == grpc.StatusCode.UNAVAILABLE:
-                    time.sleep(backoff.delay())
-                log.debug("%s: %s, retrying", what, e.details())  # type: ignore[attr-defined]
+        """``fn`` through passing shard failures while the lease stands; NOT_FOUND (the job or
+        this worker's membership is gone) loses the lease."""
+        self._check()
+        try:
+            return retry(fn, SHARD_RETRY, what=what, check=self._check)
+        except ShardError as e:
+            if e.status == grpc.StatusCode.NOT_FOUND:
+                raise LeaseLost(f"{what}: {e}") from e
+            raise
 
     def pull(self, min_versions: list[int] | None) -> Snapshot:
         timeout = self.settings.pull_wait_seconds + 5
@@ -102,13 +105,12 @@ class Trainer:
 
     def train(self, task: coordinator_pb2.Task, reporter: ProgressReporter) -> int:
         """Train on the lease's batches, a window of ``local_steps`` batches per pull and push
-        (one batch when the job has no local steps)."""
+        (one batch when the job has no local steps); the samples trained."""
         rt = self.rt
         spec = rt.spec
         plan = batches(
             rt.train_rows, task.partitions, task.partition, task.epoch, spec.batch_size, spec.seed
         )
-        sync = spec.mode == "sync"
         window_size = max(1, spec.local_steps)
         samples = 0
         position = task.first_batch
@@ -121,44 +123,7 @@ class Trainer:
             started = time.perf_counter()
             end = min(position + window_size, lease_end())
             data = [rt.batch(torch.from_numpy(plan[p])) for p in range(position, end)]
-            waited = 0.0
-            for _attempt in range(MAX_ATTEMPTS):
-                snap = self.pull(rt.min_versions)
-                waited += snap.waited_seconds
-                window = rt.local.run(snap.values, snap.buffers, data)
-                if window.nonfinite:
-                    # Shards refuse non-finite gradients anyway; not sending one saves a
-                    # half-applied step where only some shards would refuse it.
-                    self.nonfinite_batches += window.nonfinite
-                    log.warning(
-                        "non-finite gradient on job %s: %d batch(es) skipped",
-                        rt.job_id,
-                        window.nonfinite,
-                    )
-                if window.update is None:
-                    break
-                replies = self._push(window, snap, task.epoch)
-                stale = [r.outcome == ps_pb2.PUSH_OUTCOME_STALE for r in replies]
-                late = [r.outcome == ps_pb2.PUSH_OUTCOME_LATE for r in replies]
-                if sync:
-                    rt.min_versions = [
-                        0 if s or lt else v + 1
-                        for s, lt, v in zip(stale, late, snap.versions, strict=True)
-                    ]
-                if any(late) or any(stale):
-                    rt.local.discard()  # local steps: their optimizer state goes back too
-                if any(late):
-                    # Backup workers: the step closed without this gradient. As in Chen et
-                    # al., it is dropped and the worker goes on with fresh parameters.
-                    self.late_batches += len(data)
-                    break
-                if not any(stale):
-                    for loss, size in window.steps:
-                        reporter.step(loss, size, task.epoch)
-                        if self.telemetry is not None:
-                            self.telemetry.stepped(rt.job_id)
-                    break
-            trained = sum(int(y.shape[0]) for _, y in data)
+            trained, waited = self._window(data, task.epoch, reporter)
             samples += trained
             if self.telemetry is not None:
                 self.telemetry.trained(rt.job_id, trained)
@@ -168,6 +133,47 @@ class Trainer:
             busy = self._slow_down(own)  # the injected delay adds to both
             reporter.batch_done(position, busy, wall + busy - own, batches=len(data))
         return samples
+
+    def _window(
+        self, data: list[Batch], epoch: int, reporter: ProgressReporter
+    ) -> tuple[int, float]:
+        """Pull, train and push one window until every shard took it or it is dropped; the
+        samples trained and the seconds pulls waited on other workers."""
+        rt = self.rt
+        push = PushRound.to(len(rt.shards.ranges))
+        waited = 0.0
+        window = Window(update=None)  # replaced by the first attempt
+        for _attempt in range(MAX_ATTEMPTS):
+            snap = self.pull(rt.min_versions)
+            waited += snap.waited_seconds
+            window = rt.local.run(snap.values, snap.buffers, data)
+            if window.update is None:
+                break  # nothing finite to push: every batch is dropped below
+            self._push(window, snap, epoch, push)
+            if push.taken_everywhere:
+                break
+            rt.local.discard()  # local steps: their optimizer state goes back too
+            if push.done:
+                break  # refused for good (late): as in Chen et al., go on with fresh parameters
+        reporter.dropped("nonfinite", window.nonfinite)
+        reporter.dropped("overflow", window.overflows)
+        if window.nonfinite:
+            log.warning(
+                "non-finite loss or gradient on job %s: %d batch(es) dropped",
+                rt.job_id,
+                window.nonfinite,
+            )
+        if window.update is None:
+            return 0, waited
+        if not push.taken_everywhere:
+            reporter.dropped(push.reason, len(window.steps))
+            log.info("job %s: %d batch(es) dropped (%s)", rt.job_id, len(window.steps), push.reason)
+            return 0, waited
+        for loss, size in window.steps:
+            reporter.step(loss, size, epoch)
+            if self.telemetry is not None:
+                self.telemetry.stepped(rt.job_id)
+        return window.samples, waited
 
     def _slow_down(self, busy: float) -> float:
         """Fault injection for straggler tests and benchmarks (``PSC_SLOWDOWN``): stretch the
@@ -181,38 +187,36 @@ class Trainer:
             return busy * factor
         return busy
 
-    def _push(self, window: Window, snap: Snapshot, epoch: int) -> list[ps_pb2.PushReply]:
-        assert window.update is not None
-        seq = self.rt.next_seq()  # one id per push: a retry of this push reuses it
+    def _push(self, window: Window, snap: Snapshot, epoch: int, push: PushRound) -> None:
+        """Push the window's update to the shards that have not taken it, and settle each
+        shard's answer on its own (:class:`PushRound`)."""
+        if window.update is None:
+            raise ValueError("a window without an update has nothing to push")
+        rt = self.rt
+        seq = rt.next_seq()  # one id per push: a retry of this push reuses it
         timeout = self.settings.rpc_timeout_seconds
-        encoder = self.rt.encoder
-        # Encoded once: a retry resends the same bytes, and codec state moves on only for the
-        # ranges whose shard took the push (a stale refusal is recomputed, not double-counted).
-        encoded = encoder.encode(window.update, epoch)
-        payloads = [e.payload for e in encoded]
+        # Encoded once: a retry resends the same bytes; each range's codec state moves on only
+        # when its own shard takes the push.
+        encoded = rt.encoder.encode(window.update, epoch, sorted(push.pending))
         extras = PushExtras(window.buffer_delta, window.grad_scale)
+        replies: dict[int, ps_pb2.PushReply] = {}
 
-        def send() -> list[ps_pb2.PushReply]:
+        def send() -> dict[int, ps_pb2.PushReply]:
             started = time.perf_counter()
-            replies = self.rt.shards.push(
-                self.worker_id, seq, payloads, encoder.name, snap, window.samples, timeout, extras
+            left = {i: e.payload for i, e in encoded.items() if i not in replies}
+            results = rt.shards.push(
+                self.worker_id, seq, left, rt.encoder.name, snap, window.samples, timeout, extras
             )
             if self.telemetry is not None:
-                nbytes = sum(memoryview(p).nbytes for p in payloads)
-                self.telemetry.pushed(self.rt.job_id, time.perf_counter() - started, nbytes)
+                nbytes = sum(memoryview(p).nbytes for p in left.values())
+                self.telemetry.pushed(rt.job_id, time.perf_counter() - started, nbytes)
+            failed = [r for r in results.values() if isinstance(r, ShardError)]
+            replies.update({i: r for i, r in results.items() if not isinstance(r, ShardError)})
+            if failed:  # the others' replies are kept: only these shards are sent it again
+                raise failed[0]
             return replies
 
-        try:
-            replies = self._call(send, "push")
-            for i, (reply, e) in enumerate(zip(replies, encoded, strict=True)):
-                if reply.outcome != ps_pb2.PUSH_OUTCOME_STALE:
-                    encoder.commit(i, e)
-            return replies
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
-                # sync: this worker already pushed for the open step; wait for its barrier.
-                return [ps_pb2.PushReply(outcome=ps_pb2.PUSH_OUTCOME_BUFFERED)] * len(snap.versions)
-            raise
+        push.settle(self._call(send, "push"), encoded, rt.encoder, rt.min_versions)
 
     def evaluate(self) -> tuple[dict[str, float], list[int]]:
         """The job's loss and metric on the test set, and the shard versions they are of."""

@@ -140,6 +140,18 @@ class TestStoreContract:
         with pytest.raises(NotFound):
             store.append_event("j-404", first)
 
+    def test_dropped_batches_add_up_per_job_and_reason(self, store: JobStore) -> None:
+        store.create_job(job("j-1"))
+        store.create_job(job("j-2"))
+        store.add_dropped("j-1", {"stale": 2, "nonfinite": 1})
+        store.add_dropped("j-2", {"late": 5})
+        store.add_dropped("j-1", {"stale": 3})
+        assert store.dropped("j-1") == {"stale": 5, "nonfinite": 1}
+        assert store.dropped("j-2") == {"late": 5}
+        assert store.dropped("j-404") == {}
+        with pytest.raises(NotFound):
+            store.add_dropped("j-404", {"stale": 1})
+
     def test_saved_leases_replace_the_previous_ones(self, store: JobStore) -> None:
         train = LeaseRecord("l-1", "j-1", "w-1", "train", 0, 2, 4, 3, 9)
         evaluation = LeaseRecord("l-2", "j-1", "w-2", "eval", 0, -1, 4, 0, 0)

@@ -1,0 +1,64 @@
+"""A worker's view of one job's shards: pull the whole vector, push each shard its slice."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from pscluster.shard_client.client import F32, ShardClient
+from pscluster.shard_client.errors import ShardError
+from pscluster.shard_client.ranges import PushExtras, ShardRange, Snapshot, vector_sizes
+from pscluster.shard_client.streams import Payload
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+
+
+class JobShards:
+    """The job's ranges bound to a :class:`ShardClient` (which may serve other jobs too)."""
+
+    def __init__(self, client: ShardClient, job_id: str, ranges: Sequence[ShardRange]) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.ranges = list(ranges)
+        self.size, self.buffer_size = vector_sizes(self.ranges)
+
+    def pull(
+        self,
+        worker_id: str,
+        min_versions: Sequence[int] | None,
+        timeout: float,
+        dtype: int = F32,
+    ) -> Snapshot:
+        """Every range, at once; blocks while a shard's consistency mode makes this worker
+        wait (an empty ``worker_id`` is an observer and never waits on the mode)."""
+        return self.client.pull_all(
+            self.job_id,
+            self.ranges,
+            worker_id=worker_id,
+            min_versions=min_versions,
+            dtype=dtype,
+            timeout=timeout,
+        )
+
+    def push(
+        self,
+        worker_id: str,
+        seq: int,
+        payloads: Mapping[int, Payload],
+        codec: str,
+        base: Snapshot,
+        batch_size: int,
+        timeout: float,
+        extras: PushExtras | None = None,
+    ) -> dict[int, ps_pb2.PushReply | ShardError]:
+        """Push shard ``i`` its ``payloads[i]``; each shard's reply (or ShardError) by index."""
+        return self.client.push_all(
+            self.job_id,
+            self.ranges,
+            payloads,
+            worker_id=worker_id,
+            seq=seq,
+            codec=codec,
+            base=base,
+            batch_size=batch_size,
+            extras=extras,
+            timeout=timeout,
+        )

@@ -1,0 +1,111 @@
+"""The three streaming calls of a shard, with data chunks framed and parsed by hand.
+
+InitJob and Push send, Pull receives, tensors as ~1 MB data chunks built and read without
+protobuf's two copies of every byte (:mod:`pscluster.transport.framing`); a float32 pull is
+received straight into the memory of the tensor it is for. Control messages (the config, the
+headers) still go through protobuf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import grpc
+import torch
+
+from pscluster.errors import InvalidArgument
+from pscluster.shard_client.errors import ShardError
+from pscluster.transport import framing, wire
+from pscluster.v1 import common_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+
+SERVICE = "/pscluster.v1.ParameterServer/"
+Payload = bytes | bytearray | memoryview
+_FLOAT32 = (common_pb2.DTYPE_UNSPECIFIED, common_pb2.DTYPE_FLOAT32)
+
+
+class Streams:
+    """The streaming multicallables of one shard's channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.pull = channel.unary_stream(
+            SERVICE + "Pull",
+            request_serializer=ps_pb2.PullRequest.SerializeToString,
+            response_deserializer=framing.parser(ps_pb2.PullChunk.FromString),
+        )
+        self.push = channel.stream_unary(
+            SERVICE + "Push",
+            request_serializer=framing.serializer,
+            response_deserializer=ps_pb2.PushReply.FromString,
+        )
+        self.init = channel.stream_unary(
+            SERVICE + "InitJob",
+            request_serializer=framing.serializer,
+            response_deserializer=ps_pb2.InitJobReply.FromString,
+        )
+
+
+def read_pull(
+    address: str,
+    responses: Iterable[ps_pb2.PullChunk | memoryview],
+    values: torch.Tensor,
+    buffers: torch.Tensor,
+) -> ps_pb2.PullHeader:
+    """Receive a pull stream into ``values`` (float32, the shard's range) and ``buffers``
+    (float64, its buffer range); the header. ShardError if the shard sent something else."""
+    stream = iter(responses)
+    first = next(stream, None)
+    if not isinstance(first, ps_pb2.PullChunk) or first.WhichOneof("part") != "header":
+        raise ShardError(address, grpc.StatusCode.INTERNAL, "a pull stream began without header")
+    header = first.header
+    if header.length != values.numel():
+        raise ShardError(
+            address,
+            grpc.StatusCode.INTERNAL,
+            f"pull sent {header.length} values; the job's plan gives it {values.numel()}",
+        )
+    try:
+        if header.dtype in _FLOAT32:
+            wire.fill(wire.byte_view(values), _payloads(address, stream))
+        else:
+            received = bytearray(header.length * wire.itemsize(header.dtype))
+            wire.fill(received, _payloads(address, stream))
+            values.copy_(wire.decode(received, header.dtype, header.length))
+        if len(header.buffers) != buffers.numel() * 8:
+            raise InvalidArgument(
+                f"{len(header.buffers)} bytes of buffers, expected {buffers.numel()} float64"
+            )
+        if buffers.numel():
+            buffers.copy_(wire.decode_float64(header.buffers))
+    except InvalidArgument as e:
+        raise ShardError(address, grpc.StatusCode.INTERNAL, f"malformed pull: {e}") from None
+    return header
+
+
+def _payloads(
+    address: str, stream: Iterator[ps_pb2.PullChunk | memoryview]
+) -> Iterator[bytes | memoryview]:
+    for chunk in stream:
+        if isinstance(chunk, memoryview):  # framed data, parsed without a copy
+            yield chunk
+        elif chunk.WhichOneof("part") == "data":
+            yield chunk.data
+        else:
+            raise ShardError(address, grpc.StatusCode.INTERNAL, "a pull sent a second header")
+
+
+def push_messages(
+    header: ps_pb2.PushHeader, payload: Payload, chunk_bytes: int
+) -> Iterator[ps_pb2.PushChunk | bytes]:
+    """A Push stream: the header, then the payload framed in chunks (each copied once, while
+    the previous one is on the wire)."""
+    yield ps_pb2.PushChunk(header=header)
+    yield from framing.frames(memoryview(payload).cast("B"), chunk_bytes)
+
+
+def init_messages(
+    config: ps_pb2.ShardJobConfig, values: torch.Tensor, chunk_bytes: int
+) -> Iterator[ps_pb2.InitJobChunk | bytes]:
+    """An InitJob stream: the config, then the float32 values framed in chunks."""
+    yield ps_pb2.InitJobChunk(config=config)
+    yield from framing.frames(wire.encode(values), chunk_bytes)

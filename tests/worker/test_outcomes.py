@@ -1,0 +1,93 @@
+"""Each shard's answer to a push acts on that shard alone: its codec state, its next pull, and
+whether it is sent the update again (no sockets: PushEncoder and PushRound as the trainer
+uses them)."""
+
+from __future__ import annotations
+
+import torch
+
+from pscluster.compression import CompressionSettings, make_compressor
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from pscluster.worker.compressed import PushEncoder
+from pscluster.worker.outcomes import PushRound
+
+APPLIED = ps_pb2.PUSH_OUTCOME_APPLIED
+BUFFERED = ps_pb2.PUSH_OUTCOME_BUFFERED
+STALE = ps_pb2.PUSH_OUTCOME_STALE
+LATE = ps_pb2.PUSH_OUTCOME_LATE
+ALREADY = ps_pb2.PUSH_OUTCOME_ALREADY_PUSHED
+RANGES = [(0, 10), (10, 10)]  # two shards of ten values each
+
+
+def _topk() -> PushEncoder:
+    return PushEncoder(CompressionSettings(name="topk", ratio=0.2), RANGES)
+
+
+def _reply(outcome: int, next_version: int = 0) -> ps_pb2.PushReply:
+    return ps_pb2.PushReply(outcome=outcome, next_version=next_version)  # type: ignore[arg-type]
+
+
+def _decoded(payload: bytes | bytearray | memoryview, length: int = 10) -> torch.Tensor:
+    return make_compressor(CompressionSettings(name="topk")).decompress(payload, length)
+
+
+def test_a_topk_push_that_shards_answer_differently_keeps_each_residual_in_step() -> None:
+    # Prepare: shard 0 takes the push, shard 1 refuses it as stale
+    encoder = _topk()
+    gradient = torch.arange(1.0, 21.0)
+    push = PushRound.to(2)
+    min_versions = [0, 0]
+    first = encoder.encode(gradient, epoch=0)
+
+    # Execute
+    push.settle({0: _reply(APPLIED), 1: _reply(STALE)}, first, encoder, min_versions)
+
+    # Assert: shard 0's residual moved on (sent + residual == gradient), shard 1's did not
+    assert torch.equal(_decoded(first[0].payload) + encoder.state(0)["residual"], gradient[:10])
+    assert torch.equal(encoder.state(1)["residual"], torch.zeros(10))
+    assert push.pending == {1} and push.refused == {1: "stale"}
+
+    # Execute: the retry, on fresh parameters, goes to shard 1 only, and it takes it
+    retry = encoder.encode(gradient * 2, epoch=0, ranges=sorted(push.pending))
+    push.settle({1: _reply(APPLIED)}, retry, encoder, min_versions)
+
+    # Assert: shard 1 counted its gradient once; shard 0 was not sent it twice
+    assert set(retry) == {1}
+    sent = _decoded(retry[1].payload)
+    assert torch.equal(sent + encoder.state(1)["residual"], gradient[10:] * 2)
+    assert push.taken_everywhere
+
+
+def test_next_version_is_each_shards_own_and_already_pushed_is_sent_again() -> None:
+    # Prepare: sync; shard 0 buffers the push in step 4, shard 1 holds an earlier push of
+    # this worker in its open step 7
+    encoder = _topk()
+    push = PushRound.to(2)
+    min_versions = [0, 0]
+    encoded = encoder.encode(torch.ones(20), epoch=0)
+
+    # Execute
+    push.settle(
+        {0: _reply(BUFFERED, next_version=5), 1: _reply(ALREADY, next_version=8)},
+        encoded,
+        encoder,
+        min_versions,
+    )
+
+    # Assert: the next pull waits for each shard's own step; only shard 1 is pushed again,
+    # and its residual waits for a push it takes
+    assert min_versions == [5, 8]
+    assert push.pending == {1} and push.reason == "already_pushed"
+    assert encoder.state(0)["residual"].any() and not encoder.state(1)["residual"].any()
+
+
+def test_late_is_final_for_its_shard_and_the_window_is_dropped() -> None:
+    encoder = _topk()
+    push = PushRound.to(2)
+    min_versions = [3, 3]
+    encoded = encoder.encode(torch.ones(20), epoch=0)
+
+    push.settle({0: _reply(APPLIED, 4), 1: _reply(LATE)}, encoded, encoder, min_versions)
+
+    assert push.done and not push.taken_everywhere and push.reason == "late"
+    assert min_versions == [4, 0]
