@@ -29,6 +29,7 @@ from pscluster.client.metrics import (
     metric_label,
 )
 from pscluster.model.objective import LOWER_IS_BETTER
+from pscluster.server.consistency import clock_bound
 
 if TYPE_CHECKING:
     from pscluster.client.sdk import Job
@@ -254,7 +255,10 @@ def _summary(m: JobMetrics, mode: str) -> list[str]:
         + (f"; mean {m.mean_staleness:.2f}" if m.mean_staleness is not None else "")
         + (f", p99 {m.staleness_percentile(0.99)}" if m.staleness else ""),
     ]
-    if mode == "ssp":
+    if m.batches_dropped:
+        dropped = ", ".join(f"{why} {n}" for why, n in sorted(m.batches_dropped.items()))
+        lines.append(f"batches dropped (trained on nothing): {dropped}")
+    if clock_bound(mode):
         lines.append(
             "clock staleness (lead over the slowest worker: pushes): "
             + _histogram(m.clock_staleness)

@@ -163,6 +163,9 @@ class JobMetrics:
     shards: list[ShardRow] = field(default_factory=list)
     workers: list[WorkerSpeedRow] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
+    # Batches the workers trained nothing on, by reason ("stale", "late", "nonfinite", ...):
+    # they are in no step and no sample count.
+    batches_dropped: dict[str, int] = field(default_factory=dict)
     metric: str = LOSS
     started_unix: float = 0.0  # the origin of every row's ``seconds``
 
@@ -260,6 +263,7 @@ class JobMetrics:
             staleness=dict(sorted(m.staleness.items())),
             clock_staleness=dict(sorted(m.clock_staleness.items())),
             pushes_by_worker=dict(m.pushes_by_worker),
+            batches_dropped=dict(m.batches_dropped),
             shards=[
                 ShardRow(
                     shard=s.shard,

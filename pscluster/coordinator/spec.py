@@ -26,11 +26,10 @@ from pscluster.errors import FailedPrecondition, InvalidArgument, ResourceExhaus
 from pscluster.model import objective
 from pscluster.model.layout import ParamLayout
 from pscluster.model.optimizer import parse_optimizer
-from pscluster.server.consistency import validate_consistency
+from pscluster.server.consistency import mode_traits, validate_consistency
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
-MODES = ("async", "sync", "ssp")
 PRECISIONS = ("fp32", "bf16", "fp16")
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 1 << 20
@@ -104,9 +103,10 @@ def validate_job(
     explicit.partitions = min(spec.partitions or default_partitions, train_rows)
     explicit.shards = min(spec.shards or configured_shards, layout.size)
     check_buffer_size(buffers, explicit.shards)
-    if spec.mode != "ssp":
-        # Only ssp has a staleness bound; one sent with another mode (an SDK default, a job
-        # file switched between modes) is dropped, so the plan shows what is in force.
+    if not mode_traits(spec.mode, spec.backup_workers).clock_bound:
+        # Only a mode with a clock bound (ssp) uses staleness; one sent with another mode (an
+        # SDK default, a job file switched between modes) is dropped, so the plan shows what
+        # is in force.
         explicit.staleness = 0
     return ValidatedJob(
         explicit, layout, layout.flatten(initial), buffers.flatten(initial), blob_data
@@ -122,9 +122,8 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     if len(spec.name) > MAX_NAME:
         raise InvalidArgument(f"name has {len(spec.name)} characters; at most {MAX_NAME}")
     layout = validate_model(spec.model)
-    if spec.mode not in MODES:
-        raise InvalidArgument(f"mode {spec.mode!r} is unknown; expected one of {list(MODES)}")
-    # The shards' own rules, so a job the coordinator accepts is one every shard accepts.
+    # The shards' own rules (and their one list of modes), so a job the coordinator accepts
+    # is one every shard accepts.
     validate_consistency(spec.mode, spec.staleness, spec.backup_workers)
     validate_optimizer(spec.optimizer)
     # The shards' own parser: a codec the coordinator accepts is one every shard decodes.

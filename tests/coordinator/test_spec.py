@@ -80,7 +80,7 @@ def _params(*entries: tuple[str, list[int]]) -> Callable[[co_pb2.JobSpec], None]
         (_params(("fc.weight", [3, 4]), ("fc.weight", [3])), "appears twice"),
         (_params(("fc.weight", [3, 0])), "every dimension must be >= 1"),
         (_params(("", [3])), r"model.params\[0\].name is empty"),
-        (_set("mode", "hogwild"), "mode 'hogwild' is unknown"),
+        (_set("mode", "hogwild"), "mode 'hogwild' is not supported"),
         (_set("optimizer.name", "lbfgs"), "optimizer.name"),
         (_set("optimizer.lr", 0.0), "optimizer.lr"),
         (_set("optimizer.lr", float("nan")), "optimizer.lr"),

@@ -10,7 +10,14 @@ import torch
 
 from pscluster.errors import DeadlineExceeded, InvalidArgument
 from pscluster.model.optimizer import OptimizerSpec
-from pscluster.server.consistency import MODES, SSPPolicy, SyncPolicy, make_policy
+from pscluster.server.consistency import (
+    MODES,
+    SSPPolicy,
+    SyncPolicy,
+    clock_bound,
+    make_policy,
+    mode_traits,
+)
 from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
@@ -220,3 +227,19 @@ def test_async_applies_every_push_and_measures_staleness() -> None:
     assert stats.version == 3 and param(job) == -3.0
     assert stats.staleness == {0: 1, 1: 1, 2: 1}
     assert stats.waiting_for == [] and stats.steps_applied == 0
+
+
+def test_traits_say_what_each_mode_means_outside_the_shards() -> None:
+    # Execute
+    plain, backup = mode_traits("sync"), mode_traits("sync", backup_workers=2)
+    ssp, asynchronous = mode_traits("ssp"), mode_traits("async")
+
+    # Assert
+    assert plain.steps and plain.step_waits_for_all and plain.waits_for_version
+    assert backup.steps and not backup.step_waits_for_all and backup.waits_for_version
+    assert ssp.clock_bound and ssp.excludable and not ssp.steps
+    assert not any((asynchronous.steps, asynchronous.clock_bound, asynchronous.excludable))
+    assert [m for m in MODES if mode_traits(m).takes_backup_workers] == ["sync"]
+    assert clock_bound("ssp") and not clock_bound("sync") and not clock_bound("from-the-future")
+    with pytest.raises(InvalidArgument, match="mode 'bsp' is not supported"):
+        mode_traits("bsp")

@@ -5,6 +5,7 @@ from pscluster.server.consistency.backup_sync import BackupSyncPolicy
 from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext, Traits
 from pscluster.server.consistency.registry import (
     MODES,
+    clock_bound,
     make_policy,
     mode_traits,
     validate_consistency,
@@ -22,6 +23,7 @@ __all__ = [
     "SSPPolicy",
     "SyncPolicy",
     "Traits",
+    "clock_bound",
     "make_policy",
     "mode_traits",
     "validate_consistency",

@@ -61,6 +61,12 @@ def mode_traits(mode: str, backup_workers: int = 0) -> Traits:
     return _CLASSES[mode](backup_workers).traits
 
 
+def clock_bound(mode: str) -> bool:
+    """Whether ``mode`` has a clock bound (what a display shows clock staleness for); False
+    for a mode this version does not know (a job shown by a newer coordinator)."""
+    return mode in _CLASSES and _CLASSES[mode](0).traits.clock_bound
+
+
 def make_policy(mode: str, staleness: int = 0, backup_workers: int = 0) -> ConsistencyPolicy:
     """A fresh policy for one job; InvalidArgument as :func:`validate_consistency` says."""
     validate_consistency(mode, staleness, backup_workers)
