@@ -20,6 +20,7 @@ from pscluster.data.dataset import Dataset
 from pscluster.model import source, state
 from pscluster.model.layout import ParamLayout
 from pscluster.server.main import serve as serve_shard
+from pscluster.shard_client import ShardClient, ShardError, ShardRange, Snapshot
 from pscluster.transport import wire
 from pscluster.transport.channel import open_channel, wait_ready
 from pscluster.transport.server import RunningServer
@@ -130,17 +131,17 @@ def rpc_code(call: Callable[[], object]) -> grpc.StatusCode:
 
 @dataclass
 class Shards:
+    """The shards under test, and the shard client workers and the coordinator use."""
+
     servers: list[RunningServer]
-    channels: dict[str, grpc.Channel] = field(default_factory=dict)
+    client: ShardClient = field(default_factory=lambda: ShardClient(Settings()))
 
     @property
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{s.port}" for s in self.servers]
 
     def stub(self, address: str) -> ps_grpc.ParameterServerStub:
-        if address not in self.channels:
-            self.channels[address] = open_channel(address)
-        return ps_grpc.ParameterServerStub(self.channels[address])
+        return self.client.stub(address)
 
     def stats(self, address: str, job_id: str) -> common_pb2.ShardJobStats:
         return self.stub(address).GetJobStats(
@@ -191,22 +192,28 @@ class HandWorker:
         )
 
     def push_ones(self, plan: co_pb2.JobPlan) -> list[ps_pb2.PushReply]:
-        """Push a gradient of ones to every shard of the job (as one training step)."""
+        """Push a gradient of ones to every shard of the job (as one training step), computed
+        on version 0, as a worker pushes: every shard at once."""
         self.seq += 1
-        replies = []
-        for part in plan.shards:
-            header = ps_pb2.PushHeader(
-                job_id=plan.job_id,
-                worker_id=self.worker_id,
-                seq=self.seq,
-                length=part.length,
-                dtype=common_pb2.DTYPE_FLOAT32,
-                batch_size=4,
-            )
-            body = wire.encode(torch.ones(part.length))
-            chunks = [ps_pb2.PushChunk(header=header), ps_pb2.PushChunk(data=bytes(body))]
-            replies.append(self.shards.stub(part.address).Push(iter(chunks), timeout=RPC_TIMEOUT))
-        return replies
+        ranges = [ShardRange.from_proto(r) for r in plan.shards]
+        base = Snapshot(torch.empty(0), torch.empty(0), [0] * len(ranges), [0] * len(ranges))
+        payloads = {i: wire.encode(torch.ones(r.length)) for i, r in enumerate(ranges)}
+        results = self.shards.client.push_all(
+            plan.job_id,
+            ranges,
+            payloads,
+            worker_id=self.worker_id,
+            seq=self.seq,
+            codec="none",
+            base=base,
+            batch_size=4,
+            timeout=RPC_TIMEOUT,
+        )
+        replies = [results[i] for i in range(len(ranges))]
+        for reply in replies:
+            if isinstance(reply, ShardError):
+                raise reply
+        return [r for r in replies if isinstance(r, ps_pb2.PushReply)]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -222,8 +229,7 @@ def shards() -> Iterator[Shards]:
     settings = Settings(host="127.0.0.1", grace_seconds=0.0, pull_wait_seconds=2.0)
     group = Shards([serve_shard(settings, port=0) for _ in range(2)])
     yield group
-    for channel in group.channels.values():
-        channel.close()
+    group.client.close()
     for server in group.servers:
         server.stop(0)
 
