@@ -55,6 +55,7 @@ bench: install
 	$(PY) bench/faults.py
 	$(PY) bench/finetune.py
 	$(PY) bench/precision.py
+	$(PY) bench/coordinator_scale.py --kill-at 40 $(if $(SCALE_BASELINE),--baseline $(SCALE_BASELINE))
 
 # Locust (deploy/locust): a single-client run, then LOAD_USERS users for LOAD_TIME against
 # PSC_COORDINATOR, or a local cluster started for the run; fails if any request failed.
