@@ -17,9 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 
@@ -28,23 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 from pscluster.config import Settings  # noqa: E402
 from pscluster.server.main import serve  # noqa: E402
+from pscluster.shard_client import ShardClient, ShardRange, Snapshot  # noqa: E402
 from pscluster.transport import wire  # noqa: E402
-from pscluster.transport.channel import open_channel, wait_ready  # noqa: E402
 from pscluster.v1 import common_pb2  # noqa: E402
 from pscluster.v1 import parameter_server_pb2 as ps_pb2  # noqa: E402
-from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc  # noqa: E402
 
 SETTINGS = ("memory", "never", "interval", "always")
-CHUNK = 1 << 20
-
-
-T = TypeVar("T", ps_pb2.PushChunk, ps_pb2.InitJobChunk)
-
-
-def _chunks(first: T, body: memoryview) -> Iterator[T]:
-    yield first
-    for piece in wire.chunks(body, CHUNK):
-        yield type(first)(data=bytes(piece))
 
 
 def measure(setting: str, length: int, pushers: int, seconds: float, folder: Path) -> float:
@@ -52,24 +39,21 @@ def measure(setting: str, length: int, pushers: int, seconds: float, folder: Pat
     extra = {} if setting == "memory" else {"shard_data_dir": folder, "wal_fsync": setting}
     settings = Settings(host="127.0.0.1", grace_seconds=0.0, **extra)  # type: ignore[arg-type]
     running = serve(settings, port=0)
-    channel = open_channel(f"127.0.0.1:{running.port}", settings)
+    address = f"127.0.0.1:{running.port}"
+    client = ShardClient(settings)
     try:
-        wait_ready(channel, timeout=30)
-        stub = ps_grpc.ParameterServerStub(channel)
         config = ps_pb2.ShardJobConfig(
             job_id="bench",
             length=length,
             mode="async",
             optimizer=common_pb2.OptimizerConfig(name="sgd", lr=1e-6),
         )
-        stub.InitJob(
-            _chunks(ps_pb2.InitJobChunk(config=config), wire.encode(torch.zeros(length))),
-            timeout=60,
-        )
+        client.init_job([(address, config, torch.zeros(length))])
         workers = [f"w{i}" for i in range(pushers)]
-        request = ps_pb2.SetMembersRequest(job_id="bench", worker_ids=workers, generation=1)
-        stub.SetMembers(request, timeout=30)
-        body = wire.encode(torch.randn(length) * 1e-3)
+        client.set_members([address], "bench", workers, generation=1)
+        ranges = [ShardRange(address, 0, length)]
+        base = Snapshot(torch.empty(0), torch.empty(0), [0], [0])
+        body = {0: wire.encode(torch.randn(length) * 1e-3)}
         counts = [0] * pushers
         stop = time.monotonic() + seconds
 
@@ -77,14 +61,19 @@ def measure(setting: str, length: int, pushers: int, seconds: float, folder: Pat
             seq = 0
             while time.monotonic() < stop:
                 seq += 1
-                header = ps_pb2.PushHeader(
-                    job_id="bench",
+                (reply,) = client.push_all(
+                    "bench",
+                    ranges,
+                    body,
                     worker_id=workers[index],
                     seq=seq,
-                    length=length,
-                    dtype=common_pb2.DTYPE_FLOAT32,
-                )
-                stub.Push(_chunks(ps_pb2.PushChunk(header=header), body), timeout=60)
+                    codec="none",
+                    base=base,
+                    batch_size=1,
+                    timeout=60,
+                ).values()
+                if isinstance(reply, Exception):
+                    raise reply
                 counts[index] += 1
 
         started = time.monotonic()
@@ -95,7 +84,7 @@ def measure(setting: str, length: int, pushers: int, seconds: float, folder: Pat
             thread.join(timeout=seconds + 120)
         return sum(counts) / (time.monotonic() - started)
     finally:
-        channel.close()
+        client.close()
         running.stop(0)
 
 

@@ -35,18 +35,18 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import torch
 
 from pscluster.config import Settings
-from pscluster.transport import framing, wire
+from pscluster.shard_client import ShardClient, ShardRange
+from pscluster.transport import wire
 from pscluster.transport.channel import open_channel, wait_ready
 from pscluster.transport.server import server_options
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
-from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -213,21 +213,15 @@ def tcp_round(conn: socket.socket, payload: memoryview) -> tuple[float, float]:
 
 
 class PSBench:
-    def __init__(self, channel: grpc.Channel, mb: int) -> None:
-        self.stub = ps_grpc.ParameterServerStub(channel)
-        # Data chunks framed and parsed without protobuf copies, as pscluster.server does.
-        self.pull = channel.unary_stream(
-            "/pscluster.v1.ParameterServer/Pull",
-            request_serializer=ps_pb2.PullRequest.SerializeToString,
-            response_deserializer=framing.parser(ps_pb2.PullChunk.FromString),
-        )
-        self.push = channel.stream_unary(
-            "/pscluster.v1.ParameterServer/Push",
-            request_serializer=framing.serializer,
-            response_deserializer=ps_pb2.PushReply.FromString,
-        )
+    """A worker's round against one shard, through the shard client workers use (framed data
+    chunks, a pull received in place)."""
+
+    def __init__(self, address: str, mb: int) -> None:
+        self.client = ShardClient(Settings(chunk_bytes=CHUNK))
         self.length = mb * CHUNK // 4
-        self.grad = torch.full((self.length,), 1e-3)
+        self.ranges = [ShardRange(address, 0, self.length)]
+        self.grad = {0: wire.encode(torch.full((self.length,), 1e-3))}
+        self.into = (torch.empty(self.length), torch.empty(0, dtype=torch.float64))
         self.seq = 0
         config = ps_pb2.ShardJobConfig(
             job_id="bench",
@@ -235,46 +229,29 @@ class PSBench:
             mode="async",
             optimizer=common_pb2.OptimizerConfig(name="sgd", lr=1e-9),
         )
-        values = wire.encode(torch.randn(self.length))
-
-        def init() -> Iterator[ps_pb2.InitJobChunk]:
-            yield ps_pb2.InitJobChunk(config=config)
-            for piece in wire.chunks(values, CHUNK):
-                yield ps_pb2.InitJobChunk(data=piece)
-
-        self.stub.InitJob(init(), timeout=120)
-        self.stub.SetMembers(
-            ps_pb2.SetMembersRequest(job_id="bench", worker_ids=["bench"], generation=1),
-            timeout=30,
-        )
+        self.client.init_job([(address, config, torch.randn(self.length))])
+        self.client.set_members([address], "bench", ["bench"], generation=1)
 
     def round(self) -> tuple[float, float]:
         t0 = time.perf_counter()
-        stream = iter(self.pull(ps_pb2.PullRequest(job_id="bench", worker_id="bench"), timeout=120))
-        first = next(stream)
-        if not isinstance(first, ps_pb2.PullChunk):
-            raise RuntimeError("a pull stream must start with its header")
-        header = first.header
-        wire.fill(wire.byte_view(torch.empty(header.length)), cast(Iterator[memoryview], stream))
+        snap = self.client.pull_all(
+            "bench", self.ranges, worker_id="bench", timeout=120, into=self.into
+        )
         t1 = time.perf_counter()
         self.seq += 1
-        push_header = ps_pb2.PushHeader(
-            job_id="bench",
+        reply = self.client.push_all(
+            "bench",
+            self.ranges,
+            self.grad,
             worker_id="bench",
             seq=self.seq,
-            base_version=header.version,
-            base_clock=header.clock,
-            length=self.length,
-            dtype=common_pb2.DTYPE_FLOAT32,
-        )
-
-        def chunks() -> Iterator[ps_pb2.PushChunk | bytes]:
-            yield ps_pb2.PushChunk(header=push_header)
-            yield from framing.frames(wire.encode(self.grad), CHUNK)
-
-        reply = self.push(chunks(), timeout=120)
+            codec="none",
+            base=snap,
+            batch_size=1,
+            timeout=120,
+        )[0]
         t2 = time.perf_counter()
-        if reply.outcome != ps_pb2.PUSH_OUTCOME_APPLIED:
+        if not isinstance(reply, ps_pb2.PushReply) or reply.outcome != ps_pb2.PUSH_OUTCOME_APPLIED:
             raise RuntimeError(f"push not applied: {reply}")
         return t1 - t0, t2 - t1
 
@@ -327,7 +304,7 @@ def main() -> None:
         wait_ready(echo_channel, 30)
         tcp_conn = socket.create_connection((settings.host, tcp_port), timeout=120)
         tcp_conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ps = PSBench(ps_channel, args.mb)
+        ps = PSBench(f"{settings.host}:{shard_port}", args.mb)
         payload = wire.encode(torch.full((ps.length,), 1e-3))
         results: dict[str, list[dict[str, float]]] = {"echo": [], "ps": [], "tcp": []}
         with tcp_conn:

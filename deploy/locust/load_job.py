@@ -3,8 +3,8 @@
 In a real cluster the coordinator creates a job's slices (InitJob) when the job is submitted
 and names its members (SetMembers) as workers lease its tasks. A load test needs a job whose
 members are the locust users, which the coordinator cannot know about, so this module does
-the coordinator's two calls itself, through the coordinator's own shard client
-(:class:`pscluster.coordinator.shard_client.ShardClients`) and the coordinator's partitioner:
+the coordinator's two calls itself, through the shard client the coordinator uses
+(:class:`pscluster.shard_client.ShardClient`) and the coordinator's partitioner:
 the shards see exactly the calls and the slices a submitted job would give them. The job is
 async (pushes applied as they come, as most workers run), SGD with a tiny learning rate so
 the parameters stay finite however long the soak, and is dropped at the end.
@@ -19,10 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from pscluster.config import Settings
-from pscluster.coordinator.shard_client import ShardClients
 from pscluster.model.partition import BalancedRanges
+from pscluster.shard_client import ShardClient, ShardRange
 from pscluster.v1 import common_pb2
-from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
 FLOAT32_BYTES = 4
@@ -43,12 +42,12 @@ def member_ids(run_id: str, count: int) -> list[str]:
 
 @dataclass
 class LoadJob:
-    """A job on the shards: its id, its shard ranges (as a worker's ShardSet wants them)."""
+    """A job on the shards: its id, its shard ranges (as a worker's JobShards wants them)."""
 
     job_id: str
     size: int
     codec: str
-    ranges: list[co_pb2.ShardRange]
+    ranges: list[ShardRange]
     members: list[str]
 
 
@@ -65,20 +64,25 @@ def create_job(
     size = values_for_mb(model_mb)
     parts = BalancedRanges().split(size, len(shards))
     flat = torch.randn(size, generator=torch.Generator().manual_seed(0)) * 0.01
-    clients = ShardClients(settings)
-    ranges = []
-    try:
-        for address, part in zip(shards, parts, strict=True):
-            config = ps_pb2.ShardJobConfig(
+    clients = ShardClient(settings)
+    ranges = [ShardRange(a, p.start, p.length) for a, p in zip(shards, parts, strict=True)]
+    inits = [
+        (
+            r.address,
+            ps_pb2.ShardJobConfig(
                 job_id=job_id,
-                start=part.start,
-                length=part.length,
+                start=r.start,
+                length=r.length,
                 mode="async",
                 optimizer=common_pb2.OptimizerConfig(name="sgd", lr=1e-6),
                 compression=common_pb2.CompressionConfig(name=codec),
-            )
-            clients.init_job(address, config, flat[part.start : part.end])
-            ranges.append(co_pb2.ShardRange(address=address, start=part.start, length=part.length))
+            ),
+            flat[r.start : r.start + r.length],
+        )
+        for r in ranges
+    ]
+    try:
+        clients.init_job(inits)  # every shard at once
         ids = member_ids(run_id, members)
         clients.set_members(list(shards), job_id, ids, generation=1)
     except BaseException:
@@ -91,7 +95,7 @@ def create_job(
 
 def drop_job(settings: Settings, job: LoadJob) -> list[str]:
     """Free the job on every shard; the problems, if any shard could not."""
-    clients = ShardClients(settings)
+    clients = ShardClient(settings)
     try:
         return [str(e) for e in clients.drop_job([r.address for r in job.ranges], job.job_id)]
     finally:

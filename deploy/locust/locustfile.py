@@ -3,7 +3,7 @@
 Two kinds of users speak gRPC to the cluster with the same code the real processes use:
 
 * ``WorkerUser`` is a training worker of one job: each step pulls the whole model from every
-  shard (:class:`pscluster.worker.shards.ShardSet`, the worker's own class), waits
+  shard (:class:`pscluster.shard_client.JobShards`, the worker's own class), waits
   ``--compute-ms`` as if computing a gradient, encodes it with the job's codec
   (:class:`pscluster.worker.compressed.PushEncoder`) and pushes it to every shard. A push is a
   failure unless every shard applied it.
@@ -55,9 +55,9 @@ from locust.exception import StopUser
 from pscluster.client.sdk import Client, Job
 from pscluster.compression import CompressionSettings, codec_name
 from pscluster.config import Settings
+from pscluster.shard_client import JobShards, ShardClient, ShardError
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.worker.compressed import PushEncoder
-from pscluster.worker.shards import ShardSet
 
 # Before any channel: grpc's polling must yield to gevent, or one call blocks every user.
 grpc_gevent.init_gevent()
@@ -232,14 +232,15 @@ class WorkerUser(User):
         self.step_seconds = float(options.step_seconds)
         self.step_started = time.monotonic()
         self.label = f"{options.model_mb:g}MB"
-        self.shards = ShardSet(job.job_id, job.ranges, _settings())
+        self.client = ShardClient(_settings())
+        self.shards = JobShards(self.client, job.job_id, job.ranges)
         ranges = [(r.start, r.length) for r in job.ranges]
         self.encoder = PushEncoder(CompressionSettings(name=job.codec), ranges)
         self.seq = 0
 
     def on_stop(self) -> None:
-        if hasattr(self, "shards"):
-            self.shards.close()
+        if hasattr(self, "client"):
+            self.client.close()
 
     @task
     def step(self) -> None:
@@ -258,7 +259,7 @@ class WorkerUser(User):
         gevent.sleep(self.compute_seconds)
         encoded = self.encoder.encode(gradient, epoch=0)
         self.seq += 1
-        payloads = [e.payload for e in encoded]
+        payloads = {i: e.payload for i, e in encoded.items()}
         replies = record(
             self.environment,
             f"Push {self.label} {self.encoder.name}",
@@ -271,17 +272,19 @@ class WorkerUser(User):
                 BATCH_SIZE,
                 RPC_TIMEOUT_SECONDS,
             ),
-            length=lambda _: sum(len(p) for p in payloads),
+            length=lambda _: sum(len(p) for p in payloads.values()),
             check=_not_applied,
         )
-        for i, (reply, e) in enumerate(zip(replies or [], encoded, strict=False)):
-            if reply.outcome == ps_pb2.PUSH_OUTCOME_APPLIED:
-                self.encoder.commit(i, e)
+        for i, reply in (replies or {}).items():  # each shard's codec state on its own answer
+            if isinstance(reply, ps_pb2.PushReply) and reply.outcome == ps_pb2.PUSH_OUTCOME_APPLIED:
+                self.encoder.commit(i, encoded[i])
 
 
-def _not_applied(replies: list[ps_pb2.PushReply]) -> str | None:
+def _not_applied(replies: dict[int, ps_pb2.PushReply | ShardError]) -> str | None:
     """An async push must be applied by every shard; otherwise say which and why."""
-    for i, reply in enumerate(replies):
+    for i, reply in sorted(replies.items()):
+        if isinstance(reply, ShardError):
+            return f"shard {i}: {reply}"
         if reply.outcome != ps_pb2.PUSH_OUTCOME_APPLIED:
             outcome = ps_pb2.PushOutcome.Name(reply.outcome)
             return f"shard {i} answered {outcome}: {reply.reason}"
