@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pscluster.client.info import JobInfo
 from pscluster.client.local import LocalCluster
 from pscluster.client.metrics import JobMetrics
 from pscluster.client.spec_file import load_job_file
@@ -34,12 +35,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def train(cluster: LocalCluster, **overrides: Any) -> JobMetrics:
+    return train_job(cluster, **overrides)[1]
+
+
+def train_job(cluster: LocalCluster, **overrides: Any) -> tuple[JobInfo, JobMetrics]:
+    """The completed job's final info and its metrics."""
     job_file = load_job_file(ROOT / "examples" / "digits.yaml")
     with cluster.client() as client:
         job = client.submit(**{**job_file.submit_kwargs(), **overrides})
         info = job.wait(timeout=600)
         assert info.state == "completed", info.error or info.status_message
-        return job.metrics()
+        return info, job.metrics()
 
 
 def assert_straggler_found(m: JobMetrics) -> None:
@@ -54,11 +60,20 @@ def assert_straggler_found(m: JobMetrics) -> None:
 def test_sync_with_a_backup_worker_closes_steps_without_the_straggler(
     cluster: LocalCluster,
 ) -> None:
-    m = train(cluster, mode="sync", backup_workers=1)
+    _, m = train_job(cluster, mode="sync", backup_workers=1)
     assert (m.final_accuracy or 0.0) >= 0.95
     assert_straggler_found(m)
-    # Its pushes arrive after the three others closed the step: dropped and counted.
+    # Its pushes arrive after the three others closed the step: dropped and counted, by the
+    # shards (one per shard refusing) and as the batches the workers trained nothing on.
     assert m.pushes_rejected.get("late", 0) > 0
+    late = m.batches_dropped.get("late", 0)
+    assert 0 < late <= m.pushes_rejected["late"], (m.batches_dropped, m.pushes_rejected)
+    dropped = [e for e in m.events if e.kind == "batches_dropped"]
+    assert any(e.worker == STRAGGLER and "late" in e.message for e in dropped), m.events
+    # A dropped batch is in no sample count: what the job says it trained on (by its final
+    # evaluation) is at most what its reported steps add up to (a lease lost midway reports
+    # steps it never completes).
+    assert m.epochs[-1].samples <= sum(s.samples for s in m.steps)
     steps = m.pushes_by_worker
     assert steps.get(STRAGGLER, 0) < min(n for w, n in steps.items() if w != STRAGGLER)
 
