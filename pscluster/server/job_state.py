@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pscluster.errors import InvalidArgument, NotFound
 from pscluster.model.optimizer import FlatOptimizer
 from pscluster.server.clocks import MemberClocks
 from pscluster.server.consistency import make_policy
@@ -45,6 +46,16 @@ class JobState:
         buffers: torch.Tensor | None,
         wake: Callable[[], None],
     ) -> None:
+        if values.shape != (config.length,):
+            raise InvalidArgument(
+                f"job {config.job_id} needs {config.length} initial values, got {values.numel()}"
+            )
+        held = 0 if buffers is None else buffers.numel()
+        if held != config.buffer_length:
+            raise InvalidArgument(
+                f"job {config.job_id} needs {config.buffer_length} initial buffer values, "
+                f"got {held}"
+            )
         self.config = config
         self.policy = make_policy(config.mode, config.staleness, config.backup_workers)
         self.opt = FlatOptimizer(values, config.optimizer)
@@ -125,6 +136,12 @@ class JobState:
         )
         self.ledger.remember(header.worker_id, header.seq, result)
         return result
+
+    def check_member(self, worker_id: str) -> None:
+        if worker_id not in self.clocks:
+            raise NotFound(
+                f"worker {worker_id} is not a member of job {self.config.job_id}: it holds no lease"
+            )
 
     def pull_blocker(self, worker_id: str, min_version: int) -> str | None:
         """What a pull must wait for, or None if it may go (an observer has no ``worker_id``)."""

@@ -1,14 +1,11 @@
-"""One job's slice on a shard: the lock, and the order in which a push, a pull or a membership
-change reads and changes the job's state.
+"""One job's slice on a shard: its lock, and the order in which a push, a pull or a membership
+change reads and changes its state (a :class:`~pscluster.server.job_state.JobState`).
 
-The state itself (values, optimizer, clocks, counters, the policy's step) is a
-:class:`~pscluster.server.job_state.JobState`; the answers to retried pushes a
-:class:`~pscluster.server.dedup.PushLedger` in it; receiving a payload a
-:class:`~pscluster.server.intake.PushIntake`; logging a journal the shard attaches. No gRPC
-here: the servicer hands in plain headers and byte chunks. One lock (a Condition) per job, so
-jobs never wait on each other; payloads are received and checked outside the lock, and only
-the decision and the optimizer step run under it. A push is validated in full before it
-touches anything, so a refused push changes nothing but the counters.
+No gRPC here: the servicer hands in plain headers and byte chunks. One lock (a Condition) per
+job, so jobs never wait on each other; payloads are received and checked outside the lock
+(:class:`~pscluster.server.intake.PushIntake`), and only the decision and the optimizer step
+run under it. A push is validated in full before it touches anything, so a refused push
+changes nothing but the counters. A durable job logs through the journal the shard attaches.
 """
 
 from __future__ import annotations
@@ -43,16 +40,6 @@ class ShardJob:
     def __init__(
         self, config: JobConfig, values: torch.Tensor, buffers: torch.Tensor | None = None
     ) -> None:
-        if values.shape != (config.length,):
-            raise InvalidArgument(
-                f"job {config.job_id} needs {config.length} initial values, got {values.numel()}"
-            )
-        held = 0 if buffers is None else buffers.numel()
-        if held != config.buffer_length:
-            raise InvalidArgument(
-                f"job {config.job_id} needs {config.buffer_length} initial buffer values, "
-                f"got {held}"
-            )
         self.config = config
         self._cond = threading.Condition()
         self._state = JobState(config, values, buffers, wake=self._cond.notify_all)
@@ -84,7 +71,7 @@ class ShardJob:
             self._check_alive()
             self._state.counters.pushes_received += 1
             self._guard("invalid", lambda: check_header(self.config, self._codec, header))
-            self._guard("not_member", lambda: self._check_member(header.worker_id))
+            self._guard("not_member", lambda: self._state.check_member(header.worker_id))
         # A durable job logs the payload as it came off the wire.
         return self._receive_and_decide(header, data, keep_payload=self._journal is not None)
 
@@ -122,7 +109,7 @@ class ShardJob:
                     f"in {received.nonfinite}; nothing was applied"
                 )
             self._check_alive()
-            self._guard("not_member", lambda: self._check_member(header.worker_id))
+            self._guard("not_member", lambda: self._state.check_member(header.worker_id))
             remembered = state.ledger.recall(header, state.version, state.clock)
             if remembered is not None:
                 state.counters.pushes_duplicate += 1
@@ -191,7 +178,7 @@ class ShardJob:
         while True:
             self._check_alive()
             if worker_id:
-                self._check_member(worker_id)
+                self._state.check_member(worker_id)
             blocker = self._state.pull_blocker(worker_id, min_version)
             if blocker is None:
                 return held
@@ -216,11 +203,10 @@ class ShardJob:
     ) -> int:
         """Replace the member set unless ``generation`` is older; returns the one in force.
 
-        ``excluded`` are members the coordinator took out of the ssp clock (stragglers): the
-        others' pulls stop waiting for them, their pushes still face the ssp bound, and one
-        taken off the list counts again once it has caught up (:mod:`pscluster.server.clocks`).
-        In async and sync modes the set is kept and reported (the clock is only informational
-        there) but decides nothing.
+        ``excluded`` are members the coordinator took out of the slowest clock (stragglers):
+        the others' pulls stop waiting for them, their pushes still face the clock bound, and
+        one taken off the list counts again once it has caught up (see
+        :mod:`pscluster.server.clocks`).
         """
         check_member_ids(worker_ids, excluded)
         state = self._state
@@ -310,12 +296,6 @@ class ShardJob:
     def _check_alive(self) -> None:
         if self._dropped:
             raise NotFound(f"job {self.config.job_id} was dropped from this shard")
-
-    def _check_member(self, worker_id: str) -> None:
-        if worker_id not in self._state.clocks:
-            raise NotFound(
-                f"worker {worker_id} is not a member of job {self.config.job_id}: it holds no lease"
-            )
 
     def _guard(self, reason: str, check: Callable[[], None]) -> None:
         """Run ``check``; count a refusal under ``reason`` before passing it on."""

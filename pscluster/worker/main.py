@@ -11,7 +11,8 @@ from pscluster.config import Settings
 from pscluster.logs import configure_logging
 from pscluster.model.optimizer import warm_up
 from pscluster.telemetry import serve_metrics
-from pscluster.worker.agent import WorkerAgent, configure_torch
+from pscluster.worker.agent import WorkerAgent
+from pscluster.worker.runtime import configure_torch
 from pscluster.worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger(__name__)

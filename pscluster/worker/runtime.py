@@ -129,3 +129,8 @@ class JobRuntime:
     def load(self, snap: Snapshot) -> None:
         self.layout.load_into(self.model, snap.values)
         self.buffer_layout.load_into(self.model, snap.buffers)
+
+
+def configure_torch(settings: Settings) -> None:
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
