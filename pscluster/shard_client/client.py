@@ -138,7 +138,10 @@ class ShardClient:
             generation=generation,
             excluded_worker_ids=list(excluded),
         )
-        results = self._unary(addresses, "SetMembers", request, self.control_timeout)
+        timeout = self.control_timeout
+        results = self._unary(
+            addresses, lambda s: s.stub.SetMembers.future(request, timeout=timeout)
+        )
         if any(isinstance(r, ShardError) for r in results):
             raise _first_error(results)
 
@@ -147,12 +150,14 @@ class ShardClient:
     ) -> list[common_pb2.ShardJobStats | ShardError]:
         """Each shard's stats, or the error it answered, in the order of ``addresses``."""
         request = ps_pb2.JobStatsRequest(job_id=job_id)
-        return self._unary(addresses, "GetJobStats", request, self.status_timeout)
+        timeout = self.status_timeout
+        return self._unary(addresses, lambda s: s.stub.GetJobStats.future(request, timeout=timeout))
 
     def drop_job(self, addresses: Sequence[str], job_id: str) -> list[ShardError]:
         """Free the job everywhere; a shard that never had it is fine. Returns what failed."""
         request = ps_pb2.DropJobRequest(job_id=job_id)
-        results = self._unary(addresses, "DropJob", request, self.control_timeout)
+        timeout = self.control_timeout
+        results = self._unary(addresses, lambda s: s.stub.DropJob.future(request, timeout=timeout))
         return [
             r
             for r in results
@@ -162,18 +167,13 @@ class ShardClient:
     def health(self, addresses: Sequence[str]) -> list[ShardError | None]:
         """The standard gRPC health check of each shard: None if SERVING, else the problem."""
         request = health_pb2.HealthCheckRequest(service="")
-        calls = [
-            (
-                a,
-                health_pb2_grpc.HealthStub(self._shard(a).channel).Check.future(
-                    request, timeout=self.status_timeout
-                ),
-            )
-            for a in addresses
-        ]
+        timeout = self.status_timeout
+        replies = self._unary(
+            addresses,
+            lambda s: health_pb2_grpc.HealthStub(s.channel).Check.future(request, timeout=timeout),
+        )
         out: list[ShardError | None] = []
-        for a, future in calls:
-            reply = _result(a, future)
+        for a, reply in zip(addresses, replies, strict=True):
             if isinstance(reply, ShardError):
                 out.append(reply)
             elif reply.status != health_pb2.HealthCheckResponse.SERVING:
@@ -184,13 +184,11 @@ class ShardClient:
         return out
 
     def _unary(
-        self, addresses: Sequence[str], method: str, request: Any, timeout: float
+        self, addresses: Sequence[str], start: Callable[[_Shard], grpc.Future[Any]]
     ) -> list[Any]:
-        """One unary call per shard, as futures (no threads), collected in order."""
-        calls = [
-            (a, getattr(self._shard(a).stub, method).future(request, timeout=timeout))
-            for a in addresses
-        ]
+        """One unary call per shard (``start`` sends it), as futures: no threads, every shard
+        at once; the replies (or ShardErrors) in order."""
+        calls = [(a, start(self._shard(a))) for a in addresses]
         return [_result(a, future) for a, future in calls]
 
     # --- parameters: Pull and Push ---
