@@ -7,9 +7,11 @@ state dir and port.
 from __future__ import annotations
 
 from pscluster.config import Settings
+from pscluster.coordinator.finish import Finisher
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.monitor import Monitor
 from pscluster.coordinator.queries import JobQueries
+from pscluster.coordinator.restore import restore
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.sqlite_store import SqliteStore
 from pscluster.coordinator.store import JobStore
@@ -23,15 +25,18 @@ class Coordinator:
         self.settings = settings
         self.rt = Runtime.build(settings, store or SqliteStore(settings.database()))
         self.jobs = JobManager(self.rt)
+        self.finisher = Finisher(self.jobs)
+        self.rt.start_executor(self.finisher.finishing, self.jobs.fail)
         self.queries = JobQueries(self.rt, self.jobs)
         self.tasks = TaskDispatcher(self.rt, self.jobs)
-        self.monitor = Monitor(self.rt, self.jobs, self.tasks)
-        self.jobs.restore()
+        self.monitor = Monitor(self.rt, self.jobs, self.finisher, self.tasks)
+        restore(self.jobs)
 
     def start(self) -> None:
         self.monitor.start()
 
     def close(self) -> None:
         self.monitor.stop()
+        self.rt.executor.close()
         self.rt.shards.close()
         self.rt.store.close()

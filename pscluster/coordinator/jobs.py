@@ -7,7 +7,6 @@ calls happen outside the lock.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,10 +15,10 @@ from contextlib import contextmanager
 import grpc
 import torch
 
-from pscluster.coordinator import blobs, live
+from pscluster.coordinator import blobs
 from pscluster.coordinator import store as st
-from pscluster.coordinator.leases import Lease
-from pscluster.coordinator.runtime import Activity, Runtime
+from pscluster.coordinator.core.scheduler import JobPlan
+from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.shard_init import initial_vectors, shard_configs
 from pscluster.coordinator.spec import (
     SUBMITTED_BLOBS,
@@ -31,7 +30,6 @@ from pscluster.coordinator.stats import aggregate, shard_part
 from pscluster.data.dataset import train_rows
 from pscluster.data.partitions import batch_counts
 from pscluster.errors import FailedPrecondition, NotFound
-from pscluster.model import objective, state
 from pscluster.model.partition import BalancedRanges
 from pscluster.shard_client import ShardError
 from pscluster.v1 import coordinator_pb2 as co_pb2
@@ -40,17 +38,17 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 64 * 1024
 # Codes a shard may answer InitJob with that are worth retrying; anything else fails the job.
 _RETRY_INIT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-# After a coordinator restart, a worker holding a restored lease has this long more than the
-# worker timeout to reach the new process: its channel reconnects with gRPC's backoff (1 s,
-# then x1.6 per failed attempt), which after a 10 s outage can leave it ~6 s behind.
-RESTORE_GRACE_SECONDS = 10.0
 
 
 class JobManager:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._busy: set[str] = set()  # being started or finished; guarded by rt.lock
-        self._to_finish: set[str] = set()  # finished training, final model not saved yet
+        self.to_finish: set[str] = set()  # finished training, final model not saved yet
+
+    def busy(self) -> set[str]:
+        """Jobs being started or finished now (call under rt.lock)."""
+        return set(self._busy)
 
     def require(self, job_id: str) -> st.JobRecord:
         job = self.rt.store.get_job(job_id)
@@ -104,7 +102,7 @@ class JobManager:
             )
 
     @contextmanager
-    def _claimed(self, job_id: str) -> Iterator[bool]:
+    def claimed(self, job_id: str) -> Iterator[bool]:
         """One start or finish of a job at a time: the RPC path and the monitor's retries may
         reach the same job together. Yields False if another is under way."""
         with self.rt.lock:
@@ -124,7 +122,7 @@ class JobManager:
         """Initialise a pending job on its shards and start scheduling it; False if it stays
         pending (a shard is unreachable: the monitor retries) or is no longer pending."""
         rt = self.rt
-        with self._claimed(job_id) as claimed:
+        with self.claimed(job_id) as claimed:
             if not claimed:
                 return False
             job = self.require(job_id)
@@ -139,7 +137,7 @@ class JobManager:
                         started_unix=rt.wall(),
                         status_message="running: waiting for workers",
                     )
-                    self._schedule(job)
+                    self.schedule(job)
                     log.info("job %s running", job_id)
                     return True
             # Cancelled while its shards were being initialised: free what was just created.
@@ -169,164 +167,35 @@ class JobManager:
             return False
         return True
 
-    def _schedule(self, job: st.JobRecord) -> None:
-        """Call under rt.lock: hand the job's remaining work out from now on."""
-        rt = self.rt
-        evals = set(job.pending_evals)
-        if job.epoch >= job.epochs:
-            evals.add(job.epochs - 1)  # training is done, so the final evaluation is owed
+    def plan_of(self, job: st.JobRecord) -> JobPlan:
+        """What the scheduling core needs of a stored job, from where its progress is."""
         spec = co_pb2.JobSpec.FromString(job.spec)
-        rows = train_rows(rt.blobs.path(job.job_id, blobs.DATASET))
-        rt.book.add_job(
+        rows = train_rows(self.rt.blobs.path(job.job_id, blobs.DATASET))
+        return JobPlan(
             job.job_id,
             job.epochs,
             job.partitions,
+            shards=len(job.shards),
+            mode=spec.mode,
+            stragglers=straggler_settings(spec),
+            backup_workers=spec.backup_workers,
+            batch_counts=batch_counts(rows, job.partitions, spec.batch_size),
             epoch=job.epoch,
             done=job.done_partitions,
-            evals=evals,
-            batch_counts=batch_counts(rows, job.partitions, spec.batch_size),
+            evals=job.pending_evals,
+            samples=job.samples,
         )
-        rt.relief.add_job(job.job_id, spec.mode, straggler_settings(spec), spec.backup_workers)
-        rt.membership.add_job(job.job_id, [p.address for p in job.shards], job.generation)
-        now = rt.mono()
-        rt.activity[job.job_id] = Activity(now, now)
 
-    def restore(self) -> None:
-        """After a restart: resume running jobs where their saved progress left them, with
-        the leases their workers were training on (see :meth:`_restore_leases`)."""
+    def schedule(self, job: st.JobRecord) -> None:
+        """Call under rt.lock: hand the job's remaining work out from now on."""
         rt = self.rt
-        for job in rt.store.list_jobs(st.RUNNING):
-            final_done = any(e.epoch == job.epochs - 1 for e in rt.store.epochs(job.job_id))
-            with rt.lock:
-                if job.epoch >= job.epochs and final_done:
-                    rt.membership.add_job(
-                        job.job_id, [p.address for p in job.shards], job.generation
-                    )
-                    self._to_finish.add(job.job_id)
-                    continue
-                self._schedule(job)
-                # The shards' memberships are sent again, under a generation above the saved
-                # one, by the monitor (not here: an unreachable shard must not delay the start).
-                rt.unsynced.add(job.job_id)
-            log.info("job %s resumed at epoch %d/%d", job.job_id, job.epoch, job.epochs)
-        self._restore_leases()
-
-    def _restore_leases(self) -> None:
-        """Honour the leases granted before the restart: the workers holding them have kept
-        training (shards do not need the coordinator), so re-issuing them would redo that
-        work. A holder that does not come back in time is declared dead and its lease goes
-        back to the pool, as for any silent worker."""
-        rt = self.rt
-        grace = RESTORE_GRACE_SECONDS
-        with rt.lock:
-            now = rt.mono()
-            for record in rt.store.leases():
-                lease = Lease(**dataclasses.asdict(record))
-                if not rt.book.restore(lease):
-                    log.info("lease %s of job %s not restored", lease.lease_id, lease.job_id)
-                    continue
-                rt.workers.expect(lease.worker_id, now, grace)
-                rt.relief.granted(lease, now)
-                log.info("lease %s of worker %s restored", lease.lease_id, lease.worker_id)
-            rt.save_leases()
+        rt.core.add_job(self.plan_of(job), rt.mono())
+        rt.executor.members.add_job(job.job_id, [p.address for p in job.shards], job.generation)
 
     def pending_ids(self) -> list[str]:
         return [j.job_id for j in self.rt.store.list_jobs(st.PENDING)]
 
-    # --- the end of a job ---
-    def mark_finishing(self, job_id: str) -> None:
-        """Call under rt.lock when the final evaluation is in: the model is to be saved."""
-        self.rt.book.remove_job(job_id, "job completed")
-        self._to_finish.add(job_id)
-
-    def finishing_ids(self) -> list[str]:
-        with self.rt.lock:
-            return sorted(self._to_finish - self._busy)
-
-    def finish(self, job_id: str) -> bool:
-        """Save the trained model and the shard stats, then free the shards; False if a shard
-        could not be read (the job stays running and the monitor retries)."""
-        rt = self.rt
-        with self._claimed(job_id) as claimed:
-            if not claimed:
-                return False
-            job = self.require(job_id)
-            if job.state != st.RUNNING:
-                return False
-            try:
-                model, versions = live.model_and_versions(self.rt, job)
-                if not self._evaluated(job, versions):
-                    return False
-                rt.blobs.write(job_id, blobs.MODEL, state.dumps(model))
-                metrics = live.stats(self.rt, job)
-                with rt.lock:
-                    metrics.workers.extend(rt.relief.speeds(job_id, rt.mono()))
-            except ShardError as e:
-                rt.store.update_job(job_id, status_message=f"finalizing: {e}; retrying")
-                log.warning("job %s: final model not saved yet: %s", job_id, e)
-                return False
-            with rt.lock:
-                if self.require(job_id).state != st.RUNNING:
-                    return False
-                job = rt.store.update_job(
-                    job_id,
-                    state=st.COMPLETED,
-                    finished_unix=rt.wall(),
-                    final_stats=shard_part(metrics),
-                    epoch=job.epochs,
-                    done_partitions=[],
-                    pending_evals=[],
-                    status_message=f"completed: {self._final_result(job)}",
-                )
-                self._to_finish.discard(job_id)
-                rt.activity.pop(job_id, None)
-                rt.relief.remove_job(job_id, rt.mono())
-            log.info("job %s completed: %s", job_id, self._final_result(job))
-            self._release_shards(job)
-            return True
-
-    def _final_result(self, job: st.JobRecord) -> str:
-        """ "test accuracy 0.9610" or "test mse 0.0312": the job's metric at its last epoch."""
-        spec = co_pb2.JobSpec.FromString(job.spec)
-        metric = objective.metric_of(spec.loss, spec.metric)
-        final = self.rt.store.latest_epoch(job.job_id)
-        if final is None:
-            return "not evaluated"
-        value = final.metrics.get(
-            metric, final.test_accuracy if metric == "accuracy" else final.test_loss
-        )
-        return f"test {metric} {value:.4f}"
-
-    def _evaluated(self, job: st.JobRecord, versions: tuple[int, ...]) -> bool:
-        """Whether the final evaluation saw exactly the parameters about to be saved (what
-        the job reports must be what the user fetches). If a late update moved them, the
-        final evaluation is handed out again and the model is saved after it."""
-        final = self.rt.store.latest_epoch(job.job_id)
-        if final is None or not final.versions or tuple(final.versions) == versions:
-            return True
-        rt = self.rt
-        log.warning(
-            "job %s: the final evaluation saw versions %s but the shards are at %s; "
-            "evaluating again",
-            job.job_id,
-            list(final.versions),
-            list(versions),
-        )
-        with rt.lock:
-            self._to_finish.discard(job.job_id)
-            job = rt.store.update_job(job.job_id, pending_evals=[job.epochs - 1])
-            spec = co_pb2.JobSpec.FromString(job.spec)
-            rows = train_rows(rt.blobs.path(job.job_id, blobs.DATASET))
-            rt.book.add_job(
-                job.job_id,
-                job.epochs,
-                job.partitions,
-                epoch=job.epochs,
-                evals={job.epochs - 1},
-                batch_counts=batch_counts(rows, job.partitions, spec.batch_size),
-            )
-        return False
-
+    # --- the end of a job (finish.py saves the model of a completed one) ---
     def fail(self, job_id: str, error: str) -> st.JobRecord:
         """Idempotent: a job already failed (or otherwise ended) is left as it is."""
         job, _ = self.terminate(job_id, st.FAILED, error)
@@ -348,7 +217,7 @@ class JobManager:
             job = self.require(job_id)
             if job.state in st.TERMINAL:
                 return job, False
-            revoked = rt.book.remove_job(job_id, f"job {final_state}")
+            actions, speeds = rt.core.remove_job(job_id, f"job {final_state}", rt.mono())
             message = (
                 f"{final_state}: {error.strip().splitlines()[-1]}" if error.strip() else final_state
             )
@@ -359,22 +228,20 @@ class JobManager:
                 status_message=message,
                 finished_unix=rt.wall(),
             )
-            self._to_finish.discard(job_id)
-            rt.activity.pop(job_id, None)
-            speeds = rt.relief.remove_job(job_id, rt.mono())
-            rt.save_leases()
-        log.info("job %s %s (%d leases revoked) %s", job_id, final_state, len(revoked), error[:200])
-        self._release_shards(job, keep_stats=True, speeds=speeds)
+            self.to_finish.discard(job_id)
+        rt.executor.run(actions)
+        log.info("job %s %s (%d leases revoked) %s", job_id, final_state, len(actions), error[:200])
+        self.release_shards(job, keep_stats=True, speeds=speeds)
         return job, True
 
-    def _release_shards(
+    def release_shards(
         self,
         job: st.JobRecord,
         keep_stats: bool = False,
         speeds: Sequence[co_pb2.WorkerSpeed] = (),
     ) -> None:
         rt = self.rt
-        rt.membership.forget(job.job_id)
+        rt.executor.members.forget(job.job_id)
         addresses = [p.address for p in job.shards]
         if keep_stats:
             found = [

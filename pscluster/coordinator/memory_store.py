@@ -22,6 +22,7 @@ from pscluster.coordinator.store import (
     check_changes,
 )
 from pscluster.coordinator.writes import (
+    BatchesDropped,
     EpochRecorded,
     EventAppended,
     LeaseDropped,
@@ -168,6 +169,8 @@ class MemoryStore(JobStore):
                 self.append_steps(w.job_id, w.steps)
             elif isinstance(w, EventAppended):
                 self.append_event(w.job_id, w.event)
+            elif isinstance(w, BatchesDropped):
+                self.add_dropped(w.job_id, w.batches)
             else:
                 self.update_job(w.job_id, **w.changes)
 

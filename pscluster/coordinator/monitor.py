@@ -3,7 +3,7 @@ is not moving.
 
 Two loops, so that retrying an unreachable shard (which can take a whole RPC deadline) never
 delays declaring a worker dead: the liveness loop (dead workers, status lines) and the retry
-loop (pending jobs' shard init, final models not saved yet, memberships that did not land).
+loop (pending jobs' shard init, final models not saved yet; memberships retry in their own pump, members.py).
 Every status line is computed from the coordinator's own state first (no workers, no lease
 taken); only a job stalled for ``stall_seconds`` costs shard calls, to name the barrier or the
 shard it is stuck on.
@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from pscluster.coordinator.finish import Finisher
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.tasks import TaskDispatcher
@@ -24,9 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class Monitor:
-    def __init__(self, rt: Runtime, jobs: JobManager, tasks: TaskDispatcher) -> None:
+    def __init__(
+        self, rt: Runtime, jobs: JobManager, finisher: Finisher, tasks: TaskDispatcher
+    ) -> None:
         self.rt = rt
         self.jobs = jobs
+        self.finisher = finisher
         self.tasks = tasks
         # Half a heartbeat: a dead worker is noticed at most half a heartbeat late.
         self.interval = max(0.05, rt.settings.heartbeat_seconds / 2)
@@ -70,9 +74,8 @@ class Monitor:
             if self._stop.is_set():
                 return
             self.jobs.start(job_id)
-        for job_id in self.jobs.finishing_ids():
-            self.jobs.finish(job_id)
-        self.rt.resync_members()
+        for job_id in self.finisher.finishing_ids():
+            self.finisher.finish(job_id)
 
     def tick(self) -> None:
         self.tasks.expire_workers()

@@ -7,14 +7,15 @@ its status code (NotFound -> NOT_FOUND, ...) with the message that says what to 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 
 import grpc
 
 from pscluster.coordinator.admission import Admission
 from pscluster.coordinator.app import Coordinator
-from pscluster.coordinator.leases import TRAIN
-from pscluster.coordinator.reports import Evaluated, StepReport
+from pscluster.coordinator.core.kinds import TaskResult, kind_of
+from pscluster.coordinator.reports import StepReport
 from pscluster.errors import InvalidArgument
 from pscluster.transport.auth import JobTokens, admin_token, caller_identity
 from pscluster.transport.errors import grpc_errors
@@ -126,12 +127,18 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
         self, request: co_pb2.AcquireTaskRequest, context: grpc.ServicerContext
     ) -> co_pb2.Task:
         hold = self.c.settings.acquire_hold_seconds
+        started = time.monotonic()
         lease, held = self.c.tasks.acquire_waiting(request.worker_id, hold)
+        held_seconds = time.monotonic() - started if held else 0.0
         if lease is None:
             # A held call already waited: the worker may ask again at once.
-            return co_pb2.Task(kind=co_pb2.TASK_KIND_WAIT, wait_seconds=0 if held else WAIT_SECONDS)
+            return co_pb2.Task(
+                kind=co_pb2.TASK_KIND_WAIT,
+                wait_seconds=0 if held else WAIT_SECONDS,
+                held_seconds=held_seconds,
+            )
         return co_pb2.Task(
-            kind=co_pb2.TASK_KIND_TRAIN if lease.kind == TRAIN else co_pb2.TASK_KIND_EVAL,
+            kind=kind_of(lease).wire,
             job_id=lease.job_id,
             lease_id=lease.lease_id,
             epoch=lease.epoch,
@@ -140,6 +147,7 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
             lease_seconds=self.c.settings.worker_timeout_seconds,
             first_batch=lease.first_batch,
             end_batch=lease.end_batch,
+            held_seconds=held_seconds,
         )
 
     @grpc_errors
@@ -151,8 +159,8 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
             metrics = {"loss": request.test_loss}
             if request.test_accuracy >= 0:
                 metrics["accuracy"] = request.test_accuracy
-        evaluation = Evaluated(metrics, tuple(request.versions))
-        self.c.tasks.complete(request.worker_id, request.lease_id, request.samples, evaluation)
+        result = TaskResult(request.samples, metrics, tuple(request.versions))
+        self.c.tasks.complete(request.worker_id, request.lease_id, result)
         return co_pb2.CompleteTaskReply()
 
     @grpc_errors

@@ -28,6 +28,7 @@ from pscluster.coordinator.store import (
     check_changes,
 )
 from pscluster.coordinator.writes import (
+    BatchesDropped,
     EpochRecorded,
     EventAppended,
     LeaseDropped,
@@ -313,11 +314,14 @@ class SqliteStore(JobStore):
     def add_dropped(self, job_id: str, batches: Mapping[str, int]) -> None:
         with self._transaction():
             self._require(job_id)
-            self._db.executemany(
-                "INSERT INTO dropped VALUES (?, ?, ?) ON CONFLICT (job_id, reason) "
-                "DO UPDATE SET batches = batches + excluded.batches",
-                [(job_id, reason, int(n)) for reason, n in batches.items()],
-            )
+            self._insert_dropped(job_id, batches)
+
+    def _insert_dropped(self, job_id: str, batches: Mapping[str, int]) -> None:
+        self._db.executemany(
+            "INSERT INTO dropped VALUES (?, ?, ?) ON CONFLICT (job_id, reason) "
+            "DO UPDATE SET batches = batches + excluded.batches",
+            [(job_id, reason, int(n)) for reason, n in batches.items()],
+        )
 
     def dropped(self, job_id: str) -> dict[str, int]:
         with self._lock:
@@ -363,6 +367,8 @@ class SqliteStore(JobStore):
             self._insert_epoch(w.job_id, w.record)
         elif isinstance(w, StepsAppended):
             self._insert_steps(w.job_id, w.steps)
+        elif isinstance(w, BatchesDropped):
+            self._insert_dropped(w.job_id, w.batches)
         elif isinstance(w, EventAppended):
             e = w.event
             db.execute(

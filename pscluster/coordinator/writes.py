@@ -54,6 +54,14 @@ class EventAppended:
 
 
 @dataclass(frozen=True)
+class BatchesDropped:
+    """Batches a worker trained nothing on, by reason (added to the job's totals)."""
+
+    job_id: str
+    batches: dict[str, int]
+
+
+@dataclass(frozen=True)
 class JobUpdated:
     """Other fields of the job row (status line, generation, ...), without reading it back."""
 
@@ -68,5 +76,6 @@ Write: TypeAlias = (
     | EpochRecorded
     | StepsAppended
     | EventAppended
+    | BatchesDropped
     | JobUpdated
 )

@@ -1077,6 +1077,7 @@ class Task(_message.Message):
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     FIRST_BATCH_FIELD_NUMBER: _builtins.int
     END_BATCH_FIELD_NUMBER: _builtins.int
+    HELD_SECONDS_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     job_id: _builtins.str
     lease_id: _builtins.str
@@ -1092,6 +1093,10 @@ class Task(_message.Message):
     ReportProgressReply) to hand the rest to a faster worker.
     """
     end_batch: _builtins.int
+    held_seconds: _builtins.float
+    """How long the coordinator held this call (a long poll while it had nothing to hand out)
+    before answering: what the caller waited for work, as opposed to for the coordinator.
+    """
     def __init__(
         self,
         *,
@@ -1105,10 +1110,11 @@ class Task(_message.Message):
         wait_seconds: _builtins.float = ...,
         first_batch: _builtins.int = ...,
         end_batch: _builtins.int = ...,
+        held_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_batch", b"end_batch", "epoch", b"epoch", "first_batch", b"first_batch", "job_id", b"job_id", "kind", b"kind", "lease_id", b"lease_id", "lease_seconds", b"lease_seconds", "partition", b"partition", "partitions", b"partitions", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_batch", b"end_batch", "epoch", b"epoch", "first_batch", b"first_batch", "held_seconds", b"held_seconds", "job_id", b"job_id", "kind", b"kind", "lease_id", b"lease_id", "lease_seconds", b"lease_seconds", "partition", b"partition", "partitions", b"partitions", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,6 +25,7 @@ from tests.coordinator.conftest import (
     rpc_failure,
     submit,
     tiny_job,
+    wait_for,
 )
 
 
@@ -132,7 +133,7 @@ def test_worker_side_mistakes(shards: Shards, make_coordinator: Callable[..., Ru
     )
     assert get_job(running.stub, info.job_id).state == "running"
     worker.complete(evaluation, accuracy=0.75)
-    assert get_job(running.stub, info.job_id).state == "completed"
+    wait_for("the job to complete", lambda: get_job(running.stub, info.job_id).state == "completed")
     # The trained model comes from FetchModel, not FetchBlob.
     model_blob = co_pb2.FetchBlobRequest(job_id=info.job_id, blob="model")
     code, details = rpc_failure(

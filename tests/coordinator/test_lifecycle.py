@@ -73,8 +73,9 @@ def test_a_job_runs_to_a_saved_model_and_survives_a_restart(
             worker.complete(task)
         elif task.kind == co_pb2.TASK_KIND_EVAL:
             worker.complete(task, accuracy=0.5 + 0.1 * task.epoch, loss=2.0 - task.epoch)
-        if get_job(running.stub, info.job_id).state != "running":
-            break
+            if task.epoch == 1:  # the last epoch's evaluation: the job saves its model
+                break
+    wait_for("the job to complete", lambda: get_job(running.stub, info.job_id).state == "completed")
 
     # Assert: the order of work, then the job's end state.
     train, evaluate = co_pb2.TASK_KIND_TRAIN, co_pb2.TASK_KIND_EVAL

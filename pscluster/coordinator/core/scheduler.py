@@ -22,6 +22,7 @@ from pscluster.coordinator.relief import StragglerRelief
 from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.coordinator.workers import WorkerInfo, WorkerRegistry
 from pscluster.coordinator.writes import (
+    BatchesDropped,
     EventAppended,
     LeaseDropped,
     LeaseSaved,
@@ -110,7 +111,7 @@ class Scheduler:
         (the relief keeps the workers' speeds for the final metrics until remove_job)."""
         self.book.remove_job(job_id, "job completed")
 
-    def evaluate_again(self, plan: JobPlan) -> None:
+    def evaluate_again(self, plan: JobPlan) -> list[Action]:
         """The saved model moved after its final evaluation: owe that evaluation again."""
         self.book.add_job(
             plan.job_id,
@@ -120,6 +121,7 @@ class Scheduler:
             evals={plan.epochs - 1},
             batch_counts=plan.batch_counts,
         )
+        return [self._progress(plan.job_id)]
 
     def restore_lease(self, lease: Lease, now: float, grace: float) -> bool:
         """After a restart: honour a lease granted before it (its holder kept training)."""
@@ -209,9 +211,10 @@ class Scheduler:
         progress: co_pb2.LeaseProgress | None,
         now: float,
         wall: float,
+        dropped: dict[str, int] | None = None,
     ) -> tuple[int, list[Action]]:
-        """Steps and a lease's progress; returns the lease's end batch now (0: not this
-        worker's train lease, or it runs to the end of its partition)."""
+        """Steps, batches dropped and a lease's progress; returns the lease's end batch now
+        (0: not this worker's train lease, or it runs to the end of its partition)."""
         self.workers.require(worker_id, now)
         job = self.jobs.get(job_id)
         if job is None:
@@ -227,6 +230,14 @@ class Scheduler:
             job.samples += sum(s.samples for s in steps)
             self.touch(job_id, now)
             actions.append(StepsAppended(job_id, list(steps)))
+        if dropped:
+            counts = ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items()))
+            message = (
+                f"worker {worker_id} dropped {sum(dropped.values())} batch(es) without "
+                f"training on them: {counts}"
+            )
+            actions.append(BatchesDropped(job_id, dict(dropped)))
+            actions.append(_event(job_id, wall, "batches_dropped", worker_id, message))
         end = 0
         if progress is not None and progress.lease_id:
             end, more = self._lease_progress(worker_id, job_id, progress, now, wall)

@@ -1,0 +1,60 @@
+"""A restarted coordinator picks up where it stopped: running jobs resume from their saved
+progress, and the leases granted before the restart are honoured.
+
+The workers holding those leases have kept training (shards do not need the coordinator), so
+re-issuing them would redo that work. A holder that does not come back in time is declared
+dead and its lease goes back to the pool, as for any silent worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from pscluster.coordinator import store as st
+from pscluster.coordinator.jobs import JobManager
+from pscluster.coordinator.leases import Lease
+from pscluster.coordinator.writes import LeaseDropped, Write
+
+log = logging.getLogger(__name__)
+
+# After a restart, a worker holding a restored lease has this long more than the worker
+# timeout to reach the new process: its channel reconnects with gRPC's backoff (1 s, then
+# x1.6 per failed attempt), which after a 10 s outage can leave it ~6 s behind.
+RESTORE_GRACE_SECONDS = 10.0
+
+
+def restore(jobs: JobManager) -> None:
+    """Resume running jobs, then their leases."""
+    rt = jobs.rt
+    for job in rt.store.list_jobs(st.RUNNING):
+        final = rt.store.latest_epoch(job.job_id)
+        final_done = final is not None and final.epoch == job.epochs - 1
+        with rt.lock:
+            if job.epoch >= job.epochs and final_done:
+                rt.executor.members.add_job(
+                    job.job_id, [p.address for p in job.shards], job.generation
+                )
+                jobs.to_finish.add(job.job_id)
+                continue
+            jobs.schedule(job)
+        # The shards' memberships are sent again, under a generation above the saved one, by
+        # the job's pump (an unreachable shard does not delay the start; the pump retries).
+        rt.executor.members.request(job.job_id)
+        log.info("job %s resumed at epoch %d/%d", job.job_id, job.epoch, job.epochs)
+    _restore_leases(jobs)
+
+
+def _restore_leases(jobs: JobManager) -> None:
+    rt = jobs.rt
+    dropped: list[Write] = []
+    with rt.lock:
+        now = rt.mono()
+        for record in rt.store.leases():
+            lease = Lease(**dataclasses.asdict(record))
+            if rt.core.restore_lease(lease, now, RESTORE_GRACE_SECONDS):
+                log.info("lease %s of worker %s restored", lease.lease_id, lease.worker_id)
+            else:
+                log.info("lease %s of job %s not restored", lease.lease_id, lease.job_id)
+                dropped.append(LeaseDropped(lease.lease_id))
+    rt.executor.run(dropped)
