@@ -3,7 +3,8 @@ is not moving.
 
 Two loops, so that retrying an unreachable shard (which can take a whole RPC deadline) never
 delays declaring a worker dead: the liveness loop (dead workers, status lines) and the retry
-loop (pending jobs' shard init, final models not saved yet; memberships retry in their own pump, members.py).
+loop (pending jobs' shard init, final models not saved yet; memberships retry in their own
+pump, members.py).
 Every status line is computed from the coordinator's own state first (no workers, no lease
 taken); only a job stalled for ``stall_seconds`` costs shard calls, to name the barrier or the
 shard it is stuck on.
