@@ -141,7 +141,15 @@ def scenario(
             while job.info().state != "running" and time.monotonic() < deadline:
                 time.sleep(0.2)
             begin = time.monotonic()
-            sims = start_sims(cluster.address, workers, args.procs, tmp, SHARDS, ROWS // PARTITIONS)
+            sims = start_sims(
+                cluster.address,
+                workers,
+                args.procs,
+                tmp,
+                SHARDS,
+                ROWS // PARTITIONS,
+                args.task_seconds,
+            )
             running = sims
             sampler = ProcSampler(
                 {
@@ -289,6 +297,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, help="seconds after registration (10)")
     parser.add_argument("--procs", type=int, default=4, help="simulated-worker processes")
     parser.add_argument(
+        "--task-seconds",
+        type=float,
+        default=0.0,
+        help="simulated training time of a train lease (0: back to back, the peak rate; "
+        "e.g. 3: 500 workers offer ~170 leases/s, for latency at a sustained load)",
+    )
+    parser.add_argument(
         "--kill-at",
         type=float,
         help="SIGKILL the coordinator this many s "
@@ -353,6 +368,7 @@ def main() -> None:
             "seconds": args.seconds,
             "warmup": args.warmup,
             "sim_processes": args.procs,
+            "task_seconds": args.task_seconds,
             "simulators": "one thread and one channel (own TCP connection) per worker, plus "
             "its heartbeat thread; heartbeat deadline max(1 s, 2 s) as the agent's, 10 s others",
             "job": {

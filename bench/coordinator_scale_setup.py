@@ -115,7 +115,13 @@ class Sims:
 
 
 def start_sims(
-    address: str, workers: int, procs: int, tmp: Path, shards: int, samples: int
+    address: str,
+    workers: int,
+    procs: int,
+    tmp: Path,
+    shards: int,
+    samples: int,
+    task_seconds: float = 0.0,
 ) -> Sims:
     """``workers`` simulated workers in ``procs`` processes (as even as can be)."""
     procs = min(procs, workers)
@@ -130,6 +136,7 @@ def start_sims(
         out, log = tmp / f"sim-{i}.json", tmp / f"sim-{i}.log"
         argv = ["-m", "bench.sim_workers", "--address", address, "--count", str(n)]
         argv += ["--shards", str(shards), "--samples", str(samples), "--out", str(out)]
+        argv += ["--task-seconds", str(task_seconds)]
         with log.open("w") as err:
             p = subprocess.Popen(
                 [sys.executable, *argv],

@@ -42,7 +42,7 @@ import grpc
 
 from pscluster.config import Settings
 from pscluster.transport.channel import open_channel
-from pscluster.transport.retry import Backoff
+from pscluster.transport.retry import Backoff, period
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 
@@ -73,6 +73,7 @@ class SimWorker:
         self.rec = rec
         self.stop = stop
         self.samples = args.samples
+        self.task_seconds = float(getattr(args, "task_seconds", 0.0))
         self.shards = args.shards
         extra = [("grpc.use_local_subchannel_pool", 1)]
         self.channel = open_channel(address, Settings(), extra_options=extra)
@@ -138,7 +139,7 @@ class SimWorker:
         self.register(stale=generation)
 
     def heartbeats(self) -> None:
-        while not self.stop.wait(self.heartbeat_seconds):
+        while not self.stop.wait(period(self.heartbeat_seconds)):  # as the agent's
             generation = self.generation
             request = co_pb2.HeartbeatRequest(worker_id=self.worker_id)
             try:
@@ -234,6 +235,8 @@ class SimWorker:
             )
             with contextlib.suppress(grpc.RpcError):  # never fatal, as in the agent's reporter
                 self.call("ReportProgress", self.stub.ReportProgress, report, DEADLINE)
+            if self.task_seconds > 0 and self.stop.wait(self.task_seconds):
+                return False  # the run ended while "training"
             complete.samples = self.samples
         else:
             # The new contract (metrics + versions) and the old one (test_accuracy/test_loss).
@@ -259,6 +262,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True, help="workers in this process")
     parser.add_argument("--shards", type=int, default=2, help="the job's shards (eval versions)")
     parser.add_argument("--samples", type=int, default=2, help="samples per train lease")
+    parser.add_argument(
+        "--task-seconds", type=float, default=0.0, help="a train lease's simulated training time"
+    )
     parser.add_argument("--out", type=Path, required=True, help="where the records go (JSON)")
     args = parser.parse_args()
     if args.count < 1:

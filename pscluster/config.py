@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     pull_wait_seconds: float = Field(10.0, gt=0)
     rpc_timeout_seconds: float = Field(60.0, gt=0)
     grpc_threads: int = Field(64, ge=4)
+    # Calls a server accepts at once, queued for its threads; beyond it gRPC answers
+    # RESOURCE_EXHAUSTED. It bounds a flood's memory; it must sit above what a cluster
+    # legitimately has in flight (every worker's heartbeat plus its lease call: 500 workers
+    # are 1,000), or a busy coordinator refuses heartbeats and declares live workers dead.
+    max_concurrent_rpcs: int = Field(4096, ge=16)
     # Coordinator: how long AcquireTask holds a worker that has nothing to do, answering as
     # soon as a lease frees up (a long poll: with short epochs, a worker that slept between
     # polls lost every partition to the one that just finished its own). 0: answer at once.

@@ -18,9 +18,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Literal, Protocol
 
 # The ids the current context works for ("" when none): set by log_context, read by the filter.
@@ -48,19 +46,30 @@ class LogSettings(Protocol):
     def log_format(self) -> str: ...
 
 
-@contextmanager
-def log_context(*, job_id: str | None = None, worker_id: str | None = None) -> Iterator[None]:
-    """Records logged inside carry these ids (None leaves an id as it was)."""
-    tokens = []
-    if job_id is not None:
-        tokens.append((_JOB_ID, _JOB_ID.set(job_id)))
-    if worker_id is not None:
-        tokens.append((_WORKER_ID, _WORKER_ID.set(worker_id)))
-    try:
-        yield
-    finally:
-        for var, token in reversed(tokens):
+class log_context:
+    """Records logged inside carry these ids (None leaves an id as it was).
+
+    A class rather than a generator-based context manager: every RPC handler enters one, and
+    at a thousand calls a second the generator machinery showed in the coordinator's CPU.
+    """
+
+    __slots__ = ("_ids", "_tokens")
+
+    def __init__(self, *, job_id: str | None = None, worker_id: str | None = None) -> None:
+        self._ids = (job_id, worker_id)
+        self._tokens: list[tuple[ContextVar[str], Token[str]]] = []
+
+    def __enter__(self) -> None:
+        job_id, worker_id = self._ids
+        if job_id is not None:
+            self._tokens.append((_JOB_ID, _JOB_ID.set(job_id)))
+        if worker_id is not None:
+            self._tokens.append((_WORKER_ID, _WORKER_ID.set(worker_id)))
+
+    def __exit__(self, *exc: object) -> None:
+        for var, token in reversed(self._tokens):
             var.reset(token)
+        self._tokens.clear()
 
 
 def bind_worker_id(worker_id: str) -> None:

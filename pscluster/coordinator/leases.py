@@ -116,16 +116,21 @@ class LeaseBook:
         self._by_worker: dict[str, str] = {}
         self._revoked: OrderedDict[str, str] = OrderedDict()  # lease id -> reason
         self._revoked_by_worker: dict[str, list[str]] = {}
-        # Bumped by every change to the outstanding leases: the caller saves them only then.
+        # Bumped by every change to the outstanding leases.
         self.revision = 0
-        # Called after every change to what may be leased (a lease taken, ended or cut, a job
-        # added): the coordinator wakes the workers that wait for a task.
-        self.on_change: Callable[[], None] | None = None
+        # Bumped when work becomes available (a job added, a lease handed back or cut short,
+        # an epoch closed); ``on_available`` is called then: the coordinator wakes the workers
+        # waiting for a task. Only then: waking every waiter on every grant and completion
+        # made hundreds of idle workers re-check for nothing at each epoch's end.
+        self.available_revision = 0
+        self.on_available: Callable[[], None] | None = None
 
-    def _changed(self) -> None:
+    def _changed(self, available: bool = False) -> None:
         self.revision += 1
-        if self.on_change is not None:
-            self.on_change()
+        if available:
+            self.available_revision += 1
+            if self.on_available is not None:
+                self.on_available()
 
     # --- jobs ---
     def add_job(
@@ -167,7 +172,7 @@ class LeaseBook:
         sched = Schedule(epochs, partitions, epoch, done_set, counts, evals_pending=owed)
         sched.start_epoch()
         self._jobs[job_id] = sched
-        self._changed()
+        self._changed(available=True)
 
     def has_job(self, job_id: str) -> bool:
         return job_id in self._jobs
@@ -236,7 +241,7 @@ class LeaseBook:
         rest = Unit(lease.partition, new_end, lease.end_batch)
         shorter = replace(lease, end_batch=new_end)
         self._leases[lease_id] = shorter
-        self._changed()
+        self._changed(available=True)
         sched.train_leases[lease_id] = Unit(lease.partition, lease.first_batch, new_end)
         sched.free.insert(0, rest)
         return rest
@@ -273,7 +278,7 @@ class LeaseBook:
             else:
                 sched.eval_leases.pop(lease.epoch, None)
                 sched.evals_pending = sorted({*sched.evals_pending, lease.epoch})
-        self._changed()
+        self._changed(available=True)
         if revoke_reason is None:
             del self._leases[lease_id]
             del self._by_worker[worker_id]
@@ -302,6 +307,7 @@ class LeaseBook:
             if len(sched.done) < sched.partitions:
                 return Outcome(lease)
             # The epoch closes: its evaluation is owed, and training moves on (or stops).
+            self._changed(available=True)
             closed = sched.epoch
             sched.evals_pending = sorted({*sched.evals_pending, closed})
             sched.epoch += 1

@@ -8,10 +8,11 @@ job lock, is what made the coordinator collapse at a few hundred workers.
 
 So each job has one pump thread. A change only *requests* a sync and gets a ticket; the pump
 sends the roster as it is when it gets round to it (every change requested meanwhile rides on
-that one SetMembers round), numbered with the next generation (persisted first, so a restarted
-coordinator keeps numbering above what the shards have seen; shards ignore an older
-generation, so a late message cannot undo a newer one). An AcquireTask that grants a train
-lease waits for its ticket to land before answering, as it must; nothing else waits.
+that one SetMembers round), numbered with the next generation (durable first, in reserved
+blocks, so a restarted coordinator keeps numbering above what the shards have seen; shards
+ignore an older generation, so a late message cannot undo a newer one). An AcquireTask that
+grants a train lease waits for its ticket to land before answering, as it must; nothing else
+waits.
 """
 
 from __future__ import annotations
@@ -31,11 +32,18 @@ Send = Callable[[Sequence[str], str, Sequence[str], int, Sequence[str]], None]
 RETRY_SECONDS = 0.5
 
 
+# Generations are made durable in blocks of this many: one store write per block rather than
+# one per round, and a restarted coordinator starts above the block's end (the shards only
+# need generations to go up, not to be consecutive).
+RESERVE = 1000
+
+
 @dataclass
 class _Pump:
     job_id: str
     addresses: list[str]
     generation: int
+    reserved: int = 0  # the durable upper bound of the generations sent
     cond: threading.Condition = field(default_factory=threading.Condition)
     requested: int = 0
     covered: int = 0  # every request up to this one has landed
@@ -63,7 +71,8 @@ class MembershipPump:
         self._pumps: dict[str, _Pump] = {}
 
     def add_job(self, job_id: str, addresses: Sequence[str], generation: int) -> None:
-        pump = _Pump(job_id, list(addresses), generation)
+        """``generation``: the durable one (the last reserved), which every send exceeds."""
+        pump = _Pump(job_id, list(addresses), generation, reserved=generation)
         pump.thread = threading.Thread(
             target=self._run, args=(pump,), name=f"members-{job_id}", daemon=True
         )
@@ -156,7 +165,9 @@ class MembershipPump:
             if roster is None or roster == pump.last_sent:
                 return None
             pump.generation += 1
-            self._persist(pump.job_id, pump.generation)
+            if pump.generation > pump.reserved:
+                self._persist(pump.job_id, pump.generation + RESERVE)
+                pump.reserved = pump.generation + RESERVE
             members, excluded = roster
             self._send(pump.addresses, pump.job_id, members, pump.generation, excluded)
         except PSError as e:

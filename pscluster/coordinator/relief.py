@@ -148,7 +148,10 @@ class StragglerRelief:
         typical = job.tracker.median_step_seconds(now)
         best: tuple[float, Split] | None = None
         for lease in leases:
-            if lease.worker_id == taker or not lease.end_batch:
+            # A lease of two batches or fewer has nothing to hand on once its holder has
+            # heard of the cut (the margin below is at least two batches): skipped before
+            # any lookup, since idle workers ask here for every lease at an epoch's end.
+            if lease.worker_id == taker or lease.end_batch - lease.first_batch <= 2:
                 continue
             position = self.position(lease.lease_id)
             left = lease.end_batch - position

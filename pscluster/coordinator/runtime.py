@@ -36,7 +36,7 @@ class Runtime:
     mono: Callable[[], float] = time.monotonic
     # Set by the coordinator once the job manager exists (it finishes and fails jobs).
     executor: Executor = field(init=False)
-    # Notified whenever the lease book changes: workers waiting in AcquireTask look again.
+    # Notified when work becomes available: workers waiting in AcquireTask look again.
     tasks_changed: threading.Condition = field(init=False)
 
     def __post_init__(self) -> None:
@@ -46,7 +46,7 @@ class Runtime:
             with self.lock:  # re-entrant: the book is changed under it already
                 self.tasks_changed.notify_all()
 
-        self.core.book.on_change = wake
+        self.core.book.on_available = wake
 
     @classmethod
     def build(cls, settings: Settings, store: JobStore) -> Runtime:

@@ -7,7 +7,6 @@ its status code (NotFound -> NOT_FOUND, ...) with the message that says what to 
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -24,9 +23,6 @@ from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 
 SERVICE_NAME = "pscluster.v1.Coordinator"
-# How long an idle worker waits before asking again: short enough that a new job starts at
-# once, long enough that a hundred idle workers cost little.
-WAIT_SECONDS = 0.2
 
 
 def _job_id(job_id: str) -> str:
@@ -127,15 +123,14 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
         self, request: co_pb2.AcquireTaskRequest, context: grpc.ServicerContext
     ) -> co_pb2.Task:
         hold = self.c.settings.acquire_hold_seconds
-        started = time.monotonic()
-        lease, held = self.c.tasks.acquire_waiting(request.worker_id, hold)
-        held_seconds = time.monotonic() - started if held else 0.0
+        got = self.c.tasks.acquire_waiting(request.worker_id, hold)
+        lease = got.lease
         if lease is None:
             # A held call already waited: the worker may ask again at once.
             return co_pb2.Task(
                 kind=co_pb2.TASK_KIND_WAIT,
-                wait_seconds=0 if held else WAIT_SECONDS,
-                held_seconds=held_seconds,
+                wait_seconds=got.retry_after,
+                held_seconds=got.held_seconds,
             )
         return co_pb2.Task(
             kind=kind_of(lease).wire,
@@ -147,7 +142,7 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
             lease_seconds=self.c.settings.worker_timeout_seconds,
             first_batch=lease.first_batch,
             end_batch=lease.end_batch,
-            held_seconds=held_seconds,
+            held_seconds=got.held_seconds,
         )
 
     @grpc_errors

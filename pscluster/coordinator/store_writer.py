@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 
 from pscluster.coordinator.store import JobStore
-from pscluster.coordinator.writes import Write
+from pscluster.coordinator.writes import Write, compact
 from pscluster.errors import DeadlineExceeded, Unavailable
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class StoreWriter:
                 last = self._queued
             error: BaseException | None = None
             try:
-                self._store.apply(batch)
+                self._store.apply(compact(batch))
             except Exception as e:  # a disk or database error: every waiter hears it
                 log.exception("the store could not apply %d writes", len(batch))
                 error = e

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pscluster.coordinator import store as st
 from pscluster.coordinator.core.kinds import TaskResult, kind_of
@@ -22,9 +23,22 @@ from pscluster.coordinator.reports import StepReport, check_progress
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.workers import WorkerInfo
 from pscluster.errors import FailedPrecondition, InvalidArgument
+from pscluster.transport.retry import period
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 log = logging.getLogger(__name__)
+# An idle worker that could not be held comes back after this long at least, at most.
+MIN_WAIT_SECONDS = 0.2
+MAX_WAIT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """What AcquireTask answers: a lease, or how long to wait before asking again."""
+
+    lease: Lease | None
+    held_seconds: float = 0.0  # how long the call was held for work (a long poll)
+    retry_after: float = 0.0  # not held: come back after this long; held: ask again at once
 
 
 class TaskDispatcher:
@@ -34,40 +48,54 @@ class TaskDispatcher:
         # Held AcquireTask calls each take a server thread: at most half of them wait at once,
         # the others are told to come back later, so a crowd of idle workers cannot starve
         # the rest of the coordinator's RPCs.
-        self._holds = threading.BoundedSemaphore(max(1, rt.settings.grpc_threads // 2))
+        self._slots = max(1, rt.settings.grpc_threads // 2)
+        self._holds = threading.BoundedSemaphore(self._slots)
 
-    def acquire_waiting(self, worker_id: str, hold: float) -> tuple[Lease | None, bool]:
-        """:meth:`acquire`, but with nothing to hand out, wait up to ``hold`` seconds for the
-        lease book to change (a lease ended or cut, a job started) and look again.
+    def acquire_waiting(self, worker_id: str, hold: float) -> Acquired:
+        """:meth:`acquire`, but with nothing to hand out, wait up to ``hold`` seconds for work
+        to become available (a lease handed back or cut, an epoch closed, a job started) and
+        look again.
 
-        Returns the lease (or None) and whether the call was held: a worker that was held
-        asks again at once, one that was not (every hold slot taken) waits a moment first.
+        A worker that was held may ask again at once. One that was not (every hold slot
+        taken) is told when to come back: the more idle workers share the slots, the later,
+        so that hundreds of workers idle at an epoch's end poll a few times a second in all
+        rather than five times a second each.
         """
         rt = self.rt
         held = False
         # Real time, not ``rt.mono`` (the lease clock, which tests may drive by hand): the
         # hold is how long a server thread and the worker's call really wait.
-        deadline = time.monotonic() + hold
+        started = time.monotonic()
+        deadline = started + hold
         try:
             while True:
                 with rt.lock:
-                    seen = rt.book.revision
+                    seen = rt.book.available_revision
                 lease = self.acquire(worker_id)
                 if lease is not None:
-                    return lease, held
+                    return Acquired(lease, time.monotonic() - started if held else 0.0)
                 if not held:
                     if hold <= 0 or not self._holds.acquire(blocking=False):
-                        return None, False
+                        return Acquired(None, 0.0, self._come_back_in())
                     held = True
                 with rt.lock:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        return None, True
-                    if rt.book.revision == seen:  # else something changed: look again now
+                        return Acquired(None, time.monotonic() - started)
+                    if rt.book.available_revision == seen:  # else work appeared: look again
                         rt.tasks_changed.wait(remaining)
         finally:
             if held:
                 self._holds.release()
+
+    def _come_back_in(self) -> float:
+        """How long an idle worker that could not be held waits before asking again."""
+        with self.rt.lock:
+            idle = self.rt.workers.alive_count() - len(self.rt.book.outstanding())
+        share = max(1, idle) / self._slots
+        wait = min(MAX_WAIT_SECONDS, max(MIN_WAIT_SECONDS, MIN_WAIT_SECONDS * share))
+        # Spread out: workers that went idle together must not all come back together.
+        return period(wait, spread=0.5)
 
     def register(self, host: str, pid: int, device: str, worker_id: str = "") -> WorkerInfo:
         rt = self.rt
@@ -101,7 +129,7 @@ class TaskDispatcher:
                 rt.executor.run(back)
                 log.warning("worker %s waits: %s", worker_id, error)
                 return None
-        log.info(
+        log.debug(  # hundreds a second on a large cluster: not at INFO
             "worker %s leased %s %s e%d p%d [%d, %s)",
             worker_id,
             lease.lease_id,

@@ -79,3 +79,37 @@ Write: TypeAlias = (
     | BatchesDropped
     | JobUpdated
 )
+
+
+def compact(writes: Sequence[Write]) -> list[Write]:
+    """The same end state in fewer statements: a batch of many callers' writes often saves
+    one job's progress many times (only the last one counts), appends its steps in pieces
+    (one append), and grants and drops the same lease (only the last word counts)."""
+    last_progress: dict[str, int] = {}
+    last_lease: dict[str, int] = {}
+    for i, w in enumerate(writes):
+        if isinstance(w, ProgressSaved):
+            last_progress[w.job_id] = i
+        elif isinstance(w, LeaseSaved):
+            last_lease[w.lease.lease_id] = i
+        elif isinstance(w, LeaseDropped):
+            last_lease[w.lease_id] = i
+    out: list[Write] = []
+    steps: dict[str, StepsAppended] = {}
+    for i, w in enumerate(writes):
+        if isinstance(w, ProgressSaved) and last_progress[w.job_id] != i:
+            continue
+        if isinstance(w, LeaseSaved) and last_lease[w.lease.lease_id] != i:
+            continue
+        if isinstance(w, LeaseDropped) and last_lease[w.lease_id] != i:
+            continue
+        if isinstance(w, StepsAppended):
+            merged = steps.get(w.job_id)
+            if merged is not None:  # steps keep their order of arrival within the job
+                steps[w.job_id] = StepsAppended(w.job_id, [*merged.steps, *w.steps])
+                continue
+            steps[w.job_id] = w
+            out.append(w)  # replaced by the merged record below
+            continue
+        out.append(w)
+    return [steps[w.job_id] if isinstance(w, StepsAppended) else w for w in out]

@@ -100,6 +100,14 @@ class RetryPolicy:
     at_once: Callable[[Exception], bool] = lambda error: False
 
 
+def period(seconds: float, spread: float = 0.25) -> float:
+    """A periodic call's next interval: ``seconds`` shortened by up to ``spread`` of it, at
+    random. Workers started together (a scale-up, a bench) would otherwise heartbeat in step
+    forever, and a coordinator would take hundreds of them in the same millisecond; never
+    longer than ``seconds``, so liveness timeouts keep their meaning."""
+    return seconds * (1.0 - random.uniform(0.0, spread))
+
+
 def retry(
     call: Callable[[], T],
     policy: RetryPolicy,

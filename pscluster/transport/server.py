@@ -80,7 +80,7 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.grpc_threads),
         options=server_options(settings),
-        maximum_concurrent_rpcs=settings.grpc_threads * 4,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         interceptors=interceptors,
     )
     for add in register:

@@ -26,7 +26,7 @@ from pscluster.config import Settings
 from pscluster.logs import bind_worker_id, log_context
 from pscluster.shard_client import ShardClient, ShardError
 from pscluster.transport.channel import open_channel
-from pscluster.transport.retry import RetryPolicy, Stopped, retry
+from pscluster.transport.retry import RetryPolicy, Stopped, period, retry
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 from pscluster.worker.jobs import JobCache
@@ -103,7 +103,7 @@ class WorkerAgent:
         log.info("registered as %s with %s", self.worker_id, self.settings.coordinator)
 
     def _heartbeats(self) -> None:
-        while not self.stop.wait(self.heartbeat_seconds):
+        while not self.stop.wait(period(self.heartbeat_seconds)):
             try:
                 reply = self.stub.Heartbeat(
                     coordinator_pb2.HeartbeatRequest(worker_id=self.worker_id),

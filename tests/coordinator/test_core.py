@@ -140,6 +140,19 @@ class CoreMachine(RuleBasedStateMachine):
         assert {lease.lease_id for lease in outstanding} == set(self.saved)
 
     @invariant()
+    def members_are_the_trainers_and_no_dead_worker(self) -> None:
+        roster = self.core.roster("j", self.now)
+        if roster is None:
+            return
+        members, _ = roster
+        trainers = {
+            lease.worker_id for lease in self.core.book.outstanding() if lease.kind == TRAIN
+        }
+        assert trainers <= set(members), "every trainer is a member before it pulls"
+        alive = {w.worker_id for w in self.core.workers.snapshot() if w.alive}
+        assert set(members) <= alive, "a dead worker holds no barrier back"
+
+    @invariant()
     def epochs_close_once_each_in_order(self) -> None:
         epochs = [a.epoch for a in self.actions if isinstance(a, ProgressSaved)]
         assert all(b - a in (0, 1) for a, b in itertools.pairwise(epochs))

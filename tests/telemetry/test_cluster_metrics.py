@@ -19,6 +19,8 @@ FAST = {
     "PSC_WORKER_TIMEOUT_SECONDS": "3",
     "PSC_PULL_WAIT_SECONDS": "5",
     "PSC_LOG_FORMAT": "json",
+    # Lease grants are logged at DEBUG (hundreds a second on a large cluster).
+    "PSC_LOG_LEVEL": "DEBUG",
 }
 
 pytestmark = pytest.mark.slow

@@ -75,6 +75,12 @@ class Scheduler:
         self.relief = StragglerRelief(progress_seconds)
         self.jobs: dict[str, JobState] = {}
         self.activity: dict[str, Activity] = {}
+        # Workers that handed a train lease in and have not asked for work since, by job:
+        # still members on its shards, because most ask at once and take the job's next
+        # unit, which then needs no membership change at all (two SetMembers rounds per
+        # lease were most of the coordinator's shard traffic). Their next request, their
+        # death or the job's end takes them out.
+        self._between: dict[str, str] = {}
 
     # --- jobs ---
     def add_job(self, plan: JobPlan, now: float) -> None:
@@ -101,6 +107,8 @@ class Scheduler:
         """Stop scheduling the job: its leases are revoked (their holders hear ``reason``).
         Returns the writes and the workers' speeds as they ended (for its final metrics)."""
         revoked = self.book.remove_job(job_id, reason)
+        for worker_id in [w for w, j in self._between.items() if j == job_id]:
+            del self._between[worker_id]
         self.jobs.pop(job_id, None)
         self.activity.pop(job_id, None)
         speeds = self.relief.remove_job(job_id, now)
@@ -138,7 +146,7 @@ class Scheduler:
         info, replaced = self.workers.register(host, pid, device, now, worker_id)
         actions: list[Action] = []
         if replaced:  # a restarted process took the id over: the old one's lease is gone
-            actions += self._release(info.worker_id, now, f"worker {info.worker_id} re-registered")
+            actions += self._gone(info.worker_id, now, f"worker {info.worker_id} re-registered")
         # A fresh start: the new process holds no lease, so there is no revocation to hear.
         self.book.forget_worker(info.worker_id)
         return info, actions
@@ -154,7 +162,7 @@ class Scheduler:
         dead, forgotten = self.workers.expire(now)
         actions: list[Action] = []
         for worker_id in dead:
-            actions += self._release(worker_id, now, f"worker {worker_id} timed out")
+            actions += self._gone(worker_id, now, f"worker {worker_id} timed out")
         for worker_id in forgotten:
             self.book.forget_worker(worker_id)
         return dead, actions
@@ -164,18 +172,24 @@ class Scheduler:
         """The worker's next lease (or None: nothing now), releasing the one it held."""
         self.workers.require(worker_id, now)
         actions = self._release(worker_id, now)
+        was_member = self._between.pop(worker_id, None)
         lease = self.book.acquire(
             worker_id, lambda job_id: self.relief.share(job_id, worker_id, now)
         )
         if lease is None:
             lease, split = self._take_over(worker_id, now)
             actions += split
+        member = None
         if lease is not None:
             self.activity[lease.job_id].last_lease = now
             self.relief.granted(lease, now)
             actions.append(LeaseSaved(lease_record(lease)))
-            if kind_of(lease).takes_part:
-                actions.append(SyncMembers(lease.job_id))
+            member = lease.job_id if kind_of(lease).takes_part else None
+        # The membership changes only if the worker joins or leaves a job's members.
+        if member is not None and member != was_member:
+            actions.append(SyncMembers(member))
+        if was_member is not None and was_member != member:
+            actions.append(SyncMembers(was_member))
         return lease, _dedup(actions)
 
     def take_back(self, worker_id: str, lease_id: str, now: float) -> list[Action]:
@@ -199,6 +213,8 @@ class Scheduler:
         self.touch(lease.job_id, now)
         actions: list[Action] = [LeaseDropped(lease_id), self._progress(lease.job_id)]
         actions += kind_of(lease).completed(job, lease, outcome, result, wall)
+        if kind_of(lease).takes_part:
+            self._between[worker_id] = lease.job_id  # a member until it asks again
         if any(isinstance(a, FinishJob) for a in actions):
             self.stop_training(lease.job_id)
         return actions
@@ -263,6 +279,14 @@ class Scheduler:
     def _progress(self, job_id: str) -> ProgressSaved:
         sched = self.book.schedule(job_id)
         return ProgressSaved(job_id, sched.epoch, sorted(sched.done), sched.owed_evals())
+
+    def _gone(self, worker_id: str, now: float, revoke: str) -> list[Action]:
+        """The worker's process is gone (dead, or replaced): its lease and membership too."""
+        actions = self._release(worker_id, now, revoke)
+        was_member = self._between.pop(worker_id, None)
+        if was_member is not None:
+            actions.append(SyncMembers(was_member))
+        return _dedup(actions)
 
     def _release(self, worker_id: str, now: float, revoke: str | None = None) -> list[Action]:
         """Hand the worker's lease back, keeping the batches it reported."""
@@ -337,6 +361,9 @@ class Scheduler:
         if not self.book.has_job(job_id) and job_id not in self.jobs:
             return None
         members = self.book.members(job_id)
+        between = [w for w, j in self._between.items() if j == job_id]
+        if between:
+            members = sorted({*members, *between})
         excluded = self.relief.excluded(job_id, now)
         return members, [w for w in excluded if w in members]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pscluster.coordinator.core.actions import Action, SyncMembers
+from pscluster.coordinator.core.actions import Action
 from pscluster.coordinator.core.kinds.base import JobState, TaskResult
 from pscluster.coordinator.leases import TRAIN, Lease, Outcome
 from pscluster.v1 import coordinator_pb2 as co_pb2
@@ -21,4 +21,6 @@ class Train:
     def completed(
         self, job: JobState, lease: Lease, outcome: Outcome, result: TaskResult, wall: float
     ) -> list[Action]:
-        return [SyncMembers(job.job_id)]  # its holder no longer trains on the job
+        # Its holder stays a member until it asks for work again (the scheduler sees to
+        # it): most take the job's next unit at once, with no membership change.
+        return []
