@@ -1,24 +1,18 @@
-"""Fixtures for the coordinator tests: a tiny job built by hand, real shards, a real
-coordinator on a free port, and a worker played by hand through the gRPC API."""
+"""Fixtures for the coordinator tests: real shards, a real coordinator on a free port, and a
+worker played by hand through the gRPC API (the tiny job it trains: tests.support)."""
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 import torch
 
 from pscluster.config import Settings
 from pscluster.coordinator.main import CoordinatorHandle, serve
-from pscluster.data.dataset import Dataset
-from pscluster.model import source, state
-from pscluster.model.layout import ParamLayout
 from pscluster.server.main import serve as serve_shard
 from pscluster.shard_client import ShardClient, ShardError, ShardRange, Snapshot
 from pscluster.transport import wire
@@ -29,104 +23,11 @@ from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
+from tests.support import TinyJob, wait_for
 
 RPC_TIMEOUT = 20.0
-
-MODEL_SOURCE = """
-import torch
-from torch import nn
-
-
-class Tiny(nn.Module):
-    def __init__(self, n_in: int = 4, n_out: int = 3) -> None:
-        super().__init__()
-        self.fc = nn.Linear(n_in, n_out)
-        # A buffer: not trained, travels beside the flat vector in the initial state.
-        self.register_buffer("scale", torch.full((n_out,), 2.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x) * self.scale
-"""
-
-
-@dataclass
-class TinyJob:
-    """A JobSpec and its two blobs, built the way the SDK builds them."""
-
-    spec: co_pb2.JobSpec
-    blobs: dict[str, bytes]
-    initial: dict[str, torch.Tensor]
-    layout: ParamLayout
-
-    def chunks(self, chunk_bytes: int = 700) -> Iterator[co_pb2.SubmitJobChunk]:
-        yield co_pb2.SubmitJobChunk(spec=self.spec)
-        for name, data in self.blobs.items():
-            for i in range(0, len(data), chunk_bytes):
-                piece = common_pb2.BlobChunk(blob=name, data=data[i : i + chunk_bytes])
-                yield co_pb2.SubmitJobChunk(blob=piece)
-
-
-def tiny_job(
-    *,
-    mode: str = "async",
-    epochs: int = 2,
-    partitions: int = 3,
-    train_rows: int = 24,
-    lr: float = 0.1,
-    name: str = "tiny",
-) -> TinyJob:
-    torch.manual_seed(0)
-    model = source.build(MODEL_SOURCE, "Tiny", json.dumps({"n_in": 4, "n_out": 3}))
-    layout = ParamLayout.of_module(model)
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    rng = np.random.default_rng(0)
-    train = (rng.normal(size=(train_rows, 4)).astype(np.float32), rng.integers(0, 3, train_rows))
-    test = (rng.normal(size=(9, 4)).astype(np.float32), rng.integers(0, 3, 9))
-    spec = co_pb2.JobSpec(
-        name=name,
-        model=co_pb2.ModelSpec(
-            source=MODEL_SOURCE,
-            class_name="Tiny",
-            kwargs_json=json.dumps({"n_in": 4, "n_out": 3}),
-            params=[co_pb2.ParamInfo(name=s.name, shape=s.shape) for s in layout.slots],
-        ),
-        mode=mode,
-        optimizer=common_pb2.OptimizerConfig(name="sgd", lr=lr),
-        epochs=epochs,
-        batch_size=4,
-        partitions=partitions,
-        loss="cross_entropy",
-        seed=7,
-    )
-    blobs = {
-        "dataset": Dataset.from_arrays(train, test).to_blob(),
-        "initial_state": state.dumps(initial),
-    }
-    return TinyJob(spec, blobs, initial, layout)
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``check`` until it holds; fail the test with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def rpc_failure(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    """The status code and details a call fails with; the test fails if the call succeeds."""
-    try:
-        call()
-    except grpc.RpcError as e:
-        assert isinstance(e, grpc.Call)
-        return e.code(), e.details() or ""
-    raise AssertionError("the call succeeded; expected an error status")
-
-
-def rpc_code(call: Callable[[], object]) -> grpc.StatusCode:
-    return rpc_failure(call)[0]
+# How long a test waits for a state the coordinator reaches on its own.
+WAIT = 15.0
 
 
 @dataclass
@@ -299,6 +200,12 @@ def plan_of(stub: co_grpc.CoordinatorStub, job_id: str) -> co_pb2.JobPlan:
 
 def get_job(stub: co_grpc.CoordinatorStub, job_id: str) -> co_pb2.JobInfo:
     return stub.GetJob(co_pb2.GetJobRequest(job_id=job_id), timeout=RPC_TIMEOUT)
+
+
+def wait_for_job(stub: co_grpc.CoordinatorStub, job_id: str, state: str) -> None:
+    """Wait until the job is in ``state`` (a job ends in the background, after the final
+    CompleteTask has been answered)."""
+    wait_for(lambda: get_job(stub, job_id).state == state, WAIT, what=f"job {job_id} to be {state}")
 
 
 def fetch_model(stub: co_grpc.CoordinatorStub, job_id: str) -> bytes:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from pscluster.v1 import coordinator_pb2 as co_pb2
-from tests.coordinator.conftest import HandWorker, Running, Shards, submit, tiny_job
+from tests.coordinator.conftest import HandWorker, Running, Shards, submit
+from tests.support import tiny_job
 
 
 def test_a_held_worker_gets_the_lease_that_frees_up_while_it_waits(

@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
-from tests.coordinator.conftest import HandWorker, Running, Shards, plan_of, submit, tiny_job
+from tests.coordinator.conftest import HandWorker, Running, Shards, plan_of, submit
+from tests.support import tiny_job
 
 
 def test_simultaneous_acquires_lease_each_partition_once_with_membership_in_place(

@@ -8,15 +8,8 @@ from collections.abc import Callable
 import grpc
 
 from pscluster.v1 import coordinator_pb2 as co_pb2
-from tests.coordinator.conftest import (
-    RPC_TIMEOUT,
-    HandWorker,
-    Running,
-    Shards,
-    rpc_failure,
-    submit,
-    tiny_job,
-)
+from tests.coordinator.conftest import RPC_TIMEOUT, HandWorker, Running, Shards, submit
+from tests.support import rpc_failure, tiny_job
 
 
 def report_dropped(

@@ -18,15 +18,12 @@ from tests.coordinator.conftest import (
     HandWorker,
     Running,
     Shards,
-    TinyJob,
     fetch_model,
     get_job,
-    rpc_code,
-    rpc_failure,
     submit,
-    tiny_job,
-    wait_for,
+    wait_for_job,
 )
+from tests.support import TinyJob, rpc_code, rpc_failure, tiny_job
 
 
 def _bad_jobs() -> Iterator[tuple[str, TinyJob, str]]:
@@ -133,7 +130,7 @@ def test_worker_side_mistakes(shards: Shards, make_coordinator: Callable[..., Ru
     )
     assert get_job(running.stub, info.job_id).state == "running"
     worker.complete(evaluation, accuracy=0.75)
-    wait_for("the job to complete", lambda: get_job(running.stub, info.job_id).state == "completed")
+    wait_for_job(running.stub, info.job_id, "completed")
     # The trained model comes from FetchModel, not FetchBlob.
     model_blob = co_pb2.FetchBlobRequest(job_id=info.job_id, blob="model")
     code, details = rpc_failure(

@@ -15,6 +15,7 @@ from pscluster.coordinator.store import JobRecord, LeaseRecord
 from pscluster.coordinator.store_writer import StoreWriter
 from pscluster.coordinator.writes import LeaseDropped, LeaseSaved, ProgressSaved, Write
 from pscluster.errors import Unavailable
+from tests.support import wait_for
 
 
 class Shards:
@@ -35,7 +36,7 @@ class Shards:
         generation: int,
         excluded: Sequence[str],
     ) -> None:
-        time.sleep(self.delay)
+        time.sleep(self.delay)  # a slow round, which changes pile up behind
         if self.fail:
             raise Unavailable("shard ps-0 unreachable")
         assert self.persisted and self.persisted[-1] >= generation, "durable before sent"
@@ -100,10 +101,8 @@ def test_a_refused_round_is_reported_to_its_waiters_and_retried() -> None:
         assert error is not None and "unreachable" in str(error)
         # ...and once the shard answers again, the pump lands the roster on its own.
         shards.fail = False
-        deadline = time.monotonic() + 5
-        while not shards.sent and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert shards.sent and shards.sent[-1][1] == ["a"]
+        wait_for(lambda: shards.sent, 5, what="the pump to send the roster again")
+        assert shards.sent[-1][1] == ["a"]
         assert pump.pending() == []
     finally:
         pump.close()

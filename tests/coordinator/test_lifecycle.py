@@ -14,23 +14,29 @@ from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from tests.coordinator.conftest import (
     RPC_TIMEOUT,
+    WAIT,
     HandWorker,
     Running,
     Shards,
     fetch_model,
     get_job,
     plan_of,
-    rpc_code,
     submit,
-    tiny_job,
-    wait_for,
+    wait_for_job,
 )
+from tests.support import TinyJob, rpc_code, tiny_job, wait_for
 
 LR = 0.1
 
 
 def metrics_of(running: Running, job_id: str) -> co_pb2.JobMetrics:
     return running.stub.GetMetrics(co_pb2.GetJobRequest(job_id=job_id), timeout=RPC_TIMEOUT)
+
+
+TRAIN, EVAL = co_pb2.TASK_KIND_TRAIN, co_pb2.TASK_KIND_EVAL
+# Two epochs of three partitions, each epoch closed by its evaluation.
+ORDER = [(TRAIN, 0, 0), (TRAIN, 0, 1), (TRAIN, 0, 2), (EVAL, 0, 0)]
+ORDER += [(TRAIN, 1, 0), (TRAIN, 1, 1), (TRAIN, 1, 2), (EVAL, 1, 0)]
 
 
 def test_a_job_runs_to_a_saved_model_and_survives_a_restart(
@@ -51,63 +57,13 @@ def test_a_job_runs_to_a_saved_model_and_survives_a_restart(
     worker = HandWorker(running.stub, shards)
 
     # Execute: play the worker until the job completes.
-    seen: list[tuple[int, int, int]] = []
-    pushes = 0
-    for _ in range(20):
-        task = worker.acquire()
-        seen.append((task.kind, task.epoch, task.partition))
-        if task.kind == co_pb2.TASK_KIND_TRAIN:
-            assert task.partitions == 3 and task.lease_seconds > 0
-            # The membership is in place on every shard before the task was handed over.
-            for part in plan.shards:
-                assert worker.worker_id in shards.stats(part.address, info.job_id).members
-            replies = worker.push_ones(plan)
-            assert [r.outcome for r in replies] == [ps_pb2.PUSH_OUTCOME_APPLIED] * 2
-            pushes += 1
-            worker.report(info.job_id, task.epoch, [1.0 / pushes])
-            if pushes == 1:
-                # A running job's model and metrics come live from the shards.
-                live = state.loads(fetch_model(running.stub, info.job_id))
-                assert torch.allclose(live["fc.bias"], job.initial["fc.bias"] - LR)
-                assert metrics_of(running, info.job_id).pushes_applied == 2
-            worker.complete(task)
-        elif task.kind == co_pb2.TASK_KIND_EVAL:
-            worker.complete(task, accuracy=0.5 + 0.1 * task.epoch, loss=2.0 - task.epoch)
-            if task.epoch == 1:  # the last epoch's evaluation: the job saves its model
-                break
-    wait_for("the job to complete", lambda: get_job(running.stub, info.job_id).state == "completed")
+    seen = _play_until_saved(running, shards, worker, job, plan)
+    wait_for_job(running.stub, info.job_id, "completed")
 
     # Assert: the order of work, then the job's end state.
-    train, evaluate = co_pb2.TASK_KIND_TRAIN, co_pb2.TASK_KIND_EVAL
-    assert seen == [
-        (train, 0, 0),
-        (train, 0, 1),
-        (train, 0, 2),
-        (evaluate, 0, 0),
-        (train, 1, 0),
-        (train, 1, 1),
-        (train, 1, 2),
-        (evaluate, 1, 0),
-    ]
-    done = get_job(running.stub, info.job_id)
-    assert (done.state, done.epoch, done.progress, done.steps) == ("completed", 2, 1.0, 6)
-    assert abs(done.test_accuracy - 0.6) < 1e-9 and abs(done.last_loss - 1 / 6) < 1e-9
-    assert done.finished_unix >= done.started_unix >= done.created_unix > 0
-    assert list(done.workers) == []
-    metrics = metrics_of(running, info.job_id)
-    assert [s.step for s in metrics.steps] == [1, 2, 3, 4, 5, 6]
-    assert [(e.epoch, round(e.test_accuracy, 6)) for e in metrics.epochs] == [(0, 0.5), (1, 0.6)]
-    assert dict(metrics.pushes_by_worker) == {worker.worker_id: 6}
-    assert metrics.pushes_applied == 12 and len(metrics.shards) == 2
-    model_bytes = fetch_model(running.stub, info.job_id)
-    model = state.loads(model_bytes)
-    assert set(model) == {"fc.weight", "fc.bias", "scale"}
-    for name in ("fc.weight", "fc.bias"):  # six pushes of ones at lr 0.1
-        assert torch.allclose(model[name], job.initial[name] - LR * pushes, atol=1e-6)
-    assert torch.equal(model["scale"], job.initial["scale"])  # the buffer rides along
-    for part in plan.shards:  # the shards forgot the job
-        code = rpc_code(partial(shards.stats, part.address, info.job_id))
-        assert code == grpc.StatusCode.NOT_FOUND
+    assert seen == ORDER
+    _assert_completed(running, info.job_id, worker.worker_id)
+    model_bytes = _assert_saved_model(running, shards, job, plan)
 
     # Execute: a new coordinator on the same state dir.
     running.close()
@@ -122,6 +78,68 @@ def test_a_job_runs_to_a_saved_model_and_survives_a_restart(
         worker.worker_id: 6
     }
     assert fetch_model(again.stub, info.job_id) == model_bytes
+
+
+def _play_until_saved(
+    running: Running, shards: Shards, worker: HandWorker, job: TinyJob, plan: co_pb2.JobPlan
+) -> list[tuple[int, int, int]]:
+    """Train (a push of ones per lease) and evaluate until the last epoch's evaluation, checking
+    on the way what a running job shows; the tasks handed out, in order."""
+    seen: list[tuple[int, int, int]] = []
+    pushes = 0
+    for _ in range(20):
+        task = worker.acquire()
+        seen.append((task.kind, task.epoch, task.partition))
+        if task.kind == TRAIN:
+            assert task.partitions == 3 and task.lease_seconds > 0
+            # The membership is in place on every shard before the task was handed over.
+            for part in plan.shards:
+                assert worker.worker_id in shards.stats(part.address, plan.job_id).members
+            replies = worker.push_ones(plan)
+            assert [r.outcome for r in replies] == [ps_pb2.PUSH_OUTCOME_APPLIED] * 2
+            pushes += 1
+            worker.report(plan.job_id, task.epoch, [1.0 / pushes])
+            if pushes == 1:
+                # A running job's model and metrics come live from the shards.
+                live = state.loads(fetch_model(running.stub, plan.job_id))
+                assert torch.allclose(live["fc.bias"], job.initial["fc.bias"] - LR)
+                assert metrics_of(running, plan.job_id).pushes_applied == 2
+            worker.complete(task)
+        elif task.kind == EVAL:
+            worker.complete(task, accuracy=0.5 + 0.1 * task.epoch, loss=2.0 - task.epoch)
+            if task.epoch == 1:  # the last epoch's evaluation: the job saves its model
+                break
+    return seen
+
+
+def _assert_completed(running: Running, job_id: str, worker_id: str) -> None:
+    done = get_job(running.stub, job_id)
+    assert (done.state, done.epoch, done.progress, done.steps) == ("completed", 2, 1.0, 6)
+    assert abs(done.test_accuracy - 0.6) < 1e-9 and abs(done.last_loss - 1 / 6) < 1e-9
+    assert done.finished_unix >= done.started_unix >= done.created_unix > 0
+    assert list(done.workers) == []
+    metrics = metrics_of(running, job_id)
+    assert [s.step for s in metrics.steps] == [1, 2, 3, 4, 5, 6]
+    assert [(e.epoch, round(e.test_accuracy, 6)) for e in metrics.epochs] == [(0, 0.5), (1, 0.6)]
+    assert dict(metrics.pushes_by_worker) == {worker_id: 6}
+    assert metrics.pushes_applied == 12 and len(metrics.shards) == 2
+
+
+def _assert_saved_model(
+    running: Running, shards: Shards, job: TinyJob, plan: co_pb2.JobPlan
+) -> bytes:
+    """The saved model is six SGD steps on ones from the initial state, and the shards forgot
+    the job; the model's bytes."""
+    model_bytes = fetch_model(running.stub, plan.job_id)
+    model = state.loads(model_bytes)
+    assert set(model) == {"fc.weight", "fc.bias", "scale"}
+    for name in ("fc.weight", "fc.bias"):  # six pushes of ones at lr 0.1
+        assert torch.allclose(model[name], job.initial[name] - LR * 6, atol=1e-6)
+    assert torch.equal(model["scale"], job.initial["scale"])  # the buffer rides along
+    for part in plan.shards:
+        code = rpc_code(partial(shards.stats, part.address, plan.job_id))
+        assert code == grpc.StatusCode.NOT_FOUND
+    return model_bytes
 
 
 def test_a_restarted_coordinator_resumes_a_running_job(
@@ -151,11 +169,12 @@ def test_a_restarted_coordinator_resumes_a_running_job(
     assert (resumed.state, resumed.epoch, resumed.progress) == ("running", 0, 0.25)
     assert worker.heartbeat().known
     wait_for(
-        "the shards' memberships to be sent again",
         lambda: all(
             list(shards.stats(p.address, info.job_id).members) == [worker.worker_id]
             for p in plan.shards
         ),
+        WAIT,
+        what="the shards' memberships to be sent again",
     )
     worker.complete(held)
     task = worker.acquire()

@@ -13,16 +13,16 @@ from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from tests.coordinator.conftest import (
     RPC_TIMEOUT,
+    WAIT,
     HandWorker,
     Running,
     Shards,
     get_job,
     plan_of,
-    rpc_code,
     submit,
-    tiny_job,
-    wait_for,
+    wait_for_job,
 )
+from tests.support import rpc_code, tiny_job, wait_for
 
 
 def test_a_silent_worker_dies_and_its_partition_goes_to_another(
@@ -45,7 +45,7 @@ def test_a_silent_worker_dies_and_its_partition_goes_to_another(
         assert alive.heartbeat().known
         return members() == [[], []]
 
-    wait_for("the silent worker to leave the shards' members", silent_is_gone)
+    wait_for(silent_is_gone, WAIT, what="the silent worker to leave the shards' members")
 
     # Assert
     assert not silent.heartbeat().known
@@ -75,7 +75,7 @@ def test_a_job_without_workers_says_so(
     def status() -> str:
         return get_job(running.stub, info.job_id).status_message
 
-    wait_for("the no-worker stall message", lambda: "no workers alive" in status())
+    wait_for(lambda: "no workers alive" in status(), WAIT, what="the no-worker stall message")
     assert status().startswith("epoch 1/2: 0/3 partitions done, 0 workers")
     idle = HandWorker(running.stub, shards)
 
@@ -83,7 +83,7 @@ def test_a_job_without_workers_says_so(
         idle.heartbeat()
         return "no worker has taken a lease for" in status()
 
-    wait_for("the no-lease stall message", idle_named)
+    wait_for(idle_named, WAIT, what="the no-lease stall message")
 
 
 def test_a_stuck_sync_barrier_names_the_missing_worker(
@@ -106,7 +106,7 @@ def test_a_stuck_sync_barrier_names_the_missing_worker(
         stuck.heartbeat()
         return expected in get_job(running.stub, info.job_id).status_message
 
-    wait_for(f"the status to say {expected!r}", named)
+    wait_for(named, WAIT, what=f"the status to say {expected!r}")
     assert get_job(running.stub, info.job_id).status_message.startswith(
         "epoch 1/2: 0/3 partitions done, 2 workers; stalled for"
     )
@@ -143,7 +143,7 @@ def test_an_unreachable_shard_keeps_the_job_pending_until_it_comes(
     # The shard comes up: the monitor's retry starts the job.
     shard = serve_shard(Settings(host="127.0.0.1", grace_seconds=0.0), port=port)
     try:
-        wait_for("the job to start", lambda: get_job(running.stub, info.job_id).state == "running")
+        wait_for_job(running.stub, info.job_id, "running")
         status = running.stub.ClusterStatus(co_pb2.ClusterStatusRequest(), timeout=RPC_TIMEOUT)
         assert [(s.address, s.healthy, s.error) for s in status.shards] == [(address, True, "")]
     finally:

@@ -13,7 +13,7 @@ from pscluster.errors import FailedPrecondition, InvalidArgument, PSError
 from pscluster.model import state
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
-from tests.coordinator.conftest import TinyJob, tiny_job
+from tests.support import TinyJob, tiny_job
 
 
 def check(job: TinyJob, configured_shards: int = 2) -> co_pb2.JobSpec:

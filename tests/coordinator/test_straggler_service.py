@@ -11,14 +11,8 @@ import grpc
 import pytest
 
 from pscluster.v1 import coordinator_pb2 as co_pb2
-from tests.coordinator.conftest import (
-    RPC_TIMEOUT,
-    HandWorker,
-    Running,
-    Shards,
-    submit,
-    tiny_job,
-)
+from tests.coordinator.conftest import RPC_TIMEOUT, HandWorker, Running, Shards, submit
+from tests.support import tiny_job
 
 
 def report(

@@ -1,6 +1,6 @@
 """Fixtures for the fuzz tests: a real shard and a real coordinator on loopback, each with a
-job made before the fuzzing starts, raw gRPC calls (bytes in, bytes out), and the invariants
-every fuzzed call must keep.
+job made before the fuzzing starts, and the invariants every fuzzed call must keep (the raw
+calls, bytes in and bytes out: tests/fuzz/raw.py).
 
 The servers are module-scoped: hypothesis runs many examples per test against one server, and
 a fresh server per example would cost more than the thousands of calls together. Every check
@@ -9,37 +9,28 @@ therefore compares against the state read just before the call, not at setup.
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 import torch
-from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, settings
 
 from pscluster.config import Settings
 from pscluster.coordinator.main import CoordinatorHandle
 from pscluster.coordinator.main import serve as serve_coordinator
-from pscluster.data.dataset import Dataset
-from pscluster.model import source, state
-from pscluster.model.layout import ParamLayout
 from pscluster.server.main import serve as serve_shard
 from pscluster.transport import wire
 from pscluster.transport.server import RunningServer
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from tests.fuzz.raw import CO, PS, Outcome, Raw, serving
+from tests.support import TinyJob, tiny_job, wait_for
 
-RPC_TIMEOUT = 10.0
 MAX_MESSAGE = 1 << 20  # PSC_MAX_MESSAGE_BYTES in these tests: small, so "oversized" is cheap
-PS = "/pscluster.v1.ParameterServer/"
-CO = "/pscluster.v1.Coordinator/"
 GUARDED = "guarded"  # the shard job whose parameters no refused call may touch
 SCRATCH = "scratch"  # a shard job fuzzed calls may change (membership, pushes)
 MEMBER = "w1"
@@ -48,17 +39,6 @@ LENGTH = 64
 CODEC_JOBS = {"c-fp16": "fp16", "c-int8": "int8", "c-topk": "topk", "c-dgc": "dgc"}
 FIXTURE_JOBS = {GUARDED: "", SCRATCH: "", **CODEC_JOBS}
 
-# Codes a refused call may end with. Never UNKNOWN or INTERNAL (a bug on the server) nor
-# UNAVAILABLE (the server fell over). CANCELLED only where the client cancelled.
-REFUSED = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.ALREADY_EXISTS,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
 # What an undecodable message gets once DecodeGuard is wired (INVALID_ARGUMENT), or today.
 UNGUARDED_DETAILS = "Exception deserializing request!"
 
@@ -92,109 +72,6 @@ def fuzz_settings(tmp: Path, **overrides: object) -> Settings:
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
-
-
-# --- raw calls ---
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a call ended: its code and details, and the reply bytes (or messages) if OK."""
-
-    code: grpc.StatusCode
-    details: str
-    replies: list[bytes]
-
-
-class Raw:
-    """Calls by method name with bytes in and bytes out, so a test can send anything.
-
-    The channel has no message limits of its own: an oversized message must be refused by the
-    server, not by the client.
-    """
-
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 64 << 20)]
-        )
-        grpc.channel_ready_future(self.channel).result(timeout=RPC_TIMEOUT)
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def unary(self, method: str, request: bytes, timeout: float = RPC_TIMEOUT) -> Outcome:
-        call = self.channel.unary_unary(method, None, None)
-        try:
-            reply = call(request, timeout=timeout)
-        except grpc.RpcError as e:
-            return _failed(e)
-        return Outcome(grpc.StatusCode.OK, "", [reply])
-
-    def server_stream(self, method: str, request: bytes, timeout: float = RPC_TIMEOUT) -> Outcome:
-        call = self.channel.unary_stream(method, None, None)
-        replies: list[bytes] = []
-        try:
-            for reply in call(request, timeout=timeout):
-                replies.append(reply)
-        except grpc.RpcError as e:
-            return _failed(e, replies)
-        return Outcome(grpc.StatusCode.OK, "", replies)
-
-    def client_stream(
-        self, method: str, requests: Iterable[bytes], timeout: float = RPC_TIMEOUT
-    ) -> Outcome:
-        call = self.channel.stream_unary(method, None, None)
-        try:
-            reply = call(iter(requests), timeout=timeout)
-        except grpc.RpcError as e:
-            return _failed(e)
-        return Outcome(grpc.StatusCode.OK, "", [reply])
-
-    def cancelled_stream(self, method: str, requests: list[bytes]) -> Outcome:
-        """Send ``requests``, then cancel the call with the stream still open (a client that
-        dies mid-upload). The server must treat it as never sent."""
-        sent = threading.Event()
-        release = threading.Event()
-
-        def stream() -> Iterator[bytes]:
-            yield from requests
-            sent.set()
-            release.wait(RPC_TIMEOUT)
-
-        future = self.channel.stream_unary(method, None, None).future(stream(), timeout=RPC_TIMEOUT)
-        sent.wait(RPC_TIMEOUT)
-        time.sleep(0.02)  # let the messages reach the server before the cancel does
-        future.cancel()  # type: ignore[no-untyped-call]
-        release.set()
-        try:
-            future.result(timeout=RPC_TIMEOUT)
-        except grpc.FutureCancelledError:
-            return Outcome(grpc.StatusCode.CANCELLED, "cancelled by the client", [])
-        except grpc.RpcError as e:
-            return _failed(e)
-        return Outcome(grpc.StatusCode.OK, "", [])
-
-
-def _failed(e: grpc.RpcError, replies: list[bytes] | None = None) -> Outcome:
-    assert isinstance(e, grpc.Call)
-    return Outcome(e.code(), e.details() or "", replies or [])
-
-
-def serving(raw: Raw) -> bool:
-    request = health_pb2.HealthCheckRequest(service="").SerializeToString()
-    outcome = raw.unary("/grpc.health.v1.Health/Check", request)
-    if outcome.code != grpc.StatusCode.OK:
-        return False
-    status = health_pb2.HealthCheckResponse.FromString(outcome.replies[0]).status
-    return bool(status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def assert_precise(outcome: Outcome, allowed: Iterable[grpc.StatusCode], what: str) -> None:
-    """The call succeeded or was refused with one of ``allowed`` and a message saying why."""
-    codes = {grpc.StatusCode.OK, *allowed}
-    assert outcome.code in codes, f"{what}: {outcome.code.name} {outcome.details!r}"
-    if outcome.code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
-        assert outcome.details.strip(), f"{what}: {outcome.code.name} without a message"
 
 
 # --- the shard ---
@@ -279,64 +156,6 @@ def shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardUnderTest]:
 
 # --- the coordinator ---
 
-MODEL_SOURCE = """
-import torch
-from torch import nn
-
-
-class Tiny(nn.Module):
-    def __init__(self, n_in: int = 4, n_out: int = 3) -> None:
-        super().__init__()
-        self.fc = nn.Linear(n_in, n_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x)
-"""
-
-
-@dataclass(frozen=True)
-class Submission:
-    spec: co_pb2.JobSpec
-    blobs: dict[str, bytes]
-
-    def chunks(self, chunk_bytes: int = 4096) -> list[bytes]:
-        out = [co_pb2.SubmitJobChunk(spec=self.spec).SerializeToString()]
-        for name, data in self.blobs.items():
-            for i in range(0, len(data), chunk_bytes):
-                blob = common_pb2.BlobChunk(blob=name, data=data[i : i + chunk_bytes])
-                out.append(co_pb2.SubmitJobChunk(blob=blob).SerializeToString())
-        return out
-
-
-def tiny_submission() -> Submission:
-    torch.manual_seed(0)
-    kwargs = json.dumps({"n_in": 4, "n_out": 3})
-    model = source.build(MODEL_SOURCE, "Tiny", kwargs)
-    layout = ParamLayout.of_module(model)
-    rng = np.random.default_rng(0)
-    train = (rng.normal(size=(24, 4)).astype(np.float32), rng.integers(0, 3, 24))
-    test = (rng.normal(size=(9, 4)).astype(np.float32), rng.integers(0, 3, 9))
-    spec = co_pb2.JobSpec(
-        name="fuzz",
-        model=co_pb2.ModelSpec(
-            source=MODEL_SOURCE,
-            class_name="Tiny",
-            kwargs_json=kwargs,
-            params=[co_pb2.ParamInfo(name=s.name, shape=s.shape) for s in layout.slots],
-        ),
-        mode="async",
-        optimizer=common_pb2.OptimizerConfig(name="sgd", lr=0.1),
-        epochs=2,
-        batch_size=4,
-        partitions=3,
-        loss="cross_entropy",
-    )
-    blobs = {
-        "dataset": Dataset.from_arrays(train, test).to_blob(),
-        "initial_state": state.dumps(dict(model.state_dict())),
-    }
-    return Submission(spec, blobs)
-
 
 @dataclass
 class CoordinatorUnderTest:
@@ -344,7 +163,7 @@ class CoordinatorUnderTest:
     shard: RunningServer
     raw: Raw
     job_id: str  # a running job no refused call may touch
-    submission: Submission
+    submission: TinyJob
 
     def job(self, job_id: str) -> co_pb2.JobInfo:
         request = co_pb2.GetJobRequest(job_id=job_id).SerializeToString()
@@ -366,15 +185,6 @@ class CoordinatorUnderTest:
             assert after == before, f"{what}: refused ({outcome.code.name}) but {before} -> {after}"
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorUnderTest]:
     tmp = tmp_path_factory.mktemp("coordinator")
@@ -388,12 +198,12 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
     handle = serve_coordinator(settings, port=0)
     raw = Raw(f"127.0.0.1:{handle.port}")
     try:
-        submission = tiny_submission()
-        outcome = raw.client_stream(CO + "SubmitJob", submission.chunks())
+        submission = tiny_job(model="Plain", name="fuzz", seed=0)
+        outcome = raw.client_stream(CO + "SubmitJob", submission.serialized())
         assert outcome.code == grpc.StatusCode.OK, outcome
         job_id = co_pb2.JobInfo.FromString(outcome.replies[0]).job_id
         under_test = CoordinatorUnderTest(handle, shard_server, raw, job_id, submission)
-        wait_for("the job to run", lambda: under_test.job(job_id).state == "running")
+        wait_for(lambda: under_test.job(job_id).state == "running", 20, what="the job to run")
         yield under_test
     finally:
         raw.close()

@@ -24,15 +24,14 @@ from pscluster.transport.guard import DecodeGuard
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from tests.fuzz.conftest import (
-    CO,
-    PS,
     UNGUARDED_DETAILS,
     CoordinatorUnderTest,
-    Raw,
     ShardUnderTest,
     fuzz,
     fuzz_settings,
 )
+from tests.fuzz.raw import PS, Raw
+from tests.support import COORDINATOR_RPCS, SHARD_RPCS, Rpc
 
 # Bytes no message parses: a tag whose varint never ends.
 GARBAGE = b"\xff\xff\xff\xff\xff"
@@ -226,39 +225,9 @@ def test_without_the_guard_grpc_answers_internal(recorder: Recorder) -> None:
 
 # --- the real servicers behind the guard: what the servers answer once it is wired ---
 
-PS_METHODS = {
-    "InitJob": "stream",
-    "SetMembers": "unary",
-    "Pull": "server_stream",
-    "Push": "stream",
-    "GetJobStats": "unary",
-    "DropJob": "unary",
-}
-CO_METHODS = {
-    "SubmitJob": "stream",
-    "GetJob": "unary",
-    "ListJobs": "unary",
-    "CancelJob": "unary",
-    "GetMetrics": "unary",
-    "FetchModel": "server_stream",
-    "ClusterStatus": "unary",
-    "RegisterWorker": "unary",
-    "Heartbeat": "unary",
-    "AcquireTask": "unary",
-    "CompleteTask": "unary",
-    "ReportProgress": "unary",
-    "ReportFailure": "unary",
-    "GetJobPlan": "unary",
-    "FetchBlob": "server_stream",
-}
-
-
-def call(raw: Raw, method: str, kind: str, payload: bytes) -> grpc.StatusCode:
-    if kind == "unary":
-        return raw.unary(method, payload).code
-    if kind == "server_stream":
-        return raw.server_stream(method, payload).code
-    return raw.client_stream(method, [payload]).code
+# Every RPC of both services, as the protos declare them.
+EVERY_RPC = sorted([*SHARD_RPCS.values(), *COORDINATOR_RPCS.values()], key=lambda r: r.path)
+NO_STRING_FIELDS = ("ListJobs", "ClusterStatus")  # any bytes as field 1 are an unknown field
 
 
 @pytest.fixture(scope="module")
@@ -283,28 +252,27 @@ def guarded_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Raw]:
 def test_every_rpc_answers_garbage_with_invalid_argument(
     guarded_services: Raw, payload: bytes
 ) -> None:
-    for name, kind in PS_METHODS.items():
-        assert call(guarded_services, PS + name, kind, payload) == grpc.StatusCode.INVALID_ARGUMENT
-    for name, kind in CO_METHODS.items():
-        if name in ("ListJobs", "ClusterStatus") and payload == INVALID_UTF8:
-            continue  # no string fields: an unknown field of any bytes is valid
-        assert call(guarded_services, CO + name, kind, payload) == grpc.StatusCode.INVALID_ARGUMENT
+    for rpc in EVERY_RPC:
+        if rpc.name in NO_STRING_FIELDS and payload == INVALID_UTF8:
+            continue
+        code = guarded_services.call(rpc, [payload]).code
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, rpc.path
 
 
 @fuzz(150)
-@given(method=st.sampled_from(sorted({**PS_METHODS, **CO_METHODS})), payload=st.binary())
+@given(rpc=st.sampled_from(EVERY_RPC), payload=st.binary())
 def test_random_bytes_never_internal_behind_the_guard(
-    guarded_services: Raw, method: str, payload: bytes
+    guarded_services: Raw, rpc: Rpc, payload: bytes
 ) -> None:
-    prefix, kind = (PS, PS_METHODS[method]) if method in PS_METHODS else (CO, CO_METHODS[method])
-    code = call(guarded_services, prefix + method, kind, payload)
-    assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (method, payload)
+    code = guarded_services.call(rpc, [payload]).code
+    assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (rpc.path, payload)
 
 
 def test_end_to_end_undecodable(shard: ShardUnderTest, coordinator: CoordinatorUnderTest) -> None:
     """The servers as serve() builds them answer garbage with INVALID_ARGUMENT."""
-    for name, kind in PS_METHODS.items():
-        assert call(shard.raw, PS + name, kind, GARBAGE) == grpc.StatusCode.INVALID_ARGUMENT, name
-    for name, kind in CO_METHODS.items():
-        code = call(coordinator.raw, CO + name, kind, GARBAGE)
-        assert code == grpc.StatusCode.INVALID_ARGUMENT, name
+    for rpc in SHARD_RPCS.values():
+        code = shard.raw.call(rpc, [GARBAGE]).code
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, rpc.name
+    for rpc in COORDINATOR_RPCS.values():
+        code = coordinator.raw.call(rpc, [GARBAGE]).code
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, rpc.name

@@ -22,18 +22,15 @@ from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from tests.fuzz.conftest import (
-    CO,
     GUARDED,
     LENGTH,
     MAX_MESSAGE,
     MEMBER,
-    PS,
     CoordinatorUnderTest,
-    Raw,
     ShardUnderTest,
     init_chunks,
-    serving,
 )
+from tests.fuzz.raw import CO, PS, Raw, serving
 from tests.server.shard_process import ShardProcess
 
 BIG = MAX_MESSAGE + 4096
@@ -105,7 +102,7 @@ def test_oversized_chunk_in_an_init_stream(shard: ShardUnderTest) -> None:
 
 def test_oversized_submission_chunk(coordinator: CoordinatorUnderTest) -> None:
     before = coordinator.fingerprint()
-    chunks = coordinator.submission.chunks()
+    chunks = coordinator.submission.serialized()
     blob = common_pb2.BlobChunk(blob="dataset", data=b"\0" * BIG)
     chunks.insert(1, co_pb2.SubmitJobChunk(blob=blob).SerializeToString())
     outcome = coordinator.raw.client_stream(CO + "SubmitJob", chunks)
