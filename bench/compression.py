@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -45,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import plots  # noqa: E402
+from bench.common import machine  # noqa: E402
 from bench.compression_model import WideNet  # noqa: E402
 from pscluster.client.local import LocalCluster  # noqa: E402
 from pscluster.client.spec_file import load_job_file  # noqa: E402
@@ -225,15 +224,6 @@ def main() -> None:
     plots.compression(results, png)
     print(table(results))
     print(f"wrote {args.out} and {png}")
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 if __name__ == "__main__":

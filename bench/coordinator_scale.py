@@ -31,42 +31,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import linecache
 import os
 import platform
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import coordinator_scale_figures as figs  # noqa: E402
 from bench import plots_coordinator  # noqa: E402
-from bench.coordinator_scale_model import Tiny  # noqa: E402
-from bench.coordinator_scale_setup import (  # noqa: E402
-    Sims,
-    TreeCluster,
-    start_sims,
-    stop_sims,
-    tree_info,
-    wait_ready,
-    worktree,
+from bench.coordinator_scale_scenario import (  # noqa: E402
+    EPOCHS,
+    PARTITIONS,
+    ROWS,
+    SHARDS,
+    scenario,
 )
-from bench.proc_sampler import ProcSampler  # noqa: E402
-from pscluster.client.sdk import Client, Job  # noqa: E402
+from bench.coordinator_scale_setup import tree_info, worktree  # noqa: E402
 from pscluster.config import Settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-ROWS, PARTITIONS, TEST_ROWS, EPOCHS = 4000, 2000, 100, 10_000
-SHARDS = 2
-AFTER_RESTART_MIN = 15.0  # seconds measured after a restart at least
 # The issue's figures (measured earlier, same method, its own machine).
 ISSUE = [
     {"workers": 50, "leases_per_s": 56, "acquire_p50_ms": 443, "acquire_p99_ms": 645,
@@ -91,160 +78,6 @@ TARGETS = {
     "false_deaths": 0,
     "finished_leases_lost_on_kill": 0,
 }
-
-
-def submit(client: Client) -> Job:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(ROWS, 4)).astype(np.float32)
-    xt = rng.normal(size=(TEST_ROWS, 4)).astype(np.float32)
-    return client.submit(
-        Tiny,
-        (x, (x[:, 0] > 0).astype(np.int64)),
-        (xt, (xt[:, 0] > 0).astype(np.int64)),
-        mode="async",
-        epochs=EPOCHS,
-        batch_size=ROWS // PARTITIONS,  # one batch per partition
-        partitions=PARTITIONS,
-        name="coordinator-scale",
-    )
-
-
-def job_state(job: Job) -> dict[str, Any]:
-    """The job's state, epoch and steps at the end (it must still be running)."""
-    for _ in range(10):
-        try:
-            info = job.info()
-        except Exception as e:  # an overloaded coordinator refuses calls now and then
-            error = repr(e)
-            time.sleep(1.0)
-            continue
-        return {"state": info.state, "epoch": info.epoch, "steps": info.steps}
-    return {"state": "unknown", "error": error}
-
-
-# --- one scenario ---
-def scenario(
-    label: str, tree: Path, workers: int, args: argparse.Namespace, kill_at: float | None
-) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix=f"coordinator-scale-{label}-{workers}-"))
-    # Profiled only without a kill: the restarted coordinator would write over the stacks.
-    folded = tmp / "coordinator.folded" if args.profile and kill_at is None else None
-    cluster = TreeCluster(tree, folded, shards=SHARDS, workers=0, state_dir=tmp / "cluster")
-    sims: Sims | None = None
-    try:
-        cluster.start()
-        coordinator = cluster.coordinator
-        assert coordinator is not None
-        with cluster.client() as client:
-            job = submit(client)
-            deadline = time.monotonic() + 60
-            while job.info().state != "running" and time.monotonic() < deadline:
-                time.sleep(0.2)
-            begin = time.monotonic()
-            sims = start_sims(
-                cluster.address,
-                workers,
-                args.procs,
-                tmp,
-                SHARDS,
-                ROWS // PARTITIONS,
-                args.task_seconds,
-            )
-            running = sims
-            sampler = ProcSampler(
-                {
-                    "coordinator": lambda: [coordinator.pid],
-                    "shards": lambda: [h.pid for h in cluster.shard_handles],
-                    "sims": lambda: [p.pid for p in running.procs],
-                    "bench": lambda: [os.getpid()],
-                }
-            ).start()
-            registered, register_s = wait_ready(sims, workers, 60 + workers * 0.2)
-            time.sleep(args.warmup)
-            t0 = time.monotonic()
-            if folded is not None:
-                Path(f"{folded}.on").touch()
-            log_path = coordinator.log_path
-            log0 = log_path.stat().st_size
-            kill: dict[str, Any] | None = None
-            end = t0 + args.seconds
-            if kill_at is not None:
-                time.sleep(max(0.0, t0 + kill_at - time.monotonic()))
-                killed = time.monotonic()
-                log1 = log_path.stat().st_size
-                cluster.kill(coordinator, signal.SIGKILL)
-                cluster.restart(coordinator)
-                up = time.monotonic()
-                kill = {"t_kill": killed, "t_up": up}
-                end = max(end, up + AFTER_RESTART_MIN)
-            time.sleep(max(0.0, end - time.monotonic()))
-            t1 = time.monotonic()
-            if folded is not None:
-                Path(f"{folded}.on").unlink()
-            if kill is None:
-                log1 = log_path.stat().st_size
-            parts = stop_sims(sims)
-            sims = None
-            sampler.stop()
-            info = job_state(job)  # once the workers stopped: an overloaded coordinator refuses
-        log_text = log_path.read_text(errors="replace")
-    finally:
-        if sims is not None:
-            for p in sims.procs:
-                p.kill()
-        cluster.stop()
-        stacks = folded.read_text() if folded is not None and folded.exists() else None
-        shutil.rmtree(tmp, ignore_errors=True)
-    rec = figs.merge(parts)
-    steady_end = kill["t_kill"] if kill else t1
-    row: dict[str, Any] = {
-        "tree": label,
-        "workers": workers,
-        "sim_processes": len(parts),
-        "registered": registered,
-        "register_s": register_s,
-        "figures": figs.window(rec, t0, steady_end),
-        "whole_run": figs.window(rec, begin, t1),
-        "cpu": {
-            "coordinator_pct": round(sampler.cpu_percent("coordinator", t0, steady_end), 1),
-            "coordinator_rss_mb": round(sampler.peak("coordinator", t0, steady_end) / 1024, 1),
-            "coordinator_threads": sampler.peak("coordinator", t0, steady_end, "threads"),
-            "shards_pct": round(sampler.cpu_percent("shards", t0, steady_end), 1),
-            "sims_pct": round(sampler.cpu_percent("sims", t0, steady_end), 1),
-            "sims_rss_mb": round(sampler.total("sims", t0, steady_end) / 1024, 1),
-            "bench_pct": round(sampler.cpu_percent("bench", t0, steady_end), 1),
-            "machine_pct": round(sampler.machine_percent(t0, steady_end), 1),
-        },
-        "coordinator_log": {
-            "bytes_per_s": round((log1 - log0) / max(steady_end - t0, 1e-9)),
-            "declared_dead": log_text.count("is dead: no heartbeat"),
-        },
-        "lost": figs.lost_leases(rec),
-        "job": info,
-        "unfinished_sim_threads": sum(p.get("unfinished_threads", 0) for p in parts),
-        "series": {"t0_s": round(t0 - begin, 2), **figs.series(rec, begin, t1)},
-    }
-    if stacks is not None:
-        row["profile"] = figs.profile(stacks, lambda frame: source_line(tree, frame))
-    if kill is not None:
-        acks_after = [a[0] for a in rec.get("acks", []) if a[0] > kill["t_kill"]]
-        row["kill"] = {
-            "at_s": round(kill["t_kill"] - t0, 2),
-            "outage_s": round(kill["t_up"] - kill["t_kill"], 2),
-            "first_ack_after_kill_s": (
-                round(min(acks_after) - kill["t_kill"], 2) if acks_after else None
-            ),
-            "lost": row["lost"],
-            "after": figs.window(rec, kill["t_up"], t1),
-            "restored_log_lines": log_text.count("restored") - log_text.count("not restored"),
-        }
-    return row
-
-
-def source_line(tree: Path, frame: str) -> str:
-    """The source text of a sampled frame ``pscluster/...py:function:line`` of ``tree``."""
-    path, _, line = frame.rsplit(":", 2)
-    return linecache.getline(str(tree / path), int(line))
 
 
 def summary_line(r: dict[str, Any]) -> str:
@@ -283,7 +116,8 @@ def comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The options, with --quick's defaults filled in; ``workers`` becomes a list of ints."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--tree",
@@ -318,88 +152,83 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default bench/results/coordinator_scale.json")
     args = parser.parse_args()  # fmt: skip
     quick = args.quick
-    workers = [int(n) for n in (args.workers or ("20" if quick else "50,200,500")).split(",")]
+    args.workers = [int(n) for n in (args.workers or ("20" if quick else "50,200,500")).split(",")]
     args.seconds = args.seconds or (5.0 if quick else 60.0)
     args.warmup = args.warmup if args.warmup is not None else (2.0 if quick else 10.0)
-    out = args.out or RESULTS / (
+    args.out = args.out or RESULTS / (
         "coordinator_scale-quick.json" if quick else "coordinator_scale.json"
     )
-    if min(workers) < 1 or args.procs < 1 or args.seconds <= 0 or args.warmup < 0:
+    if min(args.workers) < 1 or args.procs < 1 or args.seconds <= 0 or args.warmup < 0:
         parser.error("--workers, --procs and --seconds must be positive, --warmup >= 0")
     if args.kill_at is not None and not 0 < args.kill_at < args.seconds:
         parser.error("--kill-at must be inside the window: 0 < kill-at < --seconds")
-    load_before = os.getloadavg()
-    started = time.monotonic()
+    return args
+
+
+def trees_under_test(
+    args: argparse.Namespace, stack: contextlib.ExitStack
+) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """The trees by label ('before' first, then 'after'; or just 'tree') and what each is,
+    printed; a git revision is checked out in a worktree that ``stack`` removes."""
+    tree = Path(args.tree).resolve()
+    if not tree.is_dir():
+        tree = stack.enter_context(worktree(args.tree))
+    trees = {"after" if args.baseline else "tree": tree}
+    if args.baseline:
+        trees = {"before": stack.enter_context(worktree(args.baseline)), **trees}
+    revs = {"before": args.baseline, "after": args.tree, "tree": args.tree}
+    info = {label: {**tree_info(path), "rev": revs[label]} for label, path in trees.items()}
+    for label, i in info.items():
+        print(f"{label}: {i['path']} at {i['commit'][:10]} {i['subject']!r}"
+              + (f", uncommitted: {i['uncommitted']}" if i["uncommitted"] else ""))  # fmt: skip
+    return trees, info
+
+
+def run_scenarios(trees: dict[str, Path], args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with contextlib.ExitStack() as stack:
-        tree = Path(args.tree).resolve()
-        if not tree.is_dir():
-            tree = stack.enter_context(worktree(args.tree))
-        trees = {"after" if args.baseline else "tree": tree}
-        if args.baseline:
-            trees = {"before": stack.enter_context(worktree(args.baseline)), **trees}
-        revs = {"before": args.baseline, "after": args.tree, "tree": args.tree}
-        info = {label: {**tree_info(path), "rev": revs[label]} for label, path in trees.items()}
-        for label, i in info.items():
-            print(f"{label}: {i['path']} at {i['commit'][:10]} {i['subject']!r}"
-                  + (f", uncommitted: {i['uncommitted']}" if i["uncommitted"] else ""))  # fmt: skip
-        # Each worker count against every tree in turn (before first), so that load drifting
-        # on the machine hits both alike.
-        for k, n in enumerate(workers):
-            for label, path in trees.items():
-                kill = args.kill_at if k == len(workers) - 1 else None
-                row = scenario(label, path, n, args, kill)
-                print(summary_line(row), flush=True)
-                rows.append(row)
+    # Each worker count against every tree in turn (before first), so that load drifting
+    # on the machine hits both alike.
+    for k, n in enumerate(args.workers):
+        for label, path in trees.items():
+            kill = args.kill_at if k == len(args.workers) - 1 else None
+            row = scenario(label, path, n, args, kill)
+            print(summary_line(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def setup(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings()
-    result = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg(),
+    return {
+        "workers": args.workers,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "sim_processes": args.procs,
+        "task_seconds": args.task_seconds,
+        "simulators": "one thread and one channel (own TCP connection) per worker, plus "
+        "its heartbeat thread; heartbeat deadline max(1 s, 2 s) as the agent's, 10 s others",
+        "job": {
+            "rows": ROWS,
+            "partitions": PARTITIONS,
+            "batch_size": ROWS // PARTITIONS,
+            "epochs": EPOCHS,
+            "mode": "async",
+            "shards": SHARDS,
+            "model": "Linear(4, 2)",
         },
-        "command": " ".join(["python", "bench/coordinator_scale.py", *sys.argv[1:]]),
-        "quick": quick,
-        "minutes": round((time.monotonic() - started) / 60, 1),
-        "setup": {
-            "workers": workers,
-            "seconds": args.seconds,
-            "warmup": args.warmup,
-            "sim_processes": args.procs,
-            "task_seconds": args.task_seconds,
-            "simulators": "one thread and one channel (own TCP connection) per worker, plus "
-            "its heartbeat thread; heartbeat deadline max(1 s, 2 s) as the agent's, 10 s others",
-            "job": {
-                "rows": ROWS,
-                "partitions": PARTITIONS,
-                "batch_size": ROWS // PARTITIONS,
-                "epochs": EPOCHS,
-                "mode": "async",
-                "shards": SHARDS,
-                "model": "Linear(4, 2)",
-            },
-            "defaults": {
-                k: getattr(settings, k)
-                for k in (
-                    "heartbeat_seconds",
-                    "worker_timeout_seconds",
-                    "acquire_hold_seconds",
-                    "grpc_threads",
-                )
-            },
+        "defaults": {
+            k: getattr(settings, k)
+            for k in (
+                "heartbeat_seconds",
+                "worker_timeout_seconds",
+                "acquire_hold_seconds",
+                "grpc_threads",
+            )
         },
-        "trees": info,
-        "issue": ISSUE,
-        "targets": TARGETS,
-        "rows": rows,
-        "comparison": comparison(rows),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    png = out.with_suffix(".png")
-    plots_coordinator.scale(rows, ISSUE, png)
+
+
+def print_tables(rows: list[dict[str, Any]]) -> None:
     print("\nreported in the issue:")
     print(ISSUE_TABLE)
     print("\nmeasured:")
@@ -409,6 +238,39 @@ def main() -> None:
     if any(r.get("kill") for r in rows):
         print()
         print(figs.kill_table(rows))
+
+
+def main() -> None:
+    args = parse_args()
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        trees, info = trees_under_test(args, stack)
+        rows = run_scenarios(trees, args)
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+        "command": " ".join(["python", "bench/coordinator_scale.py", *sys.argv[1:]]),
+        "quick": args.quick,
+        "minutes": round((time.monotonic() - started) / 60, 1),
+        "setup": setup(args),
+        "trees": info,
+        "issue": ISSUE,
+        "targets": TARGETS,
+        "rows": rows,
+        "comparison": comparison(rows),
+    }
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    png = out.with_suffix(".png")
+    plots_coordinator.scale(rows, ISSUE, png)
+    print_tables(rows)
     print(f"\nwrote {out} and {png} ({result['minutes']} min)")
 
 

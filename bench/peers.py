@@ -34,18 +34,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import plots  # noqa: E402
+from bench.common import machine  # noqa: E402
 from bench.peers_common import (  # noqa: E402
     MODELS,
     SETTINGS,
@@ -171,7 +169,8 @@ def run_ps_row(
     )
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, list[int], list[ModelBench], list[Setting]]:
+    """The options, and the process counts, models and settings they name."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", default="1,2", help="process counts (default 1,2)")
     parser.add_argument("--models", default=",".join(MODELS), help="default: all")
@@ -200,7 +199,13 @@ def main() -> None:
     settings = [s for s in SETTINGS if s.key in keys]
     if len(settings) != len(keys):
         parser.error(f"--settings: expected some of {[s.key for s in SETTINGS]}, got {keys}")
+    return args, counts, models, settings
 
+
+def run_all(
+    counts: list[int], models: list[ModelBench], settings: list[Setting]
+) -> list[dict[str, Any]]:
+    """Per process count: DDP, every pscluster setting on one cluster, DDP again."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
@@ -221,15 +226,26 @@ def main() -> None:
                 rows.append(mean_of(before[m.name], run_ddp_row(m, n, scratch)))
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "runs"}), flush=True)
             rows.extend(ps_rows)
+    return rows
+
+
+def print_summary(ratios: list[dict[str, Any]], best: list[dict[str, Any]]) -> None:
+    print(table(ratios))
+    for b in best:
+        print(
+            f"{b['model']}, {b['processes']} process(es): most samples/s with "
+            f"{b['label']!r} at {b['ratio_samples_per_s']:.2f}x DDP"
+        )
+    for key, verdict in target_verdicts(ratios).items():
+        print(f"{key}: {verdict}")
+
+
+def main() -> None:
+    args, counts, models, settings = parse_args()
+    rows = run_all(counts, models, settings)
     ratios = ratio_rows(rows)
     out = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_average": os.getloadavg(),
-        },
+        "machine": {**machine(), "load_average": os.getloadavg()},
         "command": " ".join(["python", "bench/peers.py", *sys.argv[1:]]),
         "quick": args.quick,
         "target_accuracy": TARGET,
@@ -243,14 +259,7 @@ def main() -> None:
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     png = args.out.with_suffix(".png")
     plots.peers(rows, png)
-    print(table(ratios))
-    for b in out["best"]:
-        print(
-            f"{b['model']}, {b['processes']} process(es): most samples/s with "
-            f"{b['label']!r} at {b['ratio_samples_per_s']:.2f}x DDP"
-        )
-    for key, verdict in target_verdicts(ratios).items():
-        print(f"{key}: {verdict}")
+    print_summary(ratios, out["best"])
     print(f"wrote {args.out} and {png}")
 
 

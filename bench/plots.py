@@ -73,38 +73,62 @@ def staleness(
     colors = [f"C{i}" for i in range(len(labels))]
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), constrained_layout=True)
     curve_ax, ttt_ax, rate_ax, stale_ax = axes.flat
+    _mean_curves(curve_ax, runs, labels, colors, target)
+    _bars_of_repeats(ttt_ax, runs, labels, colors, "time_to_target", "seconds", "{:.1f}")
+    ttt_ax.set_title(f"time to {target:.2f} test accuracy (range of repeats)")
+    _bars_of_repeats(rate_ax, runs, labels, colors, "samples_per_s", "training samples/s", "{:.0f}")
+    rate_ax.set_title("throughput")
+    _staleness_bars(stale_ax, runs, labels)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _mean_curves(
+    ax: Any, runs: list[dict[str, Any]], labels: list[str], colors: list[str], target: float
+) -> None:
+    """Accuracy against time per label, averaged over its repeats epoch by epoch."""
     for label, color in zip(labels, colors, strict=True):
         curves = [r["curve"] for r in runs if r["label"] == label]
         n = min(len(c) for c in curves)
         xs = [sum(c[i][0] for c in curves) / len(curves) for i in range(n)]
         ys = [sum(c[i][1] for c in curves) / len(curves) for i in range(n)]
-        curve_ax.plot(xs, ys, marker=".", color=color, label=label)
-    curve_ax.axhline(target, color="grey", lw=0.8, ls=":")
-    curve_ax.set_xlabel("seconds since the job started")
-    curve_ax.set_ylabel("test accuracy (per epoch)")
-    curve_ax.set_ylim(0.8, 1.0)
-    curve_ax.legend(fontsize=8)
-    curve_ax.set_title("accuracy against wall time (mean of repeats)")
+        ax.plot(xs, ys, marker=".", color=color, label=label)
+    ax.axhline(target, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("seconds since the job started")
+    ax.set_ylabel("test accuracy (per epoch)")
+    ax.set_ylim(0.8, 1.0)
+    ax.legend(fontsize=8)
+    ax.set_title("accuracy against wall time (mean of repeats)")
 
-    def bars(ax: Any, key: str, ylabel: str, fmt: str) -> None:
-        means, lows, highs = [], [], []
-        for label in labels:
-            got = [r[key] for r in runs if r["label"] == label and r[key] is not None]
-            m = sum(got) / len(got) if got else 0.0
-            means.append(m)
-            lows.append(m - min(got) if got else 0.0)
-            highs.append(max(got) - m if got else 0.0)
-        x = list(range(len(labels)))
-        ax.bar(x, means, color=colors, yerr=[lows, highs], capsize=3)
-        for i, (m, high) in enumerate(zip(means, highs, strict=True)):
-            ax.text(i, m + high, fmt.format(m), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(x, labels, rotation=20, fontsize=8)
-        ax.set_ylabel(ylabel)
 
-    bars(ttt_ax, "time_to_target", "seconds", "{:.1f}")
-    ttt_ax.set_title(f"time to {target:.2f} test accuracy (range of repeats)")
-    bars(rate_ax, "samples_per_s", "training samples/s", "{:.0f}")
-    rate_ax.set_title("throughput")
+def _bars_of_repeats(
+    ax: Any,
+    runs: list[dict[str, Any]],
+    labels: list[str],
+    colors: list[str],
+    key: str,
+    ylabel: str,
+    fmt: str,
+) -> None:
+    """One bar per label: the mean of ``key`` over its repeats, their range as error bars."""
+    means, lows, highs = [], [], []
+    for label in labels:
+        got = [r[key] for r in runs if r["label"] == label and r[key] is not None]
+        m = sum(got) / len(got) if got else 0.0
+        means.append(m)
+        lows.append(m - min(got) if got else 0.0)
+        highs.append(max(got) - m if got else 0.0)
+    x = list(range(len(labels)))
+    ax.bar(x, means, color=colors, yerr=[lows, highs], capsize=3)
+    for i, (m, high) in enumerate(zip(means, highs, strict=True)):
+        ax.text(i, m + high, fmt.format(m), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, labels, rotation=20, fontsize=8)
+    ax.set_ylabel(ylabel)
+
+
+def _staleness_bars(ax: Any, runs: list[dict[str, Any]], labels: list[str]) -> None:
+    """Mean version staleness and p99 (the max over repeats) per label, side by side."""
     x = list(range(len(labels)))
     mean = [
         sum(r["staleness_mean"] for r in runs if r["label"] == lb)
@@ -112,15 +136,12 @@ def staleness(
         for lb in labels
     ]
     p99 = [max(r["staleness_p99"] or 0 for r in runs if r["label"] == lb) for lb in labels]
-    stale_ax.bar([i - 0.2 for i in x], mean, width=0.4, color="C0", label="mean")
-    stale_ax.bar([i + 0.2 for i in x], p99, width=0.4, color="C1", label="p99 (max of repeats)")
-    stale_ax.set_xticks(x, labels, rotation=20, fontsize=8)
-    stale_ax.set_ylabel("updates between pull and push")
-    stale_ax.legend(fontsize=8)
-    stale_ax.set_title("version staleness of applied pushes")
-    fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.bar([i - 0.2 for i in x], mean, width=0.4, color="C0", label="mean")
+    ax.bar([i + 0.2 for i in x], p99, width=0.4, color="C1", label="p99 (max of repeats)")
+    ax.set_xticks(x, labels, rotation=20, fontsize=8)
+    ax.set_ylabel("updates between pull and push")
+    ax.legend(fontsize=8)
+    ax.set_title("version staleness of applied pushes")
 
 
 def transport(summary: dict[str, Any], path: Path) -> None:

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -40,11 +39,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from pscluster.config import Settings
-from pscluster.transport.channel import open_channel
-from pscluster.transport.retry import Backoff, period
-from pscluster.v1 import coordinator_pb2 as co_pb2
-from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import sim_requests  # noqa: E402
+from pscluster.config import Settings  # noqa: E402
+from pscluster.transport.channel import open_channel  # noqa: E402
+from pscluster.transport.retry import Backoff, period  # noqa: E402
+from pscluster.v1 import coordinator_pb2 as co_pb2  # noqa: E402
+from pscluster.v1 import coordinator_pb2_grpc as co_grpc  # noqa: E402
 
 DEADLINE = 10.0  # seconds, every call but Heartbeat (whose deadline is the agent's)
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -107,12 +110,7 @@ class SimWorker:
                 return
             backoff = Backoff(0.2, 5.0)
             while not self.stop.is_set():
-                request = co_pb2.RegisterWorkerRequest(
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    device="cpu",
-                    worker_id=self.worker_id,
-                )
+                request = sim_requests.registration(self.worker_id)
                 try:
                     reply = self.call("RegisterWorker", self.stub.RegisterWorker, request, DEADLINE)
                 except grpc.RpcError:
@@ -187,16 +185,7 @@ class SimWorker:
                 if task.wait_seconds > 0:
                     self.stop.wait(task.wait_seconds)
                 continue
-            lease = [
-                self.worker_id,
-                kind,
-                task.job_id,
-                task.epoch,
-                task.partition,
-                task.first_batch,
-                task.end_batch,
-                task.lease_id,
-            ]
+            lease = sim_requests.lease_fields(self.worker_id, kind, task)
             self.rec.grants.append([start, end, *lease])
             with self.lock:
                 self.lease = task.lease_id
@@ -210,40 +199,15 @@ class SimWorker:
 
     def work(self, task: co_pb2.Task) -> bool:
         """Report and complete the lease; True once its completion is acknowledged."""
-        complete = co_pb2.CompleteTaskRequest(worker_id=self.worker_id, lease_id=task.lease_id)
         if task.kind == co_pb2.TASK_KIND_TRAIN:
-            position = task.first_batch + 1  # every partition is one batch
-            report = co_pb2.ReportProgressRequest(
-                worker_id=self.worker_id,
-                job_id=task.job_id,
-                steps=[
-                    co_pb2.StepMetric(
-                        loss=1.0,
-                        samples=self.samples,
-                        worker_id=self.worker_id,
-                        epoch=task.epoch,
-                        unix_time=time.time(),
-                    )
-                ],
-                lease=co_pb2.LeaseProgress(
-                    lease_id=task.lease_id,
-                    position=position,
-                    batches=1,
-                    busy_seconds=0.001,
-                    step_seconds=0.001,
-                ),
-            )
+            report = sim_requests.progress(self.worker_id, task, self.samples)
             with contextlib.suppress(grpc.RpcError):  # never fatal, as in the agent's reporter
                 self.call("ReportProgress", self.stub.ReportProgress, report, DEADLINE)
             if self.task_seconds > 0 and self.stop.wait(self.task_seconds):
                 return False  # the run ended while "training"
-            complete.samples = self.samples
+            complete = sim_requests.train_completion(self.worker_id, task, self.samples)
         else:
-            # The new contract (metrics + versions) and the old one (test_accuracy/test_loss).
-            complete.metrics.update({"loss": 1.0, "accuracy": 0.5})
-            complete.versions.extend([0] * self.shards)
-            complete.test_accuracy = 0.5
-            complete.test_loss = 1.0
+            complete = sim_requests.eval_completion(self.worker_id, task, self.shards)
         backoff = Backoff(0.2, 5.0)
         while True:
             try:

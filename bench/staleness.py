@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,12 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import plots  # noqa: E402
+from bench.common import machine  # noqa: E402
 from pscluster.client.local import LocalCluster  # noqa: E402
 from pscluster.client.metrics import JobMetrics  # noqa: E402
 from pscluster.client.sdk import Client  # noqa: E402
@@ -187,7 +184,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting (default 1)")
     parser.add_argument("--epochs", type=int, default=20, help="epochs per job (default 20)")
@@ -208,12 +205,12 @@ def main() -> None:
         parser.error("--repeats and --epochs must be at least 1")
     if args.slowdown < 1:
         parser.error(f"--slowdown must be >= 1 (1: no slow worker), got {args.slowdown}")
-    slow = args.slowdown > 1
-    out_path: Path = args.out or RESULTS / (
-        f"staleness-slow{args.slowdown:g}.json" if slow else "staleness.json"
-    )
+    return args
+
+
+def chosen_settings(staleness_lr: bool) -> list[Setting]:
     settings = list(SETTINGS)
-    if args.staleness_lr:
+    if staleness_lr:
         if sdk_has_staleness_lr():
             settings.append(AWARE)
         else:
@@ -222,8 +219,15 @@ def main() -> None:
                 "skipping the 'async + staleness-aware LR' row",
                 flush=True,
             )
-    job = load_job_file(ROOT / "examples" / "digits.yaml")
-    base = {**job.submit_kwargs(), "epochs": args.epochs}
+    return settings
+
+
+def sweep(
+    settings: list[Setting], base: dict[str, Any], repeats: int, slowdown: float
+) -> list[dict[str, Any]]:
+    """Every setting ``repeats`` times, interleaved, on one cluster (one worker ``slowdown``
+    times slower when above 1)."""
+    slow = slowdown > 1
     runs: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory() as state,
@@ -236,9 +240,9 @@ def main() -> None:
     ):
         if slow:
             cluster.add_worker(
-                wait=True, env={"PSC_SLOWDOWN": f"{args.slowdown:g}", "PSC_WORKER_ID": "slow"}
+                wait=True, env={"PSC_SLOWDOWN": f"{slowdown:g}", "PSC_WORKER_ID": "slow"}
             )
-        for repeat in range(args.repeats):
+        for repeat in range(repeats):
             for setting in settings:
                 r = run(cluster, base, setting, repeat)
                 runs.append(r)
@@ -248,17 +252,25 @@ def main() -> None:
                     if k not in ("curve", "staleness_histogram", "clock_staleness_histogram")
                 }
                 print(json.dumps(brief), flush=True)
+    return runs
+
+
+def main() -> None:
+    args = parse_args()
+    slow = args.slowdown > 1
+    out_path: Path = args.out or RESULTS / (
+        f"staleness-slow{args.slowdown:g}.json" if slow else "staleness.json"
+    )
+    settings = chosen_settings(args.staleness_lr)
+    job = load_job_file(ROOT / "examples" / "digits.yaml")
+    base = {**job.submit_kwargs(), "epochs": args.epochs}
+    runs = sweep(settings, base, args.repeats, args.slowdown)
     rows = aggregate(runs)
     title = f"SSP bound s, digits, {WORKERS} workers" + (
         f" (one {args.slowdown:g}x slower)" if slow else " (all alike)"
     )
     out = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
         "setup": f"digits job (examples/digits.yaml), {SHARDS} shards, {WORKERS} workers"
         + (f" (one at PSC_SLOWDOWN={args.slowdown:g})" if slow else "")
         + f", {args.epochs} epochs, straggler mitigation off, one local cluster, "
