@@ -1,4 +1,5 @@
-"""Fixtures for the client tests: job files on disk, and addresses where nothing listens."""
+"""Fixtures for the client tests: job files on disk (their model: tests.support's
+MODEL_SOURCE), and addresses where nothing listens."""
 
 from __future__ import annotations
 
@@ -12,32 +13,7 @@ import yaml
 
 from pscluster.client.processes import free_ports
 from pscluster.client.spec_file import load_job_file
-
-MODEL_SOURCE = """
-import torch
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    def __init__(self, hidden: int = 8) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, hidden)
-        self.fc2 = nn.Linear(hidden, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x)))
-
-
-class DoubleNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 3).double()
-
-
-class Broken(nn.Module):
-    def __init__(self) -> None:
-        raise RuntimeError("no GPU here")
-"""
+from tests.support import MODEL_SOURCE
 
 DATA_SOURCE = """
 import numpy as np

@@ -28,6 +28,7 @@ from pscluster.client.payload import build_payload
 from pscluster.client.processes import child_env, is_pscluster_process
 from pscluster.client.sdk import Client, Job
 from pscluster.model import state
+from tests.support import wait_for
 
 runner = CliRunner()
 
@@ -136,11 +137,13 @@ def test_fetch_gives_the_live_model_then_says_why_not(
 
 
 def _wait_for_state(job: Job, wanted: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (current := job.info().state) != wanted:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job.id} is {current}, not {wanted}, after {timeout} s")
-        time.sleep(0.1)
+    wait_for(
+        lambda: job.info().state == wanted,
+        timeout,
+        what=f"job {job.id} to be {wanted}",
+        poll=0.1,
+        context=lambda: f"it is {job.info().state}",
+    )
 
 
 def test_cli_commands_against_the_cluster(cluster: LocalCluster, job_file: Path) -> None:
@@ -260,12 +263,16 @@ def test_up_in_the_foreground_stops_everything_on_sigterm(tmp_path: Path) -> Non
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+    def came_up() -> bool:
+        assert up.poll() is None, up.communicate()[0]
+        state = read_state(tmp_path)
+        return state is not None and len(state["processes"]) >= 2
+
     try:
-        deadline = time.monotonic() + 90
-        while (state := read_state(tmp_path)) is None or len(state["processes"]) < 2:
-            assert up.poll() is None, up.communicate()[0]
-            assert time.monotonic() < deadline, "the cluster did not come up"
-            time.sleep(0.2)
+        wait_for(came_up, 90, what="the cluster to come up", poll=0.2)
+        state = read_state(tmp_path)
+        assert state is not None
         with Client(state["address"]) as client:
             assert [s.healthy for s in client.status().shards] == [True]
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from pscluster.client.cli import app
 from pscluster.client.local import LocalCluster
 from pscluster.client.processes import child_env
 from pscluster.client.spec_file import load_job_file
+from tests.support import wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -126,10 +126,12 @@ def test_a_killed_worker_is_noticed_and_a_new_one_joins(cluster: LocalCluster) -
         before = {w.worker_id for w in client.status().workers if w.alive}
 
         cluster.kill_worker(0, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while sum(w.alive for w in client.status().workers) > len(before) - 1:
-            assert time.monotonic() < deadline, "the coordinator still counts the killed worker"
-            time.sleep(0.2)
+        wait_for(
+            lambda: sum(w.alive for w in client.status().workers) <= len(before) - 1,
+            30,
+            what="the coordinator to stop counting the killed worker",
+            poll=0.2,
+        )
         cluster.add_worker(wait=True)
 
         alive = {w.worker_id for w in client.status().workers if w.alive}

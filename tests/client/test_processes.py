@@ -11,6 +11,7 @@ import pytest
 
 from pscluster.client import local, processes
 from pscluster.client.processes import ProcessHandle, StartError
+from tests.support import wait_for
 
 
 def handle(
@@ -27,11 +28,12 @@ def handle(
 
 
 def wait_for_log(h: ProcessHandle, text: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in h.log_tail():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{text!r} not in the log of {h.name}: {h.log_tail()}")
-        time.sleep(0.05)
+    wait_for(
+        lambda: text in h.log_tail(),
+        timeout,
+        what=f"{text!r} in the log of {h.name}",
+        context=h.log_tail,
+    )
 
 
 def test_free_ports_are_distinct() -> None:

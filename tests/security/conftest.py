@@ -4,14 +4,12 @@ coordinators in this process, on free ports, with authentication and TLS as the 
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 import torch
 
@@ -19,29 +17,13 @@ from pscluster.client.cli_certs import CertPaths, write_certs
 from pscluster.config import Settings
 from pscluster.coordinator.main import CoordinatorHandle
 from pscluster.coordinator.main import serve as serve_coordinator
-from pscluster.data.dataset import Dataset
-from pscluster.model import source, state
-from pscluster.model.layout import ParamLayout
 from pscluster.server.main import serve as serve_shard
 from pscluster.transport.channel import open_channel
 from pscluster.transport.server import RunningServer
-from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
+from tests.support import tiny_job
 
 RPC_TIMEOUT = 30.0
-
-MODEL_SOURCE = """
-from torch import nn
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(x)
-"""
 
 
 @pytest.fixture(scope="session")
@@ -60,49 +42,9 @@ def _torch_optim_imported() -> None:
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
 
 
-def tiny_chunks(name: str = "tiny") -> list[co_pb2.SubmitJobChunk]:
+def tiny_chunks(name: str = "tiny") -> Iterator[co_pb2.SubmitJobChunk]:
     """A SubmitJob stream for a 15-parameter model, built as the SDK builds one."""
-    torch.manual_seed(0)
-    model = source.build(MODEL_SOURCE, "Tiny", "{}")
-    layout = ParamLayout.of_module(model)
-    rng = np.random.default_rng(0)
-    train = (rng.normal(size=(24, 4)).astype(np.float32), rng.integers(0, 3, 24))
-    test = (rng.normal(size=(9, 4)).astype(np.float32), rng.integers(0, 3, 9))
-    spec = co_pb2.JobSpec(
-        name=name,
-        model=co_pb2.ModelSpec(
-            source=MODEL_SOURCE,
-            class_name="Tiny",
-            kwargs_json=json.dumps({}),
-            params=[co_pb2.ParamInfo(name=s.name, shape=s.shape) for s in layout.slots],
-        ),
-        mode="async",
-        optimizer=common_pb2.OptimizerConfig(name="sgd", lr=0.1),
-        epochs=1,
-        batch_size=4,
-        partitions=2,
-        loss="cross_entropy",
-    )
-    blobs = {
-        "dataset": Dataset.from_arrays(train, test).to_blob(),
-        "initial_state": state.dumps(model.state_dict()),
-    }
-    chunks = [co_pb2.SubmitJobChunk(spec=spec)]
-    for blob, data in blobs.items():
-        chunks.append(co_pb2.SubmitJobChunk(blob=common_pb2.BlobChunk(blob=blob, data=data)))
-    return chunks
-
-
-def rpc_failure(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    """The status code and details a call fails with; the test fails if it succeeds."""
-    try:
-        result = call()
-        if isinstance(result, Iterator):  # a streamed reply fails when it is read
-            list(result)
-    except grpc.RpcError as e:
-        assert isinstance(e, grpc.Call)
-        return e.code(), e.details() or ""
-    raise AssertionError("the call succeeded; expected an error status")
+    return tiny_job(model="Plain", name=name, epochs=1, partitions=2, seed=0).chunks()
 
 
 @dataclass

@@ -8,7 +8,8 @@ import grpc
 
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
-from tests.security.conftest import RPC_TIMEOUT, Cluster, rpc_failure, tiny_chunks
+from tests.security.conftest import RPC_TIMEOUT, Cluster, tiny_chunks
+from tests.support import rpc_failure
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -15,7 +15,8 @@ from pscluster.server.main import serve as serve_shard
 from pscluster.transport.tls import TLSConfigError
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
-from tests.security.conftest import RPC_TIMEOUT, Cluster, rpc_failure, tiny_chunks
+from tests.security.conftest import RPC_TIMEOUT, Cluster, tiny_chunks
+from tests.support import rpc_failure
 
 # A failed handshake is UNAVAILABLE after the connect attempt; no need to wait long for it.
 FAIL_TIMEOUT = 5.0

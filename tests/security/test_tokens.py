@@ -17,7 +17,8 @@ from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
-from tests.security.conftest import RPC_TIMEOUT, Cluster, rpc_failure, tiny_chunks
+from tests.security.conftest import RPC_TIMEOUT, Cluster, tiny_chunks
+from tests.support import rpc_failure
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED

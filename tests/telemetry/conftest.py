@@ -12,13 +12,15 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
+# A scrape: {(sample name, sorted labels): value}.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 METRICS_AT = re.compile(r"metrics on http://([\d.]+):(\d+)/metrics")
 
 
@@ -96,20 +98,18 @@ def start_process(argv: Sequence[str], env: dict[str, str]) -> Process:
     return process
 
 
-def scrape(url: str, timeout: float = 10.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(url: str, timeout: float = 10.0) -> Samples:
     """Every sample at ``url`` as {(sample name, sorted labels): value}."""
     with urllib.request.urlopen(url, timeout=timeout) as reply:
         text = reply.read().decode()
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
 
 
-def value(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     """The sample ``name`` with exactly ``labels``; KeyError naming what there is if absent."""
     key = (name, tuple(sorted(labels.items())))
     if key not in samples:
@@ -118,21 +118,10 @@ def value(
     return samples[key]
 
 
-def total(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
+def total(samples: Samples, name: str, **labels: str) -> float:
     """The sum of every ``name`` sample whose labels include ``labels``."""
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, poll: float = 0.3) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(poll)
-    raise AssertionError(f"{what} not within {timeout} s")
 
 
 def json_lines(lines: Sequence[str]) -> Iterator[dict[str, object]]:
