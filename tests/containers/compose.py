@@ -10,16 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-
-from pscluster.client.errors import PSClusterError
 
 ROOT = Path(__file__).resolve().parents[2]
 # compose also reads ROOT/.env, where deploy/scripts/docker-setup.sh selects the offline build.
@@ -155,28 +151,3 @@ class ComposeProject:
             timeout=60,
         )
         return out.split()
-
-
-def wait_until(what: str, check: Callable[[], object], timeout: float, poll: float = 0.5) -> None:
-    """Poll ``check()`` until it is truthy; TimeoutError naming ``what`` after ``timeout`` s.
-
-    A check that fails because a server is unreachable for now (a shard restarting, the
-    coordinator answering UNAVAILABLE) counts as "not yet": that is often what is waited out.
-    """
-    deadline = time.monotonic() + timeout
-    last = ""
-    while True:
-        try:
-            if check():
-                return
-        except (grpc.RpcError, PSClusterError) as e:
-            code = e.code() if isinstance(e, grpc.RpcError) else e.code  # type: ignore[attr-defined]
-            if code not in _TRANSIENT:
-                raise
-            last = f" (last: {code.name}: {e})"
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s{last}")
-        time.sleep(poll)
-
-
-_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from pscluster.client.sdk import Client
-from tests.containers.compose import ComposeProject, run_docker, wait_until
+from tests.containers.compose import ComposeProject, run_docker
+from tests.support import UNREACHABLE, wait_for
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
@@ -39,10 +40,12 @@ def test_servers_are_healthy_through_the_grpc_health_protocol(compose: ComposePr
 def test_the_coordinator_sees_both_shards_and_every_worker(compose: ComposeProject) -> None:
     # Execute
     with Client(compose.address) as client:
-        wait_until(
-            "3 workers registered and alive",
+        wait_for(
             lambda: sum(w.alive for w in client.status().workers) >= 3,
-            timeout=60,
+            60,
+            what="3 workers registered and alive",
+            poll=0.5,
+            tolerate=UNREACHABLE,
         )
         status = client.status()
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from pscluster.client.sdk import Client
+from pscluster.client.sdk import Client, Job
 from pscluster.v1 import coordinator_pb2 as co_pb2
-from tests.containers.compose import ComposeProject, run_docker, wait_until
+from tests.containers.compose import ComposeProject, run_docker
 from tests.containers.conftest import JOB_TIMEOUT
+from tests.support import UNREACHABLE, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,50 +41,29 @@ def test_a_partitioned_worker_is_dropped_then_rejoins_without_stale_pushes(
     # of digits in about 0.4 s here: 30 epochs were over before the worker was back), the
     # worker to cut off, found by its hostname (the container id's first 12 characters).
     job = client.submit(**{**digits_job, "mode": "ssp", "staleness": STALENESS, "epochs": 200})
-    wait_until("30 steps", lambda: job.info().steps >= 30, timeout=180)
+    wait_for(lambda: job.info().steps >= 30, 180, what="30 steps", poll=0.5, tolerate=UNREACHABLE)
     container = compose.containers("worker")[0]
     hostnames = {w.host: w for w in client.status().workers if w.alive}
     victim = hostnames[container[:12]].worker_id
-    network = f"{compose.name}_cluster"
 
     # Execute
-    cut = time.monotonic()
-    run_docker(["network", "disconnect", network, container], timeout=60)
-    try:
-        wait_until(
-            "the cut-off worker declared dead",
-            lambda: not {w.worker_id: w for w in client.status().workers}[victim].alive,
-            timeout=CUT_SECONDS,
-        )
-        detected = time.monotonic() - cut
-        members = [set(s.members) for s in live_shards(client, job.id)]
-        time.sleep(max(0.0, CUT_SECONDS - (time.monotonic() - cut)))
-    finally:
-        run_docker(["network", "connect", network, container], timeout=60)
+    detected, members = _partition(compose, client, container, victim, job.id)
     back = time.monotonic()
-    pushes_before = job.metrics().pushes_by_worker.get(victim, 0)
-    try:
-        wait_until(
-            "the worker to push again",
-            lambda: job.metrics().pushes_by_worker.get(victim, 0) > pushes_before,
-            timeout=120,
-        )
-    except TimeoutError as e:
-        command = ["docker", "logs", "--tail", "80", container]
-        logs = subprocess.run(command, capture_output=True, text=True, timeout=60)  # to stderr
-        tail = logs.stdout + logs.stderr
-        raise TimeoutError(f"{e}; the worker's last lines:\n{tail}") from None
-    rejoined = time.monotonic() - back
+    rejoined = _pushes_again(job, victim, container) - back
     # The job need not run its 200 epochs (on a busy machine that outlasts any fixed
     # timeout): once an evaluation after the rejoin reaches the target, it has shown what it
     # must, and is cancelled.
-    wait_until(
-        "an evaluation after the rejoin at the target accuracy",
+    wait_for(
         lambda: reached_after(job, back, target_accuracy),
-        timeout=JOB_TIMEOUT,
+        JOB_TIMEOUT,
+        what="an evaluation after the rejoin at the target accuracy",
+        poll=0.5,
+        tolerate=UNREACHABLE,
     )
     shards = live_shards(client, job.id)
     info = job.cancel()
+
+    # Assert
     worst = max((int(k) for s in shards for k in s.clock_staleness), default=0)
     refused = {
         r: sum(int(s.pushes_rejected.get(r, 0)) for s in shards) for r in ("stale", "not_member")
@@ -93,7 +73,48 @@ def test_a_partitioned_worker_is_dropped_then_rejoins_without_stale_pushes(
         f"max clock staleness={worst} (s={STALENESS}) refused={refused} "
         f"accuracy={info.test_accuracy} after {info.epoch} epochs"
     )
-
-    # Assert
     assert all(victim not in m for m in members), members
     assert worst <= STALENESS  # and the target was reached after the rejoin (waited above)
+
+
+def _partition(
+    compose: ComposeProject, client: Client, container: str, victim: str, job_id: str
+) -> tuple[float, list[set[str]]]:
+    """Cut the worker's container off the cluster network for CUT_SECONDS: how long until the
+    coordinator declared it dead, and the shards' members then."""
+    network = f"{compose.name}_cluster"
+    cut = time.monotonic()
+    run_docker(["network", "disconnect", network, container], timeout=60)
+    try:
+        dead = wait_for(
+            lambda: not {w.worker_id: w for w in client.status().workers}[victim].alive,
+            CUT_SECONDS,
+            what="the cut-off worker declared dead",
+            poll=0.5,
+            tolerate=UNREACHABLE,
+        )
+        members = [set(s.members) for s in live_shards(client, job_id)]
+        # The partition lasts CUT_SECONDS whenever it was noticed: its length is under test.
+        time.sleep(max(0.0, CUT_SECONDS - (time.monotonic() - cut)))
+    finally:
+        run_docker(["network", "connect", network, container], timeout=60)
+    return dead - cut, members
+
+
+def _pushes_again(job: Job, victim: str, container: str) -> float:
+    """When the worker, back on the network, pushed again (monotonic)."""
+    pushes_before = job.metrics().pushes_by_worker.get(victim, 0)
+    return wait_for(
+        lambda: job.metrics().pushes_by_worker.get(victim, 0) > pushes_before,
+        120,
+        what="the worker to push again",
+        poll=0.5,
+        tolerate=UNREACHABLE,
+        context=lambda: f"the worker's last lines:\n{_logs(container)}",
+    )
+
+
+def _logs(container: str) -> str:
+    command = ["docker", "logs", "--tail", "80", container]
+    logs = subprocess.run(command, capture_output=True, text=True, timeout=60)  # to stderr
+    return logs.stdout + logs.stderr

@@ -13,8 +13,9 @@ import pytest
 
 from pscluster.client.sdk import Client
 from pscluster.v1 import coordinator_pb2 as co_pb2
-from tests.containers.compose import ComposeProject, run_docker, wait_until
+from tests.containers.compose import ComposeProject, run_docker
 from tests.containers.conftest import JOB_TIMEOUT, WORKERS
+from tests.support import UNREACHABLE, wait_for
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
@@ -46,20 +47,28 @@ def test_a_crashed_shard_is_restarted_and_recovers_its_job(
     # Prepare: a job that runs long enough to crash a shard in the middle of it
     compose.up(workers=WORKERS)
     job = client.submit(**{**digits_job, "epochs": 2 * digits_job["epochs"], "name": "crash"})
-    wait_until("30 steps", lambda: job.info().steps >= 30, timeout=180)
+    wait_for(lambda: job.info().steps >= 30, 180, what="30 steps", poll=0.5, tolerate=UNREACHABLE)
     (container,) = compose.containers("ps-0")
     before = restarts(container)
 
     # Execute
     crashed = time.monotonic()
     run_docker(["exec", container, "python3", "-c", CRASH], timeout=60)
-    wait_until("compose restarts ps-0", lambda: restarts(container) > before, timeout=60)
-    wait_until(
-        "ps-0 serves its recovered job",
+    wait_for(
+        lambda: restarts(container) > before,
+        60,
+        what="compose restarts ps-0",
+        poll=0.5,
+        tolerate=UNREACHABLE,
+    )
+    wait_for(
         lambda: any(
             s.records_replayed or s.checkpoint_version for s in shard_stats(client, job.id)
         ),
-        timeout=120,
+        120,
+        what="ps-0 serves its recovered job",
+        poll=0.5,
+        tolerate=UNREACHABLE,
     )
     recovered = time.monotonic() - crashed
     info = job.wait(timeout=JOB_TIMEOUT)

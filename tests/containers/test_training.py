@@ -10,8 +10,9 @@ import torch
 
 from pscluster.client.info import WorkerInfo
 from pscluster.client.sdk import Client, Job
-from tests.containers.compose import ComposeProject, run_docker, wait_until
+from tests.containers.compose import ComposeProject, run_docker
 from tests.containers.conftest import JOB_TIMEOUT, WORKERS
+from tests.support import UNREACHABLE, wait_for
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
@@ -56,7 +57,7 @@ def test_workers_added_while_a_job_runs_take_part_in_it(
     # after it can join before it ends.
     compose.up(workers=3)
     job = client.submit(**{**digits_job, "epochs": 3 * digits_job["epochs"], "name": "scale"})
-    wait_until("the job trains", lambda: trained_steps(job), timeout=120)
+    wait_for(lambda: trained_steps(job), 120, what="the job trains", poll=0.5, tolerate=UNREACHABLE)
 
     # Execute
     compose.up(workers=5)
@@ -78,14 +79,20 @@ def test_a_worker_killed_mid_job_leaves_the_job_to_the_others(
     # Prepare
     compose.up(workers=WORKERS)
     job = client.submit(**{**digits_job, "name": "kill"})
-    wait_until("the job trains", lambda: trained_steps(job), timeout=120)
+    wait_for(lambda: trained_steps(job), 120, what="the job trains", poll=0.5, tolerate=UNREACHABLE)
     training: list[WorkerInfo] = []
 
     def a_worker_holds_a_task() -> bool:
         training[:] = [w for w in client.status().workers if w.alive and w.job_id == job.id]
         return bool(training)
 
-    wait_until("a worker holds a task of the job", a_worker_holds_a_task, timeout=60, poll=0.1)
+    wait_for(
+        a_worker_holds_a_task,
+        60,
+        what="a worker holds a task of the job",
+        poll=0.1,
+        tolerate=UNREACHABLE,
+    )
     victim = training[0]
 
     # Execute: SIGKILL, no goodbye; its container's hostname is its container id
@@ -97,12 +104,14 @@ def test_a_worker_killed_mid_job_leaves_the_job_to_the_others(
     assert info.state == "completed"
     assert metrics.final_accuracy is not None
     assert metrics.final_accuracy >= target_accuracy, metrics.epochs
-    wait_until(
-        "the coordinator declares the killed worker dead",
+    wait_for(
         lambda: (
             not any(w.alive for w in client.status().workers if w.worker_id == victim.worker_id)
         ),
-        timeout=30,
+        30,
+        what="the coordinator declares the killed worker dead",
+        poll=0.5,
+        tolerate=UNREACHABLE,
     )
 
 

@@ -31,6 +31,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from tests.containers.compose import DockerError, run_docker
 from tests.kubernetes.manifests import (
@@ -42,6 +43,7 @@ from tests.kubernetes.manifests import (
     pods,
     selects,
 )
+from tests.support import wait_for
 
 
 def _aliases(pod: PodSpec, services: list[Doc]) -> list[str]:
@@ -196,23 +198,26 @@ class PodRunner:
         """Poll the container's startup and readiness exec probes until both pass."""
         (container,) = pod.spec["containers"]
         probes = [container[k] for k in ("startupProbe", "readinessProbe") if k in container]
-        name = self.container(pod.name)
         deadline = time.monotonic() + timeout
+        failures: list[DockerError] = []
         for probe in probes:
-            command = probe["exec"]["command"]
-            while True:
-                try:
-                    run_docker(
-                        ["exec", name, *command], timeout=probe.get("timeoutSeconds", 1) + 30
-                    )
-                    break
-                except DockerError as e:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(
-                            f"pod {pod.name} not ready after {timeout:.0f} s: "
-                            f"{shlex.join(command)}: {e}\n{self.logs(pod.name)}"
-                        ) from e
-                    time.sleep(1.0)
+            wait_for(
+                partial(self._probe_passes, pod, probe, failures),
+                max(0.0, deadline - time.monotonic()),
+                what=f"pod {pod.name} ready: {shlex.join(probe['exec']['command'])}",
+                poll=1.0,
+                context=lambda: f"last: {failures[-1:]}\n{self.logs(pod.name)}",
+            )
+
+    def _probe_passes(self, pod: PodSpec, probe: Doc, failures: list[DockerError]) -> bool:
+        """Run an exec probe in the pod's container as the kubelet would; a failure is kept."""
+        command = ["exec", self.container(pod.name), *probe["exec"]["command"]]
+        try:
+            run_docker(command, timeout=probe.get("timeoutSeconds", 1) + 30)
+        except DockerError as e:
+            failures.append(e)
+            return False
+        return True
 
     def exec(self, pod_name: str, *command: str, timeout: float = 60) -> str:
         return run_docker(["exec", self.container(pod_name), *command], timeout=timeout)
