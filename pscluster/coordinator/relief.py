@@ -4,19 +4,21 @@ Detection is :mod:`pscluster.coordinator.stragglers`; this module turns its flag
 three mitigations a job gets unless its spec says ``no_mitigation``:
 
 - *smaller leases, or none*: a flagged straggler is given a share of a unit sized to its
-  speed (1/slowdown), and the rest of the unit stays free for faster workers. In plain sync
-  (no backup workers) every step waits for every member, so a straggler is given nothing
+  speed (1/slowdown), and the rest of the unit stays free for faster workers. Where every
+  step waits for every member (plain sync, no backup workers) a straggler is given nothing
   while others can train, except one small probe lease every ``PROBE_SECONDS`` so that its
   speed is measured again and a recovered worker is let back in;
 - *splitting*: when a worker that is not a straggler finds nothing free in the epoch, the
   lease of a straggler, or a lease that has run past its deadline, is cut short at the
   batch its holder is about to reach, and the rest goes to the idle worker, so an epoch is
   not held hostage by one slow worker;
-- *ssp exclusion*: a worker flagged for the grace period stops counting in the ssp
-  slowest clock, so it stops blocking the others (the shards let it back in once it has
-  caught up; see :mod:`pscluster.server.clocks`).
+- *exclusion*: where the mode lets a straggler out of the slowest clock (ssp), a worker
+  flagged for the grace period stops counting in it, so it stops blocking the others (the
+  shards let it back in once it has caught up; see :mod:`pscluster.server.clocks`).
 
-Backup workers in sync mode are the shards' business (the job spec's ``backup_workers``).
+Which of these a job's mode allows is asked of its consistency traits
+(:func:`pscluster.server.consistency.mode_traits`), never of the mode's name. Backup workers
+in sync mode are the shards' business (the job spec's ``backup_workers``).
 Pure bookkeeping: the caller holds the coordinator lock and passes monotonic times in.
 """
 
@@ -27,27 +29,24 @@ from dataclasses import dataclass, field
 
 from pscluster.coordinator.leases import Lease
 from pscluster.coordinator.stragglers import Change, SpeedTracker, StragglerSettings
+from pscluster.server.consistency import Traits, mode_traits
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 # A lease with no straggler on it is split only once it has run this many times longer than
 # its batches take the job's typical worker, plus a margin for start-up.
 _DEADLINE_SLACK_SECONDS = 2.0
-# Plain sync: how often a straggler kept off the job gets a small lease to be measured again.
+# A mode whose steps wait for every member: how often a straggler kept off the job gets a small
+# lease to be measured again.
 PROBE_SECONDS = 5.0
 
 
 @dataclass
 class _Job:
-    mode: str
+    traits: Traits  # what the job's mode (with its backup workers) means for relief
     settings: StragglerSettings
     tracker: SpeedTracker
     excluded: list[str]
-    backup_workers: int = 0
     last_lease: dict[str, float] = field(default_factory=dict)  # worker -> when granted
-
-    @property
-    def barrier_waits_for_all(self) -> bool:
-        return self.mode == "sync" and self.backup_workers == 0
 
 
 @dataclass
@@ -78,9 +77,11 @@ class StragglerRelief:
     def add_job(
         self, job_id: str, mode: str, settings: StragglerSettings, backup_workers: int = 0
     ) -> None:
+        """Track a job; ``mode`` and ``backup_workers`` are its spec's (already validated:
+        InvalidArgument otherwise)."""
         active = max(10.0, 10 * self.progress_seconds)
         tracker = SpeedTracker(settings, active)
-        self._jobs[job_id] = _Job(mode, settings, tracker, [], backup_workers)
+        self._jobs[job_id] = _Job(mode_traits(mode, backup_workers), settings, tracker, [])
 
     def remove_job(self, job_id: str, now: float) -> list[co_pb2.WorkerSpeed]:
         """Stop tracking a job; its workers' speeds as they ended (for its final metrics)."""
@@ -128,13 +129,13 @@ class StragglerRelief:
 
     def share(self, job_id: str, worker_id: str, now: float) -> float:
         """The fraction of a unit to lease to this worker: 1 unless it is a straggler; 0 for
-        none at all (plain sync, between probes)."""
+        none at all (steps wait for every member, and it is between probes)."""
         job = self._jobs.get(job_id)
         if job is None or not job.settings.mitigate:
             return 1.0
         share = job.tracker.share(worker_id)
         others = job.tracker.median_step_seconds(now) is not None  # unflagged workers train
-        if share < 1.0 and job.barrier_waits_for_all and others:
+        if share < 1.0 and job.traits.step_waits_for_all and others:
             last = job.last_lease.get(worker_id)
             if last is not None and now - last < PROBE_SECONDS:
                 return 0.0
@@ -178,11 +179,12 @@ class StragglerRelief:
                 best = (remaining, Split(lease, position + margin, why))
         return None if best is None else best[1]
 
-    # --- ssp exclusion ---
+    # --- exclusion from the slowest clock ---
     def excluded(self, job_id: str, now: float) -> list[str]:
-        """ssp: the stragglers the shards' slowest clock should not wait for."""
+        """The stragglers the shards' slowest clock should not wait for (a mode whose
+        clock can leave a straggler out: ssp)."""
         job = self._jobs.get(job_id)
-        if job is None or job.mode != "ssp" or not job.settings.mitigate:
+        if job is None or not job.traits.excludable or not job.settings.mitigate:
             return []
         return job.tracker.excluded(now)
 

@@ -33,6 +33,46 @@ def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricF
     return GaugeMetricFamily(_PREFIX + name, doc, labels=labels)
 
 
+_JOB = ["job_id"]
+_WORKER = ["job_id", "worker_id"]
+# The straggler series by key: (name after the prefix, help, labels). Each is exported with
+# the ``pscluster_coordinator_`` prefix and, if it predates it, under its old ``pscluster_``
+# name too (the same help and values).
+_STRAGGLER_SERIES = {
+    "stragglers": (
+        "job_stragglers",
+        "Workers of a running job flagged as stragglers (busy time > factor x median).",
+        _JOB,
+    ),
+    "slowdown": (
+        "worker_slowdown",
+        "A worker's busy time per batch over the median of the job's other workers.",
+        _WORKER,
+    ),
+    "busy": (
+        "worker_busy_seconds",
+        "EWMA of a worker's busy time per batch (wall time less waits on other workers).",
+        _WORKER,
+    ),
+    "flagged": (
+        "worker_straggler",
+        "1 if the worker is flagged as a straggler on the job, else 0.",
+        _WORKER,
+    ),
+    "excluded": (
+        "worker_excluded",
+        "1 if the job's barriers no longer wait for the worker (a straggler), else 0.",
+        _WORKER,
+    ),
+}
+_LEGACY_STRAGGLER_SERIES = ("stragglers", "slowdown", "busy", "flagged")
+
+
+def _straggler_family(prefix: str, key: str) -> GaugeMetricFamily:
+    name, doc, labels = _STRAGGLER_SERIES[key]
+    return GaugeMetricFamily(prefix + name, doc, labels=labels)
+
+
 class CoordinatorCollector(Collector):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -44,55 +84,8 @@ class CoordinatorCollector(Collector):
 
     def _stragglers(self) -> Iterator[Metric]:
         rt = self.rt
-        legacy = {
-            "stragglers": GaugeMetricFamily(
-                "pscluster_job_stragglers",
-                "Workers of a running job flagged as stragglers (busy time > factor x median).",
-                labels=["job_id"],
-            ),
-            "slowdown": GaugeMetricFamily(
-                "pscluster_worker_slowdown",
-                "A worker's busy time per batch over the median of the job's other workers.",
-                labels=["job_id", "worker_id"],
-            ),
-            "busy": GaugeMetricFamily(
-                "pscluster_worker_busy_seconds",
-                "EWMA of a worker's busy time per batch (wall time less waits on other workers).",
-                labels=["job_id", "worker_id"],
-            ),
-            "flagged": GaugeMetricFamily(
-                "pscluster_worker_straggler",
-                "1 if the worker is flagged as a straggler on the job, else 0.",
-                labels=["job_id", "worker_id"],
-            ),
-        }
-        current = {
-            "stragglers": _gauge(
-                "job_stragglers",
-                "Workers of a running job flagged as stragglers (busy time > factor x median).",
-                ["job_id"],
-            ),
-            "slowdown": _gauge(
-                "worker_slowdown",
-                "A worker's busy time per batch over the median of the job's other workers.",
-                ["job_id", "worker_id"],
-            ),
-            "busy": _gauge(
-                "worker_busy_seconds",
-                "EWMA of a worker's busy time per batch (wall time less waits on other workers).",
-                ["job_id", "worker_id"],
-            ),
-            "flagged": _gauge(
-                "worker_straggler",
-                "1 if the worker is flagged as a straggler on the job, else 0.",
-                ["job_id", "worker_id"],
-            ),
-            "excluded": _gauge(
-                "worker_excluded",
-                "1 if the job's barriers no longer wait for the worker (a straggler), else 0.",
-                ["job_id", "worker_id"],
-            ),
-        }
+        legacy = {key: _straggler_family("pscluster_", key) for key in _LEGACY_STRAGGLER_SERIES}
+        current = {key: _straggler_family(_PREFIX, key) for key in _STRAGGLER_SERIES}
         with rt.lock:
             now = rt.mono()
             for job_id in rt.relief.job_ids():

@@ -6,10 +6,12 @@ from it as one of these small records (or a store write, :mod:`pscluster.coordin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TypeAlias
 
-from pscluster.coordinator.writes import Write
+from pscluster.coordinator.leases import Lease
+from pscluster.coordinator.store import EventRecord, LeaseRecord
+from pscluster.coordinator.writes import EventAppended, LeaseSaved, Write
 
 
 @dataclass(frozen=True)
@@ -39,3 +41,26 @@ Action: TypeAlias = Write | SyncMembers | FinishJob | FailJob
 def writes(actions: list[Action]) -> list[Write]:
     """The store writes among ``actions``, in order."""
     return [a for a in actions if not isinstance(a, (SyncMembers, FinishJob, FailJob))]
+
+
+def lease_saved(lease: Lease) -> LeaseSaved:
+    """The store write that keeps a granted (or cut short) lease across a restart."""
+    return LeaseSaved(LeaseRecord(**asdict(lease)))
+
+
+def event(job_id: str, wall: float, kind: str, worker_id: str, message: str) -> EventAppended:
+    """A line for the job's event log (what ``pscluster events`` shows the user)."""
+    return EventAppended(job_id, EventRecord(wall, kind, worker_id, message))
+
+
+def one_sync_per_job(actions: list[Action]) -> list[Action]:
+    """One membership sync per job is enough (the executor sends the latest roster)."""
+    seen: set[str] = set()
+    out: list[Action] = []
+    for a in actions:
+        if isinstance(a, SyncMembers):
+            if a.job_id in seen:
+                continue
+            seen.add(a.job_id)
+        out.append(a)
+    return out

@@ -12,24 +12,26 @@ holds the lock is microseconds, whatever the shards or the disk are doing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from pscluster.coordinator import store as st
-from pscluster.coordinator.core.actions import Action, FinishJob, SyncMembers
+from pscluster.coordinator.core.actions import (
+    Action,
+    FinishJob,
+    SyncMembers,
+    lease_saved,
+    one_sync_per_job,
+)
 from pscluster.coordinator.core.kinds import JobState, TaskResult, kind_of
+from pscluster.coordinator.core.lingering import Lingering
+from pscluster.coordinator.core.relief_actions import lease_progress, take_over
+from pscluster.coordinator.core.worker_reports import batches_dropped, check_steps, steps_recorded
 from pscluster.coordinator.leases import Lease, LeaseBook
 from pscluster.coordinator.relief import StragglerRelief
 from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.coordinator.workers import WorkerInfo, WorkerRegistry
-from pscluster.coordinator.writes import (
-    BatchesDropped,
-    EventAppended,
-    LeaseDropped,
-    LeaseSaved,
-    ProgressSaved,
-    StepsAppended,
-)
-from pscluster.errors import FailedPrecondition, InvalidArgument
+from pscluster.coordinator.writes import LeaseDropped, ProgressSaved
+from pscluster.errors import FailedPrecondition
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 
@@ -59,10 +61,6 @@ class JobPlan:
     samples: int = 0
 
 
-def lease_record(lease: Lease) -> st.LeaseRecord:
-    return st.LeaseRecord(**asdict(lease))
-
-
 class Scheduler:
     def __init__(
         self,
@@ -75,12 +73,8 @@ class Scheduler:
         self.relief = StragglerRelief(progress_seconds)
         self.jobs: dict[str, JobState] = {}
         self.activity: dict[str, Activity] = {}
-        # Workers that handed a train lease in and have not asked for work since, by job:
-        # still members on its shards, because most ask at once and take the job's next
-        # unit, which then needs no membership change at all (two SetMembers rounds per
-        # lease were most of the coordinator's shard traffic). Their next request, their
-        # death or the job's end takes them out.
-        self._between: dict[str, str] = {}
+        # Members of a job between two of its train leases (see core.lingering).
+        self.lingering = Lingering()
 
     # --- jobs ---
     def add_job(self, plan: JobPlan, now: float) -> None:
@@ -107,8 +101,7 @@ class Scheduler:
         """Stop scheduling the job: its leases are revoked (their holders hear ``reason``).
         Returns the writes and the workers' speeds as they ended (for its final metrics)."""
         revoked = self.book.remove_job(job_id, reason)
-        for worker_id in [w for w, j in self._between.items() if j == job_id]:
-            del self._between[worker_id]
+        self.lingering.drop_job(job_id)
         self.jobs.pop(job_id, None)
         self.activity.pop(job_id, None)
         speeds = self.relief.remove_job(job_id, now)
@@ -172,25 +165,25 @@ class Scheduler:
         """The worker's next lease (or None: nothing now), releasing the one it held."""
         self.workers.require(worker_id, now)
         actions = self._release(worker_id, now)
-        was_member = self._between.pop(worker_id, None)
+        was_member = self.lingering.leave(worker_id)
         lease = self.book.acquire(
             worker_id, lambda job_id: self.relief.share(job_id, worker_id, now)
         )
         if lease is None:
-            lease, split = self._take_over(worker_id, now)
+            lease, split = take_over(self.book, self.relief, worker_id, now)
             actions += split
         member = None
         if lease is not None:
             self.activity[lease.job_id].last_lease = now
             self.relief.granted(lease, now)
-            actions.append(LeaseSaved(lease_record(lease)))
+            actions.append(lease_saved(lease))
             member = lease.job_id if kind_of(lease).takes_part else None
         # The membership changes only if the worker joins or leaves a job's members.
         if member is not None and member != was_member:
             actions.append(SyncMembers(member))
         if was_member is not None and was_member != member:
             actions.append(SyncMembers(was_member))
-        return lease, _dedup(actions)
+        return lease, one_sync_per_job(actions)
 
     def take_back(self, worker_id: str, lease_id: str, now: float) -> list[Action]:
         """Undo a grant whose membership did not reach the shards: the worker waits."""
@@ -214,7 +207,7 @@ class Scheduler:
         actions: list[Action] = [LeaseDropped(lease_id), self._progress(lease.job_id)]
         actions += kind_of(lease).completed(job, lease, outcome, result, wall)
         if kind_of(lease).takes_part:
-            self._between[worker_id] = lease.job_id  # a member until it asks again
+            self.lingering.stay(worker_id, lease.job_id)  # a member until it asks again
         if any(isinstance(a, FinishJob) for a in actions):
             self.stop_training(lease.job_id)
         return actions
@@ -235,28 +228,16 @@ class Scheduler:
         job = self.jobs.get(job_id)
         if job is None:
             raise NotScheduled(job_id)
-        for i, s in enumerate(steps):
-            if s.epoch >= job.epochs:
-                raise InvalidArgument(
-                    f"steps[{i}].epoch={s.epoch} is out of range; the job has epochs "
-                    f"0..{job.epochs - 1}"
-                )
-        actions: list[Action] = []
+        check_steps(job, steps)
+        actions = steps_recorded(job, steps)
         if steps:
-            job.samples += sum(s.samples for s in steps)
             self.touch(job_id, now)
-            actions.append(StepsAppended(job_id, list(steps)))
-        if dropped:
-            counts = ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items()))
-            message = (
-                f"worker {worker_id} dropped {sum(dropped.values())} batch(es) without "
-                f"training on them: {counts}"
-            )
-            actions.append(BatchesDropped(job_id, dict(dropped)))
-            actions.append(_event(job_id, wall, "batches_dropped", worker_id, message))
+        actions += batches_dropped(job_id, worker_id, dropped or {}, wall)
         end = 0
         if progress is not None and progress.lease_id:
-            end, more = self._lease_progress(worker_id, job_id, progress, now, wall)
+            end, more = lease_progress(
+                self.book, self.relief, worker_id, job_id, progress, now, wall
+            )
             actions += more
         return end, actions
 
@@ -283,10 +264,10 @@ class Scheduler:
     def _gone(self, worker_id: str, now: float, revoke: str) -> list[Action]:
         """The worker's process is gone (dead, or replaced): its lease and membership too."""
         actions = self._release(worker_id, now, revoke)
-        was_member = self._between.pop(worker_id, None)
+        was_member = self.lingering.leave(worker_id)
         if was_member is not None:
             actions.append(SyncMembers(was_member))
-        return _dedup(actions)
+        return one_sync_per_job(actions)
 
     def _release(self, worker_id: str, now: float, revoke: str | None = None) -> list[Action]:
         """Hand the worker's lease back, keeping the batches it reported."""
@@ -301,69 +282,15 @@ class Scheduler:
             actions.append(SyncMembers(held.job_id))
         return actions
 
-    def _take_over(self, worker_id: str, now: float) -> tuple[Lease | None, list[Action]]:
-        """For a worker that found nothing free: cut a straggler's lease (or one past its
-        deadline) short and lease the rest to this worker."""
-        for job_id in self.book.job_ids():
-            split = self.relief.pick_split(job_id, self.book.train_leases(job_id), worker_id, now)
-            if split is None:
-                continue
-            rest = self.book.split(split.lease.lease_id, split.new_end)
-            if rest is None:
-                continue
-            lease = self.book.acquire(worker_id)
-            if lease is None:  # cannot happen: the rest was just put first in the pool
-                return None, []
-            shortened = self.book.lease(split.lease.lease_id)
-            message = (
-                f"{split.why}: batches [{rest.first}, {rest.end}) of partition "
-                f"{rest.partition} (epoch {lease.epoch}) go to worker {worker_id}"
-            )
-            actions: list[Action] = [_event(job_id, now, "split", split.lease.worker_id, message)]
-            if shortened is not None:
-                actions.append(LeaseSaved(lease_record(shortened)))
-            return lease, actions
-        return None, []
-
-    def _lease_progress(
-        self, worker_id: str, job_id: str, progress: co_pb2.LeaseProgress, now: float, wall: float
-    ) -> tuple[int, list[Action]]:
-        lease = self.book.lease(progress.lease_id)
-        if lease is not None and (lease.worker_id != worker_id or lease.job_id != job_id):
-            lease = None  # not this worker's: its timings still count, its position does not
-        actions: list[Action] = [
-            _event(job_id, wall, c.kind, c.worker_id, c.message)
-            for c in self.relief.on_progress(job_id, worker_id, lease, progress, now)
-        ]
-        change = self.relief.exclusion_changed(job_id, now)
-        if change is not None:
-            added, removed = change
-            for w in added:
-                actions.append(
-                    _event(
-                        job_id,
-                        wall,
-                        "excluded",
-                        w,
-                        f"worker {w} no longer holds back the ssp clock",
-                    )
-                )
-            for w in removed:
-                actions.append(
-                    _event(job_id, wall, "included", w, f"worker {w} counts in the ssp clock again")
-                )
-            actions.append(SyncMembers(job_id))
-        return (lease.end_batch if lease else 0), actions
-
     # --- reading (under the caller's lock) ---
     def roster(self, job_id: str, now: float) -> tuple[list[str], list[str]] | None:
         """(members, excluded members) the job's shards should hold; None if it is gone."""
         if not self.book.has_job(job_id) and job_id not in self.jobs:
             return None
         members = self.book.members(job_id)
-        between = [w for w, j in self._between.items() if j == job_id]
-        if between:
-            members = sorted({*members, *between})
+        lingering = self.lingering.of_job(job_id)
+        if lingering:
+            members = sorted({*members, *lingering})
         excluded = self.relief.excluded(job_id, now)
         return members, [w for w in excluded if w in members]
 
@@ -374,20 +301,3 @@ class NotScheduled(FailedPrecondition):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id} is not running; progress is no longer recorded")
         self.job_id = job_id
-
-
-def _event(job_id: str, wall: float, kind: str, worker_id: str, message: str) -> EventAppended:
-    return EventAppended(job_id, st.EventRecord(wall, kind, worker_id, message))
-
-
-def _dedup(actions: list[Action]) -> list[Action]:
-    """One membership sync per job is enough (the executor sends the latest roster)."""
-    seen: set[str] = set()
-    out: list[Action] = []
-    for a in actions:
-        if isinstance(a, SyncMembers):
-            if a.job_id in seen:
-                continue
-            seen.add(a.job_id)
-        out.append(a)
-    return out
