@@ -17,7 +17,7 @@ import importlib
 
 import typer
 
-from pscluster.client import cli_certs, cli_cluster, cli_jobs, cli_plot
+from pscluster.client import cli_certs, cli_cluster, cli_jobs, cli_metrics, cli_plot
 
 app = typer.Typer(
     name="pscluster",
@@ -35,7 +35,7 @@ app.command("status")(cli_cluster.status)
 app.command("submit")(cli_jobs.submit)
 app.command("watch")(cli_jobs.watch)
 app.command("jobs")(cli_jobs.jobs)
-app.command("metrics")(cli_jobs.metrics)
+app.command("metrics")(cli_metrics.metrics)
 app.command("plot")(cli_plot.plot)
 app.command("fetch")(cli_jobs.fetch)
 app.command("cancel")(cli_jobs.cancel)

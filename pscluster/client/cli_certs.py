@@ -12,20 +12,15 @@ shards under mutual TLS. Keys are written 0600; the CA key stays in DIR for issu
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from pscluster.client.cli_common import fail, out
-
-if TYPE_CHECKING:  # imported on use: `pscluster --help` should not load cryptography
-    from cryptography import x509
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 VALID_DAYS = 825  # the longest lifetime common clients accept for a server certificate
@@ -57,92 +52,17 @@ def write_certs(
 
     ``hosts`` become the server certificate's subject alternative names (IP addresses as IP
     entries, anything else as DNS names). Raises ValueError for an empty host or days < 1.
+    The certificates come from :mod:`pscluster.client.certificates`, imported here on use:
+    `pscluster --help` should not load cryptography.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from pscluster.client.certificates import issue
 
     if not hosts or any(not h.strip() for h in hosts):
         raise ValueError("every --host must be a non-empty DNS name or IP address")
     if days < 1:
         raise ValueError(f"days must be >= 1, got {days}")
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
-
-    def name(common: str) -> x509.Name:
-        return x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pscluster"),
-                x509.NameAttribute(NameOID.COMMON_NAME, common),
-            ]
-        )
-
-    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("pscluster CA")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(
-        common: str, usages: list[x509.ObjectIdentifier], sans: Sequence[str]
-    ) -> tuple[bytes, bytes]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(common))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-            )
-        )
-        if sans:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([_san(h) for h in sans]), critical=False
-            )
-        cert = builder.sign(ca_key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM), pem_key(key)
-
-    both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-    server_pem, server_key = leaf(hosts[0], both, hosts)
-    client_pem, client_key = leaf("pscluster client", [ExtendedKeyUsageOID.CLIENT_AUTH], [])
+    pems = issue(hosts, days)
     paths = CertPaths(
         ca=directory / "ca.pem",
         ca_key=directory / "ca-key.pem",
@@ -151,22 +71,13 @@ def write_certs(
         client_cert=directory / "client.pem",
         client_key=directory / "client-key.pem",
     )
-    _write(paths.ca, ca.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(paths.ca_key, pem_key(ca_key), private=True)
-    _write(paths.server_cert, server_pem, private=False)
-    _write(paths.server_key, server_key, private=True)
-    _write(paths.client_cert, client_pem, private=False)
-    _write(paths.client_key, client_key, private=True)
+    _write(paths.ca, pems.ca, private=False)
+    _write(paths.ca_key, pems.ca_key, private=True)
+    _write(paths.server_cert, pems.server_cert, private=False)
+    _write(paths.server_key, pems.server_key, private=True)
+    _write(paths.client_cert, pems.client_cert, private=False)
+    _write(paths.client_key, pems.client_key, private=True)
     return paths
-
-
-def _san(host: str) -> x509.GeneralName:
-    from cryptography import x509
-
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host.strip()))
-    except ValueError:
-        return x509.DNSName(host.strip())
 
 
 def certs(

@@ -24,6 +24,7 @@ TOKEN_HELP = (
     "PSC_ADMIN_TOKEN); prefer the variables: a command line is visible to other users"
 )
 Token = Annotated[str | None, typer.Option("--token", help=TOKEN_HELP, show_default=False)]
+JobId = Annotated[str, typer.Argument(help="job id, as printed by `pscluster submit`")]
 
 
 def out() -> Console:
@@ -55,3 +56,15 @@ def user_errors() -> Iterator[None]:
 def _escape(text: str) -> str:
     # Messages quote user input and file paths; square brackets there are not rich markup.
     return text.replace("[", "\\[")
+
+
+def format_bytes(n: int) -> str:
+    """A byte count as a person reads it: 512 B, 3.2 KB, 41.0 MB."""
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KB", "MB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"

@@ -1,4 +1,5 @@
-"""``pscluster submit / watch / jobs / metrics / fetch / cancel``: the SDK from the shell.
+"""``pscluster submit / watch / jobs / fetch / cancel``: the SDK from the shell (``pscluster
+metrics`` is :mod:`pscluster.client.cli_metrics`).
 
 The SDK (and with it torch) is imported inside the commands, so that `pscluster down` or
 `pscluster --help` answer at once.
@@ -6,9 +7,6 @@ The SDK (and with it torch) is imported inside the commands, so that `pscluster 
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,23 +16,24 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from pscluster.client.cli_common import Address, Token, err, fail, out, user_errors
+from pscluster.client.cli_common import (
+    Address,
+    JobId,
+    Token,
+    err,
+    fail,
+    format_bytes,
+    out,
+    user_errors,
+)
 from pscluster.client.errors import JobFailed
 from pscluster.client.info import JobInfo
-from pscluster.client.metrics import (
-    ACCURACY,
-    HIGHER_IS_BETTER,
-    JobMetrics,
-    format_metric,
-    metric_label,
-)
+from pscluster.client.metrics import ACCURACY, format_metric, metric_label
 from pscluster.model.objective import LOWER_IS_BETTER
-from pscluster.server.consistency import clock_bound
 
 if TYPE_CHECKING:
     from pscluster.client.sdk import Job
 
-JobId = Annotated[str, typer.Argument(help="job id, as printed by `pscluster submit`")]
 Timeout = Annotated[
     float | None, typer.Option(help="give up after this many seconds (default: wait until done)")
 ]
@@ -199,109 +198,6 @@ def _status(info: JobInfo) -> str:
     return info.status_message.removeprefix(f"{info.state}: ")
 
 
-def metrics(
-    job_id: JobId,
-    address: Address = None,
-    token: Token = None,
-    as_json: Annotated[bool, typer.Option("--json", help="every metric, as JSON")] = False,
-) -> None:
-    """A summary of a job's metrics: its test metric per epoch, loss, pushes and staleness."""
-    from pscluster.client.sdk import Client
-
-    with user_errors(), Client(address, token=token) as client:
-        job = client.job(job_id)
-        info = job.info()
-        m = job.metrics().of_job(info)
-    if as_json:
-        typer.echo(json.dumps(dataclasses.asdict(m), indent=2))
-        return
-    console = out()
-    better = "higher" if m.metric in HIGHER_IS_BETTER else "lower"
-    console.print(f"job {job_id}, evaluations on the test set ({m.metric}: {better} is better)")
-    console.print(_evaluations(m))
-    for line in _summary(m, info.mode):
-        console.print(line, markup=False)
-    if m.workers:
-        console.print(_speeds(m))
-    if m.events:
-        console.print("events:")
-        for ev in m.events:
-            when = time.strftime("%H:%M:%S", time.localtime(ev.unix_time))
-            console.print(f"  {when} (+{ev.seconds:.1f} s) {ev.kind}: {ev.message}", markup=False)
-
-
-def _evaluations(m: JobMetrics) -> Table:
-    """One row per evaluation on the test set, a column for each metric it measured."""
-    table = Table()
-    names = m.metric_names
-    for column in ("epoch", "seconds", *(f"test {n}" for n in names), "samples"):
-        table.add_column(column, no_wrap=True)
-    for e in m.epochs:
-        values = [format_metric(n, e.metrics[n]) if n in e.metrics else "-" for n in names]
-        table.add_row(str(e.epoch), f"{e.seconds:.1f}", *values, str(e.samples))
-    return table
-
-
-def _summary(m: JobMetrics, mode: str) -> list[str]:
-    last = m.steps[-1].loss if m.steps else None
-    rejected = ", ".join(f"{why} {n}" for why, n in sorted(m.pushes_rejected.items()))
-    lines = [
-        f"steps: {len(m.steps)}" + (f", last training loss {last:.4f}" if last is not None else ""),
-        f"pushes applied: {m.pushes_applied}, rejected: {m.total_rejected}"
-        + (f" ({rejected})" if rejected else ""),
-        f"pulls: {m.pulls}; bytes pushed {_size(m.bytes_pushed)}, pulled {_size(m.bytes_pulled)}",
-        "staleness (updates since the pull: pushes): "
-        + _histogram(m.staleness)
-        + (f"; mean {m.mean_staleness:.2f}" if m.mean_staleness is not None else "")
-        + (f", p99 {m.staleness_percentile(0.99)}" if m.staleness else ""),
-    ]
-    if m.batches_dropped:
-        dropped = ", ".join(f"{why} {n}" for why, n in sorted(m.batches_dropped.items()))
-        lines.append(f"batches dropped (trained on nothing): {dropped}")
-    if clock_bound(mode):
-        lines.append(
-            "clock staleness (lead over the slowest worker: pushes): "
-            + _histogram(m.clock_staleness)
-        )
-    steps = ", ".join(f"{w} {n}" for w, n in sorted(m.pushes_by_worker.items()))
-    lines.append(f"steps by worker: {steps or 'none yet'}")
-    return lines
-
-
-def _histogram(counts: dict[int, int]) -> str:
-    return ", ".join(f"{lag}: {n}" for lag, n in sorted(counts.items())) or "none yet"
-
-
-def _speeds(m: JobMetrics) -> Table:
-    speeds = Table(title="workers (busy per batch; straggler: > factor x the median)")
-    for column in ("worker", "busy", "wall", "batches", "vs median", "flag"):
-        speeds.add_column(column)
-    for w in m.workers:
-        flag = "straggler" if w.straggler else ""
-        if w.excluded:
-            flag += " (excluded from ssp clock)"
-        speeds.add_row(
-            w.worker,
-            f"{w.busy_seconds * 1000:.1f} ms",
-            f"{w.step_seconds * 1000:.1f} ms",
-            str(w.batches),
-            f"{w.slowdown:.2f}x" if w.slowdown else "",
-            flag,
-        )
-    return speeds
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value = n / 1024
-    for unit in ("KB", "MB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"
-
-
 def fetch(
     job_id: JobId,
     output: Annotated[Path, typer.Option("--output", "-o", help="safetensors file to write")],
@@ -317,7 +213,7 @@ def fetch(
         encoded = state.dumps(tensors)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(encoded)
-    out().print(f"wrote {len(tensors)} tensors ({_size(len(encoded))}) to {output}")
+    out().print(f"wrote {len(tensors)} tensors ({format_bytes(len(encoded))}) to {output}")
 
 
 def cancel(job_id: JobId, address: Address = None, token: Token = None) -> None:

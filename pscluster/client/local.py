@@ -18,18 +18,22 @@ While it runs, ``<state_dir>/cluster.json`` records the processes, so that ``psc
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from pscluster.client import processes
-from pscluster.client.local_state import STATE_FILE, read_state, stop_detached
+from pscluster.client import local_launch, processes
+from pscluster.client.local_state import (
+    STATE_FILE,
+    read_state,
+    refuse_if_running,
+    stop_detached,
+    write_state,
+)
 from pscluster.client.processes import ProcessHandle, StartError
 
 if TYPE_CHECKING:  # the SDK imports torch; `pscluster up` and `down` do not need it
@@ -46,7 +50,6 @@ __all__ = [
 ]
 
 DEFAULT_STATE_DIR = Path(".pscluster/local")
-_BIND_ATTEMPTS = 3
 
 
 class LocalCluster:
@@ -130,13 +133,7 @@ class LocalCluster:
         """
         if self._started:
             raise RuntimeError("this LocalCluster was already started")
-        running = read_state(self.state_dir)
-        if running is not None:
-            raise StartError(
-                f"a local cluster is already running from {self.state_dir} "
-                f"(coordinator {running.get('address')}); stop it with `pscluster down"
-                f" --state-dir {self.state_dir}` or use another --state-dir"
-            )
+        refuse_if_running(self.state_dir)
         self._started = True
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -203,7 +200,7 @@ class LocalCluster:
             index=index,
             argv=["-m", "pscluster.worker"],
             env={
-                **self._env(self._worker_env()),
+                **self._env(local_launch.torch_threads_env(self.num_workers)),
                 **(env or {}),
                 **self._metrics_env(f"worker-{index}"),
             },
@@ -225,20 +222,12 @@ class LocalCluster:
         self.kill(self.workers[index], sig, timeout)
 
     def kill(self, handle: ProcessHandle, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
-        handle.signal(sig)
-        if not handle.wait(timeout):
-            raise TimeoutError(f"{handle.name} still running {timeout:g} s after signal {sig}")
+        processes.kill(handle, sig, timeout)
 
     def restart(self, handle: ProcessHandle) -> ProcessHandle:
         """Start a stopped process again with the same role, port and environment (e.g. a
         coordinator after a crash, to test recovery from its database)."""
-        if handle.alive():
-            raise RuntimeError(f"{handle.name} is still running (pid {handle.pid})")
-        handle.close_log()
-        handle.start()
-        if handle.address is not None:
-            processes.wait_serving(handle, self.start_timeout)
-        return handle
+        return processes.restart(handle, self.start_timeout)
 
     def wait_for_workers(
         self, count: int, timeout: float, watch: Sequence[ProcessHandle] = ()
@@ -248,30 +237,8 @@ class LocalCluster:
         StartError after ``timeout`` seconds, or at once if a process in ``watch`` (the
         workers just started) exits meanwhile.
         """
-        from pscluster.client.errors import PSClusterError
-
-        deadline = time.monotonic() + timeout
-        alive = 0
         with self.client() as client:
-            while time.monotonic() < deadline:
-                dead = [w for w in watch if w.returncode() is not None]
-                if dead:
-                    w = dead[0]
-                    raise StartError(
-                        f"{w.name} exited with code {w.returncode()}; last lines of "
-                        f"{w.log_path}:\n{w.log_tail()}"
-                    )
-                try:
-                    alive = sum(1 for w in client.status().workers if w.alive)
-                except PSClusterError:
-                    alive = 0
-                if alive >= count:
-                    return
-                time.sleep(0.2)
-        raise StartError(
-            f"only {alive} of {count} workers registered with the coordinator within "
-            f"{timeout:g} s; see the logs in {self.state_dir / 'logs'}"
-        )
+            local_launch.wait_for_workers(client, count, timeout, watch, self.state_dir / "logs")
 
     def client(self) -> Client:
         """A Client connected to this cluster's coordinator (close it, or use ``with``)."""
@@ -297,46 +264,23 @@ class LocalCluster:
 
     # --- internals ---
     def _start_server(self, role: str, index: int, port: int) -> ProcessHandle:
-        for attempt in range(_BIND_ATTEMPTS):
-            bound = port or processes.free_ports(self.host, 1)[0]
-            handle = self._server_handle(role, index, bound)
-            handle.start()
-            try:
-                processes.wait_serving(handle, self.start_timeout)
-                return handle
-            except StartError:
-                # Another program may take a free port between the check and the bind; retry
-                # with a new one, but only when we picked it.
-                retry = port == 0 and attempt + 1 < _BIND_ATTEMPTS and processes.bind_failed(handle)
-                processes.stop_all([handle], self.grace)
-                if not retry:
-                    raise
-        raise AssertionError("unreachable")  # the loop returns or raises
+        def handle_on(bound: int) -> ProcessHandle:
+            return self._server_handle(role, index, bound)
+
+        return local_launch.start_server(handle_on, port, self.host, self.start_timeout, self.grace)
 
     def _server_handle(self, role: str, index: int, port: int) -> ProcessHandle:
-        address = f"{self.host}:{port}"
-        if role == "shard":
-            argv = ["-m", "pscluster.server", "--port", str(port)]
-            name = f"shard-{index}"
-            env = {
-                "PSC_SHARD_PORT": str(port),
-                "PSC_ADVERTISE": address,
-                # Its write-ahead log and checkpoints: a restarted shard recovers from them.
-                "PSC_SHARD_DATA_DIR": str(self.state_dir / "shards" / name),
-            }
-        else:
-            shards = ",".join(self.shard_addresses)
-            argv = ["-m", "pscluster.coordinator", "--port", str(port), "--shards", shards]
-            argv += ["--state-dir", str(self.state_dir)]
-            env = {"PSC_COORDINATOR_PORT": str(port)}
-            name = "coordinator"
+        # Subclasses (fault-injection proxies, benchmarks) adjust a server's launch here.
+        launch = local_launch.server_launch(
+            role, index, self.host, port, self.state_dir, self.shard_addresses
+        )
         return ProcessHandle(
             role=role,
             index=index,
-            argv=argv,
-            env={**self._env(env), **self._metrics_env(name)},
-            log_path=self.state_dir / "logs" / f"{name}.log",
-            address=address,
+            argv=launch.argv,
+            env={**self._env(launch.env), **self._metrics_env(launch.name)},
+            log_path=self.state_dir / "logs" / f"{launch.name}.log",
+            address=launch.address,
         )
 
     def _env(self, role_env: dict[str, str]) -> dict[str, str]:
@@ -356,32 +300,8 @@ class LocalCluster:
         self.metrics_ports[name] = port
         return {"PSC_METRICS_PORT": str(port)}
 
-    def _worker_env(self) -> dict[str, str]:
-        if "PSC_TORCH_THREADS" in os.environ:
-            return {}
-        # Workers on one machine share its cores: intra-op thread pools that together fit the
-        # cores, instead of every process spawning a thread per core and all of them thrashing.
-        cores = os.cpu_count() or 1
-        return {"PSC_TORCH_THREADS": str(max(1, cores // max(1, self.num_workers)))}
-
     def _write_state(self) -> None:
-        state = {
-            "address": self.coordinator.address if self.coordinator else None,
-            "shards": self.shard_addresses,
-            "started_unix": time.time(),
-            "processes": [
-                {
-                    "name": h.name,
-                    "role": h.role,
-                    "pid": h.pid,
-                    "address": h.address,
-                    "log": str(h.log_path),
-                    "metrics": self.metrics_urls.get(h.name),
-                }
-                for h in self.handles()
-                if h.popen is not None
-            ],
-        }
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_file)
+        address = self.coordinator.address if self.coordinator else None
+        write_state(
+            self.state_file, address, self.shard_addresses, self.handles(), self.metrics_urls
+        )

@@ -1,4 +1,5 @@
-"""The record of a running local cluster, ``<state_dir>/cluster.json``, and stopping it.
+"""The record of a running local cluster, ``<state_dir>/cluster.json``: written as processes
+start, read to refuse a second cluster on the same state, and used to stop a detached one.
 
 ``pscluster up --detach`` returns while its processes run on; ``pscluster down`` is another
 process and finds them only through this file. Pids are checked against /proc before any
@@ -12,10 +13,12 @@ import json
 import os
 import signal
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pscluster.client import processes
+from pscluster.client.processes import ProcessHandle, StartError
 
 STATE_FILE = "cluster.json"
 
@@ -35,6 +38,48 @@ def read_state(state_dir: str | Path) -> dict[str, Any] | None:
         path.unlink(missing_ok=True)
         return None
     return state
+
+
+def refuse_if_running(state_dir: Path) -> None:
+    """StartError if a cluster recorded in ``state_dir`` still runs: a second one would share
+    its coordinator's database."""
+    running = read_state(state_dir)
+    if running is not None:
+        raise StartError(
+            f"a local cluster is already running from {state_dir} "
+            f"(coordinator {running.get('address')}); stop it with `pscluster down"
+            f" --state-dir {state_dir}` or use another --state-dir"
+        )
+
+
+def write_state(
+    state_file: Path,
+    address: str | None,
+    shard_addresses: Sequence[str],
+    handles: Sequence[ProcessHandle],
+    metrics_urls: Mapping[str, str],
+) -> None:
+    """Record the cluster's started processes, replacing the file whole (never half-written)."""
+    state = {
+        "address": address,
+        "shards": list(shard_addresses),
+        "started_unix": time.time(),
+        "processes": [
+            {
+                "name": h.name,
+                "role": h.role,
+                "pid": h.pid,
+                "address": h.address,
+                "log": str(h.log_path),
+                "metrics": metrics_urls.get(h.name),
+            }
+            for h in handles
+            if h.popen is not None
+        ],
+    }
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(state_file)
 
 
 def stop_detached(state_dir: str | Path, grace: float = 5.0) -> list[str]:

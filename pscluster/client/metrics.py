@@ -13,119 +13,53 @@ classifiers and is None for the others.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pscluster.client.metric_names import (
+    ACCURACY,
+    HIGHER_IS_BETTER,
+    KNOWN_METRICS,
+    LOSS,
+    format_metric,
+    infer_metric,
+    metric_label,
+    ordered_metrics,
+)
+from pscluster.client.metric_rows import (
+    EpochRow,
+    EventRow,
+    ShardRow,
+    StepRow,
+    WorkerSpeedRow,
+    epoch_row,
+    event_row,
+    shard_row,
+    step_row,
+    worker_speed_row,
+)
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 if TYPE_CHECKING:
     from pscluster.client.info import JobInfo
 
-ACCURACY = "accuracy"
-LOSS = "loss"
-# The order metrics are listed in (columns, CSV headers): the job's own comes first anyway.
-KNOWN_METRICS = (ACCURACY, "mse", "mae", LOSS)
-# Accuracy rises as a job learns; mse, mae and the loss fall. A plot or a target needs to know.
-HIGHER_IS_BETTER = frozenset({ACCURACY})
-
-
-def metric_label(metric: str) -> str:
-    """How a metric is named where space is short: "acc 0.953", "mse 0.0312", "test loss 0.2"."""
-    if metric == ACCURACY:
-        return "acc"
-    return "test loss" if metric == LOSS else metric
-
-
-def format_metric(metric: str, value: float, digits: int = 4) -> str:
-    """Accuracy with fixed decimals (it is 0..1); errors and losses with significant digits,
-    since an mse may be 1234.5 or 0.00031."""
-    if metric == ACCURACY:
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}g}"
-
-
-def ordered_metrics(names: Iterable[str], first: str | None = None) -> list[str]:
-    """``names`` without repeats: ``first`` (the job's metric), the known ones in their order,
-    any other alphabetically, the loss last."""
-    rank = {m: i for i, m in enumerate(KNOWN_METRICS)}
-    return sorted(set(names), key=lambda m: (m != first, m == LOSS, rank.get(m, len(rank)), m))
-
-
-def infer_metric(metrics: Mapping[str, float]) -> str:
-    """The job's metric among what one evaluation measured, when nothing else says it: the
-    first known one other than the loss (the coordinator sends only the job's), else "loss"."""
-    return next((m for m in KNOWN_METRICS if m in metrics), LOSS)
-
-
-@dataclass(frozen=True)
-class StepRow:
-    """One training step as a worker reported it."""
-
-    step: int
-    loss: float
-    samples: int
-    worker: str
-    epoch: int
-    unix_time: float  # the worker's clock at the step
-    seconds: float  # since the job started (see JobMetrics.started_unix)
-
-
-@dataclass(frozen=True)
-class EpochRow:
-    """One evaluation of the parameters on the test set."""
-
-    epoch: int
-    test_accuracy: float  # -1 when the job does not measure accuracy: see ``metrics``
-    test_loss: float
-    unix_time: float
-    samples: int  # training samples seen when the evaluation was made
-    seconds: float  # since the job started (see JobMetrics.started_unix)
-    # Everything the evaluation measured: "loss" and the job's metric, e.g.
-    # {"loss": 0.21, "accuracy": 0.95} or {"loss": 0.04, "mse": 0.031}.
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ShardRow:
-    """One shard's share of the job: its range of the flat vector and its push counters."""
-
-    shard: str
-    start: int
-    length: int
-    version: int
-    pushes_applied: int
-    pushes_rejected: dict[str, int]
-    checksum: float
-    # ssp: the largest lead of a worker's clock over the slowest member at a granted pull, and
-    # the clock staleness of applied pushes; both stay <= the staleness bound.
-    max_clock_lead: int = 0
-    clock_staleness: dict[int, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class WorkerSpeedRow:
-    """A worker's timings on the job, as the coordinator's straggler detector saw them."""
-
-    worker: str
-    busy_seconds: float  # EWMA per batch of wall time less waits on other workers
-    step_seconds: float  # EWMA of wall time per batch
-    batches: int
-    slowdown: float  # busy time over the median of the other workers; 0: unknown
-    straggler: bool
-    excluded: bool  # ssp: not counted in the slowest clock
-    active: bool
-
-
-@dataclass(frozen=True)
-class EventRow:
-    """Something that happened to the job: a straggler flagged or cleared, a lease split."""
-
-    unix_time: float
-    kind: str
-    worker: str
-    message: str
-    seconds: float  # since the job started (see JobMetrics.started_unix)
+# The names and rows have modules of their own; users import them from here.
+__all__ = [
+    "ACCURACY",
+    "HIGHER_IS_BETTER",
+    "KNOWN_METRICS",
+    "LOSS",
+    "EpochRow",
+    "EventRow",
+    "JobMetrics",
+    "ShardRow",
+    "StepRow",
+    "WorkerSpeedRow",
+    "format_metric",
+    "infer_metric",
+    "metric_label",
+    "ordered_metrics",
+]
 
 
 @dataclass(frozen=True)
@@ -249,10 +183,10 @@ class JobMetrics:
         times = [s.unix_time for s in m.steps] + [e.unix_time for e in m.epochs]
         times += [e.unix_time for e in m.events]
         origin = min(times, default=0.0)
-        epochs = [_epoch_row(e, origin) for e in m.epochs]
+        epochs = [epoch_row(e, origin) for e in m.epochs]
         return cls(
             job_id=m.job_id,
-            steps=[_step_row(s, origin) for s in m.steps],
+            steps=[step_row(s, origin) for s in m.steps],
             epochs=epochs,
             pushes_applied=m.pushes_applied,
             pushes_rejected=dict(m.pushes_rejected),
@@ -264,37 +198,9 @@ class JobMetrics:
             clock_staleness=dict(sorted(m.clock_staleness.items())),
             pushes_by_worker=dict(m.pushes_by_worker),
             batches_dropped=dict(m.batches_dropped),
-            shards=[
-                ShardRow(
-                    shard=s.shard,
-                    start=s.start,
-                    length=s.length,
-                    version=s.version,
-                    pushes_applied=s.pushes_applied,
-                    pushes_rejected=dict(s.pushes_rejected),
-                    checksum=s.checksum,
-                    max_clock_lead=s.max_clock_lead,
-                    clock_staleness=dict(s.clock_staleness),
-                )
-                for s in m.shards
-            ],
-            workers=[
-                WorkerSpeedRow(
-                    w.worker_id,
-                    w.busy_seconds,
-                    w.step_seconds,
-                    w.batches,
-                    w.slowdown,
-                    w.straggler,
-                    w.excluded,
-                    w.active,
-                )
-                for w in m.workers
-            ],
-            events=[
-                EventRow(e.unix_time, e.kind, e.worker_id, e.message, e.unix_time - origin)
-                for e in m.events
-            ],
+            shards=[shard_row(s) for s in m.shards],
+            workers=[worker_speed_row(w) for w in m.workers],
+            events=[event_row(e, origin) for e in m.events],
             metric=infer_metric(epochs[-1].metrics) if epochs else LOSS,
             started_unix=origin,
         )
@@ -303,20 +209,3 @@ class JobMetrics:
 def _times(m: JobMetrics) -> list[float]:
     rows: list[StepRow | EpochRow | EventRow] = [*m.steps, *m.epochs, *m.events]
     return [r.unix_time for r in rows]
-
-
-def _step_row(s: co_pb2.StepMetric, origin: float) -> StepRow:
-    seconds = s.unix_time - origin
-    return StepRow(s.step, s.loss, s.samples, s.worker_id, s.epoch, s.unix_time, seconds)
-
-
-def _epoch_row(e: co_pb2.EpochMetric, origin: float) -> EpochRow:
-    measured = dict(e.metrics)
-    if not measured and e.test_accuracy >= 0:
-        # An older coordinator: every job was a classifier, its accuracy in its own field.
-        measured[ACCURACY] = e.test_accuracy
-    measured.setdefault(LOSS, e.test_loss)
-    seconds = e.unix_time - origin
-    return EpochRow(
-        e.epoch, e.test_accuracy, e.test_loss, e.unix_time, e.samples, seconds, measured
-    )

@@ -15,13 +15,20 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from pscluster.client import dry_run, initial
 from pscluster.client.errors import InvalidJobError
+from pscluster.client.submit_options import LossArg, SubmitOptions
+from pscluster.client.wire_configs import (
+    DEFAULT_OPTIMIZER,
+    compression_config,
+    optimizer_config,
+    straggler_config,
+)
 from pscluster.data.dataset import Dataset
 from pscluster.errors import PSError
 from pscluster.model import bundle, objective, rebuild, state
@@ -30,16 +37,32 @@ from pscluster.transport import wire
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
-M = TypeVar("M")
-PRECISIONS = ("fp32", "bf16", "fp16")
+# Where these lived before the options and their wire configs got modules of their own.
+__all__ = [
+    "DEFAULT_OPTIMIZER",
+    "PRECISIONS",
+    "InitFrom",
+    "LossArg",
+    "Payload",
+    "build_payload",
+    "compression_config",
+    "optimizer_config",
+    "payload_for",
+    "straggler_config",
+]
 
-DEFAULT_OPTIMIZER: Mapping[str, Any] = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
+PRECISIONS = ("fp32", "bf16", "fp16")
 _UINT32_MAX = 2**32 - 1
-_PULL_DTYPES = {
-    "float32": common_pb2.DTYPE_FLOAT32,
-    "float16": common_pb2.DTYPE_FLOAT16,
-    "bfloat16": common_pb2.DTYPE_BFLOAT16,
-}
+# The options that are uint32 counts on the wire, in the order their errors are reported.
+_COUNTS = (
+    "staleness",
+    "epochs",
+    "batch_size",
+    "partitions",
+    "shards",
+    "backup_workers",
+    "local_steps",
+)
 
 
 @dataclass(frozen=True)
@@ -56,88 +79,81 @@ class Payload:
                 yield co_pb2.SubmitJobChunk(blob=common_pb2.BlobChunk(blob=name, data=piece))
 
 
-LossArg = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
 def build_payload(
     model: type[nn.Module],
     train: tuple[Any, Any],
     test: tuple[Any, Any],
     *,
-    mode: str,
-    staleness: int,
-    optimizer: Mapping[str, Any] | None,
-    epochs: int,
-    batch_size: int,
-    model_kwargs: Mapping[str, Any] | None,
-    loss: LossArg,
-    partitions: int,
-    shards: int,
-    seed: int,
-    name: str,
-    compression: Mapping[str, Any] | None = None,
-    backup_workers: int = 0,
-    stragglers: Mapping[str, Any] | None = None,
-    staleness_aware_lr: bool = False,
-    local_steps: int = 0,
-    metric: str = "",
-    precision: str = "fp32",
     init_from: InitFrom | None = None,
-    code_dir: str | Path | None = None,
+    **options: Any,
 ) -> Payload:
-    """Check the arguments of ``Client.submit`` and turn them into the wire spec and blobs,
-    after a dry run of the model on a few rows (:mod:`pscluster.client.dry_run`).
+    """:func:`payload_for` with the options as ``Client.submit``'s keywords (tests and tools
+    build payloads this way); an unknown keyword is a TypeError."""
+    return payload_for(model, train, test, SubmitOptions(**options), init_from)
+
+
+def payload_for(
+    model: type[nn.Module],
+    train: tuple[Any, Any],
+    test: tuple[Any, Any],
+    options: SubmitOptions,
+    init_from: InitFrom | None = None,
+) -> Payload:
+    """Check what ``Client.submit`` was given and turn it into the wire spec and blobs, after
+    a dry run of the model on a few rows (:mod:`pscluster.client.dry_run`).
 
     Raises InvalidJobError naming the argument that is wrong.
     """
     _check_model_class(model)
-    kwargs = dict(model_kwargs or {})
-    try:
-        kwargs_json = json.dumps(kwargs)
-    except (TypeError, ValueError) as e:
-        raise InvalidJobError(f"model_kwargs must be JSON-serialisable: {e}") from e
-    loss_name, loss_fn = _loss(loss)
-    model_spec = _model_spec(model, kwargs_json, [loss_fn] if loss_fn else [], code_dir)
-    start = initial.build(model, kwargs, seed, init_from.state if init_from else None)
-    model_spec.params.extend(rebuild.describe(start.model)[0])
-    model_spec.buffers.extend(rebuild.describe(start.model)[1])
+    kwargs = dict(options.model_kwargs or {})
+    kwargs_json = _kwargs_json(kwargs)
+    loss_name, loss_fn = _loss(options.loss)
+    model_spec = _model_spec(model, kwargs_json, [loss_fn] if loss_fn else [], options.code_dir)
+    start = initial.build(model, kwargs, options.seed, init_from.state if init_from else None)
+    params, buffers = rebuild.describe(start.model)
+    model_spec.params.extend(params)
+    model_spec.buffers.extend(buffers)
     data = _dataset(train, test)
-    ints = {
-        "staleness": staleness,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "partitions": partitions,
-        "shards": shards,
-        "backup_workers": backup_workers,
-        "local_steps": local_steps,
-    }
-    if not isinstance(staleness_aware_lr, bool):
-        raise InvalidJobError(
-            f"staleness_aware_lr must be True or False, got {type(staleness_aware_lr).__name__}"
-        )
-    for arg, value in ints.items():
-        _check_int(arg, value, _UINT32_MAX)
-    _check_int("seed", seed, 2**64 - 1)
-    spec = co_pb2.JobSpec(
-        name=name,
-        model=model_spec,
-        mode=mode,
-        optimizer=optimizer_config(optimizer),
-        compression=compression_config(compression),
-        loss=loss_name,
-        loss_function=_shipped_ref(loss_fn) if loss_fn else "",
-        metric=metric,
-        precision=_precision(precision),
-        init_from=init_from.job_id if init_from else "",
-        seed=seed,
-        stragglers=straggler_config(stragglers),
-        staleness_aware_lr=staleness_aware_lr,
-        **ints,
-    )
+    spec = _job_spec(options, model_spec, loss_name, loss_fn, init_from)
     _check_objective(spec)
     dry_run.check_finite(data)
     dry_run.dry_run(spec, start.state, data)
     return Payload(spec, data.to_blob(), state.dumps(start.state))
+
+
+def _job_spec(
+    options: SubmitOptions,
+    model_spec: co_pb2.ModelSpec,
+    loss_name: str,
+    loss_fn: Callable[..., Any] | None,
+    init_from: InitFrom | None,
+) -> co_pb2.JobSpec:
+    """The wire spec of the options, each checked (InvalidJobError naming the one wrong)."""
+    counts = {name: getattr(options, name) for name in _COUNTS}
+    if not isinstance(options.staleness_aware_lr, bool):
+        raise InvalidJobError(
+            "staleness_aware_lr must be True or False, got "
+            f"{type(options.staleness_aware_lr).__name__}"
+        )
+    for arg, value in counts.items():
+        _check_int(arg, value, _UINT32_MAX)
+    _check_int("seed", options.seed, 2**64 - 1)
+    return co_pb2.JobSpec(
+        name=options.name,
+        model=model_spec,
+        mode=options.mode,
+        optimizer=optimizer_config(options.optimizer),
+        compression=compression_config(options.compression),
+        loss=loss_name,
+        loss_function=_shipped_ref(loss_fn) if loss_fn else "",
+        metric=options.metric,
+        precision=_precision(options.precision),
+        init_from=init_from.job_id if init_from else "",
+        seed=options.seed,
+        stragglers=straggler_config(options.stragglers),
+        staleness_aware_lr=options.staleness_aware_lr,
+        **counts,
+    )
 
 
 @dataclass(frozen=True)
@@ -159,6 +175,13 @@ def _check_model_class(model: object) -> None:
             "level of a .py file (or directly under `if __name__ == '__main__':`) so that "
             "workers can rebuild it from the file's source"
         )
+
+
+def _kwargs_json(kwargs: dict[str, Any]) -> str:
+    try:
+        return json.dumps(kwargs)
+    except (TypeError, ValueError) as e:
+        raise InvalidJobError(f"model_kwargs must be JSON-serialisable: {e}") from e
 
 
 def _loss(loss: LossArg) -> tuple[str, Callable[..., Any] | None]:
@@ -209,64 +232,6 @@ def _check_objective(spec: co_pb2.JobSpec) -> None:
         objective.check_objective(spec.loss, spec.metric, spec.loss_function)
     except PSError as e:
         raise InvalidJobError(str(e)) from e
-
-
-def _checked_fields(value: object, arg: str, example: str, message: type[Any]) -> dict[str, Any]:
-    """``value`` as a dict of ``message``'s fields; InvalidJobError naming ``arg`` otherwise."""
-    if not isinstance(value, Mapping):
-        raise InvalidJobError(f"{arg} must be a dict like {example}, got {type(value).__name__}")
-    known = [f.name for f in message.DESCRIPTOR.fields]
-    unknown = sorted(set(value) - set(known))
-    if unknown:
-        raise InvalidJobError(f"{arg} has unknown field(s) {unknown}; expected some of {known}")
-    return dict(value)
-
-
-def _built(message: type[M], fields: Mapping[str, Any], arg: str) -> M:
-    try:
-        return message(**fields)
-    except (TypeError, ValueError) as e:
-        raise InvalidJobError(f"{arg} field has the wrong type: {e}") from e
-
-
-def optimizer_config(optimizer: Mapping[str, Any] | None) -> common_pb2.OptimizerConfig:
-    """A dict such as ``{"name": "adam", "lr": 1e-3}`` as the wire config (fields as in torch)."""
-    if optimizer is None:
-        optimizer = DEFAULT_OPTIMIZER
-    example = str(dict(DEFAULT_OPTIMIZER))
-    fields = _checked_fields(optimizer, "optimizer", example, common_pb2.OptimizerConfig)
-    return _built(common_pb2.OptimizerConfig, {"name": "sgd", **fields}, "optimizer")
-
-
-def straggler_config(stragglers: Mapping[str, Any] | None) -> co_pb2.StragglerConfig:
-    """A dict such as ``{"factor": 3, "no_mitigation": True}`` as the wire config.
-
-    Ranges are checked by the coordinator (one source of truth); only the shape here.
-    """
-    if stragglers is None:
-        return co_pb2.StragglerConfig()
-    fields = _checked_fields(stragglers, "stragglers", '{"factor": 2.0}', co_pb2.StragglerConfig)
-    return _built(co_pb2.StragglerConfig, fields, "stragglers")
-
-
-def compression_config(compression: Mapping[str, Any] | None) -> common_pb2.CompressionConfig:
-    """A dict such as ``{"name": "topk", "ratio": 0.01}`` as the wire config.
-
-    ``pull_dtype`` may be "float32", "float16" or "bfloat16". Names and ranges are checked by
-    the coordinator (one source of truth); only the shape of the dict is checked here.
-    """
-    if compression is None:
-        return common_pb2.CompressionConfig()
-    example = '{"name": "topk", "ratio": 0.01}'
-    fields = _checked_fields(compression, "compression", example, common_pb2.CompressionConfig)
-    if "pull_dtype" in fields:
-        dtype = fields["pull_dtype"]
-        if dtype not in _PULL_DTYPES:
-            raise InvalidJobError(
-                f"compression.pull_dtype {dtype!r} is unknown; expected one of {list(_PULL_DTYPES)}"
-            )
-        fields["pull_dtype"] = _PULL_DTYPES[dtype]
-    return _built(common_pb2.CompressionConfig, fields, "compression")
 
 
 def _dataset(train: tuple[Any, Any], test: tuple[Any, Any]) -> Dataset:

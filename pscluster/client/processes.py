@@ -113,6 +113,24 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
+def kill(handle: ProcessHandle, sig: int, timeout: float) -> None:
+    """Send ``sig`` and wait until the process has exited; TimeoutError if it has not."""
+    handle.signal(sig)
+    if not handle.wait(timeout):
+        raise TimeoutError(f"{handle.name} still running {timeout:g} s after signal {sig}")
+
+
+def restart(handle: ProcessHandle, timeout: float) -> ProcessHandle:
+    """Start a stopped process again as it was started; a server is waited for until it serves."""
+    if handle.alive():
+        raise RuntimeError(f"{handle.name} is still running (pid {handle.pid})")
+    handle.close_log()
+    handle.start()
+    if handle.address is not None:
+        wait_serving(handle, timeout)
+    return handle
+
+
 def stop_all(handles: Iterable[ProcessHandle], grace: float) -> None:
     """SIGTERM every live process, give them ``grace`` seconds together, then SIGKILL the rest."""
     handles = list(handles)

@@ -21,10 +21,8 @@ from typing import Any, TypeVar
 import grpc
 import torch
 from pydantic import SecretStr
-from rich.console import Console
 from torch import nn
 
-from pscluster.client import progress as _progress
 from pscluster.client.errors import (
     ClusterUnavailableError,
     InvalidJobError,
@@ -35,11 +33,11 @@ from pscluster.client.errors import (
 )
 from pscluster.client.history import History
 from pscluster.client.info import ClusterStatus, JobInfo
+from pscluster.client.job import Job
 from pscluster.client.metrics import JobMetrics
-from pscluster.client.payload import InitFrom, LossArg, build_payload
+from pscluster.client.payload import InitFrom, payload_for
+from pscluster.client.submit_options import LossArg, SubmitOptions, check_mirrored_by
 from pscluster.config import Settings
-from pscluster.errors import PSError
-from pscluster.model import state
 from pscluster.transport.channel import open_channel
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
@@ -138,78 +136,28 @@ class Client:
         ``model(**model_kwargs)`` from that file's source and the local modules it imports
         (or every .py under ``code_dir``); see the README's "Bring your own model". Parameters
         with ``requires_grad=False`` stay frozen (never pulled or pushed); buffers (BatchNorm
-        statistics) train on the shards beside the parameters.
+        statistics) train on the shards beside the parameters. ``train`` and ``test`` are
+        ``(X, y)`` pairs: X an array or tensor (float, or integer ids), a tuple of them
+        (``forward(*X)``) or a dict of them (``forward(**X)``); y an array of any shape.
 
-        ``train`` and ``test`` are ``(X, y)`` pairs: X an array or tensor (float, or integer
-        ids), a tuple of them (``forward(*X)``) or a dict of them (``forward(**X)``); y an
-        array of any shape. ``loss`` is "cross_entropy", "mse", "l1", "bce_with_logits" or a
-        function ``loss(output, y) -> scalar`` defined at the top level of your file;
-        ``metric`` ("accuracy", "mse", "mae", "loss"; default: the loss's own) is what each
-        epoch's evaluation reports. ``precision`` "bf16" trains in bfloat16 autocast (CPU and
-        GPU), "fp16" in float16 with dynamic loss scaling (CUDA workers); the shards keep
-        float32 weights. ``init_from`` starts from a finished job's model (a Job or its id) or
-        a state_dict, loaded by name: entries the model lacks are an error, entries it has
-        beyond them keep their initialisation (adapters, a new head).
+        ``init_from`` starts from a finished job's model (a Job or its id) or a state_dict,
+        loaded by name: entries the model lacks are an error, entries it has beyond them keep
+        their initialisation (adapters, a new head). The other keywords (``mode``, ``loss``,
+        ``optimizer``, ``compression``, ``stragglers``, ``local_steps``, ...) are described on
+        :class:`~pscluster.client.submit_options.SubmitOptions`.
 
         Before anything is sent, the model is built from the code that would be sent and run
         forward and backward on a few rows (the dry run); the data are checked for NaN, and
-        labels against the model's outputs. ``mode`` is
-        "async", "sync" or "ssp" (bounded by ``staleness``); ``optimizer`` is a dict of
-        torch.optim fields, by default ``{"name": "sgd", "lr": 0.05, "momentum": 0.9}``.
-        ``partitions`` and ``shards`` of 0 let the coordinator choose. ``compression``
-        compresses the gradients workers push, e.g. ``{"name": "topk", "ratio": 0.01}``
-        (codecs: none, fp16, bf16, int8, topk, dgc; dgc also takes momentum, clip_norm and
-        warmup_epochs) and may set ``pull_dtype`` ("float16", "bfloat16") for training pulls.
-
-        Stragglers: ``backup_workers`` (sync only) closes each step without the last that
-        many pushes (Chen et al. 2016). ``stragglers`` tunes detection and mitigation, e.g.
-        ``{"factor": 2.0, "alpha": 0.2, "grace_seconds": 5, "no_mitigation": False}``: a
-        worker whose busy time per batch exceeds ``factor`` x the median of the others is
-        flagged, gets smaller leases, has its lease split when others are idle and, in ssp,
-        stops holding back the slowest clock after ``grace_seconds``.
-        ``staleness_aware_lr`` divides each async/ssp push by (staleness + 1).
-
-        ``local_steps`` (local SGD, as Downpour SGD's n_fetch = n_push): each worker takes
-        that many steps of the job's ``optimizer`` on its own copy of the parameters (keeping
-        its momentum or Adam state), then pushes the window's change and pulls again; the
-        shards add the change (sync: averaged over the workers). 1/``local_steps`` of the
-        communication per sample, at the price of workers seeing each other's progress once
-        per window. Use it with ``mode="sync"``, or lower ``lr`` in async, where every
-        worker's whole change is added. 0 or 1: pull and push every step.
-
-        Raises InvalidJobError (before sending anything) if the model or the data are wrong,
-        or when the coordinator rejects the spec.
+        labels against the model's outputs. Raises InvalidJobError (before sending anything)
+        if the model or the data are wrong, or when the coordinator rejects the spec.
 
         Example::
 
             job = client.submit(model=MyNet, train=(X, y), test=(Xt, yt), mode="ssp",
                                 staleness=2, optimizer={"name": "adam", "lr": 1e-3})
         """
-        payload = build_payload(
-            model,
-            train,
-            test,
-            mode=mode,
-            staleness=staleness,
-            optimizer=optimizer,
-            epochs=epochs,
-            batch_size=batch_size,
-            model_kwargs=model_kwargs,
-            loss=loss,
-            partitions=partitions,
-            shards=shards,
-            seed=seed,
-            name=name,
-            compression=compression,
-            backup_workers=backup_workers,
-            stragglers=stragglers,
-            staleness_aware_lr=staleness_aware_lr,
-            local_steps=local_steps,
-            metric=metric,
-            precision=precision,
-            init_from=self._init_from(init_from),
-            code_dir=code_dir,
-        )
+        options = SubmitOptions.from_arguments(locals())  # the keywords are its fields, by name
+        payload = payload_for(model, train, test, options, self._init_from(init_from))
         stream = payload.chunks(self.settings.chunk_bytes)
         reply = self._call("submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t))
         return Job(self, reply.job_id, token=reply.token or None)
@@ -282,107 +230,5 @@ class Client:
         return co_pb2.GetJobRequest(job_id=job_id)
 
 
-class Job:
-    """A handle on one job; every method asks the coordinator afresh.
-
-    Example::
-
-        job = client.job("a1b2c3")
-        info = job.wait(progress=True, timeout=600)
-        print(info.test_accuracy, job.metrics().pushes_rejected)
-    """
-
-    def __init__(self, client: Client, job_id: str, *, token: str | None = None) -> None:
-        if not job_id:
-            raise ValueError("job_id is empty")
-        self.client = client
-        self.id = job_id
-        # The job's bearer token, from submit() on a cluster that requires tokens (else None):
-        # ``Client(address, token=job.token)`` reads and cancels this job and nothing else.
-        # The coordinator keeps no copy; store it like a password.
-        self.token = token
-
-    def info(self) -> JobInfo:
-        stub, req = self.client._stub, self.client._job_request(self.id)
-        reply = self.client._call(f"get job {self.id}", lambda t: stub.GetJob(req, timeout=t))
-        return JobInfo.from_proto(reply)
-
-    def wait(
-        self,
-        progress: bool = False,
-        timeout: float | None = None,
-        poll: float = 0.5,
-        *,
-        console: Console | None = None,
-    ) -> JobInfo:
-        """Block until the job completes and return its final info.
-
-        ``progress=True`` draws a progress bar with the epoch, the last loss, the latest test
-        accuracy and what the job is waiting on. Raises JobFailed if the job fails or is
-        cancelled, TimeoutError if it is still running after ``timeout`` seconds.
-        """
-        if poll <= 0:
-            raise ValueError(f"poll must be > 0 seconds, got {poll}")
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
-        info = _progress.follow(
-            self.info, progress=progress, timeout=timeout, poll=poll, console=console
-        )
-        if info.state != "completed":
-            raise JobFailed(info)
-        return info
-
-    def metrics(self) -> JobMetrics:
-        """Per-step loss, per-epoch test accuracy and the shards' push statistics."""
-        stub, req = self.client._stub, self.client._job_request(self.id)
-        reply = self.client._call(
-            f"get the metrics of job {self.id}", lambda t: stub.GetMetrics(req, timeout=t)
-        )
-        return JobMetrics.from_proto(reply).of_job(self.info())
-
-    def history(self) -> History:
-        """The job's curves as tables: loss per step, test results per epoch (times in seconds
-        since the job started) and the staleness histograms; ``to_csv(dir)`` writes them out.
-
-        Example::
-
-            h = job.history()
-            best = max(h.epochs, key=lambda e: e.test_accuracy)
-            h.to_csv("runs/ssp")
-        """
-        return History.from_metrics(self.info(), self.metrics())
-
-    def fetch_model(self) -> dict[str, torch.Tensor]:
-        """The trained ``state_dict`` (parameters and buffers), ready for ``load_state_dict``.
-
-        Of a running job: its current parameters. A pending, failed or cancelled job has no
-        model: PSClusterError with code FAILED_PRECONDITION says why.
-
-        Example::
-
-            model = MyNet()
-            model.load_state_dict(job.fetch_model())
-        """
-        stub, req = self.client._stub, self.client._job_request(self.id)
-
-        def fetch(timeout: float) -> bytearray:
-            blob = bytearray()
-            for chunk in stub.FetchModel(req, timeout=timeout):
-                blob += chunk.data
-            return blob
-
-        blob = self.client._call(f"fetch the model of job {self.id}", fetch)
-        try:
-            return state.loads(blob, f"the model of job {self.id}")
-        except PSError as e:
-            raise PSClusterError(str(e)) from e
-
-    def cancel(self) -> JobInfo:
-        """Stop the job; its workers abandon their leases. Cancelling a finished job is a no-op
-        or FAILED_PRECONDITION, as the coordinator decides."""
-        stub, req = self.client._stub, self.client._job_request(self.id)
-        reply = self.client._call(f"cancel job {self.id}", lambda t: stub.CancelJob(req, timeout=t))
-        return JobInfo.from_proto(reply)
-
-    def __repr__(self) -> str:
-        return f"Job({self.id!r})"
+# Written here, where the signature and the options meet: a drift between them fails on import.
+check_mirrored_by(Client.submit, besides=("init_from",))

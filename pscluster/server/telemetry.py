@@ -139,86 +139,10 @@ class ShardCollector(Collector):
             self.telemetry.forget_jobs_except(s.job_id for s in stats)
             yield from self.telemetry.collect()
         yield GaugeMetricFamily("pscluster_shard_jobs", "Jobs held by this shard.", len(stats))
-
-        def counter(name: str, doc: str, field: str) -> CounterMetricFamily:
-            family = CounterMetricFamily(name, doc, labels=["job_id"])
-            for s in stats:
-                family.add_metric([s.job_id], float(getattr(s, field)))
-            return family
-
-        def gauge(name: str, doc: str, field: str) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, doc, labels=["job_id"])
-            for s in stats:
-                value = getattr(s, field)
-                family.add_metric(
-                    [s.job_id], float(len(value) if isinstance(value, list) else value)
-                )
-            return family
-
-        # CounterMetricFamily adds the _total suffix to these names.
-        yield counter(
-            "pscluster_shard_pushes_received",
-            "Pushes that reached the job (refused ones included).",
-            "pushes_received",
-        )
-        yield counter(
-            "pscluster_shard_pushes_applied",
-            "Pushes whose gradient reached the parameters.",
-            "pushes_applied",
-        )
-        yield counter(
-            "pscluster_shard_pushes_duplicate",
-            "Retries of pushes already decided, answered again without applying them.",
-            "pushes_duplicate",
-        )
-        rejected = CounterMetricFamily(
-            "pscluster_shard_pushes_rejected",
-            "Pushes refused, by reason (invalid, not_member, nonfinite, stale, late, ...).",
-            labels=["job_id", "reason"],
-        )
-        for s in stats:
-            for reason, count in sorted(s.pushes_rejected.items()):
-                rejected.add_metric([s.job_id, reason], float(count))
-        yield rejected
-        yield counter("pscluster_shard_pulls", "Pulls answered.", "pulls")
-        yield counter(
-            "pscluster_shard_pushed_bytes",
-            "Push payload bytes received, as sent (compressed if the job compresses).",
-            "bytes_pushed",
-        )
-        yield counter(
-            "pscluster_shard_pushed_raw_bytes",
-            "What the pushes received stand for as float32 (equal to pushed bytes uncompressed).",
-            "bytes_pushed_raw",
-        )
-        yield counter("pscluster_shard_pulled_bytes", "Pull payload bytes sent.", "bytes_pulled")
-        yield counter(
-            "pscluster_shard_steps_applied",
-            "Optimizer steps taken (sync: one per closed step; async: one per applied push).",
-            "steps_applied",
-        )
-        yield gauge(
-            "pscluster_shard_parameter_version",
-            "Version of the job's parameters on this shard (updates applied so far).",
-            "version",
-        )
-        yield gauge("pscluster_shard_clock", "The job's clock (the slowest member's).", "clock")
-        yield gauge("pscluster_shard_members", "Workers that are members of the job.", "members")
-        yield gauge(
-            "pscluster_shard_excluded_workers",
-            "Members excluded from barriers as stragglers.",
-            "excluded",
-        )
-        yield gauge(
-            "pscluster_shard_max_clock_lead",
-            "Largest lead in clocks of a member over the slowest one, seen so far.",
-            "max_clock_lead",
-        )
-        yield gauge(
-            "pscluster_shard_last_update_timestamp_seconds",
-            "Unix time of the last update applied to the job's parameters (0: none yet).",
-            "last_update_unix",
-        )
+        yield from (_counter(stats, *series) for series in PUSH_COUNTERS)
+        yield _rejected(stats)
+        yield from (_counter(stats, *series) for series in TRAFFIC_COUNTERS)
+        yield from (_gauge(stats, *series) for series in GAUGES)
         yield staleness_histogram(
             "pscluster_shard_push_staleness",
             "Version staleness of applied pushes: updates applied between a push's pull and "
@@ -231,6 +155,98 @@ class ShardCollector(Collector):
             "clock a push was computed at.",
             {s.job_id: s.clock_staleness for s in stats},
         )
+
+
+# Series read from one field of every job's stats: (name, documentation, JobStats field).
+# CounterMetricFamily adds the _total suffix to the counters' names.
+PUSH_COUNTERS = (
+    (
+        "pscluster_shard_pushes_received",
+        "Pushes that reached the job (refused ones included).",
+        "pushes_received",
+    ),
+    (
+        "pscluster_shard_pushes_applied",
+        "Pushes whose gradient reached the parameters.",
+        "pushes_applied",
+    ),
+    (
+        "pscluster_shard_pushes_duplicate",
+        "Retries of pushes already decided, answered again without applying them.",
+        "pushes_duplicate",
+    ),
+)
+TRAFFIC_COUNTERS = (
+    ("pscluster_shard_pulls", "Pulls answered.", "pulls"),
+    (
+        "pscluster_shard_pushed_bytes",
+        "Push payload bytes received, as sent (compressed if the job compresses).",
+        "bytes_pushed",
+    ),
+    (
+        "pscluster_shard_pushed_raw_bytes",
+        "What the pushes received stand for as float32 (equal to pushed bytes uncompressed).",
+        "bytes_pushed_raw",
+    ),
+    ("pscluster_shard_pulled_bytes", "Pull payload bytes sent.", "bytes_pulled"),
+    (
+        "pscluster_shard_steps_applied",
+        "Optimizer steps taken (sync: one per closed step; async: one per applied push).",
+        "steps_applied",
+    ),
+)
+# A gauge of a list field counts its entries (members, excluded workers).
+GAUGES = (
+    (
+        "pscluster_shard_parameter_version",
+        "Version of the job's parameters on this shard (updates applied so far).",
+        "version",
+    ),
+    ("pscluster_shard_clock", "The job's clock (the slowest member's).", "clock"),
+    ("pscluster_shard_members", "Workers that are members of the job.", "members"),
+    (
+        "pscluster_shard_excluded_workers",
+        "Members excluded from barriers as stragglers.",
+        "excluded",
+    ),
+    (
+        "pscluster_shard_max_clock_lead",
+        "Largest lead in clocks of a member over the slowest one, seen so far.",
+        "max_clock_lead",
+    ),
+    (
+        "pscluster_shard_last_update_timestamp_seconds",
+        "Unix time of the last update applied to the job's parameters (0: none yet).",
+        "last_update_unix",
+    ),
+)
+
+
+def _counter(stats: list[JobStats], name: str, doc: str, field: str) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=["job_id"])
+    for s in stats:
+        family.add_metric([s.job_id], float(getattr(s, field)))
+    return family
+
+
+def _gauge(stats: list[JobStats], name: str, doc: str, field: str) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=["job_id"])
+    for s in stats:
+        value = getattr(s, field)
+        family.add_metric([s.job_id], float(len(value) if isinstance(value, list) else value))
+    return family
+
+
+def _rejected(stats: list[JobStats]) -> CounterMetricFamily:
+    rejected = CounterMetricFamily(
+        "pscluster_shard_pushes_rejected",
+        "Pushes refused, by reason (invalid, not_member, nonfinite, stale, late, ...).",
+        labels=["job_id", "reason"],
+    )
+    for s in stats:
+        for reason, count in sorted(s.pushes_rejected.items()):
+            rejected.add_metric([s.job_id, reason], float(count))
+    return rejected
 
 
 def shard_registry(shard: Shard) -> tuple[CollectorRegistry, ShardTelemetry]:

@@ -21,71 +21,20 @@ PUSH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 
 
 class WorkerTelemetry:
+    """The worker's series, in a registry of its own, and which jobs and lease they describe.
+
+    The trainer reports what happened (``pulled``, ``pushed``, ``stepped``, ...); this object
+    remembers the label values it created, so that a job's series can be removed when the job
+    ends and the gauge of the current lease never shows two leases at once.
+    """
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.steps = Counter(
-            "pscluster_worker_steps",
-            "Training steps whose gradient the shards took (the steps the job counts).",
-            ["job_id"],
-            registry=r,
-        )
-        self.samples = Counter(
-            "pscluster_worker_samples",
-            "Training samples processed (batches skipped or refused included).",
-            ["job_id"],
-            registry=r,
-        )
-        self.pull_seconds = Histogram(
-            "pscluster_worker_pull_duration_seconds",
-            "Time of one pull of the whole parameter vector from every shard, consistency "
-            "waits included.",
-            ["job_id"],
-            buckets=PULL_SECONDS_BUCKETS,
-            registry=r,
-        )
-        self.push_seconds = Histogram(
-            "pscluster_worker_push_duration_seconds",
-            "Time of one push of the whole gradient to every shard (each retry is one push).",
-            ["job_id"],
-            buckets=PUSH_SECONDS_BUCKETS,
-            registry=r,
-        )
-        self.pulled_bytes = Counter(
-            "pscluster_worker_pulled_bytes",
-            "Parameter bytes pulled, in the job's pull dtype.",
-            ["job_id"],
-            registry=r,
-        )
-        self.pushed_bytes = Counter(
-            "pscluster_worker_pushed_bytes",
-            "Gradient payload bytes pushed, as encoded by the job's compression.",
-            ["job_id"],
-            registry=r,
-        )
-        self.tasks = Counter(
-            "pscluster_worker_tasks",
-            "Leases worked on, by kind (train, eval) and result (completed, lost, failed).",
-            ["job_id", "kind", "result"],
-            registry=r,
-        )
-        self.task = Gauge(
-            "pscluster_worker_task",
-            "1 for the lease being worked on now (no series while idle).",
-            ["job_id", "kind", "epoch", "partition"],
-            registry=r,
-        )
-        self.slowdown = Gauge(
-            "pscluster_worker_injected_slowdown",
-            "Fault injection (PSC_SLOWDOWN): each batch's own compute is stretched to this many "
-            "times its length (1: none).",
-            registry=r,
-        )
-        self.injected_seconds = Counter(
-            "pscluster_worker_injected_delay_seconds",
-            "Time slept by the injected slowdown.",
-            registry=r,
-        )
+        self.steps, self.samples = _progress_counters(self.registry)
+        self.pull_seconds, self.push_seconds = _exchange_durations(self.registry)
+        self.pulled_bytes, self.pushed_bytes = _exchange_bytes(self.registry)
+        self.tasks, self.task = _lease_series(self.registry)
+        self.slowdown, self.injected_seconds = _injection_series(self.registry)
         self._lock = threading.Lock()
         self._current: tuple[str, str, str, str] | None = None
         self._task_labels: set[tuple[str, str, str]] = set()
@@ -156,3 +105,91 @@ class WorkerTelemetry:
                     metric.remove(job_id)
         for labels in tasks:
             self.tasks.remove(*labels)
+
+
+def _progress_counters(r: CollectorRegistry) -> tuple[Counter, Counter]:
+    """What the worker trained on: the steps the job counts and every sample processed."""
+    steps = Counter(
+        "pscluster_worker_steps",
+        "Training steps whose gradient the shards took (the steps the job counts).",
+        ["job_id"],
+        registry=r,
+    )
+    samples = Counter(
+        "pscluster_worker_samples",
+        "Training samples processed (batches skipped or refused included).",
+        ["job_id"],
+        registry=r,
+    )
+    return steps, samples
+
+
+def _exchange_durations(r: CollectorRegistry) -> tuple[Histogram, Histogram]:
+    """How long one pull and one push to every shard took."""
+    pull_seconds = Histogram(
+        "pscluster_worker_pull_duration_seconds",
+        "Time of one pull of the whole parameter vector from every shard, consistency "
+        "waits included.",
+        ["job_id"],
+        buckets=PULL_SECONDS_BUCKETS,
+        registry=r,
+    )
+    push_seconds = Histogram(
+        "pscluster_worker_push_duration_seconds",
+        "Time of one push of the whole gradient to every shard (each retry is one push).",
+        ["job_id"],
+        buckets=PUSH_SECONDS_BUCKETS,
+        registry=r,
+    )
+    return pull_seconds, push_seconds
+
+
+def _exchange_bytes(r: CollectorRegistry) -> tuple[Counter, Counter]:
+    """The bytes pulls and pushes moved, as they went over the wire."""
+    pulled_bytes = Counter(
+        "pscluster_worker_pulled_bytes",
+        "Parameter bytes pulled, in the job's pull dtype.",
+        ["job_id"],
+        registry=r,
+    )
+    pushed_bytes = Counter(
+        "pscluster_worker_pushed_bytes",
+        "Gradient payload bytes pushed, as encoded by the job's compression.",
+        ["job_id"],
+        registry=r,
+    )
+    return pulled_bytes, pushed_bytes
+
+
+def _lease_series(r: CollectorRegistry) -> tuple[Counter, Gauge]:
+    """The leases worked on, by result, and the one being worked on now."""
+    tasks = Counter(
+        "pscluster_worker_tasks",
+        "Leases worked on, by kind (train, eval) and result (completed, lost, failed).",
+        ["job_id", "kind", "result"],
+        registry=r,
+    )
+    task = Gauge(
+        "pscluster_worker_task",
+        "1 for the lease being worked on now (no series while idle).",
+        ["job_id", "kind", "epoch", "partition"],
+        registry=r,
+    )
+    return tasks, task
+
+
+def _injection_series(r: CollectorRegistry) -> tuple[Gauge, Counter]:
+    """The injected slowdown (PSC_SLOWDOWN) and the time it slept, so a straggler made on
+    purpose is told apart from a real one."""
+    slowdown = Gauge(
+        "pscluster_worker_injected_slowdown",
+        "Fault injection (PSC_SLOWDOWN): each batch's own compute is stretched to this many "
+        "times its length (1: none).",
+        registry=r,
+    )
+    injected_seconds = Counter(
+        "pscluster_worker_injected_delay_seconds",
+        "Time slept by the injected slowdown.",
+        registry=r,
+    )
+    return slowdown, injected_seconds

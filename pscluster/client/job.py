@@ -1,0 +1,130 @@
+"""A handle on one submitted job: its state, its metrics and its trained model, asked afresh.
+
+Every call goes through the :class:`~pscluster.client.sdk.Client` that made the handle, so it
+shares that client's channel, deadline, token and error translation; a handle holds nothing
+but the job's id (and, right after submit, the job's token).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from rich.console import Console
+
+from pscluster.client import progress as _progress
+from pscluster.client.errors import JobFailed, PSClusterError
+from pscluster.client.history import History
+from pscluster.client.info import JobInfo
+from pscluster.client.metrics import JobMetrics
+from pscluster.errors import PSError
+from pscluster.model import state
+
+if TYPE_CHECKING:  # the client module imports this one to hand out Jobs
+    from pscluster.client.sdk import Client
+
+
+class Job:
+    """A handle on one job; every method asks the coordinator afresh.
+
+    Example::
+
+        job = client.job("a1b2c3")
+        info = job.wait(progress=True, timeout=600)
+        print(info.test_accuracy, job.metrics().pushes_rejected)
+    """
+
+    def __init__(self, client: Client, job_id: str, *, token: str | None = None) -> None:
+        if not job_id:
+            raise ValueError("job_id is empty")
+        self.client = client
+        self.id = job_id
+        # The job's bearer token, from submit() on a cluster that requires tokens (else None):
+        # ``Client(address, token=job.token)`` reads and cancels this job and nothing else.
+        # The coordinator keeps no copy; store it like a password.
+        self.token = token
+
+    def info(self) -> JobInfo:
+        stub, req = self.client._stub, self.client._job_request(self.id)
+        reply = self.client._call(f"get job {self.id}", lambda t: stub.GetJob(req, timeout=t))
+        return JobInfo.from_proto(reply)
+
+    def wait(
+        self,
+        progress: bool = False,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        *,
+        console: Console | None = None,
+    ) -> JobInfo:
+        """Block until the job completes and return its final info.
+
+        ``progress=True`` draws a progress bar with the epoch, the last loss, the latest test
+        accuracy and what the job is waiting on. Raises JobFailed if the job fails or is
+        cancelled, TimeoutError if it is still running after ``timeout`` seconds.
+        """
+        if poll <= 0:
+            raise ValueError(f"poll must be > 0 seconds, got {poll}")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
+        info = _progress.follow(
+            self.info, progress=progress, timeout=timeout, poll=poll, console=console
+        )
+        if info.state != "completed":
+            raise JobFailed(info)
+        return info
+
+    def metrics(self) -> JobMetrics:
+        """Per-step loss, per-epoch test accuracy and the shards' push statistics."""
+        stub, req = self.client._stub, self.client._job_request(self.id)
+        reply = self.client._call(
+            f"get the metrics of job {self.id}", lambda t: stub.GetMetrics(req, timeout=t)
+        )
+        return JobMetrics.from_proto(reply).of_job(self.info())
+
+    def history(self) -> History:
+        """The job's curves as tables: loss per step, test results per epoch (times in seconds
+        since the job started) and the staleness histograms; ``to_csv(dir)`` writes them out.
+
+        Example::
+
+            h = job.history()
+            best = max(h.epochs, key=lambda e: e.test_accuracy)
+            h.to_csv("runs/ssp")
+        """
+        return History.from_metrics(self.info(), self.metrics())
+
+    def fetch_model(self) -> dict[str, torch.Tensor]:
+        """The trained ``state_dict`` (parameters and buffers), ready for ``load_state_dict``.
+
+        Of a running job: its current parameters. A pending, failed or cancelled job has no
+        model: PSClusterError with code FAILED_PRECONDITION says why.
+
+        Example::
+
+            model = MyNet()
+            model.load_state_dict(job.fetch_model())
+        """
+        stub, req = self.client._stub, self.client._job_request(self.id)
+
+        def fetch(timeout: float) -> bytearray:
+            blob = bytearray()
+            for chunk in stub.FetchModel(req, timeout=timeout):
+                blob += chunk.data
+            return blob
+
+        blob = self.client._call(f"fetch the model of job {self.id}", fetch)
+        try:
+            return state.loads(blob, f"the model of job {self.id}")
+        except PSError as e:
+            raise PSClusterError(str(e)) from e
+
+    def cancel(self) -> JobInfo:
+        """Stop the job; its workers abandon their leases. Cancelling a finished job is a no-op
+        or FAILED_PRECONDITION, as the coordinator decides."""
+        stub, req = self.client._stub, self.client._job_request(self.id)
+        reply = self.client._call(f"cancel job {self.id}", lambda t: stub.CancelJob(req, timeout=t))
+        return JobInfo.from_proto(reply)
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
