@@ -174,7 +174,7 @@ def wait_for(
             if predicate():
                 return time.monotonic()
         except Exception as e:
-            code = status_of(e)
+            code = _call_status(e)
             if code is None or code not in tolerate:
                 raise
             last = f" (last: {code.name}: {e})"
@@ -184,7 +184,7 @@ def wait_for(
         time.sleep(poll)
 
 
-def status_of(error: BaseException) -> grpc.StatusCode | None:
+def _call_status(error: BaseException) -> grpc.StatusCode | None:
     """The status a failed call ended with: a gRPC error's, or the SDK's ``code``."""
     if isinstance(error, grpc.Call):
         return error.code()

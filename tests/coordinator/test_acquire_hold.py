@@ -30,7 +30,9 @@ def test_a_held_worker_gets_the_lease_that_frees_up_while_it_waits(
     # completes its partition, which opens the evaluation and the next epoch.
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(second.acquire)
-        time.sleep(0.5)  # let the call reach the coordinator (if not, it finds the lease)
+        # Let the call reach the coordinator (if not, it finds the lease). A sleep: nothing
+        # outside the coordinator shows that a call is being held.
+        time.sleep(0.5)
         in_flight = not waiting.done()
         first.complete(task)
         held = waiting.result(timeout=30)

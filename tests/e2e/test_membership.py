@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from pscluster.client.sdk import Job
 from tests.e2e.conftest import start_cluster
 from tests.e2e.data import digits
 from tests.e2e.models import DigitsMLP
+from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +34,7 @@ def submit(cluster: LocalCluster, mode: str, epochs: int) -> Job:
 
 
 def wait_for_steps(job: Job, steps: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while job.info().steps < steps:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job.id} made fewer than {steps} steps in {timeout} s")
-        time.sleep(0.2)
+    wait_for(lambda: job.info().steps >= steps, timeout, what=f"{steps} steps", poll=0.2)
 
 
 def test_a_worker_started_mid_job_joins_it(tmp_path: Path) -> None:
@@ -54,9 +50,12 @@ def test_a_worker_started_mid_job_joins_it(tmp_path: Path) -> None:
 
             # Execute
             cluster.add_worker(wait=True)
-            deadline = time.monotonic() + 120
-            while len(job.metrics().pushes_by_worker) < 2 and time.monotonic() < deadline:
-                time.sleep(0.5)
+            wait_for(
+                lambda: len(job.metrics().pushes_by_worker) >= 2,
+                120,
+                what="the newcomer to push",
+                poll=0.5,
+            )
             info = job.info()
             metrics = job.metrics()
             job.cancel()

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from pscluster.client.processes import child_env
 from tests.e2e.conftest import start_cluster
 from tests.e2e.data import digits, digits_images, eval_accuracy, rotated_digits
 from tests.e2e.user_models import DigitsCNN, DigitsMLP3, LoRADigits, Wide
+from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -267,6 +267,18 @@ def rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def settled_rss_mb(pid: int, timeout: float = 30.0) -> float:
+    """The process's RSS once two reads half a second apart agree within 2 MB."""
+    last = [rss_mb(pid)]
+
+    def steady() -> bool:
+        last.append(rss_mb(pid))
+        return abs(last[-1] - last[-2]) < 2
+
+    wait_for(steady, timeout, what=f"the RSS of {pid} to settle", poll=0.5)
+    return last[-1]
+
+
 def test_a_worker_gives_a_large_jobs_memory_back_when_the_job_ends(tmp_path: Path) -> None:
     # Prepare: one worker, warmed up by a small job so that its imports are loaded.
     rng = np.random.default_rng(0)
@@ -279,8 +291,13 @@ def test_a_worker_gives_a_large_jobs_memory_back_when_the_job_ends(tmp_path: Pat
             client.submit(model=Wide, train=(small, labels), test=(small, labels), epochs=1).wait(
                 timeout=120
             )
-        time.sleep(3)
-        idle = rss_mb(worker)
+            wait_for(
+                lambda: all(w.job_id == "" for w in client.status().workers),
+                30,
+                what="the worker to be done with the small job",
+                poll=0.2,
+            )
+        idle = settled_rss_mb(worker)
         big = rng.normal(size=(75_000, 1000)).astype(np.float32)  # 300 MB
         labels = rng.integers(0, 2, 75_000)
 
@@ -297,11 +314,14 @@ def test_a_worker_gives_a_large_jobs_memory_back_when_the_job_ends(tmp_path: Pat
             del big
             job.wait(timeout=300)
         peak_seen = rss_mb(worker)
-        deadline = time.monotonic() + 30
-        while rss_mb(worker) > idle + 50 and time.monotonic() < deadline:
-            time.sleep(0.5)
 
         # Assert
-        assert rss_mb(worker) <= idle + 50, (idle, peak_seen, rss_mb(worker))
+        wait_for(
+            lambda: rss_mb(worker) <= idle + 50,
+            30,
+            what=f"the worker's RSS back within 50 MB of its idle {idle:.0f} MB",
+            poll=0.5,
+            context=lambda: f"peak seen {peak_seen:.0f} MB, now {rss_mb(worker):.0f} MB",
+        )
     finally:
         c.stop()

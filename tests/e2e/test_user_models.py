@@ -114,7 +114,9 @@ def test_batchnorm_cnn_fetched_model_is_what_the_job_reports(
     accuracy = eval_accuracy(fetched, *test)
     assert accuracy == pytest.approx(info.test_accuracy, abs=1e-9)
     reference = eval_accuracy(local, *test)
-    assert accuracy >= reference - CNN_TOLERANCE[setting], f"{setting}: {accuracy} vs one process {reference}"
+    assert accuracy >= reference - CNN_TOLERANCE[setting], (
+        f"{setting}: {accuracy} vs one process {reference}"
+    )
     if setting == "sync":
         # A worker waits for the step it pushed for, across its leases: nothing is stale.
         assert metrics.pushes_rejected.get("stale", 0) == 0, metrics.pushes_rejected

@@ -19,6 +19,7 @@ from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
 
 RPC_TIMEOUT = 30.0
+N = 3000  # the length of job "j": 12 000 bytes, several chunks at the test client's 4 KiB
 
 
 def sgd(lr: float = 0.1) -> common_pb2.OptimizerConfig:
@@ -186,3 +187,12 @@ def channel(shard_server: RunningServer, settings: Settings) -> Iterator[grpc.Ch
 @pytest.fixture
 def client(channel: grpc.Channel) -> ShardClient:
     return ShardClient(ps_grpc.ParameterServerStub(channel))
+
+
+@pytest.fixture
+def job(client: ShardClient) -> torch.Tensor:
+    """Job "j": N values, async, plain SGD lr 0.1, member w1. Returns the initial values."""
+    values = torch.randn(N, generator=torch.Generator().manual_seed(1))
+    client.init_job("j", values)
+    client.set_members("j", ["w1"], 1)
+    return values

@@ -4,7 +4,6 @@ pulls return them with the values of the same version, and bad input is INVALID_
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -15,18 +14,12 @@ from pscluster.server.job_buffers import decode_buffers
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from tests.server.conftest import ShardClient, sgd
+from tests.support import rpc_failure
 
 N = 3000  # several chunks at the test client's 4 KiB
 B = 6  # buffers: five statistics, then a counter
 INITIAL = torch.tensor([0.5, -1.0, 2.0, 0.0, 3.0, 10.0], dtype=torch.float64)
 COUNTERS = [(5, 1)]
-
-
-def code_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    error: Any = info.value
-    return error.code(), error.details()
 
 
 def pulled_buffers(header: ps_pb2.PullHeader) -> torch.Tensor:
@@ -115,11 +108,11 @@ def test_bad_buffer_config_is_invalid_and_creates_nothing(
         yield ps_pb2.InitJobChunk(data=bytes(16))
 
     # Execute
-    code, details = code_of(lambda: client.stub.InitJob(stream(), timeout=10))
+    code, details = rpc_failure(lambda: client.stub.InitJob(stream(), timeout=10))
 
     # Assert
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details
-    assert code_of(lambda: client.stats("x"))[0] == grpc.StatusCode.NOT_FOUND
+    assert rpc_failure(lambda: client.stats("x"))[0] == grpc.StatusCode.NOT_FOUND
 
 
 @pytest.mark.parametrize(
@@ -144,7 +137,7 @@ def test_bad_push_extras_are_invalid_and_apply_nothing(
     client.set_members("b", ["w1"], 1)
 
     # Execute
-    code, details = code_of(lambda: client.push("b", "w1", torch.ones(N), seq=1, **push))
+    code, details = rpc_failure(lambda: client.push("b", "w1", torch.ones(N), seq=1, **push))
 
     # Assert
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details

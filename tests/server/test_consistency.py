@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 import torch
 
@@ -22,6 +19,7 @@ from pscluster.server.domain import JobConfig, Outcome, PushHeader, PushResult
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
 from pscluster.v1 import common_pb2
+from tests.server.pulls import BackgroundPull
 
 F32 = common_pb2.DTYPE_FLOAT32
 LENGTH = 4
@@ -92,14 +90,11 @@ def test_sync_pull_waits_for_the_barrier_and_says_on_whom() -> None:
     ):
         job.pull("w1", 1, F32, timeout=0.2)
 
-    got: list[int] = []
-    waiter = threading.Thread(target=lambda: got.append(job.pull("w1", 1, F32, timeout=10).version))
-    waiter.start()
-    time.sleep(0.1)
-    assert waiter.is_alive()
+    waiter = BackgroundPull(job, "w1", min_version=1)
+    waiter.wait_held()
     push(job, "w2", 1.0, seq=1)
-    waiter.join(5)
-    assert got == [1]
+    waiter.join()
+    assert waiter.version == 1
 
 
 def test_sync_refuses_stale_and_double_pushes() -> None:
@@ -164,14 +159,11 @@ def test_ssp_pull_blocks_beyond_the_bound_until_the_slowest_catches_up() -> None
         job.pull("fast", 0, F32, timeout=0.2)
     job.pull("slow", 0, F32, timeout=1).payload.release()  # the slow one is never held back
 
-    got: list[int] = []
-    waiter = threading.Thread(target=lambda: got.append(job.pull("fast", 0, F32, timeout=10).clock))
-    waiter.start()
-    time.sleep(0.1)
-    assert waiter.is_alive()
+    waiter = BackgroundPull(job, "fast")
+    waiter.wait_held()
     push(job, "slow", 0.0, seq=1, base_clock=0)
-    waiter.join(5)
-    assert got == [1]
+    waiter.join()
+    assert waiter.clock == 1
     stats = job.stats()
     assert stats.max_clock_lead == s and stats.worker_clocks == {"fast": 3, "slow": 1}
 

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,7 @@ from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
 from tests.server.shard_process import ShardProcess
+from tests.support import wait_for
 
 RECOVERED = re.compile(r"recovered (\d+) job\(s\) from .* \((\d+) records replayed\)")
 LENGTH = 50_000
@@ -80,21 +82,23 @@ def _pusher(port: int, replies: dict[int, ps_pb2.PushReply], errors: list[str]) 
                     ):
                         errors.append(f"push {seq}: {exc.code()} {exc.details()}")
                         return
-                    time.sleep(0.1)
+                    time.sleep(0.1)  # the shard is down: retry shortly, as a worker does
     finally:
         channel.close()
 
 
-def test_sigkilled_shard_recovers_every_acknowledged_push(shard: ShardProcess) -> None:
-    # Prepare: an async plain-SGD job, one member
-    seed = random.randrange(1 << 30)
-    print(f"seed {seed}")
-    rng = random.Random(seed)
-    port = shard.start()
+@contextmanager
+def _connected(port: int) -> Iterator[ps_grpc.ParameterServerStub]:
     channel = open_channel(f"127.0.0.1:{port}")
-    wait_ready(channel, timeout=30)
-    stub = ps_grpc.ParameterServerStub(channel)
-    initial = torch.linspace(-1, 1, LENGTH)
+    try:
+        wait_ready(channel, timeout=30)
+        yield ps_grpc.ParameterServerStub(channel)
+    finally:
+        channel.close()
+
+
+def _init_job(stub: ps_grpc.ParameterServerStub, initial: torch.Tensor) -> None:
+    """Job "k": async plain SGD with buffers (the last one a counter), member "w"."""
     config = ps_pb2.ShardJobConfig(
         job_id="k",
         length=LENGTH,
@@ -111,15 +115,30 @@ def test_sigkilled_shard_recovers_every_acknowledged_push(shard: ShardProcess) -
         ps_pb2.SetMembersRequest(job_id="k", worker_ids=["w"], generation=1), timeout=30
     )
 
+
+def test_sigkilled_shard_recovers_every_acknowledged_push(shard: ShardProcess) -> None:
+    # Prepare: an async plain-SGD job, one member
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    port = shard.start()
+    initial = torch.linspace(-1, 1, LENGTH)
+    with _connected(port) as stub:
+        _init_job(stub, initial)
+
     # Execute: push in the background, SIGKILL the shard mid-stream, restart it on its port
     replies: dict[int, ps_pb2.PushReply] = {}
     errors: list[str] = []
     pusher = threading.Thread(target=_pusher, args=(port, replies, errors), daemon=True)
     pusher.start()
-    deadline = time.monotonic() + 120
     target = rng.randint(10, PUSHES - 30)
-    while len(replies) < target and pusher.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_for(
+        lambda: len(replies) >= target or not pusher.is_alive(),
+        120,
+        what=f"{target} acknowledged pushes",
+        poll=0.005,
+    )
+    # Then a random moment: the kill lands anywhere in a push, not just after an answer.
     time.sleep(rng.random() * 0.05)
     acked_before_kill = len(replies)
     shard.kill()
@@ -135,16 +154,22 @@ def test_sigkilled_shard_recovers_every_acknowledged_push(shard: ShardProcess) -
     found = [m for m in recovered if m]
     assert found and found[-1].group(1) == "1", shard.log[-20:]
     print(f"records replayed: {found[-1].group(2)}")
-    channel.close()
-    channel = open_channel(f"127.0.0.1:{port}")
-    wait_ready(channel, timeout=30)
-    stub = ps_grpc.ParameterServerStub(channel)
-    stats = stub.GetJobStats(ps_pb2.JobStatsRequest(job_id="k"), timeout=30)
-    assert stats.version == len(replies) == PUSHES
-    assert stats.pushes_applied == PUSHES
-    assert stats.durable and stats.records_replayed == int(found[-1].group(2))
+    with _connected(port) as stub:
+        stats = stub.GetJobStats(ps_pb2.JobStatsRequest(job_id="k"), timeout=30)
+        assert stats.version == len(replies) == PUSHES
+        assert stats.pushes_applied == PUSHES
+        assert stats.durable and stats.records_replayed == int(found[-1].group(2))
+        _assert_every_push_applied_once(stub, initial)
+        _assert_retries_are_duplicates(stub, stats)
+
+
+def _assert_every_push_applied_once(
+    stub: ps_grpc.ParameterServerStub, initial: torch.Tensor
+) -> None:
+    """The values are what single-process torch makes of exactly these gradients, and the
+    buffers hold every push's delta once."""
     expected = initial.clone()
-    for seq in range(1, PUSHES + 1):  # what single-process torch does with exactly these
+    for seq in range(1, PUSHES + 1):
         expected.add_(_grad(seq), alpha=-LR)
     reply = list(stub.Pull(ps_pb2.PullRequest(job_id="k"), timeout=30))
     pulled = b"".join(c.data for c in reply[1:])
@@ -153,10 +178,14 @@ def test_sigkilled_shard_recovers_every_acknowledged_push(shard: ShardProcess) -
     buffers = decode_buffers(reply[0].header.buffers, BUFFERS.numel(), "pulled buffers")
     assert torch.equal(buffers, BUFFERS + sum(_delta(seq) for seq in range(1, PUSHES + 1)))
 
-    again = _push(stub, PUSHES - 1)  # an old, acknowledged push re-sent after the restart
+
+def _assert_retries_are_duplicates(
+    stub: ps_grpc.ParameterServerStub, stats: common_pb2.ShardJobStats
+) -> None:
+    """Acknowledged pushes re-sent after the restart are answered as duplicates, unapplied."""
+    again = _push(stub, PUSHES - 1)
     last = _push(stub, PUSHES)
     after = stub.GetJobStats(ps_pb2.JobStatsRequest(job_id="k"), timeout=30)
     assert again.duplicate and last.duplicate and last.outcome == ps_pb2.PUSH_OUTCOME_APPLIED
     assert after.checksum == stats.checksum and after.version == PUSHES
     assert after.pushes_duplicate >= stats.pushes_duplicate + 2
-    channel.close()

@@ -3,28 +3,20 @@ config fields, SetMembers with excluded ids, and the LATE outcome of a push."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import grpc
-import pytest
 import torch
 
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from tests.support import rpc_failure
 
 N = 1000
 
 
 def sgd(lr: float) -> common_pb2.OptimizerConfig:
     return common_pb2.OptimizerConfig(name="sgd", lr=lr)
-
-
-def code_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    error: Any = info.value
-    return error.code(), error.details()
 
 
 def test_a_push_for_a_closed_backup_step_is_answered_late(client: Any) -> None:
@@ -46,17 +38,17 @@ def test_a_push_for_a_closed_backup_step_is_answered_late(client: Any) -> None:
 
 
 def test_backup_workers_outside_sync_are_refused_at_init(client: Any) -> None:
-    code, details = code_of(lambda: client.init_job("x", torch.zeros(4), backup_workers=2))
+    code, details = rpc_failure(lambda: client.init_job("x", torch.zeros(4), backup_workers=2))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "needs mode 'sync'" in details
-    assert code_of(lambda: client.stats("x"))[0] == grpc.StatusCode.NOT_FOUND
+    assert rpc_failure(lambda: client.stats("x"))[0] == grpc.StatusCode.NOT_FOUND
 
 
 def test_excluding_a_straggler_over_grpc_unblocks_the_others(client: Any) -> None:
     client.init_job("s", torch.zeros(N), mode="ssp", staleness=0)
     client.set_members("s", ["fast", "slow"], 1)
     assert client.push("s", "fast", torch.ones(N), seq=1).clock == 0  # fast at 1, slow at 0
-    code, details = code_of(lambda: client.pull("s", "fast", timeout=0.5))
+    code, details = rpc_failure(lambda: client.pull("s", "fast", timeout=0.5))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "slowest worker slow" in details
 
     assert client.set_members("s", ["fast", "slow"], 2, excluded=["slow"]) == 2
@@ -73,7 +65,7 @@ def test_excluding_a_stranger_is_invalid_and_changes_nothing(client: Any) -> Non
     client.init_job("s", torch.zeros(4), mode="ssp", staleness=1)
     client.set_members("s", ["w1", "w2"], 1)
 
-    code, details = code_of(lambda: client.set_members("s", ["w1"], 2, excluded=["w2"]))
+    code, details = rpc_failure(lambda: client.set_members("s", ["w1"], 2, excluded=["w2"]))
 
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "['w2'] are not in worker_ids" in details

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -21,6 +20,7 @@ from pscluster.server.shard import Shard
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
 from pscluster.v1 import common_pb2
+from tests.server.pulls import BackgroundPull
 
 F32 = common_pb2.DTYPE_FLOAT32
 LENGTH = 6
@@ -175,37 +175,20 @@ def test_pull_gives_up_at_its_deadline_saying_what_it_waited_for() -> None:
     assert 0.25 < time.monotonic() - started < 5
 
 
-def _pull_in_thread(
-    job: ShardJob, worker: str, min_version: int
-) -> tuple[threading.Thread, list[object]]:
-    outcome: list[object] = []
-
-    def run() -> None:
-        try:
-            with job.pull(worker, min_version, F32, timeout=10) as snap:
-                outcome.append(snap.version)
-        except Exception as e:
-            outcome.append(e)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
-
-
 def test_dropping_a_job_or_removing_the_worker_ends_its_waiting_pulls() -> None:
     job = make_job()
     job.set_members(["w1", "w2"], 1)
-    t1, out1 = _pull_in_thread(job, "w1", 1)
-    time.sleep(0.1)
+    first = BackgroundPull(job, "w1", min_version=1)
+    first.wait_held()
     job.set_members(["w2"], 2)
-    t1.join(5)
-    assert isinstance(out1[0], NotFound)
+    first.join()
+    assert isinstance(first.error, NotFound)
 
-    t2, out2 = _pull_in_thread(job, "w2", 1)
-    time.sleep(0.1)
+    second = BackgroundPull(job, "w2", min_version=1)
+    second.wait_held()
     job.drop()
-    t2.join(5)
-    assert isinstance(out2[0], NotFound) and "dropped" in str(out2[0])
+    second.join()
+    assert isinstance(second.error, NotFound) and "dropped" in str(second.error)
 
 
 def test_jobs_are_isolated_a_blocked_job_does_not_hold_up_another() -> None:
@@ -215,18 +198,19 @@ def test_jobs_are_isolated_a_blocked_job_does_not_hold_up_another() -> None:
         shard.init_job(JobConfig(job_id, 0, LENGTH, "sync", 0, spec), [bytes(4 * LENGTH)])
         shard.job(job_id).set_members(["w1", "w2"], 1)
     a, b = shard.job("a"), shard.job("b")
-    waiting, out = _pull_in_thread(a, "w1", 1)  # job a's barrier is open
+    waiting = BackgroundPull(a, "w1", min_version=1)  # job a's barrier is open
+    waiting.wait_held()
 
     # job b completes a whole step while job a waits.
     assert push(b, "w1", torch.ones(LENGTH), seq=1).outcome is Outcome.BUFFERED
     assert push(b, "w2", torch.ones(LENGTH), seq=1).outcome is Outcome.APPLIED
-    assert b.version == 1 and a.version == 0 and waiting.is_alive()
+    assert b.version == 1 and a.version == 0 and waiting.alive
 
     a.set_members(["w1"], 2)  # a no longer waits on anyone... but nobody pushed: no step
     assert a.version == 0
     assert push(a, "w1", torch.ones(LENGTH), seq=1).outcome is Outcome.APPLIED
-    waiting.join(5)
-    assert out == [1]
+    waiting.join()
+    assert waiting.version == 1
     assert torch.equal(values(a), -torch.ones(LENGTH)) and torch.equal(
         values(b), -torch.ones(LENGTH)
     )

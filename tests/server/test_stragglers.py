@@ -3,9 +3,6 @@ staleness-aware learning rate, and ssp with excluded stragglers."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 import torch
 
@@ -22,6 +19,7 @@ from pscluster.server.shard import Shard
 from pscluster.server.shard_job import ShardJob
 from pscluster.transport import wire
 from pscluster.v1 import common_pb2
+from tests.server.pulls import BackgroundPull
 
 F32 = common_pb2.DTYPE_FLOAT32
 LENGTH = 4
@@ -229,16 +227,13 @@ def test_excluding_a_straggler_lets_the_others_pull_and_still_bounds_its_pushes(
     job = ssp_with_a_straggler(s=1)
     with pytest.raises(DeadlineExceeded, match="2 ahead of the slowest worker slow"):
         job.pull("fast1", 0, F32, timeout=0.1)
-    got: list[int] = []
-    waiter = threading.Thread(target=lambda: got.append(pull_clock(job, "fast1", timeout=10)))
-    waiter.start()
-    time.sleep(0.1)
-    assert waiter.is_alive()
+    waiter = BackgroundPull(job, "fast1")
+    waiter.wait_held()
 
     job.set_members(["fast1", "fast2", "slow"], 2, excluded=["slow"])
 
-    waiter.join(5)
-    assert got == [2] and job.clock == 2
+    waiter.join()
+    assert waiter.clock == 2 and job.clock == 2
     assert job.stats().excluded == ["slow"]
     before = values(job)
     old = push(job, "slow", 1.0, seq=1, base_clock=0)  # 0 + s < 2: beyond the bound

@@ -101,7 +101,9 @@ def test_pulls_waiting_on_a_killed_server_end_by_their_deadline(
     for thread in callers:
         thread.start()
 
-    # Execute: the server is killed while the pulls wait, three times, and comes back
+    # Execute: the server is killed while the pulls wait, three times, and comes back. The
+    # sleeps are the scenario's pacing: half a deadline into the held pulls, half a second
+    # down, then a whole deadline for the last pulls to end by theirs.
     for _ in range(3):
         time.sleep(DEADLINE / 2)
         holding_server.kill()
