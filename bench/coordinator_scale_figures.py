@@ -108,7 +108,13 @@ def series(rec: Records, t0: float, t1: float) -> dict[str, list[int]]:
         return out
 
     calls = rec.get("calls", [])
+    slowest = [0] * bins  # where in the window the AcquireTask tail is (held time excluded)
+    for start, end, kind, held, _ in rec.get("acquires", []):
+        i = int(end - t0)
+        if kind != "wait" and 0 <= i < bins:
+            slowest[i] = max(slowest[i], round(1000.0 * (end - start - held)))
     return {
+        "acquire_max_ms": slowest,
         "leases": count(rec.get("acks", []), 0),
         "heartbeats_ok": count(calls, 2, lambda r: r[0] == "Heartbeat" and r[3] == "OK"),
         "heartbeats_refused": count(calls, 2, lambda r: r[0] == "Heartbeat" and r[3] != "OK"),

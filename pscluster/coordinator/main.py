@@ -15,6 +15,7 @@ from pscluster.config import Settings
 from pscluster.coordinator.app import Coordinator
 from pscluster.coordinator.servicer import SERVICE_NAME, CoordinatorServicer
 from pscluster.coordinator.telemetry import coordinator_registry
+from pscluster.heap import freeze_startup_objects
 from pscluster.logs import configure_logging
 from pscluster.telemetry import MetricsServer, serve_metrics
 from pscluster.transport.server import RunningServer, build_server, wait_for_termination
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(**overrides)
     configure_logging(settings, "coordinator")
     handle = serve(settings, port)
+    freeze_startup_objects()
     log.info("coordinator state in %s, shards %s", settings.state_dir, settings.shard_list())
     # On SIGTERM: the monitor stops first (no new shard calls), then the server drains its
     # calls within the grace period, and only then is the store closed under them.

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from pscluster.config import Settings
+from pscluster.heap import freeze_startup_objects
 from pscluster.logs import configure_logging
 from pscluster.model.optimizer import warm_up
 from pscluster.server.durability.journal import DurabilityConfig
@@ -105,4 +106,5 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
     configure_logging(settings, "shard")
     running = serve(settings)
+    freeze_startup_objects()
     wait_for_termination(running, settings.grace_seconds, on_stop=lambda: None)
