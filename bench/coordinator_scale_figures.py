@@ -113,8 +113,14 @@ def series(rec: Records, t0: float, t1: float) -> dict[str, list[int]]:
         i = int(end - t0)
         if kind != "wait" and 0 <= i < bins:
             slowest[i] = max(slowest[i], round(1000.0 * (end - start - held)))
+    beat = [0] * bins
+    for rpc, start, end, code in calls:
+        i = int(end - t0)
+        if rpc == "Heartbeat" and code == "OK" and 0 <= i < bins:
+            beat[i] = max(beat[i], round(1000.0 * (end - start)))
     return {
         "acquire_max_ms": slowest,
+        "heartbeat_max_ms": beat,
         "leases": count(rec.get("acks", []), 0),
         "heartbeats_ok": count(calls, 2, lambda r: r[0] == "Heartbeat" and r[3] == "OK"),
         "heartbeats_refused": count(calls, 2, lambda r: r[0] == "Heartbeat" and r[3] != "OK"),

@@ -28,7 +28,7 @@ EPOCHS, PARTITIONS, BATCHES, TIMEOUT = 3, 4, 6, 3.0
 WORKERS = [f"w{i}" for i in range(5)]
 
 
-def scheduler() -> Scheduler:
+def scheduler(mode: str = "async") -> Scheduler:
     counter = itertools.count()
     core = Scheduler(TIMEOUT, progress_seconds=1.0, new_lease_id=lambda: f"l-{next(counter)}")
     plan = JobPlan(
@@ -36,7 +36,7 @@ def scheduler() -> Scheduler:
         EPOCHS,
         PARTITIONS,
         shards=2,
-        mode="async",
+        mode=mode,
         stragglers=StragglerSettings(),
         batch_counts=[BATCHES] * PARTITIONS,
     )
@@ -197,6 +197,32 @@ def test_a_train_grant_asks_for_a_membership_sync_and_an_eval_grant_does_not() -
     assert lease is not None and lease.kind == TRAIN
     assert SyncMembers("j") in actions and any(isinstance(a, LeaseSaved) for a in actions)
     assert core.roster("j", 0.0) == (["a"], [])
+
+
+@pytest.mark.parametrize(("mode", "stays"), [("async", True), ("ssp", False), ("sync", False)])
+def test_a_worker_with_nothing_to_do_stays_a_member_only_where_it_holds_nobody_back(
+    mode: str, stays: bool
+) -> None:
+    # Prepare: "a" finished a unit; the other three units are leased to b, c and d.
+    core = scheduler(mode)
+    for w in "abcd":
+        core.register("h", 1, "cpu", w, 0.0)
+    first, _ = core.acquire("a", 0.0)
+    assert first is not None
+    core.complete("a", first.lease_id, TaskResult(samples=4), 0.0, 0.0)
+    for w in "bcd":
+        assert core.acquire(w, 0.0)[0] is not None
+
+    # Execute: "a" asks and finds nothing free.
+    lease, actions = core.acquire("a", 0.0)
+
+    # Assert: async keeps it a member with no SyncMembers round; sync and ssp (a step or the
+    # slowest clock would wait for it) take it out.
+    assert lease is None
+    roster = core.roster("j", 0.0)
+    assert roster is not None
+    assert ("a" in roster[0]) is stays
+    assert (SyncMembers("j") in actions) is not stays
 
 
 def test_an_evaluation_out_of_range_changes_nothing() -> None:

@@ -32,6 +32,7 @@ from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.coordinator.workers import WorkerInfo, WorkerRegistry
 from pscluster.coordinator.writes import LeaseDropped, ProgressSaved
 from pscluster.errors import FailedPrecondition
+from pscluster.server.consistency import mode_traits
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 
@@ -92,6 +93,9 @@ class Scheduler:
             batch_counts=plan.batch_counts,
         )
         self.relief.add_job(plan.job_id, plan.mode, plan.stragglers, plan.backup_workers)
+        traits = mode_traits(plan.mode, plan.backup_workers)
+        if not traits.steps and not traits.clock_bound:
+            self.lingering.allow_idle(plan.job_id)
         self.jobs[plan.job_id] = JobState(plan.job_id, plan.epochs, plan.shards, plan.samples)
         self.activity[plan.job_id] = Activity(now, now)
 
@@ -178,6 +182,9 @@ class Scheduler:
             self.relief.granted(lease, now)
             actions.append(lease_saved(lease))
             member = lease.job_id if kind_of(lease).takes_part else None
+        if member is None and was_member is not None and self.lingering.may_idle(was_member):
+            self.lingering.stay(worker_id, was_member)  # idle, holding nobody back
+            member = was_member
         # The membership changes only if the worker joins or leaves a job's members.
         if member is not None and member != was_member:
             actions.append(SyncMembers(member))
