@@ -134,8 +134,9 @@ def parse_args() -> argparse.Namespace:
         "--task-seconds",
         type=float,
         default=0.0,
-        help="simulated training time of a train lease (0: back to back, the peak rate; "
-        "e.g. 3: 500 workers offer ~170 leases/s, for latency at a sustained load)",
+        help="mean simulated training time of a train lease, uniform in 0.5-1.5x (0: back to "
+        "back, the peak rate; e.g. 3: 500 workers offer ~170 leases/s, for latency at a "
+        "sustained load)",
     )
     parser.add_argument(
         "--kill-at",

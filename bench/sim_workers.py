@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -203,7 +204,10 @@ class SimWorker:
             report = sim_requests.progress(self.worker_id, task, self.samples)
             with contextlib.suppress(grpc.RpcError):  # never fatal, as in the agent's reporter
                 self.call("ReportProgress", self.stub.ReportProgress, report, DEADLINE)
-            if self.task_seconds > 0 and self.stop.wait(self.task_seconds):
+            # Training time varies from lease to lease (batch counts, the machine): uniform
+            # around the mean, so that workers started together do not stay in step.
+            busy = self.task_seconds * random.uniform(0.5, 1.5)
+            if self.task_seconds > 0 and self.stop.wait(busy):
                 return False  # the run ended while "training"
             complete = sim_requests.train_completion(self.worker_id, task, self.samples)
         else:
@@ -227,7 +231,10 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2, help="the job's shards (eval versions)")
     parser.add_argument("--samples", type=int, default=2, help="samples per train lease")
     parser.add_argument(
-        "--task-seconds", type=float, default=0.0, help="a train lease's simulated training time"
+        "--task-seconds",
+        type=float,
+        default=0.0,
+        help="a train lease's mean simulated training time (uniform in 0.5-1.5x)",
     )
     parser.add_argument("--out", type=Path, required=True, help="where the records go (JSON)")
     args = parser.parse_args()
