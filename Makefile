@@ -55,7 +55,10 @@ bench: install
 	$(PY) bench/faults.py
 	$(PY) bench/finetune.py
 	$(PY) bench/precision.py
-	$(PY) bench/coordinator_scale.py --kill-at 40 $(if $(SCALE_BASELINE),--baseline $(SCALE_BASELINE))
+	$(PY) bench/coordinator_scale.py --kill-at 40 $(if $(SCALE_BASELINE),--baseline $(SCALE_BASELINE)) \
+	  --out bench/results/coordinator_scale-after.json
+	$(PY) bench/coordinator_scale.py --workers 500 --task-seconds 3 \
+	  $(if $(SCALE_BASELINE),--baseline $(SCALE_BASELINE)) --out bench/results/coordinator_scale-paced.json
 
 # Locust (deploy/locust): a single-client run, then LOAD_USERS users for LOAD_TIME against
 # PSC_COORDINATOR, or a local cluster started for the run; fails if any request failed.
