@@ -32,6 +32,7 @@ from torch import nn
 
 from pscluster.client.errors import InvalidJobError
 from pscluster.model.objective import BUILTIN_LOSSES
+from pscluster.server.consistency.registry import MODES
 
 
 class SpecFileError(InvalidJobError):
@@ -45,7 +46,7 @@ class JobFile(BaseModel):
     model: str = Field(description="path/to/file.py:ClassName, relative to the YAML file")
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     data: str = Field(description="path/to/file.py:function returning ((X, y), (Xt, yt))")
-    mode: Literal["async", "sync", "ssp"] = "async"
+    mode: str = "async"  # one of the consistency registry's MODES (checked below)
     staleness: int = Field(0, ge=0)
     optimizer: dict[str, Any] | None = None
     epochs: int = Field(10, ge=1)
@@ -70,6 +71,13 @@ class JobFile(BaseModel):
     stragglers: dict[str, Any] | None = None
     staleness_aware_lr: bool = False
     local_steps: int = Field(0, ge=0)
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        if mode in MODES:
+            return mode
+        raise ValueError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
 
     @field_validator("loss")
     @classmethod

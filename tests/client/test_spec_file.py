@@ -59,7 +59,7 @@ def test_the_digits_example_loads() -> None:
         ({"epochs": "ten"}, "epochs: Input should be a valid integer"),
         ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
         ({"batch_size": 2.5}, "batch_size"),
-        ({"mode": "fast"}, "mode: Input should be 'async', 'sync' or 'ssp'"),
+        ({"mode": "fast"}, "mode: Value error, unknown mode 'fast'; expected one of ['async'"),
         ({"optimizer": "sgd"}, "optimizer: Input should be a valid dictionary"),
         ({"target_accuracy": 1.5}, "target_accuracy: Input should be less than or equal to 1"),
         ({"loss": "hinge"}, "loss"),
