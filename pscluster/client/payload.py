@@ -105,6 +105,7 @@ def payload_for(
     Raises InvalidJobError naming the argument that is wrong.
     """
     _check_model_class(model)
+    _check_int("seed", options.seed, 2**64 - 1)  # before torch.manual_seed sees it
     kwargs = dict(options.model_kwargs or {})
     kwargs_json = _kwargs_json(kwargs)
     loss_name, loss_fn = _loss(options.loss)
@@ -137,7 +138,6 @@ def _job_spec(
         )
     for arg, value in counts.items():
         _check_int(arg, value, _UINT32_MAX)
-    _check_int("seed", options.seed, 2**64 - 1)
     return co_pb2.JobSpec(
         name=options.name,
         model=model_spec,

@@ -136,6 +136,8 @@ def test_initial_state_is_seeded_and_leaves_the_callers_rng_alone(
         ("TinyNet", None, {"stragglers": {"k": 2}}, "stragglers has unknown field(s) ['k']"),
         ("TinyNet", None, {"stragglers": {"factor": "x"}}, "stragglers field has the wrong type"),
         ("TinyNet", None, {"staleness_aware_lr": "yes"}, "staleness_aware_lr must be True"),
+        ("TinyNet", None, {"seed": 2**64}, "seed must be between 0 and"),
+        ("TinyNet", None, {"seed": -1}, "seed must be between 0 and"),
     ],
 )
 def test_submit_refuses_bad_input_before_any_rpc(
