@@ -29,7 +29,7 @@ from pscluster.client.cli_common import (
 from pscluster.client.errors import JobFailed
 from pscluster.client.info import JobInfo
 from pscluster.client.metrics import ACCURACY, format_metric, metric_label
-from pscluster.model.objective import LOWER_IS_BETTER
+from pscluster.model.names import LOWER_IS_BETTER
 
 if TYPE_CHECKING:
     from pscluster.client.sdk import Job

@@ -17,7 +17,6 @@ from rich.table import Table
 
 from pscluster.client.cli_common import Address, JobId, Token, format_bytes, out, user_errors
 from pscluster.client.metrics import HIGHER_IS_BETTER, JobMetrics, format_metric
-from pscluster.server.consistency import clock_bound
 
 
 def metrics(
@@ -80,6 +79,9 @@ def _summary(m: JobMetrics, mode: str) -> list[str]:
     if m.batches_dropped:
         dropped = ", ".join(f"{why} {n}" for why, n in sorted(m.batches_dropped.items()))
         lines.append(f"batches dropped (trained on nothing): {dropped}")
+    # Imported here: the consistency policies load torch, which `pscluster --help` need not.
+    from pscluster.server.consistency import clock_bound
+
     if clock_bound(mode):
         lines.append(
             "clock staleness (lead over the slowest worker: pushes): "

@@ -22,7 +22,6 @@ import typer
 from pscluster.client.cli_common import Address, Token, out, user_errors
 from pscluster.client.errors import PSClusterError
 from pscluster.client.metrics import ACCURACY, HIGHER_IS_BETTER, LOSS
-from pscluster.server.consistency import clock_bound
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -172,7 +171,9 @@ def _staleness(ax: Axes, h: History) -> None:
     ax.set_ylabel("pushes")
     version, clock = h.histogram("version"), h.histogram("clock")
     # Every push of a mode with a clock bound (ssp) has a clock staleness; other modes record 0
-    # for all, which says nothing.
+    # for all, which says nothing. (Imported here: the policies load torch, `--help` need not.)
+    from pscluster.server.consistency import clock_bound
+
     show_clock = clock_bound(h.mode) and bool(clock)
     if not version and not show_clock:
         _empty(ax, "no push applied yet")

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from pscluster.client.errors import InvalidJobError
-from pscluster.model.objective import BUILTIN_LOSSES
+from pscluster.model.names import BUILTIN_LOSSES
 from pscluster.server.consistency.registry import MODES
 
 

@@ -14,15 +14,14 @@ import torch
 from torch.nn import functional as F
 
 from pscluster.errors import InvalidArgument
+from pscluster.model.names import BUILTIN_LOSSES as BUILTIN_LOSSES
+from pscluster.model.names import CUSTOM as CUSTOM
+from pscluster.model.names import LOSSES as LOSSES
+from pscluster.model.names import LOWER_IS_BETTER as LOWER_IS_BETTER
+from pscluster.model.names import METRICS as METRICS
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-BUILTIN_LOSSES = ("cross_entropy", "mse", "l1", "bce_with_logits")
-CUSTOM = "custom"
-LOSSES = (*BUILTIN_LOSSES, CUSTOM)
-METRICS = ("accuracy", "mse", "mae", "loss")
-# Metrics whose lower values are better (the loss too); accuracy is the one that rises.
-LOWER_IS_BETTER = frozenset({"mse", "mae", "loss"})
 _DEFAULT_METRIC = {
     "cross_entropy": "accuracy",
     "bce_with_logits": "accuracy",
