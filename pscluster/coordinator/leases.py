@@ -224,7 +224,10 @@ class LeaseBook:
             self._changed(available=True)
             return Outcome(lease, epoch_closed=closed)
         sched.eval_leases.pop(lease.epoch, None)
-        final = sched.training_done and lease.epoch == sched.epochs - 1
+        # Final once training is done and no evaluation is owed or out: evaluations of
+        # different epochs may finish out of order, and the job must not end (and refuse the
+        # late one) with an epoch unrecorded.
+        final = sched.training_done and not sched.owed_evals()
         return Outcome(lease, final=final)
 
     def outstanding(self) -> list[Lease]:

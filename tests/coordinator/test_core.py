@@ -225,6 +225,38 @@ def test_a_worker_with_nothing_to_do_stays_a_member_only_where_it_holds_nobody_b
     assert (SyncMembers("j") in actions) is not stays
 
 
+def test_the_job_finishes_after_every_evaluation_even_when_they_finish_out_of_order() -> None:
+    # Prepare: "a" holds epoch 0's evaluation while "b" trains and evaluates the rest.
+    core = scheduler()
+    for w in "ab":
+        core.register("h", 1, "cpu", w, 0.0)
+    actions: list[Action] = []
+
+    def run_epoch(worker: str) -> None:
+        for _ in range(PARTITIONS):
+            lease, _ = core.acquire(worker, 0.0)
+            assert lease is not None and lease.kind == TRAIN
+            actions.extend(core.complete(worker, lease.lease_id, TaskResult(samples=1), 0.0, 0.0))
+
+    run_epoch("b")
+    held, _ = core.acquire("a", 0.0)
+    assert held is not None and (held.kind, held.epoch) == (EVAL, 0)
+    for _ in range(EPOCHS - 1):
+        run_epoch("b")
+        lease, _ = core.acquire("b", 0.0)
+        assert lease is not None and lease.kind == EVAL
+        actions.extend(core.complete("b", lease.lease_id, evaluation(), 0.0, 0.0))
+    assert not any(isinstance(a, FinishJob) for a in actions), "epoch 0 is still out"
+
+    # Execute: the first epoch's evaluation comes in last.
+    last = core.complete("a", held.lease_id, evaluation(), 0.0, 0.0)
+
+    # Assert: every epoch recorded, and the job finished by the last evaluation to come in.
+    recorded = [a.record.epoch for a in [*actions, *last] if isinstance(a, EpochRecorded)]
+    assert sorted(recorded) == list(range(EPOCHS))
+    assert sum(isinstance(a, FinishJob) for a in last) == 1
+
+
 def test_an_evaluation_out_of_range_changes_nothing() -> None:
     # Prepare: one epoch's partitions done, its evaluation leased.
     core = scheduler()
