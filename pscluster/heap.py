@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 def freeze_startup_objects() -> int:
     """Collect once, then exempt every surviving object from later collections.
 
-    Call it once the process has imported and built what it keeps for life (right after its
-    server starts). Returns how many objects were frozen.
+    Call it once the process has imported what it keeps for life, before its server starts
+    (a signal sent as soon as the port is announced must not find the process collecting).
+    Returns how many objects were frozen.
     """
     gc.collect()
     gc.freeze()

@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     port = overrides.pop("port", None)
     settings = Settings(**overrides)
     configure_logging(settings, "coordinator")
-    handle = serve(settings, port)
+    # Before serving: a SIGTERM that arrives once the port is announced must find the
+    # handler wait_for_termination installs, not a process still busy collecting.
     freeze_startup_objects()
+    handle = serve(settings, port)
     log.info("coordinator state in %s, shards %s", settings.state_dir, settings.shard_list())
     # On SIGTERM: the monitor stops first (no new shard calls), then the server drains its
     # calls within the grace period, and only then is the store closed under them.

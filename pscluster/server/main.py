@@ -105,6 +105,6 @@ def main(argv: list[str] | None = None) -> None:
     }
     settings = Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
     configure_logging(settings, "shard")
+    freeze_startup_objects()  # before serving, as the coordinator does (see there)
     running = serve(settings)
-    freeze_startup_objects()
     wait_for_termination(running, settings.grace_seconds, on_stop=lambda: None)

