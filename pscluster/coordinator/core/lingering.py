@@ -33,7 +33,8 @@ class Lingering:
         return job_id in self._idle_allowed
 
     def stay(self, worker_id: str, job_id: str) -> None:
-        """The worker handed a train lease of ``job_id`` in: a member until it asks again."""
+        """The worker handed a train lease of ``job_id`` in (a member until it asks again),
+        or asked and found nothing to do in a job where it may idle (a member still)."""
         self._job_of[worker_id] = job_id
 
     def leave(self, worker_id: str) -> str | None:
