@@ -10,27 +10,15 @@ import pytest
 from pscluster.client.local import LocalCluster
 from pscluster.client.sdk import Job
 from tests.e2e.conftest import start_cluster
-from tests.e2e.data import digits
-from tests.e2e.models import DigitsMLP
+from tests.faults.harness import submit as submit_digits
 from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def submit(cluster: LocalCluster, mode: str, epochs: int) -> Job:
-    train, test = digits()
     with cluster.client() as client:
-        return client.submit(
-            model=DigitsMLP,
-            train=train,
-            test=test,
-            mode=mode,
-            staleness=2,
-            optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
-            epochs=epochs,
-            batch_size=16,
-            partitions=6,
-        )
+        return submit_digits(client, mode, epochs)
 
 
 def wait_for_steps(job: Job, steps: int, timeout: float) -> None:
