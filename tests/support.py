@@ -85,12 +85,15 @@ class TinyJob:
     layout: ParamLayout
 
     def chunks(self, chunk_bytes: int = 700) -> Iterator[co_pb2.SubmitJobChunk]:
-        """The SubmitJob stream: the spec, then each blob in pieces of ``chunk_bytes``."""
+        """The SubmitJob stream: the spec, then each blob in pieces of ``chunk_bytes``, then
+        the end message."""
         yield co_pb2.SubmitJobChunk(spec=self.spec)
         for name, data in self.blobs.items():
             for i in range(0, len(data), chunk_bytes):
                 piece = common_pb2.BlobChunk(blob=name, data=data[i : i + chunk_bytes])
                 yield co_pb2.SubmitJobChunk(blob=piece)
+        total = sum(len(data) for data in self.blobs.values())
+        yield co_pb2.SubmitJobChunk(end=co_pb2.SubmitEnd(blob_bytes=total))
 
     def serialized(self, chunk_bytes: int = 4096) -> list[bytes]:
         """The same stream as bytes, for calls that send raw messages."""

@@ -72,11 +72,14 @@ class Payload:
     initial_state: bytes
 
     def chunks(self, chunk_bytes: int) -> Iterator[co_pb2.SubmitJobChunk]:
-        """The SubmitJob stream: the spec first, then each blob in chunk-sized pieces."""
+        """The SubmitJob stream: the spec first, then each blob in chunk-sized pieces, then the
+        end message that says the upload is whole."""
         yield co_pb2.SubmitJobChunk(spec=self.spec)
         for name, blob in (("dataset", self.dataset), ("initial_state", self.initial_state)):
             for piece in wire.chunks(memoryview(blob), chunk_bytes):
                 yield co_pb2.SubmitJobChunk(blob=common_pb2.BlobChunk(blob=name, data=piece))
+        total = len(self.dataset) + len(self.initial_state)
+        yield co_pb2.SubmitJobChunk(end=co_pb2.SubmitEnd(blob_bytes=total))
 
 
 def build_payload(

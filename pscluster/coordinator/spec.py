@@ -7,7 +7,7 @@ named in the spec are in the initial state with the right shapes, and the data l
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -54,36 +54,73 @@ class ValidatedJob:
 def read_submission(
     chunks: Iterable[co_pb2.SubmitJobChunk], max_bytes: int = MAX_SUBMISSION_BYTES
 ) -> tuple[co_pb2.JobSpec, dict[str, bytes]]:
-    """Split a SubmitJob stream into the spec and the blobs it carries."""
+    """Split a SubmitJob stream into the spec and the blobs it carries.
+
+    The stream must close with its end message: gRPC can show the server a client that was
+    cancelled mid-upload as a stream that simply ended, and such a stream is no job."""
     spec: co_pb2.JobSpec | None = None
     parts: dict[str, bytearray] = {}
     total = 0
-    for chunk in chunks:
+    stream = iter(chunks)
+    for chunk in stream:
         kind = chunk.WhichOneof("part")
+        if kind == "end":
+            _check_end(chunk.end, spec, total)
+            _refuse_anything_after_end(stream)
+            missing = [n for n in SUBMITTED_BLOBS if n not in parts]
+            if missing:
+                raise InvalidArgument(
+                    f"blob(s) {missing} missing; a job needs {list(SUBMITTED_BLOBS)}"
+                )
+            assert spec is not None
+            return spec, {n: bytes(b) for n, b in parts.items()}
         if kind == "spec":
             if spec is not None:
                 raise InvalidArgument("the stream carries two specs; send the JobSpec once, first")
             spec = chunk.spec
         elif kind == "blob":
-            if spec is None:
-                raise InvalidArgument("the first message must be the JobSpec, then blob chunks")
-            name = chunk.blob.blob
-            if name not in SUBMITTED_BLOBS:
-                raise InvalidArgument(f"blob {name!r} is unknown; expected {list(SUBMITTED_BLOBS)}")
-            total += len(chunk.blob.data)
-            if total > max_bytes:
-                raise ResourceExhausted(
-                    f"the submission exceeds {max_bytes} bytes; use a smaller dataset"
-                )
-            parts.setdefault(name, bytearray()).extend(chunk.blob.data)
+            total += _add_blob_chunk(chunk.blob, spec, parts, total, max_bytes)
         else:
-            raise InvalidArgument("a SubmitJobChunk must carry a spec or a blob")
+            raise InvalidArgument("a SubmitJobChunk must carry a spec, a blob or the end")
     if spec is None:
-        raise InvalidArgument("the stream is empty; send the JobSpec, then the blobs")
-    missing = [n for n in SUBMITTED_BLOBS if n not in parts]
-    if missing:
-        raise InvalidArgument(f"blob(s) {missing} missing; a job needs {list(SUBMITTED_BLOBS)}")
-    return spec, {n: bytes(b) for n, b in parts.items()}
+        raise InvalidArgument("the stream is empty; send the JobSpec, then the blobs, then the end")
+    raise InvalidArgument(
+        "the stream stopped before its end message (an upload cut short); "
+        "send the whole submission again"
+    )
+
+
+def _add_blob_chunk(
+    blob: common_pb2.BlobChunk,
+    spec: co_pb2.JobSpec | None,
+    parts: dict[str, bytearray],
+    total: int,
+    max_bytes: int,
+) -> int:
+    """Append one blob chunk; returns its size."""
+    if spec is None:
+        raise InvalidArgument("the first message must be the JobSpec, then blob chunks")
+    if blob.blob not in SUBMITTED_BLOBS:
+        raise InvalidArgument(f"blob {blob.blob!r} is unknown; expected {list(SUBMITTED_BLOBS)}")
+    if total + len(blob.data) > max_bytes:
+        raise ResourceExhausted(f"the submission exceeds {max_bytes} bytes; use a smaller dataset")
+    parts.setdefault(blob.blob, bytearray()).extend(blob.data)
+    return len(blob.data)
+
+
+def _check_end(end: co_pb2.SubmitEnd, spec: co_pb2.JobSpec | None, total: int) -> None:
+    if spec is None:
+        raise InvalidArgument("the stream ended before its JobSpec; send the JobSpec first")
+    if end.blob_bytes != total:
+        raise InvalidArgument(
+            f"the stream carried {total} blob bytes but its end message says {end.blob_bytes}; "
+            "send the whole submission again"
+        )
+
+
+def _refuse_anything_after_end(rest: Iterator[co_pb2.SubmitJobChunk]) -> None:
+    if next(rest, None) is not None:
+        raise InvalidArgument("the end message must be the last message of the stream")
 
 
 def validate_job(

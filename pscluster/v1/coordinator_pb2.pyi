@@ -314,25 +314,53 @@ class SubmitJobChunk(_message.Message):
 
     SPEC_FIELD_NUMBER: _builtins.int
     BLOB_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
     def blob(self) -> _common_pb2.BlobChunk: ...
+    @_builtins.property
+    def end(self) -> Global___SubmitEnd: ...
     def __init__(
         self,
         *,
         spec: Global___JobSpec | None = ...,
         blob: _common_pb2.BlobChunk | None = ...,
+        end: Global___SubmitEnd | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "part", b"part", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "end", b"end", "part", b"part", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "part", b"part", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "end", b"end", "part", b"part", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["spec", "blob"]  # noqa: Y015
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["spec", "blob", "end"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
 Global___SubmitJobChunk: _TypeAlias = SubmitJobChunk  # noqa: Y015
+
+@_typing.final
+class SubmitEnd(_message.Message):
+    """The last message of a SubmitJob stream. A client that goes away mid-upload can look to
+    the server like a stream that simply ended, so a job is created only from a stream that
+    says it is complete, and carried as many blob bytes as it says.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_BYTES_FIELD_NUMBER: _builtins.int
+    blob_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        blob_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_bytes", b"blob_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitEnd: _TypeAlias = SubmitEnd  # noqa: Y015
 
 @_typing.final
 class GetJobRequest(_message.Message):

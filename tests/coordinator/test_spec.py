@@ -191,12 +191,16 @@ def _chunk(blob: str, data: bytes = b"x") -> co_pb2.SubmitJobChunk:
     return co_pb2.SubmitJobChunk(blob=common_pb2.BlobChunk(blob=blob, data=data))
 
 
+def _end(blob_bytes: int) -> co_pb2.SubmitJobChunk:
+    return co_pb2.SubmitJobChunk(end=co_pb2.SubmitEnd(blob_bytes=blob_bytes))
+
+
 @pytest.mark.parametrize(
     ("stream", "error", "message"),
     [
         ([], InvalidArgument, "stream is empty"),
         ([_chunk("dataset")], InvalidArgument, "first message must be the JobSpec"),
-        ([co_pb2.SubmitJobChunk()], InvalidArgument, "must carry a spec or a blob"),
+        ([co_pb2.SubmitJobChunk()], InvalidArgument, "must carry a spec, a blob or the end"),
         (
             [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec())] * 2,
             InvalidArgument,
@@ -208,10 +212,26 @@ def _chunk(blob: str, data: bytes = b"x") -> co_pb2.SubmitJobChunk:
             "blob 'weights' is unknown",
         ),
         (
-            [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec()), _chunk("dataset")],
+            [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec()), _chunk("dataset"), _end(1)],
             InvalidArgument,
             r"\['initial_state'\] missing",
         ),
+        (
+            [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec()), _chunk("dataset")],
+            InvalidArgument,
+            "stopped before its end message",
+        ),
+        (
+            [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec()), _chunk("dataset"), _end(2)],
+            InvalidArgument,
+            "carried 1 blob bytes but its end message says 2",
+        ),
+        (
+            [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec()), _end(0), _chunk("dataset")],
+            InvalidArgument,
+            "end message must be the last",
+        ),
+        ([_end(0)], InvalidArgument, "ended before its JobSpec"),
     ],
 )
 def test_a_malformed_stream_is_refused(
