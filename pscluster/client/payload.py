@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pscluster.client import dry_run, initial
+from pscluster.client import data_source, dry_run, initial
+from pscluster.client.data_source import DataArg
 from pscluster.client.errors import InvalidJobError
 from pscluster.client.submit_options import LossArg, SubmitOptions
 from pscluster.client.wire_configs import (
@@ -68,7 +69,7 @@ _COUNTS = (
 @dataclass(frozen=True)
 class Payload:
     spec: co_pb2.JobSpec
-    dataset: bytes
+    dataset: bytes  # the uploaded arrays; b"" when the workers read a data source
     initial_state: bytes
 
     def chunks(self, chunk_bytes: int) -> Iterator[co_pb2.SubmitJobChunk]:
@@ -76,6 +77,8 @@ class Payload:
         end message that says the upload is whole."""
         yield co_pb2.SubmitJobChunk(spec=self.spec)
         for name, blob in (("dataset", self.dataset), ("initial_state", self.initial_state)):
+            if name == "dataset" and self.spec.data.source:
+                continue  # the workers read it from the source
             for piece in wire.chunks(memoryview(blob), chunk_bytes):
                 yield co_pb2.SubmitJobChunk(blob=common_pb2.BlobChunk(blob=name, data=piece))
         total = len(self.dataset) + len(self.initial_state)
@@ -84,45 +87,75 @@ class Payload:
 
 def build_payload(
     model: type[nn.Module],
-    train: tuple[Any, Any],
-    test: tuple[Any, Any],
+    train: tuple[Any, Any] | None,
+    test: tuple[Any, Any] | None,
     *,
     init_from: InitFrom | None = None,
+    data: DataArg | None = None,
     **options: Any,
 ) -> Payload:
     """:func:`payload_for` with the options as ``Client.submit``'s keywords (tests and tools
-    build payloads this way); an unknown keyword is a TypeError."""
-    return payload_for(model, train, test, SubmitOptions(**options), init_from)
+    build payloads without a cluster)."""
+    return payload_for(model, (train, test, data), SubmitOptions(**options), init_from)
 
 
 def payload_for(
     model: type[nn.Module],
-    train: tuple[Any, Any],
-    test: tuple[Any, Any],
+    data: tuple[tuple[Any, Any] | None, tuple[Any, Any] | None, DataArg | None],
     options: SubmitOptions,
     init_from: InitFrom | None = None,
 ) -> Payload:
     """Check what ``Client.submit`` was given and turn it into the wire spec and blobs, after
-    a dry run of the model on a few rows (:mod:`pscluster.client.dry_run`).
+    a dry run of the model on a few rows (:mod:`pscluster.client.dry_run`). ``data`` is
+    (train, test, source): the arrays to upload, or the source the workers read.
 
     Raises InvalidJobError naming the argument that is wrong.
     """
     _check_model_class(model)
     _check_int("seed", options.seed, 2**64 - 1)  # before torch.manual_seed sees it
+    source = _source(*data, options)
     kwargs = dict(options.model_kwargs or {})
     kwargs_json = _kwargs_json(kwargs)
     loss_name, loss_fn = _loss(options.loss)
-    model_spec = _model_spec(model, kwargs_json, [loss_fn] if loss_fn else [], options.code_dir)
+    extra = [f for f in (loss_fn, source.function if source else None) if f is not None]
+    model_spec = _model_spec(model, kwargs_json, extra, options.code_dir)
     start = initial.build(model, kwargs, options.seed, init_from.state if init_from else None)
     params, buffers = rebuild.describe(start.model)
     model_spec.params.extend(params)
     model_spec.buffers.extend(buffers)
-    data = _dataset(train, test)
     spec = _job_spec(options, model_spec, loss_name, loss_fn, init_from)
     _check_objective(spec)
-    dry_run.check_finite(data)
-    dry_run.dry_run(spec, start.state, data)
-    return Payload(spec, data.to_blob(), state.dumps(start.state))
+    if source is None:
+        arrays: Dataset | None = _dataset(data[0], data[1])
+        sample = arrays
+    else:
+        spec.data.CopyFrom(source.to_proto())
+        arrays, sample = None, data_source.sample_here(spec)
+    if sample is not None:
+        dry_run.check_finite(sample)
+        dry_run.dry_run(spec, start.state, sample)
+    return Payload(spec, arrays.to_blob() if arrays else b"", state.dumps(start.state))
+
+
+def _source(
+    train: tuple[Any, Any] | None,
+    test: tuple[Any, Any] | None,
+    data: DataArg | None,
+    options: SubmitOptions,
+) -> data_source.ChosenSource | None:
+    """The data source ``data`` names (None: upload ``train`` and ``test``)."""
+    if data is None:
+        if train is None or test is None:
+            raise InvalidJobError(
+                "pass the data: train=(X, y) and test=(X_test, y_test) to upload arrays, or "
+                "data=make_dataset (or 'npy', 'parquet') for data the workers read"
+            )
+        return None
+    if train is not None or test is not None:
+        raise InvalidJobError("pass either train and test (uploaded) or data (a source), not both")
+    return data_source.choose(
+        data, options.data_args, options.loader_workers, options.prefetch_batches
+    )
 
 
 def _job_spec(
@@ -237,12 +270,13 @@ def _check_objective(spec: co_pb2.JobSpec) -> None:
         raise InvalidJobError(str(e)) from e
 
 
-def _dataset(train: tuple[Any, Any], test: tuple[Any, Any]) -> Dataset:
+def _dataset(train: tuple[Any, Any] | None, test: tuple[Any, Any] | None) -> Dataset:
     for arg, value in (("train", train), ("test", test)):
         if not isinstance(value, (tuple, list)) or len(value) != 2:
             raise InvalidJobError(
                 f"{arg} must be a pair (X, y): X an array, a tuple or a dict of arrays, y an array"
             )
+    assert train is not None and test is not None  # checked just above
     try:
         return Dataset.from_arrays((train[0], train[1]), (test[0], test[1]))
     except PSError as e:

@@ -23,6 +23,7 @@ import torch
 from pydantic import SecretStr
 from torch import nn
 
+from pscluster.client.data_source import DataArg
 from pscluster.client.errors import (
     ClusterUnavailableError,
     InvalidJobError,
@@ -105,9 +106,10 @@ class Client:
     def submit(
         self,
         model: type[nn.Module],
-        train: tuple[Any, Any],
-        test: tuple[Any, Any],
+        train: tuple[Any, Any] | None = None,
+        test: tuple[Any, Any] | None = None,
         *,
+        data: DataArg | None = None,
         mode: str = "async",
         staleness: int = 0,
         optimizer: Mapping[str, Any] | None = None,
@@ -128,6 +130,9 @@ class Client:
         precision: str = "fp32",
         init_from: Job | str | Mapping[str, torch.Tensor] | None = None,
         code_dir: str | Path | None = None,
+        data_args: Mapping[str, Any] | None = None,
+        loader_workers: int = 1,
+        prefetch_batches: int = 2,
     ) -> Job:
         """Submit a training job and return at once; follow it with :meth:`Job.wait`.
 
@@ -138,7 +143,11 @@ class Client:
         with ``requires_grad=False`` stay frozen (never pulled or pushed); buffers (BatchNorm
         statistics) train on the shards beside the parameters. ``train`` and ``test`` are
         ``(X, y)`` pairs: X an array or tensor (float, or integer ids), a tuple of them
-        (``forward(*X)``) or a dict of them (``forward(**X)``); y an array of any shape.
+        (``forward(*X)``) or a dict of them (``forward(**X)``); y an array of any shape. They
+        are uploaded; data too large for that stays where it is: pass ``data`` instead, your
+        function ``make_dataset(split, **data_args)`` returning a map-style dataset of (x, y)
+        samples (or "path/to/file.py:make_dataset"), or a built-in reader "npy" or "parquet"
+        with ``data_args={"path": ...}``. Each worker then reads only its leases' samples.
 
         ``init_from`` starts from a finished job's model (a Job or its id) or a state_dict,
         loaded by name: entries the model lacks are an error, entries it has beyond them keep
@@ -155,9 +164,11 @@ class Client:
 
             job = client.submit(model=MyNet, train=(X, y), test=(Xt, yt), mode="ssp",
                                 staleness=2, optimizer={"name": "adam", "lr": 1e-3})
+            job = client.submit(model=MyNet, data="mydata.py:make_dataset",
+                                data_args={"root": "/data/digits-big"}, epochs=3)
         """
         options = SubmitOptions.from_arguments(locals())  # the keywords are its fields, by name
-        payload = payload_for(model, train, test, options, self._init_from(init_from))
+        payload = payload_for(model, (train, test, data), options, self._init_from(init_from))
         stream = payload.chunks(self.settings.chunk_bytes)
         reply = self._call("submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t))
         return Job(self, reply.job_id, token=reply.token or None)
@@ -231,4 +242,4 @@ class Client:
 
 
 # Written here, where the signature and the options meet: a drift between them fails on import.
-check_mirrored_by(Client.submit, besides=("init_from",))
+check_mirrored_by(Client.submit, besides=("init_from", "data"))

@@ -19,10 +19,6 @@ silently ignored ``epoch: 3`` would train for the default ten epochs without say
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import sys
-import types
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
+from pscluster.client.code_refs import CodeRefError, load_ref
 from pscluster.client.errors import InvalidJobError
 from pscluster.model.names import BUILTIN_LOSSES
 from pscluster.server.consistency.registry import MODES
@@ -39,13 +36,29 @@ class SpecFileError(InvalidJobError):
     """The job file is missing, malformed, or points at code that does not load."""
 
 
+class DataSection(BaseModel):
+    """``data:`` as a source the workers read: ``{source: npy, path: /data/x}`` or
+    ``{source: mydata.py:make_dataset, args: {root: /data/x}}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    source: str = Field(description="npy, parquet or path/to/file.py:function")
+    args: dict[str, Any] = Field(default_factory=dict)
+    path: str = Field("", description="the built-in readers' folder (relative: to the file)")
+    loader_workers: int = Field(1, ge=0, le=64)
+    prefetch_batches: int = Field(2, ge=0, le=64)
+
+
 class JobFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     name: str = ""
     model: str = Field(description="path/to/file.py:ClassName, relative to the YAML file")
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    data: str = Field(description="path/to/file.py:function returning ((X, y), (Xt, yt))")
+    data: str | DataSection = Field(
+        description="path/to/file.py:function returning ((X, y), (Xt, yt)) to upload, or a "
+        "source the workers read: {source: ..., args: {...}}"
+    )
     mode: str = "async"  # one of the consistency registry's MODES (checked below)
     staleness: int = Field(0, ge=0)
     optimizer: dict[str, Any] | None = None
@@ -97,7 +110,6 @@ class LoadedJob:
         self.path = path
         self.spec = spec
         self.base = path.parent
-        self._modules: dict[Path, types.ModuleType] = {}
 
     @property
     def name(self) -> str:
@@ -110,6 +122,7 @@ class LoadedJob:
         return obj
 
     def data(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+        assert isinstance(self.spec.data, str)
         fn = self._resolve("data", self.spec.data)
         if not callable(fn):
             raise SpecFileError(f"{self.path}: data {self.spec.data!r} is not a function")
@@ -133,12 +146,10 @@ class LoadedJob:
 
     def submit_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``Client.submit`` this file describes (loads model and data)."""
-        train, test = self.data()
         s = self.spec
         return {
             "model": self.model_class(),
-            "train": train,
-            "test": test,
+            **self._data_kwargs(),
             "mode": s.mode,
             "staleness": s.staleness,
             "optimizer": s.optimizer,
@@ -161,6 +172,29 @@ class LoadedJob:
             "local_steps": s.local_steps,
         }
 
+    def _data_kwargs(self) -> dict[str, Any]:
+        """Arrays to upload (train, test), or the source the workers read."""
+        section = self.spec.data
+        if isinstance(section, str):
+            train, test = self.data()
+            return {"train": train, "test": test}
+        args = dict(section.args)
+        if section.path:
+            if "path" in args:
+                raise SpecFileError(f"{self.path}: data: give path or args.path, not both")
+            args["path"] = section.path
+        if isinstance(args.get("path"), str):  # relative to the job file, like model:
+            args["path"] = str(self.base / Path(args["path"]).expanduser())
+        source: Any = section.source
+        if ":" in section.source:
+            source = self._resolve("data.source", section.source)
+        return {
+            "data": source,
+            "data_args": args,
+            "loader_workers": section.loader_workers,
+            "prefetch_batches": section.prefetch_batches,
+        }
+
     def loss(self) -> Any:
         """A built-in loss name as it is, or the function a ``file.py:function`` names."""
         if ":" not in self.spec.loss:
@@ -171,43 +205,10 @@ class LoadedJob:
         return fn
 
     def _resolve(self, field: str, ref: str) -> Any:
-        file_part, sep, attr = ref.rpartition(":")
-        if not sep or not file_part or not attr:
-            raise SpecFileError(
-                f"{self.path}: field {field!r} is {ref!r}; expected 'path/to/file.py:Name'"
-            )
-        file = (self.base / file_part).resolve()
-        if not file.is_file():
-            raise SpecFileError(f"{self.path}: field {field!r}: no file {file}")
-        module = self._modules.get(file) or self._load(field, file)
-        self._modules[file] = module
-        if not hasattr(module, attr):
-            raise SpecFileError(f"{self.path}: field {field!r}: {file.name} defines no {attr!r}")
-        return getattr(module, attr)
-
-    def _load(self, field: str, file: Path) -> types.ModuleType:
-        # A unique name per file, kept in sys.modules: inspect.getsource (which the SDK uses to
-        # ship the model's source) finds a class's file through its module there.
-        digest = hashlib.sha1(str(file).encode()).hexdigest()[:10]
-        name = f"psc_job_{file.stem}_{digest}"
-        spec = importlib.util.spec_from_file_location(name, file)
-        if spec is None or spec.loader is None:
-            raise SpecFileError(f"{self.path}: field {field!r}: cannot import {file}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        # The file's folder is importable while it runs, as it would be for `python file.py`.
-        sys.path.insert(0, str(file.parent))
         try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            sys.modules.pop(name, None)
-            raise SpecFileError(
-                f"{self.path}: field {field!r}: importing {file.name} raised "
-                f"{type(e).__name__}: {e}"
-            ) from e
-        finally:
-            sys.path.remove(str(file.parent))
-        return module
+            return load_ref(ref, self.base, f"{self.path}: field {field!r}")
+        except CodeRefError as e:
+            raise SpecFileError(str(e)) from e
 
 
 def load_job_file(path: str | Path) -> LoadedJob:

@@ -59,6 +59,10 @@ class SubmitOptions:
     per window. Use it with ``mode="sync"``, or lower ``lr`` in async, where every
     worker's whole change is added. 0 or 1: pull and push every step.
 
+    A job reading a data source (``data=``; see :mod:`pscluster.client.data_source`)
+    passes ``data_args`` to it, and each worker reads its samples in ``loader_workers``
+    DataLoader processes (0: in the training process), ``prefetch_batches`` ahead.
+
     Values are checked when the payload is built (InvalidJobError naming the option), and
     names and ranges that need the cluster's knowledge by the coordinator.
 
@@ -86,6 +90,9 @@ class SubmitOptions:
     metric: str = ""
     precision: str = "fp32"
     code_dir: str | Path | None = None
+    data_args: Mapping[str, Any] | None = None
+    loader_workers: int = 1
+    prefetch_batches: int = 2
 
     @classmethod
     def from_arguments(cls, arguments: Mapping[str, Any]) -> SubmitOptions:

@@ -7,6 +7,7 @@ state dir and port.
 from __future__ import annotations
 
 from pscluster.config import Settings
+from pscluster.coordinator.data_shapes import DataShapes
 from pscluster.coordinator.finish import Finisher
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.monitor import Monitor
@@ -29,6 +30,7 @@ class Coordinator:
         self.rt.start_executor(self.finisher.finishing, self.jobs.fail)
         self.queries = JobQueries(self.rt, self.jobs)
         self.tasks = TaskDispatcher(self.rt, self.jobs)
+        self.data_shapes = DataShapes(self.jobs)
         self.monitor = Monitor(self.rt, self.jobs, self.finisher, self.tasks)
         restore(self.jobs)
 

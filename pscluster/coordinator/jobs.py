@@ -71,7 +71,8 @@ class JobManager:
             for a, r in zip(addresses[: len(ranges)], ranges, strict=True)
         ]
         for name in SUBMITTED_BLOBS:
-            rt.blobs.write(job_id, name, data[name])
+            if name in data:  # a job reading a data source uploads no dataset
+                rt.blobs.write(job_id, name, data[name])
         record = st.JobRecord(
             job_id=job_id,
             name=job.spec.name,
@@ -170,7 +171,6 @@ class JobManager:
     def plan_of(self, job: st.JobRecord) -> JobPlan:
         """What the scheduling core needs of a stored job, from where its progress is."""
         spec = co_pb2.JobSpec.FromString(job.spec)
-        rows = train_rows(self.rt.blobs.path(job.job_id, blobs.DATASET))
         return JobPlan(
             job.job_id,
             job.epochs,
@@ -179,11 +179,24 @@ class JobManager:
             mode=spec.mode,
             stragglers=straggler_settings(spec),
             backup_workers=spec.backup_workers,
-            batch_counts=batch_counts(rows, job.partitions, spec.batch_size),
+            batch_counts=self._batch_counts(job, spec),
             epoch=job.epoch,
             done=job.done_partitions,
             evals=job.pending_evals,
             samples=job.samples,
+        )
+
+    def _batch_counts(self, job: st.JobRecord, spec: co_pb2.JobSpec) -> list[int] | None:
+        """Batches per partition: from the uploaded data's header, or from the sizes of its
+        data source once a worker has reported them (None until then)."""
+        if not spec.data.source:
+            rows = train_rows(self.rt.blobs.path(job.job_id, blobs.DATASET))
+            return batch_counts(rows, job.partitions, spec.batch_size, spec.seed)
+        if not job.data_shape:
+            return None
+        shape = co_pb2.DataShape.FromString(job.data_shape)
+        return batch_counts(
+            shape.train_rows, job.partitions, spec.batch_size, spec.seed, shape.block_rows
         )
 
     def schedule(self, job: st.JobRecord) -> None:

@@ -15,7 +15,7 @@ from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.leases import TRAIN
 from pscluster.coordinator.model_spec import buffer_ranges
 from pscluster.coordinator.runtime import Runtime
-from pscluster.errors import FailedPrecondition, InvalidArgument
+from pscluster.errors import FailedPrecondition, InvalidArgument, NotFound
 from pscluster.model import objective, state
 from pscluster.transport import wire
 from pscluster.v1 import coordinator_pb2 as co_pb2
@@ -141,11 +141,17 @@ class JobQueries:
         return metrics
 
     def blob_chunks(self, job_id: str, name: str) -> Iterator[bytes]:
-        self.jobs.require(job_id)
+        job = self.jobs.require(job_id)
         if name not in (blobs.DATASET, blobs.INITIAL_STATE):
             raise InvalidArgument(
                 f"blob {name!r} is unknown; expected 'dataset' or 'initial_state' "
                 "(the trained model comes from FetchModel)"
+            )
+        if name == blobs.DATASET and not self.rt.blobs.exists(job_id, name):
+            source = co_pb2.JobSpec.FromString(job.spec).data.source
+            raise NotFound(
+                f"job {job_id} uploaded no dataset: its workers read the data from its "
+                f"{source!r} source"
             )
         return self.rt.blobs.iter_chunks(job_id, name, self.rt.settings.chunk_bytes)
 

@@ -89,6 +89,23 @@ class Schedule:
             if p not in self.done
         ]
 
+    def learn_batch_counts(self, counts: Sequence[int]) -> None:
+        """The batches per partition, learned after the job started (a data source's sizes
+        come from its first worker): units not leased get their end, and leases from now on
+        can be sized and split. Units already leased stay whole partitions."""
+        if len(counts) != self.partitions or any(c < 1 for c in counts):
+            raise InvalidArgument(
+                f"batch_counts {list(counts)} must give >= 1 batch for each of the "
+                f"{self.partitions} partitions"
+            )
+        self.batch_counts = list(counts)
+        self.free = [
+            Unit(u.partition, u.first, counts[u.partition])
+            if u.end == 0 and u.first < counts[u.partition]
+            else u
+            for u in self.free
+        ]
+
     def open_units(self, partition: int) -> int:
         return sum(u.partition == partition for u in self.free) + sum(
             u.partition == partition for u in self.train_leases.values()

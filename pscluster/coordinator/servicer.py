@@ -183,6 +183,12 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
         return self.c.queries.plan(_job_id(request.job_id))
 
     @grpc_errors
+    def DescribeData(
+        self, request: co_pb2.DescribeDataRequest, context: grpc.ServicerContext
+    ) -> co_pb2.DataShape:
+        return self.c.data_shapes.report(request.worker_id, _job_id(request.job_id), request.shape)
+
+    @grpc_errors
     def FetchBlob(
         self, request: co_pb2.FetchBlobRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.BlobChunk]:

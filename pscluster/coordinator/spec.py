@@ -21,6 +21,7 @@ from pscluster.coordinator.model_spec import (
     validate_model,
 )
 from pscluster.coordinator.stragglers import StragglerSettings
+from pscluster.data import sources
 from pscluster.data.dataset import Dataset
 from pscluster.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from pscluster.model import objective
@@ -67,11 +68,6 @@ def read_submission(
         if kind == "end":
             _check_end(chunk.end, spec, total)
             _refuse_anything_after_end(stream)
-            missing = [n for n in SUBMITTED_BLOBS if n not in parts]
-            if missing:
-                raise InvalidArgument(
-                    f"blob(s) {missing} missing; a job needs {list(SUBMITTED_BLOBS)}"
-                )
             assert spec is not None
             return spec, {n: bytes(b) for n, b in parts.items()}
         if kind == "spec":
@@ -130,14 +126,18 @@ def validate_job(
     default_partitions: int,
 ) -> ValidatedJob:
     layout = validate_spec(spec, configured_shards)
+    _check_blobs(spec, blob_data)
     buffers = buffer_layout_of(spec)
     initial = initial_state(blob_data[blobs.INITIAL_STATE], layout, buffers)
-    train_rows = _dataset_rows(blob_data[blobs.DATASET], spec.loss)
     explicit = co_pb2.JobSpec()
     explicit.CopyFrom(spec)
-    # Fewer partitions than rows, and no more shards than values: an empty lease or an
-    # empty shard range is only overhead.
-    explicit.partitions = min(spec.partitions or default_partitions, train_rows)
+    explicit.partitions = spec.partitions or default_partitions
+    if not spec.data.source:
+        # Fewer partitions than rows, and no more shards than values: an empty lease or an
+        # empty shard range is only overhead. (A data source's rows are known once a worker
+        # opened it: see data_shapes.)
+        rows = _dataset_rows(blob_data[blobs.DATASET], spec.loss)
+        explicit.partitions = min(explicit.partitions, rows)
     explicit.shards = min(spec.shards or configured_shards, layout.size)
     check_buffer_size(buffers, explicit.shards)
     if not mode_traits(spec.mode, spec.backup_workers).clock_bound:
@@ -208,6 +208,23 @@ def _in_range(field: str, value: int, low: int, high: int, note: str = "") -> No
     if not low <= value <= high:
         hint = f" ({note})" if note else ""
         raise InvalidArgument(f"{field}={value} is out of range; expected {low}..{high}{hint}")
+
+
+def _check_blobs(spec: co_pb2.JobSpec, blob_data: dict[str, bytes]) -> None:
+    """The uploaded data, or a data source; and the initial state either way."""
+    if spec.data.source:
+        sources.check_spec(spec.data)
+        if blobs.DATASET in blob_data:
+            raise InvalidArgument(
+                f"the job reads its data from source {spec.data.source!r} and uploads a "
+                "dataset as well; send one or the other"
+            )
+        needed = [blobs.INITIAL_STATE]
+    else:
+        needed = list(SUBMITTED_BLOBS)
+    missing = [n for n in needed if n not in blob_data]
+    if missing:
+        raise InvalidArgument(f"blob(s) {missing} missing; this job needs {needed}")
 
 
 def _dataset_rows(data: bytes, loss: str) -> int:

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 # Columns added since the first schema, for state directories made by an older coordinator.
 _ADDED_COLUMNS = {
+    "jobs": {"data_shape": "BLOB NOT NULL DEFAULT x''"},
     "epochs": {
         "metrics": "TEXT NOT NULL DEFAULT '{}'",
         "versions": "TEXT NOT NULL DEFAULT '[]'",
@@ -103,7 +104,7 @@ def decode_job(row: sqlite3.Row) -> JobRecord:
             values[name] = [int(v) for v in json.loads(raw)]
         elif name in _FLOAT_FIELDS:
             values[name] = real(raw)
-        elif name in {"spec", "final_stats"}:
+        elif name in {"spec", "final_stats", "data_shape"}:
             values[name] = bytes(raw)
         else:
             values[name] = raw

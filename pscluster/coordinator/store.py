@@ -59,6 +59,9 @@ class JobRecord:
     samples: int = 0  # training samples reported in steps
     generation: int = 0  # last membership generation sent to the shards
     final_stats: bytes = b""  # serialized pscluster.v1.JobMetrics (shard counters only)
+    # A job reading a data source: its serialized pscluster.v1.DataShape, as the first worker
+    # found it (b"" until then, and for uploaded data).
+    data_shape: bytes = b""
 
 
 # The identity and the plan of a job are fixed at submission; the rest may change.

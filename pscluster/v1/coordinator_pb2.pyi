@@ -188,6 +188,7 @@ class JobSpec(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     PRECISION_FIELD_NUMBER: _builtins.int
     INIT_FROM_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     mode: _builtins.str
     """"async" | "sync" | "ssp" """
@@ -240,6 +241,10 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def stragglers(self) -> Global___StragglerConfig: ...
+    @_builtins.property
+    def data(self) -> Global___DataSpec:
+        """Where the data is read from. Unset (source ""): the uploaded "dataset" blob."""
+
     def __init__(
         self,
         *,
@@ -263,14 +268,111 @@ class JobSpec(_message.Message):
         metric: _builtins.str = ...,
         precision: _builtins.str = ...,
         init_from: _builtins.str = ...,
+        data: Global___DataSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "model", b"model", "optimizer", b"optimizer", "stragglers", b"stragglers"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "data", b"data", "model", b"model", "optimizer", b"optimizer", "stragglers", b"stragglers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "batch_size", b"batch_size", "compression", b"compression", "epochs", b"epochs", "init_from", b"init_from", "local_steps", b"local_steps", "loss", b"loss", "loss_function", b"loss_function", "metric", b"metric", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "precision", b"precision", "seed", b"seed", "shards", b"shards", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "stragglers", b"stragglers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "batch_size", b"batch_size", "compression", b"compression", "data", b"data", "epochs", b"epochs", "init_from", b"init_from", "local_steps", b"local_steps", "loss", b"loss", "loss_function", b"loss_function", "metric", b"metric", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "precision", b"precision", "seed", b"seed", "shards", b"shards", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "stragglers", b"stragglers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class DataSpec(_message.Message):
+    """A job whose workers read the data themselves, each only the samples of its leases; the
+    coordinator never holds it, and learns its sizes from the first worker (DescribeData).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    ARGS_JSON_FIELD_NUMBER: _builtins.int
+    LOADER_WORKERS_FIELD_NUMBER: _builtins.int
+    PREFETCH_BATCHES_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """"function": `function` ("module:name", in the shipped code) is called on each worker as
+    function(split, **args) for split "train" and "test", and returns a map-style dataset
+    of (x, y) samples. "npy" and "parquet": the built-in readers, args {"path": ...}.
+    """
+    function: _builtins.str
+    args_json: _builtins.str
+    """a JSON object"""
+    loader_workers: _builtins.int
+    """DataLoader processes per worker; 0 loads in the trainer"""
+    prefetch_batches: _builtins.int
+    """batches each loader process reads ahead; 0: 2"""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        function: _builtins.str = ...,
+        args_json: _builtins.str = ...,
+        loader_workers: _builtins.int = ...,
+        prefetch_batches: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "function", b"function", "loader_workers", b"loader_workers", "prefetch_batches", b"prefetch_batches", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataSpec: _TypeAlias = DataSpec  # noqa: Y015
+
+@_typing.final
+class DataShape(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAIN_ROWS_FIELD_NUMBER: _builtins.int
+    TEST_ROWS_FIELD_NUMBER: _builtins.int
+    BLOCK_ROWS_FIELD_NUMBER: _builtins.int
+    train_rows: _builtins.int
+    test_rows: _builtins.int
+    block_rows: _builtins.int
+    """Rows read together (a Parquet row group); partitions are cut into whole blocks and
+    batches shuffled within a block. 1 for sources with cheap random access.
+    """
+    def __init__(
+        self,
+        *,
+        train_rows: _builtins.int = ...,
+        test_rows: _builtins.int = ...,
+        block_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_rows", b"block_rows", "test_rows", b"test_rows", "train_rows", b"train_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataShape: _TypeAlias = DataShape  # noqa: Y015
+
+@_typing.final
+class DescribeDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    worker_id: _builtins.str
+    @_builtins.property
+    def shape(self) -> Global___DataShape: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        shape: Global___DataShape | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shape", b"shape"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "shape", b"shape", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeDataRequest: _TypeAlias = DescribeDataRequest  # noqa: Y015
 
 @_typing.final
 class StragglerConfig(_message.Message):

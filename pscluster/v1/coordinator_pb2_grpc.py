@@ -110,6 +110,11 @@ class CoordinatorStub:
                 request_serializer=pscluster_dot_v1_dot_coordinator__pb2.FetchBlobRequest.SerializeToString,
                 response_deserializer=pscluster_dot_v1_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.DescribeData = channel.unary_unary(
+                '/pscluster.v1.Coordinator/DescribeData',
+                request_serializer=pscluster_dot_v1_dot_coordinator__pb2.DescribeDataRequest.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_coordinator__pb2.DataShape.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -218,6 +223,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeData(self, request, context):
+        """A job reading its data from a source (JobSpec.data): the sizes this worker's source
+        gives. The first report is recorded, and the reply is what was recorded; a worker whose
+        source gives other sizes fails the job (FAILED_PRECONDITION), naming both.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -295,6 +309,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.FetchBlob,
                     request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.FetchBlobRequest.FromString,
                     response_serializer=pscluster_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+            ),
+            'DescribeData': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeData,
+                    request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.DescribeDataRequest.FromString,
+                    response_serializer=pscluster_dot_v1_dot_coordinator__pb2.DataShape.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -702,6 +721,33 @@ class Coordinator:
             '/pscluster.v1.Coordinator/FetchBlob',
             pscluster_dot_v1_dot_coordinator__pb2.FetchBlobRequest.SerializeToString,
             pscluster_dot_v1_dot_common__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pscluster.v1.Coordinator/DescribeData',
+            pscluster_dot_v1_dot_coordinator__pb2.DescribeDataRequest.SerializeToString,
+            pscluster_dot_v1_dot_coordinator__pb2.DataShape.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,11 @@ class CoordinatorStub:
     """What a worker needs to run a job: the spec and the shard layout."""
     FetchBlob: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.FetchBlobRequest, _common_pb2.BlobChunk]
     """A job's blob ("dataset" or "initial_state"), in chunks."""
+    DescribeData: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.DescribeDataRequest, _coordinator_pb2.DataShape]
+    """A job reading its data from a source (JobSpec.data): the sizes this worker's source
+    gives. The first report is recorded, and the reply is what was recorded; a worker whose
+    source gives other sizes fails the job (FAILED_PRECONDITION), naming both.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -100,6 +105,11 @@ class CoordinatorAsyncStub(CoordinatorStub):
     """What a worker needs to run a job: the spec and the shard layout."""
     FetchBlob: _aio.UnaryStreamMultiCallable[_coordinator_pb2.FetchBlobRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
     """A job's blob ("dataset" or "initial_state"), in chunks."""
+    DescribeData: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.DescribeDataRequest, _coordinator_pb2.DataShape]  # type: ignore[assignment]
+    """A job reading its data from a source (JobSpec.data): the sizes this worker's source
+    gives. The first report is recorded, and the reply is what was recorded; a worker whose
+    source gives other sizes fails the job (FAILED_PRECONDITION), naming both.
+    """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -222,5 +232,16 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.BlobChunk], _abc.AsyncIterator[_common_pb2.BlobChunk]]:
         """A job's blob ("dataset" or "initial_state"), in chunks."""
+
+    @_abc_1.abstractmethod
+    def DescribeData(
+        self,
+        request: _coordinator_pb2.DescribeDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.DataShape, _abc.Awaitable[_coordinator_pb2.DataShape]]:
+        """A job reading its data from a source (JobSpec.data): the sizes this worker's source
+        gives. The first report is recorded, and the reply is what was recorded; a worker whose
+        source gives other sizes fails the job (FAILED_PRECONDITION), naming both.
+        """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -190,7 +190,7 @@ class WorkerAgent:
         with self._lock:
             self._lease = task.lease_id
         try:
-            rt = self.jobs.get(task.job_id)
+            rt = self.jobs.get(task.job_id, self.worker_id)
             if rt is None:
                 return "failed"  # the lease expires with our silence on it
             trainer = Trainer(rt, self.worker_id, self.settings, self.lease_alive, self.telemetry)

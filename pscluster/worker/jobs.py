@@ -14,6 +14,7 @@ from collections.abc import Callable
 import grpc
 
 from pscluster.config import Settings
+from pscluster.errors import PSError
 from pscluster.logs import log_context
 from pscluster.shard_client import ShardClient
 from pscluster.v1 import coordinator_pb2
@@ -46,22 +47,28 @@ class JobCache:
         self._runtimes: dict[str, JobRuntime] = {}
         self._next_cleanup = 0.0
 
-    def get(self, job_id: str) -> JobRuntime | None:
+    def get(self, job_id: str, worker_id: str) -> JobRuntime | None:
         """The job's runtime, built on first use; None if it cannot be built now (the
-        coordinator did not answer) or ever (the job is failed, with the traceback)."""
+        coordinator did not answer) or ever (the job is failed, with the reason)."""
         if job_id in self.failed:
             return None
         if job_id in self._runtimes:
             return self._runtimes[job_id]
         try:
-            rt = JobRuntime(self.stub, job_id, self.settings, self.shards)
+            rt = JobRuntime(self.stub, job_id, self.settings, self.shards, worker_id)
         except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+                # The coordinator refused this worker's data (other sizes than the first
+                # worker's source gave) and failed the job with both: nothing to retry.
+                log.error("job %s cannot run here: %s", job_id, e.details())  # type: ignore[attr-defined]
+                self.failed.add(job_id)
+                return None
             log.warning("could not load job %s: %s", job_id, e)
             return None
-        except Exception:
+        except Exception as e:
             # The user's model or data do not load here: the job cannot run anywhere, so it
-            # fails with the traceback rather than hanging until someone looks.
-            error = traceback.format_exc()
+            # fails with the reason rather than hanging until someone looks.
+            error = _reason(e)
             log.error("job %s cannot run: %s", job_id, error)
             self.failed.add(job_id)
             self.report_failure(job_id, error)
@@ -91,12 +98,23 @@ class JobCache:
         except grpc.RpcError:
             return
         if info.state != "running" and job_id in self._runtimes:
-            del self._runtimes[job_id]
+            self._runtimes.pop(job_id).close()
             self.failed.discard(job_id)
             if self.telemetry is not None:
                 self.telemetry.forget_job(job_id)
             release_memory()
             log.info("job %s is %s: its model and data are freed", job_id, info.state)
+
+
+def _reason(error: Exception) -> str:
+    """What a failed job's status says: our own errors (a data source that does not open, a
+    model that does not match its spec) by their message, with the user's code's traceback
+    when it raised; anything else by its whole traceback."""
+    if isinstance(error, PSError):
+        cause = error.__cause__
+        # The message last: a job's status shows the last line of its error.
+        return "".join(traceback.format_exception(cause)) + str(error) if cause else str(error)
+    return traceback.format_exc()
 
 
 def release_memory() -> None:

@@ -1,48 +1,36 @@
 """Everything a worker needs to run one job, built once per job and cached.
 
-A worker is stateless between jobs: the plan, the data and the model all come from the
-coordinator, and the model is rebuilt from the submitted source (never unpickled), through the
-same :mod:`pscluster.model.rebuild` the SDK's dry run used at submit.
+A worker is stateless between jobs: the plan and the model come from the coordinator, the
+data from the job's source or the uploaded arrays (:mod:`pscluster.worker.job_data`), and the
+model is rebuilt from the submitted source (never unpickled), through the same
+:mod:`pscluster.model.rebuild` the SDK's dry run used at submit.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import torch
 
 from pscluster.compression import parse_settings
 from pscluster.config import Settings
 from pscluster.data import inputs
-from pscluster.data.dataset import Dataset
-from pscluster.data.inputs import Inputs
 from pscluster.model import objective, rebuild, state
 from pscluster.shard_client import JobShards, ShardClient, ShardRange, Snapshot
 from pscluster.v1 import common_pb2, coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
 from pscluster.worker.compressed import PushEncoder
+from pscluster.worker.job_data import JobData, fetch_blob
 from pscluster.worker.local_sgd import LocalSGD
 from pscluster.worker.precision import Precision
 
 log = logging.getLogger(__name__)
-
-EVAL_BATCH = 1024
 
 
 def pick_device(setting: str) -> torch.device:
     if setting:
         return torch.device(setting)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def fetch_blob(stub: co_grpc.CoordinatorStub, job_id: str, blob: str, timeout: float) -> bytearray:
-    """A job's blob, assembled in one buffer (read with :func:`state.views`, no more copies)."""
-    data = bytearray()
-    request = coordinator_pb2.FetchBlobRequest(job_id=job_id, blob=blob)
-    for chunk in stub.FetchBlob(request, timeout=timeout):
-        data += chunk.data
-    return data
 
 
 class JobRuntime:
@@ -54,6 +42,7 @@ class JobRuntime:
         job_id: str,
         settings: Settings,
         shards: ShardClient,
+        worker_id: str = "",
     ) -> None:
         timeout = settings.rpc_timeout_seconds
         plan: coordinator_pb2.JobPlan = stub.GetJobPlan(
@@ -70,7 +59,9 @@ class JobRuntime:
         initial = state.views(fetch_blob(stub, job_id, "initial_state", timeout), "initial state")
         self.model = rebuild.build_model(plan.spec.model, initial, code).to(self.device)
         del initial
-        self.data = Dataset.from_buffer(fetch_blob(stub, job_id, "dataset", timeout))
+        self.data = JobData.open(plan.spec, code, self.device, (stub, job_id, timeout))
+        if plan.spec.data.source:
+            self._describe_data(stub, worker_id, timeout)
         # One per job, not per lease: with local steps it holds the worker's optimizer state.
         self.local = LocalSGD(
             self.model,
@@ -92,24 +83,18 @@ class JobRuntime:
         # worker whose push is buffered in an open step must not pull that step's parameters
         # again in its next lease (its push would then be refused as stale).
         self.min_versions = [0] * len(plan.shards)
-        self._train = (
-            inputs.to_device(self.data.train_x, self.device),
-            self.data.train_y.to(self.device),
+
+    def _describe_data(self, stub: co_grpc.CoordinatorStub, worker_id: str, timeout: float) -> None:
+        """Tell the coordinator the sizes this worker's source gives; it records the first
+        worker's and refuses (failing the job) a worker whose sizes differ."""
+        request = coordinator_pb2.DescribeDataRequest(
+            job_id=self.job_id, worker_id=worker_id, shape=self.data.shape
         )
+        self.data.shape = stub.DescribeData(request, timeout=timeout)
 
-    @property
-    def train_rows(self) -> int:
-        return int(self.data.train_y.shape[0])
-
-    def batch(self, indices: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
-        idx = indices.to(self.device)
-        return inputs.take(self._train[0], idx), self._train[1][idx]
-
-    def test_batches(self, size: int = EVAL_BATCH) -> Iterator[tuple[Inputs, torch.Tensor]]:
-        x, y = self.data.test_x, self.data.test_y
-        for i in range(0, y.shape[0], size):
-            part = slice(i, i + size)
-            yield inputs.to_device(inputs.take(x, part), self.device), y[part].to(self.device)
+    def close(self) -> None:
+        """Stop what runs beside the job's training (its data loader processes)."""
+        self.data.close()
 
     def evaluate(self, snap: Snapshot) -> dict[str, float]:
         """The job's loss and metric on the test set, for exactly the pulled parameters and
@@ -118,7 +103,7 @@ class JobRuntime:
         self.model.eval()
         evaluation = objective.Evaluation(self.spec.loss, self.spec.metric, self.loss_fn)
         with torch.no_grad():
-            for x, y in self.test_batches():
+            for x, y in self.data.test_batches():
                 evaluation.add(inputs.call(self.model, x), y)
         return evaluation.result()
 

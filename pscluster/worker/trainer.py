@@ -17,10 +17,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
-import torch
 
 from pscluster.config import Settings
-from pscluster.data.partitions import batches
 from pscluster.shard_client import PushExtras, ShardError, Snapshot
 from pscluster.transport import wire
 from pscluster.transport.retry import RetryPolicy, retry
@@ -107,13 +105,12 @@ class Trainer:
         """Train on the lease's batches, a window of ``local_steps`` batches per pull and push
         (one batch when the job has no local steps); the samples trained."""
         rt = self.rt
-        spec = rt.spec
-        plan = batches(
-            rt.train_rows, task.partitions, task.partition, task.epoch, spec.batch_size, spec.seed
-        )
-        window_size = max(1, spec.local_steps)
+        plan = rt.data.plan(task)
+        window_size = max(1, rt.spec.local_steps)
         samples = 0
         position = task.first_batch
+        # Read ahead by the loader from the lease's first batch to its end as granted.
+        reader = rt.data.train_batches(task, plan)
 
         def lease_end() -> int:
             # Read each window: the coordinator may cut the lease short while it runs.
@@ -122,7 +119,7 @@ class Trainer:
         while position < lease_end():
             started = time.perf_counter()
             end = min(position + window_size, lease_end())
-            data = [rt.batch(torch.from_numpy(plan[p])) for p in range(position, end)]
+            data = [next(reader) for _ in range(position, end)]
             trained, waited = self._window(data, task.epoch, reporter)
             samples += trained
             if self.telemetry is not None:

@@ -71,10 +71,11 @@ def test_payload_carries_spec_source_layout_and_blobs(models: types.ModuleType) 
     payload = build_payload(models.TinyNet, train, test, **payload_args(model_kwargs={"hidden": 5}))
     chunks = list(payload.chunks(chunk_bytes=1024))
 
-    # Assert: the stream is the spec, then every byte of both blobs, in order.
+    # Assert: the stream is the spec, then every byte of both blobs, in order, then the end.
     assert chunks[0].WhichOneof("part") == "spec"
     blobs: dict[str, bytearray] = {}
-    for c in chunks[1:]:
+    assert chunks[-1].end.blob_bytes == len(payload.dataset) + len(payload.initial_state)
+    for c in chunks[1:-1]:
         assert c.WhichOneof("part") == "blob"
         assert len(c.blob.data) <= 1024
         blobs.setdefault(c.blob.blob, bytearray()).extend(c.blob.data)

@@ -145,3 +145,38 @@ def test_straggler_options_pass_through_to_submit(write_job: Callable[..., Path]
         {"factor": 3.0},
         True,
     )
+
+
+def test_a_data_source_section_names_what_the_workers_read(
+    write_job: Callable[..., Path], job_dir: Path
+) -> None:
+    # A built-in reader: its path is relative to the job file, like model:.
+    npy = load_job_file(write_job(data={"source": "npy", "path": "big", "loader_workers": 3}))
+    kwargs = npy.submit_kwargs()
+    assert "train" not in kwargs and "test" not in kwargs
+    assert kwargs["data"] == "npy"
+    assert kwargs["data_args"] == {"path": str(job_dir / "big")}
+    assert (kwargs["loader_workers"], kwargs["prefetch_batches"]) == (3, 2)
+    # An absolute path is the workers' (a volume mounted on them).
+    parquet = load_job_file(write_job(data={"source": "parquet", "args": {"path": "/data/p"}}))
+    assert parquet.submit_kwargs()["data_args"] == {"path": "/data/p"}
+    # The user's function, loaded from the file like the model.
+    (job_dir / "code" / "big_data.py").write_text("def make(split, root):\n    return []\n")
+    own = write_job(data={"source": "code/big_data.py:make", "args": {"root": "/data/x"}})
+    kwargs = load_job_file(own).submit_kwargs()
+    assert kwargs["data"].__name__ == "make" and kwargs["data_args"] == {"root": "/data/x"}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"source": "npy", "pathh": "x"}, "data.DataSection.pathh: unknown field"),
+        ({"source": "npy", "loader_workers": -1}, "greater than or equal to 0"),
+        ({"args": {}}, "data.DataSection.source: required field is missing"),
+    ],
+)
+def test_a_bad_data_section_names_its_field(
+    write_job: Callable[..., Path], data: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(SpecFileError, match=expected):
+        load_job_file(write_job(data=data))

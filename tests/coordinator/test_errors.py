@@ -99,6 +99,14 @@ def test_unknown_ids_are_not_found_everywhere(
             co_pb2.ReportFailureRequest(worker_id="w", job_id="j-00000000", error="boom"),
             timeout=RPC_TIMEOUT,
         ),
+        "DescribeData": lambda: stub.DescribeData(
+            co_pb2.DescribeDataRequest(
+                worker_id="w",
+                job_id="j-00000000",
+                shape=co_pb2.DataShape(train_rows=1, test_rows=1, block_rows=1),
+            ),
+            timeout=RPC_TIMEOUT,
+        ),
     }
     codes = {name: rpc_code(call) for name, call in calls.items()}
     assert codes == dict.fromkeys(calls, grpc.StatusCode.NOT_FOUND)

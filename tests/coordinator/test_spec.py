@@ -212,11 +212,6 @@ def _end(blob_bytes: int) -> co_pb2.SubmitJobChunk:
             "blob 'weights' is unknown",
         ),
         (
-            [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec()), _chunk("dataset"), _end(1)],
-            InvalidArgument,
-            r"\['initial_state'\] missing",
-        ),
-        (
             [co_pb2.SubmitJobChunk(spec=co_pb2.JobSpec()), _chunk("dataset")],
             InvalidArgument,
             "stopped before its end message",
@@ -253,3 +248,31 @@ def test_a_compression_config_is_kept_in_the_plan() -> None:
     job.spec.compression.ratio = 0.001
     job.spec.compression.warmup_epochs = 3
     assert check(job).compression == job.spec.compression
+
+
+def test_a_job_without_its_blobs_is_refused() -> None:
+    job = tiny_job()
+    del job.blobs["initial_state"]
+    with pytest.raises(InvalidArgument, match=r"\['initial_state'\] missing"):
+        check(job)
+    job = tiny_job()
+    del job.blobs["dataset"]
+    with pytest.raises(InvalidArgument, match=r"\['dataset'\] missing"):
+        check(job)
+
+
+def test_a_data_source_job_uploads_no_dataset_and_keeps_its_partitions() -> None:
+    job = tiny_job(partitions=50)  # more partitions than its 24 uploaded rows
+    job.spec.data.CopyFrom(co_pb2.DataSpec(source="npy", args_json='{"path": "/d"}'))
+    with pytest.raises(InvalidArgument, match="uploads a dataset as well"):
+        check(job)
+    del job.blobs["dataset"]
+    assert check(job).partitions == 50  # a source's rows are learned later
+    for data, message in [
+        (co_pb2.DataSpec(source="csv"), "data source 'csv' is unknown"),
+        (co_pb2.DataSpec(source="function"), "names the function of a 'function' source"),
+        (co_pb2.DataSpec(source="npy", args_json="[1]"), "must be a JSON object"),
+    ]:
+        job.spec.data.CopyFrom(data)
+        with pytest.raises(InvalidArgument, match=message):
+            check(job)

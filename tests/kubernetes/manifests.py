@@ -1,7 +1,9 @@
 """Read deploy/kubernetes the way `kubectl apply -k` does, without a cluster or kubectl.
 
 ``render`` builds a kustomization from the features deploy/kubernetes uses: ``resources``
-(files and other kustomization folders), ``namespace`` and ``images``. A kustomization that uses
+(files and other kustomization folders), ``namespace``, ``images`` and ``patches`` (strategic
+merge patch files: maps merged key by key, lists of named items by ``name`` or, for volume
+mounts, ``mountPath``). A kustomization that uses
 any other feature is refused, so that this reader never silently differs from kustomize; where
 kubectl is installed, tests/kubernetes/test_manifests.py also compares the two outputs.
 
@@ -21,7 +23,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
-KNOWN_KEYS = {"apiVersion", "kind", "namespace", "resources", "images"}
+KNOWN_KEYS = {"apiVersion", "kind", "namespace", "resources", "images", "patches"}
+_MERGE_KEYS = ("name", "mountPath")
 # Kinds that live outside namespaces: kustomize leaves their metadata.namespace unset.
 CLUSTER_SCOPED = {"Namespace"}
 _REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
@@ -49,6 +52,9 @@ def render(folder: Path) -> list[Doc]:
             docs.extend(render(path))
         else:
             docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    for entry in kustomization.get("patches", []):
+        patch = yaml.safe_load((folder / entry["path"]).read_text())
+        _merge(find(docs, patch["kind"], patch["metadata"]["name"]), patch)
     namespace = kustomization.get("namespace")
     for doc in docs:
         if namespace and doc["kind"] not in CLUSTER_SCOPED:
@@ -56,6 +62,34 @@ def render(folder: Path) -> list[Doc]:
         for container in containers(doc):
             container["image"] = _new_image(container["image"], kustomization.get("images", []))
     return docs
+
+
+def _merge(into: Any, patch: Any) -> Any:
+    """``patch`` merged into ``into`` as a strategic merge patch does (in place)."""
+    if isinstance(into, dict) and isinstance(patch, dict):
+        for key, value in patch.items():
+            into[key] = _merge(into[key], value) if key in into else value
+        return into
+    key = _list_key(into, patch)
+    if key is None:
+        return patch
+    named = {item[key]: item for item in into}
+    for item in patch:
+        if item[key] in named:
+            _merge(named[item[key]], item)
+    # Items the list did not have go first, in the patch's order (as kustomize puts them).
+    into[:0] = [item for item in patch if item[key] not in named]
+    return into
+
+
+def _list_key(into: Any, patch: Any) -> str | None:
+    """The key lists of named items are merged by (None: the patch replaces the list)."""
+    if not (isinstance(into, list) and isinstance(patch, list)):
+        return None
+    items = [*into, *patch]
+    if not all(isinstance(i, dict) for i in items):
+        return None
+    return next((k for k in _MERGE_KEYS if all(k in i for i in items)), None)
 
 
 def _new_image(image: str, rules: list[dict[str, str]]) -> str:

@@ -39,13 +39,14 @@ from tests.kubernetes.manifests import (
 
 BASE = KUBERNETES / "base"
 GPU = KUBERNETES / "gpu"
+DATA = KUBERNETES / "data"
 # The oldest release still in wide use that has every field used here, and the newest known.
 VERSIONS = ("1.29.0", "1.37.0")
 SETTINGS = {f"PSC_{name.upper()}" for name in Settings.model_fields}
 
 
 def all_docs() -> list[tuple[str, Doc]]:
-    return [(folder.name, doc) for folder in (BASE, GPU) for doc in render(folder)]
+    return [(folder.name, doc) for folder in (BASE, GPU, DATA) for doc in render(folder)]
 
 
 def label(doc: Doc) -> str:
@@ -63,6 +64,7 @@ def test_every_manifest_is_valid_for_the_kubernetes_api(version: str) -> None:
         "Deployment/worker-gpu",
         "Service/ps",
         "Service/coordinator",
+        "PersistentVolumeClaim/pscluster-data",
     }
     # Execute / Assert: strict, so that a misspelt or misplaced field is an error too.
     for folder, doc in docs:
@@ -85,7 +87,7 @@ def test_this_reader_renders_as_kustomize_does() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed: the reader's output is not compared with it")
-    for folder in (BASE, GPU):
+    for folder in (BASE, GPU, DATA):
         done = subprocess.run(
             [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
         )
@@ -241,3 +243,24 @@ def test_state_lives_on_volumes_that_outlive_the_pods() -> None:
         on = [mounts[p] for p in mounts if directory == p or p in directory.parents]
         assert on and on[0] in claims, f"{name}: {variable}={directory} is not on a claim"
     assert find(docs, "StatefulSet", "coordinator")["spec"]["replicas"] == 1
+
+
+def test_the_data_overlay_mounts_the_claim_read_only_in_every_worker() -> None:
+    docs = render(DATA)
+    worker = find(docs, "Deployment", "worker")
+    spec = pod_spec(worker)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"] == {
+        "claimName": "pscluster-data",
+        "readOnly": True,
+    }
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["/data"] == {"name": "data", "mountPath": "/data", "readOnly": True}
+    assert {"/tmp", "/dev/shm"} <= mounts.keys()  # the base's mounts are kept
+    claim = find(docs, "PersistentVolumeClaim", "pscluster-data")
+    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+    assert claim["metadata"]["namespace"] == "pscluster"
+    # The base itself is unchanged: its workers run without any claim.
+    assert "data" not in {
+        v["name"] for v in pod_spec(find(render(BASE), "Deployment", "worker"))["volumes"]
+    }

@@ -128,6 +128,12 @@ class Scheduler:
         )
         return [self._progress(plan.job_id)]
 
+    def learn_batch_counts(self, job_id: str, counts: Sequence[int]) -> None:
+        """A data source's sizes arrived (its first worker measured them): the job's leases
+        are sized and split in batches from now on."""
+        if self.book.has_job(job_id):
+            self.book.schedule(job_id).learn_batch_counts(counts)
+
     def restore_lease(self, lease: Lease, now: float, grace: float) -> bool:
         """After a restart: honour a lease granted before it (its holder kept training)."""
         if not self.book.restore(lease):

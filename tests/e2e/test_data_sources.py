@@ -1,0 +1,97 @@
+"""Jobs whose workers read the data where it lives (a data source), on a real local cluster.
+
+What must hold: a source trains exactly what uploaded arrays train (bit for bit, sync with one
+worker); a source that fails fails the job fast with the worker's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from pscluster.client.errors import InvalidJobError, JobFailed
+from pscluster.client.local import LocalCluster
+from tests.e2e.conftest import start_cluster
+from tests.e2e.data import digits_images
+from tests.e2e.reference import train_one_process
+from tests.e2e.user_data import make_broken, make_digits, make_from_folder
+from tests.e2e.user_models import DigitsCNN
+
+SEED, EPOCHS, BATCH, LR, PARTITIONS = 7, 2, 32, 0.1, 3
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = start_cluster(tmp_path_factory.mktemp("sources"), shards=2, workers=1)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("loader_workers", [0, 2])
+def test_a_data_source_trains_bit_for_bit_what_uploaded_arrays_train(
+    one_worker: LocalCluster, loader_workers: int
+) -> None:
+    # Prepare: the same digits, read by the user's dataset one sample at a time on the worker.
+    train, _ = digits_images()
+    local = train_one_process(
+        DigitsCNN,
+        train,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        partitions=PARTITIONS,
+        seed=SEED,
+        optimizer=lambda p: torch.optim.SGD(p, lr=LR, momentum=0.9),
+    )
+
+    # Execute
+    with one_worker.client() as client:
+        job = client.submit(
+            model=DigitsCNN,
+            data=make_digits,
+            loader_workers=loader_workers,
+            mode="sync",
+            optimizer={"name": "sgd", "lr": LR, "momentum": 0.9},
+            epochs=EPOCHS,
+            batch_size=BATCH,
+            partitions=PARTITIONS,
+            seed=SEED,
+        )
+        info = job.wait(timeout=300)
+        remote = job.fetch_model()
+
+    # Assert: parameters and BatchNorm buffers equal bit for bit.
+    assert info.state == "completed", info.error
+    expected = local.state_dict()
+    for name, value in expected.items():
+        assert torch.equal(remote[name], value), name
+
+
+def test_a_source_failing_on_the_workers_fails_the_job_with_their_message(
+    one_worker: LocalCluster,
+) -> None:
+    # The folder is missing here too, so the SDK leaves it to the workers (where it is
+    # missing as well): the job fails at once, with the worker's message and traceback.
+    with one_worker.client() as client:
+        job = client.submit(
+            model=DigitsCNN,
+            data=make_from_folder,
+            data_args={"root": "/nonexistent/digits"},
+            epochs=1,
+        )
+        with pytest.raises(JobFailed) as failed:
+            job.wait(timeout=60)
+    info = failed.value.info
+    assert info.state == "failed"
+    assert "tests/e2e/user_data.py" in info.error  # the user's file and line
+    assert info.status_message.endswith(
+        "raised FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/digits/READY'"
+    )
+
+
+def test_a_source_that_raises_is_refused_at_submit(one_worker: LocalCluster) -> None:
+    with one_worker.client() as client, pytest.raises(InvalidJobError, match="index is corrupt"):
+        client.submit(model=DigitsCNN, data=make_broken, epochs=1)
