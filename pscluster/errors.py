@@ -15,6 +15,7 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "OutOfRange",
     "PSError",
     "ResourceExhausted",
     "Unavailable",
@@ -31,6 +32,10 @@ class InvalidArgument(PSError):
 
 class NotFound(PSError):
     """What the request names (a job, a worker, a lease) is not here."""
+
+
+class OutOfRange(InvalidArgument):
+    """The request reaches past the end of what it names (a byte range of a blob)."""
 
 
 class AlreadyExists(PSError):

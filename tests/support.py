@@ -138,7 +138,7 @@ def tiny_job(
         seed=seed,
     )
     blobs = {
-        "dataset": Dataset.from_arrays(train, test).to_blob(),
+        "dataset": Dataset.from_arrays(train, test).to_blob(seed=seed),
         "initial_state": state.dumps(initial),
     }
     return TinyJob(spec, blobs, initial, layout)

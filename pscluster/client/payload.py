@@ -134,7 +134,8 @@ def payload_for(
     if sample is not None:
         dry_run.check_finite(sample)
         dry_run.dry_run(spec, start.state, sample)
-    return Payload(spec, arrays.to_blob() if arrays else b"", state.dumps(start.state))
+    blob = arrays.to_blob(seed=spec.seed) if arrays else b""
+    return Payload(spec, blob, state.dumps(start.state))
 
 
 def _source(

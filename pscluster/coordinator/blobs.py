@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from pscluster.errors import InvalidArgument, NotFound
+from pscluster.errors import InvalidArgument, NotFound, OutOfRange
 
 DATASET = "dataset"
 INITIAL_STATE = "initial_state"
@@ -59,21 +59,35 @@ class BlobStore:
         except FileNotFoundError as e:
             raise NotFound(f"job {job_id} has no {name} blob") from e
 
-    def iter_chunks(self, job_id: str, name: str, chunk_bytes: int) -> Iterator[bytes]:
-        """The blob in chunks, read lazily so a large model is never held whole in memory.
+    def iter_chunks(
+        self, job_id: str, name: str, chunk_bytes: int, offset: int = 0, length: int = 0
+    ) -> Iterator[bytes]:
+        """The blob (or ``length`` bytes of it from ``offset``; 0: to its end) in chunks, read
+        lazily so a large model is never held whole in memory.
 
-        The file is opened before the first chunk is asked for, so a missing blob fails the
-        call up front instead of midway through a stream.
+        The file is opened and the range checked before the first chunk is asked for, so a
+        missing blob or a range past its end fails the call up front, not midway.
         """
         path = self.path(job_id, name)
         try:
             f = path.open("rb")
         except FileNotFoundError as e:
             raise NotFound(f"job {job_id} has no {name} blob") from e
+        size = os.fstat(f.fileno()).st_size
+        end = offset + length if length else size
+        if offset > size or end > size:
+            f.close()
+            raise OutOfRange(
+                f"bytes [{offset}, {end}) are past the end of job {job_id}'s {name} blob "
+                f"({size} bytes)"
+            )
 
-        def read_all() -> Iterator[bytes]:
+        def read_range() -> Iterator[bytes]:
             with f:
-                while chunk := f.read(chunk_bytes):
+                f.seek(offset)
+                left = end - offset
+                while left and (chunk := f.read(min(chunk_bytes, left))):
+                    left -= len(chunk)
                     yield chunk
 
-        return read_all()
+        return read_range()

@@ -140,7 +140,9 @@ class JobQueries:
             )
         return metrics
 
-    def blob_chunks(self, job_id: str, name: str) -> Iterator[bytes]:
+    def blob_chunks(
+        self, job_id: str, name: str, offset: int = 0, length: int = 0
+    ) -> Iterator[bytes]:
         job = self.jobs.require(job_id)
         if name not in (blobs.DATASET, blobs.INITIAL_STATE):
             raise InvalidArgument(
@@ -153,7 +155,7 @@ class JobQueries:
                 f"job {job_id} uploaded no dataset: its workers read the data from its "
                 f"{source!r} source"
             )
-        return self.rt.blobs.iter_chunks(job_id, name, self.rt.settings.chunk_bytes)
+        return self.rt.blobs.iter_chunks(job_id, name, self.rt.settings.chunk_bytes, offset, length)
 
     def model_chunks(self, job_id: str) -> Iterator[bytes]:
         job = self.jobs.require(job_id)

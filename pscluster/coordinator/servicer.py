@@ -192,5 +192,8 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
     def FetchBlob(
         self, request: co_pb2.FetchBlobRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.BlobChunk]:
-        for data in self.c.queries.blob_chunks(_job_id(request.job_id), request.blob):
+        chunks = self.c.queries.blob_chunks(
+            _job_id(request.job_id), request.blob, request.offset, request.length
+        )
+        for data in chunks:
             yield common_pb2.BlobChunk(blob=request.blob, data=data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,11 +22,14 @@ from safetensors.torch import save as _save
 
 from pscluster.data import inputs
 from pscluster.data.inputs import Inputs, Structure
+from pscluster.data.partitions import row_order
 from pscluster.errors import InvalidArgument
 from pscluster.model import state
 
 SPLITS = ("train", "test")
 _STRUCTURE = "x_structure"
+# Metadata: the seed whose partition order the training rows are stored in.
+TRAIN_ORDER = "train_order_seed"
 
 
 @dataclass(frozen=True)
@@ -87,10 +91,20 @@ class Dataset:
             out[f"{split}_y"] = getattr(self, f"{split}_y")
         return out
 
-    def to_blob(self) -> bytes:
+    def to_blob(self, seed: int | None = None) -> bytes:
+        """The safetensors file the SDK uploads. With the job's ``seed`` the training rows are
+        stored in the order that seed deals them into partitions (:func:`row_order`), so each
+        partition is one contiguous range of rows: a worker fetches only the partitions it
+        leases, as byte ranges (:mod:`pscluster.worker.uploaded`)."""
         tensors: dict[str, torch.Tensor] = {}
         seen: set[int] = set()
+        order = None if seed is None else torch.from_numpy(row_order(len(self.train_y), seed))
+        metadata = {_STRUCTURE: json.dumps(self.structure.to_json())}
+        if seed is not None:
+            metadata[TRAIN_ORDER] = str(seed)
         for key, t in self.tensors().items():
+            if order is not None and key.startswith("train_"):
+                t = t.index_select(0, order)
             t = t.contiguous()
             # The same array as train and test (evaluating on the training set): safetensors
             # stores no shared memory, so the second use is a copy.
@@ -98,7 +112,7 @@ class Dataset:
                 t = t.clone()
             seen.add(t.untyped_storage().data_ptr())
             tensors[key] = t
-        return _save(tensors, metadata={_STRUCTURE: json.dumps(self.structure.to_json())})
+        return _save(tensors, metadata=metadata)
 
     @classmethod
     def from_blob(cls, blob: bytes | bytearray) -> Dataset:
@@ -106,13 +120,14 @@ class Dataset:
             tensors = _load(bytes(blob))
         except (SafetensorError, ValueError) as e:
             raise InvalidArgument(f"the uploaded data is not a valid safetensors file: {e}") from e
-        return cls.from_tensors(tensors, _metadata(blob))
+        return cls.from_tensors(_in_given_order(tensors, blob), _metadata(blob))
 
     @classmethod
     def from_buffer(cls, blob: bytearray) -> Dataset:
-        """The dataset of a fetched blob, its tensors views on ``blob`` (no copy)."""
+        """The dataset of a fetched blob, its tensors views on ``blob`` (no copy, unless its
+        training rows are stored in partition order: they are put back in the given order)."""
         tensors = state.views(blob, "the uploaded data")
-        return cls.from_tensors(tensors, _metadata(blob))
+        return cls.from_tensors(_in_given_order(tensors, blob), _metadata(blob))
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], structure: Structure) -> Dataset:
@@ -132,8 +147,11 @@ class Dataset:
 
 
 def _metadata(blob: bytes | bytearray) -> Structure:
+    return structure_of_header(state.header(blob, "the uploaded data")[0])
+
+
+def structure_of_header(header: dict[str, Any]) -> Structure:
     """The input structure from a blob's header (no metadata: one input, as older SDKs sent)."""
-    header, _ = state.header(blob, "the uploaded data")
     raw = (header.get("__metadata__") or {}).get(_STRUCTURE)
     if raw is None:
         return Structure("tensor")
@@ -141,6 +159,27 @@ def _metadata(blob: bytes | bytearray) -> Structure:
         return Structure.from_json(json.loads(raw))
     except ValueError as e:
         raise InvalidArgument(f"the uploaded data's input structure is unreadable: {e}") from e
+
+
+def stored_order(header: dict[str, object]) -> int | None:
+    """The seed whose partition order the blob's training rows are stored in (None: as
+    given), from a safetensors header."""
+    meta = header.get("__metadata__")
+    raw = meta.get(TRAIN_ORDER) if isinstance(meta, dict) else None
+    try:
+        return None if raw is None else int(raw)
+    except ValueError as e:
+        raise InvalidArgument(f"the uploaded data's {TRAIN_ORDER} {raw!r} is not a seed") from e
+
+
+def _in_given_order(
+    tensors: dict[str, torch.Tensor], blob: bytes | bytearray
+) -> dict[str, torch.Tensor]:
+    seed = stored_order(state.header(blob, "the uploaded data")[0])
+    if seed is None or "train_y" not in tensors:
+        return tensors
+    back = torch.from_numpy(np.argsort(row_order(len(tensors["train_y"]), seed)))
+    return {k: t.index_select(0, back) if k.startswith("train_") else t for k, t in tensors.items()}
 
 
 def _describe(s: Structure) -> str:

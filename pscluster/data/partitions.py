@@ -22,6 +22,11 @@ def _block_order(n: int, block: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 0]).permutation(-(-n // block))
 
 
+def row_order(n: int, seed: int) -> np.ndarray:
+    """The seed's order of the rows: partition p is a contiguous range of it (block 1)."""
+    return _block_order(n, 1, seed)
+
+
 def _expand(blocks: np.ndarray, n: int, block: int) -> np.ndarray:
     """The rows of ``blocks``, block after block (the last block of the data may be short)."""
     if block == 1:

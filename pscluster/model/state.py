@@ -40,6 +40,13 @@ _DTYPES = {
 }
 
 
+def dtype_of(name: object, what: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name ("F32", "I64", ...)."""
+    if not isinstance(name, str) or name not in _DTYPES:
+        raise InvalidArgument(f"{what}: dtype {name!r} is not supported")
+    return _DTYPES[name]
+
+
 def header(blob: bytes | bytearray | memoryview, what: str) -> tuple[dict[str, Any], int]:
     """A safetensors file's JSON header and where its data begins."""
     view = memoryview(blob)

@@ -19,6 +19,7 @@ from pscluster.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     PSError,
     ResourceExhausted,
     Unavailable,
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 # a subclass (the coordinator's ShardError is an Unavailable) maps as its base does.
 STATUS: dict[type[PSError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,

@@ -1567,18 +1567,27 @@ class FetchBlobRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     BLOB_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     blob: _builtins.str
     """"dataset" | "initial_state" """
+    offset: _builtins.int
+    """A byte range of the blob (a worker reads the header, then only the rows of the
+    partitions it leases); both 0: the whole blob. OUT_OF_RANGE past its end.
+    """
+    length: _builtins.int
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         blob: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "job_id", b"job_id", "length", b"length", "offset", b"offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -217,7 +217,7 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FetchBlob(self, request, context):
-        """A job's blob ("dataset" or "initial_state"), in chunks.
+        """A job's blob ("dataset" or "initial_state"), or a byte range of it, in chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -64,7 +64,7 @@ class CoordinatorStub:
     GetJobPlan: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.JobPlan]
     """What a worker needs to run a job: the spec and the shard layout."""
     FetchBlob: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.FetchBlobRequest, _common_pb2.BlobChunk]
-    """A job's blob ("dataset" or "initial_state"), in chunks."""
+    """A job's blob ("dataset" or "initial_state"), or a byte range of it, in chunks."""
     DescribeData: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.DescribeDataRequest, _coordinator_pb2.DataShape]
     """A job reading its data from a source (JobSpec.data): the sizes this worker's source
     gives. The first report is recorded, and the reply is what was recorded; a worker whose
@@ -104,7 +104,7 @@ class CoordinatorAsyncStub(CoordinatorStub):
     GetJobPlan: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.JobPlan]  # type: ignore[assignment]
     """What a worker needs to run a job: the spec and the shard layout."""
     FetchBlob: _aio.UnaryStreamMultiCallable[_coordinator_pb2.FetchBlobRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
-    """A job's blob ("dataset" or "initial_state"), in chunks."""
+    """A job's blob ("dataset" or "initial_state"), or a byte range of it, in chunks."""
     DescribeData: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.DescribeDataRequest, _coordinator_pb2.DataShape]  # type: ignore[assignment]
     """A job reading its data from a source (JobSpec.data): the sizes this worker's source
     gives. The first report is recorded, and the reply is what was recorded; a worker whose
@@ -231,7 +231,7 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.FetchBlobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.BlobChunk], _abc.AsyncIterator[_common_pb2.BlobChunk]]:
-        """A job's blob ("dataset" or "initial_state"), in chunks."""
+        """A job's blob ("dataset" or "initial_state"), or a byte range of it, in chunks."""
 
     @_abc_1.abstractmethod
     def DescribeData(

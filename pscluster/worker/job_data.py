@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from pscluster.data import inputs, sources
-from pscluster.data.dataset import Dataset
 from pscluster.data.loading import Batch, LoaderSettings, SplitLoader
 from pscluster.data.partitions import batches
 from pscluster.data.sources import base
@@ -24,6 +23,7 @@ from pscluster.errors import InvalidArgument
 from pscluster.model.loader import LoadedBundle
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+from pscluster.worker.uploaded import open_uploaded
 
 EVAL_BATCH = 1024
 DEFAULT_PREFETCH = 2
@@ -76,9 +76,7 @@ class JobData:
         """The job's data: its source, or the uploaded blob (``fetch``: stub, job, timeout)."""
         if spec.data.source:
             return cls(spec, sources.open_source(spec.data, code.lookup), device)
-        stub, job_id, timeout = fetch
-        uploaded = Dataset.from_buffer(fetch_blob(stub, job_id, "dataset", timeout))
-        return cls(spec, sources.UploadedSource(uploaded), device)
+        return cls(spec, open_uploaded(*fetch, spec.seed), device)
 
     @property
     def train_rows(self) -> int:
@@ -100,6 +98,9 @@ class JobData:
         """The lease's batches from its first on, on the training device."""
         end = task.end_batch or len(plan)
         stream = (1, task.epoch, task.partition)
+        prepare = getattr(self.train.samples, "prepare", None)
+        if prepare is not None:  # uploaded rows: fetch this partition's (and drop the last)
+            prepare(task.partitions, task.partition)
         for x, y in self.train.read(plan[task.first_batch : end], stream):
             yield self._to_device(x, y)
 

@@ -22,14 +22,14 @@ class ArraySamples:
         return int(self.y.shape[0])
 
     def __getitem__(self, index: int) -> Sample:
-        return _row(self.x, index), self.y[index]
+        return row_of(self.x, index), self.y[index]
 
     def __getitems__(self, indices: Sequence[int]) -> ReadyBatch:
         idx = torch.as_tensor(indices, dtype=torch.int64)
         return ReadyBatch(inputs.take(self.x, idx), self.y[idx])
 
 
-def _row(x: inputs.Inputs, index: int) -> object:
+def row_of(x: inputs.Inputs, index: int) -> object:
     if isinstance(x, torch.Tensor):
         return x[index]
     if isinstance(x, tuple):
