@@ -30,9 +30,12 @@ def test_a_lease_fetches_its_partitions_rows_only(
     given = Dataset.from_blob(job.blobs["dataset"])  # the rows as the user gave them
     fetched: list[int] = []
     read = RemoteBlob.read
-    monkeypatch.setattr(
-        RemoteBlob, "read", lambda self, o, n: fetched.append(n) or read(self, o, n)
-    )
+
+    def counted(self: RemoteBlob, offset: int, length: int) -> bytearray:
+        fetched.append(length)
+        return read(self, offset, length)
+
+    monkeypatch.setattr(RemoteBlob, "read", counted)
     source = open_uploaded(running.stub, job_id, RPC_TIMEOUT, SEED)
     assert isinstance(source, LeasedUpload)
     train = source.open("train")
