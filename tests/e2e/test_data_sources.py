@@ -6,7 +6,9 @@ worker); a source that fails fails the job fast with the worker's message.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from tests.e2e.data import digits_images
 from tests.e2e.reference import train_one_process
 from tests.e2e.user_data import make_broken, make_digits, make_from_folder
 from tests.e2e.user_models import DigitsCNN
+from tests.support import wait_for
 
 SEED, EPOCHS, BATCH, LR, PARTITIONS = 7, 2, 32, 0.1, 3
 
@@ -95,3 +98,35 @@ def test_a_source_failing_on_the_workers_fails_the_job_with_their_message(
 def test_a_source_that_raises_is_refused_at_submit(one_worker: LocalCluster) -> None:
     with one_worker.client() as client, pytest.raises(InvalidJobError, match="index is corrupt"):
         client.submit(model=DigitsCNN, data=make_broken, epochs=1)
+
+
+def test_a_worker_killed_mid_partition_has_its_partition_read_again(tmp_path: Path) -> None:
+    # Prepare: the user's dataset, with per-sample augmentation, read by 3 workers.
+    cluster = start_cluster(tmp_path, shards=2, workers=3)
+    try:
+        with cluster.client() as client:
+            job = client.submit(
+                model=DigitsCNN,
+                data=make_digits,
+                data_args={"noise": 0.05},
+                mode="async",
+                optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
+                epochs=10,
+                batch_size=32,
+                partitions=6,
+                seed=SEED,
+            )
+            wait_for(lambda: job.info().steps >= 30, 120, what="30 steps", poll=0.2)
+
+            # Execute: a crash in the middle of a lease; it expires and is leased again.
+            cluster.kill_worker(0, signal.SIGKILL)
+            info = job.wait(timeout=300)
+            metrics = job.metrics()
+    finally:
+        cluster.stop()
+
+    # Assert: every partition of every epoch was trained (the victim's lease too), to target.
+    assert info.state == "completed", info.error
+    assert info.test_accuracy is not None and info.test_accuracy >= 0.93
+    assert len(metrics.pushes_by_worker) >= 2
+    assert info.progress == 1.0
