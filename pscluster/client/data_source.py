@@ -23,7 +23,7 @@ from pscluster.client.code_refs import is_file_ref, load_ref
 from pscluster.client.errors import InvalidJobError
 from pscluster.data import sources
 from pscluster.data.dataset import Dataset
-from pscluster.data.sources.base import DataNotFound, Sample, SampleSet
+from pscluster.data.sources.base import DataNotFound, Sample, SampleSet, block_rows
 from pscluster.errors import PSError
 from pscluster.model import rebuild
 from pscluster.model.bundle import shipped_ref
@@ -119,7 +119,9 @@ def sample_here(spec: co_pb2.JobSpec) -> Dataset | None:
     try:
         code = rebuild.load_code(spec.model)
         source = sources.open_source(spec.data, code.lookup)
-        splits = [_rows(source.open(split), split) for split in sources.SPLITS]
+        opened = {split: source.open(split) for split in sources.SPLITS}
+        _check_partitions(spec.partitions, opened["train"])
+        splits = [_rows(samples, split) for split, samples in opened.items()]
     except PSError as e:
         if _absent(e):
             log.warning("the data are not readable here (%s); the workers will read them", e)
@@ -132,6 +134,19 @@ def sample_here(spec: co_pb2.JobSpec) -> Dataset | None:
         return Dataset.from_arrays(splits[0], splits[1])
     except PSError as e:
         raise InvalidJobError(f"the data source's samples: {e}") from e
+
+
+def _check_partitions(partitions: int, train: SampleSet) -> None:
+    """Each partition is cut from whole blocks of rows (a Parquet row group): no more
+    partitions than blocks."""
+    block = block_rows(train)
+    blocks = -(-len(train) // block)
+    if partitions > blocks:
+        raise InvalidJobError(
+            f"partitions={partitions} but the train split has {len(train)} rows in {blocks} "
+            f"block(s) of {block} (rows read together); pass partitions <= {blocks}"
+            + (" or write smaller row groups" if block > 1 else "")
+        )
 
 
 def _absent(error: BaseException) -> bool:

@@ -29,9 +29,10 @@ def shape_problem(spec: co_pb2.JobSpec, shape: co_pb2.DataShape) -> str:
     """Why the job cannot train on data of this shape ("" if it can)."""
     rows = partition_rows(shape.train_rows, spec.partitions, spec.seed, max(1, shape.block_rows))
     if min(rows) < 1:
+        blocks = -(-shape.train_rows // max(1, shape.block_rows))
         return (
             f"the data source has {describe(shape)}: too few for the job's {spec.partitions} "
-            "partitions (each needs a block of rows); submit with fewer partitions"
+            f"partitions (each needs a block of rows); submit with partitions <= {blocks}"
         )
     return ""
 
