@@ -84,3 +84,23 @@ def test_arrays_and_a_source_together_are_refused() -> None:
     train = ([[0.0] * 4] * 4, [0, 1, 2, 0])
     with pytest.raises(InvalidJobError, match="not both"):
         build_payload(Classifier, train, train, data=user_sources.make_rows, **submit_args())
+
+
+def test_more_partitions_than_the_sources_blocks_are_refused(tmp_path: Path) -> None:
+    # 30 rows in Parquet row groups of 10: 3 blocks, so at most 3 partitions.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "train").mkdir()
+    table = pa.table({"a": [float(i) for i in range(30)], "y": [i % 3 for i in range(30)]})
+    pq.write_table(table, tmp_path / "train" / "part-0.parquet", row_group_size=10)
+    pq.write_table(table, tmp_path / "test.parquet", row_group_size=10)
+    args = {"path": str(tmp_path), "x": ["a", "a", "a", "a"], "y": "y"}
+    with pytest.raises(InvalidJobError, match=r"30 rows in 3 block\(s\) of 10.*partitions <= 3"):
+        build_payload(
+            Classifier, None, None, data="parquet", **submit_args(data_args=args, partitions=4)
+        )
+    payload = build_payload(
+        Classifier, None, None, data="parquet", **submit_args(data_args=args, partitions=3)
+    )
+    assert payload.spec.data.source == "parquet"

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pscluster.data.sources.base import DataNotFound
+from pscluster.data.sources import npy
 from pscluster.data.sources.npy import NpySource
 from pscluster.errors import InvalidArgument
 
@@ -178,3 +179,26 @@ def test_missing_folders(tmp_path: Path) -> None:
         NpySource({"path": str(tmp_path)}).open("valid")
     with pytest.raises(InvalidArgument, match=r"needs args \{'path': <folder>\}"):
         NpySource({})
+
+
+def test_reading_every_row_does_not_leave_the_whole_file_resident(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 50 MiB split read through, batch by batch: the pages read are handed back every
+    # RELEASE_BYTES (8 MiB here), so the process never holds the file.
+    monkeypatch.setattr(npy, "RELEASE_BYTES", 8 << 20)
+    folder = tmp_path / "train"
+    folder.mkdir()
+    rows, width = 12_800, 1024
+    x = np.lib.format.open_memmap(folder / "x.npy", "w+", np.float32, (rows, width))
+    x[:] = 1.0
+    x.flush()
+    del x
+    np.save(folder / "y.npy", np.arange(rows) % 10)
+    samples = NpySource({"path": str(tmp_path)}).open("train")
+    before = _rss()
+    peak = 0
+    for start in range(0, rows, 256):
+        samples.__getitems__(list(range(start, min(start + 256, rows))))
+        peak = max(peak, _rss() - before)
+    assert peak < 24 * 2**20, f"reading 50 MiB held up to {peak / 2**20:.0f} MiB"
