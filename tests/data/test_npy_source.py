@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pscluster.data.sources.base import DataNotFound
 from pscluster.data.sources import npy
+from pscluster.data.sources.base import DataNotFound
 from pscluster.data.sources.npy import NpySource
 from pscluster.errors import InvalidArgument
 
