@@ -33,7 +33,15 @@ JOB_TIMEOUT = 420.0
 
 
 @pytest.fixture(scope="session")
-def compose(request: pytest.FixtureRequest) -> Iterator[ComposeProject]:
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The host folder compose mounts read-only at /data in every worker (PSC_DATA_DIR)."""
+    folder = tmp_path_factory.mktemp("data")
+    folder.chmod(0o755)  # the workers run as another user than these tests
+    return folder
+
+
+@pytest.fixture(scope="session")
+def compose(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[ComposeProject]:
     """A running cluster (coordinator, ps-0, ps-1, 3 workers) on a free 127.0.0.1 port.
 
     Always `down -v` at the end, also when a test or the start failed, so that nothing of the
@@ -43,7 +51,7 @@ def compose(request: pytest.FixtureRequest) -> Iterator[ComposeProject]:
     project = ComposeProject(
         name=f"psc-test-{secrets.token_hex(4)}",
         publish_port=free_ports("127.0.0.1", 1)[0],
-        settings=FAST,
+        settings={**FAST, "PSC_DATA_DIR": str(data_dir)},
     )
     failed_before = request.session.testsfailed
     started = False
