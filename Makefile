@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PSC := $(VENV)/bin/pscluster
 TORCH_REQ ?= requirements/cpu.txt
 
-.PHONY: install proto proto-check lint test test-fast demo bench clean \
+.PHONY: install proto proto-check lint test test-fast demo bench bench-compose clean \
 	docker-setup images up down logs load soak load-compose
 
 $(VENV)/.installed: pyproject.toml $(TORCH_REQ)
@@ -55,6 +55,7 @@ bench: install
 	$(PY) bench/faults.py
 	$(PY) bench/finetune.py
 	$(PY) bench/precision.py
+	$(PY) bench/data.py
 	$(PY) bench/coordinator_scale.py --kill-at 40 $(if $(SCALE_BASELINE),--baseline $(SCALE_BASELINE)) \
 	  --out bench/results/coordinator_scale-after.json
 	$(PY) bench/coordinator_scale.py --workers 500 --task-seconds 3 \
@@ -94,6 +95,11 @@ COMPOSE = docker compose
 
 docker-setup: install
 	deploy/scripts/docker-setup.sh
+
+# 2.2 GB of digits on disk, trained through compose with the data mounted in the workers;
+# the peak RSS of every process (bench/results/data_compose.json).
+bench-compose: docker-setup
+	$(PY) bench/data_compose.py
 
 images:
 	$(COMPOSE) build

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -34,11 +35,43 @@ def one_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluste
         c.stop()
 
 
+JOB: dict[str, Any] = {
+    "model": DigitsCNN,
+    "mode": "sync",
+    "optimizer": {"name": "sgd", "lr": LR, "momentum": 0.9},
+    "epochs": EPOCHS,
+    "batch_size": BATCH,
+    "partitions": PARTITIONS,
+    "seed": SEED,
+}
+
+
+def trained(cluster: LocalCluster, **data: Any) -> dict[str, torch.Tensor]:
+    """The fetched model of the sync job on ``data`` (one worker)."""
+    with cluster.client() as client:
+        job = client.submit(**JOB, **data)
+        info = job.wait(timeout=300)
+        assert info.state == "completed", info.error
+        return job.fetch_model()
+
+
+@pytest.fixture(scope="module")
+def uploaded(one_worker: LocalCluster) -> dict[str, torch.Tensor]:
+    """The model the job trains on the same digits uploaded as arrays."""
+    train, test = digits_images()
+    return trained(one_worker, train=train, test=test)
+
+
 @pytest.mark.parametrize("loader_workers", [0, 2])
 def test_a_data_source_trains_bit_for_bit_what_uploaded_arrays_train(
-    one_worker: LocalCluster, loader_workers: int
+    one_worker: LocalCluster, uploaded: dict[str, torch.Tensor], loader_workers: int
 ) -> None:
-    # Prepare: the same digits, read by the user's dataset one sample at a time on the worker.
+    # Execute: the same digits, read by the user's dataset one sample at a time on the
+    # worker (in the trainer, or in 2 loader processes).
+    remote = trained(one_worker, data=make_digits, loader_workers=loader_workers)
+
+    # Assert: parameters and BatchNorm buffers equal bit for bit, to the uploaded job's and
+    # to the same training in one process.
     train, _ = digits_images()
     local = train_one_process(
         DigitsCNN,
@@ -48,29 +81,11 @@ def test_a_data_source_trains_bit_for_bit_what_uploaded_arrays_train(
         partitions=PARTITIONS,
         seed=SEED,
         optimizer=lambda p: torch.optim.SGD(p, lr=LR, momentum=0.9),
-    )
-
-    # Execute
-    with one_worker.client() as client:
-        job = client.submit(
-            model=DigitsCNN,
-            data=make_digits,
-            loader_workers=loader_workers,
-            mode="sync",
-            optimizer={"name": "sgd", "lr": LR, "momentum": 0.9},
-            epochs=EPOCHS,
-            batch_size=BATCH,
-            partitions=PARTITIONS,
-            seed=SEED,
-        )
-        info = job.wait(timeout=300)
-        remote = job.fetch_model()
-
-    # Assert: parameters and BatchNorm buffers equal bit for bit.
-    assert info.state == "completed", info.error
-    expected = local.state_dict()
-    for name, value in expected.items():
-        assert torch.equal(remote[name], value), name
+    ).state_dict()
+    assert remote.keys() == uploaded.keys() == local.keys()
+    for name, value in remote.items():
+        assert torch.equal(value, uploaded[name]), name
+        assert torch.equal(value, local[name]), name
 
 
 def test_a_source_failing_on_the_workers_fails_the_job_with_their_message(
