@@ -57,6 +57,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# Bytes a second an upload is given at least (its deadline: the RPC timeout plus its size at
+# this rate), so that a large submission is not cut off by a deadline sized for small calls.
+UPLOAD_FLOOR = 20e6
 
 
 class Client:
@@ -170,7 +173,11 @@ class Client:
         options = SubmitOptions.from_arguments(locals())  # the keywords are its fields, by name
         payload = payload_for(model, (train, test, data), options, self._init_from(init_from))
         stream = payload.chunks(self.settings.chunk_bytes)
-        reply = self._call("submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t))
+        # The deadline grows with the upload: a second more per UPLOAD_FLOOR bytes.
+        extra = (len(payload.dataset) + len(payload.initial_state)) / UPLOAD_FLOOR
+        reply = self._call(
+            "submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t + extra)
+        )
         return Job(self, reply.job_id, token=reply.token or None)
 
     def _init_from(self, source: Job | str | Mapping[str, torch.Tensor] | None) -> InitFrom | None:

@@ -129,7 +129,7 @@ def _validate_files(model: co_pb2.ModelSpec) -> None:
 
 
 def initial_state(
-    data: bytes, layout: ParamLayout, buffers: BufferLayout
+    data: bytes | bytearray, layout: ParamLayout, buffers: BufferLayout
 ) -> dict[str, torch.Tensor]:
     tensors = state.loads(data, "the model's initial state")
     for slot in layout.slots:

@@ -22,9 +22,9 @@ from pscluster.coordinator.model_spec import (
 )
 from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.data import sources
-from pscluster.data.dataset import Dataset
+from pscluster.data.dataset import Dataset, structure_of
 from pscluster.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from pscluster.model import objective
+from pscluster.model import objective, state
 from pscluster.model.layout import ParamLayout
 from pscluster.model.optimizer import parse_optimizer
 from pscluster.server.consistency import mode_traits, validate_consistency
@@ -49,12 +49,12 @@ class ValidatedJob:
     layout: ParamLayout
     flat: torch.Tensor  # the initial trainable parameters, float32, in layout order
     buffers: torch.Tensor  # the initial buffers, float64, in buffer layout order
-    blobs: dict[str, bytes]
+    blobs: dict[str, bytearray]
 
 
 def read_submission(
     chunks: Iterable[co_pb2.SubmitJobChunk], max_bytes: int = MAX_SUBMISSION_BYTES
-) -> tuple[co_pb2.JobSpec, dict[str, bytes]]:
+) -> tuple[co_pb2.JobSpec, dict[str, bytearray]]:
     """Split a SubmitJob stream into the spec and the blobs it carries.
 
     The stream must close with its end message: gRPC can show the server a client that was
@@ -69,7 +69,7 @@ def read_submission(
             _check_end(chunk.end, spec, total)
             _refuse_anything_after_end(stream)
             assert spec is not None
-            return spec, {n: bytes(b) for n, b in parts.items()}
+            return spec, parts  # not copied: an upload may be gigabytes
         if kind == "spec":
             if spec is not None:
                 raise InvalidArgument("the stream carries two specs; send the JobSpec once, first")
@@ -121,7 +121,7 @@ def _refuse_anything_after_end(rest: Iterator[co_pb2.SubmitJobChunk]) -> None:
 
 def validate_job(
     spec: co_pb2.JobSpec,
-    blob_data: dict[str, bytes],
+    blob_data: dict[str, bytearray],
     configured_shards: int,
     default_partitions: int,
 ) -> ValidatedJob:
@@ -210,7 +210,7 @@ def _in_range(field: str, value: int, low: int, high: int, note: str = "") -> No
         raise InvalidArgument(f"{field}={value} is out of range; expected {low}..{high}{hint}")
 
 
-def _check_blobs(spec: co_pb2.JobSpec, blob_data: dict[str, bytes]) -> None:
+def _check_blobs(spec: co_pb2.JobSpec, blob_data: dict[str, bytearray]) -> None:
     """The uploaded data, or a data source; and the initial state either way."""
     if spec.data.source:
         sources.check_spec(spec.data)
@@ -227,8 +227,10 @@ def _check_blobs(spec: co_pb2.JobSpec, blob_data: dict[str, bytes]) -> None:
         raise InvalidArgument(f"blob(s) {missing} missing; this job needs {needed}")
 
 
-def _dataset_rows(data: bytes, loss: str) -> int:
-    ds = Dataset.from_blob(data)
+def _dataset_rows(data: bytearray, loss: str) -> int:
+    # Views on the upload, in its stored order (no copy of what may be gigabytes: the checks
+    # read shapes and targets, whatever their order).
+    ds = Dataset.from_tensors(state.views(data, "the uploaded data"), structure_of(data))
     name = objective.loss_name(loss)
     for split, y in (("train", ds.train_y), ("test", ds.test_y)):
         what = f"the {split} targets (y)"

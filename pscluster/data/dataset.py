@@ -120,14 +120,14 @@ class Dataset:
             tensors = _load(bytes(blob))
         except (SafetensorError, ValueError) as e:
             raise InvalidArgument(f"the uploaded data is not a valid safetensors file: {e}") from e
-        return cls.from_tensors(_in_given_order(tensors, blob), _metadata(blob))
+        return cls.from_tensors(_in_given_order(tensors, blob), structure_of(blob))
 
     @classmethod
     def from_buffer(cls, blob: bytearray) -> Dataset:
         """The dataset of a fetched blob, its tensors views on ``blob`` (no copy, unless its
         training rows are stored in partition order: they are put back in the given order)."""
         tensors = state.views(blob, "the uploaded data")
-        return cls.from_tensors(_in_given_order(tensors, blob), _metadata(blob))
+        return cls.from_tensors(_in_given_order(tensors, blob), structure_of(blob))
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], structure: Structure) -> Dataset:
@@ -146,7 +146,7 @@ class Dataset:
         return ds
 
 
-def _metadata(blob: bytes | bytearray) -> Structure:
+def structure_of(blob: bytes | bytearray) -> Structure:
     return structure_of_header(state.header(blob, "the uploaded data")[0])
 
 

@@ -62,8 +62,8 @@ class JobData:
         )
         seeded = source.seeds_samples
         self.train = SplitLoader(train, seeded, spec.seed, settings)
-        # Evaluation reads once an epoch: its loader processes are not kept between reads.
-        self.test = SplitLoader(test, seeded, spec.seed, LoaderSettings(workers, settings.prefetch))
+        # Evaluation has a loader of its own, its processes kept between epochs like these.
+        self.test = SplitLoader(test, seeded, spec.seed, settings)
 
     @classmethod
     def open(
