@@ -33,7 +33,11 @@ from pscluster.data.sources.base import (
 )
 from pscluster.errors import InvalidArgument
 
+# Mapped pages a process may gather before they are handed back, and what one row read maps
+# at least: a page fault maps the pages around it too (Linux's fault-around, 64 KiB), so
+# reading 4 KiB rows at random maps 16 times what they hold.
 RELEASE_BYTES = 256 << 20
+FAULT_AROUND = 64 << 10
 _FILE = re.compile(r"^(x|y|x\.(?P<name>[^.-]+))(-(?P<shard>\d{5}))?\.npy$")
 _HINT = "(see examples/make_big_digits.py)"
 
@@ -115,16 +119,22 @@ class NpySamples:
         self.arrays = arrays
         rows = [int(a.shape[0]) for a in arrays["y"]]
         self.starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
-        self._read = 0  # bytes read since the mapped pages were last released
+        self._mapped = 0  # bytes mapped (at most) since the pages were last handed back
+        # What reading one row maps: the row, and at least the fault-around window.
+        self._row_cost = sum(
+            max(int(shards[0].strides[0]) if shards[0].ndim else 0, FAULT_AROUND)
+            for shards in arrays.values()
+        )
 
-    def _count(self, nbytes: int) -> None:
+    def _count(self, rows: int) -> None:
         """Pages of a mapping stay in the process (and in its RSS) once touched: an epoch
-        over a 2 GB set would end with 2 GB resident. Every RELEASE_BYTES read, they are
-        handed back (the kernel's page cache still has them for the next read)."""
-        self._read += nbytes
-        if self._read < RELEASE_BYTES:
+        over a 2 GB set would end with 2 GB resident. Once reads may have mapped
+        RELEASE_BYTES, the pages are handed back (the page cache keeps them for the next
+        read; nothing is read again from disk)."""
+        self._mapped += rows * self._row_cost
+        if self._mapped < RELEASE_BYTES:
             return
-        self._read = 0
+        self._mapped = 0
         for shard_arrays in self.arrays.values():
             for array in shard_arrays:
                 mapping = getattr(array, "_mmap", None)
@@ -149,7 +159,7 @@ class NpySamples:
         shard = int(self._locate(np.array([index], dtype=np.int64))[0])
         row = int(index) - int(self.starts[shard])
         parts = {k: _as_tensor(v[shard][row], f"{self.folder} {k}") for k, v in self.arrays.items()}
-        self._count(sum(t.nbytes for t in parts.values()))
+        self._count(1)
         return self._inputs(parts), parts["y"]
 
     def __getitems__(self, indices: Sequence[int]) -> ReadyBatch:
@@ -172,7 +182,7 @@ class NpySamples:
             pieces = [shard_arrays[shard][rows] for shard, rows in runs]
             gathered = np.concatenate(pieces) if pieces else shard_arrays[0][:0]
             parts[key] = _as_tensor(gathered[back], f"{self.folder} {key}")
-        self._count(sum(t.nbytes for t in parts.values()))
+        self._count(len(idx))
         return ReadyBatch(self._inputs(parts), parts["y"])
 
     @staticmethod
