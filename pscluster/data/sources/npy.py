@@ -5,15 +5,14 @@ Layout of a split (``<path>/<split>/``), shards concatenated along axis 0 in ord
     x-00000.npy, x-00001.npy, ...    y-00000.npy, y-00001.npy, ...   (or one x.npy, y.npy)
     x.<name>-00000.npy, ...          named inputs: x is a dict name -> tensor
 
-Arrays are opened with ``mmap_mode="r"``: opening reads only headers, and a process (a
-DataLoader worker after ``fork()``) pages in only the rows it reads, so a dataset far larger
-than memory trains with no process holding more than its batches.
+Arrays are opened with ``mmap_mode="r"``: opening reads only headers (and checks shapes and
+dtypes); rows are then read with ``pread`` into each batch (:mod:`.npy_rows`), so a dataset
+far larger than memory trains with no process (a DataLoader worker after ``fork()``)
+holding more than its batches.
 """
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,13 +30,9 @@ from pscluster.data.sources.base import (
     args_path,
     normalise,
 )
+from pscluster.data.sources.npy_rows import ShardRows
 from pscluster.errors import InvalidArgument
 
-# Mapped pages a process may gather before they are handed back, and what one row read maps
-# at least: a page fault maps the pages around it too (Linux's fault-around, 64 KiB), so
-# reading 4 KiB rows at random maps 16 times what they hold.
-RELEASE_BYTES = 256 << 20
-FAULT_AROUND = 64 << 10
 _FILE = re.compile(r"^(x|y|x\.(?P<name>[^.-]+))(-(?P<shard>\d{5}))?\.npy$")
 _HINT = "(see examples/make_big_digits.py)"
 
@@ -114,33 +109,17 @@ class NpySamples:
 
     block_rows = 1
 
-    def __init__(self, folder: Path, arrays: dict[str, list[np.ndarray]]) -> None:
+    def __init__(
+        self, folder: Path, arrays: dict[str, list[np.ndarray]], files: dict[str, list[Path]]
+    ) -> None:
         self.folder = folder
         self.arrays = arrays
         rows = [int(a.shape[0]) for a in arrays["y"]]
         self.starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
-        self._mapped = 0  # bytes mapped (at most) since the pages were last handed back
-        # What reading one row maps: the row, and at least the fault-around window.
-        self._row_cost = sum(
-            max(int(shards[0].strides[0]) if shards[0].ndim else 0, FAULT_AROUND)
-            for shards in arrays.values()
-        )
-
-    def _count(self, rows: int) -> None:
-        """Pages of a mapping stay in the process (and in its RSS) once touched: an epoch
-        over a 2 GB set would end with 2 GB resident. Once reads may have mapped
-        RELEASE_BYTES, the pages are handed back (the page cache keeps them for the next
-        read; nothing is read again from disk)."""
-        self._mapped += rows * self._row_cost
-        if self._mapped < RELEASE_BYTES:
-            return
-        self._mapped = 0
-        for shard_arrays in self.arrays.values():
-            for array in shard_arrays:
-                mapping = getattr(array, "_mmap", None)
-                if isinstance(mapping, mmap.mmap):
-                    with contextlib.suppress(OSError, ValueError):
-                        mapping.madvise(mmap.MADV_DONTNEED)
+        self.readers = {
+            key: [ShardRows(path, array) for path, array in zip(files[key], shards, strict=True)]
+            for key, shards in arrays.items()
+        }
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -158,8 +137,11 @@ class NpySamples:
     def __getitem__(self, index: int) -> Sample:
         shard = int(self._locate(np.array([index], dtype=np.int64))[0])
         row = int(index) - int(self.starts[shard])
-        parts = {k: _as_tensor(v[shard][row], f"{self.folder} {k}") for k, v in self.arrays.items()}
-        self._count(1)
+        rows = np.array([row], dtype=np.int64)
+        parts = {
+            k: _as_tensor(v[shard].take(rows)[0], f"{self.folder} {k}")
+            for k, v in self.readers.items()
+        }
         return self._inputs(parts), parts["y"]
 
     def __getitems__(self, indices: Sequence[int]) -> ReadyBatch:
@@ -178,11 +160,10 @@ class NpySamples:
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
         parts: dict[str, torch.Tensor] = {}
-        for key, shard_arrays in self.arrays.items():
-            pieces = [shard_arrays[shard][rows] for shard, rows in runs]
-            gathered = np.concatenate(pieces) if pieces else shard_arrays[0][:0]
+        for key, readers in self.readers.items():
+            pieces = [readers[shard].take(rows) for shard, rows in runs]
+            gathered = np.concatenate(pieces) if pieces else readers[0].take(ordered[:0])
             parts[key] = _as_tensor(gathered[back], f"{self.folder} {key}")
-        self._count(len(idx))
         return ReadyBatch(self._inputs(parts), parts["y"])
 
     @staticmethod
@@ -243,7 +224,7 @@ def _open_folder(folder: Path) -> NpySamples:
     files = {k: _ordered(k, v, folder) for k, v in found.items()}
     arrays = {k: [_load(p) for p in paths] for k, paths in files.items()}
     _check_rows(arrays, files)
-    return NpySamples(folder, arrays)
+    return NpySamples(folder, arrays, files)
 
 
 class NpySource:
