@@ -107,18 +107,24 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Decode]]:
     """Every row group decode: (reader, group, columns)."""
     calls: list[Decode] = []
     real = pq.ParquetFile.read_row_group
+    opened: dict[int, str] = {}
+    real_init = pq.ParquetFile.__init__
+
+    def remember(self: Any, source: Any, *args: Any, **kw: Any) -> None:
+        opened[id(self)] = Path(source).name
+        real_init(self, source, *args, **kw)
 
     def spy(self: Any, i: int, columns: list[str] | None = None, **kw: Any) -> Any:
-        calls.append((self, i, list(columns or [])))
+        calls.append((opened[id(self)], i, list(columns or [])))
         return real(self, i, columns=columns, **kw)
 
+    monkeypatch.setattr(pq.ParquetFile, "__init__", remember)
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
     yield calls
 
 
 def _named(samples: ParquetSamples, calls: list[Decode]) -> list[tuple[str, int, list[str]]]:
-    files = {id(reader): samples.files[i].name for i, reader in samples._handles.items()}
-    return [(files[id(reader)], group, columns) for reader, group, columns in calls]
+    return [(name, group, columns) for name, group, columns in calls]
 
 
 def test_a_batch_decodes_the_groups_it_touches_once(tmp_path: Path, decoded: list[Decode]) -> None:
