@@ -5,7 +5,10 @@ Example (paths are relative to the YAML file's folder)::
     name: digits
     model: digits_model.py:DigitsNet
     model_kwargs: {hidden: 128}
-    data: digits_data.py:load        # returns ((X, y), (X_test, y_test))
+    data: digits_data.py:load        # returns ((X, y), (X_test, y_test)), uploaded
+    # or data the workers read where it lives (README, "Data where it lives"):
+    # data: {source: npy, path: /data/digits-big}
+    # data: {source: mydata.py:make_dataset, args: {root: /data/x}, loader_workers: 2}
     mode: ssp
     staleness: 2
     optimizer: {name: sgd, lr: 0.05, momentum: 0.9}

@@ -1,1 +1,2 @@
-"""Datasets as the cluster sees them: one safetensors blob, split into leased partitions."""
+"""A job's data as workers read it: uploaded arrays or a data source, cut into leased
+partitions (:mod:`.partitions`) and read batch by batch (:mod:`.loading`, :mod:`.sources`)."""
