@@ -92,15 +92,20 @@ class ContainerSampler:
         except Exception:  # a container going away between ps and top
             return
         rows = [line.split(None, 3) for line in out.splitlines()[1:] if line.strip()]
-        mains = {r[0] for r in rows if "pscluster" in r[3] and "psc-health" not in r[3]}
-        for _pid, ppid, rss, args in rows:
-            if "pscluster" not in args or "psc-health" in args:
-                continue
+        # pscluster's own processes: not the container's init (docker-init -- pscluster ...)
+        # nor the health probe.
+        ours = [r for r in rows if "pscluster" in r[3] and not _not_ours(r[3])]
+        mains = {r[0] for r in ours if r[1] not in {o[0] for o in ours}}
+        for _pid, ppid, rss, _args in ours:
             kind = "shard" if service.startswith("ps-") else service
             if ppid in mains and service == "worker":
                 kind = "worker loader"
             mb = int(rss) / 1024
             self.peaks[kind] = max(self.peaks.get(kind, 0.0), round(mb, 1))
+
+
+def _not_ours(args: str) -> bool:
+    return "docker-init" in args or "psc-health" in args
 
 
 def main() -> None:
