@@ -44,11 +44,10 @@ class JobData:
         spec: co_pb2.JobSpec,
         source: sources.DataSource,
         device: torch.device,
-        shape: co_pb2.DataShape | None = None,
     ) -> None:
         self.spec, self.device = spec, device
         train, test = source.open("train"), source.open("test")
-        self.shape = shape or co_pb2.DataShape(
+        self.shape = co_pb2.DataShape(
             train_rows=len(train), test_rows=len(test), block_rows=base.block_rows(train)
         )
         for split, samples in (("train", train), ("test", test)):

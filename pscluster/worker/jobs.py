@@ -57,12 +57,8 @@ class JobCache:
         try:
             rt = JobRuntime(self.stub, job_id, self.settings, self.shards, worker_id)
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
-                # The coordinator refused this worker's data (other sizes than the first
-                # worker's source gave) and failed the job with both: nothing to retry.
-                log.error("job %s cannot run here: %s", job_id, e.details())  # type: ignore[attr-defined]
-                self.failed.add(job_id)
-                return None
+            # The coordinator did not answer, or refused (a source whose sizes differ from the
+            # first worker's: it failed the job itself, so no lease of it comes again).
             log.warning("could not load job %s: %s", job_id, e)
             return None
         except Exception as e:
