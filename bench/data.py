@@ -52,7 +52,7 @@ from pscluster.client.local import LocalCluster  # noqa: E402
 from pscluster.data.loading import LoaderSettings, SplitLoader  # noqa: E402
 from pscluster.data.partitions import batches  # noqa: E402
 from pscluster.data.sources import BUILTIN  # noqa: E402
-from pscluster.data.sources.base import DataSource  # noqa: E402
+from pscluster.data.sources.base import DataSource, block_rows  # noqa: E402
 from pscluster.data.sources.function import FunctionSource  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -186,7 +186,7 @@ def loader_alone(variant: str, data: dict[str, Path], loader_workers: int, n: in
     """Samples/s of reading a lease's batches with nothing else to do (no training)."""
     source = source_of(variant, data)
     samples = source.open("train")
-    block = getattr(samples, "block_rows", 1)
+    block = block_rows(samples)
     plan = batches(len(samples), partitions_for(data), 0, 0, BATCH, SEED, block)[:n]
     reader = SplitLoader(samples, source.seeds_samples, SEED, LoaderSettings(loader_workers, 4))
     try:

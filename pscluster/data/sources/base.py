@@ -9,7 +9,7 @@ each a module of this package, registered in :data:`pscluster.data.sources.SOURC
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -73,6 +73,37 @@ def args_path(args: Mapping[str, Any], kind: str) -> str:
     if not isinstance(path, str) or not path:
         raise InvalidArgument(f"data source {kind!r} needs args {{'path': <folder>}}")
     return path
+
+
+@dataclass(frozen=True)
+class Gather:
+    """How to read rows asked for in any order from a source laid out in pieces (``.npy``
+    shards, Parquet row groups): each piece's rows in ascending order, piece after piece (one
+    pass over each file), and how to put the rows read back in the order asked for."""
+
+    runs: list[tuple[int, np.ndarray]]  # (piece, its rows within the piece, ascending)
+    back: np.ndarray  # the concatenated runs' rows, indexed by this: the order asked for
+
+    @classmethod
+    def plan(cls, indices: Sequence[int], starts: np.ndarray, where: str = "") -> Gather:
+        """``starts``: each piece's first row, then the row count. IndexError for a row out
+        of range (``where`` ends its message)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        rows = int(starts[-1])
+        if idx.size and (idx.min() < 0 or idx.max() >= rows):
+            bad = idx[(idx < 0) | (idx >= rows)][0]
+            raise IndexError(f"sample {bad} out of range 0..{rows - 1}{where}")
+        order = np.argsort(idx, kind="stable")
+        ordered = idx[order]
+        pieces = np.searchsorted(starts, ordered, side="right") - 1
+        runs = [
+            (int(pieces[run[0]]), ordered[run] - starts[pieces[run[0]]])
+            for run in np.split(np.arange(len(ordered)), np.flatnonzero(np.diff(pieces)) + 1)
+            if run.size
+        ]
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return cls(runs, back)
 
 
 def collate(samples: list[Sample] | ReadyBatch, what: str) -> tuple[Inputs, torch.Tensor]:

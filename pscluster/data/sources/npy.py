@@ -25,6 +25,7 @@ from pscluster.data.inputs import Inputs
 from pscluster.data.sources.base import (
     SPLITS,
     DataNotFound,
+    Gather,
     ReadyBatch,
     Sample,
     args_path,
@@ -128,16 +129,8 @@ class NpySamples:
         # Pickling a memmap copies the whole array; another process maps the files again.
         return (_reopen, (str(self.folder),))
 
-    def _locate(self, indices: np.ndarray) -> np.ndarray:
-        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
-            bad = indices[(indices < 0) | (indices >= len(self))][0]
-            raise IndexError(f"sample {bad} out of range 0..{len(self) - 1} of {self.folder}")
-        return np.searchsorted(self.starts, indices, side="right") - 1
-
     def __getitem__(self, index: int) -> Sample:
-        shard = int(self._locate(np.array([index], dtype=np.int64))[0])
-        row = int(index) - int(self.starts[shard])
-        rows = np.array([row], dtype=np.int64)
+        ((shard, rows),) = Gather.plan([index], self.starts, f" of {self.folder}").runs
         parts = {
             k: _as_tensor(v[shard].take(rows)[0], f"{self.folder} {k}")
             for k, v in self.readers.items()
@@ -147,23 +140,13 @@ class NpySamples:
     def __getitems__(self, indices: Sequence[int]) -> ReadyBatch:
         """Gathers shard by shard in index order (sequential reads within a file), then puts
         the rows back in the order asked for."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        order = np.argsort(idx, kind="stable")
-        ordered = idx[order]
-        shards = self._locate(ordered)
-        cuts = np.flatnonzero(np.diff(shards)) + 1
-        runs = [  # (shard, its rows in ascending order)
-            (int(shards[run[0]]), ordered[run] - self.starts[shards[run[0]]])
-            for run in np.split(np.arange(len(ordered)), cuts)
-            if run.size
-        ]
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
+        gather = Gather.plan(indices, self.starts, f" of {self.folder}")
         parts: dict[str, torch.Tensor] = {}
         for key, readers in self.readers.items():
-            pieces = [readers[shard].take(rows) for shard, rows in runs]
-            gathered = np.concatenate(pieces) if pieces else readers[0].take(ordered[:0])
-            parts[key] = _as_tensor(gathered[back], f"{self.folder} {key}")
+            pieces = [readers[shard].take(rows) for shard, rows in gather.runs]
+            empty = np.zeros(0, dtype=np.int64)
+            gathered = np.concatenate(pieces) if pieces else readers[0].take(empty)
+            parts[key] = _as_tensor(gathered[gather.back], f"{self.folder} {key}")
         return ReadyBatch(self._inputs(parts), parts["y"])
 
     @staticmethod

@@ -31,6 +31,7 @@ from pscluster.data.inputs import Inputs
 from pscluster.data.sources.base import (
     SPLITS,
     DataNotFound,
+    Gather,
     ReadyBatch,
     Sample,
     args_path,
@@ -203,43 +204,27 @@ class ParquetSamples:
                 self.cache_bytes -= sum(a.nbytes for a in old.values())
         return decoded
 
-    def _locate(self, indices: np.ndarray) -> np.ndarray:
-        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
-            bad = indices[(indices < 0) | (indices >= len(self))][0]
-            raise IndexError(f"sample {bad} out of range 0..{len(self) - 1}")
-        return np.searchsorted(self.starts, indices, side="right") - 1
-
     def _batch(self, parts: dict[str, np.ndarray]) -> tuple[Inputs, torch.Tensor]:
         t = {k: normalise(torch.from_numpy(v), f"parquet {k}") for k, v in parts.items()}
         x: Inputs = {k: t[f"x.{k}"] for k in self.columns.x} if self.columns.named else t["x.x"]
         return x, t["y"]
 
     def __getitem__(self, index: int) -> Sample:
-        g = int(self._locate(np.array([index], dtype=np.int64))[0])
-        row = int(index) - int(self.starts[g])
-        return self._batch({k: np.array(a[row]) for k, a in self._group(g).items()})
+        ((g, rows),) = Gather.plan([index], self.starts).runs
+        return self._batch({k: np.array(a[int(rows[0])]) for k, a in self._group(g).items()})
 
     def __getitems__(self, indices: Sequence[int]) -> ReadyBatch:
         """Decodes each row group the batch touches once, in file order, then puts the rows
         back in the order asked for."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        order = np.argsort(idx, kind="stable")
-        ordered = idx[order]
-        groups = self._locate(ordered)
+        gather = Gather.plan(indices, self.starts)
         pieces: dict[str, list[np.ndarray]] = {f"x.{k}": [] for k in self.columns.x}
         pieces["y"] = []
-        for run in np.split(np.arange(len(ordered)), np.flatnonzero(np.diff(groups)) + 1):
-            if not run.size:
-                continue
-            g = int(groups[run[0]])
-            decoded = self._group(g)
-            for key, a in decoded.items():
-                pieces[key].append(a[ordered[run] - self.starts[g]])
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
-        if not idx.size:
+        for g, rows in gather.runs:
+            for key, a in self._group(g).items():
+                pieces[key].append(a[rows])
+        if not gather.runs:
             pieces = {k: [v[:0]] for k, v in self._group(0).items()}
-        x, y = self._batch({k: np.concatenate(v)[back] for k, v in pieces.items()})
+        x, y = self._batch({k: np.concatenate(v)[gather.back] for k, v in pieces.items()})
         return ReadyBatch(x, y)
 
 
