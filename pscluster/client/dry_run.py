@@ -22,6 +22,7 @@ from pscluster.data.dataset import Dataset
 from pscluster.data.inputs import Inputs
 from pscluster.errors import PSError
 from pscluster.model import objective, rebuild
+from pscluster.model.hosted import attach_drawn_rows
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.worker.precision import Precision, PrecisionUnavailable
 
@@ -57,6 +58,7 @@ def _dry_run(spec: co_pb2.JobSpec, initial: dict[str, torch.Tensor], data: Datas
     try:
         code = rebuild.load_code(spec.model)
         model = rebuild.build_model(spec.model, initial, code)
+        attach_drawn_rows(model)  # tables on the shards: rows drawn as the shards would
         loss_fn = rebuild.loss_function(spec, code)
     except PSError as e:
         raise InvalidJobError(f"{name} does not build from the code that would be sent: {e}") from e

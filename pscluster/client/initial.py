@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from pscluster.client.errors import InvalidJobError
+from pscluster.errors import PSError
+from pscluster.model.hosted import TableInfo, host_tables, hosting
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,9 @@ class Initial:
     state: dict[str, torch.Tensor]  # the full state_dict: trainable, frozen and buffers
     loaded: tuple[str, ...] = ()  # entries taken from init_from
     fresh: tuple[str, ...] = ()  # entries init_from did not have (kept as initialised)
+    # Tables hosted on the shards (pscluster.model.hosted); ``state`` holds the rows of those
+    # init_from gave, the others start on the shards.
+    tables: tuple[TableInfo, ...] = ()
 
 
 def build(
@@ -38,23 +43,52 @@ def build(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            instance = model_cls(**kwargs)
+            with hosting():
+                instance = model_cls(**kwargs)
+            tables = tuple(host_tables(instance))
+        except PSError as e:
+            raise InvalidJobError(str(e)) from e
         except Exception as e:  # the user's constructor: any error is theirs to see
             raise InvalidJobError(
                 f"could not build {model_cls.__name__}(**{kwargs!r}): {type(e).__name__}: {e}"
             ) from e
-    _check_params(model_cls, instance)
+    _check_params(model_cls, instance, tables)
     loaded: tuple[str, ...] = ()
     fresh: tuple[str, ...] = ()
+    given_tables: dict[str, torch.Tensor] = {}
     if init_from is not None:
-        loaded, fresh = _load(instance, init_from)
+        given_tables = _table_rows(tables, init_from)
+        rest = {k: v for k, v in init_from.items() if k not in given_tables}
+        loaded, fresh = _load(instance, rest)
+        loaded = tuple(sorted((*loaded, *given_tables)))
     state = {k: v.detach().to("cpu").contiguous() for k, v in instance.state_dict().items()}
-    return Initial(instance, state, loaded, fresh)
+    state.update(given_tables)
+    return Initial(instance, state, loaded, fresh, tables)
 
 
-def _check_params(model_cls: type[nn.Module], instance: nn.Module) -> None:
+def _table_rows(
+    tables: tuple[TableInfo, ...], given: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The init_from entries that are hosted tables' rows, checked against their shapes."""
+    out = {}
+    for table in tables:
+        rows = given.get(table.name)
+        if rows is None:
+            continue
+        if tuple(rows.shape) != (table.num_rows, table.dim):
+            raise InvalidJobError(
+                f"init_from[{table.name!r}] has shape {tuple(rows.shape)}; the table is "
+                f"({table.num_rows}, {table.dim})"
+            )
+        out[table.name] = rows.detach().to("cpu", torch.float32).contiguous()
+    return out
+
+
+def _check_params(
+    model_cls: type[nn.Module], instance: nn.Module, tables: tuple[TableInfo, ...]
+) -> None:
     params = list(instance.named_parameters())
-    if not params:
+    if not params and not tables:
         raise InvalidJobError(f"{model_cls.__name__} has no parameters to train")
     wrong = [f"{n} ({p.dtype})" for n, p in params if p.dtype != torch.float32]
     if wrong:
@@ -63,7 +97,7 @@ def _check_params(model_cls: type[nn.Module], instance: nn.Module) -> None:
             f"vectors); these are not: {', '.join(wrong)}. Remove .double()/.half() from the "
             "model (train in half precision with precision='bf16' instead)"
         )
-    if not any(p.requires_grad for _, p in params):
+    if params and not any(p.requires_grad for _, p in params):
         raise InvalidJobError(
             f"every parameter of {model_cls.__name__} is frozen (requires_grad=False): "
             "nothing would train"

@@ -34,6 +34,7 @@ from pscluster.data.dataset import Dataset
 from pscluster.errors import PSError
 from pscluster.model import bundle, objective, rebuild, state
 from pscluster.model.bundle import shipped_module
+from pscluster.model.sparse_optimizer import sparse_optimizer_config
 from pscluster.transport import wire
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
@@ -123,7 +124,11 @@ def payload_for(
     params, buffers = rebuild.describe(start.model)
     model_spec.params.extend(params)
     model_spec.buffers.extend(buffers)
+    model_spec.tables.extend(
+        co_pb2.ParamInfo(name=t.name, shape=(t.num_rows, t.dim)) for t in start.tables
+    )
     spec = _job_spec(options, model_spec, loss_name, loss_fn, init_from)
+    _sparse_options(spec, options)
     _check_objective(spec)
     if source is None:
         arrays: Dataset | None = _dataset(data[0], data[1])
@@ -136,6 +141,32 @@ def payload_for(
         dry_run.dry_run(spec, start.state, sample)
     blob = arrays.to_blob(seed=spec.seed) if arrays else b""
     return Payload(spec, blob, state.dumps(start.state))
+
+
+def _sparse_options(spec: co_pb2.JobSpec, options: SubmitOptions) -> None:
+    """The sparse optimizer goes with hosted tables, and only with them."""
+    names = [t.name for t in spec.model.tables]
+    if not names:
+        if options.sparse_optimizer is not None:
+            raise InvalidJobError(
+                "sparse_optimizer is set but the model has no sparse table: build its "
+                "embeddings with nn.Embedding(..., sparse=True) to host them on the shards"
+            )
+        return
+    if options.sparse_optimizer is None:
+        raise InvalidJobError(
+            f"the model's tables {names} live on the shards (sparse=True): pass "
+            "sparse_optimizer, e.g. {'name': 'adagrad', 'lr': 0.05}"
+        )
+    if options.local_steps > 1:
+        raise InvalidJobError(
+            "local_steps cannot be used with tables on the shards: each step looks up the "
+            "rows it touches, so there is no local copy to take steps on"
+        )
+    try:
+        spec.sparse_optimizer.CopyFrom(sparse_optimizer_config(dict(options.sparse_optimizer)))
+    except PSError as e:
+        raise InvalidJobError(str(e)) from e
 
 
 def _source(

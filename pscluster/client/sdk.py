@@ -116,6 +116,7 @@ class Client:
         mode: str = "async",
         staleness: int = 0,
         optimizer: Mapping[str, Any] | None = None,
+        sparse_optimizer: Mapping[str, Any] | None = None,
         epochs: int = 10,
         batch_size: int = 64,
         model_kwargs: Mapping[str, Any] | None = None,

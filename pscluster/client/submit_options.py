@@ -59,6 +59,13 @@ class SubmitOptions:
     per window. Use it with ``mode="sync"``, or lower ``lr`` in async, where every
     worker's whole change is added. 0 or 1: pull and push every step.
 
+    Sparse tables: every ``nn.Embedding``/``nn.EmbeddingBag`` built with ``sparse=True``
+    lives on the shards, split row-wise by id, and is never allocated on a worker; a batch
+    pulls and pushes only the rows it touches. ``sparse_optimizer`` (required then) steps
+    those rows, e.g. ``{"name": "adagrad", "lr": 0.05}`` (sgd, adagrad, rowwise_adagrad,
+    lazy_adam: torch's SGD, Adagrad and SparseAdam on sparse gradients; rowwise_adagrad keeps
+    one accumulator per row). ``optimizer`` steps the dense parameters.
+
     A job reading a data source (``data=``; see :mod:`pscluster.client.data_source`)
     passes ``data_args`` to it, and each worker reads its samples in ``loader_workers``
     DataLoader processes (0: in the training process), ``prefetch_batches`` ahead.
@@ -74,6 +81,7 @@ class SubmitOptions:
     mode: str = "async"
     staleness: int = 0
     optimizer: Mapping[str, Any] | None = None
+    sparse_optimizer: Mapping[str, Any] | None = None
     epochs: int = 10
     batch_size: int = 64
     model_kwargs: Mapping[str, Any] | None = None

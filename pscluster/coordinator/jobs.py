@@ -13,13 +13,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
-import torch
 
 from pscluster.coordinator import blobs
 from pscluster.coordinator import store as st
 from pscluster.coordinator.core.scheduler import JobPlan
 from pscluster.coordinator.runtime import Runtime
-from pscluster.coordinator.shard_init import initial_vectors, shard_configs
+from pscluster.coordinator.shard_init import Initial, initial_vectors, shard_configs
 from pscluster.coordinator.spec import (
     SUBMITTED_BLOBS,
     read_submission,
@@ -87,7 +86,7 @@ class JobManager:
         )
         rt.store.create_job(record)
         log.info("job %s submitted: %d params on %d shards", job_id, job.layout.size, len(slices))
-        self.start(job_id, (job.flat, job.buffers))
+        self.start(job_id, (job.flat, job.buffers, job.tables))
         return self.require(job_id)
 
     def _require_cuda_workers(self) -> None:
@@ -119,7 +118,7 @@ class JobManager:
             with self.rt.lock:
                 self._busy.discard(job_id)
 
-    def start(self, job_id: str, initial: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool:
+    def start(self, job_id: str, initial: Initial | None = None) -> bool:
         """Initialise a pending job on its shards and start scheduling it; False if it stays
         pending (a shard is unreachable: the monitor retries) or is no longer pending."""
         rt = self.rt
@@ -145,9 +144,7 @@ class JobManager:
             rt.shards.drop_job([p.address for p in job.shards], job_id)
             return False
 
-    def _init_shards(
-        self, job: st.JobRecord, initial: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> bool:
+    def _init_shards(self, job: st.JobRecord, initial: Initial | None) -> bool:
         rt = self.rt
         addresses = [p.address for p in job.shards]
         # A health check first: its short deadline finds a dead or black-holed shard in

@@ -13,6 +13,7 @@ from pscluster.coordinator import store as st
 from pscluster.coordinator.model_spec import buffer_layout_of, buffer_ranges, layout_of
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.stats import aggregate
+from pscluster.coordinator.tables import read_tables
 from pscluster.model import state
 from pscluster.shard_client import ShardError, ShardRange
 from pscluster.v1 import common_pb2
@@ -39,6 +40,9 @@ def model_and_versions(
     initial = state.loads(rt.blobs.read(job.job_id, blobs.INITIAL_STATE), "initial_state")
     initial.update(layout.unflatten(live.values))
     initial.update(buffers.unflatten(live.buffers))
+    if spec.model.tables:  # read after the dense values: a running job's rows move meanwhile
+        addresses = [p.address for p in job.shards]
+        initial.update(read_tables(rt.shards, job.job_id, spec, addresses))
     return initial, tuple(live.versions)
 
 

@@ -14,27 +14,38 @@ from pscluster.coordinator.model_spec import (
     layout_of,
 )
 from pscluster.coordinator.spec import shard_optimizer
+from pscluster.coordinator.tables import shard_tables
 from pscluster.model import state
 from pscluster.transport import wire
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
+Initial = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
 
-def initial_vectors(job: st.JobRecord, initial_state: bytes) -> tuple[torch.Tensor, torch.Tensor]:
-    """The job's initial parameters (float32) and buffers (float64) from its stored state."""
+
+def initial_vectors(job: st.JobRecord, initial_state: bytes) -> Initial:
+    """The job's initial parameters (float32), buffers (float64) and the table rows it was
+    given (by name; tables not in it start on the shards) from its stored state."""
     spec = co_pb2.JobSpec.FromString(job.spec)
     tensors = state.loads(initial_state, "the model's initial state")
-    return layout_of(spec).flatten(tensors), buffer_layout_of(spec).flatten(tensors)
+    tables = {t.name: tensors[t.name] for t in spec.model.tables if t.name in tensors}
+    return layout_of(spec).flatten(tensors), buffer_layout_of(spec).flatten(tensors), tables
 
 
 def shard_configs(
-    job: st.JobRecord, flat: torch.Tensor, buffers: torch.Tensor
+    job: st.JobRecord,
+    flat: torch.Tensor,
+    buffers: torch.Tensor,
+    tables: dict[str, torch.Tensor] | None = None,
 ) -> list[tuple[str, ps_pb2.ShardJobConfig, torch.Tensor]]:
-    """(address, config, initial values) of every shard of the job, in plan order."""
+    """(address, config, initial values) of every shard of the job, in plan order; a shard's
+    values are its parameter range followed by the given rows of the tables it holds."""
     spec = co_pb2.JobSpec.FromString(job.spec)
     counters = buffer_layout_of(spec).counter_spans()
     out = []
-    for part, brange in zip(job.shards, buffer_ranges(spec, len(job.shards)), strict=True):
+    ranges = buffer_ranges(spec, len(job.shards))
+    for index, (part, brange) in enumerate(zip(job.shards, ranges, strict=True)):
+        table_configs, rows = shard_tables(spec, index, len(job.shards), tables or {})
         config = ps_pb2.ShardJobConfig(
             job_id=job.job_id,
             start=part.start,
@@ -49,6 +60,10 @@ def shard_configs(
             buffer_length=brange.length,
             counters=counter_spans_in(counters, brange),
             initial_buffers=wire.encode_float64(buffers[brange.start : brange.end]),
+            tables=table_configs,
         )
-        out.append((part.address, config, flat[part.start : part.start + part.length]))
+        if table_configs:
+            config.sparse_optimizer.CopyFrom(spec.sparse_optimizer)
+        values = flat[part.start : part.start + part.length]
+        out.append((part.address, config, torch.cat([values, *rows]) if rows else values))
     return out

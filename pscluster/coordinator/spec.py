@@ -21,6 +21,7 @@ from pscluster.coordinator.model_spec import (
     validate_model,
 )
 from pscluster.coordinator.stragglers import StragglerSettings
+from pscluster.coordinator.tables import check_given_rows, validate_tables
 from pscluster.data import sources
 from pscluster.data.dataset import Dataset, structure_of
 from pscluster.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
@@ -50,6 +51,7 @@ class ValidatedJob:
     flat: torch.Tensor  # the initial trainable parameters, float32, in layout order
     buffers: torch.Tensor  # the initial buffers, float64, in buffer layout order
     blobs: dict[str, bytearray]
+    tables: dict[str, torch.Tensor]  # the tables' rows the initial state gives, by name
 
 
 def read_submission(
@@ -129,6 +131,7 @@ def validate_job(
     _check_blobs(spec, blob_data)
     buffers = buffer_layout_of(spec)
     initial = initial_state(blob_data[blobs.INITIAL_STATE], layout, buffers)
+    check_given_rows(spec, initial)
     explicit = co_pb2.JobSpec()
     explicit.CopyFrom(spec)
     explicit.partitions = spec.partitions or default_partitions
@@ -145,8 +148,9 @@ def validate_job(
         # SDK default, a job file switched between modes) is dropped, so the plan shows what
         # is in force.
         explicit.staleness = 0
+    tables = {t.name: initial[t.name] for t in spec.model.tables if t.name in initial}
     return ValidatedJob(
-        explicit, layout, layout.flatten(initial), buffers.flatten(initial), blob_data
+        explicit, layout, layout.flatten(initial), buffers.flatten(initial), blob_data, tables
     )
 
 
@@ -159,6 +163,8 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     if len(spec.name) > MAX_NAME:
         raise InvalidArgument(f"name has {len(spec.name)} characters; at most {MAX_NAME}")
     layout = validate_model(spec.model)
+    dense = {p.name for p in spec.model.params} | {b.name for b in spec.model.buffers}
+    validate_tables(spec, dense)
     # The shards' own rules (and their one list of modes), so a job the coordinator accepts
     # is one every shard accepts.
     validate_consistency(spec.mode, spec.staleness, spec.backup_workers)

@@ -14,6 +14,7 @@ from pscluster.errors import InvalidArgument
 from pscluster.model import objective
 from pscluster.model.buffers import BufferLayout, dtype_name, parse_dtype
 from pscluster.model.bundle import CodeBundle
+from pscluster.model.hosted import host_tables, hosting
 from pscluster.model.layout import ParamLayout
 from pscluster.model.loader import LoadedBundle
 from pscluster.model.source import parse_kwargs
@@ -58,13 +59,21 @@ def load_code(spec: co_pb2.ModelSpec) -> LoadedBundle:
 def build_model(
     spec: co_pb2.ModelSpec, initial: dict[str, torch.Tensor], code: LoadedBundle
 ) -> nn.Module:
-    """The user's model from the shipped code, checked against the spec, in its initial state."""
-    model = code.model_class(spec.class_name)(**parse_kwargs(spec.kwargs_json))
+    """The user's model from the shipped code, checked against the spec, in its initial
+    state; its sparse embeddings hosted (:mod:`pscluster.model.hosted`: no rows here)."""
+    with hosting():
+        model = code.model_class(spec.class_name)(**parse_kwargs(spec.kwargs_json))
+    built_tables = [
+        co_pb2.ParamInfo(name=t.name, shape=(t.num_rows, t.dim)) for t in host_tables(model)
+    ]
+    _same("tables on the shards", built_tables, list(spec.tables))
     built_params, built_buffers = describe(model)
     _same("trainable parameters", built_params, list(spec.params))
     _same("buffers", built_buffers, list(spec.buffers))
+    tables = {t.name for t in spec.tables}
+    dense = {k: v for k, v in initial.items() if k not in tables}  # tables start on the shards
     try:
-        model.load_state_dict(initial, strict=True)
+        model.load_state_dict(dense, strict=True)
     except RuntimeError as e:
         raise ModelMismatch(f"the initial state does not load into the model: {e}") from e
     return model

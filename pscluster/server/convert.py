@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import torch
+
 from pscluster.compression import parse_settings
+from pscluster.errors import InvalidArgument
 from pscluster.model.optimizer import parse_optimizer
+from pscluster.model.sparse_optimizer import parse_sparse_optimizer
 from pscluster.server.domain import (
     JobConfig,
     JobStats,
@@ -14,6 +18,8 @@ from pscluster.server.domain import (
     PushHeader,
     PushResult,
 )
+from pscluster.server.tables.rows import F32, RowBlockInfo
+from pscluster.server.tables.spec import table_spec
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
@@ -44,6 +50,10 @@ def job_config(config: ps_pb2.ShardJobConfig) -> JobConfig:
         buffer_start=config.buffer_start,
         buffer_length=config.buffer_length,
         counters=tuple((span.start, span.length) for span in config.counters),
+        tables=tuple(table_spec(t) for t in config.tables),
+        sparse_optimizer=(
+            parse_sparse_optimizer(config.sparse_optimizer) if config.tables else None
+        ),
     )
 
 
@@ -61,6 +71,7 @@ def push_header(header: ps_pb2.PushHeader) -> PushHeader:
         payload_bytes=header.payload_bytes,
         grad_scale=header.grad_scale,
         buffer_delta=header.buffer_delta,
+        rows=tuple(RowBlockInfo(b.table, b.count, b.dtype or F32) for b in header.rows),
     )
 
 
@@ -92,3 +103,24 @@ def pull_header(snapshot: PullSnapshot) -> ps_pb2.PullChunk:
 
 def job_stats(stats: JobStats, shard: str) -> common_pb2.ShardJobStats:
     return common_pb2.ShardJobStats(shard=shard, **asdict(stats))
+
+
+def lookup_ids(data: bytes) -> torch.Tensor:
+    """A Lookup's ids (int64 little-endian bytes); InvalidArgument if they are not whole."""
+    if len(data) % 8:
+        raise InvalidArgument(f"ids are {len(data)} bytes, not a whole number of int64 values")
+    if not data:
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.frombuffer(bytearray(data), dtype=torch.int64)
+
+
+def lookup_header(rows: torch.Tensor, dtype: int, version: int) -> ps_pb2.PullChunk:
+    return ps_pb2.PullChunk(
+        header=ps_pb2.PullHeader(
+            version=version,
+            rows=rows.shape[0],
+            dim=rows.shape[1] if rows.dim() == 2 else 0,
+            length=rows.numel(),
+            dtype=common_pb2.DType.ValueType(dtype),
+        )
+    )

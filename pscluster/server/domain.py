@@ -8,7 +8,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pscluster.model.optimizer import OptimizerSpec
+from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.snapshots import SnapshotLease
+from pscluster.server.tables.rows import RowBlockInfo
+from pscluster.server.tables.spec import TableSpec
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class JobConfig:
     buffer_length: int = 0
     # (start, length) spans of the buffer range that count (summed, not averaged, in sync).
     counters: tuple[tuple[int, int], ...] = ()
+    # Embedding tables this shard holds rows of (pscluster.server.tables), and their optimizer.
+    tables: tuple[TableSpec, ...] = ()
+    sparse_optimizer: SparseOptimizerSpec | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able, for checkpoints."""
@@ -41,7 +47,20 @@ class JobConfig:
         spec = dict(data["optimizer"])
         spec["betas"] = tuple(spec["betas"])
         counters = tuple((int(start), int(length)) for start, length in data.get("counters", ()))
-        return cls(**{**data, "optimizer": OptimizerSpec(**spec), "counters": counters})
+        tables = tuple(TableSpec.from_json(t) for t in data.get("tables", ()))
+        sparse = data.get("sparse_optimizer")
+        sparse_spec = None
+        if sparse is not None:
+            sparse_spec = SparseOptimizerSpec(**{**sparse, "betas": tuple(sparse["betas"])})
+        return cls(
+            **{
+                **data,
+                "optimizer": OptimizerSpec(**spec),
+                "counters": counters,
+                "tables": tables,
+                "sparse_optimizer": sparse_spec,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,8 @@ class PushHeader:
     grad_scale: float = 0.0
     # float64 little-endian change to the job's buffers; empty means no change.
     buffer_delta: bytes = field(default=b"", repr=False)
+    # Row gradients of the job's tables, after the dense payload (pscluster.server.tables.rows).
+    rows: tuple[RowBlockInfo, ...] = ()
 
     @property
     def scale(self) -> float:

@@ -23,6 +23,8 @@ from pscluster.server.buffers import (
 )
 from pscluster.server.domain import JobConfig, PushHeader
 from pscluster.server.job_buffers import decode_delta
+from pscluster.server.tables.rows import RowGrads, SplitStream, decode_rows, rows_bytes
+from pscluster.transport import wire
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Received:
     # The payload exactly as it came off the wire, for the journal (None: not kept).
     payload: bytearray | None
     nonfinite: str  # "" or what holds a NaN or Inf ("the gradient", "the buffer_delta")
+    rows: RowGrads | None = None  # the push's row gradients (owned), None: it has none
     _pool: Pool[bytearray] | None = None
     _buffer: bytearray | None = None
 
@@ -58,6 +61,11 @@ class PushIntake:
         InvalidArgument for a payload that does not match it."""
         raw = header.codec == "none"
         buffer = self._buffers.take() if raw and is_float32(header.dtype) else None
+        split = None
+        if header.rows:  # the row blocks follow the dense payload in the same stream
+            dense = header.length * wire.itemsize(header.dtype) if raw else header.payload_bytes
+            split = SplitStream(data, dense)
+            data = split.head()
         # Float32 is logged from the receive buffer itself; other payloads as chunks go by.
         payload = buffer if keep_payload else None
         if keep_payload and buffer is None:
@@ -65,18 +73,36 @@ class PushIntake:
             data = _tee(data, payload)
         try:
             grad = self._decode(header, data, buffer)
+            rows = self._rows(header, split)
+            if keep_payload and rows is not None and payload is not None:
+                payload = payload + rows[1]  # the journal logs the push as it came
             grad = _unscale(grad, header.scale, shares_payload=keep_payload and buffer is not None)
             delta = decode_delta(header.buffer_delta, self._config.buffer_length)
         except BaseException:
             if buffer is not None:
                 self._buffers.give(buffer)
             raise
+        grads = None if rows is None else rows[0]
+        if grads is not None and header.scale != 1:
+            grads.scale_(1 / header.scale)
         nonfinite = ""
         if not all_finite(grad):
             nonfinite = "the gradient" if header.scale == 1 else "the unscaled gradient"
         elif delta is not None and not all_finite(delta):
             nonfinite = "the buffer_delta"
-        return Received(grad, delta, payload, nonfinite, self._buffers, buffer)
+        elif grads is not None and not grads.all_finite():
+            nonfinite = "the row gradients"
+        return Received(grad, delta, payload, nonfinite, grads, self._buffers, buffer)
+
+    def _rows(
+        self, header: PushHeader, split: SplitStream | None
+    ) -> tuple[RowGrads, bytearray] | None:
+        """The push's row gradients and their bytes as received (None: it has none)."""
+        if split is None:
+            return None
+        dims = [table.dim for table in self._config.tables]
+        data = split.rest(rows_bytes(header.rows, dims))
+        return decode_rows(header.rows, dims, data), data
 
     def _decode(
         self, header: PushHeader, data: Iterable[bytes | memoryview], buffer: bytearray | None

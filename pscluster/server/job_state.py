@@ -17,6 +17,7 @@ import torch
 
 from pscluster.errors import InvalidArgument, NotFound
 from pscluster.model.optimizer import FlatOptimizer
+from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.clocks import MemberClocks
 from pscluster.server.consistency import make_policy
 from pscluster.server.dedup import PushLedger
@@ -24,6 +25,8 @@ from pscluster.server.domain import JobConfig, JobStats, PushHeader, PushResult
 from pscluster.server.job_buffers import JobBuffers
 from pscluster.server.snapshots import SnapshotCache
 from pscluster.server.stats import JobCounters
+from pscluster.server.tables.job_tables import JobTables
+from pscluster.server.tables.rows import RowGrads
 
 StateDict = tuple[dict[str, torch.Tensor], dict[str, Any]]
 
@@ -31,6 +34,7 @@ _VALUES = "values"
 _BUFFERS = "buffers"
 _OPT = "opt."
 _POLICY = "policy."
+_TABLES = "tables."
 
 
 class JobState:
@@ -45,6 +49,7 @@ class JobState:
         values: torch.Tensor,
         buffers: torch.Tensor | None,
         wake: Callable[[], None],
+        tables: Sequence[torch.Tensor | None] = (),
     ) -> None:
         if values.shape != (config.length,):
             raise InvalidArgument(
@@ -60,6 +65,7 @@ class JobState:
         self.policy = make_policy(config.mode, config.staleness, config.backup_workers)
         self.opt = FlatOptimizer(values, config.optimizer)
         self.buffers = JobBuffers(buffers, config.counters)
+        self.tables = _tables(config, tables)
         self.version = 0
         self.clocks = MemberClocks()
         self.generation = 0
@@ -92,6 +98,7 @@ class JobState:
         *,
         step: bool,
         buffer_delta: torch.Tensor | None = None,
+        rows: RowGrads | None = None,
     ) -> None:
         version, clock = self.version, self.clocks.clock
         if self.config.staleness_aware_lr and not step:
@@ -100,8 +107,12 @@ class JobState:
             lag = max(version - push.base_version for push in pushes)
             if lag > 0:
                 grad.div_(lag + 1)  # lent memory: ours to change until we return
+                if rows is not None:
+                    rows.scale_(1 / (lag + 1))
         self.snapshots.before_update()
         self.opt.step(grad)
+        if rows is not None:
+            self.tables.apply(rows)
         self.buffers.apply(buffer_delta, len(pushes))  # never scaled by staleness
         self.version += 1
         for push in pushes:
@@ -116,12 +127,16 @@ class JobState:
     # --- what the job asks, under its lock ---
 
     def decide(
-        self, header: PushHeader, grad: torch.Tensor, buffer_delta: torch.Tensor | None
+        self,
+        header: PushHeader,
+        grad: torch.Tensor,
+        buffer_delta: torch.Tensor | None,
+        rows: RowGrads | None = None,
     ) -> PushResult:
         """The policy's decision on a new, valid push from a member, with its bookkeeping: a
         taken push moves its sender's clock, a refused one is counted; either is remembered
         for retries."""
-        decision = self.policy.on_push(self, header, grad, buffer_delta)
+        decision = self.policy.on_push(self, header, grad, buffer_delta, rows)
         if decision.outcome.taken:
             self.clocks.tick(header.worker_id)
             self._wake()  # a clock moved: ssp pulls may go on
@@ -216,6 +231,8 @@ class JobState:
             tensors[_BUFFERS] = self.buffers.values.clone()
         tensors.update({_OPT + k: v for k, v in opt_tensors.items()})
         tensors.update({_POLICY + k: v for k, v in policy_tensors.items()})
+        table_tensors, table_scalars = self.tables.state_dict()
+        tensors.update({_TABLES + k: v for k, v in table_tensors.items()})
         meta = {
             "config": self.config.to_json(),
             "version": self.version,
@@ -225,6 +242,7 @@ class JobState:
             "counters": self.counters.state(),
             "optimizer": opt_scalars,
             "policy": policy_meta,
+            "tables": table_scalars,
         }
         return tensors, meta
 
@@ -241,12 +259,25 @@ class JobState:
             self.buffers.values.copy_(tensors[_BUFFERS])
         self.opt.load_state_tensors(_prefixed(tensors, _OPT), meta["optimizer"])
         self.policy.load_state_dict(_prefixed(tensors, _POLICY), meta["policy"])
+        if len(self.tables):
+            self.tables.load_state_dict(_prefixed(tensors, _TABLES), meta["tables"])
         self.version = int(meta["version"])
         self.generation = int(meta["generation"])
         self.clocks.load_state(meta["clocks"])
         self.ledger.load_state_dict(meta["last_push"])
         self.counters.load_state(meta["counters"])
         self._wake()
+
+
+def _tables(config: JobConfig, initial: Sequence[torch.Tensor | None]) -> JobTables:
+    """The job's tables on this shard; ``initial`` rows per table (None or absent: drawn)."""
+    given = list(initial) + [None] * (len(config.tables) - len(initial))
+    if len(given) != len(config.tables):
+        raise InvalidArgument(f"{len(initial)} initial tables for {len(config.tables)} tables")
+    if config.tables and config.sparse_optimizer is None:
+        raise InvalidArgument(f"job {config.job_id} has tables but no sparse_optimizer")
+    optimizer = config.sparse_optimizer or SparseOptimizerSpec("sgd", 1.0)
+    return JobTables(config.tables, optimizer, given)
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

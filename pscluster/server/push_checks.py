@@ -12,6 +12,7 @@ from pscluster.compression import Compressor
 from pscluster.errors import InvalidArgument
 from pscluster.server.domain import JobConfig, PushHeader
 from pscluster.server.payloads import check_payload_size
+from pscluster.server.tables.rows import rows_bytes
 from pscluster.transport import wire
 
 # The division by grad_scale runs in float32: a scale outside float32's normal range would turn
@@ -39,6 +40,17 @@ def check_header(config: JobConfig, codec: Compressor, header: PushHeader) -> No
     check_payload_size(codec, header)
     check_grad_scale(header.grad_scale)
     check_buffer_delta(config, header)
+    check_row_blocks(config, header)
+
+
+def check_row_blocks(config: JobConfig, header: PushHeader) -> None:
+    """Each block names one of the job's tables, once, in a wire dtype (sizes follow)."""
+    dims = [table.dim for table in config.tables]
+    rows_bytes(header.rows, dims)  # a table the job does not have
+    if len({block.table for block in header.rows}) != len(header.rows):
+        raise InvalidArgument("a push has two row blocks for one table; send one per table")
+    for block in header.rows:
+        wire.itemsize(block.dtype)
 
 
 def check_grad_scale(scale: float) -> None:

@@ -17,7 +17,7 @@ from pscluster.errors import InvalidArgument
 from pscluster.server import convert
 from pscluster.server.shard import Shard
 from pscluster.server.telemetry import ShardTelemetry
-from pscluster.transport import framing
+from pscluster.transport import framing, wire
 from pscluster.transport.errors import grpc_errors
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
@@ -111,6 +111,19 @@ class ParameterServerServicer:
                 self.telemetry.observe_push(header.job_id, outcome, time.perf_counter() - started)
 
     @grpc_errors
+    def Lookup(
+        self, request: ps_pb2.LookupRequest, context: grpc.ServicerContext
+    ) -> Iterator[ps_pb2.PullChunk | bytes]:
+        job = self._shard.job(request.job_id)
+        chunk_bytes = self._chunk_bytes(request.chunk_bytes)
+        ids = convert.lookup_ids(request.ids)
+        rows = job.lookup(request.table, ids)
+        dtype = request.dtype or common_pb2.DTYPE_FLOAT32
+        payload = wire.encode(rows.reshape(-1), dtype)
+        yield convert.lookup_header(rows, dtype, job.version)
+        yield from framing.frames(payload, chunk_bytes)
+
+    @grpc_errors
     def GetJobStats(
         self, request: ps_pb2.JobStatsRequest, context: grpc.ServicerContext
     ) -> common_pb2.ShardJobStats:
@@ -181,6 +194,11 @@ def add_to_server(servicer: ParameterServerServicer, server: grpc.Server) -> Non
             servicer.Push,
             request_deserializer=framing.parser(ps_pb2.PushChunk.FromString),
             response_serializer=ps_pb2.PushReply.SerializeToString,
+        ),
+        "Lookup": grpc.unary_stream_rpc_method_handler(
+            servicer.Lookup,
+            request_deserializer=ps_pb2.LookupRequest.FromString,
+            response_serializer=framing.serializer,
         ),
         "GetJobStats": grpc.unary_unary_rpc_method_handler(
             servicer.GetJobStats,

@@ -15,6 +15,7 @@ from pscluster.server.domain import JobConfig
 from pscluster.server.durability.journal import DurabilityConfig, Journal
 from pscluster.server.job_buffers import check_buffer_spec, initial_buffers
 from pscluster.server.shard_job import ShardJob
+from pscluster.server.tables.rows import SplitStream, initial_tables
 from pscluster.transport import wire
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,12 @@ class Shard:
                 f"job {config.job_id}: this shard cannot hold {config.length} values "
                 f"({config.length * 4} bytes); spread the job over more shards"
             ) from None
-        wire.fill(wire.byte_view(values), data)  # received straight into the job's values
-        job = ShardJob(config, values, initial)
+        stream = iter(data)
+        dense = SplitStream(stream, config.length * 4) if config.tables else None
+        # Received straight into the job's values; the given table rows follow them.
+        wire.fill(wire.byte_view(values), dense.head() if dense else stream)
+        tables = initial_tables(config, dense.rest if dense else None)
+        job = ShardJob(config, values, initial, tables)
         with self._lock:
             # Checked again: two InitJob calls for one id may have streamed at the same time.
             if config.job_id in self._jobs or config.job_id in self._starting:

@@ -38,11 +38,15 @@ class ShardJob:
     """``buffers``: the job's initial float64 buffer values (None when it has none)."""
 
     def __init__(
-        self, config: JobConfig, values: torch.Tensor, buffers: torch.Tensor | None = None
+        self,
+        config: JobConfig,
+        values: torch.Tensor,
+        buffers: torch.Tensor | None = None,
+        tables: Sequence[torch.Tensor | None] = (),
     ) -> None:
         self.config = config
         self._cond = threading.Condition()
-        self._state = JobState(config, values, buffers, wake=self._cond.notify_all)
+        self._state = JobState(config, values, buffers, wake=self._cond.notify_all, tables=tables)
         # Decoding is stateless, so the shard needs only the codec's name (not its ratio).
         self._codec = make_compressor(CompressionSettings(name=config.codec))
         self._intake = PushIntake(config, self._codec)
@@ -116,11 +120,15 @@ class ShardJob:
                 # Answered only once the push it repeats is durable (it may still be syncing).
                 return remembered, self._journal.tail() if self._journal else 0
             self._guard("invalid", lambda: check_base_version(header, state.version))
+            if received.rows is not None:
+                rows = received.rows
+                self._guard("invalid", lambda: state.tables.check(rows))
             ticket = 0
             if self._journal is not None and received.payload is not None:
                 # Logged before the policy sees it: the policy may scale the gradient in place.
                 ticket = self._journal.log_push(header, received.payload)
-            return state.decide(header, received.grad, received.buffer_delta), ticket
+            result = state.decide(header, received.grad, received.buffer_delta, received.rows)
+            return result, ticket
 
     # --- pulls ---
 
@@ -190,6 +198,14 @@ class ShardJob:
                     f"waiting for {blocker}"
                 )
             self._cond.wait(remaining)
+
+    def lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
+        """A copy of rows of one of the job's tables (float32), read under the job's lock so
+        that it is never half of an update. Never waits on the mode: a worker looks rows up
+        after its pull was granted; an observer (``job.lookup``) whenever it likes."""
+        with self._cond:
+            self._check_alive()
+            return self._state.tables.lookup(table, ids)
 
     def replay_read(self, worker_id: str) -> None:
         """Recovery: a logged pull by an uncounted member (its clock read)."""

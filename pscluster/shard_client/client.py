@@ -24,6 +24,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pscluster.config import Settings
+from pscluster.server.tables.rows import RowBlockInfo
 from pscluster.shard_client.errors import ShardError, shard_error
 from pscluster.shard_client.ranges import PushExtras, ShardRange, Snapshot, vector_sizes
 from pscluster.shard_client.streams import Payload, Streams, init_messages, push_messages, read_pull
@@ -70,6 +71,10 @@ class ShardClient:
                 shard = _Shard(channel, ps_grpc.ParameterServerStub(channel), Streams(channel))
                 self._shards[address] = shard
             return shard
+
+    def streams(self, address: str) -> Streams:
+        """The hand-framed streaming calls of one shard (pscluster.shard_client.tables)."""
+        return self._shard(address).streams
 
     def stub(self, address: str) -> ps_grpc.ParameterServerStub:
         """The generated stub (for calls this client has no method for: tests, fuzzing)."""
@@ -143,7 +148,7 @@ class ShardClient:
             addresses, lambda s: s.stub.SetMembers.future(request, timeout=timeout)
         )
         if any(isinstance(r, ShardError) for r in results):
-            raise _first_error(results)
+            raise first_error(results)
 
     def job_stats(
         self, addresses: Sequence[str], job_id: str
@@ -240,7 +245,7 @@ class ShardClient:
         results = self.each([(r.address, partial(one, i)) for i, r in enumerate(ranges)])
         headers = [h for h in results if not isinstance(h, ShardError)]
         if len(headers) != len(results):
-            raise _first_error(results)
+            raise first_error(results)
         return Snapshot(
             values,
             buffers,
@@ -276,6 +281,7 @@ class ShardClient:
 
         def one(i: int) -> ps_pb2.PushReply:
             r = ranges[i]
+            blocks, rows = extras.rows.get(i, ((), b""))
             header = ps_pb2.PushHeader(
                 job_id=job_id,
                 worker_id=worker_id,
@@ -289,14 +295,20 @@ class ShardClient:
                 payload_bytes=len(memoryview(payloads[i]).cast("B")),
                 buffer_delta=extras.buffer_slice(r),
                 grad_scale=extras.grad_scale if extras.grad_scale != 1.0 else 0.0,
+                rows=[_row_block(b) for b in blocks],
             )
-            messages = push_messages(header, payloads[i], chunk)
+            messages = push_messages(header, payloads[i], chunk, rows)
             reply: ps_pb2.PushReply = self._shard(r.address).streams.push(messages, timeout=wait)
             return reply
 
         order = sorted(payloads)
         results = self.each([(ranges[i].address, partial(one, i)) for i in order])
         return dict(zip(order, results, strict=True))
+
+
+def _row_block(block: RowBlockInfo) -> ps_pb2.RowBlock:
+    dtype = common_pb2.DType.ValueType(block.dtype)
+    return ps_pb2.RowBlock(table=block.table, count=block.count, dtype=dtype)
 
 
 def _result(address: str, future: grpc.Future[Any]) -> Any:
@@ -307,5 +319,5 @@ def _result(address: str, future: grpc.Future[Any]) -> Any:
         return shard_error(address, e)
 
 
-def _first_error(results: Sequence[object]) -> ShardError:
+def first_error(results: Sequence[object]) -> ShardError:
     return next(r for r in results if isinstance(r, ShardError))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
+
 from pscluster.shard_client.client import F32, ShardClient
 from pscluster.shard_client.errors import ShardError
 from pscluster.shard_client.ranges import PushExtras, ShardRange, Snapshot, vector_sizes
 from pscluster.shard_client.streams import Payload
+from pscluster.shard_client.tables import lookup_rows
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
 
@@ -62,3 +65,8 @@ class JobShards:
             extras=extras,
             timeout=timeout,
         )
+
+    def lookup(self, table: int, ids: torch.Tensor, dim: int, timeout: float) -> torch.Tensor:
+        """Rows of one of the job's tables from the shards that own them (float32)."""
+        addresses = [r.address for r in self.ranges]
+        return lookup_rows(self.client, self.job_id, addresses, table, ids, dim, timeout=timeout)

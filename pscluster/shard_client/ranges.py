@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
+from pscluster.server.tables.rows import RowBlockInfo
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 
@@ -52,6 +53,9 @@ class PushExtras:
 
     buffer_delta: torch.Tensor | None = None  # float64, the whole buffer vector's change
     grad_scale: float = 1.0  # fp16 loss scaling: the gradient was multiplied by this
+    # Per shard index, the row blocks of the job's tables that shard owns and their bytes
+    # (pscluster.server.tables.rows.encode_rows); shards not in it get none.
+    rows: Mapping[int, tuple[Sequence[RowBlockInfo], bytes]] = field(default_factory=dict)
 
     def buffer_slice(self, r: ShardRange) -> bytes:
         """A shard's slice of the buffers' change; nothing when it did not change (constant

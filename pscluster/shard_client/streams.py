@@ -38,6 +38,11 @@ class Streams:
             request_serializer=framing.serializer,
             response_deserializer=ps_pb2.PushReply.FromString,
         )
+        self.lookup = channel.unary_stream(
+            SERVICE + "Lookup",
+            request_serializer=ps_pb2.LookupRequest.SerializeToString,
+            response_deserializer=framing.parser(ps_pb2.PullChunk.FromString),
+        )
         self.init = channel.stream_unary(
             SERVICE + "InitJob",
             request_serializer=framing.serializer,
@@ -95,12 +100,35 @@ def _payloads(
 
 
 def push_messages(
-    header: ps_pb2.PushHeader, payload: Payload, chunk_bytes: int
+    header: ps_pb2.PushHeader, payload: Payload, chunk_bytes: int, rows: Payload = b""
 ) -> Iterator[ps_pb2.PushChunk | bytes]:
     """A Push stream: the header, then the payload framed in chunks (each copied once, while
-    the previous one is on the wire)."""
+    the previous one is on the wire), then the row blocks the header announces."""
     yield ps_pb2.PushChunk(header=header)
     yield from framing.frames(memoryview(payload).cast("B"), chunk_bytes)
+    yield from framing.frames(memoryview(rows).cast("B"), chunk_bytes)
+
+
+def read_lookup(
+    address: str, responses: Iterable[ps_pb2.PullChunk | memoryview], count: int
+) -> torch.Tensor:
+    """Receive a Lookup stream of ``count`` rows as a float32 (count, dim) tensor."""
+    stream = iter(responses)
+    first = next(stream, None)
+    if not isinstance(first, ps_pb2.PullChunk) or first.WhichOneof("part") != "header":
+        raise ShardError(address, grpc.StatusCode.INTERNAL, "a lookup stream began without header")
+    header = first.header
+    if header.rows != count:
+        raise ShardError(
+            address, grpc.StatusCode.INTERNAL, f"asked for {count} rows, got {header.rows}"
+        )
+    received = bytearray(header.rows * header.dim * wire.itemsize(header.dtype))
+    try:
+        wire.fill(received, _payloads(address, stream))
+    except InvalidArgument as e:
+        raise ShardError(address, grpc.StatusCode.INTERNAL, f"malformed lookup: {e}") from None
+    values = wire.decode(received, header.dtype, header.rows * header.dim)
+    return values.reshape(header.rows, header.dim)
 
 
 def init_messages(

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pscluster/v1/common.proto\x12\x0cpscluster.v1\"\xa3\x01\n\x0fOptimizerConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x10\n\x08momentum\x18\x03 \x01(\x01\x12\x11\n\tdampening\x18\x04 \x01(\x01\x12\x10\n\x08nesterov\x18\x05 \x01(\x08\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\r\n\x05\x62\x65ta1\x18\x07 \x01(\x01\x12\r\n\x05\x62\x65ta2\x18\x08 \x01(\x01\x12\x0b\n\x03\x65ps\x18\t \x01(\x01\"\'\n\tBlobChunk\x12\x0c\n\x04\x62lob\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xd5\x07\n\rShardJobStats\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\r\n\x05\x63lock\x18\x06 \x01(\x04\x12\x17\n\x0fpushes_received\x18\x07 \x01(\x04\x12\x16\n\x0epushes_applied\x18\x08 \x01(\x04\x12H\n\x0fpushes_rejected\x18\t \x03(\x0b\x32/.pscluster.v1.ShardJobStats.PushesRejectedEntry\x12\r\n\x05pulls\x18\n \x01(\x04\x12\x14\n\x0c\x62ytes_pushed\x18\x0b \x01(\x04\x12\x14\n\x0c\x62ytes_pulled\x18\x0c \x01(\x04\x12=\n\tstaleness\x18\r \x03(\x0b\x32*.pscluster.v1.ShardJobStats.StalenessEntry\x12H\n\x0f\x63lock_staleness\x18\x0e \x03(\x0b\x32/.pscluster.v1.ShardJobStats.ClockStalenessEntry\x12\x16\n\x0emax_clock_lead\x18\x0f \x01(\x04\x12\x0f\n\x07members\x18\x10 \x03(\t\x12\x44\n\rworker_clocks\x18\x11 \x03(\x0b\x32-.pscluster.v1.ShardJobStats.WorkerClocksEntry\x12\x13\n\x0bwaiting_for\x18\x12 \x03(\t\x12\x10\n\x08\x63hecksum\x18\x13 \x01(\x01\x12\x18\n\x10last_update_unix\x18\x14 \x01(\x01\x12\x15\n\rsteps_applied\x18\x15 \x01(\x04\x12\x18\n\x10\x62ytes_pushed_raw\x18\x16 \x01(\x04\x12\x10\n\x08\x65xcluded\x18\x17 \x03(\t\x12\x18\n\x10pushes_duplicate\x18\x18 \x01(\x04\x12\x0f\n\x07\x64urable\x18\x19 \x01(\x08\x12\x1a\n\x12\x63heckpoint_version\x18\x1a \x01(\x04\x12\x18\n\x10records_replayed\x18\x1b \x01(\x04\x1a\x35\n\x13PushesRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x30\n\x0eStalenessEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x35\n\x13\x43lockStalenessEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x33\n\x11WorkerClocksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x95\x01\n\x11\x43ompressionConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05ratio\x18\x02 \x01(\x01\x12\x10\n\x08momentum\x18\x03 \x01(\x01\x12\x11\n\tclip_norm\x18\x04 \x01(\x01\x12\x15\n\rwarmup_epochs\x18\x05 \x01(\r\x12\'\n\npull_dtype\x18\x06 \x01(\x0e\x32\x13.pscluster.v1.DType*X\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pscluster/v1/common.proto\x12\x0cpscluster.v1\"\xa3\x01\n\x0fOptimizerConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x10\n\x08momentum\x18\x03 \x01(\x01\x12\x11\n\tdampening\x18\x04 \x01(\x01\x12\x10\n\x08nesterov\x18\x05 \x01(\x08\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\r\n\x05\x62\x65ta1\x18\x07 \x01(\x01\x12\r\n\x05\x62\x65ta2\x18\x08 \x01(\x01\x12\x0b\n\x03\x65ps\x18\t \x01(\x01\"y\n\x15SparseOptimizerConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x0b\n\x03\x65ps\x18\x03 \x01(\x01\x12\r\n\x05\x62\x65ta1\x18\x04 \x01(\x01\x12\r\n\x05\x62\x65ta2\x18\x05 \x01(\x01\x12\x1b\n\x13initial_accumulator\x18\x06 \x01(\x01\"\'\n\tBlobChunk\x12\x0c\n\x04\x62lob\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xd5\x07\n\rShardJobStats\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\r\n\x05\x63lock\x18\x06 \x01(\x04\x12\x17\n\x0fpushes_received\x18\x07 \x01(\x04\x12\x16\n\x0epushes_applied\x18\x08 \x01(\x04\x12H\n\x0fpushes_rejected\x18\t \x03(\x0b\x32/.pscluster.v1.ShardJobStats.PushesRejectedEntry\x12\r\n\x05pulls\x18\n \x01(\x04\x12\x14\n\x0c\x62ytes_pushed\x18\x0b \x01(\x04\x12\x14\n\x0c\x62ytes_pulled\x18\x0c \x01(\x04\x12=\n\tstaleness\x18\r \x03(\x0b\x32*.pscluster.v1.ShardJobStats.StalenessEntry\x12H\n\x0f\x63lock_staleness\x18\x0e \x03(\x0b\x32/.pscluster.v1.ShardJobStats.ClockStalenessEntry\x12\x16\n\x0emax_clock_lead\x18\x0f \x01(\x04\x12\x0f\n\x07members\x18\x10 \x03(\t\x12\x44\n\rworker_clocks\x18\x11 \x03(\x0b\x32-.pscluster.v1.ShardJobStats.WorkerClocksEntry\x12\x13\n\x0bwaiting_for\x18\x12 \x03(\t\x12\x10\n\x08\x63hecksum\x18\x13 \x01(\x01\x12\x18\n\x10last_update_unix\x18\x14 \x01(\x01\x12\x15\n\rsteps_applied\x18\x15 \x01(\x04\x12\x18\n\x10\x62ytes_pushed_raw\x18\x16 \x01(\x04\x12\x10\n\x08\x65xcluded\x18\x17 \x03(\t\x12\x18\n\x10pushes_duplicate\x18\x18 \x01(\x04\x12\x0f\n\x07\x64urable\x18\x19 \x01(\x08\x12\x1a\n\x12\x63heckpoint_version\x18\x1a \x01(\x04\x12\x18\n\x10records_replayed\x18\x1b \x01(\x04\x1a\x35\n\x13PushesRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x30\n\x0eStalenessEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x35\n\x13\x43lockStalenessEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x33\n\x11WorkerClocksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x95\x01\n\x11\x43ompressionConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05ratio\x18\x02 \x01(\x01\x12\x10\n\x08momentum\x18\x03 \x01(\x01\x12\x11\n\tclip_norm\x18\x04 \x01(\x01\x12\x15\n\rwarmup_epochs\x18\x05 \x01(\r\x12\'\n\npull_dtype\x18\x06 \x01(\x0e\x32\x13.pscluster.v1.DType*X\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,22 +39,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHARDJOBSTATS_CLOCKSTALENESSENTRY']._serialized_options = b'8\001'
   _globals['_SHARDJOBSTATS_WORKERCLOCKSENTRY']._loaded_options = None
   _globals['_SHARDJOBSTATS_WORKERCLOCKSENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=1386
-  _globals['_DTYPE']._serialized_end=1474
+  _globals['_DTYPE']._serialized_start=1509
+  _globals['_DTYPE']._serialized_end=1597
   _globals['_OPTIMIZERCONFIG']._serialized_start=44
   _globals['_OPTIMIZERCONFIG']._serialized_end=207
-  _globals['_BLOBCHUNK']._serialized_start=209
-  _globals['_BLOBCHUNK']._serialized_end=248
-  _globals['_SHARDJOBSTATS']._serialized_start=251
-  _globals['_SHARDJOBSTATS']._serialized_end=1232
-  _globals['_SHARDJOBSTATS_PUSHESREJECTEDENTRY']._serialized_start=1021
-  _globals['_SHARDJOBSTATS_PUSHESREJECTEDENTRY']._serialized_end=1074
-  _globals['_SHARDJOBSTATS_STALENESSENTRY']._serialized_start=1076
-  _globals['_SHARDJOBSTATS_STALENESSENTRY']._serialized_end=1124
-  _globals['_SHARDJOBSTATS_CLOCKSTALENESSENTRY']._serialized_start=1126
-  _globals['_SHARDJOBSTATS_CLOCKSTALENESSENTRY']._serialized_end=1179
-  _globals['_SHARDJOBSTATS_WORKERCLOCKSENTRY']._serialized_start=1181
-  _globals['_SHARDJOBSTATS_WORKERCLOCKSENTRY']._serialized_end=1232
-  _globals['_COMPRESSIONCONFIG']._serialized_start=1235
-  _globals['_COMPRESSIONCONFIG']._serialized_end=1384
+  _globals['_SPARSEOPTIMIZERCONFIG']._serialized_start=209
+  _globals['_SPARSEOPTIMIZERCONFIG']._serialized_end=330
+  _globals['_BLOBCHUNK']._serialized_start=332
+  _globals['_BLOBCHUNK']._serialized_end=371
+  _globals['_SHARDJOBSTATS']._serialized_start=374
+  _globals['_SHARDJOBSTATS']._serialized_end=1355
+  _globals['_SHARDJOBSTATS_PUSHESREJECTEDENTRY']._serialized_start=1144
+  _globals['_SHARDJOBSTATS_PUSHESREJECTEDENTRY']._serialized_end=1197
+  _globals['_SHARDJOBSTATS_STALENESSENTRY']._serialized_start=1199
+  _globals['_SHARDJOBSTATS_STALENESSENTRY']._serialized_end=1247
+  _globals['_SHARDJOBSTATS_CLOCKSTALENESSENTRY']._serialized_start=1249
+  _globals['_SHARDJOBSTATS_CLOCKSTALENESSENTRY']._serialized_end=1302
+  _globals['_SHARDJOBSTATS_WORKERCLOCKSENTRY']._serialized_start=1304
+  _globals['_SHARDJOBSTATS_WORKERCLOCKSENTRY']._serialized_end=1355
+  _globals['_COMPRESSIONCONFIG']._serialized_start=1358
+  _globals['_COMPRESSIONCONFIG']._serialized_end=1507
 # @@protoc_insertion_point(module_scope)

@@ -95,6 +95,55 @@ class OptimizerConfig(_message.Message):
 Global___OptimizerConfig: _TypeAlias = OptimizerConfig  # noqa: Y015
 
 @_typing.final
+class SparseOptimizerConfig(_message.Message):
+    """Optimizer of a job's embedding rows (tables hosted on the shards), applied row by row to
+    the rows a push touched: rows no batch touched keep their values and their state.
+      "sgd":             row -= lr * grad
+      "adagrad":         torch.optim.Adagrad on sparse gradients (per-value accumulator)
+      "rowwise_adagrad": one accumulator per row, the mean of the squared gradient's values
+                         (TorchRec's EXACT_ROWWISE_ADAGRAD): dim times less state
+      "lazy_adam":       torch.optim.SparseAdam (moments of touched rows only; one step count
+                         per table)
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LR_FIELD_NUMBER: _builtins.int
+    EPS_FIELD_NUMBER: _builtins.int
+    BETA1_FIELD_NUMBER: _builtins.int
+    BETA2_FIELD_NUMBER: _builtins.int
+    INITIAL_ACCUMULATOR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    lr: _builtins.float
+    """> 0"""
+    eps: _builtins.float
+    """0: 1e-10 (adagrad), 1e-8 (lazy_adam)"""
+    beta1: _builtins.float
+    """lazy_adam; 0: 0.9"""
+    beta2: _builtins.float
+    """lazy_adam; 0: 0.999"""
+    initial_accumulator: _builtins.float
+    """adagrad, rowwise_adagrad"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        lr: _builtins.float = ...,
+        eps: _builtins.float = ...,
+        beta1: _builtins.float = ...,
+        beta2: _builtins.float = ...,
+        initial_accumulator: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beta1", b"beta1", "beta2", b"beta2", "eps", b"eps", "initial_accumulator", b"initial_accumulator", "lr", b"lr", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SparseOptimizerConfig: _TypeAlias = SparseOptimizerConfig  # noqa: Y015
+
+@_typing.final
 class BlobChunk(_message.Message):
     """One piece of a named binary blob (a safetensors file) sent over a stream."""
 

@@ -119,6 +119,7 @@ class ModelSpec(_message.Message):
     BUFFERS_FIELD_NUMBER: _builtins.int
     MODULE_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
+    TABLES_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """Python source of the module that defines the model class. Model code travels as source,
     never as a pickle; workers execute it, so only trusted submitters may submit.
@@ -145,6 +146,13 @@ class ModelSpec(_message.Message):
 
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceFile]: ...
+    @_builtins.property
+    def tables(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParamInfo]:
+        """Embedding tables hosted on the shards (nn.Embedding / nn.EmbeddingBag with sparse=True):
+        name is the state_dict entry, shape (num_rows, dim). Not in `params`: no worker holds
+        them; the initial state has an entry only for a table whose initial rows were given.
+        """
+
     def __init__(
         self,
         *,
@@ -155,10 +163,11 @@ class ModelSpec(_message.Message):
         buffers: _abc.Iterable[Global___ParamInfo] | None = ...,
         module: _builtins.str = ...,
         files: _abc.Iterable[Global___SourceFile] | None = ...,
+        tables: _abc.Iterable[Global___ParamInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "class_name", b"class_name", "files", b"files", "kwargs_json", b"kwargs_json", "module", b"module", "params", b"params", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "class_name", b"class_name", "files", b"files", "kwargs_json", b"kwargs_json", "module", b"module", "params", b"params", "source", b"source", "tables", b"tables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -189,6 +198,7 @@ class JobSpec(_message.Message):
     PRECISION_FIELD_NUMBER: _builtins.int
     INIT_FROM_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    SPARSE_OPTIMIZER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     mode: _builtins.str
     """"async" | "sync" | "ssp" """
@@ -245,6 +255,10 @@ class JobSpec(_message.Message):
     def data(self) -> Global___DataSpec:
         """Where the data is read from. Unset (source ""): the uploaded "dataset" blob."""
 
+    @_builtins.property
+    def sparse_optimizer(self) -> _common_pb2.SparseOptimizerConfig:
+        """The optimizer of the model's embedding tables (ModelSpec.tables); unset: none allowed."""
+
     def __init__(
         self,
         *,
@@ -269,10 +283,11 @@ class JobSpec(_message.Message):
         precision: _builtins.str = ...,
         init_from: _builtins.str = ...,
         data: Global___DataSpec | None = ...,
+        sparse_optimizer: _common_pb2.SparseOptimizerConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "data", b"data", "model", b"model", "optimizer", b"optimizer", "stragglers", b"stragglers"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "data", b"data", "model", b"model", "optimizer", b"optimizer", "sparse_optimizer", b"sparse_optimizer", "stragglers", b"stragglers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "batch_size", b"batch_size", "compression", b"compression", "data", b"data", "epochs", b"epochs", "init_from", b"init_from", "local_steps", b"local_steps", "loss", b"loss", "loss_function", b"loss_function", "metric", b"metric", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "precision", b"precision", "seed", b"seed", "shards", b"shards", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "stragglers", b"stragglers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "batch_size", b"batch_size", "compression", b"compression", "data", b"data", "epochs", b"epochs", "init_from", b"init_from", "local_steps", b"local_steps", "loss", b"loss", "loss_function", b"loss_function", "metric", b"metric", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "precision", b"precision", "seed", b"seed", "shards", b"shards", "sparse_optimizer", b"sparse_optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "stragglers", b"stragglers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,6 +82,8 @@ class ShardJobConfig(_message.Message):
     BUFFER_LENGTH_FIELD_NUMBER: _builtins.int
     COUNTERS_FIELD_NUMBER: _builtins.int
     INITIAL_BUFFERS_FIELD_NUMBER: _builtins.int
+    TABLES_FIELD_NUMBER: _builtins.int
+    SPARSE_OPTIMIZER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     start: _builtins.int
     """global offset of this shard's range in the job's flat vector"""
@@ -122,6 +124,15 @@ class ShardJobConfig(_message.Message):
         num_batches_tracked): summed over a sync step's pushes rather than averaged.
         """
 
+    @_builtins.property
+    def tables(self) -> _containers.RepeatedCompositeFieldContainer[Global___TableConfig]:
+        """Embedding tables hosted row-wise: this shard holds the rows of each whose id % shards is
+        its shard_index. Their initial rows follow the initial values in the InitJob stream, in
+        this order, for the tables whose `initial_given` is set.
+        """
+
+    @_builtins.property
+    def sparse_optimizer(self) -> _common_pb2.SparseOptimizerConfig: ...
     def __init__(
         self,
         *,
@@ -138,14 +149,94 @@ class ShardJobConfig(_message.Message):
         buffer_length: _builtins.int = ...,
         counters: _abc.Iterable[Global___Span] | None = ...,
         initial_buffers: _builtins.bytes = ...,
+        tables: _abc.Iterable[Global___TableConfig] | None = ...,
+        sparse_optimizer: _common_pb2.SparseOptimizerConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "optimizer", b"optimizer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "optimizer", b"optimizer", "sparse_optimizer", b"sparse_optimizer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "buffer_length", b"buffer_length", "buffer_start", b"buffer_start", "compression", b"compression", "counters", b"counters", "initial_buffers", b"initial_buffers", "job_id", b"job_id", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "buffer_length", b"buffer_length", "buffer_start", b"buffer_start", "compression", b"compression", "counters", b"counters", "initial_buffers", b"initial_buffers", "job_id", b"job_id", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "sparse_optimizer", b"sparse_optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "start", b"start", "tables", b"tables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShardJobConfig: _TypeAlias = ShardJobConfig  # noqa: Y015
+
+@_typing.final
+class TableConfig(_message.Message):
+    """One embedding table (nn.Embedding / nn.EmbeddingBag with sparse=True), as one shard holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NUM_ROWS_FIELD_NUMBER: _builtins.int
+    DIM_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
+    SHARD_INDEX_FIELD_NUMBER: _builtins.int
+    INITIAL_GIVEN_FIELD_NUMBER: _builtins.int
+    INIT_SEED_FIELD_NUMBER: _builtins.int
+    HAS_PADDING_FIELD_NUMBER: _builtins.int
+    PADDING_IDX_FIELD_NUMBER: _builtins.int
+    DYNAMIC_FIELD_NUMBER: _builtins.int
+    INIT_STD_FIELD_NUMBER: _builtins.int
+    ADMIT_AFTER_FIELD_NUMBER: _builtins.int
+    EVICT_AFTER_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """the model's state_dict entry, e.g. "emb.weight" """
+    num_rows: _builtins.int
+    """of the whole table; valid ids are 0 .. num_rows - 1"""
+    dim: _builtins.int
+    shards: _builtins.int
+    """the table's rows are spread by id % shards"""
+    shard_index: _builtins.int
+    """this shard holds the ids with id % shards == shard_index"""
+    initial_given: _builtins.bool
+    """The InitJob stream carries this shard's rows (in id order, float32); otherwise each row
+    starts as N(0, 1) values drawn from a generator seeded with (init_seed, id block).
+    """
+    init_seed: _builtins.int
+    has_padding: _builtins.bool
+    """nn.Embedding's padding_idx: that row starts at zero and is never updated."""
+    padding_idx: _builtins.int
+    dynamic: _builtins.bool
+    """A dynamic table (pscluster.DynamicEmbedding; num_rows is then 0): any id >= 0 is valid,
+    and a row is created when its id is admitted, with N(0, init_std) values drawn from
+    (init_seed, id) alone, so the same id always starts the same.
+    """
+    init_std: _builtins.float
+    admit_after: _builtins.int
+    """Admission: an id is admitted (its row created) once looked up this many times; until
+    then it reads as its initial values and its gradients are dropped. 0 or 1: at once.
+    """
+    evict_after: _builtins.int
+    """Eviction: rows not updated in this many versions are dropped (0: never), and beyond
+    `capacity` rows the least often updated are (0: no limit).
+    """
+    capacity: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        num_rows: _builtins.int = ...,
+        dim: _builtins.int = ...,
+        shards: _builtins.int = ...,
+        shard_index: _builtins.int = ...,
+        initial_given: _builtins.bool = ...,
+        init_seed: _builtins.int = ...,
+        has_padding: _builtins.bool = ...,
+        padding_idx: _builtins.int = ...,
+        dynamic: _builtins.bool = ...,
+        init_std: _builtins.float = ...,
+        admit_after: _builtins.int = ...,
+        evict_after: _builtins.int = ...,
+        capacity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admit_after", b"admit_after", "capacity", b"capacity", "dim", b"dim", "dynamic", b"dynamic", "evict_after", b"evict_after", "has_padding", b"has_padding", "init_seed", b"init_seed", "init_std", b"init_std", "initial_given", b"initial_given", "name", b"name", "num_rows", b"num_rows", "padding_idx", b"padding_idx", "shard_index", b"shard_index", "shards", b"shards"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TableConfig: _TypeAlias = TableConfig  # noqa: Y015
 
 @_typing.final
 class Span(_message.Message):
@@ -320,6 +411,8 @@ class PullHeader(_message.Message):
     DTYPE_FIELD_NUMBER: _builtins.int
     WAITED_SECONDS_FIELD_NUMBER: _builtins.int
     BUFFERS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    DIM_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     clock: _builtins.int
     start: _builtins.int
@@ -331,6 +424,9 @@ class PullHeader(_message.Message):
     """
     buffers: _builtins.bytes
     """The shard's buffer range as float64 little-endian values (empty when the job has none)."""
+    rows: _builtins.int
+    """A Lookup's answer: the number of rows and their width (the data is rows * dim values)."""
+    dim: _builtins.int
     def __init__(
         self,
         *,
@@ -341,14 +437,81 @@ class PullHeader(_message.Message):
         dtype: _common_pb2.DType.ValueType = ...,
         waited_seconds: _builtins.float = ...,
         buffers: _builtins.bytes = ...,
+        rows: _builtins.int = ...,
+        dim: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "clock", b"clock", "dtype", b"dtype", "length", b"length", "start", b"start", "version", b"version", "waited_seconds", b"waited_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "clock", b"clock", "dim", b"dim", "dtype", b"dtype", "length", b"length", "rows", b"rows", "start", b"start", "version", b"version", "waited_seconds", b"waited_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PullHeader: _TypeAlias = PullHeader  # noqa: Y015
+
+@_typing.final
+class LookupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    table: _builtins.int
+    """index into ShardJobConfig.tables"""
+    ids: _builtins.bytes
+    """int64 little-endian; may repeat"""
+    dtype: _common_pb2.DType.ValueType
+    """of the rows on the wire; float32 if unspecified"""
+    chunk_bytes: _builtins.int
+    """0: the server's default"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        table: _builtins.int = ...,
+        ids: _builtins.bytes = ...,
+        dtype: _common_pb2.DType.ValueType = ...,
+        chunk_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "dtype", b"dtype", "ids", b"ids", "job_id", b"job_id", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupRequest: _TypeAlias = LookupRequest  # noqa: Y015
+
+@_typing.final
+class RowBlock(_message.Message):
+    """The gradient of a push for the rows of one table: `count` int64 ids (unique), then
+    count * dim values of `dtype`. The blocks follow the dense payload in the Push stream, in
+    the header's order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TABLE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    table: _builtins.int
+    count: _builtins.int
+    dtype: _common_pb2.DType.ValueType
+    def __init__(
+        self,
+        *,
+        table: _builtins.int = ...,
+        count: _builtins.int = ...,
+        dtype: _common_pb2.DType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "dtype", b"dtype", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RowBlock: _TypeAlias = RowBlock  # noqa: Y015
 
 @_typing.final
 class PullChunk(_message.Message):
@@ -391,6 +554,7 @@ class PushHeader(_message.Message):
     PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
     BUFFER_DELTA_FIELD_NUMBER: _builtins.int
     GRAD_SCALE_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     worker_id: _builtins.str
     seq: _builtins.int
@@ -421,6 +585,12 @@ class PushHeader(_message.Message):
     """Dynamic loss scaling (precision fp16): the payload is the gradient multiplied by this,
     and the shard divides by it before anything else. 0 means 1.
     """
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowBlock]:
+        """Row gradients of the job's tables, after the dense payload (see RowBlock). They are
+        decided with the dense gradient: applied, held for a sync step or refused together.
+        """
+
     def __init__(
         self,
         *,
@@ -436,10 +606,11 @@ class PushHeader(_message.Message):
         payload_bytes: _builtins.int = ...,
         buffer_delta: _builtins.bytes = ...,
         grad_scale: _builtins.float = ...,
+        rows: _abc.Iterable[Global___RowBlock] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "buffer_delta", b"buffer_delta", "codec", b"codec", "dtype", b"dtype", "grad_scale", b"grad_scale", "job_id", b"job_id", "length", b"length", "payload_bytes", b"payload_bytes", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "buffer_delta", b"buffer_delta", "codec", b"codec", "dtype", b"dtype", "grad_scale", b"grad_scale", "job_id", b"job_id", "length", b"length", "payload_bytes", b"payload_bytes", "rows", b"rows", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -60,6 +60,11 @@ class ParameterServerStub:
                 request_serializer=pscluster_dot_v1_dot_parameter__server__pb2.JobStatsRequest.SerializeToString,
                 response_deserializer=pscluster_dot_v1_dot_common__pb2.ShardJobStats.FromString,
                 _registered_method=True)
+        self.Lookup = channel.unary_stream(
+                '/pscluster.v1.ParameterServer/Lookup',
+                request_serializer=pscluster_dot_v1_dot_parameter__server__pb2.LookupRequest.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.PullChunk.FromString,
+                _registered_method=True)
         self.DropJob = channel.unary_unary(
                 '/pscluster.v1.ParameterServer/DropJob',
                 request_serializer=pscluster_dot_v1_dot_parameter__server__pb2.DropJobRequest.SerializeToString,
@@ -108,6 +113,17 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lookup(self, request, context):
+        """Rows of one of the job's embedding tables by id: a header (rows = how many), then data
+        chunks of rows * dim values of the header's dtype, in the order of the request's ids.
+        Never waits on the consistency mode: a worker looks rows up after its pull was granted.
+        INVALID_ARGUMENT for an id this shard does not own (outside the table, negative, or
+        another shard's), naming it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DropJob(self, request, context):
         """Frees a job's slice. NOT_FOUND if the job is not here.
         """
@@ -142,6 +158,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.GetJobStats,
                     request_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.JobStatsRequest.FromString,
                     response_serializer=pscluster_dot_v1_dot_common__pb2.ShardJobStats.SerializeToString,
+            ),
+            'Lookup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Lookup,
+                    request_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.LookupRequest.FromString,
+                    response_serializer=pscluster_dot_v1_dot_parameter__server__pb2.PullChunk.SerializeToString,
             ),
             'DropJob': grpc.unary_unary_rpc_method_handler(
                     servicer.DropJob,
@@ -284,6 +305,33 @@ class ParameterServer:
             '/pscluster.v1.ParameterServer/GetJobStats',
             pscluster_dot_v1_dot_parameter__server__pb2.JobStatsRequest.SerializeToString,
             pscluster_dot_v1_dot_common__pb2.ShardJobStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lookup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pscluster.v1.ParameterServer/Lookup',
+            pscluster_dot_v1_dot_parameter__server__pb2.LookupRequest.SerializeToString,
+            pscluster_dot_v1_dot_parameter__server__pb2.PullChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,13 @@ class ParameterServerStub:
     Push: _grpc.StreamUnaryMultiCallable[_parameter_server_pb2.PushChunk, _parameter_server_pb2.PushReply]
     """Sends a gradient for this shard's slice: a header, then data chunks."""
     GetJobStats: _grpc.UnaryUnaryMultiCallable[_parameter_server_pb2.JobStatsRequest, _common_pb2.ShardJobStats]
+    Lookup: _grpc.UnaryStreamMultiCallable[_parameter_server_pb2.LookupRequest, _parameter_server_pb2.PullChunk]
+    """Rows of one of the job's embedding tables by id: a header (rows = how many), then data
+    chunks of rows * dim values of the header's dtype, in the order of the request's ids.
+    Never waits on the consistency mode: a worker looks rows up after its pull was granted.
+    INVALID_ARGUMENT for an id this shard does not own (outside the table, negative, or
+    another shard's), naming it.
+    """
     DropJob: _grpc.UnaryUnaryMultiCallable[_parameter_server_pb2.DropJobRequest, _parameter_server_pb2.DropJobReply]
     """Frees a job's slice. NOT_FOUND if the job is not here."""
 
@@ -74,6 +81,13 @@ class ParameterServerAsyncStub(ParameterServerStub):
     Push: _aio.StreamUnaryMultiCallable[_parameter_server_pb2.PushChunk, _parameter_server_pb2.PushReply]  # type: ignore[assignment]
     """Sends a gradient for this shard's slice: a header, then data chunks."""
     GetJobStats: _aio.UnaryUnaryMultiCallable[_parameter_server_pb2.JobStatsRequest, _common_pb2.ShardJobStats]  # type: ignore[assignment]
+    Lookup: _aio.UnaryStreamMultiCallable[_parameter_server_pb2.LookupRequest, _parameter_server_pb2.PullChunk]  # type: ignore[assignment]
+    """Rows of one of the job's embedding tables by id: a header (rows = how many), then data
+    chunks of rows * dim values of the header's dtype, in the order of the request's ids.
+    Never waits on the consistency mode: a worker looks rows up after its pull was granted.
+    INVALID_ARGUMENT for an id this shard does not own (outside the table, negative, or
+    another shard's), naming it.
+    """
     DropJob: _aio.UnaryUnaryMultiCallable[_parameter_server_pb2.DropJobRequest, _parameter_server_pb2.DropJobReply]  # type: ignore[assignment]
     """Frees a job's slice. NOT_FOUND if the job is not here."""
 
@@ -123,6 +137,19 @@ class ParameterServerServicer(metaclass=_abc_1.ABCMeta):
         request: _parameter_server_pb2.JobStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.ShardJobStats, _abc.Awaitable[_common_pb2.ShardJobStats]]: ...
+
+    @_abc_1.abstractmethod
+    def Lookup(
+        self,
+        request: _parameter_server_pb2.LookupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_parameter_server_pb2.PullChunk], _abc.AsyncIterator[_parameter_server_pb2.PullChunk]]:
+        """Rows of one of the job's embedding tables by id: a header (rows = how many), then data
+        chunks of rows * dim values of the header's dtype, in the order of the request's ids.
+        Never waits on the consistency mode: a worker looks rows up after its pull was granted.
+        INVALID_ARGUMENT for an id this shard does not own (outside the table, negative, or
+        another shard's), naming it.
+        """
 
     @_abc_1.abstractmethod
     def DropJob(

@@ -32,6 +32,7 @@ from torch import nn
 from pscluster.data import inputs
 from pscluster.data.inputs import Inputs
 from pscluster.model.buffers import BufferLayout
+from pscluster.model.hosted import take_row_grads
 from pscluster.model.layout import ParamLayout
 from pscluster.model.objective import LossFn
 from pscluster.model.optimizer import parse_optimizer, torch_optimizer
@@ -55,6 +56,9 @@ class Window:
     # The buffers' change over the window (float64, CPU); None when the model has none.
     buffer_delta: torch.Tensor | None = None
     grad_scale: float = 1.0  # ``update`` is the gradient times this (fp16 loss scaling)
+    # Per hosted table, (unique ids, gradient rows) of the batch in ``update`` (times
+    # ``grad_scale``, as the update is); empty when the model has no tables.
+    rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def samples(self) -> int:
@@ -121,7 +125,8 @@ class LocalSGD:
             scale = self.precision.scale
             value = self._backward(x, y)
             grad = self.layout.gradient(self.model)
-            finite = all_finite(grad)
+            rows = take_row_grads(self.model)  # taken every batch: none may carry over
+            finite = all_finite(grad) and all(all_finite(g) for _, g in rows.values())
             self.precision.update(finite)
             if not finite and value is not None and scale != 1.0:
                 window.overflows += 1  # the scale was too large: fp16's normal course
@@ -131,6 +136,7 @@ class LocalSGD:
                 continue
             window.update = grad.to("cpu")
             window.grad_scale = scale
+            window.rows = rows
             window.steps.append((value, inputs.rows(x, "batch")))
         return window
 

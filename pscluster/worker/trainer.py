@@ -17,9 +17,12 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
+import torch
 
 from pscluster.config import Settings
+from pscluster.model.hosted import attach_rows
 from pscluster.shard_client import PushExtras, ShardError, Snapshot
+from pscluster.shard_client.tables import split_rows
 from pscluster.transport import wire
 from pscluster.transport.retry import RetryPolicy, retry
 from pscluster.v1 import coordinator_pb2
@@ -53,6 +56,19 @@ def _barrier_not_met(error: Exception) -> bool:
 SHARD_RETRY = RetryPolicy(_shard_down, first=0.05, cap=2.0, at_once=_barrier_not_met)
 
 
+class _ShardRows:
+    """The rows a hosted table asks for, from the shards, through the trainer's retries."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self._trainer = trainer
+        self._dims = [int(t.shape[1]) for t in trainer.rt.spec.model.tables]
+
+    def lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
+        rt, timeout = self._trainer.rt, self._trainer.settings.rpc_timeout_seconds
+        dim = self._dims[table]
+        return self._trainer.call(lambda: rt.shards.lookup(table, ids, dim, timeout), "lookup")
+
+
 class LeaseLost(Exception):
     """The lease no longer stands (revoked, expired, job gone): abandon the work."""
 
@@ -71,12 +87,14 @@ class Trainer:
         self.worker_id = worker_id
         self.settings = settings
         self.lease_alive = lease_alive
+        if runtime.spec.model.tables:  # the model's tables look their rows up through us
+            attach_rows(runtime.model, _ShardRows(self))
 
     def _check(self) -> None:
         if not self.lease_alive():
             raise LeaseLost("lease revoked or worker stopping")
 
-    def _call(self, fn: Callable[[], T], what: str) -> T:
+    def call(self, fn: Callable[[], T], what: str) -> T:
         """``fn`` through passing shard failures while the lease stands; NOT_FOUND (the job or
         this worker's membership is gone) loses the lease."""
         self._check()
@@ -99,7 +117,7 @@ class Trainer:
                 self.telemetry.pulled(self.rt.job_id, time.perf_counter() - started, nbytes)
             return snap
 
-        return self._call(attempt, "pull")
+        return self.call(attempt, "pull")
 
     def train(self, task: coordinator_pb2.Task, reporter: ProgressReporter) -> int:
         """Train on the lease's batches, a window of ``local_steps`` batches per pull and push
@@ -195,7 +213,8 @@ class Trainer:
         # Encoded once: a retry resends the same bytes; each range's codec state moves on only
         # when its own shard takes the push.
         encoded = rt.encoder.encode(window.update, epoch, sorted(push.pending))
-        extras = PushExtras(window.buffer_delta, window.grad_scale)
+        rows = split_rows(window.rows, len(rt.shards.ranges)) if window.rows else {}
+        extras = PushExtras(window.buffer_delta, window.grad_scale, rows)
         replies: dict[int, ps_pb2.PushReply] = {}
 
         def send() -> dict[int, ps_pb2.PushReply]:
@@ -213,7 +232,7 @@ class Trainer:
                 raise failed[0]
             return replies
 
-        push.settle(self._call(send, "push"), encoded, rt.encoder, rt.min_versions)
+        push.settle(self.call(send, "push"), encoded, rt.encoder, rt.min_versions)
 
     def evaluate(self) -> tuple[dict[str, float], list[int]]:
         """The job's loss and metric on the test set, and the shard versions they are of."""
@@ -222,4 +241,4 @@ class Trainer:
 
     def pull_observer(self) -> Snapshot:
         timeout = self.settings.rpc_timeout_seconds
-        return self._call(lambda: self.rt.shards.pull("", None, timeout), "pull")
+        return self.call(lambda: self.rt.shards.pull("", None, timeout), "pull")

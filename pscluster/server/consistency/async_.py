@@ -8,6 +8,7 @@ import torch
 
 from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext, Traits
 from pscluster.server.domain import Outcome, PushHeader
+from pscluster.server.tables.rows import RowGrads
 
 
 class AsyncPolicy(ConsistencyPolicy):
@@ -29,6 +30,7 @@ class AsyncPolicy(ConsistencyPolicy):
         push: PushHeader,
         grad: torch.Tensor,
         buffer_delta: torch.Tensor | None = None,
+        rows: RowGrads | None = None,
     ) -> Decision:
-        job.apply(grad, [push], step=False, buffer_delta=buffer_delta)
+        job.apply(grad, [push], step=False, buffer_delta=buffer_delta, rows=rows)
         return Decision(Outcome.APPLIED)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from pscluster.server.domain import Outcome, PushHeader
+from pscluster.server.tables.rows import RowGrads
 
 
 class JobContext(Protocol):
@@ -44,9 +45,11 @@ class JobContext(Protocol):
         *,
         step: bool,
         buffer_delta: torch.Tensor | None = None,
+        rows: RowGrads | None = None,
     ) -> None:
         """Run the optimizer on ``grad`` once, version += 1, record the pushes' staleness, and
-        add ``buffer_delta`` to the job's buffers.
+        add ``buffer_delta`` to the job's buffers; step the table rows of ``rows`` (already
+        averaged like ``grad``; scaled with it for staleness).
 
         ``pushes`` are the pushes behind ``grad``; ``step`` marks a sync barrier step. With the
         job's ``staleness_aware_lr`` a push applied on its own (``step=False``) is scaled by
@@ -110,13 +113,15 @@ class ConsistencyPolicy(Protocol):
         push: PushHeader,
         grad: torch.Tensor,
         buffer_delta: torch.Tensor | None = None,
+        rows: RowGrads | None = None,
     ) -> Decision:
         """Decide on a push from a member whose payload is valid and whose base_version is not
         ahead of the job's. May apply it (``job.apply``, passing the push's ``buffer_delta``
         along with its gradient), hold it, or refuse it with an outcome (never an exception:
         the worker acts on each shard's outcome). ``grad`` (already divided by the push's loss
         scale) and ``buffer_delta`` (float64, None: no change) are lent for the call only
-        (their memory is reused for the next push): copy what must outlive it.
+        (their memory is reused for the next push): copy what must outlive it. ``rows``, the
+        push's row gradients (None: none), are owned: a policy may keep them.
         """
         ...
 

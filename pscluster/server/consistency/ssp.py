@@ -21,6 +21,7 @@ import torch
 from pscluster.errors import InvalidArgument
 from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext, Traits
 from pscluster.server.domain import Outcome, PushHeader
+from pscluster.server.tables.rows import RowGrads
 
 
 class SSPPolicy(ConsistencyPolicy):
@@ -49,6 +50,7 @@ class SSPPolicy(ConsistencyPolicy):
         push: PushHeader,
         grad: torch.Tensor,
         buffer_delta: torch.Tensor | None = None,
+        rows: RowGrads | None = None,
     ) -> Decision:
         if push.base_clock + self.staleness < job.clock:
             return Decision(
@@ -59,7 +61,7 @@ class SSPPolicy(ConsistencyPolicy):
                 ),
                 reject_key="stale",
             )
-        job.apply(grad, [push], step=False, buffer_delta=buffer_delta)
+        job.apply(grad, [push], step=False, buffer_delta=buffer_delta, rows=rows)
         return Decision(Outcome.APPLIED)
 
     def pull_blocker(self, job: JobContext, worker_id: str) -> str | None:

@@ -20,6 +20,7 @@ import torch
 
 from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext, Traits
 from pscluster.server.domain import Outcome, PushHeader
+from pscluster.server.tables.rows import RowGrads
 
 
 class SyncPolicy(ConsistencyPolicy):
@@ -41,6 +42,7 @@ class SyncPolicy(ConsistencyPolicy):
         # The open step's summed buffer changes (small, so made afresh; None: none so far).
         self._buffer_sum: torch.Tensor | None = None
         self._pushes: dict[str, PushHeader] = {}  # by worker, for the open step
+        self._rows: list[RowGrads] = []  # the open step's row gradients, one per push
 
     def on_push(
         self,
@@ -48,6 +50,7 @@ class SyncPolicy(ConsistencyPolicy):
         push: PushHeader,
         grad: torch.Tensor,
         buffer_delta: torch.Tensor | None = None,
+        rows: RowGrads | None = None,
     ) -> Decision:
         if push.base_version < job.version:
             return self.refuse_old(job, push)
@@ -70,13 +73,16 @@ class SyncPolicy(ConsistencyPolicy):
         else:
             self._sum.copy_(grad)  # the gradient is only lent to us
             self._buffer_sum = None
+            self._rows = []
+        if rows is not None:
+            self._rows.append(rows)
         if buffer_delta is not None:
             if self._buffer_sum is None:
                 self._buffer_sum = buffer_delta.clone()
             else:
                 self._buffer_sum.add_(buffer_delta)
         # The delta's bytes are in the sum now: the held header need not keep them.
-        self._pushes[push.worker_id] = replace(push, buffer_delta=b"")
+        self._pushes[push.worker_id] = replace(push, buffer_delta=b"", rows=())
         if self.is_complete(job):
             self._apply(job)  # the version is the step's end now
             return Decision(Outcome.APPLIED, next_version=job.version)
@@ -118,6 +124,8 @@ class SyncPolicy(ConsistencyPolicy):
         tensors = {"sum": self._sum.clone()}
         if self._buffer_sum is not None:
             tensors["buffer_sum"] = self._buffer_sum.clone()
+        for table, (ids, grads) in RowGrads.merged(self._rows).blocks.items():
+            tensors[f"rows.{table}.ids"], tensors[f"rows.{table}.grads"] = ids, grads
         return tensors, {"pushes": pushes}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -126,20 +134,29 @@ class SyncPolicy(ConsistencyPolicy):
         self._sum = None if held is None else held.clone()
         held = tensors.get("buffer_sum")  # absent: no change so far (or an older checkpoint)
         self._buffer_sum = None if held is None else held.clone()
+        rows = RowGrads()
+        for name, ids in tensors.items():
+            if name.startswith("rows.") and name.endswith(".ids"):
+                table = int(name.split(".")[1])
+                rows.blocks[table] = (ids.clone(), tensors[f"rows.{table}.grads"].clone())
+        self._rows = [rows] if rows.blocks else []
 
     def _apply(self, job: JobContext) -> None:
         grad, pushes, buffer_sum = self._sum, list(self._pushes.values()), self._buffer_sum
-        self._pushes, self._buffer_sum = {}, None
+        rows = RowGrads.merged(self._rows) if self._rows else None
+        self._pushes, self._buffer_sum, self._rows = {}, None, []
         if grad is None or not pushes:
             return
         if len(pushes) > 1:
             grad.div_(len(pushes))  # the average over the pushes that made the step
+            if rows is not None:
+                rows.scale_(1 / len(pushes))  # rows a push left out count as zero in it
         # The buffer sum goes as a sum: the job averages it, except over its counters.
-        job.apply(grad, pushes, step=True, buffer_delta=buffer_sum)
+        job.apply(grad, pushes, step=True, buffer_delta=buffer_sum, rows=rows)
 
 
 def _header_json(push: PushHeader) -> dict[str, Any]:
     """A held push's header as JSON (its buffer delta is already in the sum)."""
     data = asdict(push)
-    del data["buffer_delta"]
+    del data["buffer_delta"], data["rows"]
     return data

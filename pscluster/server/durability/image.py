@@ -38,6 +38,8 @@ def restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> ShardJob:
     """
     config = JobConfig.from_json(meta["config"])
     buffers = tensors["buffers"].clone() if config.buffer_length else None
-    job = ShardJob(config, torch.empty(config.length), buffers)
+    # The tables start from their checkpointed rows rather than drawing rows to overwrite.
+    tables = [tensors[f"tables.{i}.values"] for i in range(len(config.tables))]
+    job = ShardJob(config, torch.empty(config.length), buffers, tables)
     job.load_state_dict(tensors, meta)
     return job

@@ -135,6 +135,8 @@ class Journal:
             "grad_scale": header.grad_scale,
             "buffer_delta_bytes": len(header.buffer_delta),
         }
+        if header.rows:  # their bytes are in the payload, after the dense part
+            meta["rows"] = [[b.table, b.count, b.dtype] for b in header.rows]
         return self._wal.append(RecordType.PUSH, meta, payload, header.buffer_delta)
 
     def log_members(self, worker_ids: list[str], generation: int, excluded: list[str]) -> int:

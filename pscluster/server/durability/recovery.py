@@ -33,6 +33,7 @@ from pscluster.server.durability.wal import (
     segments,
 )
 from pscluster.server.shard_job import ShardJob
+from pscluster.server.tables.rows import RowBlockInfo
 
 log = logging.getLogger(__name__)
 
@@ -140,5 +141,6 @@ def _logged_push(job_id: str, record: Record) -> tuple[PushHeader, bytes]:
     meta = dict(record.meta)
     delta_bytes = int(meta.pop("buffer_delta_bytes", 0))
     split = len(record.blob) - delta_bytes
-    header = PushHeader(job_id=job_id, **meta, buffer_delta=record.blob[split:])
+    rows = tuple(RowBlockInfo(*block) for block in meta.pop("rows", ()))
+    header = PushHeader(job_id=job_id, **meta, buffer_delta=record.blob[split:], rows=rows)
     return header, record.blob[:split]

@@ -1,0 +1,139 @@
+"""Row-wise update rules for embedding tables: each steps only the rows a push touched.
+
+``values`` is a table's float32 rows on this shard, ``slots`` the unique local rows to update
+and ``grads`` their gradients (one row each). The rules are torch's for sparse gradients
+(``torch.optim.SGD``, ``Adagrad`` and ``SparseAdam``), written with index ops over the
+touched rows only: a step costs the batch's unique rows, never the table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+
+from pscluster.model.sparse_optimizer import SparseOptimizerSpec
+
+
+class RowOptimizer(Protocol):
+    """One table's update rule and its state (tensors whose first dimension is the rows)."""
+
+    def state(self) -> dict[str, torch.Tensor]: ...
+
+    def scalars(self) -> dict[str, float]: ...
+
+    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None: ...
+
+    def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None: ...
+
+
+class RowSGD:
+    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
+        self.lr = spec.lr
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def scalars(self) -> dict[str, float]:
+        return {}
+
+    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
+        return None
+
+    def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
+        values.index_add_(0, slots, grads, alpha=-self.lr)
+
+
+class RowAdagrad:
+    """torch.optim.Adagrad on a sparse gradient: a per-value sum of squares (``dim`` floats of
+    state per row)."""
+
+    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
+        self.lr, self.eps = spec.lr, spec.eps
+        self.sum = torch.full((rows, dim), spec.initial_accumulator, dtype=torch.float32)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"sum": self.sum}
+
+    def scalars(self) -> dict[str, float]:
+        return {}
+
+    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
+        self.sum.copy_(tensors["sum"])
+
+    def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
+        acc = self.sum.index_select(0, slots).addcmul_(grads, grads)
+        self.sum.index_copy_(0, slots, acc)
+        values.index_add_(0, slots, grads / acc.sqrt_().add_(self.eps), alpha=-self.lr)
+
+
+class RowwiseAdagrad:
+    """One accumulator per row, the mean of its squared gradient (TorchRec's
+    EXACT_ROWWISE_ADAGRAD): 4 bytes of state per row whatever the width."""
+
+    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
+        self.lr, self.eps = spec.lr, spec.eps
+        self.sum = torch.full((rows,), spec.initial_accumulator, dtype=torch.float32)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"sum": self.sum}
+
+    def scalars(self) -> dict[str, float]:
+        return {}
+
+    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
+        self.sum.copy_(tensors["sum"])
+
+    def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
+        acc = self.sum.index_select(0, slots).add_(grads.square().mean(dim=1))
+        self.sum.index_copy_(0, slots, acc)
+        scale = acc.sqrt_().add_(self.eps).reciprocal_().unsqueeze(1)
+        values.index_add_(0, slots, grads * scale, alpha=-self.lr)
+
+
+class LazyAdam:
+    """torch.optim.SparseAdam: the moments of touched rows only, and one step count for the
+    table (bias correction as SparseAdam makes it)."""
+
+    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
+        self.lr, self.eps = spec.lr, spec.eps
+        self.beta1, self.beta2 = spec.betas
+        self.exp_avg = torch.zeros((rows, dim), dtype=torch.float32)
+        self.exp_avg_sq = torch.zeros((rows, dim), dtype=torch.float32)
+        self.steps = 0
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+    def scalars(self) -> dict[str, float]:
+        return {"steps": float(self.steps)}
+
+    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
+        self.exp_avg.copy_(tensors["exp_avg"])
+        self.exp_avg_sq.copy_(tensors["exp_avg_sq"])
+        self.steps = int(scalars["steps"])
+
+    def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
+        self.steps += 1
+        m = self.exp_avg.index_select(0, slots).lerp_(grads, 1 - self.beta1)
+        v = self.exp_avg_sq.index_select(0, slots)
+        v.mul_(self.beta2).addcmul_(grads, grads, value=1 - self.beta2)
+        self.exp_avg.index_copy_(0, slots, m)
+        self.exp_avg_sq.index_copy_(0, slots, v)
+        bias1 = 1 - self.beta1**self.steps
+        bias2 = 1 - self.beta2**self.steps
+        step_size = self.lr * math.sqrt(bias2) / bias1
+        values.index_add_(0, slots, m / v.sqrt_().add_(self.eps), alpha=-step_size)
+
+
+_RULES: dict[str, type[RowSGD | RowAdagrad | RowwiseAdagrad | LazyAdam]] = {
+    "sgd": RowSGD,
+    "adagrad": RowAdagrad,
+    "rowwise_adagrad": RowwiseAdagrad,
+    "lazy_adam": LazyAdam,
+}
+
+
+def make_row_optimizer(spec: SparseOptimizerSpec, rows: int, dim: int) -> RowOptimizer:
+    return _RULES[spec.name](spec, rows, dim)

@@ -1,0 +1,130 @@
+"""One embedding table's rows on one shard, with their optimizer state: plain tensors.
+
+A fixed-size table (``nn.Embedding(num, dim, sparse=True)``) holds its ``local_rows`` rows in
+one float32 array, row ``id // shards`` for id ``id``: no per-row objects, no index to keep,
+and memory is exactly the values plus the optimizer's state. Every id a caller gives is
+checked before anything is read or changed, so a bad id changes nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pscluster.errors import InvalidArgument, ResourceExhausted
+from pscluster.model.sparse_optimizer import SparseOptimizerSpec
+from pscluster.server.tables.optimizers import make_row_optimizer
+from pscluster.server.tables.spec import TableSpec
+
+# Rows initialised per generator: each block of local rows has its own seed, so any block can
+# be made again on its own (and the work is in large vectorised draws).
+INIT_BLOCK = 1 << 16
+
+
+class FixedTable:
+    """``initial``: this shard's rows in id order (None: N(0, 1) drawn from seeded blocks, the
+    initialisation torch gives nn.Embedding, though not the same draws)."""
+
+    def __init__(
+        self, spec: TableSpec, optimizer: SparseOptimizerSpec, initial: torch.Tensor | None
+    ) -> None:
+        self.spec = spec
+        shape = (spec.local_rows, spec.dim)
+        try:
+            self.values = torch.empty(shape, dtype=torch.float32)
+            self.opt = make_row_optimizer(optimizer, spec.local_rows, spec.dim)
+        except (MemoryError, RuntimeError):
+            raise ResourceExhausted(
+                f"table {spec.name!r}: this shard cannot hold {spec.local_rows} rows of "
+                f"{spec.dim} values and their optimizer state; spread the job over more shards"
+            ) from None
+        if initial is None:
+            self._draw_initial()
+        else:
+            self.values.copy_(initial.reshape(shape))
+        self._pad_slot = self._padding_slot()
+        if self._pad_slot is not None:
+            self.values[self._pad_slot] = 0.0
+
+    def _draw_initial(self) -> None:
+        spec = self.spec
+        for start in range(0, spec.local_rows, INIT_BLOCK):
+            block = self.values[start : start + INIT_BLOCK]
+            seed = np.random.SeedSequence(
+                [spec.init_seed, spec.shards, spec.shard_index, start // INIT_BLOCK]
+            ).generate_state(1, np.uint64)[0]
+            generator = torch.Generator().manual_seed(int(seed) & (2**63 - 1))
+            torch.randn(block.shape, generator=generator, out=block)
+
+    def _padding_slot(self) -> int | None:
+        pad, spec = self.spec.padding_idx, self.spec
+        if pad is None or pad % spec.shards != spec.shard_index:
+            return None
+        return pad // spec.shards
+
+    # --- reading and updating ---
+
+    def slots(self, ids: torch.Tensor) -> torch.Tensor:
+        """The local rows of ``ids`` (int64); InvalidArgument naming the first id this shard
+        does not own, before anything is read or changed."""
+        spec = self.spec
+        if ids.numel() == 0:
+            return ids
+        owner = torch.remainder(ids, spec.shards)
+        bad = (ids < 0) | (ids >= spec.num_rows) | (owner != spec.shard_index)
+        if bool(bad.any()):
+            first = int(ids[bad.nonzero()[0, 0]])
+            if first < 0 or first >= spec.num_rows:
+                why = f"outside the table (0 .. {spec.num_rows - 1})"
+            else:
+                why = f"owned by shard {first % spec.shards} of {spec.shards}, not this one"
+            raise InvalidArgument(
+                f"table {spec.name!r}: id {first} is {why}; {int(bad.sum())} of "
+                f"{ids.numel()} ids are refused and nothing was read or changed"
+            )
+        return torch.div(ids, spec.shards, rounding_mode="floor")
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """A copy of the rows of ``ids`` (in their order, repeats included)."""
+        return self.values.index_select(0, self.slots(ids))
+
+    def check_gradient(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
+        """InvalidArgument unless ``grads`` is one row of the table's width per id of ours."""
+        if grads.shape != (ids.numel(), self.spec.dim):
+            raise InvalidArgument(
+                f"table {self.spec.name!r}: a gradient of shape {tuple(grads.shape)} for "
+                f"{ids.numel()} ids; expected ({ids.numel()}, {self.spec.dim})"
+            )
+        self.slots(ids)
+
+    def apply(self, ids: torch.Tensor, grads: torch.Tensor) -> int:
+        """One optimizer step on the rows of ``ids`` (checked with :meth:`check_gradient`;
+        repeated ids are summed first, as torch coalesces a sparse gradient). The padding row
+        never moves. Returns the rows stepped."""
+        slots = self.slots(ids)
+        unique, inverse = torch.unique(slots, return_inverse=True)
+        summed = torch.zeros((unique.numel(), self.spec.dim), dtype=torch.float32)
+        grads = summed.index_add_(0, inverse, grads)
+        if self._pad_slot is not None:
+            keep = unique != self._pad_slot
+            unique, grads = unique[keep], grads[keep]
+        if unique.numel():
+            self.opt.step(self.values, unique, grads)
+        return int(unique.numel())
+
+    # --- checkpoints ---
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Copies of the rows and the optimizer state, and the optimizer's scalars."""
+        tensors = {"values": self.values.clone()}
+        tensors.update({f"opt.{k}": v.clone() for k, v in self.opt.state().items()})
+        return tensors, self.opt.scalars()
+
+    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
+        self.values.copy_(tensors["values"])
+        opt = {k[len("opt.") :]: v for k, v in tensors.items() if k.startswith("opt.")}
+        self.opt.load(opt, scalars)
+
+    def nbytes(self) -> int:
+        held = [self.values, *self.opt.state().values()]
+        return sum(t.numel() * t.element_size() for t in held)

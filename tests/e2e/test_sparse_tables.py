@@ -1,0 +1,174 @@
+"""Embedding tables on the shards, end to end: one worker in sync is single-process PyTorch
+with torch's own sparse optimizers, mistakes are refused at submit, and the fetched model
+holds the trained tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pscluster.client.errors import InvalidJobError
+from pscluster.client.local import LocalCluster
+from pscluster.data.partitions import batches
+from tests.e2e.conftest import start_cluster
+from tests.e2e.sparse_models import MeanBag, TinyCTR
+
+SEED, EPOCHS, BATCH, PARTITIONS = 3, 2, 32, 2
+Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    # 3 shards: every table's rows are spread by id % 3, the dense vector cut in three.
+    c = start_cluster(tmp_path_factory.mktemp("sparse"), shards=3, workers=1)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def ctr_data(n: int, seed: int) -> tuple[Inputs, torch.Tensor]:
+    """Clicks planted on item and user effects; user 0 is "unknown" (the padding row)."""
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(0, 997, (n, 6), generator=g)
+    user = torch.randint(0, 50, (n,), generator=g)
+    dense = torch.randn(n, 3, generator=g)
+    effect = torch.randn(997, generator=g)
+    logit = effect[items].sum(1) / 2 + torch.randn(50, generator=g)[user] + dense[:, 0]
+    y = (torch.rand(n, generator=g) < torch.sigmoid(logit)).float()
+    return (items, user, dense), y
+
+
+def train_one_process(
+    model: nn.Module,
+    train: tuple[Inputs, torch.Tensor],
+    dense_opt: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+    sparse_opt: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+) -> dict[str, torch.Tensor]:
+    """The one-worker job's batches, in its order, with a dense and a sparse optimizer."""
+    tables = [
+        p for n, p in model.named_parameters() if n.endswith(("items.weight", "users.weight"))
+    ]
+    dense = [p for n, p in model.named_parameters() if not any(p is t for t in tables)]
+    opts = [dense_opt(dense), sparse_opt(tables)]
+    (items, user, feats), y = train
+    for epoch in range(EPOCHS):
+        for partition in range(PARTITIONS):
+            for idx in batches(len(y), PARTITIONS, partition, epoch, BATCH, SEED):
+                for opt in opts:
+                    opt.zero_grad()
+                out = model(items[idx], user[idx], feats[idx])
+                F.binary_cross_entropy_with_logits(out, y[idx]).backward()  # type: ignore[no-untyped-call]
+                for opt in opts:
+                    opt.step()
+    return model.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("sparse", "torch_sparse"),
+    [
+        ({"name": "adagrad", "lr": 0.1}, lambda p: torch.optim.Adagrad(p, lr=0.1)),
+        ({"name": "lazy_adam", "lr": 0.01}, lambda p: torch.optim.SparseAdam(p, lr=0.01)),
+    ],
+    ids=["adagrad", "lazy_adam"],
+)
+def test_one_worker_in_sync_is_single_process_torch_with_sparse_gradients(
+    one_worker: LocalCluster,
+    sparse: dict[str, object],
+    torch_sparse: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+) -> None:
+    # Prepare: the same initial model here and in the job (its tables sent as init_from).
+    train, test = ctr_data(400, 1), ctr_data(100, 2)
+    torch.manual_seed(SEED)
+    model = TinyCTR()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = train_one_process(model, train, lambda p: torch.optim.Adam(p, lr=0.01), torch_sparse)
+
+    # Execute
+    with one_worker.client() as client:
+        job = client.submit(
+            model=TinyCTR,
+            train=train,
+            test=test,
+            loss="bce_with_logits",
+            mode="sync",
+            optimizer={"name": "adam", "lr": 0.01},
+            sparse_optimizer=sparse,
+            epochs=EPOCHS,
+            batch_size=BATCH,
+            partitions=PARTITIONS,
+            seed=SEED,
+            init_from=initial,
+        )
+        info = job.wait(timeout=300)
+        remote = job.fetch_model()
+
+    # Assert: tables and dense parameters as torch trained them; the padding row untouched.
+    assert info.state == "completed", info.error
+    assert remote.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(remote[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert float(remote["users.weight"][0].abs().sum()) == 0.0
+
+
+def test_the_fetched_model_scores_what_the_job_reported(one_worker: LocalCluster) -> None:
+    # Prepare: tables drawn on the shards (no init_from), mean bags.
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 5000, (600, 4), generator=g)
+    y = torch.remainder(ids[:, 0], 3)  # the class lives in the first id's row
+
+    # Execute
+    with one_worker.client() as client:
+        job = client.submit(
+            model=MeanBag,
+            train=(ids[:500], y[:500]),
+            test=(ids[500:], y[500:]),
+            mode="async",
+            optimizer={"name": "adam", "lr": 0.01},
+            sparse_optimizer={"name": "rowwise_adagrad", "lr": 0.5},
+            epochs=3,
+            batch_size=50,
+        )
+        info = job.wait(timeout=300)
+        state = job.fetch_model()
+
+    # Assert: the fetched tables load into the user's own (unhosted) model and score the same.
+    assert info.state == "completed", info.error
+    model = MeanBag()
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(ids[500:]).argmax(1) == y[500:]).float().mean())
+    assert info.test_accuracy == pytest.approx(accuracy, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sparse_optimizer": None}, "pass sparse_optimizer"),
+        ({"sparse_optimizer": {"name": "adamw", "lr": 0.1}}, "not supported"),
+        ({"local_steps": 4}, "local_steps cannot be used"),
+        ({"bad_id": True}, "has ids 0 .. 996; got id 997"),
+    ],
+    ids=["no-sparse-optimizer", "unknown-sparse-optimizer", "local-steps", "id-out-of-range"],
+)
+def test_mistakes_with_tables_are_refused_at_submit(
+    one_worker: LocalCluster, change: dict[str, object], message: str
+) -> None:
+    (items, user, dense), y = ctr_data(64, 4)
+    if change.pop("bad_id", False):
+        items = items.clone()
+        items[10, 2] = 997
+    options: dict[str, object] = {"sparse_optimizer": {"name": "sgd", "lr": 0.1}, **change}
+    with one_worker.client() as client, pytest.raises(InvalidJobError, match=message):
+        client.submit(
+            model=TinyCTR,
+            train=((items, user, dense), y),
+            test=((items, user, dense), y),
+            loss="bce_with_logits",
+            **options,  # type: ignore[arg-type]
+        )

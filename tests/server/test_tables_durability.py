@@ -1,0 +1,128 @@
+"""A job's tables on a durable shard: row updates are in the write-ahead log and in the
+checkpoints, so a recovered job's rows and their optimizer state are the live job's; a push
+with a bad row block changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pscluster.errors import InvalidArgument
+from pscluster.model.optimizer import OptimizerSpec
+from pscluster.model.sparse_optimizer import SparseOptimizerSpec
+from pscluster.server.domain import JobConfig, Outcome, PushHeader
+from pscluster.server.durability.checkpoint import read_checkpoint, write_checkpoint
+from pscluster.server.durability.image import capture, restore
+from pscluster.server.durability.journal import DurabilityConfig
+from pscluster.server.durability.recovery import recover_job
+from pscluster.server.shard import Shard
+from pscluster.server.shard_job import ShardJob
+from pscluster.server.tables.rows import encode_rows
+from pscluster.server.tables.spec import TableSpec
+from pscluster.transport import wire
+from pscluster.v1 import common_pb2
+
+F32 = common_pb2.DTYPE_FLOAT32
+N, ROWS, DIM = 6, 40, 3
+# Shard 1 of 2: it holds the odd ids of each table.
+TABLES = (
+    TableSpec("given.weight", ROWS, DIM, 2, 1, initial_given=True),
+    TableSpec("drawn.weight", ROWS, DIM, 2, 1, init_seed=9),
+)
+
+
+def config(mode: str = "async", job_id: str = "t") -> JobConfig:
+    return JobConfig(
+        job_id,
+        0,
+        N,
+        mode,
+        0,
+        OptimizerSpec(name="sgd", lr=0.1),
+        tables=TABLES,
+        sparse_optimizer=SparseOptimizerSpec("lazy_adam", 0.05, eps=1e-8),
+    )
+
+
+def given_rows() -> torch.Tensor:
+    return torch.arange(ROWS * DIM, dtype=torch.float32).reshape(ROWS, DIM)[1::2] / 100
+
+
+def push(job: ShardJob, worker: str, seq: int, ids: list[int], table: int = 1) -> Outcome:
+    grads = torch.linspace(-1, 1, len(ids) * DIM).reshape(len(ids), DIM) * seq
+    infos, rows = encode_rows({table: (torch.tensor(ids), grads)})
+    header = PushHeader("t", worker, seq, job.version, 0, N, F32, rows=tuple(infos))
+    return job.push(header, [bytes(wire.encode(torch.ones(N))), rows]).outcome
+
+
+def rows_of(job: ShardJob) -> list[torch.Tensor]:
+    odd = torch.arange(1, ROWS, 2)
+    return [job.lookup(0, odd), job.lookup(1, odd)]
+
+
+def test_a_recovered_job_has_the_live_jobs_rows_and_optimizer_state(tmp_path: Path) -> None:
+    # Prepare: a durable job whose first table's rows were given, the second's drawn
+    durability = DurabilityConfig(tmp_path, fsync="never", checkpoint_wal_bytes=1 << 30)
+    data = [bytes(wire.encode(torch.zeros(N))), bytes(wire.encode(given_rows().reshape(-1)))]
+    job = Shard(durability).init_job(config(), data)
+    twin = ShardJob(config(), torch.zeros(N), None, [given_rows(), None])  # in memory only
+    for each in (job, twin):
+        each.set_members(["w"], 1)
+        for seq in range(1, 6):
+            assert push(each, "w", seq, [1, 7, 7, 39], table=seq % 2) is Outcome.APPLIED
+    assert job.journal is not None
+    job.journal.close()  # as a crash leaves it
+
+    # Execute: recovery from the InitJob's checkpoint and the log after it
+    recovered = recover_job(durability.job_folder("t"), durability)
+
+    # Assert: the same rows, and the same next step (lazy Adam's moments and step count)
+    assert recovered is not None and recovered.records_replayed >= 5
+    back = recovered.job
+    for live, again in zip(rows_of(twin), rows_of(back), strict=True):
+        assert torch.equal(live, again)
+    assert push(twin, "w", 6, [7, 9]) is push(back, "w", 6, [7, 9]) is Outcome.APPLIED
+    for live, again in zip(rows_of(twin), rows_of(back), strict=True):
+        assert torch.equal(live, again)
+    assert back.journal is not None
+    back.journal.close()
+
+
+def test_a_checkpoint_keeps_the_rows_of_an_open_sync_step(tmp_path: Path) -> None:
+    # Prepare: one of two pushes of a sync step held, its rows with it
+    job = ShardJob(config("sync"), torch.zeros(N), None, [given_rows(), None])
+    job.set_members(["w1", "w2"], 1)
+    assert push(job, "w1", 1, [1, 3]) is Outcome.BUFFERED
+    path = tmp_path / "checkpoint-000000000001.safetensors"
+
+    # Execute
+    write_checkpoint(path, *capture(job))
+    back = restore(*read_checkpoint(path))
+    for each in (job, back):
+        assert push(each, "w2", 1, [3, 5]) is Outcome.APPLIED
+
+    # Assert: the step averaged both pushes' rows on both
+    for live, again in zip(rows_of(job), rows_of(back), strict=True):
+        assert torch.equal(live, again)
+    assert not torch.equal(
+        rows_of(job)[1], ShardJob(config(), torch.zeros(N)).lookup(1, torch.arange(1, ROWS, 2))
+    )
+
+
+@pytest.mark.parametrize(
+    ("ids", "table", "message"),
+    [([1, 4], 1, "owned by shard 0"), ([41], 0, "outside the table"), ([-1], 1, "outside")],
+)
+def test_a_push_with_a_bad_row_changes_nothing(ids: list[int], table: int, message: str) -> None:
+    job = ShardJob(config(), torch.zeros(N), None, [given_rows(), None])
+    job.set_members(["w"], 1)
+    before = rows_of(job), job.checksum(), job.version
+
+    with pytest.raises(InvalidArgument, match=message):
+        push(job, "w", 1, ids, table=table)
+
+    assert all(torch.equal(a, b) for a, b in zip(rows_of(job), before[0], strict=True))
+    assert (job.checksum(), job.version) == before[1:]
+    assert job.stats().pushes_rejected == {"invalid": 1}
