@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Client", "Job", "__version__"]
+__all__ = ["Client", "DynamicEmbedding", "Job", "__version__"]
 
 if TYPE_CHECKING:
     from pscluster.client.sdk import Client, Job
+    from pscluster.model.dynamic_embedding import DynamicEmbedding
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +24,8 @@ def __getattr__(name: str) -> Any:
         from pscluster.client import sdk
 
         return getattr(sdk, name)
+    if name == "DynamicEmbedding":
+        from pscluster.model.dynamic_embedding import DynamicEmbedding
+
+        return DynamicEmbedding
     raise AttributeError(name)

@@ -43,6 +43,8 @@ def metrics(
         console.print(line, markup=False)
     if m.workers:
         console.print(_speeds(m))
+    if m.tables:
+        console.print(_tables(m))
     if m.events:
         console.print("events:")
         for ev in m.events:
@@ -94,6 +96,29 @@ def _summary(m: JobMetrics, mode: str) -> list[str]:
 
 def _histogram(counts: dict[int, int]) -> str:
     return ", ".join(f"{lag}: {n}" for lag, n in sorted(counts.items())) or "none yet"
+
+
+def _tables(m: JobMetrics) -> Table:
+    """Each embedding table: its rows and their spread over shards, traffic per step, hot ids."""
+    steps = max(1, len(m.steps))
+    table = Table(title="embedding tables on the shards (per step: over the job's steps)")
+    for column in ("table", "rows", "memory", "imbalance", "rows/step", "bytes/step", "hot ids"):
+        table.add_column(column)
+    for t in m.tables:
+        rows = f"{t.rows}"
+        if t.admitted or t.evicted:
+            rows += f" (+{t.admitted} -{t.evicted})"
+        traffic = (t.bytes_looked_up + t.bytes_pushed) / steps
+        table.add_row(
+            t.name,
+            rows,
+            format_bytes(t.bytes),
+            f"{t.imbalance:.2f}",
+            f"{t.rows_looked_up / steps:.0f} looked up, {t.rows_pushed / steps:.0f} pushed",
+            format_bytes(int(traffic)),
+            ", ".join(f"{i} ({n})" for i, n in t.hot_ids[:5]),
+        )
+    return table
 
 
 def _speeds(m: JobMetrics) -> Table:

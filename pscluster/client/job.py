@@ -7,6 +7,7 @@ but the job's id (and, right after submit, the job's token).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +20,7 @@ from pscluster.client.info import JobInfo
 from pscluster.client.metrics import JobMetrics
 from pscluster.errors import PSError
 from pscluster.model import state
+from pscluster.v1 import coordinator_pb2 as co_pb2
 
 if TYPE_CHECKING:  # the client module imports this one to hand out Jobs
     from pscluster.client.sdk import Client
@@ -118,6 +120,24 @@ class Job:
             return state.loads(blob, f"the model of job {self.id}")
         except PSError as e:
             raise PSClusterError(str(e)) from e
+
+    def lookup(self, table: str, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Rows of one of the job's embedding tables (its state_dict name, e.g.
+        ``"emb.weight"``), as a float32 (len(ids), dim) tensor, without fetching the table:
+        from the shards while the job runs, from its saved model once it completed.
+
+        Example::
+
+            vectors = job.lookup("items.weight", [3, 17, 42])
+        """
+        flat = torch.as_tensor(ids, dtype=torch.int64).reshape(-1).tolist()
+        request = co_pb2.LookupRowsRequest(job_id=self.id, table=table, ids=flat)
+        reply = self.client._call(
+            f"look rows of {table!r} up in job {self.id}",
+            lambda t: self.client._stub.LookupRows(request, timeout=t),
+        )
+        values = torch.frombuffer(bytearray(reply.values), dtype=torch.float32)
+        return values.reshape(len(flat), reply.dim) if flat else values.reshape(0, reply.dim)
 
     def cancel(self) -> JobInfo:
         """Stop the job; its workers abandon their leases. Cancelling a finished job is a no-op

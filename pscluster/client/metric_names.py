@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 ACCURACY = "accuracy"
 LOSS = "loss"
 # The order metrics are listed in (columns, CSV headers): the job's own comes first anyway.
-KNOWN_METRICS = (ACCURACY, "mse", "mae", LOSS)
+KNOWN_METRICS = (ACCURACY, "auc", "mse", "mae", LOSS)
 # Accuracy rises as a job learns; mse, mae and the loss fall. A plot or a target needs to know.
-HIGHER_IS_BETTER = frozenset({ACCURACY})
+HIGHER_IS_BETTER = frozenset({ACCURACY, "auc"})
 
 
 def metric_label(metric: str) -> str:

@@ -38,6 +38,7 @@ from pscluster.client.metric_rows import (
     step_row,
     worker_speed_row,
 )
+from pscluster.client.table_metrics import TableRow, table_rows
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ __all__ = [
     "JobMetrics",
     "ShardRow",
     "StepRow",
+    "TableRow",
     "WorkerSpeedRow",
     "format_metric",
     "infer_metric",
@@ -102,6 +104,8 @@ class JobMetrics:
     batches_dropped: dict[str, int] = field(default_factory=dict)
     metric: str = LOSS
     started_unix: float = 0.0  # the origin of every row's ``seconds``
+    # The model's embedding tables on the shards: rows, traffic, hot ids (none: no tables).
+    tables: list[TableRow] = field(default_factory=list)
 
     @property
     def stragglers(self) -> list[str]:
@@ -201,6 +205,7 @@ class JobMetrics:
             shards=[shard_row(s) for s in m.shards],
             workers=[worker_speed_row(w) for w in m.workers],
             events=[event_row(e, origin) for e in m.events],
+            tables=table_rows(m.shards),
             metric=infer_metric(epochs[-1].metrics) if epochs else LOSS,
             started_unix=origin,
         )

@@ -124,9 +124,7 @@ def payload_for(
     params, buffers = rebuild.describe(start.model)
     model_spec.params.extend(params)
     model_spec.buffers.extend(buffers)
-    model_spec.tables.extend(
-        co_pb2.ParamInfo(name=t.name, shape=(t.num_rows, t.dim)) for t in start.tables
-    )
+    model_spec.tables.extend(t.to_proto() for t in start.tables)
     spec = _job_spec(options, model_spec, loss_name, loss_fn, init_from)
     _sparse_options(spec, options)
     _check_objective(spec)

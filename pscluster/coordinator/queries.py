@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from pscluster.coordinator import blobs, live
+import torch
+
+from pscluster.coordinator import blobs, live, tables
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.leases import TRAIN
@@ -17,6 +19,7 @@ from pscluster.coordinator.model_spec import buffer_ranges
 from pscluster.coordinator.runtime import Runtime
 from pscluster.errors import FailedPrecondition, InvalidArgument, NotFound
 from pscluster.model import objective, state
+from pscluster.shard_client.tables import lookup_rows
 from pscluster.transport import wire
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -172,6 +175,24 @@ class JobQueries:
             st.CANCELLED: "it was cancelled before training finished, so there is no trained model",
         }.get(job.state, "it has no model")
         raise FailedPrecondition(f"job {job_id} is {job.state}: {reason}")
+
+    def lookup_rows(self, job_id: str, name: str, ids: torch.Tensor) -> co_pb2.LookupRowsReply:
+        """Rows of a table of a running job (from its shards) or a completed one (its model)."""
+        job = self.jobs.require(job_id)
+        spec = co_pb2.JobSpec.FromString(job.spec)
+        index, table = tables.table_index(spec, name)
+        tables.check_ids(ids, table)
+        if job.state == st.COMPLETED:
+            path = self.rt.blobs.path(job_id, blobs.MODEL)
+            found, source = tables.saved_rows(path, table, ids), "model"
+        elif job.state == st.RUNNING:
+            addresses = [p.address for p in job.shards]
+            found = lookup_rows(self.rt.shards, job_id, addresses, index, ids, table.dim, peek=True)
+            source = "shards"
+        else:
+            raise FailedPrecondition(f"job {job_id} is {job.state}: it has no rows to read")
+        values = found.numpy().astype("<f4", copy=False).tobytes()
+        return co_pb2.LookupRowsReply(dim=table.dim, values=values, source=source)
 
     def cluster_status(self) -> co_pb2.ClusterStatusReply:
         rt = self.rt

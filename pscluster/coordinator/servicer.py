@@ -10,6 +10,7 @@ import itertools
 from collections.abc import Iterator
 
 import grpc
+import torch
 
 from pscluster.coordinator.admission import Admission
 from pscluster.coordinator.app import Coordinator
@@ -94,6 +95,13 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
     ) -> Iterator[common_pb2.BlobChunk]:
         for data in self.c.queries.model_chunks(_job_id(request.job_id)):
             yield common_pb2.BlobChunk(blob="model", data=data)
+
+    @grpc_errors
+    def LookupRows(
+        self, request: co_pb2.LookupRowsRequest, context: grpc.ServicerContext
+    ) -> co_pb2.LookupRowsReply:
+        ids = torch.tensor(list(request.ids), dtype=torch.int64)
+        return self.c.queries.lookup_rows(_job_id(request.job_id), request.table, ids)
 
     @grpc_errors
     def ClusterStatus(

@@ -7,15 +7,20 @@ there, or sent once when ``init_from`` gave them) and a fetch reads them back in
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from pscluster.errors import InvalidArgument
 from pscluster.model.sparse_optimizer import parse_sparse_optimizer
+from pscluster.server.tables.dynamic import initial_rows
 from pscluster.server.tables.spec import MAX_DIM
 from pscluster.shard_client import ShardClient
-from pscluster.shard_client.tables import lookup_rows
+from pscluster.shard_client.tables import export_rows, lookup_rows
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
@@ -32,11 +37,12 @@ def validate_tables(spec: co_pb2.JobSpec, taken: set[str]) -> None:
                 f"model.tables[{i}].name {table.name!r} is empty or names another entry"
             )
         names.add(table.name)
-        shape = list(table.shape)
-        if len(shape) != 2 or shape[0] < 1 or not 1 <= shape[1] <= MAX_DIM:
+        rows_ok = table.num_rows == 0 if table.dynamic else table.num_rows >= 1
+        if not rows_ok or not 1 <= table.dim <= MAX_DIM:
             raise InvalidArgument(
-                f"model.tables[{i}] ({table.name!r}) has shape {shape}; expected "
-                f"[rows >= 1, 1 <= dim <= {MAX_DIM}]"
+                f"model.tables[{i}] ({table.name!r}) has {table.num_rows} rows of width "
+                f"{table.dim}; expected rows >= 1 (0 for a dynamic table) and a width of 1 to "
+                f"{MAX_DIM}"
             )
     if not spec.model.tables:
         if spec.sparse_optimizer.name:
@@ -53,10 +59,11 @@ def check_given_rows(spec: co_pb2.JobSpec, tensors: dict[str, torch.Tensor]) -> 
         rows = tensors.get(table.name)
         if rows is None:
             continue
-        if rows.dtype != torch.float32 or list(rows.shape) != list(table.shape):
+        shape = [table.num_rows, table.dim]
+        if table.dynamic or rows.dtype != torch.float32 or list(rows.shape) != shape:
             raise InvalidArgument(
                 f"the initial state has table {table.name!r} as {rows.dtype} "
-                f"{list(rows.shape)}; the spec says float32 {list(table.shape)}"
+                f"{list(rows.shape)}; the spec says float32 {shape} (a dynamic table takes none)"
             )
 
 
@@ -71,12 +78,19 @@ def shard_tables(
         configs.append(
             ps_pb2.TableConfig(
                 name=table.name,
-                num_rows=table.shape[0],
-                dim=table.shape[1],
+                num_rows=table.num_rows,
+                dim=table.dim,
                 shards=shards,
                 shard_index=shard,
                 initial_given=given is not None,
-                init_seed=spec.seed,
+                init_seed=table.init_seed if table.dynamic else spec.seed,
+                has_padding=table.has_padding,
+                padding_idx=table.padding_idx,
+                dynamic=table.dynamic,
+                init_std=table.init_std,
+                admit_after=table.admit_after,
+                evict_after=table.evict_after,
+                capacity=table.capacity,
             )
         )
         if given is not None:
@@ -90,12 +104,87 @@ def read_tables(
     """Every table whole, read from the shards in blocks of ids."""
     out = {}
     for index, table in enumerate(spec.model.tables):
-        num_rows, dim = int(table.shape[0]), int(table.shape[1])
+        if table.dynamic:  # its ids and rows, as many as the shards hold
+            out.update(dynamic_table(client, job_id, addresses, index, table))
+            continue
+        num_rows, dim = table.num_rows, table.dim
         whole = torch.empty((num_rows, dim), dtype=torch.float32)
         for start in range(0, num_rows, READ_BLOCK_ROWS):
             ids = torch.arange(start, min(num_rows, start + READ_BLOCK_ROWS), dtype=torch.int64)
             whole[start : start + ids.numel()] = lookup_rows(
-                client, job_id, addresses, index, ids, dim
+                client, job_id, addresses, index, ids, dim, peek=True
             )
         out[table.name] = whole
     return out
+
+
+MAX_LOOKUP_IDS = 1_000_000
+
+
+def table_index(spec: co_pb2.JobSpec, name: str) -> tuple[int, co_pb2.TableInfo]:
+    """The index and the description of the job's table ``name`` (InvalidArgument naming the
+    tables it has)."""
+    for index, table in enumerate(spec.model.tables):
+        if table.name == name:
+            return index, table
+    names = [t.name for t in spec.model.tables]
+    raise InvalidArgument(f"the job has no table {name!r}; its tables are {names}")
+
+
+def check_ids(ids: torch.Tensor, table: co_pb2.TableInfo) -> None:
+    name, rows = table.name, table.num_rows if not table.dynamic else 2**63 - 1
+    if ids.numel() > MAX_LOOKUP_IDS:
+        raise InvalidArgument(f"{ids.numel()} ids in one lookup; ask for {MAX_LOOKUP_IDS} at most")
+    bad = (ids < 0) | (ids >= rows)
+    if bool(bad.any()):
+        raise InvalidArgument(f"table {name!r} has ids 0 .. {rows - 1}; got id {int(ids[bad][0])}")
+
+
+def saved_rows(path: Path, table: co_pb2.TableInfo, ids: torch.Tensor) -> torch.Tensor:
+    """Rows of a table in a saved model (safetensors), read by id through a memory map: a
+    lookup in a saved 3 GB table reads only the rows asked for. A dynamic table's ids not in
+    it read their initial values, as in training before they were admitted."""
+    if not table.dynamic:
+        return torch.from_numpy(np.ascontiguousarray(_saved(path, table.name)[ids.numpy()]))
+    held = _saved(path, table.name.removesuffix(".weight") + ".ids").reshape(-1)
+    rows = initial_rows(table.init_seed, ids.numpy(), table.dim, table.init_std)
+    if held.size:
+        at = np.minimum(np.searchsorted(held, ids.numpy()), held.size - 1)
+        found = held[at] == ids.numpy()
+        rows[torch.from_numpy(found)] = torch.from_numpy(
+            np.ascontiguousarray(_saved(path, table.name)[at[found]])
+        )
+    return rows
+
+
+def _saved(path: Path, name: str) -> np.ndarray:
+    """Tensor ``name`` of a safetensors file as a read-only memory map."""
+    with path.open("rb") as f:
+        (header_bytes,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_bytes))
+    entry = header.get(name)
+    dtypes = {"F32": np.float32, "I64": np.int64}
+    if entry is None or entry.get("dtype") not in dtypes:
+        raise InvalidArgument(f"the saved model has no table entry {name!r}")
+    start, end = entry["data_offsets"]
+    dtype = np.dtype(dtypes[entry["dtype"]])
+    shape = tuple(entry["shape"])
+    if end - start != int(np.prod(shape)) * dtype.itemsize:
+        raise InvalidArgument(f"the saved entry {name!r} is truncated")
+    return np.memmap(path, dtype, "r", offset=8 + header_bytes + start, shape=shape)
+
+
+def dynamic_table(
+    client: ShardClient,
+    job_id: str,
+    addresses: Sequence[str],
+    index: int,
+    table: co_pb2.TableInfo,
+) -> dict[str, torch.Tensor]:
+    """A dynamic table as a fetched model holds it: ``<path>.ids`` (sorted) and the rows."""
+    parts = [export_rows(client, job_id, address, index, table.dim) for address in addresses]
+    ids = torch.cat([i for i, _ in parts])
+    rows = torch.cat([r for _, r in parts])
+    order = torch.argsort(ids)
+    path = table.name.removesuffix(".weight")
+    return {f"{path}.ids": ids[order], table.name: rows[order]}

@@ -24,18 +24,44 @@ import torch.nn.functional as F
 from torch import nn
 
 from pscluster.errors import InvalidArgument
+from pscluster.model.dynamic_embedding import DynamicEmbedding
+from pscluster.server.tables.dynamic import initial_rows
+from pscluster.v1 import coordinator_pb2 as co_pb2
 
 _LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
 class TableInfo:
-    """One hosted table, as the job spec lists it (``name`` is its state_dict entry)."""
+    """One hosted table, as the job spec lists it (``name`` is its state_dict entry); a
+    dynamic one (:class:`~pscluster.model.dynamic_embedding.DynamicEmbedding`) has no
+    ``num_rows`` and its own admission, eviction and initialisation."""
 
     name: str
     num_rows: int
     dim: int
     padding_idx: int | None = None
+    dynamic: bool = False
+    init_std: float = 1.0
+    admit_after: int = 0
+    evict_after: int = 0
+    capacity: int = 0
+    init_seed: int = 0
+
+    def to_proto(self) -> co_pb2.TableInfo:
+        return co_pb2.TableInfo(
+            name=self.name,
+            num_rows=self.num_rows,
+            dim=self.dim,
+            has_padding=self.padding_idx is not None,
+            padding_idx=self.padding_idx or 0,
+            dynamic=self.dynamic,
+            init_std=self.init_std if self.dynamic else 0.0,
+            admit_after=self.admit_after,
+            evict_after=self.evict_after,
+            capacity=self.capacity,
+            init_seed=self.init_seed,
+        )
 
 
 class RowSource(Protocol):
@@ -52,6 +78,8 @@ class DrawnRows:
 
     def lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
         info = self._tables[table]
+        if info.dynamic:
+            return initial_rows(info.init_seed, ids.numpy(), info.dim, info.init_std)
         rows = torch.randn(ids.numel(), info.dim)
         if info.padding_idx is not None:
             rows[ids == info.padding_idx] = 0.0
@@ -90,7 +118,7 @@ class HostedEmbedding(nn.Module):
     def __init__(self, index: int, info: TableInfo, original: nn.Module, bag: bool) -> None:
         super().__init__()
         self.index, self.info, self.bag = index, info, bag
-        self.mode = str(getattr(original, "mode", "mean"))
+        self.mode = str(getattr(original, "mode", None) or "mean")
         self.include_last_offset = bool(getattr(original, "include_last_offset", False))
         self.source: RowSource | None = None
         self._touched: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -135,6 +163,10 @@ class HostedEmbedding(nn.Module):
                 f"table {self.info.name!r} takes integer ids (int64 or int32), got {input.dtype}"
             )
         ids = input.long()
+        if self.info.dynamic:
+            if ids.numel() and int(ids.min()) < 0:
+                raise IndexError(f"table {self.info.name!r} takes ids >= 0; got {int(ids.min())}")
+            return ids
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.info.num_rows):
             bad = ids[(ids < 0) | (ids >= self.info.num_rows)][0]
             raise IndexError(
@@ -164,6 +196,13 @@ def host_tables(model: nn.Module) -> list[TableInfo]:
     a :class:`HostedEmbedding`; the tables, in module order."""
     found: list[TableInfo] = []
     for path, module in list(model.named_modules()):
+        if isinstance(module, DynamicEmbedding):
+            info = _dynamic_info(path, module)
+            _replace(
+                model, path, HostedEmbedding(len(found), info, module, module.mode is not None)
+            )
+            found.append(info)
+            continue
         bag = isinstance(module, nn.EmbeddingBag)
         if not isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or not module.weight.is_meta:
             continue
@@ -175,6 +214,22 @@ def host_tables(model: nn.Module) -> list[TableInfo]:
         _replace(model, path, hosted)
         found.append(info)
     return found
+
+
+def _dynamic_info(path: str, module: DynamicEmbedding) -> TableInfo:
+    if not path:
+        raise InvalidArgument("the model itself is a DynamicEmbedding; wrap it in a module")
+    return TableInfo(
+        f"{path}.weight",
+        0,
+        module.dim,
+        dynamic=True,
+        init_std=module.init_std,
+        admit_after=module.admit_after,
+        evict_after=module.evict_after,
+        capacity=module.capacity,
+        init_seed=module.seed,
+    )
 
 
 def _check_supported(path: str, module: nn.Embedding | nn.EmbeddingBag) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 BUILTIN_LOSSES = ("cross_entropy", "mse", "l1", "bce_with_logits")
 CUSTOM = "custom"
 LOSSES = (*BUILTIN_LOSSES, CUSTOM)
-METRICS = ("accuracy", "mse", "mae", "loss")
+# "auc": the area under the ROC curve of bce_with_logits outputs (click-through models).
+METRICS = ("accuracy", "auc", "mse", "mae", "loss")
 # Metrics whose lower values are better (the loss too); accuracy is the one that rises.
 LOWER_IS_BETTER = frozenset({"mse", "mae", "loss"})

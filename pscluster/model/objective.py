@@ -59,6 +59,8 @@ def check_objective(loss: str, metric: str, loss_function: str) -> None:
         raise InvalidArgument(f"metric {metric!r} is unknown; expected one of {list(METRICS)}")
     if metric == "accuracy" and name in ("mse", "l1"):
         raise InvalidArgument(f"metric 'accuracy' needs class outputs; loss {name!r} regresses")
+    if metric == "auc" and name != "bce_with_logits":
+        raise InvalidArgument(f"metric 'auc' ranks bce_with_logits scores; the loss is {name!r}")
 
 
 def builtin_loss(name: str) -> LossFn:
@@ -95,6 +97,8 @@ class Evaluation:
         self.loss_fn = loss_fn
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
+        self._scores: list[torch.Tensor] = []  # auc: every score and label of the test set
+        self._labels: list[torch.Tensor] = []
 
     def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
         rows = int(y.shape[0])
@@ -102,6 +106,9 @@ class Evaluation:
         if self.metric == "accuracy":
             correct, total = _correct(self.loss, out, y)
             self._add("accuracy", correct, total)
+        elif self.metric == "auc":
+            self._scores.append(out.detach().float().reshape(-1).cpu())
+            self._labels.append(_like(y, out).float().reshape(-1).cpu())
         elif self.metric in ("mse", "mae"):
             diff = out.float() - _like(y, out).float()
             self._add("mse", float(diff.pow(2).sum()), diff.numel())
@@ -112,7 +119,30 @@ class Evaluation:
         self._counts[key] = self._counts.get(key, 0) + count
 
     def result(self) -> dict[str, float]:
-        return {k: self._sums[k] / max(1, self._counts[k]) for k in self._sums}
+        out = {k: self._sums[k] / max(1, self._counts[k]) for k in self._sums}
+        if self._scores:
+            out["auc"] = rank_auc(torch.cat(self._labels), torch.cat(self._scores))
+        return out
+
+
+def rank_auc(labels: torch.Tensor, scores: torch.Tensor) -> float:
+    """ROC AUC by ranks (the Mann-Whitney statistic, ties counted half); 0.5 when one class
+    is missing, where it is undefined."""
+    positive = labels > 0.5
+    n_pos = int(positive.sum())
+    n_neg = labels.numel() - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return 0.5
+    order = torch.argsort(scores.double())
+    sorted_scores = scores.double()[order]
+    ranks = torch.empty_like(sorted_scores)
+    _, inverse, counts = torch.unique_consecutive(
+        sorted_scores, return_inverse=True, return_counts=True
+    )
+    ends = torch.cumsum(counts, 0).double()
+    ranks[order] = (ends - (counts.double() - 1) / 2)[inverse]  # average rank of ties, 1-based
+    rank_sum = float(ranks[positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def _correct(loss: str, out: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:

@@ -63,10 +63,12 @@ def build_model(
     state; its sparse embeddings hosted (:mod:`pscluster.model.hosted`: no rows here)."""
     with hosting():
         model = code.model_class(spec.class_name)(**parse_kwargs(spec.kwargs_json))
-    built_tables = [
-        co_pb2.ParamInfo(name=t.name, shape=(t.num_rows, t.dim)) for t in host_tables(model)
-    ]
-    _same("tables on the shards", built_tables, list(spec.tables))
+    built_tables = [t.to_proto() for t in host_tables(model)]
+    if built_tables != list(spec.tables):
+        raise ModelMismatch(
+            f"the model built from the shipped code has the tables {built_tables}, but the job "
+            f"was submitted with {list(spec.tables)}: its constructor must build the same model"
+        )
     built_params, built_buffers = describe(model)
     _same("trainable parameters", built_params, list(spec.params))
     _same("buffers", built_buffers, list(spec.buffers))

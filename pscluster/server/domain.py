@@ -10,6 +10,7 @@ from typing import Any
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.snapshots import SnapshotLease
+from pscluster.server.tables.job_tables import TableStats
 from pscluster.server.tables.rows import RowBlockInfo
 from pscluster.server.tables.spec import TableSpec
 
@@ -171,3 +172,4 @@ class JobStats:
     durable: bool = False  # the job is logged (write-ahead log and checkpoints)
     checkpoint_version: int = 0  # the version its newest checkpoint holds
     records_replayed: int = 0  # logged records replayed when the shard started
+    tables: list[TableStats] = field(default_factory=list)

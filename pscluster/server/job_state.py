@@ -214,6 +214,7 @@ class JobState:
             durable=durable,
             checkpoint_version=checkpoint_version,
             records_replayed=replayed,
+            tables=self.tables.stats(),
         )
 
     def checksum(self) -> float:

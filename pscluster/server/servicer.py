@@ -116,12 +116,16 @@ class ParameterServerServicer:
     ) -> Iterator[ps_pb2.PullChunk | bytes]:
         job = self._shard.job(request.job_id)
         chunk_bytes = self._chunk_bytes(request.chunk_bytes)
-        ids = convert.lookup_ids(request.ids)
-        rows = job.lookup(request.table, ids)
         dtype = request.dtype or common_pb2.DTYPE_FLOAT32
-        payload = wire.encode(rows.reshape(-1), dtype)
-        yield convert.lookup_header(rows, dtype, job.version)
-        yield from framing.frames(payload, chunk_bytes)
+        if request.all_rows:
+            ids, rows = job.export(request.table)
+            yield convert.lookup_header(rows, dtype, job.version)
+            yield from framing.frames(memoryview(ids.numpy().tobytes()), chunk_bytes)
+        else:
+            ids = convert.lookup_ids(request.ids)
+            rows = job.lookup(request.table, ids, peek=request.peek)
+            yield convert.lookup_header(rows, dtype, job.version)
+        yield from framing.frames(wire.encode(rows.reshape(-1), dtype), chunk_bytes)
 
     @grpc_errors
     def GetJobStats(

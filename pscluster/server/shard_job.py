@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from pscluster.compression import CompressionSettings, make_compressor
@@ -26,6 +27,7 @@ from pscluster.server.intake import PushIntake, Received
 from pscluster.server.job_state import JobState, StateDict
 from pscluster.server.payloads import payload_bytes
 from pscluster.server.push_checks import check_base_version, check_header
+from pscluster.server.tables.rows import block_bytes
 from pscluster.transport import wire
 
 if TYPE_CHECKING:
@@ -123,6 +125,8 @@ class ShardJob:
             if received.rows is not None:
                 rows = received.rows
                 self._guard("invalid", lambda: state.tables.check(rows))
+                dims = state.tables.dims
+                state.tables.received(rows, [block_bytes(b, dims[b.table]) for b in header.rows])
             ticket = 0
             if self._journal is not None and received.payload is not None:
                 # Logged before the policy sees it: the policy may scale the gradient in place.
@@ -199,13 +203,30 @@ class ShardJob:
                 )
             self._cond.wait(remaining)
 
-    def lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
+    def lookup(self, table: int, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
         """A copy of rows of one of the job's tables (float32), read under the job's lock so
         that it is never half of an update. Never waits on the mode: a worker looks rows up
         after its pull was granted; an observer (``job.lookup``) whenever it likes."""
         with self._cond:
             self._check_alive()
-            return self._state.tables.lookup(table, ids)
+            rows = self._state.tables.lookup(table, ids, peek=peek)
+            admitted = self._state.tables.take_admitted(table)
+            ticket = 0
+            if self._journal is not None and admitted.size:
+                ticket = self._journal.log_admit(table, admitted.astype("<i8").tobytes())
+        self._commit(ticket)  # the rows it created are durable before they are read
+        return rows
+
+    def export(self, table: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every row of a table held here, with its id (a fetch), under the job's lock."""
+        with self._cond:
+            self._check_alive()
+            return self._state.tables.export(table)
+
+    def replay_admit(self, table: int, ids: bytes) -> None:
+        """Recovery: the ids a lookup admitted, created again (with the same initial rows)."""
+        with self._cond:
+            self._state.tables.admit(table, np.frombuffer(ids, dtype="<i8").astype(np.int64))
 
     def replay_read(self, worker_id: str) -> None:
         """Recovery: a logged pull by an uncounted member (its clock read)."""

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from pscluster.errors import NotFound
 from pscluster.server.domain import JobStats
 from pscluster.server.shard import Shard
+from pscluster.server.table_telemetry import table_families
 
 # Push latency from the call's arrival to its reply, payload transfer included: 1 ms to 30 s
 # (a 16 MB push over a slow link, or a sync push that waits on a durable fsync).
@@ -143,6 +144,7 @@ class ShardCollector(Collector):
         yield _rejected(stats)
         yield from (_counter(stats, *series) for series in TRAFFIC_COUNTERS)
         yield from (_gauge(stats, *series) for series in GAUGES)
+        yield from table_families(stats)
         yield staleness_histogram(
             "pscluster_shard_push_staleness",
             "Version staleness of applied pushes: updates applied between a push's pull and "

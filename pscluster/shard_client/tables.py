@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import partial
 
+import grpc
 import torch
 
+from pscluster.errors import InvalidArgument
 from pscluster.server.tables.rows import RowBlockInfo, encode_rows
 from pscluster.shard_client.client import ShardClient, first_error
-from pscluster.shard_client.errors import ShardError
+from pscluster.shard_client.errors import ShardError, shard_error
 from pscluster.shard_client.streams import read_lookup
+from pscluster.transport import wire
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
@@ -40,6 +43,7 @@ def lookup_rows(
     *,
     dtype: int = F32,
     timeout: float | None = None,
+    peek: bool = False,
 ) -> torch.Tensor:
     """The rows of ``ids`` (int64, any order, repeats allowed) as float32 (len(ids), dim).
     Raises the first ShardError once every shard asked has answered."""
@@ -54,6 +58,7 @@ def lookup_rows(
             table=table,
             ids=wanted.numpy().tobytes(),
             dtype=common_pb2.DType.ValueType(dtype),
+            peek=peek,
         )
         address = addresses[shard]
         responses = client.streams(address).lookup(request, timeout=wait)
@@ -79,3 +84,29 @@ def split_rows(
                 grads.index_select(0, positions),
             )
     return {shard: encode_rows(blocks, dtype) for shard, blocks in per_shard.items()}
+
+
+def export_rows(
+    client: ShardClient, job_id: str, address: str, table: int, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row one shard holds of a table: (ids int64, rows float32 (n, dim))."""
+    request = ps_pb2.LookupRequest(job_id=job_id, table=table, all_rows=True)
+    try:
+        stream = iter(client.streams(address).lookup(request, timeout=client.timeout))
+        first = next(stream, None)
+        if not isinstance(first, ps_pb2.PullChunk) or first.WhichOneof("part") != "header":
+            raise ShardError(address, grpc.StatusCode.INTERNAL, "an export began without header")
+        n = first.header.rows
+        received = bytearray(n * 8 + n * dim * 4)
+        wire.fill(received, (c if isinstance(c, memoryview) else c.data for c in stream))
+    except grpc.RpcError as e:
+        raise shard_error(address, e) from None
+    except InvalidArgument as e:
+        raise ShardError(address, grpc.StatusCode.INTERNAL, f"malformed export: {e}") from None
+    ids = (
+        torch.frombuffer(received, dtype=torch.int64, count=n)
+        if n
+        else torch.zeros(0, dtype=torch.int64)
+    )
+    rows = wire.decode(received[n * 8 :], common_pb2.DTYPE_FLOAT32, n * dim)
+    return ids.clone(), rows.reshape(n, dim)

@@ -139,7 +139,15 @@ _COORDINATOR = "/pscluster.v1.Coordinator/"
 # (ReportProgress, ReportFailure) stay admin-only: they act as a worker, not as the owner.
 JOB_SCOPED = frozenset(
     _COORDINATOR + m
-    for m in ("GetJob", "CancelJob", "GetMetrics", "FetchModel", "GetJobPlan", "FetchBlob")
+    for m in (
+        "GetJob",
+        "CancelJob",
+        "GetMetrics",
+        "FetchModel",
+        "LookupRows",
+        "GetJobPlan",
+        "FetchBlob",
+    )
 )
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 

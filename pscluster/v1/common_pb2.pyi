@@ -281,6 +281,7 @@ class ShardJobStats(_message.Message):
     DURABLE_FIELD_NUMBER: _builtins.int
     CHECKPOINT_VERSION_FIELD_NUMBER: _builtins.int
     RECORDS_REPLAYED_FIELD_NUMBER: _builtins.int
+    TABLES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     shard: _builtins.str
     """the shard's advertised address"""
@@ -344,6 +345,10 @@ class ShardJobStats(_message.Message):
     def excluded(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """ssp: members not counted in the slowest clock"""
 
+    @_builtins.property
+    def tables(self) -> _containers.RepeatedCompositeFieldContainer[Global___TableStats]:
+        """the job's embedding tables, this shard's rows"""
+
     def __init__(
         self,
         *,
@@ -374,14 +379,87 @@ class ShardJobStats(_message.Message):
         durable: _builtins.bool = ...,
         checkpoint_version: _builtins.int = ...,
         records_replayed: _builtins.int = ...,
+        tables: _abc.Iterable[Global___TableStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "checkpoint_version", b"checkpoint_version", "checksum", b"checksum", "clock", b"clock", "clock_staleness", b"clock_staleness", "durable", b"durable", "excluded", b"excluded", "job_id", b"job_id", "last_update_unix", b"last_update_unix", "length", b"length", "max_clock_lead", b"max_clock_lead", "members", b"members", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_duplicate", b"pushes_duplicate", "pushes_received", b"pushes_received", "pushes_rejected", b"pushes_rejected", "records_replayed", b"records_replayed", "shard", b"shard", "staleness", b"staleness", "start", b"start", "steps_applied", b"steps_applied", "version", b"version", "waiting_for", b"waiting_for", "worker_clocks", b"worker_clocks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "checkpoint_version", b"checkpoint_version", "checksum", b"checksum", "clock", b"clock", "clock_staleness", b"clock_staleness", "durable", b"durable", "excluded", b"excluded", "job_id", b"job_id", "last_update_unix", b"last_update_unix", "length", b"length", "max_clock_lead", b"max_clock_lead", "members", b"members", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_duplicate", b"pushes_duplicate", "pushes_received", b"pushes_received", "pushes_rejected", b"pushes_rejected", "records_replayed", b"records_replayed", "shard", b"shard", "staleness", b"staleness", "start", b"start", "steps_applied", b"steps_applied", "tables", b"tables", "version", b"version", "waiting_for", b"waiting_for", "worker_clocks", b"worker_clocks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShardJobStats: _TypeAlias = ShardJobStats  # noqa: Y015
+
+@_typing.final
+class TableStats(_message.Message):
+    """One embedding table on one shard (pscluster/server/tables)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    LOOKUPS_FIELD_NUMBER: _builtins.int
+    ROWS_LOOKED_UP_FIELD_NUMBER: _builtins.int
+    BYTES_LOOKED_UP_FIELD_NUMBER: _builtins.int
+    ROWS_PUSHED_FIELD_NUMBER: _builtins.int
+    BYTES_PUSHED_FIELD_NUMBER: _builtins.int
+    ADMITTED_FIELD_NUMBER: _builtins.int
+    EVICTED_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    HOT_IDS_FIELD_NUMBER: _builtins.int
+    HOT_COUNTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    rows: _builtins.int
+    """rows held here"""
+    bytes: _builtins.int
+    """memory of the rows, their optimizer state and index"""
+    lookups: _builtins.int
+    """Lookup calls answered"""
+    rows_looked_up: _builtins.int
+    bytes_looked_up: _builtins.int
+    """row bytes sent in lookups"""
+    rows_pushed: _builtins.int
+    """rows stepped by the sparse optimizer"""
+    bytes_pushed: _builtins.int
+    """row-block bytes received in pushes"""
+    admitted: _builtins.int
+    """dynamic: rows created"""
+    evicted: _builtins.int
+    """dynamic: rows dropped (age or capacity)"""
+    dropped: _builtins.int
+    """row gradients dropped (ids not admitted)"""
+    @_builtins.property
+    def hot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the most often updated ids, most first"""
+
+    @_builtins.property
+    def hot_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """their update counts"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        rows: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        lookups: _builtins.int = ...,
+        rows_looked_up: _builtins.int = ...,
+        bytes_looked_up: _builtins.int = ...,
+        rows_pushed: _builtins.int = ...,
+        bytes_pushed: _builtins.int = ...,
+        admitted: _builtins.int = ...,
+        evicted: _builtins.int = ...,
+        dropped: _builtins.int = ...,
+        hot_ids: _abc.Iterable[_builtins.int] | None = ...,
+        hot_counts: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admitted", b"admitted", "bytes", b"bytes", "bytes_looked_up", b"bytes_looked_up", "bytes_pushed", b"bytes_pushed", "dropped", b"dropped", "evicted", b"evicted", "hot_counts", b"hot_counts", "hot_ids", b"hot_ids", "lookups", b"lookups", "name", b"name", "rows", b"rows", "rows_looked_up", b"rows_looked_up", "rows_pushed", b"rows_pushed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TableStats: _TypeAlias = TableStats  # noqa: Y015
 
 @_typing.final
 class CompressionConfig(_message.Message):

@@ -147,10 +147,10 @@ class ModelSpec(_message.Message):
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceFile]: ...
     @_builtins.property
-    def tables(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParamInfo]:
-        """Embedding tables hosted on the shards (nn.Embedding / nn.EmbeddingBag with sparse=True):
-        name is the state_dict entry, shape (num_rows, dim). Not in `params`: no worker holds
-        them; the initial state has an entry only for a table whose initial rows were given.
+    def tables(self) -> _containers.RepeatedCompositeFieldContainer[Global___TableInfo]:
+        """Embedding tables hosted on the shards (nn.Embedding / nn.EmbeddingBag with sparse=True,
+        pscluster.DynamicEmbedding). Not in `params`: no worker holds them; the initial state has
+        an entry only for a table whose initial rows were given.
         """
 
     def __init__(
@@ -163,7 +163,7 @@ class ModelSpec(_message.Message):
         buffers: _abc.Iterable[Global___ParamInfo] | None = ...,
         module: _builtins.str = ...,
         files: _abc.Iterable[Global___SourceFile] | None = ...,
-        tables: _abc.Iterable[Global___ParamInfo] | None = ...,
+        tables: _abc.Iterable[Global___TableInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -172,6 +172,60 @@ class ModelSpec(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelSpec: _TypeAlias = ModelSpec  # noqa: Y015
+
+@_typing.final
+class TableInfo(_message.Message):
+    """One hosted table; the fields mean what TableConfig's do (parameter_server.proto)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NUM_ROWS_FIELD_NUMBER: _builtins.int
+    DIM_FIELD_NUMBER: _builtins.int
+    HAS_PADDING_FIELD_NUMBER: _builtins.int
+    PADDING_IDX_FIELD_NUMBER: _builtins.int
+    DYNAMIC_FIELD_NUMBER: _builtins.int
+    INIT_STD_FIELD_NUMBER: _builtins.int
+    ADMIT_AFTER_FIELD_NUMBER: _builtins.int
+    EVICT_AFTER_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    INIT_SEED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """its state_dict entry, e.g. "emb.weight" """
+    num_rows: _builtins.int
+    """0 for a dynamic table"""
+    dim: _builtins.int
+    has_padding: _builtins.bool
+    padding_idx: _builtins.int
+    dynamic: _builtins.bool
+    init_std: _builtins.float
+    admit_after: _builtins.int
+    evict_after: _builtins.int
+    capacity: _builtins.int
+    init_seed: _builtins.int
+    """a dynamic table's seed (a fixed table's rows use the job's)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        num_rows: _builtins.int = ...,
+        dim: _builtins.int = ...,
+        has_padding: _builtins.bool = ...,
+        padding_idx: _builtins.int = ...,
+        dynamic: _builtins.bool = ...,
+        init_std: _builtins.float = ...,
+        admit_after: _builtins.int = ...,
+        evict_after: _builtins.int = ...,
+        capacity: _builtins.int = ...,
+        init_seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admit_after", b"admit_after", "capacity", b"capacity", "dim", b"dim", "dynamic", b"dynamic", "evict_after", b"evict_after", "has_padding", b"has_padding", "init_seed", b"init_seed", "init_std", b"init_std", "name", b"name", "num_rows", b"num_rows", "padding_idx", b"padding_idx"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TableInfo: _TypeAlias = TableInfo  # noqa: Y015
 
 @_typing.final
 class JobSpec(_message.Message):
@@ -1607,3 +1661,59 @@ class FetchBlobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FetchBlobRequest: _TypeAlias = FetchBlobRequest  # noqa: Y015
+
+@_typing.final
+class LookupRowsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    table: _builtins.str
+    """the table's state_dict name, e.g. "emb.weight" """
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """at most 1,000,000 per call"""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        table: _builtins.str = ...,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "job_id", b"job_id", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupRowsRequest: _TypeAlias = LookupRowsRequest  # noqa: Y015
+
+@_typing.final
+class LookupRowsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIM_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    dim: _builtins.int
+    values: _builtins.bytes
+    """float32 little-endian, len(ids) * dim, in the ids' order"""
+    source: _builtins.str
+    """"shards" (a running job) or "model" (its saved model)"""
+    def __init__(
+        self,
+        *,
+        dim: _builtins.int = ...,
+        values: _builtins.bytes = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "source", b"source", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupRowsReply: _TypeAlias = LookupRowsReply  # noqa: Y015

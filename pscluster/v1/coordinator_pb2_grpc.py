@@ -65,6 +65,11 @@ class CoordinatorStub:
                 request_serializer=pscluster_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=pscluster_dot_v1_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.LookupRows = channel.unary_unary(
+                '/pscluster.v1.Coordinator/LookupRows',
+                request_serializer=pscluster_dot_v1_dot_coordinator__pb2.LookupRowsRequest.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_coordinator__pb2.LookupRowsReply.FromString,
+                _registered_method=True)
         self.ClusterStatus = channel.unary_unary(
                 '/pscluster.v1.Coordinator/ClusterStatus',
                 request_serializer=pscluster_dot_v1_dot_coordinator__pb2.ClusterStatusRequest.SerializeToString,
@@ -155,6 +160,15 @@ class CoordinatorServicer:
 
     def FetchModel(self, request, context):
         """The trained model's state_dict as one safetensors blob ("model"), in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupRows(self, request, context):
+        """Rows of one of a job's embedding tables by id, without fetching the table: from the
+        shards while the job runs, from its saved model once it completed. INVALID_ARGUMENT for
+        an unknown table or an id outside it; FAILED_PRECONDITION for a job with no model.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -264,6 +278,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.FetchModel,
                     request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.GetJobRequest.FromString,
                     response_serializer=pscluster_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+            ),
+            'LookupRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupRows,
+                    request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.LookupRowsRequest.FromString,
+                    response_serializer=pscluster_dot_v1_dot_coordinator__pb2.LookupRowsReply.SerializeToString,
             ),
             'ClusterStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ClusterStatus,
@@ -478,6 +497,33 @@ class Coordinator:
             '/pscluster.v1.Coordinator/FetchModel',
             pscluster_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
             pscluster_dot_v1_dot_common__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pscluster.v1.Coordinator/LookupRows',
+            pscluster_dot_v1_dot_coordinator__pb2.LookupRowsRequest.SerializeToString,
+            pscluster_dot_v1_dot_coordinator__pb2.LookupRowsReply.FromString,
             options,
             channel_credentials,
             insecure,

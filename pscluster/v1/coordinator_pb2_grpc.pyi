@@ -45,6 +45,11 @@ class CoordinatorStub:
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.JobMetrics]
     FetchModel: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.GetJobRequest, _common_pb2.BlobChunk]
     """The trained model's state_dict as one safetensors blob ("model"), in chunks."""
+    LookupRows: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.LookupRowsRequest, _coordinator_pb2.LookupRowsReply]
+    """Rows of one of a job's embedding tables by id, without fetching the table: from the
+    shards while the job runs, from its saved model once it completed. INVALID_ARGUMENT for
+    an unknown table or an id outside it; FAILED_PRECONDITION for a job with no model.
+    """
     ClusterStatus: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ClusterStatusRequest, _coordinator_pb2.ClusterStatusReply]
     RegisterWorker: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RegisterWorkerRequest, _coordinator_pb2.RegisterWorkerReply]
     """--- workers ---"""
@@ -85,6 +90,11 @@ class CoordinatorAsyncStub(CoordinatorStub):
     GetMetrics: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.JobMetrics]  # type: ignore[assignment]
     FetchModel: _aio.UnaryStreamMultiCallable[_coordinator_pb2.GetJobRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
     """The trained model's state_dict as one safetensors blob ("model"), in chunks."""
+    LookupRows: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.LookupRowsRequest, _coordinator_pb2.LookupRowsReply]  # type: ignore[assignment]
+    """Rows of one of a job's embedding tables by id, without fetching the table: from the
+    shards while the job runs, from its saved model once it completed. INVALID_ARGUMENT for
+    an unknown table or an id outside it; FAILED_PRECONDITION for a job with no model.
+    """
     ClusterStatus: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ClusterStatusRequest, _coordinator_pb2.ClusterStatusReply]  # type: ignore[assignment]
     RegisterWorker: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RegisterWorkerRequest, _coordinator_pb2.RegisterWorkerReply]  # type: ignore[assignment]
     """--- workers ---"""
@@ -158,6 +168,17 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.BlobChunk], _abc.AsyncIterator[_common_pb2.BlobChunk]]:
         """The trained model's state_dict as one safetensors blob ("model"), in chunks."""
+
+    @_abc_1.abstractmethod
+    def LookupRows(
+        self,
+        request: _coordinator_pb2.LookupRowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.LookupRowsReply, _abc.Awaitable[_coordinator_pb2.LookupRowsReply]]:
+        """Rows of one of a job's embedding tables by id, without fetching the table: from the
+        shards while the job runs, from its saved model once it completed. INVALID_ARGUMENT for
+        an unknown table or an id outside it; FAILED_PRECONDITION for a job with no model.
+        """
 
     @_abc_1.abstractmethod
     def ClusterStatus(

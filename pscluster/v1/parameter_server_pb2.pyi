@@ -457,6 +457,8 @@ class LookupRequest(_message.Message):
     IDS_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    ALL_ROWS_FIELD_NUMBER: _builtins.int
+    PEEK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     table: _builtins.int
     """index into ShardJobConfig.tables"""
@@ -466,6 +468,12 @@ class LookupRequest(_message.Message):
     """of the rows on the wire; float32 if unspecified"""
     chunk_bytes: _builtins.int
     """0: the server's default"""
+    all_rows: _builtins.bool
+    """Every row this shard holds instead of `ids` (a fetch of a dynamic table): the data is
+    then the rows' int64 ids, followed by their values.
+    """
+    peek: _builtins.bool
+    """An observer's read (job.lookup): it admits nothing into a dynamic table."""
     def __init__(
         self,
         *,
@@ -474,10 +482,12 @@ class LookupRequest(_message.Message):
         ids: _builtins.bytes = ...,
         dtype: _common_pb2.DType.ValueType = ...,
         chunk_bytes: _builtins.int = ...,
+        all_rows: _builtins.bool = ...,
+        peek: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "dtype", b"dtype", "ids", b"ids", "job_id", b"job_id", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_rows", b"all_rows", "chunk_bytes", b"chunk_bytes", "dtype", b"dtype", "ids", b"ids", "job_id", b"job_id", "peek", b"peek", "table", b"table"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

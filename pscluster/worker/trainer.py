@@ -61,7 +61,7 @@ class _ShardRows:
 
     def __init__(self, trainer: Trainer) -> None:
         self._trainer = trainer
-        self._dims = [int(t.shape[1]) for t in trainer.rt.spec.model.tables]
+        self._dims = [t.dim for t in trainer.rt.spec.model.tables]
 
     def lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
         rt, timeout = self._trainer.rt, self._trainer.settings.rpc_timeout_seconds

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pscluster.client.errors import InvalidJobError
+from pscluster.client.errors import InvalidJobError, PSClusterError
 from pscluster.client.local import LocalCluster
 from pscluster.data.partitions import batches
 from tests.e2e.conftest import start_cluster
@@ -135,9 +135,19 @@ def test_the_fetched_model_scores_what_the_job_reported(one_worker: LocalCluster
         )
         info = job.wait(timeout=300)
         state = job.fetch_model()
+        looked_up = job.lookup("bag.weight", [4999, 0, 17, 17])
+        metrics = job.metrics()
+        with pytest.raises(PSClusterError, match="no table 'bag'"):
+            job.lookup("bag", [1])
 
     # Assert: the fetched tables load into the user's own (unhosted) model and score the same.
     assert info.state == "completed", info.error
+    assert torch.equal(looked_up, state["bag.weight"][[4999, 0, 17, 17]])
+    (table,) = metrics.tables
+    assert table.rows == 5000 and sorted(table.rows_per_shard) == [1666, 1667, 1667]
+    assert table.imbalance == pytest.approx(1.0, abs=0.01)
+    assert 0 < table.rows_pushed <= metrics.pushes_applied * 50 * 4
+    assert table.hot_ids and table.hot_ids[0][1] >= table.hot_ids[-1][1]
     model = MeanBag()
     model.load_state_dict(state)
     model.eval()

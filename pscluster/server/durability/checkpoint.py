@@ -45,9 +45,17 @@ def _crc(tensor: torch.Tensor) -> int:
     return zlib.crc32(raw.numpy().data)
 
 
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """Contiguous, and an empty tensor made anew: one from an empty numpy array (a dynamic
+    table with no rows yet) can have a stride of 0, which byte views refuse."""
+    if tensor.numel() == 0:
+        return torch.empty(tensor.shape, dtype=tensor.dtype)
+    return tensor.detach().contiguous()
+
+
 def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write ``tensors`` and ``meta`` (JSON-able) to ``path`` atomically and durably."""
-    tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
+    tensors = {name: _plain(t) for name, t in tensors.items()}
     header = {"format": _FORMAT, "meta": meta, "crc": {n: _crc(t) for n, t in tensors.items()}}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={_KEY: json.dumps(header)})

@@ -146,6 +146,10 @@ class Journal:
     def log_read(self, worker_id: str) -> int:
         return self._wal.append(RecordType.READ, {"worker_id": worker_id})
 
+    def log_admit(self, table: int, ids: bytes) -> int:
+        """Ids a lookup admitted into a dynamic table (int64 little-endian, in order)."""
+        return self._wal.append(RecordType.ADMIT, {"table": table}, ids)
+
     def tail(self) -> int:
         return self._wal.tail()
 

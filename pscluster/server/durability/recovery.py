@@ -129,6 +129,8 @@ def _replay(job: ShardJob, record: Record) -> None:
             job.set_members(meta["worker_ids"], meta["generation"], meta["excluded"])
         elif record.type is RecordType.READ:
             job.replay_read(meta["worker_id"])
+        elif record.type is RecordType.ADMIT:
+            job.replay_admit(int(meta["table"]), record.blob)
     except PSError as exc:
         # The live shard refused it the same way (e.g. a push whose base_version was ahead)
         # after logging it: replay refuses it again, and the state is the same as then.

@@ -40,6 +40,7 @@ class RecordType(enum.IntEnum):
     PUSH = 1  # a push that reached the consistency policy: its header and wire payload
     MEMBERS = 2  # a SetMembers that was not older than the generation in force
     READ = 3  # a pull by an uncounted (excluded or re-entering) member: its clock moves
+    ADMIT = 4  # ids a lookup admitted into a dynamic table: their rows were created
 
 
 @dataclass(frozen=True)

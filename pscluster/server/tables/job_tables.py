@@ -6,26 +6,58 @@ update and a row update is applied with the dense step it came with.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from pscluster.errors import InvalidArgument
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
+from pscluster.server.tables.dynamic import DynamicTable
 from pscluster.server.tables.rows import RowGrads
 from pscluster.server.tables.spec import TableSpec
 from pscluster.server.tables.table import FixedTable
 
+HOT_IDS = 10
+# Finding the hot ids reads every row's count: done at most this often per table.
+HOT_REFRESH_SECONDS = 5.0
+
 
 @dataclass
-class TableCounters:
-    rows_looked_up: int = 0
-    rows_pushed: int = 0  # rows stepped by the optimizer
+class TableStats:
+    """Field names match ``common_pb2.TableStats``."""
+
+    name: str
+    rows: int = 0
+    bytes: int = 0
     lookups: int = 0
+    rows_looked_up: int = 0
     bytes_looked_up: int = 0
-    per_table_rows_pushed: dict[str, int] = field(default_factory=dict)
+    rows_pushed: int = 0
+    bytes_pushed: int = 0
+    admitted: int = 0
+    evicted: int = 0
+    dropped: int = 0
+    hot_ids: list[int] = field(default_factory=list)
+    hot_counts: list[int] = field(default_factory=list)
+
+
+Table = FixedTable | DynamicTable
+
+
+def _make(spec: TableSpec, optimizer: SparseOptimizerSpec, initial: torch.Tensor | None) -> Table:
+    if spec.dynamic:
+        return DynamicTable(spec, optimizer)
+    return FixedTable(spec, optimizer, initial)
+
+
+def _dynamic_counts(table: Table) -> dict[str, int]:
+    if not isinstance(table, DynamicTable):
+        return {}
+    return {"admitted": table.admitted, "evicted": table.evicted, "dropped": table.dropped_rows}
 
 
 class JobTables:
@@ -39,9 +71,10 @@ class JobTables:
     ) -> None:
         self.specs = tuple(specs)
         self.tables = [
-            FixedTable(spec, optimizer, rows) for spec, rows in zip(specs, initial, strict=True)
+            _make(spec, optimizer, rows) for spec, rows in zip(specs, initial, strict=True)
         ]
-        self.counters = TableCounters()
+        self.counters = [TableStats(spec.name) for spec in specs]
+        self._hot: list[tuple[float, list[int], list[int]]] = [(-1e9, [], [])] * len(specs)
 
     def __len__(self) -> int:
         return len(self.tables)
@@ -50,11 +83,45 @@ class JobTables:
     def dims(self) -> list[int]:
         return [spec.dim for spec in self.specs]
 
-    def lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
-        rows = self._table(table).lookup(ids)
-        self.counters.lookups += 1
-        self.counters.rows_looked_up += ids.numel()
+    def lookup(self, table: int, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
+        """Rows of ``ids``; a ``peek`` (an observer's read) admits nothing into a dynamic
+        table and is not counted as traffic."""
+        held = self._table(table)
+        if peek:
+            return (
+                held.lookup(ids, peek=True) if isinstance(held, DynamicTable) else held.lookup(ids)
+            )
+        rows = held.lookup(ids)
+        counters = self.counters[table]
+        counters.lookups += 1
+        counters.rows_looked_up += ids.numel()
+        counters.bytes_looked_up += rows.numel() * 4
         return rows
+
+    def take_admitted(self, table: int) -> np.ndarray:
+        """Ids the last lookups admitted into a dynamic table (to log); empty otherwise."""
+        held = self._table(table)
+        if isinstance(held, DynamicTable):
+            return held.take_admitted()
+        return np.zeros(0, dtype=np.int64)
+
+    def admit(self, table: int, ids: np.ndarray) -> None:
+        """Recovery: create the rows of ``ids`` in a dynamic table, as a lookup did."""
+        held = self._table(table)
+        if not isinstance(held, DynamicTable):
+            raise InvalidArgument(f"table {table} is not dynamic: it admits nothing")
+        held.admit(ids)
+        held.take_admitted()  # already in the log
+
+    def export(self, table: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, rows) of every row of a table this shard holds (copies)."""
+        held = self._table(table)
+        if isinstance(held, DynamicTable):
+            present = torch.from_numpy(held.index.items()[0].astype(np.int64))
+            return present, held.lookup(present)
+        spec = held.spec
+        ids = torch.arange(spec.local_rows, dtype=torch.int64) * spec.shards + spec.shard_index
+        return ids, held.values.clone()
 
     def check(self, rows: RowGrads) -> None:
         """InvalidArgument for a block this shard cannot apply (a table it does not have, an
@@ -62,22 +129,44 @@ class JobTables:
         for table, (ids, grads) in rows.blocks.items():
             self._table(table).check_gradient(ids, grads)
 
+    def received(self, rows: RowGrads, wire_bytes: Sequence[int]) -> None:
+        """Count the bytes of a push's row blocks (``wire_bytes`` per block, header order)."""
+        for table, nbytes in zip(rows.blocks, wire_bytes, strict=True):
+            self.counters[table].bytes_pushed += nbytes
+
     def apply(self, rows: RowGrads) -> None:
         """Step every block (checked with :meth:`check` when it came in)."""
         for table, (ids, grads) in rows.blocks.items():
-            stepped = self.tables[table].apply(ids, grads)
-            self.counters.rows_pushed += stepped
-            name = self.specs[table].name
-            per = self.counters.per_table_rows_pushed
-            per[name] = per.get(name, 0) + stepped
+            self.counters[table].rows_pushed += self.tables[table].apply(ids, grads)
 
-    def _table(self, table: int) -> FixedTable:
+    def _table(self, table: int) -> Table:
         if not 0 <= table < len(self.tables):
             raise InvalidArgument(f"table {table} does not exist; the job has {len(self.tables)}")
         return self.tables[table]
 
     def nbytes(self) -> int:
         return sum(t.nbytes() for t in self.tables)
+
+    def stats(self) -> list[TableStats]:
+        out = []
+        for i, (table, counters) in enumerate(zip(self.tables, self.counters, strict=True)):
+            when, ids, counts = self._hot[i]
+            if time.monotonic() - when > HOT_REFRESH_SECONDS:
+                ids, counts = table.hot(HOT_IDS)
+                self._hot[i] = (time.monotonic(), ids, counts)
+            out.append(
+                TableStats(
+                    **{
+                        **counters.__dict__,
+                        "rows": table.rows,
+                        "bytes": table.nbytes(),
+                        **_dynamic_counts(table),
+                        "hot_ids": ids,
+                        "hot_counts": counts,
+                    }
+                )
+            )
+        return out
 
     # --- checkpoints ---
 

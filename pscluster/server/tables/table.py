@@ -42,6 +42,8 @@ class FixedTable:
             self._draw_initial()
         else:
             self.values.copy_(initial.reshape(shape))
+        # Updates per row: the hot ids in the stats (4 bytes a row).
+        self.update_count = torch.zeros(spec.local_rows, dtype=torch.int32)
         self._pad_slot = self._padding_slot()
         if self._pad_slot is not None:
             self.values[self._pad_slot] = 0.0
@@ -110,21 +112,38 @@ class FixedTable:
             unique, grads = unique[keep], grads[keep]
         if unique.numel():
             self.opt.step(self.values, unique, grads)
+            self.update_count.index_add_(0, unique, torch.ones_like(unique, dtype=torch.int32))
         return int(unique.numel())
+
+    @property
+    def rows(self) -> int:
+        return self.spec.local_rows
+
+    def hot(self, k: int) -> tuple[list[int], list[int]]:
+        """The ``k`` most often updated ids of this shard and their update counts."""
+        k = min(k, self.update_count.numel())
+        if k == 0:
+            return [], []
+        counts, slots = torch.topk(self.update_count, k)
+        keep = counts > 0
+        ids = slots[keep] * self.spec.shards + self.spec.shard_index
+        return ids.tolist(), counts[keep].tolist()
 
     # --- checkpoints ---
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Copies of the rows and the optimizer state, and the optimizer's scalars."""
-        tensors = {"values": self.values.clone()}
+        tensors = {"values": self.values.clone(), "update_count": self.update_count.clone()}
         tensors.update({f"opt.{k}": v.clone() for k, v in self.opt.state().items()})
         return tensors, self.opt.scalars()
 
     def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
         self.values.copy_(tensors["values"])
+        if "update_count" in tensors:
+            self.update_count.copy_(tensors["update_count"])
         opt = {k[len("opt.") :]: v for k, v in tensors.items() if k.startswith("opt.")}
         self.opt.load(opt, scalars)
 
     def nbytes(self) -> int:
-        held = [self.values, *self.opt.state().values()]
+        held = [self.values, self.update_count, *self.opt.state().values()]
         return sum(t.numel() * t.element_size() for t in held)

@@ -14,7 +14,12 @@ from pscluster.coordinator.writes import EpochRecorded
 from pscluster.errors import InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
-_RANGES = {"accuracy": (0.0, 1.0), "mse": (0.0, math.inf), "mae": (0.0, math.inf)}
+_RANGES = {
+    "accuracy": (0.0, 1.0),
+    "auc": (0.0, 1.0),
+    "mse": (0.0, math.inf),
+    "mae": (0.0, math.inf),
+}
 
 
 class Evaluate:
