@@ -138,17 +138,18 @@ def available_bytes() -> int:
     return 0
 
 
+# Copies of the table's float32 values a run holds at its peak, all processes together, as
+# measured at 1M rows (peak RSS over that of the same processes with the table hosted):
+# a dense table on pscluster is ~33 copies (its values, Adam's two states and the pulls and
+# pushes in flight, serialised and deserialised, on the client, coordinator, shards, workers).
+COPIES = {"hosted": 1.2, "dense": 35.0, "torch": 2.5, "ddp": 6.0}
+
+
 def needs(variant: str, rows: int, workers: int) -> int:
-    """A generous estimate of the memory a run takes beyond what is running now: the table's
-    copies (values, gradients, optimizer state, pulled snapshots) and ~1 GB of processes."""
-    table = rows * DIM * 4
-    copies = {
-        "hosted": 1.2,  # values and row-wise state on the shards
-        "dense": 4 + 3 * workers,  # client and shards (values, Adam's two), per worker 3
-        "torch": 2.5,  # values, Adagrad's sums, a sparse gradient
-        "ddp": 4 * workers,  # per process values, gradient, Adagrad's sums, DDP's bucket
-    }[variant]
-    return int(table * copies) + GB
+    """The memory a run would take beyond what is running now: copies of the table (DDP's
+    are per process) and ~1 GB of processes."""
+    copies = COPIES[variant] * (workers if variant == "ddp" else 1)
+    return int(rows * DIM * 4 * copies) + GB
 
 
 def skip_reason(variant: str, rows: int, args: argparse.Namespace) -> str | None:
@@ -161,7 +162,10 @@ def skip_reason(variant: str, rows: int, args: argparse.Namespace) -> str | None
         )
     need, have = needs(variant, rows, args.workers), available_bytes() - HEADROOM
     if need > have:
-        return f"skipped: needs about {need / GB:.1f} GB, {max(have, 0) / GB:.1f} GB available"
+        return (
+            f"skipped: would need about {need / GB:.1f} GB (~{COPIES[variant]:g} copies of "
+            f"the table), {max(have, 0) / GB:.1f} GB available"
+        )
     return None
 
 
@@ -210,14 +214,17 @@ def mean_ms(before: dict[str, list[float]], after: dict[str, list[float]], kind:
 
 
 def lookup_ms(addresses: list[str], job_id: str, ids: list[torch.Tensor]) -> float:
-    """A batch's unique rows looked up from the job's shards, as a worker does (ms, mean)."""
+    """A batch's unique rows looked up from the job's shards, as a worker does (ms, median:
+    the machine is shared)."""
     client = ShardClient(Settings())
     try:
         lookup_rows(client, job_id, addresses, 0, ids[0], DIM)  # the channels open
-        started = time.perf_counter()
+        times = []
         for batch in ids[1:]:
+            started = time.perf_counter()
             lookup_rows(client, job_id, addresses, 0, batch, DIM)
-        return round(1000 * (time.perf_counter() - started) / (len(ids) - 1), 2)
+            times.append(time.perf_counter() - started)
+        return round(1000 * float(np.median(times)), 2)
     finally:
         client.close()
 
@@ -308,8 +315,8 @@ class _RowsAtHand:
 
 
 def compute_ms(data: dict[str, Any], rows: int, sparse: bool, n: int = 20) -> float:
-    """Forward, backward and (hosted) the rows' gradient summed per id, one thread, per batch:
-    the worker's compute, without its lookup, pull and push."""
+    """Forward, backward and (hosted) the rows' gradient summed per id, one thread, per batch
+    (median): the worker's compute, without its lookup, pull and push."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -325,14 +332,14 @@ def compute_ms(data: dict[str, Any], rows: int, sparse: bool, n: int = 20) -> fl
             ({k: torch.from_numpy(v[p]) for k, v in x.items()}, torch.from_numpy(y[p]))
             for p in picks
         ]
-        started = 0.0
-        for i, (xb, yb) in enumerate(batches):
-            if i == 1:  # the first batch warms up
-                started = time.perf_counter()
+        times = []
+        for xb, yb in batches:  # the first batch warms up
+            started = time.perf_counter()
             model.zero_grad(set_to_none=True)
             F.binary_cross_entropy_with_logits(model(**xb), yb).backward()  # type: ignore[no-untyped-call]
             take_row_grads(model)
-        return round(1000 * (time.perf_counter() - started) / n, 2)
+            times.append(time.perf_counter() - started)
+        return round(1000 * float(np.median(times[1:])), 2)
     finally:
         torch.set_num_threads(threads)
 
@@ -343,7 +350,7 @@ def compute_ms(data: dict[str, Any], rows: int, sparse: bool, n: int = 20) -> fl
 def _torch_rank(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> None:
     """Train for ``cfg["seconds"]``: one process (``world`` 1) with the table's sparse
     gradient on Adagrad, or a DDP rank whose table gradient is dense and all-reduced."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(cfg["threads"])
     ddp = world > 1
     if ddp:
         dist.init_process_group(
@@ -436,6 +443,7 @@ def run_torch(
         "rows": rows,
         "cardinalities": data["cardinalities"],
         "seconds": args.seconds,
+        "threads": args.torch_threads,
     }
     out = folder / "torch.json"
     out.unlink(missing_ok=True)
@@ -480,7 +488,8 @@ def run_size(rows: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def record(r: dict[str, Any]) -> None:
-        r = {**common, **r}
+        # The machine is shared: the load when the run ended says how far to trust it.
+        r = {**common, **r, "load_avg_1m": round(os.getloadavg()[0], 2)}
         print(json.dumps(r), flush=True)
         out.append(r)
 
@@ -533,7 +542,7 @@ def _get(r: dict[str, Any], key: str) -> str:
 
 def tables(rows: list[dict[str, Any]]) -> str:
     head = [
-        "| table rows | system | samples/s | hosted x | table MB/step (lookup + push) "
+        "| table rows | system | samples/s | hosted / this | table MB/step (lookup + push) "
         "| dense MB/step | unique ids/batch |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -584,6 +593,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="pscluster workers, DDP ranks")
     parser.add_argument("--train-rows", type=int, default=262144)
     parser.add_argument("--test-rows", type=int, default=8192)
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="intra-op threads of each torch process (a pscluster worker has 1 here)",
+    )
     parser.add_argument("--dense-max-rows", type=int, default=10_000_000)
     parser.add_argument("--ddp-max-rows", type=int, default=10_000_000)
     args = parser.parse_args()

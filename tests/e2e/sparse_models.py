@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import pscluster
+
 
 class TinyCTR(nn.Module):
     """A bag of item ids (summed), a user id (with a padding row) and dense features."""
@@ -33,4 +35,35 @@ class MeanBag(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.head(self.bag(ids))
+        return out
+
+
+class SlotLogit(nn.Module):
+    """Logistic regression on 26 categorical slots and 13 dense features: one weight per id,
+    all slots in one table (per-slot offsets), so a batch is one lookup per shard."""
+
+    def __init__(self, cardinalities: list[int]) -> None:
+        super().__init__()
+        offsets = torch.tensor([0, *cardinalities[:-1]]).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.ids = nn.Embedding(sum(cardinalities), 1, sparse=True)
+        self.dense = nn.Linear(13, 1)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = (
+            self.dense(dense).squeeze(1) + self.ids(sparse + self.offsets).sum(1)[:, 0]
+        )
+        return out
+
+
+class Recommender(nn.Module):
+    """Bags of item ids from an open id space (hashed, any int64 >= 0), in a dynamic table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items = pscluster.DynamicEmbedding(8, mode="sum", admit_after=2, init_std=0.1)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.items(items)).squeeze(1)
         return out

@@ -14,8 +14,9 @@ from torch.nn import functional as F
 from pscluster.client.errors import InvalidJobError, PSClusterError
 from pscluster.client.local import LocalCluster
 from pscluster.data.partitions import batches
+from pscluster.model.objective import rank_auc
 from tests.e2e.conftest import start_cluster
-from tests.e2e.sparse_models import MeanBag, TinyCTR
+from tests.e2e.sparse_models import MeanBag, Recommender, TinyCTR
 
 SEED, EPOCHS, BATCH, PARTITIONS = 3, 2, 32, 2
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -182,3 +183,45 @@ def test_mistakes_with_tables_are_refused_at_submit(
             loss="bce_with_logits",
             **options,  # type: ignore[arg-type]
         )
+
+
+def test_a_dynamic_table_admits_ids_on_the_shards_and_the_fetched_model_holds_them(
+    one_worker: LocalCluster,
+) -> None:
+    # Prepare: 300 hashed ids anywhere in int64, the label planted on the first id's parity.
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randint(0, 2**40, (300,), generator=g)
+    items = pool[torch.randint(0, 300, (2000, 3), generator=g)]
+    y = (items[:, 0] % 2).float()
+
+    # Execute
+    with one_worker.client() as client:
+        job = client.submit(
+            model=Recommender,
+            train=(items[:1500], y[:1500]),
+            test=(items[1500:], y[1500:]),
+            loss="bce_with_logits",
+            metric="auc",
+            optimizer={"name": "adam", "lr": 0.01},
+            sparse_optimizer={"name": "adagrad", "lr": 0.2},
+            epochs=4,
+            batch_size=50,
+        )
+        info = job.wait(timeout=300)
+        state = job.fetch_model()
+        (table,) = job.metrics().tables
+        unknown = job.lookup("items.weight", [7])
+
+    # Assert: rows were admitted at their second lookup (their first gradients dropped), the
+    # fetched ids and rows load into the user's module, and it scores what the job reported.
+    assert info.state == "completed", info.error
+    assert table.admitted == state["items.ids"].numel() == 300 == table.rows
+    assert table.dropped > 0
+    model = Recommender()
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        auc = rank_auc(y[1500:], model(items[1500:]))
+        assert torch.equal(unknown, model.items.rows_of(torch.tensor([7])))
+    assert info.metric_value == pytest.approx(auc, abs=1e-6)
+    assert auc > 0.7

@@ -126,3 +126,39 @@ def test_a_push_with_a_bad_row_changes_nothing(ids: list[int], table: int, messa
     assert all(torch.equal(a, b) for a, b in zip(rows_of(job), before[0], strict=True))
     assert (job.checksum(), job.version) == before[1:]
     assert job.stats().pushes_rejected == {"invalid": 1}
+
+
+def test_rows_a_dynamic_table_admitted_come_back_after_a_crash(tmp_path: Path) -> None:
+    # Prepare: ids admitted at their second lookup, then updated; the live job's log only
+    durability = DurabilityConfig(tmp_path, fsync="never", checkpoint_wal_bytes=1 << 30)
+    spec = TableSpec("d.weight", 0, DIM, 1, 0, dynamic=True, init_std=0.5, admit_after=2)
+    dynamic = JobConfig(
+        "t",
+        0,
+        N,
+        "async",
+        0,
+        OptimizerSpec(name="sgd", lr=0.1),
+        tables=(spec,),
+        sparse_optimizer=SparseOptimizerSpec("adagrad", 0.3, eps=1e-10),
+    )
+    job = Shard(durability).init_job(dynamic, [bytes(wire.encode(torch.zeros(N)))])
+    job.set_members(["w"], 1)
+    ids = torch.tensor([2**40, 5, 123456789])
+    for seq in range(1, 4):
+        job.lookup(0, ids)
+        assert push(job, "w", seq, ids.tolist(), table=0) is Outcome.APPLIED
+    live = job.lookup(0, ids, peek=True)
+    assert job.journal is not None
+    job.journal.close()
+
+    # Execute
+    recovered = recover_job(durability.job_folder("t"), durability)
+
+    # Assert: the admitted rows and their updates (the first push's were dropped) are back
+    assert recovered is not None
+    assert torch.equal(recovered.job.lookup(0, ids, peek=True), live)
+    (stats,) = recovered.job.stats().tables
+    assert (stats.rows, stats.admitted) == (3, 3)
+    assert recovered.job.journal is not None
+    recovered.job.journal.close()
