@@ -45,6 +45,7 @@ class SlotLogit(nn.Module):
     def __init__(self, cardinalities: list[int]) -> None:
         super().__init__()
         offsets = torch.tensor([0, *cardinalities[:-1]]).cumsum(0)
+        self.offsets: torch.Tensor
         self.register_buffer("offsets", offsets, persistent=False)
         self.ids = nn.Embedding(sum(cardinalities), 1, sparse=True)
         self.dense = nn.Linear(13, 1)
