@@ -49,6 +49,7 @@ def train_one_process(
     train: tuple[Inputs, torch.Tensor],
     dense_opt: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
     sparse_opt: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+    epochs: int = EPOCHS,
 ) -> dict[str, torch.Tensor]:
     """The one-worker job's batches, in its order, with a dense and a sparse optimizer."""
     tables = [
@@ -57,7 +58,7 @@ def train_one_process(
     dense = [p for n, p in model.named_parameters() if not any(p is t for t in tables)]
     opts = [dense_opt(dense), sparse_opt(tables)]
     (items, user, feats), y = train
-    for epoch in range(EPOCHS):
+    for epoch in range(epochs):
         for partition in range(PARTITIONS):
             for idx in batches(len(y), PARTITIONS, partition, epoch, BATCH, SEED):
                 for opt in opts:
