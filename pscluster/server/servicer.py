@@ -123,7 +123,8 @@ class ParameterServerServicer:
             yield from framing.frames(memoryview(ids.numpy().tobytes()), chunk_bytes)
         else:
             ids = convert.lookup_ids(request.ids)
-            rows = job.lookup(request.table, ids, peek=request.peek)
+            itemsize = wire.itemsize(dtype)  # INVALID_ARGUMENT for an unknown dtype
+            rows = job.lookup(request.table, ids, peek=request.peek, itemsize=itemsize)
             yield convert.lookup_header(rows, dtype, job.version)
         yield from framing.frames(wire.encode(rows.reshape(-1), dtype), chunk_bytes)
 

@@ -203,13 +203,15 @@ class ShardJob:
                 )
             self._cond.wait(remaining)
 
-    def lookup(self, table: int, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
+    def lookup(
+        self, table: int, ids: torch.Tensor, *, peek: bool = False, itemsize: int = 4
+    ) -> torch.Tensor:
         """A copy of rows of one of the job's tables (float32), read under the job's lock so
         that it is never half of an update. Never waits on the mode: a worker looks rows up
         after its pull was granted; an observer (``job.lookup``) whenever it likes."""
         with self._cond:
             self._check_alive()
-            rows = self._state.tables.lookup(table, ids, peek=peek)
+            rows = self._state.tables.lookup(table, ids, peek=peek, itemsize=itemsize)
             admitted = self._state.tables.take_admitted(table)
             ticket = 0
             if self._journal is not None and admitted.size:

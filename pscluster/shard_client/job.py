@@ -66,7 +66,12 @@ class JobShards:
             timeout=timeout,
         )
 
-    def lookup(self, table: int, ids: torch.Tensor, dim: int, timeout: float) -> torch.Tensor:
-        """Rows of one of the job's tables from the shards that own them (float32)."""
+    def lookup(
+        self, table: int, ids: torch.Tensor, dim: int, timeout: float, dtype: int = F32
+    ) -> torch.Tensor:
+        """Rows of one of the job's tables from the shards that own them (float32; sent as
+        ``dtype``)."""
         addresses = [r.address for r in self.ranges]
-        return lookup_rows(self.client, self.job_id, addresses, table, ids, dim, timeout=timeout)
+        return lookup_rows(
+            self.client, self.job_id, addresses, table, ids, dim, dtype=dtype, timeout=timeout
+        )

@@ -25,7 +25,7 @@ from pscluster.shard_client import PushExtras, ShardError, Snapshot
 from pscluster.shard_client.tables import split_rows
 from pscluster.transport import wire
 from pscluster.transport.retry import RetryPolicy, retry
-from pscluster.v1 import coordinator_pb2
+from pscluster.v1 import common_pb2, coordinator_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.worker.local_sgd import Batch, Window
 from pscluster.worker.outcomes import PushRound
@@ -56,6 +56,10 @@ def _barrier_not_met(error: Exception) -> bool:
 SHARD_RETRY = RetryPolicy(_shard_down, first=0.05, cap=2.0, at_once=_barrier_not_met)
 
 
+F32 = common_pb2.DTYPE_FLOAT32
+ROW_DTYPES = {"fp16": common_pb2.DTYPE_FLOAT16, "bf16": common_pb2.DTYPE_BFLOAT16}
+
+
 class _ShardRows:
     """The rows a hosted table asks for, from the shards, through the trainer's retries."""
 
@@ -65,8 +69,10 @@ class _ShardRows:
 
     def lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
         rt, timeout = self._trainer.rt, self._trainer.settings.rpc_timeout_seconds
-        dim = self._dims[table]
-        return self._trainer.call(lambda: rt.shards.lookup(table, ids, dim, timeout), "lookup")
+        dim, dtype = self._dims[table], rt.pull_dtype  # half precision rows if pulls are
+        return self._trainer.call(
+            lambda: rt.shards.lookup(table, ids, dim, timeout, dtype), "lookup"
+        )
 
 
 class LeaseLost(Exception):
@@ -213,7 +219,10 @@ class Trainer:
         # Encoded once: a retry resends the same bytes; each range's codec state moves on only
         # when its own shard takes the push.
         encoded = rt.encoder.encode(window.update, epoch, sorted(push.pending))
-        rows = split_rows(window.rows, len(rt.shards.ranges)) if window.rows else {}
+        rows = {}
+        if window.rows:  # half precision rows when the job's codec sends half precision
+            dtype = ROW_DTYPES.get(rt.encoder.name, F32)
+            rows = split_rows(window.rows, len(rt.shards.ranges), dtype)
         extras = PushExtras(window.buffer_delta, window.grad_scale, rows)
         replies: dict[int, ps_pb2.PushReply] = {}
 

@@ -226,3 +226,30 @@ def test_a_dynamic_table_admits_ids_on_the_shards_and_the_fetched_model_holds_th
         assert torch.equal(unknown, model.items.rows_of(torch.tensor([7])))
     assert info.metric_value == pytest.approx(auc, abs=1e-6)
     assert auc > 0.7
+
+
+def test_rows_travel_in_half_precision_when_the_job_compresses_to_it(
+    one_worker: LocalCluster,
+) -> None:
+    g = torch.Generator().manual_seed(6)
+    ids = torch.randint(0, 5000, (400, 4), generator=g)
+    y = torch.remainder(ids[:, 0], 3)
+
+    with one_worker.client() as client:
+        job = client.submit(
+            model=MeanBag,
+            train=(ids[:300], y[:300]),
+            test=(ids[300:], y[300:]),
+            optimizer={"name": "adam", "lr": 0.01},
+            sparse_optimizer={"name": "sgd", "lr": 1.0},
+            compression={"name": "fp16", "pull_dtype": "float16"},
+            epochs=2,
+            batch_size=50,
+        )
+        info = job.wait(timeout=300)
+        (table,) = job.metrics().tables
+
+    # Assert: 2 bytes a value both ways (ids stay int64 in pushes).
+    assert info.state == "completed", info.error
+    assert table.bytes_looked_up == table.rows_looked_up * 16 * 2
+    assert table.bytes_pushed == table.rows_pushed * (8 + 16 * 2)

@@ -83,9 +83,11 @@ class JobTables:
     def dims(self) -> list[int]:
         return [spec.dim for spec in self.specs]
 
-    def lookup(self, table: int, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
-        """Rows of ``ids``; a ``peek`` (an observer's read) admits nothing into a dynamic
-        table and is not counted as traffic."""
+    def lookup(
+        self, table: int, ids: torch.Tensor, *, peek: bool = False, itemsize: int = 4
+    ) -> torch.Tensor:
+        """Rows of ``ids``, to be sent ``itemsize`` bytes a value; a ``peek`` (an observer's
+        read) admits nothing into a dynamic table and is not counted as traffic."""
         held = self._table(table)
         if peek:
             return (
@@ -95,7 +97,7 @@ class JobTables:
         counters = self.counters[table]
         counters.lookups += 1
         counters.rows_looked_up += ids.numel()
-        counters.bytes_looked_up += rows.numel() * 4
+        counters.bytes_looked_up += rows.numel() * itemsize
         return rows
 
     def take_admitted(self, table: int) -> np.ndarray:
