@@ -222,9 +222,11 @@ class JobState:
 
     # --- checkpoints ---
 
-    def state_dict(self) -> StateDict:
+    def state_dict(self, checkpoint: str = "") -> StateDict:
         """Tensors (copies, so the caller may write them while pushes go on) and JSON-able
-        data; the config is in it, so it alone rebuilds the job."""
+        data; the config is in it, so it alone rebuilds the job. ``checkpoint`` "full" or
+        "delta" is the journal's read (see :meth:`JobTables.state_dict`): a "delta" holds
+        only the table rows changed since the last checkpoint."""
         opt_tensors, opt_scalars = self.opt.state_tensors()
         policy_tensors, policy_meta = self.policy.state_dict()
         tensors = {_VALUES: self.opt.values.clone()}
@@ -232,7 +234,7 @@ class JobState:
             tensors[_BUFFERS] = self.buffers.values.clone()
         tensors.update({_OPT + k: v for k, v in opt_tensors.items()})
         tensors.update({_POLICY + k: v for k, v in policy_tensors.items()})
-        table_tensors, table_scalars = self.tables.state_dict()
+        table_tensors, table_scalars = self.tables.state_dict(checkpoint)
         tensors.update({_TABLES + k: v for k, v in table_tensors.items()})
         meta = {
             "config": self.config.to_json(),
@@ -244,6 +246,8 @@ class JobState:
             "optimizer": opt_scalars,
             "policy": policy_meta,
             "tables": table_scalars,
+            # Whether this holds only the table rows changed since the previous checkpoint.
+            "delta": any(".delta." in name for name in table_tensors),
         }
         return tensors, meta
 

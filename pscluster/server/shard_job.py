@@ -309,11 +309,12 @@ class ShardJob:
         with self._cond:
             self._state.load_state_dict(tensors, meta)
 
-    def capture(self, then: Callable[[], None]) -> StateDict:
-        """The state and, under the same hold of the lock, ``then()``: the journal moves its
+    def capture(self, then: Callable[[], None], kind: str = "full") -> StateDict:
+        """The state for a checkpoint ("full", or "delta": only the table rows changed since
+        the last one) and, under the same hold of the lock, ``then()``: the journal moves its
         log on there, so that no record falls between a checkpoint and the log after it."""
         with self._cond:
-            state = self._state.state_dict()
+            state = self._state.state_dict(checkpoint=kind)
             then()
             return state
 

@@ -72,7 +72,8 @@ def test_rowwise_adagrad_keeps_one_accumulator_per_row() -> None:
 
     acc = float((grad**2).mean())
     torch.testing.assert_close(table.values[7], -0.5 * grad[0] / acc**0.5)
-    assert table.nbytes() == ROWS * DIM * 4 + ROWS * 4 + ROWS * 4  # values, sum, update count
+    # values, accumulator, update count, dirty flag
+    assert table.nbytes() == ROWS * DIM * 4 + ROWS * 4 + ROWS * 4 + ROWS
     assert float(table.values[6].abs().sum()) == 0.0
 
 

@@ -13,6 +13,7 @@ from pscluster.errors import InvalidArgument
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.domain import JobConfig, Outcome, PushHeader
+from pscluster.server.durability import journal as journal_module
 from pscluster.server.durability.checkpoint import read_checkpoint, write_checkpoint
 from pscluster.server.durability.image import capture, restore
 from pscluster.server.durability.journal import DurabilityConfig
@@ -162,3 +163,67 @@ def test_rows_a_dynamic_table_admitted_come_back_after_a_crash(tmp_path: Path) -
     assert (stats.rows, stats.admitted) == (3, 3)
     assert recovered.job.journal is not None
     recovered.job.journal.close()
+
+
+def test_checkpoints_of_a_table_hold_only_the_rows_changed_and_recovery_reads_the_chain(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a durable job whose checkpoints are taken by hand (none is due by itself)
+    durability = DurabilityConfig(tmp_path, fsync="never", checkpoint_seconds=1e9)
+    data = [bytes(wire.encode(torch.zeros(N))), bytes(wire.encode(given_rows().reshape(-1)))]
+    job = Shard(durability).init_job(config(), data)
+    twin = ShardJob(config(), torch.zeros(N), None, [given_rows(), None])
+    journal = job.journal
+    assert journal is not None
+    touched = [[1, 7], [7, 9, 11], [3]]
+    for each in (job, twin):
+        each.set_members(["w"], 1)
+
+    # Execute: pushes, a checkpoint after each of the first two, the third only in the log
+    for seq, ids in enumerate(touched, start=1):
+        for each in (job, twin):
+            assert push(each, "w", seq, ids) is Outcome.APPLIED
+        if seq < 3:
+            assert journal.checkpoint()
+    journal.close()
+    files = sorted(p.name for p in durability.job_folder("t").glob("checkpoint-*"))
+    newest, meta = read_checkpoint(durability.job_folder("t") / files[-1])
+    recovered = recover_job(durability.job_folder("t"), durability)
+
+    # Assert: the delta holds the 3 rows of the second push (table 1; table 0 untouched),
+    # the full first checkpoint is kept as the chain's base, and recovery is exact.
+    assert len(files) == 3 and meta["delta_of"] == 1
+    assert newest["tables.1.delta.slots"].tolist() == [3, 4, 5]  # ids 7, 9, 11 // 2
+    assert newest["tables.0.delta.slots"].numel() == 0
+    assert "tables.1.values" not in newest
+    assert recovered is not None
+    for live, again in zip(rows_of(twin), rows_of(recovered.job), strict=True):
+        assert torch.equal(live, again)
+    assert recovered.job.version == twin.version == 3
+    assert recovered.job.journal is not None
+    recovered.job.journal.close()
+
+
+def test_a_full_checkpoint_follows_max_deltas_and_frees_the_old_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "MAX_DELTAS", 1)
+    durability = DurabilityConfig(tmp_path, fsync="never", checkpoint_seconds=1e9)
+    data = [bytes(wire.encode(torch.zeros(N))), bytes(wire.encode(given_rows().reshape(-1)))]
+    job = Shard(durability).init_job(config(), data)
+    job.set_members(["w"], 1)
+    assert job.journal is not None
+    kinds = []
+    for seq in range(1, 4):
+        push(job, "w", seq, [1, 3])
+        assert job.journal.checkpoint()
+        newest = sorted(durability.job_folder("t").glob("checkpoint-*"))[-1]
+        kinds.append("delta_of" in read_checkpoint(newest)[1])
+    job.journal.close()
+
+    # checkpoint 1 is a delta of 0, 2 is full (the chain reached MAX_DELTAS), 3 a delta of 2
+    assert kinds == [True, False, True]
+    assert sorted(p.name[11:23] for p in durability.job_folder("t").glob("checkpoint-*")) == [
+        "000000000002",
+        "000000000003",
+    ]

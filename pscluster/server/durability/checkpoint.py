@@ -68,6 +68,18 @@ def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[st
     fsync_dir(path.parent)
 
 
+def checkpoint_base(path: Path) -> int | None:
+    """The checkpoint a delta checkpoint builds on (None: a full one, or an unreadable one),
+    from its metadata alone."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {})[_KEY])
+        base = header["meta"].get("delta_of")
+    except (SafetensorError, OSError, KeyError, ValueError, AttributeError):
+        return None
+    return int(base) if base is not None else None
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors and metadata of ``path``; CheckpointError if any of it is damaged."""
     try:

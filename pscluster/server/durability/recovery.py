@@ -19,6 +19,7 @@ from pscluster.server.domain import PushHeader
 from pscluster.server.durability.checkpoint import (
     CheckpointError,
     checkpoint_number,
+    checkpoint_path,
     checkpoints,
     read_checkpoint,
 )
@@ -108,8 +109,7 @@ def _newest_good(candidates: list[Path]) -> tuple[ShardJob, int, int]:
     problems = []
     for path in candidates:
         try:
-            tensors, meta = read_checkpoint(path)
-            job = restore(tensors, meta)
+            job = _load_chain(path)
         except (CheckpointError, KeyError, TypeError, ValueError) as exc:
             log.error("%s; trying an older checkpoint", exc)
             problems.append(f"{path}: {exc}")
@@ -118,6 +118,18 @@ def _newest_good(candidates: list[Path]) -> tuple[ShardJob, int, int]:
     raise RecoveryError(
         "no checkpoint can be trusted, so the job cannot be recovered: " + "; ".join(problems)
     )
+
+
+def _load_chain(path: Path) -> ShardJob:
+    """The job a checkpoint holds: a full one restored, a delta applied on top of the chain
+    of checkpoints it builds on (a missing or damaged one fails the whole chain)."""
+    tensors, meta = read_checkpoint(path)
+    base = meta.get("delta_of")
+    if base is None:
+        return restore(tensors, meta)
+    job = _load_chain(checkpoint_path(path.parent, int(base)))
+    job.load_state_dict(tensors, meta)
+    return job
 
 
 def _replay(job: ShardJob, record: Record) -> None:

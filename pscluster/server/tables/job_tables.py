@@ -172,18 +172,41 @@ class JobTables:
 
     # --- checkpoints ---
 
-    def state_dict(self) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-        """Every table's tensors as ``"<index>.<name>"`` and its optimizer scalars, in order."""
+    def state_dict(
+        self, checkpoint: str = ""
+    ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+        """Every table's tensors as ``"<index>.<name>"`` and its optimizer scalars, in order.
+
+        ``checkpoint`` "full" or "delta" is a checkpoint's read: every row is clean after it,
+        and a "delta" holds a fixed table's changed rows only (``"<index>.delta.<name>"``); a
+        dynamic table is always whole (its slots move as rows come and go). "" (any other
+        read, a test's) changes nothing.
+        """
         tensors: dict[str, torch.Tensor] = {}
         scalars: list[dict[str, float]] = []
         for i, table in enumerate(self.tables):
-            held, numbers = table.state()
-            tensors.update({f"{i}.{k}": v for k, v in held.items()})
+            if checkpoint == "delta" and isinstance(table, FixedTable):
+                held, numbers = table.delta()
+                tensors.update({f"{i}.delta.{k}": v for k, v in held.items()})
+            else:
+                held, numbers = table.state()
+                tensors.update({f"{i}.{k}": v for k, v in held.items()})
+                if checkpoint and isinstance(table, FixedTable):
+                    table.mark_clean()
             scalars.append(numbers)
         return tensors, scalars
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], scalars: list[Any]) -> None:
+        """Become what :meth:`state_dict` described; a delta is applied on top of the state
+        it was taken after (recovery loads its base first)."""
         for i, table in enumerate(self.tables):
-            prefix = f"{i}."
-            own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            table.load(own, dict(scalars[i]))
+            delta = f"{i}.delta."
+            own = _prefixed(tensors, delta)
+            if own and isinstance(table, FixedTable):
+                table.load_delta(own, dict(scalars[i]))
+            else:
+                table.load(_prefixed(tensors, f"{i}."), dict(scalars[i]))
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -27,6 +27,10 @@ class RowOptimizer(Protocol):
 
     def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None: ...
 
+    def load_scalars(self, scalars: dict[str, float]) -> None:
+        """Take the scalars of :meth:`scalars` alone (an incremental checkpoint's)."""
+        ...
+
 
 class RowSGD:
     def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
@@ -39,6 +43,9 @@ class RowSGD:
         return {}
 
     def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
+        return None
+
+    def load_scalars(self, scalars: dict[str, float]) -> None:
         return None
 
     def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
@@ -62,6 +69,9 @@ class RowAdagrad:
     def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
         self.sum.copy_(tensors["sum"])
 
+    def load_scalars(self, scalars: dict[str, float]) -> None:
+        return None
+
     def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
         acc = self.sum.index_select(0, slots).addcmul_(grads, grads)
         self.sum.index_copy_(0, slots, acc)
@@ -84,6 +94,9 @@ class RowwiseAdagrad:
 
     def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
         self.sum.copy_(tensors["sum"])
+
+    def load_scalars(self, scalars: dict[str, float]) -> None:
+        return None
 
     def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
         acc = self.sum.index_select(0, slots).add_(grads.square().mean(dim=1))
@@ -112,6 +125,9 @@ class LazyAdam:
     def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
         self.exp_avg.copy_(tensors["exp_avg"])
         self.exp_avg_sq.copy_(tensors["exp_avg_sq"])
+        self.load_scalars(scalars)
+
+    def load_scalars(self, scalars: dict[str, float]) -> None:
         self.steps = int(scalars["steps"])
 
     def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:

@@ -44,6 +44,8 @@ class FixedTable:
             self.values.copy_(initial.reshape(shape))
         # Updates per row: the hot ids in the stats (4 bytes a row).
         self.update_count = torch.zeros(spec.local_rows, dtype=torch.int32)
+        # Rows changed since the last checkpoint: an incremental one writes only those.
+        self.dirty = torch.zeros(spec.local_rows, dtype=torch.bool)
         self._pad_slot = self._padding_slot()
         if self._pad_slot is not None:
             self.values[self._pad_slot] = 0.0
@@ -113,6 +115,7 @@ class FixedTable:
         if unique.numel():
             self.opt.step(self.values, unique, grads)
             self.update_count.index_add_(0, unique, torch.ones_like(unique, dtype=torch.int32))
+            self.dirty[unique] = True
         return int(unique.numel())
 
     @property
@@ -137,6 +140,33 @@ class FixedTable:
         tensors.update({f"opt.{k}": v.clone() for k, v in self.opt.state().items()})
         return tensors, self.opt.scalars()
 
+    def delta(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The rows changed since the last :meth:`delta` or :meth:`mark_clean` (their slots,
+        values, counts and optimizer state), and the optimizer's scalars: an incremental
+        checkpoint. The rows count as clean afterwards."""
+        slots = self.dirty.nonzero().reshape(-1)
+        tensors = {
+            "slots": slots,
+            "values": self.values.index_select(0, slots),
+            "update_count": self.update_count.index_select(0, slots),
+        }
+        opt = self.opt.state()
+        tensors.update({f"opt.{k}": v.index_select(0, slots) for k, v in opt.items()})
+        self.mark_clean()
+        return tensors, self.opt.scalars()
+
+    def mark_clean(self) -> None:
+        self.dirty.zero_()
+
+    def load_delta(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
+        """Apply what :meth:`delta` captured on top of the state it was captured after."""
+        slots = tensors["slots"]
+        self.values.index_copy_(0, slots, tensors["values"])
+        self.update_count.index_copy_(0, slots, tensors["update_count"])
+        for name, held in self.opt.state().items():  # the optimizer's own tensors
+            held.index_copy_(0, slots, tensors[f"opt.{name}"])
+        self.opt.load_scalars(scalars)
+
     def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
         self.values.copy_(tensors["values"])
         if "update_count" in tensors:
@@ -145,5 +175,5 @@ class FixedTable:
         self.opt.load(opt, scalars)
 
     def nbytes(self) -> int:
-        held = [self.values, self.update_count, *self.opt.state().values()]
+        held = [self.values, self.update_count, self.dirty, *self.opt.state().values()]
         return sum(t.numel() * t.element_size() for t in held)
