@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pscluster.errors import InvalidArgument, NotFound, OutOfRange
@@ -35,12 +35,19 @@ class BlobStore:
         return self.root / job_id / f"{name}.safetensors"
 
     def write(self, job_id: str, name: str, data: bytes | bytearray | memoryview) -> Path:
+        return self.write_stream(job_id, name, [data])
+
+    def write_stream(
+        self, job_id: str, name: str, parts: Iterable[bytes | bytearray | memoryview]
+    ) -> Path:
+        """:meth:`write` from pieces produced one at a time (a model streamed from shards)."""
         target = self.path(job_id, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for part in parts:
+                    f.write(part)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)

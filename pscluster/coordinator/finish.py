@@ -13,7 +13,7 @@ from pscluster.coordinator import blobs, live
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.stats import shard_part
-from pscluster.model import objective, state
+from pscluster.model import objective, safetensors_stream
 from pscluster.shard_client import ShardError
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -46,10 +46,10 @@ class Finisher:
             if job.state != st.RUNNING:
                 return False
             try:
-                model, versions = live.model_and_versions(rt, job)
+                entries, versions = live.model_entries(rt, job)
                 if not self._evaluated(job, versions):
                     return False
-                rt.blobs.write(job_id, blobs.MODEL, state.dumps(model))
+                rt.blobs.write_stream(job_id, blobs.MODEL, safetensors_stream.stream(entries))
                 metrics = live.stats(rt, job)
                 with rt.lock:
                     metrics.workers.extend(rt.relief.speeds(job_id, rt.mono()))

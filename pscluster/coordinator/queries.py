@@ -18,9 +18,8 @@ from pscluster.coordinator.leases import TRAIN
 from pscluster.coordinator.model_spec import buffer_ranges
 from pscluster.coordinator.runtime import Runtime
 from pscluster.errors import FailedPrecondition, InvalidArgument, NotFound
-from pscluster.model import objective, state
+from pscluster.model import objective, safetensors_stream
 from pscluster.shard_client.tables import lookup_rows
-from pscluster.transport import wire
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 
@@ -166,8 +165,8 @@ class JobQueries:
         if job.state == st.COMPLETED:
             return self.rt.blobs.iter_chunks(job_id, blobs.MODEL, chunk_bytes)
         if job.state == st.RUNNING:
-            data = state.dumps(live.model(self.rt, job))
-            return wire.chunks(memoryview(data), chunk_bytes)
+            entries, _ = live.model_entries(self.rt, job)
+            return safetensors_stream.rechunk(safetensors_stream.stream(entries), chunk_bytes)
         reason = {
             st.PENDING: "its shards are not initialised yet",
             st.FAILED: "it failed before training finished, so there is no trained model "

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pscluster.errors import InvalidArgument
+from pscluster.model.safetensors_stream import Entry
 from pscluster.model.sparse_optimizer import parse_sparse_optimizer
 from pscluster.server.tables.dynamic import initial_rows
 from pscluster.server.tables.spec import MAX_DIM
@@ -98,23 +99,26 @@ def shard_tables(
     return configs, rows
 
 
-def read_tables(
+def table_entries(
     client: ShardClient, job_id: str, spec: co_pb2.JobSpec, addresses: Sequence[str]
-) -> dict[str, torch.Tensor]:
-    """Every table whole, read from the shards in blocks of ids."""
-    out = {}
+) -> list[Entry]:
+    """Every table as safetensors entries. A fixed table's rows are read from the shards in
+    blocks of ids while the entry is streamed; a dynamic table is exported first (its size
+    is not known before), as ``<path>.ids`` (sorted) and its rows."""
+    out: list[Entry] = []
     for index, table in enumerate(spec.model.tables):
-        if table.dynamic:  # its ids and rows, as many as the shards hold
-            out.update(dynamic_table(client, job_id, addresses, index, table))
+        if table.dynamic:
+            exported = dynamic_table(client, job_id, addresses, index, table)
+            out += [Entry.of(name, tensor) for name, tensor in exported.items()]
             continue
-        num_rows, dim = table.num_rows, table.dim
-        whole = torch.empty((num_rows, dim), dtype=torch.float32)
-        for start in range(0, num_rows, READ_BLOCK_ROWS):
-            ids = torch.arange(start, min(num_rows, start + READ_BLOCK_ROWS), dtype=torch.int64)
-            whole[start : start + ids.numel()] = lookup_rows(
-                client, job_id, addresses, index, ids, dim, peek=True
-            )
-        out[table.name] = whole
+
+        def blocks(index: int = index, table: co_pb2.TableInfo = table) -> Iterator[torch.Tensor]:
+            for start in range(0, table.num_rows, READ_BLOCK_ROWS):
+                end = min(table.num_rows, start + READ_BLOCK_ROWS)
+                ids = torch.arange(start, end, dtype=torch.int64)
+                yield lookup_rows(client, job_id, addresses, index, ids, table.dim, peek=True)
+
+        out.append(Entry(table.name, torch.float32, (table.num_rows, table.dim), blocks))
     return out
 
 

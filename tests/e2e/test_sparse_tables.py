@@ -5,9 +5,11 @@ holds the trained tables."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
@@ -117,7 +119,9 @@ def test_one_worker_in_sync_is_single_process_torch_with_sparse_gradients(
     assert float(remote["users.weight"][0].abs().sum()) == 0.0
 
 
-def test_the_fetched_model_scores_what_the_job_reported(one_worker: LocalCluster) -> None:
+def test_the_fetched_model_scores_what_the_job_reported(
+    one_worker: LocalCluster, tmp_path: Path
+) -> None:
     # Prepare: tables drawn on the shards (no init_from), mean bags.
     g = torch.Generator().manual_seed(5)
     ids = torch.randint(0, 5000, (600, 4), generator=g)
@@ -138,6 +142,7 @@ def test_the_fetched_model_scores_what_the_job_reported(one_worker: LocalCluster
         info = job.wait(timeout=300)
         state = job.fetch_model()
         looked_up = job.lookup("bag.weight", [4999, 0, 17, 17])
+        saved = load_file(job.save_model(tmp_path / "bag.safetensors"))
         metrics = job.metrics()
         with pytest.raises(PSClusterError, match="no table 'bag'"):
             job.lookup("bag", [1])
@@ -145,6 +150,8 @@ def test_the_fetched_model_scores_what_the_job_reported(one_worker: LocalCluster
     # Assert: the fetched tables load into the user's own (unhosted) model and score the same.
     assert info.state == "completed", info.error
     assert torch.equal(looked_up, state["bag.weight"][[4999, 0, 17, 17]])
+    assert saved.keys() == state.keys()
+    assert all(torch.equal(saved[k], v) for k, v in state.items())
     (table,) = metrics.tables
     assert table.rows == 5000 and sorted(table.rows_per_shard) == [1666, 1667, 1667]
     assert table.imbalance == pytest.approx(1.0, abs=0.01)
