@@ -19,6 +19,7 @@ from pscluster.coordinator.model_spec import buffer_ranges
 from pscluster.coordinator.runtime import Runtime
 from pscluster.errors import FailedPrecondition, InvalidArgument, NotFound
 from pscluster.model import objective, safetensors_stream
+from pscluster.model.partition import rows_partitioner
 from pscluster.shard_client.tables import lookup_rows
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -186,7 +187,16 @@ class JobQueries:
             found, source = tables.saved_rows(path, table, ids), "model"
         elif job.state == st.RUNNING:
             addresses = [p.address for p in job.shards]
-            found = lookup_rows(self.rt.shards, job_id, addresses, index, ids, table.dim, peek=True)
+            found = lookup_rows(
+                self.rt.shards,
+                job_id,
+                addresses,
+                index,
+                ids,
+                table.dim,
+                peek=True,
+                partitioner=rows_partitioner(table.dynamic),
+            )
             source = "shards"
         else:
             raise FailedPrecondition(f"job {job_id} is {job.state}: it has no rows to read")

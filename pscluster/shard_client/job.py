@@ -6,11 +6,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from pscluster.model.partition import RowPartitioner
 from pscluster.shard_client.client import F32, ShardClient
 from pscluster.shard_client.errors import ShardError
 from pscluster.shard_client.ranges import PushExtras, ShardRange, Snapshot, vector_sizes
 from pscluster.shard_client.streams import Payload
-from pscluster.shard_client.tables import lookup_rows
+from pscluster.shard_client.tables import MODULO, lookup_rows
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
 
@@ -67,11 +68,25 @@ class JobShards:
         )
 
     def lookup(
-        self, table: int, ids: torch.Tensor, dim: int, timeout: float, dtype: int = F32
+        self,
+        table: int,
+        ids: torch.Tensor,
+        dim: int,
+        timeout: float,
+        dtype: int = F32,
+        partitioner: RowPartitioner = MODULO,
     ) -> torch.Tensor:
         """Rows of one of the job's tables from the shards that own them (float32; sent as
         ``dtype``)."""
         addresses = [r.address for r in self.ranges]
         return lookup_rows(
-            self.client, self.job_id, addresses, table, ids, dim, dtype=dtype, timeout=timeout
+            self.client,
+            self.job_id,
+            addresses,
+            table,
+            ids,
+            dim,
+            dtype=dtype,
+            timeout=timeout,
+            partitioner=partitioner,
         )

@@ -1,7 +1,8 @@
 """Rows of a job's embedding tables, looked up on the shards that own them.
 
-A table's rows are spread over the job's shards by ``id % shards`` (in the order of the
-job's ranges), so a batch's ids are split by owner, each shard is asked for its own at once,
+A table's rows are spread over the job's shards (in the order of the job's ranges) by its
+:class:`~pscluster.model.partition.RowPartitioner` (modulo for a fixed table, hash for a
+dynamic one), so a batch's ids are split by owner, each shard is asked for its own at once,
 and the answers are put back in the order of the ids.
 """
 
@@ -14,6 +15,7 @@ import grpc
 import torch
 
 from pscluster.errors import InvalidArgument
+from pscluster.model.partition import ModuloRows, RowPartitioner
 from pscluster.server.tables.rows import RowBlockInfo, encode_rows
 from pscluster.shard_client.client import ShardClient, first_error
 from pscluster.shard_client.errors import ShardError, shard_error
@@ -23,11 +25,14 @@ from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
 F32 = common_pb2.DTYPE_FLOAT32
+MODULO = ModuloRows()
 
 
-def owners(ids: torch.Tensor, shards: int) -> list[tuple[int, torch.Tensor]]:
+def owners(
+    ids: torch.Tensor, shards: int, partitioner: RowPartitioner = MODULO
+) -> list[tuple[int, torch.Tensor]]:
     """(shard index, positions in ``ids``) for each shard that owns some of ``ids``."""
-    owner = torch.remainder(ids, shards)
+    owner = partitioner.owner(ids, shards)
     return [
         (k, (owner == k).nonzero().reshape(-1)) for k in range(shards) if bool((owner == k).any())
     ]
@@ -44,12 +49,13 @@ def lookup_rows(
     dtype: int = F32,
     timeout: float | None = None,
     peek: bool = False,
+    partitioner: RowPartitioner = MODULO,
 ) -> torch.Tensor:
     """The rows of ``ids`` (int64, any order, repeats allowed) as float32 (len(ids), dim).
     Raises the first ShardError once every shard asked has answered."""
     out = torch.empty((ids.numel(), dim), dtype=torch.float32)
     wait = client.timeout if timeout is None else timeout
-    parts = owners(ids, len(addresses))
+    parts = owners(ids, len(addresses), partitioner)
 
     def one(shard: int, positions: torch.Tensor) -> None:
         wanted = ids.index_select(0, positions)
@@ -72,13 +78,17 @@ def lookup_rows(
 
 
 def split_rows(
-    rows: Mapping[int, tuple[torch.Tensor, torch.Tensor]], shards: int, dtype: int = F32
+    rows: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
+    shards: int,
+    dtype: int = F32,
+    partitioners: Sequence[RowPartitioner] = (),
 ) -> dict[int, tuple[list[RowBlockInfo], bytes]]:
     """A push's row gradients (per table: ids, grads) cut by owning shard and encoded: what
     :class:`~pscluster.shard_client.PushExtras` carries to each shard."""
     per_shard: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
     for table, (ids, grads) in rows.items():
-        for shard, positions in owners(ids, shards):
+        partitioner = partitioners[table] if partitioners else MODULO
+        for shard, positions in owners(ids, shards, partitioner):
             per_shard.setdefault(shard, {})[table] = (
                 ids.index_select(0, positions),
                 grads.index_select(0, positions),

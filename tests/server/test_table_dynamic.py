@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pscluster.errors import InvalidArgument
+from pscluster.model.partition import HashRows
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.tables.dynamic import DynamicTable, initial_rows
 from pscluster.server.tables.spec import TableSpec
@@ -113,9 +114,22 @@ def test_initial_rows_are_normal_with_init_std_and_differ_by_id_and_seed() -> No
     assert torch.equal(initial_rows(5, ids[:3], 16, 0.0), torch.zeros(3, 16))
 
 
+def owned_by(shard: int, shards: int, count: int, start: int = 0) -> list[int]:
+    """The first ``count`` ids from ``start`` that shard ``shard`` of ``shards`` owns."""
+    candidates = torch.arange(start, start + 64 * count + 64)
+    owner = HashRows().owner(candidates, shards)
+    return candidates[owner == shard][:count].tolist()
+
+
 def test_rows_start_the_same_whatever_order_or_batch_first_touches_them() -> None:
     # Prepare: one shard of one, and shard 0 of 3, that see the ids differently
-    ids = ids_of(9, 3 * 2**40, 78, 3, 3 * 2**60)
+    near = owned_by(0, 3, 3)
+    far = [
+        i
+        for i in (3 * 2**40, 3 * 2**60, 2**62 + 7, 2**50 + 1, 2**45 + 9)
+        if HashRows().owner(torch.tensor([i]), 3)[0] == 0
+    ]
+    ids = ids_of(*near, *far)
     one, other = table(), table(shards=3, shard_index=0)
 
     # Execute
@@ -254,26 +268,28 @@ def test_an_evicted_id_comes_back_as_new() -> None:
 def test_ids_of_other_shards_or_bad_gradients_change_nothing() -> None:
     # Prepare: shard 1 of 3, with rows
     t = table("adagrad", shards=3, shard_index=1)
-    t.lookup(ids_of(1, 4, 7))
-    t.apply(ids_of(1, 4), torch.ones(2, DIM))
+    a, b, c = owned_by(1, 3, 3)
+    (of_two,), (of_zero,) = owned_by(2, 3, 1), owned_by(0, 3, 1)
+    t.lookup(ids_of(a, b, c))
+    t.apply(ids_of(a, b), torch.ones(2, DIM))
     before = t.state()
 
     # Execute / Assert
-    with pytest.raises(InvalidArgument, match="id 5 is owned by shard 2 of 3"):
-        t.lookup(ids_of(10, 5, 6))
+    with pytest.raises(InvalidArgument, match=f"id {of_two} is owned by shard 2 of 3"):
+        t.lookup(ids_of(a, of_two, b))
     with pytest.raises(InvalidArgument, match="id -2 is negative"):
-        t.apply(ids_of(1, -2), torch.ones(2, DIM))
-    with pytest.raises(InvalidArgument, match="id 3 is owned by shard 0"):
-        t.admit(ids_of(13, 3))
+        t.apply(ids_of(a, -2), torch.ones(2, DIM))
+    with pytest.raises(InvalidArgument, match=f"id {of_zero} is owned by shard 0"):
+        t.admit(ids_of(c, of_zero))
     with pytest.raises(InvalidArgument, match=r"expected \(2, 8\)"):
-        t.check_gradient(ids_of(1, 4), torch.ones(2, DIM + 1))
-    with pytest.raises(InvalidArgument, match="id 2 is owned"):
-        t.check_gradient(ids_of(1, 2), torch.ones(2, DIM))
+        t.check_gradient(ids_of(a, b), torch.ones(2, DIM + 1))
+    with pytest.raises(InvalidArgument, match=f"id {of_zero} is owned"):
+        t.check_gradient(ids_of(a, of_zero), torch.ones(2, DIM))
     with pytest.raises(InvalidArgument, match="1-D int64"):
         t.lookup(torch.tensor([1.0]))
-    t.check_gradient(ids_of(1, 4), torch.ones(2, DIM))
+    t.check_gradient(ids_of(a, b), torch.ones(2, DIM))
     after = t.state()
-    assert before[1] == after[1] and t.take_admitted().tolist() == [1, 4, 7]
+    assert before[1] == after[1] and t.take_admitted().tolist() == sorted([a, b, c])
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
 
 
@@ -299,10 +315,14 @@ def test_a_checkpoint_that_does_not_fit_changes_nothing() -> None:
 Log = list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]
 
 
+POOL = torch.tensor(owned_by(2, 5, 10_000))  # the ids shard 2 of 5 owns, from 0 on
+
+
 def run_steps(t: DynamicTable, rng: np.random.Generator, steps: int, log: Log) -> None:
     """Lookups and pushes of a skewed id stream; logs (admitted ids, ids, grads) per step."""
     for _ in range(steps):
-        ids = torch.from_numpy((rng.zipf(1.3, 60) * 5 + 2).astype(np.int64) % 10_000 * 5 + 2)
+        ranks = torch.from_numpy((rng.zipf(1.3, 60) * 5 + 2).astype(np.int64) % 10_000)
+        ids = POOL[ranks]
         t.lookup(ids)
         grads = torch.from_numpy(rng.normal(size=(ids.numel(), DIM)).astype(np.float32))
         log.append((t.take_admitted(), ids, grads))
@@ -324,7 +344,7 @@ def test_state_and_load_then_the_same_behaviour(optimizer: str) -> None:
 
     # Assert
     same_state(live, restored)
-    probe = torch.arange(2, 50_002, 5)
+    probe = POOL
     assert torch.equal(live.lookup(probe), restored.lookup(probe))
     assert live.evicted > 0 and live.dropped_rows > 0
 

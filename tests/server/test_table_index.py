@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pscluster.server.tables.index import Admission, IdIndex, mix64
+from pscluster.hashing import mix64
+from pscluster.server.tables.index import Admission, IdIndex
 
 # small ids repeat within and across batches; large ones exercise the whole int64 range
 ID = st.one_of(st.integers(0, 60), st.integers(0, 2**63 - 1))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pscluster.errors import InvalidArgument
+from pscluster.model.partition import HashRows, ModuloRows
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.tables.rows import RowGrads, decode_rows, encode_rows
 from pscluster.server.tables.spec import TableSpec
@@ -126,3 +127,12 @@ def test_row_blocks_round_trip_in_half_precision() -> None:
         decode_rows(infos, [2, 4], data[:-1])
     merged = RowGrads.merged([decoded, decoded])
     assert merged.rows == 6
+
+
+def test_hashed_ids_with_shared_low_bits_spread_over_the_shards() -> None:
+    # Ids that are all multiples of 4 (timestamps, strided hashes): modulo 4 puts every one on
+    # shard 0; the hash partitioner of dynamic tables spreads them.
+    ids = torch.arange(0, 4 * 10_000, 4)
+    assert set(ModuloRows().owner(ids, 4).tolist()) == {0}
+    counts = torch.bincount(HashRows().owner(ids, 4), minlength=4)
+    assert int(counts.min()) > 2300

@@ -22,8 +22,10 @@ import numpy.typing as npt
 import torch
 
 from pscluster.errors import InvalidArgument, ResourceExhausted
+from pscluster.hashing import GAMMA, mix64
+from pscluster.model.partition import HashRows
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
-from pscluster.server.tables.index import Admission, IdIndex, mix64
+from pscluster.server.tables.index import Admission, IdIndex
 from pscluster.server.tables.optimizers import RowOptimizer, make_row_optimizer
 from pscluster.server.tables.spec import TableSpec
 
@@ -31,7 +33,6 @@ I64 = npt.NDArray[np.int64]
 INITIAL_SLOTS = 1024  # grown by doubling: 1024 * 2**k slots, whatever the history
 COUNT_MAX = np.iinfo(np.int32).max  # update counts saturate rather than wrap
 _COUNTERS = ("updates", "admitted", "evicted", "dropped_rows")  # checkpointed as scalars
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _TWO_PI = 2.0 * np.pi
 
 
@@ -47,7 +48,7 @@ def initial_rows(seed: int, ids: npt.ArrayLike, dim: int, std: float) -> torch.T
     start = mix64((ids.view(np.uint64) ^ key).view(np.int64))
     pairs = np.arange((dim + 1) // 2, dtype=np.uint64)
     with np.errstate(over="ignore"):  # the stream's additions wrap by design
-        h = mix64((start[:, None] + _GAMMA * pairs).view(np.int64))
+        h = mix64((start[:, None] + GAMMA * pairs).view(np.int64))
     u1 = ((h >> np.uint64(32)).astype(np.float64) + 0.5) * 2.0**-32  # in (0, 1): log is finite
     u2 = ((h & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) * 2.0**-32
     radius = np.sqrt(-2.0 * np.log(u1)) * std
@@ -161,13 +162,15 @@ class DynamicTable:
                 f"shape {tuple(ids.shape)}; nothing was read or changed"
             )
         ids = ids.to(torch.int64)
-        bad = (ids < 0) | (torch.remainder(ids, spec.shards) != spec.shard_index)
+        owner = HashRows().owner(ids.clamp(min=0), spec.shards)
+        bad = (ids < 0) | (owner != spec.shard_index)
         if bool(bad.any()):
             first = int(ids[bad.nonzero()[0, 0]])
             if first < 0:
                 why = "negative (a dynamic table takes ids >= 0)"
             else:
-                why = f"owned by shard {first % spec.shards} of {spec.shards}, not this one"
+                shard = int(HashRows().owner(torch.tensor([first]), spec.shards)[0])
+                why = f"owned by shard {shard} of {spec.shards}, not this one"
             raise InvalidArgument(
                 f"table {spec.name!r}: id {first} is {why}; {int(bad.sum())} of "
                 f"{ids.numel()} ids are refused and nothing was read or changed"

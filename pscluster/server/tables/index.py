@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from pscluster.hashing import mix64
+
 I64 = npt.NDArray[np.int64]
 Pos = npt.NDArray[np.intp]
 
@@ -27,23 +29,6 @@ TOMBSTONE = -2
 MAX_LOAD = 0.6  # live ids and tombstones over positions; linear probing slows sharply past ~0.7
 PURGE_BELOW = 0.5  # a same-size rehash (dropping tombstones) must leave this much room, else grow
 MAX_SLOTS = 2**31  # slots are stored as int32
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-def mix64(ids: I64) -> npt.NDArray[np.uint64]:
-    """splitmix64 of each id: sequential or strided ids spread over all 64 bits, so the top
-    bits make a good position."""
-    z = ids.astype(np.uint64)
-    with np.errstate(over="ignore"):  # wraparound is the point of the arithmetic
-        z += _GAMMA
-        z ^= z >> np.uint64(30)
-        z *= _M1
-        z ^= z >> np.uint64(27)
-        z *= _M2
-        z ^= z >> np.uint64(31)
-    return z
 
 
 def check_ids(ids: npt.ArrayLike) -> I64:
