@@ -204,16 +204,19 @@ def fetch(
     address: Address = None,
     token: Token = None,
 ) -> None:
-    """Save the trained model's state_dict as a safetensors file."""
+    """Save the trained model's state_dict as a safetensors file (streamed to disk as it
+    arrives: a model with large embedding tables is never held in memory)."""
+    from safetensors import safe_open
+
     from pscluster.client.sdk import Client
-    from pscluster.model import state
 
     with user_errors(), Client(address, token=token) as client:
-        tensors = client.job(job_id).fetch_model()
-        encoded = state.dumps(tensors)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_bytes(encoded)
-    out().print(f"wrote {len(tensors)} tensors ({format_bytes(len(encoded))}) to {output}")
+        client.job(job_id).save_model(output)
+    with safe_open(str(output), framework="pt") as f:
+        count = len(list(f.keys()))
+    size = format_bytes(output.stat().st_size)
+    out().print(f"wrote {count} tensors ({size}) to {output}")
 
 
 def cancel(job_id: JobId, address: Address = None, token: Token = None) -> None:

@@ -65,11 +65,13 @@ class JobFile(BaseModel):
     mode: str = "async"  # one of the consistency registry's MODES (checked below)
     staleness: int = Field(0, ge=0)
     optimizer: dict[str, Any] | None = None
+    # the optimizer of the model's sparse tables, e.g. {name: rowwise_adagrad, lr: 0.05}
+    sparse_optimizer: dict[str, Any] | None = None
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     # a built-in loss, or path/to/file.py:function for a loss of your own
     loss: str = "cross_entropy"
-    metric: Literal["", "accuracy", "mse", "mae", "loss"] = ""
+    metric: Literal["", "accuracy", "auc", "mse", "mae", "loss"] = ""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     init_from: str = Field("", description="a completed job's id: start from its model")
     code_dir: str = Field("", description="ship every .py under this folder (relative)")
@@ -156,6 +158,7 @@ class LoadedJob:
             "mode": s.mode,
             "staleness": s.staleness,
             "optimizer": s.optimizer,
+            "sparse_optimizer": s.sparse_optimizer,
             "epochs": s.epochs,
             "batch_size": s.batch_size,
             "model_kwargs": s.model_kwargs,
