@@ -18,7 +18,7 @@ import torch
 from pscluster.errors import InvalidArgument
 from pscluster.model.safetensors_stream import Entry
 from pscluster.model.sparse_optimizer import parse_sparse_optimizer
-from pscluster.server.tables.dynamic import initial_rows
+from pscluster.server.tables.initial import initial_rows
 from pscluster.server.tables.spec import MAX_DIM
 from pscluster.shard_client import ShardClient
 from pscluster.shard_client.tables import export_rows, lookup_rows

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pscluster.server.tables.dynamic import initial_rows
+from pscluster.server.tables.initial import initial_rows
 
 MODES = (None, "sum", "mean")
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from pscluster.errors import InvalidArgument
 from pscluster.model.dynamic_embedding import DynamicEmbedding
-from pscluster.server.tables.dynamic import initial_rows
+from pscluster.server.tables.initial import initial_rows
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 _LOCK = threading.RLock()

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from pscluster.errors import InvalidArgument
 from pscluster.model.partition import HashRows
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
-from pscluster.server.tables.dynamic import DynamicTable, initial_rows
+from pscluster.server.tables.dynamic import DynamicTable
+from pscluster.server.tables.initial import initial_rows
 from pscluster.server.tables.spec import TableSpec
 from pscluster.server.tables.table import FixedTable
 

@@ -22,10 +22,10 @@ import numpy.typing as npt
 import torch
 
 from pscluster.errors import InvalidArgument, ResourceExhausted
-from pscluster.hashing import GAMMA, mix64
 from pscluster.model.partition import HashRows
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.tables.index import Admission, IdIndex
+from pscluster.server.tables.initial import distinct, first_appearances, initial_rows
 from pscluster.server.tables.optimizers import RowOptimizer, make_row_optimizer
 from pscluster.server.tables.spec import TableSpec
 
@@ -33,44 +33,6 @@ I64 = npt.NDArray[np.int64]
 INITIAL_SLOTS = 1024  # grown by doubling: 1024 * 2**k slots, whatever the history
 COUNT_MAX = np.iinfo(np.int32).max  # update counts saturate rather than wrap
 _COUNTERS = ("updates", "admitted", "evicted", "dropped_rows")  # checkpointed as scalars
-_TWO_PI = 2.0 * np.pi
-
-
-def initial_rows(seed: int, ids: npt.ArrayLike, dim: int, std: float) -> torch.Tensor:
-    """N(0, std) rows (float32) that depend on (seed, id) alone: each id starts a splitmix64
-    stream at mix64(id ^ mix64(seed)); each 64-bit output is two 32-bit uniforms, made into
-    two normals (a pair of columns) by Box-Muller. So a row is the same whatever batch, order
-    or shard first touched it, and recovery re-creates it bit for bit. (On another CPU, numpy's
-    vectorised float64 log/sin/cos may differ in a last bit, which the float32 cast hides in
-    all but ~1 value in 2**28.)"""
-    ids = np.asarray(ids, np.int64).reshape(-1)
-    key = mix64(np.array([seed % 2**64], np.uint64).view(np.int64))
-    start = mix64((ids.view(np.uint64) ^ key).view(np.int64))
-    pairs = np.arange((dim + 1) // 2, dtype=np.uint64)
-    with np.errstate(over="ignore"):  # the stream's additions wrap by design
-        h = mix64((start[:, None] + GAMMA * pairs).view(np.int64))
-    u1 = ((h >> np.uint64(32)).astype(np.float64) + 0.5) * 2.0**-32  # in (0, 1): log is finite
-    u2 = ((h & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) * 2.0**-32
-    radius = np.sqrt(-2.0 * np.log(u1)) * std
-    out = np.empty((ids.size, 2 * pairs.size), np.float64)
-    out[:, 0::2] = radius * np.cos(_TWO_PI * u2)
-    out[:, 1::2] = radius * np.sin(_TWO_PI * u2)
-    return torch.from_numpy(out[:, :dim].astype(np.float32))
-
-
-def _distinct(ids: I64) -> I64:
-    """Distinct ids (>= 0), ascending: a sort, as np.unique is slow on large int64 arrays."""
-    ordered = np.sort(ids)
-    distinct: I64 = ordered[np.diff(ordered, prepend=-1) != 0]
-    return distinct
-
-
-def _first_appearances(ids: I64) -> I64:
-    """Distinct ids in the order they first appear."""
-    order = np.argsort(ids, kind="stable")
-    starts = np.diff(ids[order], prepend=-1) != 0
-    firsts: I64 = ids[np.sort(order[starts])]
-    return firsts
 
 
 def _doubled(size: int, needed: int) -> int:
@@ -205,7 +167,7 @@ class DynamicTable:
         the order of their first appearance, as the live shard gave them. Returns how many
         were new. They are recorded for `take_admitted` too, which recovery drains."""
         arr = self._owned(ids)
-        new = _first_appearances(arr[self.index.find(arr) < 0])
+        new = first_appearances(arr[self.index.find(arr) < 0])
         self._insert(new)
         return int(new.size)
 
@@ -226,7 +188,7 @@ class DynamicTable:
         slots = self.index.find(arr)
         missing = np.flatnonzero(slots < 0)
         if missing.size and not peek:
-            seen = _distinct(arr[missing])
+            seen = distinct(arr[missing])
             self._insert(seen[self.admission.observe(seen)])
             slots[missing] = self.index.find(arr[missing])
         out = self._s.values.index_select(0, torch.from_numpy(np.maximum(slots, 0)))
@@ -257,7 +219,7 @@ class DynamicTable:
         self.updates += 1
         stepped = 0
         if not present.all():
-            self.dropped_rows += int(_distinct(arr[~present]).size)
+            self.dropped_rows += int(distinct(arr[~present]).size)
             grads = grads[torch.from_numpy(present)]
             slots = slots[present]
         if slots.size:
