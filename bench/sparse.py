@@ -270,6 +270,7 @@ def run_job(
             before = exchange_seconds(cluster, job.id)
             time.sleep(args.seconds)
             metrics = job.metrics()
+            window_end = time.monotonic()
             after = exchange_seconds(cluster, job.id)
             addresses = [s.shard for s in sorted(metrics.shards, key=lambda s: s.start)]
             lookup = lookup_ms(addresses, job.id, batch_ids(data, rows, 21)) if sparse else None
@@ -283,9 +284,12 @@ def run_job(
     n = max(1, len(steps))
     table = metrics.tables[0] if metrics.tables else None
     rate = steady_rate([s.unix_time - wall0 for s in steps], [s.samples for s in steps]) or 0.0
-    rss = {
-        role: round(probe.peak(role, t0, t1) / 1024, 1)
-        for role in ("coordinator", "shard", "worker", "client")
+    roles = ("coordinator", "shard", "worker", "client")
+    rss = {role: round(probe.peak(role, t0, t1) / 1024, 1) for role in roles}
+    # Training's own footprint, without the job's start (a shard copies its rows for the
+    # first checkpoint while InitJob runs): the last samples of the measured window.
+    steady = {
+        role: round(probe.peak(role, window_end - 1.2, window_end) / 1024, 1) for role in roles
     }
     return {
         "variant": variant,
@@ -308,6 +312,7 @@ def run_job(
         "push_ms": mean_ms(before, after, "push"),
         "lookup_ms": lookup,
         "peak_rss_mb": rss,
+        "rss_at_window_end_mb": steady,
         "worker_under_1_5gb": rss["worker"] < WORKER_LIMIT_MB,
     }
 
@@ -318,7 +323,7 @@ class _RowsAtHand:
     def __init__(self, n: int) -> None:
         self.rows = torch.randn(n, DIM)
 
-    def lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
+    def lookup(self, table: int, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
         return self.rows[: ids.numel()].clone()
 
 
@@ -567,9 +572,9 @@ def tables(rows: list[dict[str, Any]]) -> str:
             f"{r['unique_ids_per_batch']} |"
         )
     time_lines = [
-        "| table rows | system | ms per step (one process) | lookup | compute | pull | push "
-        "| peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| table rows | system | submit s | ms per step (one process) | lookup | compute | pull "
+        "| push | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "skipped" in r:
@@ -578,16 +583,18 @@ def tables(rows: list[dict[str, Any]]) -> str:
         if r["variant"] in ("hosted", "dense"):
             pieces = [_get(r, "lookup_ms"), _get(r, "compute_ms"), _get(r, "pull_ms")]
             pieces.append(_get(r, "push_ms"))
+            end = r["rss_at_window_end_mb"]
             memory = (
-                f"worker {rss['worker']} / shard {rss['shard']} / coordinator "
-                f"{rss['coordinator']} / client {rss['client']}"
+                f"worker {rss['worker']} / shard {rss['shard']} ({end['shard']} training) / "
+                f"coordinator {rss['coordinator']} / client {rss['client']}"
             )
         else:  # forward+backward (DDP: with its all-reduce) as compute, the optimizer as push
             pieces = ["-", f"{r['forward_ms']} + {r['backward_ms']}", "-"]
             pieces.append(f"optimizer {r['optimizer_ms']}")
             memory = f"per process {rss['process']}"
         time_lines.append(
-            f"| {r['rows']:,} | {LABELS[r['variant']]} | {_get(r, 'step_ms')} | "
+            f"| {r['rows']:,} | {LABELS[r['variant']]} | {_get(r, 'submit_s')} | "
+            f"{_get(r, 'step_ms')} | "
             f"{' | '.join(pieces)} | {memory} |"
         )
     return "\n".join(head) + "\n\n" + "\n".join(time_lines)

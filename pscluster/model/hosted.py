@@ -65,8 +65,9 @@ class TableInfo:
 
 
 class RowSource(Protocol):
-    def lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
-        """float32 rows (len(ids), dim) of table number ``table`` for unique int64 ``ids``."""
+    def lookup(self, table: int, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
+        """float32 rows (len(ids), dim) of table number ``table`` for unique int64 ``ids``;
+        a ``peek`` (evaluation) admits nothing into a dynamic table."""
         ...
 
 
@@ -76,7 +77,7 @@ class DrawnRows:
     def __init__(self, tables: list[TableInfo]) -> None:
         self._tables = tables
 
-    def lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
+    def lookup(self, table: int, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
         info = self._tables[table]
         if info.dynamic:
             return initial_rows(info.init_seed, ids.numpy(), info.dim, info.init_std)
@@ -137,7 +138,9 @@ class HostedEmbedding(nn.Module):
         unique, inverse = torch.unique(ids, return_inverse=True)
         if self.source is None:
             raise RuntimeError(f"table {self.info.name!r} has no row source attached")
-        rows = self.source.lookup(self.index, unique.cpu()).to(input.device)
+        # Evaluation peeks: test ids must not count towards admitting rows.
+        rows = self.source.lookup(self.index, unique.cpu(), peek=not self.training)
+        rows = rows.to(input.device)
         rows.requires_grad_(self.training and torch.is_grad_enabled())
         if rows.requires_grad:
             self._touched.append((unique.cpu(), rows))

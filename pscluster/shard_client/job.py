@@ -75,6 +75,8 @@ class JobShards:
         timeout: float,
         dtype: int = F32,
         partitioner: RowPartitioner = MODULO,
+        *,
+        peek: bool = False,
     ) -> torch.Tensor:
         """Rows of one of the job's tables from the shards that own them (float32; sent as
         ``dtype``)."""
@@ -89,4 +91,5 @@ class JobShards:
             dtype=dtype,
             timeout=timeout,
             partitioner=partitioner,
+            peek=peek,
         )

@@ -73,11 +73,13 @@ class _ShardRows:
         self._dims = [t.dim for t in trainer.rt.spec.model.tables]
         self._partitioners = table_partitioners(trainer.rt.spec)
 
-    def lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
+    def lookup(self, table: int, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
         rt, timeout = self._trainer.rt, self._trainer.settings.rpc_timeout_seconds
         dim, dtype = self._dims[table], rt.pull_dtype  # half precision rows if pulls are
         return self._trainer.call(
-            lambda: rt.shards.lookup(table, ids, dim, timeout, dtype, self._partitioners[table]),
+            lambda: rt.shards.lookup(
+                table, ids, dim, timeout, dtype, self._partitioners[table], peek=peek
+            ),
             "lookup",
         )
 

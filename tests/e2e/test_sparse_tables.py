@@ -201,6 +201,8 @@ def test_a_dynamic_table_admits_ids_on_the_shards_and_the_fetched_model_holds_th
     pool = torch.randint(0, 2**40, (300,), generator=g)
     items = pool[torch.randint(0, 300, (2000, 3), generator=g)]
     y = (items[:, 0] % 2).float()
+    # Ids only the test split has: evaluation (every epoch) must not admit them.
+    items[1500:, 2] = 2**41 + torch.arange(500)
 
     # Execute
     with one_worker.client() as client:
