@@ -11,11 +11,13 @@ rows uploaded with the job, batch 1024. Per table size (``--rows``):
 - ``hosted``: pscluster, ``sparse=True``: the table lives row-wise on the shards (id % shards),
   each batch looks up only its unique ids' rows and pushes their gradients; MLP on Adam
   (lr 1e-3), rows on rowwise_adagrad (lr 0.05); async, ``--shards`` shards, ``--workers``
-  workers (one intra-op thread each, as LocalCluster gives them on this machine);
+  workers (one intra-op thread each, as LocalCluster gives them on this machine); the shards
+  are durable, as LocalCluster starts them (a WAL fsynced on every push);
 - (a) ``dense``: pscluster, ``sparse=False``: the table is part of the flat vector each step
   pulls and pushes whole (Adam on all of it); only up to ``--dense-max-rows``;
 - (b) ``torch``: one process, no cluster: the table with sparse gradients on
-  torch.optim.Adagrad (lr 0.05), the MLP on Adam, every core's threads;
+  torch.optim.Adagrad (lr 0.05), the MLP on Adam, ``--torch-threads`` threads (1: on this
+  2-core machine, shared with other work, 2 threads ran 3x slower than 1);
 - (c) ``ddp``: DDP on gloo, ``--workers`` processes, ``sparse=False`` (the table's whole
   gradient is all-reduced every step), dense Adagrad on it; only up to ``--ddp-max-rows``.
 

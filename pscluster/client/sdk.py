@@ -174,8 +174,10 @@ class Client:
         options = SubmitOptions.from_arguments(locals())  # the keywords are its fields, by name
         payload = payload_for(model, (train, test, data), options, self._init_from(init_from))
         stream = payload.chunks(self.settings.chunk_bytes)
-        # The deadline grows with the upload: a second more per UPLOAD_FLOOR bytes.
-        extra = (len(payload.dataset) + len(payload.initial_state)) / UPLOAD_FLOOR
+        # The deadline grows with the upload, and with the table rows the shards create and
+        # checkpoint before the coordinator answers: a second more per UPLOAD_FLOOR bytes.
+        created = sum(t.num_rows * t.dim * 4 for t in payload.spec.model.tables)
+        extra = (len(payload.dataset) + len(payload.initial_state) + created) / UPLOAD_FLOOR
         reply = self._call(
             "submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t + extra)
         )

@@ -83,7 +83,9 @@ class Shard:
             self._starting.add(config.job_id)
         try:
             if self._durability is not None:  # durable before anyone can push to it
-                journal = Journal.create(config.job_id, job.state_dict(), self._durability)
+                # Not yet reachable by any push: its tables are written without a copy.
+                state = job.state_dict(copy=False)
+                journal = Journal.create(config.job_id, state, self._durability)
                 job.attach(journal)
             with self._lock:
                 self._jobs[config.job_id] = job

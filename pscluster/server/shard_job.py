@@ -300,10 +300,10 @@ class ShardJob:
 
     # --- state and durability (pscluster.server.durability) ---
 
-    def state_dict(self) -> StateDict:
+    def state_dict(self, *, copy: bool = True) -> StateDict:
         """The job's whole state (see :meth:`JobState.state_dict`), read under its lock."""
         with self._cond:
-            return self._state.state_dict()
+            return self._state.state_dict(copy=copy)
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         with self._cond:

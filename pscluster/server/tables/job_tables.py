@@ -173,7 +173,7 @@ class JobTables:
     # --- checkpoints ---
 
     def state_dict(
-        self, checkpoint: str = ""
+        self, checkpoint: str = "", *, copy: bool = True
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
         """Every table's tensors as ``"<index>.<name>"`` and its optimizer scalars, in order.
 
@@ -185,14 +185,17 @@ class JobTables:
         tensors: dict[str, torch.Tensor] = {}
         scalars: list[dict[str, float]] = []
         for i, table in enumerate(self.tables):
+            fixed = isinstance(table, FixedTable)
             if checkpoint == "delta" and isinstance(table, FixedTable):
                 held, numbers = table.delta()
                 tensors.update({f"{i}.delta.{k}": v for k, v in held.items()})
             else:
-                held, numbers = table.state()
+                held, numbers = (
+                    table.state(copy) if isinstance(table, FixedTable) else table.state()
+                )
                 tensors.update({f"{i}.{k}": v for k, v in held.items()})
-                if checkpoint and isinstance(table, FixedTable):
-                    table.mark_clean()
+                if checkpoint and fixed:
+                    table.mark_clean()  # type: ignore[union-attr]
             scalars.append(numbers)
         return tensors, scalars
 

@@ -134,10 +134,12 @@ class FixedTable:
 
     # --- checkpoints ---
 
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """Copies of the rows and the optimizer state, and the optimizer's scalars."""
-        tensors = {"values": self.values.clone(), "update_count": self.update_count.clone()}
-        tensors.update({f"opt.{k}": v.clone() for k, v in self.opt.state().items()})
+    def state(self, copy: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The rows and the optimizer state (copies, unless ``copy`` is False: a new job's
+        first checkpoint, which nothing can change meanwhile), and the optimizer's scalars."""
+        held = {"values": self.values, "update_count": self.update_count}
+        held.update({f"opt.{k}": v for k, v in self.opt.state().items()})
+        tensors = {k: v.clone() for k, v in held.items()} if copy else held
         return tensors, self.opt.scalars()
 
     def delta(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
