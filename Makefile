@@ -56,6 +56,7 @@ bench: install
 	$(PY) bench/finetune.py
 	$(PY) bench/precision.py
 	$(PY) bench/data.py
+	$(PY) bench/sparse.py
 	$(PY) bench/coordinator_scale.py --kill-at 40 $(if $(SCALE_BASELINE),--baseline $(SCALE_BASELINE)) \
 	  --out bench/results/coordinator_scale-after.json
 	$(PY) bench/coordinator_scale.py --workers 500 --task-seconds 3 \
