@@ -42,11 +42,12 @@ class Shard:
             raise InvalidArgument("config.job_id is empty; name the job")
         validate_consistency(config.mode, config.staleness, config.backup_workers)
         check_buffer_spec(config.buffer_length, config.counters)
-        if config.length > self.max_values:
+        held = config.length + sum(t.local_rows * t.dim for t in config.tables)
+        if held > self.max_values:
             raise ResourceExhausted(
-                f"job {config.job_id} announces {config.length} values for this shard; the "
-                f"limit is {self.max_values} (PSC_MAX_MODEL_PARAMETERS): spread the job over "
-                "more shards or raise the limit"
+                f"job {config.job_id} announces {held} values for this shard (parameters and "
+                f"table rows); the limit is {self.max_values} (PSC_MAX_MODEL_PARAMETERS): "
+                "spread the job over more shards or raise the limit"
             )
         with self._lock:
             if config.job_id in self._jobs or config.job_id in self._starting:

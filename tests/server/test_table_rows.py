@@ -7,9 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from pscluster.errors import InvalidArgument
+from pscluster.errors import InvalidArgument, ResourceExhausted
+from pscluster.model.optimizer import OptimizerSpec
 from pscluster.model.partition import HashRows, ModuloRows
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
+from pscluster.server.domain import JobConfig
+from pscluster.server.shard import Shard
 from pscluster.server.tables.rows import RowGrads, decode_rows, encode_rows
 from pscluster.server.tables.spec import TableSpec
 from pscluster.server.tables.table import FixedTable
@@ -136,3 +139,18 @@ def test_hashed_ids_with_shared_low_bits_spread_over_the_shards() -> None:
     assert set(ModuloRows().owner(ids, 4).tolist()) == {0}
     counts = torch.bincount(HashRows().owner(ids, 4), minlength=4)
     assert int(counts.min()) > 2300
+
+
+def test_a_shard_refuses_tables_past_its_limit_before_allocating_them() -> None:
+    config = JobConfig(
+        "big",
+        0,
+        4,
+        "async",
+        0,
+        OptimizerSpec(name="sgd", lr=0.1),
+        tables=(TableSpec("emb.weight", 10**12, 16, 2, 0),),  # 8e12 values on this shard
+        sparse_optimizer=SparseOptimizerSpec("sgd", 0.1),
+    )
+    with pytest.raises(ResourceExhausted, match="parameters and table rows"):
+        Shard(max_values=10**9).check_new(config)
