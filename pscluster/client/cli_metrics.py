@@ -116,7 +116,7 @@ def _tables(m: JobMetrics) -> Table:
             f"{t.imbalance:.2f}",
             f"{t.rows_looked_up / steps:.0f} looked up, {t.rows_pushed / steps:.0f} pushed",
             format_bytes(int(traffic)),
-            ", ".join(f"{i} ({n})" for i, n in t.hot_ids[:5]),
+            ", ".join(f"{i} ({n})" for i, n in t.hot_ids[:3]),
         )
     return table
 
