@@ -42,7 +42,7 @@ def validate_model(model: co_pb2.ModelSpec) -> ParamLayout:
         source.parse_kwargs(model.kwargs_json)
     except InvalidArgument as e:
         raise InvalidArgument(f"model.kwargs_json: {e}") from e
-    if not model.params:
+    if not model.params and not model.tables:
         raise InvalidArgument("model.params is empty; list the trainable parameters and shapes")
     entries: list[tuple[str, list[int]]] = []
     seen: set[str] = set()

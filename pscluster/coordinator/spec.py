@@ -141,7 +141,10 @@ def validate_job(
         # opened it: see data_shapes.)
         rows = _dataset_rows(blob_data[blobs.DATASET], spec.loss)
         explicit.partitions = min(explicit.partitions, rows)
-    explicit.shards = min(spec.shards or configured_shards, layout.size)
+    # No more shards than values (an empty range is only overhead), unless the model has
+    # tables, whose rows spread over every shard (a model of embeddings alone has no values).
+    most = layout.size if not spec.model.tables else configured_shards
+    explicit.shards = min(spec.shards or configured_shards, most)
     check_buffer_size(buffers, explicit.shards)
     if not mode_traits(spec.mode, spec.backup_workers).clock_bound:
         # Only a mode with a clock bound (ssp) uses staleness; one sent with another mode (an

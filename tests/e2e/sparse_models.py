@@ -68,3 +68,16 @@ class Recommender(nn.Module):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.head(self.items(items)).squeeze(1)
         return out
+
+
+class MatrixFactorization(nn.Module):
+    """Users and items, nothing else: a model of embedding tables alone."""
+
+    def __init__(self, users: int = 100, items: int = 200, dim: int = 8) -> None:
+        super().__init__()
+        self.users = nn.Embedding(users, dim, sparse=True)
+        self.items = nn.Embedding(items, dim, sparse=True)
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = (self.users(user) * self.items(item)).sum(1)
+        return out

@@ -18,7 +18,7 @@ from pscluster.client.local import LocalCluster
 from pscluster.data.partitions import batches
 from pscluster.model.objective import rank_auc
 from tests.e2e.conftest import start_cluster
-from tests.e2e.sparse_models import MeanBag, Recommender, TinyCTR
+from tests.e2e.sparse_models import MatrixFactorization, MeanBag, Recommender, TinyCTR
 
 SEED, EPOCHS, BATCH, PARTITIONS = 3, 2, 32, 2
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -262,3 +262,29 @@ def test_rows_travel_in_half_precision_when_the_job_compresses_to_it(
     assert info.state == "completed", info.error
     assert table.bytes_looked_up == table.rows_looked_up * 16 * 2
     assert table.bytes_pushed == table.rows_pushed * (8 + 16 * 2)
+
+
+def test_a_model_of_tables_alone_trains(one_worker: LocalCluster) -> None:
+    # A planted low-rank preference: user u likes item i when u % 3 == i % 3.
+    g = torch.Generator().manual_seed(8)
+    user, item = (
+        torch.randint(0, 100, (4000,), generator=g),
+        torch.randint(0, 200, (4000,), generator=g),
+    )
+    y = ((user % 3) == (item % 3)).float()
+
+    with one_worker.client() as client:
+        job = client.submit(
+            model=MatrixFactorization,
+            train=((user[:3000], item[:3000]), y[:3000]),
+            test=((user[3000:], item[3000:]), y[3000:]),
+            loss="bce_with_logits",
+            metric="auc",
+            sparse_optimizer={"name": "adagrad", "lr": 0.3},
+            epochs=8,
+            batch_size=50,
+        )
+        info = job.wait(timeout=300)
+
+    assert info.state == "completed", info.error
+    assert info.num_params == 0 and info.metric_value is not None and info.metric_value > 0.6
