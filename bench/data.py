@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine  # noqa: E402
 from bench.data_model import SmallCNN, make_digits32  # noqa: E402
 from bench.peers_common import steady_rate  # noqa: E402
-from bench.proc_sampler import ProcSampler  # noqa: E402
+from bench.proc_sampler import cluster_sampler  # noqa: E402
 from pscluster.client.local import LocalCluster  # noqa: E402
 from pscluster.data.loading import LoaderSettings, SplitLoader  # noqa: E402
 from pscluster.data.partitions import batches  # noqa: E402
@@ -117,33 +116,11 @@ def submission(variant: str, data: dict[str, Path], loader_workers: int) -> dict
     return {"data": make_digits32, "data_args": {"root": str(data["npy"])}, **common}
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def sampler(cluster: LocalCluster) -> ProcSampler:
-    def pids(handles: list[Any]) -> list[int]:
-        return [h.popen.pid for h in handles if h.popen is not None]
-
-    return ProcSampler(
-        {
-            "coordinator": lambda: pids([cluster.coordinator]),
-            "shard": lambda: pids(cluster.shard_handles),
-            "worker": lambda: pids(cluster.workers),
-            "loader": lambda: [c for w in pids(cluster.workers) for c in children(w)],
-            "client": lambda: [os.getpid()],
-        }
-    ).start()
-
-
 def run(
     cluster: LocalCluster, variant: str, data: dict[str, Path], args: argparse.Namespace
 ) -> dict[str, Any]:
     """One job of ``variant``: its time to first step, steady rate and peak RSS per role."""
-    probe = sampler(cluster)
+    probe = cluster_sampler(cluster, loaders=True)
     t0, wall0 = time.monotonic(), time.time()
     with cluster.client() as client:
         job = client.submit(

@@ -14,6 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pscluster.client.local import LocalCluster
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -121,3 +126,29 @@ class ProcSampler:
         (_, b0, n0), (_, b1, n1) = inside[0], inside[-1]
         cores = os.cpu_count() or 1
         return 100.0 * cores * (b1 - b0) / max(n1 - n0, 1)
+
+
+def children(pid: int) -> list[int]:
+    """The pids a process started (a worker's DataLoader processes)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cluster_sampler(cluster: LocalCluster, *, loaders: bool = False) -> ProcSampler:
+    """A started sampler of a local cluster's processes by role, and of this one ("client");
+    ``loaders`` adds the workers' loader processes as a role of their own."""
+
+    def pids(handles: list[Any]) -> list[int]:
+        return [h.popen.pid for h in handles if h.popen is not None]
+
+    roles: dict[str, Callable[[], list[int]]] = {
+        "coordinator": lambda: pids([cluster.coordinator]),
+        "shard": lambda: pids(cluster.shard_handles),
+        "worker": lambda: pids(cluster.workers),
+    }
+    if loaders:
+        roles["loader"] = lambda: [c for w in pids(cluster.workers) for c in children(w)]
+    roles["client"] = lambda: [os.getpid()]
+    return ProcSampler(roles).start()

@@ -64,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
 from bench.peers_common import steady_rate  # noqa: E402
-from bench.proc_sampler import ProcSampler  # noqa: E402
+from bench.proc_sampler import ProcSampler, cluster_sampler  # noqa: E402
 from bench.sparse_model import OneTableCTR, slot_offsets, table_ids  # noqa: E402
 from pscluster.client.local import LocalCluster  # noqa: E402
 from pscluster.client.sdk import Client  # noqa: E402
@@ -177,20 +177,6 @@ def skip_reason(variant: str, rows: int, args: argparse.Namespace) -> str | None
 # --- pscluster ---
 
 
-def sampler(cluster: LocalCluster) -> ProcSampler:
-    def pids(handles: list[Any]) -> list[int]:
-        return [h.popen.pid for h in handles if h.popen is not None]
-
-    return ProcSampler(
-        {
-            "coordinator": lambda: pids([cluster.coordinator]),
-            "shard": lambda: pids(cluster.shard_handles),
-            "worker": lambda: pids(cluster.workers),
-            "client": lambda: [os.getpid()],
-        }
-    ).start()
-
-
 def exchange_seconds(cluster: LocalCluster, job_id: str) -> dict[str, list[float]]:
     """Pull and push (seconds summed, count) over the workers' histograms for the job."""
     totals = {"pull": [0.0, 0.0], "push": [0.0, 0.0]}
@@ -239,7 +225,7 @@ def run_job(
 ) -> dict[str, Any]:
     """One pscluster job, cancelled ``args.seconds`` after its first step."""
     variant = "hosted" if sparse else "dense"
-    probe = sampler(cluster)
+    probe = cluster_sampler(cluster)
     t0, wall0 = time.monotonic(), time.time()
     # cluster.client()'s 10 s deadline is shorter than SubmitJob takes with a 50M-row table:
     # the call returns only once the shards have drawn the rows and checkpointed them.

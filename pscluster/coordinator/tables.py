@@ -7,8 +7,6 @@ there, or sent once when ``init_from`` gave them) and a fetch reads them back in
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,10 +14,11 @@ import numpy as np
 import torch
 
 from pscluster.errors import InvalidArgument
+from pscluster.model import state
 from pscluster.model.safetensors_stream import Entry
 from pscluster.model.sparse_optimizer import parse_sparse_optimizer
 from pscluster.server.tables.initial import initial_rows
-from pscluster.server.tables.spec import MAX_DIM
+from pscluster.server.tables.spec import table_spec
 from pscluster.shard_client import ShardClient
 from pscluster.shard_client.tables import export_rows, lookup_rows
 from pscluster.v1 import coordinator_pb2 as co_pb2
@@ -30,7 +29,9 @@ READ_BLOCK_ROWS = 1 << 16
 
 
 def validate_tables(spec: co_pb2.JobSpec, taken: set[str]) -> None:
-    """The tables' names and shapes, and the sparse optimizer that goes with them."""
+    """The tables' names, the sparse optimizer that goes with them, and each table's config
+    through the shards' own parser (rows, width, padding, a dynamic table's settings), so a
+    job the coordinator accepts is one every shard accepts."""
     names: set[str] = set()
     for i, table in enumerate(spec.model.tables):
         if not table.name or table.name in taken or table.name in names:
@@ -38,13 +39,8 @@ def validate_tables(spec: co_pb2.JobSpec, taken: set[str]) -> None:
                 f"model.tables[{i}].name {table.name!r} is empty or names another entry"
             )
         names.add(table.name)
-        rows_ok = table.num_rows == 0 if table.dynamic else table.num_rows >= 1
-        if not rows_ok or not 1 <= table.dim <= MAX_DIM:
-            raise InvalidArgument(
-                f"model.tables[{i}] ({table.name!r}) has {table.num_rows} rows of width "
-                f"{table.dim}; expected rows >= 1 (0 for a dynamic table) and a width of 1 to "
-                f"{MAX_DIM}"
-            )
+    for config in shard_tables(spec, 0, 1, {})[0]:
+        table_spec(config)
     if not spec.model.tables:
         if spec.sparse_optimizer.name:
             raise InvalidArgument("sparse_optimizer is set but the model has no tables")
@@ -162,20 +158,19 @@ def saved_rows(path: Path, table: co_pb2.TableInfo, ids: torch.Tensor) -> torch.
 
 
 def _saved(path: Path, name: str) -> np.ndarray:
-    """Tensor ``name`` of a safetensors file as a read-only memory map."""
-    with path.open("rb") as f:
-        (header_bytes,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_bytes))
+    """Tensor ``name`` of a safetensors file as a read-only memory map (the header parsed by
+    :func:`pscluster.model.state.header`, the file never read whole)."""
+    blob = np.memmap(path, np.uint8, "r")
+    header, start = state.header(blob.data, "the saved model")
     entry = header.get(name)
-    dtypes = {"F32": np.float32, "I64": np.int64}
-    if entry is None or entry.get("dtype") not in dtypes:
+    if not isinstance(entry, dict):
         raise InvalidArgument(f"the saved model has no table entry {name!r}")
-    start, end = entry["data_offsets"]
-    dtype = np.dtype(dtypes[entry["dtype"]])
-    shape = tuple(entry["shape"])
-    if end - start != int(np.prod(shape)) * dtype.itemsize:
+    dtype = torch.empty(0, dtype=state.dtype_of(entry.get("dtype"), name)).numpy().dtype
+    begin, end = (int(o) for o in entry["data_offsets"])
+    shape = tuple(int(d) for d in entry["shape"])
+    if end - begin != int(np.prod(shape)) * dtype.itemsize or start + end > blob.size:
         raise InvalidArgument(f"the saved entry {name!r} is truncated")
-    return np.memmap(path, dtype, "r", offset=8 + header_bytes + start, shape=shape)
+    return blob[start + begin : start + end].view(dtype).reshape(shape)
 
 
 def dynamic_table(

@@ -15,18 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-_NAMES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
+from pscluster.model.state import dtype_name
 
 
 @dataclass(frozen=True)
@@ -57,7 +46,7 @@ def header(entries: Sequence[Entry]) -> bytes:
     offset = 0
     for e in sorted(entries, key=lambda e: e.name):  # safetensors lays entries out by name
         meta[e.name] = {
-            "dtype": _NAMES[e.dtype],
+            "dtype": dtype_name(e.dtype),
             "shape": list(e.shape),
             "data_offsets": [offset, offset + e.nbytes],
         }

@@ -40,6 +40,14 @@ _DTYPES = {
 }
 
 
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of a torch dtype ("F32", "I64", ...)."""
+    return _NAMES[dtype]
+
+
 def dtype_of(name: object, what: str) -> torch.dtype:
     """The torch dtype of a safetensors dtype name ("F32", "I64", ...)."""
     if not isinstance(name, str) or name not in _DTYPES:

@@ -41,15 +41,11 @@ TABLE_COUNTERS = (
 
 
 def table_families(stats: list[JobStats]) -> Iterator[Metric]:
-    for name, doc, field in TABLE_GAUGES:
-        gauge = GaugeMetricFamily(name, doc, labels=_LABELS)
-        for s in stats:
-            for t in s.tables:
-                gauge.add_metric([s.job_id, t.name], float(getattr(t, field)))
-        yield gauge
-    for name, doc, field in TABLE_COUNTERS:
-        counter = CounterMetricFamily(name, doc, labels=_LABELS)
-        for s in stats:
-            for t in s.tables:
-                counter.add_metric([s.job_id, t.name], float(getattr(t, field)))
-        yield counter
+    kinds = ((GaugeMetricFamily, TABLE_GAUGES), (CounterMetricFamily, TABLE_COUNTERS))
+    for kind, series in kinds:
+        for name, doc, field in series:
+            family = kind(name, doc, labels=_LABELS)
+            for s in stats:
+                for t in s.tables:
+                    family.add_metric([s.job_id, t.name], float(getattr(t, field)))
+            yield family

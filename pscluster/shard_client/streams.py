@@ -113,22 +113,36 @@ def read_lookup(
     address: str, responses: Iterable[ps_pb2.PullChunk | memoryview], count: int
 ) -> torch.Tensor:
     """Receive a Lookup stream of ``count`` rows as a float32 (count, dim) tensor."""
+    return read_rows(address, responses, count)[1]
+
+
+def read_rows(
+    address: str, responses: Iterable[ps_pb2.PullChunk | memoryview], count: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Receive a Lookup stream: the ``count`` rows asked for by id, or (``count`` None) an
+    export of every row a shard holds, whose int64 ids come before the rows. (ids, float32
+    (rows, dim)); the ids are empty for a lookup by id."""
     stream = iter(responses)
     first = next(stream, None)
     if not isinstance(first, ps_pb2.PullChunk) or first.WhichOneof("part") != "header":
         raise ShardError(address, grpc.StatusCode.INTERNAL, "a lookup stream began without header")
     header = first.header
-    if header.rows != count:
+    if count is not None and header.rows != count:
         raise ShardError(
             address, grpc.StatusCode.INTERNAL, f"asked for {count} rows, got {header.rows}"
         )
-    received = bytearray(header.rows * header.dim * wire.itemsize(header.dtype))
+    id_bytes = 0 if count is not None else header.rows * 8
+    received = bytearray(id_bytes + header.rows * header.dim * wire.itemsize(header.dtype))
     try:
         wire.fill(received, _payloads(address, stream))
+        values = received if not id_bytes else received[id_bytes:]
+        rows = wire.decode(values, header.dtype, header.rows * header.dim)
     except InvalidArgument as e:
         raise ShardError(address, grpc.StatusCode.INTERNAL, f"malformed lookup: {e}") from None
-    values = wire.decode(received, header.dtype, header.rows * header.dim)
-    return values.reshape(header.rows, header.dim)
+    ids = torch.zeros(0, dtype=torch.int64)
+    if id_bytes:
+        ids = torch.frombuffer(received, dtype=torch.int64, count=header.rows).clone()
+    return ids, rows.reshape(header.rows, header.dim)
 
 
 def init_messages(

@@ -14,13 +14,11 @@ from functools import partial
 import grpc
 import torch
 
-from pscluster.errors import InvalidArgument
 from pscluster.model.partition import ModuloRows, RowPartitioner
 from pscluster.server.tables.rows import RowBlockInfo, encode_rows
 from pscluster.shard_client.client import ShardClient, first_error
 from pscluster.shard_client.errors import ShardError, shard_error
-from pscluster.shard_client.streams import read_lookup
-from pscluster.transport import wire
+from pscluster.shard_client.streams import read_lookup, read_rows
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
@@ -102,21 +100,14 @@ def export_rows(
     """Every row one shard holds of a table: (ids int64, rows float32 (n, dim))."""
     request = ps_pb2.LookupRequest(job_id=job_id, table=table, all_rows=True)
     try:
-        stream = iter(client.streams(address).lookup(request, timeout=client.timeout))
-        first = next(stream, None)
-        if not isinstance(first, ps_pb2.PullChunk) or first.WhichOneof("part") != "header":
-            raise ShardError(address, grpc.StatusCode.INTERNAL, "an export began without header")
-        n = first.header.rows
-        received = bytearray(n * 8 + n * dim * 4)
-        wire.fill(received, (c if isinstance(c, memoryview) else c.data for c in stream))
+        responses = client.streams(address).lookup(request, timeout=client.timeout)
+        ids, rows = read_rows(address, responses, None)
     except grpc.RpcError as e:
         raise shard_error(address, e) from None
-    except InvalidArgument as e:
-        raise ShardError(address, grpc.StatusCode.INTERNAL, f"malformed export: {e}") from None
-    ids = (
-        torch.frombuffer(received, dtype=torch.int64, count=n)
-        if n
-        else torch.zeros(0, dtype=torch.int64)
-    )
-    rows = wire.decode(received[n * 8 :], common_pb2.DTYPE_FLOAT32, n * dim)
-    return ids.clone(), rows.reshape(n, dim)
+    if rows.shape[1] != dim:
+        raise ShardError(
+            address,
+            grpc.StatusCode.INTERNAL,
+            f"an export of width {rows.shape[1]}; the table's is {dim}",
+        )
+    return ids, rows

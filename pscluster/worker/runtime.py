@@ -16,6 +16,7 @@ from pscluster.compression import parse_settings
 from pscluster.config import Settings
 from pscluster.data import inputs
 from pscluster.model import objective, rebuild, state
+from pscluster.model.partition import rows_partitioner
 from pscluster.shard_client import JobShards, ShardClient, ShardRange, Snapshot
 from pscluster.v1 import common_pb2, coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
@@ -77,6 +78,8 @@ class JobRuntime:
             parse_settings(plan.spec.compression), [(r.start, r.length) for r in plan.shards]
         )
         self.pull_dtype = plan.spec.compression.pull_dtype or common_pb2.DTYPE_FLOAT32
+        # Which shard holds each row of each of the model's tables (pscluster.model.partition).
+        self.row_partitioners = [rows_partitioner(t.dynamic) for t in plan.spec.model.tables]
         self.seq = 0  # push sequence number, strictly increasing over this worker's pushes
         # Per shard, the version the next pull must wait for: the ``next_version`` the last
         # push was answered with (sync: the step it is in). Kept across this job's leases: a

@@ -21,7 +21,6 @@ import torch
 
 from pscluster.config import Settings
 from pscluster.model.hosted import attach_rows
-from pscluster.model.partition import RowPartitioner, rows_partitioner
 from pscluster.shard_client import PushExtras, ShardError, Snapshot
 from pscluster.shard_client.tables import split_rows
 from pscluster.transport import wire
@@ -61,24 +60,19 @@ F32 = common_pb2.DTYPE_FLOAT32
 ROW_DTYPES = {"fp16": common_pb2.DTYPE_FLOAT16, "bf16": common_pb2.DTYPE_BFLOAT16}
 
 
-def table_partitioners(spec: coordinator_pb2.JobSpec) -> list[RowPartitioner]:
-    return [rows_partitioner(t.dynamic) for t in spec.model.tables]
-
-
 class _ShardRows:
     """The rows a hosted table asks for, from the shards, through the trainer's retries."""
 
     def __init__(self, trainer: Trainer) -> None:
         self._trainer = trainer
         self._dims = [t.dim for t in trainer.rt.spec.model.tables]
-        self._partitioners = table_partitioners(trainer.rt.spec)
 
     def lookup(self, table: int, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
         rt, timeout = self._trainer.rt, self._trainer.settings.rpc_timeout_seconds
         dim, dtype = self._dims[table], rt.pull_dtype  # half precision rows if pulls are
         return self._trainer.call(
             lambda: rt.shards.lookup(
-                table, ids, dim, timeout, dtype, self._partitioners[table], peek=peek
+                table, ids, dim, timeout, dtype, rt.row_partitioners[table], peek=peek
             ),
             "lookup",
         )
@@ -231,8 +225,8 @@ class Trainer:
         rows = {}
         if window.rows:  # half precision rows when the job's codec sends half precision
             dtype = ROW_DTYPES.get(rt.encoder.name, F32)
-            partitioners = table_partitioners(rt.spec)
-            rows = split_rows(window.rows, len(rt.shards.ranges), dtype, partitioners)
+            shards = len(rt.shards.ranges)
+            rows = split_rows(window.rows, shards, dtype, rt.row_partitioners)
         extras = PushExtras(window.buffer_delta, window.grad_scale, rows)
         replies: dict[int, ps_pb2.PushReply] = {}
 

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from tests.e2e.conftest import start_cluster
-from tests.e2e.sparse_models import TinyCTR
 from tests.e2e.test_membership import wait_for_steps
 from tests.e2e.test_shard_recovery import RECOVERED
-from tests.e2e.test_sparse_tables import BATCH, PARTITIONS, SEED, ctr_data, train_one_process
+from tests.e2e.test_sparse_tables import exact_reference, submit_exact
 
 pytestmark = pytest.mark.slow
 EPOCHS = 6
@@ -22,34 +21,11 @@ EPOCHS = 6
 
 def test_a_shard_killed_mid_job_loses_no_row_update(tmp_path: Path) -> None:
     # Prepare: the reference, and a one-worker sync job from the same initial model.
-    train, test = ctr_data(400, 1), ctr_data(100, 2)
-    torch.manual_seed(SEED)
-    model = TinyCTR()
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    expected = train_one_process(
-        model,
-        train,
-        lambda p: torch.optim.Adam(p, lr=0.01),
-        lambda p: torch.optim.Adagrad(p, lr=0.1),
-        epochs=EPOCHS,
-    )
+    initial, expected = exact_reference(lambda p: torch.optim.Adagrad(p, lr=0.1), EPOCHS)
     cluster = start_cluster(tmp_path, shards=2, workers=1)
     try:
         with cluster.client() as client:
-            job = client.submit(
-                model=TinyCTR,
-                train=train,
-                test=test,
-                loss="bce_with_logits",
-                mode="sync",
-                optimizer={"name": "adam", "lr": 0.01},
-                sparse_optimizer={"name": "adagrad", "lr": 0.1},
-                epochs=EPOCHS,
-                batch_size=BATCH,
-                partitions=PARTITIONS,
-                seed=SEED,
-                init_from=initial,
-            )
+            job = submit_exact(client, {"name": "adagrad", "lr": 0.1}, initial, EPOCHS)
             wait_for_steps(job, 15, timeout=120)
 
             # Execute: shard-0 (half of every table's rows) crashes and starts again.

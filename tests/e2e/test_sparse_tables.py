@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from pscluster.client.errors import InvalidJobError, PSClusterError
 from pscluster.client.local import LocalCluster
+from pscluster.client.sdk import Client, Job
 from pscluster.data.partitions import batches
 from pscluster.model.objective import rank_auc
 from tests.e2e.conftest import start_cluster
@@ -72,6 +73,42 @@ def train_one_process(
     return model.state_dict()
 
 
+SparseOpt = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+def exact_reference(
+    torch_sparse: SparseOpt, epochs: int = EPOCHS
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """TinyCTR's initial state (sent as init_from) and what one process trains from it on
+    the one-worker job's batches: Adam (lr 0.01) on the dense part, ``torch_sparse`` on the
+    tables."""
+    torch.manual_seed(SEED)
+    model = TinyCTR()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    adam: SparseOpt = lambda p: torch.optim.Adam(p, lr=0.01)  # noqa: E731
+    return initial, train_one_process(model, ctr_data(400, 1), adam, torch_sparse, epochs)
+
+
+def submit_exact(
+    client: Client, sparse: dict[str, object], initial: dict[str, torch.Tensor], epochs: int
+) -> Job:
+    """The job :func:`exact_reference` stands for: sync, from ``initial``."""
+    return client.submit(
+        model=TinyCTR,
+        train=ctr_data(400, 1),
+        test=ctr_data(100, 2),
+        loss="bce_with_logits",
+        mode="sync",
+        optimizer={"name": "adam", "lr": 0.01},
+        sparse_optimizer=sparse,
+        epochs=epochs,
+        batch_size=BATCH,
+        partitions=PARTITIONS,
+        seed=SEED,
+        init_from=initial,
+    )
+
+
 @pytest.mark.parametrize(
     ("sparse", "torch_sparse"),
     [
@@ -83,31 +120,14 @@ def train_one_process(
 def test_one_worker_in_sync_is_single_process_torch_with_sparse_gradients(
     one_worker: LocalCluster,
     sparse: dict[str, object],
-    torch_sparse: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+    torch_sparse: SparseOpt,
 ) -> None:
     # Prepare: the same initial model here and in the job (its tables sent as init_from).
-    train, test = ctr_data(400, 1), ctr_data(100, 2)
-    torch.manual_seed(SEED)
-    model = TinyCTR()
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    expected = train_one_process(model, train, lambda p: torch.optim.Adam(p, lr=0.01), torch_sparse)
+    initial, expected = exact_reference(torch_sparse)
 
     # Execute
     with one_worker.client() as client:
-        job = client.submit(
-            model=TinyCTR,
-            train=train,
-            test=test,
-            loss="bce_with_logits",
-            mode="sync",
-            optimizer={"name": "adam", "lr": 0.01},
-            sparse_optimizer=sparse,
-            epochs=EPOCHS,
-            batch_size=BATCH,
-            partitions=PARTITIONS,
-            seed=SEED,
-            init_from=initial,
-        )
+        job = submit_exact(client, sparse, initial, EPOCHS)
         info = job.wait(timeout=300)
         remote = job.fetch_model()
 

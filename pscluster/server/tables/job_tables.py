@@ -88,12 +88,9 @@ class JobTables:
     ) -> torch.Tensor:
         """Rows of ``ids``, to be sent ``itemsize`` bytes a value; a ``peek`` (an observer's
         read) admits nothing into a dynamic table and is not counted as traffic."""
-        held = self._table(table)
+        rows = self._table(table).lookup(ids, peek=peek)
         if peek:
-            return (
-                held.lookup(ids, peek=True) if isinstance(held, DynamicTable) else held.lookup(ids)
-            )
-        rows = held.lookup(ids)
+            return rows
         counters = self.counters[table]
         counters.lookups += 1
         counters.rows_looked_up += ids.numel()

@@ -9,7 +9,7 @@ touched rows only: a step costs the batch's unique rows, never the table.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -32,45 +32,44 @@ class RowOptimizer(Protocol):
         ...
 
 
-class RowSGD:
-    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
-        self.lr = spec.lr
+class _Rule:
+    """What every rule keeps alike: its state tensors, named in ``STATE`` (they are the rule's
+    own: a delta checkpoint writes rows into them), and no scalars unless it says so."""
+
+    STATE: ClassVar[tuple[str, ...]] = ()
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {}
+        return {name: getattr(self, name) for name in self.STATE}
 
     def scalars(self) -> dict[str, float]:
         return {}
 
     def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
-        return None
+        for name in self.STATE:
+            getattr(self, name).copy_(tensors[name])
+        self.load_scalars(scalars)
 
     def load_scalars(self, scalars: dict[str, float]) -> None:
         return None
+
+
+class RowSGD(_Rule):
+    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
+        self.lr = spec.lr
 
     def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
         values.index_add_(0, slots, grads, alpha=-self.lr)
 
 
-class RowAdagrad:
+class RowAdagrad(_Rule):
     """torch.optim.Adagrad on a sparse gradient: a per-value sum of squares (``dim`` floats of
     state per row)."""
+
+    STATE = ("sum",)
 
     def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
         self.lr, self.eps = spec.lr, spec.eps
         self.sum = torch.full((rows, dim), spec.initial_accumulator, dtype=torch.float32)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"sum": self.sum}
-
-    def scalars(self) -> dict[str, float]:
-        return {}
-
-    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
-        self.sum.copy_(tensors["sum"])
-
-    def load_scalars(self, scalars: dict[str, float]) -> None:
-        return None
 
     def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
         acc = self.sum.index_select(0, slots).addcmul_(grads, grads)
@@ -78,25 +77,15 @@ class RowAdagrad:
         values.index_add_(0, slots, grads / acc.sqrt_().add_(self.eps), alpha=-self.lr)
 
 
-class RowwiseAdagrad:
+class RowwiseAdagrad(_Rule):
     """One accumulator per row, the mean of its squared gradient (TorchRec's
     EXACT_ROWWISE_ADAGRAD): 4 bytes of state per row whatever the width."""
+
+    STATE = ("sum",)
 
     def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
         self.lr, self.eps = spec.lr, spec.eps
         self.sum = torch.full((rows,), spec.initial_accumulator, dtype=torch.float32)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"sum": self.sum}
-
-    def scalars(self) -> dict[str, float]:
-        return {}
-
-    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
-        self.sum.copy_(tensors["sum"])
-
-    def load_scalars(self, scalars: dict[str, float]) -> None:
-        return None
 
     def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
         acc = self.sum.index_select(0, slots).add_(grads.square().mean(dim=1))
@@ -105,9 +94,11 @@ class RowwiseAdagrad:
         values.index_add_(0, slots, grads * scale, alpha=-self.lr)
 
 
-class LazyAdam:
+class LazyAdam(_Rule):
     """torch.optim.SparseAdam: the moments of touched rows only, and one step count for the
     table (bias correction as SparseAdam makes it)."""
+
+    STATE = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
         self.lr, self.eps = spec.lr, spec.eps
@@ -116,16 +107,8 @@ class LazyAdam:
         self.exp_avg_sq = torch.zeros((rows, dim), dtype=torch.float32)
         self.steps = 0
 
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
-
     def scalars(self) -> dict[str, float]:
         return {"steps": float(self.steps)}
-
-    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
-        self.exp_avg.copy_(tensors["exp_avg"])
-        self.exp_avg_sq.copy_(tensors["exp_avg_sq"])
-        self.load_scalars(scalars)
 
     def load_scalars(self, scalars: dict[str, float]) -> None:
         self.steps = int(scalars["steps"])

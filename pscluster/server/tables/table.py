@@ -88,8 +88,9 @@ class FixedTable:
             )
         return torch.div(ids, spec.shards, rounding_mode="floor")
 
-    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        """A copy of the rows of ``ids`` (in their order, repeats included)."""
+    def lookup(self, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
+        """A copy of the rows of ``ids`` (in their order, repeats included). Reading a fixed
+        table changes nothing, so a ``peek`` reads the same."""
         return self.values.index_select(0, self.slots(ids))
 
     def check_gradient(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
