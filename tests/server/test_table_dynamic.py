@@ -206,15 +206,15 @@ def test_rows_not_updated_within_evict_after_are_evicted() -> None:
     t.admit(ids_of(1, 2))
     t.apply(ids_of(1, 2), torch.ones(2, DIM))
 
-    # Execute: id 2 is past its limit from apply 26 (1 < 26 - 24); ages are checked every
-    # 24 // 8 = 3 applies, so it goes at apply 27
+    # Execute: at apply 26 id 2 has gone untouched for 25 applies, more than 24 (ages tick
+    # every max(1, 24 // 16) = 1 apply, so eviction is exact)
     rows = []
     for _ in range(2, 31):
         t.apply(ids_of(1), torch.ones(1, DIM))
         rows.append(t.rows)
 
     # Assert
-    assert rows == [2] * 25 + [1] * 4  # applies 2..26, then 27..30
+    assert rows == [2] * 24 + [1] * 5  # applies 2..25, then 26..30
     assert t.index.find(np.array([1, 2])).tolist() == [0, -1] and t.evicted == 1
 
 
@@ -370,6 +370,54 @@ def test_replaying_admissions_and_pushes_rebuilds_the_live_table() -> None:
     assert live.evicted > 0
     same_state(live, replayed, counts=False)
     same_state(live, resumed, counts=False)
+
+
+@pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "lazy_adam"])
+def test_deltas_on_a_full_checkpoint_rebuild_the_table_slot_for_slot(optimizer: str) -> None:
+    # Prepare: a full checkpoint, then two intervals of churn (admissions, evictions, slots
+    # reused), each closed by a delta
+    fields = {"admit_after": 2, "evict_after": 12, "capacity": 150, "shards": 5, "shard_index": 2}
+    live = table(optimizer, **fields)
+    run_steps(live, np.random.default_rng(1), 30, [])
+    base = live.state()
+    live.mark_clean()
+    evicted, deltas = live.evicted, []
+    for seed in (2, 3):
+        run_steps(live, np.random.default_rng(seed), 6, [])
+        deltas.append(live.delta())
+
+    # Execute
+    restored = table(optimizer, **fields)
+    restored.load(*base)
+    for delta in deltas:
+        restored.load_delta(*delta)
+
+    # Assert: slot for slot, and the same from there on; a delta holds the changed rows only
+    assert live.evicted > evicted
+    same_state(live, restored)
+    assert 0 < deltas[-1][0]["slots"].numel() < live.rows
+    assert deltas[-1][0]["rows.values"].shape == (deltas[-1][0]["slots"].numel(), DIM)
+    for t in (live, restored):
+        run_steps(t, np.random.default_rng(4), 10, [])
+    same_state(live, restored)
+
+
+def test_a_delta_that_does_not_fit_changes_nothing() -> None:
+    t = table("adagrad")
+    t.lookup(ids_of(1, 2))
+    t.mark_clean()
+    t.apply(ids_of(1), torch.ones(1, DIM))
+    tensors, scalars = t.delta()
+    before = t.state()
+    for broken in (
+        {**tensors, "free": torch.tensor([0])},  # slot 0 both free and held
+        {**tensors, "rows.values": tensors["rows.values"][:, :2]},
+        {**tensors, "age": tensors["age"].to(torch.int32)},
+    ):
+        with pytest.raises(InvalidArgument, match="a bad delta"):
+            t.load_delta(broken, scalars)
+    after = t.state()
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
 
 
 # --- size ---

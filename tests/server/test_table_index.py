@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pscluster.hashing import mix64
-from pscluster.server.tables.index import Admission, IdIndex
+from pscluster.server.tables.admission import Admission
+from pscluster.server.tables.index import IdIndex
 
 # small ids repeat within and across batches; large ones exercise the whole int64 range
 ID = st.one_of(st.integers(0, 60), st.integers(0, 2**63 - 1))
@@ -97,20 +97,19 @@ def test_a_restored_index_behaves_as_the_original(
 
 
 def test_ids_with_one_home_position_all_land_in_one_batch() -> None:
-    # Prepare: 30 ids whose hashes share the top 16 bits, so all probe from one position of
-    # the 64-position table that holds 30 ids without growing
-    candidates = np.arange(3_000_000, dtype=np.int64)
-    top = mix64(candidates) >> np.uint64(48)
-    ids = candidates[top == top[0]][:30]
-    assert ids.size == 30
+    # Prepare: 30 ids with one home position in a table that holds 30 ids without growing
     index = IdIndex(30)
-    size = index.nbytes()
+    candidates = np.arange(3_000_000, dtype=np.int64)
+    home = index._home(candidates)
+    ids = candidates[home == home[0]][:30]
+    assert ids.size == 30
+    positions = index.positions
 
     # Execute
     slots = index.insert(ids[::-1])
 
     # Assert
-    assert index.nbytes() == size  # no rehash spread them out
+    assert index.positions == positions  # no rehash spread them out
     assert slots.tolist() == list(range(30))
     assert index.find(ids).tolist() == list(range(29, -1, -1))
     assert index.remove(ids[:10]).tolist() == list(range(20, 30))
@@ -138,7 +137,7 @@ def test_churn_reuses_slots_and_does_not_grow_the_table() -> None:
     assert sorted(index.find(live).tolist()) == list(range(1000))
 
 
-def test_a_million_ids_take_under_32_bytes_each() -> None:
+def test_a_million_ids_take_under_16_bytes_each() -> None:
     # Prepare: distinct ids spread over a wide range, and as many absent ones
     rng = np.random.default_rng(7)
     ids = (rng.permutation(1_000_000).astype(np.int64) * 2 + 1) * 1_000_003
@@ -152,7 +151,7 @@ def test_a_million_ids_take_under_32_bytes_each() -> None:
     assert np.array_equal(slots, np.arange(1_000_000))
     assert np.array_equal(found, slots)
     assert (index.find(ids + 1_000_003) == -1).all()
-    assert index.nbytes() / len(index) < 32
+    assert index.nbytes() / len(index) < 16  # 8 for the id, 4 / load for its position
 
 
 @pytest.mark.parametrize(

@@ -1,44 +1,38 @@
 """A dynamic embedding table on one shard: any id >= 0, rows created when admitted.
 
-Rows live in slots of arrays that double when full (values, the row optimizer's state, and
-three bookkeeping arrays); `IdIndex` maps ids to slots and reuses the slots of evicted rows.
+Rows live in slots of per-row arrays (values, the row optimizer's state, an age and an update
+count) reserved far beyond the rows held and taken page by page (`lazy`), so they cost the
+rows in use; `IdIndex` maps ids to slots and reuses the slots of evicted rows.
 Everything a row does is decided by the sequence of `admit` and `apply` calls alone, and a
 row starts from values drawn from (init_seed, id) alone, so recovery rebuilds a shard by
 replaying the admissions it logged (`take_admitted`) and the pushes, and gets the same bits.
 
-Memory per row, dim 16 with rowwise_adagrad: values 64 B + optimizer 4 B, plus 20 B of
-bookkeeping (the slot's id, its last update, its update count), per slot of the doubled
-arrays; plus the index, 12 B per position at most 60% full (20-40 B per id, 25 B at 1M).
-At 1M rows (arrays 95% full) that is ~118 B per row, 1.73x the 68 B of values and optimizer
-state; just after a doubling the arrays cost twice their rows.
+Memory per row, dim 16 with rowwise_adagrad: values 64 B + optimizer 4 B, plus 4-5 B of
+bookkeeping (update count 4 B, a dirty bit, and an age byte only with eviction) and the
+index's 13-14.5 B (the slot's id 8 B, its position 4 B at 62-80% load): 85-87.5 B,
+1.25-1.29x the 68 B of values and optimizer state.
+`bench/table_memory.py` measures it as the shard process's resident memory.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from pscluster.errors import InvalidArgument, ResourceExhausted
+from pscluster.errors import InvalidArgument
 from pscluster.model.partition import HashRows
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
-from pscluster.server.tables.index import Admission, IdIndex
+from pscluster.server.tables import eviction
+from pscluster.server.tables.admission import Admission
+from pscluster.server.tables.index import IdIndex
 from pscluster.server.tables.initial import distinct, first_appearances, initial_rows
-from pscluster.server.tables.optimizers import RowOptimizer, make_row_optimizer
-from pscluster.server.tables.spec import TableSpec
+from pscluster.server.tables.lazy import give_back_freed, reservation
+from pscluster.server.tables.slots import SlotArrays
+from pscluster.server.tables.spec import TableSpec, refuse_ids
 
 I64 = npt.NDArray[np.int64]
-INITIAL_SLOTS = 1024  # grown by doubling: 1024 * 2**k slots, whatever the history
-COUNT_MAX = np.iinfo(np.int32).max  # update counts saturate rather than wrap
 _COUNTERS = ("updates", "admitted", "evicted", "dropped_rows")  # checkpointed as scalars
-
-
-def _doubled(size: int, needed: int) -> int:
-    while size < needed:
-        size *= 2
-    return size
 
 
 def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -50,17 +44,6 @@ def _numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in tensors.items()}
 
 
-class _Slots(NamedTuple):
-    """A table's per-slot arrays, made and swapped in whole so a failed growth or load
-    leaves the table as it was."""
-
-    values: torch.Tensor
-    opt: RowOptimizer
-    ids: I64  # the id in each slot, -1 where free
-    last_update: I64
-    update_count: npt.NDArray[np.int32]
-
-
 class DynamicTable:
     """The same methods as `FixedTable` (so a job holds either), plus `admit`,
     `take_admitted` and the counters `admitted`, `evicted`, `dropped_rows`, `rows`."""
@@ -70,11 +53,10 @@ class DynamicTable:
         self._optimizer = optimizer
         self.index = IdIndex()
         self.admission = Admission(spec.admit_after)
-        self.updates = 0  # apply calls so far: the clock of last_update and eviction by age
+        self.updates = 0  # apply calls so far: the clock of age ticks
         self.admitted = self.evicted = self.dropped_rows = 0
         self._new: list[I64] = []
-        self._fresh = make_row_optimizer(optimizer, 1, spec.dim).state()  # a new row's state
-        self._s = self._slots(INITIAL_SLOTS, 0, None)
+        self._s = SlotArrays(spec, optimizer, reservation(0))
 
     @property
     def rows(self) -> int:
@@ -82,36 +64,12 @@ class DynamicTable:
 
     # --- slots ---
 
-    def _slots(self, size: int, used: int, like: _Slots | None) -> _Slots:
-        """Arrays for `size` slots with the first `used` copied from `like`; the optimizer is
-        made anew for the size and given the old state and scalars (lazy_adam's step count)
-        through `load`. ResourceExhausted if they do not fit."""
-        try:
-            values = torch.empty((size, self.spec.dim), dtype=torch.float32)
-            opt = make_row_optimizer(self._optimizer, size, self.spec.dim)
-        except (MemoryError, RuntimeError):
-            raise ResourceExhausted(
-                f"table {self.spec.name!r}: this shard cannot hold {size} rows of "
-                f"{self.spec.dim} values and their optimizer state; lower its capacity or "
-                "spread the job over more shards"
-            ) from None
-        new = _Slots(
-            values, opt, np.full(size, -1), np.zeros(size, np.int64), np.zeros(size, np.int32)
-        )
-        if like is not None:
-            new.values[:used] = like.values[:used]
-            tails = opt.state()
-            old = {k: torch.cat([v[:used], tails[k][used:]]) for k, v in like.opt.state().items()}
-            opt.load(old, like.opt.scalars())
-            new.ids[:used], new.last_update[:used] = like.ids[:used], like.last_update[:used]
-            new.update_count[:used] = like.update_count[:used]
-        return new
-
     def _reserve(self, needed: int) -> None:
-        """At least `needed` slots, doubling."""
+        """At least `needed` slots: a larger reservation, copying the slots in use."""
         held = self._s.values.shape[0]
         if needed > held:
-            self._s = self._slots(_doubled(held, needed), held, self._s)
+            self._s = self._s.grown(needed, self.index.slots_in_use)
+            give_back_freed()
 
     def _owned(self, ids: torch.Tensor | npt.ArrayLike) -> I64:
         """`ids` as int64 numpy; InvalidArgument naming the first id this shard does not own,
@@ -125,18 +83,14 @@ class DynamicTable:
             )
         ids = ids.to(torch.int64)
         owner = HashRows().owner(ids.clamp(min=0), spec.shards)
-        bad = (ids < 0) | (owner != spec.shard_index)
-        if bool(bad.any()):
-            first = int(ids[bad.nonzero()[0, 0]])
+
+        def why(first: int) -> str:
             if first < 0:
-                why = "negative (a dynamic table takes ids >= 0)"
-            else:
-                shard = int(HashRows().owner(torch.tensor([first]), spec.shards)[0])
-                why = f"owned by shard {shard} of {spec.shards}, not this one"
-            raise InvalidArgument(
-                f"table {spec.name!r}: id {first} is {why}; {int(bad.sum())} of "
-                f"{ids.numel()} ids are refused and nothing was read or changed"
-            )
+                return "negative (a dynamic table takes ids >= 0)"
+            shard = int(HashRows().owner(torch.tensor([first]), spec.shards)[0])
+            return f"owned by shard {shard} of {spec.shards}, not this one"
+
+        refuse_ids(spec, ids, (ids < 0) | (owner != spec.shard_index), why)
         owned: I64 = ids.contiguous().numpy()
         return owned
 
@@ -147,15 +101,8 @@ class DynamicTable:
             return
         self._reserve(max(self.index.slots_in_use, self.rows + new.size))  # free slots first
         slots = self.index.insert(new)
-        at = torch.from_numpy(slots)
-        self._s.values[at] = initial_rows(
-            self.spec.init_seed, new, self.spec.dim, self.spec.init_std
-        )
-        for name, tensor in self._s.opt.state().items():  # the row optimizers lend, not copy
-            tensor[at] = self._fresh[name]
-        self._s.ids[slots] = new
-        self._s.last_update[slots] = self.updates
-        self._s.update_count[slots] = 0
+        spec = self.spec
+        self._s.fresh(slots, initial_rows(spec.init_seed, new, spec.dim, spec.init_std))
         self.admitted += new.size
         self._new.append(new)
 
@@ -217,6 +164,7 @@ class DynamicTable:
         slots = self.index.find(arr)
         present = slots >= 0
         self.updates += 1
+        ticked = self._tick()
         stepped = 0
         if not present.all():
             self.dropped_rows += int(distinct(arr[~present]).size)
@@ -225,47 +173,37 @@ class DynamicTable:
         if slots.size:
             unique, inverse = torch.unique(torch.from_numpy(slots), return_inverse=True)
             summed = torch.zeros((unique.numel(), self.spec.dim), dtype=torch.float32)
-            self._s.opt.step(self._s.values, unique, summed.index_add_(0, inverse, grads))
-            touched = unique.numpy()
-            self._s.last_update[touched] = self.updates
-            counts = self._s.update_count[touched]
-            self._s.update_count[touched] = counts + (counts < COUNT_MAX)
+            self._s.step(unique, summed.index_add_(0, inverse, grads))
             stepped = int(unique.numel())
-        self._evict()
+        self._evict(ticked)
         return stepped
 
     # --- eviction ---
 
-    def _evict(self) -> None:
-        """Rows not updated in `evict_after` applies go, checked only every evict_after // 8
-        applies (a scan of every slot each apply would cost more than the step): a row lives
-        at most that many applies past its limit. Then, beyond `capacity`, the least often
-        updated rows go (ties: the least recently updated, then the lowest slot)."""
-        spec, used = self.spec, self.index.slots_in_use
-        if spec.evict_after > 0 and self.updates % max(1, spec.evict_after // 8) == 0:
-            live = self._s.ids[:used] >= 0
-            old = self._s.last_update[:used] < self.updates - spec.evict_after
-            self._drop(np.flatnonzero(live & old))
-        if spec.capacity > 0 and self.rows > spec.capacity:
-            self._drop(self._least_used(self.rows - spec.capacity))
+    def _tick(self) -> bool:
+        """Ages every row, before the step, every `period` applies; True if it did. A table
+        with neither eviction by age nor a capacity keeps no ages."""
+        spec = self.spec
+        if spec.evict_after <= 0 and spec.capacity <= 0:
+            return False
+        if self.updates % eviction.period(spec.evict_after):
+            return False
+        eviction.tick(self._s.age[: self.index.slots_in_use])
+        return True
 
-    def _least_used(self, excess: int) -> I64:
-        """The `excess` slots first in (update count, last update, slot) order, by two
-        partitions rather than a sort of every row."""
-        live = np.flatnonzero(self._s.ids[: self.index.slots_in_use] >= 0)
-        count = self._s.update_count[live]
-        kth = np.partition(count, excess - 1)[excess - 1]
-        below, tie = live[count < kth], live[count == kth]
-        need = excess - below.size
-        age = self._s.last_update[tie]
-        cut = np.partition(age, need - 1)[need - 1]
-        older, same = tie[age < cut], tie[age == cut]
-        return np.concatenate([below, older, same[: need - older.size]])
+    def _evict(self, ticked: bool) -> None:
+        """Rows untouched for more than `evict_after` applies go at a tick (at most ~1/8 of
+        it later); then, beyond `capacity`, the least often updated rows."""
+        spec, s = self.spec, self._s
+        if spec.evict_after > 0 and ticked:
+            self._drop(eviction.expired(self.index.slot_ids(), s.age, spec.evict_after))
+        if spec.capacity > 0 and self.rows > spec.capacity:
+            excess = self.rows - spec.capacity
+            self._drop(eviction.least_used(self.index.slot_ids(), s.update_count, s.age, excess))
 
     def _drop(self, slots: I64) -> None:
         if slots.size:
-            self.index.remove(self._s.ids[slots])
-            self._s.ids[slots] = -1
+            self.index.remove(self.index.slot_ids()[slots].copy())
             self.evicted += int(slots.size)
 
     # --- checkpoints ---
@@ -273,63 +211,103 @@ class DynamicTable:
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Copies of the used slots' rows, optimizer state and bookkeeping, the index and
         the admission counts; the counters and the optimizer's scalars."""
-        used = self.index.slots_in_use
-        tensors = {
-            "values": self._s.values[:used].clone(),
-            "last_update": torch.from_numpy(self._s.last_update[:used].copy()),
-            "update_count": torch.from_numpy(self._s.update_count[:used].copy()),
-        }
-        tensors.update({f"opt.{k}": v[:used].clone() for k, v in self._s.opt.state().items()})
+        tensors, opt = self._s.state(self.index.slots_in_use)
         for prefix, part in (("index", self.index.state()), ("admission", self.admission.state())):
             tensors.update({f"{prefix}.{k}": torch.from_numpy(v) for k, v in part.items()})
-        scalars = {f"opt.{k}": v for k, v in self._s.opt.scalars().items()}
+        return tensors, self._scalars(opt)
+
+    def _scalars(self, opt: dict[str, float]) -> dict[str, float]:
+        scalars = {f"opt.{k}": v for k, v in opt.items()}
         scalars.update({k: float(getattr(self, k)) for k in _COUNTERS})
-        return tensors, scalars
+        return scalars
 
     def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
         """The table `state()` was taken from; InvalidArgument, changing nothing, if the
         checkpoint's parts do not fit together or this table."""
         try:
-            index, admission, like, counters = self._restored(tensors, scalars)
+            index = IdIndex.from_state(_numpy(_part(tensors, "index")))
+            opt = {k[4:]: v for k, v in scalars.items() if k[:4] == "opt."}
+            slots = SlotArrays.from_state(
+                self.spec, self._optimizer, index.slots_in_use, tensors, opt
+            )
+            self._restore(index, tensors, scalars)
         except (KeyError, ValueError, RuntimeError) as e:
             raise InvalidArgument(f"table {self.spec.name!r}: a bad checkpoint: {e}") from None
-        used = index.slots_in_use
-        self._s = self._slots(_doubled(INITIAL_SLOTS, used), used, like)
-        self.index, self.admission, self._new = index, admission, []
+        self._s, self.index = slots, index
+
+    def _restore(
+        self, index: IdIndex, tensors: dict[str, torch.Tensor], scalars: dict[str, float]
+    ) -> None:
+        """The admission counts and counters of a checkpoint; raises before changing any."""
+        admission = Admission.from_state(self.spec.admit_after, _numpy(_part(tensors, "admission")))
+        counters = [int(scalars[k]) for k in _COUNTERS]
+        self.admission, self._new = admission, []
         self.updates, self.admitted, self.evicted, self.dropped_rows = counters
 
-    def _restored(
-        self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]
-    ) -> tuple[IdIndex, Admission, _Slots, list[int]]:
-        index = IdIndex.from_state(_numpy(_part(tensors, "index")))
-        admission = Admission.from_state(self.spec.admit_after, _numpy(_part(tensors, "admission")))
-        used, dim = index.slots_in_use, self.spec.dim
-        shapes = [tuple(tensors[k].shape) for k in ("values", "last_update", "update_count")]
-        if shapes != [(used, dim), (used,), (used,)]:
-            raise ValueError(f"per-slot tensors of shapes {shapes} for {used} slots of width {dim}")
-        opt = make_row_optimizer(self._optimizer, used, dim)  # its load checks the shapes
-        opt.load(_part(tensors, "opt"), {k[4:]: v for k, v in scalars.items() if k[:4] == "opt."})
-        last, count = tensors["last_update"].numpy(), tensors["update_count"].numpy()
-        like = _Slots(tensors["values"], opt, np.full(used, -1), last, count)
-        ids, slots = index.items()
-        like.ids[slots] = ids
-        return index, admission, like, [int(scalars[k]) for k in _COUNTERS]
+    def mark_clean(self) -> None:
+        """Every row counts as written by a checkpoint."""
+        self._s.take_dirty(self.index.slots_in_use)
+
+    def delta(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """An incremental checkpoint: the slots changed since the last one that hold a row
+        (their ids, rows, counts and state), every slot's age (a tick ages every row: a byte
+        a row), the free slots and the admission counts; the counters and scalars. The rows
+        count as clean afterwards. `load_delta` on the state it was taken after rebuilds
+        the table slot for slot."""
+        used = self.index.slot_ids().size
+        dirty = self._s.take_dirty(used)
+        ids = self.index.slot_ids()[dirty]
+        slots = dirty[ids >= 0]
+        tensors = {f"rows.{k}": v for k, v in self._s.rows(slots).items()}
+        tensors.update(
+            {
+                "slots": torch.from_numpy(slots),
+                "ids": torch.from_numpy(ids[ids >= 0]),
+                "age": torch.from_numpy(self._s.age[:used].copy()),
+                "free": torch.from_numpy(self.index.free_slots()),
+            }
+        )
+        tensors.update(
+            {f"admission.{k}": torch.from_numpy(v) for k, v in self.admission.state().items()}
+        )
+        return tensors, self._scalars(self._s.opt.scalars())
+
+    def load_delta(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
+        """Applies what `delta` took on top of the state it was taken after; InvalidArgument,
+        changing nothing, if it does not fit that state."""
+        try:
+            held = (tensors[k].numpy() for k in ("slots", "ids", "free"))
+            index = self.index.changed(tensors["age"].shape[0], *held)
+            used, slots = index.slots_in_use, tensors["slots"].numpy()
+            self._s.check_rows(slots.size, _part(tensors, "rows"))
+            age = tensors["age"]
+            if age.dtype != torch.uint8 or tuple(age.shape) != (used,):
+                raise ValueError(f"age is {age.dtype} {tuple(age.shape)} for {used} slots")
+            grown = self._s.grown(used, self.index.slots_in_use)  # may raise: nothing changed
+            self._restore(index, tensors, scalars)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise InvalidArgument(f"table {self.spec.name!r}: a bad delta: {e}") from None
+        self._s = grown
+        self._s.write_rows(slots, _part(tensors, "rows"))
+        self._s.load_ages(age.numpy())
+        self._s.opt.load_scalars({k[4:]: v for k, v in scalars.items() if k[:4] == "opt."})
+        self._s.take_dirty(used)
+        self.index = index
 
     def nbytes(self) -> int:
-        """Every array the table holds: slots (used or not), index and admission counts."""
-        held = [self._s.values, *self._s.opt.state().values()]
-        arrays = self._s.ids.nbytes + self._s.last_update.nbytes + self._s.update_count.nbytes
-        tensors = sum(t.numel() * t.element_size() for t in held)
-        return tensors + int(arrays) + self.index.nbytes() + self.admission.nbytes()
+        """The memory in use: the slots handed out (the rest of the reservation is not
+        resident), the index and the admission counts."""
+        slots = self._s.nbytes(self.index.slots_in_use)
+        return slots + self.index.nbytes() + self.admission.nbytes()
 
     def hot(self, k: int) -> tuple[list[int], list[int]]:
         """The ``k`` most often updated ids held here and their update counts."""
-        counts = torch.from_numpy(self._s.update_count.astype(np.int64))
-        counts[torch.from_numpy(self._s.ids < 0)] = 0
+        ids = self.index.slot_ids()
+        counts = torch.from_numpy(self._s.update_count[: ids.size].astype(np.int64))
+        counts[torch.from_numpy(ids < 0)] = 0
         k = min(k, counts.numel())
         if k == 0:
             return [], []
         top, slots = torch.topk(counts, k)
         keep = top > 0
-        ids = self._s.ids[slots[keep].numpy()]
-        return [int(i) for i in ids], top[keep].tolist()
+        return [int(i) for i in ids[slots[keep].numpy()]], top[keep].tolist()

@@ -175,15 +175,14 @@ class JobTables:
         """Every table's tensors as ``"<index>.<name>"`` and its optimizer scalars, in order.
 
         ``checkpoint`` "full" or "delta" is a checkpoint's read: every row is clean after it,
-        and a "delta" holds a fixed table's changed rows only (``"<index>.delta.<name>"``); a
-        dynamic table is always whole (its slots move as rows come and go). "" (any other
-        read, a test's) changes nothing.
+        and a "delta" holds each table's changed rows only (``"<index>.delta.<name>"``; a
+        dynamic table's with the ids its slots hold). "" (any other read, a test's) changes
+        nothing.
         """
         tensors: dict[str, torch.Tensor] = {}
         scalars: list[dict[str, float]] = []
         for i, table in enumerate(self.tables):
-            fixed = isinstance(table, FixedTable)
-            if checkpoint == "delta" and isinstance(table, FixedTable):
+            if checkpoint == "delta":
                 held, numbers = table.delta()
                 tensors.update({f"{i}.delta.{k}": v for k, v in held.items()})
             else:
@@ -191,8 +190,8 @@ class JobTables:
                     table.state(copy) if isinstance(table, FixedTable) else table.state()
                 )
                 tensors.update({f"{i}.{k}": v for k, v in held.items()})
-                if checkpoint and fixed:
-                    table.mark_clean()  # type: ignore[union-attr]
+                if checkpoint:
+                    table.mark_clean()
             scalars.append(numbers)
         return tensors, scalars
 
@@ -202,7 +201,7 @@ class JobTables:
         for i, table in enumerate(self.tables):
             delta = f"{i}.delta."
             own = _prefixed(tensors, delta)
-            if own and isinstance(table, FixedTable):
+            if own:
                 table.load_delta(own, dict(scalars[i]))
             else:
                 table.load(_prefixed(tensors, f"{i}."), dict(scalars[i]))

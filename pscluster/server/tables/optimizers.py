@@ -14,6 +14,7 @@ from typing import ClassVar, Protocol
 import torch
 
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
+from pscluster.server.tables.lazy import lazy_zeros
 
 
 class RowOptimizer(Protocol):
@@ -32,11 +33,22 @@ class RowOptimizer(Protocol):
         ...
 
 
+def _state(shape: tuple[int, ...], fill: float, lazy: bool) -> torch.Tensor:
+    """A rule's state tensor: filled with its initial value, or (``lazy``, for a dynamic
+    table, which writes a row's state when the row is made) zeros taken page by page."""
+    if lazy:
+        return torch.from_numpy(lazy_zeros(shape, "float32"))
+    return torch.full(shape, fill, dtype=torch.float32)
+
+
 class _Rule:
     """What every rule keeps alike: its state tensors, named in ``STATE`` (they are the rule's
     own: a delta checkpoint writes rows into them), and no scalars unless it says so."""
 
     STATE: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int, lazy: bool) -> None:
+        self.lr, self.eps = spec.lr, spec.eps
 
     def state(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self.STATE}
@@ -54,9 +66,6 @@ class _Rule:
 
 
 class RowSGD(_Rule):
-    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
-        self.lr = spec.lr
-
     def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
         values.index_add_(0, slots, grads, alpha=-self.lr)
 
@@ -67,9 +76,9 @@ class RowAdagrad(_Rule):
 
     STATE = ("sum",)
 
-    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
-        self.lr, self.eps = spec.lr, spec.eps
-        self.sum = torch.full((rows, dim), spec.initial_accumulator, dtype=torch.float32)
+    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int, lazy: bool) -> None:
+        super().__init__(spec, rows, dim, lazy)
+        self.sum = _state((rows, dim), spec.initial_accumulator, lazy)
 
     def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
         acc = self.sum.index_select(0, slots).addcmul_(grads, grads)
@@ -83,9 +92,9 @@ class RowwiseAdagrad(_Rule):
 
     STATE = ("sum",)
 
-    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
-        self.lr, self.eps = spec.lr, spec.eps
-        self.sum = torch.full((rows,), spec.initial_accumulator, dtype=torch.float32)
+    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int, lazy: bool) -> None:
+        super().__init__(spec, rows, dim, lazy)
+        self.sum = _state((rows,), spec.initial_accumulator, lazy)
 
     def step(self, values: torch.Tensor, slots: torch.Tensor, grads: torch.Tensor) -> None:
         acc = self.sum.index_select(0, slots).add_(grads.square().mean(dim=1))
@@ -100,11 +109,11 @@ class LazyAdam(_Rule):
 
     STATE = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int) -> None:
-        self.lr, self.eps = spec.lr, spec.eps
+    def __init__(self, spec: SparseOptimizerSpec, rows: int, dim: int, lazy: bool) -> None:
+        super().__init__(spec, rows, dim, lazy)
         self.beta1, self.beta2 = spec.betas
-        self.exp_avg = torch.zeros((rows, dim), dtype=torch.float32)
-        self.exp_avg_sq = torch.zeros((rows, dim), dtype=torch.float32)
+        self.exp_avg = _state((rows, dim), 0.0, lazy)
+        self.exp_avg_sq = _state((rows, dim), 0.0, lazy)
         self.steps = 0
 
     def scalars(self) -> dict[str, float]:
@@ -134,5 +143,8 @@ _RULES: dict[str, type[RowSGD | RowAdagrad | RowwiseAdagrad | LazyAdam]] = {
 }
 
 
-def make_row_optimizer(spec: SparseOptimizerSpec, rows: int, dim: int) -> RowOptimizer:
-    return _RULES[spec.name](spec, rows, dim)
+def make_row_optimizer(
+    spec: SparseOptimizerSpec, rows: int, dim: int, *, lazy: bool = False
+) -> RowOptimizer:
+    """The rule `spec` names, with state for `rows` rows of width `dim` (see `_state`)."""
+    return _RULES[spec.name](spec, rows, dim, lazy)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import torch
 
 from pscluster.errors import InvalidArgument
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
@@ -84,3 +87,16 @@ def table_spec(config: ps_pb2.TableConfig) -> TableSpec:
         evict_after=config.evict_after,
         capacity=config.capacity,
     )
+
+
+def refuse_ids(
+    spec: TableSpec, ids: torch.Tensor, bad: torch.Tensor, why: Callable[[int], str]
+) -> None:
+    """InvalidArgument naming the first id marked `bad` and `why` it is refused, if any is:
+    a table checks a request's ids before it reads or changes anything."""
+    if bool(bad.any()):
+        first = int(ids[bad.nonzero()[0, 0]])
+        raise InvalidArgument(
+            f"table {spec.name!r}: id {first} is {why(first)}; {int(bad.sum())} of "
+            f"{ids.numel()} ids are refused and nothing was read or changed"
+        )

@@ -14,7 +14,7 @@ import torch
 from pscluster.errors import InvalidArgument, ResourceExhausted
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.tables.optimizers import make_row_optimizer
-from pscluster.server.tables.spec import TableSpec
+from pscluster.server.tables.spec import TableSpec, refuse_ids
 
 # Rows initialised per generator: each block of local rows has its own seed, so any block can
 # be made again on its own (and the work is in large vectorised draws).
@@ -76,16 +76,13 @@ class FixedTable:
             return ids
         owner = torch.remainder(ids, spec.shards)
         bad = (ids < 0) | (ids >= spec.num_rows) | (owner != spec.shard_index)
-        if bool(bad.any()):
-            first = int(ids[bad.nonzero()[0, 0]])
+
+        def why(first: int) -> str:
             if first < 0 or first >= spec.num_rows:
-                why = f"outside the table (0 .. {spec.num_rows - 1})"
-            else:
-                why = f"owned by shard {first % spec.shards} of {spec.shards}, not this one"
-            raise InvalidArgument(
-                f"table {spec.name!r}: id {first} is {why}; {int(bad.sum())} of "
-                f"{ids.numel()} ids are refused and nothing was read or changed"
-            )
+                return f"outside the table (0 .. {spec.num_rows - 1})"
+            return f"owned by shard {first % spec.shards} of {spec.shards}, not this one"
+
+        refuse_ids(spec, ids, bad, why)
         return torch.div(ids, spec.shards, rounding_mode="floor")
 
     def lookup(self, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
