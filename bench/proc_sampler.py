@@ -110,6 +110,21 @@ class ProcSampler:
         inside = [getattr(s, what) for s in self.samples.get(role, []) if t0 <= s.t <= t1]
         return max(inside, default=0)
 
+    def peak_sum(self, t0: float, t1: float) -> int:
+        """The largest RSS (kB) of every sampled process together over [t0, t1]: what the
+        machine had to hold at once, which per-process peaks overstate when they come at
+        different moments."""
+        inside = sorted(
+            (s for samples in self.samples.values() for s in samples if t0 <= s.t <= t1),
+            key=lambda s: s.t,
+        )
+        latest: dict[int, int] = {}
+        best = 0
+        for s in inside:
+            latest[s.pid] = s.rss_kb
+            best = max(best, sum(latest.values()))
+        return best
+
     def total(self, role: str, t0: float, t1: float, what: str = "rss_kb") -> int:
         """``what`` summed over a role's processes at the last sample within [t0, t1]."""
         at: dict[int, Sample] = {}

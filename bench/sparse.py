@@ -31,10 +31,11 @@ batch's unique ids timed in this process against the job's shards while it train
 and backward timed in this process on the hosted model with rows at hand (one thread, as a
 worker has); the torch runs time their forward, backward and optimizer step. A run that
 would not fit the memory available now is skipped, with the reason. Writes
-bench/results/sparse.json and prints markdown tables.
+bench/results/sparse.json (``--out``) and prints markdown tables.
 
     .venv/bin/python bench/sparse.py [--rows 1000000,10000000,50000000] [--seconds 30]
-                                     [--shards 2] [--workers 2]
+                                     [--shards 2] [--workers 2] [--variants hosted,dense]
+                                     [--out bench/results/sparse.json]
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -66,7 +68,10 @@ from bench.common import machine  # noqa: E402
 from bench.peers_common import steady_rate  # noqa: E402
 from bench.proc_sampler import ProcSampler, cluster_sampler  # noqa: E402
 from bench.sparse_model import OneTableCTR, slot_offsets, table_ids  # noqa: E402
+from pscluster.client.errors import PSClusterError  # noqa: E402
+from pscluster.client.job import Job  # noqa: E402
 from pscluster.client.local import LocalCluster  # noqa: E402
+from pscluster.client.metrics import JobMetrics  # noqa: E402
 from pscluster.client.sdk import Client  # noqa: E402
 from pscluster.config import Settings  # noqa: E402
 from pscluster.data.synthetic_ctr import (  # noqa: E402
@@ -144,10 +149,15 @@ def available_bytes() -> int:
 
 # Copies of the table's float32 values a run holds at its peak, all processes together. Hosted:
 # the rows and their state, and the copy each shard takes for its first checkpoint (InitJob
-# writes one before it replies). A dense table on pscluster: ~33 copies, measured at 1M rows
-# (peak RSS over the hosted run's): its values, Adam's two states, the pulls and pushes in
-# flight, serialised and deserialised, on the client, coordinator, shards and workers.
-COPIES = {"hosted": 3.5, "dense": 35.0, "torch": 2.5, "ddp": 6.0}
+# writes one before it replies). A dense table on pscluster, measured at 10M rows (the RSS of
+# every process summed, over what they held idle): ~16 copies while training, with 2 shards
+# and 2 workers. Per shard (V: its half of the flat vector) the values and Adam's two moments
+# (3V), a receive buffer per push in flight (1-2V), the copy a pull streams from when a push
+# lands under it (1V), and either Adam's two temporaries (2V) or the copy a checkpoint is
+# written from (3V); per worker (W: the whole vector) its parameters, which pulls are
+# received into, the table's dense gradient and the flat gradient it pushes (3W). At 1M rows
+# the shards used to hold twice that, in freed blocks glibc kept (see pscluster.heap).
+COPIES = {"hosted": 3.5, "dense": 16.0, "torch": 2.5, "ddp": 6.0}
 
 
 def needs(variant: str, rows: int, workers: int) -> int:
@@ -183,7 +193,8 @@ def exchange_seconds(cluster: LocalCluster, job_id: str) -> dict[str, list[float
     for name, url in cluster.metrics_urls.items():
         if not name.startswith("worker"):
             continue
-        with urllib.request.urlopen(url, timeout=5) as reply:
+        # A worker moving a dense 640 MB table each step may be slow to answer.
+        with urllib.request.urlopen(url, timeout=30) as reply:
             text = reply.read().decode()
         for family in text_string_to_metric_families(text):
             for s in family.samples:
@@ -220,12 +231,27 @@ def lookup_ms(addresses: list[str], job_id: str, ids: list[torch.Tensor]) -> flo
         client.close()
 
 
+def job_metrics(job: Job) -> JobMetrics:
+    """``job.metrics()``, asked again while a shard is too busy to answer in time: the
+    coordinator gives each shard 3 s, and a shard applying a dense 10M-row table's push
+    holds the job's lock for longer (its log write, Adam step and checkpoint copy)."""
+    for _ in range(30):
+        try:
+            return job.metrics()
+        except PSClusterError as e:
+            if e.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            time.sleep(1.0)
+    return job.metrics()
+
+
 def run_job(
     cluster: LocalCluster, data: dict[str, Any], rows: int, sparse: bool, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One pscluster job, cancelled ``args.seconds`` after its first step."""
     variant = "hosted" if sparse else "dense"
     probe = cluster_sampler(cluster)
+    time.sleep(1.0)  # what every process holds before the job: a sample or two
     t0, wall0 = time.monotonic(), time.time()
     # cluster.client()'s 10 s deadline is shorter than SubmitJob takes with a 50M-row table:
     # the call returns only once the shards have drawn the rows and checkpointed them.
@@ -250,14 +276,14 @@ def run_job(
         submitted = time.monotonic()
         try:
             deadline = time.monotonic() + 900
-            while not job.metrics().steps:
+            while not job_metrics(job).steps:
                 if time.monotonic() > deadline or job.info().state != "running":
                     raise RuntimeError(f"{variant}: no step ({job.info().status_message})")
                 time.sleep(0.2)
-            first = time.monotonic()
+            first, first_wall = time.monotonic(), time.time()
             before = exchange_seconds(cluster, job.id)
             time.sleep(args.seconds)
-            metrics = job.metrics()
+            metrics = job_metrics(job)
             window_end = time.monotonic()
             after = exchange_seconds(cluster, job.id)
             addresses = [s.shard for s in sorted(metrics.shards, key=lambda s: s.start)]
@@ -285,6 +311,8 @@ def run_job(
         "first_step_s": round(first - t0, 2),
         "steady_samples_per_s": round(rate, 1),
         "steps": len(steps),
+        # Steps that ended inside the measured window (a dense 10M-row step takes seconds).
+        "steps_in_window": sum(s.unix_time >= first_wall for s in steps),
         "final_auc": metrics.final_metric,
         "table_bytes_per_step": (
             round((table.bytes_looked_up + table.bytes_pushed) / n) if table else 0
@@ -301,6 +329,12 @@ def run_job(
         "lookup_ms": lookup,
         "peak_rss_mb": rss,
         "rss_at_window_end_mb": steady,
+        # Every process of the cluster and this one together: before the job, and at most
+        # (what COPIES and needs() are sized from).
+        "rss_all_mb": {
+            "before": round(probe.peak_sum(t0 - 1.0, t0) / 1024, 1),
+            "peak": round(probe.peak_sum(t0, t1) / 1024, 1),
+        },
         "worker_under_1_5gb": rss["worker"] < WORKER_LIMIT_MB,
     }
 
@@ -502,7 +536,7 @@ def run_size(rows: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         ) as cluster,
     ):
         cluster.wait_for_workers(args.workers, timeout=120)
-        for variant in ("hosted", "dense"):
+        for variant in [v for v in ("hosted", "dense") if v in args.variants]:
             reason = skip_reason(variant, rows, args)
             if reason:
                 record({"variant": variant, "skipped": reason})
@@ -512,6 +546,8 @@ def run_size(rows: int, args: argparse.Namespace) -> list[dict[str, Any]]:
             record(r)
     with tempfile.TemporaryDirectory() as folder:
         for variant, world in (("torch", 1), ("ddp", args.workers)):
+            if variant not in args.variants:
+                continue
             reason = skip_reason(variant, rows, args)
             if reason:
                 record({"variant": variant, "skipped": reason})
@@ -560,9 +596,9 @@ def tables(rows: list[dict[str, Any]]) -> str:
             f"{r['unique_ids_per_batch']} |"
         )
     time_lines = [
-        "| table rows | system | submit s | ms per step (one process) | lookup | compute | pull "
-        "| push | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| table rows | system | submit s | steps measured | ms per step (one process) | lookup "
+        "| compute | pull | push | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "skipped" in r:
@@ -580,8 +616,9 @@ def tables(rows: list[dict[str, Any]]) -> str:
             pieces = ["-", f"{r['forward_ms']} + {r['backward_ms']}", "-"]
             pieces.append(f"optimizer {r['optimizer_ms']}")
             memory = f"per process {rss['process']}"
+        measured = r.get("steps_in_window", r["steps"])  # a torch run's steps are all measured
         time_lines.append(
-            f"| {r['rows']:,} | {LABELS[r['variant']]} | {_get(r, 'submit_s')} | "
+            f"| {r['rows']:,} | {LABELS[r['variant']]} | {_get(r, 'submit_s')} | {measured} | "
             f"{_get(r, 'step_ms')} | "
             f"{' | '.join(pieces)} | {memory} |"
         )
@@ -604,7 +641,15 @@ def main() -> None:
     )
     parser.add_argument("--dense-max-rows", type=int, default=10_000_000)
     parser.add_argument("--ddp-max-rows", type=int, default=10_000_000)
+    parser.add_argument(
+        "--variants", default=",".join(LABELS), help="which of hosted,dense,torch,ddp to run"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "sparse.json", help="JSON written")
     args = parser.parse_args()
+    args.variants = args.variants.split(",")
+    unknown = set(args.variants) - set(LABELS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; expected some of {list(LABELS)}")
     sizes = sorted(int(s) for s in args.rows.split(","))  # the largest last: most memory
     results: list[dict[str, Any]] = []
     for rows in sizes:
@@ -618,8 +663,8 @@ def main() -> None:
         "rows": results,
         "args": vars(args),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sparse.json").write_text(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
     print(tables(results))
 
 

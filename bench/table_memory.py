@@ -8,7 +8,8 @@ heap's free memory given back, as the table does after growing) is divided by th
 and set against the row's values and optimizer state. Dynamic
 tables at 1M-25M rows (25M: one of two shards of a 50M-row table) and each row optimizer; a
 dynamic table churning through 3x its capacity; a fixed table of the same rows beside each.
-The peak (VmHWM) shows the transient of growth (an index rehash, a new reservation).
+The peak (VmHWM) shows the transient of growth (an index rehash, a new reservation). At the
+largest size, the bytes of a full checkpoint and of an incremental one after 100 steps.
 
     python bench/table_memory.py                  # ~3 min; results/table_memory.json
     python bench/table_memory.py --quick          # 1M and 4M rows only
@@ -57,13 +58,15 @@ def status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def fill(table: DynamicTable | FixedTable, rows: int, distinct: int, dynamic: bool) -> float:
-    """Steps until `distinct` ids have been seen (ids drawn from int64 for a dynamic table,
-    0..rows for a fixed one); returns the seconds it took."""
+def fill(
+    table: DynamicTable | FixedTable, rows: int, distinct: int, dynamic: bool, batch: int = BATCH
+) -> float:
+    """Steps of `batch` new ids until `distinct` ids have been seen (ids drawn from int64 for
+    a dynamic table, 0..rows for a fixed one); returns the seconds it took."""
     rng = np.random.default_rng(0)
     start, seen = time.perf_counter(), 0
     while seen < distinct:
-        n = min(BATCH, distinct - seen)
+        n = min(batch, distinct - seen)
         if dynamic:
             ids = torch.from_numpy(rng.integers(0, 2**62, n))
         else:
@@ -96,6 +99,40 @@ def step_ms(table: DynamicTable | FixedTable, rows: int, dynamic: bool) -> dict[
     return {f"{k}_ms": round(1000 * float(np.median(v)), 2) for k, v in times.items()}
 
 
+def tensor_mb(tensors: dict[str, torch.Tensor]) -> float:
+    return round(sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20, 1)
+
+
+def checkpoints(table: DynamicTable | FixedTable, rows: int, steps: int = 100) -> dict[str, Any]:
+    """A full checkpoint's size and time, then a delta's after `steps` training steps (of
+    STEP_IDS ids, a fifth of them from a hot 1%): what a shard writes each interval."""
+    t0 = time.perf_counter()
+    full = table.state()[0]
+    full_s = time.perf_counter() - t0
+    table.mark_clean()
+    held = (
+        torch.from_numpy(table.index.items()[0])
+        if isinstance(table, DynamicTable)
+        else torch.arange(rows)
+    )
+    rng = np.random.default_rng(2)
+    hot = held[: max(1, held.numel() // 100)]
+    for _ in range(steps):
+        cold = held[torch.from_numpy(rng.integers(0, held.numel(), STEP_IDS * 4 // 5))]
+        ids = torch.cat([cold, hot[torch.from_numpy(rng.integers(0, hot.numel(), STEP_IDS // 5))]])
+        table.apply(ids, torch.full((ids.numel(), DIM), 0.01))
+    t1 = time.perf_counter()
+    delta = table.delta()[0]
+    return {
+        "full_checkpoint_mb": tensor_mb(full),
+        "full_checkpoint_s": round(full_s, 2),
+        "delta_after_steps": steps,
+        "delta_rows": int(delta["slots"].numel()),
+        "delta_mb": tensor_mb(delta),
+        "delta_s": round(time.perf_counter() - t1, 2),
+    }
+
+
 def one(case: dict[str, Any]) -> dict[str, Any]:
     """Runs one case in this process (a fresh one) and returns its figures."""
     dynamic, rows, opt = case["kind"] == "dynamic", case["rows"], case["optimizer"]
@@ -118,13 +155,13 @@ def one(case: dict[str, Any]) -> dict[str, Any]:
     held: DynamicTable | FixedTable = (
         DynamicTable(spec, OPTIMIZERS[opt]) if dynamic else FixedTable(spec, OPTIMIZERS[opt], None)
     )
-    seconds = fill(held, rows, case.get("distinct", rows), dynamic)
+    seconds = fill(held, rows, case.get("distinct", rows), dynamic, case.get("batch", BATCH))
     gc.collect()
     give_back_freed()  # as the table does after a growth: what is left is the table's
     grown = (status_kb("RssAnon") - base) * 1024
     n = held.rows if isinstance(held, DynamicTable) else rows
     useful = n * 4 * (DIM + STATE_FLOATS[opt])
-    return {
+    figures = {
         **case,
         "rows_held": n,
         "rss_bytes_per_row": round(grown / n, 1),
@@ -135,6 +172,9 @@ def one(case: dict[str, Any]) -> dict[str, Any]:
         "fill_seconds": round(seconds, 1),
         **step_ms(held, rows, dynamic),
     }
+    if case.get("checkpoint"):
+        figures.update(checkpoints(held, rows))
+    return figures
 
 
 def cases(quick: bool) -> list[dict[str, Any]]:
@@ -142,10 +182,12 @@ def cases(quick: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for rows in sizes:
         for kind in ("dynamic", "fixed"):
-            out.append({"kind": kind, "rows": rows, "optimizer": "rowwise_adagrad"})
+            case = {"kind": kind, "rows": rows, "optimizer": "rowwise_adagrad"}
+            out.append({**case, "checkpoint": True} if rows == sizes[-1] else case)
     for opt in ("sgd", "adagrad", "lazy_adam"):
         out.append({"kind": "dynamic", "rows": 4_000_000, "optimizer": opt})
-    churn = {"capacity": 1_000_000, "distinct": 3_000_000}
+    # a capacity's rows turn over at a training step's pace: a batch admitted, then evicted
+    churn = {"capacity": 1_000_000, "distinct": 3_000_000, "batch": STEP_IDS}
     out.append({"kind": "dynamic", "rows": 1_000_000, "optimizer": "rowwise_adagrad", **churn})
     return out
 
@@ -158,13 +200,27 @@ def table_md(results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         kind = r["kind"] + (
-            f", capacity {r['capacity']:,} of {r['distinct']:,} ids" if r.get("capacity") else ""
+            f", capacity {r['capacity']:,} of {r['distinct']:,} ids, {r['batch']:,} new a step"
+            if r.get("capacity")
+            else ""
         )
         lines.append(
             f"| {kind} | {r['rows_held']:,} | {r['optimizer']} | {r['values_and_state_per_row']}"
             f" | {r['rss_bytes_per_row']} | **{r['ratio']:.2f}x** | {r['nbytes_per_row']}"
             f" | {r['peak_over_end_mb']} | {r['lookup_ms']} / {r['apply_ms']} |"
         )
+    lines += [
+        "",
+        "| table | rows | full checkpoint MB (s) | steps | rows in the delta | delta MB (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "delta_mb" in r:
+            lines.append(
+                f"| {r['kind']} | {r['rows_held']:,} | {r['full_checkpoint_mb']:,} "
+                f"({r['full_checkpoint_s']}) | {r['delta_after_steps']} | {r['delta_rows']:,} "
+                f"| {r['delta_mb']:,} ({r['delta_s']}) |"
+            )
     return "\n".join(lines)
 
 

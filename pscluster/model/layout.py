@@ -76,13 +76,36 @@ class ParamLayout:
         }
 
     def load_into(self, module: nn.Module, flat: torch.Tensor) -> None:
-        """Copy the vector into the module's parameters (on whatever device they live)."""
+        """Copy the vector into the module's parameters (on whatever device they live); a
+        vector they are views of (:meth:`bind`) is theirs already and is not copied."""
         params = dict(module.named_parameters())
         with torch.no_grad():
             for slot in self.slots:
                 p = params[slot.name]
                 src = flat[slot.offset : slot.offset + slot.numel].view(slot.shape)
-                p.copy_(src, non_blocking=True)
+                if p.data_ptr() != src.data_ptr():
+                    p.copy_(src, non_blocking=True)
+
+    def bind(self, module: nn.Module) -> torch.Tensor | None:
+        """Make the module's parameters views of one flat vector holding their values, and
+        return it; None (nothing changed) unless every one is a float32 CPU tensor.
+
+        A pull received into the vector is then the model itself: a worker holds one copy of
+        the parameters instead of two (the pulled vector and the module it was copied into,
+        640 MB each for a 160M-parameter model) and copies nothing per step. Only for a
+        worker that never changes its parameters between pulls (one step per push): local
+        SGD steps them and needs the pulled start apart.
+        """
+        params = dict(module.named_parameters())
+        mine = [params[slot.name] for slot in self.slots]
+        if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in mine):
+            return None
+        flat = self.flatten(params)
+        for slot in self.slots:
+            # .data swaps the storage under the same Parameter: optimizers, hooks and the
+            # module's attributes still hold the object they held.
+            params[slot.name].data = flat[slot.offset : slot.offset + slot.numel].view(slot.shape)
+        return flat
 
     def gradient(self, module: nn.Module, out: torch.Tensor | None = None) -> torch.Tensor:
         """The module's gradients as one flat float32 vector (zeros where a grad is None)."""

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 from pscluster.config import Settings
-from pscluster.heap import freeze_startup_objects
+from pscluster.heap import MAX_MMAP_THRESHOLD, freeze_startup_objects, return_large_blocks
 from pscluster.logs import configure_logging
 from pscluster.model.optimizer import warm_up
 from pscluster.server.durability.journal import DurabilityConfig
@@ -106,5 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
     configure_logging(settings, "shard")
     freeze_startup_objects()  # before serving, as the coordinator does (see there)
+    # Per-push temporaries as large as the shard's range go back to the system when freed;
+    # gRPC's messages (up to max_message_bytes) are still reused (see pscluster.heap).
+    return_large_blocks(min(2 * settings.max_message_bytes, MAX_MMAP_THRESHOLD))
     running = serve(settings)
     wait_for_termination(running, settings.grace_seconds, on_stop=lambda: None)

@@ -30,9 +30,11 @@ class JobShards:
         min_versions: Sequence[int] | None,
         timeout: float,
         dtype: int = F32,
+        into: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Snapshot:
         """Every range, at once; blocks while a shard's consistency mode makes this worker
-        wait (an empty ``worker_id`` is an observer and never waits on the mode)."""
+        wait (an empty ``worker_id`` is an observer and never waits on the mode). ``into``
+        (float32 values, float64 buffers) are filled instead of new tensors."""
         return self.client.pull_all(
             self.job_id,
             self.ranges,
@@ -40,6 +42,7 @@ class JobShards:
             min_versions=min_versions,
             dtype=dtype,
             timeout=timeout,
+            into=into,
         )
 
     def push(

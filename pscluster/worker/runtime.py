@@ -60,6 +60,9 @@ class JobRuntime:
         initial = state.views(fetch_blob(stub, job_id, "initial_state", timeout), "initial state")
         self.model = rebuild.build_model(plan.spec.model, initial, code).to(self.device)
         del initial
+        # One step per push on the CPU: pulls are received straight into the model's
+        # parameters (ParamLayout.bind) rather than into a second copy of them.
+        bound = self.layout.bind(self.model) if plan.spec.local_steps <= 1 else None
         self.data = JobData.open(plan.spec, code, self.device, (stub, job_id, timeout))
         if plan.spec.data.source:
             self._describe_data(stub, worker_id, timeout)
@@ -73,6 +76,10 @@ class JobRuntime:
             self.precision,
         )
         self.shards = JobShards(shards, job_id, [ShardRange.from_proto(r) for r in plan.shards])
+        # Where a worker's pulls are received (None: into new tensors, copied into the model).
+        self.pull_into: tuple[torch.Tensor, torch.Tensor] | None = None
+        if bound is not None and bound.numel() == self.shards.size:
+            self.pull_into = (bound, torch.empty(self.shards.buffer_size, dtype=torch.float64))
         # Compression state (residuals, DGC momentum) lives here: one per job, per shard range.
         self.encoder = PushEncoder(
             parse_settings(plan.spec.compression), [(r.start, r.length) for r in plan.shards]

@@ -120,7 +120,9 @@ class Trainer:
 
         def attempt() -> Snapshot:
             started = time.perf_counter()
-            snap = self.rt.shards.pull(self.worker_id, min_versions, timeout, dtype)
+            snap = self.rt.shards.pull(
+                self.worker_id, min_versions, timeout, dtype, into=self.rt.pull_into
+            )
             if self.telemetry is not None:
                 nbytes = self.rt.shards.size * wire.itemsize(dtype)
                 self.telemetry.pulled(self.rt.job_id, time.perf_counter() - started, nbytes)

@@ -105,6 +105,24 @@ def test_load_state_dict_into_a_fresh_job_of_the_same_config() -> None:
         assert snapshot.to_bytes() == bytes(wire.encode(job.state_dict()[0]["values"]))
 
 
+def test_a_lent_state_shares_the_live_values_and_a_copied_one_does_not() -> None:
+    # Prepare
+    job = _busy_job()
+
+    # Execute: lent, as a new job's first checkpoint reads it; copied, as later ones do
+    lent, _ = job.state_dict(copy=False)
+    copied, _ = job.state_dict()
+
+    # Assert
+    for name in ("values", "buffers"):
+        assert torch.equal(lent[name], copied[name])
+        assert lent[name].data_ptr() != copied[name].data_ptr()
+    for worker in ("b", "c"):  # the open sync step completes: the values change
+        _push(job, worker, 3, 1.0)
+    assert torch.equal(lent["values"], job.state_dict()[0]["values"])
+    assert not torch.equal(copied["values"], lent["values"])
+
+
 def test_journal_checkpoints_through_the_jobs_capture(tmp_path: Path) -> None:
     # Prepare: a durable job with pushes in its log
     durability = DurabilityConfig(tmp_path, fsync="never")

@@ -59,6 +59,35 @@ def test_one_step_pushes_the_gradient_of_the_pulled_parameters() -> None:
     assert torch.equal(window.update, expected)
 
 
+def test_a_pull_received_into_bound_parameters_trains_as_one_copied_in() -> None:
+    # Prepare: two equal models; one's parameters become views of its pull vector
+    copied, bound = net(), net()
+    layout = ParamLayout.of_module(bound)
+    vector = layout.bind(bound)
+    assert vector is not None
+    pulled = layout.flatten(dict(copied.named_parameters())) + 0.01
+    vector.copy_(pulled)  # what a pull received into the vector does
+    ((x, y),) = data(1)
+
+    # Execute
+    expected = make_local(copied, SGD, 1).run(pulled, NO_BUFFERS, [(x, y)])
+    got = make_local(bound, SGD, 1).run(vector, NO_BUFFERS, [(x, y)])
+
+    # Assert: the model is the pulled vector, and its gradient is the same bit for bit
+    assert torch.equal(layout.flatten(dict(bound.named_parameters())), pulled)
+    assert all(p.untyped_storage().data_ptr() == vector.data_ptr() for p in bound.parameters())
+    assert got.update is not None and expected.update is not None
+    assert torch.equal(got.update, expected.update)
+
+
+def test_only_float32_cpu_parameters_are_bound() -> None:
+    model = net().double()
+    before = [p.data_ptr() for p in model.parameters()]
+
+    assert ParamLayout.of_module(model).bind(model) is None
+    assert [p.data_ptr() for p in model.parameters()] == before
+
+
 @pytest.mark.parametrize("config", [SGD, ADAM], ids=["sgd-momentum", "adam"])
 def test_local_steps_push_what_the_jobs_optimizer_did_over_the_window(
     config: common_pb2.OptimizerConfig,
