@@ -111,8 +111,16 @@ def make_data(rows: int, train_rows: int, test_rows: int) -> dict[str, Any]:
     }
 
 
-def model_kwargs(rows: int, data: dict[str, Any], sparse: bool) -> dict[str, Any]:
-    return {"rows": rows, "cardinalities": data["cardinalities"], "dim": DIM, "sparse": sparse}
+def model_kwargs(
+    rows: int, data: dict[str, Any], sparse: bool, dynamic: bool = False
+) -> dict[str, Any]:
+    return {
+        "rows": rows,
+        "cardinalities": data["cardinalities"],
+        "dim": DIM,
+        "sparse": sparse,
+        "dynamic": dynamic,
+    }
 
 
 def batch_ids(data: dict[str, Any], rows: int, n: int) -> list[torch.Tensor]:
@@ -157,7 +165,7 @@ def available_bytes() -> int:
 # written from (3V); per worker (W: the whole vector) its parameters, which pulls are
 # received into, the table's dense gradient and the flat gradient it pushes (3W). At 1M rows
 # the shards used to hold twice that, in freed blocks glibc kept (see pscluster.heap).
-COPIES = {"hosted": 3.5, "dense": 16.0, "torch": 2.5, "ddp": 6.0}
+COPIES = {"hosted": 3.5, "dynamic": 3.5, "dense": 16.0, "torch": 2.5, "ddp": 6.0}
 
 
 def needs(variant: str, rows: int, workers: int) -> int:
@@ -246,10 +254,10 @@ def job_metrics(job: Job) -> JobMetrics:
 
 
 def run_job(
-    cluster: LocalCluster, data: dict[str, Any], rows: int, sparse: bool, args: argparse.Namespace
+    cluster: LocalCluster, data: dict[str, Any], rows: int, variant: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One pscluster job, cancelled ``args.seconds`` after its first step."""
-    variant = "hosted" if sparse else "dense"
+    sparse = variant != "dense"
     probe = cluster_sampler(cluster)
     time.sleep(1.0)  # what every process holds before the job: a sample or two
     t0, wall0 = time.monotonic(), time.time()
@@ -259,7 +267,7 @@ def run_job(
     with Client(cluster.address, settings=settings) as client:
         job = client.submit(
             model=OneTableCTR,
-            model_kwargs=model_kwargs(rows, data, sparse),
+            model_kwargs=model_kwargs(rows, data, sparse, variant == "dynamic"),
             train=data["train"],
             test=data["test"],
             loss="bce_with_logits",
@@ -287,7 +295,8 @@ def run_job(
             window_end = time.monotonic()
             after = exchange_seconds(cluster, job.id)
             addresses = [s.shard for s in sorted(metrics.shards, key=lambda s: s.start)]
-            lookup = lookup_ms(addresses, job.id, batch_ids(data, rows, 21)) if sparse else None
+            fixed = variant == "hosted"  # a dynamic table's ids are hashed: not timed here
+            lookup = lookup_ms(addresses, job.id, batch_ids(data, rows, 21)) if fixed else None
         finally:
             job.cancel()
         while not job.info().done:
@@ -405,7 +414,7 @@ def _torch_rank(rank: int, world: int, port: int, cfg: dict[str, Any], out: str)
         model = OneTableCTR(cfg["rows"], cfg["cardinalities"], DIM, sparse=not ddp)
         net = DistributedDataParallel(model) if ddp else model
         opts = [
-            torch.optim.Adagrad([model.table.weight], lr=SPARSE_LR),
+            torch.optim.Adagrad(model.table.parameters(), lr=SPARSE_LR),
             torch.optim.Adam(model.mlp.parameters(), lr=DENSE_LR),
         ]
         order = torch.randperm(len(label), generator=torch.Generator().manual_seed(SEED + rank))
@@ -536,13 +545,14 @@ def run_size(rows: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         ) as cluster,
     ):
         cluster.wait_for_workers(args.workers, timeout=120)
-        for variant in [v for v in ("hosted", "dense") if v in args.variants]:
+        for variant in [v for v in ("hosted", "dynamic", "dense") if v in args.variants]:
             reason = skip_reason(variant, rows, args)
             if reason:
                 record({"variant": variant, "skipped": reason})
                 continue
-            r = run_job(cluster, data, rows, variant == "hosted", args)
-            r["compute_ms"] = compute_ms(data, rows, variant == "hosted")
+            r = run_job(cluster, data, rows, variant, args)
+            if variant != "dynamic":
+                r["compute_ms"] = compute_ms(data, rows, variant == "hosted")
             record(r)
     with tempfile.TemporaryDirectory() as folder:
         for variant, world in (("torch", 1), ("ddp", args.workers)):
@@ -562,6 +572,7 @@ def run_size(rows: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 LABELS = {
     "hosted": "pscluster, table on the shards",
+    "dynamic": "pscluster, dynamic table (hashed ids)",
     "dense": "(a) pscluster, dense table",
     "torch": "(b) PyTorch, 1 process, sparse grads",
     "ddp": "(c) DDP gloo, dense all-reduce",
@@ -587,7 +598,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
         if "skipped" in r:
             head.append(f"| {r['rows']:,} | {LABELS[r['variant']]} | {r['skipped']} | | | | |")
             continue
-        pscluster = r["variant"] in ("hosted", "dense")
+        pscluster = r["variant"] in ("hosted", "dynamic", "dense")
         head.append(
             f"| {r['rows']:,} | {LABELS[r['variant']]} | {r['steady_samples_per_s']} | "
             f"{_get(r, 'hosted_x')} | "
@@ -604,7 +615,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
         if "skipped" in r:
             continue
         rss = r["peak_rss_mb"]
-        if r["variant"] in ("hosted", "dense"):
+        if r["variant"] in ("hosted", "dynamic", "dense"):
             pieces = [_get(r, "lookup_ms"), _get(r, "compute_ms"), _get(r, "pull_ms")]
             pieces.append(_get(r, "push_ms"))
             end = r["rss_at_window_end_mb"]
@@ -642,7 +653,7 @@ def main() -> None:
     parser.add_argument("--dense-max-rows", type=int, default=10_000_000)
     parser.add_argument("--ddp-max-rows", type=int, default=10_000_000)
     parser.add_argument(
-        "--variants", default=",".join(LABELS), help="which of hosted,dense,torch,ddp to run"
+        "--variants", default=",".join(LABELS), help="which of " + ",".join(LABELS) + " to run"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "sparse.json", help="JSON written")
     args = parser.parse_args()
