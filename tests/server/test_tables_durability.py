@@ -34,7 +34,15 @@ TABLES = (
 )
 
 
-def config(mode: str = "async", job_id: str = "t") -> JobConfig:
+LAZY_ADAM = SparseOptimizerSpec("lazy_adam", 0.05, eps=1e-8)
+
+
+def config(
+    mode: str = "async",
+    job_id: str = "t",
+    tables: tuple[TableSpec, ...] = TABLES,
+    sparse: SparseOptimizerSpec = LAZY_ADAM,
+) -> JobConfig:
     return JobConfig(
         job_id,
         0,
@@ -42,9 +50,14 @@ def config(mode: str = "async", job_id: str = "t") -> JobConfig:
         mode,
         0,
         OptimizerSpec(name="sgd", lr=0.1),
-        tables=TABLES,
-        sparse_optimizer=SparseOptimizerSpec("lazy_adam", 0.05, eps=1e-8),
+        tables=tables,
+        sparse_optimizer=sparse,
     )
+
+
+def dynamic_config(spec: TableSpec, sparse: SparseOptimizerSpec) -> JobConfig:
+    """An async job of one dynamic table."""
+    return config(tables=(spec,), sparse=sparse)
 
 
 def given_rows() -> torch.Tensor:
@@ -133,16 +146,7 @@ def test_rows_a_dynamic_table_admitted_come_back_after_a_crash(tmp_path: Path) -
     # Prepare: ids admitted at their second lookup, then updated; the live job's log only
     durability = DurabilityConfig(tmp_path, fsync="never", checkpoint_wal_bytes=1 << 30)
     spec = TableSpec("d.weight", 0, DIM, 1, 0, dynamic=True, init_std=0.5, admit_after=2)
-    dynamic = JobConfig(
-        "t",
-        0,
-        N,
-        "async",
-        0,
-        OptimizerSpec(name="sgd", lr=0.1),
-        tables=(spec,),
-        sparse_optimizer=SparseOptimizerSpec("adagrad", 0.3, eps=1e-10),
-    )
+    dynamic = dynamic_config(spec, SparseOptimizerSpec("adagrad", 0.3, eps=1e-10))
     job = Shard(durability).init_job(dynamic, [bytes(wire.encode(torch.zeros(N)))])
     job.set_members(["w"], 1)
     ids = torch.tensor([2**40, 5, 123456789])
@@ -171,16 +175,7 @@ def test_a_dynamic_tables_checkpoints_are_deltas_and_recovery_reads_the_chain(
     # Prepare: a durable job with a dynamic table whose checkpoints are taken by hand
     durability = DurabilityConfig(tmp_path, fsync="never", checkpoint_seconds=1e9)
     spec = TableSpec("d.weight", 0, DIM, 1, 0, dynamic=True, evict_after=1)
-    dynamic = JobConfig(
-        "t",
-        0,
-        N,
-        "async",
-        0,
-        OptimizerSpec(name="sgd", lr=0.1),
-        tables=(spec,),
-        sparse_optimizer=SparseOptimizerSpec("lazy_adam", 0.05, eps=1e-8),
-    )
+    dynamic = dynamic_config(spec, LAZY_ADAM)
     job = Shard(durability).init_job(dynamic, [bytes(wire.encode(torch.zeros(N)))])
     job.set_members(["w"], 1)
     journal = job.journal
