@@ -57,6 +57,10 @@ bench: install
 	$(PY) bench/precision.py
 	$(PY) bench/data.py
 	$(PY) bench/sparse.py
+	$(PY) bench/table_memory.py
+	$(PY) bench/inference.py
+	$(PY) bench/compress.py
+	$(PY) bench/distill.py
 	$(PY) bench/coordinator_scale.py --kill-at 40 $(if $(SCALE_BASELINE),--baseline $(SCALE_BASELINE)) \
 	  --out bench/results/coordinator_scale-after.json
 	$(PY) bench/coordinator_scale.py --workers 500 --task-seconds 3 \

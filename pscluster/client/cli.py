@@ -4,6 +4,8 @@
     pscluster submit examples/digits.yaml --watch
     pscluster jobs ; pscluster status ; pscluster down
     pscluster plot JOB -o curves.png --csv curves/   # loss, the job's metric, staleness
+    pscluster predict JOB data.npy -o preds.npy --output probs --watch   # batch inference
+    pscluster compress JOB --quantize int8 -o model.int8.pt   # a smaller model, and its table
     pscluster certs ./certs --host pscluster   # TLS: a CA, server and client certificates
 
 The role commands (``coordinator``, ``shard``, ``worker``) hand their arguments unchanged to
@@ -17,7 +19,15 @@ import importlib
 
 import typer
 
-from pscluster.client import cli_certs, cli_cluster, cli_jobs, cli_metrics, cli_plot
+from pscluster.client import (
+    cli_certs,
+    cli_cluster,
+    cli_compress,
+    cli_jobs,
+    cli_metrics,
+    cli_plot,
+    cli_predict,
+)
 
 app = typer.Typer(
     name="pscluster",
@@ -38,6 +48,8 @@ app.command("jobs")(cli_jobs.jobs)
 app.command("metrics")(cli_metrics.metrics)
 app.command("plot")(cli_plot.plot)
 app.command("fetch")(cli_jobs.fetch)
+app.command("predict")(cli_predict.predict)
+app.command("compress")(cli_compress.compress)
 app.command("cancel")(cli_jobs.cancel)
 app.command("certs")(cli_certs.certs)
 

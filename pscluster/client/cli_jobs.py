@@ -54,7 +54,10 @@ def submit(
         job_file = load_job_file(spec)
         kwargs = job_file.submit_kwargs()
         with Client(address, token=token) as client:
-            job = client.submit(**kwargs)
+            if "teacher" in kwargs:  # a distill: section: the model is the student
+                job = client.distill(student=kwargs.pop("model"), **kwargs)
+            else:
+                job = client.submit(**kwargs)
             _print_token(job)
             if not watch:
                 out().print(job.id)
@@ -95,6 +98,9 @@ def _follow(
         info = job.wait(progress=True, timeout=timeout, console=out())
     except JobFailed as e:
         raise fail(str(e).replace("[", "\\[")) from None
+    if info.kind == "predict":
+        out().print(f"job {job.id} {info.status_message}", markup=False)
+        return
     metrics = job.metrics().of_job(info)
     metric, value = metrics.metric, metrics.final_metric
     if value is None and metric == info.metric:
@@ -188,7 +194,8 @@ def _cells(i: JobInfo) -> tuple[str, ...]:
         test = f"{metric_label(i.metric)} {format_metric(i.metric, i.metric_value, 3)}"
     loss = "-" if i.last_loss is None else f"{i.last_loss:.4f}"
     epoch = f"{min(i.epoch + 1, i.epochs)}/{i.epochs}"
-    return (i.job_id, i.name, i.state, i.mode, epoch, f"{i.progress:.0%}", test, loss)
+    mode = i.mode or i.kind  # a predict job has no consistency mode: its kind shows
+    return (i.job_id, i.name, i.state, mode, epoch, f"{i.progress:.0%}", test, loss)
 
 
 def _status(info: JobInfo) -> str:

@@ -36,7 +36,13 @@ MAX_SMOOTHING = 50
 
 
 def plot(
-    job_id: Annotated[str, typer.Argument(help="job id, as printed by `pscluster submit`")],
+    job_id: Annotated[
+        str,
+        typer.Argument(
+            help="job id, as printed by `pscluster submit`; or a report .json of "
+            "`pscluster compress` (accuracy against size)"
+        ),
+    ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="image to write: .png, .svg or .pdf")
     ],
@@ -57,6 +63,9 @@ def plot(
                 f"cannot write {output}: the file name must end in one of {', '.join(FORMATS)}"
             )
         pyplot = _pyplot()  # before any RPC: a missing matplotlib is the first thing to fix
+        if job_id.endswith(".json"):
+            _compression(Path(job_id), output, pyplot)
+            return
         with Client(address, token=token) as client:
             history = client.job(job_id).history()
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +77,17 @@ def plot(
     out().print(f"job {job_id} ({history.state}, {summary}): wrote", markup=False)
     for path in written:
         out().print(f"  {path}", markup=False)
+
+
+def _compression(report: Path, output: Path, pyplot: ModuleType) -> None:
+    """A compression report (``pscluster compress``): the metric against size and latency."""
+    from pscluster.client import compress_plot
+    from pscluster.model_compression.report import CompressionReport
+
+    loaded = CompressionReport.load(report)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compress_plot.draw(loaded, output, pyplot)
+    out().print(f"{report} ({len(loaded.variants)} variants): wrote {output}", markup=False)
 
 
 def _pyplot() -> ModuleType:

@@ -89,7 +89,7 @@ def _dry_run(spec: co_pb2.JobSpec, initial: dict[str, torch.Tensor], data: Datas
             ) from e
 
 
-def _precision(spec: co_pb2.JobSpec) -> Precision:
+def precision_here(spec: co_pb2.JobSpec) -> Precision:
     try:
         return Precision(spec.precision, torch.device("cpu"))
     except PrecisionUnavailable:  # fp16 runs on the workers' GPUs; try it in float32 here
@@ -109,7 +109,7 @@ def _forward(model: torch.nn.Module, spec: co_pb2.JobSpec, x: Inputs, n: int) ->
     """The model's output on the rows, in training mode (as a worker's first batch)."""
     model.train()
     try:
-        with _precision(spec).autocast():
+        with precision_here(spec).autocast():
             return inputs.call(model, x).float()
     except Exception as e:
         raise _failed(spec, n, e) from e
@@ -126,7 +126,7 @@ def _step(
     """One training forward and backward, with the job's loss and precision."""
     model.train()
     try:
-        with _precision(spec).autocast():
+        with precision_here(spec).autocast():
             out = inputs.call(model, x)
             objective.check_targets(spec.loss, out, y, "train y")
             loss = loss_fn(out, y)

@@ -34,13 +34,15 @@ class JobInfo:
     finished_unix: float | None
     test_accuracy: float | None  # latest evaluation; None too when the job measures no accuracy
     # What the job evaluates on its test set besides the loss ("accuracy", "mse", "mae" or
-    # "loss") and its value at the latest evaluation (None before the first).
+    # "loss"; "" for a predict job) and its value at the latest evaluation (None before the
+    # first).
     metric: str
     metric_value: float | None
     last_loss: float | None  # training loss of the latest step
     num_params: int
     workers: tuple[str, ...]
     steps: int
+    kind: str = "train"  # "train", or "predict" (a batch inference job: Client.predict)
 
     @property
     def done(self) -> bool:
@@ -78,11 +80,14 @@ class JobInfo:
             num_params=m.num_params,
             workers=tuple(m.workers),
             steps=m.steps,
+            kind=m.kind or "train",
         )
 
 
 def _metric(m: co_pb2.JobInfo, accuracy: float | None) -> tuple[str, float | None]:
     """The job's metric and its latest value, from a coordinator of any age."""
+    if m.kind == "predict":
+        return "", None  # a predict job evaluates nothing
     if not m.metric:
         # An older coordinator: a job that measures accuracy is a classifier; any other
         # reports only its loss, whose value at an evaluation such a coordinator does not send.

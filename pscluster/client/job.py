@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
 
+from pscluster.client import predictions
 from pscluster.client import progress as _progress
 from pscluster.client.errors import JobFailed, PSClusterError
 from pscluster.client.history import History
@@ -24,7 +25,11 @@ from pscluster.model import state
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 if TYPE_CHECKING:  # the client module imports this one to hand out Jobs
+    from pscluster.client.compress_options import Compressed
     from pscluster.client.sdk import Client
+
+# A fetch of predictions whose size the caller does not know gets the RPC deadline plus this.
+FETCH_SLACK_SECONDS = 300.0
 
 
 class Job:
@@ -146,6 +151,67 @@ class Job:
         finally:
             tmp.unlink(missing_ok=True)
         return target
+
+    def predict(self, data: Any, **options: Any) -> torch.Tensor:
+        """Score ``data`` with this completed job's model on the workers: the outputs, in
+        input order. ``options`` are ``Client.predict``'s (``output``, ``precision``,
+        ``progress``, ``timeout``, ...).
+
+        Example::
+
+            probs = job.predict(X_new, output="probs", progress=True)
+        """
+        return self.client.predict(self, data=data, **options)
+
+    def compress(self, **options: Any) -> Compressed:
+        """This completed job's model made smaller: quantized, pruned (and fine-tuned on the
+        cluster), measured against the original. ``options`` are ``Client.compress``'s.
+
+        Example::
+
+            small = job.compress(quantize="int8", output="model.int8.pt")
+            pruned = job.compress(prune={"amount": 0.5, "structured": False}, finetune_epochs=3)
+            print(pruned.report.markdown())
+        """
+        return self.client.compress(self, **options)
+
+    def predictions(self, timeout: float | None = None) -> torch.Tensor:
+        """A completed predict job's outputs, in input order (float32, or int64 classes).
+        The fetch's deadline is ``timeout`` seconds (default: the RPC deadline plus
+        :data:`FETCH_SLACK_SECONDS`). FAILED_PRECONDITION (PSClusterError) for a job that
+        is not a completed predict job.
+
+        Example::
+
+            scoring = client.submit_predict(job, data=X)
+            scoring.wait(timeout=600)
+            outputs = scoring.predictions()
+        """
+        stub, req = self.client._stub, self.client._job_request(self.id)
+        what = f"fetch the predictions of job {self.id}"
+        deadline = timeout or self.client.settings.rpc_timeout_seconds + FETCH_SLACK_SECONDS
+        return self.client._call(
+            what, lambda _: predictions.read(stub.FetchPredictions(req, timeout=deadline), what)
+        )
+
+    def save_predictions(self, path: str | Path, timeout: float | None = None) -> tuple[int, ...]:
+        """Write a completed predict job's outputs to ``path`` as a ``.npy`` file as they
+        stream in (never held in memory); returns their shape. Deadline as
+        :meth:`predictions`.
+
+        Example::
+
+            job.save_predictions("preds.npy")
+        """
+        stub, req = self.client._stub, self.client._job_request(self.id)
+        what = f"save the predictions of job {self.id}"
+        deadline = timeout or self.client.settings.rpc_timeout_seconds + FETCH_SLACK_SECONDS
+        return self.client._call(
+            what,
+            lambda _: predictions.write_npy(
+                stub.FetchPredictions(req, timeout=deadline), Path(path), what
+            ),
+        )
 
     def lookup(self, table: str, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Rows of one of the job's embedding tables (its state_dict name, e.g.

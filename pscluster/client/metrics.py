@@ -106,6 +106,9 @@ class JobMetrics:
     started_unix: float = 0.0  # the origin of every row's ``seconds``
     # The model's embedding tables on the shards: rows, traffic, hot ids (none: no tables).
     tables: list[TableRow] = field(default_factory=list)
+    # A predict job: seconds by phase summed over its partitions ("load_model", "read",
+    # "score" on the workers; "receive", the outputs' upload, on the coordinator).
+    predict_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def stragglers(self) -> list[str]:
@@ -206,6 +209,7 @@ class JobMetrics:
             workers=[worker_speed_row(w) for w in m.workers],
             events=[event_row(e, origin) for e in m.events],
             tables=table_rows(m.shards),
+            predict_seconds=dict(m.predict_seconds),
             metric=infer_metric(epochs[-1].metrics) if epochs else LOSS,
             started_unix=origin,
         )

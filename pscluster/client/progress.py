@@ -22,7 +22,10 @@ UNREACHABLE_GRACE_SECONDS = 30.0
 
 def describe(info: JobInfo) -> str:
     """One line of what matters while training: epoch, training loss, the job's metric at the
-    latest evaluation ("acc 0.953", "mse 0.0312"), what it waits on."""
+    latest evaluation ("acc 0.953", "mse 0.0312"), what it waits on. A predict job: what it is
+    doing (partitions scored, workers)."""
+    if info.kind == "predict":
+        return "" if info.done else info.status_message.removeprefix("running: ")
     parts = [f"epoch {min(info.epoch + 1, info.epochs)}/{info.epochs}" if info.epochs else ""]
     if info.last_loss is not None:
         parts.append(f"loss {info.last_loss:.4f}")

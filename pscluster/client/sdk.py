@@ -1,4 +1,5 @@
-"""The Python SDK: submit a job, follow it, read its metrics and fetch the trained model.
+"""The Python SDK: submit a job, follow it, read its metrics, fetch the trained model and
+score rows with it on the workers.
 
 Example::
 
@@ -9,6 +10,7 @@ Example::
         job.wait(progress=True)
         print(job.metrics().final_accuracy)
         MyNet().load_state_dict(job.fetch_model())
+        classes = job.predict(X_new, output="argmax")
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from pscluster.client.history import History
 from pscluster.client.info import ClusterStatus, JobInfo
 from pscluster.client.job import Job
 from pscluster.client.metrics import JobMetrics
-from pscluster.client.payload import InitFrom, payload_for
+from pscluster.client.payload import InitFrom, Payload, payload_for
+from pscluster.client.sdk_after import AfterTraining
 from pscluster.client.submit_options import LossArg, SubmitOptions, check_mirrored_by
 from pscluster.config import Settings
 from pscluster.transport.channel import open_channel
@@ -62,7 +65,7 @@ T = TypeVar("T")
 UPLOAD_FLOOR = 20e6
 
 
-class Client:
+class Client(AfterTraining):
     """A connection to the coordinator of a pscluster.
 
     ``address`` defaults to ``settings.coordinator`` (``PSC_COORDINATOR``, else
@@ -173,15 +176,7 @@ class Client:
         """
         options = SubmitOptions.from_arguments(locals())  # the keywords are its fields, by name
         payload = payload_for(model, (train, test, data), options, self._init_from(init_from))
-        stream = payload.chunks(self.settings.chunk_bytes)
-        # The deadline grows with the upload, and with the table rows the shards create and
-        # checkpoint before the coordinator answers: a second more per UPLOAD_FLOOR bytes.
-        created = sum(t.num_rows * t.dim * 4 for t in payload.spec.model.tables)
-        extra = (len(payload.dataset) + len(payload.initial_state) + created) / UPLOAD_FLOOR
-        reply = self._call(
-            "submit the job", lambda t: self._stub.SubmitJob(stream, timeout=t + extra)
-        )
-        return Job(self, reply.job_id, token=reply.token or None)
+        return self._send(payload, "submit the job")
 
     def _init_from(self, source: Job | str | Mapping[str, torch.Tensor] | None) -> InitFrom | None:
         """Where a fine-tune starts, fetched now: a completed job's model, or the given state."""
@@ -246,6 +241,16 @@ class Client:
             return call(self.settings.rpc_timeout_seconds)
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.address, what) from None
+
+    def _send(self, payload: Payload, what: str) -> Job:
+        """Upload a checked submission. The deadline grows with the upload, and with the
+        table rows the shards create and checkpoint before the coordinator answers: a second
+        more per UPLOAD_FLOOR bytes."""
+        stream = payload.chunks(self.settings.chunk_bytes)
+        created = sum(t.num_rows * t.dim * 4 for t in payload.spec.model.tables)
+        extra = (len(payload.dataset) + len(payload.initial_state) + created) / UPLOAD_FLOOR
+        reply = self._call(what, lambda t: self._stub.SubmitJob(stream, timeout=t + extra))
+        return Job(self, reply.job_id, token=reply.token or None)
 
     def _job_request(self, job_id: str) -> co_pb2.GetJobRequest:
         return co_pb2.GetJobRequest(job_id=job_id)

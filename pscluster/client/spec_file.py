@@ -15,6 +15,8 @@ Example (paths are relative to the YAML file's folder)::
     epochs: 10
     batch_size: 32
     target_accuracy: 0.95
+    # the model learns a completed job's model's soft outputs (Client.distill):
+    # distill: {teacher: j-3f2a9c1b, temperature: 4.0, alpha: 0.7}
 
 Fields are checked strictly: a typo or a wrong type is an error naming the field, because a
 silently ignored ``epoch: 3`` would train for the default ten epochs without saying so.
@@ -50,6 +52,17 @@ class DataSection(BaseModel):
     path: str = Field("", description="the built-in readers' folder (relative: to the file)")
     loader_workers: int = Field(1, ge=0, le=64)
     prefetch_batches: int = Field(2, ge=0, le=64)
+
+
+class DistillSection(BaseModel):
+    """``distill:``: the job's model is a student of a completed job's model (see
+    ``Client.distill``): ``{teacher: JOB_ID, temperature: 4.0, alpha: 0.7}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    teacher: str = Field(description="the completed job whose model teaches")
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0)
 
 
 class JobFile(BaseModel):
@@ -89,6 +102,7 @@ class JobFile(BaseModel):
     stragglers: dict[str, Any] | None = None
     staleness_aware_lr: bool = False
     local_steps: int = Field(0, ge=0)
+    distill: DistillSection | None = None
 
     @field_validator("mode")
     @classmethod
@@ -176,7 +190,15 @@ class LoadedJob:
             "stragglers": s.stragglers,
             "staleness_aware_lr": s.staleness_aware_lr,
             "local_steps": s.local_steps,
+            **self._distill_kwargs(),
         }
+
+    def _distill_kwargs(self) -> dict[str, Any]:
+        """``Client.distill``'s own arguments, when the file has a ``distill:`` section."""
+        if self.spec.distill is None:
+            return {}
+        d = self.spec.distill
+        return {"teacher": d.teacher, "temperature": d.temperature, "alpha": d.alpha}
 
     def _data_kwargs(self) -> dict[str, Any]:
         """Arrays to upload (train, test), or the source the workers read."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ from pscluster.errors import InvalidArgument, NotFound, OutOfRange
 DATASET = "dataset"
 INITIAL_STATE = "initial_state"
 MODEL = "model"
-NAMES = (DATASET, INITIAL_STATE, MODEL)
+TEACHER = "teacher"  # a distillation job's teacher: another job's model, linked
+NAMES = (DATASET, INITIAL_STATE, MODEL, TEACHER)
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -43,17 +45,20 @@ class BlobStore:
         """:meth:`write` from pieces produced one at a time (a model streamed from shards)."""
         target = self.path(job_id, name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent)
+        write_atomically(target, parts)
+        return target
+
+    def link(self, source_job: str, source_name: str, job_id: str, name: str) -> Path:
+        """Another job's blob as one of this job's: a hard link (blobs are never written in
+        place, only replaced, so the two names cannot diverge), a copy where links do not
+        work."""
+        target = self.path(job_id, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        origin = self.path(source_job, source_name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                for part in parts:
-                    f.write(part)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            os.link(origin, target)
+        except OSError:
+            shutil.copyfile(origin, target)
         return target
 
     def exists(self, job_id: str, name: str) -> bool:
@@ -98,3 +103,19 @@ class BlobStore:
                     yield chunk
 
         return read_range()
+
+
+def write_atomically(target: Path, parts: Iterable[bytes | bytearray | memoryview]) -> None:
+    """`target` holds all of `parts`, synced, or is as it was: written to a temporary file
+    beside it, then renamed over it (a crash leaves no half-written file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import grpc
 
-from pscluster.coordinator import blobs
+from pscluster.coordinator import blobs, distill_jobs, predict_jobs
 from pscluster.coordinator import store as st
 from pscluster.coordinator.core.scheduler import JobPlan
 from pscluster.coordinator.runtime import Runtime
@@ -59,6 +59,9 @@ class JobManager:
     def submit(self, chunks: Iterable[co_pb2.SubmitJobChunk]) -> st.JobRecord:
         rt = self.rt
         spec, data = read_submission(chunks)
+        if spec.HasField("predict"):  # batch inference: no shards to initialise
+            return predict_jobs.submit(rt, spec, data)
+        spec, teacher = distill_jobs.resolve(rt, spec)  # None: the job does not distill
         addresses = rt.settings.shard_list()
         job = validate_job(spec, data, len(addresses), rt.settings.default_partitions)
         if job.spec.precision == "fp16":
@@ -72,6 +75,8 @@ class JobManager:
         for name in SUBMITTED_BLOBS:
             if name in data:  # a job reading a data source uploads no dataset
                 rt.blobs.write(job_id, name, data[name])
+        if teacher is not None:
+            distill_jobs.attach(rt, job_id, teacher)
         record = st.JobRecord(
             job_id=job_id,
             name=job.spec.name,
@@ -87,6 +92,8 @@ class JobManager:
         rt.store.create_job(record)
         log.info("job %s submitted: %d params on %d shards", job_id, job.layout.size, len(slices))
         self.start(job_id, (job.flat, job.buffers, job.tables))
+        if teacher is not None:  # after the start, which its metrics count time from
+            distill_jobs.record(rt, job_id, job.spec, teacher)
         return self.require(job_id)
 
     def _require_cuda_workers(self) -> None:
@@ -168,6 +175,8 @@ class JobManager:
     def plan_of(self, job: st.JobRecord) -> JobPlan:
         """What the scheduling core needs of a stored job, from where its progress is."""
         spec = co_pb2.JobSpec.FromString(job.spec)
+        if spec.HasField("predict"):
+            return predict_jobs.plan(job)
         return JobPlan(
             job.job_id,
             job.epochs,
@@ -200,7 +209,8 @@ class JobManager:
         """Call under rt.lock: hand the job's remaining work out from now on."""
         rt = self.rt
         rt.core.add_job(self.plan_of(job), rt.mono())
-        rt.executor.members.add_job(job.job_id, [p.address for p in job.shards], job.generation)
+        if job.shards:  # a predict job has none, and no members
+            rt.executor.members.add_job(job.job_id, [p.address for p in job.shards], job.generation)
 
     def pending_ids(self) -> list[str]:
         return [j.job_id for j in self.rt.store.list_jobs(st.PENDING)]

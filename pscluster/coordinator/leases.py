@@ -19,10 +19,14 @@ from pscluster.coordinator.schedule import Schedule, Unit
 from pscluster.errors import FailedPrecondition, InvalidArgument
 
 # Unit is imported from here by code that predates schedule.py.
-__all__ = ["EVAL", "TRAIN", "Lease", "LeaseBook", "Outcome", "Schedule", "Unit"]
+__all__ = ["EVAL", "PREDICT", "TRAIN", "Lease", "LeaseBook", "Outcome", "Schedule", "Unit"]
 
 TRAIN = "train"
 EVAL = "eval"
+PREDICT = "predict"
+# What a job's units are leased as: training, or scoring a predict job's inputs (which owes
+# no evaluation: its last unit done is the job done).
+UNIT_KINDS = (TRAIN, PREDICT)
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class Lease:
     lease_id: str
     job_id: str
     worker_id: str
-    kind: str  # TRAIN | EVAL
+    kind: str  # TRAIN | EVAL | PREDICT
     epoch: int
     partition: int  # -1 for an evaluation
     partitions: int
@@ -43,8 +47,10 @@ class Outcome:
     """What a completed lease changed: the epoch it closed, or the end of the job."""
 
     lease: Lease
-    epoch_closed: int | None = None  # train: every partition of this epoch is now done
-    final: bool = False  # eval: this was the last epoch's evaluation; the job is finished
+    epoch_closed: int | None = None  # a unit: every partition of this epoch is now done
+    # eval: this was the last epoch's evaluation; predict: the last partition was scored.
+    # Either way the job is finished.
+    final: bool = False
 
 
 def _new_lease_id() -> str:
@@ -57,6 +63,7 @@ class LeaseBook:
     def __init__(self, new_id: Callable[[], str] = _new_lease_id) -> None:
         self._new_id = new_id
         self._jobs: dict[str, Schedule] = {}  # insertion order is submission order
+        self._unit_kinds: dict[str, str] = {}  # what each job's units are leased as
         self._leases: dict[str, Lease] = {}
         self._by_worker: dict[str, str] = {}
         self._revoked = Revocations()
@@ -87,14 +94,18 @@ class LeaseBook:
         done: Iterable[int] = (),
         evals: Iterable[int] = (),
         batch_counts: Sequence[int] | None = None,
+        unit_kind: str = TRAIN,
     ) -> None:
         """Start scheduling a job, possibly from progress saved before a restart.
 
         ``batch_counts`` (batches per partition) lets train leases be sized and split;
-        without them every lease is a whole partition.
+        without them every lease is a whole partition. ``unit_kind`` PREDICT: the units are
+        scoring leases and the job owes no evaluation.
         """
         if job_id in self._jobs:
             raise InvalidArgument(f"job {job_id} is already scheduled")
+        if unit_kind not in UNIT_KINDS:
+            raise InvalidArgument(f"unit kind {unit_kind!r} is unknown; expected {UNIT_KINDS}")
         self._jobs[job_id] = Schedule.resume(
             job_id,
             epochs,
@@ -103,7 +114,9 @@ class LeaseBook:
             done=done,
             evals=evals,
             batch_counts=batch_counts,
+            evaluates=unit_kind == TRAIN,
         )
+        self._unit_kinds[job_id] = unit_kind
         self._changed(available=True)
 
     def has_job(self, job_id: str) -> bool:
@@ -119,6 +132,7 @@ class LeaseBook:
     def remove_job(self, job_id: str, reason: str) -> list[Lease]:
         """Stop scheduling a job; its outstanding leases are revoked with ``reason``."""
         self._jobs.pop(job_id, None)
+        self._unit_kinds.pop(job_id, None)
         revoked = [lease for lease in self._leases.values() if lease.job_id == job_id]
         for lease in revoked:
             self._drop(lease, reason)
@@ -190,7 +204,7 @@ class LeaseBook:
         lease = self._leases[lease_id]
         sched = self._jobs.get(lease.job_id)
         if sched is not None:
-            if lease.kind == TRAIN:
+            if lease.kind != EVAL:
                 sched.give_back(lease_id, position)
             else:
                 sched.owe_again(lease.epoch)
@@ -216,19 +230,19 @@ class LeaseBook:
         self._changed()
         del self._leases[lease_id]
         del self._by_worker[worker_id]
-        if lease.kind == TRAIN:
+        if lease.kind != EVAL:
             closed = sched.finish_unit(lease_id, lease.partition)
             if closed is None:
                 return Outcome(lease)
-            # The epoch closed: its evaluation is owed, and the next epoch's units are free.
+            # The epoch closed: its evaluation is owed, and the next epoch's units are free
+            # (a job without evaluations is finished once its last epoch closed).
             self._changed(available=True)
-            return Outcome(lease, epoch_closed=closed)
+            return Outcome(lease, epoch_closed=closed, final=self._over(sched))
         sched.eval_leases.pop(lease.epoch, None)
         # Final once training is done and no evaluation is owed or out: evaluations of
         # different epochs may finish out of order, and the job must not end (and refuse the
         # late one) with an epoch unrecorded.
-        final = sched.training_done and not sched.owed_evals()
-        return Outcome(lease, final=final)
+        return Outcome(lease, final=self._over(sched))
 
     def outstanding(self) -> list[Lease]:
         """Every lease held now, in grant order (what a restarted coordinator restores)."""
@@ -279,6 +293,10 @@ class LeaseBook:
         self._revoked.forget_worker(worker_id)
 
     # --- internals ---
+    @staticmethod
+    def _over(sched: Schedule) -> bool:
+        return sched.training_done and not sched.owed_evals()
+
     def _hold(self, lease: Lease) -> Lease:
         self._leases[lease.lease_id] = lease
         self._by_worker[lease.worker_id] = lease.lease_id
@@ -290,7 +308,7 @@ class LeaseBook:
             self._new_id(),
             job_id,
             worker_id,
-            TRAIN,
+            self._unit_kinds[job_id],
             sched.epoch,
             unit.partition,
             sched.partitions,

@@ -89,7 +89,8 @@ def buffer_ranges(spec: co_pb2.JobSpec, shards: int) -> list[Range]:
 
 
 def counter_spans_in(counters: list[tuple[int, int]], shard: Range) -> list[ps_pb2.Span]:
-    """The counters that fall in a shard's buffer range, relative to its start."""
+    """The parts of ``counters`` (buffer counters, or held zeros in the parameters) that fall
+    in a shard's range, relative to its start."""
     spans = []
     for start, length in counters:
         low, high = max(start, shard.start), min(start + length, shard.end)
@@ -154,6 +155,21 @@ def _check_entry(
             f"the model's initial state has {what} {name!r} as {t.dtype} of shape "
             f"{list(t.shape)}; the spec says {dtype} of shape {list(shape)}"
         )
+
+
+def hold_zero_spans(spec: co_pb2.JobSpec, layout: ParamLayout) -> list[tuple[int, int]]:
+    """(offset, length) in the flat vector of each parameter ``spec.hold_zeros`` names (a
+    pruned model's fine-tune); InvalidArgument for a name that is no trainable parameter."""
+    slots = {s.name: s for s in layout.slots}
+    unknown = [n for n in spec.hold_zeros if n not in slots]
+    if unknown:
+        raise InvalidArgument(
+            f"hold_zeros names {unknown}, which are not trainable parameters of the model "
+            f"(it has {sorted(slots)[:8]}...)"
+        )
+    if len(set(spec.hold_zeros)) != len(spec.hold_zeros):
+        raise InvalidArgument(f"hold_zeros names a parameter twice: {list(spec.hold_zeros)}")
+    return [(slots[n].offset, slots[n].numel) for n in spec.hold_zeros]
 
 
 def layout_of(spec: co_pb2.JobSpec) -> ParamLayout:

@@ -101,7 +101,12 @@ class Monitor:
             act = rt.activity[job_id]
             holders = rt.book.holders(job_id)
             alive = rt.workers.alive_count()
-            if sched.training_done:
+            if not sched.evaluates:  # a predict job: one epoch of partitions to score
+                base = (
+                    f"scoring: {len(sched.done)}/{sched.partitions} partitions done, "
+                    f"{len(holders)} workers"
+                )
+            elif sched.training_done:
                 base = f"training done: final evaluation pending, {len(holders)} workers"
             else:
                 base = (

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 
 import torch
 
-from pscluster.coordinator import blobs, live, tables
+from pscluster.coordinator import blobs, live, predict_jobs, tables
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
-from pscluster.coordinator.leases import TRAIN
+from pscluster.coordinator.leases import PREDICT, TRAIN
 from pscluster.coordinator.model_spec import buffer_ranges
+from pscluster.coordinator.predictions import PredictionStore
 from pscluster.coordinator.runtime import Runtime
 from pscluster.errors import FailedPrecondition, InvalidArgument, NotFound
 from pscluster.model import objective, safetensors_stream
@@ -28,7 +29,8 @@ class JobQueries:
     def __init__(self, rt: Runtime, jobs: JobManager) -> None:
         self.rt = rt
         self.jobs = jobs
-        self._metric_names: dict[str, str] = {}
+        self._metric_names: dict[str, str] = {}  # "": a predict job (it evaluates nothing)
+        self.predictions = PredictionStore(rt.blobs, rt.settings.chunk_bytes)
 
     def info(self, job_id: str) -> co_pb2.JobInfo:
         return self._info(self.jobs.require(job_id))
@@ -69,6 +71,7 @@ class JobQueries:
             steps=job.steps,
             metric=metric,
             metric_value=value,
+            kind=TRAIN if metric else PREDICT,
         )
 
     def _metric(self, job: st.JobRecord) -> tuple[str, float]:
@@ -76,7 +79,10 @@ class JobQueries:
         metric = self._metric_names.get(job.job_id)
         if metric is None:  # a spec never changes: parse it (user code and all) once
             spec = co_pb2.JobSpec.FromString(job.spec)
-            metric = self._metric_names[job.job_id] = objective.metric_of(spec.loss, spec.metric)
+            metric = "" if spec.HasField("predict") else objective.metric_of(spec.loss, spec.metric)
+            self._metric_names[job.job_id] = metric
+        if not metric:
+            return metric, math.nan
         latest = self.rt.store.latest_epoch(job.job_id)
         if latest is None:
             return metric, math.nan
@@ -88,6 +94,8 @@ class JobQueries:
     def plan(self, job_id: str) -> co_pb2.JobPlan:
         job = self.jobs.require(job_id)
         spec = co_pb2.JobSpec.FromString(job.spec)
+        if spec.HasField("predict"):  # no shards: the model comes whole, as its initial state
+            return co_pb2.JobPlan(job_id=job.job_id, spec=spec, num_params=job.num_params)
         buffers = buffer_ranges(spec, len(job.shards))
         return co_pb2.JobPlan(
             job_id=job.job_id,
@@ -107,7 +115,10 @@ class JobQueries:
 
     def metrics(self, job_id: str) -> co_pb2.JobMetrics:
         job = self.jobs.require(job_id)
-        if job.state == st.RUNNING:
+        if predict_jobs.is_predict(job):  # where its time went, from its stored parts
+            metrics = co_pb2.JobMetrics(job_id=job_id)
+            metrics.predict_seconds.update(self.predictions.seconds(job_id, job.partitions))
+        elif job.state == st.RUNNING:
             metrics = live.stats(self.rt, job)
             with self.rt.lock:
                 metrics.workers.extend(self.rt.relief.speeds(job_id, self.rt.mono()))
@@ -147,9 +158,9 @@ class JobQueries:
         self, job_id: str, name: str, offset: int = 0, length: int = 0
     ) -> Iterator[bytes]:
         job = self.jobs.require(job_id)
-        if name not in (blobs.DATASET, blobs.INITIAL_STATE):
+        if name not in (blobs.DATASET, blobs.INITIAL_STATE, blobs.TEACHER):
             raise InvalidArgument(
-                f"blob {name!r} is unknown; expected 'dataset' or 'initial_state' "
+                f"blob {name!r} is unknown; expected 'dataset', 'initial_state' or 'teacher' "
                 "(the trained model comes from FetchModel)"
             )
         if name == blobs.DATASET and not self.rt.blobs.exists(job_id, name):
@@ -162,6 +173,11 @@ class JobQueries:
 
     def model_chunks(self, job_id: str) -> Iterator[bytes]:
         job = self.jobs.require(job_id)
+        if predict_jobs.is_predict(job):
+            raise FailedPrecondition(
+                f"job {job_id} is a predict job: it trained no model; its outputs come from "
+                "FetchPredictions (job.predictions())"
+            )
         chunk_bytes = self.rt.settings.chunk_bytes
         if job.state == st.COMPLETED:
             return self.rt.blobs.iter_chunks(job_id, blobs.MODEL, chunk_bytes)
@@ -175,6 +191,22 @@ class JobQueries:
             st.CANCELLED: "it was cancelled before training finished, so there is no trained model",
         }.get(job.state, "it has no model")
         raise FailedPrecondition(f"job {job_id} is {job.state}: {reason}")
+
+    def prediction_chunks(self, job_id: str) -> Iterator[co_pb2.PredictionChunk]:
+        """A completed predict job's outputs, in input order (checked before the first chunk)."""
+        job = self.jobs.require(job_id)
+        if not predict_jobs.is_predict(job):
+            raise FailedPrecondition(
+                f"job {job_id} is a training job: it has no predictions; score rows with it "
+                "through a predict job (job.predict(X))"
+            )
+        if job.state != st.COMPLETED:
+            why = "its partitions are still being scored" if job.state == st.RUNNING else ""
+            raise FailedPrecondition(
+                f"job {job_id} is {job.state}: its predictions are complete only once it has "
+                f"completed{f' ({why})' if why else ''}"
+            )
+        return self.predictions.chunks(job_id, job.partitions)
 
     def lookup_rows(self, job_id: str, name: str, ids: torch.Tensor) -> co_pb2.LookupRowsReply:
         """Rows of a table of a running job (from its shards) or a completed one (its model)."""
@@ -223,6 +255,8 @@ class JobQueries:
                     task = f"train e{lease.epoch}/p{lease.partition}"
                     if lease.end_batch:
                         task += f" b{lease.first_batch}-{lease.end_batch}"
+                elif lease.kind == PREDICT:
+                    task = f"predict p{lease.partition}"
                 else:
                     task = f"eval e{lease.epoch}"
                 job_id = lease.job_id if lease else ""

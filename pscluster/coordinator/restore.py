@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from pscluster.coordinator import predict_jobs
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.leases import Lease
@@ -29,15 +30,21 @@ def restore(jobs: JobManager) -> None:
     rt = jobs.rt
     for job in rt.store.list_jobs(st.RUNNING):
         final = rt.store.latest_epoch(job.job_id)
-        final_done = final is not None and final.epoch == job.epochs - 1
+        predict = predict_jobs.is_predict(job)
+        # A predict job owes no evaluation: its last partition scored, it is to be finished.
+        final_done = predict or (final is not None and final.epoch == job.epochs - 1)
         with rt.lock:
             if job.epoch >= job.epochs and final_done:
-                rt.executor.members.add_job(
-                    job.job_id, [p.address for p in job.shards], job.generation
-                )
+                if job.shards:
+                    rt.executor.members.add_job(
+                        job.job_id, [p.address for p in job.shards], job.generation
+                    )
                 jobs.to_finish.add(job.job_id)
                 continue
             jobs.schedule(job)
+        if predict:
+            log.info("predict job %s resumed", job.job_id)
+            continue
         # The shards' memberships are sent again, under a generation above the saved one, by
         # the job's pump (an unreachable shard does not delay the start; the pump retries).
         rt.executor.members.request(job.job_id)

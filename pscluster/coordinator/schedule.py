@@ -43,6 +43,9 @@ class Schedule:
     train_leases: dict[str, Unit] = field(default_factory=dict)  # lease id -> unit
     evals_pending: list[int] = field(default_factory=list)  # epochs, not leased, sorted
     eval_leases: dict[int, str] = field(default_factory=dict)  # epoch -> lease id
+    # False: a job whose epochs owe no evaluation (a predict job scores its one epoch's
+    # partitions and is done when the last one is).
+    evaluates: bool = True
 
     @classmethod
     def resume(
@@ -55,6 +58,7 @@ class Schedule:
         done: Iterable[int] = (),
         evals: Iterable[int] = (),
         batch_counts: Sequence[int] | None = None,
+        evaluates: bool = True,
     ) -> Schedule:
         """A job's schedule from the progress given (none: a new job), its epoch's units
         free; InvalidArgument, naming the job, for progress that cannot be the job's."""
@@ -76,7 +80,11 @@ class Schedule:
                 f"job {job_id}: batch_counts {counts} must give >= 1 batch for each of the "
                 f"{partitions} partitions"
             )
-        sched = cls(epochs, partitions, epoch, done_set, counts, evals_pending=owed)
+        if owed and not evaluates:
+            raise InvalidArgument(f"job {job_id}: evaluations {owed} owed by a job without them")
+        sched = cls(
+            epochs, partitions, epoch, done_set, counts, evals_pending=owed, evaluates=evaluates
+        )
         sched.start_epoch()
         return sched
 
@@ -168,7 +176,8 @@ class Schedule:
         if len(self.done) < self.partitions:
             return None
         closed = self.epoch
-        self.evals_pending = sorted({*self.evals_pending, closed})
+        if self.evaluates:
+            self.evals_pending = sorted({*self.evals_pending, closed})
         self.epoch += 1
         self.done = set()
         if not self.training_done:

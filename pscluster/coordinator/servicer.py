@@ -97,6 +97,12 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
             yield common_pb2.BlobChunk(blob="model", data=data)
 
     @grpc_errors
+    def FetchPredictions(
+        self, request: co_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[co_pb2.PredictionChunk]:
+        yield from self.c.queries.prediction_chunks(_job_id(request.job_id))
+
+    @grpc_errors
     def LookupRows(
         self, request: co_pb2.LookupRowsRequest, context: grpc.ServicerContext
     ) -> co_pb2.LookupRowsReply:
@@ -164,6 +170,13 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
                 metrics["accuracy"] = request.test_accuracy
         result = TaskResult(request.samples, metrics, tuple(request.versions))
         self.c.tasks.complete(request.worker_id, request.lease_id, result)
+        return co_pb2.CompleteTaskReply()
+
+    @grpc_errors
+    def CompletePrediction(
+        self, request_iterator: Iterator[co_pb2.PredictionChunk], context: grpc.ServicerContext
+    ) -> co_pb2.CompleteTaskReply:
+        self.c.tasks.complete_prediction(iter(request_iterator))
         return co_pb2.CompleteTaskReply()
 
     @grpc_errors

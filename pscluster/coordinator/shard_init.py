@@ -11,11 +11,13 @@ from pscluster.coordinator.model_spec import (
     buffer_layout_of,
     buffer_ranges,
     counter_spans_in,
+    hold_zero_spans,
     layout_of,
 )
 from pscluster.coordinator.spec import shard_optimizer
 from pscluster.coordinator.tables import shard_tables
 from pscluster.model import state
+from pscluster.model.partition import Range
 from pscluster.transport import wire
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
@@ -42,6 +44,7 @@ def shard_configs(
     values are its parameter range followed by the given rows of the tables it holds."""
     spec = co_pb2.JobSpec.FromString(job.spec)
     counters = buffer_layout_of(spec).counter_spans()
+    zeros = hold_zero_spans(spec, layout_of(spec))
     out = []
     ranges = buffer_ranges(spec, len(job.shards))
     for index, (part, brange) in enumerate(zip(job.shards, ranges, strict=True)):
@@ -61,6 +64,7 @@ def shard_configs(
             counters=counter_spans_in(counters, brange),
             initial_buffers=wire.encode_float64(buffers[brange.start : brange.end]),
             tables=table_configs,
+            hold_zeros=counter_spans_in(zeros, Range(part.start, part.length)),
         )
         if table_configs:
             config.sparse_optimizer.CopyFrom(spec.sparse_optimizer)

@@ -17,6 +17,7 @@ from pscluster.coordinator import blobs
 from pscluster.coordinator.model_spec import (
     buffer_layout_of,
     check_buffer_size,
+    hold_zero_spans,
     initial_state,
     validate_model,
 )
@@ -166,6 +167,7 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     if len(spec.name) > MAX_NAME:
         raise InvalidArgument(f"name has {len(spec.name)} characters; at most {MAX_NAME}")
     layout = validate_model(spec.model)
+    hold_zero_spans(spec, layout)  # names a trainable parameter each, or InvalidArgument
     dense = {p.name for p in spec.model.params} | {b.name for b in spec.model.buffers}
     validate_tables(spec, dense)
     # The shards' own rules (and their one list of modes), so a job the coordinator accepts

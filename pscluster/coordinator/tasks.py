@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from pscluster.coordinator import store as st
 from pscluster.coordinator.core.kinds import TaskResult, kind_of
 from pscluster.coordinator.core.scheduler import NotScheduled
 from pscluster.coordinator.jobs import JobManager
-from pscluster.coordinator.leases import Lease
+from pscluster.coordinator.leases import PREDICT, Lease
+from pscluster.coordinator.predict_jobs import partition_rows
+from pscluster.coordinator.predictions import PredictionStore
 from pscluster.coordinator.reports import StepReport, check_progress
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.workers import WorkerInfo
@@ -147,6 +149,28 @@ class TaskDispatcher:
         with rt.lock:
             actions = rt.core.complete(worker_id, lease_id, result, rt.mono(), rt.wall())
         rt.executor.run(actions)
+
+    def complete_prediction(self, chunks: Iterator[co_pb2.PredictionChunk]) -> None:
+        """Store a predict lease's outputs, then hand the lease in (:meth:`complete`).
+
+        The lease is checked before a byte is stored: a worker whose lease was revoked (it
+        was declared dead, the job was cancelled) has its upload refused at once."""
+        first = next(chunks, None)
+        if first is None or not first.worker_id or not first.lease_id:
+            raise InvalidArgument("the first chunk must name the worker_id and the lease_id")
+        rt = self.rt
+        with rt.lock:
+            lease = rt.book.lease(first.lease_id)
+        if lease is None or lease.worker_id != first.worker_id or lease.kind != PREDICT:
+            raise FailedPrecondition(
+                f"lease {first.lease_id} is not a predict lease held by worker "
+                f"{first.worker_id}; its outputs are not stored"
+            )
+        spec = co_pb2.JobSpec.FromString(self.jobs.require(lease.job_id).spec)
+        rows = partition_rows(spec, lease.partitions, lease.partition)
+        store = PredictionStore(rt.blobs, rt.settings.chunk_bytes)
+        part = store.write(lease.job_id, lease.partition, rows, first, chunks)
+        self.complete(first.worker_id, first.lease_id, TaskResult(samples=part.shape[0]))
 
     def report_progress(
         self,

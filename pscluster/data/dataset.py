@@ -27,7 +27,8 @@ from pscluster.errors import InvalidArgument
 from pscluster.model import state
 
 SPLITS = ("train", "test")
-_STRUCTURE = "x_structure"
+# Metadata: how the tensors of X fit together (one, a tuple or a dict: data.inputs.Structure).
+STRUCTURE_KEY = "x_structure"
 # Metadata: the seed whose partition order the training rows are stored in.
 TRAIN_ORDER = "train_order_seed"
 
@@ -41,9 +42,9 @@ class Dataset:
 
     @classmethod
     def from_arrays(cls, train: tuple[object, object], test: tuple[object, object]) -> Dataset:
-        tx = inputs.as_inputs(train[0], "train X", _as_tensor)
-        vx = inputs.as_inputs(test[0], "test X", _as_tensor)
-        ds = cls(tx, _as_tensor(train[1], "train y"), vx, _as_tensor(test[1], "test y"))
+        tx = inputs.as_inputs(train[0], "train X", as_tensor)
+        vx = inputs.as_inputs(test[0], "test X", as_tensor)
+        ds = cls(tx, as_tensor(train[1], "train y"), vx, as_tensor(test[1], "test y"))
         ds.validate()
         return ds
 
@@ -99,7 +100,7 @@ class Dataset:
         tensors: dict[str, torch.Tensor] = {}
         seen: set[int] = set()
         order = None if seed is None else torch.from_numpy(row_order(len(self.train_y), seed))
-        metadata = {_STRUCTURE: json.dumps(self.structure.to_json())}
+        metadata = {STRUCTURE_KEY: json.dumps(self.structure.to_json())}
         if seed is not None:
             metadata[TRAIN_ORDER] = str(seed)
         for key, t in self.tensors().items():
@@ -152,7 +153,7 @@ def structure_of(blob: bytes | bytearray) -> Structure:
 
 def structure_of_header(header: dict[str, Any]) -> Structure:
     """The input structure from a blob's header (no metadata: one input, as older SDKs sent)."""
-    raw = (header.get("__metadata__") or {}).get(_STRUCTURE)
+    raw = (header.get("__metadata__") or {}).get(STRUCTURE_KEY)
     if raw is None:
         return Structure("tensor")
     try:
@@ -194,7 +195,8 @@ def train_rows(path: str | os.PathLike[str]) -> int:
         return int(f.get_slice("train_y").get_shape()[0])
 
 
-def _as_tensor(a: object, name: str) -> torch.Tensor:
+def as_tensor(a: object, name: str) -> torch.Tensor:
+    """A user's array as the tensor a blob stores: float32 for floats, int64 for integers."""
     if isinstance(a, torch.Tensor):
         t = a.detach().cpu()
     else:

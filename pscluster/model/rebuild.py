@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pscluster.errors import InvalidArgument
-from pscluster.model import objective
+from pscluster.model import objective, state
 from pscluster.model.buffers import BufferLayout, dtype_name, parse_dtype
 from pscluster.model.bundle import CodeBundle
 from pscluster.model.hosted import host_tables, hosting
@@ -54,6 +54,19 @@ def describe(module: nn.Module) -> tuple[list[co_pb2.ParamInfo], list[co_pb2.Par
 def load_code(spec: co_pb2.ModelSpec) -> LoadedBundle:
     """The job's shipped code, imported once in isolation (model class and loss come from it)."""
     return LoadedBundle(CodeBundle.from_proto(spec))
+
+
+def trained_model(spec: co_pb2.ModelSpec, blob: bytearray) -> nn.Module:
+    """A finished model from its shipped code (imported in a bundle of its own) with the
+    saved state in ``blob`` loaded (strict), as a user builds the model they fetched: what
+    scores a predict job's rows and what teaches a distillation job's student."""
+    code = load_code(spec)
+    model = code.model_class(spec.class_name)(**parse_kwargs(spec.kwargs_json))
+    try:
+        model.load_state_dict(state.views(blob, "the model's state"), strict=True)
+    except RuntimeError as e:
+        raise ModelMismatch(f"the model's state does not load into {spec.class_name}: {e}") from e
+    return model
 
 
 def build_model(

@@ -50,6 +50,7 @@ def job_config(config: ps_pb2.ShardJobConfig) -> JobConfig:
         buffer_start=config.buffer_start,
         buffer_length=config.buffer_length,
         counters=tuple((span.start, span.length) for span in config.counters),
+        hold_zeros=tuple((span.start, span.length) for span in config.hold_zeros),
         tables=tuple(table_spec(t) for t in config.tables),
         sparse_optimizer=(
             parse_sparse_optimizer(config.sparse_optimizer) if config.tables else None

@@ -37,6 +37,9 @@ class JobConfig:
     # Embedding tables this shard holds rows of (pscluster.server.tables), and their optimizer.
     tables: tuple[TableSpec, ...] = ()
     sparse_optimizer: SparseOptimizerSpec | None = None
+    # (start, length) spans of the range whose exactly-zero initial values stay exactly zero
+    # (pscluster.server.zero_mask: a pruned model's fine-tune).
+    hold_zeros: tuple[tuple[int, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able, for checkpoints."""
@@ -48,6 +51,7 @@ class JobConfig:
         spec = dict(data["optimizer"])
         spec["betas"] = tuple(spec["betas"])
         counters = tuple((int(start), int(length)) for start, length in data.get("counters", ()))
+        zeros = tuple((int(start), int(length)) for start, length in data.get("hold_zeros", ()))
         tables = tuple(TableSpec.from_json(t) for t in data.get("tables", ()))
         sparse = data.get("sparse_optimizer")
         sparse_spec = None
@@ -58,6 +62,7 @@ class JobConfig:
                 **data,
                 "optimizer": OptimizerSpec(**spec),
                 "counters": counters,
+                "hold_zeros": zeros,
                 "tables": tables,
                 "sparse_optimizer": sparse_spec,
             }

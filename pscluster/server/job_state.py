@@ -27,6 +27,7 @@ from pscluster.server.snapshots import SnapshotCache
 from pscluster.server.stats import JobCounters
 from pscluster.server.tables.job_tables import JobTables
 from pscluster.server.tables.rows import RowGrads
+from pscluster.server.zero_mask import ZeroMask
 
 StateDict = tuple[dict[str, torch.Tensor], dict[str, Any]]
 
@@ -35,6 +36,7 @@ _BUFFERS = "buffers"
 _OPT = "opt."
 _POLICY = "policy."
 _TABLES = "tables."
+_ZEROS = "hold_zeros"
 
 
 class JobState:
@@ -64,6 +66,7 @@ class JobState:
         self.config = config
         self.policy = make_policy(config.mode, config.staleness, config.backup_workers)
         self.opt = FlatOptimizer(values, config.optimizer)
+        self.zeros = ZeroMask.of_zeros(values, config.hold_zeros)
         self.buffers = JobBuffers(buffers, config.counters)
         self.tables = _tables(config, tables)
         self.version = 0
@@ -111,6 +114,7 @@ class JobState:
                     rows.scale_(1 / (lag + 1))
         self.snapshots.before_update()
         self.opt.step(grad)
+        self.zeros.apply(self.opt.values)  # pruned weights: zero after every step, every mode
         if rows is not None:
             self.tables.apply(rows)
         self.buffers.apply(buffer_delta, len(pushes))  # never scaled by staleness
@@ -227,17 +231,21 @@ class JobState:
         data; the config is in it, so it alone rebuilds the job. ``checkpoint`` "full" or
         "delta" is the journal's read (see :meth:`JobTables.state_dict`): a "delta" holds
         only the table rows changed since the last checkpoint. ``copy`` False lends the
-        tables' own tensors: a new job's first checkpoint, which nothing can change while it
-        is written, costs no second copy of a 3 GB table."""
+        values' and the tables' own tensors: a new job's first checkpoint, which nothing can
+        change while it is written, costs no second copy of a 3 GB table or vector."""
         opt_tensors, opt_scalars = self.opt.state_tensors()
         policy_tensors, policy_meta = self.policy.state_dict()
-        tensors = {_VALUES: self.opt.values.clone()}
+        values, buffers = self.opt.values, self.buffers.values
+        tensors = {_VALUES: values.clone() if copy else values}
         if len(self.buffers):
-            tensors[_BUFFERS] = self.buffers.values.clone()
+            tensors[_BUFFERS] = buffers.clone() if copy else buffers
         tensors.update({_OPT + k: v for k, v in opt_tensors.items()})
         tensors.update({_POLICY + k: v for k, v in policy_tensors.items()})
         table_tensors, table_scalars = self.tables.state_dict(checkpoint, copy=copy)
         tensors.update({_TABLES + k: v for k, v in table_tensors.items()})
+        zeros = self.zeros.to_state()
+        if zeros is not None:
+            tensors[_ZEROS] = zeros
         meta = {
             "config": self.config.to_json(),
             "version": self.version,
@@ -268,6 +276,7 @@ class JobState:
         self.policy.load_state_dict(_prefixed(tensors, _POLICY), meta["policy"])
         if len(self.tables):
             self.tables.load_state_dict(_prefixed(tensors, _TABLES), meta["tables"])
+        self.zeros = ZeroMask.from_state(tensors.get(_ZEROS), self.config.length)
         self.version = int(meta["version"])
         self.generation = int(meta["generation"])
         self.clocks.load_state(meta["clocks"])

@@ -144,6 +144,7 @@ JOB_SCOPED = frozenset(
         "CancelJob",
         "GetMetrics",
         "FetchModel",
+        "FetchPredictions",
         "LookupRows",
         "GetJobPlan",
         "FetchBlob",

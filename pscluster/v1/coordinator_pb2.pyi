@@ -35,6 +35,8 @@ class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.Val
     """train on one partition of the data for one epoch"""
     TASK_KIND_EVAL: _TaskKind.ValueType  # 3
     """evaluate the current parameters on the test set"""
+    TASK_KIND_PREDICT: _TaskKind.ValueType  # 4
+    """score one partition of a predict job's inputs"""
 
 class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper): ...
 
@@ -45,6 +47,8 @@ TASK_KIND_TRAIN: TaskKind.ValueType  # 2
 """train on one partition of the data for one epoch"""
 TASK_KIND_EVAL: TaskKind.ValueType  # 3
 """evaluate the current parameters on the test set"""
+TASK_KIND_PREDICT: TaskKind.ValueType  # 4
+"""score one partition of a predict job's inputs"""
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
 @_typing.final
@@ -253,6 +257,9 @@ class JobSpec(_message.Message):
     INIT_FROM_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     SPARSE_OPTIMIZER_FIELD_NUMBER: _builtins.int
+    PREDICT_FIELD_NUMBER: _builtins.int
+    HOLD_ZEROS_FIELD_NUMBER: _builtins.int
+    DISTILL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     mode: _builtins.str
     """"async" | "sync" | "ssp" """
@@ -313,6 +320,27 @@ class JobSpec(_message.Message):
     def sparse_optimizer(self) -> _common_pb2.SparseOptimizerConfig:
         """The optimizer of the model's embedding tables (ModelSpec.tables); unset: none allowed."""
 
+    @_builtins.property
+    def predict(self) -> Global___PredictSpec:
+        """Set: a batch inference job, not a training job. Its "dataset" blob holds the inputs
+        (see PredictSpec), `partitions` cut them into leases, `batch_size` and `precision`
+        ("fp32" or "bf16") say how a worker scores them, and `loss` is the trained model's (it
+        decides what "probs" means). The training fields (mode, optimizer, epochs, ...) are unused.
+        """
+
+    @_builtins.property
+    def hold_zeros(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Trainable parameters (names in ModelSpec.params) whose zero entries in the initial state
+        stay exactly zero through training: the shards set them to zero again after every
+        optimizer step, in every mode (a pruned model's fine-tune, pscluster.model_compression).
+        """
+
+    @_builtins.property
+    def distill(self) -> Global___DistillSpec:
+        """Set: knowledge distillation. The job's model (the student) trains on the soft outputs
+        of a completed job's model (the teacher) besides its labels; see DistillSpec.
+        """
+
     def __init__(
         self,
         *,
@@ -338,14 +366,168 @@ class JobSpec(_message.Message):
         init_from: _builtins.str = ...,
         data: Global___DataSpec | None = ...,
         sparse_optimizer: _common_pb2.SparseOptimizerConfig | None = ...,
+        predict: Global___PredictSpec | None = ...,
+        hold_zeros: _abc.Iterable[_builtins.str] | None = ...,
+        distill: Global___DistillSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "data", b"data", "model", b"model", "optimizer", b"optimizer", "sparse_optimizer", b"sparse_optimizer", "stragglers", b"stragglers"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "data", b"data", "distill", b"distill", "model", b"model", "optimizer", b"optimizer", "predict", b"predict", "sparse_optimizer", b"sparse_optimizer", "stragglers", b"stragglers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "batch_size", b"batch_size", "compression", b"compression", "data", b"data", "epochs", b"epochs", "init_from", b"init_from", "local_steps", b"local_steps", "loss", b"loss", "loss_function", b"loss_function", "metric", b"metric", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "precision", b"precision", "seed", b"seed", "shards", b"shards", "sparse_optimizer", b"sparse_optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "stragglers", b"stragglers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "batch_size", b"batch_size", "compression", b"compression", "data", b"data", "distill", b"distill", "epochs", b"epochs", "hold_zeros", b"hold_zeros", "init_from", b"init_from", "local_steps", b"local_steps", "loss", b"loss", "loss_function", b"loss_function", "metric", b"metric", "mode", b"mode", "model", b"model", "name", b"name", "optimizer", b"optimizer", "partitions", b"partitions", "precision", b"precision", "predict", b"predict", "seed", b"seed", "shards", b"shards", "sparse_optimizer", b"sparse_optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "stragglers", b"stragglers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class DistillSpec(_message.Message):
+    """Knowledge distillation (Hinton et al. 2015): on every batch the workers run the teacher in
+    eval() under no_grad, and the student's loss is
+      alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * loss,
+    `loss` being the job's own (cross_entropy; bce_with_logits compares per-output sigmoids).
+    Evaluation measures the student alone, with the job's loss and metric.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEACHER_JOB_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    TEACHER_MODEL_FIELD_NUMBER: _builtins.int
+    teacher_job: _builtins.str
+    """the completed training job whose saved model teaches"""
+    temperature: _builtins.float
+    """T > 0: both outputs are softened by it"""
+    alpha: _builtins.float
+    """in [0, 1]: the weight of the soft loss"""
+    @_builtins.property
+    def teacher_model(self) -> Global___ModelSpec:
+        """The teacher's code, filled in by the coordinator from the teacher job's spec (anything
+        sent here is replaced). Its saved model is the job's "teacher" blob.
+        """
+
+    def __init__(
+        self,
+        *,
+        teacher_job: _builtins.str = ...,
+        temperature: _builtins.float = ...,
+        alpha: _builtins.float = ...,
+        teacher_model: Global___ModelSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["teacher_model", b"teacher_model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "teacher_job", b"teacher_job", "teacher_model", b"teacher_model", "temperature", b"temperature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DistillSpec: _TypeAlias = DistillSpec  # noqa: Y015
+
+@_typing.final
+class PredictSpec(_message.Message):
+    """What a predict job scores and what it returns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_JOB_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    model_job: _builtins.str
+    """The completed job whose trained model scores the rows (the coordinator fills `model` and
+    `loss` in from it). "": the model is the uploaded one, `model` its code and the
+    "initial_state" blob its state_dict.
+    """
+    output: _builtins.str
+    """"logits" (the model's output, float32), "probs" (softmax over dim 1; sigmoid for a single
+    output or a bce_with_logits model) or "argmax" (int64: the class of the largest output;
+    output > 0 for a single output).
+    """
+    rows: _builtins.int
+    """Rows of the inputs: the "dataset" blob holds "x" (one input) or "x/<key>" (several; the
+    structure in its metadata, as a training dataset's), rows in the order given.
+    """
+    def __init__(
+        self,
+        *,
+        model_job: _builtins.str = ...,
+        output: _builtins.str = ...,
+        rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_job", b"model_job", "output", b"output", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictSpec: _TypeAlias = PredictSpec  # noqa: Y015
+
+@_typing.final
+class PredictionChunk(_message.Message):
+    """A piece of a predict job's outputs, both ways: a worker handing a partition in
+    (CompletePrediction) and a client fetching them all (FetchPredictions).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SecondsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    """CompletePrediction, first chunk"""
+    lease_id: _builtins.str
+    """CompletePrediction, first chunk"""
+    dtype: _builtins.str
+    """first chunk: "float32" or "int64" """
+    data: _builtins.bytes
+    """little-endian, C order"""
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """first chunk: rows first"""
+
+    @_builtins.property
+    def seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """CompletePrediction, first chunk: the worker's seconds for this partition by phase:
+        "read" (its rows fetched), "score" (the model run), "load_model" (once per job and worker).
+        """
+
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+        dtype: _builtins.str = ...,
+        shape: _abc.Iterable[_builtins.int] | None = ...,
+        data: _builtins.bytes = ...,
+        seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dtype", b"dtype", "lease_id", b"lease_id", "seconds", b"seconds", "shape", b"shape", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictionChunk: _TypeAlias = PredictionChunk  # noqa: Y015
 
 @_typing.final
 class DataSpec(_message.Message):
@@ -576,6 +758,7 @@ class JobInfo(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
     METRIC_VALUE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     name: _builtins.str
     state: _builtins.str
@@ -609,6 +792,8 @@ class JobInfo(_message.Message):
     """what the job evaluates: "accuracy", "mse", "mae" or "loss" """
     metric_value: _builtins.float
     """its value at the latest evaluation; NaN before the first"""
+    kind: _builtins.str
+    """"train" or "predict" (JobSpec.predict)"""
     @_builtins.property
     def workers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """workers holding a lease on this job"""
@@ -636,10 +821,11 @@ class JobInfo(_message.Message):
         token: _builtins.str = ...,
         metric: _builtins.str = ...,
         metric_value: _builtins.float = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix", b"created_unix", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "finished_unix", b"finished_unix", "job_id", b"job_id", "last_loss", b"last_loss", "metric", b"metric", "metric_value", b"metric_value", "mode", b"mode", "name", b"name", "num_params", b"num_params", "progress", b"progress", "started_unix", b"started_unix", "state", b"state", "status_message", b"status_message", "steps", b"steps", "test_accuracy", b"test_accuracy", "token", b"token", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix", b"created_unix", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "finished_unix", b"finished_unix", "job_id", b"job_id", "kind", b"kind", "last_loss", b"last_loss", "metric", b"metric", "metric_value", b"metric_value", "mode", b"mode", "name", b"name", "num_params", b"num_params", "progress", b"progress", "started_unix", b"started_unix", "state", b"state", "status_message", b"status_message", "steps", b"steps", "test_accuracy", b"test_accuracy", "token", b"token", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -960,6 +1146,26 @@ class JobMetrics(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class PredictSecondsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     EPOCHS_FIELD_NUMBER: _builtins.int
@@ -976,6 +1182,7 @@ class JobMetrics(_message.Message):
     WORKERS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     BATCHES_DROPPED_FIELD_NUMBER: _builtins.int
+    PREDICT_SECONDS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     pushes_applied: _builtins.int
     bytes_pushed: _builtins.int
@@ -1007,6 +1214,12 @@ class JobMetrics(_message.Message):
     def batches_dropped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Batches the workers dropped without training on them, by reason (see LeaseProgress)."""
 
+    @_builtins.property
+    def predict_seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """A predict job: seconds by phase summed over its partitions as stored: the workers'
+        "load_model", "read" and "score", and the coordinator's "receive" (the outputs' upload).
+        """
+
     def __init__(
         self,
         *,
@@ -1026,10 +1239,11 @@ class JobMetrics(_message.Message):
         workers: _abc.Iterable[Global___WorkerSpeed] | None = ...,
         events: _abc.Iterable[Global___JobEvent] | None = ...,
         batches_dropped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        predict_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_dropped", b"batches_dropped", "bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "clock_staleness", b"clock_staleness", "epochs", b"epochs", "events", b"events", "job_id", b"job_id", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_by_worker", b"pushes_by_worker", "pushes_rejected", b"pushes_rejected", "shards", b"shards", "staleness", b"staleness", "steps", b"steps", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_dropped", b"batches_dropped", "bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "clock_staleness", b"clock_staleness", "epochs", b"epochs", "events", b"events", "job_id", b"job_id", "predict_seconds", b"predict_seconds", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_by_worker", b"pushes_by_worker", "pushes_rejected", b"pushes_rejected", "shards", b"shards", "staleness", b"staleness", "steps", b"steps", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1640,7 +1854,7 @@ class FetchBlobRequest(_message.Message):
     LENGTH_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     blob: _builtins.str
-    """"dataset" | "initial_state" """
+    """"dataset" | "initial_state" | "teacher" (JobSpec.distill)"""
     offset: _builtins.int
     """A byte range of the blob (a worker reads the header, then only the rows of the
     partitions it leases); both 0: the whole blob. OUT_OF_RANGE past its end.

@@ -65,6 +65,11 @@ class CoordinatorStub:
                 request_serializer=pscluster_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=pscluster_dot_v1_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.FetchPredictions = channel.unary_stream(
+                '/pscluster.v1.Coordinator/FetchPredictions',
+                request_serializer=pscluster_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_coordinator__pb2.PredictionChunk.FromString,
+                _registered_method=True)
         self.LookupRows = channel.unary_unary(
                 '/pscluster.v1.Coordinator/LookupRows',
                 request_serializer=pscluster_dot_v1_dot_coordinator__pb2.LookupRowsRequest.SerializeToString,
@@ -93,6 +98,11 @@ class CoordinatorStub:
         self.CompleteTask = channel.unary_unary(
                 '/pscluster.v1.Coordinator/CompleteTask',
                 request_serializer=pscluster_dot_v1_dot_coordinator__pb2.CompleteTaskRequest.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_coordinator__pb2.CompleteTaskReply.FromString,
+                _registered_method=True)
+        self.CompletePrediction = channel.stream_unary(
+                '/pscluster.v1.Coordinator/CompletePrediction',
+                request_serializer=pscluster_dot_v1_dot_coordinator__pb2.PredictionChunk.SerializeToString,
                 response_deserializer=pscluster_dot_v1_dot_coordinator__pb2.CompleteTaskReply.FromString,
                 _registered_method=True)
         self.ReportProgress = channel.unary_unary(
@@ -165,6 +175,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchPredictions(self, request, context):
+        """A completed predict job's outputs (JobSpec.predict), in the order of its input rows:
+        the first chunk gives the dtype and shape of the whole array, every chunk carries bytes
+        of it. FAILED_PRECONDITION for a job that is not a completed predict job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def LookupRows(self, request, context):
         """Rows of one of a job's embedding tables by id, without fetching the table: from the
         shards while the job runs, from its saved model once it completed. INVALID_ARGUMENT for
@@ -195,7 +214,7 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AcquireTask(self, request, context):
-        """The next thing to do: train on a partition, evaluate, or wait.
+        """The next thing to do: train on a partition, evaluate, score a partition, or wait.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,6 +223,16 @@ class CoordinatorServicer:
     def CompleteTask(self, request, context):
         """Returns a lease: the partition is done (train) or the accuracy is measured (eval).
         FAILED_PRECONDITION if the lease has expired or was revoked; the work is then discarded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompletePrediction(self, request_iterator, context):
+        """Returns a predict lease with its outputs: the first chunk names the worker and the lease
+        and gives the dtype and shape of the partition's outputs; the chunks carry their bytes.
+        Stored, then the lease is completed as by CompleteTask (FAILED_PRECONDITION if it no
+        longer stands; INVALID_ARGUMENT if the outputs do not fit the partition).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -279,6 +308,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.GetJobRequest.FromString,
                     response_serializer=pscluster_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
             ),
+            'FetchPredictions': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchPredictions,
+                    request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.GetJobRequest.FromString,
+                    response_serializer=pscluster_dot_v1_dot_coordinator__pb2.PredictionChunk.SerializeToString,
+            ),
             'LookupRows': grpc.unary_unary_rpc_method_handler(
                     servicer.LookupRows,
                     request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.LookupRowsRequest.FromString,
@@ -307,6 +341,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
             'CompleteTask': grpc.unary_unary_rpc_method_handler(
                     servicer.CompleteTask,
                     request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.CompleteTaskRequest.FromString,
+                    response_serializer=pscluster_dot_v1_dot_coordinator__pb2.CompleteTaskReply.SerializeToString,
+            ),
+            'CompletePrediction': grpc.stream_unary_rpc_method_handler(
+                    servicer.CompletePrediction,
+                    request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.PredictionChunk.FromString,
                     response_serializer=pscluster_dot_v1_dot_coordinator__pb2.CompleteTaskReply.SerializeToString,
             ),
             'ReportProgress': grpc.unary_unary_rpc_method_handler(
@@ -508,6 +547,33 @@ class Coordinator:
             _registered_method=True)
 
     @staticmethod
+    def FetchPredictions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pscluster.v1.Coordinator/FetchPredictions',
+            pscluster_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
+            pscluster_dot_v1_dot_coordinator__pb2.PredictionChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def LookupRows(request,
             target,
             options=(),
@@ -658,6 +724,33 @@ class Coordinator:
             target,
             '/pscluster.v1.Coordinator/CompleteTask',
             pscluster_dot_v1_dot_coordinator__pb2.CompleteTaskRequest.SerializeToString,
+            pscluster_dot_v1_dot_coordinator__pb2.CompleteTaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompletePrediction(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/pscluster.v1.Coordinator/CompletePrediction',
+            pscluster_dot_v1_dot_coordinator__pb2.PredictionChunk.SerializeToString,
             pscluster_dot_v1_dot_coordinator__pb2.CompleteTaskReply.FromString,
             options,
             channel_credentials,

@@ -45,6 +45,11 @@ class CoordinatorStub:
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.JobMetrics]
     FetchModel: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.GetJobRequest, _common_pb2.BlobChunk]
     """The trained model's state_dict as one safetensors blob ("model"), in chunks."""
+    FetchPredictions: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.PredictionChunk]
+    """A completed predict job's outputs (JobSpec.predict), in the order of its input rows:
+    the first chunk gives the dtype and shape of the whole array, every chunk carries bytes
+    of it. FAILED_PRECONDITION for a job that is not a completed predict job.
+    """
     LookupRows: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.LookupRowsRequest, _coordinator_pb2.LookupRowsReply]
     """Rows of one of a job's embedding tables by id, without fetching the table: from the
     shards while the job runs, from its saved model once it completed. INVALID_ARGUMENT for
@@ -56,10 +61,16 @@ class CoordinatorStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.HeartbeatRequest, _coordinator_pb2.HeartbeatReply]
     """Renews the worker's liveness and its leases. `known` false: register again."""
     AcquireTask: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.AcquireTaskRequest, _coordinator_pb2.Task]
-    """The next thing to do: train on a partition, evaluate, or wait."""
+    """The next thing to do: train on a partition, evaluate, score a partition, or wait."""
     CompleteTask: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CompleteTaskRequest, _coordinator_pb2.CompleteTaskReply]
     """Returns a lease: the partition is done (train) or the accuracy is measured (eval).
     FAILED_PRECONDITION if the lease has expired or was revoked; the work is then discarded.
+    """
+    CompletePrediction: _grpc.StreamUnaryMultiCallable[_coordinator_pb2.PredictionChunk, _coordinator_pb2.CompleteTaskReply]
+    """Returns a predict lease with its outputs: the first chunk names the worker and the lease
+    and gives the dtype and shape of the partition's outputs; the chunks carry their bytes.
+    Stored, then the lease is completed as by CompleteTask (FAILED_PRECONDITION if it no
+    longer stands; INVALID_ARGUMENT if the outputs do not fit the partition).
     """
     ReportProgress: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ReportProgressRequest, _coordinator_pb2.ReportProgressReply]
     ReportFailure: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ReportFailureRequest, _coordinator_pb2.ReportFailureReply]
@@ -90,6 +101,11 @@ class CoordinatorAsyncStub(CoordinatorStub):
     GetMetrics: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.JobMetrics]  # type: ignore[assignment]
     FetchModel: _aio.UnaryStreamMultiCallable[_coordinator_pb2.GetJobRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
     """The trained model's state_dict as one safetensors blob ("model"), in chunks."""
+    FetchPredictions: _aio.UnaryStreamMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.PredictionChunk]  # type: ignore[assignment]
+    """A completed predict job's outputs (JobSpec.predict), in the order of its input rows:
+    the first chunk gives the dtype and shape of the whole array, every chunk carries bytes
+    of it. FAILED_PRECONDITION for a job that is not a completed predict job.
+    """
     LookupRows: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.LookupRowsRequest, _coordinator_pb2.LookupRowsReply]  # type: ignore[assignment]
     """Rows of one of a job's embedding tables by id, without fetching the table: from the
     shards while the job runs, from its saved model once it completed. INVALID_ARGUMENT for
@@ -101,10 +117,16 @@ class CoordinatorAsyncStub(CoordinatorStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.HeartbeatRequest, _coordinator_pb2.HeartbeatReply]  # type: ignore[assignment]
     """Renews the worker's liveness and its leases. `known` false: register again."""
     AcquireTask: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.AcquireTaskRequest, _coordinator_pb2.Task]  # type: ignore[assignment]
-    """The next thing to do: train on a partition, evaluate, or wait."""
+    """The next thing to do: train on a partition, evaluate, score a partition, or wait."""
     CompleteTask: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CompleteTaskRequest, _coordinator_pb2.CompleteTaskReply]  # type: ignore[assignment]
     """Returns a lease: the partition is done (train) or the accuracy is measured (eval).
     FAILED_PRECONDITION if the lease has expired or was revoked; the work is then discarded.
+    """
+    CompletePrediction: _aio.StreamUnaryMultiCallable[_coordinator_pb2.PredictionChunk, _coordinator_pb2.CompleteTaskReply]  # type: ignore[assignment]
+    """Returns a predict lease with its outputs: the first chunk names the worker and the lease
+    and gives the dtype and shape of the partition's outputs; the chunks carry their bytes.
+    Stored, then the lease is completed as by CompleteTask (FAILED_PRECONDITION if it no
+    longer stands; INVALID_ARGUMENT if the outputs do not fit the partition).
     """
     ReportProgress: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ReportProgressRequest, _coordinator_pb2.ReportProgressReply]  # type: ignore[assignment]
     ReportFailure: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ReportFailureRequest, _coordinator_pb2.ReportFailureReply]  # type: ignore[assignment]
@@ -170,6 +192,17 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         """The trained model's state_dict as one safetensors blob ("model"), in chunks."""
 
     @_abc_1.abstractmethod
+    def FetchPredictions(
+        self,
+        request: _coordinator_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.PredictionChunk], _abc.AsyncIterator[_coordinator_pb2.PredictionChunk]]:
+        """A completed predict job's outputs (JobSpec.predict), in the order of its input rows:
+        the first chunk gives the dtype and shape of the whole array, every chunk carries bytes
+        of it. FAILED_PRECONDITION for a job that is not a completed predict job.
+        """
+
+    @_abc_1.abstractmethod
     def LookupRows(
         self,
         request: _coordinator_pb2.LookupRowsRequest,
@@ -209,7 +242,7 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.AcquireTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.Task, _abc.Awaitable[_coordinator_pb2.Task]]:
-        """The next thing to do: train on a partition, evaluate, or wait."""
+        """The next thing to do: train on a partition, evaluate, score a partition, or wait."""
 
     @_abc_1.abstractmethod
     def CompleteTask(
@@ -219,6 +252,18 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_coordinator_pb2.CompleteTaskReply, _abc.Awaitable[_coordinator_pb2.CompleteTaskReply]]:
         """Returns a lease: the partition is done (train) or the accuracy is measured (eval).
         FAILED_PRECONDITION if the lease has expired or was revoked; the work is then discarded.
+        """
+
+    @_abc_1.abstractmethod
+    def CompletePrediction(
+        self,
+        request_iterator: _MaybeAsyncIterator[_coordinator_pb2.PredictionChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.CompleteTaskReply, _abc.Awaitable[_coordinator_pb2.CompleteTaskReply]]:
+        """Returns a predict lease with its outputs: the first chunk names the worker and the lease
+        and gives the dtype and shape of the partition's outputs; the chunks carry their bytes.
+        Stored, then the lease is completed as by CompleteTask (FAILED_PRECONDITION if it no
+        longer stands; INVALID_ARGUMENT if the outputs do not fit the partition).
         """
 
     @_abc_1.abstractmethod

@@ -25,51 +25,51 @@ _sym_db = _symbol_database.Default()
 from pscluster.v1 import common_pb2 as pscluster_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#pscluster/v1/parameter_server.proto\x12\x0cpscluster.v1\x1a\x19pscluster/v1/common.proto\"\xd2\x03\n\x0eShardJobConfig\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x11\n\tstaleness\x18\x05 \x01(\r\x12\x30\n\toptimizer\x18\x06 \x01(\x0b\x32\x1d.pscluster.v1.OptimizerConfig\x12\x34\n\x0b\x63ompression\x18\x07 \x01(\x0b\x32\x1f.pscluster.v1.CompressionConfig\x12\x16\n\x0e\x62\x61\x63kup_workers\x18\x08 \x01(\r\x12\x1a\n\x12staleness_aware_lr\x18\t \x01(\x08\x12\x14\n\x0c\x62uffer_start\x18\n \x01(\x04\x12\x15\n\rbuffer_length\x18\x0b \x01(\x04\x12$\n\x08\x63ounters\x18\x0c \x03(\x0b\x32\x12.pscluster.v1.Span\x12\x17\n\x0finitial_buffers\x18\r \x01(\x0c\x12)\n\x06tables\x18\x0e \x03(\x0b\x32\x19.pscluster.v1.TableConfig\x12=\n\x10sparse_optimizer\x18\x0f \x01(\x0b\x32#.pscluster.v1.SparseOptimizerConfig\"\x92\x02\n\x0bTableConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08num_rows\x18\x02 \x01(\x04\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x0e\n\x06shards\x18\x04 \x01(\r\x12\x13\n\x0bshard_index\x18\x05 \x01(\r\x12\x15\n\rinitial_given\x18\x06 \x01(\x08\x12\x11\n\tinit_seed\x18\x07 \x01(\x04\x12\x13\n\x0bhas_padding\x18\x08 \x01(\x08\x12\x13\n\x0bpadding_idx\x18\t \x01(\x04\x12\x0f\n\x07\x64ynamic\x18\n \x01(\x08\x12\x10\n\x08init_std\x18\x0b \x01(\x02\x12\x13\n\x0b\x61\x64mit_after\x18\x0c \x01(\r\x12\x13\n\x0b\x65vict_after\x18\r \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x0e \x01(\x04\"%\n\x04Span\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\"V\n\x0cInitJobChunk\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.pscluster.v1.ShardJobConfigH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"1\n\x0cInitJobReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x01\"h\n\x11SetMembersRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nworker_ids\x18\x02 \x03(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x1b\n\x13\x65xcluded_worker_ids\x18\x04 \x03(\t\"%\n\x0fSetMembersReply\x12\x12\n\ngeneration\x18\x01 \x01(\x04\"~\n\x0bPullRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0bmin_version\x18\x03 \x01(\x04\x12\"\n\x05\x64type\x18\x04 \x01(\x0e\x32\x13.pscluster.v1.DType\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\r\"\xb3\x01\n\nPullHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05\x63lock\x18\x02 \x01(\x04\x12\r\n\x05start\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\"\n\x05\x64type\x18\x05 \x01(\x0e\x32\x13.pscluster.v1.DType\x12\x16\n\x0ewaited_seconds\x18\x06 \x01(\x01\x12\x0f\n\x07\x62uffers\x18\x07 \x01(\x0c\x12\x0c\n\x04rows\x18\x08 \x01(\x04\x12\x0b\n\x03\x64im\x18\t \x01(\r\"\x94\x01\n\rLookupRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\r\x12\x0b\n\x03ids\x18\x03 \x01(\x0c\x12\"\n\x05\x64type\x18\x04 \x01(\x0e\x32\x13.pscluster.v1.DType\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\r\x12\x10\n\x08\x61ll_rows\x18\x06 \x01(\x08\x12\x0c\n\x04peek\x18\x07 \x01(\x08\"L\n\x08RowBlock\x12\r\n\x05table\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\"\n\x05\x64type\x18\x03 \x01(\x0e\x32\x13.pscluster.v1.DType\"O\n\tPullChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.pscluster.v1.PullHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xa4\x02\n\nPushHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x04\x12\x12\n\nbase_clock\x18\x05 \x01(\x04\x12\x0e\n\x06length\x18\x06 \x01(\x04\x12\"\n\x05\x64type\x18\x07 \x01(\x0e\x32\x13.pscluster.v1.DType\x12\x12\n\nbatch_size\x18\x08 \x01(\r\x12\r\n\x05\x63odec\x18\t \x01(\t\x12\x15\n\rpayload_bytes\x18\n \x01(\x04\x12\x14\n\x0c\x62uffer_delta\x18\x0b \x01(\x0c\x12\x12\n\ngrad_scale\x18\x0c \x01(\x01\x12$\n\x04rows\x18\r \x03(\x0b\x32\x16.pscluster.v1.RowBlock\"O\n\tPushChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.pscluster.v1.PushHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x90\x01\n\tPushReply\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.pscluster.v1.PushOutcome\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05\x63lock\x18\x03 \x01(\x04\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x14\n\x0cnext_version\x18\x06 \x01(\x04\"!\n\x0fJobStatsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\" \n\x0e\x44ropJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x0e\n\x0c\x44ropJobReply*\xb0\x01\n\x0bPushOutcome\x12\x1c\n\x18PUSH_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14PUSH_OUTCOME_APPLIED\x10\x01\x12\x19\n\x15PUSH_OUTCOME_BUFFERED\x10\x02\x12\x16\n\x12PUSH_OUTCOME_STALE\x10\x03\x12\x15\n\x11PUSH_OUTCOME_LATE\x10\x04\x12\x1f\n\x1bPUSH_OUTCOME_ALREADY_PUSHED\x10\x05\x32\xf0\x03\n\x0fParameterServer\x12\x43\n\x07InitJob\x12\x1a.pscluster.v1.InitJobChunk\x1a\x1a.pscluster.v1.InitJobReply(\x01\x12L\n\nSetMembers\x12\x1f.pscluster.v1.SetMembersRequest\x1a\x1d.pscluster.v1.SetMembersReply\x12<\n\x04Pull\x12\x19.pscluster.v1.PullRequest\x1a\x17.pscluster.v1.PullChunk0\x01\x12:\n\x04Push\x12\x17.pscluster.v1.PushChunk\x1a\x17.pscluster.v1.PushReply(\x01\x12I\n\x0bGetJobStats\x12\x1d.pscluster.v1.JobStatsRequest\x1a\x1b.pscluster.v1.ShardJobStats\x12@\n\x06Lookup\x12\x1b.pscluster.v1.LookupRequest\x1a\x17.pscluster.v1.PullChunk0\x01\x12\x43\n\x07\x44ropJob\x12\x1c.pscluster.v1.DropJobRequest\x1a\x1a.pscluster.v1.DropJobReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#pscluster/v1/parameter_server.proto\x12\x0cpscluster.v1\x1a\x19pscluster/v1/common.proto\"\xfa\x03\n\x0eShardJobConfig\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x11\n\tstaleness\x18\x05 \x01(\r\x12\x30\n\toptimizer\x18\x06 \x01(\x0b\x32\x1d.pscluster.v1.OptimizerConfig\x12\x34\n\x0b\x63ompression\x18\x07 \x01(\x0b\x32\x1f.pscluster.v1.CompressionConfig\x12\x16\n\x0e\x62\x61\x63kup_workers\x18\x08 \x01(\r\x12\x1a\n\x12staleness_aware_lr\x18\t \x01(\x08\x12\x14\n\x0c\x62uffer_start\x18\n \x01(\x04\x12\x15\n\rbuffer_length\x18\x0b \x01(\x04\x12$\n\x08\x63ounters\x18\x0c \x03(\x0b\x32\x12.pscluster.v1.Span\x12\x17\n\x0finitial_buffers\x18\r \x01(\x0c\x12)\n\x06tables\x18\x0e \x03(\x0b\x32\x19.pscluster.v1.TableConfig\x12=\n\x10sparse_optimizer\x18\x0f \x01(\x0b\x32#.pscluster.v1.SparseOptimizerConfig\x12&\n\nhold_zeros\x18\x10 \x03(\x0b\x32\x12.pscluster.v1.Span\"\x92\x02\n\x0bTableConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08num_rows\x18\x02 \x01(\x04\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x0e\n\x06shards\x18\x04 \x01(\r\x12\x13\n\x0bshard_index\x18\x05 \x01(\r\x12\x15\n\rinitial_given\x18\x06 \x01(\x08\x12\x11\n\tinit_seed\x18\x07 \x01(\x04\x12\x13\n\x0bhas_padding\x18\x08 \x01(\x08\x12\x13\n\x0bpadding_idx\x18\t \x01(\x04\x12\x0f\n\x07\x64ynamic\x18\n \x01(\x08\x12\x10\n\x08init_std\x18\x0b \x01(\x02\x12\x13\n\x0b\x61\x64mit_after\x18\x0c \x01(\r\x12\x13\n\x0b\x65vict_after\x18\r \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x0e \x01(\x04\"%\n\x04Span\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\"V\n\x0cInitJobChunk\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.pscluster.v1.ShardJobConfigH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"1\n\x0cInitJobReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x01\"h\n\x11SetMembersRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nworker_ids\x18\x02 \x03(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x1b\n\x13\x65xcluded_worker_ids\x18\x04 \x03(\t\"%\n\x0fSetMembersReply\x12\x12\n\ngeneration\x18\x01 \x01(\x04\"~\n\x0bPullRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0bmin_version\x18\x03 \x01(\x04\x12\"\n\x05\x64type\x18\x04 \x01(\x0e\x32\x13.pscluster.v1.DType\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\r\"\xb3\x01\n\nPullHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05\x63lock\x18\x02 \x01(\x04\x12\r\n\x05start\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\"\n\x05\x64type\x18\x05 \x01(\x0e\x32\x13.pscluster.v1.DType\x12\x16\n\x0ewaited_seconds\x18\x06 \x01(\x01\x12\x0f\n\x07\x62uffers\x18\x07 \x01(\x0c\x12\x0c\n\x04rows\x18\x08 \x01(\x04\x12\x0b\n\x03\x64im\x18\t \x01(\r\"\x94\x01\n\rLookupRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\r\x12\x0b\n\x03ids\x18\x03 \x01(\x0c\x12\"\n\x05\x64type\x18\x04 \x01(\x0e\x32\x13.pscluster.v1.DType\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\r\x12\x10\n\x08\x61ll_rows\x18\x06 \x01(\x08\x12\x0c\n\x04peek\x18\x07 \x01(\x08\"L\n\x08RowBlock\x12\r\n\x05table\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\"\n\x05\x64type\x18\x03 \x01(\x0e\x32\x13.pscluster.v1.DType\"O\n\tPullChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.pscluster.v1.PullHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xa4\x02\n\nPushHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x04\x12\x12\n\nbase_clock\x18\x05 \x01(\x04\x12\x0e\n\x06length\x18\x06 \x01(\x04\x12\"\n\x05\x64type\x18\x07 \x01(\x0e\x32\x13.pscluster.v1.DType\x12\x12\n\nbatch_size\x18\x08 \x01(\r\x12\r\n\x05\x63odec\x18\t \x01(\t\x12\x15\n\rpayload_bytes\x18\n \x01(\x04\x12\x14\n\x0c\x62uffer_delta\x18\x0b \x01(\x0c\x12\x12\n\ngrad_scale\x18\x0c \x01(\x01\x12$\n\x04rows\x18\r \x03(\x0b\x32\x16.pscluster.v1.RowBlock\"O\n\tPushChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.pscluster.v1.PushHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x90\x01\n\tPushReply\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.pscluster.v1.PushOutcome\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05\x63lock\x18\x03 \x01(\x04\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x14\n\x0cnext_version\x18\x06 \x01(\x04\"!\n\x0fJobStatsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\" \n\x0e\x44ropJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x0e\n\x0c\x44ropJobReply*\xb0\x01\n\x0bPushOutcome\x12\x1c\n\x18PUSH_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14PUSH_OUTCOME_APPLIED\x10\x01\x12\x19\n\x15PUSH_OUTCOME_BUFFERED\x10\x02\x12\x16\n\x12PUSH_OUTCOME_STALE\x10\x03\x12\x15\n\x11PUSH_OUTCOME_LATE\x10\x04\x12\x1f\n\x1bPUSH_OUTCOME_ALREADY_PUSHED\x10\x05\x32\xf0\x03\n\x0fParameterServer\x12\x43\n\x07InitJob\x12\x1a.pscluster.v1.InitJobChunk\x1a\x1a.pscluster.v1.InitJobReply(\x01\x12L\n\nSetMembers\x12\x1f.pscluster.v1.SetMembersRequest\x1a\x1d.pscluster.v1.SetMembersReply\x12<\n\x04Pull\x12\x19.pscluster.v1.PullRequest\x1a\x17.pscluster.v1.PullChunk0\x01\x12:\n\x04Push\x12\x17.pscluster.v1.PushChunk\x1a\x17.pscluster.v1.PushReply(\x01\x12I\n\x0bGetJobStats\x12\x1d.pscluster.v1.JobStatsRequest\x1a\x1b.pscluster.v1.ShardJobStats\x12@\n\x06Lookup\x12\x1b.pscluster.v1.LookupRequest\x1a\x17.pscluster.v1.PullChunk0\x01\x12\x43\n\x07\x44ropJob\x12\x1c.pscluster.v1.DropJobRequest\x1a\x1a.pscluster.v1.DropJobReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pscluster.v1.parameter_server_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUSHOUTCOME']._serialized_start=2378
-  _globals['_PUSHOUTCOME']._serialized_end=2554
+  _globals['_PUSHOUTCOME']._serialized_start=2418
+  _globals['_PUSHOUTCOME']._serialized_end=2594
   _globals['_SHARDJOBCONFIG']._serialized_start=81
-  _globals['_SHARDJOBCONFIG']._serialized_end=547
-  _globals['_TABLECONFIG']._serialized_start=550
-  _globals['_TABLECONFIG']._serialized_end=824
-  _globals['_SPAN']._serialized_start=826
-  _globals['_SPAN']._serialized_end=863
-  _globals['_INITJOBCHUNK']._serialized_start=865
-  _globals['_INITJOBCHUNK']._serialized_end=951
-  _globals['_INITJOBREPLY']._serialized_start=953
-  _globals['_INITJOBREPLY']._serialized_end=1002
-  _globals['_SETMEMBERSREQUEST']._serialized_start=1004
-  _globals['_SETMEMBERSREQUEST']._serialized_end=1108
-  _globals['_SETMEMBERSREPLY']._serialized_start=1110
-  _globals['_SETMEMBERSREPLY']._serialized_end=1147
-  _globals['_PULLREQUEST']._serialized_start=1149
-  _globals['_PULLREQUEST']._serialized_end=1275
-  _globals['_PULLHEADER']._serialized_start=1278
-  _globals['_PULLHEADER']._serialized_end=1457
-  _globals['_LOOKUPREQUEST']._serialized_start=1460
-  _globals['_LOOKUPREQUEST']._serialized_end=1608
-  _globals['_ROWBLOCK']._serialized_start=1610
-  _globals['_ROWBLOCK']._serialized_end=1686
-  _globals['_PULLCHUNK']._serialized_start=1688
-  _globals['_PULLCHUNK']._serialized_end=1767
-  _globals['_PUSHHEADER']._serialized_start=1770
-  _globals['_PUSHHEADER']._serialized_end=2062
-  _globals['_PUSHCHUNK']._serialized_start=2064
-  _globals['_PUSHCHUNK']._serialized_end=2143
-  _globals['_PUSHREPLY']._serialized_start=2146
-  _globals['_PUSHREPLY']._serialized_end=2290
-  _globals['_JOBSTATSREQUEST']._serialized_start=2292
-  _globals['_JOBSTATSREQUEST']._serialized_end=2325
-  _globals['_DROPJOBREQUEST']._serialized_start=2327
-  _globals['_DROPJOBREQUEST']._serialized_end=2359
-  _globals['_DROPJOBREPLY']._serialized_start=2361
-  _globals['_DROPJOBREPLY']._serialized_end=2375
-  _globals['_PARAMETERSERVER']._serialized_start=2557
-  _globals['_PARAMETERSERVER']._serialized_end=3053
+  _globals['_SHARDJOBCONFIG']._serialized_end=587
+  _globals['_TABLECONFIG']._serialized_start=590
+  _globals['_TABLECONFIG']._serialized_end=864
+  _globals['_SPAN']._serialized_start=866
+  _globals['_SPAN']._serialized_end=903
+  _globals['_INITJOBCHUNK']._serialized_start=905
+  _globals['_INITJOBCHUNK']._serialized_end=991
+  _globals['_INITJOBREPLY']._serialized_start=993
+  _globals['_INITJOBREPLY']._serialized_end=1042
+  _globals['_SETMEMBERSREQUEST']._serialized_start=1044
+  _globals['_SETMEMBERSREQUEST']._serialized_end=1148
+  _globals['_SETMEMBERSREPLY']._serialized_start=1150
+  _globals['_SETMEMBERSREPLY']._serialized_end=1187
+  _globals['_PULLREQUEST']._serialized_start=1189
+  _globals['_PULLREQUEST']._serialized_end=1315
+  _globals['_PULLHEADER']._serialized_start=1318
+  _globals['_PULLHEADER']._serialized_end=1497
+  _globals['_LOOKUPREQUEST']._serialized_start=1500
+  _globals['_LOOKUPREQUEST']._serialized_end=1648
+  _globals['_ROWBLOCK']._serialized_start=1650
+  _globals['_ROWBLOCK']._serialized_end=1726
+  _globals['_PULLCHUNK']._serialized_start=1728
+  _globals['_PULLCHUNK']._serialized_end=1807
+  _globals['_PUSHHEADER']._serialized_start=1810
+  _globals['_PUSHHEADER']._serialized_end=2102
+  _globals['_PUSHCHUNK']._serialized_start=2104
+  _globals['_PUSHCHUNK']._serialized_end=2183
+  _globals['_PUSHREPLY']._serialized_start=2186
+  _globals['_PUSHREPLY']._serialized_end=2330
+  _globals['_JOBSTATSREQUEST']._serialized_start=2332
+  _globals['_JOBSTATSREQUEST']._serialized_end=2365
+  _globals['_DROPJOBREQUEST']._serialized_start=2367
+  _globals['_DROPJOBREQUEST']._serialized_end=2399
+  _globals['_DROPJOBREPLY']._serialized_start=2401
+  _globals['_DROPJOBREPLY']._serialized_end=2415
+  _globals['_PARAMETERSERVER']._serialized_start=2597
+  _globals['_PARAMETERSERVER']._serialized_end=3093
 # @@protoc_insertion_point(module_scope)

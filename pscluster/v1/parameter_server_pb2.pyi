@@ -84,6 +84,7 @@ class ShardJobConfig(_message.Message):
     INITIAL_BUFFERS_FIELD_NUMBER: _builtins.int
     TABLES_FIELD_NUMBER: _builtins.int
     SPARSE_OPTIMIZER_FIELD_NUMBER: _builtins.int
+    HOLD_ZEROS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     start: _builtins.int
     """global offset of this shard's range in the job's flat vector"""
@@ -133,6 +134,13 @@ class ShardJobConfig(_message.Message):
 
     @_builtins.property
     def sparse_optimizer(self) -> _common_pb2.SparseOptimizerConfig: ...
+    @_builtins.property
+    def hold_zeros(self) -> _containers.RepeatedCompositeFieldContainer[Global___Span]:
+        """Spans of this shard's range, relative to `start`, whose exactly-zero initial values stay
+        exactly zero: the shard sets them to zero again after every update, in every mode (a
+        pruned model's fine-tune: JobSpec.hold_zeros).
+        """
+
     def __init__(
         self,
         *,
@@ -151,10 +159,11 @@ class ShardJobConfig(_message.Message):
         initial_buffers: _builtins.bytes = ...,
         tables: _abc.Iterable[Global___TableConfig] | None = ...,
         sparse_optimizer: _common_pb2.SparseOptimizerConfig | None = ...,
+        hold_zeros: _abc.Iterable[Global___Span] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "optimizer", b"optimizer", "sparse_optimizer", b"sparse_optimizer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "buffer_length", b"buffer_length", "buffer_start", b"buffer_start", "compression", b"compression", "counters", b"counters", "initial_buffers", b"initial_buffers", "job_id", b"job_id", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "sparse_optimizer", b"sparse_optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "start", b"start", "tables", b"tables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "buffer_length", b"buffer_length", "buffer_start", b"buffer_start", "compression", b"compression", "counters", b"counters", "hold_zeros", b"hold_zeros", "initial_buffers", b"initial_buffers", "job_id", b"job_id", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "sparse_optimizer", b"sparse_optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "start", b"start", "tables", b"tables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

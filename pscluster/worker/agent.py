@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import traceback
+from collections.abc import Callable
 
 import grpc
 
@@ -29,6 +30,7 @@ from pscluster.transport.channel import open_channel
 from pscluster.transport.retry import RetryPolicy, Stopped, period, retry
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+from pscluster.worker import predict
 from pscluster.worker.jobs import JobCache
 from pscluster.worker.progress import PASSING, ProgressReporter
 from pscluster.worker.runtime import pick_device
@@ -54,6 +56,14 @@ ACQUIRE_RETRY = RetryPolicy(
     first=0.2,
     cap=5.0,
 )
+
+
+# The leases a worker runs, by their wire kind, as its logs and metrics name them.
+_KINDS = {
+    coordinator_pb2.TASK_KIND_TRAIN: "train",
+    coordinator_pb2.TASK_KIND_EVAL: "eval",
+    coordinator_pb2.TASK_KIND_PREDICT: "predict",
+}
 
 
 class WorkerAgent:
@@ -145,7 +155,7 @@ class WorkerAgent:
                     self.register()
                     continue
                 self.jobs.free_ended(keep=task.job_id)
-                if task.kind in (coordinator_pb2.TASK_KIND_TRAIN, coordinator_pb2.TASK_KIND_EVAL):
+                if task.kind in _KINDS:
                     self._run_task(task)
                 elif task.wait_seconds > 0:  # 0: the coordinator held the call already
                     self.stop.wait(task.wait_seconds)
@@ -177,7 +187,7 @@ class WorkerAgent:
             log.warning("could not report failure of %s: %s", job_id, e.details())  # type: ignore[attr-defined]
 
     def _run_task(self, task: coordinator_pb2.Task) -> None:
-        kind = "train" if task.kind == coordinator_pb2.TASK_KIND_TRAIN else "eval"
+        kind = _KINDS[task.kind]
         if self.telemetry is not None:
             self.telemetry.task_started(task.job_id, kind, task.epoch, task.partition)
         with log_context(job_id=task.job_id, worker_id=self.worker_id):
@@ -190,9 +200,13 @@ class WorkerAgent:
         with self._lock:
             self._lease = task.lease_id
         try:
-            rt = self.jobs.get(task.job_id, self.worker_id)
+            predicting = task.kind == coordinator_pb2.TASK_KIND_PREDICT
+            rt = self.jobs.get(task.job_id, self.worker_id, predicting)
             if rt is None:
                 return "failed"  # the lease expires with our silence on it
+            if isinstance(rt, predict.PredictRuntime):
+                self._predict(rt, task)
+                return "completed"
             trainer = Trainer(rt, self.worker_id, self.settings, self.lease_alive, self.telemetry)
             reporter: ProgressReporter | None = None
             if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
@@ -235,10 +249,35 @@ class WorkerAgent:
             with self._lock:
                 self._lease = ""
 
+    def _predict(self, rt: predict.PredictRuntime, task: coordinator_pb2.Task) -> None:
+        """Score the lease's partition and hand it in with its outputs."""
+        scored = predict.score(rt, task, self.lease_alive)
+        timeout = predict.upload_timeout(scored, self.settings)
+        chunk_bytes = self.settings.chunk_bytes
+        self._hand_in(
+            lambda: self.stub.CompletePrediction(
+                predict.chunks(self.worker_id, task.lease_id, scored, chunk_bytes),
+                timeout=timeout,
+            ),
+            task.lease_id,
+        )
+        log.info(
+            "job %s partition %d: %d rows scored (%s)",
+            task.job_id,
+            task.partition,
+            scored.outputs.shape[0],
+            ", ".join(f"{k} {v:.2f}s" for k, v in sorted(scored.seconds.items())),
+        )
+
     def _complete(self, request: coordinator_pb2.CompleteTaskRequest) -> None:
+        timeout = self.settings.rpc_timeout_seconds
+        self._hand_in(lambda: self.stub.CompleteTask(request, timeout=timeout), request.lease_id)
+
+    def _hand_in(self, call: Callable[[], object], lease_id: str) -> None:
         """Hand the finished lease in, through a coordinator outage if need be: the work is
-        done and applied on the shards, so it is worth waiting for. Gives up (LeaseLost) once
-        the lease is revoked, e.g. the restarted coordinator no longer knows this worker."""
+        done (applied on the shards, or scored), so it is worth waiting for. Gives up
+        (LeaseLost) once the lease is revoked, e.g. the restarted coordinator no longer knows
+        this worker."""
         lost = LeaseLost("the coordinator could not be told the lease is done")
 
         def still_held() -> None:
@@ -247,9 +286,9 @@ class WorkerAgent:
 
         try:
             retry(
-                lambda: self.stub.CompleteTask(request, timeout=self.settings.rpc_timeout_seconds),
+                call,
                 COMPLETE_RETRY,
-                what=f"completing {request.lease_id}",
+                what=f"completing {lease_id}",
                 stop=self.stop,
                 check=still_held,
                 log_level=logging.WARNING,

@@ -19,6 +19,7 @@ from pscluster.logs import log_context
 from pscluster.shard_client import ShardClient
 from pscluster.v1 import coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+from pscluster.worker.predict import PredictRuntime
 from pscluster.worker.runtime import JobRuntime
 from pscluster.worker.telemetry import WorkerTelemetry
 
@@ -44,18 +45,25 @@ class JobCache:
         self.report_failure = report_failure
         self.telemetry = telemetry
         self.failed: set[str] = set()  # jobs whose model or data do not load here
-        self._runtimes: dict[str, JobRuntime] = {}
+        self._runtimes: dict[str, JobRuntime | PredictRuntime] = {}
         self._next_cleanup = 0.0
 
-    def get(self, job_id: str, worker_id: str) -> JobRuntime | None:
-        """The job's runtime, built on first use; None if it cannot be built now (the
-        coordinator did not answer) or ever (the job is failed, with the reason)."""
+    def get(
+        self, job_id: str, worker_id: str, predict: bool = False
+    ) -> JobRuntime | PredictRuntime | None:
+        """The job's runtime (``predict``: a predict job's), built on first use; None if it
+        cannot be built now (the coordinator did not answer) or ever (the job is failed, with
+        the reason)."""
         if job_id in self.failed:
             return None
         if job_id in self._runtimes:
             return self._runtimes[job_id]
         try:
-            rt = JobRuntime(self.stub, job_id, self.settings, self.shards, worker_id)
+            rt: JobRuntime | PredictRuntime
+            if predict:
+                rt = PredictRuntime(self.stub, job_id, self.settings)
+            else:
+                rt = JobRuntime(self.stub, job_id, self.settings, self.shards, worker_id)
         except grpc.RpcError as e:
             # The coordinator did not answer, or refused (a source whose sizes differ from the
             # first worker's: it failed the job itself, so no lease of it comes again).

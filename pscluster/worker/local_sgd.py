@@ -34,9 +34,9 @@ from pscluster.data.inputs import Inputs
 from pscluster.model.buffers import BufferLayout
 from pscluster.model.hosted import take_row_grads
 from pscluster.model.layout import ParamLayout
-from pscluster.model.objective import LossFn
 from pscluster.model.optimizer import parse_optimizer, torch_optimizer
 from pscluster.v1 import common_pb2
+from pscluster.worker.objectives import BatchObjective
 from pscluster.worker.precision import Precision
 
 Batch = tuple[Inputs, torch.Tensor]
@@ -70,14 +70,14 @@ class LocalSGD:
         self,
         model: nn.Module,
         layouts: tuple[ParamLayout, BufferLayout],
-        loss_fn: LossFn,
+        objective: BatchObjective,
         optimizer: common_pb2.OptimizerConfig,
         local_steps: int,
         precision: Precision,
     ) -> None:
         self.model = model
         self.layout, self.buffers = layouts
-        self.loss_fn = loss_fn
+        self.objective = objective  # the job's loss, or distillation's: see worker/objectives
         self.precision = precision
         self.local_steps = max(1, local_steps)
         self.lr = optimizer.lr
@@ -114,7 +114,7 @@ class LocalSGD:
         if the loss is not finite."""
         self.model.zero_grad(set_to_none=True)
         with self.precision.autocast():
-            loss = self.loss_fn(inputs.call(self.model, x), y)
+            loss = self.objective(self.model, x, y)
         self.precision.backward(loss)
         value = float(loss.detach())
         return value if math.isfinite(value) else None

@@ -8,6 +8,7 @@ model is rebuilt from the submitted source (never unpickled), through the same
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -20,6 +21,7 @@ from pscluster.model.partition import rows_partitioner
 from pscluster.shard_client import JobShards, ShardClient, ShardRange, Snapshot
 from pscluster.v1 import common_pb2, coordinator_pb2
 from pscluster.v1 import coordinator_pb2_grpc as co_grpc
+from pscluster.worker import objectives
 from pscluster.worker.compressed import PushEncoder
 from pscluster.worker.job_data import JobData, fetch_blob
 from pscluster.worker.local_sgd import LocalSGD
@@ -66,11 +68,14 @@ class JobRuntime:
         self.data = JobData.open(plan.spec, code, self.device, (stub, job_id, timeout))
         if plan.spec.data.source:
             self._describe_data(stub, worker_id, timeout)
+        # What each batch trains on: the job's loss, or distillation's with its teacher.
+        teacher = functools.partial(fetch_blob, stub, job_id, objectives.TEACHER_BLOB, timeout)
+        objective = objectives.objective_for(plan.spec, self.loss_fn, self.device, teacher)
         # One per job, not per lease: with local steps it holds the worker's optimizer state.
         self.local = LocalSGD(
             self.model,
             (self.layout, self.buffer_layout),
-            self.loss_fn,
+            objective,
             plan.spec.optimizer,
             plan.spec.local_steps,
             self.precision,

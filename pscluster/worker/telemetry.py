@@ -165,7 +165,7 @@ def _lease_series(r: CollectorRegistry) -> tuple[Counter, Gauge]:
     """The leases worked on, by result, and the one being worked on now."""
     tasks = Counter(
         "pscluster_worker_tasks",
-        "Leases worked on, by kind (train, eval) and result (completed, lost, failed).",
+        "Leases worked on, by kind (train, eval, predict) and result (completed, lost, failed).",
         ["job_id", "kind", "result"],
         registry=r,
     )

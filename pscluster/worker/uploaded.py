@@ -62,7 +62,7 @@ class RemoteBlob:
         return parsed, 8 + length
 
 
-class _Entry:
+class BlobRows:
     """One tensor of the blob: where its bytes are, and how to read rows of it."""
 
     def __init__(self, blob: RemoteBlob, info: dict[str, Any], start: int) -> None:
@@ -86,7 +86,7 @@ class LeasedRows:
 
     block_rows = 1
 
-    def __init__(self, x: list[_Entry], y: _Entry, structure: Structure, seed: int) -> None:
+    def __init__(self, x: list[BlobRows], y: BlobRows, structure: Structure, seed: int) -> None:
         self.x_entries, self.y_entry, self.structure, self.seed = x, y, structure, seed
         self.rows = y.shape[0]
         self._loaded: tuple[int, int] | None = None
@@ -141,7 +141,7 @@ class LeasedUpload:
         self.structure = structure_of_header(header)
         keys = self.structure.keys
         self.entries = {
-            name: _Entry(blob, info, start)
+            name: BlobRows(blob, info, start)
             for name, info in header.items()
             if name != "__metadata__"
         }

@@ -28,6 +28,7 @@ def test_help_lists_every_command() -> None:
         "status",
         "metrics",
         "fetch",
+        "predict",
         "cancel",
         "plot",
         "certs",

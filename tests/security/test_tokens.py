@@ -91,13 +91,17 @@ def test_a_job_token_reaches_its_own_job_only(secured: Cluster, admin_token: str
         rpc_failure(lambda: owner.GetJob(job_request(other.job_id), timeout=RPC_TIMEOUT)),
         rpc_failure(lambda: owner.CancelJob(job_request(other.job_id), timeout=RPC_TIMEOUT)),
         rpc_failure(lambda: owner.FetchModel(job_request(other.job_id), timeout=RPC_TIMEOUT)),
+        rpc_failure(lambda: owner.FetchPredictions(job_request(other.job_id), timeout=RPC_TIMEOUT)),
     ]
+    # Its own job's predictions are its to ask for (a training job has none: not a refusal).
+    own = rpc_failure(lambda: owner.FetchPredictions(job_request(mine.job_id), timeout=30))
     cancelled = owner.CancelJob(job_request(mine.job_id), timeout=RPC_TIMEOUT)
 
     # Assert
     assert info.job_id == mine.job_id and metrics.job_id == mine.job_id
     assert plan.job_id == mine.job_id
-    assert [code for code, _ in on_other] == [DENIED] * 3
+    assert [code for code, _ in on_other] == [DENIED] * 4
+    assert own[0] == grpc.StatusCode.FAILED_PRECONDITION
     assert f"this token is for job {mine.job_id}" in on_other[0][1]
     assert cancelled.state == "cancelled"
     still = admin.GetJob(job_request(other.job_id), timeout=RPC_TIMEOUT)

@@ -15,6 +15,7 @@ from pscluster.model.layout import ParamLayout
 from pscluster.model.optimizer import FlatOptimizer, OptimizerSpec
 from pscluster.v1 import common_pb2
 from pscluster.worker.local_sgd import LocalSGD, all_finite
+from pscluster.worker.objectives import HardObjective
 from pscluster.worker.precision import GROWTH_INTERVAL, Precision, PrecisionUnavailable
 
 SGD = common_pb2.OptimizerConfig(name="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -39,7 +40,12 @@ NO_BUFFERS = torch.zeros(0, dtype=torch.float64)
 def make_local(model: nn.Module, config: common_pb2.OptimizerConfig, steps: int) -> LocalSGD:
     layouts = (ParamLayout.of_module(model), BufferLayout.of_module(model))
     return LocalSGD(
-        model, layouts, F.cross_entropy, config, steps, Precision("fp32", torch.device("cpu"))
+        model,
+        layouts,
+        HardObjective(F.cross_entropy),
+        config,
+        steps,
+        Precision("fp32", torch.device("cpu")),
     )
 
 
@@ -178,7 +184,12 @@ def test_the_window_carries_the_change_of_the_batchnorm_buffers() -> None:
     start = layouts[0].flatten(dict(model.named_parameters()))
     batches = data(2)
     local = LocalSGD(
-        model, layouts, F.cross_entropy, SGD, 2, Precision("fp32", torch.device("cpu"))
+        model,
+        layouts,
+        HardObjective(F.cross_entropy),
+        SGD,
+        2,
+        Precision("fp32", torch.device("cpu")),
     )
 
     # Execute

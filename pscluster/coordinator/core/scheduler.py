@@ -26,7 +26,7 @@ from pscluster.coordinator.core.kinds import JobState, TaskResult, kind_of
 from pscluster.coordinator.core.lingering import Lingering
 from pscluster.coordinator.core.relief_actions import lease_progress, take_over
 from pscluster.coordinator.core.worker_reports import batches_dropped, check_steps, steps_recorded
-from pscluster.coordinator.leases import Lease, LeaseBook
+from pscluster.coordinator.leases import TRAIN, Lease, LeaseBook
 from pscluster.coordinator.relief import StragglerRelief
 from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.coordinator.workers import WorkerInfo, WorkerRegistry
@@ -60,6 +60,7 @@ class JobPlan:
     done: Sequence[int] = ()
     evals: Sequence[int] = ()
     samples: int = 0
+    kind: str = TRAIN  # what its units are leased as: TRAIN, or PREDICT (no evaluations)
 
 
 class Scheduler:
@@ -81,7 +82,7 @@ class Scheduler:
     def add_job(self, plan: JobPlan, now: float) -> None:
         """Start handing the job's work out (from where ``plan`` says it is)."""
         evals = set(plan.evals)
-        if plan.epoch >= plan.epochs:
+        if plan.epoch >= plan.epochs and plan.kind == TRAIN:
             evals.add(plan.epochs - 1)  # training is done, so the final evaluation is owed
         self.book.add_job(
             plan.job_id,
@@ -91,6 +92,7 @@ class Scheduler:
             done=plan.done,
             evals=evals,
             batch_counts=plan.batch_counts,
+            unit_kind=plan.kind,
         )
         self.relief.add_job(plan.job_id, plan.mode, plan.stragglers, plan.backup_workers)
         traits = mode_traits(plan.mode, plan.backup_workers)
