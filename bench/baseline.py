@@ -46,6 +46,7 @@ from torch.nn import functional as F
 from bench.peers_common import steady_rate
 from pscluster.client.local import LocalCluster
 from pscluster.data.partitions import batches
+from pscluster.model_compression.measure import intra_op_threads
 
 Arrays = tuple[np.ndarray, np.ndarray]
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -202,16 +203,6 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out[key] = round(statistics.median(values), 4) if values else None
     out["runs"] = runs
     return out
-
-
-@contextlib.contextmanager
-def intra_op_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 Labelled = list[tuple[dict[str, Any], dict[str, Any]]]

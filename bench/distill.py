@@ -47,12 +47,13 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.baseline import intra_op_threads, machine  # noqa: E402
+from bench.baseline import machine  # noqa: E402
 from bench.distill_model import Student, Teacher  # noqa: E402
 from examples.digits_data import load  # noqa: E402
 from pscluster.client.job import Job  # noqa: E402
 from pscluster.client.local import LocalCluster  # noqa: E402
 from pscluster.client.sdk import Client  # noqa: E402
+from pscluster.model_compression.measure import intra_op_threads  # noqa: E402
 from pscluster.v1 import coordinator_pb2 as co_pb2  # noqa: E402
 from pscluster.worker.objectives import (  # noqa: E402
     BatchObjective,

@@ -23,6 +23,7 @@ from pscluster.client.errors import InvalidJobError
 from pscluster.client.job import Job
 from pscluster.client.payload import InitFrom, Payload, payload_for
 from pscluster.client.submit_options import SubmitOptions
+from pscluster.client.trained import trained_spec
 from pscluster.client.wire_configs import DEFAULT_OPTIMIZER, optimizer_config
 from pscluster.data.dataset import Dataset
 from pscluster.errors import PSError
@@ -150,24 +151,13 @@ def _local(client: Client, options: CompressOptions) -> tuple[nn.Module, TestSet
 
 
 def _trained_spec(client: Client, job: Job) -> co_pb2.JobSpec:
-    info = job.info()
-    if info.kind == "predict":
-        raise InvalidJobError(f"job {job.id} is a predict job: it has no model to compress")
-    if info.state != "completed":
-        raise InvalidJobError(
-            f"job {job.id} is {info.state}: compress a completed job's model"
-            + (" (job.wait() until it has)" if info.state in ("pending", "running") else "")
-        )
-    request = co_pb2.GetJobRequest(job_id=job.id)
-    plan = client._call(
-        f"get the model of job {job.id}", lambda t: client._stub.GetJobPlan(request, timeout=t)
-    )
-    if plan.spec.model.tables:
+    spec = trained_spec(client, job.id, "compress")
+    if spec.model.tables:
         raise InvalidJobError(
             f"job {job.id}'s model has embedding tables on the shards; compressing them is "
             "not supported"
         )
-    return plan.spec
+    return spec
 
 
 def _dataset_blob(client: Client, job_id: str) -> bytearray:

@@ -23,10 +23,11 @@ from torch import nn
 
 from pscluster.client import data_source
 from pscluster.client.dry_run import precision_here, sample_rows
-from pscluster.client.errors import InvalidJobError, JobNotFoundError
+from pscluster.client.errors import InvalidJobError
 from pscluster.client.job import Job
 from pscluster.client.payload import InitFrom, Payload, payload_for
 from pscluster.client.submit_options import SubmitOptions
+from pscluster.client.trained import trained_spec
 from pscluster.data import inputs
 from pscluster.data.dataset import Dataset
 from pscluster.errors import PSError
@@ -64,7 +65,7 @@ def submit(
     loss = chosen.loss if isinstance(chosen.loss, str) else objective.CUSTOM
     _check(lambda: distill.check_student_loss(loss))
     teacher_id = teacher.id if isinstance(teacher, Job) else str(teacher)
-    trained = teacher_spec(client, teacher_id)
+    trained = trained_spec(client, teacher_id, "distill from", "the teacher")
     _check(lambda: distill.check_teacher_loss(loss, trained.loss, teacher_id))
     if not chosen.name:
         named = getattr(student, "__name__", "model")
@@ -74,27 +75,6 @@ def submit(
     with torch.random.fork_rng(devices=[]):  # building models draws from the user's stream
         try_with_teacher(payload, trained.model, teacher_id, data)
     return client._send(payload, "submit the distillation job")
-
-
-def teacher_spec(client: Client, teacher_id: str) -> co_pb2.JobSpec:
-    """The spec of the teacher: a completed training job (InvalidJobError for anything else)."""
-    try:
-        info = client.job(teacher_id).info()
-    except JobNotFoundError:
-        raise InvalidJobError(f"the teacher {teacher_id!r} is an unknown job") from None
-    if info.kind == "predict":
-        raise InvalidJobError(f"the teacher {teacher_id} is a predict job: it has no model")
-    if info.state != "completed":
-        hint = " (job.wait() until it has)" if info.state in ("pending", "running") else ""
-        raise InvalidJobError(
-            f"the teacher {teacher_id} is {info.state}: it has no trained model; distill from "
-            f"a completed job{hint}"
-        )
-    request = co_pb2.GetJobRequest(job_id=teacher_id)
-    plan = client._call(
-        f"get the model of job {teacher_id}", lambda t: client._stub.GetJobPlan(request, timeout=t)
-    )
-    return plan.spec
 
 
 def try_with_teacher(

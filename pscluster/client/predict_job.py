@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from pscluster.client import predict
-from pscluster.client.errors import InvalidJobError
 from pscluster.client.job import Job
 from pscluster.client.predict import PredictOptions, PredictPayload
-from pscluster.v1 import coordinator_pb2 as co_pb2
+from pscluster.client.trained import trained_spec
 
 if TYPE_CHECKING:
     from pscluster.client.sdk import Client
@@ -35,32 +34,13 @@ def submit(
         payload = predict.for_model(data, options)
     else:
         job_id = job.id if isinstance(job, Job) else job
-        payload = predict.for_job(job_id, trained_spec(client, job_id), data, options)
+        payload = predict.for_job(job_id, trained_spec(client, job_id, "score with"), data, options)
     stream = payload.chunks(client.settings.chunk_bytes)
     extra = (len(payload.inputs) + len(payload.state)) / TRANSFER_FLOOR
     reply = client._call(
         "submit the predict job", lambda t: client._stub.SubmitJob(stream, timeout=t + extra)
     )
     return Job(client, reply.job_id, token=reply.token or None), payload
-
-
-def trained_spec(client: Client, job_id: str) -> co_pb2.JobSpec:
-    """The spec of a completed training job, whose model is to score; InvalidJobError for a
-    job with no trained model (yet)."""
-    info = client.job(job_id).info()
-    if info.kind == "predict":
-        raise InvalidJobError(f"job {job_id} is a predict job: it has no model to score with")
-    if info.state != "completed":
-        hint = " (job.wait() until it has)" if info.state in ("pending", "running") else ""
-        raise InvalidJobError(
-            f"job {job_id} is {info.state}: it has no trained model yet; predict with a "
-            f"completed job{hint}"
-        )
-    request = co_pb2.GetJobRequest(job_id=job_id)
-    plan = client._call(
-        f"get the model of job {job_id}", lambda t: client._stub.GetJobPlan(request, timeout=t)
-    )
-    return plan.spec
 
 
 def outputs_of(

@@ -243,7 +243,9 @@ def test_a_job_file_with_a_distill_section_trains_a_student_async_in_bf16_with_l
         "local_steps": 4,
         "precision": "bf16",
         "epochs": 4,
-        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        # Adam, not SGD with momentum 0.9: async staleness on top of momentum diverged
+        # once under a loaded machine (see tests/containers/test_data_mount.py)
+        "optimizer": {"name": "adam", "lr": 0.005},
         "distill": {"teacher": teacher.id, "temperature": 2.0, "alpha": 0.5},
     }
     path = folder / "distill.yaml"
