@@ -23,6 +23,8 @@ from torch import nn
 
 from pscluster.client.dry_run import sample_rows
 from pscluster.client.errors import InvalidJobError
+from pscluster.client.predict_source import is_source
+from pscluster.client.predict_source import read as read_source
 from pscluster.data import inputs, predict_inputs
 from pscluster.data.inputs import Inputs
 from pscluster.errors import PSError
@@ -44,7 +46,8 @@ class PredictOptions:
     "fp32" or "bf16" (autocast on the workers); ``batch_size`` rows per forward pass;
     ``partitions`` leases the rows are cut into (0: one per 8192 rows); ``name`` for
     ``pscluster jobs``. ``model`` (a class), ``state`` (its state_dict), ``model_kwargs`` and
-    ``code_dir`` describe an uploaded model, as ``Client.submit`` takes one."""
+    ``code_dir`` describe an uploaded model, as ``Client.submit`` takes one. With a source
+    (``data="npy"``), ``data_args`` are its reader's and ``split`` the split scored."""
 
     model: type[nn.Module] | None = None
     state: Mapping[str, torch.Tensor] | None = None
@@ -55,6 +58,8 @@ class PredictOptions:
     batch_size: int = 1024
     partitions: int = 0
     name: str = ""
+    data_args: Mapping[str, Any] | None = None
+    split: str = "test"
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ def for_job(
     if options.model is not None or options.state is not None:
         raise InvalidJobError("pass either a job or model= and state=, not both")
     loss = objective.loss_name(trained.loss)
-    spec, rows = _spec(x, options, loss)
+    spec, rows, blob = _spec(x, options, loss)
     spec.predict.model_job = job_id
     spec.name = options.name or f"predict with {job_id}"
     try:
@@ -102,7 +107,7 @@ def for_job(
     except Exception as e:
         raise InvalidJobError(f"the model of job {job_id} does not build here: {e}") from e
     row_shape, dtype = _try(model, rows, options, loss, f"the model of job {job_id}")
-    return PredictPayload(spec, predict_inputs.to_blob(rows), b"", row_shape, dtype)
+    return PredictPayload(spec, blob, b"", row_shape, dtype)
 
 
 def for_model(x: object, options: PredictOptions) -> PredictPayload:
@@ -123,20 +128,21 @@ def for_model(x: object, options: PredictOptions) -> PredictPayload:
         bundle.collect(cls, code_dir=options.code_dir).to_proto(model_spec)
     except (TypeError, ValueError, PSError) as e:
         raise InvalidJobError(f"{cls.__name__} cannot be shipped: {e}") from e
-    spec, rows = _spec(x, options, "")
+    spec, rows, blob = _spec(x, options, "")
     spec.model.CopyFrom(model_spec)
     spec.name = options.name or f"predict with {cls.__name__}"
     model = _built(model_spec, given)
     row_shape, dtype = _try(model, rows, options, "", cls.__name__)
-    blob = state.dumps(dict(given))
-    return PredictPayload(spec, predict_inputs.to_blob(rows), blob, row_shape, dtype)
+    return PredictPayload(spec, blob, state.dumps(dict(given)), row_shape, dtype)
 
 
-def _spec(x: object, options: PredictOptions, loss: str) -> tuple[co_pb2.JobSpec, Inputs]:
-    """The spec of the options, each checked, and the rows as the blob stores them."""
+def _spec(x: object, options: PredictOptions, loss: str) -> tuple[co_pb2.JobSpec, Inputs, bytes]:
+    """The spec of the options, each checked, the rows to dry-run, and the inputs' blob
+    (b"" for a source the workers read: its few rows read here are for the dry run only)."""
     try:
         outputs.check_kind(options.output, loss)
-        rows = predict_inputs.from_user(x)
+        source = read_source(x, options.data_args, options.split) if is_source(x) else None
+        rows = source.sample if source else predict_inputs.from_user(x)
     except PSError as e:
         raise InvalidJobError(str(e)) from e
     if options.precision not in PRECISIONS:
@@ -148,7 +154,7 @@ def _spec(x: object, options: PredictOptions, loss: str) -> tuple[co_pb2.JobSpec
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InvalidJobError(f"{name} must be an integer >= {low}, got {value!r}")
-    n = inputs.rows(rows, "X")
+    n = source.rows if source else inputs.rows(rows, "X")
     spec = co_pb2.JobSpec(
         name=options.name,
         batch_size=options.batch_size,
@@ -157,7 +163,11 @@ def _spec(x: object, options: PredictOptions, loss: str) -> tuple[co_pb2.JobSpec
         loss=loss,
         predict=co_pb2.PredictSpec(output=options.output, rows=n),
     )
-    return spec, rows
+    if source is None:
+        return spec, rows, predict_inputs.to_blob(rows)
+    spec.data.CopyFrom(source.data)
+    spec.predict.split = source.split
+    return spec, rows, b""
 
 
 def _built(model_spec: co_pb2.ModelSpec, given: Mapping[str, torch.Tensor]) -> nn.Module:

@@ -47,6 +47,8 @@ class AfterTraining:
         batch_size: int = 1024,
         partitions: int = 0,
         name: str = "",
+        data_args: Mapping[str, Any] | None = None,
+        split: str = "test",
     ) -> Job:
         """Start scoring ``data`` on the workers and return the predict job at once; its
         outputs come from :meth:`Job.predictions` once it has completed.
@@ -54,11 +56,14 @@ class AfterTraining:
         The model is a completed job's (``job``, a Job or its id) or an uploaded one
         (``model``, an nn.Module class as ``submit`` takes it, and ``state``, its
         state_dict). ``data`` is X as ``submit`` takes it: an array, a tuple or a dict of
-        them. The rows are cut into ``partitions`` leases (0: one per 8192 rows) that the
-        workers score ``batch_size`` rows at a time, in ``eval()`` under ``no_grad`` (in
-        bfloat16 autocast with ``precision="bf16"``); a dead worker's partition is scored
-        again. ``output``: "logits" (the model's output), "probs" (softmax over dim 1, or a
-        sigmoid for one output or a bce_with_logits model) or "argmax" (int64 classes).
+        them; or a source the workers read where it lives (``data="npy"`` or "parquet" with
+        ``data_args={"path": ...}``; the inputs of its ``split``, labels ignored), opened here
+        to count its rows and dry-run a few, nothing uploaded. The rows are cut into
+        ``partitions`` leases (0: one per 8192 rows) that the workers score ``batch_size``
+        rows at a time, in ``eval()`` under ``no_grad`` (in bfloat16 autocast with
+        ``precision="bf16"``); a dead worker's partition is scored again. ``output``:
+        "logits" (the model's output), "probs" (softmax over dim 1, or a sigmoid for one
+        output or a bce_with_logits model) or "argmax" (int64 classes).
 
         The model is built from the code that would be sent and run on a few rows first:
         data that does not fit it, an unknown output, a job with no trained model yet are an
@@ -80,6 +85,8 @@ class AfterTraining:
             batch_size=batch_size,
             partitions=partitions,
             name=name,
+            data_args=data_args,
+            split=split,
         )
         return predict_job.submit(self._client(), job, data, options)[0]
 

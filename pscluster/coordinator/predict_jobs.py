@@ -19,6 +19,7 @@ from pscluster.coordinator.leases import PREDICT
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.spec import MAX_BATCH_SIZE, MAX_NAME, MAX_PARTITIONS
 from pscluster.coordinator.stragglers import StragglerSettings
+from pscluster.data import sources
 from pscluster.data.predict_inputs import InputsLayout, partition_range
 from pscluster.errors import FailedPrecondition, InvalidArgument, NotFound
 from pscluster.model import objective, outputs, state
@@ -39,7 +40,8 @@ def submit(rt: Runtime, spec: co_pb2.JobSpec, data: dict[str, bytearray]) -> st.
     """Check a predict submission, store it and start handing its partitions out."""
     explicit, source = _validate(rt, spec, data)
     job_id = f"j-{uuid.uuid4().hex[:8]}"
-    rt.blobs.write(job_id, blobs.DATASET, data[blobs.DATASET])
+    if blobs.DATASET in data:  # absent when the workers read a source
+        rt.blobs.write(job_id, blobs.DATASET, data[blobs.DATASET])
     if source is None:
         rt.blobs.write(job_id, blobs.INITIAL_STATE, data[blobs.INITIAL_STATE])
         state_blob = data[blobs.INITIAL_STATE]
@@ -97,14 +99,7 @@ def _validate(
     explicit.CopyFrom(spec)
     if len(spec.name) > MAX_NAME:
         raise InvalidArgument(f"name has {len(spec.name)} characters; at most {MAX_NAME}")
-    if blobs.DATASET not in data:
-        raise InvalidArgument("a predict job needs its inputs: the blob 'dataset' is missing")
-    layout = InputsLayout.of_header(state.header(data[blobs.DATASET], "the inputs to score")[0])
-    state.views(data[blobs.DATASET], "the inputs to score")  # every entry fits the file
-    if layout.rows != spec.predict.rows:
-        raise InvalidArgument(
-            f"predict.rows is {spec.predict.rows} but the inputs have {layout.rows} rows"
-        )
+    rows = _input_rows(spec, data)
     source = _model_source(rt, spec, data, explicit)
     outputs.check_kind(spec.predict.output, explicit.loss)
     explicit.batch_size = spec.batch_size or DEFAULT_BATCH_SIZE
@@ -116,12 +111,44 @@ def _validate(
             f"precision {spec.precision!r} is not offered for inference; expected one of "
             f"{list(PRECISIONS)} (bf16 autocasts on CPUs and GPUs)"
         )
-    wanted = spec.partitions or math.ceil(layout.rows / DEFAULT_PARTITION_ROWS)
+    wanted = spec.partitions or math.ceil(rows / DEFAULT_PARTITION_ROWS)
     if not 1 <= wanted <= MAX_PARTITIONS:
         raise InvalidArgument(f"partitions={spec.partitions} is outside 0..{MAX_PARTITIONS}")
-    explicit.partitions = min(wanted, layout.rows)  # no empty partition
+    explicit.partitions = min(wanted, rows)  # no empty partition
     explicit.epochs = 1
     return explicit, source
+
+
+def _input_rows(spec: co_pb2.JobSpec, data: dict[str, bytearray]) -> int:
+    """The rows to score: the uploaded inputs', or those of the source the workers read (as
+    the client counted them; a worker whose count differs fails the job)."""
+    if spec.HasField("data"):
+        if blobs.DATASET in data:
+            raise InvalidArgument(
+                "a predict job scores a source (data) or uploaded inputs ('dataset'), not both"
+            )
+        sources.check_spec(spec.data)
+        if spec.data.source not in sources.BUILTIN:
+            raise InvalidArgument(
+                f"data.source {spec.data.source!r}: a predict job reads a built-in source "
+                f"{list(sources.BUILTIN)}"
+            )
+        if spec.predict.split not in sources.SPLITS:
+            raise InvalidArgument(
+                f"predict.split {spec.predict.split!r} is not one of {list(sources.SPLITS)}"
+            )
+        if spec.predict.rows < 1:
+            raise InvalidArgument("predict.rows must be the source's row count (>= 1)")
+        return spec.predict.rows
+    if blobs.DATASET not in data:
+        raise InvalidArgument("a predict job needs its inputs: the blob 'dataset' is missing")
+    layout = InputsLayout.of_header(state.header(data[blobs.DATASET], "the inputs to score")[0])
+    state.views(data[blobs.DATASET], "the inputs to score")  # every entry fits the file
+    if layout.rows != spec.predict.rows:
+        raise InvalidArgument(
+            f"predict.rows is {spec.predict.rows} but the inputs have {layout.rows} rows"
+        )
+    return layout.rows
 
 
 def _model_source(

@@ -430,6 +430,7 @@ class PredictSpec(_message.Message):
     MODEL_JOB_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
     model_job: _builtins.str
     """The completed job whose trained model scores the rows (the coordinator fills `model` and
     `loss` in from it). "": the model is the uploaded one, `model` its code and the
@@ -442,18 +443,23 @@ class PredictSpec(_message.Message):
     """
     rows: _builtins.int
     """Rows of the inputs: the "dataset" blob holds "x" (one input) or "x/<key>" (several; the
-    structure in its metadata, as a training dataset's), rows in the order given.
+    structure in its metadata, as a training dataset's), rows in the order given. With a
+    worker-side source (JobSpec.data, a built-in reader) there is no "dataset" blob: the rows
+    are the source's, as the client counted them, and the workers read their partitions.
     """
+    split: _builtins.str
+    """With JobSpec.data: the source's split whose inputs are scored ("train" or "test")."""
     def __init__(
         self,
         *,
         model_job: _builtins.str = ...,
         output: _builtins.str = ...,
         rows: _builtins.int = ...,
+        split: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_job", b"model_job", "output", b"output", "rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_job", b"model_job", "output", b"output", "rows", b"rows", "split", b"split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

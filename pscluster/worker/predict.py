@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from pscluster.config import Settings
-from pscluster.data import inputs
+from pscluster.data import inputs, sources
 from pscluster.data.inputs import Inputs
 from pscluster.data.predict_inputs import InputsLayout, partition_range
+from pscluster.errors import InvalidArgument
 from pscluster.model import outputs, rebuild
 from pscluster.model.partition import Range
 from pscluster.transport import wire
@@ -49,6 +50,28 @@ class InputRows:
         return self.layout.structure.build([e.rows(r.start, r.end) for e in self._entries])
 
 
+class SourceRows:
+    """A source's split read where it lives (the workers' mount), a partition's rows at a
+    time: their inputs only, the labels the source may have dropped."""
+
+    def __init__(self, spec: co_pb2.JobSpec) -> None:
+        self._samples = sources.BUILTIN[spec.data.source](sources.source_args(spec.data)).open(
+            spec.predict.split
+        )
+        if len(self._samples) != spec.predict.rows:
+            raise InvalidArgument(
+                f"the {spec.data.source} source's {spec.predict.split} split has "
+                f"{len(self._samples)} rows here but {spec.predict.rows} when the job was "
+                "submitted; the workers must see the same data as the client"
+            )
+
+    def rows(self, r: Range) -> Inputs:
+        indices = list(range(r.start, r.end))
+        many = getattr(self._samples, "__getitems__", None)
+        read = many(indices) if many else [self._samples[i] for i in indices]
+        return sources.collate(read, f"rows {r.start}..{r.end - 1} to score")[0]
+
+
 class PredictRuntime:
     """A predict job on this worker, built on its first lease and kept for the others."""
 
@@ -62,7 +85,11 @@ class PredictRuntime:
         self.precision = Precision(self.spec.precision, self.device)
         blob = fetch_blob(stub, job_id, "initial_state", timeout)
         self.model = rebuild.trained_model(self.spec.model, blob).to(self.device).eval()
-        self.inputs = InputRows(RemoteBlob(stub, job_id, "dataset", timeout))
+        self.inputs: InputRows | SourceRows = (
+            SourceRows(self.spec)
+            if self.spec.HasField("data")
+            else InputRows(RemoteBlob(stub, job_id, "dataset", timeout))
+        )
         # Reported with the first partition this worker hands in, then 0: once per worker.
         self.load_seconds = time.perf_counter() - started
 
