@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine
+from pscluster.heap import give_back_freed
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.tables.dynamic import DynamicTable
-from pscluster.server.tables.lazy import give_back_freed
 from pscluster.server.tables.spec import TableSpec
 from pscluster.server.tables.table import FixedTable
 

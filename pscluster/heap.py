@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+from functools import cache
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,9 @@ def return_large_blocks(threshold: int) -> bool:
     """
     if not 0 < threshold <= MAX_MMAP_THRESHOLD:
         raise ValueError(f"threshold must be in (0, {MAX_MMAP_THRESHOLD}] bytes, got {threshold}")
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    libc = _glibc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
@@ -71,3 +72,22 @@ def return_large_blocks(threshold: int) -> bool:
     # and faulted in again by the next).
     done: bool = mallopt(_M_MMAP_THRESHOLD, threshold) == 1
     return done and bool(mallopt(_M_TRIM_THRESHOLD, 2 * threshold) == 1)
+
+
+def give_back_freed() -> None:
+    """Returns the heap's free memory to the system (glibc's malloc_trim). After a rehash or
+    a growth, whose temporaries are as large as the table's index, glibc would otherwise keep
+    that memory in its free lists, resident: it raises its mmap threshold as large blocks are
+    freed, so the next ones come from the heap, which fragments and does not shrink."""
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library this process runs on (None where it cannot be loaded)."""
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None

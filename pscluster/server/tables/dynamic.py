@@ -21,13 +21,14 @@ import numpy.typing as npt
 import torch
 
 from pscluster.errors import InvalidArgument
+from pscluster.heap import give_back_freed
 from pscluster.model.partition import HashRows
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.tables import eviction
 from pscluster.server.tables.admission import Admission
 from pscluster.server.tables.index import IdIndex
 from pscluster.server.tables.initial import distinct, first_appearances, initial_rows
-from pscluster.server.tables.lazy import give_back_freed, reservation
+from pscluster.server.tables.lazy import reservation
 from pscluster.server.tables.slots import SlotArrays
 from pscluster.server.tables.spec import TableSpec, refuse_ids
 

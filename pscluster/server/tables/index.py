@@ -26,8 +26,9 @@ import numpy as np
 import numpy.typing as npt
 
 from pscluster.hashing import mix64
+from pscluster.heap import give_back_freed
 from pscluster.server.tables.initial import distinct
-from pscluster.server.tables.lazy import give_back_freed, lazy_zeros, regrown, reservation
+from pscluster.server.tables.lazy import lazy_zeros, regrown, reservation
 
 I64 = npt.NDArray[np.int64]
 Pos = npt.NDArray[np.intp]

@@ -17,11 +17,8 @@ the commit limit as an ordinary allocation would; memory is still only used wher
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import mmap
 import sys
-from functools import cache
 
 import numpy as np
 import numpy.typing as npt
@@ -31,25 +28,6 @@ import numpy.typing as npt
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
 FIRST_RESERVATION = 1 << 20  # rows; virtual only, so generous
 GROWTH = 8
-
-
-@cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c") if sys.platform == "linux" else None
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-
-
-def give_back_freed() -> None:
-    """Returns the heap's free memory to the system (glibc's malloc_trim). After a rehash or
-    a growth, whose temporaries are as large as the table's index, glibc would otherwise keep
-    that memory in its free lists, resident: it raises its mmap threshold as large blocks are
-    freed, so the next ones come from the heap, which fragments and does not shrink."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
