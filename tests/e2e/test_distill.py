@@ -242,7 +242,8 @@ def test_a_job_file_with_a_distill_section_trains_a_student_async_in_bf16_with_l
         "mode": "async",
         "local_steps": 4,
         "precision": "bf16",
-        "epochs": 4,
+        # 10 epochs: at 4 the student ended at 0.82 in a loaded CI run (0.85+ when idle)
+        "epochs": 10,
         # Adam, not SGD with momentum 0.9: async staleness on top of momentum diverged
         # once under a loaded machine (see tests/containers/test_data_mount.py)
         "optimizer": {"name": "adam", "lr": 0.005},
@@ -262,5 +263,6 @@ def test_a_job_file_with_a_distill_section_trains_a_student_async_in_bf16_with_l
         info = job.info()
         kinds = [e.kind for e in job.metrics().events]
     assert info.state == "completed", info.error
+    print(f"\nstudent from the job file: {info.test_accuracy:.4f} after {info.epochs} epochs")
     assert info.test_accuracy is not None and info.test_accuracy > 0.85
     assert "distilled" in kinds
