@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import plots  # noqa: E402
 from bench.common import machine  # noqa: E402
+from bench.peers_bound import distances, step_bound  # noqa: E402
 from bench.peers_common import (  # noqa: E402
     MODELS,
     SETTINGS,
@@ -164,8 +165,11 @@ def run_ps_row(
         shards=setting.shards,
         compression=setting.compression,
         local_steps=setting.local_steps,
+        overlap=setting.overlap,
         bytes_pushed=metrics.bytes_pushed,
         bytes_pulled=metrics.bytes_pulled,
+        # Where a worker's step went (ms per step by phase, over every worker's reports).
+        phases_ms={k: round(1000 * v, 2) for k, v in metrics.phases_per_step().items()},
     )
 
 
@@ -212,14 +216,16 @@ def run_all(
         for n in counts:
             before = {m.name: run_ddp_row(m, n, scratch) for m in models}
             ps_rows: list[dict[str, Any]] = []
-            with LocalCluster(
-                shards=SHARDS, workers=n, state_dir=scratch / f"cluster-{n}", env=ENV
-            ) as cluster:
-                for model in models:
-                    for setting in settings:
-                        ps_rows.append(run_ps_row(cluster, model, setting, n))
-                        brief = {k: v for k, v in ps_rows[-1].items() if k != "curve"}
-                        print(json.dumps(brief), flush=True)
+            # One cluster per overlap setting (a worker setting), overlapped first.
+            for overlap in sorted({s.overlap for s in settings}, reverse=True):
+                env = {**ENV, "PSC_OVERLAP": "1" if overlap else "0"}
+                state = scratch / f"cluster-{n}-{int(overlap)}"
+                with LocalCluster(shards=SHARDS, workers=n, state_dir=state, env=env) as cluster:
+                    for model in models:
+                        for setting in (s for s in settings if s.overlap == overlap):
+                            ps_rows.append(run_ps_row(cluster, model, setting, n))
+                            brief = {k: v for k, v in ps_rows[-1].items() if k != "curve"}
+                            print(json.dumps(brief), flush=True)
             # DDP runs before and after the pscluster jobs, and its row is their mean: load from
             # other work on the machine that drifts during the run then hits both sides alike.
             for m in models:
@@ -244,6 +250,8 @@ def main() -> None:
     args, counts, models, settings = parse_args()
     rows = run_all(counts, models, settings)
     ratios = ratio_rows(rows)
+    cores = os.cpu_count() or 1
+    bounds = {f"{m.name}/{n}": step_bound(m, max(1, cores // n)) for m in models for n in counts}
     out = {
         "machine": {**machine(), "load_average": os.getloadavg()},
         "command": " ".join(["python", "bench/peers.py", *sys.argv[1:]]),
@@ -254,6 +262,8 @@ def main() -> None:
         "rows": rows,
         "ratios": ratios,
         "best": best_rows(ratios),
+        "step_bounds": bounds,
+        "distance_to_bound": distances(rows, bounds, models),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")

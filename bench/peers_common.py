@@ -126,12 +126,17 @@ class Setting:
     shards: int = 1
     compression: dict[str, Any] | None = None
     local_steps: int = 0
+    # Workers push each bucket during backward and run forward beside the pull
+    # (PSC_OVERLAP, pscluster/worker/overlap.py); False: the serial step, for comparison.
+    overlap: bool = True
 
 
 SETTINGS = [
     Setting("async", "pscluster async", "async"),
     Setting("async2", "pscluster async, 2 shards", "async", shards=2),
     Setting("sync", "pscluster sync", "sync"),
+    Setting("async-serial", "pscluster async, no overlap", "async", overlap=False),
+    Setting("sync-serial", "pscluster sync, no overlap", "sync", overlap=False),
     Setting("ssp", "pscluster ssp s=2", "ssp", staleness=2),
     Setting("int8", "pscluster async + int8", "async", compression={"name": "int8"}),
     Setting(

@@ -24,8 +24,15 @@ class Settings(BaseSettings):
     shard_port: int = 50061
     # Address under which a shard is reached by others; defaults to host:port.
     advertise: str = ""
-    # Shard addresses, comma-separated, as the coordinator reaches them.
+    # Shard addresses, comma-separated, as the coordinator reaches them. Unset: shards register
+    # themselves (a shard given PSC_COORDINATOR does) and jobs go to the live registered ones.
     shards: str = ""
+    # A shard's stable identity when it registers; "" takes the host name (a StatefulSet pod
+    # "ps-2", a compose container given `hostname:`), so a restarted shard is the same shard.
+    shard_id: str = ""
+    # Coordinator: a registered shard not heard from for this long is not live, and new jobs
+    # are not placed on it (running jobs keep their shards). Shards register every heartbeat.
+    shard_timeout_seconds: float = Field(10.0, gt=0)
     # Coordinator state: the SQLite database and the job blobs (datasets, models).
     state_dir: Path = Path(".pscluster")
     db_path: Path | None = None
@@ -66,6 +73,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0)
     # How often a worker sends its step losses (and its lease's progress) to the coordinator.
     progress_seconds: float = Field(0.5, gt=0)
+    # Workers: push each bucket of the gradient as backward produces it (one step per push,
+    # uncompressed, no embedding tables; pscluster/worker/overlap.py); off: after backward.
+    overlap: bool = True
+    overlap_bucket_bytes: int = Field(4 << 20, ge=4096)
     # Fault injection for straggler tests and benchmarks: a worker stretches the compute of
     # each batch to this many times its length (1: off), as a slower device would.
     slowdown: float = Field(1.0, ge=1.0, le=1000.0)

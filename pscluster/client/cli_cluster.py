@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from pscluster.client.cli_common import Address, Token, err, fail, out, user_errors
+from pscluster.client.info import ClusterStatus, ShardInfo
 from pscluster.client.local import DEFAULT_STATE_DIR, LocalCluster, stop_detached
 
 StateDir = Annotated[
@@ -43,6 +44,14 @@ def up(
             "--metrics", help="serve Prometheus metrics from every process (each on a free port)"
         ),
     ] = False,
+    register_shards: Annotated[
+        bool,
+        typer.Option(
+            "--register-shards",
+            help="shards register with the coordinator (as in compose and Kubernetes) instead "
+            "of being listed to it",
+        ),
+    ] = False,
 ) -> None:
     """Start a cluster: a coordinator, shards and workers. Ctrl-C stops it."""
     if not local:
@@ -60,6 +69,7 @@ def up(
             port=port,
             start_timeout=timeout,
             metrics=metrics,
+            register_shards=register_shards,
         )
         console = out()
         with console.status(f"starting {shards} shards, a coordinator and {workers} workers"):
@@ -136,17 +146,39 @@ def _speed(straggler: bool, slowdown: float) -> str:
     return f"{slowdown:.1f}x" if slowdown else ""
 
 
+def _shard_table(st: ClusterStatus, address: str) -> Table:
+    """One row per shard: its health, and for registered shards their id, liveness and the
+    active jobs they hold."""
+    health = {s.address: s for s in st.shards}
+    registered = not st.static_shards
+    how = "registered" if registered else "PSC_SHARDS"
+    table = Table(title=f"shards ({address}, {how})")
+    columns = ("id", "address", "live", "health", "jobs", "seen", "error")
+    for column in columns if registered else ("address", "health", "jobs", "error"):
+        table.add_column(column)
+    rows = st.registry or tuple(ShardInfo("", s.address, True, None, ()) for s in st.shards)
+    for r in rows:
+        h = health.get(r.address)
+        healthy = "" if h is None else "[green]healthy[/]" if h.healthy else "[red]down[/]"
+        jobs = f"{len(r.jobs)}: {', '.join(r.jobs)}" if r.jobs else "0"
+        error = "" if h is None else h.error
+        if not registered:
+            table.add_row(r.address, healthy, jobs, error)
+            continue
+        seen = "never" if r.last_seen_age is None else f"{r.last_seen_age:.1f}s ago"
+        live = "[green]yes[/]" if r.live else "[red]no[/]"
+        table.add_row(r.shard_id, r.address, live, healthy, jobs, seen, error)
+    return table
+
+
 def status(address: Address = None, token: Token = None) -> None:
-    """Shards with their health; workers with liveness, task and heartbeat age."""
+    """Shards with their health (registered ones with id, liveness and the jobs they hold);
+    workers with liveness, task and heartbeat age."""
     from pscluster.client.sdk import Client
 
     with user_errors(), Client(address, token=token) as client:
         st = client.status()
-        shards = Table(title=f"shards ({client.address})")
-        for column in ("address", "health", "error"):
-            shards.add_column(column)
-        for s in st.shards:
-            shards.add_row(s.address, "[green]healthy[/]" if s.healthy else "[red]down[/]", s.error)
+        shards = _shard_table(st, client.address)
         workers = Table(title="workers")
         columns = ("worker", "host", "device", "alive", "task", "job", "speed", "heartbeat")
         for column in columns:
@@ -165,6 +197,12 @@ def status(address: Address = None, token: Token = None) -> None:
         console = out()
         console.print(shards)
         console.print(workers)
+        if not st.static_shards and not any(r.live for r in st.registry):
+            err().print(
+                "no live shards: jobs are refused until one registers, e.g. "
+                f"`PSC_COORDINATOR={client.address} python -m pscluster.server`",
+                markup=False,
+            )
         if not st.workers:
             err().print(
                 "no workers registered: jobs wait until one starts, e.g. "

@@ -91,6 +91,11 @@ def _summary(m: JobMetrics, mode: str) -> list[str]:
         )
     steps = ", ".join(f"{w} {n}" for w, n in sorted(m.pushes_by_worker.items()))
     lines.append(f"steps by worker: {steps or 'none yet'}")
+    phases = m.phases_per_step()
+    if phases:
+        total = sum(phases.values())
+        parts = ", ".join(f"{n} {1000 * s:.1f}" for n, s in phases.items())
+        lines.append(f"time per step, by phase (ms): {parts}; total {1000 * total:.1f}")
     return lines
 
 

@@ -1,8 +1,9 @@
 """``pscluster plot JOB -o curves.png``: a job's training curves in one figure.
 
-Four panels: training loss per step, training loss and the job's test metric over time, that
-metric and the test loss per epoch, and the staleness histograms of the applied pushes (version
-staleness, and in ssp the clock staleness beside it). The test metric is what the job
+Six panels: training loss per step, training loss and the job's test metric over time, that
+metric and the test loss per epoch, the staleness histograms of the applied pushes (version
+staleness, and in ssp the clock staleness beside it), and where the step time goes: by phase
+over time, and per worker (pscluster.client.plot_phases). The test metric is what the job
 evaluates: accuracy for a classifier (higher is better, on a 0..1 axis), mse or mae for a
 regression, the loss alone for a custom loss (lower is better); its axis label says which.
 The data is :meth:`Job.history`, which ``--csv`` also writes out.
@@ -106,9 +107,11 @@ def _pyplot() -> ModuleType:
 
 
 def draw(history: History, output: Path, pyplot: ModuleType | None = None) -> None:
-    """Draw the four panels of ``history`` into ``output`` (format from its suffix)."""
+    """Draw the six panels of ``history`` into ``output`` (format from its suffix)."""
+    from pscluster.client.plot_phases import phases_by_worker, phases_over_time
+
     plt = pyplot if pyplot is not None else _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(3, 2, figsize=(12, 12.5))
     try:
         fig.suptitle(
             f"job {history.job_id} ({history.mode}, {history.state}): "
@@ -118,6 +121,8 @@ def draw(history: History, output: Path, pyplot: ModuleType | None = None) -> No
         _over_time(axes[0][1], history)
         _by_epoch(axes[1][0], history)
         _staleness(axes[1][1], history)
+        phases_over_time(axes[2][0], history)
+        phases_by_worker(axes[2][1], history)
         fig.tight_layout()
         fig.savefig(output, dpi=100)
     finally:

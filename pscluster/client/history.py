@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from pscluster.client.info import JobInfo
-from pscluster.client.metrics import JobMetrics, ordered_metrics
+from pscluster.client.metrics import JobMetrics, PhaseRow, ordered_metrics
 
-__all__ = ["CSV_FILES", "EpochPoint", "History", "StalenessBin", "StepPoint"]
+__all__ = ["CSV_FILES", "EpochPoint", "History", "PhaseSample", "StalenessBin", "StepPoint"]
 
 # The files to_csv writes, one per table.
-CSV_FILES = ("steps.csv", "epochs.csv", "staleness.csv")
+CSV_FILES = ("steps.csv", "epochs.csv", "staleness.csv", "phases.csv")
 
 VERSION = "version"  # updates applied on a shard between a worker's pull and its push
 CLOCK = "clock"  # ssp: the pushing worker's clock lead over the slowest worker
@@ -76,6 +76,26 @@ class StalenessBin:
 
 
 @dataclass(frozen=True)
+class PhaseSample:
+    """Where one worker's step time went over the batches of one of its reports: mean
+    seconds per batch in each phase (they add up to its mean step time)."""
+
+    seconds: float  # since the job started (the report's time)
+    worker: str
+    batches: int
+    pull: float
+    wait: float
+    forward: float
+    backward: float
+    push: float
+    other: float
+
+    @property
+    def step(self) -> float:
+        return self.pull + self.wait + self.forward + self.backward + self.push + self.other
+
+
+@dataclass(frozen=True)
 class History:
     """A job's per-step loss, per-epoch test results and staleness histograms, as rows.
 
@@ -95,6 +115,7 @@ class History:
     epochs: list[EpochPoint] = field(default_factory=list)
     staleness: list[StalenessBin] = field(default_factory=list)
     pushes_applied: int = 0
+    phases: list[PhaseSample] = field(default_factory=list)
 
     @classmethod
     def from_metrics(cls, info: JobInfo, metrics: JobMetrics) -> History:
@@ -120,6 +141,7 @@ class History:
             epochs=epochs,
             staleness=_bins(VERSION, metrics.staleness) + _bins(CLOCK, metrics.clock_staleness),
             pushes_applied=metrics.pushes_applied,
+            phases=[_sample(p) for p in metrics.timeline if p.batches],
         )
 
     def histogram(self, kind: str = VERSION) -> dict[int, int]:
@@ -144,6 +166,7 @@ class History:
             "steps.csv": _table(StepPoint, self.steps),
             "epochs.csv": self._epochs_table(),
             "staleness.csv": _table(StalenessBin, self.staleness),
+            "phases.csv": _table(PhaseSample, self.phases),
         }
 
     def _epochs_table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
@@ -158,7 +181,7 @@ class History:
         return header, rows
 
     def to_csv(self, directory: str | Path) -> list[Path]:
-        """Write steps.csv, epochs.csv and staleness.csv (with a header row) into
+        """Write steps.csv, epochs.csv, staleness.csv and phases.csv (with a header row) into
         ``directory``, creating it; return the paths written."""
         folder = Path(directory)
         if folder.exists() and not folder.is_dir():
@@ -173,6 +196,24 @@ class History:
                 writer.writerows(rows)
             written.append(path)
         return written
+
+
+def _sample(p: PhaseRow) -> PhaseSample:
+    """Mean seconds per batch by phase; a phase this client does not know counts as other."""
+    mean = {name: s / p.batches for name, s in p.phases.items()}
+    known = ("pull", "wait", "forward", "backward", "push")
+    other = sum(s for n, s in mean.items() if n not in known)
+    return PhaseSample(
+        seconds=p.seconds,
+        worker=p.worker,
+        batches=p.batches,
+        pull=mean.get("pull", 0.0),
+        wait=mean.get("wait", 0.0),
+        forward=mean.get("forward", 0.0),
+        backward=mean.get("backward", 0.0),
+        push=mean.get("push", 0.0),
+        other=other,
+    )
 
 
 def _bins(kind: str, histogram: Mapping[int, int]) -> list[StalenessBin]:

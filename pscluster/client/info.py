@@ -106,6 +106,18 @@ class ShardHealth:
 
 
 @dataclass(frozen=True)
+class ShardInfo:
+    """A shard new jobs may be placed on: one that registered (``shard_id``), or one of the
+    coordinator's static list (``shard_id`` "", always ``live``)."""
+
+    shard_id: str
+    address: str
+    live: bool  # registered again within the coordinator's shard timeout
+    last_seen_age: float | None  # seconds; None: not heard from since the coordinator started
+    jobs: tuple[str, ...]  # pending and running jobs with a range on it
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     worker_id: str
     host: str
@@ -122,6 +134,10 @@ class WorkerInfo:
 class ClusterStatus:
     shards: tuple[ShardHealth, ...]
     workers: tuple[WorkerInfo, ...]
+    # The shards the coordinator places jobs on, with the jobs each holds (empty from a
+    # coordinator that predates shard registration).
+    registry: tuple[ShardInfo, ...] = ()
+    static_shards: bool = True  # placed by PSC_SHARDS, not by registration
 
     @property
     def healthy(self) -> bool:
@@ -129,8 +145,22 @@ class ClusterStatus:
         return all(s.healthy for s in self.shards) and any(w.alive for w in self.workers)
 
     @classmethod
-    def from_proto(cls, m: co_pb2.ClusterStatusReply) -> ClusterStatus:
+    def from_proto(
+        cls, m: co_pb2.ClusterStatusReply, listed: co_pb2.ListShardsReply | None = None
+    ) -> ClusterStatus:
+        registry = tuple(
+            ShardInfo(
+                s.shard_id,
+                s.address,
+                s.live,
+                None if s.last_seen_age < 0 else s.last_seen_age,
+                tuple(s.jobs),
+            )
+            for s in (listed.shards if listed is not None else ())
+        )
         return cls(
+            registry=registry,
+            static_shards=listed is None or listed.static_list,
             shards=tuple(ShardHealth(s.address, s.healthy, s.error) for s in m.shards),
             workers=tuple(
                 WorkerInfo(

@@ -61,6 +61,9 @@ class LocalCluster:
     long processes get to exit after SIGTERM before they are killed. ``metrics`` (also on
     when ``PSC_METRICS_PORT`` is set in the environment or ``env``) gives every process its
     own free port for Prometheus metrics: see :attr:`metrics_urls` and ``cluster.json``.
+    ``register_shards`` starts the coordinator with no shard list and the shards after it,
+    each registering under its name (``shard-0``, ...), as a compose or Kubernetes cluster of
+    registering shards does; otherwise the coordinator is given the shards' addresses.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class LocalCluster:
         start_timeout: float = 60.0,
         grace: float = 5.0,
         metrics: bool = False,
+        register_shards: bool = False,
     ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, got {shards}")
@@ -92,6 +96,7 @@ class LocalCluster:
         self.extra_env = dict(env or {})
         self.start_timeout = start_timeout
         self.grace = grace
+        self.register_shards = register_shards
         self.coordinator: ProcessHandle | None = None
         self.shard_handles: list[ProcessHandle] = []
         self.workers: list[ProcessHandle] = []
@@ -139,11 +144,7 @@ class LocalCluster:
         try:
             # The state file is rewritten after each start, so that `pscluster down` finds every
             # process even if this launcher is killed half-way.
-            for i in range(self.num_shards):
-                self.shard_handles.append(self._start_server("shard", i, 0))
-                self._write_state()
-            self.coordinator = self._start_server("coordinator", 0, self.port)
-            self._write_state()
+            self._start_servers()
             for _ in range(self.num_workers):
                 self.add_worker(wait=False)
             if self.num_workers:
@@ -152,6 +153,28 @@ class LocalCluster:
             self.stop()
             raise
         return self
+
+    def _start_servers(self) -> None:
+        """Shards, then the coordinator given their list; or, when shards register, the
+        coordinator first (its address is what they need) and the shards until all are live."""
+        if self.register_shards:
+            self.coordinator = self._start_server("coordinator", 0, self.port)
+            self._write_state()
+        for i in range(self.num_shards):
+            self.shard_handles.append(self._start_server("shard", i, 0))
+            self._write_state()
+        if self.register_shards:
+            with self.client() as client:
+                local_launch.wait_for_shards(
+                    client,
+                    self.num_shards,
+                    self.start_timeout,
+                    self.shard_handles,
+                    self.state_dir / "logs",
+                )
+            return
+        self.coordinator = self._start_server("coordinator", 0, self.port)
+        self._write_state()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop workers first (so they do not retry against vanished servers), then the

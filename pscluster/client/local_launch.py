@@ -18,6 +18,7 @@ from pscluster.client import processes
 from pscluster.client.processes import ProcessHandle, StartError
 
 if TYPE_CHECKING:  # the SDK imports torch; `pscluster up` and `down` do not need it
+    from pscluster.client.info import ClusterStatus
     from pscluster.client.sdk import Client
 
 _BIND_ATTEMPTS = 3
@@ -49,6 +50,8 @@ def server_launch(
                 "PSC_ADVERTISE": address,
                 # Its write-ahead log and checkpoints: a restarted shard recovers from them.
                 "PSC_SHARD_DATA_DIR": str(state_dir / "shards" / name),
+                # Its identity when it registers (a cluster with register_shards).
+                "PSC_SHARD_ID": name,
             },
             address=address,
         )
@@ -101,10 +104,38 @@ def wait_for_workers(
     StartError after ``timeout`` seconds, or at once if a process in ``watch`` (the workers
     just started) exits meanwhile; ``logs`` is the folder the message points to.
     """
+
+    def alive(status: ClusterStatus) -> int:
+        return sum(1 for w in status.workers if w.alive)
+
+    _wait_for(client, alive, (count, "workers"), timeout, watch, logs)
+
+
+def wait_for_shards(
+    client: Client, count: int, timeout: float, watch: Sequence[ProcessHandle], logs: Path
+) -> None:
+    """Block until ``count`` shards have registered with the coordinator and are live (as
+    :func:`wait_for_workers`, for a cluster whose shards register)."""
+
+    def live(status: ClusterStatus) -> int:
+        return sum(1 for s in status.registry if s.live and s.shard_id)
+
+    _wait_for(client, live, (count, "shards"), timeout, watch, logs)
+
+
+def _wait_for(
+    client: Client,
+    counted: Callable[[ClusterStatus], int],
+    wanted: tuple[int, str],
+    timeout: float,
+    watch: Sequence[ProcessHandle],
+    logs: Path,
+) -> None:
     from pscluster.client.errors import PSClusterError
 
+    count, what = wanted
     deadline = time.monotonic() + timeout
-    alive = 0
+    found = 0
     while time.monotonic() < deadline:
         dead = [w for w in watch if w.returncode() is not None]
         if dead:
@@ -114,13 +145,13 @@ def wait_for_workers(
                 f"{w.log_path}:\n{w.log_tail()}"
             )
         try:
-            alive = sum(1 for w in client.status().workers if w.alive)
+            found = counted(client.status())
         except PSClusterError:
-            alive = 0
-        if alive >= count:
+            found = 0
+        if found >= count:
             return
         time.sleep(0.2)
     raise StartError(
-        f"only {alive} of {count} workers registered with the coordinator within "
+        f"only {found} of {count} {what} registered with the coordinator within "
         f"{timeout:g} s; see the logs in {logs}"
     )

@@ -84,6 +84,19 @@ class EventRow:
     seconds: float  # since the job started (see JobMetrics.started_unix)
 
 
+@dataclass(frozen=True)
+class PhaseRow:
+    """Where a worker's step time went over the batches it timed up to ``unix_time``:
+    seconds per phase ("pull", "wait", "forward", "backward", "push", "other"), the time its
+    training thread was blocked in each (they add up to the batches' wall time)."""
+
+    unix_time: float
+    worker: str
+    batches: int
+    phases: dict[str, float]
+    seconds: float  # since the job started (see JobMetrics.started_unix)
+
+
 def step_row(s: co_pb2.StepMetric, origin: float) -> StepRow:
     seconds = s.unix_time - origin
     return StepRow(s.step, s.loss, s.samples, s.worker_id, s.epoch, s.unix_time, seconds)
@@ -126,6 +139,10 @@ def worker_speed_row(w: co_pb2.WorkerSpeed) -> WorkerSpeedRow:
         w.excluded,
         w.active,
     )
+
+
+def phase_row(p: co_pb2.PhasePoint, origin: float) -> PhaseRow:
+    return PhaseRow(p.unix_time, p.worker_id, p.batches, dict(p.seconds), p.unix_time - origin)
 
 
 def event_row(e: co_pb2.JobEvent, origin: float) -> EventRow:

@@ -29,11 +29,13 @@ from pscluster.client.metric_names import (
 from pscluster.client.metric_rows import (
     EpochRow,
     EventRow,
+    PhaseRow,
     ShardRow,
     StepRow,
     WorkerSpeedRow,
     epoch_row,
     event_row,
+    phase_row,
     shard_row,
     step_row,
     worker_speed_row,
@@ -53,6 +55,7 @@ __all__ = [
     "EpochRow",
     "EventRow",
     "JobMetrics",
+    "PhaseRow",
     "ShardRow",
     "StepRow",
     "TableRow",
@@ -109,6 +112,23 @@ class JobMetrics:
     # A predict job: seconds by phase summed over its partitions ("load_model", "read",
     # "score" on the workers; "receive", the outputs' upload, on the coordinator).
     predict_seconds: dict[str, float] = field(default_factory=dict)
+    # A train job: where its workers' step time went, per worker report, oldest first.
+    timeline: list[PhaseRow] = field(default_factory=list)
+
+    def phases_per_step(self, worker: str | None = None) -> dict[str, float]:
+        """Mean seconds per batch in each phase (over every worker, or one), in the order
+        pull, wait, forward, backward, push, other; empty before any report."""
+        rows = [r for r in self.timeline if worker is None or r.worker == worker]
+        batches = sum(r.batches for r in rows)
+        if not batches:
+            return {}
+        totals: dict[str, float] = {}
+        for r in rows:
+            for name, s in r.phases.items():
+                totals[name] = totals.get(name, 0.0) + s
+        order = ("pull", "wait", "forward", "backward", "push", "other")
+        names = [n for n in order if n in totals] + sorted(set(totals) - set(order))
+        return {n: totals[n] / batches for n in names}
 
     @property
     def stragglers(self) -> list[str]:
@@ -180,6 +200,7 @@ class JobMetrics:
             steps=[dataclasses.replace(s, seconds=s.unix_time - origin) for s in self.steps],
             epochs=[dataclasses.replace(e, seconds=e.unix_time - origin) for e in self.epochs],
             events=[dataclasses.replace(e, seconds=e.unix_time - origin) for e in self.events],
+            timeline=[dataclasses.replace(p, seconds=p.unix_time - origin) for p in self.timeline],
             metric=metric,
             started_unix=origin,
         )
@@ -210,6 +231,7 @@ class JobMetrics:
             events=[event_row(e, origin) for e in m.events],
             tables=table_rows(m.shards),
             predict_seconds=dict(m.predict_seconds),
+            timeline=[phase_row(p, origin) for p in m.timeline],
             metric=infer_metric(epochs[-1].metrics) if epochs else LOSS,
             started_unix=origin,
         )

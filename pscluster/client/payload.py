@@ -35,6 +35,7 @@ from pscluster.errors import PSError
 from pscluster.model import bundle, objective, rebuild, state
 from pscluster.model.bundle import shipped_module
 from pscluster.model.sparse_optimizer import sparse_optimizer_config
+from pscluster.server.consistency import validate_job_consistency
 from pscluster.transport import wire
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
@@ -114,6 +115,7 @@ def payload_for(
     """
     _check_model_class(model)
     _check_int("seed", options.seed, 2**64 - 1)  # before torch.manual_seed sees it
+    _check_consistency(options)  # before the model is built and dry-run
     source = _source(*data, options)
     kwargs = dict(options.model_kwargs or {})
     kwargs_json = _kwargs_json(kwargs)
@@ -291,6 +293,15 @@ def _precision(precision: str) -> str:
             f"precision {precision!r} is unknown; expected one of {list(PRECISIONS)}"
         )
     return precision
+
+
+def _check_consistency(options: SubmitOptions) -> None:
+    """The coordinator's own rules for mode, staleness and backup_workers (mode "auto"
+    included), checked here so that a wrong combination fails before any work is done."""
+    try:
+        validate_job_consistency(options.mode, options.staleness, options.backup_workers)
+    except PSError as e:
+        raise InvalidJobError(str(e)) from e
 
 
 def _check_objective(spec: co_pb2.JobSpec) -> None:

@@ -209,12 +209,25 @@ class Client(AfterTraining):
         return [JobInfo.from_proto(j) for j in reply.jobs]
 
     def status(self) -> ClusterStatus:
-        """Shards with their health and workers with their liveness and current task."""
+        """Shards with their health (and, in ``registry``, the shards jobs are placed on, with
+        their liveness and the jobs each holds) and workers with their liveness and task."""
         reply = self._call(
             "get the cluster status",
             lambda t: self._stub.ClusterStatus(co_pb2.ClusterStatusRequest(), timeout=t),
         )
-        return ClusterStatus.from_proto(reply)
+        return ClusterStatus.from_proto(reply, self._list_shards())
+
+    def _list_shards(self) -> co_pb2.ListShardsReply | None:
+        """The coordinator's shard registry; None from one that predates it."""
+        try:
+            return self._call(
+                "list the shards",
+                lambda t: self._stub.ListShards(co_pb2.ListShardsRequest(), timeout=t),
+            )
+        except PSClusterError as e:
+            if e.code == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise
 
     # --- lifecycle ---
     def close(self) -> None:

@@ -34,7 +34,7 @@ from torch import nn
 from pscluster.client.code_refs import CodeRefError, load_ref
 from pscluster.client.errors import InvalidJobError
 from pscluster.model.names import BUILTIN_LOSSES
-from pscluster.server.consistency.registry import MODES
+from pscluster.server.consistency.job_modes import JOB_MODES
 
 
 class SpecFileError(InvalidJobError):
@@ -75,7 +75,7 @@ class JobFile(BaseModel):
         description="path/to/file.py:function returning ((X, y), (Xt, yt)) to upload, or a "
         "source the workers read: {source: ..., args: {...}}"
     )
-    mode: str = "async"  # one of the consistency registry's MODES (checked below)
+    mode: str = "async"  # one of the consistency registry's JOB_MODES, "auto" included
     staleness: int = Field(0, ge=0)
     optimizer: dict[str, Any] | None = None
     # the optimizer of the model's sparse tables, e.g. {name: rowwise_adagrad, lr: 0.05}
@@ -107,9 +107,9 @@ class JobFile(BaseModel):
     @field_validator("mode")
     @classmethod
     def _known_mode(cls, mode: str) -> str:
-        if mode in MODES:
+        if mode in JOB_MODES:
             return mode
-        raise ValueError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
+        raise ValueError(f"unknown mode {mode!r}; expected one of {list(JOB_MODES)}")
 
     @field_validator("loss")
     @classmethod

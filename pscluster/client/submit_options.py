@@ -36,7 +36,11 @@ class SubmitOptions:
     "fp16" in float16 with dynamic loss scaling (CUDA workers); the shards keep float32
     weights. ``seed`` fixes the initial parameters; ``name`` is shown by ``pscluster jobs``.
 
-    ``mode`` is "async", "sync" or "ssp" (bounded by ``staleness``); ``optimizer`` is a dict
+    ``mode`` is "async", "sync" or "ssp" (bounded by ``staleness``), or "auto": the
+    coordinator chooses among sync (with backup workers) and ssp bounds from the workers'
+    measured speeds and the loss, and revises it as the job runs, each change an event with
+    its reason (``job.metrics().events``); ``staleness`` and ``backup_workers`` are then its
+    own to choose and may not be given. ``optimizer`` is a dict
     of torch.optim fields, by default ``{"name": "sgd", "lr": 0.05, "momentum": 0.9}``.
     ``partitions`` and ``shards`` of 0 let the coordinator choose. ``compression``
     compresses the gradients workers push, e.g. ``{"name": "topk", "ratio": 0.01}``

@@ -16,7 +16,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from pscluster.coordinator.core.actions import Action, FailJob, FinishJob, SyncMembers, writes
+from pscluster.coordinator.core.actions import (
+    Action,
+    FailJob,
+    FinishJob,
+    SwitchConsistency,
+    SyncMembers,
+    writes,
+)
 from pscluster.coordinator.members import MembershipPump, Roster, Send
 from pscluster.coordinator.store import JobStore
 from pscluster.coordinator.store_writer import StoreWriter
@@ -43,11 +50,15 @@ class Executor:
         finish: Callable[[str], object],
         fail: Callable[[str, str], object],
         commit_timeout: float = 30.0,
+        switch: Callable[[SwitchConsistency], object] | None = None,
     ) -> None:
+        """``switch`` tells a job's shards its new consistency (mode "auto"; None: no job
+        of this coordinator switches)."""
         self.writer = StoreWriter(store)
         self.members = MembershipPump(send_members, roster, self._persist_generation)
         self._finish = finish
         self._fail = fail
+        self._switch = switch
         self.commit_timeout = commit_timeout
         # Finishing a job pulls its model from the shards: never on an RPC thread.
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="coordinator-jobs")
@@ -60,6 +71,9 @@ class Executor:
                 receipt.syncs[action.job_id] = self.members.request(action.job_id)
             elif isinstance(action, FinishJob):
                 self._background.submit(self._after, receipt.store, self._finish, action.job_id)
+            elif isinstance(action, SwitchConsistency) and self._switch is not None:
+                # After the event that explains it is durable; shards answer in milliseconds.
+                self._background.submit(self._after, receipt.store, self._switch, action)
             elif isinstance(action, FailJob):
                 self._background.submit(
                     self._after, receipt.store, self._fail, action.job_id, action.error
@@ -88,7 +102,7 @@ class Executor:
     def _persist_generation(self, job_id: str, generation: int) -> None:
         self.writer.write([JobUpdated(job_id, {"generation": generation})], self.commit_timeout)
 
-    def _after(self, ticket: int, call: Callable[..., object], *args: str) -> None:
+    def _after(self, ticket: int, call: Callable[..., object], *args: object) -> None:
         """Run a job operation once the writes it depends on are durable."""
         try:
             self.writer.wait(ticket, self.commit_timeout)

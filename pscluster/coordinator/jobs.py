@@ -62,15 +62,15 @@ class JobManager:
         if spec.HasField("predict"):  # batch inference: no shards to initialise
             return predict_jobs.submit(rt, spec, data)
         spec, teacher = distill_jobs.resolve(rt, spec)  # None: the job does not distill
-        addresses = rt.settings.shard_list()
-        job = validate_job(spec, data, len(addresses), rt.settings.default_partitions)
+        slots = rt.directory.placement()  # the least loaded first
+        job = validate_job(spec, data, len(slots), rt.settings.default_partitions)
         if job.spec.precision == "fp16":
             self._require_cuda_workers()
         job_id = f"j-{uuid.uuid4().hex[:8]}"
         ranges = BalancedRanges().split(job.layout.size, job.spec.shards)
         slices = [
-            st.ShardSlice(a, r.start, r.length)
-            for a, r in zip(addresses[: len(ranges)], ranges, strict=True)
+            st.ShardSlice(s.address, r.start, r.length, s.shard_id)
+            for s, r in zip(slots[: len(ranges)], ranges, strict=True)
         ]
         for name in SUBMITTED_BLOBS:
             if name in data:  # a job reading a data source uploads no dataset
@@ -212,6 +212,19 @@ class JobManager:
         if job.shards:  # a predict job has none, and no members
             rt.executor.members.add_job(job.job_id, [p.address for p in job.shards], job.generation)
 
+    def follow_moved_shard(self, job_ids: Sequence[str]) -> None:
+        """A shard came back at a new address and the store points these jobs' slices at it:
+        their membership is sent there from now on (a pending job is initialised there)."""
+        rt = self.rt
+        for job_id in job_ids:
+            with rt.lock:
+                job = rt.store.get_job(job_id)
+                if job is None or job.state != st.RUNNING:
+                    continue
+                addresses = [p.address for p in job.shards]
+                rt.executor.members.add_job(job_id, addresses, job.generation)
+            rt.executor.members.request(job_id)
+
     def pending_ids(self) -> list[str]:
         return [j.job_id for j in self.rt.store.list_jobs(st.PENDING)]
 
@@ -272,6 +285,8 @@ class JobManager:
             if found:
                 metrics = aggregate(job.job_id, found)
                 metrics.workers.extend(speeds)
+                metrics.timeline.extend(rt.timelines.points(job.job_id))
                 rt.store.update_job(job.job_id, final_stats=shard_part(metrics))
+        rt.timelines.forget(job.job_id)
         for e in rt.shards.drop_job(addresses, job.job_id):
             log.warning("job %s: shard not freed: %s", job.job_id, e)

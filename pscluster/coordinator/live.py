@@ -52,4 +52,6 @@ def stats(rt: Runtime, job: st.JobRecord) -> co_pb2.JobMetrics:
         if isinstance(s, ShardError):
             raise s
         found.append(s)
-    return aggregate(job.job_id, found)
+    metrics = aggregate(job.job_id, found)
+    metrics.timeline.extend(rt.timelines.points(job.job_id))
+    return metrics

@@ -85,7 +85,10 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     )
     parser.add_argument("--port", type=int, help="port to bind (0: any free port)")
     parser.add_argument("--host", help="interface to bind, e.g. 0.0.0.0")
-    parser.add_argument("--shards", help="comma-separated shard addresses host:port,...")
+    parser.add_argument(
+        "--shards",
+        help="comma-separated shard addresses host:port,... (unset: shards register themselves)",
+    )
     parser.add_argument("--state-dir", type=Path, help="where the database and job blobs live")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     args = vars(parser.parse_args(argv))
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     # handler wait_for_termination installs, not a process still busy collecting.
     freeze_startup_objects()
     handle = serve(settings, port)
-    log.info("coordinator state in %s, shards %s", settings.state_dir, settings.shard_list())
+    shards = settings.shard_list() or "registering (PSC_SHARDS unset)"
+    log.info("coordinator state in %s, shards %s", settings.state_dir, shards)
     # On SIGTERM: the monitor stops first (no new shard calls), then the server drains its
     # calls within the grace period, and only then is the store closed under them.
     wait_for_termination(handle.server, settings.grace_seconds, handle.coordinator.monitor.stop)

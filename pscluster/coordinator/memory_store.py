@@ -13,13 +13,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pscluster.coordinator.store import (
+    PENDING,
+    RUNNING,
     EpochRecord,
     EventRecord,
     JobRecord,
     JobStore,
     LeaseRecord,
+    ShardRecord,
     StepRecord,
     check_changes,
+    readdress,
 )
 from pscluster.coordinator.writes import (
     BatchesDropped,
@@ -57,6 +61,7 @@ class MemoryStore(JobStore):
         self._events: dict[str, list[EventRecord]] = {}
         self._dropped: dict[str, Counter[str]] = {}
         self._leases: list[LeaseRecord] = []
+        self._shards: dict[str, ShardRecord] = {}
 
     def close(self) -> None:
         """Nothing to release: the data go with the object."""
@@ -177,6 +182,26 @@ class MemoryStore(JobStore):
     def leases(self) -> list[LeaseRecord]:
         with self._lock:
             return list(self._leases)
+
+    def save_shard(self, shard: ShardRecord) -> None:
+        with self._lock:
+            old = self._shards.get(shard.shard_id)
+            first = shard.registered_unix if old is None else old.registered_unix
+            self._shards[shard.shard_id] = dataclasses.replace(shard, registered_unix=first)
+
+    def shards(self) -> list[ShardRecord]:
+        with self._lock:
+            return [self._shards[k] for k in sorted(self._shards)]
+
+    def readdress_shard(self, shard_id: str, address: str) -> list[str]:
+        moved = []
+        with self._lock:
+            for job in self._jobs.values():
+                slices = [readdress(s, shard_id, address) for s in job.shards]
+                if job.state in (PENDING, RUNNING) and slices != job.shards:
+                    job.shards = slices
+                    moved.append(job.job_id)
+        return moved
 
     def _require(self, job_id: str) -> JobRecord:
         job = self._jobs.get(job_id)

@@ -237,7 +237,7 @@ class JobQueries:
 
     def cluster_status(self) -> co_pb2.ClusterStatusReply:
         rt = self.rt
-        addresses = rt.settings.shard_list()
+        addresses = rt.directory.addresses()
         reply = co_pb2.ClusterStatusReply()
         for address, problem in zip(addresses, rt.shards.health(addresses), strict=True):
             reply.shards.add(

@@ -83,6 +83,13 @@ class StragglerRelief:
         tracker = SpeedTracker(settings, active)
         self._jobs[job_id] = _Job(mode_traits(mode, backup_workers), settings, tracker, [])
 
+    def set_consistency(self, job_id: str, mode: str, backup_workers: int) -> None:
+        """The job's mode changed while it runs (mode "auto"): relieve as the new one allows
+        (a mode whose clock cannot leave a straggler out lets the excluded back in)."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.traits = mode_traits(mode, backup_workers)
+
     def remove_job(self, job_id: str, now: float) -> list[co_pb2.WorkerSpeed]:
         """Stop tracking a job; its workers' speeds as they ended (for its final metrics)."""
         speeds = self.speeds(job_id, now)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pscluster.coordinator.timeline import check_phases
 from pscluster.errors import InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -34,6 +35,7 @@ def check_progress(p: co_pb2.LeaseProgress) -> dict[str, int]:
             f"lease.batches={p.batches} is implausible; report the batches timed since the "
             "last report"
         )
+    check_phases(p)
     return dropped_batches(p)
 
 

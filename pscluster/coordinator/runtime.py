@@ -11,15 +11,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from pscluster.config import Settings
 from pscluster.coordinator.blobs import BlobStore
+from pscluster.coordinator.consistency_switch import send_consistency
 from pscluster.coordinator.core.scheduler import Activity, Scheduler
 from pscluster.coordinator.executor import Executor
 from pscluster.coordinator.leases import LeaseBook
 from pscluster.coordinator.members import Roster
 from pscluster.coordinator.relief import StragglerRelief
+from pscluster.coordinator.shard_directory import ShardDirectory
 from pscluster.coordinator.store import JobStore
+from pscluster.coordinator.timeline import Timelines
 from pscluster.coordinator.workers import WorkerRegistry
 from pscluster.shard_client import ShardClient
 
@@ -32,15 +36,22 @@ class Runtime:
     shards: ShardClient
     core: Scheduler
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # Where each running job's step time goes (its own lock: reports need not take ``lock``).
+    timelines: Timelines = field(default_factory=Timelines)
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
     # Set by the coordinator once the job manager exists (it finishes and fails jobs).
     executor: Executor = field(init=False)
     # Notified when work becomes available: workers waiting in AcquireTask look again.
     tasks_changed: threading.Condition = field(init=False)
+    # Where new jobs go: the static shard list, or the shards that registered (own lock).
+    directory: ShardDirectory = field(init=False)
 
     def __post_init__(self) -> None:
         self.tasks_changed = threading.Condition(self.lock)
+        self.directory = ShardDirectory(
+            self.settings, self.store, lambda: self.mono(), lambda: self.wall()
+        )
 
         def wake() -> None:
             with self.lock:  # re-entrant: the book is changed under it already
@@ -61,7 +72,14 @@ class Runtime:
     def start_executor(
         self, finish: Callable[[str], object], fail: Callable[[str, str], object]
     ) -> None:
-        self.executor = Executor(self.store, self.shards.set_members, self.roster, finish, fail)
+        self.executor = Executor(
+            self.store,
+            self.shards.set_members,
+            self.roster,
+            finish,
+            fail,
+            switch=partial(send_consistency, self.shards, self.store),
+        )
 
     def roster(self, job_id: str) -> Roster | None:
         """The membership the job's shards should hold now (None: the job is gone)."""

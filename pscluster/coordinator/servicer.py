@@ -218,3 +218,23 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
         )
         for data in chunks:
             yield common_pb2.BlobChunk(blob=request.blob, data=data)
+
+    # --- shards ---
+    @grpc_errors
+    def RegisterShard(
+        self, request: co_pb2.RegisterShardRequest, context: grpc.ServicerContext
+    ) -> co_pb2.RegisterShardReply:
+        reg, moved = self.c.rt.directory.register(
+            request.shard_id, request.address, request.leaving
+        )
+        self.c.jobs.follow_moved_shard(moved)
+        return co_pb2.RegisterShardReply(
+            heartbeat_seconds=self.c.settings.heartbeat_seconds,
+            previous_address=reg.previous_address,
+        )
+
+    @grpc_errors
+    def ListShards(
+        self, request: co_pb2.ListShardsRequest, context: grpc.ServicerContext
+    ) -> co_pb2.ListShardsReply:
+        return self.c.rt.directory.listing()

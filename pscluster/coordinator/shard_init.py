@@ -18,6 +18,7 @@ from pscluster.coordinator.spec import shard_optimizer
 from pscluster.coordinator.tables import shard_tables
 from pscluster.model import state
 from pscluster.model.partition import Range
+from pscluster.server.consistency import starting_consistency
 from pscluster.transport import wire
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
@@ -46,6 +47,10 @@ def shard_configs(
     counters = buffer_layout_of(spec).counter_spans()
     zeros = hold_zero_spans(spec, layout_of(spec))
     out = []
+    # An auto job's shards start in its first setting; the coordinator switches them later.
+    mode, staleness, backup_workers = starting_consistency(
+        spec.mode, spec.staleness, spec.backup_workers
+    )
     ranges = buffer_ranges(spec, len(job.shards))
     for index, (part, brange) in enumerate(zip(job.shards, ranges, strict=True)):
         table_configs, rows = shard_tables(spec, index, len(job.shards), tables or {})
@@ -53,11 +58,11 @@ def shard_configs(
             job_id=job.job_id,
             start=part.start,
             length=part.length,
-            mode=spec.mode,
-            staleness=spec.staleness,
+            mode=mode,
+            staleness=staleness,
             optimizer=shard_optimizer(spec),
             compression=spec.compression,
-            backup_workers=spec.backup_workers,
+            backup_workers=backup_workers,
             staleness_aware_lr=spec.staleness_aware_lr,
             buffer_start=brange.start,
             buffer_length=brange.length,

@@ -29,7 +29,7 @@ from pscluster.errors import FailedPrecondition, InvalidArgument, ResourceExhaus
 from pscluster.model import objective, state
 from pscluster.model.layout import ParamLayout
 from pscluster.model.optimizer import parse_optimizer
-from pscluster.server.consistency import mode_traits, validate_consistency
+from pscluster.server.consistency import AUTO, mode_traits, validate_job_consistency
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -147,7 +147,7 @@ def validate_job(
     most = layout.size if not spec.model.tables else configured_shards
     explicit.shards = min(spec.shards or configured_shards, most)
     check_buffer_size(buffers, explicit.shards)
-    if not mode_traits(spec.mode, spec.backup_workers).clock_bound:
+    if spec.mode != AUTO and not mode_traits(spec.mode, spec.backup_workers).clock_bound:
         # Only a mode with a clock bound (ssp) uses staleness; one sent with another mode (an
         # SDK default, a job file switched between modes) is dropped, so the plan shows what
         # is in force.
@@ -172,7 +172,7 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     validate_tables(spec, dense)
     # The shards' own rules (and their one list of modes), so a job the coordinator accepts
     # is one every shard accepts.
-    validate_consistency(spec.mode, spec.staleness, spec.backup_workers)
+    validate_job_consistency(spec.mode, spec.staleness, spec.backup_workers)
     validate_optimizer(spec.optimizer)
     # The shards' own parser: a codec the coordinator accepts is one every shard decodes.
     codec = parse_settings(spec.compression)

@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS leases (
     kind TEXT NOT NULL, epoch INTEGER NOT NULL, partition INTEGER NOT NULL,
     partitions INTEGER NOT NULL, first_batch INTEGER NOT NULL, end_batch INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS registered_shards (
+    shard_id TEXT PRIMARY KEY, address TEXT NOT NULL, registered_unix REAL NOT NULL
+);
 """
 # Columns added since the first schema, for state directories made by an older coordinator.
 _ADDED_COLUMNS = {
@@ -88,7 +91,11 @@ def real(value: Any) -> float:
 def encode(name: str, value: Any) -> Any:
     """A job field's value as its column holds it."""
     if name == "shards":
-        return json.dumps([[s.address, s.start, s.length] for s in value])
+        # [address, start, length], plus the shard's id when it registered: a job stored by
+        # an older coordinator (three items) reads back with no id, as one placed by a list.
+        return json.dumps(
+            [[s.address, s.start, s.length, *([s.shard_id] if s.shard_id else [])] for s in value]
+        )
     if name in _JSON_FIELDS:
         return json.dumps(sorted(int(v) for v in value))
     return value
@@ -99,7 +106,9 @@ def decode_job(row: sqlite3.Row) -> JobRecord:
     for name in JOB_FIELDS:
         raw = row[name]
         if name == "shards":
-            values[name] = [ShardSlice(a, int(s), int(n)) for a, s, n in json.loads(raw)]
+            values[name] = [
+                ShardSlice(a, int(s), int(n), *rest) for a, s, n, *rest in json.loads(raw)
+            ]
         elif name in _JSON_FIELDS:
             values[name] = [int(v) for v in json.loads(raw)]
         elif name in _FLOAT_FIELDS:

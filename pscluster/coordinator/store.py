@@ -2,7 +2,8 @@
 
 Everything a restarted coordinator needs to list finished jobs, report their metrics and
 resume running ones lives here, leases included (so that a worker training through a
-coordinator restart keeps its lease); worker liveness does not (workers re-register).
+coordinator restart keeps its lease), and the registered shards; worker and shard liveness do
+not (they register again).
 Blobs (datasets, models) are files, see :mod:`pscluster.coordinator.blobs`.
 """
 
@@ -32,6 +33,19 @@ class ShardSlice:
     address: str
     start: int
     length: int
+    # The registered shard holding it ("" with a static PSC_SHARDS list): when that shard
+    # comes back at a new address, the slice follows it (:meth:`JobStore.readdress_shard`).
+    shard_id: str = ""
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """A registered shard as the store keeps it; its liveness is not kept (shards register
+    again every heartbeat, as workers do)."""
+
+    shard_id: str
+    address: str
+    registered_unix: float
 
 
 @dataclass
@@ -120,6 +134,13 @@ class LeaseRecord:
     end_batch: int
 
 
+def readdress(piece: ShardSlice, shard_id: str, address: str) -> ShardSlice:
+    """``piece`` at ``address`` if shard ``shard_id`` holds it, else as it is."""
+    if piece.shard_id != shard_id or piece.address == address:
+        return piece
+    return dataclasses.replace(piece, address=address)
+
+
 def check_changes(changes: dict[str, Any]) -> None:
     """Refuse a write of an unknown or fixed field (a programming error, not user input)."""
     bad = sorted(set(changes) - MUTABLE_FIELDS)
@@ -203,6 +224,19 @@ class JobStore(ABC):
     @abstractmethod
     def leases(self) -> list[LeaseRecord]:
         """The leases outstanding when :meth:`save_leases` was last called."""
+
+    @abstractmethod
+    def save_shard(self, shard: ShardRecord) -> None:
+        """Store a registered shard, or its new address (keyed by its id)."""
+
+    @abstractmethod
+    def shards(self) -> list[ShardRecord]:
+        """Every registered shard, by id."""
+
+    @abstractmethod
+    def readdress_shard(self, shard_id: str, address: str) -> list[str]:
+        """Point the slices that shard ``shard_id`` holds of pending and running jobs at
+        ``address``; returns those jobs' ids, oldest first."""
 
     @abstractmethod
     def close(self) -> None:

@@ -199,6 +199,8 @@ class TaskDispatcher:
                 f"job {job_id} is {job.state}; progress is no longer recorded"
             ) from None
         rt.executor.run(actions)
+        if progress is not None:
+            rt.timelines.record(job_id, worker_id, progress, now)
         return end
 
     def report_failure(self, worker_id: str, job_id: str, error: str) -> None:

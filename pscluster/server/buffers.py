@@ -58,16 +58,23 @@ def wire_torch_dtype(dtype: int) -> torch.dtype:
 
 
 def receive_gradient(
-    length: int, dtype: int, chunks: Iterable[bytes | memoryview], buffer: bytearray | None
+    length: int,
+    dtype: int,
+    chunks: Iterable[bytes | memoryview],
+    buffer: bytearray | None,
+    bucket_bytes: int = 0,
 ) -> torch.Tensor:
     """A push's payload as a float32 tensor: float32 is received into ``buffer`` (reused, so
-    the tensor is only good until the buffer's next use); half precision into a new buffer,
-    then converted."""
+    the tensor is only good until the buffer's next use), in order or (``bucket_bytes``) in
+    buckets last first; half precision into a new buffer, then converted."""
     if buffer is None:
         owned = bytearray(length * wire.itemsize(dtype))
         wire.fill(owned, chunks)
         return wire.decode(owned, dtype, length)
-    wire.fill(buffer, chunks)
+    if bucket_bytes:
+        wire.fill_buckets_last_first(buffer, chunks, bucket_bytes)
+    else:
+        wire.fill(buffer, chunks)
     return torch.frombuffer(buffer, dtype=torch.float32) if buffer else torch.empty(0)
 
 

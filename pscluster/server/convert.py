@@ -73,6 +73,7 @@ def push_header(header: ps_pb2.PushHeader) -> PushHeader:
         grad_scale=header.grad_scale,
         buffer_delta=header.buffer_delta,
         rows=tuple(RowBlockInfo(b.table, b.count, b.dtype or F32) for b in header.rows),
+        bucket_bytes=header.bucket_bytes,
     )
 
 

@@ -87,6 +87,8 @@ class PushHeader:
     buffer_delta: bytes = field(default=b"", repr=False)
     # Row gradients of the job's tables, after the dense payload (pscluster.server.tables.rows).
     rows: tuple[RowBlockInfo, ...] = ()
+    # 0: the payload in order; else buckets of this many bytes, last first (raw float32).
+    bucket_bytes: int = 0
 
     @property
     def scale(self) -> float:

@@ -26,6 +26,9 @@ from pscluster.server.job_buffers import decode_delta
 from pscluster.server.tables.rows import RowGrads, SplitStream, decode_rows, rows_bytes
 from pscluster.transport import wire
 
+# Receive buffers a job keeps between pushes (each the size of its range).
+RECEIVE_BUFFERS = 4
+
 
 @dataclass
 class Received:
@@ -52,7 +55,9 @@ class PushIntake:
     def __init__(self, config: JobConfig, codec: Compressor) -> None:
         self._config = config
         self._codec = codec
-        self._buffers = Pool(lambda: bytearray(config.length * 4))
+        # One idle buffer per push that may be received at once (a few workers), not one: a
+        # second push arriving during the first would otherwise get fresh memory every time.
+        self._buffers = Pool(lambda: bytearray(config.length * 4), keep=RECEIVE_BUFFERS)
 
     def receive(
         self, header: PushHeader, data: Iterable[bytes | memoryview], *, keep_payload: bool
@@ -109,7 +114,7 @@ class PushIntake:
     ) -> torch.Tensor:
         if header.codec != "none":
             return receive_compressed(self._codec, header.length, header.payload_bytes, data)
-        return receive_gradient(header.length, header.dtype, data, buffer)
+        return receive_gradient(header.length, header.dtype, data, buffer, header.bucket_bytes)
 
 
 def _unscale(grad: torch.Tensor, scale: float, *, shares_payload: bool) -> torch.Tensor:

@@ -11,6 +11,7 @@ the durability tests all go through them). Not thread-safe: call it under the jo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from pscluster.errors import InvalidArgument, NotFound
 from pscluster.model.optimizer import FlatOptimizer
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.clocks import MemberClocks
-from pscluster.server.consistency import make_policy
+from pscluster.server.consistency import make_policy, switch_policy
 from pscluster.server.dedup import PushLedger
 from pscluster.server.domain import JobConfig, JobStats, PushHeader, PushResult
 from pscluster.server.job_buffers import JobBuffers
@@ -65,6 +66,8 @@ class JobState:
             )
         self.config = config
         self.policy = make_policy(config.mode, config.staleness, config.backup_workers)
+        # The SetConsistency revision in force (0: the mode the job was created with).
+        self.revision = 0
         self.opt = FlatOptimizer(values, config.optimizer)
         self.zeros = ZeroMask.of_zeros(values, config.hold_zeros)
         self.buffers = JobBuffers(buffers, config.counters)
@@ -155,6 +158,22 @@ class JobState:
         )
         self.ledger.remember(header.worker_id, header.seq, result)
         return result
+
+    def set_consistency(
+        self, mode: str, staleness: int, backup_workers: int, revision: int
+    ) -> bool:
+        """Replace the mode between two pushes (see :mod:`pscluster.server.consistency.switch`)
+        unless ``revision`` is not newer than the one in force; whether it was replaced. The
+        config says the mode in force, so a checkpoint rebuilds the job in it."""
+        if revision <= self.revision:
+            return False
+        self.policy = switch_policy(self, self.policy, mode, staleness, backup_workers)
+        self.config = replace(
+            self.config, mode=mode, staleness=staleness, backup_workers=backup_workers
+        )
+        self.revision = revision
+        self._wake()  # a step may have closed, a bound loosened: waiting pulls look again
+        return True
 
     def check_member(self, worker_id: str) -> None:
         if worker_id not in self.clocks:
@@ -255,6 +274,7 @@ class JobState:
             "counters": self.counters.state(),
             "optimizer": opt_scalars,
             "policy": policy_meta,
+            "consistency_revision": self.revision,
             "tables": table_scalars,
             # Whether this holds only the table rows changed since the previous checkpoint.
             "delta": any(".delta." in name for name in table_tensors),
@@ -273,6 +293,7 @@ class JobState:
         if self.config.buffer_length:
             self.buffers.values.copy_(tensors[_BUFFERS])
         self.opt.load_state_tensors(_prefixed(tensors, _OPT), meta["optimizer"])
+        self._load_consistency(meta)
         self.policy.load_state_dict(_prefixed(tensors, _POLICY), meta["policy"])
         if len(self.tables):
             self.tables.load_state_dict(_prefixed(tensors, _TABLES), meta["tables"])
@@ -283,6 +304,18 @@ class JobState:
         self.ledger.load_state_dict(meta["last_push"])
         self.counters.load_state(meta["counters"])
         self._wake()
+
+    def _load_consistency(self, meta: dict[str, Any]) -> None:
+        """The mode the state was saved in, which a live switch may have changed since the
+        checkpoint this job was built from (a delta on a full one): its policy, empty."""
+        saved = meta["config"]
+        mode = saved["mode"], saved["staleness"], saved["backup_workers"]
+        if mode != (self.config.mode, self.config.staleness, self.config.backup_workers):
+            self.policy = make_policy(*mode)
+            self.config = replace(
+                self.config, mode=mode[0], staleness=mode[1], backup_workers=mode[2]
+            )
+        self.revision = int(meta.get("consistency_revision", 0))
 
 
 def _tables(config: JobConfig, initial: Sequence[torch.Tensor | None]) -> JobTables:

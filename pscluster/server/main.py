@@ -13,6 +13,12 @@ from pscluster.logs import configure_logging
 from pscluster.model.optimizer import warm_up
 from pscluster.server.durability.journal import DurabilityConfig
 from pscluster.server.durability.recovery import recover_all
+from pscluster.server.registration import (
+    Registrar,
+    advertised_address,
+    registers,
+    shard_identity,
+)
 from pscluster.server.servicer import SERVICE_NAME, ParameterServerServicer, add_to_server
 from pscluster.server.shard import Shard
 from pscluster.server.telemetry import shard_registry
@@ -28,8 +34,12 @@ class ShardServer(RunningServer):
 
     shard: Shard | None = None
     metrics: MetricsServer | None = None
+    # Announces the shard to its coordinator (None: it does not register).
+    registrar: Registrar | None = None
 
     def stop(self, grace: float | None = None) -> None:
+        if self.registrar is not None:  # first: no new jobs are placed on a shard going away
+            self.registrar.stop()
         super().stop(grace)
         if self.metrics is not None:
             self.metrics.stop()
@@ -41,7 +51,9 @@ def serve(settings: Settings, port: int | None = None) -> ShardServer:
     ``port`` None: ``settings.shard_port``; 0: a free port (read it from ``.port``). With
     ``shard_data_dir`` set, every job found there is recovered before the port is served, so
     no caller ever sees a shard that has forgotten its jobs. With ``metrics_port`` set, its
-    Prometheus series are served there (``.metrics.port`` is the port bound).
+    Prometheus series are served there (``.metrics.port`` is the port bound). Given its
+    coordinator's address (``registers``), it registers there once it serves, and every
+    heartbeat after.
     """
     warm_up()
     shard = recovered_shard(settings)
@@ -63,7 +75,11 @@ def serve(settings: Settings, port: int | None = None) -> ShardServer:
             running.stop(0)
             raise
         log.info("metrics on http://%s:%d/metrics", settings.host, metrics.port)
-    return ShardServer(running.server, running.port, running.health, shard, metrics)
+    registrar = None
+    if registers(settings):
+        address = advertised_address(settings, running.port)
+        registrar = Registrar(settings, shard_identity(settings), address).start()
+    return ShardServer(running.server, running.port, running.health, shard, metrics, registrar)
 
 
 def recovered_shard(settings: Settings) -> Shard:
@@ -95,12 +111,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="interface to bind (PSC_HOST)")
     parser.add_argument("--port", type=int, help="port to bind, 0 for a free one (PSC_SHARD_PORT)")
     parser.add_argument("--advertise", help="address others reach this shard at (PSC_ADVERTISE)")
+    parser.add_argument(
+        "--coordinator", help="register with this coordinator, host:port (PSC_COORDINATOR)"
+    )
+    parser.add_argument("--shard-id", help="stable id to register under (PSC_SHARD_ID)")
     parser.add_argument("--log-level", help="DEBUG, INFO, ... (PSC_LOG_LEVEL)")
     args = parser.parse_args(argv)
     overrides = {
         "host": args.host,
         "shard_port": args.port,
         "advertise": args.advertise,
+        "coordinator": args.coordinator,
+        "shard_id": args.shard_id,
         "log_level": args.log_level,
     }
     settings = Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})

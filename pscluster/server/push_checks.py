@@ -41,6 +41,22 @@ def check_header(config: JobConfig, codec: Compressor, header: PushHeader) -> No
     check_grad_scale(header.grad_scale)
     check_buffer_delta(config, header)
     check_row_blocks(config, header)
+    check_bucket_order(header)
+
+
+def check_bucket_order(header: PushHeader) -> None:
+    """Buckets sent last first are raw float32 values, whole ones, and nothing else."""
+    if not header.bucket_bytes:
+        return
+    if header.codec != "none" or wire.itemsize(header.dtype) != 4 or header.rows:
+        raise InvalidArgument(
+            "bucket_bytes is set, but buckets in reverse order are only for raw float32 "
+            "payloads without rows; send the payload in order (bucket_bytes 0)"
+        )
+    if header.bucket_bytes % 4:
+        raise InvalidArgument(
+            f"bucket_bytes {header.bucket_bytes} is not a whole number of float32 values"
+        )
 
 
 def check_row_blocks(config: JobConfig, header: PushHeader) -> None:

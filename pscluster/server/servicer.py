@@ -70,6 +70,16 @@ class ParameterServerServicer:
         return ps_pb2.SetMembersReply(generation=generation)
 
     @grpc_errors
+    def SetConsistency(
+        self, request: ps_pb2.SetConsistencyRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.SetConsistencyReply:
+        job = self._shard.job(request.job_id)
+        revision, version = job.set_consistency(
+            request.mode, request.staleness, request.backup_workers, request.revision
+        )
+        return ps_pb2.SetConsistencyReply(revision=revision, version=version)
+
+    @grpc_errors
     def Pull(
         self, request: ps_pb2.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[ps_pb2.PullChunk | bytes]:
@@ -189,6 +199,11 @@ def add_to_server(servicer: ParameterServerServicer, server: grpc.Server) -> Non
             servicer.SetMembers,
             request_deserializer=ps_pb2.SetMembersRequest.FromString,
             response_serializer=ps_pb2.SetMembersReply.SerializeToString,
+        ),
+        "SetConsistency": grpc.unary_unary_rpc_method_handler(
+            servicer.SetConsistency,
+            request_deserializer=ps_pb2.SetConsistencyRequest.FromString,
+            response_serializer=ps_pb2.SetConsistencyReply.SerializeToString,
         ),
         "Pull": grpc.unary_stream_rpc_method_handler(
             servicer.Pull,

@@ -22,6 +22,7 @@ import torch
 from pscluster.compression import CompressionSettings, make_compressor
 from pscluster.errors import DeadlineExceeded, InvalidArgument, NotFound, PSError
 from pscluster.server.clocks import check_member_ids
+from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig, JobStats, PullSnapshot, PushHeader, PushResult
 from pscluster.server.intake import PushIntake, Received
 from pscluster.server.job_state import JobState, StateDict
@@ -98,13 +99,20 @@ class ShardJob:
                 self._state.counters.rejected("invalid")
             raise
         try:
-            result, ticket = self._decide_locked(header, received)
+            # The payload's bytes go to the log here, outside the lock; the decision's record
+            # under it only refers to them (pscluster.server.durability.wal).
+            journal, logged = self._journal, None
+            if journal is not None and received.payload is not None and not received.nonfinite:
+                logged = journal.log_payload(header, received.payload)
+            result, ticket = self._decide_locked(header, received, logged)
         finally:
             received.release()
         self._commit(ticket)
         return result
 
-    def _decide_locked(self, header: PushHeader, received: Received) -> tuple[PushResult, int]:
+    def _decide_locked(
+        self, header: PushHeader, received: Received, logged: int | None
+    ) -> tuple[PushResult, int]:
         state = self._state
         with self._cond:
             state.counters.pushed(payload_bytes(header), header.length * 4)
@@ -130,7 +138,7 @@ class ShardJob:
             ticket = 0
             if self._journal is not None and received.payload is not None:
                 # Logged before the policy sees it: the policy may scale the gradient in place.
-                ticket = self._journal.log_push(header, received.payload)
+                ticket = self._journal.log_push(header, received.payload, logged)
             result = state.decide(header, received.grad, received.buffer_delta, received.rows)
             return result, ticket
 
@@ -271,6 +279,37 @@ class ShardJob:
                 extra={"job_id": self.config.job_id},
             )
         return generation
+
+    def set_consistency(
+        self, mode: str, staleness: int, backup_workers: int, revision: int
+    ) -> tuple[int, int]:
+        """Switch the job's consistency live (mode "auto" on the coordinator) unless
+        ``revision`` is not newer than the one in force; returns (revision in force, version).
+        Logged like a membership change, so that recovery replays it between the same pushes.
+        """
+        validate_consistency(mode, staleness, backup_workers)
+        state = self._state
+        with self._cond:
+            self._check_alive()
+            if revision <= state.revision:
+                return state.revision, state.version
+            ticket = 0
+            if self._journal is not None:
+                ticket = self._journal.log_consistency(mode, staleness, backup_workers, revision)
+            state.set_consistency(mode, staleness, backup_workers, revision)
+            self.config = state.config
+            version = state.version
+        self._commit(ticket)
+        log.info(
+            "job %s revision %d: consistency is now %s (staleness %d, backup workers %d)",
+            self.config.job_id,
+            revision,
+            mode,
+            staleness,
+            backup_workers,
+            extra={"job_id": self.config.job_id},
+        )
+        return revision, version
 
     def stats(self) -> JobStats:
         journal = self._journal

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -90,19 +90,14 @@ class ShardClient:
     def each(self, calls: Sequence[tuple[str, Callable[[], T]]]) -> list[T | ShardError]:
         """Run each ``(address, call)`` at once (the calls block: streams); the results in
         order, a ShardError in place of a call that failed."""
-
-        def run(address: str, call: Callable[[], T]) -> T | ShardError:
-            try:
-                return call()
-            except grpc.RpcError as e:
-                return shard_error(address, e)
-            except ShardError as e:
-                return e
-
         if len(calls) == 1:  # no thread hop for a one-shard job
-            return [run(*calls[0])]
-        futures = [self._pool.submit(run, address, call) for address, call in calls]
-        return [f.result() for f in futures]
+            return [_run(*calls[0])]
+        return [f.result() for f in self.start(calls)]
+
+    def start(self, calls: Sequence[tuple[str, Callable[[], T]]]) -> list[Future[T | ShardError]]:
+        """Start each ``(address, call)`` on the client's threads and return at once: each
+        future's result is the call's, or the ShardError it failed with."""
+        return [self._pool.submit(_run, address, call) for address, call in calls]
 
     # --- a job's life: InitJob, SetMembers, GetJobStats, DropJob, health ---
 
@@ -208,6 +203,7 @@ class ShardClient:
         dtype: int = F32,
         timeout: float | None = None,
         into: tuple[torch.Tensor, torch.Tensor] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Snapshot:
         """The job's parameters and buffers, every range pulled at once and received in place.
 
@@ -216,7 +212,8 @@ class ShardClient:
         up to ``timeout`` (the client's RPC timeout if None); ``min_versions`` are per shard
         (sync: the ``next_version`` its last push was answered with). ``dtype`` is the wire
         dtype; the values arrive as float32 whatever it is. ``into`` (float32, float64) are
-        filled instead of new tensors. Raises the first ShardError once every pull ended.
+        filled instead of new tensors. ``progress(i, n)``: ``n`` bytes of range ``i`` are in
+        place (float32 pulls). Raises the first ShardError once every pull ended.
         """
         size, buffer_size = vector_sizes(ranges)
         values, buffers = into or (
@@ -240,6 +237,7 @@ class ShardClient:
                 responses,
                 values[r.start : r.start + r.length],
                 buffers[r.buffer_start : r.buffer_start + r.buffer_length],
+                None if progress is None else partial(progress, i),
             )
 
         results = self.each([(r.address, partial(one, i)) for i, r in enumerate(ranges)])
@@ -282,21 +280,10 @@ class ShardClient:
         def one(i: int) -> ps_pb2.PushReply:
             r = ranges[i]
             blocks, rows = extras.rows.get(i, ((), b""))
-            header = ps_pb2.PushHeader(
-                job_id=job_id,
-                worker_id=worker_id,
-                seq=seq,
-                base_version=base.versions[i],
-                base_clock=base.clocks[i],
-                length=r.length,
-                dtype=F32,
-                batch_size=batch_size,
-                codec=codec,
-                payload_bytes=len(memoryview(payloads[i]).cast("B")),
-                buffer_delta=extras.buffer_slice(r),
-                grad_scale=extras.grad_scale if extras.grad_scale != 1.0 else 0.0,
-                rows=[_row_block(b) for b in blocks],
-            )
+            header = push_header(job_id, worker_id, seq, base, i, r, batch_size, extras)
+            header.codec = codec
+            header.payload_bytes = len(memoryview(payloads[i]).cast("B"))
+            header.rows.extend(_row_block(b) for b in blocks)
             messages = push_messages(header, payloads[i], chunk, rows)
             reply: ps_pb2.PushReply = self._shard(r.address).streams.push(messages, timeout=wait)
             return reply
@@ -304,6 +291,42 @@ class ShardClient:
         order = sorted(payloads)
         results = self.each([(ranges[i].address, partial(one, i)) for i in order])
         return dict(zip(order, results, strict=True))
+
+
+def push_header(
+    job_id: str,
+    worker_id: str,
+    seq: int,
+    base: Snapshot,
+    index: int,
+    r: ShardRange,
+    batch_size: int,
+    extras: PushExtras,
+) -> ps_pb2.PushHeader:
+    """The header of push ``seq`` to shard ``index`` (range ``r``) of an update computed on
+    ``base``: float32 values, no codec, no rows (the caller adds what it sends beside)."""
+    return ps_pb2.PushHeader(
+        job_id=job_id,
+        worker_id=worker_id,
+        seq=seq,
+        base_version=base.versions[index],
+        base_clock=base.clocks[index],
+        length=r.length,
+        dtype=F32,
+        batch_size=batch_size,
+        codec="none",
+        buffer_delta=extras.buffer_slice(r),
+        grad_scale=extras.grad_scale if extras.grad_scale != 1.0 else 0.0,
+    )
+
+
+def _run(address: str, call: Callable[[], T]) -> T | ShardError:
+    try:
+        return call()
+    except grpc.RpcError as e:
+        return shard_error(address, e)
+    except ShardError as e:
+        return e
 
 
 def _row_block(block: RowBlockInfo) -> ps_pb2.RowBlock:

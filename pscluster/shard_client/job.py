@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import grpc
 import torch
 
 from pscluster.model.partition import RowPartitioner
 from pscluster.shard_client.client import F32, ShardClient
-from pscluster.shard_client.errors import ShardError
+from pscluster.shard_client.errors import ShardError, shard_error
 from pscluster.shard_client.ranges import PushExtras, ShardRange, Snapshot, vector_sizes
 from pscluster.shard_client.streams import Payload
 from pscluster.shard_client.tables import MODULO, lookup_rows
@@ -31,10 +33,12 @@ class JobShards:
         timeout: float,
         dtype: int = F32,
         into: tuple[torch.Tensor, torch.Tensor] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Snapshot:
         """Every range, at once; blocks while a shard's consistency mode makes this worker
         wait (an empty ``worker_id`` is an observer and never waits on the mode). ``into``
-        (float32 values, float64 buffers) are filled instead of new tensors."""
+        (float32 values, float64 buffers) are filled instead of new tensors; ``progress(i,
+        n)``: ``n`` bytes of range ``i`` are in place."""
         return self.client.pull_all(
             self.job_id,
             self.ranges,
@@ -43,6 +47,7 @@ class JobShards:
             dtype=dtype,
             timeout=timeout,
             into=into,
+            progress=progress,
         )
 
     def push(
@@ -96,3 +101,44 @@ class JobShards:
             partitioner=partitioner,
             peek=peek,
         )
+
+
+class StreamedPush:
+    """One push whose streams were started before its payload was complete: a gRPC future
+    per shard, each sending what its chunk iterator yields as it yields it."""
+
+    def __init__(self, calls: Mapping[int, tuple[str, grpc.Future[ps_pb2.PushReply]]]) -> None:
+        self._calls = calls
+
+    def results(self) -> dict[int, ps_pb2.PushReply | ShardError]:
+        """Each shard's reply, or the ShardError its call ended with, by index (blocks)."""
+        out: dict[int, ps_pb2.PushReply | ShardError] = {}
+        for i, (address, future) in self._calls.items():
+            try:
+                out[i] = future.result()
+            except grpc.RpcError as e:
+                out[i] = shard_error(address, e)
+            except grpc.FutureCancelledError:
+                out[i] = ShardError(address, grpc.StatusCode.CANCELLED, "the push was abandoned")
+        return out
+
+    def cancel(self) -> None:
+        """Break every stream off: a shard applies nothing of a push it did not receive whole."""
+        for _, future in self._calls.values():
+            future.cancel()
+
+
+def start_streamed_push(
+    shards: JobShards,
+    header: Callable[[int], ps_pb2.PushHeader],
+    chunks: Callable[[int], Iterator[bytes]],
+    timeout: float,
+) -> StreamedPush:
+    """Start shard ``i``'s push with ``header(i)`` and the data chunks ``chunks(i)`` yields,
+    on every shard at once, and return without waiting for any of it."""
+    calls = {}
+    for i, r in enumerate(shards.ranges):
+        messages = itertools.chain([ps_pb2.PushChunk(header=header(i))], chunks(i))
+        future = shards.client.streams(r.address).push.future(messages, timeout=timeout)
+        calls[i] = (r.address, future)
+    return StreamedPush(calls)

@@ -8,7 +8,7 @@ headers) still go through protobuf.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 import torch
@@ -55,9 +55,11 @@ def read_pull(
     responses: Iterable[ps_pb2.PullChunk | memoryview],
     values: torch.Tensor,
     buffers: torch.Tensor,
+    progress: Callable[[int], None] | None = None,
 ) -> ps_pb2.PullHeader:
     """Receive a pull stream into ``values`` (float32, the shard's range) and ``buffers``
-    (float64, its buffer range); the header. ShardError if the shard sent something else."""
+    (float64, its buffer range); the header. ShardError if the shard sent something else.
+    ``progress`` is told the bytes of ``values`` in place so far, after each float32 chunk."""
     stream = iter(responses)
     first = next(stream, None)
     if not isinstance(first, ps_pb2.PullChunk) or first.WhichOneof("part") != "header":
@@ -71,7 +73,10 @@ def read_pull(
         )
     try:
         if header.dtype in _FLOAT32:
-            wire.fill(wire.byte_view(values), _payloads(address, stream))
+            chunks = _payloads(address, stream)
+            wire.fill(
+                wire.byte_view(values), chunks if progress is None else _counted(chunks, progress)
+            )
         else:
             received = bytearray(header.length * wire.itemsize(header.dtype))
             wire.fill(received, _payloads(address, stream))
@@ -97,6 +102,17 @@ def _payloads(
             yield chunk.data
         else:
             raise ShardError(address, grpc.StatusCode.INTERNAL, "a pull sent a second header")
+
+
+def _counted(
+    chunks: Iterator[bytes | memoryview], progress: Callable[[int], None]
+) -> Iterator[bytes | memoryview]:
+    """``chunks`` unchanged; after each is copied in (the next is asked for), the total."""
+    total = 0
+    for chunk in chunks:
+        yield chunk
+        total += len(chunk)
+        progress(total)
 
 
 def push_messages(

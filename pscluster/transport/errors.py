@@ -71,6 +71,10 @@ def grpc_errors(method: F) -> F:
                     yield from method(self, request, context)
             except PSError as e:
                 context.abort(status_of(e), str(e))
+            except grpc.RpcError:
+                if context.is_active():
+                    raise
+                log.debug("%s: the caller cancelled the call", method.__name__)
             except Exception as e:  # a bug: log it, answer INTERNAL rather than hang the caller
                 log.exception("unhandled error in %s", method.__name__)
                 context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
@@ -84,6 +88,13 @@ def grpc_errors(method: F) -> F:
                 return method(self, request, context)
         except PSError as e:
             context.abort(status_of(e), str(e))
+        except grpc.RpcError:
+            # A client stream the caller broke off (a worker abandoning a push it was still
+            # sending): nothing of it was applied, and nobody waits for an answer.
+            if context.is_active():
+                raise
+            log.debug("%s: the caller cancelled the call", method.__name__)
+            return None
         except Exception as e:
             log.exception("unhandled error in %s", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")

@@ -77,6 +77,33 @@ def fill(buffer: bytearray | memoryview, chunks: Iterable[bytes | memoryview]) -
         raise InvalidArgument(f"stream ended after {filled} of the announced {len(view)} bytes")
 
 
+def fill_buckets_last_first(
+    buffer: bytearray | memoryview, chunks: Iterable[bytes | memoryview], bucket: int
+) -> None:
+    """Like :func:`fill`, for a stream that carries ``buffer`` in buckets of ``bucket`` bytes
+    from the last to the first (the last may be shorter), no chunk spanning two buckets."""
+    view = memoryview(buffer).cast("B")
+    stream = iter(chunks)
+    for start in reversed(range(0, len(view), bucket)):
+        end = min(start + bucket, len(view))
+        at = start
+        while at < end:
+            chunk = next(stream, None)
+            if chunk is None:
+                raise InvalidArgument(
+                    f"stream ended inside the bucket at byte {start} of the announced "
+                    f"{len(view)} bytes"
+                )
+            if at + len(chunk) > end:
+                raise InvalidArgument(
+                    f"a chunk of {len(chunk)} bytes spans the end of the bucket [{start}, {end})"
+                )
+            view[at : at + len(chunk)] = chunk
+            at += len(chunk)
+    if next(stream, None) is not None:
+        raise InvalidArgument(f"stream carries more than the announced {len(view)} bytes")
+
+
 def byte_view(values: torch.Tensor) -> memoryview:
     """The writable bytes of a contiguous CPU float tensor (to :func:`fill` it in place)."""
     if not values.is_contiguous() or values.device.type != "cpu":

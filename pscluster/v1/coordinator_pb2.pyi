@@ -1189,6 +1189,7 @@ class JobMetrics(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     BATCHES_DROPPED_FIELD_NUMBER: _builtins.int
     PREDICT_SECONDS_FIELD_NUMBER: _builtins.int
+    TIMELINE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     pushes_applied: _builtins.int
     bytes_pushed: _builtins.int
@@ -1226,6 +1227,12 @@ class JobMetrics(_message.Message):
         "load_model", "read" and "score", and the coordinator's "receive" (the outputs' upload).
         """
 
+    @_builtins.property
+    def timeline(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhasePoint]:
+        """A train job: where its workers' step time went, one point per worker report (older
+        points merged pairwise in a long job), oldest first.
+        """
+
     def __init__(
         self,
         *,
@@ -1246,14 +1253,69 @@ class JobMetrics(_message.Message):
         events: _abc.Iterable[Global___JobEvent] | None = ...,
         batches_dropped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         predict_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        timeline: _abc.Iterable[Global___PhasePoint] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_dropped", b"batches_dropped", "bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "clock_staleness", b"clock_staleness", "epochs", b"epochs", "events", b"events", "job_id", b"job_id", "predict_seconds", b"predict_seconds", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_by_worker", b"pushes_by_worker", "pushes_rejected", b"pushes_rejected", "shards", b"shards", "staleness", b"staleness", "steps", b"steps", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_dropped", b"batches_dropped", "bytes_pulled", b"bytes_pulled", "bytes_pushed", b"bytes_pushed", "bytes_pushed_raw", b"bytes_pushed_raw", "clock_staleness", b"clock_staleness", "epochs", b"epochs", "events", b"events", "job_id", b"job_id", "predict_seconds", b"predict_seconds", "pulls", b"pulls", "pushes_applied", b"pushes_applied", "pushes_by_worker", b"pushes_by_worker", "pushes_rejected", b"pushes_rejected", "shards", b"shards", "staleness", b"staleness", "steps", b"steps", "timeline", b"timeline", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobMetrics: _TypeAlias = JobMetrics  # noqa: Y015
+
+@_typing.final
+class PhasePoint(_message.Message):
+    """Seconds per phase ("pull", "wait", "forward", "backward", "push", "other") of the
+    `batches` a worker timed up to `unix_time`: the time its training thread was blocked in
+    each, so they add up to the batches' wall time (see pscluster/worker/phases.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SecondsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    UNIX_TIME_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    unix_time: _builtins.float
+    worker_id: _builtins.str
+    batches: _builtins.int
+    @_builtins.property
+    def seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        unix_time: _builtins.float = ...,
+        worker_id: _builtins.str = ...,
+        batches: _builtins.int = ...,
+        seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "seconds", b"seconds", "unix_time", b"unix_time", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhasePoint: _TypeAlias = PhasePoint  # noqa: Y015
 
 @_typing.final
 class ClusterStatusRequest(_message.Message):
@@ -1684,12 +1746,33 @@ class LeaseProgress(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class PhaseSecondsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     LEASE_ID_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     BATCHES_FIELD_NUMBER: _builtins.int
     BUSY_SECONDS_FIELD_NUMBER: _builtins.int
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
+    PHASE_SECONDS_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     position: _builtins.int
     """batches of the partition's plan done (absolute index)"""
@@ -1706,6 +1789,12 @@ class LeaseProgress(_message.Message):
         loss or gradient), "overflow" (fp16 loss scaling skipped the step). Not in any `samples`.
         """
 
+    @_builtins.property
+    def phase_seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Where the batches' wall time went: seconds per phase ("pull", "wait", "forward",
+        "backward", "push", "other"; see pscluster/worker/phases.py), summed over them.
+        """
+
     def __init__(
         self,
         *,
@@ -1715,10 +1804,11 @@ class LeaseProgress(_message.Message):
         busy_seconds: _builtins.float = ...,
         step_seconds: _builtins.float = ...,
         dropped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        phase_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "busy_seconds", b"busy_seconds", "dropped", b"dropped", "lease_id", b"lease_id", "position", b"position", "step_seconds", b"step_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "busy_seconds", b"busy_seconds", "dropped", b"dropped", "lease_id", b"lease_id", "phase_seconds", b"phase_seconds", "position", b"position", "step_seconds", b"step_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1937,3 +2027,131 @@ class LookupRowsReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LookupRowsReply: _TypeAlias = LookupRowsReply  # noqa: Y015
+
+@_typing.final
+class RegisterShardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    LEAVING_FIELD_NUMBER: _builtins.int
+    shard_id: _builtins.str
+    """Stable across restarts (PSC_SHARD_ID; default the host name, e.g. a StatefulSet's "ps-2")."""
+    address: _builtins.str
+    """host:port that workers and the coordinator dial"""
+    leaving: _builtins.bool
+    """a shard stopping cleanly: not live from now on"""
+    def __init__(
+        self,
+        *,
+        shard_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        leaving: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "leaving", b"leaving", "shard_id", b"shard_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterShardRequest: _TypeAlias = RegisterShardRequest  # noqa: Y015
+
+@_typing.final
+class RegisterShardReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_ADDRESS_FIELD_NUMBER: _builtins.int
+    heartbeat_seconds: _builtins.float
+    """register again within this interval"""
+    previous_address: _builtins.str
+    """the id was registered at another address before ("": no)"""
+    def __init__(
+        self,
+        *,
+        heartbeat_seconds: _builtins.float = ...,
+        previous_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seconds", b"heartbeat_seconds", "previous_address", b"previous_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterShardReply: _TypeAlias = RegisterShardReply  # noqa: Y015
+
+@_typing.final
+class ListShardsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListShardsRequest: _TypeAlias = ListShardsRequest  # noqa: Y015
+
+@_typing.final
+class RegisteredShard(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_AGE_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    shard_id: _builtins.str
+    """"" in a static list (PSC_SHARDS)"""
+    address: _builtins.str
+    live: _builtins.bool
+    """heard from within PSC_SHARD_TIMEOUT_SECONDS (static: true)"""
+    last_seen_age: _builtins.float
+    """seconds since it last registered (-1: not since a restart)"""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """pending or running jobs with a range on it"""
+
+    def __init__(
+        self,
+        *,
+        shard_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        live: _builtins.bool = ...,
+        last_seen_age: _builtins.float = ...,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "jobs", b"jobs", "last_seen_age", b"last_seen_age", "live", b"live", "shard_id", b"shard_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisteredShard: _TypeAlias = RegisteredShard  # noqa: Y015
+
+@_typing.final
+class ListShardsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARDS_FIELD_NUMBER: _builtins.int
+    STATIC_LIST_FIELD_NUMBER: _builtins.int
+    static_list: _builtins.bool
+    """placed by PSC_SHARDS: registrations are not used"""
+    @_builtins.property
+    def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredShard]: ...
+    def __init__(
+        self,
+        *,
+        shards: _abc.Iterable[Global___RegisteredShard] | None = ...,
+        static_list: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shards", b"shards", "static_list", b"static_list"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListShardsReply: _TypeAlias = ListShardsReply  # noqa: Y015

@@ -130,6 +130,16 @@ class CoordinatorStub:
                 request_serializer=pscluster_dot_v1_dot_coordinator__pb2.DescribeDataRequest.SerializeToString,
                 response_deserializer=pscluster_dot_v1_dot_coordinator__pb2.DataShape.FromString,
                 _registered_method=True)
+        self.RegisterShard = channel.unary_unary(
+                '/pscluster.v1.Coordinator/RegisterShard',
+                request_serializer=pscluster_dot_v1_dot_coordinator__pb2.RegisterShardRequest.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_coordinator__pb2.RegisterShardReply.FromString,
+                _registered_method=True)
+        self.ListShards = channel.unary_unary(
+                '/pscluster.v1.Coordinator/ListShards',
+                request_serializer=pscluster_dot_v1_dot_coordinator__pb2.ListShardsRequest.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_coordinator__pb2.ListShardsReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -275,6 +285,25 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterShard(self, request, context):
+        """--- shards ---
+        A shard announces its stable id and the address others dial, on start and then every
+        `heartbeat_seconds` (its liveness; a restarted coordinator learns it again the same way).
+        The same id at a new address is the same shard moved (its jobs follow it); ALREADY_EXISTS
+        while that id is still live at another address (two processes claiming one identity).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListShards(self, request, context):
+        """The shards the coordinator places jobs on: registered ones with their liveness and the
+        jobs each holds, or the static list (PSC_SHARDS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -372,6 +401,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.DescribeData,
                     request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.DescribeDataRequest.FromString,
                     response_serializer=pscluster_dot_v1_dot_coordinator__pb2.DataShape.SerializeToString,
+            ),
+            'RegisterShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterShard,
+                    request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.RegisterShardRequest.FromString,
+                    response_serializer=pscluster_dot_v1_dot_coordinator__pb2.RegisterShardReply.SerializeToString,
+            ),
+            'ListShards': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListShards,
+                    request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.ListShardsRequest.FromString,
+                    response_serializer=pscluster_dot_v1_dot_coordinator__pb2.ListShardsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -887,6 +926,60 @@ class Coordinator:
             '/pscluster.v1.Coordinator/DescribeData',
             pscluster_dot_v1_dot_coordinator__pb2.DescribeDataRequest.SerializeToString,
             pscluster_dot_v1_dot_coordinator__pb2.DataShape.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pscluster.v1.Coordinator/RegisterShard',
+            pscluster_dot_v1_dot_coordinator__pb2.RegisterShardRequest.SerializeToString,
+            pscluster_dot_v1_dot_coordinator__pb2.RegisterShardReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListShards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pscluster.v1.Coordinator/ListShards',
+            pscluster_dot_v1_dot_coordinator__pb2.ListShardsRequest.SerializeToString,
+            pscluster_dot_v1_dot_coordinator__pb2.ListShardsReply.FromString,
             options,
             channel_credentials,
             insecure,

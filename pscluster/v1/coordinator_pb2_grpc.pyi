@@ -86,6 +86,17 @@ class CoordinatorStub:
     gives. The first report is recorded, and the reply is what was recorded; a worker whose
     source gives other sizes fails the job (FAILED_PRECONDITION), naming both.
     """
+    RegisterShard: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RegisterShardRequest, _coordinator_pb2.RegisterShardReply]
+    """--- shards ---
+    A shard announces its stable id and the address others dial, on start and then every
+    `heartbeat_seconds` (its liveness; a restarted coordinator learns it again the same way).
+    The same id at a new address is the same shard moved (its jobs follow it); ALREADY_EXISTS
+    while that id is still live at another address (two processes claiming one identity).
+    """
+    ListShards: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListShardsRequest, _coordinator_pb2.ListShardsReply]
+    """The shards the coordinator places jobs on: registered ones with their liveness and the
+    jobs each holds, or the static list (PSC_SHARDS).
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -141,6 +152,17 @@ class CoordinatorAsyncStub(CoordinatorStub):
     """A job reading its data from a source (JobSpec.data): the sizes this worker's source
     gives. The first report is recorded, and the reply is what was recorded; a worker whose
     source gives other sizes fails the job (FAILED_PRECONDITION), naming both.
+    """
+    RegisterShard: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RegisterShardRequest, _coordinator_pb2.RegisterShardReply]  # type: ignore[assignment]
+    """--- shards ---
+    A shard announces its stable id and the address others dial, on start and then every
+    `heartbeat_seconds` (its liveness; a restarted coordinator learns it again the same way).
+    The same id at a new address is the same shard moved (its jobs follow it); ALREADY_EXISTS
+    while that id is still live at another address (two processes claiming one identity).
+    """
+    ListShards: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListShardsRequest, _coordinator_pb2.ListShardsReply]  # type: ignore[assignment]
+    """The shards the coordinator places jobs on: registered ones with their liveness and the
+    jobs each holds, or the static list (PSC_SHARDS).
     """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
@@ -308,6 +330,29 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         """A job reading its data from a source (JobSpec.data): the sizes this worker's source
         gives. The first report is recorded, and the reply is what was recorded; a worker whose
         source gives other sizes fails the job (FAILED_PRECONDITION), naming both.
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterShard(
+        self,
+        request: _coordinator_pb2.RegisterShardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.RegisterShardReply, _abc.Awaitable[_coordinator_pb2.RegisterShardReply]]:
+        """--- shards ---
+        A shard announces its stable id and the address others dial, on start and then every
+        `heartbeat_seconds` (its liveness; a restarted coordinator learns it again the same way).
+        The same id at a new address is the same shard moved (its jobs follow it); ALREADY_EXISTS
+        while that id is still live at another address (two processes claiming one identity).
+        """
+
+    @_abc_1.abstractmethod
+    def ListShards(
+        self,
+        request: _coordinator_pb2.ListShardsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ListShardsReply, _abc.Awaitable[_coordinator_pb2.ListShardsReply]]:
+        """The shards the coordinator places jobs on: registered ones with their liveness and the
+        jobs each holds, or the static list (PSC_SHARDS).
         """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -574,6 +574,7 @@ class PushHeader(_message.Message):
     BUFFER_DELTA_FIELD_NUMBER: _builtins.int
     GRAD_SCALE_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    BUCKET_BYTES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     worker_id: _builtins.str
     seq: _builtins.int
@@ -604,6 +605,12 @@ class PushHeader(_message.Message):
     """Dynamic loss scaling (precision fp16): the payload is the gradient multiplied by this,
     and the shard divides by it before anything else. 0 means 1.
     """
+    bucket_bytes: _builtins.int
+    """0: the payload comes in order. Otherwise (raw float32 only, no rows) it comes in buckets
+    of this many bytes, the last bucket first, no data chunk spanning two: a worker sends
+    each part of its gradient as backward produces it, the last layers first, and the
+    shard puts each in its place (pscluster/worker/overlap.py).
+    """
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowBlock]:
         """Row gradients of the job's tables, after the dense payload (see RowBlock). They are
@@ -626,10 +633,11 @@ class PushHeader(_message.Message):
         buffer_delta: _builtins.bytes = ...,
         grad_scale: _builtins.float = ...,
         rows: _abc.Iterable[Global___RowBlock] | None = ...,
+        bucket_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "buffer_delta", b"buffer_delta", "codec", b"codec", "dtype", b"dtype", "grad_scale", b"grad_scale", "job_id", b"job_id", "length", b"length", "payload_bytes", b"payload_bytes", "rows", b"rows", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "bucket_bytes", b"bucket_bytes", "buffer_delta", b"buffer_delta", "codec", b"codec", "dtype", b"dtype", "grad_scale", b"grad_scale", "job_id", b"job_id", "length", b"length", "payload_bytes", b"payload_bytes", "rows", b"rows", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -753,3 +761,62 @@ class DropJobReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DropJobReply: _TypeAlias = DropJobReply  # noqa: Y015
+
+@_typing.final
+class SetConsistencyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    STALENESS_FIELD_NUMBER: _builtins.int
+    BACKUP_WORKERS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    mode: _builtins.str
+    """a shard mode: "async" | "sync" | "ssp" """
+    staleness: _builtins.int
+    """ssp bound s"""
+    backup_workers: _builtins.int
+    """sync: a step closes without the last this many pushes"""
+    revision: _builtins.int
+    """increases with every switch of the job; older ones are ignored"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        mode: _builtins.str = ...,
+        staleness: _builtins.int = ...,
+        backup_workers: _builtins.int = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "job_id", b"job_id", "mode", b"mode", "revision", b"revision", "staleness", b"staleness"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetConsistencyRequest: _TypeAlias = SetConsistencyRequest  # noqa: Y015
+
+@_typing.final
+class SetConsistencyReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """the revision in force on this shard"""
+    version: _builtins.int
+    """the job's version on this shard once it is in force"""
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetConsistencyReply: _TypeAlias = SetConsistencyReply  # noqa: Y015

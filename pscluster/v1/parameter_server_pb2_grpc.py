@@ -70,6 +70,11 @@ class ParameterServerStub:
                 request_serializer=pscluster_dot_v1_dot_parameter__server__pb2.DropJobRequest.SerializeToString,
                 response_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.DropJobReply.FromString,
                 _registered_method=True)
+        self.SetConsistency = channel.unary_unary(
+                '/pscluster.v1.ParameterServer/SetConsistency',
+                request_serializer=pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyRequest.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyReply.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -131,6 +136,15 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetConsistency(self, request, context):
+        """Replaces a running job's consistency mode (the coordinator's mode "auto"), between two
+        pushes: a sync step in progress is carried over (or applied, leaving steps), clocks and
+        versions go on. Ignored if `revision` is not newer than the one in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +182,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.DropJob,
                     request_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.DropJobRequest.FromString,
                     response_serializer=pscluster_dot_v1_dot_parameter__server__pb2.DropJobReply.SerializeToString,
+            ),
+            'SetConsistency': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConsistency,
+                    request_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyRequest.FromString,
+                    response_serializer=pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +378,33 @@ class ParameterServer:
             '/pscluster.v1.ParameterServer/DropJob',
             pscluster_dot_v1_dot_parameter__server__pb2.DropJobRequest.SerializeToString,
             pscluster_dot_v1_dot_parameter__server__pb2.DropJobReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConsistency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pscluster.v1.ParameterServer/SetConsistency',
+            pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyRequest.SerializeToString,
+            pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,11 @@ class ParameterServerStub:
     """
     DropJob: _grpc.UnaryUnaryMultiCallable[_parameter_server_pb2.DropJobRequest, _parameter_server_pb2.DropJobReply]
     """Frees a job's slice. NOT_FOUND if the job is not here."""
+    SetConsistency: _grpc.UnaryUnaryMultiCallable[_parameter_server_pb2.SetConsistencyRequest, _parameter_server_pb2.SetConsistencyReply]
+    """Replaces a running job's consistency mode (the coordinator's mode "auto"), between two
+    pushes: a sync step in progress is carried over (or applied, leaving steps), clocks and
+    versions go on. Ignored if `revision` is not newer than the one in force.
+    """
 
 @_typing.type_check_only
 class ParameterServerAsyncStub(ParameterServerStub):
@@ -90,6 +95,11 @@ class ParameterServerAsyncStub(ParameterServerStub):
     """
     DropJob: _aio.UnaryUnaryMultiCallable[_parameter_server_pb2.DropJobRequest, _parameter_server_pb2.DropJobReply]  # type: ignore[assignment]
     """Frees a job's slice. NOT_FOUND if the job is not here."""
+    SetConsistency: _aio.UnaryUnaryMultiCallable[_parameter_server_pb2.SetConsistencyRequest, _parameter_server_pb2.SetConsistencyReply]  # type: ignore[assignment]
+    """Replaces a running job's consistency mode (the coordinator's mode "auto"), between two
+    pushes: a sync step in progress is carried over (or applied, leaving steps), clocks and
+    versions go on. Ignored if `revision` is not newer than the one in force.
+    """
 
 class ParameterServerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -158,5 +168,16 @@ class ParameterServerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_parameter_server_pb2.DropJobReply, _abc.Awaitable[_parameter_server_pb2.DropJobReply]]:
         """Frees a job's slice. NOT_FOUND if the job is not here."""
+
+    @_abc_1.abstractmethod
+    def SetConsistency(
+        self,
+        request: _parameter_server_pb2.SetConsistencyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_parameter_server_pb2.SetConsistencyReply, _abc.Awaitable[_parameter_server_pb2.SetConsistencyReply]]:
+        """Replaces a running job's consistency mode (the coordinator's mode "auto"), between two
+        pushes: a sync step in progress is carried over (or applied, leaving steps), clocks and
+        versions go on. Ignored if `revision` is not newer than the one in force.
+        """
 
 def add_ParameterServerServicer_to_server(servicer: ParameterServerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

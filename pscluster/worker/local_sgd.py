@@ -23,8 +23,9 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -37,9 +38,24 @@ from pscluster.model.layout import ParamLayout
 from pscluster.model.optimizer import parse_optimizer, torch_optimizer
 from pscluster.v1 import common_pb2
 from pscluster.worker.objectives import BatchObjective
+from pscluster.worker.overlap import GradientStream
+from pscluster.worker.phases import PhaseClock
 from pscluster.worker.precision import Precision
 
 Batch = tuple[Inputs, torch.Tensor]
+
+
+class PushStarter(Protocol):
+    """Starts a batch's push before its backward (pscluster.worker.overlap): given the
+    buffers' change (known after forward), the loss scale and the batch's samples."""
+
+    def __call__(
+        self, buffer_delta: torch.Tensor | None, grad_scale: float, samples: int
+    ) -> StartedPush: ...
+
+
+class StartedPush(Protocol):
+    def cancel(self) -> None: ...
 
 
 @dataclass
@@ -59,6 +75,8 @@ class Window:
     # Per hosted table, (unique ids, gradient rows) of the batch in ``update`` (times
     # ``grad_scale``, as the update is); empty when the model has no tables.
     rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # The push already on its way, started from backward (None: push ``update`` after).
+    started: StartedPush | None = None
 
     @property
     def samples(self) -> int:
@@ -74,8 +92,13 @@ class LocalSGD:
         optimizer: common_pb2.OptimizerConfig,
         local_steps: int,
         precision: Precision,
+        clock: PhaseClock | None = None,
+        stream: GradientStream | None = None,
     ) -> None:
         self.model = model
+        self.clock = clock or PhaseClock()  # forward and backward are timed here
+        # One step per push only: the gradient goes out bucket by bucket during backward.
+        self.stream = stream if local_steps <= 1 else None
         self.layout, self.buffers = layouts
         self.objective = objective  # the job's loss, or distillation's: see worker/objectives
         self.precision = precision
@@ -87,12 +110,23 @@ class LocalSGD:
             trainable = [p for _, p in model.named_parameters() if p.requires_grad]
             self._opt = torch_optimizer(trainable, parse_optimizer(optimizer))
 
-    def run(self, values: torch.Tensor, buffers: torch.Tensor, batches: Sequence[Batch]) -> Window:
-        """Start from the pulled ``values`` and ``buffers`` and train on ``batches`` in order."""
+    def run(
+        self,
+        values: torch.Tensor,
+        buffers: torch.Tensor,
+        batches: Sequence[Batch],
+        start: PushStarter | None = None,
+        gate: AbstractContextManager[object] | None = None,
+    ) -> Window:
+        """Start from the pulled ``values`` and ``buffers`` and train on ``batches`` in order;
+        with ``start`` (and a gradient stream) the push starts before backward, and with
+        ``gate`` forward runs while the values are still arriving (pscluster.worker.pull_ahead)."""
         self.layout.load_into(self.model, values)
         self.buffers.load_into(self.model, buffers)
         self.model.train()
-        if self._opt is None:
+        if self._opt is None and self.stream is not None and start is not None:
+            window = self._streamed_step(batches, buffers, start, self.stream, gate)
+        elif self._opt is None:
             window = self._one_step(batches)
         else:
             self._before = copy.deepcopy(self._opt.state_dict())
@@ -113,9 +147,10 @@ class LocalSGD:
         """Gradients of one batch into the model (scaled for fp16); the batch's loss, or None
         if the loss is not finite."""
         self.model.zero_grad(set_to_none=True)
-        with self.precision.autocast():
+        with self.clock.phase("forward"), self.precision.autocast():
             loss = self.objective(self.model, x, y)
-        self.precision.backward(loss)
+        with self.clock.phase("backward"):
+            self.precision.backward(loss)
         value = float(loss.detach())
         return value if math.isfinite(value) else None
 
@@ -138,6 +173,53 @@ class LocalSGD:
             window.grad_scale = scale
             window.rows = rows
             window.steps.append((value, inputs.rows(x, "batch")))
+        return window
+
+    def _streamed_step(
+        self,
+        batches: Sequence[Batch],
+        pulled: torch.Tensor,
+        start: PushStarter,
+        stream: GradientStream,
+        gate: AbstractContextManager[object] | None,
+    ) -> Window:
+        """One step whose push leaves during backward; abandoned (nothing applied) if the
+        loss or the gradient is not finite, or backward fails."""
+        window = Window(update=None)
+        (x, y), scale = batches[0], self.precision.scale
+        self.model.zero_grad(set_to_none=True)
+        with self.clock.phase("forward"), gate or nullcontext(), self.precision.autocast():
+            loss = self.objective(self.model, x, y)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # as _one_step counts it (its backward is not finite)
+            self.precision.update(False)
+            window.nonfinite += 1
+            return window
+        delta = buffer_change(self.buffers.read(self.model), pulled) if self.buffers.size else None
+        stream.arm()
+        started = start(delta, scale, inputs.rows(x, "batch"))
+        try:
+            with self.clock.phase("backward"):
+                self.precision.backward(loss)
+                grad = stream.finish()
+        except BaseException:
+            stream.abort()
+            started.cancel()
+            raise
+        finite = all_finite(grad)
+        self.precision.update(finite)
+        if not finite:
+            stream.abort()
+            started.cancel()
+            if scale != 1.0:
+                window.overflows += 1
+            else:
+                window.nonfinite += 1
+            return window
+        stream.seal()
+        window.update, window.grad_scale, window.started = grad, scale, started
+        window.buffer_delta = delta
+        window.steps.append((value, inputs.rows(x, "batch")))
         return window
 
     def _local_steps(self, start: torch.Tensor, batches: Sequence[Batch]) -> Window:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 import grpc
 
@@ -57,16 +58,24 @@ class ProgressReporter:
         self.dropped_reports = 0
 
     def batch_done(
-        self, position: int, busy_seconds: float, step_seconds: float, batches: int = 1
+        self,
+        position: int,
+        busy_seconds: float,
+        step_seconds: float,
+        batches: int = 1,
+        phases: Mapping[str, float] | None = None,
     ) -> None:
         """``batches`` batches of the lease are done (trained or dropped; more than one with
         local SGD steps): ``position`` is the index of the next one;
-        ``busy_seconds`` is their wall time less the waits on others."""
+        ``busy_seconds`` is their wall time less the waits on others; ``phases`` where their
+        wall time went (pscluster.worker.phases)."""
         p = self._progress
         p.position = position
         p.batches += batches
         p.busy_seconds += busy_seconds
         p.step_seconds += step_seconds
+        for name, seconds in (phases or {}).items():
+            p.phase_seconds[name] += seconds
         now = time.monotonic()
         if now - self._last_flush >= self.every and now >= self._retry_at:
             self.flush()
@@ -134,4 +143,7 @@ class ProgressReporter:
         for counts in (progress.dropped, now.dropped):
             for reason, batches in counts.items():
                 merged.dropped[reason] += batches
+        for phases in (progress.phase_seconds, now.phase_seconds):
+            for name, seconds in phases.items():
+                merged.phase_seconds[name] += seconds
         self._progress = merged

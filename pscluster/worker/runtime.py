@@ -25,7 +25,9 @@ from pscluster.worker import objectives
 from pscluster.worker.compressed import PushEncoder
 from pscluster.worker.job_data import JobData, fetch_blob
 from pscluster.worker.local_sgd import LocalSGD
+from pscluster.worker.overlap import GradientStream
 from pscluster.worker.precision import Precision
+from pscluster.worker.pull_ahead import PullGate
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class JobRuntime:
         # What each batch trains on: the job's loss, or distillation's with its teacher.
         teacher = functools.partial(fetch_blob, stub, job_id, objectives.TEACHER_BLOB, timeout)
         objective = objectives.objective_for(plan.spec, self.loss_fn, self.device, teacher)
+        self.shards = JobShards(shards, job_id, [ShardRange.from_proto(r) for r in plan.shards])
         # One per job, not per lease: with local steps it holds the worker's optimizer state.
         self.local = LocalSGD(
             self.model,
@@ -79,17 +82,23 @@ class JobRuntime:
             plan.spec.optimizer,
             plan.spec.local_steps,
             self.precision,
+            stream=self._gradient_stream(settings),
         )
-        self.shards = JobShards(shards, job_id, [ShardRange.from_proto(r) for r in plan.shards])
         # Where a worker's pulls are received (None: into new tensors, copied into the model).
         self.pull_into: tuple[torch.Tensor, torch.Tensor] | None = None
         if bound is not None and bound.numel() == self.shards.size:
             self.pull_into = (bound, torch.empty(self.shards.buffer_size, dtype=torch.float64))
+        self.pull_dtype = plan.spec.compression.pull_dtype or common_pb2.DTYPE_FLOAT32
+        # Forward beside the pull: float32 straight into the model, no buffers to load first.
+        self.gate: PullGate | None = None
+        whole = self.pull_dtype == common_pb2.DTYPE_FLOAT32 and not self.shards.buffer_size
+        if self.local.stream is not None and self.pull_into is not None and whole:
+            ranges = [(r.start, r.length) for r in self.shards.ranges]
+            self.gate = PullGate(self.model, self.layout, ranges)
         # Compression state (residuals, DGC momentum) lives here: one per job, per shard range.
         self.encoder = PushEncoder(
             parse_settings(plan.spec.compression), [(r.start, r.length) for r in plan.shards]
         )
-        self.pull_dtype = plan.spec.compression.pull_dtype or common_pb2.DTYPE_FLOAT32
         # Which shard holds each row of each of the model's tables (pscluster.model.partition).
         self.row_partitioners = [rows_partitioner(t.dynamic) for t in plan.spec.model.tables]
         self.seq = 0  # push sequence number, strictly increasing over this worker's pushes
@@ -98,6 +107,15 @@ class JobRuntime:
         # worker whose push is buffered in an open step must not pull that step's parameters
         # again in its next lease (its push would then be refused as stale).
         self.min_versions = [0] * len(plan.shards)
+
+    def _gradient_stream(self, settings: Settings) -> GradientStream | None:
+        """Buckets pushed during backward, where a push is the raw gradient of one step."""
+        spec = self.spec
+        codec = parse_settings(spec.compression).name
+        if not settings.overlap or spec.local_steps > 1 or codec != "none" or spec.model.tables:
+            return None
+        ranges = [(r.start, r.length) for r in self.shards.ranges]
+        return GradientStream(self.model, self.layout, ranges, settings.overlap_bucket_bytes)
 
     def _describe_data(self, stub: co_grpc.CoordinatorStub, worker_id: str, timeout: float) -> None:
         """Tell the coordinator the sizes this worker's source gives; it records the first

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from pscluster.worker.phases import PHASES
 
 # Pull latency includes the time a consistency mode holds the pull (a sync barrier, an ssp
 # bound): seconds are common there, so the buckets reach further than for a push.
@@ -35,6 +38,13 @@ class WorkerTelemetry:
         self.pulled_bytes, self.pushed_bytes = _exchange_bytes(self.registry)
         self.tasks, self.task = _lease_series(self.registry)
         self.slowdown, self.injected_seconds = _injection_series(self.registry)
+        self.phase_seconds = Counter(
+            "pscluster_worker_phase_seconds",
+            "Time the training thread spent in each phase of its steps (pull, wait, forward, "
+            "backward, push, other; pscluster/worker/phases.py): they add up to the wall time.",
+            ["job_id", "phase"],
+            registry=self.registry,
+        )
         self._lock = threading.Lock()
         self._current: tuple[str, str, str, str] | None = None
         self._task_labels: set[tuple[str, str, str]] = set()
@@ -53,6 +63,11 @@ class WorkerTelemetry:
         self._job(job_id)
         self.push_seconds.labels(job_id).observe(seconds)
         self.pushed_bytes.labels(job_id).inc(nbytes)
+
+    def phased(self, job_id: str, seconds: Mapping[str, float]) -> None:
+        self._job(job_id)
+        for phase, s in seconds.items():
+            self.phase_seconds.labels(job_id, phase).inc(s)
 
     def stepped(self, job_id: str) -> None:
         self._job(job_id)
@@ -105,6 +120,10 @@ class WorkerTelemetry:
                     metric.remove(job_id)
         for labels in tasks:
             self.tasks.remove(*labels)
+        if known:
+            for phase in PHASES:
+                with contextlib.suppress(KeyError):
+                    self.phase_seconds.remove(job_id, phase)
 
 
 def _progress_counters(r: CollectorRegistry) -> tuple[Counter, Counter]:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
-import torch
 
 from pscluster.config import Settings
 from pscluster.model.hosted import attach_rows
@@ -27,9 +26,12 @@ from pscluster.transport import wire
 from pscluster.transport.retry import RetryPolicy, retry
 from pscluster.v1 import common_pb2, coordinator_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from pscluster.worker import overlapped_step as step
+from pscluster.worker.hosted_rows import ShardRows
 from pscluster.worker.local_sgd import Batch, Window
 from pscluster.worker.outcomes import PushRound
 from pscluster.worker.progress import ProgressReporter
+from pscluster.worker.pull_ahead import PullAheadFailed
 from pscluster.worker.runtime import JobRuntime
 from pscluster.worker.telemetry import WorkerTelemetry
 
@@ -60,24 +62,6 @@ F32 = common_pb2.DTYPE_FLOAT32
 ROW_DTYPES = {"fp16": common_pb2.DTYPE_FLOAT16, "bf16": common_pb2.DTYPE_BFLOAT16}
 
 
-class _ShardRows:
-    """The rows a hosted table asks for, from the shards, through the trainer's retries."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self._trainer = trainer
-        self._dims = [t.dim for t in trainer.rt.spec.model.tables]
-
-    def lookup(self, table: int, ids: torch.Tensor, *, peek: bool = False) -> torch.Tensor:
-        rt, timeout = self._trainer.rt, self._trainer.settings.rpc_timeout_seconds
-        dim, dtype = self._dims[table], rt.pull_dtype  # half precision rows if pulls are
-        return self._trainer.call(
-            lambda: rt.shards.lookup(
-                table, ids, dim, timeout, dtype, rt.row_partitioners[table], peek=peek
-            ),
-            "lookup",
-        )
-
-
 class LeaseLost(Exception):
     """The lease no longer stands (revoked, expired, job gone): abandon the work."""
 
@@ -97,7 +81,7 @@ class Trainer:
         self.settings = settings
         self.lease_alive = lease_alive
         if runtime.spec.model.tables:  # the model's tables look their rows up through us
-            attach_rows(runtime.model, _ShardRows(self))
+            attach_rows(runtime.model, ShardRows(runtime, settings, self.call))
 
     def _check(self) -> None:
         if not self.lease_alive():
@@ -123,12 +107,16 @@ class Trainer:
             snap = self.rt.shards.pull(
                 self.worker_id, min_versions, timeout, dtype, into=self.rt.pull_into
             )
-            if self.telemetry is not None:
-                nbytes = self.rt.shards.size * wire.itemsize(dtype)
-                self.telemetry.pulled(self.rt.job_id, time.perf_counter() - started, nbytes)
+            self._pulled_in(time.perf_counter() - started)
             return snap
 
         return self.call(attempt, "pull")
+
+    def _pulled_in(self, seconds: float) -> None:
+        """A pull of the whole vector took ``seconds`` (for the worker's metrics)."""
+        if self.telemetry is not None:
+            nbytes = self.rt.shards.size * wire.itemsize(self.rt.pull_dtype)
+            self.telemetry.pulled(self.rt.job_id, seconds, nbytes)
 
     def train(self, task: coordinator_pb2.Task, reporter: ProgressReporter) -> int:
         """Train on the lease's batches, a window of ``local_steps`` batches per pull and push
@@ -157,7 +145,10 @@ class Trainer:
             wall = time.perf_counter() - started
             own = max(0.0, wall - waited)
             busy = self._slow_down(own)  # the injected delay adds to both
-            reporter.batch_done(position, busy, wall + busy - own, batches=len(data))
+            phases = rt.local.clock.close(wall + busy - own)
+            reporter.batch_done(position, busy, wall + busy - own, len(data), phases)
+            if self.telemetry is not None:
+                self.telemetry.phased(rt.job_id, phases)
         return samples
 
     def _window(
@@ -169,13 +160,18 @@ class Trainer:
         push = PushRound.to(len(rt.shards.ranges))
         waited = 0.0
         window = Window(update=None)  # replaced by the first attempt
-        for _attempt in range(MAX_ATTEMPTS):
-            snap = self.pull(rt.min_versions)
+        clock = rt.local.clock
+        for attempt in range(MAX_ATTEMPTS):
+            # The first attempt overlaps its pull with forward and its push with backward
+            # where the job allows; a retry pulls, then resends what it has.
+            found = self._overlapped(data) if attempt == 0 else None
+            window, snap = found or self._pulled(data, first=attempt == 0)
+            clock.move(snap.waited_seconds, "pull", "wait")
             waited += snap.waited_seconds
-            window = rt.local.run(snap.values, snap.buffers, data)
             if window.update is None:
                 break  # nothing finite to push: every batch is dropped below
-            self._push(window, snap, epoch, push)
+            with clock.phase("push"):
+                self._push(window, snap, epoch, push)
             if push.taken_everywhere:
                 break
             rt.local.discard()  # local steps: their optimizer state goes back too
@@ -201,6 +197,35 @@ class Trainer:
                 self.telemetry.stepped(rt.job_id)
         return window.samples, waited
 
+    def _pulled(self, data: list[Batch], *, first: bool) -> tuple[Window, Snapshot]:
+        """The window trained after a whole pull (its push still leaves during backward on
+        the first attempt, where the job allows)."""
+        rt = self.rt
+        with rt.local.clock.phase("pull"):
+            snap = self.pull(rt.min_versions)
+        start = step.starter(rt, self.worker_id, self.settings, lambda: snap, self._check)
+        return rt.local.run(snap.values, snap.buffers, data, start if first else None), snap
+
+    def _overlapped(self, data: list[Batch]) -> tuple[Window, Snapshot] | None:
+        """The window trained while its pull arrives (None: the job's pulls cannot overlap,
+        or this one failed and the window must be trained again after an ordinary pull)."""
+        rt = self.rt
+        ahead = step.pull_ahead(rt, self.worker_id, self.settings, self._pulled_in)
+        into = rt.pull_into
+        if ahead is None or rt.gate is None or into is None:
+            return None
+        start = step.starter(rt, self.worker_id, self.settings, ahead.snapshot, self._check)
+        gate = rt.gate.watching(ahead, self._check)
+        try:
+            window = rt.local.run(into[0], into[1], data, start, gate)
+            return window, ahead.snapshot()
+        except PullAheadFailed as e:
+            log.info("job %s: a pull under forward failed (%s); pulling again", rt.job_id, e)
+            return None
+        finally:
+            ahead.join()  # a step given up on (lease lost) leaves no pull writing the model
+            step.gate_time(rt.local.clock, ahead)
+
     def _slow_down(self, busy: float) -> float:
         """Fault injection for straggler tests and benchmarks (``PSC_SLOWDOWN``): stretch the
         worker's own time on each batch (all but the waits on other workers) to ``slowdown``
@@ -219,7 +244,9 @@ class Trainer:
         if window.update is None:
             raise ValueError("a window without an update has nothing to push")
         rt = self.rt
-        seq = rt.next_seq()  # one id per push: a retry of this push reuses it
+        started = window.started if isinstance(window.started, step.Started) else None
+        # One id per push: a retry of this push reuses it.
+        seq = started.seq if started is not None else rt.next_seq()
         timeout = self.settings.rpc_timeout_seconds
         # Encoded once: a retry resends the same bytes; each range's codec state moves on only
         # when its own shard takes the push.
@@ -233,21 +260,36 @@ class Trainer:
         replies: dict[int, ps_pb2.PushReply] = {}
 
         def send() -> dict[int, ps_pb2.PushReply]:
-            started = time.perf_counter()
+            nonlocal started
+            began = started.began if started is not None else time.perf_counter()
             left = {i: e.payload for i, e in encoded.items() if i not in replies}
-            results = rt.shards.push(
-                self.worker_id, seq, left, rt.encoder.name, snap, window.samples, timeout, extras
-            )
+            if started is not None:  # the streams begun during backward: their answers
+                results, started = started.pushes.results(), None
+            else:
+                results = rt.shards.push(
+                    self.worker_id,
+                    seq,
+                    left,
+                    rt.encoder.name,
+                    snap,
+                    window.samples,
+                    timeout,
+                    extras,
+                )
             if self.telemetry is not None:
                 nbytes = sum(memoryview(p).nbytes for p in left.values())
-                self.telemetry.pushed(rt.job_id, time.perf_counter() - started, nbytes)
+                self.telemetry.pushed(rt.job_id, time.perf_counter() - began, nbytes)
             failed = [r for r in results.values() if isinstance(r, ShardError)]
             replies.update({i: r for i, r in results.items() if not isinstance(r, ShardError)})
             if failed:  # the others' replies are kept: only these shards are sent it again
                 raise failed[0]
             return replies
 
-        push.settle(self.call(send, "push"), encoded, rt.encoder, rt.min_versions)
+        try:
+            push.settle(self.call(send, "push"), encoded, rt.encoder, rt.min_versions)
+        finally:
+            if started is not None:  # given up before its answers (the lease lost): its
+                started.cancel()  # streams must not go on reading the next batch's gradient
 
     def evaluate(self) -> tuple[dict[str, float], list[int]]:
         """The job's loss and metric on the test set, and the shard versions they are of."""

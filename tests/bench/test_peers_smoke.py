@@ -59,3 +59,12 @@ def test_peers_quick_writes_every_row(tmp_path: Path) -> None:
     assert {r["label"] for r in result["ratios"]} == {lb for _, _, lb in labels}
     assert [b["label"] for b in result["best"]] in (["pscluster async"], ["pscluster sync"])
     assert out.with_suffix(".png").stat().st_size > 0
+    # Where each pscluster step went, and how far it is from the step's lower bounds
+    for r in ps:
+        assert set(r["phases_ms"]) >= {"pull", "forward", "backward", "push"}, r["phases_ms"]
+    bound = result["step_bounds"]["digits/1"]
+    assert bound["compute_ms"] > 0 and bound["tcp_mb_per_s"] > 0
+    assert bound["overlap_bound_ms"] <= bound["serial_bound_ms"]
+    distances = result["distance_to_bound"]
+    assert [d["label"] for d in distances] == ["pscluster async", "pscluster sync"]
+    assert all(d["x_serial_bound"] > 0 for d in distances)

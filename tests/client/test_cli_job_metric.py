@@ -74,6 +74,34 @@ class CannedCoordinator(co_grpc.CoordinatorServicer):
             staleness={0: 12, 1: 6},
             clock_staleness={0: 18},
             pushes_by_worker={"w-0": 9},
+            timeline=[
+                co_pb2.PhasePoint(
+                    unix_time=STARTED + 4,
+                    worker_id="w-0",
+                    batches=4,
+                    seconds={
+                        "pull": 0.04,
+                        "forward": 0.02,
+                        "backward": 0.06,
+                        "push": 0.08,
+                        "wait": 0.0,
+                        "other": 0.004,
+                    },
+                ),
+                co_pb2.PhasePoint(
+                    unix_time=STARTED + 9,
+                    worker_id="w-0",
+                    batches=5,
+                    seconds={
+                        "pull": 0.05,
+                        "forward": 0.025,
+                        "backward": 0.075,
+                        "push": 0.1,
+                        "wait": 0.01,
+                        "other": 0.001,
+                    },
+                ),
+            ],
         )
 
     def _job(self, job_id: str, context: grpc.ServicerContext) -> None:
@@ -191,6 +219,10 @@ def test_metrics_shows_the_mse_per_epoch(coordinator: str) -> None:
     assert "0.0312" in result.output and "12.0" in result.output  # the last, 12 s in
     assert "pushes applied: 18, rejected: 0" in result.output
     assert "clock staleness" in result.output and "0: 12, 1: 6" in result.output
+    assert (
+        "time per step, by phase (ms): pull 10.0, wait 1.1, forward 5.0, backward 15.0, "
+        "push 20.0, other 0.6; total 51.7"
+    ) in " ".join(result.output.split())
 
 
 def test_metrics_json_names_the_times_it_carries(coordinator: str) -> None:

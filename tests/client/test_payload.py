@@ -132,7 +132,7 @@ def test_initial_state_is_seeded_and_leaves_the_callers_rng_alone(
         ("TinyNet", None, {"compression": {"rato": 0.1}}, "compression has unknown field(s)"),
         ("TinyNet", None, {"compression": {"pull_dtype": "fp8"}}, "pull_dtype 'fp8' is unknown"),
         ("TinyNet", None, {"compression": {"ratio": "x"}}, "compression field has the wrong type"),
-        ("TinyNet", None, {"backup_workers": -1}, "backup_workers must be between 0 and"),
+        ("TinyNet", None, {"backup_workers": -1}, "backup_workers must be >= 0, got -1"),
         ("TinyNet", None, {"stragglers": 2.0}, "stragglers must be a dict"),
         ("TinyNet", None, {"stragglers": {"k": 2}}, "stragglers has unknown field(s) ['k']"),
         ("TinyNet", None, {"stragglers": {"factor": "x"}}, "stragglers field has the wrong type"),

@@ -75,6 +75,11 @@ def test_history_tables_are_consistent(
     assert sum(h.histogram("clock").values()) == h.pushes_applied
     # ssp with staleness 1: no applied push ran more than one clock ahead.
     assert max(h.histogram("clock")) <= tiny_job["staleness"]
+    # Where the step time went: every batch timed once, by the workers that trained
+    assert sum(p.batches for p in h.phases) == len(h.steps)
+    assert {p.worker for p in h.phases} == {s.worker for s in h.steps}
+    assert all(p.forward > 0 and p.backward > 0 and p.pull > 0 and p.push > 0 for p in h.phases)
+    assert all(min(p.wait, p.other) >= 0 and p.step > 0 for p in h.phases)
 
 
 def test_plot_writes_a_png_and_csvs_that_parse(
@@ -104,6 +109,9 @@ def test_plot_writes_a_png_and_csvs_that_parse(
     )
     version = [int(r["pushes"]) for r in staleness if r["kind"] == "version"]
     assert sum(version) == h.pushes_applied
+    phases = tables["phases.csv"]
+    assert list(phases[0])[:3] == ["seconds", "worker", "batches"]
+    assert [float(r["push"]) for r in phases] == pytest.approx([p.push for p in h.phases])
 
 
 def test_plot_of_an_unknown_job_fails_with_a_message(cluster: LocalCluster, tmp_path: Path) -> None:

@@ -227,7 +227,7 @@ def test_without_the_guard_grpc_answers_internal(recorder: Recorder) -> None:
 
 # Every RPC of both services, as the protos declare them.
 EVERY_RPC = sorted([*SHARD_RPCS.values(), *COORDINATOR_RPCS.values()], key=lambda r: r.path)
-NO_STRING_FIELDS = ("ListJobs", "ClusterStatus")  # any bytes as field 1 are an unknown field
+NO_STRING_FIELDS = ("ListJobs", "ClusterStatus", "ListShards")  # any bytes as field 1: unknown
 
 
 @pytest.fixture(scope="module")

@@ -148,18 +148,21 @@ def test_pods_find_each_other_where_the_settings_say() -> None:
         container = next(c for c in containers(pod.workload) if c["name"] == name)
         return container_env(container, pod.name, pod.namespace, maps)
 
-    # Assert: shard i answers at ps-i.<headless service>:<its port>, which the coordinator
-    # (and the init container that waits for the shards) list in order.
+    # Assert: shard ps-i registers under its pod name at ps-i.<headless service>:<its port>,
+    # with the coordinator's Service; the coordinator is given no list, so replicas alone
+    # decide how many shards there are.
     assert shard_service["spec"]["clusterIP"] == "None" and selects(shard_service, shard_set)
     shard_container = pod_spec(shard_set)["containers"][0]
     shard_port = named_ports(shard_container)["grpc"]
-    expected = [f"{p.name}.{shard_service['metadata']['name']}:{shard_port}" for p in shard_pods]
     for pod in shard_pods:
         shard_env = env(pod, "shard")
         assert int(shard_env["PSC_SHARD_PORT"]) == shard_port
-        assert shard_env["PSC_ADVERTISE"] in expected
-    assert env(coordinator_pod, "coordinator")["PSC_SHARDS"].split(",") == expected
-    assert env(coordinator_pod, "wait-for-shards")["PSC_SHARDS"].split(",") == expected
+        assert shard_env["PSC_ADVERTISE"] == (
+            f"{pod.name}.{shard_service['metadata']['name']}:{shard_port}"
+        )
+        assert shard_env["PSC_SHARD_ID"] == pod.name
+        assert shard_env["PSC_COORDINATOR"] == env(worker_pod, "worker")["PSC_COORDINATOR"]
+    assert "PSC_SHARDS" not in env(coordinator_pod, "coordinator")
 
     # Workers call the coordinator's Service, which leads to its gRPC port.
     assert selects(coordinator_service, coordinator_set)

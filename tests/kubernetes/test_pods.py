@@ -18,6 +18,7 @@ from tests.containers.compose import ComposeProject, require_docker
 from tests.containers.conftest import DIGITS_YAML, JOB_TIMEOUT, report
 from tests.kubernetes.manifests import KUBERNETES, containers, find, render
 from tests.kubernetes.pods import PodRunner
+from tests.support import UNREACHABLE, wait_for
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
@@ -50,6 +51,13 @@ def finished(pods: tuple[PodRunner, str]) -> dict[str, Any]:
     """A digits job run to completion on the pods: its info and metrics, and the cluster."""
     _, address = pods
     with Client(address) as client:
+        # The shards register once they serve: the job goes to both once both are live.
+        wait_for(
+            lambda: sum(s.live for s in client.status().registry) == 2,
+            60,
+            what="both shards registered and live",
+            tolerate=UNREACHABLE,
+        )
         job = client.submit(**load_job_file(DIGITS_YAML).submit_kwargs())
         info = job.wait(timeout=JOB_TIMEOUT)
         return {"info": info, "metrics": job.metrics(), "status": client.status()}
@@ -59,7 +67,7 @@ def test_the_pods_train_digits_to_the_target(finished: dict[str, Any]) -> None:
     target = load_job_file(DIGITS_YAML).spec.target_accuracy or 0.95
     assert finished["info"].state == "completed"
     assert finished["metrics"].final_accuracy >= target, finished["metrics"].epochs
-    # Both shards by the names the coordinator's PSC_SHARDS gives; workers by their pod names.
+    # Both shards by the addresses they registered; workers by their pod names.
     status = finished["status"]
     assert sorted(s.address for s in status.shards) == ["ps-0.ps:50061", "ps-1.ps:50061"]
     assert all(s.healthy for s in status.shards)

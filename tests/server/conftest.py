@@ -131,6 +131,7 @@ class ShardClient:
         payload: bytes | None = None,
         buffer_delta: torch.Tensor | bytes = b"",
         grad_scale: float = 0.0,
+        bucket_bytes: int = 0,
     ) -> ps_pb2.PushReply:
         """``buffer_delta``: the buffers' change (a tensor, sent as float64, or raw bytes);
         ``grad_scale``: the loss scale ``grad`` (or ``payload``) was already multiplied by."""
@@ -147,6 +148,7 @@ class ShardClient:
             batch_size=1,
             buffer_delta=buffer_delta,
             grad_scale=grad_scale,
+            bucket_bytes=bucket_bytes,
         )
         body = wire.encode(grad, dtype) if payload is None else memoryview(payload)
 

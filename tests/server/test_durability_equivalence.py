@@ -47,6 +47,7 @@ class Case:
     buffers: bool = True  # the job keeps buffers and pushes change them
     scaled: bool = False  # some pushes carry a loss scale (float32 ones: a durable job logs the
     # receive buffer itself, so the scale must be undone elsewhere)
+    switches: bool = False  # the consistency is switched live now and then (mode "auto")
 
 
 CASES = {
@@ -61,7 +62,10 @@ CASES = {
     "sync": Case("sync", OptimizerSpec(name="adam", lr=0.01), scaled=True),
     "sync-backup": Case("sync", OptimizerSpec(name="sgd", lr=0.1), backup_workers=1),
     "ssp": Case("ssp", OptimizerSpec(name="adamw", lr=0.01, weight_decay=0.1), staleness=1),
+    "switching": Case("sync", OptimizerSpec(name="sgd", lr=0.1, momentum=0.9), switches=True),
 }
+# What a live switch may set (mode, staleness, backup workers).
+SWITCHES = [("sync", 0, 0), ("sync", 0, 1), ("ssp", 1, 0), ("ssp", 3, 0), ("async", 0, 0)]
 
 
 class Driver:
@@ -72,6 +76,7 @@ class Driver:
         self.rng = rng
         self.seqs = dict.fromkeys(POOL, 0)
         self.codec = make_compressor(CompressionSettings(name=case.codec))
+        self.revision = 0
 
     def step(self, jobs: list[ShardJob]) -> None:
         twin = jobs[-1]
@@ -80,6 +85,11 @@ class Driver:
             self._push(jobs, twin)
         elif roll < 0.9:
             self._members(jobs, twin)
+        elif self.case.switches and roll > 0.95:
+            # Now and then a revision that is not newer: ignored by both.
+            self.revision += self.rng.choice([-1, 1, 1, 2])
+            mode, staleness, backup, revision = (*self.rng.choice(SWITCHES), self.revision)
+            _same(jobs, lambda job: job.set_consistency(mode, staleness, backup, revision))
         else:
             worker = self.rng.choice(POOL)
             _same(jobs, lambda job: _pull(job, worker))
@@ -163,6 +173,8 @@ def _state(job: ShardJob) -> dict[str, Any]:
     return {
         "tensors": {k: v.numpy().tobytes() for k, v in tensors.items()},
         **{k: meta[k] for k in ("optimizer", "policy", "generation", "clocks", "last_push")},
+        "consistency": [meta["config"][k] for k in ("mode", "staleness", "backup_workers")]
+        + [meta["consistency_revision"]],
         **{
             k: getattr(stats, k)
             for k in (
@@ -188,7 +200,9 @@ def _state(job: ShardJob) -> dict[str, Any]:
 
 def _run(case: Case, seed: int, folder: Path, checkpoint_wal_bytes: int) -> None:
     rng = random.Random(seed)
-    durability = DurabilityConfig(folder, fsync="never", checkpoint_wal_bytes=checkpoint_wal_bytes)
+    durability = DurabilityConfig(
+        folder, fsync="never", checkpoint_wal_bytes=checkpoint_wal_bytes, checkpoint_log_ratio=0
+    )
     config = JobConfig(
         "eq",
         0,
@@ -224,6 +238,8 @@ def _run(case: Case, seed: int, folder: Path, checkpoint_wal_bytes: int) -> None
         driver.step([recovered.job, twin])
     assert _state(recovered.job) == _state(twin)
     assert recovered.job.stats().durable
+    assert recovered.job.journal is not None
+    recovered.job.journal.close()  # before the folder goes: checkpoints are written beside pushes
 
 
 @pytest.mark.parametrize("name", list(CASES))

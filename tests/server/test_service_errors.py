@@ -114,6 +114,19 @@ def test_unknown_job_is_not_found_everywhere(client: Any) -> None:
             "not_member",
         ),
         (dict(base_version=4), grpc.StatusCode.INVALID_ARGUMENT, "ahead", "invalid"),
+        (dict(bucket_bytes=6), grpc.StatusCode.INVALID_ARGUMENT, "whole number", "invalid"),
+        (
+            dict(bucket_bytes=4096, dtype=common_pb2.DTYPE_FLOAT16, payload=bytes(2 * N)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "only for raw float32",
+            "invalid",
+        ),
+        (  # the test client's 4096-byte chunks cross the 4000-byte buckets
+            dict(bucket_bytes=4000),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spans the end of the bucket",
+            "invalid",
+        ),
     ],
 )
 def test_bad_push_gets_its_code_and_changes_nothing(

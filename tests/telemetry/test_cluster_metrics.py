@@ -140,6 +140,11 @@ def _assert_worker_agrees(run: Run, worker: Samples, samples: int) -> None:
     )
     assert value(worker, "pscluster_worker_injected_slowdown") == 1
     assert total(worker, "pscluster_worker_task") == 0, "idle once the job is done"
+    # Where its steps' time went: the same seconds the job's timeline holds
+    for phase in ("pull", "forward", "backward", "push"):
+        counted = value(worker, "pscluster_worker_phase_seconds_total", **jid, phase=phase)
+        timed = sum(p.phases.get(phase, 0.0) for p in final.timeline)
+        assert counted > 0 and counted == pytest.approx(timed, rel=1e-6), phase
 
 
 def _records(log: Path) -> list[dict[str, object]]:

@@ -35,12 +35,28 @@ class FailJob:
     error: str
 
 
-Action: TypeAlias = Write | SyncMembers | FinishJob | FailJob
+@dataclass(frozen=True)
+class SwitchConsistency:
+    """Mode "auto" chose another consistency for the job: tell each of its shards (they
+    ignore a ``revision`` older than the one they hold, so a late send undoes nothing)."""
+
+    job_id: str
+    mode: str
+    staleness: int
+    backup_workers: int
+    revision: int
+
+
+Action: TypeAlias = Write | SyncMembers | FinishJob | FailJob | SwitchConsistency
 
 
 def writes(actions: list[Action]) -> list[Write]:
     """The store writes among ``actions``, in order."""
-    return [a for a in actions if not isinstance(a, (SyncMembers, FinishJob, FailJob))]
+    return [
+        a
+        for a in actions
+        if not isinstance(a, (SyncMembers, FinishJob, FailJob, SwitchConsistency))
+    ]
 
 
 def lease_saved(lease: Lease) -> LeaseSaved:

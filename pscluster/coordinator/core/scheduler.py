@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pscluster.coordinator import store as st
+from pscluster.coordinator.auto import AutoConsistency
 from pscluster.coordinator.core.actions import (
     Action,
     FinishJob,
@@ -22,6 +23,7 @@ from pscluster.coordinator.core.actions import (
     lease_saved,
     one_sync_per_job,
 )
+from pscluster.coordinator.core.auto_actions import observe
 from pscluster.coordinator.core.kinds import JobState, TaskResult, kind_of
 from pscluster.coordinator.core.lingering import Lingering
 from pscluster.coordinator.core.relief_actions import lease_progress, take_over
@@ -32,7 +34,7 @@ from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.coordinator.workers import WorkerInfo, WorkerRegistry
 from pscluster.coordinator.writes import LeaseDropped, ProgressSaved
 from pscluster.errors import FailedPrecondition
-from pscluster.server.consistency import mode_traits
+from pscluster.server.consistency import AUTO, mode_traits, starting_consistency
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 
@@ -77,6 +79,8 @@ class Scheduler:
         self.activity: dict[str, Activity] = {}
         # Members of a job between two of its train leases (see core.lingering).
         self.lingering = Lingering()
+        # The consistency controllers of the jobs in mode "auto" (pscluster.coordinator.auto).
+        self.auto: dict[str, AutoConsistency] = {}
 
     # --- jobs ---
     def add_job(self, plan: JobPlan, now: float) -> None:
@@ -94,8 +98,13 @@ class Scheduler:
             batch_counts=plan.batch_counts,
             unit_kind=plan.kind,
         )
-        self.relief.add_job(plan.job_id, plan.mode, plan.stragglers, plan.backup_workers)
-        traits = mode_traits(plan.mode, plan.backup_workers)
+        # An auto job starts in its first setting (its controller revises it as it runs).
+        mode, _, backup_workers = starting_consistency(plan.mode, 0, plan.backup_workers)
+        if plan.mode == AUTO and plan.kind == TRAIN:
+            resumed = plan.samples > 0 or plan.epoch > 0 or bool(plan.done)
+            self.auto[plan.job_id] = AutoConsistency(now, resumed=resumed)
+        self.relief.add_job(plan.job_id, mode, plan.stragglers, backup_workers)
+        traits = mode_traits(mode, backup_workers)
         if not traits.steps and not traits.clock_bound:
             self.lingering.allow_idle(plan.job_id)
         self.jobs[plan.job_id] = JobState(plan.job_id, plan.epochs, plan.shards, plan.samples)
@@ -109,6 +118,7 @@ class Scheduler:
         revoked = self.book.remove_job(job_id, reason)
         self.lingering.drop_job(job_id)
         self.jobs.pop(job_id, None)
+        self.auto.pop(job_id, None)
         self.activity.pop(job_id, None)
         speeds = self.relief.remove_job(job_id, now)
         return [LeaseDropped(lease.lease_id) for lease in revoked], speeds
@@ -254,6 +264,11 @@ class Scheduler:
                 self.book, self.relief, worker_id, job_id, progress, now, wall
             )
             actions += more
+        auto = self.auto.get(job_id)
+        if auto is not None:
+            losses = [s.loss for s in steps]
+            members = len(self.book.members(job_id))
+            actions += observe(auto, self.relief, job_id, losses, members, now, wall)
         return end, actions
 
     def may_fail(self, worker_id: str, job_id: str, now: float) -> None:

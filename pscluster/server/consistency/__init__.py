@@ -3,6 +3,12 @@
 from pscluster.server.consistency.async_ import AsyncPolicy
 from pscluster.server.consistency.backup_sync import BackupSyncPolicy
 from pscluster.server.consistency.base import ConsistencyPolicy, Decision, JobContext, Traits
+from pscluster.server.consistency.job_modes import (
+    AUTO,
+    JOB_MODES,
+    starting_consistency,
+    validate_job_consistency,
+)
 from pscluster.server.consistency.registry import (
     MODES,
     clock_bound,
@@ -11,9 +17,12 @@ from pscluster.server.consistency.registry import (
     validate_consistency,
 )
 from pscluster.server.consistency.ssp import SSPPolicy
+from pscluster.server.consistency.switch import switch_policy
 from pscluster.server.consistency.sync import SyncPolicy
 
 __all__ = [
+    "AUTO",
+    "JOB_MODES",
     "MODES",
     "AsyncPolicy",
     "BackupSyncPolicy",
@@ -26,5 +35,8 @@ __all__ = [
     "clock_bound",
     "make_policy",
     "mode_traits",
+    "starting_consistency",
+    "switch_policy",
     "validate_consistency",
+    "validate_job_consistency",
 ]

@@ -141,6 +141,13 @@ class ConsistencyPolicy(Protocol):
         """Re-check after SetMembers: a barrier may now be complete."""
         return None
 
+    def flush(self, job: JobContext) -> None:
+        """Apply whatever the policy holds, because it is about to be replaced by a mode that
+        does not take it over (a live switch, :meth:`JobState.set_consistency`): pushes it
+        answered as taken must reach the parameters, exactly once. Stateless modes hold
+        nothing."""
+        return None
+
     def waiting_for(self, job: JobContext) -> list[str]:
         """Members the job is waiting on (sync: those that have not pushed for the open step)."""
         return []

@@ -109,6 +109,11 @@ class SyncPolicy(ConsistencyPolicy):
         if self.is_complete(job):
             self._apply(job)
 
+    def flush(self, job: JobContext) -> None:
+        # The open step closes with the pushes it has: they were answered BUFFERED (taken), and
+        # their workers' pulls wait for this step's end, which must come under any mode.
+        self._apply(job)
+
     def waiting_for(self, job: JobContext) -> list[str]:
         return [m for m in job.members if m not in self._pushes]
 

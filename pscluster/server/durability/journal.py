@@ -67,6 +67,10 @@ class DurabilityConfig:
     fsync_interval_seconds: float = 0.05
     checkpoint_seconds: float = 30.0
     checkpoint_wal_bytes: int = 256 << 20
+    # The log may also grow to this many times the last checkpoint's size before the next:
+    # a checkpoint rewrites the whole state, so for a large model it then costs at most this
+    # fraction of what the log writes (0: only checkpoint_wal_bytes counts).
+    checkpoint_log_ratio: float = 4.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DurabilityConfig | None:
@@ -113,6 +117,9 @@ class Journal:
         self.checkpoint_version = checkpoint_version
         self._last_checkpoint = time.monotonic()
         self._checkpointing = threading.Lock()
+        self._starting = threading.Lock()  # guards _writer and _closed
+        self._writer: threading.Thread | None = None  # the checkpoint being written, if any
+        self._size = 0  # bytes of the last checkpoint's tensors
         self._closed = False
         self._capture: Capture | None = None
         self._base = base
@@ -130,17 +137,34 @@ class Journal:
         folder.mkdir(parents=True)
         tensors, meta = state
         write_checkpoint(checkpoint_path(folder, 0), tensors, meta)
-        return cls(folder, config, segment=0, checkpoint_version=int(meta["version"]), base=0)
+        journal = cls(folder, config, segment=0, checkpoint_version=int(meta["version"]), base=0)
+        journal._size = sum(t.numel() * t.element_size() for t in tensors.values())
+        return journal
 
     def bind(self, capture: Capture) -> None:
         """How checkpoints read the job (before any record is logged)."""
         self._capture = capture
 
+    # --- called before the job's lock is taken ---
+
+    def log_payload(self, header: PushHeader, payload: bytes | bytearray | memoryview) -> int:
+        """A push's payload, before its decision (RecordType.PUSH_DATA); what to hand
+        :meth:`log_push` so that its record refers to it."""
+        meta = {"worker_id": header.worker_id, "seq": header.seq}
+        return self._wal.append_counted(RecordType.PUSH_DATA, meta, payload)[1]
+
     # --- called under the job's lock ---
 
-    def log_push(self, header: PushHeader, payload: bytes | bytearray | memoryview) -> int:
+    def log_push(
+        self,
+        header: PushHeader,
+        payload: bytes | bytearray | memoryview,
+        logged: int | None = None,
+    ) -> int:
         """The header as JSON; the blob is the payload followed by the buffer delta, whose
-        length the meta gives (older records have neither it nor ``grad_scale``)."""
+        length the meta gives (older records have neither it nor ``grad_scale``). A payload
+        :meth:`log_payload` wrote to the current segment (``logged``) is referred to
+        instead ("data": true); one a checkpoint's roll left behind is written again."""
         meta: dict[str, Any] = {
             "worker_id": header.worker_id,
             "seq": header.seq,
@@ -156,11 +180,23 @@ class Journal:
         }
         if header.rows:  # their bytes are in the payload, after the dense part
             meta["rows"] = [[b.table, b.count, b.dtype] for b in header.rows]
+        if logged is not None and logged == self._wal.rolls:
+            meta["data"] = True
+            return self._wal.append(RecordType.PUSH, meta, b"", header.buffer_delta)
         return self._wal.append(RecordType.PUSH, meta, payload, header.buffer_delta)
 
     def log_members(self, worker_ids: list[str], generation: int, excluded: list[str]) -> int:
         meta = {"worker_ids": worker_ids, "generation": generation, "excluded": excluded}
         return self._wal.append(RecordType.MEMBERS, meta)
+
+    def log_consistency(self, mode: str, staleness: int, backup_workers: int, revision: int) -> int:
+        meta = {
+            "mode": mode,
+            "staleness": staleness,
+            "backup_workers": backup_workers,
+            "revision": revision,
+        }
+        return self._wal.append(RecordType.CONSISTENCY, meta)
 
     def log_read(self, worker_id: str) -> int:
         return self._wal.append(RecordType.READ, {"worker_id": worker_id})
@@ -175,12 +211,30 @@ class Journal:
     # --- called outside the job's lock ---
 
     def commit(self, ticket: int) -> None:
-        """Return once record ``ticket`` is as durable as ``wal_fsync`` asks; then take a
-        checkpoint if one is due (this caller's reply waits for it: checkpoints are rare)."""
+        """Return once record ``ticket`` is as durable as ``wal_fsync`` asks; start a checkpoint
+        if one is due, on a thread of the journal's own: no push's reply waits for the tens of
+        megabytes a checkpoint of a large model writes."""
         self._wal.sync(ticket)
-        due_time = time.monotonic() - self._last_checkpoint >= self._config.checkpoint_seconds
-        if self._wal.bytes >= self._config.checkpoint_wal_bytes or (due_time and self._wal.bytes):
+        config = self._config
+        due_time = time.monotonic() - self._last_checkpoint >= config.checkpoint_seconds
+        due_bytes = max(config.checkpoint_wal_bytes, config.checkpoint_log_ratio * self._size)
+        if self._wal.bytes >= due_bytes or (due_time and self._wal.bytes):
+            self._checkpoint_later()
+
+    def _checkpoint_later(self) -> None:
+        with self._starting:
+            if self._closed or (self._writer is not None and self._writer.is_alive()):
+                return
+            self._writer = threading.Thread(
+                target=self._checkpoint_logged, name="checkpoint", daemon=True
+            )
+            self._writer.start()
+
+    def _checkpoint_logged(self) -> None:
+        try:
             self.checkpoint()
+        except Exception:  # the log goes on: nothing is lost, the next checkpoint is tried
+            log.exception("%s: a checkpoint failed; the log goes on", self.folder)
 
     def checkpoint(self) -> bool:
         """Snapshot the job under its lock, move the log on, write the snapshot outside the
@@ -211,6 +265,7 @@ class Journal:
                 self._base = None  # the rows it held count as clean now: the next is full
                 raise
             self._base = self._segment
+            self._size = sum(t.numel() * t.element_size() for t in tensors.values())
             self._deltas = self._deltas + 1 if meta.get("delta") else 0
             self._last_checkpoint = time.monotonic()
             self.checkpoint_version = version
@@ -246,8 +301,13 @@ class Journal:
                 path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Stop logging (the files stay): for a shard that stops, or a test's simulated crash."""
-        self._closed = True
+        """Stop logging (the files stay): for a shard that stops, or a test's simulated crash.
+        A checkpoint being written finishes first (its files are complete or absent)."""
+        with self._starting:
+            self._closed = True
+            writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
         self._wal.close()
 
     def delete(self) -> None:

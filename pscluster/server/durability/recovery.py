@@ -78,9 +78,15 @@ def recover_job(folder: Path, config: DurabilityConfig) -> Recovered | None:
     replayed = 0
     logs = [p for p in segments(folder) if segment_number(p) >= start]
     for i, path in enumerate(logs):
+        # Payloads logged before their decisions, until a PUSH record refers to them: never
+        # across segments (a payload the log rolled away from is written again with its push).
+        payloads: dict[tuple[str, int], bytes] = {}
         try:
             for record in read_records(path, last=i == len(logs) - 1):
-                _replay(job, record)
+                if record.type is RecordType.PUSH_DATA:
+                    payloads[(record.meta["worker_id"], record.meta["seq"])] = record.blob
+                    continue
+                _replay(job, record, payloads, path)
                 replayed += 1
         except CorruptSegment as exc:
             log.error("%s; the %d later segment(s) are dropped", exc, len(logs) - i - 1)
@@ -132,13 +138,19 @@ def _load_chain(path: Path) -> ShardJob:
     return job
 
 
-def _replay(job: ShardJob, record: Record) -> None:
+def _replay(
+    job: ShardJob, record: Record, payloads: dict[tuple[str, int], bytes], path: Path
+) -> None:
     meta = record.meta
     try:
         if record.type is RecordType.PUSH:
-            job.replay_push(*_logged_push(job.config.job_id, record))
+            job.replay_push(*_logged_push(job.config.job_id, record, payloads, path))
         elif record.type is RecordType.MEMBERS:
             job.set_members(meta["worker_ids"], meta["generation"], meta["excluded"])
+        elif record.type is RecordType.CONSISTENCY:
+            job.set_consistency(
+                meta["mode"], meta["staleness"], meta["backup_workers"], meta["revision"]
+            )
         elif record.type is RecordType.READ:
             job.replay_read(meta["worker_id"])
         elif record.type is RecordType.ADMIT:
@@ -149,12 +161,24 @@ def _replay(job: ShardJob, record: Record) -> None:
         log.debug("replayed record refused again: %s", exc)
 
 
-def _logged_push(job_id: str, record: Record) -> tuple[PushHeader, bytes]:
+def _logged_push(
+    job_id: str, record: Record, payloads: dict[tuple[str, int], bytes], path: Path
+) -> tuple[PushHeader, bytes]:
     """The header and payload of a push record: its blob is the payload then the buffer delta
-    (records from before buffers have no delta and no grad_scale: scale 1, no change)."""
+    (records from before buffers have no delta and no grad_scale: scale 1, no change), or
+    only the delta when the payload was logged before it ("data": true)."""
     meta = dict(record.meta)
     delta_bytes = int(meta.pop("buffer_delta_bytes", 0))
     split = len(record.blob) - delta_bytes
     rows = tuple(RowBlockInfo(*block) for block in meta.pop("rows", ()))
+    payload = record.blob[:split]
+    if meta.pop("data", False):
+        key = (meta["worker_id"], meta["seq"])
+        if key not in payloads:
+            raise CorruptSegment(
+                f"{path}: the push seq {key[1]} of worker {key[0]} refers to a payload the "
+                "segment does not hold"
+            )
+        payload = payloads.pop(key)
     header = PushHeader(job_id=job_id, **meta, buffer_delta=record.blob[split:], rows=rows)
-    return header, record.blob[:split]
+    return header, payload

@@ -6,10 +6,13 @@ middle of a record) or a flipped bit is caught when the log is read back. ``meta
 push header, the member list, ...); ``blob`` is raw bytes (a push's payload as it came off the
 wire, so a compressed push stays small on disk, then its buffer delta). No pickle anywhere.
 
-Appends happen under the job's lock, so the log's order is the order in which the job applied
-what it logs; :meth:`WriteAheadLog.sync` runs outside that lock: one fsync covers every record
-written before it, and pushers that arrive while an fsync is running wait for the next one
-together (group commit).
+Decisions are appended under the job's lock, so the log's order is the order in which the job
+applied what it logs. A push's payload, the bulk of the bytes, is appended before that, outside
+the job's lock, as a ``PUSH_DATA`` record that its ``PUSH`` record then refers to: writing and
+checksumming megabytes never holds up the job's other pushes and pulls (appends take the log's
+own lock only for the write itself). :meth:`WriteAheadLog.sync` runs outside the job's lock:
+one fsync covers every record written before it, and pushers that arrive while an fsync is
+running wait for the next one together (group commit).
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class RecordType(enum.IntEnum):
     MEMBERS = 2  # a SetMembers that was not older than the generation in force
     READ = 3  # a pull by an uncounted (excluded or re-entering) member: its clock moves
     ADMIT = 4  # ids a lookup admitted into a dynamic table: their rows were created
+    CONSISTENCY = 5  # a SetConsistency newer than the revision in force (mode "auto")
+    # A push's payload, logged as it arrived, before its decision: the PUSH record that follows
+    # in the same segment (meta "data": true) carries the header and refers to it.
+    PUSH_DATA = 6
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,9 @@ class WriteAheadLog:
         self._synced = 0  # records known to be on disk
         self._syncing = False
         self._cond = threading.Condition()
+        # Appends come from the job's lock and, for payloads, from outside it: one at a time.
+        self._write_lock = threading.RLock()
+        self.rolls = 0  # segments moved on to: a payload and its decision share one
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if fsync == "interval":
@@ -126,17 +136,29 @@ class WriteAheadLog:
         blob: bytes | bytearray | memoryview = b"",
         tail: bytes = b"",
     ) -> int:
-        """Write one record (under the job's lock); returns its ticket for :meth:`sync`."""
+        """Write one record; returns its ticket for :meth:`sync`. Encoded (checksummed) before
+        the log's lock is taken: only the write itself is one at a time."""
+        return self.append_counted(kind, meta, blob, tail)[0]
+
+    def append_counted(
+        self,
+        kind: RecordType,
+        meta: dict[str, Any],
+        blob: bytes | bytearray | memoryview = b"",
+        tail: bytes = b"",
+    ) -> tuple[int, int]:
+        """:meth:`append`, also returning ``rolls`` as of the write (which segment took it)."""
         buffers = encode(kind, meta, blob, tail)
         total = sum(memoryview(b).nbytes for b in buffers)
-        written = os.writev(self._fd, buffers)
-        if written != total:  # a short write: finish it from where it stopped
-            rest = b"".join(bytes(b) for b in buffers)[written:]
-            while rest:
-                rest = rest[os.write(self._fd, rest) :]
-        self.bytes += total
-        self._written += 1
-        return self._written
+        with self._write_lock:
+            written = os.writev(self._fd, buffers)
+            if written != total:  # a short write: finish it from where it stopped
+                rest = b"".join(bytes(b) for b in buffers)[written:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest) :]
+            self.bytes += total
+            self._written += 1
+            return self._written, self.rolls
 
     def tail(self) -> int:
         """The ticket of the newest record: a reply that depends on all of them waits for it."""
@@ -175,7 +197,7 @@ class WriteAheadLog:
     def roll(self, path: Path) -> None:
         """Continue in a new segment (the caller holds the job's lock). The old one is synced
         first: pushers waiting on it are answered only once their records are on disk."""
-        with self._cond:
+        with self._write_lock, self._cond:
             while self._syncing:
                 self._cond.wait(_SYNC_POLL_SECONDS)
             if self._fsync != "never":
@@ -185,6 +207,7 @@ class WriteAheadLog:
             self._fd = self._open(path)
             self.path = path
             self.bytes = 0
+            self.rolls += 1
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -192,7 +215,7 @@ class WriteAheadLog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
-        with self._cond:
+        with self._write_lock, self._cond:
             while self._syncing:
                 self._cond.wait(_SYNC_POLL_SECONDS)
             if self._fd >= 0:

@@ -1,0 +1,257 @@
+"""Mode "auto": which consistency a running job should have, from what its workers measure.
+
+Pure decision logic (no sockets, no clocks: times are passed in). The coordinator feeds it an
+:class:`Observation` whenever a worker reports (each worker's busy seconds per batch, as the
+straggler tracker smooths them, and the step losses reported since); it answers with a
+:class:`Switch` and the reason for it, or None. The executor tells the job's shards
+(``SetConsistency``) and the reason becomes the job's event.
+
+Time to a target accuracy is the updates it needs times the time per update. Waiting for
+workers raises the second; staleness may raise the first, or not at all: on the digits job
+async, which never waits, reached 95% first in every scenario measured (bench/auto.py),
+its updates stale by a few versions costing it no epochs. Neither is assumed; both are
+measured, and the setting follows them on a ladder of three rungs:
+
+- *free* (where a job starts): async. Nobody waits for anybody, so the workers' speeds do
+  not matter; what may go wrong is convergence, which :mod:`pscluster.coordinator.auto_loss`
+  watches on the loss curve (a loss that rises, or stalls while still high);
+- *staleness-free*, on that judge's verdict: sync, with backup workers when a few workers
+  are much slower than the rest (busy time per batch ``outlier`` times the median of the
+  others or more: a step closes without the last ``k`` pushes, Chen et al. 2016, so the fast
+  workers stop waiting for them, and still nothing is stale);
+- *bounded*, once the staleness-free rung has held for a hold without a new verdict: as the
+  one below, but a spread of speeds without outliers gets ssp, its bound from the spread (a
+  worker ``spread`` times as fast as the slowest gains that many clocks per clock of it).
+  After another hold without a verdict the job is back at the free rung.
+
+Hysteresis, so that it never flaps: a verdict needs two blocks of steps measured under the
+stale setting and sends the job down to the staleness-free rung at once, for a hold that
+doubles with each verdict (so a job whose staleness hurts tries it again less and less
+often); a setting chosen from busy times is left only for another one that every one of the
+last ``confirm`` observations agreed on, at least ``dwell_seconds`` after the last switch;
+every threshold has a way in and a lower way out (``_OUT``), wider than the noise of the
+smoothed busy times; and an ssp bound is only changed for one at least twice or half as large.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pscluster.coordinator.auto_loss import LossJudge, LossRules
+from pscluster.errors import InvalidArgument
+
+# A threshold is crossed back only at this fraction of the way in (Schmitt trigger).
+_OUT = 0.8
+# The rungs of the ladder, tightest first.
+STALENESS_FREE, BOUNDED, FREE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """A setting auto may choose: a shard mode, its ssp bound and its backup workers."""
+
+    mode: str
+    staleness: int = 0
+    backup_workers: int = 0
+
+    def describe(self) -> str:
+        if self.mode == "ssp":
+            return f"ssp with staleness {self.staleness}"
+        if self.backup_workers:
+            return f"sync with {self.backup_workers} backup worker(s)"
+        return self.mode
+
+    @property
+    def relaxed(self) -> bool:
+        """Whether the setting departs from plain sync (exact, every step waits for all)."""
+        return self != SYNC
+
+    @property
+    def stale(self) -> bool:
+        """Whether updates may be computed on parameters older than the newest (backup
+        workers drop pushes, they never apply an old one)."""
+        return self.mode in ("async", "ssp")
+
+
+SYNC = Consistency("sync")
+ASYNC = Consistency("async")
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    dwell_seconds: float = 2.0
+    confirm: int = 3
+    leave_sync: float = 1.6  # spread (slowest / fastest busy time) that leaves plain sync
+    outlier: float = 2.0  # a worker this many times the median of the others: a straggler
+    max_staleness: int = 8
+    loss: LossRules = field(default_factory=LossRules)
+    hold_seconds: float = 20.0  # the first verdict's; each later one's is twice the last
+    # Observations closer together than this only add their losses (the busy times are
+    # EWMAs: a report a few milliseconds after the last one says nothing new).
+    interval_seconds: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.dwell_seconds < 0 or self.confirm < 1 or self.hold_seconds <= 0:
+            raise InvalidArgument(f"auto settings out of range: {self}")
+        if not 1.0 < self.leave_sync <= self.outlier:
+            raise InvalidArgument(
+                f"auto settings need 1 < leave_sync <= outlier, got {self.leave_sync} and "
+                f"{self.outlier}"
+            )
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float
+    busy: Mapping[str, float]  # active, measured workers: busy seconds per batch
+    losses: Sequence[float] = ()  # step losses reported since the last observation
+    # Workers taking part now: no setting is chosen from the busy times of fewer measured
+    # ones than that (the first reports would otherwise decide on two workers out of four).
+    members: int = 0
+
+
+@dataclass(frozen=True)
+class Switch:
+    to: Consistency
+    reason: str
+
+
+class AutoConsistency:
+    """One auto job's controller; its shards hold ``start`` (sync) at time ``now``. The first
+    observation moves them to the free rung's async: the start is where the shards begin
+    (a mode in which no member may idle), not a choice.
+
+    ``resumed``: the job ran under an earlier coordinator, so its shards may hold any
+    setting; the first observation then says which one they are to hold, whatever it is.
+    Verdicts are not carried across a restart: the job starts at the free rung again."""
+
+    def __init__(
+        self,
+        now: float,
+        settings: AutoSettings | None = None,
+        start: Consistency = SYNC,
+        *,
+        resumed: bool = False,
+    ) -> None:
+        self.settings = settings or AutoSettings()
+        self.current = start
+        self.rung = FREE
+        # When the current setting came in; the start is no choice, so it has no dwell.
+        self.since = now - self.settings.dwell_seconds
+        self._hold = self.settings.hold_seconds
+        self._held_until = now  # the rung is not raised before this
+        self._votes: deque[Consistency] = deque(maxlen=self.settings.confirm)
+        self.judge = LossJudge(self.settings.loss)
+        self._last = -math.inf  # when the last observation was judged
+        self._opening = True
+        self._resumed = resumed
+
+    def observe(self, obs: Observation) -> Switch | None:
+        """Fold one observation in; the switch it calls for, if any (already in force here:
+        the caller carries it out)."""
+        verdict = self.judge.feed(obs.losses, judged=self.current.stale)
+        if verdict is not None:
+            return self._tighten(obs, verdict)
+        if obs.now - self._last < self.settings.interval_seconds:
+            return None
+        self._last = obs.now
+        if self.rung < FREE and obs.now >= self._held_until:
+            self.rung += 1
+            self._held_until = obs.now + self._hold
+        target, why = self.target(obs.busy)
+        if self.rung < FREE and len(obs.busy) < obs.members:
+            target, why = self.current, ""
+        if self._opening:
+            self._opening = False
+            if self._resumed:
+                why = why or "no measured workers yet"
+                return self._switch(target, obs.now, f"the coordinator restarted; {why}")
+            if target != self.current:
+                return self._switch(target, obs.now, why)
+        self._votes.append(target)
+        agreed = len(self._votes) == self._votes.maxlen and len(set(self._votes)) == 1
+        if not agreed or target == self.current:
+            return None
+        if obs.now - self.since < self.settings.dwell_seconds:
+            return None
+        return self._switch(target, obs.now, why)
+
+    def target(self, busy: Mapping[str, float]) -> tuple[Consistency, str]:
+        """The setting the rung and these busy times call for, given the one in force (its
+        thresholds are the lower ways out), and why."""
+        if self.rung == FREE:
+            return ASYNC, (
+                "no sign that staleness costs this job progress, so async, which never waits"
+            )
+        s = self.settings
+        speeds = {w: t for w, t in busy.items() if t > 0}
+        cur = self.current
+        if len(speeds) < 2:
+            return (cur if not cur.stale else SYNC), "too few measured workers"
+        slow = _outliers(speeds, s.outlier * (_OUT if cur.backup_workers else 1.0))
+        # A step must still wait for two workers at least, and for most of them.
+        if slow and len(slow) <= (len(speeds) - 1) // 2 and len(speeds) - len(slow) >= 2:
+            names = ", ".join(f"{w} at {r:.1f}x" for w, r in sorted(slow.items()))
+            why = f"worker(s) much slower than the median of the others' busy time: {names}"
+            return Consistency("sync", backup_workers=len(slow)), why
+        spread = max(speeds.values()) / min(speeds.values())
+        leave = s.leave_sync * (_OUT if cur.mode == "ssp" else 1.0)
+        if spread < leave or self.rung == STALENESS_FREE:
+            why = f"the workers' busy times per batch are within {spread:.2f}x of each other"
+            if spread >= leave:
+                why = f"staleness ruled out for now, though busy times spread {spread:.2f}x"
+            return SYNC, why
+        bound = min(s.max_staleness, max(1, math.ceil(spread)))
+        if cur.mode == "ssp" and cur.staleness / 2 < bound < cur.staleness * 2:
+            bound = cur.staleness  # close enough: a new bound is not worth a switch
+        why = f"the workers' busy times per batch are spread {spread:.2f}x, without outliers"
+        return Consistency("ssp", staleness=bound), why
+
+    def _tighten(self, obs: Observation, verdict: str) -> Switch:
+        """The loss says the stale setting in force costs progress: down to the
+        staleness-free rung at once (no dwell: the two blocks behind the verdict are the
+        evidence), for a hold twice as long as the last."""
+        held = self._hold
+        self.rung, self._held_until, self._hold = STALENESS_FREE, obs.now + held, held * 2
+        target, why = self.target(obs.busy)
+        if len(obs.busy) < obs.members:
+            target, why = SYNC, "not every member measured yet"
+        self._opening = False
+        return self._switch(target, obs.now, f"{verdict}; no staleness for {held:.0f} s ({why})")
+
+    def _switch(self, to: Consistency, now: float, why: str) -> Switch:
+        before = self.current
+        self.current, self.since = to, now
+        self._votes.clear()
+        self.judge.restart()  # the loss is judged anew under each setting
+        return Switch(to, f"{before.describe()} -> {to.describe()}: {why}")
+
+
+def _outliers(busy: Mapping[str, float], factor: float) -> dict[str, float]:
+    """Workers whose busy time is at least ``factor`` times the median of the others', with
+    that ratio. From the slowest down, stopping at the first that is not one: O(n log n) per
+    observation, which runs under the coordinator's lock."""
+    ranked = sorted(busy.items(), key=lambda item: item[1])
+    values = [t for _, t in ranked]
+    out: dict[str, float] = {}
+    for index in range(len(ranked) - 1, -1, -1):
+        worker, t = ranked[index]
+        ratio = t / _median_without(values, index)
+        if ratio < factor:
+            break
+        out[worker] = ratio
+    return out
+
+
+def _median_without(values: list[float], index: int) -> float:
+    """The median of sorted ``values`` (two or more) without the one at ``index``."""
+    n = len(values) - 1
+
+    def at(k: int) -> float:
+        return values[k if k < index else k + 1]
+
+    middle = n // 2
+    return at(middle) if n % 2 else (at(middle - 1) + at(middle)) / 2

@@ -1,0 +1,51 @@
+"""Carrying out a switch of mode "auto": the job's new consistency, sent to each of its shards.
+
+Each shard switches between two pushes and keeps the newest revision it was sent (see
+:mod:`pscluster.server.consistency.switch`), so sending again is harmless: a failed round is
+retried a few times, the shards that took it already ignoring the repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+
+from pscluster.coordinator.core.actions import SwitchConsistency
+from pscluster.coordinator.store import JobStore
+from pscluster.shard_client import ShardClient, ShardError
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 3
+RETRY_SECONDS = 0.5
+
+
+def send_consistency(shards: ShardClient, store: JobStore, action: SwitchConsistency) -> None:
+    """Tell every shard of the job; raises the last round's first ShardError if a shard never
+    took it (the job keeps training in the old mode there)."""
+    job = store.get_job(action.job_id)
+    if job is None:
+        return
+    request = ps_pb2.SetConsistencyRequest(
+        job_id=action.job_id,
+        mode=action.mode,
+        staleness=action.staleness,
+        backup_workers=action.backup_workers,
+        revision=action.revision,
+    )
+    addresses = [s.address for s in job.shards]
+    for attempt in range(ATTEMPTS):
+        calls = [
+            (a, partial(shards.stub(a).SetConsistency, request, timeout=shards.control_timeout))
+            for a in addresses
+        ]
+        failed = [r for r in shards.each(calls) if isinstance(r, ShardError)]
+        if not failed:
+            return
+        addresses = [e.address for e in failed]
+        if attempt + 1 == ATTEMPTS:
+            raise failed[0]
+        log.warning("job %s: consistency not switched yet: %s", action.job_id, failed[0])
+        time.sleep(RETRY_SECONDS)

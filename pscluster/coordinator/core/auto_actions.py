@@ -1,0 +1,46 @@
+"""The scheduling core's side of mode "auto": an observation per progress report, and what a
+switch becomes (the relief's new rules, the job's event, the shards' new mode).
+
+:mod:`pscluster.coordinator.auto` decides; this module feeds it what the coordinator has
+measured (the straggler tracker's busy time per batch of each active worker, the losses just
+reported) and turns its answer into actions. Pure, under the caller's lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pscluster.coordinator.auto import AutoConsistency, Observation
+from pscluster.coordinator.core.actions import Action, SwitchConsistency, event
+from pscluster.coordinator.relief import StragglerRelief
+from pscluster.coordinator.stragglers import MIN_BATCHES
+
+
+def observe(
+    auto: AutoConsistency,
+    relief: StragglerRelief,
+    job_id: str,
+    losses: Sequence[float],
+    members: int,
+    now: float,
+    wall: float,
+) -> list[Action]:
+    """Fold a report into the job's controller (``members``: how many workers take part
+    now); a switch's event and shard update, if any.
+
+    The revision is the wall time in microseconds: it grows across a coordinator restart too
+    (the shards keep the revision in force and ignore anything not newer)."""
+    busy = {
+        s.worker_id: s.busy_seconds
+        for s in relief.speeds(job_id, now)
+        if s.active and s.batches >= MIN_BATCHES
+    }
+    switch = auto.observe(Observation(now, busy, losses, members))
+    if switch is None:
+        return []
+    to = switch.to
+    relief.set_consistency(job_id, to.mode, to.backup_workers)
+    return [
+        event(job_id, wall, "consistency", "", switch.reason),
+        SwitchConsistency(job_id, to.mode, to.staleness, to.backup_workers, int(wall * 1e6)),
+    ]

@@ -1,0 +1,271 @@
+"""Mode "auto"'s decisions (pscluster.coordinator.auto), without a cluster: which setting the
+measured busy times call for, and that noise never makes it flap."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pscluster.coordinator.auto import (
+    ASYNC,
+    SYNC,
+    AutoConsistency,
+    AutoSettings,
+    Consistency,
+    Observation,
+    Switch,
+)
+from pscluster.coordinator.auto_loss import LossRules
+from pscluster.errors import InvalidArgument
+from pscluster.server.consistency import starting_consistency, validate_job_consistency
+
+STEP = 0.25  # seconds between observations (a report from some worker)
+
+
+def run(
+    auto: AutoConsistency,
+    base: dict[str, float],
+    seconds: float,
+    noise: float = 0.0,
+    seed: int = 0,
+    start: float = 0.0,
+) -> list[Consistency]:
+    """Feed ``seconds`` of observations of ``base`` busy times, each worker's within
+    ``noise`` (a fraction) of its own; the settings switched to, in order."""
+    rng = random.Random(seed)
+    switched = []
+    for i in range(int(seconds / STEP)):
+        busy = {w: t * (1 + rng.uniform(-noise, noise)) for w, t in base.items()}
+        switch = auto.observe(Observation(start + i * STEP, busy, [0.5]))
+        if switch is not None:
+            switched.append(switch.to)
+    return switched
+
+
+def opened(settings: AutoSettings | None = None) -> AutoConsistency:
+    """A controller past its first observation (the shards moved from sync to async)."""
+    auto = AutoConsistency(0.0, settings)
+    first = auto.observe(Observation(0.0, {}))
+    assert first is not None and first.to == ASYNC
+    return auto
+
+
+def verdict(
+    auto: AutoConsistency, now: float, busy: dict[str, float], losses: list[float]
+) -> Switch | None:
+    """Feed two blocks of losses at ``now``; the switch they call for."""
+    return auto.observe(Observation(now, busy, losses))
+
+
+EQUAL = {"a": 0.02, "b": 0.021, "c": 0.019, "d": 0.02}
+SLOW = {"a": 0.02, "b": 0.02, "c": 0.02, "slow": 0.1}
+
+
+def test_a_job_starts_in_async_at_its_first_report_and_says_why() -> None:
+    # Prepare
+    auto = AutoConsistency(0.0)
+
+    # Execute
+    first = auto.observe(Observation(0.0, EQUAL, [2.3]))
+
+    # Assert
+    assert first is not None and first.to == ASYNC
+    assert first.reason.startswith("sync -> async: no sign that staleness costs")
+
+
+@pytest.mark.parametrize("busy", [EQUAL, SLOW])
+def test_while_the_loss_falls_async_stays_whatever_the_speeds(busy: dict[str, float]) -> None:
+    # Prepare
+    auto = opened()
+    falling = [2.3 * 0.97**i for i in range(400)]  # 0.38 per block of 32 at first
+
+    # Execute
+    made = [
+        auto.observe(Observation(0.25 * (i + 1), busy, falling[8 * i : 8 * i + 8]))
+        for i in range(50)
+    ]
+
+    # Assert
+    assert made == [None] * 50 and auto.current == ASYNC
+
+
+def test_a_stalled_loss_sends_async_to_sync_and_the_reason_says_so() -> None:
+    # Prepare
+    auto = opened(AutoSettings(loss=LossRules(block=4)))
+
+    # Execute
+    switch = verdict(auto, 1.0, EQUAL, [2.3, 2.2, 2.3, 2.2, 2.2, 2.1, 2.2, 2.1])
+
+    # Assert
+    assert switch is not None and switch.to == SYNC
+    assert switch.reason.startswith("async -> sync: the mean training loss fell only 4%")
+    assert "no staleness for 20 s" in switch.reason
+
+
+def test_a_loss_that_has_settled_may_flatten_but_not_climb() -> None:
+    # Prepare
+    auto = opened(AutoSettings(loss=LossRules(block=4)))
+    auto.observe(Observation(1.0, EQUAL, [2.0] * 4))  # the job's first block
+
+    # Execute
+    flat = verdict(auto, 2.0, EQUAL, [0.1] * 4 + [0.1, 0.09, 0.11, 0.1] + [0.11] * 4)
+    jitter = verdict(auto, 3.0, EQUAL, [0.18] * 4)  # +64%, but 0.07 < 25% of 2.0
+    climb = verdict(auto, 4.0, EQUAL, [0.8] * 4)
+
+    # Assert
+    assert flat is None and jitter is None
+    assert climb is not None and climb.to == SYNC and "rose from 0.18 to 0.8" in climb.reason
+
+
+def test_a_non_finite_loss_is_a_verdict() -> None:
+    auto = opened(AutoSettings(loss=LossRules(block=4)))
+
+    switch = verdict(auto, 1.0, {}, [0.5, 0.5, 0.5, 0.4, 0.5, math.nan, 0.4, 0.3])
+
+    assert switch is not None and switch.to == SYNC and "not finite" in switch.reason
+
+
+def test_after_a_verdict_a_straggler_gets_a_backup_worker_not_staleness() -> None:
+    # Prepare
+    auto = opened(AutoSettings(loss=LossRules(block=4)))
+
+    # Execute
+    switch = verdict(auto, 1.0, SLOW, [2.3] * 8)
+
+    # Assert
+    assert switch is not None and switch.to == Consistency("sync", backup_workers=1)
+    assert "slow at 5.0x" in switch.reason
+
+
+def test_the_ladder_climbs_back_one_rung_a_hold_and_each_verdict_doubles_the_hold() -> None:
+    # Prepare
+    auto = opened(AutoSettings(loss=LossRules(block=4), hold_seconds=10.0))
+    spread = {"a": 0.01, "b": 0.014, "c": 0.018, "d": 0.025}
+    verdict(auto, 1.0, spread, [2.3] * 8)
+    assert auto.current == SYNC
+
+    # Execute
+    held = run(auto, spread, 9, start=1.5)  # the first hold: 10 s
+    bounded = run(auto, spread, 19, start=11.0)  # a rung a hold, the holds now 20 s
+    free = run(auto, spread, 5, start=31.0)
+    again = verdict(auto, 37.0, spread, [2.3] * 8)
+
+    # Assert
+    assert held == [] and bounded == [Consistency("ssp", staleness=3)] and free == [ASYNC]
+    assert again is not None and "no staleness for 20 s" in again.reason
+    assert "rose from 0.5 to 1.85" in again.reason
+
+
+def test_no_setting_is_chosen_from_busy_times_before_every_member_is_measured() -> None:
+    auto = opened(AutoSettings(loss=LossRules(block=4)))
+    two_of_four = {"a": 0.02, "slow": 0.1}
+
+    tightened = verdict(auto, 1.0, two_of_four, [2.3] * 8)
+    made = [auto.observe(Observation(2 + i * STEP, two_of_four, members=4)) for i in range(20)]
+
+    assert tightened is not None and tightened.to == SYNC
+    assert made == [None] * 20 and auto.current == SYNC
+
+
+def test_a_resumed_job_is_told_its_setting_at_once() -> None:
+    auto = AutoConsistency(0.0, resumed=True)
+
+    switch = auto.observe(Observation(0.0, {"a": 0.02, "b": 0.02}))
+
+    assert switch is not None and switch.to == ASYNC and "restarted" in switch.reason
+
+
+def test_settings_out_of_range_are_refused() -> None:
+    with pytest.raises(InvalidArgument, match="leave_sync"):
+        AutoSettings(leave_sync=3.0, outlier=2.0)
+    with pytest.raises(InvalidArgument, match="loss rules"):
+        LossRules(min_drop=1.5)
+
+
+# Stationary base speeds: equal-ish, one clear straggler, or a clear spread without one.
+equal = st.lists(st.floats(0.018, 0.022), min_size=2, max_size=8)
+straggled = st.tuples(
+    st.lists(st.floats(0.019, 0.021), min_size=3, max_size=8), st.floats(2.6, 20.0)
+).map(lambda p: [*p[0], p[0][0] * p[1]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(base=st.one_of(equal, straggled), seed=st.integers(0, 2**16))
+def test_noisy_but_stationary_speeds_never_flap(base: list[float], seed: int) -> None:
+    """Busy times within 5% of a fixed base (the EWMA of ten batches or more is at least as
+    steady), on the staleness-free rung: at most one switch, never back to one it left."""
+    # Prepare
+    auto = opened(AutoSettings(loss=LossRules(block=4), hold_seconds=1000.0))
+    speeds = {f"w{i}": t for i, t in enumerate(base)}
+    auto.observe(Observation(0.1, {}, [2.3] * 8))
+    assert auto.current == SYNC
+
+    # Execute
+    switched = run(auto, speeds, 60, noise=0.05, seed=seed, start=0.3)
+
+    # Assert
+    assert len(switched) <= 1, switched
+    if max(base) / min(base) < 1.3:
+        assert switched == [] and auto.current == SYNC
+    else:
+        assert switched == [Consistency("sync", backup_workers=1)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    series=st.lists(
+        st.tuples(
+            st.dictionaries(st.sampled_from("abcdef"), st.floats(0.001, 1.0), max_size=6),
+            st.lists(st.floats(0.0, 5.0), max_size=12),
+        ),
+        min_size=1,
+        max_size=400,
+    )
+)
+def test_whatever_it_observes_it_never_flaps(
+    series: list[tuple[dict[str, float], list[float]]],
+) -> None:
+    """Any busy times and any losses: switches chosen from busy times are a dwell apart, and
+    the stale settings are left on verdicts whose holds double (10, 20, 40 s...), so over
+    100 s there are at most a handful of each."""
+    # Prepare
+    auto = AutoConsistency(0.0, AutoSettings(loss=LossRules(block=4), hold_seconds=10.0))
+
+    # Execute
+    made = []
+    for i, (busy, losses) in enumerate(series):
+        switch = auto.observe(Observation(i * STEP, busy, losses))
+        if switch is not None:
+            made.append((i * STEP, switch))
+
+    # Assert
+    verdicts = [t for t, s in made if "no staleness for" in s.reason]
+    others = [t for t, s in made if "no staleness for" not in s.reason]
+    assert all(b - a >= 2.0 for a, b in itertools.pairwise(others[1:])), others
+    assert len(verdicts) <= 4, verdicts  # 10 + 20 + 40 s of holds fill 100 s
+    # Every verdict leaves a stale setting for a staleness-free one.
+    assert all(not s.to.stale for _, s in made if "no staleness for" in s.reason)
+
+
+@pytest.mark.parametrize(
+    ("staleness", "backup_workers", "fix"),
+    [(2, 0, "remove staleness, or use mode 'ssp'"), (0, 1, "remove backup_workers")],
+)
+def test_auto_refuses_the_settings_it_chooses_itself(
+    staleness: int, backup_workers: int, fix: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=fix):
+        validate_job_consistency("auto", staleness, backup_workers)
+
+
+def test_an_auto_job_starts_its_shards_in_sync_and_other_modes_as_given() -> None:
+    """Sync at the start (no member may idle), async from the first report on."""
+    assert starting_consistency("auto", 0, 0) == ("sync", 0, 0)
+    assert starting_consistency("ssp", 3, 0) == ("ssp", 3, 0)
+    with pytest.raises(InvalidArgument, match="expected one of"):
+        validate_job_consistency("fastest", 0, 0)

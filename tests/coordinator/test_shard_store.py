@@ -1,0 +1,153 @@
+"""Registered shards in the store: the contract on every store, and what a restarted
+coordinator (and one whose state dir an older coordinator made) reads back."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pscluster.config import Settings
+from pscluster.coordinator.memory_store import MemoryStore
+from pscluster.coordinator.shard_directory import ShardDirectory, Slot
+from pscluster.coordinator.sqlite_store import SqliteStore
+from pscluster.coordinator.store import (
+    COMPLETED,
+    RUNNING,
+    JobRecord,
+    JobStore,
+    ShardRecord,
+    ShardSlice,
+)
+from pscluster.errors import FailedPrecondition
+
+
+def job(job_id: str, slices: list[ShardSlice]) -> JobRecord:
+    return JobRecord(job_id, "n", b"spec", "async", 1, 2, 10, slices)
+
+
+TWO = [ShardSlice("a:1", 0, 5, "ps-0"), ShardSlice("b:1", 5, 5, "ps-1")]
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    s: JobStore = (
+        SqliteStore(tmp_path / "db.sqlite") if request.param == "sqlite" else MemoryStore()
+    )
+    yield s
+    s.close()
+
+
+class TestShardStoreContract:
+    def test_a_shard_saved_again_keeps_its_first_registration(self, store: JobStore) -> None:
+        # Prepare
+        store.save_shard(ShardRecord("ps-1", "b:1", 2.0))
+        store.save_shard(ShardRecord("ps-0", "a:1", 1.0))
+        # Execute: ps-0 moved
+        store.save_shard(ShardRecord("ps-0", "c:1", 9.0))
+        # Assert
+        assert store.shards() == [ShardRecord("ps-0", "c:1", 1.0), ShardRecord("ps-1", "b:1", 2.0)]
+
+    def test_slices_follow_a_moved_shard_in_active_jobs_only(self, store: JobStore) -> None:
+        # Prepare: a pending, a running and a completed job on ps-0, one job not on it
+        store.create_job(job("j-1", TWO))
+        store.create_job(job("j-2", TWO))
+        store.create_job(job("j-3", TWO))
+        store.create_job(job("j-4", [ShardSlice("b:1", 0, 10, "ps-1")]))
+        store.update_job("j-2", state=RUNNING)
+        store.update_job("j-3", state=COMPLETED)
+        # Execute
+        moved = store.readdress_shard("ps-0", "c:1")
+        # Assert
+        assert moved == ["j-1", "j-2"]
+        for job_id in ("j-1", "j-2"):
+            got = store.get_job(job_id)
+            assert got is not None and got.shards == [ShardSlice("c:1", 0, 5, "ps-0"), TWO[1]]
+        done = store.get_job("j-3")
+        assert done is not None and done.shards == TWO  # where it ran stays on record
+        assert store.readdress_shard("ps-0", "c:1") == []  # already there
+
+
+def test_sqlite_keeps_registered_shards_and_their_jobs_across_a_reopen(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "db.sqlite"
+    first = SqliteStore(path)
+    first.save_shard(ShardRecord("ps-0", "a:1", 1.0))
+    first.create_job(job("j-1", TWO))
+    first.close()
+    # Execute
+    second = SqliteStore(path)
+    # Assert
+    assert second.shards() == [ShardRecord("ps-0", "a:1", 1.0)]
+    restored = second.get_job("j-1")
+    assert restored is not None and restored.shards == TWO
+    second.close()
+
+
+def test_a_state_dir_of_an_older_coordinator_is_brought_up_to_date(tmp_path: Path) -> None:
+    # Prepare: a database as a coordinator before shard registration left it: no table of
+    # shards, and slices of three items
+    path = tmp_path / "db.sqlite"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE registered_shards")
+    first = SqliteStore(tmp_path / "other.sqlite")
+    first.create_job(job("j-old", [ShardSlice("a:1", 0, 10)]))
+    first.close()
+    row = sqlite3.connect(tmp_path / "other.sqlite").execute("SELECT * FROM jobs").fetchone()
+    db.execute(f"INSERT INTO jobs VALUES ({', '.join('?' * len(row))})", row)
+    db.commit()
+    db.close()
+    assert json.loads(row[8]) == [["a:1", 0, 10]]  # the old format, as stored
+    # Execute
+    store = SqliteStore(path)
+    # Assert
+    old = store.get_job("j-old")
+    assert old is not None and old.shards == [ShardSlice("a:1", 0, 10, "")]
+    store.save_shard(ShardRecord("ps-0", "a:1", 1.0))
+    assert store.shards() == [ShardRecord("ps-0", "a:1", 1.0)]
+    store.close()
+
+
+def test_a_restarted_coordinator_knows_its_shards_and_places_once_they_beat(
+    tmp_path: Path,
+) -> None:
+    # Prepare: two shards register; a job is placed on them
+    clock = [100.0]
+    settings = Settings(state_dir=tmp_path, shard_timeout_seconds=10.0)
+    store = SqliteStore(tmp_path / "db.sqlite")
+    first = ShardDirectory(settings, store, lambda: clock[0], lambda: 7.0)
+    first.register("ps-1", "b:1")
+    first.register("ps-0", "a:1")
+    slots = first.placement()
+    store.create_job(job("j-1", [ShardSlice(s.address, 0, 5, s.shard_id) for s in slots]))
+    store.close()
+    # Execute: a new coordinator process on the same state
+    store = SqliteStore(tmp_path / "db.sqlite")
+    second = ShardDirectory(settings, store, lambda: clock[0], lambda: 8.0)
+    listed = second.listing()
+    # Assert: known with the job each holds, none live, so no job is placed yet
+    assert slots == [Slot("ps-0", "a:1"), Slot("ps-1", "b:1")]
+    rows = [(s.shard_id, s.address, s.live, s.last_seen_age, list(s.jobs)) for s in listed.shards]
+    assert rows == [("ps-0", "a:1", False, -1.0, ["j-1"]), ("ps-1", "b:1", False, -1.0, ["j-1"])]
+    with pytest.raises(FailedPrecondition, match=r"2 registered, none live.*PSC_COORDINATOR"):
+        second.placement()
+    second.register("ps-0", "a:1")
+    assert second.placement() == [Slot("ps-0", "a:1")]
+    store.close()
+
+
+def test_a_static_list_places_on_it_and_ignores_registrations(tmp_path: Path) -> None:
+    # Prepare
+    settings = Settings(state_dir=tmp_path, shards="x:1,y:1")
+    store = MemoryStore()
+    directory = ShardDirectory(settings, store, lambda: 0.0, lambda: 0.0)
+    # Execute
+    directory.register("ps-0", "a:1")
+    # Assert
+    assert directory.placement() == [Slot("", "x:1"), Slot("", "y:1")]
+    listed = directory.listing()
+    assert listed.static_list and [s.address for s in listed.shards] == ["x:1", "y:1"]
