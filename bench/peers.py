@@ -218,7 +218,7 @@ def run_all(
             ps_rows: list[dict[str, Any]] = []
             # One cluster per overlap setting (a worker setting), overlapped first.
             for overlap in sorted({s.overlap for s in settings}, reverse=True):
-                env = {**ENV, "PSC_OVERLAP": "1" if overlap else "0"}
+                env = {**ENV, "PSC_OVERLAP": "on" if overlap else "off"}
                 state = scratch / f"cluster-{n}-{int(overlap)}"
                 with LocalCluster(shards=SHARDS, workers=n, state_dir=state, env=env) as cluster:
                     for model in models:

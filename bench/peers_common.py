@@ -114,7 +114,22 @@ def mlp5m(quick: bool = False, epochs: int = 3) -> ModelBench:
     )
 
 
-MODELS = {"digits": digits, "mlp5m": mlp5m}
+def deep6m(quick: bool = False, epochs: int = 3) -> ModelBench:
+    """DeepNet 64-1024x6-10 (5.3M parameters over six layers), batch 64: what overlapping
+    pushes with backward and pulls with forward can hide, unlike mlp5m's one big layer."""
+    return ModelBench(
+        name="deep6m",
+        model_file=ROOT / "bench" / "compression_model.py",
+        class_name="DeepNet",
+        model_kwargs={"inputs": 64, "hidden": 128 if quick else 1024, "layers": 6},
+        epochs=1 if quick else epochs,
+        batch_size=64,
+        optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9},
+        target=False,
+    )
+
+
+MODELS = {"digits": digits, "mlp5m": mlp5m, "deep6m": deep6m}
 
 
 @dataclass(frozen=True)

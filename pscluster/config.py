@@ -73,9 +73,12 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0)
     # How often a worker sends its step losses (and its lease's progress) to the coordinator.
     progress_seconds: float = Field(0.5, gt=0)
-    # Workers: push each bucket of the gradient as backward produces it (one step per push,
-    # uncompressed, no embedding tables; pscluster/worker/overlap.py); off: after backward.
-    overlap: bool = True
+    # Workers: push each bucket of the gradient as backward produces it and run forward while
+    # the pull arrives (one step per push, uncompressed, no embedding tables;
+    # pscluster/worker/overlap.py). "auto": on for a CUDA worker, whose cores are free to move
+    # bytes while the GPU computes; off on CPUs, where compute already uses every core and
+    # overlapping measured 5-25% slower (docs/benchmarks.md, bench/peers.py).
+    overlap: Literal["auto", "on", "off"] = "auto"
     overlap_bucket_bytes: int = Field(4 << 20, ge=4096)
     # Fault injection for straggler tests and benchmarks: a worker stretches the compute of
     # each batch to this many times its length (1: off), as a slower device would.

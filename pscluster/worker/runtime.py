@@ -112,7 +112,10 @@ class JobRuntime:
         """Buckets pushed during backward, where a push is the raw gradient of one step."""
         spec = self.spec
         codec = parse_settings(spec.compression).name
-        if not settings.overlap or spec.local_steps > 1 or codec != "none" or spec.model.tables:
+        wanted = settings.overlap == "on" or (
+            settings.overlap == "auto" and self.device.type == "cuda"
+        )
+        if not wanted or spec.local_steps > 1 or codec != "none" or spec.model.tables:
             return None
         ranges = [(r.start, r.length) for r in self.shards.ranges]
         return GradientStream(self.model, self.layout, ranges, settings.overlap_bucket_bytes)

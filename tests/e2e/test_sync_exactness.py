@@ -2,7 +2,9 @@
 
 This is the proof that range sharding, chunked transfer, the flat layout and the server-side
 optimizer are exact: any off-by-one in a range, a dropped chunk or a reordered parameter
-would show up as a mismatch.
+would show up as a mismatch. The worker here overlaps its communication with its compute
+(PSC_OVERLAP=on: buckets pushed during backward, forward beside the pull), so a bucket put
+in the wrong place or a parameter read before it arrived would show up too.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ SEED, EPOCHS, BATCH, LR, PARTITIONS = 7, 2, 32, 0.1, 3
 
 @pytest.fixture(scope="module")
 def one_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    # 3 shards, so that ranges cut through the middle of layers.
-    c = start_cluster(tmp_path_factory.mktemp("exact"), shards=3, workers=1)
+    # 3 shards, so that ranges cut through the middle of layers; the worker overlaps its
+    # pushes with backward and its pulls with forward (off by default on CPUs), so that
+    # this proof covers that path too (the other e2e tests take the serial one).
+    overlap = {"PSC_OVERLAP": "on", "PSC_OVERLAP_BUCKET_BYTES": "4096"}  # a few per range
+    c = start_cluster(tmp_path_factory.mktemp("exact"), shards=3, workers=1, **overlap)
     try:
         yield c
     finally:
