@@ -210,3 +210,39 @@ def test_an_abandoned_batch_changes_nothing_on_any_shard(
     stats = client.job_stats([r.address for r in job.ranges], "nan")
     assert [s.pushes_applied for s in stats] == [0, 0]  # type: ignore[union-attr]
     assert all("nonfinite" not in s.pushes_rejected for s in stats)  # type: ignore[union-attr]
+
+
+class Partly(nn.Module):
+    """A layer forward never uses and a frozen one: their hooks never run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = nn.Linear(16, 4)
+        self.unused = nn.Linear(16, 300)
+        self.frozen = nn.Linear(4, 4)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.frozen(self.used(x))
+        return out
+
+
+def test_parameters_without_a_gradient_are_sent_as_zeros_and_the_push_completes(
+    shards: list[str], client: ShardClient
+) -> None:
+    # Prepare
+    torch.manual_seed(0)
+    model = Partly()
+    layout = ParamLayout.of_module(model)
+    values = layout.flatten(dict(model.named_parameters()))
+    job = new_job(client, shards, "partly", values)
+    stream = GradientStream(model, layout, [(r.start, r.length) for r in job.ranges], BUCKET)
+
+    # Execute
+    replies = streamed(job, stream, batch_loss(model))
+
+    # Assert: what a push after backward would send (zeros where no gradient), applied
+    assert [r.outcome for r in replies] == [ps_pb2.PUSH_OUTCOME_APPLIED] * 2
+    assert torch.equal(stream.flat, layout.gradient(model))
+    unused = layout.slots[layout.names.index("unused.weight")]
+    assert not stream.flat[unused.offset : unused.offset + unused.numel].any()
