@@ -31,15 +31,7 @@ def phases_over_time(ax: Axes, h: History) -> None:
     ax.set_xlabel("seconds since the job started")
     ax.set_ylabel("ms per step")
     if not h.phases:
-        ax.text(
-            0.5,
-            0.5,
-            "no phase timings reported",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            color="grey",
-        )
+        _nothing_yet(ax)
         return
     samples = sorted(h.phases, key=lambda p: p.seconds)
     seconds = [p.seconds for p in samples]
@@ -53,15 +45,7 @@ def phases_by_worker(ax: Axes, h: History) -> None:
     ax.set_ylabel("ms per step")
     workers = sorted({p.worker for p in h.phases})
     if not workers:
-        ax.text(
-            0.5,
-            0.5,
-            "no phase timings reported",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            color="grey",
-        )
+        _nothing_yet(ax)
         return
     means = {w: _mean([p for p in h.phases if p.worker == w]) for w in workers}
     bottom = [0.0] * len(workers)
@@ -71,6 +55,11 @@ def phases_by_worker(ax: Axes, h: History) -> None:
         bottom = [b + v for b, v in zip(bottom, heights, strict=True)]
     ax.tick_params(axis="x", labelrotation=20)
     ax.legend(loc="upper right", fontsize="small", ncols=3)
+
+
+def _nothing_yet(ax: Axes) -> None:
+    ax.text(0.5, 0.5, "no phase timings reported", ha="center", va="center",
+            transform=ax.transAxes, color="grey")  # fmt: skip
 
 
 def _mean(samples: list[PhaseSample]) -> dict[str, float]:
