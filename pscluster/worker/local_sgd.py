@@ -131,7 +131,8 @@ class LocalSGD:
         else:
             self._before = copy.deepcopy(self._opt.state_dict())
             window = self._local_steps(values, batches)
-        if self.buffers.size and window.update is not None:
+        if self.buffers.size and window.update is not None and window.started is None:
+            # (a streamed step measured it after forward, for the push it started)
             window.buffer_delta = buffer_change(self.buffers.read(self.model), buffers)
         return window
 

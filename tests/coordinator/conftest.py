@@ -13,6 +13,9 @@ import torch
 
 from pscluster.config import Settings
 from pscluster.coordinator.main import CoordinatorHandle, serve
+from pscluster.coordinator.memory_store import MemoryStore
+from pscluster.coordinator.sqlite_store import SqliteStore
+from pscluster.coordinator.store import JobStore
 from pscluster.server.main import serve as serve_shard
 from pscluster.shard_client import ShardClient, ShardError, ShardRange, Snapshot
 from pscluster.transport import wire
@@ -215,3 +218,13 @@ def fetch_model(stub: co_grpc.CoordinatorStub, job_id: str) -> bytes:
         assert c.blob == "model"
         data += c.data
     return bytes(data)
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    """Each store backend in turn: the contract tests run against both."""
+    s: JobStore = (
+        SqliteStore(tmp_path / "db.sqlite") if request.param == "sqlite" else MemoryStore()
+    )
+    yield s
+    s.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,15 +29,6 @@ def job(job_id: str, slices: list[ShardSlice]) -> JobRecord:
 
 
 TWO = [ShardSlice("a:1", 0, 5, "ps-0"), ShardSlice("b:1", 5, 5, "ps-1")]
-
-
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    s: JobStore = (
-        SqliteStore(tmp_path / "db.sqlite") if request.param == "sqlite" else MemoryStore()
-    )
-    yield s
-    s.close()
 
 
 class TestShardStoreContract:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pscluster.coordinator.blobs import BlobStore
-from pscluster.coordinator.memory_store import MemoryStore
 from pscluster.coordinator.sqlite_store import SqliteStore
 from pscluster.coordinator.store import (
     COMPLETED,
@@ -42,15 +40,6 @@ def job(job_id: str, created: float = 1.0) -> JobRecord:
 
 def step(loss: float, worker: str = "w-1", samples: int = 4) -> StepRecord:
     return StepRecord(0, loss, samples, worker, 0, 100.0)
-
-
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    s: JobStore = (
-        SqliteStore(tmp_path / "db.sqlite") if request.param == "sqlite" else MemoryStore()
-    )
-    yield s
-    s.close()
 
 
 class TestStoreContract:
