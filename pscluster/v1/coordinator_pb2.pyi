@@ -1916,8 +1916,13 @@ class JobPlan(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     SHARDS_FIELD_NUMBER: _builtins.int
     NUM_PARAMS_FIELD_NUMBER: _builtins.int
+    LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     num_params: _builtins.int
+    layout_generation: _builtins.int
+    """Increases with every move of the job between shards; pulls and pushes carry it, and a
+    shard answers one of another generation "layout moved" (fetch the plan again).
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -1931,10 +1936,11 @@ class JobPlan(_message.Message):
         spec: Global___JobSpec | None = ...,
         shards: _abc.Iterable[Global___ShardRange] | None = ...,
         num_params: _builtins.int = ...,
+        layout_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "num_params", b"num_params", "shards", b"shards", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "layout_generation", b"layout_generation", "num_params", b"num_params", "shards", b"shards", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2155,3 +2161,101 @@ class ListShardsReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListShardsReply: _TypeAlias = ListShardsReply  # noqa: Y015
+
+@_typing.final
+class ScaleShardsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARDS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    shards: _builtins.int
+    timeout_seconds: _builtins.float
+    """How long each job may take to reach a point between two steps on every shard before its
+    move is rolled back; 0: the coordinator's default.
+    """
+    def __init__(
+        self,
+        *,
+        shards: _builtins.int = ...,
+        timeout_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shards", b"shards", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleShardsRequest: _TypeAlias = ScaleShardsRequest  # noqa: Y015
+
+@_typing.final
+class JobMove(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    MOVED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
+    SHARD_IDS_FIELD_NUMBER: _builtins.int
+    QUIESCE_SECONDS_FIELD_NUMBER: _builtins.int
+    PAUSE_SECONDS_FIELD_NUMBER: _builtins.int
+    STATE_BYTES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    moved: _builtins.bool
+    """false: it stayed where it was (reason says why)"""
+    reason: _builtins.str
+    layout_generation: _builtins.int
+    quiesce_seconds: _builtins.float
+    """from the hold until every member waited on every shard"""
+    pause_seconds: _builtins.float
+    """from then until its pulls were answered (no step ran)"""
+    state_bytes: _builtins.int
+    """state exported and adopted"""
+    @_builtins.property
+    def shard_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """where its ranges are now, in plan order"""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        moved: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        layout_generation: _builtins.int = ...,
+        shard_ids: _abc.Iterable[_builtins.str] | None = ...,
+        quiesce_seconds: _builtins.float = ...,
+        pause_seconds: _builtins.float = ...,
+        state_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "layout_generation", b"layout_generation", "moved", b"moved", "pause_seconds", b"pause_seconds", "quiesce_seconds", b"quiesce_seconds", "reason", b"reason", "shard_ids", b"shard_ids", "state_bytes", b"state_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobMove: _TypeAlias = JobMove  # noqa: Y015
+
+@_typing.final
+class ScaleShardsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_IDS_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def shard_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the shards in use now"""
+
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobMove]: ...
+    def __init__(
+        self,
+        *,
+        shard_ids: _abc.Iterable[_builtins.str] | None = ...,
+        jobs: _abc.Iterable[Global___JobMove] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "shard_ids", b"shard_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleShardsReply: _TypeAlias = ScaleShardsReply  # noqa: Y015

@@ -140,6 +140,11 @@ class CoordinatorStub:
                 request_serializer=pscluster_dot_v1_dot_coordinator__pb2.ListShardsRequest.SerializeToString,
                 response_deserializer=pscluster_dot_v1_dot_coordinator__pb2.ListShardsReply.FromString,
                 _registered_method=True)
+        self.ScaleShards = channel.unary_unary(
+                '/pscluster.v1.Coordinator/ScaleShards',
+                request_serializer=pscluster_dot_v1_dot_coordinator__pb2.ScaleShardsRequest.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_coordinator__pb2.ScaleShardsReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -304,6 +309,17 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScaleShards(self, request, context):
+        """Uses `shards` of the live registered shards from now on: new jobs are placed on them, and
+        each running job's ranges are cut again over them and moved, with their optimizer state,
+        between two of its steps (its workers' pulls wait meanwhile and then follow the new plan).
+        Returns when every job moved or rolled back. FAILED_PRECONDITION with a static shard list
+        or fewer live shards than asked for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -411,6 +427,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListShards,
                     request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.ListShardsRequest.FromString,
                     response_serializer=pscluster_dot_v1_dot_coordinator__pb2.ListShardsReply.SerializeToString,
+            ),
+            'ScaleShards': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScaleShards,
+                    request_deserializer=pscluster_dot_v1_dot_coordinator__pb2.ScaleShardsRequest.FromString,
+                    response_serializer=pscluster_dot_v1_dot_coordinator__pb2.ScaleShardsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -980,6 +1001,33 @@ class Coordinator:
             '/pscluster.v1.Coordinator/ListShards',
             pscluster_dot_v1_dot_coordinator__pb2.ListShardsRequest.SerializeToString,
             pscluster_dot_v1_dot_coordinator__pb2.ListShardsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScaleShards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pscluster.v1.Coordinator/ScaleShards',
+            pscluster_dot_v1_dot_coordinator__pb2.ScaleShardsRequest.SerializeToString,
+            pscluster_dot_v1_dot_coordinator__pb2.ScaleShardsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,6 +97,13 @@ class CoordinatorStub:
     """The shards the coordinator places jobs on: registered ones with their liveness and the
     jobs each holds, or the static list (PSC_SHARDS).
     """
+    ScaleShards: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ScaleShardsRequest, _coordinator_pb2.ScaleShardsReply]
+    """Uses `shards` of the live registered shards from now on: new jobs are placed on them, and
+    each running job's ranges are cut again over them and moved, with their optimizer state,
+    between two of its steps (its workers' pulls wait meanwhile and then follow the new plan).
+    Returns when every job moved or rolled back. FAILED_PRECONDITION with a static shard list
+    or fewer live shards than asked for.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -163,6 +170,13 @@ class CoordinatorAsyncStub(CoordinatorStub):
     ListShards: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListShardsRequest, _coordinator_pb2.ListShardsReply]  # type: ignore[assignment]
     """The shards the coordinator places jobs on: registered ones with their liveness and the
     jobs each holds, or the static list (PSC_SHARDS).
+    """
+    ScaleShards: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ScaleShardsRequest, _coordinator_pb2.ScaleShardsReply]  # type: ignore[assignment]
+    """Uses `shards` of the live registered shards from now on: new jobs are placed on them, and
+    each running job's ranges are cut again over them and moved, with their optimizer state,
+    between two of its steps (its workers' pulls wait meanwhile and then follow the new plan).
+    Returns when every job moved or rolled back. FAILED_PRECONDITION with a static shard list
+    or fewer live shards than asked for.
     """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
@@ -353,6 +367,19 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_coordinator_pb2.ListShardsReply, _abc.Awaitable[_coordinator_pb2.ListShardsReply]]:
         """The shards the coordinator places jobs on: registered ones with their liveness and the
         jobs each holds, or the static list (PSC_SHARDS).
+        """
+
+    @_abc_1.abstractmethod
+    def ScaleShards(
+        self,
+        request: _coordinator_pb2.ScaleShardsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ScaleShardsReply, _abc.Awaitable[_coordinator_pb2.ScaleShardsReply]]:
+        """Uses `shards` of the live registered shards from now on: new jobs are placed on them, and
+        each running job's ranges are cut again over them and moved, with their optimizer state,
+        between two of its steps (its workers' pulls wait meanwhile and then follow the new plan).
+        Returns when every job moved or rolled back. FAILED_PRECONDITION with a static shard list
+        or fewer live shards than asked for.
         """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

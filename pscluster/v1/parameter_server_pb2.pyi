@@ -65,6 +65,25 @@ payload was not taken. Pull with min_version = next_version, then push this batc
 """
 Global___PushOutcome: _TypeAlias = PushOutcome  # noqa: Y015
 
+class _HoldAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HoldActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HoldAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOLD_ACTION_UNSPECIFIED: _HoldAction.ValueType  # 0
+    HOLD_ACTION_HOLD: _HoldAction.ValueType  # 1
+    HOLD_ACTION_RELEASE: _HoldAction.ValueType  # 2
+    HOLD_ACTION_MOVED: _HoldAction.ValueType  # 3
+
+class HoldAction(_HoldAction, metaclass=_HoldActionEnumTypeWrapper): ...
+
+HOLD_ACTION_UNSPECIFIED: HoldAction.ValueType  # 0
+HOLD_ACTION_HOLD: HoldAction.ValueType  # 1
+HOLD_ACTION_RELEASE: HoldAction.ValueType  # 2
+HOLD_ACTION_MOVED: HoldAction.ValueType  # 3
+Global___HoldAction: _TypeAlias = HoldAction  # noqa: Y015
+
 @_typing.final
 class ShardJobConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -85,6 +104,7 @@ class ShardJobConfig(_message.Message):
     TABLES_FIELD_NUMBER: _builtins.int
     SPARSE_OPTIMIZER_FIELD_NUMBER: _builtins.int
     HOLD_ZEROS_FIELD_NUMBER: _builtins.int
+    LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     start: _builtins.int
     """global offset of this shard's range in the job's flat vector"""
@@ -113,6 +133,10 @@ class ShardJobConfig(_message.Message):
     buffer_length: _builtins.int
     initial_buffers: _builtins.bytes
     """float64 little-endian, buffer_length values"""
+    layout_generation: _builtins.int
+    """Increases with every move of the job's ranges between shards (ScaleShards); requests that
+    name another nonzero generation answer FAILED_PRECONDITION "layout moved".
+    """
     @_builtins.property
     def optimizer(self) -> _common_pb2.OptimizerConfig: ...
     @_builtins.property
@@ -160,10 +184,11 @@ class ShardJobConfig(_message.Message):
         tables: _abc.Iterable[Global___TableConfig] | None = ...,
         sparse_optimizer: _common_pb2.SparseOptimizerConfig | None = ...,
         hold_zeros: _abc.Iterable[Global___Span] | None = ...,
+        layout_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "optimizer", b"optimizer", "sparse_optimizer", b"sparse_optimizer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "buffer_length", b"buffer_length", "buffer_start", b"buffer_start", "compression", b"compression", "counters", b"counters", "hold_zeros", b"hold_zeros", "initial_buffers", b"initial_buffers", "job_id", b"job_id", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "sparse_optimizer", b"sparse_optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "start", b"start", "tables", b"tables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "buffer_length", b"buffer_length", "buffer_start", b"buffer_start", "compression", b"compression", "counters", b"counters", "hold_zeros", b"hold_zeros", "initial_buffers", b"initial_buffers", "job_id", b"job_id", "layout_generation", b"layout_generation", "length", b"length", "mode", b"mode", "optimizer", b"optimizer", "sparse_optimizer", b"sparse_optimizer", "staleness", b"staleness", "staleness_aware_lr", b"staleness_aware_lr", "start", b"start", "tables", b"tables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -381,6 +406,7 @@ class PullRequest(_message.Message):
     MIN_VERSION_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     worker_id: _builtins.str
     """The pulling worker. Empty: an observer's read (evaluation, model fetch) that never waits
@@ -392,6 +418,8 @@ class PullRequest(_message.Message):
     """wire dtype of the values; float32 if unspecified"""
     chunk_bytes: _builtins.int
     """0: the server's default"""
+    layout_generation: _builtins.int
+    """of the plan the worker pulls by; 0: not checked"""
     def __init__(
         self,
         *,
@@ -400,10 +428,11 @@ class PullRequest(_message.Message):
         min_version: _builtins.int = ...,
         dtype: _common_pb2.DType.ValueType = ...,
         chunk_bytes: _builtins.int = ...,
+        layout_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "dtype", b"dtype", "job_id", b"job_id", "min_version", b"min_version", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "dtype", b"dtype", "job_id", b"job_id", "layout_generation", b"layout_generation", "min_version", b"min_version", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -468,6 +497,7 @@ class LookupRequest(_message.Message):
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     ALL_ROWS_FIELD_NUMBER: _builtins.int
     PEEK_FIELD_NUMBER: _builtins.int
+    LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     table: _builtins.int
     """index into ShardJobConfig.tables"""
@@ -483,6 +513,8 @@ class LookupRequest(_message.Message):
     """
     peek: _builtins.bool
     """An observer's read (job.lookup): it admits nothing into a dynamic table."""
+    layout_generation: _builtins.int
+    """of the plan the caller reads by; 0: not checked"""
     def __init__(
         self,
         *,
@@ -493,10 +525,11 @@ class LookupRequest(_message.Message):
         chunk_bytes: _builtins.int = ...,
         all_rows: _builtins.bool = ...,
         peek: _builtins.bool = ...,
+        layout_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_rows", b"all_rows", "chunk_bytes", b"chunk_bytes", "dtype", b"dtype", "ids", b"ids", "job_id", b"job_id", "peek", b"peek", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_rows", b"all_rows", "chunk_bytes", b"chunk_bytes", "dtype", b"dtype", "ids", b"ids", "job_id", b"job_id", "layout_generation", b"layout_generation", "peek", b"peek", "table", b"table"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -575,6 +608,7 @@ class PushHeader(_message.Message):
     GRAD_SCALE_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
     BUCKET_BYTES_FIELD_NUMBER: _builtins.int
+    LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     worker_id: _builtins.str
     seq: _builtins.int
@@ -611,6 +645,8 @@ class PushHeader(_message.Message):
     each part of its gradient as backward produces it, the last layers first, and the
     shard puts each in its place (pscluster/worker/overlap.py).
     """
+    layout_generation: _builtins.int
+    """of the plan the worker pushes by; 0: not checked"""
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowBlock]:
         """Row gradients of the job's tables, after the dense payload (see RowBlock). They are
@@ -634,10 +670,11 @@ class PushHeader(_message.Message):
         grad_scale: _builtins.float = ...,
         rows: _abc.Iterable[Global___RowBlock] | None = ...,
         bucket_bytes: _builtins.int = ...,
+        layout_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "bucket_bytes", b"bucket_bytes", "buffer_delta", b"buffer_delta", "codec", b"codec", "dtype", b"dtype", "grad_scale", b"grad_scale", "job_id", b"job_id", "length", b"length", "payload_bytes", b"payload_bytes", "rows", b"rows", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "bucket_bytes", b"bucket_bytes", "buffer_delta", b"buffer_delta", "codec", b"codec", "dtype", b"dtype", "grad_scale", b"grad_scale", "job_id", b"job_id", "layout_generation", b"layout_generation", "length", b"length", "payload_bytes", b"payload_bytes", "rows", b"rows", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -820,3 +857,177 @@ class SetConsistencyReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetConsistencyReply: _TypeAlias = SetConsistencyReply  # noqa: Y015
+
+@_typing.final
+class HoldJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    action: Global___HoldAction.ValueType
+    layout_generation: _builtins.int
+    """MOVED: the generation the job moved to"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        action: Global___HoldAction.ValueType = ...,
+        layout_generation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "job_id", b"job_id", "layout_generation", b"layout_generation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldJobRequest: _TypeAlias = HoldJobRequest  # noqa: Y015
+
+@_typing.final
+class HoldJobReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    layout_generation: _builtins.int
+    """the generation of the job here"""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the job's members here"""
+
+    @_builtins.property
+    def waiting(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """those whose pull is held here now"""
+
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+        waiting: _abc.Iterable[_builtins.str] | None = ...,
+        version: _builtins.int = ...,
+        layout_generation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layout_generation", b"layout_generation", "members", b"members", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldJobReply: _TypeAlias = HoldJobReply  # noqa: Y015
+
+@_typing.final
+class ExportJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    chunk_bytes: _builtins.int
+    """0: the server's default"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        chunk_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportJobRequest: _TypeAlias = ExportJobRequest  # noqa: Y015
+
+@_typing.final
+class StateChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateChunk: _TypeAlias = StateChunk  # noqa: Y015
+
+@_typing.final
+class AdoptJobHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
+    STATE_BYTES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    layout_generation: _builtins.int
+    """must equal the state's config's"""
+    state_bytes: _builtins.int
+    """bytes of state that follow"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        layout_generation: _builtins.int = ...,
+        state_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "layout_generation", b"layout_generation", "state_bytes", b"state_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdoptJobHeader: _TypeAlias = AdoptJobHeader  # noqa: Y015
+
+@_typing.final
+class AdoptJobChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___AdoptJobHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___AdoptJobHeader | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "data"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___AdoptJobChunk: _TypeAlias = AdoptJobChunk  # noqa: Y015
+
+@_typing.final
+class AdoptJobReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdoptJobReply: _TypeAlias = AdoptJobReply  # noqa: Y015

@@ -75,6 +75,21 @@ class ParameterServerStub:
                 request_serializer=pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyRequest.SerializeToString,
                 response_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyReply.FromString,
                 _registered_method=True)
+        self.HoldJob = channel.unary_unary(
+                '/pscluster.v1.ParameterServer/HoldJob',
+                request_serializer=pscluster_dot_v1_dot_parameter__server__pb2.HoldJobRequest.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.HoldJobReply.FromString,
+                _registered_method=True)
+        self.ExportJob = channel.unary_stream(
+                '/pscluster.v1.ParameterServer/ExportJob',
+                request_serializer=pscluster_dot_v1_dot_parameter__server__pb2.ExportJobRequest.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.StateChunk.FromString,
+                _registered_method=True)
+        self.AdoptJob = channel.stream_unary(
+                '/pscluster.v1.ParameterServer/AdoptJob',
+                request_serializer=pscluster_dot_v1_dot_parameter__server__pb2.AdoptJobChunk.SerializeToString,
+                response_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.AdoptJobReply.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -145,6 +160,37 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldJob(self, request, context):
+        """--- live re-layout (the coordinator's ScaleShards), per job ---
+        HOLD: every member's next pull waits here (pushes still land); the reply names the
+        members waiting, and the coordinator polls until every member waits on every shard (the
+        job is between two steps everywhere). RELEASE lets the pulls go (the move rolled back).
+        MOVED: the job left this shard for `layout_generation`; it is dropped, and its held pulls
+        and any later request for it answer FAILED_PRECONDITION starting "layout moved" (the
+        worker fetches the job's plan again). NOT_FOUND if the job is not here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportJob(self, request, context):
+        """The job's whole state on this shard (values, optimizer and consistency state, buffers,
+        table rows, push ledger): the checkpoint image, in chunks. Only while held.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdoptJob(self, request_iterator, context):
+        """Installs a job from a state (ExportJob's format) under its config's layout_generation,
+        durably (checkpointed before the reply). A job already here at an older generation is
+        replaced: its held pulls answer "layout moved". FAILED_PRECONDITION if the one here is
+        not older.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +233,21 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.SetConsistency,
                     request_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyRequest.FromString,
                     response_serializer=pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyReply.SerializeToString,
+            ),
+            'HoldJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldJob,
+                    request_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.HoldJobRequest.FromString,
+                    response_serializer=pscluster_dot_v1_dot_parameter__server__pb2.HoldJobReply.SerializeToString,
+            ),
+            'ExportJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportJob,
+                    request_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.ExportJobRequest.FromString,
+                    response_serializer=pscluster_dot_v1_dot_parameter__server__pb2.StateChunk.SerializeToString,
+            ),
+            'AdoptJob': grpc.stream_unary_rpc_method_handler(
+                    servicer.AdoptJob,
+                    request_deserializer=pscluster_dot_v1_dot_parameter__server__pb2.AdoptJobChunk.FromString,
+                    response_serializer=pscluster_dot_v1_dot_parameter__server__pb2.AdoptJobReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +466,87 @@ class ParameterServer:
             '/pscluster.v1.ParameterServer/SetConsistency',
             pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyRequest.SerializeToString,
             pscluster_dot_v1_dot_parameter__server__pb2.SetConsistencyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pscluster.v1.ParameterServer/HoldJob',
+            pscluster_dot_v1_dot_parameter__server__pb2.HoldJobRequest.SerializeToString,
+            pscluster_dot_v1_dot_parameter__server__pb2.HoldJobReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pscluster.v1.ParameterServer/ExportJob',
+            pscluster_dot_v1_dot_parameter__server__pb2.ExportJobRequest.SerializeToString,
+            pscluster_dot_v1_dot_parameter__server__pb2.StateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdoptJob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/pscluster.v1.ParameterServer/AdoptJob',
+            pscluster_dot_v1_dot_parameter__server__pb2.AdoptJobChunk.SerializeToString,
+            pscluster_dot_v1_dot_parameter__server__pb2.AdoptJobReply.FromString,
             options,
             channel_credentials,
             insecure,

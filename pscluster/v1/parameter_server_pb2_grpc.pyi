@@ -66,6 +66,25 @@ class ParameterServerStub:
     pushes: a sync step in progress is carried over (or applied, leaving steps), clocks and
     versions go on. Ignored if `revision` is not newer than the one in force.
     """
+    HoldJob: _grpc.UnaryUnaryMultiCallable[_parameter_server_pb2.HoldJobRequest, _parameter_server_pb2.HoldJobReply]
+    """--- live re-layout (the coordinator's ScaleShards), per job ---
+    HOLD: every member's next pull waits here (pushes still land); the reply names the
+    members waiting, and the coordinator polls until every member waits on every shard (the
+    job is between two steps everywhere). RELEASE lets the pulls go (the move rolled back).
+    MOVED: the job left this shard for `layout_generation`; it is dropped, and its held pulls
+    and any later request for it answer FAILED_PRECONDITION starting "layout moved" (the
+    worker fetches the job's plan again). NOT_FOUND if the job is not here.
+    """
+    ExportJob: _grpc.UnaryStreamMultiCallable[_parameter_server_pb2.ExportJobRequest, _parameter_server_pb2.StateChunk]
+    """The job's whole state on this shard (values, optimizer and consistency state, buffers,
+    table rows, push ledger): the checkpoint image, in chunks. Only while held.
+    """
+    AdoptJob: _grpc.StreamUnaryMultiCallable[_parameter_server_pb2.AdoptJobChunk, _parameter_server_pb2.AdoptJobReply]
+    """Installs a job from a state (ExportJob's format) under its config's layout_generation,
+    durably (checkpointed before the reply). A job already here at an older generation is
+    replaced: its held pulls answer "layout moved". FAILED_PRECONDITION if the one here is
+    not older.
+    """
 
 @_typing.type_check_only
 class ParameterServerAsyncStub(ParameterServerStub):
@@ -99,6 +118,25 @@ class ParameterServerAsyncStub(ParameterServerStub):
     """Replaces a running job's consistency mode (the coordinator's mode "auto"), between two
     pushes: a sync step in progress is carried over (or applied, leaving steps), clocks and
     versions go on. Ignored if `revision` is not newer than the one in force.
+    """
+    HoldJob: _aio.UnaryUnaryMultiCallable[_parameter_server_pb2.HoldJobRequest, _parameter_server_pb2.HoldJobReply]  # type: ignore[assignment]
+    """--- live re-layout (the coordinator's ScaleShards), per job ---
+    HOLD: every member's next pull waits here (pushes still land); the reply names the
+    members waiting, and the coordinator polls until every member waits on every shard (the
+    job is between two steps everywhere). RELEASE lets the pulls go (the move rolled back).
+    MOVED: the job left this shard for `layout_generation`; it is dropped, and its held pulls
+    and any later request for it answer FAILED_PRECONDITION starting "layout moved" (the
+    worker fetches the job's plan again). NOT_FOUND if the job is not here.
+    """
+    ExportJob: _aio.UnaryStreamMultiCallable[_parameter_server_pb2.ExportJobRequest, _parameter_server_pb2.StateChunk]  # type: ignore[assignment]
+    """The job's whole state on this shard (values, optimizer and consistency state, buffers,
+    table rows, push ledger): the checkpoint image, in chunks. Only while held.
+    """
+    AdoptJob: _aio.StreamUnaryMultiCallable[_parameter_server_pb2.AdoptJobChunk, _parameter_server_pb2.AdoptJobReply]  # type: ignore[assignment]
+    """Installs a job from a state (ExportJob's format) under its config's layout_generation,
+    durably (checkpointed before the reply). A job already here at an older generation is
+    replaced: its held pulls answer "layout moved". FAILED_PRECONDITION if the one here is
+    not older.
     """
 
 class ParameterServerServicer(metaclass=_abc_1.ABCMeta):
@@ -178,6 +216,43 @@ class ParameterServerServicer(metaclass=_abc_1.ABCMeta):
         """Replaces a running job's consistency mode (the coordinator's mode "auto"), between two
         pushes: a sync step in progress is carried over (or applied, leaving steps), clocks and
         versions go on. Ignored if `revision` is not newer than the one in force.
+        """
+
+    @_abc_1.abstractmethod
+    def HoldJob(
+        self,
+        request: _parameter_server_pb2.HoldJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_parameter_server_pb2.HoldJobReply, _abc.Awaitable[_parameter_server_pb2.HoldJobReply]]:
+        """--- live re-layout (the coordinator's ScaleShards), per job ---
+        HOLD: every member's next pull waits here (pushes still land); the reply names the
+        members waiting, and the coordinator polls until every member waits on every shard (the
+        job is between two steps everywhere). RELEASE lets the pulls go (the move rolled back).
+        MOVED: the job left this shard for `layout_generation`; it is dropped, and its held pulls
+        and any later request for it answer FAILED_PRECONDITION starting "layout moved" (the
+        worker fetches the job's plan again). NOT_FOUND if the job is not here.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportJob(
+        self,
+        request: _parameter_server_pb2.ExportJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_parameter_server_pb2.StateChunk], _abc.AsyncIterator[_parameter_server_pb2.StateChunk]]:
+        """The job's whole state on this shard (values, optimizer and consistency state, buffers,
+        table rows, push ledger): the checkpoint image, in chunks. Only while held.
+        """
+
+    @_abc_1.abstractmethod
+    def AdoptJob(
+        self,
+        request_iterator: _MaybeAsyncIterator[_parameter_server_pb2.AdoptJobChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_parameter_server_pb2.AdoptJobReply, _abc.Awaitable[_parameter_server_pb2.AdoptJobReply]]:
+        """Installs a job from a state (ExportJob's format) under its config's layout_generation,
+        durably (checkpointed before the reply). A job already here at an older generation is
+        replaced: its held pulls answer "layout moved". FAILED_PRECONDITION if the one here is
+        not older.
         """
 
 def add_ParameterServerServicer_to_server(servicer: ParameterServerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
