@@ -10,10 +10,12 @@ transport.
 from __future__ import annotations
 
 __all__ = [
+    "LAYOUT_MOVED",
     "AlreadyExists",
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
+    "LayoutMoved",
     "NotFound",
     "OutOfRange",
     "PSError",
@@ -44,6 +46,25 @@ class AlreadyExists(PSError):
 
 class FailedPrecondition(PSError):
     """The request is well formed but the state it needs does not hold (yet)."""
+
+
+# How the details of every "layout moved" refusal begin: a shard's client tells this
+# FAILED_PRECONDITION from the others by it alone (the status carries no type).
+LAYOUT_MOVED = "layout moved"
+
+
+class LayoutMoved(FailedPrecondition):
+    """The job's ranges moved between shards (live re-layout): the caller's plan of the job is
+    out of date. Not retried as is; the caller fetches the job's plan again and goes on with
+    the shards it names, at ``generation``."""
+
+    def __init__(self, job_id: str, generation: int, situation: str) -> None:
+        self.job_id = job_id
+        self.generation = generation
+        super().__init__(
+            f"{LAYOUT_MOVED}: job {job_id} {situation}; fetch the job's plan again "
+            f"(layout generation {generation})"
+        )
 
 
 class ResourceExhausted(PSError):

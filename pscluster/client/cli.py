@@ -42,6 +42,7 @@ app = typer.Typer(
 app.command("up")(cli_cluster.up)
 app.command("down")(cli_cluster.down)
 app.command("status")(cli_cluster.status)
+app.command("scale-shards")(cli_cluster.scale_shards)
 app.command("submit")(cli_jobs.submit)
 app.command("watch")(cli_jobs.watch)
 app.command("jobs")(cli_jobs.jobs)

@@ -209,3 +209,37 @@ def status(address: Address = None, token: Token = None) -> None:
                 f"`pscluster worker --coordinator {client.address}`",
                 markup=False,
             )
+
+
+def scale_shards(
+    shards: Annotated[int, typer.Argument(help="How many of the registered shards to use.")],
+    timeout: Annotated[
+        float, typer.Option(help="Seconds the whole call may take.", min=1.0)
+    ] = 120.0,
+    address: Address = None,
+    token: Token = None,
+) -> None:
+    """Use SHARDS of the registered shards and move every running job's ranges onto them,
+    between two of its steps. Start or stop the shard processes themselves first (e.g.
+    `docker compose up -d --scale ps=3`): they register with the coordinator."""
+    from pscluster.client.sdk import Client
+
+    with user_errors(), Client(address, token=token) as client:
+        result = client.scale_shards(shards, timeout=timeout)
+        table = Table(title=f"jobs on {len(result.shard_ids)} shard(s)")
+        for column in ("job", "moved", "shards", "to a step boundary", "paused", "state", "note"):
+            table.add_column(column)
+        for m in result.jobs:
+            table.add_row(
+                m.job_id,
+                "[green]yes[/]" if m.moved else "[red]no[/]",
+                ", ".join(m.shard_ids),
+                f"{m.quiesce_seconds:.2f}s",
+                f"{m.pause_seconds:.2f}s",
+                f"{m.state_bytes / 1e6:.1f} MB",
+                m.reason,
+            )
+        out().print(f"shards in use: {', '.join(result.shard_ids)}")
+        out().print(table)
+        if any(not m.moved for m in result.jobs):
+            raise typer.Exit(1)

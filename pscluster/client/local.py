@@ -213,6 +213,24 @@ class LocalCluster:
         return [*self.shard_handles, *coordinator, *self.workers]
 
     # --- workers and fault injection ---
+    def add_shard(self) -> ProcessHandle:
+        """One more registering shard (``shard-N``), once the coordinator lists it live; jobs
+        move onto it with ``client.scale_shards``."""
+        if not self.register_shards:
+            raise RuntimeError("add_shard needs LocalCluster(register_shards=True)")
+        handle = self._start_server("shard", len(self.shard_handles), 0)
+        self.shard_handles.append(handle)
+        self._write_state()
+        with self.client() as client:
+            local_launch.wait_for_shards(
+                client,
+                len(self.shard_handles),
+                self.start_timeout,
+                self.shard_handles,
+                self.state_dir / "logs",
+            )
+        return handle
+
     def add_worker(self, wait: bool = False, env: dict[str, str] | None = None) -> ProcessHandle:
         """Start one more worker; ``wait`` blocks until the coordinator counts it alive.
         ``env`` sets this worker's own variables (e.g. ``{"PSC_SLOWDOWN": "5"}``: a

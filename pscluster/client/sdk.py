@@ -39,6 +39,7 @@ from pscluster.client.info import ClusterStatus, JobInfo
 from pscluster.client.job import Job
 from pscluster.client.metrics import JobMetrics
 from pscluster.client.payload import InitFrom, Payload, payload_for
+from pscluster.client.scaling import ShardScaling
 from pscluster.client.sdk_after import AfterTraining
 from pscluster.client.submit_options import LossArg, SubmitOptions, check_mirrored_by
 from pscluster.config import Settings
@@ -216,6 +217,20 @@ class Client(AfterTraining):
             lambda t: self._stub.ClusterStatus(co_pb2.ClusterStatusRequest(), timeout=t),
         )
         return ClusterStatus.from_proto(reply, self._list_shards())
+
+    def scale_shards(self, shards: int, timeout: float = 120.0) -> ShardScaling:
+        """Use ``shards`` of the registered shards from now on and move every running job's
+        ranges onto them, each between two of its steps (its workers wait meanwhile); returns
+        once every job moved or stayed, with what each move cost. Start the shards first
+        (they register themselves); FailedPrecondition with a static shard list or too few
+        live shards. ``timeout`` bounds the whole call; each job gets up to 30 s to reach a
+        step boundary before it stays where it is."""
+        request = co_pb2.ScaleShardsRequest(shards=shards)
+        reply = self._call(
+            f"scale to {shards} shard(s)",
+            lambda t: self._stub.ScaleShards(request, timeout=max(t, timeout)),
+        )
+        return ShardScaling.from_proto(reply)
 
     def _list_shards(self) -> co_pb2.ListShardsReply | None:
         """The coordinator's shard registry; None from one that predates it."""

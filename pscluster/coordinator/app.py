@@ -14,6 +14,7 @@ from pscluster.coordinator.monitor import Monitor
 from pscluster.coordinator.queries import JobQueries
 from pscluster.coordinator.restore import restore
 from pscluster.coordinator.runtime import Runtime
+from pscluster.coordinator.scaling import ShardScaler
 from pscluster.coordinator.sqlite_store import SqliteStore
 from pscluster.coordinator.store import JobStore
 from pscluster.coordinator.tasks import TaskDispatcher
@@ -32,6 +33,7 @@ class Coordinator:
         self.tasks = TaskDispatcher(self.rt, self.jobs)
         self.data_shapes = DataShapes(self.jobs)
         self.monitor = Monitor(self.rt, self.jobs, self.finisher, self.tasks)
+        self.scaler = ShardScaler(self.jobs)
         restore(self.jobs)
 
     def start(self) -> None:

@@ -111,6 +111,7 @@ class JobQueries:
                 for p, b in zip(job.shards, buffers, strict=True)
             ],
             num_params=job.num_params,
+            layout_generation=job.layout_generation,
         )
 
     def metrics(self, job_id: str) -> co_pb2.JobMetrics:

@@ -238,3 +238,9 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
         self, request: co_pb2.ListShardsRequest, context: grpc.ServicerContext
     ) -> co_pb2.ListShardsReply:
         return self.c.rt.directory.listing()
+
+    @grpc_errors
+    def ScaleShards(
+        self, request: co_pb2.ScaleShardsRequest, context: grpc.ServicerContext
+    ) -> co_pb2.ScaleShardsReply:
+        return self.c.scaler.scale(request)

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 from pscluster.config import Settings
 from pscluster.coordinator import store as st
-from pscluster.coordinator.shard_registry import Registration, ShardEntry, ShardRegistry, place
+from pscluster.coordinator.shard_registry import (
+    Registration,
+    ShardEntry,
+    ShardRegistry,
+    choose,
+    place,
+)
 from pscluster.errors import FailedPrecondition
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -49,6 +55,9 @@ class ShardDirectory:
         self._lock = threading.Lock()
         known = [ShardEntry(r.shard_id, r.address, r.registered_unix) for r in store.shards()]
         self._registry = ShardRegistry(settings.shard_timeout_seconds, known)
+        # The shards ScaleShards chose (ids); None: every live one. Not stored: a restarted
+        # coordinator places on every live shard until it is told again.
+        self._in_use: set[str] | None = None
 
     def register(
         self, shard_id: str, address: str, leaving: bool = False
@@ -85,6 +94,8 @@ class ShardDirectory:
         with self._lock:
             now = self._mono()
             live, known = self._registry.live(now), self._registry.entries()
+            in_use = self._in_use
+        live = [e for e in live if in_use is None or e.shard_id in in_use]
         if not live:
             seen = f"{len(known)} registered, none live" if known else "none has registered"
             raise FailedPrecondition(
@@ -94,6 +105,21 @@ class ShardDirectory:
             )
         held = Counter(sid for slices in self._active_slices() for sid, _ in slices)
         return [Slot(e.shard_id, e.address) for e in place(live, held)]
+
+    def use(self, count: int) -> list[Slot]:
+        """Use ``count`` of the live registered shards from now on (new jobs go there; the
+        caller moves the running ones), in plan order; FailedPrecondition with a static list
+        or too few live shards (:func:`~pscluster.coordinator.shard_registry.choose`)."""
+        if self.static:
+            raise FailedPrecondition(
+                f"the coordinator places jobs on a static shard list ({len(self.static)} "
+                "shards, PSC_SHARDS): start it without --shards and let the shards register "
+                "(PSC_COORDINATOR) to scale them while jobs run"
+            )
+        with self._lock:
+            chosen = choose(self._registry.live(self._mono()), count, self._in_use)
+            self._in_use = {e.shard_id for e in chosen}
+        return [Slot(e.shard_id, e.address) for e in chosen]
 
     def addresses(self) -> list[str]:
         """Every shard to health-check: the static list, or every registered address."""

@@ -44,6 +44,24 @@ def shard_configs(
     """(address, config, initial values) of every shard of the job, in plan order; a shard's
     values are its parameter range followed by the given rows of the tables it holds."""
     spec = co_pb2.JobSpec.FromString(job.spec)
+    out = []
+    for index, (part, config) in enumerate(zip(job.shards, layout_configs(job), strict=True)):
+        config.initial_buffers = wire.encode_float64(
+            buffers[config.buffer_start : config.buffer_start + config.buffer_length]
+        )
+        table_configs, rows = shard_tables(spec, index, len(job.shards), tables or {})
+        del config.tables[:]  # with which tables' rows follow the values (initial_given)
+        config.tables.extend(table_configs)
+        values = flat[part.start : part.start + part.length]
+        out.append((part.address, config, torch.cat([values, *rows]) if rows else values))
+    return out
+
+
+def layout_configs(job: st.JobRecord) -> list[ps_pb2.ShardJobConfig]:
+    """Every shard's config of the job as its ``shards`` and ``layout_generation`` lay it out,
+    without initial values: what a new job starts with, and what a move between shards
+    (pscluster.coordinator.moves) cuts the running job's state to."""
+    spec = co_pb2.JobSpec.FromString(job.spec)
     counters = buffer_layout_of(spec).counter_spans()
     zeros = hold_zero_spans(spec, layout_of(spec))
     out = []
@@ -53,7 +71,7 @@ def shard_configs(
     )
     ranges = buffer_ranges(spec, len(job.shards))
     for index, (part, brange) in enumerate(zip(job.shards, ranges, strict=True)):
-        table_configs, rows = shard_tables(spec, index, len(job.shards), tables or {})
+        table_configs, _ = shard_tables(spec, index, len(job.shards), {})
         config = ps_pb2.ShardJobConfig(
             job_id=job.job_id,
             start=part.start,
@@ -67,12 +85,11 @@ def shard_configs(
             buffer_start=brange.start,
             buffer_length=brange.length,
             counters=counter_spans_in(counters, brange),
-            initial_buffers=wire.encode_float64(buffers[brange.start : brange.end]),
             tables=table_configs,
             hold_zeros=counter_spans_in(zeros, Range(part.start, part.length)),
+            layout_generation=job.layout_generation,
         )
         if table_configs:
             config.sparse_optimizer.CopyFrom(spec.sparse_optimizer)
-        values = flat[part.start : part.start + part.length]
-        out.append((part.address, config, torch.cat([values, *rows]) if rows else values))
+        out.append(config)
     return out

@@ -15,10 +15,10 @@ id live at another address), or two identities at one address.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from pscluster.errors import AlreadyExists, InvalidArgument
+from pscluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
 # The characters of a DNS label plus '.' and '_': a host name, a pod name, a compose replica.
 _SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -107,6 +107,30 @@ def place(live: Iterable[ShardEntry], held: Mapping[str, int]) -> list[ShardEntr
     active jobs per shard id), ties by id, so a job on fewer shards than are live lands on
     those holding the fewest jobs, and the same state always gives the same plan."""
     return sorted(live, key=lambda e: (held.get(e.shard_id, 0), e.shard_id))
+
+
+def choose(
+    live: Sequence[ShardEntry], count: int, in_use: Collection[str] | None
+) -> list[ShardEntry]:
+    """The ``count`` live shards to use from now on (ScaleShards): those in use stay (None:
+    every live one is), then the longest registered, ties by id; so growing keeps every shard
+    that holds jobs, and shrinking gives up the newest first. FailedPrecondition when fewer
+    are live than asked for."""
+    if count < 1:
+        raise InvalidArgument(f"shards={count}: a cluster needs at least one shard")
+    if len(live) < count:
+        ids = ", ".join(e.shard_id for e in live) or "none"
+        raise FailedPrecondition(
+            f"shards={count} but only {len(live)} registered shard(s) are live ({ids}): start "
+            f"more first (docker compose up -d --scale ps={count}, or more replicas of the "
+            "shard StatefulSet); each registers with the coordinator on start"
+        )
+
+    def rank(e: ShardEntry) -> tuple[bool, float, str]:
+        used = in_use is None or e.shard_id in in_use
+        return (not used, e.registered_unix, e.shard_id)
+
+    return sorted(live, key=rank)[:count]
 
 
 def _check(shard_id: str, address: str) -> None:

@@ -60,7 +60,10 @@ CREATE TABLE IF NOT EXISTS registered_shards (
 """
 # Columns added since the first schema, for state directories made by an older coordinator.
 _ADDED_COLUMNS = {
-    "jobs": {"data_shape": "BLOB NOT NULL DEFAULT x''"},
+    "jobs": {
+        "data_shape": "BLOB NOT NULL DEFAULT x''",
+        "layout_generation": "INTEGER NOT NULL DEFAULT 0",
+    },
     "epochs": {
         "metrics": "TEXT NOT NULL DEFAULT '{}'",
         "versions": "TEXT NOT NULL DEFAULT '[]'",

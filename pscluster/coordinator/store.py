@@ -76,10 +76,14 @@ class JobRecord:
     # A job reading a data source: its serialized pscluster.v1.DataShape, as the first worker
     # found it (b"" until then, and for uploaded data).
     data_shape: bytes = b""
+    # Increases with every move of the job's ranges between shards (ScaleShards), which
+    # rewrites ``shards``; the shards and the job's plan carry it (pscluster.coordinator.moves).
+    layout_generation: int = 0
 
 
-# The identity and the plan of a job are fixed at submission; the rest may change.
-_FIXED = {"job_id", "name", "spec", "mode", "epochs", "partitions", "num_params", "shards"}
+# The identity of a job is fixed at submission; the rest may change (its shards only with its
+# layout_generation, when ScaleShards moves it).
+_FIXED = {"job_id", "name", "spec", "mode", "epochs", "partitions", "num_params"}
 MUTABLE_FIELDS = (
     frozenset(f.name for f in dataclasses.fields(JobRecord)) - _FIXED - {"created_unix"}
 )

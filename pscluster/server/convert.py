@@ -18,6 +18,7 @@ from pscluster.server.domain import (
     PushHeader,
     PushResult,
 )
+from pscluster.server.layout_gate import HoldAction, HoldStatus
 from pscluster.server.tables.rows import F32, RowBlockInfo
 from pscluster.server.tables.spec import table_spec
 from pscluster.v1 import common_pb2
@@ -30,6 +31,12 @@ _OUTCOMES = {
     Outcome.STALE: ps_pb2.PUSH_OUTCOME_STALE,
     Outcome.LATE: ps_pb2.PUSH_OUTCOME_LATE,
     Outcome.ALREADY_PUSHED: ps_pb2.PUSH_OUTCOME_ALREADY_PUSHED,
+}
+
+_HOLD_ACTIONS: dict[int, HoldAction] = {
+    ps_pb2.HOLD_ACTION_HOLD: HoldAction.HOLD,
+    ps_pb2.HOLD_ACTION_RELEASE: HoldAction.RELEASE,
+    ps_pb2.HOLD_ACTION_MOVED: HoldAction.MOVED,
 }
 
 
@@ -55,6 +62,7 @@ def job_config(config: ps_pb2.ShardJobConfig) -> JobConfig:
         sparse_optimizer=(
             parse_sparse_optimizer(config.sparse_optimizer) if config.tables else None
         ),
+        layout_generation=config.layout_generation,
     )
 
 
@@ -125,4 +133,21 @@ def lookup_header(rows: torch.Tensor, dtype: int, version: int) -> ps_pb2.PullCh
             length=rows.numel(),
             dtype=common_pb2.DType.ValueType(dtype),
         )
+    )
+
+
+def hold_action(action: int) -> HoldAction:
+    """A HoldJob's action; InvalidArgument for an unspecified or unknown one."""
+    found = _HOLD_ACTIONS.get(action)
+    if found is None:
+        raise InvalidArgument(f"HoldJob action {action} is not HOLD, RELEASE or MOVED")
+    return found
+
+
+def hold_reply(status: HoldStatus) -> ps_pb2.HoldJobReply:
+    return ps_pb2.HoldJobReply(
+        members=status.members,
+        waiting=status.waiting,
+        version=status.version,
+        layout_generation=status.layout_generation,
     )

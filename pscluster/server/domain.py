@@ -40,6 +40,10 @@ class JobConfig:
     # (start, length) spans of the range whose exactly-zero initial values stay exactly zero
     # (pscluster.server.zero_mask: a pruned model's fine-tune).
     hold_zeros: tuple[tuple[int, int], ...] = ()
+    # Increases with every move of the job's ranges between shards (live re-layout): requests
+    # naming another nonzero one are refused "layout moved" (pscluster.server.layout_gate).
+    # Checkpoints written before it have none: 0.
+    layout_generation: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able, for checkpoints."""

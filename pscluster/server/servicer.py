@@ -83,7 +83,7 @@ class ParameterServerServicer:
     def Pull(
         self, request: ps_pb2.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[ps_pb2.PullChunk | bytes]:
-        job = self._shard.job(request.job_id)
+        job = self._shard.job_at(request.job_id, request.layout_generation)
         chunk_bytes = self._chunk_bytes(request.chunk_bytes)
         # A caller that goes away wakes the wait, which then notices and ends.
         context.add_callback(job.wake)
@@ -109,7 +109,7 @@ class ParameterServerServicer:
         if not isinstance(first, ps_pb2.PushChunk) or first.WhichOneof("part") != "header":
             raise InvalidArgument("a Push stream must start with a PushHeader, then data chunks")
         header = convert.push_header(first.header)
-        job = self._shard.job(header.job_id)
+        job = self._shard.job_at(header.job_id, first.header.layout_generation)
         # Timed only once the job is known: a push to an unknown job creates no series.
         outcome = "error"
         try:
@@ -124,7 +124,7 @@ class ParameterServerServicer:
     def Lookup(
         self, request: ps_pb2.LookupRequest, context: grpc.ServicerContext
     ) -> Iterator[ps_pb2.PullChunk | bytes]:
-        job = self._shard.job(request.job_id)
+        job = self._shard.job_at(request.job_id, request.layout_generation)
         chunk_bytes = self._chunk_bytes(request.chunk_bytes)
         dtype = request.dtype or common_pb2.DTYPE_FLOAT32
         if request.all_rows:
@@ -151,6 +151,40 @@ class ParameterServerServicer:
         self._shard.drop(request.job_id)
         return ps_pb2.DropJobReply()
 
+    # --- live re-layout (pscluster.server.layout_gate) ---
+
+    @grpc_errors
+    def HoldJob(
+        self, request: ps_pb2.HoldJobRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.HoldJobReply:
+        action = convert.hold_action(request.action)
+        status = self._shard.hold_job(request.job_id, action, request.layout_generation)
+        return convert.hold_reply(status)
+
+    @grpc_errors
+    def ExportJob(
+        self, request: ps_pb2.ExportJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[ps_pb2.StateChunk]:
+        chunk_bytes = self._chunk_bytes(request.chunk_bytes)
+        state = memoryview(self._shard.export_job(request.job_id))
+        for offset in range(0, len(state), chunk_bytes):
+            yield ps_pb2.StateChunk(data=bytes(state[offset : offset + chunk_bytes]))
+
+    @grpc_errors
+    def AdoptJob(
+        self,
+        request_iterator: Iterator[ps_pb2.AdoptJobChunk | memoryview],
+        context: grpc.ServicerContext,
+    ) -> ps_pb2.AdoptJobReply:
+        first = next(request_iterator, None)
+        if not isinstance(first, ps_pb2.AdoptJobChunk) or first.WhichOneof("part") != "header":
+            raise InvalidArgument("an AdoptJob stream must start with its header, then data chunks")
+        header = first.header
+        data = _data(request_iterator, "AdoptJob", "header")
+        generation, size = header.layout_generation, header.state_bytes
+        job = self._shard.adopt_job(header.job_id, generation, size, data)
+        return ps_pb2.AdoptJobReply(version=job.version)
+
     def _chunk_bytes(self, requested: int) -> int:
         if requested == 0:
             return self._settings.chunk_bytes
@@ -171,7 +205,9 @@ class ParameterServerServicer:
 
 
 def _data(
-    messages: Iterator[ps_pb2.InitJobChunk | memoryview] | Iterator[ps_pb2.PushChunk | memoryview],
+    messages: Iterator[ps_pb2.InitJobChunk | memoryview]
+    | Iterator[ps_pb2.PushChunk | memoryview]
+    | Iterator[ps_pb2.AdoptJobChunk | memoryview],
     rpc: str,
     first: str,
 ) -> Iterator[bytes | memoryview]:
@@ -229,6 +265,21 @@ def add_to_server(servicer: ParameterServerServicer, server: grpc.Server) -> Non
             servicer.DropJob,
             request_deserializer=ps_pb2.DropJobRequest.FromString,
             response_serializer=ps_pb2.DropJobReply.SerializeToString,
+        ),
+        "HoldJob": grpc.unary_unary_rpc_method_handler(
+            servicer.HoldJob,
+            request_deserializer=ps_pb2.HoldJobRequest.FromString,
+            response_serializer=ps_pb2.HoldJobReply.SerializeToString,
+        ),
+        "ExportJob": grpc.unary_stream_rpc_method_handler(
+            servicer.ExportJob,
+            request_deserializer=ps_pb2.ExportJobRequest.FromString,
+            response_serializer=ps_pb2.StateChunk.SerializeToString,
+        ),
+        "AdoptJob": grpc.stream_unary_rpc_method_handler(
+            servicer.AdoptJob,
+            request_deserializer=framing.parser(ps_pb2.AdoptJobChunk.FromString),
+            response_serializer=ps_pb2.AdoptJobReply.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

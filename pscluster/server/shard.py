@@ -1,5 +1,9 @@
 """A shard's jobs by id. Its lock guards only the dict: each job has its own lock, so a slow
-push to one job never holds up another job."""
+push to one job never holds up another job.
+
+A live re-layout (the coordinator's ScaleShards) holds a job here, exports its state, adopts
+states cut for this shard and lets jobs move away (see :mod:`pscluster.server.layout_gate` and
+:mod:`pscluster.server.relayout`)."""
 
 from __future__ import annotations
 
@@ -9,11 +13,20 @@ from collections.abc import Iterable
 
 import torch
 
-from pscluster.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from pscluster.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from pscluster.server import relayout
 from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig
+from pscluster.server.durability.checkpoint import state_to_bytes
 from pscluster.server.durability.journal import DurabilityConfig, Journal
 from pscluster.server.job_buffers import check_buffer_spec, initial_buffers
+from pscluster.server.layout_gate import HoldAction, HoldStatus
 from pscluster.server.shard_job import ShardJob
 from pscluster.server.tables.rows import SplitStream, initial_tables
 from pscluster.transport import wire
@@ -35,9 +48,20 @@ class Shard:
         self._starting: set[str] = set()  # InitJobs writing their first checkpoint
         self._lock = threading.Lock()
         self._durability = durability
+        self._moved = relayout.MovedJobs()  # jobs that moved away: "layout moved", not NOT_FOUND
+        # The largest state an AdoptJob may announce, refused before any of it is received.
+        self.max_state_bytes = (
+            relayout.STATE_BYTES_PER_VALUE * max_values + relayout.STATE_OVERHEAD_BYTES
+        )
 
     def check_new(self, config: JobConfig) -> None:
         """Validate a job config before its (possibly large) initial values are received."""
+        self._check_config(config)
+        with self._lock:
+            if config.job_id in self._jobs or config.job_id in self._starting:
+                raise AlreadyExists(f"job {config.job_id} already exists on this shard")
+
+    def _check_config(self, config: JobConfig) -> None:
         if not config.job_id:
             raise InvalidArgument("config.job_id is empty; name the job")
         validate_consistency(config.mode, config.staleness, config.backup_workers)
@@ -49,9 +73,6 @@ class Shard:
                 f"table rows); the limit is {self.max_values} (PSC_MAX_MODEL_PARAMETERS): "
                 "spread the job over more shards or raise the limit"
             )
-        with self._lock:
-            if config.job_id in self._jobs or config.job_id in self._starting:
-                raise AlreadyExists(f"job {config.job_id} already exists on this shard")
 
     def init_job(
         self,
@@ -90,6 +111,7 @@ class Shard:
                 job.attach(journal)
             with self._lock:
                 self._jobs[config.job_id] = job
+                self._moved.forget(config.job_id)  # it may move back later: by AdoptJob
         finally:
             with self._lock:
                 self._starting.discard(config.job_id)
@@ -127,9 +149,22 @@ class Shard:
             raise NotFound(f"job {job_id!r} is not on this shard; InitJob it first")
         return job
 
+    def job_at(self, job_id: str, layout_generation: int = 0) -> ShardJob:
+        """The job a worker's request names, by the plan of ``layout_generation`` (0: not
+        checked): LayoutMoved if the job moved away or is at another generation here."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                self._moved.check(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} is not on this shard; InitJob it first")
+        job.gate.check(layout_generation)
+        return job
+
     def drop(self, job_id: str) -> None:
         with self._lock:
             job = self._jobs.pop(job_id, None)
+            self._moved.forget(job_id)  # dropped: its workers hear NOT_FOUND, the job is gone
         if job is None:
             raise NotFound(f"job {job_id!r} is not on this shard")
         job.drop()
@@ -138,3 +173,89 @@ class Shard:
     def job_ids(self) -> list[str]:
         with self._lock:
             return sorted(self._jobs)
+
+    # --- live re-layout ---
+
+    def hold_job(self, job_id: str, action: HoldAction, layout_generation: int) -> HoldStatus:
+        """HOLD (members' pulls wait here), RELEASE (they go on) or MOVED (the job left for
+        ``layout_generation``: dropped here, remembered as moved). A repeated MOVED of the
+        same generation answers as the first did (the coordinator may retry it)."""
+        if action is HoldAction.MOVED:
+            with self._lock:
+                moved_to = self._moved.get(job_id)
+            if moved_to is not None and moved_to == layout_generation:
+                return HoldStatus([], [], 0, moved_to)
+            job = self.job_at(job_id)
+            relayout.check_newer(job_id, layout_generation, job.config.layout_generation, "MOVED")
+            status = job.layout_status()
+            with self._lock:
+                if self._jobs.get(job_id) is job:
+                    del self._jobs[job_id]
+                self._moved.add(job_id, layout_generation)
+            job.move(layout_generation)
+            log.info("job %s moved to layout generation %d", job_id, layout_generation)
+            return HoldStatus(status.members, status.waiting, status.version, layout_generation)
+        job = self.job_at(job_id, layout_generation)
+        job.gate.hold(action is HoldAction.HOLD)
+        return job.layout_status()
+
+    def export_job(self, job_id: str) -> bytes:
+        """The held job's whole state, as a checkpoint image (FailedPrecondition unless held)."""
+        return state_to_bytes(*self.job_at(job_id).held_state())
+
+    def adopt_job(
+        self, job_id: str, generation: int, size: int, data: Iterable[bytes | memoryview]
+    ) -> ShardJob:
+        """Serve the job a state describes, at layout generation ``generation``, durably (its
+        first checkpoint is written before this returns). A job here at an older generation
+        is replaced: its waiters answer "layout moved", its files go. Nothing changes when
+        the state is refused."""
+        if not job_id:
+            raise InvalidArgument("the AdoptJob header's job_id is empty; name the job")
+        self._check_adoptable(job_id, generation)  # before gigabytes are received
+        state = relayout.receive_state(size, data, self.max_state_bytes)
+        job = relayout.adopted_job(job_id, generation, state)
+        del state
+        self._check_config(job.config)
+        with self._lock:
+            old = self._check_adoptable_locked(job_id, generation)
+            self._starting.add(job_id)
+        try:
+            if old is not None:  # its files go first: the new job's folder is the same one
+                old.move(generation)
+            if self._durability is not None:  # durable before anyone can push to it
+                job.attach(Journal.create(job_id, job.state_dict(copy=False), self._durability))
+            with self._lock:
+                self._jobs[job_id] = job
+                self._moved.forget(job_id)
+        finally:
+            with self._lock:
+                self._starting.discard(job_id)
+        log.info(
+            "job %s adopted at layout generation %d: %d values [%d, %d), version %d",
+            job_id,
+            generation,
+            job.config.length,
+            job.config.start,
+            job.config.start + job.config.length,
+            job.version,
+            extra={"job_id": job_id},
+        )
+        return job
+
+    def _check_adoptable(self, job_id: str, generation: int) -> None:
+        with self._lock:
+            self._check_adoptable_locked(job_id, generation)
+
+    def _check_adoptable_locked(self, job_id: str, generation: int) -> ShardJob | None:
+        """The job ``job_id`` an adoption at ``generation`` would replace (None: none here);
+        FailedPrecondition if the one here (or the move away remembered) is not older."""
+        if job_id in self._starting:
+            raise FailedPrecondition(
+                f"job {job_id} is being created on this shard right now; try again once that "
+                "call has answered"
+            )
+        old = self._jobs.get(job_id)
+        here = old.config.layout_generation if old is not None else self._moved.get(job_id)
+        relayout.check_newer(job_id, generation, here, "AdoptJob")
+        return old

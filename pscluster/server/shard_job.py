@@ -26,6 +26,7 @@ from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig, JobStats, PullSnapshot, PushHeader, PushResult
 from pscluster.server.intake import PushIntake, Received
 from pscluster.server.job_state import JobState, StateDict
+from pscluster.server.layout_gate import HoldStatus, LayoutGate
 from pscluster.server.payloads import payload_bytes
 from pscluster.server.push_checks import check_base_version, check_header
 from pscluster.server.tables.rows import block_bytes
@@ -54,6 +55,8 @@ class ShardJob:
         self._codec = make_compressor(CompressionSettings(name=config.codec))
         self._intake = PushIntake(config, self._codec)
         self._dropped = False
+        # Live re-layout: held, released or moved away (pscluster.server.layout_gate).
+        self.gate = LayoutGate(self._cond, config.job_id, config.layout_generation)
         # Durability (pscluster.server.durability): None keeps the job in memory only.
         self._journal: Journal | None = None
         self._replayed = 0
@@ -195,21 +198,22 @@ class ShardJob:
         """Call under the lock: wait until the pull may go; whether it was held at all."""
         deadline = arrived + timeout
         held = False
-        while True:
-            self._check_alive()
-            if worker_id:
-                self._state.check_member(worker_id)
-            blocker = self._state.pull_blocker(worker_id, min_version)
-            if blocker is None:
-                return held
-            held = True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or cancelled():
-                raise DeadlineExceeded(
-                    f"pull by {worker_id or 'an observer'} gave up after {timeout:.1f}s "
-                    f"waiting for {blocker}"
-                )
-            self._cond.wait(remaining)
+        with self.gate.pull(worker_id) as gate:
+            while True:
+                self._check_alive()
+                if worker_id:
+                    self._state.check_member(worker_id)
+                blocker = gate.blocker() or self._state.pull_blocker(worker_id, min_version)
+                if blocker is None:
+                    return held
+                held = True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or cancelled():
+                    raise DeadlineExceeded(
+                        f"pull by {worker_id or 'an observer'} gave up after {timeout:.1f}s "
+                        f"waiting for {blocker}"
+                    )
+                self._cond.wait(remaining)
 
     def lookup(
         self, table: int, ids: torch.Tensor, *, peek: bool = False, itemsize: int = 4
@@ -332,6 +336,18 @@ class ShardJob:
         if self._journal is not None:
             self._journal.delete()
 
+    def layout_status(self) -> HoldStatus:
+        """HoldJob's answer: the members, those held at the gate, the version."""
+        with self._cond:
+            return self.gate.status(self._state.members, self._state.version)
+
+    def move(self, generation: int) -> None:
+        """The job left this shard (HoldJob MOVED, or replaced by a newer AdoptJob): its
+        waiters and later calls answer "layout moved"; its files go, as a dropped job's."""
+        self.gate.move(generation)
+        if self._journal is not None:
+            self._journal.delete()
+
     def wake(self) -> None:
         """Let waiting pulls re-check their conditions (e.g. a caller went away)."""
         with self._cond:
@@ -343,6 +359,13 @@ class ShardJob:
         """The job's whole state (see :meth:`JobState.state_dict`), read under its lock."""
         with self._cond:
             return self._state.state_dict(copy=copy)
+
+    def held_state(self) -> StateDict:
+        """ExportJob's state: only while held, when no member is in the middle of a step."""
+        with self._cond:
+            self._check_alive()
+            self.gate.check_held()
+            return self._state.state_dict()
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         with self._cond:
@@ -373,6 +396,7 @@ class ShardJob:
             self._journal.commit(ticket)
 
     def _check_alive(self) -> None:
+        self.gate.check_open()
         if self._dropped:
             raise NotFound(f"job {self.config.job_id} was dropped from this shard")
 

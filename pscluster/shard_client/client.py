@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pscluster.config import Settings
 from pscluster.server.tables.rows import RowBlockInfo
 from pscluster.shard_client.errors import ShardError, shard_error
+from pscluster.shard_client.layout import RelayoutCalls
 from pscluster.shard_client.ranges import PushExtras, ShardRange, Snapshot, vector_sizes
 from pscluster.shard_client.streams import Payload, Streams, init_messages, push_messages, read_pull
 from pscluster.transport.channel import open_channel
@@ -51,8 +52,9 @@ class _Shard:
     streams: Streams
 
 
-class ShardClient:
-    """``parallel`` bounds the streams in flight at once (pulls, pushes, inits)."""
+class ShardClient(RelayoutCalls):
+    """``parallel`` bounds the streams in flight at once (pulls, pushes, inits). The calls
+    of a live re-layout (HoldJob, ExportJob, AdoptJob) come from :class:`RelayoutCalls`."""
 
     def __init__(self, settings: Settings, *, parallel: int = 16) -> None:
         self.settings = settings
@@ -204,6 +206,7 @@ class ShardClient:
         timeout: float | None = None,
         into: tuple[torch.Tensor, torch.Tensor] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        layout_generation: int = 0,
     ) -> Snapshot:
         """The job's parameters and buffers, every range pulled at once and received in place.
 
@@ -213,7 +216,9 @@ class ShardClient:
         (sync: the ``next_version`` its last push was answered with). ``dtype`` is the wire
         dtype; the values arrive as float32 whatever it is. ``into`` (float32, float64) are
         filled instead of new tensors. ``progress(i, n)``: ``n`` bytes of range ``i`` are in
-        place (float32 pulls). Raises the first ShardError once every pull ended.
+        place (float32 pulls). ``layout_generation``: of the plan ``ranges`` come from (0: not
+        checked; another one here answers LayoutMovedError). Raises the first ShardError once
+        every pull ended.
         """
         size, buffer_size = vector_sizes(ranges)
         values, buffers = into or (
@@ -230,6 +235,7 @@ class ShardClient:
                 worker_id=worker_id,
                 min_version=mins[i],
                 dtype=common_pb2.DType.ValueType(dtype),
+                layout_generation=layout_generation,
             )
             responses = self._shard(r.address).streams.pull(request, timeout=wait)
             return read_pull(
@@ -265,13 +271,14 @@ class ShardClient:
         batch_size: int,
         extras: PushExtras | None = None,
         timeout: float | None = None,
+        layout_generation: int = 0,
     ) -> dict[int, ps_pb2.PushReply | ShardError]:
         """Push shard ``i`` (an index into ``ranges``) its ``payloads[i]`` (its slice of the
         update, encoded by ``codec``) and its slice of the buffers' change, all at once; each
         shard's reply, or its ShardError, by index. Shards not in ``payloads`` are left out.
 
         ``base`` is the snapshot the update was computed on (each shard's version and clock);
-        a retry of the same push must reuse ``seq``.
+        a retry of the same push must reuse ``seq``. ``layout_generation`` as for a pull.
         """
         extras = extras or PushExtras()
         chunk = self.settings.chunk_bytes
@@ -281,6 +288,7 @@ class ShardClient:
             r = ranges[i]
             blocks, rows = extras.rows.get(i, ((), b""))
             header = push_header(job_id, worker_id, seq, base, i, r, batch_size, extras)
+            header.layout_generation = layout_generation
             header.codec = codec
             header.payload_bytes = len(memoryview(payloads[i]).cast("B"))
             header.rows.extend(_row_block(b) for b in blocks)

@@ -18,13 +18,26 @@ from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
 
 class JobShards:
-    """The job's ranges bound to a :class:`ShardClient` (which may serve other jobs too)."""
+    """The job's ranges bound to a :class:`ShardClient` (which may serve other jobs too).
 
-    def __init__(self, client: ShardClient, job_id: str, ranges: Sequence[ShardRange]) -> None:
+    ``layout_generation`` is that of the plan the ranges come from: every pull, push and
+    lookup names it, and a shard that holds the job at another one (or no longer holds it:
+    it moved) answers :class:`~pscluster.shard_client.errors.LayoutMovedError`. 0: not
+    checked.
+    """
+
+    def __init__(
+        self,
+        client: ShardClient,
+        job_id: str,
+        ranges: Sequence[ShardRange],
+        layout_generation: int = 0,
+    ) -> None:
         self.client = client
         self.job_id = job_id
         self.ranges = list(ranges)
         self.size, self.buffer_size = vector_sizes(self.ranges)
+        self.layout_generation = layout_generation
 
     def pull(
         self,
@@ -48,6 +61,7 @@ class JobShards:
             timeout=timeout,
             into=into,
             progress=progress,
+            layout_generation=self.layout_generation,
         )
 
     def push(
@@ -73,6 +87,7 @@ class JobShards:
             batch_size=batch_size,
             extras=extras,
             timeout=timeout,
+            layout_generation=self.layout_generation,
         )
 
     def lookup(
@@ -100,6 +115,7 @@ class JobShards:
             timeout=timeout,
             partitioner=partitioner,
             peek=peek,
+            layout_generation=self.layout_generation,
         )
 
 
@@ -134,11 +150,14 @@ def start_streamed_push(
     chunks: Callable[[int], Iterator[bytes]],
     timeout: float,
 ) -> StreamedPush:
-    """Start shard ``i``'s push with ``header(i)`` and the data chunks ``chunks(i)`` yields,
-    on every shard at once, and return without waiting for any of it."""
+    """Start shard ``i``'s push with ``header(i)`` (sent with the job's layout generation)
+    and the data chunks ``chunks(i)`` yields, on every shard at once, and return without
+    waiting for any of it."""
     calls = {}
     for i, r in enumerate(shards.ranges):
-        messages = itertools.chain([ps_pb2.PushChunk(header=header(i))], chunks(i))
+        first = header(i)
+        first.layout_generation = shards.layout_generation
+        messages = itertools.chain([ps_pb2.PushChunk(header=first)], chunks(i))
         future = shards.client.streams(r.address).push.future(messages, timeout=timeout)
         calls[i] = (r.address, future)
     return StreamedPush(calls)

@@ -1,9 +1,9 @@
-"""The three streaming calls of a shard, with data chunks framed and parsed by hand.
+"""The streaming calls of a shard, with data chunks framed and parsed by hand.
 
-InitJob and Push send, Pull receives, tensors as ~1 MB data chunks built and read without
-protobuf's two copies of every byte (:mod:`pscluster.transport.framing`); a float32 pull is
-received straight into the memory of the tensor it is for. Control messages (the config, the
-headers) still go through protobuf.
+InitJob, Push and AdoptJob send, Pull and Lookup receive, tensors (or a job's state) as ~1 MB
+data chunks built and read without protobuf's two copies of every byte
+(:mod:`pscluster.transport.framing`); a float32 pull is received straight into the memory of
+the tensor it is for. Control messages (the config, the headers) still go through protobuf.
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ class Streams:
             SERVICE + "InitJob",
             request_serializer=framing.serializer,
             response_deserializer=ps_pb2.InitJobReply.FromString,
+        )
+        self.adopt = channel.stream_unary(
+            SERVICE + "AdoptJob",
+            request_serializer=framing.serializer,
+            response_deserializer=ps_pb2.AdoptJobReply.FromString,
         )
 
 

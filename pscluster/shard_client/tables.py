@@ -48,9 +48,11 @@ def lookup_rows(
     timeout: float | None = None,
     peek: bool = False,
     partitioner: RowPartitioner = MODULO,
+    layout_generation: int = 0,
 ) -> torch.Tensor:
     """The rows of ``ids`` (int64, any order, repeats allowed) as float32 (len(ids), dim).
-    Raises the first ShardError once every shard asked has answered."""
+    Raises the first ShardError once every shard asked has answered. ``layout_generation``:
+    of the plan ``addresses`` come from (0: not checked)."""
     out = torch.empty((ids.numel(), dim), dtype=torch.float32)
     wait = client.timeout if timeout is None else timeout
     parts = owners(ids, len(addresses), partitioner)
@@ -63,6 +65,7 @@ def lookup_rows(
             ids=wanted.numpy().tobytes(),
             dtype=common_pb2.DType.ValueType(dtype),
             peek=peek,
+            layout_generation=layout_generation,
         )
         address = addresses[shard]
         responses = client.streams(address).lookup(request, timeout=wait)

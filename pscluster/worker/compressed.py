@@ -39,6 +39,21 @@ class PushEncoder:
             out[i] = self.codec.compress(prepared[start : start + length], self._states[i], epoch)
         return out
 
+    def recut(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Cut the codec state (a residual, DGC's momentum: one value per parameter) over new
+        ranges of the same vector, when the job moved between shards: nothing it held back
+        for a later push is lost."""
+        ranges = list(ranges)
+        if ranges == self.ranges:
+            return
+        keys = set().union(*(s.keys() for s in self._states)) if self._states else set()
+        whole = {k: torch.cat([s[k] for s in self._states]) for k in keys}
+        self._states = [
+            {k: v[start : start + length].clone() for k, v in whole.items()}
+            for start, length in ranges
+        ]
+        self.ranges = ranges
+
     def commit(self, index: int, encoded: Encoded) -> None:
         """Range ``index``'s push was taken by its shard: its state moves on. Every range is
         committed on its own shard's answer, never on another's."""

@@ -55,6 +55,13 @@ class PushRound:
         """Why the update is not everywhere (the reason of the last shard to refuse it)."""
         return next(reversed(self.refused.values()), "")
 
+    def drop(self, reason: str) -> None:
+        """Give up on the shards still pending, for ``reason`` (the job moved between shards
+        under this push: what they did not take is dropped, never sent twice)."""
+        for i in self.pending:
+            self.refused[i] = reason
+        self.pending.clear()
+
     def settle(
         self,
         replies: Mapping[int, ps_pb2.PushReply],

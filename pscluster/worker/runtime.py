@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import torch
 
@@ -30,6 +31,8 @@ from pscluster.worker.precision import Precision
 from pscluster.worker.pull_ahead import PullGate
 
 log = logging.getLogger(__name__)
+
+FOLLOW_POLL_SECONDS = 0.02
 
 
 def pick_device(setting: str) -> torch.device:
@@ -73,7 +76,8 @@ class JobRuntime:
         # What each batch trains on: the job's loss, or distillation's with its teacher.
         teacher = functools.partial(fetch_blob, stub, job_id, objectives.TEACHER_BLOB, timeout)
         objective = objectives.objective_for(plan.spec, self.loss_fn, self.device, teacher)
-        self.shards = JobShards(shards, job_id, [ShardRange.from_proto(r) for r in plan.shards])
+        ranges = [ShardRange.from_proto(r) for r in plan.shards]
+        self.shards = JobShards(shards, job_id, ranges, plan.layout_generation)
         # One per job, not per lease: with local steps it holds the worker's optimizer state.
         self.local = LocalSGD(
             self.model,
@@ -82,19 +86,12 @@ class JobRuntime:
             plan.spec.optimizer,
             plan.spec.local_steps,
             self.precision,
-            stream=self._gradient_stream(settings),
         )
         # Where a worker's pulls are received (None: into new tensors, copied into the model).
         self.pull_into: tuple[torch.Tensor, torch.Tensor] | None = None
         if bound is not None and bound.numel() == self.shards.size:
             self.pull_into = (bound, torch.empty(self.shards.buffer_size, dtype=torch.float64))
         self.pull_dtype = plan.spec.compression.pull_dtype or common_pb2.DTYPE_FLOAT32
-        # Forward beside the pull: float32 straight into the model, no buffers to load first.
-        self.gate: PullGate | None = None
-        whole = self.pull_dtype == common_pb2.DTYPE_FLOAT32 and not self.shards.buffer_size
-        if self.local.stream is not None and self.pull_into is not None and whole:
-            ranges = [(r.start, r.length) for r in self.shards.ranges]
-            self.gate = PullGate(self.model, self.layout, ranges)
         # Compression state (residuals, DGC momentum) lives here: one per job, per shard range.
         self.encoder = PushEncoder(
             parse_settings(plan.spec.compression), [(r.start, r.length) for r in plan.shards]
@@ -102,11 +99,60 @@ class JobRuntime:
         # Which shard holds each row of each of the model's tables (pscluster.model.partition).
         self.row_partitioners = [rows_partitioner(t.dynamic) for t in plan.spec.model.tables]
         self.seq = 0  # push sequence number, strictly increasing over this worker's pushes
+        self.gate: PullGate | None = None
+        self.min_versions: list[int] = []
+        self._settings = settings
+        self._stub = stub
+        self._bind_ranges(plan)
+
+    def _bind_ranges(self, plan: coordinator_pb2.JobPlan) -> None:
+        """Everything cut by the plan's shard ranges: the pulls' gate, the stream of
+        gradient buckets, the codec state, the versions to wait for."""
+        ranges = [(r.start, r.length) for r in self.shards.ranges]
+        self.layout_generation = plan.layout_generation
+        self.local.stream = self._gradient_stream(self._settings)
+        self.gate = None
+        # Forward beside the pull: float32 straight into the model, no buffers to load first.
+        whole = self.pull_dtype == common_pb2.DTYPE_FLOAT32 and not self.shards.buffer_size
+        if self.local.stream is not None and self.pull_into is not None and whole:
+            self.gate = PullGate(self.model, self.layout, ranges)
+        self.encoder.recut(ranges)
         # Per shard, the version the next pull must wait for: the ``next_version`` the last
         # push was answered with (sync: the step it is in). Kept across this job's leases: a
         # worker whose push is buffered in an open step must not pull that step's parameters
-        # again in its next lease (its push would then be refused as stale).
+        # again in its next lease (its push would then be refused as stale). A move between
+        # shards happens between two steps: nothing to wait for on the new ones.
         self.min_versions = [0] * len(plan.shards)
+
+    def follow(self, deadline_seconds: float) -> None:
+        """The job moved between shards (a shard answered "layout moved"): wait for its plan
+        of a newer layout generation and work by it from now on. The coordinator writes the
+        plan once every new shard holds the job, so it may lag the answer briefly.
+        ``TimeoutError`` naming the generation waited for."""
+        deadline = time.monotonic() + deadline_seconds
+        timeout = self._settings.rpc_timeout_seconds
+        while True:
+            request = coordinator_pb2.GetJobRequest(job_id=self.job_id)
+            plan: coordinator_pb2.JobPlan = self._stub.GetJobPlan(request, timeout=timeout)
+            if plan.layout_generation > self.layout_generation:
+                break
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"job {self.job_id} moved between shards, but after {deadline_seconds:.0f}s "
+                    f"its plan is still of layout generation {plan.layout_generation}; waited "
+                    f"for one newer than {self.layout_generation}"
+                )
+            time.sleep(FOLLOW_POLL_SECONDS)
+        log.info(
+            "job %s moved to %d shard(s) (layout generation %d); following it",
+            self.job_id,
+            len(plan.shards),
+            plan.layout_generation,
+        )
+        client = self.shards.client
+        ranges = [ShardRange.from_proto(r) for r in plan.shards]
+        self.shards = JobShards(client, self.job_id, ranges, plan.layout_generation)
+        self._bind_ranges(plan)
 
     def _gradient_stream(self, settings: Settings) -> GradientStream | None:
         """Buckets pushed during backward, where a push is the raw gradient of one step."""

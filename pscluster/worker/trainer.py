@@ -21,6 +21,7 @@ import grpc
 from pscluster.config import Settings
 from pscluster.model.hosted import attach_rows
 from pscluster.shard_client import PushExtras, ShardError, Snapshot
+from pscluster.shard_client.errors import LayoutMovedError
 from pscluster.shard_client.tables import split_rows
 from pscluster.transport import wire
 from pscluster.transport.retry import RetryPolicy, retry
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 # parameters and pushed again to those shards, this many times in all, before it is dropped
 # (only a worker cut off for long gets there).
 MAX_ATTEMPTS = 5
+# How long a worker waits for a moved job's new plan (ScaleShards writes it once every new
+# shard holds the job, within a second of the answer "layout moved" unless it rolls back).
+FOLLOW_SECONDS = 60.0
 T = TypeVar("T")
 
 
@@ -164,14 +168,24 @@ class Trainer:
         for attempt in range(MAX_ATTEMPTS):
             # The first attempt overlaps its pull with forward and its push with backward
             # where the job allows; a retry pulls, then resends what it has.
-            found = self._overlapped(data) if attempt == 0 else None
-            window, snap = found or self._pulled(data, first=attempt == 0)
+            try:
+                found = self._overlapped(data) if attempt == 0 else None
+                window, snap = found or self._pulled(data, first=attempt == 0)
+            except LayoutMovedError as e:  # between two steps: train this window there
+                self._follow(e)
+                push = PushRound.to(len(rt.shards.ranges))
+                continue
             clock.move(snap.waited_seconds, "pull", "wait")
             waited += snap.waited_seconds
             if window.update is None:
                 break  # nothing finite to push: every batch is dropped below
-            with clock.phase("push"):
-                self._push(window, snap, epoch, push)
+            try:
+                with clock.phase("push"):
+                    self._push(window, snap, epoch, push)
+            except LayoutMovedError as e:  # a push cut by a move: dropped, never sent twice
+                self._follow(e)
+                push.drop("layout")
+                break
             if push.taken_everywhere:
                 break
             rt.local.discard()  # local steps: their optimizer state goes back too
@@ -293,8 +307,20 @@ class Trainer:
 
     def evaluate(self) -> tuple[dict[str, float], list[int]]:
         """The job's loss and metric on the test set, and the shard versions they are of."""
-        snap = self.pull_observer()
+        try:
+            snap = self.pull_observer()
+        except LayoutMovedError as e:
+            self._follow(e)
+            snap = self.pull_observer()
         return self.rt.evaluate(snap), snap.versions
+
+    def _follow(self, moved: LayoutMovedError) -> None:
+        """The job moved between shards: work by its new plan from now on."""
+        log.info("job %s: %s", self.rt.job_id, moved)
+        try:
+            self.rt.follow(FOLLOW_SECONDS)
+        except TimeoutError as e:
+            raise LeaseLost(str(e)) from e
 
     def pull_observer(self) -> Snapshot:
         timeout = self.settings.rpc_timeout_seconds

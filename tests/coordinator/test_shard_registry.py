@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as hs
 
-from pscluster.coordinator.shard_registry import ShardEntry, ShardRegistry, place
-from pscluster.errors import AlreadyExists, InvalidArgument
+from pscluster.coordinator.shard_registry import ShardEntry, ShardRegistry, choose, place
+from pscluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
 TIMEOUT = 10.0
 
@@ -159,3 +159,33 @@ def test_placement_is_every_live_shard_once_ordered_by_load(
     assert sorted(e.shard_id for e in placed) == sorted(live)
     loads = [held[e.shard_id] for e in placed]
     assert loads == sorted(loads)
+
+
+def _entries(*ids: str) -> list[ShardEntry]:
+    return [
+        ShardEntry(sid, f"h{i}:1", registered_unix=float(i), last_seen=0.0)
+        for i, sid in enumerate(ids)
+    ]
+
+
+def test_scaling_up_keeps_the_shards_in_use_and_adds_the_longest_registered() -> None:
+    # Prepare: "c" registered before "d"; "a" and "b" are in use
+    live = _entries("c", "a", "b", "d")
+
+    # Execute
+    chosen = choose(live, 3, in_use={"a", "b"})
+
+    # Assert: the two in use first (by registration), then the oldest newcomer
+    assert [e.shard_id for e in chosen] == ["a", "b", "c"]
+
+
+def test_scaling_down_gives_up_the_newest_shards_first() -> None:
+    chosen = choose(_entries("a", "b", "c"), 2, in_use=None)
+    assert [e.shard_id for e in chosen] == ["a", "b"]
+
+
+def test_scaling_past_the_live_shards_or_below_one_is_refused() -> None:
+    with pytest.raises(FailedPrecondition, match="only 2 registered shard"):
+        choose(_entries("a", "b"), 3, in_use=None)
+    with pytest.raises(InvalidArgument, match="at least one shard"):
+        choose(_entries("a"), 0, in_use=None)

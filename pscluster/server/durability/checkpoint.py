@@ -3,24 +3,31 @@
 A checkpoint is written to a temporary file, fsynced, renamed over its final name and the
 folder fsynced, so a crash leaves either the whole new file or none of it. Each tensor's CRC32
 is stored beside it: safetensors checks the layout, the CRCs check the bytes.
+
+A job's state moving between shards (ExportJob, AdoptJob: a live re-layout) is the same image
+in memory, :func:`state_to_bytes` / :func:`state_from_bytes`: one format for a job's state,
+whether it goes to a disk or to another shard (through the coordinator, which recuts it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load, save, save_file
 
 from pscluster.server.durability.wal import fsync_dir
 
 _KEY = "pscluster"
 _FORMAT = 1
+State = tuple[dict[str, torch.Tensor], dict[str, Any]]
+_HEADER_LENGTH = struct.Struct("<Q")  # safetensors: the JSON header's length, then the header
 
 
 class CheckpointError(Exception):
@@ -56,9 +63,8 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
 def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write ``tensors`` and ``meta`` (JSON-able) to ``path`` atomically and durably."""
     tensors = {name: _plain(t) for name, t in tensors.items()}
-    header = {"format": _FORMAT, "meta": meta, "crc": {n: _crc(t) for n, t in tensors.items()}}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={_KEY: json.dumps(header)})
+    save_file(tensors, str(tmp), metadata=_metadata(tensors, meta))
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -66,6 +72,34 @@ def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[st
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def state_to_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
+    """A job's state (:meth:`ShardJob.state_dict`) as the bytes of a checkpoint file."""
+    tensors = {name: _plain(t) for name, t in tensors.items()}
+    data: bytes = save(tensors, metadata=_metadata(tensors, meta))
+    return data
+
+
+def state_from_bytes(data: bytes) -> State:
+    """What :func:`state_to_bytes` wrote (or a checkpoint file's bytes): the tensors and the
+    metadata, checked as :func:`read_checkpoint` checks a file; CheckpointError if any of it
+    is damaged or not a checkpoint at all."""
+    try:
+        (length,) = _HEADER_LENGTH.unpack_from(data)
+        header = json.loads(data[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length])
+        metadata = header.get("__metadata__") or {}
+        tensors = load(data)
+        image = json.loads(metadata[_KEY])
+    except (SafetensorError, struct.error, KeyError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"a job state of {len(data)} bytes cannot be read: {exc}") from exc
+    return tensors, _checked("a job state", image, tensors)
+
+
+def _metadata(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, str]:
+    """The safetensors metadata of a checkpoint: the format, ``meta`` and each tensor's CRC."""
+    header = {"format": _FORMAT, "meta": meta, "crc": {n: _crc(t) for n, t in tensors.items()}}
+    return {_KEY: json.dumps(header)}
 
 
 def checkpoint_base(path: Path) -> int | None:
@@ -89,17 +123,22 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         header = json.loads(metadata[_KEY])
     except (SafetensorError, OSError, KeyError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+    return tensors, _checked(f"checkpoint {path}", header, tensors)
+
+
+def _checked(source: str, header: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The metadata of a checkpoint's ``header``, once its format and CRCs are right."""
     if not isinstance(header, dict) or header.get("format") != _FORMAT:
-        raise CheckpointError(f"checkpoint {path} has an unknown format (expected {_FORMAT})")
+        raise CheckpointError(f"{source} has an unknown format (expected {_FORMAT})")
     crcs = header.get("crc", {})
+    if not isinstance(crcs, dict):
+        raise CheckpointError(f"{source} has no CRC32 table")
     if set(crcs) != set(tensors):
-        raise CheckpointError(
-            f"checkpoint {path} lists tensors {sorted(crcs)} but holds {sorted(tensors)}"
-        )
+        raise CheckpointError(f"{source} lists tensors {sorted(crcs)} but holds {sorted(tensors)}")
     for name, tensor in tensors.items():
         if _crc(tensor) != crcs[name]:
-            raise CheckpointError(f"checkpoint {path}: tensor {name!r} fails its CRC32 check")
+            raise CheckpointError(f"{source}: tensor {name!r} fails its CRC32 check")
     meta = header.get("meta")
     if not isinstance(meta, dict):
-        raise CheckpointError(f"checkpoint {path} has no metadata object")
-    return tensors, meta
+        raise CheckpointError(f"{source} has no metadata object")
+    return meta

@@ -1,0 +1,296 @@
+"""A running job's shard states cut again over a new set of ranges: live shard scaling's pure
+core (the RPCs and the order of a move are :mod:`pscluster.coordinator.moves`).
+
+The job is paused between two steps on every shard: each member waits in a pull, each push
+it made has been answered. Every old shard's whole state (``JobState.state_dict``) is cut by
+global offset (values, buffers, per-element optimizer state, the held-zeros mask, an open
+sync step's sums) and by row id (tables), and what is the job's rather than a range's
+(version, clocks, membership, the push ledger, whole-vector optimizer scalars) is carried, so
+that the job goes on on the new shards exactly as it would have on the old ones. A state that
+cannot be carried exactly raises ValueError, and the caller leaves the job where it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+
+from pscluster.coordinator.recut_meta import merge_clocks, merge_ledgers, summed_counters
+from pscluster.coordinator.recut_ranges import Piece, check_contiguous, cut, homes
+from pscluster.coordinator.recut_step import Owner, recut_policy
+from pscluster.coordinator.recut_tables import TableState, recut_table
+from pscluster.errors import InvalidArgument
+from pscluster.model.partition import Range, rows_partitioner
+from pscluster.server.convert import job_config
+from pscluster.server.domain import JobConfig
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+
+State = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+_VALUES, _BUFFERS, _ZEROS = "values", "buffers", "hold_zeros"
+_OPT, _POLICY, _TABLES = "opt.", "policy.", "tables."
+# What the job runs with, which a move must not change (a live switch may have changed the
+# consistency since the job was submitted, so the old states say it, not the new configs).
+_KEPT = (
+    "job_id", "mode", "staleness", "backup_workers", "optimizer", "codec",
+    "staleness_aware_lr", "sparse_optimizer",
+)  # fmt: skip
+_GENERATION = "layout_generation"
+
+
+@dataclass(frozen=True)
+class _Old:
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    config: JobConfig
+
+    @property
+    def values(self) -> Range:
+        return Range(self.config.start, self.config.length)
+
+    @property
+    def buffers(self) -> Range:
+        return Range(self.config.buffer_start, self.config.buffer_length)
+
+    def prefixed(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+
+def recut(
+    old: Sequence[State], new_configs: Sequence[ps_pb2.ShardJobConfig], layout_generation: int
+) -> list[State]:
+    """One state per new config (``JobState.load_state_dict`` / ``image.restore`` take it)
+    from the old shards' full states in plan order; ValueError, naming what, if the old
+    states do not describe one job at a step boundary or cannot be carried exactly.
+
+    The version is the highest of the old shards'. In sync it is the open step, the same on
+    every shard at a boundary; in async and ssp it counts the pushes applied on the shard,
+    which differ where a push was refused on one shard alone. No pull waits for a version
+    that never comes and no push is refused as ahead of the shard: every worker's next push
+    is based on a pull from a new shard, and a pull's ``min_version`` was given by an old
+    shard. Only an open sync step needs one version (its pushes were made for it).
+    """
+    olds = [_parse(tensors, meta) for tensors, meta in old]
+    if not olds or not new_configs:
+        raise ValueError(f"{len(olds)} old states to cut over {len(new_configs)} new configs")
+    kept = _kept(olds)
+    configs = [_new_config(c, kept, layout_generation) for c in new_configs]
+    _check_layouts(olds, configs)
+    new_values = [Range(c.start, c.length) for c in configs]
+    policies = recut_policy(
+        [(o.prefixed(_POLICY), o.meta["policy"]) for o in olds],
+        ([o.values for o in olds], [o.buffers for o in olds]),
+        (new_values, [Range(c.buffer_start, c.buffer_length) for c in configs]),
+        _owners(kept, len(configs)),
+    )
+    meta = _job_meta(olds, open_step=any(m.get("pushes") for _, m in policies))
+    counter_homes = homes([o.values for o in olds], new_values)
+    tables = _tables(olds, configs, counter_homes)
+    counters = summed_counters([o.meta["counters"] for o in olds], counter_homes, len(configs))
+    dense = _Dense.of(olds)
+    out: list[State] = []
+    for index, config in enumerate(configs):
+        tensors = dense.cut(config)
+        tensors.update({_POLICY + k: v for k, v in policies[index][0].items()})
+        tensors.update({_TABLES + k: v for k, v in tables[index][0].items()})
+        state_meta = {
+            **meta,
+            "config": {**config.to_json(), _GENERATION: layout_generation},
+            "policy": policies[index][1],
+            "counters": counters[index],
+            "tables": tables[index][1],
+        }
+        out.append((tensors, state_meta))
+    return out
+
+
+def _job_meta(olds: Sequence[_Old], *, open_step: bool) -> dict[str, Any]:
+    """What every new shard holds alike: the version (see :func:`recut`), membership and
+    clocks, the push ledger, the optimizer's scalars and the consistency revision."""
+    versions = sorted({int(o.meta["version"]) for o in olds})
+    if open_step and len(versions) > 1:
+        raise ValueError(f"a sync step is open on old shards at versions {versions}")
+    generations = [int(o.meta["generation"]) for o in olds]
+    return {
+        "version": versions[-1],
+        "clocks": merge_clocks(generations, [o.meta["clocks"] for o in olds]),
+        "generation": generations[0],
+        "last_push": merge_ledgers([o.meta["last_push"] for o in olds]),
+        "optimizer": _same_scalars(olds),
+        "consistency_revision": int(olds[0].meta.get("consistency_revision", 0)),
+        "delta": False,
+    }
+
+
+def _check_layouts(olds: Sequence[_Old], configs: Sequence[JobConfig]) -> None:
+    """ValueError unless the new configs are of the old states' job and their ranges cover
+    exactly what the old ones did, each vector in plan order."""
+    if len({c.job_id for c in configs}) != 1 or configs[0].job_id != olds[0].config.job_id:
+        raise ValueError(
+            f"the new configs are for {[c.job_id for c in configs]}, not {olds[0].config.job_id}"
+        )
+    for what, before, after in (
+        ("parameter", [o.values for o in olds], [Range(c.start, c.length) for c in configs]),
+        (
+            "buffer",
+            [o.buffers for o in olds],
+            [Range(c.buffer_start, c.buffer_length) for c in configs],
+        ),
+    ):
+        if check_contiguous(before, what) != check_contiguous(after, what):
+            raise ValueError(f"the old {what} ranges cover {before}, the new ones {after}")
+
+
+def _parse(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> _Old:
+    if meta.get("delta"):
+        raise ValueError("an old state is a delta checkpoint; a move cuts full states")
+    config = _config_from_json(meta["config"])
+    values, buffers = tensors.get(_VALUES), tensors.get(_BUFFERS)
+    if values is None or values.shape != (config.length,):
+        raise ValueError(f"an old state's values do not fill its range of {config.length}")
+    if config.buffer_length and (buffers is None or buffers.shape != (config.buffer_length,)):
+        raise ValueError(f"an old state's buffers do not fill its {config.buffer_length}")
+    return _Old(tensors, meta, config)
+
+
+def _config_from_json(data: dict[str, Any]) -> JobConfig:
+    """The config of a state; a ``layout_generation`` it carries is dropped where JobConfig
+    does not know the field (the version of it this code was written against)."""
+    known = {f.name for f in fields(JobConfig)}
+    return JobConfig.from_json({k: v for k, v in data.items() if k in known})
+
+
+def _kept(olds: Sequence[_Old]) -> JobConfig:
+    """The first old config, once every old shard agrees on what the job runs with (its
+    consistency and its revision, its optimizers, its codec)."""
+    first = olds[0]
+    for other in olds[1:]:
+        differ = [n for n in _KEPT if getattr(other.config, n) != getattr(first.config, n)]
+        revisions = (
+            other.meta.get("consistency_revision", 0),
+            first.meta.get("consistency_revision", 0),
+        )
+        if differ or revisions[0] != revisions[1]:
+            raise ValueError(
+                f"the old shards disagree on {differ or ['consistency_revision']} (a consistency "
+                "switch that has not reached every shard?)"
+            )
+    return first.config
+
+
+def _new_config(proto: ps_pb2.ShardJobConfig, kept: JobConfig, generation: int) -> JobConfig:
+    """The new shard's layout (ranges, spans, its share of each table) with the job's own
+    consistency, optimizers and codec."""
+    try:
+        layout = job_config(proto)
+    except InvalidArgument as e:
+        raise ValueError(f"a new shard config is not valid: {e}") from e
+    config = replace(layout, **{name: getattr(kept, name) for name in _KEPT})
+    if _GENERATION in {f.name for f in fields(JobConfig)}:
+        stamped: dict[str, Any] = {_GENERATION: generation}
+        config = replace(config, **stamped)
+    if len(config.tables) != len(kept.tables):
+        raise ValueError(
+            f"the new configs have {len(config.tables)} tables, the job {len(kept.tables)}"
+        )
+    return config
+
+
+def _owners(config: JobConfig, shards: int) -> list[Owner]:
+    def owner(dynamic: bool) -> Owner:
+        return lambda ids: rows_partitioner(dynamic).owner(ids, shards)
+
+    return [owner(spec.dynamic) for spec in config.tables]
+
+
+def _same_scalars(olds: Sequence[_Old]) -> dict[str, Any]:
+    """The optimizer's whole-vector numbers (0-d tensors such as Adam's step travel with the
+    tensors): equal on every shard at a boundary, or some shard missed a step."""
+    scalars = [o.meta["optimizer"] for o in olds]
+    if any(s != scalars[0] for s in scalars):
+        raise ValueError(f"the old shards' optimizer scalars differ: {scalars}")
+    return dict(scalars[0])
+
+
+@dataclass(frozen=True)
+class _Dense:
+    """The old shards' per-element tensors as pieces by global offset, and the optimizer's
+    whole-vector tensors, read (and checked) once for every new shard."""
+
+    values: list[Piece]
+    buffers: list[Piece]
+    zeros: list[Piece]
+    moments: dict[str, list[Piece]]  # momentum, Adam's moments: one value per element
+    whole: dict[str, torch.Tensor]  # 0-d: Adam's step
+
+    @classmethod
+    def of(cls, olds: Sequence[_Old]) -> _Dense:
+        """ValueError if the shards hold different optimizer tensors (one has stepped,
+        another not) or different whole-vector ones (Adam's step)."""
+        held = [o.prefixed(_OPT) for o in olds]
+        names = sorted(held[0])
+        if any(sorted(h) != names for h in held):
+            raise ValueError(f"the old shards hold different optimizer state: {held}")
+        moments, whole = {}, {}
+        for name in names:
+            parts = [h[name] for h in held]
+            if all(p.dim() == 0 for p in parts):
+                if any(not torch.equal(p, parts[0]) for p in parts):
+                    found = [p.item() for p in parts]
+                    raise ValueError(f"the old shards' optimizer {name!r} differs: {found}")
+                whole[name] = parts[0]
+            elif all(p.shape == (o.config.length,) for o, p in zip(olds, parts, strict=True)):
+                moments[name] = [
+                    Piece(o.values.start, o.values.length, p)
+                    for o, p in zip(olds, parts, strict=True)
+                ]
+            else:
+                raise ValueError(f"optimizer {name!r} is neither per element nor one number")
+        return cls(
+            [Piece(o.values.start, o.values.length, o.tensors[_VALUES]) for o in olds],
+            [Piece(o.buffers.start, o.buffers.length, o.tensors.get(_BUFFERS)) for o in olds],
+            [Piece(o.values.start, o.values.length, o.tensors.get(_ZEROS)) for o in olds],
+            moments,
+            whole,
+        )
+
+    def cut(self, config: JobConfig) -> dict[str, torch.Tensor]:
+        """A new shard's values, buffers, optimizer state and held-zeros mask."""
+        start, length = config.start, config.length
+        tensors = {_VALUES: cut(self.values, start, length, torch.float32)}
+        if config.buffer_length:
+            b_start, b_length = config.buffer_start, config.buffer_length
+            tensors[_BUFFERS] = cut(self.buffers, b_start, b_length, torch.float64)
+        for name, pieces in self.moments.items():
+            dtype = next(p.tensor.dtype for p in pieces if p.tensor is not None)
+            tensors[_OPT + name] = cut(pieces, start, length, dtype)
+        tensors.update({_OPT + name: t.clone() for name, t in self.whole.items()})
+        mask = cut(self.zeros, start, length, torch.uint8)  # none held: no mask, as a shard
+        if bool(mask.any()):
+            tensors[_ZEROS] = mask
+        return tensors
+
+
+def _tables(
+    olds: Sequence[_Old], configs: Sequence[JobConfig], counter_homes: Sequence[int]
+) -> list[tuple[dict[str, torch.Tensor], list[dict[str, float]]]]:
+    """Per new shard, its tables' tensors (``<index>.<name>``) and scalars, in order."""
+    out: list[tuple[dict[str, torch.Tensor], list[dict[str, float]]]] = [({}, []) for _ in configs]
+    for table in range(len(configs[0].tables)):
+        prefix = f"{_TABLES}{table}."
+        parts: list[TableState] = [
+            (o.prefixed(prefix), dict(o.meta["tables"][table])) for o in olds
+        ]
+        cut_parts = recut_table(
+            parts,
+            [o.config.tables[table] for o in olds],
+            [c.tables[table] for c in configs],
+            counter_homes,
+        )
+        for (tensors, scalars), (held, numbers) in zip(out, cut_parts, strict=True):
+            tensors.update({f"{table}.{k}": v for k, v in held.items()})
+            scalars.append(numbers)
+    return out

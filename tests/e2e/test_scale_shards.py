@@ -1,0 +1,119 @@
+"""Shards added and removed while a job trains: a cluster of registering shards goes from 2 to
+3 and back to 2 under a running job (``client.scale_shards`` and ``pscluster scale-shards``),
+which keeps every acknowledged update (async: each shard's version equals the steps the
+workers reported, so none is lost or applied twice) and reaches its target. A shard that dies
+before it adopts its part leaves the job where it was, training on."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from typer.testing import CliRunner
+
+from pscluster.client.cli import app
+from pscluster.client.errors import PSClusterError
+from pscluster.client.job import Job
+from pscluster.client.local import LocalCluster
+from pscluster.client.sdk import Client
+from tests.e2e.conftest import FAST
+from tests.e2e.data import digits
+from tests.e2e.models import DigitsMLP
+from tests.faults.harness import lost_updates, raw_metrics
+from tests.support import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(
+        shards=2,
+        workers=2,
+        state_dir=tmp_path,
+        env={**FAST, "PSC_SHARD_TIMEOUT_SECONDS": "3"},
+        register_shards=True,
+    )
+    with c:
+        yield c
+
+
+def submit(client: Client, epochs: int) -> Job:
+    train, test = digits()
+    return client.submit(
+        model=DigitsMLP,
+        train=train,
+        test=test,
+        mode="async",
+        epochs=epochs,
+        batch_size=32,
+        optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    )
+
+
+def steps_past(job: Job, steps: int) -> None:
+    wait_for(lambda: job.info().steps >= steps, 120, what=f"job {job.id} past step {steps}")
+
+
+def test_a_job_moves_from_2_to_3_to_2_shards_and_loses_nothing(cluster: LocalCluster) -> None:
+    with cluster.client() as client:
+        # Prepare
+        job = submit(client, epochs=60)
+        steps_past(job, 100)
+        cluster.add_shard()
+
+        # Execute: grow with the SDK, shrink with the CLI
+        grown = client.scale_shards(3)
+        steps_past(job, job.info().steps + 300)
+        shrunk = CliRunner().invoke(
+            app, ["scale-shards", "2", "-a", cluster.address], env={"COLUMNS": "200"}
+        )
+        info = job.wait(timeout=300)
+        events = [e.message for e in job.metrics().events if e.kind == "layout"]
+    counts = lost_updates(info, list(raw_metrics(cluster.address, job.id).shards))
+
+    # Assert
+    assert grown.shard_ids == ("shard-0", "shard-1", "shard-2")
+    (move,) = grown.jobs
+    assert move.moved, move.reason
+    assert move.shard_ids == ("shard-0", "shard-1", "shard-2") and move.layout_generation == 1
+    assert move.state_bytes > 0 and move.pause_seconds < 5
+    assert shrunk.exit_code == 0, shrunk.output
+    assert "shard-0, shard-1" in shrunk.output and job.id in shrunk.output
+    assert info.state == "completed", info.error
+    assert info.test_accuracy is not None and info.test_accuracy >= 0.95
+    assert counts == {"lost": 0, "unreported": 0}, (counts, info.steps)
+    assert len(events) == 2 and "from 2 to 3 shard(s)" in events[0], events
+    assert "from 3 to 2 shard(s)" in events[1], events
+
+
+def test_a_shard_dead_before_it_adopts_leaves_the_job_where_it_was(
+    cluster: LocalCluster,
+) -> None:
+    with cluster.client() as client:
+        # Prepare: the new shard registers, then dies (still listed live for a few seconds)
+        job = submit(client, epochs=30)
+        steps_past(job, 50)
+        cluster.kill(cluster.add_shard(), signal.SIGKILL)
+
+        # Execute
+        result = client.scale_shards(3)
+        info = job.wait(timeout=300)
+    counts = lost_updates(info, list(raw_metrics(cluster.address, job.id).shards))
+
+    # Assert: it stayed on its two shards, said why, and trained on with nothing lost
+    (move,) = result.jobs
+    assert not move.moved and "shard" in move.reason, move
+    assert move.shard_ids == ("shard-0", "shard-1")
+    assert info.state == "completed", info.error
+    assert counts == {"lost": 0, "unreported": 0}, (counts, info.steps)
+
+
+def test_scaling_needs_live_shards(cluster: LocalCluster) -> None:
+    with cluster.client() as client, pytest.raises(PSClusterError) as caught:
+        client.scale_shards(3)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "only 2 registered shard(s) are live" in str(caught.value)
