@@ -19,6 +19,10 @@ class JobMove:
     quiesce_seconds: float  # until every worker was between two steps
     pause_seconds: float  # then, until its pulls went on at the new shards
     state_bytes: int
+    # Where the pause went: the old states read, cut again, and taken by the new shards.
+    export_seconds: float = 0.0
+    recut_seconds: float = 0.0
+    adopt_seconds: float = 0.0
 
     @classmethod
     def from_proto(cls, m: co_pb2.JobMove) -> JobMove:
@@ -31,6 +35,9 @@ class JobMove:
             m.quiesce_seconds,
             m.pause_seconds,
             m.state_bytes,
+            m.export_seconds,
+            m.recut_seconds,
+            m.adopt_seconds,
         )
 
 

@@ -102,7 +102,10 @@ class JobMover:
             held = time.perf_counter()
             reply.quiesce_seconds = held - began
             states = self._exported(plan)
-            reply.state_bytes = self._adopt(plan, states)
+            exported = time.perf_counter()
+            reply.export_seconds = exported - held
+            reply.state_bytes = self._adopt(plan, states, reply)
+            reply.adopt_seconds = time.perf_counter() - exported - reply.recut_seconds
         except MoveFailed as e:
             reply.reason = str(e)
             log.warning("job %s stays on its shards: %s", job.job_id, e)
@@ -149,15 +152,17 @@ class JobMover:
                 )
             time.sleep(POLL_SECONDS)
 
-    def _adopt(self, plan: MovePlan, old_states: list[State]) -> int:
+    def _adopt(self, plan: MovePlan, old_states: list[State], reply: co_pb2.JobMove) -> int:
         """Adopt the cut states (shards only in the new layout first), commit, and drop the
-        job from the shards it left; the bytes adopted."""
+        job from the shards it left; the bytes adopted (``reply`` gets the recut's time)."""
         job_id, generation = plan.job.job_id, plan.new.layout_generation
+        began = time.perf_counter()
         try:
             cut = recut_states(old_states, plan.new)
         except MoveFailed:
             self._release(plan)
             raise
+        reply.recut_seconds = time.perf_counter() - began
         states = dict(zip(plan.new_addresses, cut, strict=True))
         fresh = [a for a in plan.new_addresses if a not in set(plan.old_addresses)]
         kept = [a for a in plan.new_addresses if a in set(plan.old_addresses)]
@@ -241,3 +246,14 @@ def with_generation(state: State, generation: int) -> State:
     """The state as it is, under another layout generation."""
     tensors, meta = state
     return tensors, {**meta, "config": {**meta["config"], "layout_generation": generation}}
+
+
+def release_holds(shards: ShardClient, jobs: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Let go of the pulls of each (job, its shards' addresses) that a move left held: a
+    coordinator that stopped mid-move left them so; a shard not holding them ignores it."""
+    for job_id, addresses in jobs:
+        for address in addresses:
+            try:
+                shards.hold_job(address, job_id, ps_pb2.HOLD_ACTION_RELEASE)
+            except ShardError as e:
+                log.debug("job %s: %s kept no hold to release: %s", job_id, address, e)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 
 from pscluster.coordinator import predict_jobs
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.leases import Lease
+from pscluster.coordinator.moves import release_holds
 from pscluster.coordinator.writes import LeaseDropped, Write
 
 log = logging.getLogger(__name__)
@@ -26,9 +28,16 @@ RESTORE_GRACE_SECONDS = 10.0
 
 
 def restore(jobs: JobManager) -> None:
-    """Resume running jobs, then their leases."""
+    """Resume running jobs, then their leases; let go of pulls a move between shards that
+    this coordinator did not finish may have left held (in the background: a shard that is
+    down must not delay the start)."""
     rt = jobs.rt
-    for job in rt.store.list_jobs(st.RUNNING):
+    running = rt.store.list_jobs(st.RUNNING)
+    held = [(j.job_id, [p.address for p in j.shards]) for j in running if j.shards]
+    threading.Thread(
+        target=release_holds, args=(rt.shards, held), name="release-holds", daemon=True
+    ).start()
+    for job in running:
         final = rt.store.latest_epoch(job.job_id)
         predict = predict_jobs.is_predict(job)
         # A predict job owes no evaluation: its last partition scored, it is to be finished.

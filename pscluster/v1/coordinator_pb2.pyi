@@ -2199,6 +2199,9 @@ class JobMove(_message.Message):
     QUIESCE_SECONDS_FIELD_NUMBER: _builtins.int
     PAUSE_SECONDS_FIELD_NUMBER: _builtins.int
     STATE_BYTES_FIELD_NUMBER: _builtins.int
+    EXPORT_SECONDS_FIELD_NUMBER: _builtins.int
+    RECUT_SECONDS_FIELD_NUMBER: _builtins.int
+    ADOPT_SECONDS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     moved: _builtins.bool
     """false: it stayed where it was (reason says why)"""
@@ -2210,6 +2213,12 @@ class JobMove(_message.Message):
     """from then until its pulls were answered (no step ran)"""
     state_bytes: _builtins.int
     """state exported and adopted"""
+    export_seconds: _builtins.float
+    """Where the pause went: reading the old shards' states, cutting them, and the new shards
+    taking theirs (durably), the store's commit and the old shards' drop included.
+    """
+    recut_seconds: _builtins.float
+    adopt_seconds: _builtins.float
     @_builtins.property
     def shard_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """where its ranges are now, in plan order"""
@@ -2225,10 +2234,13 @@ class JobMove(_message.Message):
         quiesce_seconds: _builtins.float = ...,
         pause_seconds: _builtins.float = ...,
         state_bytes: _builtins.int = ...,
+        export_seconds: _builtins.float = ...,
+        recut_seconds: _builtins.float = ...,
+        adopt_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "layout_generation", b"layout_generation", "moved", b"moved", "pause_seconds", b"pause_seconds", "quiesce_seconds", b"quiesce_seconds", "reason", b"reason", "shard_ids", b"shard_ids", "state_bytes", b"state_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adopt_seconds", b"adopt_seconds", "export_seconds", b"export_seconds", "job_id", b"job_id", "layout_generation", b"layout_generation", "moved", b"moved", "pause_seconds", b"pause_seconds", "quiesce_seconds", b"quiesce_seconds", "reason", b"reason", "recut_seconds", b"recut_seconds", "shard_ids", b"shard_ids", "state_bytes", b"state_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

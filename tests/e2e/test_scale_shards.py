@@ -1,8 +1,9 @@
 """Shards added and removed while a job trains: a cluster of registering shards goes from 2 to
 3 and back to 2 under a running job (``client.scale_shards`` and ``pscluster scale-shards``),
 which keeps every acknowledged update (async: each shard's version equals the steps the
-workers reported, so none is lost or applied twice) and reaches its target. A shard that dies
-before it adopts its part leaves the job where it was, training on."""
+workers reported, so none is lost or applied twice) and reaches its target; one worker in sync
+moved twice mid-job ends bit for bit where one process does. A shard that dies before it
+adopts its part leaves the job where it was, training on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from pscluster.client.cli import app
@@ -20,8 +22,10 @@ from pscluster.client.job import Job
 from pscluster.client.local import LocalCluster
 from pscluster.client.sdk import Client
 from tests.e2e.conftest import FAST
-from tests.e2e.data import digits
+from tests.e2e.data import digits, digits_images
 from tests.e2e.models import DigitsMLP
+from tests.e2e.reference import train_one_process
+from tests.e2e.user_models import DigitsCNN
 from tests.faults.harness import lost_updates, raw_metrics
 from tests.support import wait_for
 
@@ -117,3 +121,49 @@ def test_scaling_needs_live_shards(cluster: LocalCluster) -> None:
         client.scale_shards(3)
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "only 2 registered shard(s) are live" in str(caught.value)
+
+
+def test_sync_one_worker_moved_twice_is_bit_exact_to_one_process(tmp_path: Path) -> None:
+    # Prepare: BatchNorm statistics and Adam's moments and step count live on the shards, so
+    # anything a move dropped or cut wrong (an offset, a moment, the step) shows in the bits.
+    seed, epochs, batch, partitions = 7, 4, 32, 3
+    train, test = digits_images()
+    local = train_one_process(
+        DigitsCNN,
+        train,
+        epochs=epochs,
+        batch_size=batch,
+        partitions=partitions,
+        seed=seed,
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+    )
+    cluster = LocalCluster(shards=2, workers=1, state_dir=tmp_path, env=FAST, register_shards=True)
+    with cluster, cluster.client() as client:
+        cluster.add_shard()
+        job = client.submit(
+            model=DigitsCNN,
+            train=train,
+            test=test,
+            mode="sync",
+            optimizer={"name": "adam", "lr": 1e-3},
+            epochs=epochs,
+            batch_size=batch,
+            partitions=partitions,
+            seed=seed,
+            shards=2,
+        )
+
+        # Execute: 2 -> 3 shards, then 3 -> 2, mid-job
+        steps_past(job, 20)
+        moves = [client.scale_shards(3), client.scale_shards(2)]
+        info = job.wait(timeout=300)
+        remote = job.fetch_model()
+
+    # Assert
+    assert [m.jobs[0].moved for m in moves] == [True, True], moves
+    assert info.state == "completed", info.error
+    assert info.steps > 20 + 10, "the job must still have been training after the moves"
+    expected = local.state_dict()
+    assert remote.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(remote[name], value), name

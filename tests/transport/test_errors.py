@@ -21,9 +21,16 @@ def test_domain_errors_do_not_import_grpc() -> None:
 
 
 def test_every_domain_error_has_a_status() -> None:
-    domain = [getattr(errors, name) for name in errors.__all__ if name != "PSError"]
-    assert set(domain) == set(STATUS)
+    # Every error the table names is exported, and every exported one has a status: its own,
+    # or its base's (LayoutMoved is a FailedPrecondition that says more in its message).
+    exported = [getattr(errors, name) for name in errors.__all__]
+    kinds = [e for e in exported if isinstance(e, type) and e is not errors.PSError]
+    assert set(STATUS) <= set(kinds)
+    assert set(kinds) - set(STATUS) == {errors.LayoutMoved}
     assert status_of(errors.InvalidArgument("x")) == grpc.StatusCode.INVALID_ARGUMENT
+    moved = errors.LayoutMoved("j-1", 2, "moved to layout generation 2")
+    assert status_of(moved) == grpc.StatusCode.FAILED_PRECONDITION
+    assert str(moved).startswith(errors.LAYOUT_MOVED)
 
 
 def test_a_subclass_maps_as_its_base() -> None:
