@@ -35,7 +35,7 @@ from bench.compression import upsampled  # noqa: E402
 from bench.compression_model import WideNet  # noqa: E402
 from pscluster.client.job import Job  # noqa: E402
 from pscluster.client.local import LocalCluster  # noqa: E402
-from pscluster.client.scaling import JobMove  # noqa: E402
+from pscluster.client.scaling import JobMove, ShardScaling  # noqa: E402
 from pscluster.client.sdk import Client  # noqa: E402
 from pscluster.client.spec_file import load_job_file  # noqa: E402
 from pscluster.config import Settings  # noqa: E402
@@ -81,9 +81,16 @@ def wait_steps(job: Job, steps: int, timeout: float = 900) -> int:
     return now
 
 
+def only_move(result: ShardScaling, job: Job) -> JobMove:
+    if len(result.jobs) != 1:
+        info = job.info()
+        raise RuntimeError(f"expected one move, got {result}; the job: {info.state} {info.error}")
+    if not result.jobs[0].moved:
+        raise RuntimeError(f"the job did not move: {result.jobs[0].reason}")
+    return result.jobs[0]
+
+
 def row(label: str, move: JobMove, pull: float) -> dict[str, Any]:
-    if not move.moved:
-        raise RuntimeError(f"{label}: the job did not move: {move.reason}")
     return {
         "move": label,
         "quiesce_s": round(move.quiesce_seconds, 3),
@@ -107,10 +114,10 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         params = job.info().num_params
         before = pull_seconds(cluster.address, job.id)
         cluster.add_shard()
-        grown = client.scale_shards(3, timeout=600).jobs[0]
+        grown = only_move(client.scale_shards(3, timeout=600), job)
         at = wait_steps(job, at + args.warmup)
         on_three = pull_seconds(cluster.address, job.id)
-        shrunk = client.scale_shards(2, timeout=600).jobs[0]
+        shrunk = only_move(client.scale_shards(2, timeout=600), job)
         wait_steps(job, at + args.warmup)
         job.cancel()
     return {
@@ -153,8 +160,14 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=4544)
     parser.add_argument("--warmup", type=int, default=30)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        result = run(args, Path(folder))
+    with tempfile.TemporaryDirectory(prefix="scale_shards-") as folder:
+        try:
+            result = run(args, Path(folder))
+        except BaseException:
+            logs = Path(folder) / "logs"
+            for log in sorted(logs.glob("*.log")):
+                print(f"--- {log.name}", *log.read_text().splitlines()[-15:], sep="\n")
+            raise
     result["machine"] = machine()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale_shards.json").write_text(json.dumps(result, indent=2) + "\n")

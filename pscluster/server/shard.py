@@ -201,7 +201,7 @@ class Shard:
 
     def export_job(self, job_id: str) -> bytes:
         """The held job's whole state, as a checkpoint image (FailedPrecondition unless held)."""
-        return state_to_bytes(*self.job_at(job_id).held_state())
+        return self.job_at(job_id).held_image(state_to_bytes)
 
     def adopt_job(
         self, job_id: str, generation: int, size: int, data: Iterable[bytes | memoryview]
@@ -215,7 +215,6 @@ class Shard:
         self._check_adoptable(job_id, generation)  # before gigabytes are received
         state = relayout.receive_state(size, data, self.max_state_bytes)
         job = relayout.adopted_job(job_id, generation, state)
-        del state
         self._check_config(job.config)
         with self._lock:
             old = self._check_adoptable_locked(job_id, generation)
@@ -224,7 +223,11 @@ class Shard:
             if old is not None:  # its files go first: the new job's folder is the same one
                 old.move(generation)
             if self._durability is not None:  # durable before anyone can push to it
-                job.attach(Journal.create(job_id, job.state_dict(copy=False), self._durability))
+                # Its first checkpoint is the state as it came: checked, not serialised again.
+                journal = Journal.create(
+                    job_id, job.state_dict(copy=False), self._durability, image=state
+                )
+                job.attach(journal)
             with self._lock:
                 self._jobs[job_id] = job
                 self._moved.forget(job_id)

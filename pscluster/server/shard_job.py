@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from pscluster.server.durability.journal import Journal
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
 
 
 class ShardJob:
@@ -360,12 +363,13 @@ class ShardJob:
         with self._cond:
             return self._state.state_dict(copy=copy)
 
-    def held_state(self) -> StateDict:
-        """ExportJob's state: only while held, when no member is in the middle of a step."""
+    def held_image(self, encode: Callable[[dict[str, torch.Tensor], dict[str, Any]], T]) -> T:
+        """ExportJob's state, only while held (no member in the middle of a step), passed
+        through ``encode`` under the lock: the tensors are lent, not copied first."""
         with self._cond:
             self._check_alive()
             self.gate.check_held()
-            return self._state.state_dict()
+            return encode(*self._state.state_dict(copy=False))
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         with self._cond:

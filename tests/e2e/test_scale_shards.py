@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -167,3 +168,38 @@ def test_sync_one_worker_moved_twice_is_bit_exact_to_one_process(tmp_path: Path)
     assert remote.keys() == expected.keys()
     for name, value in expected.items():
         assert torch.equal(remote[name], value), name
+
+
+def test_an_old_shard_killed_mid_move_rolls_it_back_and_a_later_move_completes(
+    cluster: LocalCluster,
+) -> None:
+    with cluster.client() as client:
+        # Prepare: a slow third worker keeps the move waiting for the end of its step
+        cluster.add_worker(wait=True, env={"PSC_SLOWDOWN": "400"})
+        job = submit(client, epochs=40)
+        steps_past(job, 50)
+        cluster.add_shard()
+        old = cluster.shard_handles[1]
+
+        # Execute: kill an old shard while the move waits, restart it from its log
+        moving = ThreadPoolExecutor(1).submit(client.scale_shards, 3)
+        wait_for(lambda: "scale" in _log_tail(cluster), 30, what="the move to start")
+        cluster.kill(old, signal.SIGKILL)
+        rolled_back = moving.result(timeout=120)
+        cluster.restart(old)
+        steps_past(job, job.info().steps + 50)
+        completed = client.scale_shards(3)
+        info = job.wait(timeout=300)
+    counts = lost_updates(info, list(raw_metrics(cluster.address, job.id).shards))
+
+    # Assert: the first move rolled back naming the dead shard, the second one moved
+    (first,) = rolled_back.jobs
+    assert not first.moved and old.address in first.reason, first
+    (second,) = completed.jobs
+    assert second.moved, second.reason
+    assert info.state == "completed", info.error
+    assert counts == {"lost": 0, "unreported": 0}, (counts, info.steps)
+
+
+def _log_tail(cluster: LocalCluster) -> str:
+    return (cluster.state_dir / "logs" / "coordinator.log").read_text()[-2000:]

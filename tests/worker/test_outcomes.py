@@ -91,3 +91,27 @@ def test_late_is_final_for_its_shard_and_the_window_is_dropped() -> None:
 
     assert push.done and not push.taken_everywhere and push.reason == "late"
     assert min_versions == [4, 0]
+
+
+def test_a_move_between_shards_cuts_the_residual_again_and_keeps_every_value() -> None:
+    # Prepare: a residual left on both ranges by a top-k push both shards took
+    encoder = _topk()
+    encoded = encoder.encode(torch.arange(1.0, 21.0), epoch=0)
+    for i in (0, 1):
+        encoder.commit(i, encoded[i])
+    before = torch.cat([encoder.state(0)["residual"], encoder.state(1)["residual"]])
+
+    # Execute: the job moves from two ranges of 10 to three of 7, 7 and 6
+    encoder.recut([(0, 7), (7, 7), (14, 6)])
+
+    # Assert: the same values, cut at the new offsets
+    after = [encoder.state(i)["residual"] for i in range(3)]
+    assert [len(r) for r in after] == [7, 7, 6]
+    assert torch.equal(torch.cat(after), before) and bool(before.any())
+
+
+def test_a_push_cut_by_a_move_is_dropped_for_the_shards_left_and_says_why() -> None:
+    push = PushRound.to(3)
+    push.pending.discard(0)  # shard 0 took it before the move
+    push.drop("layout")
+    assert push.done and not push.taken_everywhere and push.reason == "layout"

@@ -74,6 +74,19 @@ def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[st
     fsync_dir(path.parent)
 
 
+def write_checkpoint_image(path: Path, image: bytes) -> None:
+    """Write a checkpoint already serialised (:func:`state_to_bytes`, e.g. the state an
+    AdoptJob brought, checked by :func:`state_from_bytes`) to ``path`` atomically and
+    durably, without serialising it a second time."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(image)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def state_to_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
     """A job's state (:meth:`ShardJob.state_dict`) as the bytes of a checkpoint file."""
     tensors = {name: _plain(t) for name, t in tensors.items()}

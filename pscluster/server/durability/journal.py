@@ -39,6 +39,7 @@ from pscluster.server.durability.checkpoint import (
     checkpoint_path,
     checkpoints,
     write_checkpoint,
+    write_checkpoint_image,
 )
 from pscluster.server.durability.wal import (
     FsyncMode,
@@ -126,17 +127,23 @@ class Journal:
         self._deltas = 0  # delta checkpoints since the last full one
 
     @classmethod
-    def create(cls, job_id: str, state: State, config: DurabilityConfig) -> Journal:
+    def create(
+        cls, job_id: str, state: State, config: DurabilityConfig, image: bytes | None = None
+    ) -> Journal:
         """A new job's folder with its first checkpoint (``state``: the config and initial
         values), written before InitJob replies. A leftover folder of the same id is
-        replaced."""
+        replaced. ``image``: ``state`` already serialised as a checkpoint (an adopted job's),
+        written as it is."""
         folder = config.job_folder(job_id)
         if folder.exists():
             log.warning("job %s: replacing the leftover folder %s", job_id, folder)
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         tensors, meta = state
-        write_checkpoint(checkpoint_path(folder, 0), tensors, meta)
+        if image is not None:
+            write_checkpoint_image(checkpoint_path(folder, 0), image)
+        else:
+            write_checkpoint(checkpoint_path(folder, 0), tensors, meta)
         journal = cls(folder, config, segment=0, checkpoint_version=int(meta["version"]), base=0)
         journal._size = sum(t.numel() * t.element_size() for t in tensors.values())
         return journal
