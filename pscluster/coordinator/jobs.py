@@ -86,6 +86,8 @@ class JobManager:
             partitions=job.spec.partitions,
             num_params=job.layout.size,
             shards=slices,
+            # From 1: a worker's requests carry its plan's generation, and 0 means unchecked.
+            layout_generation=1,
             created_unix=rt.wall(),
             status_message="pending: initialising shards",
         )

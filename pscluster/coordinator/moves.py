@@ -195,17 +195,21 @@ class JobMover:
         for address, state in zip(plan.old_addresses, states, strict=True):
             try:
                 self._shards.adopt_job(address, back.job_id, back.layout_generation, state)
-            except ShardError as e:
+            except ShardError as e:  # not replaced, or down: its own copy is the old state
                 log.error("job %s: %s did not take its state back: %s", back.job_id, address, e)
+                self._release_one(address, back.job_id)
         self._commit(back)
         self._drop(fresh, back.job_id, back.layout_generation)
 
     def _release(self, plan: MovePlan) -> None:
         for address in plan.old_addresses:
-            try:
-                self._shards.hold_job(address, plan.job.job_id, ps_pb2.HOLD_ACTION_RELEASE)
-            except ShardError as e:
-                log.warning("job %s: %s did not release its pulls: %s", plan.job.job_id, address, e)
+            self._release_one(address, plan.job.job_id)
+
+    def _release_one(self, address: str, job_id: str) -> None:
+        try:
+            self._shards.hold_job(address, job_id, ps_pb2.HOLD_ACTION_RELEASE)
+        except ShardError as e:  # a shard that restarts holds nothing
+            log.warning("job %s: %s did not release its pulls: %s", job_id, address, e)
 
     def _drop(self, addresses: Sequence[str], job_id: str, generation: int) -> None:
         """The job left these shards (MOVED): their copies are stale and hold nothing a

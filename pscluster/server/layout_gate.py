@@ -3,7 +3,9 @@
 The coordinator moves a running job's ranges between shards only while the job is between two
 steps everywhere: it *holds* the job on every old shard, so that each member's next pull waits
 here (pushes still land: a member finishing its step must be able to push, or it never comes
-to pull), and polls until every member waits. Then the state is exported, recut and adopted
+to pull), and polls until no member is in the middle of a step: each waits in a pull, or has
+pushed since its last pull (a member between two leases does not come back without pulling,
+and that pull waits here). Then the state is exported, recut and adopted
 elsewhere; the old shards are told the job *moved* (their waiting pulls, and every later
 request, answer "layout moved": the worker fetches the plan again), or *released* (the move
 rolled back: the pulls go on as if nothing happened).
@@ -39,7 +41,7 @@ class HoldStatus:
     """What HoldJob answers: whether the job is between two steps here yet."""
 
     members: list[str]
-    waiting: list[str]  # members whose pull is held here now
+    waiting: list[str]  # members between two steps here: held in a pull, or pushed since
     version: int
     layout_generation: int
 
@@ -54,12 +56,18 @@ class LayoutGate:
         self.held = False
         self.moved_to: int | None = None  # set once the job left this shard
         self._waiting: Counter[str] = Counter()  # member -> its pulls held here now
+        # Members in the middle of a step: their pull was granted, their push not decided.
+        self._in_step: set[str] = set()
 
     def check(self, requested: int) -> None:
-        """A request that names the layout generation of its plan (0: not checked)."""
+        """A request that names the layout generation of its plan (0: not checked). One of an
+        older generation is fenced off: its plan sends it to ranges that moved. One of a
+        newer generation goes on: the coordinator names a shard in a newer plan only with the
+        range it holds (a move rolled back while this shard was down keeps it where it was,
+        under the next generation)."""
         with self._cond:
             self.check_open()
-            if requested and requested != self.generation:
+            if requested and requested < self.generation:
                 raise LayoutMoved(
                     self.job_id,
                     self.generation,
@@ -95,10 +103,20 @@ class LayoutGate:
             self.held = False
             self._cond.notify_all()
 
+    def began_step(self, worker_id: str) -> None:
+        """A member's pull was granted (call under the job's lock)."""
+        self._in_step.add(worker_id)
+
+    def ended_step(self, worker_id: str) -> None:
+        """A member's push was decided, whatever the outcome (call under the job's lock)."""
+        self._in_step.discard(worker_id)
+
     def status(self, members: list[str], version: int) -> HoldStatus:
+        """Who of ``members`` is between two steps here: waiting in a held pull, or not in
+        a step at all (idle between leases, or pushed and not pulled since)."""
         with self._cond:
-            waiting = sorted(self._waiting)
-        return HoldStatus(members, waiting, version, self.generation)
+            between = [m for m in members if m in self._waiting or m not in self._in_step]
+        return HoldStatus(members, sorted(between), version, self.generation)
 
     @contextmanager
     def pull(self, worker_id: str) -> Iterator[PullAtGate]:

@@ -8,8 +8,10 @@ states cut for this shard and lets jobs move away (see :mod:`pscluster.server.la
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -219,19 +221,23 @@ class Shard:
         with self._lock:
             old = self._check_adoptable_locked(job_id, generation)
             self._starting.add(job_id)
+        staged: Path | None = None
         try:
+            if self._durability is not None:  # durable before anything here is replaced
+                staged = Journal.stage(job_id, state, self._durability)
+            del state
             if old is not None:  # its files go first: the new job's folder is the same one
                 old.move(generation)
-            if self._durability is not None:  # durable before anyone can push to it
-                # Its first checkpoint is the state as it came: checked, not serialised again.
-                journal = Journal.create(
-                    job_id, job.state_dict(copy=False), self._durability, image=state
-                )
-                job.attach(journal)
+            if self._durability is not None and staged is not None:
+                state_dict = job.state_dict(copy=False)
+                job.attach(Journal.from_staged(job_id, state_dict, self._durability, staged))
+                staged = None
             with self._lock:
                 self._jobs[job_id] = job
                 self._moved.forget(job_id)
         finally:
+            if staged is not None:  # never taken: it must not come back as the job
+                shutil.rmtree(staged, ignore_errors=True)
             with self._lock:
                 self._starting.discard(job_id)
         log.info(

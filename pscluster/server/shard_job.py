@@ -146,6 +146,7 @@ class ShardJob:
                 # Logged before the policy sees it: the policy may scale the gradient in place.
                 ticket = self._journal.log_push(header, received.payload, logged)
             result = state.decide(header, received.grad, received.buffer_delta, received.rows)
+            self.gate.ended_step(header.worker_id)
             return result, ticket
 
     # --- pulls ---
@@ -175,6 +176,7 @@ class ShardJob:
                 if self._journal is not None and worker_id in state.clocks.excluded:
                     ticket = self._journal.log_read(worker_id)  # its clock may move
                 state.read_current(worker_id)
+                self.gate.began_step(worker_id)
             lease = state.snapshots.take(state.opt.values, state.version, dtype)
             state.counters.pulled(lease.nbytes)
             snapshot = PullSnapshot(

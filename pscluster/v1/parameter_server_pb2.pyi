@@ -134,8 +134,10 @@ class ShardJobConfig(_message.Message):
     initial_buffers: _builtins.bytes
     """float64 little-endian, buffer_length values"""
     layout_generation: _builtins.int
-    """Increases with every move of the job's ranges between shards (ScaleShards); requests that
-    name another nonzero generation answer FAILED_PRECONDITION "layout moved".
+    """Increases with every move of the job's ranges between shards (ScaleShards; a job starts
+    at 1); requests that name an older nonzero generation answer FAILED_PRECONDITION "layout
+    moved" (their plan sends them to ranges that moved). A newer one is served: the
+    coordinator names a shard in a newer plan only with the range it holds.
     """
     @_builtins.property
     def optimizer(self) -> _common_pb2.OptimizerConfig: ...
@@ -901,7 +903,9 @@ class HoldJobReply(_message.Message):
 
     @_builtins.property
     def waiting(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """those whose pull is held here now"""
+        """Those between two steps here: held in a pull, or not in a step (no pull granted since
+        their last push was decided); the job is between steps once every member is.
+        """
 
     def __init__(
         self,

@@ -163,8 +163,9 @@ class ParameterServerServicer:
     def HoldJob(self, request, context):
         """--- live re-layout (the coordinator's ScaleShards), per job ---
         HOLD: every member's next pull waits here (pushes still land); the reply names the
-        members waiting, and the coordinator polls until every member waits on every shard (the
-        job is between two steps everywhere). RELEASE lets the pulls go (the move rolled back).
+        members between two steps, and the coordinator polls until every member is, on every
+        shard (the job is between two steps everywhere). RELEASE lets the pulls go (the move
+        rolled back).
         MOVED: the job left this shard for `layout_generation`; it is dropped, and its held pulls
         and any later request for it answer FAILED_PRECONDITION starting "layout moved" (the
         worker fetches the job's plan again). NOT_FOUND if the job is not here.

@@ -110,8 +110,9 @@ def test_hold_waits_members_pulls_lets_pushes_and_observers_through_and_release_
 def test_a_held_pull_still_obeys_its_deadline_naming_the_move(
     shards: ShardClient, first: str
 ) -> None:
-    # Prepare
+    # Prepare: w1 is in the middle of a step (its pull granted, no push since)
     job = make_job(shards, first, "j", _values(1))
+    job.pull("w1", None, 5.0)
     shards.hold_job(first, "j", HOLD)
 
     # Execute
@@ -239,7 +240,7 @@ def test_moved_is_idempotent_and_the_id_can_come_back(shards: ShardClient, first
     assert torch.equal(again.pull("w1", None, 5.0).values, _values(2))
 
 
-def test_a_request_of_another_generation_answers_layout_moved(
+def test_a_request_of_an_older_generation_answers_layout_moved(
     shards: ShardClient, first: str
 ) -> None:
     # Prepare: a job at generation 3
@@ -247,9 +248,12 @@ def test_a_request_of_another_generation_answers_layout_moved(
     current = make_job(shards, first, "j", initial, layout_generation=3)
     base = current.pull("w1", None, 5.0)
 
-    # Execute / Assert: 3 and 0 (not checked) read; 2 and 4 do not
-    assert view(shards, first, "j", N).pull("w1", None, 5.0).versions == [0]
-    for stale in (2, 4):
+    # Execute / Assert: 3, 0 (not checked) and 4 (a plan that kept this shard's range, moved
+    # back while it was down) read; 1 and 2 (plans of ranges since moved) do not
+    for fine in (0, 4):
+        reader = view(shards, first, "j", N, layout_generation=fine)
+        assert reader.pull("w1", None, 5.0).versions == [0]
+    for stale in (1, 2):
         job = view(shards, first, "j", N, layout_generation=stale)
         with pytest.raises(LayoutMovedError) as pulled:
             job.pull("w1", None, 5.0)
@@ -357,3 +361,18 @@ def test_moved_jobs_are_remembered_up_to_a_bound() -> None:
     assert (moved.get("a"), moved.get("b"), moved.get("c")) == (None, 2, 3)
     with pytest.raises(LayoutMoved, match="moved to layout generation 3"):
         moved.check("c")
+
+
+def test_a_member_is_between_two_steps_once_its_push_is_decided_or_before_any_pull(
+    shards: ShardClient, first: str
+) -> None:
+    # Prepare
+    job = make_job(shards, first, "j", _values(1))
+
+    # Execute / Assert: idle (no pull yet), in a step (pulled), between steps again (pushed)
+    assert list(shards.hold_job(first, "j", HOLD).waiting) == ["w1"]
+    shards.hold_job(first, "j", RELEASE)
+    base = job.pull("w1", None, 5.0)
+    assert list(shards.hold_job(first, "j", HOLD).waiting) == []
+    assert push(job, "w1", 1, _values(2), base) == 1
+    assert list(shards.hold_job(first, "j", HOLD).waiting) == ["w1"]

@@ -24,7 +24,7 @@ from pscluster.server.durability.checkpoint import (
     read_checkpoint,
 )
 from pscluster.server.durability.image import restore
-from pscluster.server.durability.journal import DurabilityConfig, Journal
+from pscluster.server.durability.journal import DurabilityConfig, Journal, settle_staged
 from pscluster.server.durability.wal import (
     CorruptSegment,
     Record,
@@ -55,6 +55,7 @@ def recover_all(config: DurabilityConfig) -> list[Recovered]:
     if not config.data_dir.exists():
         config.data_dir.mkdir(parents=True)
         return []
+    settle_staged(config.data_dir)
     found = []
     for folder in sorted(p for p in config.data_dir.iterdir() if p.is_dir()):
         recovered = recover_job(folder, config)
