@@ -8,6 +8,7 @@ retried a few times, the shards that took it already ignoring the repeat.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from functools import partial
 
@@ -49,3 +50,35 @@ def send_consistency(shards: ShardClient, store: JobStore, action: SwitchConsist
             raise failed[0]
         log.warning("job %s: consistency not switched yet: %s", action.job_id, failed[0])
         time.sleep(RETRY_SECONDS)
+
+
+class ConsistencySender:
+    """:func:`send_consistency`, remembering each job's last switch, so that a job moved to
+    other shards (pscluster.coordinator.moves) can send it there again: a switch sent to the
+    old shards after their state was exported would otherwise not reach the new ones. Sending
+    it again is harmless where it arrived (the revision is not newer)."""
+
+    def __init__(self, shards: ShardClient, store: JobStore) -> None:
+        self._shards = shards
+        self._store = store
+        self._last: dict[str, SwitchConsistency] = {}
+        self._lock = threading.Lock()
+
+    def send(self, action: SwitchConsistency) -> None:
+        with self._lock:
+            last = self._last.get(action.job_id)
+            if last is None or last.revision < action.revision:
+                self._last[action.job_id] = action
+        send_consistency(self._shards, self._store, action)
+
+    def resend(self, job_id: str) -> None:
+        """The job's last switch, to its shards as the store has them now (nothing if it
+        never switched); a shard that does not take it is logged, not raised."""
+        with self._lock:
+            last = self._last.get(job_id)
+        if last is None:
+            return
+        try:
+            send_consistency(self._shards, self._store, last)
+        except ShardError as e:
+            log.warning("job %s: its consistency did not reach a new shard: %s", job_id, e)

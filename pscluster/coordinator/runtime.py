@@ -11,11 +11,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 from pscluster.config import Settings
 from pscluster.coordinator.blobs import BlobStore
-from pscluster.coordinator.consistency_switch import send_consistency
+from pscluster.coordinator.consistency_switch import ConsistencySender
 from pscluster.coordinator.core.scheduler import Activity, Scheduler
 from pscluster.coordinator.executor import Executor
 from pscluster.coordinator.leases import LeaseBook
@@ -46,9 +45,12 @@ class Runtime:
     tasks_changed: threading.Condition = field(init=False)
     # Where new jobs go: the static shard list, or the shards that registered (own lock).
     directory: ShardDirectory = field(init=False)
+    consistency: ConsistencySender = field(init=False)
 
     def __post_init__(self) -> None:
         self.tasks_changed = threading.Condition(self.lock)
+        # Mode "auto"'s switches, sent to each job's shards (and again after a move).
+        self.consistency = ConsistencySender(self.shards, self.store)
         self.directory = ShardDirectory(
             self.settings, self.store, lambda: self.mono(), lambda: self.wall()
         )
@@ -78,7 +80,7 @@ class Runtime:
             self.roster,
             finish,
             fail,
-            switch=partial(send_consistency, self.shards, self.store),
+            switch=self.consistency.send,
         )
 
     def roster(self, job_id: str) -> Roster | None:

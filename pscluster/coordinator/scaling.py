@@ -70,6 +70,7 @@ class ShardScaler:
             addresses = [p.address for p in stored.shards]
             rt.executor.members.add_job(job.job_id, addresses, stored.generation)
         rt.executor.members.request(job.job_id)
+        rt.consistency.resend(job.job_id)  # a switch the exported state may have missed
 
     def _record(self, job: st.JobRecord, move: co_pb2.JobMove) -> None:
         before = len(job.shards)

@@ -27,6 +27,7 @@ from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig
 from pscluster.server.durability.checkpoint import state_to_bytes
 from pscluster.server.durability.journal import DurabilityConfig, Journal
+from pscluster.server.durability.staging import stage
 from pscluster.server.job_buffers import check_buffer_spec, initial_buffers
 from pscluster.server.layout_gate import HoldAction, HoldStatus
 from pscluster.server.shard_job import ShardJob
@@ -224,7 +225,7 @@ class Shard:
         staged: Path | None = None
         try:
             if self._durability is not None:  # durable before anything here is replaced
-                staged = Journal.stage(job_id, state, self._durability)
+                staged = stage(self._durability.job_folder(job_id), state)
             del state
             if old is not None:  # its files go first: the new job's folder is the same one
                 old.move(generation)

@@ -128,7 +128,7 @@ def test_scaling_needs_live_shards(cluster: LocalCluster) -> None:
 def test_sync_one_worker_moved_twice_is_bit_exact_to_one_process(tmp_path: Path) -> None:
     # Prepare: BatchNorm statistics and Adam's moments and step count live on the shards, so
     # anything a move dropped or cut wrong (an offset, a moment, the step) shows in the bits.
-    seed, epochs, batch, partitions = 7, 4, 32, 3
+    seed, epochs, batch, partitions = 7, 8, 32, 3
     train, test = digits_images()
     local = train_one_process(
         DigitsCNN,

@@ -1,12 +1,12 @@
 """An adoption's first checkpoint is staged beside the job's folder and takes its place only
 once durable: a crash at any point leaves one whole copy, never none (what recovery does with
-what it finds: pscluster.server.durability.journal.settle_staged)."""
+what it finds: pscluster.server.durability.staging.settle_staged)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pscluster.server.durability.journal import settle_staged, staged_folder
+from pscluster.server.durability.staging import settle_staged, staged_folder
 
 
 def _folder(root: Path, name: str, content: str) -> Path:

@@ -39,7 +39,6 @@ from pscluster.server.durability.checkpoint import (
     checkpoint_path,
     checkpoints,
     write_checkpoint,
-    write_checkpoint_image,
 )
 from pscluster.server.durability.wal import (
     FsyncMode,
@@ -142,19 +141,6 @@ class Journal:
         journal = cls(folder, config, segment=0, checkpoint_version=int(meta["version"]), base=0)
         journal._size = sum(t.numel() * t.element_size() for t in tensors.values())
         return journal
-
-    @staticmethod
-    def stage(job_id: str, image: bytes, config: DurabilityConfig) -> Path:
-        """An adopted job's first checkpoint (``image``: its state as AdoptJob brought it),
-        written durably beside the job's folder, not in it: a job of that id already here
-        keeps its files until :meth:`from_staged` takes the staged folder's place, so a
-        crash in between leaves one whole copy or the other (see :func:`settle_staged`)."""
-        staged = staged_folder(config.job_folder(job_id))
-        if staged.exists():
-            shutil.rmtree(staged)
-        staged.mkdir(parents=True)
-        write_checkpoint_image(checkpoint_path(staged, 0), image)
-        return staged
 
     @classmethod
     def from_staged(
@@ -346,25 +332,3 @@ class Journal:
         with self._checkpointing:  # not while a checkpoint is being written into it
             self.close()
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-STAGED_SUFFIX = ".staged"  # never in a job's folder name: job_folder quotes every "."
-
-
-def staged_folder(folder: Path) -> Path:
-    return folder.with_name(folder.name + STAGED_SUFFIX)
-
-
-def settle_staged(data_dir: Path) -> None:
-    """Recovery, first: an adoption a crash cut short. Its staged folder is dropped while the
-    job's own folder is still there (the adoption never replaced it, nor answered), and takes
-    that folder's place once it is gone (the old files were deleted only after the staged
-    checkpoint was durable)."""
-    for staged in data_dir.glob("*" + STAGED_SUFFIX):
-        folder = staged.with_name(staged.name[: -len(STAGED_SUFFIX)])
-        if folder.exists():
-            shutil.rmtree(staged)
-        else:
-            staged.replace(folder)
-            log.warning("recovered %s: an adoption's checkpoint the crash left staged", folder)
-    fsync_dir(data_dir)

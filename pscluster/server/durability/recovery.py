@@ -24,7 +24,8 @@ from pscluster.server.durability.checkpoint import (
     read_checkpoint,
 )
 from pscluster.server.durability.image import restore
-from pscluster.server.durability.journal import DurabilityConfig, Journal, settle_staged
+from pscluster.server.durability.journal import DurabilityConfig, Journal
+from pscluster.server.durability.staging import settle_staged
 from pscluster.server.durability.wal import (
     CorruptSegment,
     Record,
