@@ -3,8 +3,10 @@
 The steps, each over every shard of the job at once:
 
 1. **Hold.** The old shards hold every member's next pull (pushes still land); the mover polls
-   until every member waits on every shard. The job is then between two steps everywhere: no
-   push is in flight, a sync step is closed, every worker has what it pushed acknowledged.
+   until no member is in the middle of a step on any shard (each waits in a pull, or has had
+   its push decided since its last pull). The job is then between two steps everywhere: no
+   push is in flight and every worker has what it pushed acknowledged (a sync step may still
+   be open, waiting for a member's next push: it moves too, cut like the rest).
 2. **Export.** Each old shard's whole state for the job (its checkpoint image).
 3. **Cut again** (:func:`~pscluster.coordinator.recut.recut`) over the new ranges, and
    **adopt** on the new shards under the next layout generation, durably. Shards only in the
@@ -129,7 +131,8 @@ class JobMover:
             raise
 
     def _hold(self, plan: MovePlan) -> None:
-        """Hold the job's pulls on its shards until every member waits on every one."""
+        """Hold the job's pulls on its shards until every member is between two steps on
+        every one."""
         job_id, addresses = plan.job.job_id, plan.old_addresses
         deadline = time.monotonic() + self._quiesce_seconds
         hold = ps_pb2.HOLD_ACTION_HOLD
@@ -188,8 +191,9 @@ class JobMover:
     def _move_back(self, plan: MovePlan, old_states: list[State], fresh: list[str]) -> None:
         """A shard in both layouts may have been replaced already: put every old state back
         on its old shard under a still newer generation and point the job there. A shard
-        that is down gets it when the job next moves; it recovers its own old copy meanwhile,
-        which the generation fences off."""
+        that does not take it was not replaced (or is down, and recovers its own copy): it
+        holds the old state of its old range, which it serves to the newer plan (a shard
+        fences off only older generations), with its pulls let go."""
         back = replace(plan.job, layout_generation=plan.new.layout_generation + 1)
         states = [state_to_bytes(*with_generation(s, back.layout_generation)) for s in old_states]
         for address, state in zip(plan.old_addresses, states, strict=True):
