@@ -66,6 +66,7 @@ bench: install
 	  --out bench/results/coordinator_scale-after.json
 	$(PY) bench/coordinator_scale.py --workers 500 --task-seconds 3 \
 	  $(if $(SCALE_BASELINE),--baseline $(SCALE_BASELINE)) --out bench/results/coordinator_scale-paced.json
+	$(PY) bench/scale_shards.py
 	$(PY) bench/cost_model.py
 
 # Locust (deploy/locust): a single-client run, then LOAD_USERS users for LOAD_TIME against
