@@ -110,6 +110,8 @@ class JobRuntime:
         gradient buckets, the codec state, the versions to wait for."""
         ranges = [(r.start, r.length) for r in self.shards.ranges]
         self.layout_generation = plan.layout_generation
+        if self.local.stream is not None:  # cut by the old ranges: its hooks go with it
+            self.local.stream.close()
         self.local.stream = self._gradient_stream(self._settings)
         self.gate = None
         # Forward beside the pull: float32 straight into the model, no buffers to load first.

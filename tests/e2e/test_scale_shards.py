@@ -139,7 +139,12 @@ def test_sync_one_worker_moved_twice_is_bit_exact_to_one_process(tmp_path: Path)
         seed=seed,
         optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
     )
-    cluster = LocalCluster(shards=2, workers=1, state_dir=tmp_path, env=FAST, register_shards=True)
+    # The worker streams its push during backward (4 KB buckets), so that the stream cut by
+    # the old ranges must give way to one cut by the new.
+    overlap = {"PSC_OVERLAP": "on", "PSC_OVERLAP_BUCKET_BYTES": "4096"}
+    cluster = LocalCluster(
+        shards=2, workers=1, state_dir=tmp_path, env={**FAST, **overlap}, register_shards=True
+    )
     with cluster, cluster.client() as client:
         cluster.add_shard()
         job = client.submit(
