@@ -154,7 +154,7 @@ class Shard:
 
     def job_at(self, job_id: str, layout_generation: int = 0) -> ShardJob:
         """The job a worker's request names, by the plan of ``layout_generation`` (0: not
-        checked): LayoutMoved if the job moved away or is at another generation here."""
+        checked): LayoutMoved if the job moved away or is at a newer generation here."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:

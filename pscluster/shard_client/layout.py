@@ -50,7 +50,7 @@ class RelayoutCalls:
     ) -> ps_pb2.HoldJobReply:
         """HOLD (poll it until every member is in ``waiting``), RELEASE, or MOVED to
         ``layout_generation``. HOLD and RELEASE check a nonzero ``layout_generation``
-        against the job's here, as a pull does (LayoutMovedError if it differs)."""
+        against the job's here, as a pull does (LayoutMovedError if it is older)."""
         request = ps_pb2.HoldJobRequest(
             job_id=job_id, action=action, layout_generation=layout_generation
         )
