@@ -183,7 +183,6 @@ class JobManager:
             job.job_id,
             job.epochs,
             job.partitions,
-            shards=len(job.shards),
             mode=spec.mode,
             stragglers=straggler_settings(spec),
             backup_workers=spec.backup_workers,

@@ -27,15 +27,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TypeVar
 
 from pscluster.coordinator import store as st
 from pscluster.coordinator.recut import State, recut
 from pscluster.coordinator.shard_directory import Slot
 from pscluster.coordinator.shard_init import layout_configs
-from pscluster.errors import FailedPrecondition
 from pscluster.model.partition import BalancedRanges
 from pscluster.server.durability.checkpoint import CheckpointError
 from pscluster.shard_client import ShardClient, ShardError
@@ -225,20 +224,18 @@ class JobMover:
                 log.warning("job %s: %s did not drop the moved job: %s", job_id, address, e)
 
     def _parallel(self, fn: Callable[[str], T], addresses: Sequence[str]) -> list[T]:
-        """``fn`` on every address at once, in order; MoveFailed naming the first failure."""
-        if not addresses:
-            return []
-        with ThreadPoolExecutor(len(addresses)) as pool:
-            futures = [pool.submit(fn, a) for a in addresses]
-        results = []
-        for address, future in zip(addresses, futures, strict=True):
-            error = future.exception()
-            if error is not None:
-                if isinstance(error, (ShardError, FailedPrecondition, CheckpointError)):
-                    raise MoveFailed(f"shard {address}: {error}") from error
-                raise error
-            results.append(future.result())
-        return results
+        """``fn`` on every address at once on the shard client's threads, in order, once all
+        have ended; MoveFailed with the first failure (a ShardError names its shard)."""
+        try:
+            results = self._shards.each([(a, partial(fn, a)) for a in addresses])
+        except CheckpointError as e:  # an exported state that does not parse
+            raise MoveFailed(f"a shard's exported state cannot be read: {e}") from e
+        done: list[T] = []
+        for result in results:
+            if isinstance(result, ShardError):
+                raise MoveFailed(str(result)) from result
+            done.append(result)
+        return done
 
 
 def recut_states(states: Sequence[State], new: st.JobRecord) -> list[bytes]:

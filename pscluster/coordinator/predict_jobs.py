@@ -77,7 +77,6 @@ def plan(job: st.JobRecord) -> JobPlan:
         job.job_id,
         epochs=1,
         partitions=job.partitions,
-        shards=0,
         mode="async",  # no shards and no steps: nothing for a consistency mode to decide
         stragglers=StragglerSettings.parse(0.0, 0.0, True, 0.0),
         epoch=job.epoch,

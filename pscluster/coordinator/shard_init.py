@@ -43,15 +43,11 @@ def shard_configs(
 ) -> list[tuple[str, ps_pb2.ShardJobConfig, torch.Tensor]]:
     """(address, config, initial values) of every shard of the job, in plan order; a shard's
     values are its parameter range followed by the given rows of the tables it holds."""
-    spec = co_pb2.JobSpec.FromString(job.spec)
     out = []
-    for index, (part, config) in enumerate(zip(job.shards, layout_configs(job), strict=True)):
+    for part, (config, rows) in zip(job.shards, _layout(job, tables or {}), strict=True):
         config.initial_buffers = wire.encode_float64(
             buffers[config.buffer_start : config.buffer_start + config.buffer_length]
         )
-        table_configs, rows = shard_tables(spec, index, len(job.shards), tables or {})
-        del config.tables[:]  # with which tables' rows follow the values (initial_given)
-        config.tables.extend(table_configs)
         values = flat[part.start : part.start + part.length]
         out.append((part.address, config, torch.cat([values, *rows]) if rows else values))
     return out
@@ -59,8 +55,16 @@ def shard_configs(
 
 def layout_configs(job: st.JobRecord) -> list[ps_pb2.ShardJobConfig]:
     """Every shard's config of the job as its ``shards`` and ``layout_generation`` lay it out,
-    without initial values: what a new job starts with, and what a move between shards
-    (pscluster.coordinator.moves) cuts the running job's state to."""
+    without initial values: what a move between shards (pscluster.coordinator.moves) cuts
+    the running job's state to."""
+    return [config for config, _ in _layout(job, {})]
+
+
+def _layout(
+    job: st.JobRecord, tables: dict[str, torch.Tensor]
+) -> list[tuple[ps_pb2.ShardJobConfig, list[torch.Tensor]]]:
+    """Per shard, its config and the given rows of ``tables`` it holds (which follow its
+    initial values in InitJob; their tables' configs say ``initial_given``)."""
     spec = co_pb2.JobSpec.FromString(job.spec)
     counters = buffer_layout_of(spec).counter_spans()
     zeros = hold_zero_spans(spec, layout_of(spec))
@@ -71,7 +75,7 @@ def layout_configs(job: st.JobRecord) -> list[ps_pb2.ShardJobConfig]:
     )
     ranges = buffer_ranges(spec, len(job.shards))
     for index, (part, brange) in enumerate(zip(job.shards, ranges, strict=True)):
-        table_configs, _ = shard_tables(spec, index, len(job.shards), {})
+        table_configs, rows = shard_tables(spec, index, len(job.shards), tables)
         config = ps_pb2.ShardJobConfig(
             job_id=job.job_id,
             start=part.start,
@@ -91,5 +95,5 @@ def layout_configs(job: st.JobRecord) -> list[ps_pb2.ShardJobConfig]:
         )
         if table_configs:
             config.sparse_optimizer.CopyFrom(spec.sparse_optimizer)
-        out.append(config)
+        out.append((config, rows))
     return out

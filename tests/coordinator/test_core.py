@@ -35,7 +35,6 @@ def scheduler(mode: str = "async") -> Scheduler:
         "j",
         EPOCHS,
         PARTITIONS,
-        shards=2,
         mode=mode,
         stragglers=StragglerSettings(),
         batch_counts=[BATCHES] * PARTITIONS,

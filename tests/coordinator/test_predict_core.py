@@ -32,7 +32,6 @@ def predict_plan(job_id: str = "p") -> JobPlan:
         job_id,
         epochs=1,
         partitions=PARTITIONS,
-        shards=0,
         mode="async",
         stragglers=StragglerSettings.parse(0.0, 0.0, True, 0.0),
         kind=PREDICT,
@@ -164,7 +163,7 @@ def test_a_dead_workers_partition_is_leased_again_to_another() -> None:
 def test_a_predict_job_beside_a_training_job_takes_part_in_nothing() -> None:
     # Prepare: a training job first in line, then the predict job.
     core = Scheduler(TIMEOUT, progress_seconds=1.0)
-    train = JobPlan("t", 1, 1, shards=1, mode="sync", stragglers=StragglerSettings())
+    train = JobPlan("t", 1, 1, mode="sync", stragglers=StragglerSettings())
     core.add_job(train, 0.0)
     core.add_job(predict_plan(), 0.0)
     for w in "ab":

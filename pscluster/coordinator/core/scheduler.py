@@ -53,7 +53,6 @@ class JobPlan:
     job_id: str
     epochs: int
     partitions: int
-    shards: int
     mode: str
     stragglers: StragglerSettings
     backup_workers: int = 0
@@ -107,7 +106,7 @@ class Scheduler:
         traits = mode_traits(mode, backup_workers)
         if not traits.steps and not traits.clock_bound:
             self.lingering.allow_idle(plan.job_id)
-        self.jobs[plan.job_id] = JobState(plan.job_id, plan.epochs, plan.shards, plan.samples)
+        self.jobs[plan.job_id] = JobState(plan.job_id, plan.epochs, plan.samples)
         self.activity[plan.job_id] = Activity(now, now)
 
     def remove_job(

@@ -32,7 +32,6 @@ class JobState:
 
     job_id: str
     epochs: int
-    shards: int
     samples: int = 0  # training samples reported so far (for evaluation records)
 
 
