@@ -94,7 +94,7 @@ load-compose: install
 	$(LOAD_COMPOSE) up -d --build --wait --scale worker=0
 	$(PY) deploy/locust/run.py $(LOAD_ARGS) --time $(LOAD_TIME) \
 	  --coordinator 127.0.0.1:$${PSC_PUBLISH_PORT:-50051} \
-	  --shard-addresses 127.0.0.1:$${PSC_LOAD_PS0_PORT:-50161},127.0.0.1:$${PSC_LOAD_PS1_PORT:-50162} \
+	  --shard-addresses $$($(LOAD_COMPOSE) port --index 1 ps 50061),$$($(LOAD_COMPOSE) port --index 2 ps 50061) \
 	  --docker-shards pscluster-ps- --out bench/results/load_compose
 
 # --- containers (compose.yaml; deploy/README.md) ---

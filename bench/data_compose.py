@@ -82,7 +82,7 @@ class ContainerSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(2.0):
-            for service in ("coordinator", "ps-0", "ps-1", "worker"):
+            for service in ("coordinator", "ps", "worker"):
                 for container in self.project.containers(service):
                     self._sample(service, container)
 
@@ -97,7 +97,7 @@ class ContainerSampler:
         ours = [r for r in rows if "pscluster" in r[3] and not _not_ours(r[3])]
         mains = {r[0] for r in ours if r[1] not in {o[0] for o in ours}}
         for _pid, ppid, rss, _args in ours:
-            kind = "shard" if service.startswith("ps-") else service
+            kind = "shard" if service == "ps" else service
             if ppid in mains and service == "worker":
                 kind = "worker loader"
             mb = int(rss) / 1024

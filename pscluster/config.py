@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # A shard's stable identity when it registers; "" takes the host name (a StatefulSet pod
     # "ps-2", a compose container given `hostname:`), so a restarted shard is the same shard.
     shard_id: str = ""
+    # Where a shard without PSC_SHARD_ID takes its id from: "reverse-dns" is the name DNS gives
+    # its own address, for replicas of one compose service ("pscluster-ps-2", the container's
+    # name; it is then also the address advertised). See pscluster/server/identity.py.
+    shard_id_from: Literal["hostname", "reverse-dns"] = "hostname"
     # Coordinator: a registered shard not heard from for this long is not live, and new jobs
     # are not placed on it (running jobs keep their shards). Shards register every heartbeat.
     shard_timeout_seconds: float = Field(10.0, gt=0)
@@ -93,7 +97,8 @@ class Settings(BaseSettings):
 
     # --- durability (shards; docs/reliability.md) ---
     # Where a shard keeps its write-ahead log and checkpoints, one folder per job. Unset: state
-    # is in memory only, and a restarted shard comes back without its jobs.
+    # is in memory only, and a restarted shard comes back without its jobs. "{shard_id}" in it
+    # is the shard's id: replicas sharing one volume each keep their own folder of it.
     shard_data_dir: Path | None = None
     # When an acknowledged push is on disk. "always": fsync before the reply (group commit:
     # concurrent pushes share one fsync). "interval": fsync at most every

@@ -14,6 +14,7 @@ id live at another address), or two identities at one address.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from pscluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 # The characters of a DNS label plus '.' and '_': a host name, a pod name, a compose replica.
 _SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ADDRESS = re.compile(r"^\S{1,253}:[0-9]{1,5}$")
+_ORDINAL = re.compile(r"[0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,11 @@ def choose(
     live: Sequence[ShardEntry], count: int, in_use: Collection[str] | None
 ) -> list[ShardEntry]:
     """The ``count`` live shards to use from now on (ScaleShards): those in use stay (None:
-    every live one is), then the longest registered, ties by id; so growing keeps every shard
-    that holds jobs, and shrinking gives up the newest first. FailedPrecondition when fewer
-    are live than asked for."""
+    every live one is), then by the number that ends their id, then the longest registered,
+    ties by id. So growing keeps every shard that holds jobs, and shrinking gives up the
+    highest-numbered first: the replicas ``kubectl scale`` and ``docker compose --scale``
+    remove first ("ps-2" before "ps-1"; ids without a number go after, newest first).
+    FailedPrecondition when fewer are live than asked for."""
     if count < 1:
         raise InvalidArgument(f"shards={count}: a cluster needs at least one shard")
     if len(live) < count:
@@ -126,11 +130,17 @@ def choose(
             "shard StatefulSet); each registers with the coordinator on start"
         )
 
-    def rank(e: ShardEntry) -> tuple[bool, float, str]:
+    def rank(e: ShardEntry) -> tuple[bool, float, float, str]:
         used = in_use is None or e.shard_id in in_use
-        return (not used, e.registered_unix, e.shard_id)
+        return (not used, _ordinal(e.shard_id), e.registered_unix, e.shard_id)
 
     return sorted(live, key=rank)[:count]
+
+
+def _ordinal(shard_id: str) -> float:
+    """The number an id ends with (a replica's ordinal), infinity for none."""
+    digits = _ORDINAL.search(shard_id)
+    return float(digits.group()) if digits else math.inf
 
 
 def _check(shard_id: str, address: str) -> None:

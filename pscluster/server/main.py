@@ -13,12 +13,8 @@ from pscluster.logs import configure_logging
 from pscluster.model.optimizer import warm_up
 from pscluster.server.durability.journal import DurabilityConfig
 from pscluster.server.durability.recovery import recover_all
-from pscluster.server.registration import (
-    Registrar,
-    advertised_address,
-    registers,
-    shard_identity,
-)
+from pscluster.server.identity import advertised_address, resolve_identity
+from pscluster.server.registration import Registrar, registers
 from pscluster.server.servicer import SERVICE_NAME, ParameterServerServicer, add_to_server
 from pscluster.server.shard import Shard
 from pscluster.server.telemetry import shard_registry
@@ -56,6 +52,7 @@ def serve(settings: Settings, port: int | None = None) -> ShardServer:
     heartbeat after.
     """
     warm_up()
+    settings = resolve_identity(settings)
     shard = recovered_shard(settings)
     registry, telemetry = shard_registry(shard)
     measured = telemetry if settings.metrics_port is not None else None
@@ -78,7 +75,7 @@ def serve(settings: Settings, port: int | None = None) -> ShardServer:
     registrar = None
     if registers(settings):
         address = advertised_address(settings, running.port)
-        registrar = Registrar(settings, shard_identity(settings), address).start()
+        registrar = Registrar(settings, settings.shard_id, address).start()
     return ShardServer(running.server, running.port, running.health, shard, metrics, registrar)
 
 

@@ -11,7 +11,6 @@ shard's serving: a coordinator that is down only delays the next announcement.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 
 import grpc
@@ -28,27 +27,11 @@ log = logging.getLogger(__name__)
 # at the next beat, not waited on.
 _CALL_SECONDS = 5.0
 _LEAVE_SECONDS = 2.0
-_ANY_INTERFACE = {"", "0.0.0.0", "::", "[::]"}
 
 
 def registers(settings: Settings) -> bool:
     """Whether this shard registers: its coordinator's address was given (not the default)."""
     return "coordinator" in settings.model_fields_set
-
-
-def shard_identity(settings: Settings) -> str:
-    """PSC_SHARD_ID, else the host name's first label: a StatefulSet pod "ps-2", or a compose
-    service's ``hostname:``, keeps it across restarts and rescheduling."""
-    return settings.shard_id or socket.gethostname().split(".")[0]
-
-
-def advertised_address(settings: Settings, port: int) -> str:
-    """PSC_ADVERTISE, else host:port, with the host name for an any-interface bind (0.0.0.0
-    is where the shard listens, not where anyone can reach it)."""
-    if settings.advertise:
-        return settings.advertise
-    host = socket.gethostname() if settings.host in _ANY_INTERFACE else settings.host
-    return f"{host}:{port}"
 
 
 class Registrar:

@@ -100,14 +100,14 @@ class ComposeProject:
     def build(self, timeout: float = 1200) -> None:
         self.compose("build", timeout=timeout)
 
-    def up(self, workers: int, timeout: float = 180) -> None:
+    def up(self, workers: int, shards: int = 2, timeout: float = 180) -> None:
         """Start (or scale) the cluster and wait until every server is healthy.
 
-        ``--no-recreate`` keeps running containers as they are: scaling must add workers to a
-        running job, not restart the cluster under it.
+        ``--no-recreate`` keeps running containers as they are: scaling must add workers (or
+        shards) to a running job, not restart the cluster under it.
         """
-        if workers < 0:
-            raise ValueError(f"workers must be >= 0, got {workers}")
+        if workers < 0 or shards < 1:
+            raise ValueError(f"need workers >= 0 and shards >= 1, got {workers} and {shards}")
         self.compose(
             "up",
             "-d",
@@ -118,6 +118,8 @@ class ComposeProject:
             str(int(timeout)),
             "--scale",
             f"worker={workers}",
+            "--scale",
+            f"ps={shards}",
             timeout=timeout + 30,
         )
 

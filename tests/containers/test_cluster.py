@@ -13,7 +13,7 @@ from tests.support import UNREACHABLE, wait_for
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
-SERVERS = ("ps-0", "ps-1", "coordinator")
+SERVERS = ("ps", "coordinator")
 
 # Run inside a container: try one TCP connection, print the outcome instead of raising.
 CONNECT = """
@@ -28,31 +28,37 @@ except OSError as e:
 
 def test_servers_are_healthy_through_the_grpc_health_protocol(compose: ComposeProject) -> None:
     for service in SERVERS:
-        # Execute
-        [container] = compose.containers(service)
-        health: dict[str, Any] = compose.inspect(container)["State"]["Health"]
+        for container in compose.containers(service):
+            # Execute
+            health: dict[str, Any] = compose.inspect(container)["State"]["Health"]
 
-        # Assert: docker ran the image's grpc.health.v1 probe, and it said SERVING
-        assert health["Status"] == "healthy", f"{service}: {health}"
-        assert "is SERVING" in health["Log"][-1]["Output"], f"{service}: {health['Log'][-1]}"
+            # Assert: docker ran the image's grpc.health.v1 probe, and it said SERVING
+            assert health["Status"] == "healthy", f"{service}: {health}"
+            assert "is SERVING" in health["Log"][-1]["Output"], f"{service}: {health['Log'][-1]}"
 
 
 def test_the_coordinator_sees_both_shards_and_every_worker(compose: ComposeProject) -> None:
     # Execute
     with Client(compose.address) as client:
         wait_for(
-            lambda: sum(w.alive for w in client.status().workers) >= 3,
+            lambda: (
+                sum(w.alive for w in client.status().workers) >= 3
+                and sum(s.live for s in client.status().registry) >= 2
+            ),
             60,
-            what="3 workers registered and alive",
+            what="3 workers and 2 shards registered and alive",
             poll=0.5,
             tolerate=UNREACHABLE,
         )
         status = client.status()
 
-    # Assert
-    assert [(s.address, s.healthy) for s in status.shards] == [
-        ("ps-0:50061", True),
-        ("ps-1:50061", True),
+    # Assert: each shard replica registered under its container's name, at that name
+    names = [f"{compose.name}-ps-{i}" for i in (1, 2)]
+    assert sorted((s.shard_id, s.address) for s in status.registry) == [
+        (name, f"{name}:50061") for name in names
+    ]
+    assert sorted((s.address, s.healthy) for s in status.shards) == [
+        (f"{name}:50061", True) for name in names
     ]
     assert len(compose.containers("worker")) == 3
     # A worker's host name is its container id: the coordinator knows the real containers.
@@ -70,8 +76,7 @@ def test_only_the_coordinator_is_published_and_only_on_loopback(compose: Compose
 
     # Assert
     assert published == {
-        "ps-0": {},
-        "ps-1": {},
+        "ps": {},
         "coordinator": {
             "50051/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(compose.publish_port)}]
         },
@@ -103,7 +108,7 @@ def test_only_the_coordinator_leaves_the_internal_cluster_network(
     }
     from_coordinator = compose.exec_python("coordinator", code).strip()
     from_worker = compose.exec_python("worker", code).strip()
-    from_shard = compose.exec_python("ps-0", code).strip()
+    from_shard = compose.exec_python("ps", code).strip()
 
     # Assert: docker gives the cluster network no way out (no NAT, no forwarding beyond it);
     # the coordinator alone also sits on `edge`, where its published port lives, and what runs
@@ -112,8 +117,7 @@ def test_only_the_coordinator_leaves_the_internal_cluster_network(
     assert edge["Internal"] is False
     inside = frozenset({f"{compose.name}_cluster"})
     assert attached == {
-        "ps-0": {inside},
-        "ps-1": {inside},
+        "ps": {inside},
         "coordinator": {inside | {f"{compose.name}_edge"}},
         "worker": {inside},
     }

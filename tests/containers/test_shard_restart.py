@@ -48,7 +48,7 @@ def test_a_crashed_shard_is_restarted_and_recovers_its_job(
     compose.up(workers=WORKERS)
     job = client.submit(**{**digits_job, "epochs": 2 * digits_job["epochs"], "name": "crash"})
     wait_for(lambda: job.info().steps >= 30, 180, what="30 steps", poll=0.5, tolerate=UNREACHABLE)
-    (container,) = compose.containers("ps-0")
+    container = compose.containers("ps")[0]
     before = restarts(container)
 
     # Execute
@@ -57,7 +57,7 @@ def test_a_crashed_shard_is_restarted_and_recovers_its_job(
     wait_for(
         lambda: restarts(container) > before,
         60,
-        what="compose restarts ps-0",
+        what="compose restarts the shard",
         poll=0.5,
         tolerate=UNREACHABLE,
     )
@@ -66,7 +66,7 @@ def test_a_crashed_shard_is_restarted_and_recovers_its_job(
             s.records_replayed or s.checkpoint_version for s in shard_stats(client, job.id)
         ),
         120,
-        what="ps-0 serves its recovered job",
+        what="the shard serves its recovered job",
         poll=0.5,
         tolerate=UNREACHABLE,
     )

@@ -189,3 +189,16 @@ def test_scaling_past_the_live_shards_or_below_one_is_refused() -> None:
         choose(_entries("a", "b"), 3, in_use=None)
     with pytest.raises(InvalidArgument, match="at least one shard"):
         choose(_entries("a"), 0, in_use=None)
+
+
+def test_scaling_down_gives_up_the_highest_numbered_replica_first() -> None:
+    # Prepare: compose replicas, "pscluster-ps-10" registered first (restarted out of order),
+    # and an id with no number, newest of all
+    live = _entries("pscluster-ps-10", "pscluster-ps-2", "extra", "pscluster-ps-1")
+
+    # Execute
+    chosen = choose(live, 2, in_use=None)
+
+    # Assert: kept by number, as `--scale ps=2` keeps ps-1 and ps-2
+    assert [e.shard_id for e in chosen] == ["pscluster-ps-1", "pscluster-ps-2"]
+    assert [e.shard_id for e in choose(live, 4, in_use=None)][-1] == "extra"
