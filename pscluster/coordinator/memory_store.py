@@ -62,6 +62,7 @@ class MemoryStore(JobStore):
         self._dropped: dict[str, Counter[str]] = {}
         self._leases: list[LeaseRecord] = []
         self._shards: dict[str, ShardRecord] = {}
+        self._in_use: list[str] | None = None
 
     def close(self) -> None:
         """Nothing to release: the data go with the object."""
@@ -192,6 +193,14 @@ class MemoryStore(JobStore):
     def shards(self) -> list[ShardRecord]:
         with self._lock:
             return [self._shards[k] for k in sorted(self._shards)]
+
+    def save_shards_in_use(self, shard_ids: Sequence[str]) -> None:
+        with self._lock:
+            self._in_use = sorted(shard_ids)
+
+    def shards_in_use(self) -> list[str] | None:
+        with self._lock:
+            return None if self._in_use is None else list(self._in_use)
 
     def readdress_shard(self, shard_id: str, address: str) -> list[str]:
         moved = []

@@ -55,9 +55,10 @@ class ShardDirectory:
         self._lock = threading.Lock()
         known = [ShardEntry(r.shard_id, r.address, r.registered_unix) for r in store.shards()]
         self._registry = ShardRegistry(settings.shard_timeout_seconds, known)
-        # The shards ScaleShards chose (ids); None: every live one. Not stored: a restarted
-        # coordinator places on every live shard until it is told again.
-        self._in_use: set[str] | None = None
+        # The shards ScaleShards chose (ids); None: every live one. Stored, so that a
+        # restarted coordinator does not place new jobs on a shard drained before it stopped.
+        chosen = store.shards_in_use()
+        self._in_use: set[str] | None = None if chosen is None else set(chosen)
 
     def register(
         self, shard_id: str, address: str, leaving: bool = False
@@ -119,6 +120,7 @@ class ShardDirectory:
         with self._lock:
             chosen = choose(self._registry.live(self._mono()), count, self._in_use)
             self._in_use = {e.shard_id for e in chosen}
+            self._store.save_shards_in_use(sorted(self._in_use))
         return [Slot(e.shard_id, e.address) for e in chosen]
 
     def addresses(self) -> list[str]:

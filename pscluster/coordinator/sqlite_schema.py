@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE TABLE IF NOT EXISTS registered_shards (
     shard_id TEXT PRIMARY KEY, address TEXT NOT NULL, registered_unix REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shards_in_use (shard_id TEXT PRIMARY KEY);
 """
 # Columns added since the first schema, for state directories made by an older coordinator.
 _ADDED_COLUMNS = {

@@ -244,6 +244,19 @@ class SqliteStore(JobStore):
             ).fetchall()
         return [ShardRecord(r[0], r[1], r[2]) for r in rows]
 
+    def save_shards_in_use(self, shard_ids: Sequence[str]) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM shards_in_use")
+            self._db.executemany(
+                "INSERT INTO shards_in_use VALUES (?)", [(sid,) for sid in shard_ids]
+            )
+
+    def shards_in_use(self) -> list[str] | None:
+        with self._lock:
+            rows = self._db.execute("SELECT shard_id FROM shards_in_use ORDER BY shard_id")
+            ids = [r[0] for r in rows.fetchall()]
+        return ids or None  # ScaleShards never chooses none
+
     def readdress_shard(self, shard_id: str, address: str) -> list[str]:
         moved = []
         with self._transaction():

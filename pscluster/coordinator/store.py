@@ -238,6 +238,15 @@ class JobStore(ABC):
         """Every registered shard, by id."""
 
     @abstractmethod
+    def save_shards_in_use(self, shard_ids: Sequence[str]) -> None:
+        """Remember the shards ScaleShards chose (ids), for a restarted coordinator."""
+
+    @abstractmethod
+    def shards_in_use(self) -> list[str] | None:
+        """The shards ScaleShards last chose, sorted; None when it never ran (it never
+        chooses none)."""
+
+    @abstractmethod
     def readdress_shard(self, shard_id: str, address: str) -> list[str]:
         """Point the slices that shard ``shard_id`` holds of pending and running jobs at
         ``address``; returns those jobs' ids, oldest first."""

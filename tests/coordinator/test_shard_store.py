@@ -141,3 +141,27 @@ def test_a_static_list_places_on_it_and_ignores_registrations(tmp_path: Path) ->
     assert directory.placement() == [Slot("", "x:1"), Slot("", "y:1")]
     listed = directory.listing()
     assert listed.static_list and [s.address for s in listed.shards] == ["x:1", "y:1"]
+
+
+def test_a_restarted_coordinator_keeps_off_the_shard_scaled_away(tmp_path: Path) -> None:
+    # Prepare: three shards, scaled down to two; the third stays registered and live
+    settings = Settings(state_dir=tmp_path, shard_timeout_seconds=10.0)
+    store = SqliteStore(tmp_path / "db.sqlite")
+    first = ShardDirectory(settings, store, lambda: 100.0, lambda: 7.0)
+    for i in range(3):
+        first.register(f"ps-{i}", f"h{i}:1")
+    assert [s.shard_id for s in first.use(2)] == ["ps-0", "ps-1"]
+    store.close()
+
+    # Execute: a new coordinator process on the same state, every shard beating again
+    store = SqliteStore(tmp_path / "db.sqlite")
+    second = ShardDirectory(settings, store, lambda: 200.0, lambda: 8.0)
+    for i in range(3):
+        second.register(f"ps-{i}", f"h{i}:1")
+
+    # Assert: new jobs still go to the two chosen, and growing again may take the third
+    assert store.shards_in_use() == ["ps-0", "ps-1"]
+    assert sorted(s.shard_id for s in second.placement()) == ["ps-0", "ps-1"]
+    assert [s.shard_id for s in second.use(3)] == ["ps-0", "ps-1", "ps-2"]
+    assert MemoryStore().shards_in_use() is None
+    store.close()
