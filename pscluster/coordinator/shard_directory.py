@@ -124,11 +124,17 @@ class ShardDirectory:
         return [Slot(e.shard_id, e.address) for e in chosen]
 
     def addresses(self) -> list[str]:
-        """Every shard to health-check: the static list, or every registered address."""
+        """Every shard to health-check: the static list, or the registered shards that are
+        live or hold an active job. One that left and holds none (drained, then removed by
+        ``--scale``) concerns nobody: probing it would only add its timeout to every status
+        call and an alarming "unreachable" to the listing."""
         if self.static:
             return list(self.static)
+        holding = {sid for slices in self._active_slices() for sid, _ in slices}
         with self._lock:
-            return [e.address for e in self._registry.entries()]
+            now, timeout = self._mono(), self._registry.timeout
+            entries = self._registry.entries()
+        return [e.address for e in entries if e.live(now, timeout) or e.shard_id in holding]
 
     def listing(self) -> co_pb2.ListShardsReply:
         reply = co_pb2.ListShardsReply(static_list=bool(self.static))

@@ -165,3 +165,23 @@ def test_a_restarted_coordinator_keeps_off_the_shard_scaled_away(tmp_path: Path)
     assert [s.shard_id for s in second.use(3)] == ["ps-0", "ps-1", "ps-2"]
     assert MemoryStore().shards_in_use() is None
     store.close()
+
+
+def test_status_probes_the_shards_that_matter_not_one_drained_and_gone() -> None:
+    # Prepare: ps-0 live; ps-1 left holding nothing (drained, then removed); ps-2 silent
+    # past the timeout while holding a running job
+    clock = [0.0]
+    store = MemoryStore()
+    settings = Settings(shard_timeout_seconds=10.0)
+    directory = ShardDirectory(settings, store, lambda: clock[0], lambda: 1.0)
+    for i in range(3):
+        directory.register(f"ps-{i}", f"h{i}:1")
+    store.create_job(job("j-1", [ShardSlice("h2:1", 0, 10, "ps-2")]))
+    store.update_job("j-1", state=RUNNING)
+    directory.register("ps-1", "h1:1", leaving=True)
+    clock[0] = 5.0
+    directory.register("ps-0", "h0:1")
+    clock[0] = 12.0
+
+    # Execute / Assert
+    assert directory.addresses() == ["h0:1", "h2:1"]
