@@ -220,8 +220,9 @@ def scale_shards(
     token: Token = None,
 ) -> None:
     """Use SHARDS of the registered shards and move every running job's ranges onto them,
-    between two of its steps. Start or stop the shard processes themselves first (e.g.
-    `docker compose up -d --scale ps=3`): they register with the coordinator."""
+    between two of its steps. To grow, start the shards first (they register with the
+    coordinator), e.g. `docker compose up -d --scale ps=3`; to shrink, run this first and
+    stop the shards after: it gives up the highest-numbered, those `--scale` removes."""
     from pscluster.client.sdk import Client
 
     with user_errors(), Client(address, token=token) as client:
@@ -240,6 +241,9 @@ def scale_shards(
                 m.reason,
             )
         out().print(f"shards in use: {', '.join(result.shard_ids)}")
-        out().print(table)
+        if result.jobs:
+            out().print(table)
+        else:
+            out().print("no running job to move: new jobs go to these shards")
         if any(not m.moved for m in result.jobs):
             raise typer.Exit(1)
