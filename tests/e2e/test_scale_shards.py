@@ -122,8 +122,12 @@ def test_a_shard_dead_before_it_adopts_leaves_the_job_where_it_was(
 def test_scaling_needs_live_shards(cluster: LocalCluster) -> None:
     with cluster.client() as client, pytest.raises(PSClusterError) as caught:
         client.scale_shards(3)
+    same = CliRunner().invoke(app, ["scale-shards", "2", "-a", cluster.address])
+
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "only 2 registered shard(s) are live" in str(caught.value)
+    assert same.exit_code == 0, same.output
+    assert "no running job to move" in same.output
 
 
 def test_sync_one_worker_moved_twice_is_bit_exact_to_one_process(tmp_path: Path) -> None:
