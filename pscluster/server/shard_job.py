@@ -26,7 +26,7 @@ from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig, JobStats, PullSnapshot, PushHeader, PushResult
 from pscluster.server.intake import PushIntake, Received
 from pscluster.server.job_state import JobState, StateDict
-from pscluster.server.layout_gate import HoldStatus, LayoutGate
+from pscluster.server.layout_gate import HELD_FOR_MOVE, HoldStatus, LayoutGate
 from pscluster.server.payloads import payload_bytes
 from pscluster.server.push_checks import check_base_version, check_header
 from pscluster.server.tables.rows import block_bytes
@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from pscluster.server.durability.journal import Journal
 
 log = logging.getLogger(__name__)
+# Longest a pull waits on a move's hold before answering DEADLINE_EXCEEDED (the worker pulls
+# again at once): short, so that a worker caught mid-step on one shard comes back to wait on
+# all of them within a fraction of a second (see _wait_for_pull).
+HELD_PULL_SECONDS = 0.5
 
 
 T = TypeVar("T")
@@ -200,7 +204,12 @@ class ShardJob:
         timeout: float,
         cancelled: Callable[[], bool],
     ) -> bool:
-        """Call under the lock: wait until the pull may go; whether it was held at all."""
+        """Call under the lock: wait until the pull may go; whether it was held at all.
+
+        A pull held for a layout move gives up after :data:`HELD_PULL_SECONDS`, not its whole
+        timeout: a worker pulls every shard at once, so one whose pull was granted on one
+        shard just before the hold and held on another stays mid-step on the first until it
+        pulls again; its retry (of every pull) then waits on each shard, between two steps."""
         deadline = arrived + timeout
         held = False
         with self.gate.pull(worker_id) as gate:
@@ -212,7 +221,10 @@ class ShardJob:
                 if blocker is None:
                     return held
                 held = True
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
+                if blocker == HELD_FOR_MOVE:
+                    remaining = min(remaining, arrived + HELD_PULL_SECONDS - now)
                 if remaining <= 0 or cancelled():
                     raise DeadlineExceeded(
                         f"pull by {worker_id or 'an observer'} gave up after {timeout:.1f}s "

@@ -11,8 +11,10 @@ import torch
 from pscluster.server.durability.checkpoint import state_from_bytes, state_to_bytes
 from pscluster.shard_client import JobShards, ShardClient, ShardRange, Snapshot
 from pscluster.transport import wire
+from pscluster.transport.retry import retry
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from pscluster.worker.trainer import SHARD_RETRY
 from tests.support import wait_for
 
 HOLD = ps_pb2.HOLD_ACTION_HOLD
@@ -91,8 +93,10 @@ class PullInThread:
         self._thread.start()
 
     def _run(self, job: JobShards, worker: str, timeout: float) -> None:
+        # As a worker pulls: a pull held for a move gives up within a second (the shard's
+        # HELD_PULL_SECONDS) and is made again at once, until it is granted or moved.
         try:
-            self.snapshot = job.pull(worker, None, timeout)
+            self.snapshot = retry(lambda: job.pull(worker, None, timeout), SHARD_RETRY, what="pull")
         except Exception as e:
             self.error = e
 
