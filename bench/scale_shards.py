@@ -6,13 +6,15 @@ with SGD momentum another 101 MB of optimizer state) on digits upsampled to 32x3
 job is past ``--warmup`` steps a third shard starts and ``scale_shards(3)`` moves the job onto
 it; after as many steps again ``scale_shards(2)`` moves it back. Each move reports the time
 until every worker was between two steps (quiesce) and then the pause of its pulls, split into
-export (the old shards' states to the coordinator), recut and adopt (the new shards take their
-part, checkpointed, plus the store's commit).
+export (the old shards' skeletons: their states but the values and moments), recut and adopt
+(the new shards take their part, keeping what they held and receiving the ranges that change
+shard, checkpointed, plus the store's commit), and the bytes sent.
 
 The baseline, measured in the same run on the same shards: one observer pull of the whole
 model (``JobShards.pull``, parameters only), i.e. what any worker spends every step anyway.
-A move reads and writes parameters and momentum, so ~4 such transfers plus a checkpoint is
-the floor this design has; the ratio says how close it is.
+A move sends the half of the parameters and momentum that changes shard (one such transfer,
+relayed by the coordinator) and checkpoints every new shard's part; the ratio says how close
+it is to that.
 
     .venv/bin/python bench/scale_shards.py [--hidden 4544] [--warmup 30]
 """
@@ -142,7 +144,7 @@ def submit(client: Client, train: Any, test: Any, args: argparse.Namespace) -> J
 
 def table(result: dict[str, Any]) -> str:
     head = (
-        "| move | to a step boundary | pause | export | recut | adopt | state | one pull"
+        "| move | to a step boundary | pause | export | recut | adopt | sent | one pull"
         " | pause / pull |"
     )
     lines = [head, "|" + "---|" * 9]

@@ -7,19 +7,22 @@ The steps, each over every shard of the job at once:
    its push decided since its last pull). The job is then between two steps everywhere: no
    push is in flight and every worker has what it pushed acknowledged (a sync step may still
    be open, waiting for a member's next push: it moves too, cut like the rest).
-2. **Export.** Each old shard's whole state for the job (its checkpoint image).
-3. **Cut again** (:func:`~pscluster.coordinator.recut.recut`) over the new ranges, and
-   **adopt** on the new shards under the next layout generation, durably. Shards only in the
-   new layout adopt first; a shard in both has its job replaced last.
+2. **Export** each old shard's *skeleton*: its state for the job but the per-value tensors
+   (values, optimizer moments: nearly all of it), which stay on the shards for now.
+3. **Cut again** (:func:`~pscluster.coordinator.recut.recut_skeletons`) over the new ranges,
+   and **adopt** on every new shard at once under the next layout generation, durably: each
+   gets its skeleton, keeps the part of its new range it held already, and receives the rest
+   from the old shards that hold it (:mod:`pscluster.coordinator.recut_moves`), relayed here
+   as it is read. A shard in both layouts keeps the copy its adoption replaced, retired.
 4. **Commit.** The store points the job at its new slices and generation; the shards it left
-   drop it (MOVED). Their held pulls, and the replaced ones, answer "layout moved": each
-   worker fetches the new plan and pulls again.
+   drop it (MOVED) and the others their retired copies (SETTLED). Their held pulls, and the
+   replaced ones, answer "layout moved": each worker fetches the new plan and pulls again.
 
-A failure before a shard's job was replaced (a worker never reached the boundary, a new shard
-unreachable, a state that cannot be cut) rolls back: the new shards drop what they adopted
-and the old ones let their pulls go. After a replacement it rolls back by moving the exported
-states back onto the old shards under a still newer generation. Either way no push a worker
-had acknowledged is lost: every acknowledged push is in the exported states.
+A failure before any old shard's job was replaced (a worker never reached the boundary, a new
+shard unreachable, a state that cannot be cut) rolls back: the new shards drop what they
+adopted and the old ones let their pulls go. After a replacement it rolls back by having each
+replaced shard take its retired copy back under a still newer generation. Either way no push
+a worker had acknowledged is lost: every acknowledged push is in the old shards' copies.
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TypeVar
 
+from pscluster.coordinator import recut_moves
 from pscluster.coordinator import store as st
-from pscluster.coordinator.recut import State, recut
+from pscluster.coordinator.recut import State, recut_skeletons
+from pscluster.coordinator.recut_moves import Piece
 from pscluster.coordinator.shard_directory import Slot
 from pscluster.coordinator.shard_init import layout_configs
-from pscluster.model.partition import BalancedRanges
+from pscluster.model.partition import BalancedRanges, Range
+from pscluster.server.durability import dense as dn
 from pscluster.server.durability.checkpoint import CheckpointError
 from pscluster.shard_client import ShardClient, ShardError
 from pscluster.shard_client.layout import state_from_bytes, state_to_bytes
@@ -102,10 +108,10 @@ class JobMover:
             self._hold(plan)
             held = time.perf_counter()
             reply.quiesce_seconds = held - began
-            states = self._exported(plan)
+            skeletons = self._exported(plan)
             exported = time.perf_counter()
             reply.export_seconds = exported - held
-            reply.state_bytes = self._adopt(plan, states, reply)
+            reply.state_bytes = self._adopt(plan, skeletons, reply)
             reply.adopt_seconds = time.perf_counter() - exported - reply.recut_seconds
         except MoveFailed as e:
             reply.reason = str(e)
@@ -119,10 +125,11 @@ class JobMover:
         return reply
 
     def _exported(self, plan: MovePlan) -> list[State]:
-        """The old shards' states (the job held on them); released on failure."""
+        """The old shards' skeletons (the job held on them); released on failure."""
+        job_id = plan.job.job_id
         try:
             return self._parallel(
-                lambda a: state_from_bytes(self._shards.export_job(a, plan.job.job_id)),
+                lambda a: state_from_bytes(self._shards.export_job(a, job_id, skeleton=True)),
                 plan.old_addresses,
             )
         except MoveFailed:
@@ -154,55 +161,84 @@ class JobMover:
                 )
             time.sleep(POLL_SECONDS)
 
-    def _adopt(self, plan: MovePlan, old_states: list[State], reply: co_pb2.JobMove) -> int:
-        """Adopt the cut states (shards only in the new layout first), commit, and drop the
-        job from the shards it left; the bytes adopted (``reply`` gets the recut's time)."""
-        job_id, generation = plan.job.job_id, plan.new.layout_generation
+    def _adopt(self, plan: MovePlan, skeletons: list[State], reply: co_pb2.JobMove) -> int:
+        """Adopt the cut states on every new shard at once, commit, and drop the job from the
+        shards it left; the bytes sent (``reply`` gets the recut's time)."""
         began = time.perf_counter()
         try:
-            cut = recut_states(old_states, plan.new)
+            cut = Cut.of(skeletons, plan)
         except MoveFailed:
             self._release(plan)
             raise
         reply.recut_seconds = time.perf_counter() - began
-        states = dict(zip(plan.new_addresses, cut, strict=True))
-        fresh = [a for a in plan.new_addresses if a not in set(plan.old_addresses)]
-        kept = [a for a in plan.new_addresses if a in set(plan.old_addresses)]
-
-        def install(address: str) -> None:
-            self._shards.adopt_job(address, job_id, generation, states[address])
-
-        try:
-            self._parallel(install, fresh)
-        except MoveFailed:
+        job_id, generation = plan.job.job_id, plan.new.layout_generation
+        old = set(plan.old_addresses)
+        results = self._shards.each(
+            [(a, partial(self._install, plan, cut, i)) for i, a in enumerate(plan.new_addresses)]
+        )
+        failed = [r for r in results if isinstance(r, ShardError)]
+        if failed:
+            replaced = [
+                a for a, r in zip(plan.new_addresses, results, strict=True)
+                if a in old and not isinstance(r, ShardError)
+            ]  # fmt: skip
+            fresh = [a for a in plan.new_addresses if a not in old]
+            if replaced:
+                self._move_back(plan, replaced, fresh)
+                raise MoveFailed(f"{failed[0]}; moved back to its old shards") from failed[0]
             self._drop(fresh, job_id, generation)
             self._release(plan)
-            raise
-        try:
-            self._parallel(install, kept)
-        except MoveFailed as e:
-            self._move_back(plan, old_states, fresh)
-            raise MoveFailed(f"{e}; moved back to its old shards") from e
+            raise MoveFailed(str(failed[0])) from failed[0]
         self._commit(plan.new)
-        self._drop([a for a in plan.old_addresses if a not in states], job_id, generation)
-        return sum(len(s) for s in cut)
+        self._drop(
+            [a for a in plan.old_addresses if a not in plan.new_addresses], job_id, generation
+        )
+        self._settle([a for a in plan.new_addresses if a in old], job_id, generation)
+        return cut.sent_bytes
 
-    def _move_back(self, plan: MovePlan, old_states: list[State], fresh: list[str]) -> None:
-        """A shard in both layouts may have been replaced already: put every old state back
-        on its old shard under a still newer generation and point the job there. A shard
-        that does not take it was not replaced (or is down, and recovers its own copy): it
-        holds the old state of its old range, which it serves to the newer plan (a shard
+    def _install(self, plan: MovePlan, cut: Cut, index: int) -> ps_pb2.AdoptJobReply:
+        """New shard ``index`` adopts its skeleton, keeping its local pieces and receiving
+        the others straight from the old shards that hold them."""
+        job = plan.job
+        relays = [
+            self._shards.export_ranges(
+                plan.old_addresses[p.source],
+                job.job_id,
+                job.layout_generation,
+                [(p.start, p.length)],
+                cut.dense,
+            )
+            for p in cut.pieces[index]
+            if not p.local
+        ]
+        segments = [
+            ps_pb2.DenseSegment(start=p.start, length=p.length, local=p.local)
+            for p in cut.pieces[index]
+        ]
+        address = plan.new_addresses[index]
+        generation = plan.new.layout_generation
+        return self._shards.adopt_job(
+            address, job.job_id, generation, cut.images[index], segments, relays
+        )
+
+    def _move_back(self, plan: MovePlan, replaced: list[str], fresh: list[str]) -> None:
+        """Some old shards' jobs were replaced: each takes its retired copy back under a
+        still newer generation, and the job is pointed back at its old shards. A shard that
+        does not take it was not replaced after all (or is down, and recovers its own copy):
+        it holds the old state of its old range, which it serves to the newer plan (a shard
         fences off only older generations), with its pulls let go."""
         back = replace(plan.job, layout_generation=plan.new.layout_generation + 1)
-        states = [state_to_bytes(*with_generation(s, back.layout_generation)) for s in old_states]
-        for address, state in zip(plan.old_addresses, states, strict=True):
-            try:
-                self._shards.adopt_job(address, back.job_id, back.layout_generation, state)
-            except ShardError as e:  # not replaced, or down: its own copy is the old state
-                log.error("job %s: %s did not take its state back: %s", back.job_id, address, e)
-                self._release_one(address, back.job_id)
+        for address in plan.old_addresses:
+            if address in replaced:
+                try:
+                    self._shards.restore_job(address, back.job_id, back.layout_generation)
+                    continue
+                except ShardError as e:  # down since: it recovers its own copy
+                    log.error("job %s: %s did not take its copy back: %s", back.job_id, address, e)
+            self._release_one(address, back.job_id)
         self._commit(back)
         self._drop(fresh, back.job_id, back.layout_generation)
+        self._settle(plan.old_addresses, back.job_id, back.layout_generation)
 
     def _release(self, plan: MovePlan) -> None:
         for address in plan.old_addresses:
@@ -223,6 +259,14 @@ class JobMover:
             except ShardError as e:
                 log.warning("job %s: %s did not drop the moved job: %s", job_id, address, e)
 
+    def _settle(self, addresses: Sequence[str], job_id: str, generation: int) -> None:
+        """The move to ``generation`` is committed: the copies retired on these shards go."""
+        for address in addresses:
+            try:
+                self._shards.hold_job(address, job_id, ps_pb2.HOLD_ACTION_SETTLED, generation)
+            except ShardError as e:
+                log.warning("job %s: %s kept its retired copy: %s", job_id, address, e)
+
     def _parallel(self, fn: Callable[[str], T], addresses: Sequence[str]) -> list[T]:
         """``fn`` on every address at once on the shard client's threads, in order, once all
         have ended; MoveFailed with the first failure (a ShardError names its shard)."""
@@ -238,19 +282,32 @@ class JobMover:
         return done
 
 
-def recut_states(states: Sequence[State], new: st.JobRecord) -> list[bytes]:
-    """The old states cut over the new layout, serialised for AdoptJob."""
-    try:
-        cut = recut(states, layout_configs(new), new.layout_generation)
-    except ValueError as e:
-        raise MoveFailed(f"its state cannot be moved: {e}") from e
-    return [state_to_bytes(*s) for s in cut]
+@dataclass(frozen=True)
+class Cut:
+    """A move's cut: each new shard's skeleton image and the pieces of its range (kept, or
+    sent from an old shard), and the per-value tensors' names and bytes per value."""
 
+    images: list[bytes]
+    pieces: list[list[Piece]]
+    dense: list[tuple[str, int]]
+    sent_bytes: int  # the images, and the per-value bytes that change shard
 
-def with_generation(state: State, generation: int) -> State:
-    """The state as it is, under another layout generation."""
-    tensors, meta = state
-    return tensors, {**meta, "config": {**meta["config"], "layout_generation": generation}}
+    @classmethod
+    def of(cls, skeletons: Sequence[State], plan: MovePlan) -> Cut:
+        """MoveFailed if the old skeletons cannot be cut over the new layout."""
+        new = plan.new
+        try:
+            cut = recut_skeletons(skeletons, layout_configs(new), new.layout_generation)
+            dtypes = dn.dense_dtypes(cut[0][1]) or {}
+            olds = [Range(s.start, s.length) for s in plan.job.shards]
+            news = [Range(s.start, s.length) for s in new.shards]
+            pieces = recut_moves.pieces(olds, news, plan.old_addresses, plan.new_addresses)
+        except ValueError as e:
+            raise MoveFailed(f"its state cannot be moved: {e}") from e
+        images = [state_to_bytes(*s) for s in cut]
+        dense = [(name, dn.bytes_per_value([dtype])) for name, dtype in dtypes.items()]
+        sent = recut_moves.sent_values(pieces) * sum(width for _, width in dense)
+        return cls(images, pieces, dense, sum(len(i) for i in images) + sent)
 
 
 def release_holds(shards: ShardClient, jobs: Sequence[tuple[str, Sequence[str]]]) -> None:

@@ -2,7 +2,7 @@
 core (the RPCs and the order of a move are :mod:`pscluster.coordinator.moves`).
 
 The job is paused between two steps on every shard: each member waits in a pull, each push
-it made has been answered. Every old shard's whole state (``JobState.state_dict``) is cut by
+it made has been answered. Every old shard's state (``JobState.state_dict``) is cut by
 global offset (values, buffers, per-element optimizer state, the held-zeros mask, an open
 sync step's sums) and by row id (tables), and what is the job's rather than a range's
 (version, clocks, membership, the push ledger, whole-vector optimizer scalars) is carried, so
@@ -26,11 +26,12 @@ from pscluster.errors import InvalidArgument
 from pscluster.model.partition import Range, rows_partitioner
 from pscluster.server.convert import job_config
 from pscluster.server.domain import JobConfig
+from pscluster.server.durability import dense as dn
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
 State = tuple[dict[str, torch.Tensor], dict[str, Any]]
 
-_VALUES, _BUFFERS, _ZEROS = "values", "buffers", "hold_zeros"
+_BUFFERS, _ZEROS = "buffers", "hold_zeros"
 _OPT, _POLICY, _TABLES = "opt.", "policy.", "tables."
 # What the job runs with, which a move must not change (a live switch may have changed the
 # consistency since the job was submitted, so the old states say it, not the new configs).
@@ -62,9 +63,43 @@ class _Old:
 def recut(
     old: Sequence[State], new_configs: Sequence[ps_pb2.ShardJobConfig], layout_generation: int
 ) -> list[State]:
-    """One state per new config (``JobState.load_state_dict`` / ``image.restore`` take it)
-    from the old shards' full states in plan order; ValueError, naming what, if the old
-    states do not describe one job at a step boundary or cannot be carried exactly.
+    """One whole state per new config (``JobState.load_state_dict`` / ``image.restore`` take
+    it) from the old shards' whole states in plan order: :func:`recut_skeletons`, with the
+    per-value tensors cut by global offset here (a move cuts them shard by shard instead,
+    sending only what changes shard: :mod:`pscluster.coordinator.recut_moves`)."""
+    parts = [dn.split(tensors, meta) for tensors, meta in old]
+    skeletons = recut_skeletons([p[0] for p in parts], new_configs, layout_generation)
+    ranges = [_values_range(skeleton) for skeleton, _ in parts]
+    for (_, dense), part in zip(parts, ranges, strict=True):
+        bad = {n: tuple(t.shape) for n, t in dense.items() if t.shape != (part.length,)}
+        if bad:
+            raise ValueError(f"an old state's per-value tensors {bad} do not fill its {part}")
+    out = []
+    for skeleton in skeletons:
+        new, dtypes = _values_range(skeleton), dn.dense_dtypes(skeleton[1]) or {}
+        cut_dense = {
+            name: cut(
+                [
+                    Piece(r.start, r.length, d[name])
+                    for r, (_, d) in zip(ranges, parts, strict=True)
+                ],
+                new.start,
+                new.length,
+                dtype,
+            )
+            for name, dtype in dtypes.items()
+        }
+        out.append(dn.join(skeleton, cut_dense))
+    return out
+
+
+def recut_skeletons(
+    old: Sequence[State], new_configs: Sequence[ps_pb2.ShardJobConfig], layout_generation: int
+) -> list[State]:
+    """One skeleton per new config (:mod:`pscluster.server.durability.dense`: all of a state
+    but its per-value tensors, which it lists) from the old shards' skeletons in plan order;
+    ValueError, naming what, if the old states do not describe one job at a step boundary or
+    cannot be carried exactly.
 
     The version is the highest of the old shards'. In sync it is the open step, the same on
     every shard at a boundary; in async and ssp it counts the pushes applied on the shard,
@@ -102,9 +137,15 @@ def recut(
             "policy": policies[index][1],
             "counters": counters[index],
             "tables": tables[index][1],
+            dn.DENSE_KEY: olds[0].meta[dn.DENSE_KEY],
         }
         out.append((tensors, state_meta))
     return out
+
+
+def _values_range(state: State) -> Range:
+    config = state[1]["config"]
+    return Range(int(config["start"]), int(config["length"]))
 
 
 def _job_meta(olds: Sequence[_Old], *, open_step: bool) -> dict[str, Any]:
@@ -147,10 +188,10 @@ def _check_layouts(olds: Sequence[_Old], configs: Sequence[JobConfig]) -> None:
 def _parse(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> _Old:
     if meta.get("delta"):
         raise ValueError("an old state is a delta checkpoint; a move cuts full states")
+    if dn.dense_dtypes(meta) is None:
+        raise ValueError("an old state is whole; skeletons are cut (dense.split it first)")
     config = _config_from_json(meta["config"])
-    values, buffers = tensors.get(_VALUES), tensors.get(_BUFFERS)
-    if values is None or values.shape != (config.length,):
-        raise ValueError(f"an old state's values do not fill its range of {config.length}")
+    buffers = tensors.get(_BUFFERS)
     if config.buffer_length and (buffers is None or buffers.shape != (config.buffer_length,)):
         raise ValueError(f"an old state's buffers do not fill its {config.buffer_length}")
     return _Old(tensors, meta, config)
@@ -217,58 +258,47 @@ def _same_scalars(olds: Sequence[_Old]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Dense:
-    """The old shards' per-element tensors as pieces by global offset, and the optimizer's
-    whole-vector tensors, read (and checked) once for every new shard."""
+    """What of the old skeletons is cut by offset (buffers, the held-zeros mask) as pieces,
+    and the optimizer's whole-vector tensors, read (and checked) once for every new shard."""
 
-    values: list[Piece]
     buffers: list[Piece]
     zeros: list[Piece]
-    moments: dict[str, list[Piece]]  # momentum, Adam's moments: one value per element
     whole: dict[str, torch.Tensor]  # 0-d: Adam's step
 
     @classmethod
     def of(cls, olds: Sequence[_Old]) -> _Dense:
-        """ValueError if the shards hold different optimizer tensors (one has stepped,
-        another not) or different whole-vector ones (Adam's step)."""
+        """ValueError if the shards hold different per-value tensors (one's optimizer has
+        stepped, another's not) or different whole-vector ones (Adam's step)."""
+        listed = [o.meta[dn.DENSE_KEY] for o in olds]
+        if any(entry != listed[0] for entry in listed):
+            raise ValueError(f"the old shards hold different per-value state: {listed}")
         held = [o.prefixed(_OPT) for o in olds]
         names = sorted(held[0])
         if any(sorted(h) != names for h in held):
             raise ValueError(f"the old shards hold different optimizer state: {held}")
-        moments, whole = {}, {}
+        whole = {}
         for name in names:
             parts = [h[name] for h in held]
-            if all(p.dim() == 0 for p in parts):
-                if any(not torch.equal(p, parts[0]) for p in parts):
-                    found = [p.item() for p in parts]
-                    raise ValueError(f"the old shards' optimizer {name!r} differs: {found}")
-                whole[name] = parts[0]
-            elif all(p.shape == (o.config.length,) for o, p in zip(olds, parts, strict=True)):
-                moments[name] = [
-                    Piece(o.values.start, o.values.length, p)
-                    for o, p in zip(olds, parts, strict=True)
-                ]
-            else:
+            if any(p.dim() != 0 for p in parts):
                 raise ValueError(f"optimizer {name!r} is neither per element nor one number")
+            if any(not torch.equal(p, parts[0]) for p in parts):
+                found = [p.item() for p in parts]
+                raise ValueError(f"the old shards' optimizer {name!r} differs: {found}")
+            whole[name] = parts[0]
         return cls(
-            [Piece(o.values.start, o.values.length, o.tensors[_VALUES]) for o in olds],
             [Piece(o.buffers.start, o.buffers.length, o.tensors.get(_BUFFERS)) for o in olds],
             [Piece(o.values.start, o.values.length, o.tensors.get(_ZEROS)) for o in olds],
-            moments,
             whole,
         )
 
     def cut(self, config: JobConfig) -> dict[str, torch.Tensor]:
-        """A new shard's values, buffers, optimizer state and held-zeros mask."""
-        start, length = config.start, config.length
-        tensors = {_VALUES: cut(self.values, start, length, torch.float32)}
+        """A new shard's buffers, whole-vector optimizer state and held-zeros mask."""
+        tensors = {}
         if config.buffer_length:
             b_start, b_length = config.buffer_start, config.buffer_length
             tensors[_BUFFERS] = cut(self.buffers, b_start, b_length, torch.float64)
-        for name, pieces in self.moments.items():
-            dtype = next(p.tensor.dtype for p in pieces if p.tensor is not None)
-            tensors[_OPT + name] = cut(pieces, start, length, dtype)
         tensors.update({_OPT + name: t.clone() for name, t in self.whole.items()})
-        mask = cut(self.zeros, start, length, torch.uint8)  # none held: no mask, as a shard
+        mask = cut(self.zeros, config.start, config.length, torch.uint8)  # none held: no mask
         if bool(mask.any()):
             tensors[_ZEROS] = mask
         return tensors

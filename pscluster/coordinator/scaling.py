@@ -80,7 +80,7 @@ class ShardScaler:
                 f"({', '.join(move.shard_ids)}; layout generation {move.layout_generation}): "
                 f"{move.quiesce_seconds:.2f}s until every worker was between two steps, then "
                 f"pulls paused {move.pause_seconds:.2f}s while "
-                f"{move.state_bytes / 1e6:.1f} MB of state moved"
+                f"{move.state_bytes / 1e6:.1f} MB of state changed shard"
             )
         else:
             message = f"stayed on its {before} shard(s): {move.reason}"

@@ -145,14 +145,17 @@ class FlatOptimizer:
                 # Dropped so the shard does not keep the last gradient alive between pushes.
                 self.param.grad = None
 
-    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, float | None]]:
+    def state_tensors(
+        self, *, copy: bool = True
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float | None]]:
         """The optimizer's per-parameter state (momentum, Adam moments, step count): tensors
-        (copies) and plain numbers apart, so checkpoints need no pickle."""
+        (copies; ``copy`` False lends its own, for a reader nothing can race) and plain
+        numbers apart, so checkpoints need no pickle."""
         tensors: dict[str, torch.Tensor] = {}
         scalars: dict[str, float | None] = {}
         for key, value in self._opt.state.get(self.param, {}).items():
             if isinstance(value, torch.Tensor):
-                tensors[key] = value.detach().clone()
+                tensors[key] = value.detach().clone() if copy else value.detach()
             else:
                 scalars[key] = value
         return tensors, scalars

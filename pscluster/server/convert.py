@@ -37,6 +37,7 @@ _HOLD_ACTIONS: dict[int, HoldAction] = {
     ps_pb2.HOLD_ACTION_HOLD: HoldAction.HOLD,
     ps_pb2.HOLD_ACTION_RELEASE: HoldAction.RELEASE,
     ps_pb2.HOLD_ACTION_MOVED: HoldAction.MOVED,
+    ps_pb2.HOLD_ACTION_SETTLED: HoldAction.SETTLED,
 }
 
 
@@ -140,7 +141,7 @@ def hold_action(action: int) -> HoldAction:
     """A HoldJob's action; InvalidArgument for an unspecified or unknown one."""
     found = _HOLD_ACTIONS.get(action)
     if found is None:
-        raise InvalidArgument(f"HoldJob action {action} is not HOLD, RELEASE or MOVED")
+        raise InvalidArgument(f"HoldJob action {action} is not HOLD, RELEASE, MOVED or SETTLED")
     return found
 
 

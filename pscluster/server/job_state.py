@@ -250,9 +250,9 @@ class JobState:
         data; the config is in it, so it alone rebuilds the job. ``checkpoint`` "full" or
         "delta" is the journal's read (see :meth:`JobTables.state_dict`): a "delta" holds
         only the table rows changed since the last checkpoint. ``copy`` False lends the
-        values' and the tables' own tensors: a new job's first checkpoint, which nothing can
-        change while it is written, costs no second copy of a 3 GB table or vector."""
-        opt_tensors, opt_scalars = self.opt.state_tensors()
+        values', the optimizer's and the tables' own tensors: a new job's first checkpoint, which
+        nothing can change while it is written, costs no second copy of a 3 GB table or vector."""
+        opt_tensors, opt_scalars = self.opt.state_tensors(copy=copy)
         policy_tensors, policy_meta = self.policy.state_dict()
         values, buffers = self.opt.values, self.buffers.values
         tensors = {_VALUES: values.clone() if copy else values}

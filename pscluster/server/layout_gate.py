@@ -34,6 +34,7 @@ class HoldAction(enum.Enum):
     HOLD = "hold"
     RELEASE = "release"
     MOVED = "moved"
+    SETTLED = "settled"  # the move is committed: the copy an adoption retired goes
 
 
 @dataclass(frozen=True)

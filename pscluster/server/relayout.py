@@ -3,23 +3,21 @@
 :class:`MovedJobs` remembers the jobs that moved away, so that a worker still on the old plan
 hears "layout moved" (fetch the plan again) rather than NOT_FOUND, which workers read as "the
 job is gone" and abandon it. :func:`adopted_job` builds a job from the state an AdoptJob
-carries: the checkpoint image (:mod:`pscluster.server.durability.checkpoint`), read with the
-same code recovery uses, and checked first, since it comes over the network rather than from
-this shard's own disk.
+carries (:mod:`pscluster.server.adopted_state` reads it), restored with the same code recovery
+uses, and checked first, since it comes over the network rather than from this shard's own
+disk.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from pscluster.errors import FailedPrecondition, InvalidArgument, LayoutMoved, ResourceExhausted
+from pscluster.errors import FailedPrecondition, InvalidArgument, LayoutMoved
 from pscluster.server.domain import JobConfig
-from pscluster.server.durability.checkpoint import CheckpointError, state_from_bytes
-from pscluster.server.durability.image import restore
+from pscluster.server.durability.image import State, restore
 from pscluster.server.shard_job import ShardJob
 
 # Jobs remembered as moved away: enough for every job a shard held in weeks of re-layouts; an
@@ -69,34 +67,15 @@ def check_newer(job_id: str, generation: int, here: int | None, what: str) -> No
         )
 
 
-def receive_state(size: int, data: Iterable[bytes | memoryview], limit: int) -> bytes:
-    """An AdoptJob stream's ``size`` bytes of state; InvalidArgument unless it carries exactly
-    that many, ResourceExhausted (before any is received) if ``size`` is above ``limit``."""
-    if size > limit:
-        raise ResourceExhausted(
-            f"an adopted state of {size} bytes is more than this shard takes ({limit} bytes: "
-            "PSC_MAX_MODEL_PARAMETERS)"
-        )
-    parts: list[bytes | memoryview] = []
-    received = 0
-    for chunk in data:
-        received += len(chunk)
-        if received > size:
-            raise InvalidArgument(f"the AdoptJob stream carries more than the announced {size}")
-        parts.append(chunk)
-    if received != size:
-        raise InvalidArgument(f"the AdoptJob stream ended after {received} of {size} bytes")
-    return b"".join(parts)
-
-
-def adopted_job(job_id: str, generation: int, data: bytes) -> ShardJob:
-    """The job an AdoptJob's state describes: InvalidArgument if it is not a state of job
-    ``job_id`` (unreadable, damaged, or its tensors not the lengths its config says),
-    FailedPrecondition if its config's layout generation is not ``generation``."""
+def adopted_job(job_id: str, generation: int, state: State) -> ShardJob:
+    """The job an AdoptJob's state (read by :mod:`pscluster.server.adopted_state`)
+    describes: InvalidArgument if it is not a state of job ``job_id`` (its config unreadable,
+    or its tensors not the lengths its config says), FailedPrecondition if its config's
+    layout generation is not ``generation``."""
+    tensors, meta = state
     try:
-        tensors, meta = state_from_bytes(data)
         config = JobConfig.from_json(meta["config"])
-    except (CheckpointError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidArgument(f"the state adopted for job {job_id} cannot be read: {exc}") from None
     if config.job_id != job_id:
         raise InvalidArgument(f"the state adopted for job {job_id} is of job {config.job_id}")

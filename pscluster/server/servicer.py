@@ -15,6 +15,7 @@ import grpc
 from pscluster.config import Settings
 from pscluster.errors import InvalidArgument
 from pscluster.server import convert
+from pscluster.server.adopted_state import Segment
 from pscluster.server.shard import Shard
 from pscluster.server.telemetry import ShardTelemetry
 from pscluster.transport import framing, wire
@@ -164,9 +165,16 @@ class ParameterServerServicer:
     @grpc_errors
     def ExportJob(
         self, request: ps_pb2.ExportJobRequest, context: grpc.ServicerContext
-    ) -> Iterator[ps_pb2.StateChunk]:
+    ) -> Iterator[ps_pb2.StateChunk | bytes]:
         chunk_bytes = self._chunk_bytes(request.chunk_bytes)
-        state = memoryview(self._shard.export_job(request.job_id))
+        if request.ranges:  # raw, framed by hand as StateChunk.range_data (one copy)
+            ranges = [(r.start, r.length) for r in request.ranges]
+            names = list(request.dense_names)
+            job_id, generation = request.job_id, request.layout_generation
+            for view in self._shard.export_ranges(job_id, generation, ranges, names):
+                yield from framing.frames(view, chunk_bytes)
+            return
+        state = memoryview(self._shard.export_job(request.job_id, skeleton=request.skeleton))
         for offset in range(0, len(state), chunk_bytes):
             yield ps_pb2.StateChunk(data=bytes(state[offset : offset + chunk_bytes]))
 
@@ -182,7 +190,13 @@ class ParameterServerServicer:
         header = first.header
         data = _data(request_iterator, "AdoptJob", "header")
         generation, size = header.layout_generation, header.state_bytes
-        job = self._shard.adopt_job(header.job_id, generation, size, data)
+        if header.restore_retired:
+            if next(data, None) is not None:
+                raise InvalidArgument("an AdoptJob that restores the retired copy carries no state")
+            job = self._shard.restore_job(header.job_id, generation)
+        else:
+            segments = [Segment(s.start, s.length, s.local) for s in header.segments]
+            job = self._shard.adopt_job(header.job_id, generation, size, data, segments)
         return ps_pb2.AdoptJobReply(version=job.version)
 
     def _chunk_bytes(self, requested: int) -> int:
@@ -274,7 +288,7 @@ def add_to_server(servicer: ParameterServerServicer, server: grpc.Server) -> Non
         "ExportJob": grpc.unary_stream_rpc_method_handler(
             servicer.ExportJob,
             request_deserializer=ps_pb2.ExportJobRequest.FromString,
-            response_serializer=ps_pb2.StateChunk.SerializeToString,
+            response_serializer=framing.serializer,
         ),
         "AdoptJob": grpc.stream_unary_rpc_method_handler(
             servicer.AdoptJob,

@@ -2,22 +2,19 @@
 push to one job never holds up another job.
 
 A live re-layout (the coordinator's ScaleShards) holds a job here, exports its state, adopts
-states cut for this shard and lets jobs move away (see :mod:`pscluster.server.layout_gate` and
-:mod:`pscluster.server.relayout`)."""
+states cut for this shard and lets jobs move away (:mod:`pscluster.server.shard_relayout`,
+with :mod:`pscluster.server.layout_gate` and :mod:`pscluster.server.relayout`)."""
 
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 
 from pscluster.errors import (
     AlreadyExists,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -25,19 +22,17 @@ from pscluster.errors import (
 from pscluster.server import relayout
 from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig
-from pscluster.server.durability.checkpoint import state_to_bytes
 from pscluster.server.durability.journal import DurabilityConfig, Journal
-from pscluster.server.durability.staging import stage
 from pscluster.server.job_buffers import check_buffer_spec, initial_buffers
-from pscluster.server.layout_gate import HoldAction, HoldStatus
 from pscluster.server.shard_job import ShardJob
+from pscluster.server.shard_relayout import RelayoutMixin, Retired
 from pscluster.server.tables.rows import SplitStream, initial_tables
 from pscluster.transport import wire
 
 log = logging.getLogger(__name__)
 
 
-class Shard:
+class Shard(RelayoutMixin):
     """``durability`` None keeps every job in memory only; otherwise each job is logged and
     checkpointed under ``durability.data_dir`` (see :mod:`pscluster.server.durability`)."""
 
@@ -52,6 +47,7 @@ class Shard:
         self._lock = threading.Lock()
         self._durability = durability
         self._moved = relayout.MovedJobs()  # jobs that moved away: "layout moved", not NOT_FOUND
+        self._retired: dict[str, Retired] = {}  # jobs an adoption replaced, until settled
         # The largest state an AdoptJob may announce, refused before any of it is received.
         self.max_state_bytes = (
             relayout.STATE_BYTES_PER_VALUE * max_values + relayout.STATE_OVERHEAD_BYTES
@@ -167,6 +163,7 @@ class Shard:
     def drop(self, job_id: str) -> None:
         with self._lock:
             job = self._jobs.pop(job_id, None)
+            self._retired.pop(job_id, None)
             self._moved.forget(job_id)  # dropped: its workers hear NOT_FOUND, the job is gone
         if job is None:
             raise NotFound(f"job {job_id!r} is not on this shard")
@@ -176,96 +173,3 @@ class Shard:
     def job_ids(self) -> list[str]:
         with self._lock:
             return sorted(self._jobs)
-
-    # --- live re-layout ---
-
-    def hold_job(self, job_id: str, action: HoldAction, layout_generation: int) -> HoldStatus:
-        """HOLD (members' pulls wait here), RELEASE (they go on) or MOVED (the job left for
-        ``layout_generation``: dropped here, remembered as moved). A repeated MOVED of the
-        same generation answers as the first did (the coordinator may retry it)."""
-        if action is HoldAction.MOVED:
-            with self._lock:
-                moved_to = self._moved.get(job_id)
-            if moved_to is not None and moved_to == layout_generation:
-                return HoldStatus([], [], 0, moved_to)
-            job = self.job_at(job_id)
-            relayout.check_newer(job_id, layout_generation, job.config.layout_generation, "MOVED")
-            status = job.layout_status()
-            with self._lock:
-                if self._jobs.get(job_id) is job:
-                    del self._jobs[job_id]
-                self._moved.add(job_id, layout_generation)
-            job.move(layout_generation)
-            log.info("job %s moved to layout generation %d", job_id, layout_generation)
-            return HoldStatus(status.members, status.waiting, status.version, layout_generation)
-        job = self.job_at(job_id, layout_generation)
-        job.gate.hold(action is HoldAction.HOLD)
-        return job.layout_status()
-
-    def export_job(self, job_id: str) -> bytes:
-        """The held job's whole state, as a checkpoint image (FailedPrecondition unless held)."""
-        return self.job_at(job_id).held_image(state_to_bytes)
-
-    def adopt_job(
-        self, job_id: str, generation: int, size: int, data: Iterable[bytes | memoryview]
-    ) -> ShardJob:
-        """Serve the job a state describes, at layout generation ``generation``, durably (its
-        first checkpoint is written before this returns). A job here at an older generation
-        is replaced: its waiters answer "layout moved", its files go. Nothing changes when
-        the state is refused."""
-        if not job_id:
-            raise InvalidArgument("the AdoptJob header's job_id is empty; name the job")
-        self._check_adoptable(job_id, generation)  # before gigabytes are received
-        state = relayout.receive_state(size, data, self.max_state_bytes)
-        job = relayout.adopted_job(job_id, generation, state)
-        self._check_config(job.config)
-        with self._lock:
-            old = self._check_adoptable_locked(job_id, generation)
-            self._starting.add(job_id)
-        staged: Path | None = None
-        try:
-            if self._durability is not None:  # durable before anything here is replaced
-                staged = stage(self._durability.job_folder(job_id), state)
-            del state
-            if old is not None:  # its files go first: the new job's folder is the same one
-                old.move(generation)
-            if self._durability is not None and staged is not None:
-                state_dict = job.state_dict(copy=False)
-                job.attach(Journal.from_staged(job_id, state_dict, self._durability, staged))
-                staged = None
-            with self._lock:
-                self._jobs[job_id] = job
-                self._moved.forget(job_id)
-        finally:
-            if staged is not None:  # never taken: it must not come back as the job
-                shutil.rmtree(staged, ignore_errors=True)
-            with self._lock:
-                self._starting.discard(job_id)
-        log.info(
-            "job %s adopted at layout generation %d: %d values [%d, %d), version %d",
-            job_id,
-            generation,
-            job.config.length,
-            job.config.start,
-            job.config.start + job.config.length,
-            job.version,
-            extra={"job_id": job_id},
-        )
-        return job
-
-    def _check_adoptable(self, job_id: str, generation: int) -> None:
-        with self._lock:
-            self._check_adoptable_locked(job_id, generation)
-
-    def _check_adoptable_locked(self, job_id: str, generation: int) -> ShardJob | None:
-        """The job ``job_id`` an adoption at ``generation`` would replace (None: none here);
-        FailedPrecondition if the one here (or the move away remembered) is not older."""
-        if job_id in self._starting:
-            raise FailedPrecondition(
-                f"job {job_id} is being created on this shard right now; try again once that "
-                "call has answered"
-            )
-        old = self._jobs.get(job_id)
-        here = old.config.layout_generation if old is not None else self._moved.get(job_id)
-        relayout.check_newer(job_id, generation, here, "AdoptJob")
-        return old

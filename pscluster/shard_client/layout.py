@@ -1,29 +1,31 @@
 """The coordinator's calls for a live re-layout (ScaleShards), one shard at a time.
 
-HoldJob holds a job's pulls on a shard (and releases them, or tells the shard the job moved),
-ExportJob reads the held job's whole state, AdoptJob installs a state cut for a shard. The state
-travels as a checkpoint image: :func:`state_from_bytes` and :func:`state_to_bytes` (whose home
-is :mod:`pscluster.server.durability.checkpoint`) turn it into tensors and JSON and back, for
-the coordinator to recut. Every failure is a :class:`~pscluster.shard_client.errors.ShardError`
-naming the shard, raised.
+HoldJob holds a job's pulls on a shard (and releases them, tells the shard the job moved, or
+that the move is settled), ExportJob reads the held job's whole state (or its skeleton, or raw
+ranges of its per-value tensors), AdoptJob installs a state cut for a shard (or takes back the
+copy it retired). The state travels as a checkpoint image: :func:`state_from_bytes` and
+:func:`state_to_bytes` (whose home is :mod:`pscluster.server.durability.checkpoint`) turn it
+into tensors and JSON and back, for the coordinator to recut. Every failure is a
+:class:`~pscluster.shard_client.errors.ShardError` naming the shard, raised.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import grpc
 
 from pscluster.config import Settings
 from pscluster.server.durability.checkpoint import state_from_bytes, state_to_bytes
-from pscluster.shard_client.errors import shard_error
+from pscluster.shard_client.errors import ShardError, shard_error
 from pscluster.shard_client.streams import Streams
 from pscluster.transport import framing
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.v1 import parameter_server_pb2_grpc as ps_grpc
 
-__all__ = ["RelayoutCalls", "state_from_bytes", "state_to_bytes"]
+__all__ = ["Relay", "RelayoutCalls", "state_from_bytes", "state_to_bytes"]
 
 
 class _Client(Protocol):
@@ -62,33 +64,120 @@ class RelayoutCalls:
             raise shard_error(address, e) from None
         return reply
 
-    def export_job(self: _Client, address: str, job_id: str) -> bytes:
+    def export_job(self: _Client, address: str, job_id: str, *, skeleton: bool = False) -> bytes:
         """The held job's whole state on the shard at ``address`` (FAILED_PRECONDITION unless
-        held): decode it with :func:`state_from_bytes`."""
-        request = ps_pb2.ExportJobRequest(job_id=job_id)
+        held), or all of it but its per-value tensors (``skeleton``, which lists them): decode
+        it with :func:`state_from_bytes`."""
+        request = ps_pb2.ExportJobRequest(job_id=job_id, skeleton=skeleton)
         try:
             chunks = self.stub(address).ExportJob(request, timeout=self.timeout)
             return b"".join(chunk.data for chunk in chunks)
         except grpc.RpcError as e:
             raise shard_error(address, e) from None
 
+    def export_ranges(
+        self: _Client,
+        address: str,
+        job_id: str,
+        generation: int,
+        ranges: Sequence[tuple[int, int]],
+        dense: Sequence[tuple[str, int]],
+    ) -> Relay:
+        """Global ``(start, length)`` ``ranges`` of the job's per-value tensors ``dense``
+        (name and bytes per value, in the order of its skeleton's listing) on the shard at
+        ``address``, as it was at layout ``generation``, raw: read once the relay is sent on
+        (an AdoptJob elsewhere carries it)."""
+        request = ps_pb2.ExportJobRequest(
+            job_id=job_id,
+            ranges=[ps_pb2.DenseRange(start=start, length=length) for start, length in ranges],
+            dense_names=[name for name, _ in dense],
+            layout_generation=generation,
+        )
+        size = sum(length for _, length in ranges) * sum(width for _, width in dense)
+        call, timeout = self.streams(address).export_ranges, self.timeout
+        return Relay(address, size, lambda: call(request, timeout=timeout))
+
     def adopt_job(
-        self: _Client, address: str, job_id: str, layout_generation: int, state: bytes
+        self: _Client,
+        address: str,
+        job_id: str,
+        layout_generation: int,
+        state: bytes,
+        segments: Sequence[ps_pb2.DenseSegment] = (),
+        dense: Sequence[Relay] = (),
     ) -> ps_pb2.AdoptJobReply:
         """Install ``state`` (:func:`state_to_bytes`; its config's layout generation must be
         ``layout_generation``) on the shard at ``address``, replacing an older generation of
-        the job there; durable once this returns."""
+        the job there; durable once this returns. A skeleton state comes with the
+        ``segments`` of its per-value tensors and, for those not local, the ``dense`` relays
+        of their bytes in order (a failure of one names the shard it reads from)."""
         header = ps_pb2.AdoptJobHeader(
-            job_id=job_id, layout_generation=layout_generation, state_bytes=len(state)
+            job_id=job_id,
+            layout_generation=layout_generation,
+            state_bytes=len(state),
+            segments=segments,
+            dense_bytes=sum(r.size for r in dense),
         )
         messages = itertools.chain(
             [ps_pb2.AdoptJobChunk(header=header)],
             framing.frames(memoryview(state), self.settings.chunk_bytes),
+            *(r.frames() for r in dense),
         )
         try:
             reply: ps_pb2.AdoptJobReply = self.streams(address).adopt(
                 messages, timeout=self.timeout
             )
         except grpc.RpcError as e:
+            for relay in dense:
+                relay.raise_error()
             raise shard_error(address, e) from None
         return reply
+
+    def restore_job(
+        self: _Client, address: str, job_id: str, layout_generation: int
+    ) -> ps_pb2.AdoptJobReply:
+        """The shard at ``address`` takes back the copy of the job its last adoption
+        replaced, under ``layout_generation`` (a move rolled back); durable once this
+        returns. FAILED_PRECONDITION if it kept none."""
+        header = ps_pb2.AdoptJobHeader(
+            job_id=job_id, layout_generation=layout_generation, restore_retired=True
+        )
+        try:
+            reply: ps_pb2.AdoptJobReply = self.streams(address).adopt(
+                iter([ps_pb2.AdoptJobChunk(header=header)]), timeout=self.timeout
+            )
+        except grpc.RpcError as e:
+            raise shard_error(address, e) from None
+        return reply
+
+
+class Relay:
+    """One ExportJob stream of raw ranges, carried on as AdoptJob data chunks as it arrives
+    (never whole in the caller's memory). gRPC turns an error raised while it reads the
+    requests into a cancelled AdoptJob; the relay keeps the source shard's error, so that
+    the failure names the shard that failed."""
+
+    def __init__(self, address: str, size: int, chunks: Callable[[], Iterable[bytes]]) -> None:
+        self.address = address
+        self.size = size  # bytes it carries
+        self._chunks = chunks
+        self._error: ShardError | None = None
+
+    def frames(self) -> Iterator[bytes]:
+        """The serialized chunks as they came: StateChunk.range_data is field 2, as
+        AdoptJobChunk.data is, so each is an AdoptJob data chunk without a copy."""
+        try:
+            for chunk in self._chunks():
+                if framing.data_of(chunk) is None:
+                    self._error = ShardError(
+                        self.address, grpc.StatusCode.INTERNAL, "a range chunk without its data"
+                    )
+                    raise self._error
+                yield chunk
+        except grpc.RpcError as e:
+            self._error = shard_error(self.address, e)
+            raise
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error

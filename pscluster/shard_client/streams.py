@@ -48,6 +48,12 @@ class Streams:
             request_serializer=framing.serializer,
             response_deserializer=ps_pb2.InitJobReply.FromString,
         )
+        # ExportJob of raw ranges: each chunk as serialized (an AdoptJob data chunk as it is).
+        self.export_ranges = channel.unary_stream(
+            SERVICE + "ExportJob",
+            request_serializer=ps_pb2.ExportJobRequest.SerializeToString,
+            response_deserializer=bytes,
+        )
         self.adopt = channel.stream_unary(
             SERVICE + "AdoptJob",
             request_serializer=framing.serializer,

@@ -2212,9 +2212,9 @@ class JobMove(_message.Message):
     pause_seconds: _builtins.float
     """from then until its pulls were answered (no step ran)"""
     state_bytes: _builtins.int
-    """state exported and adopted"""
+    """state sent: the skeletons and the ranges that changed shard"""
     export_seconds: _builtins.float
-    """Where the pause went: reading the old shards' states, cutting them, and the new shards
+    """Where the pause went: reading the old shards' skeletons, cutting them, and the new shards
     taking theirs (durably), the store's commit and the old shards' drop included.
     """
     recut_seconds: _builtins.float

@@ -75,6 +75,10 @@ class _HoldActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HoldAction
     HOLD_ACTION_HOLD: _HoldAction.ValueType  # 1
     HOLD_ACTION_RELEASE: _HoldAction.ValueType  # 2
     HOLD_ACTION_MOVED: _HoldAction.ValueType  # 3
+    HOLD_ACTION_SETTLED: _HoldAction.ValueType  # 4
+    """The move to `layout_generation` is committed: the copy of the job this shard kept, when
+    an adoption replaced it, for a move back (AdoptJobHeader.restore_retired) goes.
+    """
 
 class HoldAction(_HoldAction, metaclass=_HoldActionEnumTypeWrapper): ...
 
@@ -82,6 +86,10 @@ HOLD_ACTION_UNSPECIFIED: HoldAction.ValueType  # 0
 HOLD_ACTION_HOLD: HoldAction.ValueType  # 1
 HOLD_ACTION_RELEASE: HoldAction.ValueType  # 2
 HOLD_ACTION_MOVED: HoldAction.ValueType  # 3
+HOLD_ACTION_SETTLED: HoldAction.ValueType  # 4
+"""The move to `layout_generation` is committed: the copy of the job this shard kept, when
+an adoption replaced it, for a move back (AdoptJobHeader.restore_retired) goes.
+"""
 Global___HoldAction: _TypeAlias = HoldAction  # noqa: Y015
 
 @_typing.final
@@ -929,37 +937,118 @@ class ExportJobRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    SKELETON_FIELD_NUMBER: _builtins.int
+    RANGES_FIELD_NUMBER: _builtins.int
+    DENSE_NAMES_FIELD_NUMBER: _builtins.int
+    LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     chunk_bytes: _builtins.int
     """0: the server's default"""
+    skeleton: _builtins.bool
+    """A move that sends only what changes shard. `skeleton`: the checkpoint image without the
+    per-value tensors (the values, the optimizer's per-element moments), which its metadata
+    lists ("dense": name -> dtype) instead.
+    """
+    layout_generation: _builtins.int
+    @_builtins.property
+    def ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___DenseRange]:
+        """Set: no image, only these global ranges of the per-value tensors `dense_names`, raw
+        (little-endian), range by range and in each range name by name; read from the job held
+        here at `layout_generation`, or from the copy an adoption replaced (and kept) of it.
+        """
+
+    @_builtins.property
+    def dense_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         chunk_bytes: _builtins.int = ...,
+        skeleton: _builtins.bool = ...,
+        ranges: _abc.Iterable[Global___DenseRange] | None = ...,
+        dense_names: _abc.Iterable[_builtins.str] | None = ...,
+        layout_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "dense_names", b"dense_names", "job_id", b"job_id", "layout_generation", b"layout_generation", "ranges", b"ranges", "skeleton", b"skeleton"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportJobRequest: _TypeAlias = ExportJobRequest  # noqa: Y015
 
 @_typing.final
+class DenseRange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    """global offset in the parameter vector"""
+    length: _builtins.int
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DenseRange: _TypeAlias = DenseRange  # noqa: Y015
+
+@_typing.final
+class DenseSegment(_message.Message):
+    """A piece of an adopted job's per-value tensors, in order from its range's start."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    """global offset"""
+    length: _builtins.int
+    local: _builtins.bool
+    """From this shard's own copy of the job (an older generation of it held here), not sent."""
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        length: _builtins.int = ...,
+        local: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "local", b"local", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DenseSegment: _TypeAlias = DenseSegment  # noqa: Y015
+
+@_typing.final
 class StateChunk(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DATA_FIELD_NUMBER: _builtins.int
+    RANGE_DATA_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
+    range_data: _builtins.bytes
+    """ExportJob of `ranges`: their raw bytes come here instead, field 2 like AdoptJobChunk's
+    data, so that a relay sends each serialized chunk on as an AdoptJob data chunk unchanged.
+    """
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
+        range_data: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "range_data", b"range_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -972,21 +1061,39 @@ class AdoptJobHeader(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
     STATE_BYTES_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    DENSE_BYTES_FIELD_NUMBER: _builtins.int
+    RESTORE_RETIRED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     layout_generation: _builtins.int
     """must equal the state's config's"""
     state_bytes: _builtins.int
     """bytes of state that follow"""
+    dense_bytes: _builtins.int
+    restore_retired: _builtins.bool
+    """No state follows: take back the copy of the job kept when the last adoption replaced it,
+    under `layout_generation` (a move rolled back). FAILED_PRECONDITION if none is kept.
+    """
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DenseSegment]:
+        """A skeleton state (ExportJobRequest.skeleton): its per-value tensors are these segments,
+        covering its range in order; after the state's bytes come `dense_bytes` raw bytes, each
+        segment not local in turn, in it each of the state's dense names in turn.
+        """
+
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         layout_generation: _builtins.int = ...,
         state_bytes: _builtins.int = ...,
+        segments: _abc.Iterable[Global___DenseSegment] | None = ...,
+        dense_bytes: _builtins.int = ...,
+        restore_retired: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "layout_generation", b"layout_generation", "state_bytes", b"state_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dense_bytes", b"dense_bytes", "job_id", b"job_id", "layout_generation", b"layout_generation", "restore_retired", b"restore_retired", "segments", b"segments", "state_bytes", b"state_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

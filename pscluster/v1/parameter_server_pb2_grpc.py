@@ -183,10 +183,11 @@ class ParameterServerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AdoptJob(self, request_iterator, context):
-        """Installs a job from a state (ExportJob's format) under its config's layout_generation,
+        """Installs a job from a state (ExportJob's format, or a skeleton and the pieces of its
+        per-value tensors: AdoptJobHeader.segments) under its config's layout_generation,
         durably (checkpointed before the reply). A job already here at an older generation is
-        replaced: its held pulls answer "layout moved". FAILED_PRECONDITION if the one here is
-        not older.
+        replaced: its held pulls answer "layout moved", and its state is kept in memory (until
+        HoldJob SETTLED) for a move back. FAILED_PRECONDITION if the one here is not older.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -81,10 +81,11 @@ class ParameterServerStub:
     table rows, push ledger): the checkpoint image, in chunks. Only while held.
     """
     AdoptJob: _grpc.StreamUnaryMultiCallable[_parameter_server_pb2.AdoptJobChunk, _parameter_server_pb2.AdoptJobReply]
-    """Installs a job from a state (ExportJob's format) under its config's layout_generation,
+    """Installs a job from a state (ExportJob's format, or a skeleton and the pieces of its
+    per-value tensors: AdoptJobHeader.segments) under its config's layout_generation,
     durably (checkpointed before the reply). A job already here at an older generation is
-    replaced: its held pulls answer "layout moved". FAILED_PRECONDITION if the one here is
-    not older.
+    replaced: its held pulls answer "layout moved", and its state is kept in memory (until
+    HoldJob SETTLED) for a move back. FAILED_PRECONDITION if the one here is not older.
     """
 
 @_typing.type_check_only
@@ -135,10 +136,11 @@ class ParameterServerAsyncStub(ParameterServerStub):
     table rows, push ledger): the checkpoint image, in chunks. Only while held.
     """
     AdoptJob: _aio.StreamUnaryMultiCallable[_parameter_server_pb2.AdoptJobChunk, _parameter_server_pb2.AdoptJobReply]  # type: ignore[assignment]
-    """Installs a job from a state (ExportJob's format) under its config's layout_generation,
+    """Installs a job from a state (ExportJob's format, or a skeleton and the pieces of its
+    per-value tensors: AdoptJobHeader.segments) under its config's layout_generation,
     durably (checkpointed before the reply). A job already here at an older generation is
-    replaced: its held pulls answer "layout moved". FAILED_PRECONDITION if the one here is
-    not older.
+    replaced: its held pulls answer "layout moved", and its state is kept in memory (until
+    HoldJob SETTLED) for a move back. FAILED_PRECONDITION if the one here is not older.
     """
 
 class ParameterServerServicer(metaclass=_abc_1.ABCMeta):
@@ -252,10 +254,11 @@ class ParameterServerServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_parameter_server_pb2.AdoptJobChunk],
         context: _ServicerContext,
     ) -> _typing.Union[_parameter_server_pb2.AdoptJobReply, _abc.Awaitable[_parameter_server_pb2.AdoptJobReply]]:
-        """Installs a job from a state (ExportJob's format) under its config's layout_generation,
+        """Installs a job from a state (ExportJob's format, or a skeleton and the pieces of its
+        per-value tensors: AdoptJobHeader.segments) under its config's layout_generation,
         durably (checkpointed before the reply). A job already here at an older generation is
-        replaced: its held pulls answer "layout moved". FAILED_PRECONDITION if the one here is
-        not older.
+        replaced: its held pulls answer "layout moved", and its state is kept in memory (until
+        HoldJob SETTLED) for a move back. FAILED_PRECONDITION if the one here is not older.
         """
 
 def add_ParameterServerServicer_to_server(servicer: ParameterServerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

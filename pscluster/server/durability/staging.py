@@ -13,20 +13,30 @@ import logging
 import shutil
 from pathlib import Path
 
-from pscluster.server.durability.checkpoint import checkpoint_path, write_checkpoint_image
+from pscluster.server.durability.checkpoint import (
+    State,
+    checkpoint_path,
+    write_checkpoint,
+    write_checkpoint_image,
+)
 from pscluster.server.durability.wal import fsync_dir
 
 log = logging.getLogger(__name__)
 
 
-def stage(folder: Path, image: bytes) -> Path:
-    """Write ``image`` (the adopted state as AdoptJob brought it, already checked) as the
-    first checkpoint of a staged folder beside the job's ``folder``, durably."""
+def stage(folder: Path, state: bytes | State) -> Path:
+    """Write ``state`` as the first checkpoint of a staged folder beside the job's
+    ``folder``, durably: an image as AdoptJob brought it (already checked), written as it
+    came, or the adopted job's tensors and JSON (a state put together on this shard)."""
     staged = staged_folder(folder)
     if staged.exists():
         shutil.rmtree(staged)
     staged.mkdir(parents=True)
-    write_checkpoint_image(checkpoint_path(staged, 0), image)
+    path = checkpoint_path(staged, 0)
+    if isinstance(state, bytes):
+        write_checkpoint_image(path, state)
+    else:
+        write_checkpoint(path, *state)
     return staged
 
 

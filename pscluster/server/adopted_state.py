@@ -1,0 +1,132 @@
+"""What an AdoptJob stream brings, read into a job's whole state (tensors and JSON).
+
+Either a checkpoint image of the whole state (kept as it came, so the shard writes it as its
+first checkpoint without serialising it again), or a skeleton image and the pieces of its
+per-value tensors (:mod:`pscluster.server.durability.dense`): the pieces this shard held
+already under an older generation of the job are copied from that copy, the others come raw
+after the image, received straight into the new tensors. Everything is checked before the
+job is built from it, since it comes over the network rather than from this shard's disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pscluster.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from pscluster.server.domain import JobConfig
+from pscluster.server.durability import dense as dn
+from pscluster.server.durability.checkpoint import CheckpointError, state_from_bytes
+
+State = dn.State
+# This shard's older copy of the job: its per-value tensors (lent) and its range's start.
+OwnCopy = Callable[[], tuple[dict[str, torch.Tensor], int]]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of the new range's per-value tensors: kept from the copy here (``local``), or
+    sent after the image."""
+
+    start: int
+    length: int
+    local: bool
+
+
+def received_state(
+    job_id: str,
+    size: int,
+    data: Iterable[bytes | memoryview],
+    segments: Sequence[Segment],
+    own: OwnCopy | None,
+    limit: int,
+) -> tuple[State, bytes | None]:
+    """The whole state an AdoptJob stream describes, and its image when it came whole (None
+    when it was put together here). InvalidArgument for a stream that does not carry what its
+    header says, ResourceExhausted past ``limit`` bytes, FailedPrecondition for local pieces
+    without a copy of the job here."""
+    if size > limit:
+        raise ResourceExhausted(
+            f"an adopted state of {size} bytes is more than this shard takes ({limit} bytes: "
+            "PSC_MAX_MODEL_PARAMETERS)"
+        )
+    stream = dn.ByteStream(data)
+    image = stream.read(size, "the state")
+    skeleton = _read(job_id, image)
+    try:
+        dtypes = dn.dense_dtypes(skeleton[1])
+        config = JobConfig.from_json(skeleton[1]["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidArgument(f"the state adopted for job {job_id} cannot be read: {exc}") from None
+    if dtypes is None:  # a whole state
+        if segments:
+            raise InvalidArgument(f"the state adopted for job {job_id} is whole, not segmented")
+        stream.end(f"the announced {size} bytes")
+        return skeleton, image
+    _check_cover(job_id, config, segments)
+    if config.length * dn.bytes_per_value(dtypes.values()) > limit:
+        raise ResourceExhausted(f"job {job_id}'s {config.length} values are more than this takes")
+    tensors = {name: torch.empty(config.length, dtype=dtype) for name, dtype in dtypes.items()}
+    held = own() if own is not None and any(s.local for s in segments) else None
+    for segment in segments:
+        at = segment.start - config.start
+        for name, tensor in tensors.items():
+            part = tensor[at : at + segment.length]
+            if segment.local:
+                part.copy_(_own_part(job_id, held, name, segment))
+            else:
+                what = f"{name} [{segment.start}, {segment.start + segment.length})"
+                stream.fill(part.view(torch.uint8).numpy().data, what)
+    stream.end(f"job {job_id}'s announced state")
+    return dn.join(skeleton, tensors), None
+
+
+def _read(job_id: str, image: bytes) -> State:
+    try:
+        return state_from_bytes(image)
+    except CheckpointError as exc:
+        raise InvalidArgument(f"the state adopted for job {job_id} cannot be read: {exc}") from None
+
+
+def _check_cover(job_id: str, config: JobConfig, segments: Sequence[Segment]) -> None:
+    """The segments must cover the state's range, in order, each once."""
+    at = config.start
+    for segment in segments:
+        if segment.start != at or segment.length <= 0:
+            raise InvalidArgument(
+                f"the segments of job {job_id}'s adopted state do not cover its range "
+                f"[{config.start}, {config.start + config.length}) in order: one at "
+                f"[{segment.start}, {segment.start + segment.length}) where {at} was next"
+            )
+        at += segment.length
+    if at != config.start + config.length:
+        raise InvalidArgument(
+            f"the segments of job {job_id}'s adopted state end at {at}, its range at "
+            f"{config.start + config.length}"
+        )
+
+
+def _own_part(
+    job_id: str,
+    held: tuple[dict[str, torch.Tensor], int] | None,
+    name: str,
+    segment: Segment,
+) -> torch.Tensor:
+    """A local segment's part of ``name`` from the copy here; FailedPrecondition if the copy
+    here (if any) does not hold it."""
+    if held is None:
+        raise FailedPrecondition(
+            f"job {job_id}: the adoption keeps values this shard would hold already, but it "
+            "holds no older copy of the job"
+        )
+    tensors, base = held
+    tensor = tensors.get(name)
+    low, high = segment.start - base, segment.start - base + segment.length
+    if tensor is None or low < 0 or high > tensor.numel():
+        raise FailedPrecondition(
+            f"job {job_id}: the copy here does not hold {name} "
+            f"[{segment.start}, {segment.start + segment.length}) to keep"
+        )
+    return tensor[low:high]
