@@ -7,7 +7,7 @@
 (``--scale`` multiplies them); each label is drawn from a known logistic model of the row, so
 the AUC of the true probabilities on the test split (printed, and kept in the manifest) is the
 ceiling a model can reach. Shards are generated and written one at a time, so memory stays at
-one shard whatever ``--rows`` is (see :mod:`pscluster.data.synthetic_ctr` for the layout):
+one shard whatever ``--rows`` is (see :mod:`pscluster.data.synthetic_ctr_npy` for the layout):
 
     <out>/train/x.dense-00000.npy (rows, 13) float32   x.sparse-00000.npy (rows, 26) int64
     <out>/train/y-00000.npy       (rows,) float32      <out>/test/... the same
@@ -24,7 +24,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pscluster.data.synthetic_ctr import CtrSpec, criteo_cardinalities, write_npy
+from pscluster.data.synthetic_ctr import CtrSpec, criteo_cardinalities
+from pscluster.data.synthetic_ctr_npy import write_npy
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -19,14 +19,13 @@ While it runs, ``<state_dir>/cluster.json`` records the processes, so that ``psc
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from pscluster.client import local_launch, processes
+from pscluster.client.local_processes import LocalProcesses
 from pscluster.client.local_state import (
     STATE_FILE,
     read_state,
@@ -52,7 +51,7 @@ __all__ = [
 DEFAULT_STATE_DIR = Path(".pscluster/local")
 
 
-class LocalCluster:
+class LocalCluster(LocalProcesses):
     """Start, watch and stop the processes of a cluster on this machine.
 
     ``port`` 0 picks a free port for the coordinator too. ``env`` adds or overrides
@@ -88,36 +87,22 @@ class LocalCluster:
             raise ValueError(f"port must be 0 (pick a free one) or 1..65535, got {port}")
         if start_timeout <= 0 or grace < 0:
             raise ValueError("start_timeout must be > 0 and grace >= 0 seconds")
+        super().__init__(start_timeout)
         self.num_shards = shards
         self.num_workers = workers
         self.state_dir = Path(state_dir).resolve()
         self.port = port
         self.host = host
         self.extra_env = dict(env or {})
-        self.start_timeout = start_timeout
         self.grace = grace
         self.register_shards = register_shards
-        self.coordinator: ProcessHandle | None = None
-        self.shard_handles: list[ProcessHandle] = []
-        self.workers: list[ProcessHandle] = []
         self._detached = False
         self._started = False
         # One PSC_METRICS_PORT would have every process bind the same port: each gets its own.
         self.metrics = metrics or "PSC_METRICS_PORT" in {**os.environ, **self.extra_env}
         self.metrics_ports: dict[str, int] = {}  # process name -> its metrics port
 
-    # --- addresses ---
-    @property
-    def address(self) -> str:
-        """The coordinator's host:port, for Client and PSC_COORDINATOR."""
-        if self.coordinator is None or self.coordinator.address is None:
-            raise RuntimeError("the cluster is not started")
-        return self.coordinator.address
-
-    @property
-    def shard_addresses(self) -> list[str]:
-        return [h.address for h in self.shard_handles if h.address]
-
+    # --- addresses (the coordinator's and the shards': LocalProcesses) ---
     @property
     def metrics_urls(self) -> dict[str, str]:
         """Each process's Prometheus endpoint by name (shard-0, coordinator, worker-0, ...)."""
@@ -181,11 +166,7 @@ class LocalCluster:
         coordinator, then the shards. Does nothing for a detached cluster."""
         if self._detached:
             return
-        grace = self.grace if grace is None else grace
-        processes.stop_all(self.workers, grace)
-        if self.coordinator is not None:
-            processes.stop_all([self.coordinator], grace)
-        processes.stop_all(self.shard_handles, grace)
+        self.stop_processes(self.grace if grace is None else grace)
         if self._started:
             self.state_file.unlink(missing_ok=True)
 
@@ -208,11 +189,7 @@ class LocalCluster:
     ) -> None:
         self.stop()
 
-    def handles(self) -> list[ProcessHandle]:
-        coordinator = [self.coordinator] if self.coordinator else []
-        return [*self.shard_handles, *coordinator, *self.workers]
-
-    # --- workers and fault injection ---
+    # --- more shards and workers (killing and restarting them: LocalProcesses) ---
     def add_shard(self) -> ProcessHandle:
         """One more registering shard (``shard-N``), once the coordinator lists it live; jobs
         move onto it with ``client.scale_shards``."""
@@ -256,20 +233,6 @@ class LocalCluster:
             self.wait_for_workers(alive, self.start_timeout, [handle])
         return handle
 
-    def kill_worker(self, index: int, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
-        """Send ``sig`` to worker ``index`` (SIGKILL: a crash) and wait until it has exited."""
-        if not 0 <= index < len(self.workers):
-            raise IndexError(f"no worker {index}; workers are 0..{len(self.workers) - 1}")
-        self.kill(self.workers[index], sig, timeout)
-
-    def kill(self, handle: ProcessHandle, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
-        processes.kill(handle, sig, timeout)
-
-    def restart(self, handle: ProcessHandle) -> ProcessHandle:
-        """Start a stopped process again with the same role, port and environment (e.g. a
-        coordinator after a crash, to test recovery from its database)."""
-        return processes.restart(handle, self.start_timeout)
-
     def wait_for_workers(
         self, count: int, timeout: float, watch: Sequence[ProcessHandle] = ()
     ) -> None:
@@ -291,17 +254,6 @@ class LocalCluster:
             self._env({}), coordinator=self.address, rpc_timeout_seconds=10.0
         )
         return Client(self.address, settings=settings)
-
-    def supervise(self, stop: threading.Event, poll: float = 0.5) -> ProcessHandle | None:
-        """Block until ``stop`` is set (None) or a coordinator or shard exits (its handle).
-
-        A worker that exits is reported by the coordinator's status and is not fatal.
-        """
-        while not stop.wait(poll):
-            for h in [*self.shard_handles, *([self.coordinator] if self.coordinator else [])]:
-                if not h.alive():
-                    return h
-        return None
 
     # --- internals ---
     def _start_server(self, role: str, index: int, port: int) -> ProcessHandle:

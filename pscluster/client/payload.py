@@ -6,7 +6,8 @@ same mistake found by a worker costs a failed job. The model is built, trained a
 once on a few rows exactly as a worker will (:mod:`pscluster.client.dry_run`). Checks that
 need the cluster's knowledge (mode and optimizer names, shard count) are left to the
 coordinator, so there is one source of truth for them; loss and metric rules live in
-:mod:`pscluster.model.objective`, which both sides use.
+:mod:`pscluster.model.objective`, which both sides use. The options' own checks and their
+wire spec are :mod:`pscluster.client.submit_spec`'s.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ from pscluster.client import data_source, dry_run, initial
 from pscluster.client.data_source import DataArg
 from pscluster.client.errors import InvalidJobError
 from pscluster.client.submit_options import LossArg, SubmitOptions
+from pscluster.client.submit_spec import (
+    PRECISIONS,
+    check_consistency,
+    check_int,
+    check_objective,
+    job_spec,
+    sparse_options,
+)
 from pscluster.client.wire_configs import (
     DEFAULT_OPTIMIZER,
     compression_config,
@@ -33,14 +42,12 @@ from pscluster.client.wire_configs import (
 from pscluster.data.dataset import Dataset
 from pscluster.errors import PSError
 from pscluster.model import bundle, objective, rebuild, state
-from pscluster.model.bundle import shipped_module
-from pscluster.model.sparse_optimizer import sparse_optimizer_config
-from pscluster.server.consistency import validate_job_consistency
 from pscluster.transport import wire
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
-# Where these lived before the options and their wire configs got modules of their own.
+# Where these lived before the options, their wire configs and their spec got modules of
+# their own.
 __all__ = [
     "DEFAULT_OPTIMIZER",
     "PRECISIONS",
@@ -53,19 +60,6 @@ __all__ = [
     "payload_for",
     "straggler_config",
 ]
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-_UINT32_MAX = 2**32 - 1
-# The options that are uint32 counts on the wire, in the order their errors are reported.
-_COUNTS = (
-    "staleness",
-    "epochs",
-    "batch_size",
-    "partitions",
-    "shards",
-    "backup_workers",
-    "local_steps",
-)
 
 
 @dataclass(frozen=True)
@@ -114,8 +108,8 @@ def payload_for(
     Raises InvalidJobError naming the argument that is wrong.
     """
     _check_model_class(model)
-    _check_int("seed", options.seed, 2**64 - 1)  # before torch.manual_seed sees it
-    _check_consistency(options)  # before the model is built and dry-run
+    check_int("seed", options.seed, 2**64 - 1)  # before torch.manual_seed sees it
+    check_consistency(options)  # before the model is built and dry-run
     source = _source(*data, options)
     kwargs = dict(options.model_kwargs or {})
     kwargs_json = _kwargs_json(kwargs)
@@ -127,9 +121,10 @@ def payload_for(
     model_spec.params.extend(params)
     model_spec.buffers.extend(buffers)
     model_spec.tables.extend(t.to_proto() for t in start.tables)
-    spec = _job_spec(options, model_spec, loss_name, loss_fn, init_from)
-    _sparse_options(spec, options)
-    _check_objective(spec)
+    init_job = init_from.job_id if init_from else ""
+    spec = job_spec(options, model_spec, loss_name, loss_fn, init_job)
+    sparse_options(spec, options)
+    check_objective(spec)
     if source is None:
         arrays: Dataset | None = _dataset(data[0], data[1])
         sample = arrays
@@ -141,32 +136,6 @@ def payload_for(
         dry_run.dry_run(spec, start.state, sample)
     blob = arrays.to_blob(seed=spec.seed) if arrays else b""
     return Payload(spec, blob, state.dumps(start.state))
-
-
-def _sparse_options(spec: co_pb2.JobSpec, options: SubmitOptions) -> None:
-    """The sparse optimizer goes with hosted tables, and only with them."""
-    names = [t.name for t in spec.model.tables]
-    if not names:
-        if options.sparse_optimizer is not None:
-            raise InvalidJobError(
-                "sparse_optimizer is set but the model has no sparse table: build its "
-                "embeddings with nn.Embedding(..., sparse=True) to host them on the shards"
-            )
-        return
-    if options.sparse_optimizer is None:
-        raise InvalidJobError(
-            f"the model's tables {names} live on the shards (sparse=True): pass "
-            "sparse_optimizer, e.g. {'name': 'adagrad', 'lr': 0.05}"
-        )
-    if options.local_steps > 1:
-        raise InvalidJobError(
-            "local_steps cannot be used with tables on the shards: each step looks up the "
-            "rows it touches, so there is no local copy to take steps on"
-        )
-    try:
-        spec.sparse_optimizer.CopyFrom(sparse_optimizer_config(dict(options.sparse_optimizer)))
-    except PSError as e:
-        raise InvalidJobError(str(e)) from e
 
 
 def _source(
@@ -187,40 +156,6 @@ def _source(
         raise InvalidJobError("pass either train and test (uploaded) or data (a source), not both")
     return data_source.choose(
         data, options.data_args, options.loader_workers, options.prefetch_batches
-    )
-
-
-def _job_spec(
-    options: SubmitOptions,
-    model_spec: co_pb2.ModelSpec,
-    loss_name: str,
-    loss_fn: Callable[..., Any] | None,
-    init_from: InitFrom | None,
-) -> co_pb2.JobSpec:
-    """The wire spec of the options, each checked (InvalidJobError naming the one wrong)."""
-    counts = {name: getattr(options, name) for name in _COUNTS}
-    if not isinstance(options.staleness_aware_lr, bool):
-        raise InvalidJobError(
-            "staleness_aware_lr must be True or False, got "
-            f"{type(options.staleness_aware_lr).__name__}"
-        )
-    for arg, value in counts.items():
-        _check_int(arg, value, _UINT32_MAX)
-    return co_pb2.JobSpec(
-        name=options.name,
-        model=model_spec,
-        mode=options.mode,
-        optimizer=optimizer_config(options.optimizer),
-        compression=compression_config(options.compression),
-        loss=loss_name,
-        loss_function=_shipped_ref(loss_fn) if loss_fn else "",
-        metric=options.metric,
-        precision=_precision(options.precision),
-        init_from=init_from.job_id if init_from else "",
-        seed=options.seed,
-        stragglers=straggler_config(options.stragglers),
-        staleness_aware_lr=options.staleness_aware_lr,
-        **counts,
     )
 
 
@@ -268,10 +203,6 @@ def _loss(loss: LossArg) -> tuple[str, Callable[..., Any] | None]:
     return objective.CUSTOM, loss
 
 
-def _shipped_ref(fn: Callable[..., Any]) -> str:
-    return f"{shipped_module(fn)}:{fn.__name__}"
-
-
 def _model_spec(
     model: type[nn.Module],
     kwargs_json: str,
@@ -287,30 +218,6 @@ def _model_spec(
     return spec
 
 
-def _precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise InvalidJobError(
-            f"precision {precision!r} is unknown; expected one of {list(PRECISIONS)}"
-        )
-    return precision
-
-
-def _check_consistency(options: SubmitOptions) -> None:
-    """The coordinator's own rules for mode, staleness and backup_workers (mode "auto"
-    included), checked here so that a wrong combination fails before any work is done."""
-    try:
-        validate_job_consistency(options.mode, options.staleness, options.backup_workers)
-    except PSError as e:
-        raise InvalidJobError(str(e)) from e
-
-
-def _check_objective(spec: co_pb2.JobSpec) -> None:
-    try:
-        objective.check_objective(spec.loss, spec.metric, spec.loss_function)
-    except PSError as e:
-        raise InvalidJobError(str(e)) from e
-
-
 def _dataset(train: tuple[Any, Any] | None, test: tuple[Any, Any] | None) -> Dataset:
     for arg, value in (("train", train), ("test", test)):
         if not isinstance(value, (tuple, list)) or len(value) != 2:
@@ -322,10 +229,3 @@ def _dataset(train: tuple[Any, Any] | None, test: tuple[Any, Any] | None) -> Dat
         return Dataset.from_arrays((train[0], train[1]), (test[0], test[1]))
     except PSError as e:
         raise InvalidJobError(f"bad data: {e}") from e
-
-
-def _check_int(arg: str, value: object, maximum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidJobError(f"{arg} must be an integer, got {value!r}")
-    if not 0 <= value <= maximum:
-        raise InvalidJobError(f"{arg} must be between 0 and {maximum}, got {value}")

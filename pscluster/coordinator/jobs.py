@@ -16,7 +16,7 @@ import grpc
 
 from pscluster.coordinator import blobs, distill_jobs, predict_jobs
 from pscluster.coordinator import store as st
-from pscluster.coordinator.core.scheduler import JobPlan
+from pscluster.coordinator.core.job_plan import JobPlan
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.shard_init import Initial, initial_vectors, shard_configs
 from pscluster.coordinator.spec import (

@@ -5,52 +5,23 @@ per worker, evaluations before training, epochs closing, leases going back to th
 unit-testable. The caller holds the coordinator lock around every call.
 
 Each job's units of work and epochs are its :class:`~pscluster.coordinator.schedule.Schedule`;
-this book hands them out as leases, one per worker, and takes them back.
+this book hands them out as leases (:mod:`pscluster.coordinator.lease_values`), one per
+worker, and takes them back.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from pscluster.coordinator.lease_values import EVAL, TRAIN, UNIT_KINDS, Lease, Outcome
 from pscluster.coordinator.revocations import Revocations
 from pscluster.coordinator.schedule import Schedule, Unit
 from pscluster.errors import FailedPrecondition, InvalidArgument
 
 # Unit is imported from here by code that predates schedule.py.
-__all__ = ["EVAL", "PREDICT", "TRAIN", "Lease", "LeaseBook", "Outcome", "Schedule", "Unit"]
-
-TRAIN = "train"
-EVAL = "eval"
-PREDICT = "predict"
-# What a job's units are leased as: training, or scoring a predict job's inputs (which owes
-# no evaluation: its last unit done is the job done).
-UNIT_KINDS = (TRAIN, PREDICT)
-
-
-@dataclass(frozen=True)
-class Lease:
-    lease_id: str
-    job_id: str
-    worker_id: str
-    kind: str  # TRAIN | EVAL | PREDICT
-    epoch: int
-    partition: int  # -1 for an evaluation
-    partitions: int
-    first_batch: int = 0  # train: the batches [first_batch, end_batch) of the partition
-    end_batch: int = 0  # 0: to the end of the partition (its size is not known)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a completed lease changed: the epoch it closed, or the end of the job."""
-
-    lease: Lease
-    epoch_closed: int | None = None  # a unit: every partition of this epoch is now done
-    # eval: this was the last epoch's evaluation; predict: the last partition was scored.
-    # Either way the job is finished.
-    final: bool = False
+__all__ = ["LeaseBook", "Schedule", "Unit"]
 
 
 def _new_lease_id() -> str:

@@ -14,8 +14,8 @@ import uuid
 
 from pscluster.coordinator import blobs
 from pscluster.coordinator import store as st
-from pscluster.coordinator.core.scheduler import JobPlan
-from pscluster.coordinator.leases import PREDICT
+from pscluster.coordinator.core.job_plan import JobPlan
+from pscluster.coordinator.lease_values import PREDICT
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.spec import MAX_BATCH_SIZE, MAX_NAME, MAX_PARTITIONS
 from pscluster.coordinator.stragglers import StragglerSettings

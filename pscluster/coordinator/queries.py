@@ -14,7 +14,7 @@ import torch
 from pscluster.coordinator import blobs, live, predict_jobs, tables
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
-from pscluster.coordinator.leases import PREDICT, TRAIN
+from pscluster.coordinator.lease_values import PREDICT, TRAIN
 from pscluster.coordinator.model_spec import buffer_ranges
 from pscluster.coordinator.predictions import PredictionStore
 from pscluster.coordinator.runtime import Runtime

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pscluster.coordinator.leases import Lease
+from pscluster.coordinator.lease_values import Lease
 from pscluster.coordinator.stragglers import Change, SpeedTracker, StragglerSettings
 from pscluster.server.consistency import Traits, mode_traits
 from pscluster.v1 import coordinator_pb2 as co_pb2

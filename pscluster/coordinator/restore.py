@@ -15,7 +15,7 @@ import threading
 from pscluster.coordinator import predict_jobs
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
-from pscluster.coordinator.leases import Lease
+from pscluster.coordinator.lease_values import Lease
 from pscluster.coordinator.moves import release_holds
 from pscluster.coordinator.writes import LeaseDropped, Write
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pscluster.config import Settings
 from pscluster.coordinator.blobs import BlobStore
 from pscluster.coordinator.consistency_switch import ConsistencySender
-from pscluster.coordinator.core.scheduler import Activity, Scheduler
+from pscluster.coordinator.core.job_plan import Activity
+from pscluster.coordinator.core.scheduler import Scheduler
 from pscluster.coordinator.executor import Executor
 from pscluster.coordinator.leases import LeaseBook
 from pscluster.coordinator.members import Roster

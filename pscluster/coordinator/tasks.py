@@ -15,10 +15,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from pscluster.coordinator import store as st
+from pscluster.coordinator.core.job_plan import NotScheduled
 from pscluster.coordinator.core.kinds import TaskResult, kind_of
-from pscluster.coordinator.core.scheduler import NotScheduled
 from pscluster.coordinator.jobs import JobManager
-from pscluster.coordinator.leases import PREDICT, Lease
+from pscluster.coordinator.lease_values import PREDICT, Lease
 from pscluster.coordinator.predict_jobs import partition_rows
 from pscluster.coordinator.predictions import PredictionStore
 from pscluster.coordinator.reports import StepReport, check_progress

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from pscluster.coordinator import store as st
-from pscluster.coordinator.leases import EVAL, TRAIN
+from pscluster.coordinator.lease_values import EVAL, TRAIN
 from pscluster.coordinator.runtime import Runtime
 
 _PREFIX = "pscluster_coordinator_"

@@ -15,7 +15,8 @@ from grpc_reflection.v1alpha import reflection
 
 from pscluster.config import Settings
 from pscluster.transport import tls
-from pscluster.transport.auth import AuthInterceptor, admin_token
+from pscluster.transport.access_control import AuthInterceptor
+from pscluster.transport.auth import admin_token
 from pscluster.transport.guard import DecodeGuard
 
 log = logging.getLogger(__name__)

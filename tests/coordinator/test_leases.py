@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pscluster.coordinator.leases import EVAL, TRAIN, Lease, LeaseBook
+from pscluster.coordinator.lease_values import EVAL, TRAIN, Lease
+from pscluster.coordinator.leases import LeaseBook
 from pscluster.errors import FailedPrecondition, InvalidArgument
 
 

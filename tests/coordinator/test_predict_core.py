@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from pscluster.coordinator.core.actions import Action, FinishJob, SyncMembers
+from pscluster.coordinator.core.job_plan import JobPlan
 from pscluster.coordinator.core.kinds import TaskResult
-from pscluster.coordinator.core.scheduler import JobPlan, Scheduler
-from pscluster.coordinator.leases import PREDICT, TRAIN
+from pscluster.coordinator.core.scheduler import Scheduler
+from pscluster.coordinator.lease_values import PREDICT, TRAIN
 from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.errors import FailedPrecondition, InvalidArgument, NotFound
 

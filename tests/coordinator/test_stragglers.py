@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from pscluster.coordinator.leases import TRAIN, LeaseBook, Unit
+from pscluster.coordinator.lease_values import TRAIN
+from pscluster.coordinator.leases import LeaseBook, Unit
 from pscluster.coordinator.relief import StragglerRelief
 from pscluster.coordinator.stragglers import MIN_BATCHES, SpeedTracker, StragglerSettings
 from pscluster.errors import InvalidArgument

@@ -26,9 +26,9 @@ from pscluster.data.synthetic_ctr import (
     criteo_cardinalities,
     generate,
     rank_auc,
-    write_npy,
     zipf_ranks,
 )
+from pscluster.data.synthetic_ctr_npy import write_npy
 
 TINY = CtrSpec(seed=3, cardinalities=criteo_cardinalities(1e-3))
 

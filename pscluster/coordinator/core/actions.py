@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TypeAlias
 
-from pscluster.coordinator.leases import Lease
+from pscluster.coordinator.lease_values import Lease
 from pscluster.coordinator.store import EventRecord, LeaseRecord
 from pscluster.coordinator.writes import EventAppended, LeaseSaved, Write
 

@@ -10,7 +10,8 @@ core: the caller holds the coordinator lock around each call.
 from __future__ import annotations
 
 from pscluster.coordinator.core.actions import Action, SyncMembers, event, lease_saved
-from pscluster.coordinator.leases import Lease, LeaseBook
+from pscluster.coordinator.lease_values import Lease
+from pscluster.coordinator.leases import LeaseBook
 from pscluster.coordinator.relief import StragglerRelief
 from pscluster.v1 import coordinator_pb2 as co_pb2
 

@@ -12,7 +12,6 @@ holds the lock is microseconds, whatever the shards or the disk are doing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from pscluster.coordinator import store as st
 from pscluster.coordinator.auto import AutoConsistency
@@ -24,44 +23,19 @@ from pscluster.coordinator.core.actions import (
     one_sync_per_job,
 )
 from pscluster.coordinator.core.auto_actions import observe
+from pscluster.coordinator.core.job_plan import Activity, JobPlan, NotScheduled
 from pscluster.coordinator.core.kinds import JobState, TaskResult, kind_of
 from pscluster.coordinator.core.lingering import Lingering
 from pscluster.coordinator.core.relief_actions import lease_progress, take_over
 from pscluster.coordinator.core.worker_reports import batches_dropped, check_steps, steps_recorded
-from pscluster.coordinator.leases import TRAIN, Lease, LeaseBook
+from pscluster.coordinator.lease_values import TRAIN, Lease
+from pscluster.coordinator.leases import LeaseBook
 from pscluster.coordinator.relief import StragglerRelief
-from pscluster.coordinator.stragglers import StragglerSettings
 from pscluster.coordinator.workers import WorkerInfo, WorkerRegistry
 from pscluster.coordinator.writes import LeaseDropped, ProgressSaved
 from pscluster.errors import FailedPrecondition
 from pscluster.server.consistency import AUTO, mode_traits, starting_consistency
 from pscluster.v1 import coordinator_pb2 as co_pb2
-
-
-@dataclass
-class Activity:
-    """When a running job last moved, for the stall diagnosis (monotonic seconds)."""
-
-    last_progress: float
-    last_lease: float
-
-
-@dataclass(frozen=True)
-class JobPlan:
-    """A job to schedule, with the progress a restarted coordinator resumes from."""
-
-    job_id: str
-    epochs: int
-    partitions: int
-    mode: str
-    stragglers: StragglerSettings
-    backup_workers: int = 0
-    batch_counts: Sequence[int] | None = None
-    epoch: int = 0
-    done: Sequence[int] = ()
-    evals: Sequence[int] = ()
-    samples: int = 0
-    kind: str = TRAIN  # what its units are leased as: TRAIN, or PREDICT (no evaluations)
 
 
 class Scheduler:
@@ -322,11 +296,3 @@ class Scheduler:
             members = sorted({*members, *lingering})
         excluded = self.relief.excluded(job_id, now)
         return members, [w for w in excluded if w in members]
-
-
-class NotScheduled(FailedPrecondition):
-    """The job is not running here (pending, ended, or unknown: the caller says which)."""
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"job {job_id} is not running; progress is no longer recorded")
-        self.job_id = job_id

@@ -6,7 +6,7 @@ from pscluster.coordinator.core.kinds.base import JobState, TaskKind, TaskResult
 from pscluster.coordinator.core.kinds.evaluate import Evaluate
 from pscluster.coordinator.core.kinds.predict import Predict
 from pscluster.coordinator.core.kinds.train import Train
-from pscluster.coordinator.leases import Lease
+from pscluster.coordinator.lease_values import Lease
 
 KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (Train(), Evaluate(), Predict())}
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from pscluster.coordinator.core.actions import Action
-from pscluster.coordinator.leases import Lease, Outcome
+from pscluster.coordinator.lease_values import Lease, Outcome
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 from pscluster.coordinator import store as st
 from pscluster.coordinator.core.actions import Action, FailJob, FinishJob
 from pscluster.coordinator.core.kinds.base import JobState, TaskResult
-from pscluster.coordinator.leases import EVAL, Lease, Outcome
+from pscluster.coordinator.lease_values import EVAL, Lease, Outcome
 from pscluster.coordinator.writes import EpochRecorded
 from pscluster.errors import InvalidArgument
 from pscluster.v1 import coordinator_pb2 as co_pb2

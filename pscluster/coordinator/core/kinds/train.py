@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pscluster.coordinator.core.actions import Action
 from pscluster.coordinator.core.kinds.base import JobState, TaskResult
-from pscluster.coordinator.leases import TRAIN, Lease, Outcome
+from pscluster.coordinator.lease_values import TRAIN, Lease, Outcome
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
 
