@@ -35,6 +35,7 @@ class Coordinator:
         self.monitor = Monitor(self.rt, self.jobs, self.finisher, self.tasks)
         self.scaler = ShardScaler(self.jobs)
         restore(self.jobs)
+        self.scaler.recover_in_background()
 
     def start(self) -> None:
         self.monitor.start()

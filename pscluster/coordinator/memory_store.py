@@ -20,6 +20,7 @@ from pscluster.coordinator.store import (
     JobRecord,
     JobStore,
     LeaseRecord,
+    MoveRecord,
     ShardRecord,
     StepRecord,
     check_changes,
@@ -63,6 +64,7 @@ class MemoryStore(JobStore):
         self._leases: list[LeaseRecord] = []
         self._shards: dict[str, ShardRecord] = {}
         self._in_use: list[str] | None = None
+        self._moves: dict[str, MoveRecord] = {}
 
     def close(self) -> None:
         """Nothing to release: the data go with the object."""
@@ -201,6 +203,18 @@ class MemoryStore(JobStore):
     def shards_in_use(self) -> list[str] | None:
         with self._lock:
             return None if self._in_use is None else list(self._in_use)
+
+    def begin_move(self, move: MoveRecord) -> None:
+        with self._lock:
+            self._moves[move.job_id] = move
+
+    def end_move(self, job_id: str) -> None:
+        with self._lock:
+            self._moves.pop(job_id, None)
+
+    def moves(self) -> list[MoveRecord]:
+        with self._lock:
+            return [self._moves[k] for k in sorted(self._moves)]
 
     def readdress_shard(self, shard_id: str, address: str) -> list[str]:
         moved = []

@@ -36,6 +36,7 @@ from typing import TypeVar
 
 from pscluster.coordinator import recut_moves
 from pscluster.coordinator import store as st
+from pscluster.coordinator.move_calls import MoveCalls
 from pscluster.coordinator.recut import State, recut_skeletons
 from pscluster.coordinator.recut_moves import Piece
 from pscluster.coordinator.shard_directory import Slot
@@ -87,17 +88,22 @@ def plan_move(job: st.JobRecord, slots: Sequence[Slot]) -> MovePlan | None:
 
 class JobMover:
     """Moves one job at a time; ``commit`` writes the store and tells the membership sender
-    where the job is now (both the caller's)."""
+    where the job is now (both the caller's). ``journal`` records each move from before its
+    first adoption until it is committed or undone, for a coordinator that stops meanwhile
+    (:mod:`pscluster.coordinator.move_recovery`)."""
 
     def __init__(
         self,
         shards: ShardClient,
         commit: Callable[[st.JobRecord], None],
         quiesce_seconds: float,
+        journal: st.JobStore,
     ) -> None:
         self._shards = shards
+        self._calls = MoveCalls(shards)
         self._commit = commit
         self._quiesce_seconds = quiesce_seconds
+        self._journal = journal
 
     def move(self, plan: MovePlan) -> co_pb2.JobMove:
         job, new = plan.job, plan.new
@@ -171,8 +177,8 @@ class JobMover:
             self._release(plan)
             raise
         reply.recut_seconds = time.perf_counter() - began
-        job_id, generation = plan.job.job_id, plan.new.layout_generation
-        old = set(plan.old_addresses)
+        new = plan.new
+        self._journal.begin_move(st.MoveRecord(new.job_id, new.layout_generation, new.shards))
         results = self._shards.each(
             [(a, partial(self._install, plan, cut, i)) for i, a in enumerate(plan.new_addresses)]
         )
@@ -180,21 +186,46 @@ class JobMover:
         if failed:
             replaced = [
                 a for a, r in zip(plan.new_addresses, results, strict=True)
-                if a in old and not isinstance(r, ShardError)
+                if a in plan.old_addresses and not isinstance(r, ShardError)
             ]  # fmt: skip
-            fresh = [a for a in plan.new_addresses if a not in old]
-            if replaced:
-                self._move_back(plan, replaced, fresh)
-                raise MoveFailed(f"{failed[0]}; moved back to its old shards") from failed[0]
-            self._drop(fresh, job_id, generation)
-            self._release(plan)
-            raise MoveFailed(str(failed[0])) from failed[0]
-        self._commit(plan.new)
-        self._drop(
-            [a for a in plan.old_addresses if a not in plan.new_addresses], job_id, generation
-        )
-        self._settle([a for a in plan.new_addresses if a in old], job_id, generation)
+            self.undo(plan, replaced)
+            back = "; moved back to its old shards" if replaced else ""
+            raise MoveFailed(f"{failed[0]}{back}") from failed[0]
+        self.finish(plan)
         return cut.sent_bytes
+
+    def finish(self, plan: MovePlan) -> None:
+        """Every new shard adopted: commit, drop the job from the shards it left, and let the
+        shards in both layouts forget the copy their adoption replaced."""
+        job_id, generation = plan.job.job_id, plan.new.layout_generation
+        self._commit(plan.new)
+        self._journal.end_move(job_id)
+        left = [a for a in plan.old_addresses if a not in plan.new_addresses]
+        self._calls.drop(left, job_id, generation)
+        kept = [a for a in plan.new_addresses if a in plan.old_addresses]
+        self._calls.settle(kept, job_id, generation)
+
+    def forget(self, job_id: str) -> None:
+        """The job's move is resolved: its record in the journal goes."""
+        self._journal.end_move(job_id)
+
+    def undo(self, plan: MovePlan, replaced: list[str], went_back: bool = False) -> list[str]:
+        """The move does not happen: the job stays on (or goes back to) its old shards, and
+        the shards only in the new layout drop what they adopted. ``went_back``: some old
+        shard already took its copy back (a recovery's), so the job goes on under the newer
+        generation too. Returns the replaced shards that could not take their copy back
+        (:meth:`MoveCalls.move_back`)."""
+        job_id = plan.job.job_id
+        fresh = [a for a in plan.new_addresses if a not in plan.old_addresses]
+        lost: list[str] = []
+        if replaced or went_back:
+            newer = plan.new.layout_generation + 1
+            lost = self._calls.move_back(plan.job, newer, replaced, fresh, self._commit)
+        else:
+            self._calls.drop(fresh, job_id, plan.new.layout_generation)
+            self._calls.release(plan.old_addresses, job_id)
+        self._journal.end_move(job_id)
+        return lost
 
     def _install(self, plan: MovePlan, cut: Cut, index: int) -> ps_pb2.AdoptJobReply:
         """New shard ``index`` adopts its skeleton, keeping its local pieces and receiving
@@ -221,51 +252,8 @@ class JobMover:
             address, job.job_id, generation, cut.images[index], segments, relays
         )
 
-    def _move_back(self, plan: MovePlan, replaced: list[str], fresh: list[str]) -> None:
-        """Some old shards' jobs were replaced: each takes its retired copy back under a
-        still newer generation, and the job is pointed back at its old shards. A shard that
-        does not take it was not replaced after all (or is down, and recovers its own copy):
-        it holds the old state of its old range, which it serves to the newer plan (a shard
-        fences off only older generations), with its pulls let go."""
-        back = replace(plan.job, layout_generation=plan.new.layout_generation + 1)
-        for address in plan.old_addresses:
-            if address in replaced:
-                try:
-                    self._shards.restore_job(address, back.job_id, back.layout_generation)
-                    continue
-                except ShardError as e:  # down since: it recovers its own copy
-                    log.error("job %s: %s did not take its copy back: %s", back.job_id, address, e)
-            self._release_one(address, back.job_id)
-        self._commit(back)
-        self._drop(fresh, back.job_id, back.layout_generation)
-        self._settle(plan.old_addresses, back.job_id, back.layout_generation)
-
     def _release(self, plan: MovePlan) -> None:
-        for address in plan.old_addresses:
-            self._release_one(address, plan.job.job_id)
-
-    def _release_one(self, address: str, job_id: str) -> None:
-        try:
-            self._shards.hold_job(address, job_id, ps_pb2.HOLD_ACTION_RELEASE)
-        except ShardError as e:  # a shard that restarts holds nothing
-            log.warning("job %s: %s did not release its pulls: %s", job_id, address, e)
-
-    def _drop(self, addresses: Sequence[str], job_id: str, generation: int) -> None:
-        """The job left these shards (MOVED): their copies are stale and hold nothing a
-        worker had acknowledged that the job's new shards do not."""
-        for address in addresses:
-            try:
-                self._shards.hold_job(address, job_id, ps_pb2.HOLD_ACTION_MOVED, generation)
-            except ShardError as e:
-                log.warning("job %s: %s did not drop the moved job: %s", job_id, address, e)
-
-    def _settle(self, addresses: Sequence[str], job_id: str, generation: int) -> None:
-        """The move to ``generation`` is committed: the copies retired on these shards go."""
-        for address in addresses:
-            try:
-                self._shards.hold_job(address, job_id, ps_pb2.HOLD_ACTION_SETTLED, generation)
-            except ShardError as e:
-                log.warning("job %s: %s kept its retired copy: %s", job_id, address, e)
+        self._calls.release(plan.old_addresses, plan.job.job_id)
 
     def _parallel(self, fn: Callable[[str], T], addresses: Sequence[str]) -> list[T]:
         """``fn`` on every address at once on the shard client's threads, in order, once all
@@ -308,14 +296,3 @@ class Cut:
         dense = [(name, dn.bytes_per_value([dtype])) for name, dtype in dtypes.items()]
         sent = recut_moves.sent_values(pieces) * sum(width for _, width in dense)
         return cls(images, pieces, dense, sum(len(i) for i in images) + sent)
-
-
-def release_holds(shards: ShardClient, jobs: Sequence[tuple[str, Sequence[str]]]) -> None:
-    """Let go of the pulls of each (job, its shards' addresses) that a move left held: a
-    coordinator that stopped mid-move left them so; a shard not holding them ignores it."""
-    for job_id, addresses in jobs:
-        for address in addresses:
-            try:
-                shards.hold_job(address, job_id, ps_pb2.HOLD_ACTION_RELEASE)
-            except ShardError as e:
-                log.debug("job %s: %s kept no hold to release: %s", job_id, address, e)

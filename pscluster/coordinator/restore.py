@@ -16,7 +16,7 @@ from pscluster.coordinator import predict_jobs
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.lease_values import Lease
-from pscluster.coordinator.moves import release_holds
+from pscluster.coordinator.move_calls import release_holds
 from pscluster.coordinator.writes import LeaseDropped, Write
 
 log = logging.getLogger(__name__)

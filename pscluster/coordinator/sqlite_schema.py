@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS registered_shards (
     shard_id TEXT PRIMARY KEY, address TEXT NOT NULL, registered_unix REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS shards_in_use (shard_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS moves (
+    job_id TEXT PRIMARY KEY, layout_generation INTEGER NOT NULL, shards TEXT NOT NULL
+);
 """
 # Columns added since the first schema, for state directories made by an older coordinator.
 _ADDED_COLUMNS = {
@@ -105,14 +108,17 @@ def encode(name: str, value: Any) -> Any:
     return value
 
 
+def decode_shards(raw: str) -> list[ShardSlice]:
+    """A ``shards`` column: [address, start, length] and the shard's id when it has one."""
+    return [ShardSlice(a, int(s), int(n), *rest) for a, s, n, *rest in json.loads(raw)]
+
+
 def decode_job(row: sqlite3.Row) -> JobRecord:
     values: dict[str, Any] = {}
     for name in JOB_FIELDS:
         raw = row[name]
         if name == "shards":
-            values[name] = [
-                ShardSlice(a, int(s), int(n), *rest) for a, s, n, *rest in json.loads(raw)
-            ]
+            values[name] = decode_shards(raw)
         elif name in _JSON_FIELDS:
             values[name] = [int(v) for v in json.loads(raw)]
         elif name in _FLOAT_FIELDS:

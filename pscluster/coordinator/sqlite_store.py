@@ -29,6 +29,7 @@ from pscluster.coordinator.sqlite_schema import (
     encode,
     real,
 )
+from pscluster.coordinator.sqlite_shards import ShardTables
 from pscluster.coordinator.sqlite_writes import (
     apply_write,
     insert_dropped,
@@ -38,23 +39,19 @@ from pscluster.coordinator.sqlite_writes import (
     update_job,
 )
 from pscluster.coordinator.store import (
-    PENDING,
-    RUNNING,
     EpochRecord,
     EventRecord,
     JobRecord,
     JobStore,
     LeaseRecord,
-    ShardRecord,
     StepRecord,
     check_changes,
-    readdress,
 )
 from pscluster.coordinator.writes import Write
 from pscluster.errors import AlreadyExists, NotFound
 
 
-class SqliteStore(JobStore):
+class SqliteStore(ShardTables, JobStore):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
@@ -228,50 +225,6 @@ class SqliteStore(JobStore):
         with self._lock:
             rows = self._db.execute(f"SELECT {cols} FROM leases ORDER BY rowid").fetchall()
         return [LeaseRecord(*r) for r in rows]
-
-    def save_shard(self, shard: ShardRecord) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO registered_shards VALUES (?, ?, ?) ON CONFLICT (shard_id) "
-                "DO UPDATE SET address = excluded.address",
-                (shard.shard_id, shard.address, shard.registered_unix),
-            )
-
-    def shards(self) -> list[ShardRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT shard_id, address, registered_unix FROM registered_shards ORDER BY shard_id"
-            ).fetchall()
-        return [ShardRecord(r[0], r[1], r[2]) for r in rows]
-
-    def save_shards_in_use(self, shard_ids: Sequence[str]) -> None:
-        with self._transaction():
-            self._db.execute("DELETE FROM shards_in_use")
-            self._db.executemany(
-                "INSERT INTO shards_in_use VALUES (?)", [(sid,) for sid in shard_ids]
-            )
-
-    def shards_in_use(self) -> list[str] | None:
-        with self._lock:
-            rows = self._db.execute("SELECT shard_id FROM shards_in_use ORDER BY shard_id")
-            ids = [r[0] for r in rows.fetchall()]
-        return ids or None  # ScaleShards never chooses none
-
-    def readdress_shard(self, shard_id: str, address: str) -> list[str]:
-        moved = []
-        with self._transaction():
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY seq", (PENDING, RUNNING)
-            ).fetchall()
-            for job in (decode_job(r) for r in rows):
-                slices = [readdress(s, shard_id, address) for s in job.shards]
-                if slices != job.shards:
-                    self._db.execute(
-                        "UPDATE jobs SET shards = ? WHERE job_id = ?",
-                        (encode("shards", slices), job.job_id),
-                    )
-                    moved.append(job.job_id)
-        return moved
 
     def _require(self, job_id: str) -> JobRecord:
         row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()

@@ -48,6 +48,18 @@ class ShardRecord:
     registered_unix: float
 
 
+@dataclass(frozen=True)
+class MoveRecord:
+    """A move under way: the job's slices and layout generation once it is done. Stored
+    before any shard of the new layout adopts, and removed once the job's record says where
+    it went, so that a coordinator that stops in between finishes or undoes the move when it
+    starts again (:mod:`pscluster.coordinator.restore`)."""
+
+    job_id: str
+    layout_generation: int
+    shards: list[ShardSlice]
+
+
 @dataclass
 class JobRecord:
     job_id: str
@@ -125,7 +137,7 @@ class EventRecord:
 
 @dataclass(frozen=True)
 class LeaseRecord:
-    """A lease as granted (the fields of :class:`pscluster.coordinator.leases.Lease`)."""
+    """A lease as granted (the fields of :class:`pscluster.coordinator.lease_values.Lease`)."""
 
     lease_id: str
     job_id: str
@@ -245,6 +257,18 @@ class JobStore(ABC):
     def shards_in_use(self) -> list[str] | None:
         """The shards ScaleShards last chose, sorted; None when it never ran (it never
         chooses none)."""
+
+    @abstractmethod
+    def begin_move(self, move: MoveRecord) -> None:
+        """Record a move under way (replacing one of the same job)."""
+
+    @abstractmethod
+    def end_move(self, job_id: str) -> None:
+        """The job's move is over (committed or undone); no-op when none is recorded."""
+
+    @abstractmethod
+    def moves(self) -> list[MoveRecord]:
+        """The moves under way, by job id."""
 
     @abstractmethod
     def readdress_shard(self, shard_id: str, address: str) -> list[str]:

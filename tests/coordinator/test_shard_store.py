@@ -18,6 +18,7 @@ from pscluster.coordinator.store import (
     RUNNING,
     JobRecord,
     JobStore,
+    MoveRecord,
     ShardRecord,
     ShardSlice,
 )
@@ -185,3 +186,28 @@ def test_status_probes_the_shards_that_matter_not_one_drained_and_gone() -> None
 
     # Execute / Assert
     assert directory.addresses() == ["h0:1", "h2:1"]
+
+
+def test_a_move_under_way_is_kept_until_it_ends_across_a_reopen(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "db.sqlite"
+    first = SqliteStore(path)
+    first.begin_move(MoveRecord("j-1", 2, TWO))
+    first.begin_move(MoveRecord("j-1", 3, TWO[:1]))  # a later move of the same job
+    first.begin_move(MoveRecord("j-2", 5, TWO))
+    first.close()
+
+    # Execute
+    second = SqliteStore(path)
+    kept = second.moves()
+    second.end_move("j-1")
+    second.end_move("j-9")  # none recorded: nothing happens
+
+    # Assert
+    assert kept == [MoveRecord("j-1", 3, TWO[:1]), MoveRecord("j-2", 5, TWO)]
+    assert second.moves() == [MoveRecord("j-2", 5, TWO)]
+    second.close()
+    memory = MemoryStore()
+    memory.begin_move(MoveRecord("j-1", 2, TWO))
+    memory.end_move("j-1")
+    assert memory.moves() == []
