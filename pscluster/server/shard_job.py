@@ -14,18 +14,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 
 from pscluster.compression import CompressionSettings, make_compressor
 from pscluster.errors import DeadlineExceeded, InvalidArgument, NotFound, PSError
-from pscluster.server.clocks import check_member_ids
-from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig, JobStats, PullSnapshot, PushHeader, PushResult
 from pscluster.server.intake import PushIntake, Received
-from pscluster.server.job_state import JobState, StateDict
+from pscluster.server.job_control import JobControl
+from pscluster.server.job_persistence import JobPersistence
+from pscluster.server.job_state import JobState
 from pscluster.server.layout_gate import HELD_FOR_MOVE, HoldStatus, LayoutGate
 from pscluster.server.payloads import payload_bytes
 from pscluster.server.push_checks import check_base_version, check_header
@@ -45,7 +45,7 @@ HELD_PULL_SECONDS = 0.5
 T = TypeVar("T")
 
 
-class ShardJob:
+class ShardJob(JobControl, JobPersistence):
     """``buffers``: the job's initial float64 buffer values (None when it has none)."""
 
     def __init__(
@@ -264,73 +264,7 @@ class ShardJob:
         with self._cond:
             self._state.read_current(worker_id)
 
-    # --- membership, stats, lifecycle ---
-
-    def set_members(
-        self, worker_ids: Sequence[str], generation: int, excluded: Sequence[str] = ()
-    ) -> int:
-        """Replace the member set unless ``generation`` is older; returns the one in force.
-
-        ``excluded`` are members the coordinator took out of the slowest clock (stragglers):
-        the others' pulls stop waiting for them, their pushes still face the clock bound, and
-        one taken off the list counts again once it has caught up (see
-        :mod:`pscluster.server.clocks`).
-        """
-        check_member_ids(worker_ids, excluded)
-        state = self._state
-        with self._cond:
-            self._check_alive()
-            if generation < state.generation:
-                return state.generation
-            state.generation = generation
-            ticket = 0
-            if self._journal is not None:
-                ticket = self._journal.log_members(list(worker_ids), generation, list(excluded))
-            added, removed, exclusion_changed = state.set_members(worker_ids, excluded)
-            now_excluded = state.clocks.excluded
-        self._commit(ticket)
-        if added or removed or exclusion_changed:
-            log.info(
-                "job %s generation %d: added %s, removed %s, excluded %s",
-                self.config.job_id,
-                generation,
-                added,
-                removed,
-                now_excluded,
-                extra={"job_id": self.config.job_id},
-            )
-        return generation
-
-    def set_consistency(
-        self, mode: str, staleness: int, backup_workers: int, revision: int
-    ) -> tuple[int, int]:
-        """Switch the job's consistency live (mode "auto" on the coordinator) unless
-        ``revision`` is not newer than the one in force; returns (revision in force, version).
-        Logged like a membership change, so that recovery replays it between the same pushes.
-        """
-        validate_consistency(mode, staleness, backup_workers)
-        state = self._state
-        with self._cond:
-            self._check_alive()
-            if revision <= state.revision:
-                return state.revision, state.version
-            ticket = 0
-            if self._journal is not None:
-                ticket = self._journal.log_consistency(mode, staleness, backup_workers, revision)
-            state.set_consistency(mode, staleness, backup_workers, revision)
-            self.config = state.config
-            version = state.version
-        self._commit(ticket)
-        log.info(
-            "job %s revision %d: consistency is now %s (staleness %d, backup workers %d)",
-            self.config.job_id,
-            revision,
-            mode,
-            staleness,
-            backup_workers,
-            extra={"job_id": self.config.job_id},
-        )
-        return revision, version
+    # --- stats, lifecycle (membership and consistency: JobControl) ---
 
     def stats(self) -> JobStats:
         journal = self._journal
@@ -369,49 +303,6 @@ class ShardJob:
         """Let waiting pulls re-check their conditions (e.g. a caller went away)."""
         with self._cond:
             self._cond.notify_all()
-
-    # --- state and durability (pscluster.server.durability) ---
-
-    def state_dict(self, *, copy: bool = True) -> StateDict:
-        """The job's whole state (see :meth:`JobState.state_dict`), read under its lock."""
-        with self._cond:
-            return self._state.state_dict(copy=copy)
-
-    def held_image(self, encode: Callable[[dict[str, torch.Tensor], dict[str, Any]], T]) -> T:
-        """ExportJob's state, only while held (no member in the middle of a step), passed
-        through ``encode`` under the lock: the tensors are lent, not copied first."""
-        with self._cond:
-            self._check_alive()
-            self.gate.check_held()
-            return encode(*self._state.state_dict(copy=False))
-
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        with self._cond:
-            self._state.load_state_dict(tensors, meta)
-
-    def capture(self, then: Callable[[], None], kind: str = "full") -> StateDict:
-        """The state for a checkpoint ("full", or "delta": only the table rows changed since
-        the last one) and, under the same hold of the lock, ``then()``: the journal moves its
-        log on there, so that no record falls between a checkpoint and the log after it."""
-        with self._cond:
-            state = self._state.state_dict(checkpoint=kind)
-            then()
-            return state
-
-    @property
-    def journal(self) -> Journal | None:
-        return self._journal
-
-    def attach(self, journal: Journal, records_replayed: int = 0) -> None:
-        """Log from now on (a new job, or one just recovered by replaying its log)."""
-        journal.bind(self.capture)
-        with self._cond:
-            self._journal = journal
-            self._replayed = records_replayed
-
-    def _commit(self, ticket: int) -> None:
-        if ticket and self._journal is not None:
-            self._journal.commit(ticket)
 
     def _check_alive(self) -> None:
         self.gate.check_open()
