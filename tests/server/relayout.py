@@ -5,10 +5,14 @@ list a member as held."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
+import pytest
 import torch
 
+from pscluster.config import Settings
 from pscluster.server.durability.checkpoint import state_from_bytes, state_to_bytes
+from pscluster.server.main import ShardServer, serve
 from pscluster.shard_client import JobShards, ShardClient, ShardRange, Snapshot
 from pscluster.transport import wire
 from pscluster.transport.retry import retry
@@ -107,3 +111,37 @@ class PullInThread:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+
+# --- fixtures of the live re-layout tests: a test module takes them by assigning them to its
+# own names (``settings = relayout.settings_fixture``), so pytest finds them there ---
+
+
+@pytest.fixture(name="settings")
+def settings_fixture() -> Settings:
+    # Small chunks: a job's state (12 KB of values and as much momentum) streams in many, and
+    # a range's bytes cross chunk bounds anywhere.
+    return Settings(host="127.0.0.1", pull_wait_seconds=5.0, grace_seconds=0.0, chunk_bytes=1024)
+
+
+def _serve(settings: Settings) -> Iterator[str]:
+    running: ShardServer = serve(settings, port=0)
+    yield f"127.0.0.1:{running.port}"
+    running.stop(0)
+
+
+@pytest.fixture(name="first")
+def first_fixture(settings: Settings) -> Iterator[str]:
+    yield from _serve(settings)
+
+
+@pytest.fixture(name="second")
+def second_fixture(settings: Settings) -> Iterator[str]:
+    yield from _serve(settings)
+
+
+@pytest.fixture(name="shards")
+def shards_fixture(settings: Settings) -> Iterator[ShardClient]:
+    client = ShardClient(settings)
+    yield client
+    client.close()

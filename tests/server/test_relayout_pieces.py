@@ -5,19 +5,16 @@ back by the first taking its retired copy back; SETTLED lets the copy go."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 import torch
 
-from pscluster.config import Settings
 from pscluster.server.durability import dense as dn
 from pscluster.server.durability.checkpoint import state_from_bytes, state_to_bytes
-from pscluster.server.main import ShardServer, serve
 from pscluster.shard_client import JobShards, ShardClient, ShardError, ShardRange
 from pscluster.transport import wire
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from tests.server import relayout
 from tests.server.relayout import HOLD, RELEASE, make_job, push, view
 
 N, HALF = 3000, 1500
@@ -28,33 +25,11 @@ def _values(seed: int) -> torch.Tensor:
     return torch.randn(N, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture
-def settings() -> Settings:
-    # Small chunks: a range's bytes cross chunk bounds anywhere.
-    return Settings(host="127.0.0.1", pull_wait_seconds=5.0, grace_seconds=0.0, chunk_bytes=1024)
-
-
-def _serve(settings: Settings) -> Iterator[str]:
-    running: ShardServer = serve(settings, port=0)
-    yield f"127.0.0.1:{running.port}"
-    running.stop(0)
-
-
-@pytest.fixture
-def first(settings: Settings) -> Iterator[str]:
-    yield from _serve(settings)
-
-
-@pytest.fixture
-def second(settings: Settings) -> Iterator[str]:
-    yield from _serve(settings)
-
-
-@pytest.fixture
-def shards(settings: Settings) -> Iterator[ShardClient]:
-    client = ShardClient(settings)
-    yield client
-    client.close()
+# The shard settings, two shards served here and the shard client (tests/server/relayout.py).
+settings_fixture = relayout.settings_fixture
+first_fixture = relayout.first_fixture
+second_fixture = relayout.second_fixture
+shards_fixture = relayout.shards_fixture
 
 
 def _half(skeleton: bytes, start: int) -> bytes:

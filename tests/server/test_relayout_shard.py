@@ -7,23 +7,21 @@ shard client raises as LayoutMovedError and the worker's retry policy does not r
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
 import torch
 
-from pscluster.config import Settings
 from pscluster.errors import LAYOUT_MOVED, LayoutMoved
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.server.domain import JobConfig
 from pscluster.server.durability.checkpoint import state_from_bytes, state_to_bytes
-from pscluster.server.main import ShardServer, serve
 from pscluster.server.relayout import MovedJobs
 from pscluster.shard_client import LayoutMovedError, ShardClient, ShardError
 from pscluster.transport.retry import retry
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.worker.trainer import SHARD_RETRY
+from tests.server import relayout
 from tests.server.relayout import (
     HOLD,
     MOVED,
@@ -43,33 +41,11 @@ def _values(seed: int) -> torch.Tensor:
     return torch.randn(N, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture
-def settings() -> Settings:
-    # Small chunks: a job's state (12 KB of values and as much momentum) streams in many.
-    return Settings(host="127.0.0.1", pull_wait_seconds=5.0, grace_seconds=0.0, chunk_bytes=1024)
-
-
-def _serve(settings: Settings) -> Iterator[str]:
-    running: ShardServer = serve(settings, port=0)
-    yield f"127.0.0.1:{running.port}"
-    running.stop(0)
-
-
-@pytest.fixture
-def first(settings: Settings) -> Iterator[str]:
-    yield from _serve(settings)
-
-
-@pytest.fixture
-def second(settings: Settings) -> Iterator[str]:
-    yield from _serve(settings)
-
-
-@pytest.fixture
-def shards(settings: Settings) -> Iterator[ShardClient]:
-    client = ShardClient(settings)
-    yield client
-    client.close()
+# The shard settings, two shards served here and the shard client (tests/server/relayout.py).
+settings_fixture = relayout.settings_fixture
+first_fixture = relayout.first_fixture
+second_fixture = relayout.second_fixture
+shards_fixture = relayout.shards_fixture
 
 
 def _status(error: BaseException) -> tuple[grpc.StatusCode, str]:
