@@ -2,9 +2,11 @@
 core (the RPCs and the order of a move are :mod:`pscluster.coordinator.moves`).
 
 The job is paused between two steps on every shard: each member waits in a pull, each push
-it made has been answered. Every old shard's state (``JobState.state_dict``) is cut by
-global offset (values, buffers, per-element optimizer state, the held-zeros mask, an open
-sync step's sums) and by row id (tables), and what is the job's rather than a range's
+it made has been answered. Every old shard's skeleton (``JobState.state_dict`` but the values
+and the optimizer's per-element moments, which travel shard to shard:
+:mod:`pscluster.coordinator.recut_moves`) is cut by global offset (buffers, the held-zeros
+mask, an open sync step's sums) and by row id (tables), and what is the job's rather than a
+range's
 (version, clocks, membership, the push ledger, whole-vector optimizer scalars) is carried, so
 that the job goes on on the new shards exactly as it would have on the old ones. A state that
 cannot be carried exactly raises ValueError, and the caller leaves the job where it is.
@@ -60,39 +62,6 @@ class _Old:
         return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
 
-def recut(
-    old: Sequence[State], new_configs: Sequence[ps_pb2.ShardJobConfig], layout_generation: int
-) -> list[State]:
-    """One whole state per new config (``JobState.load_state_dict`` / ``image.restore`` take
-    it) from the old shards' whole states in plan order: :func:`recut_skeletons`, with the
-    per-value tensors cut by global offset here (a move cuts them shard by shard instead,
-    sending only what changes shard: :mod:`pscluster.coordinator.recut_moves`)."""
-    parts = [dn.split(tensors, meta) for tensors, meta in old]
-    skeletons = recut_skeletons([p[0] for p in parts], new_configs, layout_generation)
-    ranges = [_values_range(skeleton) for skeleton, _ in parts]
-    for (_, dense), part in zip(parts, ranges, strict=True):
-        bad = {n: tuple(t.shape) for n, t in dense.items() if t.shape != (part.length,)}
-        if bad:
-            raise ValueError(f"an old state's per-value tensors {bad} do not fill its {part}")
-    out = []
-    for skeleton in skeletons:
-        new, dtypes = _values_range(skeleton), dn.dense_dtypes(skeleton[1]) or {}
-        cut_dense = {
-            name: cut(
-                [
-                    Piece(r.start, r.length, d[name])
-                    for r, (_, d) in zip(ranges, parts, strict=True)
-                ],
-                new.start,
-                new.length,
-                dtype,
-            )
-            for name, dtype in dtypes.items()
-        }
-        out.append(dn.join(skeleton, cut_dense))
-    return out
-
-
 def recut_skeletons(
     old: Sequence[State], new_configs: Sequence[ps_pb2.ShardJobConfig], layout_generation: int
 ) -> list[State]:
@@ -141,11 +110,6 @@ def recut_skeletons(
         }
         out.append((tensors, state_meta))
     return out
-
-
-def _values_range(state: State) -> Range:
-    config = state[1]["config"]
-    return Range(int(config["start"]), int(config["length"]))
 
 
 def _job_meta(olds: Sequence[_Old], *, open_step: bool) -> dict[str, Any]:

@@ -10,10 +10,12 @@ from dataclasses import fields
 import torch
 
 from pscluster.coordinator.model_spec import counter_spans_in
-from pscluster.coordinator.recut import State
+from pscluster.coordinator.recut import State, recut_skeletons
+from pscluster.coordinator.recut_ranges import Piece, cut
 from pscluster.model.partition import BalancedRanges, Range, rows_partitioner
 from pscluster.server.convert import job_config
 from pscluster.server.domain import JobConfig, PushHeader, PushResult
+from pscluster.server.durability import dense as dn
 from pscluster.server.durability.image import restore
 from pscluster.server.shard_job import ShardJob
 from pscluster.server.tables.rows import encode_rows
@@ -231,3 +233,43 @@ def _known(state: State) -> State:
     tensors, meta = state
     known = {f.name for f in fields(JobConfig)}
     return tensors, {**meta, "config": {k: v for k, v in meta["config"].items() if k in known}}
+
+
+def recut(
+    old: Sequence[State], new_configs: Sequence[ps_pb2.ShardJobConfig], layout_generation: int
+) -> list[State]:
+    """One whole state per new config (``JobState.load_state_dict`` / ``image.restore`` take
+    it) from the old shards' whole states in plan order: the coordinator's
+    :func:`~pscluster.coordinator.recut.recut_skeletons`, with the per-value tensors cut by
+    global offset here, all at once. A move cuts them shard by shard instead, sending only
+    what changes shard (:mod:`pscluster.coordinator.recut_moves`); this whole cut is what the
+    recut tests compare a layout's job with."""
+    parts = [dn.split(tensors, meta) for tensors, meta in old]
+    skeletons = recut_skeletons([p[0] for p in parts], new_configs, layout_generation)
+    ranges = [_values_range(skeleton) for skeleton, _ in parts]
+    for (_, dense), part in zip(parts, ranges, strict=True):
+        bad = {n: tuple(t.shape) for n, t in dense.items() if t.shape != (part.length,)}
+        if bad:
+            raise ValueError(f"an old state's per-value tensors {bad} do not fill its {part}")
+    out = []
+    for skeleton in skeletons:
+        new, dtypes = _values_range(skeleton), dn.dense_dtypes(skeleton[1]) or {}
+        cut_dense = {
+            name: cut(
+                [
+                    Piece(r.start, r.length, d[name])
+                    for r, (_, d) in zip(ranges, parts, strict=True)
+                ],
+                new.start,
+                new.length,
+                dtype,
+            )
+            for name, dtype in dtypes.items()
+        }
+        out.append(dn.join(skeleton, cut_dense))
+    return out
+
+
+def _values_range(state: State) -> Range:
+    config = state[1]["config"]
+    return Range(int(config["start"]), int(config["length"]))

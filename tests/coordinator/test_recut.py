@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pscluster.coordinator.recut import recut
 from pscluster.coordinator.stats import aggregate
 from pscluster.errors import InvalidArgument
 from pscluster.server.convert import job_stats
@@ -24,6 +23,7 @@ from tests.coordinator.recut_layouts import (
     VALUES,
     Layout,
     protos,
+    recut,
     rows,
 )
 
