@@ -20,7 +20,6 @@ on are kept with it.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from pscluster.server.durability.checkpoint import (
     checkpoints,
     write_checkpoint,
 )
+from pscluster.server.durability.trash import discard
 from pscluster.server.durability.wal import (
     FsyncMode,
     RecordType,
@@ -134,7 +134,7 @@ class Journal:
         folder = config.job_folder(job_id)
         if folder.exists():
             log.warning("job %s: replacing the leftover folder %s", job_id, folder)
-            shutil.rmtree(folder)
+            discard(folder)
         folder.mkdir(parents=True)
         tensors, meta = state
         write_checkpoint(checkpoint_path(folder, 0), tensors, meta)
@@ -149,8 +149,7 @@ class Journal:
         """The staged folder as the job's folder (the replaced job's files are gone by
         now: :meth:`delete`), logging from its checkpoint on."""
         folder = config.job_folder(job_id)
-        if folder.exists():
-            shutil.rmtree(folder)
+        discard(folder)
         staged.replace(folder)
         fsync_dir(folder.parent)
         tensors, meta = state
@@ -328,7 +327,8 @@ class Journal:
         self._wal.close()
 
     def delete(self) -> None:
-        """The job was dropped: stop logging and remove its folder."""
+        """The job was dropped: stop logging and remove its folder (its files go in the
+        background: :mod:`~pscluster.server.durability.trash`)."""
         with self._checkpointing:  # not while a checkpoint is being written into it
             self.close()
-            shutil.rmtree(self.folder, ignore_errors=True)
+            discard(self.folder)

@@ -26,6 +26,7 @@ from pscluster.server.durability.checkpoint import (
 from pscluster.server.durability.image import restore
 from pscluster.server.durability.journal import DurabilityConfig, Journal
 from pscluster.server.durability.staging import settle_staged
+from pscluster.server.durability.trash import clear_trash
 from pscluster.server.durability.wal import (
     CorruptSegment,
     Record,
@@ -57,6 +58,7 @@ def recover_all(config: DurabilityConfig) -> list[Recovered]:
         config.data_dir.mkdir(parents=True)
         return []
     settle_staged(config.data_dir)
+    clear_trash(config.data_dir)
     found = []
     for folder in sorted(p for p in config.data_dir.iterdir() if p.is_dir()):
         recovered = recover_job(folder, config)
