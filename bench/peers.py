@@ -12,7 +12,10 @@ momentum 0.9, 3 epochs). For each process count N (default 1 and 2), in one run 
 - ``pscluster``: one LocalCluster of N workers and 2 shards (real processes; the shards and the
   coordinator are processes DDP does not have), one job per setting: ``async``, ``sync``,
   ``ssp`` (s=2), async with int8 gradients, async with top-k 1% gradients, async with int8
-  gradients and float16 pulls, each on 1 shard, plus ``async`` on 2 shards.
+  gradients and float16 pulls, each on 1 shard, plus ``async`` on 2 shards. The shards log
+  every push (a write-ahead log fsynced before the push is acknowledged, and checkpoints);
+  ``--durability memory`` (or ``log,memory`` for both) runs them in memory only, as DDP keeps
+  its state, so that the two compare like for like.
 
 Both train the same batches: the job has ``partitions = N`` and DDP rank r trains partition r
 with pscluster's own batch plan (same seed); both start from the same parameters (the SDK
@@ -27,11 +30,13 @@ Writes bench/results/peers.json and peers.png and prints a table with ratios psc
 
     .venv/bin/python bench/peers.py [--processes 1,2] [--models digits,mlp5m] [--epochs E]
                                      [--settings async,sync,...] [--quick]
+                                     [--durability log,memory]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -130,6 +135,7 @@ def run_ddp_row(model: ModelBench, world: int, scratch: Path) -> dict[str, Any]:
 def run_ps_row(
     cluster: LocalCluster, model: ModelBench, setting: Setting, workers: int
 ) -> dict[str, Any]:
+    """One job of ``setting`` on ``cluster``; its row says whether the shards log."""
     kwargs = {
         **model.submit_kwargs(),
         "mode": setting.mode,
@@ -154,7 +160,7 @@ def run_ps_row(
     )
     return row(
         model,
-        setting.label,
+        setting.label if cluster.durable else f"{setting.label}, shards in memory",
         "pscluster",
         workers,
         samples,
@@ -166,6 +172,7 @@ def run_ps_row(
         compression=setting.compression,
         local_steps=setting.local_steps,
         overlap=setting.overlap,
+        durable=cluster.durable,
         bytes_pushed=metrics.bytes_pushed,
         bytes_pulled=metrics.bytes_pulled,
         # Where a worker's step went (ms per step by phase, over every worker's reports).
@@ -183,6 +190,12 @@ def parse_args() -> tuple[argparse.Namespace, list[int], list[ModelBench], list[
         "--quick", action="store_true", help="tiny run (2 epochs, a 0.3M MLP) to check the script"
     )
     parser.add_argument("--epochs", type=int, default=0, help="epochs of every model (0: its own)")
+    parser.add_argument(
+        "--durability",
+        default="log",
+        help="the shards, comma-separated: log (a write-ahead log fsynced per push, "
+        "checkpoints: the default) and/or memory (nothing on disk, as DDP)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "peers.json")
     args = parser.parse_args()
     if args.epochs < 0:
@@ -203,24 +216,34 @@ def parse_args() -> tuple[argparse.Namespace, list[int], list[ModelBench], list[
     settings = [s for s in SETTINGS if s.key in keys]
     if len(settings) != len(keys):
         parser.error(f"--settings: expected some of {[s.key for s in SETTINGS]}, got {keys}")
+    durability = args.durability.split(",")
+    if not durability or not set(durability) <= {"log", "memory"}:
+        parser.error(f"--durability: expected log and/or memory, got {args.durability!r}")
+    args.durable = [d == "log" for d in dict.fromkeys(durability)]
     return args, counts, models, settings
 
 
 def run_all(
-    counts: list[int], models: list[ModelBench], settings: list[Setting]
+    counts: list[int], models: list[ModelBench], settings: list[Setting], durable: list[bool]
 ) -> list[dict[str, Any]]:
-    """Per process count: DDP, every pscluster setting on one cluster, DDP again."""
+    """Per process count: DDP, every pscluster setting on one cluster per overlap setting and
+    durability, DDP again."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         for n in counts:
             before = {m.name: run_ddp_row(m, n, scratch) for m in models}
             ps_rows: list[dict[str, Any]] = []
-            # One cluster per overlap setting (a worker setting), overlapped first.
-            for overlap in sorted({s.overlap for s in settings}, reverse=True):
+            # One cluster per overlap setting (a worker setting), overlapped first, and per
+            # durability (a shard setting).
+            for overlap, logs in itertools.product(
+                sorted({s.overlap for s in settings}, reverse=True), durable
+            ):
                 env = {**ENV, "PSC_OVERLAP": "on" if overlap else "off"}
-                state = scratch / f"cluster-{n}-{int(overlap)}"
-                with LocalCluster(shards=SHARDS, workers=n, state_dir=state, env=env) as cluster:
+                state = scratch / f"cluster-{n}-{int(overlap)}-{int(logs)}"
+                with LocalCluster(
+                    shards=SHARDS, workers=n, state_dir=state, env=env, durable=logs
+                ) as cluster:
                     for model in models:
                         for setting in (s for s in settings if s.overlap == overlap):
                             ps_rows.append(run_ps_row(cluster, model, setting, n))
@@ -248,7 +271,7 @@ def print_summary(ratios: list[dict[str, Any]], best: list[dict[str, Any]]) -> N
 
 def main() -> None:
     args, counts, models, settings = parse_args()
-    rows = run_all(counts, models, settings)
+    rows = run_all(counts, models, settings, args.durable)
     ratios = ratio_rows(rows)
     cores = os.cpu_count() or 1
     bounds = {f"{m.name}/{n}": step_bound(m, max(1, cores // n)) for m in models for n in counts}

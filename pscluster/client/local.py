@@ -63,6 +63,8 @@ class LocalCluster(LocalProcesses):
     ``register_shards`` starts the coordinator with no shard list and the shards after it,
     each registering under its name (``shard-0``, ...), as a compose or Kubernetes cluster of
     registering shards does; otherwise the coordinator is given the shards' addresses.
+    ``durable`` False keeps the shards' jobs in memory only (no log, no checkpoints: a
+    restarted shard comes back empty), as a DDP run keeps its state: benchmarks against it.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class LocalCluster(LocalProcesses):
         grace: float = 5.0,
         metrics: bool = False,
         register_shards: bool = False,
+        durable: bool = True,
     ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, got {shards}")
@@ -96,6 +99,7 @@ class LocalCluster(LocalProcesses):
         self.extra_env = dict(env or {})
         self.grace = grace
         self.register_shards = register_shards
+        self.durable = durable
         self._detached = False
         self._started = False
         # One PSC_METRICS_PORT would have every process bind the same port: each gets its own.
@@ -265,8 +269,9 @@ class LocalCluster(LocalProcesses):
     def _server_handle(self, role: str, index: int, port: int) -> ProcessHandle:
         # Subclasses (fault-injection proxies, benchmarks) adjust a server's launch here.
         launch = local_launch.server_launch(
-            role, index, self.host, port, self.state_dir, self.shard_addresses
-        )
+            role, index, self.host, port, self.state_dir, self.shard_addresses,
+            durable=self.durable,
+        )  # fmt: skip
         return ProcessHandle(
             role=role,
             index=index,

@@ -36,25 +36,30 @@ class ServerLaunch:
 
 
 def server_launch(
-    role: str, index: int, host: str, port: int, state_dir: Path, shard_addresses: list[str]
+    role: str,
+    index: int,
+    host: str,
+    port: int,
+    state_dir: Path,
+    shard_addresses: list[str],
+    *,
+    durable: bool = True,
 ) -> ServerLaunch:
-    """Shard ``index`` or the coordinator (any other ``role``) serving on ``host:port``."""
+    """Shard ``index`` or the coordinator (any other ``role``) serving on ``host:port``; a
+    shard that is not ``durable`` keeps its jobs in memory only."""
     address = f"{host}:{port}"
     if role == "shard":
         name = f"shard-{index}"
-        return ServerLaunch(
-            name=name,
-            argv=["-m", "pscluster.server", "--port", str(port)],
-            env={
-                "PSC_SHARD_PORT": str(port),
-                "PSC_ADVERTISE": address,
-                # Its write-ahead log and checkpoints: a restarted shard recovers from them.
-                "PSC_SHARD_DATA_DIR": str(state_dir / "shards" / name),
-                # Its identity when it registers (a cluster with register_shards).
-                "PSC_SHARD_ID": name,
-            },
-            address=address,
-        )
+        env = {
+            "PSC_SHARD_PORT": str(port),
+            "PSC_ADVERTISE": address,
+            # Its identity when it registers (a cluster with register_shards).
+            "PSC_SHARD_ID": name,
+        }
+        if durable:  # its write-ahead log and checkpoints: a restarted shard recovers them
+            env["PSC_SHARD_DATA_DIR"] = str(state_dir / "shards" / name)
+        argv = ["-m", "pscluster.server", "--port", str(port)]
+        return ServerLaunch(name=name, argv=argv, env=env, address=address)
     shards = ",".join(shard_addresses)
     argv = ["-m", "pscluster.coordinator", "--port", str(port), "--shards", shards]
     argv += ["--state-dir", str(state_dir)]

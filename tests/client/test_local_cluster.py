@@ -290,3 +290,21 @@ def test_up_in_the_foreground_stops_everything_on_sigterm(tmp_path: Path) -> Non
     assert read_state(tmp_path) is None
     for p in state["processes"]:
         assert not is_pscluster_process(p["pid"]), f"{p['name']} is still running"
+
+
+def test_a_memory_only_cluster_trains_without_writing_shard_files(
+    tmp_path: Path, tiny_job: dict[str, Any]
+) -> None:
+    # Prepare: shards that keep their jobs in memory, as DDP keeps its state (benchmarks)
+    with (
+        LocalCluster(
+            shards=1, workers=1, state_dir=tmp_path, durable=False, start_timeout=90
+        ) as cluster,
+        cluster.client() as client,
+    ):
+        # Execute
+        info = client.submit(**tiny_job).wait(timeout=120)
+
+    # Assert: trained, and no log or checkpoint was written (a durable shard's go here)
+    assert info.state == "completed"
+    assert not (tmp_path / "shards").exists()
