@@ -228,28 +228,26 @@ class JobMover:
         return lost
 
     def _install(self, plan: MovePlan, cut: Cut, index: int) -> ps_pb2.AdoptJobReply:
-        """New shard ``index`` adopts its skeleton, keeping its local pieces and receiving
-        the others straight from the old shards that hold them."""
+        """New shard ``index`` adopts its skeleton, keeping its local pieces and reading the
+        others itself from the old shards that hold them (the bytes do not pass through
+        here)."""
         job = plan.job
-        relays = [
-            self._shards.export_ranges(
-                plan.old_addresses[p.source],
-                job.job_id,
-                job.layout_generation,
-                [(p.start, p.length)],
-                cut.dense,
+        segments = [
+            ps_pb2.DenseSegment(
+                start=p.start,
+                length=p.length,
+                local=p.local,
+                source="" if p.local else plan.old_addresses[p.source],
             )
             for p in cut.pieces[index]
-            if not p.local
         ]
-        segments = [
-            ps_pb2.DenseSegment(start=p.start, length=p.length, local=p.local)
-            for p in cut.pieces[index]
-        ]
-        address = plan.new_addresses[index]
-        generation = plan.new.layout_generation
         return self._shards.adopt_job(
-            address, job.job_id, generation, cut.images[index], segments, relays
+            plan.new_addresses[index],
+            job.job_id,
+            plan.new.layout_generation,
+            cut.images[index],
+            segments,
+            source_generation=job.layout_generation,
         )
 
     def _release(self, plan: MovePlan) -> None:

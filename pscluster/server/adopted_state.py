@@ -3,8 +3,9 @@
 Either a checkpoint image of the whole state (kept as it came, so the shard writes it as its
 first checkpoint without serialising it again), or a skeleton image and the pieces of its
 per-value tensors (:mod:`pscluster.server.durability.dense`): the pieces this shard held
-already under an older generation of the job are copied from that copy, the others come raw
-after the image, received straight into the new tensors. Everything is checked before the
+already under an older generation of the job are copied from that copy, the others are read
+from the shard that holds them (a segment's ``source``) or come raw after the image, received
+straight into the new tensors either way. Everything is checked before the
 job is built from it, since it comes over the network rather than from this shard's disk.
 """
 
@@ -23,16 +24,20 @@ from pscluster.server.durability.checkpoint import CheckpointError, state_from_b
 State = dn.State
 # This shard's older copy of the job: its per-value tensors (lent) and its range's start.
 OwnCopy = Callable[[], tuple[dict[str, torch.Tensor], int]]
+# The raw bytes of global values [start, start + length) of the per-value tensors named (with
+# their bytes per value, in order) on the shard at an address: (address, start, length, dense).
+Fetch = Callable[[str, int, int, list[tuple[str, int]]], Iterable[bytes | memoryview]]
 
 
 @dataclass(frozen=True)
 class Segment:
-    """A piece of the new range's per-value tensors: kept from the copy here (``local``), or
-    sent after the image."""
+    """A piece of the new range's per-value tensors: kept from the copy here (``local``),
+    read from the shard at ``source``, or sent after the image."""
 
     start: int
     length: int
     local: bool
+    source: str = ""
 
 
 def received_state(
@@ -42,11 +47,13 @@ def received_state(
     segments: Sequence[Segment],
     own: OwnCopy | None,
     limit: int,
+    fetch: Fetch | None = None,
 ) -> tuple[State, bytes | None]:
     """The whole state an AdoptJob stream describes, and its image when it came whole (None
-    when it was put together here). InvalidArgument for a stream that does not carry what its
-    header says, ResourceExhausted past ``limit`` bytes, FailedPrecondition for local pieces
-    without a copy of the job here."""
+    when it was put together here); segments with a source are read through ``fetch``.
+    InvalidArgument for a stream that does not carry what its header says, ResourceExhausted
+    past ``limit`` bytes, FailedPrecondition for local pieces without a copy of the job here
+    or a source that cannot be read."""
     if size > limit:
         raise ResourceExhausted(
             f"an adopted state of {size} bytes is more than this shard takes ({limit} bytes: "
@@ -72,6 +79,10 @@ def received_state(
     held = own() if own is not None and any(s.local for s in segments) else None
     for segment in segments:
         at = segment.start - config.start
+        if segment.source:
+            parts = {name: t[at : at + segment.length] for name, t in tensors.items()}
+            _fill_from_source(job_id, fetch, segment, parts)
+            continue
         for name, tensor in tensors.items():
             part = tensor[at : at + segment.length]
             if segment.local:
@@ -90,10 +101,31 @@ def _read(job_id: str, image: bytes) -> State:
         raise InvalidArgument(f"the state adopted for job {job_id} cannot be read: {exc}") from None
 
 
+def _fill_from_source(
+    job_id: str, fetch: Fetch | None, segment: Segment, parts: dict[str, torch.Tensor]
+) -> None:
+    """Read ``segment`` from its source shard into ``parts`` (name by name, as it sends)."""
+    span = f"[{segment.start}, {segment.start + segment.length})"
+    if fetch is None:
+        raise FailedPrecondition(f"job {job_id}: this shard cannot read {span} from other shards")
+    dense = [(name, part.element_size()) for name, part in parts.items()]
+    stream = dn.ByteStream(fetch(segment.source, segment.start, segment.length, dense))
+    for name, part in parts.items():
+        what = f"{name} {span} from shard {segment.source}"
+        stream.fill(part.view(torch.uint8).numpy().data, what)
+    stream.end(f"job {job_id}'s {span} from shard {segment.source}")
+
+
 def _check_cover(job_id: str, config: JobConfig, segments: Sequence[Segment]) -> None:
-    """The segments must cover the state's range, in order, each once."""
+    """The segments must cover the state's range, in order, each once; none is both kept
+    here and read from another shard."""
     at = config.start
     for segment in segments:
+        if segment.local and segment.source:
+            raise InvalidArgument(
+                f"a segment of job {job_id}'s adopted state at {segment.start} is both kept "
+                f"here and read from shard {segment.source}; it is one or the other"
+            )
         if segment.start != at or segment.length <= 0:
             raise InvalidArgument(
                 f"the segments of job {job_id}'s adopted state do not cover its range "

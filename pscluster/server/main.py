@@ -14,6 +14,7 @@ from pscluster.model.optimizer import warm_up
 from pscluster.server.durability.journal import DurabilityConfig
 from pscluster.server.durability.recovery import recover_all
 from pscluster.server.identity import advertised_address, resolve_identity
+from pscluster.server.peer_ranges import PeerRanges
 from pscluster.server.registration import Registrar, registers
 from pscluster.server.servicer import SERVICE_NAME, ParameterServerServicer, add_to_server
 from pscluster.server.shard import Shard
@@ -32,6 +33,8 @@ class ShardServer(RunningServer):
     metrics: MetricsServer | None = None
     # Announces the shard to its coordinator (None: it does not register).
     registrar: Registrar | None = None
+    # Its client to the other shards (a move's ranges are read from them).
+    peers: PeerRanges | None = None
 
     def stop(self, grace: float | None = None) -> None:
         if self.registrar is not None:  # first: no new jobs are placed on a shard going away
@@ -39,6 +42,8 @@ class ShardServer(RunningServer):
         super().stop(grace)
         if self.metrics is not None:
             self.metrics.stop()
+        if self.peers is not None:
+            self.peers.close()
 
 
 def serve(settings: Settings, port: int | None = None) -> ShardServer:
@@ -76,7 +81,9 @@ def serve(settings: Settings, port: int | None = None) -> ShardServer:
     if registers(settings):
         address = advertised_address(settings, running.port)
         registrar = Registrar(settings, settings.shard_id, address).start()
-    return ShardServer(running.server, running.port, running.health, shard, metrics, registrar)
+    return ShardServer(
+        running.server, running.port, running.health, shard, metrics, registrar, servicer.peers
+    )
 
 
 def recovered_shard(settings: Settings) -> Shard:

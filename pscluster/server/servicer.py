@@ -16,6 +16,7 @@ from pscluster.config import Settings
 from pscluster.errors import InvalidArgument
 from pscluster.server import convert
 from pscluster.server.adopted_state import Segment
+from pscluster.server.peer_ranges import PeerRanges
 from pscluster.server.shard import Shard
 from pscluster.server.telemetry import ShardTelemetry
 from pscluster.transport import framing, wire
@@ -41,6 +42,8 @@ class ParameterServerServicer:
     ) -> None:
         self._shard = shard
         self._settings = settings
+        # The other shards, for the ranges an AdoptJob names a source for.
+        self.peers = PeerRanges(settings)
         # Push latency goes here when metrics are served (None: not measured).
         self.telemetry = telemetry
         # The address reported in stats; set by serve() once the port is bound.
@@ -195,8 +198,9 @@ class ParameterServerServicer:
                 raise InvalidArgument("an AdoptJob that restores the retired copy carries no state")
             job = self._shard.restore_job(header.job_id, generation)
         else:
-            segments = [Segment(s.start, s.length, s.local) for s in header.segments]
-            job = self._shard.adopt_job(header.job_id, generation, size, data, segments)
+            segments = [Segment(s.start, s.length, s.local, s.source) for s in header.segments]
+            fetch = self.peers.reader(header.job_id, header.source_generation)
+            job = self._shard.adopt_job(header.job_id, generation, size, data, segments, fetch)
         return ps_pb2.AdoptJobReply(version=job.version)
 
     def _chunk_bytes(self, requested: int) -> int:

@@ -23,7 +23,7 @@ import torch
 
 from pscluster.errors import FailedPrecondition, InvalidArgument, LayoutMoved
 from pscluster.server import relayout
-from pscluster.server.adopted_state import OwnCopy, Segment, received_state
+from pscluster.server.adopted_state import Fetch, OwnCopy, Segment, received_state
 from pscluster.server.domain import JobConfig
 from pscluster.server.durability import dense as dn
 from pscluster.server.durability.checkpoint import state_to_bytes
@@ -139,11 +139,13 @@ class RelayoutMixin:
         size: int,
         data: Iterable[bytes | memoryview],
         segments: Sequence[Segment] = (),
+        fetch: Fetch | None = None,
     ) -> ShardJob:
         """Serve the job a state describes, at layout generation ``generation``, durably (its
         first checkpoint is written before this returns). A job here at an older generation is
         replaced (its waiters answer "layout moved", its files go) and retired; local
-        ``segments`` are read from it. Nothing changes when the state is refused."""
+        ``segments`` are read from it, those with a source through ``fetch``. Nothing changes
+        when the state is refused."""
         if not job_id:
             raise InvalidArgument("the AdoptJob header's job_id is empty; name the job")
         old = self._check_adoptable(job_id, generation)  # before gigabytes are received
@@ -154,7 +156,8 @@ class RelayoutMixin:
             def own() -> tuple[dict[str, torch.Tensor], int]:
                 return dn.split(*held.state_dict(copy=False))[1], held.config.start
 
-        state, image = received_state(job_id, size, data, segments, own, self.max_state_bytes)
+        limit = self.max_state_bytes
+        state, image = received_state(job_id, size, data, segments, own, limit, fetch)
         job = relayout.adopted_job(job_id, generation, state)
         del state
         self._check_config(job.config)

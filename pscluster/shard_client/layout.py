@@ -105,18 +105,21 @@ class RelayoutCalls:
         state: bytes,
         segments: Sequence[ps_pb2.DenseSegment] = (),
         dense: Sequence[Relay] = (),
+        source_generation: int = 0,
     ) -> ps_pb2.AdoptJobReply:
         """Install ``state`` (:func:`state_to_bytes`; its config's layout generation must be
         ``layout_generation``) on the shard at ``address``, replacing an older generation of
         the job there; durable once this returns. A skeleton state comes with the
-        ``segments`` of its per-value tensors and, for those not local, the ``dense`` relays
-        of their bytes in order (a failure of one names the shard it reads from)."""
+        ``segments`` of its per-value tensors: local, read by the shard from their ``source``
+        (which holds the job at ``source_generation``), or sent here from the ``dense`` relays
+        in order (a failure of one names the shard it reads from)."""
         header = ps_pb2.AdoptJobHeader(
             job_id=job_id,
             layout_generation=layout_generation,
             state_bytes=len(state),
             segments=segments,
             dense_bytes=sum(r.size for r in dense),
+            source_generation=source_generation,
         )
         messages = itertools.chain(
             [ps_pb2.AdoptJobChunk(header=header)],
@@ -177,6 +180,11 @@ class Relay:
         except grpc.RpcError as e:
             self._error = shard_error(self.address, e)
             raise
+
+    @property
+    def error(self) -> ShardError | None:
+        """The source shard's error, once reading from it failed."""
+        return self._error
 
     def raise_error(self) -> None:
         if self._error is not None:

@@ -1009,21 +1009,28 @@ class DenseSegment(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     LOCAL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     start: _builtins.int
     """global offset"""
     length: _builtins.int
     local: _builtins.bool
     """From this shard's own copy of the job (an older generation of it held here), not sent."""
+    source: _builtins.str
+    """Not local and set: not sent either; the adopting shard reads it itself from the shard at
+    this address (ExportJob of the range at the header's `source_generation`), so the bytes
+    cross the network once instead of through the caller.
+    """
     def __init__(
         self,
         *,
         start: _builtins.int = ...,
         length: _builtins.int = ...,
         local: _builtins.bool = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "local", b"local", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "local", b"local", "source", b"source", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1064,6 +1071,7 @@ class AdoptJobHeader(_message.Message):
     SEGMENTS_FIELD_NUMBER: _builtins.int
     DENSE_BYTES_FIELD_NUMBER: _builtins.int
     RESTORE_RETIRED_FIELD_NUMBER: _builtins.int
+    SOURCE_GENERATION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     layout_generation: _builtins.int
     """must equal the state's config's"""
@@ -1074,11 +1082,14 @@ class AdoptJobHeader(_message.Message):
     """No state follows: take back the copy of the job kept when the last adoption replaced it,
     under `layout_generation` (a move rolled back). FAILED_PRECONDITION if none is kept.
     """
+    source_generation: _builtins.int
+    """The layout generation at which the segments' sources hold the job."""
     @_builtins.property
     def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DenseSegment]:
         """A skeleton state (ExportJobRequest.skeleton): its per-value tensors are these segments,
         covering its range in order; after the state's bytes come `dense_bytes` raw bytes, each
-        segment not local in turn, in it each of the state's dense names in turn.
+        segment neither local nor with a source in turn, in it each of the state's dense names
+        in turn.
         """
 
     def __init__(
@@ -1090,10 +1101,11 @@ class AdoptJobHeader(_message.Message):
         segments: _abc.Iterable[Global___DenseSegment] | None = ...,
         dense_bytes: _builtins.int = ...,
         restore_retired: _builtins.bool = ...,
+        source_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dense_bytes", b"dense_bytes", "job_id", b"job_id", "layout_generation", b"layout_generation", "restore_retired", b"restore_retired", "segments", b"segments", "state_bytes", b"state_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dense_bytes", b"dense_bytes", "job_id", b"job_id", "layout_generation", b"layout_generation", "restore_retired", b"restore_retired", "segments", b"segments", "source_generation", b"source_generation", "state_bytes", b"state_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,64 @@
+"""A shard reading the ranges it adopts from the shards that hold them.
+
+A move sends only what changes shard, and an adopting shard reads each such range itself
+from its old shard (an ExportJob of the range) instead of the coordinator reading it and
+relaying it on: every byte crosses the network once, and the coordinator, which does not look
+at the bytes, is not on the path. The shard calls its peers as the coordinator does, with the
+cluster's credentials from the same settings (the admin token, ``PSC_TLS_*``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from pscluster.config import Settings
+from pscluster.errors import FailedPrecondition
+from pscluster.server.adopted_state import Fetch
+from pscluster.shard_client import ShardClient, ShardError
+from pscluster.transport import framing
+
+
+class PeerRanges:
+    """Opens a client to the other shards on first use (most shards never adopt a range)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._client: ShardClient | None = None
+
+    def reader(self, job_id: str, generation: int) -> Fetch:
+        """Reads job ``job_id``'s ranges as its old shards held them at ``generation``."""
+
+        def fetch(
+            source: str, start: int, length: int, dense: list[tuple[str, int]]
+        ) -> Iterator[memoryview]:
+            span = [(start, length)]
+            relay = self._peers().export_ranges(source, job_id, generation, span, dense)
+            try:
+                for frame in relay.frames():
+                    data = framing.data_of(frame)
+                    if data is not None:  # frames() raised on a chunk without data
+                        yield data
+            except (grpc.RpcError, ShardError) as e:
+                error = relay.error or e
+                raise FailedPrecondition(
+                    f"job {job_id}: reading its values [{start}, {start + length}) from shard "
+                    f"{source} failed: {error}"
+                ) from None
+
+        return fetch
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _peers(self) -> ShardClient:
+        with self._lock:
+            if self._client is None:
+                self._client = ShardClient(self._settings, parallel=4)
+            return self._client
