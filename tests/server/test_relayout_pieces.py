@@ -41,6 +41,13 @@ def _half(skeleton: bytes, start: int) -> bytes:
     return state_to_bytes(tensors, {**meta, "config": config})
 
 
+def _held_skeleton(shards: ShardClient, address: str) -> bytes:
+    """Job "j" made on the shard at ``address``, held there: its skeleton."""
+    make_job(shards, address, "j", _values(1))
+    shards.hold_job(address, "j", HOLD)
+    return shards.export_job(address, "j", skeleton=True)
+
+
 def _segment(start: int, local: bool) -> ps_pb2.DenseSegment:
     return ps_pb2.DenseSegment(start=start, length=HALF, local=local)
 
@@ -97,9 +104,7 @@ def test_a_split_keeps_one_half_in_place_sends_the_other_and_rolls_back(
 def test_local_pieces_need_a_copy_here_and_segments_must_cover_the_range(
     shards: ShardClient, first: str, second: str
 ) -> None:
-    make_job(shards, first, "j", _values(1))
-    shards.hold_job(first, "j", HOLD)
-    skeleton = shards.export_job(first, "j", skeleton=True)
+    skeleton = _held_skeleton(shards, first)
 
     # A local piece on a shard without the job; segments that leave a gap
     gap = ps_pb2.DenseSegment(start=0, length=10, local=True)
@@ -129,9 +134,7 @@ def push_both(job: JobShards, seq: int) -> None:
 def test_a_source_that_cannot_be_read_or_is_also_local_changes_nothing(
     shards: ShardClient, first: str, second: str
 ) -> None:
-    make_job(shards, first, "j", _values(1))
-    shards.hold_job(first, "j", HOLD)
-    skeleton = shards.export_job(first, "j", skeleton=True)
+    skeleton = _held_skeleton(shards, first)
     down = "127.0.0.1:1"  # nothing listens there
 
     # A source that is down; one that holds the job at another generation; a segment that
