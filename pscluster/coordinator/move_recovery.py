@@ -30,7 +30,7 @@ from dataclasses import replace
 
 from pscluster.coordinator import store as st
 from pscluster.coordinator.move_calls import Held, MoveCalls
-from pscluster.coordinator.moves import JobMover, MovePlan
+from pscluster.coordinator.moves import JobMover, LostRange, MovePlan
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,3 @@ def recover(
             "last fetched model)"
         )
     return verdict, "not every new shard had adopted it: moved back to its old shards"
-
-
-class LostRange(Exception):
-    """A move cannot be undone: a shard lost the copy of the job's old range it kept."""

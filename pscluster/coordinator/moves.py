@@ -59,6 +59,11 @@ class MoveFailed(Exception):
     """The move did not happen; the job goes on where it was (the message says why)."""
 
 
+class LostRange(Exception):
+    """A move cannot be undone: a shard lost the copy of the job's old range it kept (it
+    restarted after its adoption replaced it), so the job cannot go on."""
+
+
 @dataclass(frozen=True)
 class MovePlan:
     job: st.JobRecord
@@ -188,7 +193,14 @@ class JobMover:
                 a for a, r in zip(plan.new_addresses, results, strict=True)
                 if a in plan.old_addresses and not isinstance(r, ShardError)
             ]  # fmt: skip
-            self.undo(plan, replaced)
+            lost = self.undo(plan, replaced)
+            if lost:
+                raise LostRange(
+                    f"a move between shards failed ({failed[0]}), and shard(s) "
+                    f"{', '.join(lost)} could not take back the copy of the job's old range "
+                    "they kept (restarted since their adoption): that range is gone, so the "
+                    "job cannot go on (resubmit it, or fine-tune from its last fetched model)"
+                ) from failed[0]
             back = "; moved back to its old shards" if replaced else ""
             raise MoveFailed(f"{failed[0]}{back}") from failed[0]
         self.finish(plan)

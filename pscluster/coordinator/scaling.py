@@ -16,8 +16,8 @@ import time
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.move_calls import MoveCalls
-from pscluster.coordinator.move_recovery import LostRange, Verdict, recover
-from pscluster.coordinator.moves import JobMover, plan_move
+from pscluster.coordinator.move_recovery import Verdict, recover
+from pscluster.coordinator.moves import JobMover, LostRange, plan_move
 from pscluster.coordinator.shard_directory import Slot
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -61,7 +61,12 @@ class ShardScaler:
             if not claimed:
                 reason = "it was being started or finished; scale again to move it"
                 return co_pb2.JobMove(job_id=job_id, reason=reason)
-            move = mover.move(plan)
+            try:
+                move = mover.move(plan)
+            except LostRange as e:  # undone, but part of the job is no longer anywhere
+                log.error("job %s: %s", job_id, e)
+                self.jobs.fail(job_id, str(e))
+                move = co_pb2.JobMove(job_id=job_id, reason=str(e))
         self._record(job, move)
         return move
 

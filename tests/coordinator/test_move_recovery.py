@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
 
@@ -18,13 +19,14 @@ from pscluster.coordinator import store as st
 from pscluster.coordinator.memory_store import MemoryStore
 from pscluster.coordinator.move_calls import Held, MoveCalls
 from pscluster.coordinator.move_recovery import Verdict, decide, recover
-from pscluster.coordinator.moves import JobMover, plan_move
+from pscluster.coordinator.moves import JobMover, LostRange, plan_move
 from pscluster.coordinator.shard_directory import Slot
 from pscluster.coordinator.shard_init import layout_configs
 from pscluster.coordinator.sqlite_store import SqliteStore
 from pscluster.server.main import ShardServer, serve
-from pscluster.shard_client import JobShards, ShardClient, ShardRange
+from pscluster.shard_client import JobShards, ShardClient, ShardError, ShardRange
 from pscluster.v1 import coordinator_pb2 as co_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from tests.coordinator.conftest import (
     WAIT,
     coordinator_settings,
@@ -161,6 +163,42 @@ def test_a_move_a_new_shard_did_not_adopt_is_rolled_back(
     assert verdict is Verdict.BACK
     assert [s.address for s in after.shards] == [a, b] and after.layout_generation == 3
     assert torch.equal(_read(shards, after), values)
+
+
+class _RestartedAfterAdopting(ShardClient):
+    """The real client, except that every restore is answered as a shard answers that
+    restarted after its adoption: the copy it replaced was kept in memory, and is gone."""
+
+    def restore_job(
+        self, address: str, job_id: str, layout_generation: int
+    ) -> ps_pb2.AdoptJobReply:
+        message = f"job {job_id}: no copy an adoption replaced is kept here"
+        raise ShardError(address, grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def test_a_live_move_that_cannot_be_undone_says_the_job_cannot_go_on(
+    settings: Settings, servers: list[ShardServer]
+) -> None:
+    # Prepare: the new shard is down, so its adoption fails after the kept shards' succeeded;
+    # the kept shards cannot take their copies back
+    a, b, c = (_address(s) for s in servers)
+    servers[2].stop(0)
+    client = _RestartedAfterAdopting(settings)
+    job = _job_on(client, [a, b], torch.randn(N, generator=torch.Generator().manual_seed(4)))
+    store = MemoryStore()
+    plan = plan_move(job, [Slot(f"s{i}", x) for i, x in enumerate([a, b, c])])
+    assert plan is not None
+
+    # Execute
+    with pytest.raises(LostRange) as lost:
+        JobMover(client, lambda record: None, 5.0, store).move(plan)
+    client.close()
+
+    # Assert: it names the shards whose part is gone and says the job cannot go on (the
+    # scaler fails the job with this message); the move is no longer pending
+    assert f"shard(s) {a}, {b} could not take back" in str(lost.value)
+    assert "cannot go on" in str(lost.value)
+    assert store.moves() == []
 
 
 def _record(addresses: list[str], generation: int) -> st.JobRecord:
