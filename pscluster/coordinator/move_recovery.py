@@ -30,7 +30,8 @@ from dataclasses import replace
 
 from pscluster.coordinator import store as st
 from pscluster.coordinator.move_calls import Held, MoveCalls
-from pscluster.coordinator.moves import JobMover, LostRange, MovePlan
+from pscluster.coordinator.move_plan import LostRange, MovePlan
+from pscluster.coordinator.moves import JobMover
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ The steps, each over every shard of the job at once:
    (values, optimizer moments: nearly all of it), which stay on the shards for now.
 3. **Cut again** (:func:`~pscluster.coordinator.recut.recut_skeletons`) over the new ranges,
    and **adopt** on every new shard at once under the next layout generation, durably: each
-   gets its skeleton, keeps the part of its new range it held already, and receives the rest
-   from the old shards that hold it (:mod:`pscluster.coordinator.recut_moves`), relayed here
-   as it is read. A shard in both layouts keeps the copy its adoption replaced, retired.
+   gets its skeleton, keeps the part of its new range it held already, and reads the rest
+   itself from the old shards that hold it (:mod:`pscluster.coordinator.recut_moves`; the
+   bytes never pass through here). A shard in both layouts keeps the copy its adoption
+   replaced, retired.
 4. **Commit.** The store points the job at its new slices and generation; the shards it left
    drop it (MOVED) and the others their retired copies (SETTLED). Their held pulls, and the
    replaced ones, answer "layout moved": each worker fetches the new plan and pulls again.
@@ -30,22 +31,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from functools import partial
 from typing import TypeVar
 
-from pscluster.coordinator import recut_moves
 from pscluster.coordinator import store as st
 from pscluster.coordinator.move_calls import MoveCalls
-from pscluster.coordinator.recut import State, recut_skeletons
-from pscluster.coordinator.recut_moves import Piece
-from pscluster.coordinator.shard_directory import Slot
-from pscluster.coordinator.shard_init import layout_configs
-from pscluster.model.partition import BalancedRanges, Range
-from pscluster.server.durability import dense as dn
+from pscluster.coordinator.move_plan import Cut, LostRange, MoveFailed, MovePlan
+from pscluster.coordinator.recut import State
 from pscluster.server.durability.checkpoint import CheckpointError
 from pscluster.shard_client import ShardClient, ShardError
-from pscluster.shard_client.layout import state_from_bytes, state_to_bytes
+from pscluster.shard_client.layout import state_from_bytes
 from pscluster.v1 import coordinator_pb2 as co_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
@@ -53,42 +48,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 POLL_SECONDS = 0.005
-
-
-class MoveFailed(Exception):
-    """The move did not happen; the job goes on where it was (the message says why)."""
-
-
-class LostRange(Exception):
-    """A move cannot be undone: a shard lost the copy of the job's old range it kept (it
-    restarted after its adoption replaced it), so the job cannot go on."""
-
-
-@dataclass(frozen=True)
-class MovePlan:
-    job: st.JobRecord
-    new: st.JobRecord  # the same job on its new slices, at the next layout generation
-
-    @property
-    def old_addresses(self) -> list[str]:
-        return [s.address for s in self.job.shards]
-
-    @property
-    def new_addresses(self) -> list[str]:
-        return [s.address for s in self.new.shards]
-
-
-def plan_move(job: st.JobRecord, slots: Sequence[Slot]) -> MovePlan | None:
-    """The job cut over ``slots`` (None: it is there already)."""
-    if [(s.shard_id, s.address) for s in job.shards] == [(s.shard_id, s.address) for s in slots]:
-        return None
-    ranges = BalancedRanges().split(job.num_params, len(slots))
-    slices = [
-        st.ShardSlice(slot.address, r.start, r.length, slot.shard_id)
-        for slot, r in zip(slots, ranges, strict=True)
-    ]
-    new = replace(job, shards=slices, layout_generation=job.layout_generation + 1)
-    return MovePlan(job, new)
 
 
 class JobMover:
@@ -278,31 +237,3 @@ class JobMover:
                 raise MoveFailed(str(result)) from result
             done.append(result)
         return done
-
-
-@dataclass(frozen=True)
-class Cut:
-    """A move's cut: each new shard's skeleton image and the pieces of its range (kept, or
-    sent from an old shard), and the per-value tensors' names and bytes per value."""
-
-    images: list[bytes]
-    pieces: list[list[Piece]]
-    dense: list[tuple[str, int]]
-    sent_bytes: int  # the images, and the per-value bytes that change shard
-
-    @classmethod
-    def of(cls, skeletons: Sequence[State], plan: MovePlan) -> Cut:
-        """MoveFailed if the old skeletons cannot be cut over the new layout."""
-        new = plan.new
-        try:
-            cut = recut_skeletons(skeletons, layout_configs(new), new.layout_generation)
-            dtypes = dn.dense_dtypes(cut[0][1]) or {}
-            olds = [Range(s.start, s.length) for s in plan.job.shards]
-            news = [Range(s.start, s.length) for s in new.shards]
-            pieces = recut_moves.pieces(olds, news, plan.old_addresses, plan.new_addresses)
-        except ValueError as e:
-            raise MoveFailed(f"its state cannot be moved: {e}") from e
-        images = [state_to_bytes(*s) for s in cut]
-        dense = [(name, dn.bytes_per_value([dtype])) for name, dtype in dtypes.items()]
-        sent = recut_moves.sent_values(pieces) * sum(width for _, width in dense)
-        return cls(images, pieces, dense, sum(len(i) for i in images) + sent)

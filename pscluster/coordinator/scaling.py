@@ -16,8 +16,9 @@ import time
 from pscluster.coordinator import store as st
 from pscluster.coordinator.jobs import JobManager
 from pscluster.coordinator.move_calls import MoveCalls
+from pscluster.coordinator.move_plan import LostRange, plan_move
 from pscluster.coordinator.move_recovery import Verdict, recover
-from pscluster.coordinator.moves import JobMover, LostRange, plan_move
+from pscluster.coordinator.moves import JobMover
 from pscluster.coordinator.shard_directory import Slot
 from pscluster.v1 import coordinator_pb2 as co_pb2
 

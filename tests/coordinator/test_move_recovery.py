@@ -18,8 +18,9 @@ from pscluster.config import Settings
 from pscluster.coordinator import store as st
 from pscluster.coordinator.memory_store import MemoryStore
 from pscluster.coordinator.move_calls import Held, MoveCalls
+from pscluster.coordinator.move_plan import LostRange, plan_move
 from pscluster.coordinator.move_recovery import Verdict, decide, recover
-from pscluster.coordinator.moves import JobMover, LostRange, plan_move
+from pscluster.coordinator.moves import JobMover
 from pscluster.coordinator.shard_directory import Slot
 from pscluster.coordinator.shard_init import layout_configs
 from pscluster.coordinator.sqlite_store import SqliteStore

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as hs
 
 from pscluster.coordinator import store as st
-from pscluster.coordinator.moves import plan_move
+from pscluster.coordinator.move_plan import plan_move
 from pscluster.coordinator.recut_moves import Piece, pieces, sent_values
 from pscluster.coordinator.shard_directory import Slot
 from pscluster.model.partition import BalancedRanges, Range
