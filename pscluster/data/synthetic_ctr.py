@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from pscluster.model.auc import rank_auc as rank_auc  # the planted ceiling is measured by it
+
 # Criteo Kaggle (Display Advertising Challenge) ids per categorical slot, as counted by DLRM.
 CRITEO_CARDINALITIES = (
     *(1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194),
@@ -273,23 +275,6 @@ def generate(spec: CtrSpec, rows: int, stream: int | np.random.Generator) -> Ctr
         out.label[start:end] = rng.random(end - start) < prob
         out.prob[start:end] = prob
     return out
-
-
-def rank_auc(label: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) statistic, ties given their average rank."""
-    y = np.asarray(label).reshape(-1) > 0.5
-    s = np.asarray(score, dtype=np.float64).reshape(-1)
-    positives, n = int(y.sum()), len(y)
-    if len(s) != n or positives in (0, n):
-        raise ValueError(f"AUC needs as many scores as labels and both classes; {positives}/{n}")
-    order = np.argsort(s, kind="stable")
-    ordered = s[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], n]
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    u = ranks[y].sum() - positives * (positives + 1) / 2.0
-    return float(u / (positives * (n - positives)))
 
 
 def bayes_auc(batch: CtrBatch) -> float:

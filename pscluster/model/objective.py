@@ -14,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from pscluster.errors import InvalidArgument
+from pscluster.model import auc
 from pscluster.model.names import BUILTIN_LOSSES as BUILTIN_LOSSES
 from pscluster.model.names import CUSTOM as CUSTOM
 from pscluster.model.names import LOSSES as LOSSES
@@ -126,23 +127,12 @@ class Evaluation:
 
 
 def rank_auc(labels: torch.Tensor, scores: torch.Tensor) -> float:
-    """ROC AUC by ranks (the Mann-Whitney statistic, ties counted half); 0.5 when one class
-    is missing, where it is undefined."""
-    positive = labels > 0.5
-    n_pos = int(positive.sum())
-    n_neg = labels.numel() - n_pos
-    if n_pos == 0 or n_neg == 0:
+    """ROC AUC by ranks (:mod:`pscluster.model.auc`); 0.5 when one class is missing, where
+    it is undefined."""
+    positives = int((labels > 0.5).sum())
+    if positives in (0, labels.numel()):
         return 0.5
-    order = torch.argsort(scores.double())
-    sorted_scores = scores.double()[order]
-    ranks = torch.empty_like(sorted_scores)
-    _, inverse, counts = torch.unique_consecutive(
-        sorted_scores, return_inverse=True, return_counts=True
-    )
-    ends = torch.cumsum(counts, 0).double()
-    ranks[order] = (ends - (counts.double() - 1) / 2)[inverse]  # average rank of ties, 1-based
-    rank_sum = float(ranks[positive].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return auc.rank_auc(labels.detach().cpu().numpy(), scores.detach().double().cpu().numpy())
 
 
 def _correct(loss: str, out: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:

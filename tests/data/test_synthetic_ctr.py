@@ -25,7 +25,6 @@ from pscluster.data.synthetic_ctr import (
     bayes_auc,
     criteo_cardinalities,
     generate,
-    rank_auc,
     zipf_ranks,
 )
 from pscluster.data.synthetic_ctr_npy import write_npy
@@ -101,15 +100,6 @@ def test_the_hottest_ids_carry_more_of_a_big_slot_as_alpha_grows() -> None:
         hottest = np.argsort(np.bincount(ids))[::-1][:10]
         assert set(hottest.tolist()) != set(range(10))  # ranks are permuted, not 0, 1, 2...
     assert shares[1] > 0.5 and shares[0] < shares[1] < shares[2]
-
-
-def test_rank_auc_matches_sklearn_with_ties() -> None:
-    rng = np.random.default_rng(5)
-    label = rng.random(5000) < 0.3
-    score = np.round(rng.random(5000) + label * 0.3, 1)  # few distinct values: many ties
-    assert rank_auc(label, score) == pytest.approx(roc_auc_score(label, score), abs=1e-12)
-    with pytest.raises(ValueError, match="both classes"):
-        rank_auc(np.zeros(4), np.arange(4))
 
 
 def _one_hot_lr_auc(train: CtrBatch, test: CtrBatch) -> float:
