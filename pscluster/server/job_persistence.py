@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from pscluster.server.job_state import JobState, StateDict
+from pscluster.server.job_state import JobState
+from pscluster.server.job_state_checkpoint import StateDict
 from pscluster.server.layout_gate import LayoutGate
 
 if TYPE_CHECKING:

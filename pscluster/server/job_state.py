@@ -4,15 +4,15 @@ The values and their optimizer, the model's buffers, the version, the members' c
 membership generation, the answers to the last pushes (for retries), the counters and the
 policy's own state (sync's open step). :class:`~pscluster.server.shard_job.ShardJob` owns the
 lock and the order of events; this object holds the state and nothing else, so that
-``state_dict`` / ``load_state_dict`` are the one description of it (checkpoints, recovery and
-the durability tests all go through them). Not thread-safe: call it under the job's lock.
+``state_dict`` / ``load_state_dict`` (:mod:`pscluster.server.job_state_checkpoint`) are the
+one description of it (checkpoints, recovery, moves and the durability tests all go through
+them). Not thread-safe: call it under the job's lock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 import torch
 
@@ -24,23 +24,15 @@ from pscluster.server.consistency import make_policy, switch_policy
 from pscluster.server.dedup import PushLedger
 from pscluster.server.domain import JobConfig, JobStats, PushHeader, PushResult
 from pscluster.server.job_buffers import JobBuffers
+from pscluster.server.job_state_checkpoint import JobStateCheckpoint
 from pscluster.server.snapshots import SnapshotCache
 from pscluster.server.stats import JobCounters
 from pscluster.server.tables.job_tables import JobTables
 from pscluster.server.tables.rows import RowGrads
 from pscluster.server.zero_mask import ZeroMask
 
-StateDict = tuple[dict[str, torch.Tensor], dict[str, Any]]
 
-_VALUES = "values"
-_BUFFERS = "buffers"
-_OPT = "opt."
-_POLICY = "policy."
-_TABLES = "tables."
-_ZEROS = "hold_zeros"
-
-
-class JobState:
+class JobState(JobStateCheckpoint):
     """The :class:`~pscluster.server.consistency.JobContext` a job's policy decides with.
 
     ``wake`` is called whenever waiting pulls should look again (the version or a clock moved).
@@ -243,80 +235,6 @@ class JobState:
     def checksum(self) -> float:
         return float(self.opt.values.sum(dtype=torch.float64))
 
-    # --- checkpoints ---
-
-    def state_dict(self, checkpoint: str = "", *, copy: bool = True) -> StateDict:
-        """Tensors (copies, so the caller may write them while pushes go on) and JSON-able
-        data; the config is in it, so it alone rebuilds the job. ``checkpoint`` "full" or
-        "delta" is the journal's read (see :meth:`JobTables.state_dict`): a "delta" holds
-        only the table rows changed since the last checkpoint. ``copy`` False lends the
-        values', the optimizer's and the tables' own tensors: a new job's first checkpoint, which
-        nothing can change while it is written, costs no second copy of a 3 GB table or vector."""
-        opt_tensors, opt_scalars = self.opt.state_tensors(copy=copy)
-        policy_tensors, policy_meta = self.policy.state_dict()
-        values, buffers = self.opt.values, self.buffers.values
-        tensors = {_VALUES: values.clone() if copy else values}
-        if len(self.buffers):
-            tensors[_BUFFERS] = buffers.clone() if copy else buffers
-        tensors.update({_OPT + k: v for k, v in opt_tensors.items()})
-        tensors.update({_POLICY + k: v for k, v in policy_tensors.items()})
-        table_tensors, table_scalars = self.tables.state_dict(checkpoint, copy=copy)
-        tensors.update({_TABLES + k: v for k, v in table_tensors.items()})
-        zeros = self.zeros.to_state()
-        if zeros is not None:
-            tensors[_ZEROS] = zeros
-        meta = {
-            "config": self.config.to_json(),
-            "version": self.version,
-            "generation": self.generation,
-            "clocks": self.clocks.state(),
-            "last_push": self.ledger.state_dict(),
-            "counters": self.counters.state(),
-            "optimizer": opt_scalars,
-            "policy": policy_meta,
-            "consistency_revision": self.revision,
-            "tables": table_scalars,
-            # Whether this holds only the table rows changed since the previous checkpoint.
-            "delta": any(".delta." in name for name in table_tensors),
-        }
-        return tensors, meta
-
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        """Become exactly what :meth:`state_dict` described (of a job with this config, as
-        recovery builds it: not yet serving pulls).
-
-        A KeyError when the config has buffers but the tensors not: recovery then tries an
-        older checkpoint.
-        """
-        self.snapshots.before_update()
-        self.opt.values.copy_(tensors[_VALUES])
-        if self.config.buffer_length:
-            self.buffers.values.copy_(tensors[_BUFFERS])
-        self.opt.load_state_tensors(_prefixed(tensors, _OPT), meta["optimizer"])
-        self._load_consistency(meta)
-        self.policy.load_state_dict(_prefixed(tensors, _POLICY), meta["policy"])
-        if len(self.tables):
-            self.tables.load_state_dict(_prefixed(tensors, _TABLES), meta["tables"])
-        self.zeros = ZeroMask.from_state(tensors.get(_ZEROS), self.config.length)
-        self.version = int(meta["version"])
-        self.generation = int(meta["generation"])
-        self.clocks.load_state(meta["clocks"])
-        self.ledger.load_state_dict(meta["last_push"])
-        self.counters.load_state(meta["counters"])
-        self._wake()
-
-    def _load_consistency(self, meta: dict[str, Any]) -> None:
-        """The mode the state was saved in, which a live switch may have changed since the
-        checkpoint this job was built from (a delta on a full one): its policy, empty."""
-        saved = meta["config"]
-        mode = saved["mode"], saved["staleness"], saved["backup_workers"]
-        if mode != (self.config.mode, self.config.staleness, self.config.backup_workers):
-            self.policy = make_policy(*mode)
-            self.config = replace(
-                self.config, mode=mode[0], staleness=mode[1], backup_workers=mode[2]
-            )
-        self.revision = int(meta.get("consistency_revision", 0))
-
 
 def _tables(config: JobConfig, initial: Sequence[torch.Tensor | None]) -> JobTables:
     """The job's tables on this shard; ``initial`` rows per table (None or absent: drawn)."""
@@ -327,7 +245,3 @@ def _tables(config: JobConfig, initial: Sequence[torch.Tensor | None]) -> JobTab
         raise InvalidArgument(f"job {config.job_id} has tables but no sparse_optimizer")
     optimizer = config.sparse_optimizer or SparseOptimizerSpec("sgd", 1.0)
     return JobTables(config.tables, optimizer, given)
-
-
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v.clone() for k, v in tensors.items() if k.startswith(prefix)}
