@@ -11,7 +11,7 @@ job is built from it, since it comes over the network rather than from this shar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,11 +109,16 @@ def _fill_from_source(
     if fetch is None:
         raise FailedPrecondition(f"job {job_id}: this shard cannot read {span} from other shards")
     dense = [(name, part.element_size()) for name, part in parts.items()]
-    stream = dn.ByteStream(fetch(segment.source, segment.start, segment.length, dense))
-    for name, part in parts.items():
-        what = f"{name} {span} from shard {segment.source}"
-        stream.fill(part.view(torch.uint8).numpy().data, what)
-    stream.end(f"job {job_id}'s {span} from shard {segment.source}")
+    chunks = fetch(segment.source, segment.start, segment.length, dense)
+    try:
+        stream = dn.ByteStream(chunks)
+        for name, part in parts.items():
+            what = f"{name} {span} from shard {segment.source}"
+            stream.fill(part.view(torch.uint8).numpy().data, what)
+        stream.end(f"job {job_id}'s {span} from shard {segment.source}")
+    finally:
+        if isinstance(chunks, Generator):  # a refused stream's call ends here, not at GC
+            chunks.close()
 
 
 def _check_cover(job_id: str, config: JobConfig, segments: Sequence[Segment]) -> None:
