@@ -52,6 +52,14 @@ def up(
             "of being listed to it",
         ),
     ] = False,
+    in_memory: Annotated[
+        bool,
+        typer.Option(
+            "--in-memory",
+            help="shards keep jobs in memory only: no log or checkpoints (faster), and a shard "
+            "that restarts comes back without its jobs",
+        ),
+    ] = False,
 ) -> None:
     """Start a cluster: a coordinator, shards and workers. Ctrl-C stops it."""
     if not local:
@@ -70,6 +78,7 @@ def up(
             start_timeout=timeout,
             metrics=metrics,
             register_shards=register_shards,
+            durable=not in_memory,
         )
         console = out()
         with console.status(f"starting {shards} shards, a coordinator and {workers} workers"):

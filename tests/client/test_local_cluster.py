@@ -292,18 +292,22 @@ def test_up_in_the_foreground_stops_everything_on_sigterm(tmp_path: Path) -> Non
         assert not is_pscluster_process(p["pid"]), f"{p['name']} is still running"
 
 
-def test_a_memory_only_cluster_trains_without_writing_shard_files(
+def test_an_in_memory_cluster_trains_without_writing_shard_files(
     tmp_path: Path, tiny_job: dict[str, Any]
 ) -> None:
-    # Prepare: shards that keep their jobs in memory, as DDP keeps its state (benchmarks)
-    with (
-        LocalCluster(
-            shards=1, workers=1, state_dir=tmp_path, durable=False, start_timeout=90
-        ) as cluster,
-        cluster.client() as client,
-    ):
+    # Prepare: `pscluster up --in-memory`: shards that keep their jobs in memory, as DDP
+    # keeps its state (LocalCluster(durable=False))
+    sizes = ["--shards", "1", "--workers", "1", "--port", "0", "--state-dir", str(tmp_path)]
+    up = runner.invoke(app, ["up", "--local", "--in-memory", *sizes, "--detach"])
+    assert up.exit_code == 0, up.output
+    state = read_state(tmp_path)
+    assert state is not None
+    try:
         # Execute
-        info = client.submit(**tiny_job).wait(timeout=120)
+        with Client(state["address"]) as client:
+            info = client.submit(**tiny_job).wait(timeout=120)
+    finally:
+        stop_detached(tmp_path, grace=10.0)
 
     # Assert: trained, and no log or checkpoint was written (a durable shard's go here)
     assert info.state == "completed"
