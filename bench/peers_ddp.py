@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -29,6 +28,7 @@ from torch import nn
 from torch.multiprocessing.spawn import start_processes
 from torch.nn.parallel import DistributedDataParallel
 
+from bench.common import rendezvous_port
 from bench.peers_common import load_module
 from pscluster.data.partitions import batches
 
@@ -116,14 +116,6 @@ def _rank_main(rank: int, world: int, port: int, cfg: DDPConfig, out: str) -> No
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    """A loopback port free now, for gloo's rendezvous store (rank 0 binds it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def run_ddp(cfg: DDPConfig, world: int, out: Path, timeout: float = 900.0) -> dict[str, Any]:
     """Spawn ``world`` processes, train, and return rank 0's record (samples, wall_s, curve,
     step_times, step_samples, params). Raises RuntimeError if they fail or outlast
@@ -133,7 +125,7 @@ def run_ddp(cfg: DDPConfig, world: int, out: Path, timeout: float = 900.0) -> di
     out.unlink(missing_ok=True)
     ctx = start_processes(  # type: ignore[no-untyped-call]
         _rank_main,
-        args=(world, free_port(), cfg, str(out)),
+        args=(world, rendezvous_port(), cfg, str(out)),
         nprocs=world,
         join=False,
         start_method="spawn",

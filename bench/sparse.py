@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -64,7 +63,7 @@ from torch.nn.parallel import DistributedDataParallel
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine  # noqa: E402
+from bench.common import machine, rendezvous_port  # noqa: E402
 from bench.peers_common import steady_rate  # noqa: E402
 from bench.proc_sampler import ProcSampler, cluster_sampler  # noqa: E402
 from bench.sparse_model import OneTableCTR, slot_offsets, table_ids  # noqa: E402
@@ -467,13 +466,6 @@ def _torch_rank(rank: int, world: int, port: int, cfg: dict[str, Any], out: str)
             dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def run_torch(
     data: dict[str, Any], rows: int, world: int, folder: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -496,7 +488,7 @@ def run_torch(
     t0 = time.monotonic()
     ctx = start_processes(  # type: ignore[no-untyped-call]
         _torch_rank,
-        args=(world, free_port(), cfg, str(out)),
+        args=(world, rendezvous_port(), cfg, str(out)),
         nprocs=world,
         join=False,
         start_method="spawn",
