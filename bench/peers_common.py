@@ -152,6 +152,9 @@ SETTINGS = [
     Setting("sync", "pscluster sync", "sync"),
     Setting("async-serial", "pscluster async, no overlap", "async", overlap=False),
     Setting("sync-serial", "pscluster sync, no overlap", "sync", overlap=False),
+    Setting(
+        "async2-serial", "pscluster async, 2 shards, no overlap", "async", shards=2, overlap=False
+    ),
     Setting("ssp", "pscluster ssp s=2", "ssp", staleness=2),
     Setting("int8", "pscluster async + int8", "async", compression={"name": "int8"}),
     Setting(
