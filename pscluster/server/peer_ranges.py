@@ -18,7 +18,6 @@ from pscluster.config import Settings
 from pscluster.errors import FailedPrecondition
 from pscluster.server.adopted_state import Fetch
 from pscluster.shard_client import ShardClient, ShardError
-from pscluster.transport import framing
 
 
 class PeerRanges:
@@ -38,10 +37,7 @@ class PeerRanges:
             span = [(start, length)]
             relay = self._peers().export_ranges(source, job_id, generation, span, dense)
             try:
-                for frame in relay.frames():
-                    data = framing.data_of(frame)
-                    if data is not None:  # frames() raised on a chunk without data
-                        yield data
+                yield from relay.payloads()
             except (grpc.RpcError, ShardError) as e:
                 error = relay.error or e
                 raise FailedPrecondition(

@@ -169,14 +169,27 @@ class Relay:
     def frames(self) -> Iterator[bytes]:
         """The serialized chunks as they came: StateChunk.range_data is field 2, as
         AdoptJobChunk.data is, so each is an AdoptJob data chunk without a copy."""
+        for chunk, _ in self._checked():
+            yield chunk
+
+    def payloads(self) -> Iterator[memoryview]:
+        """The raw bytes of the ranges, chunk by chunk, without a copy (a shard reading
+        them itself)."""
+        for _, data in self._checked():
+            yield data
+
+    def _checked(self) -> Iterator[tuple[bytes, memoryview]]:
+        """Each chunk with its payload; a chunk without one, or the stream's failure, is
+        kept as the source shard's error and raised."""
         try:
             for chunk in self._chunks():
-                if framing.data_of(chunk) is None:
+                data = framing.data_of(chunk)
+                if data is None:
                     self._error = ShardError(
                         self.address, grpc.StatusCode.INTERNAL, "a range chunk without its data"
                     )
                     raise self._error
-                yield chunk
+                yield chunk, data
         except grpc.RpcError as e:
             self._error = shard_error(self.address, e)
             raise
