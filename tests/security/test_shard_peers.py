@@ -52,14 +52,21 @@ def _half(skeleton: bytes) -> bytes:
 
 
 def _split_second_half(
-    shards: ShardClient, first: str, second: str, values: torch.Tensor
+    shards: ShardClient,
+    first: str,
+    second: str,
+    values: torch.Tensor,
+    adopter: ShardClient | None = None,
 ) -> ps_pb2.AdoptJobReply:
-    """The job on ``first``; ``second`` adopts its second half, read from ``first``."""
+    """The job on ``first`` (made by ``shards``); ``second`` adopts its second half, read
+    from ``first``, called by ``adopter`` (default: ``shards``)."""
     make_job(shards, first, "j", values)
     shards.hold_job(first, "j", HOLD)
     skeleton = shards.export_job(first, "j", skeleton=True)
     sourced = ps_pb2.DenseSegment(start=HALF, length=HALF, source=first)
-    return shards.adopt_job(second, "j", 1, _half(skeleton), [sourced], source_generation=0)
+    return (adopter or shards).adopt_job(
+        second, "j", 1, _half(skeleton), [sourced], source_generation=0
+    )
 
 
 def test_a_shard_reads_a_moving_range_from_its_peer_under_mutual_tls_and_tokens(
@@ -92,15 +99,11 @@ def test_a_shard_without_the_clusters_token_is_refused_by_its_peer(
     first, second = (f"127.0.0.1:{s.port}" for s in servers)
     values = torch.randn(N, generator=torch.Generator().manual_seed(3))
     shards = ShardClient(_secure(certs, admin_token))
-    make_job(shards, first, "j", values)
-    shards.hold_job(first, "j", HOLD)
-    skeleton = shards.export_job(first, "j", skeleton=True)
-    sourced = ps_pb2.DenseSegment(start=HALF, length=HALF, source=first)
     second_caller = ShardClient(_secure(certs, "x" * 32))
 
     # Execute
     with pytest.raises(ShardError) as refused:
-        second_caller.adopt_job(second, "j", 1, _half(skeleton), [sourced], source_generation=0)
+        _split_second_half(shards, first, second, values, adopter=second_caller)
 
     # Assert: the failure names the peer and its refusal; the job stays held on the first
     assert refused.value.status == grpc.StatusCode.FAILED_PRECONDITION
