@@ -90,7 +90,11 @@ def exact_reference(
 
 
 def submit_exact(
-    client: Client, sparse: dict[str, object], initial: dict[str, torch.Tensor], epochs: int
+    client: Client,
+    sparse: dict[str, object],
+    initial: dict[str, torch.Tensor],
+    epochs: int,
+    **options: object,
 ) -> Job:
     """The job :func:`exact_reference` stands for: sync, from ``initial``."""
     return client.submit(
@@ -106,6 +110,7 @@ def submit_exact(
         partitions=PARTITIONS,
         seed=SEED,
         init_from=initial,
+        **options,  # type: ignore[arg-type]
     )
 
 
