@@ -59,11 +59,15 @@ def plan_move(job: st.JobRecord, slots: Sequence[Slot]) -> MovePlan | None:
 @dataclass(frozen=True)
 class Cut:
     """A move's cut: each new shard's skeleton image and the pieces of its range (kept, or
-    read from an old shard)."""
+    read from an old shard); ``tables``: the job has embedding tables, whose rows each new
+    shard reads from every old shard."""
 
     images: list[bytes]
     pieces: list[list[Piece]]
-    sent_bytes: int  # the images, and the per-value bytes that change shard
+    # The images, and the per-value bytes that change shard (table rows are picked out by
+    # the old shards, not counted here).
+    sent_bytes: int
+    tables: bool = False
 
     @classmethod
     def of(cls, skeletons: Sequence[State], plan: MovePlan) -> Cut:
@@ -79,4 +83,5 @@ class Cut:
             raise MoveFailed(f"its state cannot be moved: {e}") from e
         images = [state_to_bytes(*s) for s in cut]
         sent = recut_moves.sent_values(pieces) * dn.bytes_per_value(dtypes.values())
-        return cls(images, pieces, sum(len(i) for i in images) + sent)
+        tables = bool(cut[0][1].get("tables"))
+        return cls(images, pieces, sum(len(i) for i in images) + sent, tables)

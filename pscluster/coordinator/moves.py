@@ -8,13 +8,15 @@ The steps, each over every shard of the job at once:
    push is in flight and every worker has what it pushed acknowledged (a sync step may still
    be open, waiting for a member's next push: it moves too, cut like the rest).
 2. **Export** each old shard's *skeleton*: its state for the job but the per-value tensors
-   (values, optimizer moments: nearly all of it), which stay on the shards for now.
+   (values, optimizer moments: nearly all of a dense job) and the tables' rows, which stay on
+   the shards for now.
 3. **Cut again** (:func:`~pscluster.coordinator.recut.recut_skeletons`) over the new ranges,
    and **adopt** on every new shard at once under the next layout generation, durably: each
    gets its skeleton, keeps the part of its new range it held already, and reads the rest
-   itself from the old shards that hold it (:mod:`pscluster.coordinator.recut_moves`; the
-   bytes never pass through here). A shard in both layouts keeps the copy its adoption
-   replaced, retired.
+   itself from the old shards that hold it (:mod:`pscluster.coordinator.recut_moves`), and
+   the rows of each table it owns now from every old shard
+   (:mod:`pscluster.server.tables.moving_rows`); the bytes never pass through here. A shard
+   in both layouts keeps the copy its adoption replaced, retired.
 4. **Commit.** The store points the job at its new slices and generation; the shards it left
    drop it (MOVED) and the others their retired copies (SETTLED). Their held pulls, and the
    replaced ones, answer "layout moved": each worker fetches the new plan and pulls again.
@@ -200,8 +202,8 @@ class JobMover:
 
     def _install(self, plan: MovePlan, cut: Cut, index: int) -> ps_pb2.AdoptJobReply:
         """New shard ``index`` adopts its skeleton, keeping its local pieces and reading the
-        others itself from the old shards that hold them (the bytes do not pass through
-        here)."""
+        others itself from the old shards that hold them, and the rows of the job's tables it
+        owns now from every old shard (the bytes do not pass through here)."""
         job = plan.job
         segments = [
             ps_pb2.DenseSegment(
@@ -212,13 +214,18 @@ class JobMover:
             )
             for p in cut.pieces[index]
         ]
+        address = plan.new_addresses[index]
+        tables = [
+            ps_pb2.TableSource(address=a, local=a == address) for a in plan.old_addresses
+        ] if cut.tables else []  # fmt: skip
         return self._shards.adopt_job(
-            plan.new_addresses[index],
+            address,
             job.job_id,
             plan.new.layout_generation,
             cut.images[index],
             segments,
             source_generation=job.layout_generation,
+            table_sources=tables,
         )
 
     def _release(self, plan: MovePlan) -> None:

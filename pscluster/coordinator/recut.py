@@ -3,11 +3,11 @@ core (the RPCs and the order of a move are :mod:`pscluster.coordinator.moves`).
 
 The job is paused between two steps on every shard: each member waits in a pull, each push
 it made has been answered. Every old shard's skeleton (``JobState.state_dict`` but the values
-and the optimizer's per-element moments, which travel shard to shard:
-:mod:`pscluster.coordinator.recut_moves`) is cut by global offset (buffers, the held-zeros
-mask, an open sync step's sums) and by row id (tables), and what is the job's rather than a
-range's
-(version, clocks, membership, the push ledger, whole-vector optimizer scalars) is carried, so
+and the optimizer's per-element moments, and the tables' rows, which travel shard to shard:
+:mod:`pscluster.coordinator.recut_moves`, :mod:`pscluster.server.tables.moving_rows`) is cut
+by global offset (buffers, the held-zeros mask, an open sync step's sums), and what is the
+job's rather than a range's (version, clocks, membership, the push ledger, whole-vector and
+whole-table optimizer scalars) is carried, so
 that the job goes on on the new shards exactly as it would have on the old ones. A state that
 cannot be carried exactly raises ValueError, and the caller leaves the job where it is.
 """
@@ -23,7 +23,7 @@ import torch
 from pscluster.coordinator.recut_meta import merge_clocks, merge_ledgers, summed_counters
 from pscluster.coordinator.recut_ranges import Piece, check_contiguous, cut, homes
 from pscluster.coordinator.recut_step import Owner, recut_policy
-from pscluster.coordinator.recut_tables import TableState, recut_table
+from pscluster.coordinator.recut_tables import recut_table
 from pscluster.errors import InvalidArgument
 from pscluster.model.partition import Range, rows_partitioner
 from pscluster.server.convert import job_config
@@ -34,7 +34,7 @@ from pscluster.v1 import parameter_server_pb2 as ps_pb2
 State = tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 _BUFFERS, _ZEROS = "buffers", "hold_zeros"
-_OPT, _POLICY, _TABLES = "opt.", "policy.", "tables."
+_OPT, _POLICY = "opt.", "policy."
 # What the job runs with, which a move must not change (a live switch may have changed the
 # consistency since the job was submitted, so the old states say it, not the new configs).
 _KEPT = (
@@ -99,13 +99,12 @@ def recut_skeletons(
     for index, config in enumerate(configs):
         tensors = dense.cut(config)
         tensors.update({_POLICY + k: v for k, v in policies[index][0].items()})
-        tensors.update({_TABLES + k: v for k, v in tables[index][0].items()})
         state_meta = {
             **meta,
             "config": {**config.to_json(), _GENERATION: layout_generation},
             "policy": policies[index][1],
             "counters": counters[index],
-            "tables": tables[index][1],
+            "tables": tables[index],
             dn.DENSE_KEY: olds[0].meta[dn.DENSE_KEY],
         }
         out.append((tensors, state_meta))
@@ -270,21 +269,17 @@ class _Dense:
 
 def _tables(
     olds: Sequence[_Old], configs: Sequence[JobConfig], counter_homes: Sequence[int]
-) -> list[tuple[dict[str, torch.Tensor], list[dict[str, float]]]]:
-    """Per new shard, its tables' tensors (``<index>.<name>``) and scalars, in order."""
-    out: list[tuple[dict[str, torch.Tensor], list[dict[str, float]]]] = [({}, []) for _ in configs]
+) -> list[list[dict[str, float]]]:
+    """Per new shard, its tables' whole-table numbers, in order (their rows go shard to
+    shard: :mod:`pscluster.server.tables.moving_rows`)."""
+    out: list[list[dict[str, float]]] = [[] for _ in configs]
     for table in range(len(configs[0].tables)):
-        prefix = f"{_TABLES}{table}."
-        parts: list[TableState] = [
-            (o.prefixed(prefix), dict(o.meta["tables"][table])) for o in olds
-        ]
-        cut_parts = recut_table(
-            parts,
+        cut_numbers = recut_table(
+            [dict(o.meta["tables"][table]) for o in olds],
             [o.config.tables[table] for o in olds],
             [c.tables[table] for c in configs],
             counter_homes,
         )
-        for (tensors, scalars), (held, numbers) in zip(out, cut_parts, strict=True):
-            tensors.update({f"{table}.{k}": v for k, v in held.items()})
-            scalars.append(numbers)
+        for numbers, cut_part in zip(out, cut_numbers, strict=True):
+            numbers.append(cut_part)
     return out

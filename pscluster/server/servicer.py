@@ -15,6 +15,7 @@ import grpc
 from pscluster.config import Settings
 from pscluster.errors import InvalidArgument
 from pscluster.server import convert
+from pscluster.server.adopted_rows import RowSource
 from pscluster.server.adopted_state import Segment
 from pscluster.server.peer_ranges import PeerRanges
 from pscluster.server.shard import Shard
@@ -177,7 +178,13 @@ class ParameterServerServicer:
             for view in self._shard.export_ranges(job_id, generation, ranges, names):
                 yield from framing.frames(view, chunk_bytes)
             return
-        state = memoryview(self._shard.export_job(request.job_id, skeleton=request.skeleton))
+        if request.HasField("rows_for"):
+            rows_for, generation = request.rows_for, request.layout_generation
+            state = memoryview(
+                self._shard.export_rows(request.job_id, generation, rows_for.shards, rows_for.index)
+            )
+        else:
+            state = memoryview(self._shard.export_job(request.job_id, skeleton=request.skeleton))
         for offset in range(0, len(state), chunk_bytes):
             yield ps_pb2.StateChunk(data=bytes(state[offset : offset + chunk_bytes]))
 
@@ -200,7 +207,11 @@ class ParameterServerServicer:
         else:
             segments = [Segment(s.start, s.length, s.local, s.source) for s in header.segments]
             fetch = self.peers.reader(header.job_id, header.source_generation)
-            job = self._shard.adopt_job(header.job_id, generation, size, data, segments, fetch)
+            rows = [RowSource(t.address, t.local) for t in header.table_sources]
+            fetch_rows = self.peers.rows_reader(header.job_id, header.source_generation)
+            job = self._shard.adopt_job(
+                header.job_id, generation, size, data, segments, fetch, rows, fetch_rows
+            )
         return ps_pb2.AdoptJobReply(version=job.version)
 
     def _chunk_bytes(self, requested: int) -> int:

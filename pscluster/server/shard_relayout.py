@@ -1,7 +1,8 @@
 """A shard's side of a live re-layout (the coordinator's ScaleShards), mixed into
 :class:`~pscluster.server.shard.Shard`: hold a job, export it (whole, as a skeleton, or raw
 ranges of its per-value tensors), adopt a state cut for this shard, and take back the copy an
-adoption replaced when the move is rolled back.
+adoption replaced when the move is rolled back. The tables' rows are picked out per new shard
+(:meth:`RelayoutMixin.export_rows`) and read by the shard that adopts them.
 
 A job an adoption replaces is kept in memory (*retired*) until the coordinator says the move
 is settled: the shards of the new layout may still read ranges of it (only what changes shard
@@ -23,6 +24,7 @@ import torch
 
 from pscluster.errors import FailedPrecondition, InvalidArgument, LayoutMoved
 from pscluster.server import relayout
+from pscluster.server.adopted_rows import TABLES, FetchRows, RowSource, with_rows, without_rows
 from pscluster.server.adopted_state import Fetch, OwnCopy, Segment, received_state
 from pscluster.server.domain import JobConfig
 from pscluster.server.durability import dense as dn
@@ -32,6 +34,7 @@ from pscluster.server.durability.journal import DurabilityConfig, Journal
 from pscluster.server.durability.staging import stage
 from pscluster.server.layout_gate import HoldAction, HoldStatus
 from pscluster.server.shard_job import ShardJob
+from pscluster.server.tables import moving_rows
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +97,29 @@ class RelayoutMixin:
 
     def export_job(self, job_id: str, *, skeleton: bool = False) -> bytes:
         """The held job's whole state as a checkpoint image, or (``skeleton``) all of it but
-        its per-value tensors (FailedPrecondition unless held)."""
+        its per-value tensors and its tables' rows (FailedPrecondition unless held)."""
         if skeleton:
-            return self.job_at(job_id).held_image(lambda t, m: state_to_bytes(*dn.split(t, m)[0]))
+            return self.job_at(job_id).held_image(
+                lambda t, m: state_to_bytes(*dn.split(without_rows(t), m)[0])
+            )
         return self.job_at(job_id).held_image(state_to_bytes)
+
+    def export_rows(self, job_id: str, generation: int, shards: int, index: int) -> bytes:
+        """The rows of the job's tables at layout ``generation`` (held here, or the copy an
+        adoption retired) that new shard ``index`` of ``shards`` owns, with their ids, as an
+        image of tensors alone (:func:`moving_rows.outgoing`). Read as the ranges are: lent,
+        outside the lock, from a job no push changes."""
+        if not 0 <= index < shards:
+            raise InvalidArgument(f"rows for new shard {index} of {shards}: no such shard")
+        try:
+            job, (tensors, _) = self._state_at(job_id, generation)
+        except LayoutMoved:  # an adoption here retired it just now
+            job, (tensors, _) = self._state_at(job_id, generation)
+        version = job.version
+        rows = moving_rows.outgoing(_tables_of(tensors), job.config.tables, shards, index)
+        if job.version != version:
+            raise FailedPrecondition(f"job {job_id} took a push while its rows were read")
+        return state_to_bytes(rows, {})
 
     def export_ranges(
         self, job_id: str, generation: int, ranges: Sequence[tuple[int, int]], names: list[str]
@@ -110,24 +132,25 @@ class RelayoutMixin:
         version is checked once they are read, and a job that moved on fails the export.
         """
         try:
-            job, tensors = self._dense_at(job_id, generation)
+            job, state = self._state_at(job_id, generation)
         except LayoutMoved:  # an adoption here retired it just now
-            job, tensors = self._dense_at(job_id, generation)
+            job, state = self._state_at(job_id, generation)
         version = job.version
+        tensors = dn.split(*state)[1]
         yield from dn.range_views(tensors, job.config.start, ranges, names)
         if job.version != version:
             raise FailedPrecondition(f"job {job_id} took a push while its ranges were read")
 
-    def _dense_at(self, job_id: str, generation: int) -> tuple[ShardJob, dict[str, torch.Tensor]]:
-        """The job at ``generation`` here, retired or held, and its per-value tensors (lent).
+    def _state_at(self, job_id: str, generation: int) -> tuple[ShardJob, dn.State]:
+        """The job at ``generation`` here, retired or held, and its whole state (lent).
         Retired first: an adoption retires the job before it lets it go (moved), so a read
         that found it live and then moved finds it retired when it looks again."""
         with self._lock:
             live, retired = self._jobs.get(job_id), self._retired.get(job_id)
         if retired is not None and retired.job.config.layout_generation == generation:
-            return retired.job, dn.split(*retired.job.state_dict(copy=False))[1]
+            return retired.job, retired.job.state_dict(copy=False)
         if live is not None and live.config.layout_generation == generation:
-            return live, live.held_image(lambda t, m: dn.split(t, m)[1])
+            return live, live.held_image(lambda t, m: (t, m))
         raise FailedPrecondition(
             f"job {job_id} is not here at layout generation {generation} (nor retired)"
         )
@@ -140,24 +163,33 @@ class RelayoutMixin:
         data: Iterable[bytes | memoryview],
         segments: Sequence[Segment] = (),
         fetch: Fetch | None = None,
+        row_sources: Sequence[RowSource] = (),
+        fetch_rows: FetchRows | None = None,
     ) -> ShardJob:
         """Serve the job a state describes, at layout generation ``generation``, durably (its
         first checkpoint is written before this returns). A job here at an older generation is
         replaced (its waiters answer "layout moved", its files go) and retired; local
-        ``segments`` are read from it, those with a source through ``fetch``. Nothing changes
-        when the state is refused."""
+        ``segments`` are read from it, those with a source through ``fetch``, and the tables'
+        rows from ``row_sources`` (through ``fetch_rows``). Nothing changes when the state is
+        refused."""
         if not job_id:
             raise InvalidArgument("the AdoptJob header's job_id is empty; name the job")
         old = self._check_adoptable(job_id, generation)  # before gigabytes are received
         own: OwnCopy | None = None
+        own_rows = None
         if old is not None:
             held = old
 
             def own() -> tuple[dict[str, torch.Tensor], int]:
                 return dn.split(*held.state_dict(copy=False))[1], held.config.start
 
+            def own_rows(shards: int, index: int) -> dict[str, torch.Tensor]:
+                tables = _tables_of(held.state_dict(copy=False)[0])
+                return moving_rows.outgoing(tables, held.config.tables, shards, index)
+
         limit = self.max_state_bytes
         state, image = received_state(job_id, size, data, segments, own, limit, fetch)
+        state = with_rows(job_id, state, row_sources, own_rows, fetch_rows)
         job = relayout.adopted_job(job_id, generation, state)
         del state
         self._check_config(job.config)
@@ -240,3 +272,8 @@ class RelayoutMixin:
         here = old.config.layout_generation if old is not None else self._moved.get(job_id)
         relayout.check_newer(job_id, generation, here, "AdoptJob")
         return old
+
+
+def _tables_of(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state's table tensors, named as :mod:`moving_rows` names them (no prefix)."""
+    return {k[len(TABLES) :]: v for k, v in tensors.items() if k.startswith(TABLES)}

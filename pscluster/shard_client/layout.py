@@ -75,6 +75,23 @@ class RelayoutCalls:
         except grpc.RpcError as e:
             raise shard_error(address, e) from None
 
+    def export_rows(
+        self: _Client, address: str, job_id: str, generation: int, shards: int, index: int
+    ) -> bytes:
+        """The rows of the job's tables that new shard ``index`` of ``shards`` owns, on the
+        shard at ``address`` as it was at layout ``generation``, with their ids: an image of
+        tensors (:func:`state_from_bytes`)."""
+        request = ps_pb2.ExportJobRequest(
+            job_id=job_id,
+            layout_generation=generation,
+            rows_for=ps_pb2.RowsFor(shards=shards, index=index),
+        )
+        try:
+            chunks = self.stub(address).ExportJob(request, timeout=self.timeout)
+            return b"".join(chunk.data for chunk in chunks)
+        except grpc.RpcError as e:
+            raise shard_error(address, e) from None
+
     def export_ranges(
         self: _Client,
         address: str,
@@ -106,13 +123,15 @@ class RelayoutCalls:
         segments: Sequence[ps_pb2.DenseSegment] = (),
         dense: Sequence[Relay] = (),
         source_generation: int = 0,
+        table_sources: Sequence[ps_pb2.TableSource] = (),
     ) -> ps_pb2.AdoptJobReply:
         """Install ``state`` (:func:`state_to_bytes`; its config's layout generation must be
         ``layout_generation``) on the shard at ``address``, replacing an older generation of
         the job there; durable once this returns. A skeleton state comes with the
         ``segments`` of its per-value tensors: local, read by the shard from their ``source``
         (which holds the job at ``source_generation``), or sent here from the ``dense`` relays
-        in order (a failure of one names the shard it reads from)."""
+        in order (a failure of one names the shard it reads from); its tables' rows come from
+        ``table_sources``, read by the shard as the segments are."""
         header = ps_pb2.AdoptJobHeader(
             job_id=job_id,
             layout_generation=layout_generation,
@@ -120,6 +139,7 @@ class RelayoutCalls:
             segments=segments,
             dense_bytes=sum(r.size for r in dense),
             source_generation=source_generation,
+            table_sources=table_sources,
         )
         messages = itertools.chain(
             [ps_pb2.AdoptJobChunk(header=header)],

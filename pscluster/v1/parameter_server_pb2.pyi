@@ -941,6 +941,7 @@ class ExportJobRequest(_message.Message):
     RANGES_FIELD_NUMBER: _builtins.int
     DENSE_NAMES_FIELD_NUMBER: _builtins.int
     LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
+    ROWS_FOR_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     chunk_bytes: _builtins.int
     """0: the server's default"""
@@ -959,6 +960,14 @@ class ExportJobRequest(_message.Message):
 
     @_builtins.property
     def dense_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def rows_for(self) -> Global___RowsFor:
+        """Set: no image of the job, only the rows of its embedding tables that new shard `index`
+        of `shards` owns, with their ids (pscluster.server.tables.moving_rows), as a checkpoint
+        image of tensors alone; read from the job held here at `layout_generation`, or from the
+        copy an adoption replaced (and kept) of it.
+        """
+
     def __init__(
         self,
         *,
@@ -968,14 +977,64 @@ class ExportJobRequest(_message.Message):
         ranges: _abc.Iterable[Global___DenseRange] | None = ...,
         dense_names: _abc.Iterable[_builtins.str] | None = ...,
         layout_generation: _builtins.int = ...,
+        rows_for: Global___RowsFor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rows_for", b"rows_for"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "dense_names", b"dense_names", "job_id", b"job_id", "layout_generation", b"layout_generation", "ranges", b"ranges", "skeleton", b"skeleton"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "dense_names", b"dense_names", "job_id", b"job_id", "layout_generation", b"layout_generation", "ranges", b"ranges", "rows_for", b"rows_for", "skeleton", b"skeleton"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportJobRequest: _TypeAlias = ExportJobRequest  # noqa: Y015
+
+@_typing.final
+class RowsFor(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARDS_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    shards: _builtins.int
+    index: _builtins.int
+    def __init__(
+        self,
+        *,
+        shards: _builtins.int = ...,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "shards", b"shards"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RowsFor: _TypeAlias = RowsFor  # noqa: Y015
+
+@_typing.final
+class TableSource(_message.Message):
+    """An old shard of an adopted job, in plan order: the adopting shard reads from each the rows
+    of the job's tables it owns now (ExportJobRequest.rows_for at the header's
+    `source_generation`), or picks them from its own older copy (`local`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    local: _builtins.bool
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        local: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "local", b"local"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TableSource: _TypeAlias = TableSource  # noqa: Y015
 
 @_typing.final
 class DenseRange(_message.Message):
@@ -1072,6 +1131,7 @@ class AdoptJobHeader(_message.Message):
     DENSE_BYTES_FIELD_NUMBER: _builtins.int
     RESTORE_RETIRED_FIELD_NUMBER: _builtins.int
     SOURCE_GENERATION_FIELD_NUMBER: _builtins.int
+    TABLE_SOURCES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     layout_generation: _builtins.int
     """must equal the state's config's"""
@@ -1092,6 +1152,12 @@ class AdoptJobHeader(_message.Message):
         in turn.
         """
 
+    @_builtins.property
+    def table_sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___TableSource]:
+        """A skeleton state of a job with embedding tables carries none of their rows: they are read
+        from these, every old shard of the job in plan order.
+        """
+
     def __init__(
         self,
         *,
@@ -1102,10 +1168,11 @@ class AdoptJobHeader(_message.Message):
         dense_bytes: _builtins.int = ...,
         restore_retired: _builtins.bool = ...,
         source_generation: _builtins.int = ...,
+        table_sources: _abc.Iterable[Global___TableSource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dense_bytes", b"dense_bytes", "job_id", b"job_id", "layout_generation", b"layout_generation", "restore_retired", b"restore_retired", "segments", b"segments", "source_generation", b"source_generation", "state_bytes", b"state_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dense_bytes", b"dense_bytes", "job_id", b"job_id", "layout_generation", b"layout_generation", "restore_retired", b"restore_retired", "segments", b"segments", "source_generation", b"source_generation", "state_bytes", b"state_bytes", "table_sources", b"table_sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import fields
+from functools import partial
 
 import torch
 
@@ -13,11 +14,13 @@ from pscluster.coordinator.model_spec import counter_spans_in
 from pscluster.coordinator.recut import State, recut_skeletons
 from pscluster.coordinator.recut_ranges import Piece, cut
 from pscluster.model.partition import BalancedRanges, Range, rows_partitioner
+from pscluster.server.adopted_rows import TABLES, RowSource, with_rows, without_rows
 from pscluster.server.convert import job_config
 from pscluster.server.domain import JobConfig, PushHeader, PushResult
 from pscluster.server.durability import dense as dn
 from pscluster.server.durability.image import restore
 from pscluster.server.shard_job import ShardJob
+from pscluster.server.tables.moving_rows import outgoing
 from pscluster.server.tables.rows import encode_rows
 from pscluster.transport import wire
 from pscluster.v1 import common_pb2
@@ -241,10 +244,12 @@ def recut(
     """One whole state per new config (``JobState.load_state_dict`` / ``image.restore`` take
     it) from the old shards' whole states in plan order: the coordinator's
     :func:`~pscluster.coordinator.recut.recut_skeletons`, with the per-value tensors cut by
-    global offset here, all at once. A move cuts them shard by shard instead, sending only
-    what changes shard (:mod:`pscluster.coordinator.recut_moves`); this whole cut is what the
-    recut tests compare a layout's job with."""
-    parts = [dn.split(tensors, meta) for tensors, meta in old]
+    global offset here, all at once, and each new shard's table rows put together from what
+    every old shard picks out for it, as the shards do in a move
+    (:mod:`pscluster.server.tables.moving_rows`). A move cuts the per-value tensors shard by
+    shard instead, sending only what changes shard (:mod:`pscluster.coordinator.recut_moves`);
+    this whole cut is what the recut tests compare a layout's job with."""
+    parts = [dn.split(without_rows(tensors), meta) for tensors, meta in old]
     skeletons = recut_skeletons([p[0] for p in parts], new_configs, layout_generation)
     ranges = [_values_range(skeleton) for skeleton, _ in parts]
     for (_, dense), part in zip(parts, ranges, strict=True):
@@ -266,8 +271,18 @@ def recut(
             )
             for name, dtype in dtypes.items()
         }
-        out.append(dn.join(skeleton, cut_dense))
+        tables = bool(skeleton[1]["tables"])
+        sources = [RowSource(str(index)) for index in range(len(old)) if tables]
+        fetch = partial(_rows, old)
+        out.append(with_rows(JOB, dn.join(skeleton, cut_dense), sources, None, fetch))
     return out
+
+
+def _rows(old: Sequence[State], source: str, shards: int, index: int) -> dict[str, torch.Tensor]:
+    """What old shard number ``source`` sends new shard ``index`` of ``shards``."""
+    tensors, meta = old[int(source)]
+    tables = {k[len(TABLES) :]: v for k, v in tensors.items() if k.startswith(TABLES)}
+    return outgoing(tables, JobConfig.from_json(meta["config"]).tables, shards, index)
 
 
 def _values_range(state: State) -> Range:
