@@ -2,14 +2,15 @@
 core (the RPCs and the order of a move are :mod:`pscluster.coordinator.moves`).
 
 The job is paused between two steps on every shard: each member waits in a pull, each push
-it made has been answered. Every old shard's skeleton (``JobState.state_dict`` but the values
-and the optimizer's per-element moments, and the tables' rows, which travel shard to shard:
+it made has been answered. Every old shard's skeleton (``JobState.state_dict`` but what is per
+value, the values, the optimizer's per-element moments and an open sync step's summed
+gradient, and but the tables' rows, all of which travel shard to shard:
 :mod:`pscluster.coordinator.recut_moves`, :mod:`pscluster.server.tables.moving_rows`) is cut
-by global offset (buffers, the held-zeros mask, an open sync step's sums), and what is the
-job's rather than a range's (version, clocks, membership, the push ledger, whole-vector and
-whole-table optimizer scalars) is carried, so
-that the job goes on on the new shards exactly as it would have on the old ones. A state that
-cannot be carried exactly raises ValueError, and the caller leaves the job where it is.
+by global offset (buffers, the held-zeros mask, an open sync step's buffer sums), and what is
+the job's rather than a range's (version, clocks, membership, the push ledger, whole-vector
+and whole-table optimizer scalars) is carried, so that the job goes on on the new shards
+exactly as it would have on the old ones. A state that cannot be carried exactly raises
+ValueError, and the caller leaves the job where it is.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pscluster.v1 import parameter_server_pb2 as ps_pb2
 State = tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 _BUFFERS, _ZEROS = "buffers", "hold_zeros"
-_OPT, _POLICY = "opt.", "policy."
+_OPT, _POLICY, _STEP_SUM = "opt.", "policy.", "policy.sum"
 # What the job runs with, which a move must not change (a live switch may have changed the
 # consistency since the job was submitted, so the old states say it, not the new configs).
 _KEPT = (
@@ -90,7 +91,10 @@ def recut_skeletons(
         (new_values, [Range(c.buffer_start, c.buffer_length) for c in configs]),
         _owners(kept, len(configs)),
     )
-    meta = _job_meta(olds, open_step=any(m.get("pushes") for _, m in policies))
+    open_step = any(m.get("pushes") for _, m in policies)
+    if open_step and _STEP_SUM not in (dn.dense_dtypes(olds[0].meta) or {}):
+        raise ValueError("an old shard holds pushes of an open sync step but no gradient sum")
+    meta = _job_meta(olds, open_step=open_step)
     counter_homes = homes([o.values for o in olds], new_values)
     tables = _tables(olds, configs, counter_homes)
     counters = summed_counters([o.meta["counters"] for o in olds], counter_homes, len(configs))

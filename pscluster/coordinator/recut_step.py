@@ -6,7 +6,8 @@ A job whose members all wait in a pull may still have one (a worker read the ver
 for it, and waits for the others, who were held before they read it), so the step is cut
 like the values: each new shard gets the same held pushes and its part of the sums, and the
 step closes there when the rest of its members push, exactly as it would have on the old
-shards.
+shards. The summed gradient is per value and travels with the values, shard to shard
+(:mod:`pscluster.server.durability.dense`); the buffer sums and row gradients are cut here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ PolicyState = tuple[dict[str, torch.Tensor], dict[str, Any]]
 # The new shard index of each id of one table (``id % shards`` or its hash owner).
 Owner = Callable[[torch.Tensor], torch.Tensor]
 
-_SUM, _BUFFER_SUM, _ROWS = "sum", "buffer_sum", "rows."
+_BUFFER_SUM, _ROWS = "buffer_sum", "rows."
 
 
 def recut_policy(
@@ -42,10 +43,7 @@ def recut_policy(
             raise ValueError(f"the old shards' consistency states differ: {metas}")
         return [({}, dict(metas[0])) for _ in new_ranges[0]]
     _check_one_step(old)
-    values, buffers = ranges
-    sums = [
-        Piece(r.start, r.length, tensors[_SUM]) for (tensors, _), r in zip(old, values, strict=True)
-    ]
+    buffers = ranges[1]
     buffer_sums = [
         Piece(r.start, r.length, tensors.get(_BUFFER_SUM))
         for (tensors, _), r in zip(old, buffers, strict=True)
@@ -53,7 +51,7 @@ def recut_policy(
     rows = _rows_by_shard([tensors for tensors, _ in old], owners, len(new_ranges[0]))
     out: list[PolicyState] = []
     for index, (part, bpart) in enumerate(zip(*new_ranges, strict=True)):
-        tensors = {_SUM: cut(sums, part.start, part.length, torch.float32)}
+        tensors: dict[str, torch.Tensor] = {}
         held = [p for p in buffer_sums if p.start < bpart.end and bpart.start < p.start + p.length]
         if bpart.length and any(p.tensor is not None for p in held):
             # -0.0 where an old shard held no change: x + (-0.0) is x for every x (a +0.0
@@ -78,9 +76,7 @@ def _check_one_step(old: Sequence[PolicyState]) -> None:
             f"(worker, seq, version per shard: {held}); its pushes have not all landed"
         )
     for tensors, _ in old:
-        if _SUM not in tensors:
-            raise ValueError("an old shard holds pushes of an open sync step but no gradient sum")
-        unknown = [k for k in tensors if k not in (_SUM, _BUFFER_SUM) and not k.startswith(_ROWS)]
+        unknown = [k for k in tensors if k != _BUFFER_SUM and not k.startswith(_ROWS)]
         if unknown:
             raise ValueError(f"the consistency state holds {unknown}, which cannot be cut")
 

@@ -1,7 +1,8 @@
 """Embedding tables on shards added and removed under a running job: every row, its optimizer
 state and a dynamic table's admitted ids move to their new owners, read shard to shard. One
 worker in sync moved 2 -> 3 -> 2 ends where single-process torch does; a dynamic table keeps
-every admitted id and the fetched model scores what the job reported."""
+every admitted id through a move of two workers in sync, and the fetched model scores what the
+job reported."""
 
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ def test_one_worker_in_sync_moved_twice_keeps_every_row_exactly(tmp_path: Path) 
 
 def test_a_dynamic_table_keeps_its_admitted_ids_across_a_move(tmp_path: Path) -> None:
     # Prepare: 300 hashed ids, the label planted on the first id's parity (as in
-    # test_sparse_tables); admitted at their second lookup.
+    # test_sparse_tables); admitted at their second lookup. Two workers in sync: a step is
+    # often open at the move (one worker pushed, the other not), and its summed gradient
+    # and row gradients move with it.
     g = torch.Generator().manual_seed(0)
     pool = torch.randint(0, 2**40, (300,), generator=g)
     items = pool[torch.randint(0, 300, (2000, 3), generator=g)]
@@ -68,7 +71,7 @@ def test_a_dynamic_table_keeps_its_admitted_ids_across_a_move(tmp_path: Path) ->
             test=(items[1500:], y[1500:]),
             loss="bce_with_logits",
             metric="auc",
-            mode="async",
+            mode="sync",
             optimizer={"name": "adam", "lr": 0.01},
             sparse_optimizer={"name": "adagrad", "lr": 0.2},
             epochs=6,
