@@ -18,7 +18,7 @@ class JobMove:
     shard_ids: tuple[str, ...]  # where its ranges are now, in plan order
     quiesce_seconds: float  # until every worker was between two steps
     pause_seconds: float  # then, until its pulls went on at the new shards
-    state_bytes: int  # sent: the skeletons and the ranges that changed shard
+    state_bytes: int  # sent: the skeletons, and the ranges and table rows that changed shard
     # Where the pause went: the old states read, cut again, and taken by the new shards.
     export_seconds: float = 0.0
     recut_seconds: float = 0.0

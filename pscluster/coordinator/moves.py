@@ -77,11 +77,9 @@ class JobMover:
         reply.shard_ids.extend(s.shard_id or s.address for s in job.shards)
         began = time.perf_counter()
         try:
-            self._hold(plan)
-            held = time.perf_counter()
-            reply.quiesce_seconds = held - began
-            skeletons = self._exported(plan)
+            skeletons, held = self._quiet_skeletons(plan)
             exported = time.perf_counter()
+            reply.quiesce_seconds = held - began
             reply.export_seconds = exported - held
             reply.state_bytes = self._adopt(plan, skeletons, reply)
             reply.adopt_seconds = time.perf_counter() - exported - reply.recut_seconds
@@ -96,6 +94,29 @@ class JobMover:
         reply.shard_ids.extend(s.shard_id or s.address for s in new.shards)
         return reply
 
+    def _quiet_skeletons(self, plan: MovePlan) -> tuple[list[State], float]:
+        """The old shards' skeletons once every member is between two steps on every one,
+        and when the last hold began to export. Exported again while they are at different
+        membership generations: a SetMembers that reached some shards only (a worker's lease
+        ended) may have closed a sync step for the departed member on one shard and not yet
+        on another, and it lands on the others within moments."""
+        deadline = time.monotonic() + self._quiesce_seconds
+        while True:
+            self._hold(plan, deadline)
+            held = time.perf_counter()
+            skeletons = self._exported(plan)
+            generations = sorted({int(meta["generation"]) for _, meta in skeletons})
+            if len(generations) == 1:
+                return skeletons, held
+            if time.monotonic() >= deadline:
+                self._release(plan)
+                raise MoveFailed(
+                    f"the job's shards stayed at different membership generations "
+                    f"{generations} for {self._quiesce_seconds:.0f}s (a membership change that "
+                    "did not reach them all); the job goes on on its old shards"
+                )
+            time.sleep(POLL_SECONDS)
+
     def _exported(self, plan: MovePlan) -> list[State]:
         """The old shards' skeletons (the job held on them); released on failure."""
         job_id = plan.job.job_id
@@ -108,11 +129,10 @@ class JobMover:
             self._release(plan)
             raise
 
-    def _hold(self, plan: MovePlan) -> None:
+    def _hold(self, plan: MovePlan, deadline: float) -> None:
         """Hold the job's pulls on its shards until every member is between two steps on
-        every one."""
+        every one (MoveFailed, released, past ``deadline``)."""
         job_id, addresses = plan.job.job_id, plan.old_addresses
-        deadline = time.monotonic() + self._quiesce_seconds
         hold = ps_pb2.HOLD_ACTION_HOLD
         while True:
             try:
@@ -135,7 +155,8 @@ class JobMover:
 
     def _adopt(self, plan: MovePlan, skeletons: list[State], reply: co_pb2.JobMove) -> int:
         """Adopt the cut states on every new shard at once, commit, and drop the job from the
-        shards it left; the bytes sent (``reply`` gets the recut's time)."""
+        shards it left; the bytes sent, table rows included (``reply`` gets the recut's
+        time)."""
         began = time.perf_counter()
         try:
             cut = Cut.of(skeletons, plan)
@@ -165,7 +186,7 @@ class JobMover:
             back = "; moved back to its old shards" if replaced else ""
             raise MoveFailed(f"{failed[0]}{back}") from failed[0]
         self.finish(plan)
-        return cut.sent_bytes
+        return cut.sent_bytes + sum(r.rows_bytes for r in results if not isinstance(r, ShardError))
 
     def finish(self, plan: MovePlan) -> None:
         """Every new shard adopted: commit, drop the job from the shards it left, and let the

@@ -47,10 +47,11 @@ def with_rows(
     sources: Sequence[RowSource],
     own: OwnRows | None,
     fetch: FetchRows | None,
-) -> dn.State:
-    """``state`` with its tables' rows read from ``sources`` where it came without them;
-    InvalidArgument when the sources do not go with the state, FailedPrecondition when a
-    source cannot give its rows or they do not make up this shard's tables exactly."""
+) -> tuple[dn.State, int]:
+    """``state`` with its tables' rows read from ``sources`` where it came without them, and
+    the bytes of rows read from other shards; InvalidArgument when the sources do not go with
+    the state, FailedPrecondition when a source cannot give its rows or they do not make up
+    this shard's tables exactly."""
     tensors, meta = state
     specs = [TableSpec.from_json(t) for t in meta["config"].get("tables", ())]
     carried = any(name.startswith(TABLES) for name in tensors)
@@ -61,7 +62,7 @@ def with_rows(
                 f"the state adopted for job {job_id} {what}, yet the adoption names "
                 f"{len(sources)} shards to read table rows from"
             )
-        return state
+        return state, 0
     if not sources:
         raise InvalidArgument(
             f"the state adopted for job {job_id} holds {len(specs)} tables without "
@@ -70,7 +71,13 @@ def with_rows(
     shards, index = specs[0].shards, specs[0].shard_index
     parts = [_rows_from(job_id, source, shards, index, own, fetch) for source in sources]
     rows = moving_rows.incoming(parts, specs)
-    return {**tensors, **{TABLES + name: t for name, t in rows.items()}}, meta
+    read = sum(
+        t.numel() * t.element_size()
+        for part, source in zip(parts, sources, strict=True)
+        if not source.local
+        for t in part.values()
+    )
+    return ({**tensors, **{TABLES + name: t for name, t in rows.items()}}, meta), read
 
 
 def _rows_from(

@@ -209,9 +209,10 @@ class ParameterServerServicer:
             fetch = self.peers.reader(header.job_id, header.source_generation)
             rows = [RowSource(t.address, t.local) for t in header.table_sources]
             fetch_rows = self.peers.rows_reader(header.job_id, header.source_generation)
-            job = self._shard.adopt_job(
+            job, rows_bytes = self._shard.adopt_job(
                 header.job_id, generation, size, data, segments, fetch, rows, fetch_rows
             )
+            return ps_pb2.AdoptJobReply(version=job.version, rows_bytes=rows_bytes)
         return ps_pb2.AdoptJobReply(version=job.version)
 
     def _chunk_bytes(self, requested: int) -> int:

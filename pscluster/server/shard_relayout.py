@@ -165,13 +165,13 @@ class RelayoutMixin:
         fetch: Fetch | None = None,
         row_sources: Sequence[RowSource] = (),
         fetch_rows: FetchRows | None = None,
-    ) -> ShardJob:
+    ) -> tuple[ShardJob, int]:
         """Serve the job a state describes, at layout generation ``generation``, durably (its
         first checkpoint is written before this returns). A job here at an older generation is
         replaced (its waiters answer "layout moved", its files go) and retired; local
         ``segments`` are read from it, those with a source through ``fetch``, and the tables'
-        rows from ``row_sources`` (through ``fetch_rows``). Nothing changes when the state is
-        refused."""
+        rows from ``row_sources`` (through ``fetch_rows``); returns the job and the bytes of
+        rows read from other shards. Nothing changes when the state is refused."""
         if not job_id:
             raise InvalidArgument("the AdoptJob header's job_id is empty; name the job")
         old = self._check_adoptable(job_id, generation)  # before gigabytes are received
@@ -189,11 +189,11 @@ class RelayoutMixin:
 
         limit = self.max_state_bytes
         state, image = received_state(job_id, size, data, segments, own, limit, fetch)
-        state = with_rows(job_id, state, row_sources, own_rows, fetch_rows)
+        state, rows_bytes = with_rows(job_id, state, row_sources, own_rows, fetch_rows)
         job = relayout.adopted_job(job_id, generation, state)
         del state
         self._check_config(job.config)
-        return self._install(job_id, generation, job, image, retire=True)
+        return self._install(job_id, generation, job, image, retire=True), rows_bytes
 
     def restore_job(self, job_id: str, generation: int) -> ShardJob:
         """The job as the last adoption here found it, back under ``generation`` (a move

@@ -2212,7 +2212,7 @@ class JobMove(_message.Message):
     pause_seconds: _builtins.float
     """from then until its pulls were answered (no step ran)"""
     state_bytes: _builtins.int
-    """state sent: the skeletons and the ranges that changed shard"""
+    """State sent: the skeletons, the ranges that changed shard and the table rows that did."""
     export_seconds: _builtins.float
     """Where the pause went: reading the old shards' skeletons, cutting them, and the new shards
     taking theirs (durably), the store's commit and the old shards' drop included.

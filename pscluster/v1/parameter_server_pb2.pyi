@@ -1208,15 +1208,19 @@ class AdoptJobReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
+    ROWS_BYTES_FIELD_NUMBER: _builtins.int
     version: _builtins.int
+    rows_bytes: _builtins.int
+    """bytes of table rows this shard read from other shards"""
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
+        rows_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows_bytes", b"rows_bytes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -274,7 +274,7 @@ def recut(
         tables = bool(skeleton[1]["tables"])
         sources = [RowSource(str(index)) for index in range(len(old)) if tables]
         fetch = partial(_rows, old)
-        out.append(with_rows(JOB, dn.join(skeleton, cut_dense), sources, None, fetch))
+        out.append(with_rows(JOB, dn.join(skeleton, cut_dense), sources, None, fetch)[0])
     return out
 
 

@@ -46,6 +46,10 @@ def test_one_worker_in_sync_moved_twice_keeps_every_row_exactly(tmp_path: Path) 
 
     # Assert
     assert [m.jobs[0].moved for m in moves] == [True, True], moves
+    # 2 -> 3 moves two thirds of the rows (weights and adagrad sums) off their shard: more
+    # than the items table's weights alone (997 x 8 float32), counted by the shards that read
+    # them.
+    assert moves[0].jobs[0].state_bytes > 997 * 8 * 4, moves[0]
     assert info.state == "completed", info.error
     assert info.steps > 15 + 10, "the job must still have been training after the moves"
     assert remote.keys() == expected.keys()

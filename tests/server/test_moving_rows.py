@@ -134,8 +134,9 @@ def test_row_sources_must_go_with_the_state_they_complete() -> None:
         return outgoing(fixed_shard(4, 1, 0), [fixed(4, 1, 0)], shards, index)
 
     # A skeleton with tables gets its rows from its sources, through fetch.
-    tensors, _ = with_rows("j", _state(tables=True, rows=False), source, None, fetch)
+    (tensors, _), read = with_rows("j", _state(tables=True, rows=False), source, None, fetch)
     assert torch.equal(tensors["tables.0.opt.sum"], torch.arange(4.0) * 10)
+    assert read == 4 * (DIM + 1) * 4 + 4 * 8  # weight and sum float32, ids int64
 
     # Sources with a state that carries its rows, or has no tables, or none for a skeleton
     # with tables, or a local one without a copy here: refused.

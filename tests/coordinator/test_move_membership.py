@@ -1,0 +1,102 @@
+"""A move that meets a membership change half landed, on real shards over gRPC: a worker's
+lease ended, so a SetMembers without it reached one of the job's shards and not yet the
+other. On the first, the open sync step closed without the departed worker; on the second it
+is still open. The mover waits for the change to reach every shard (the skeletons agree on
+the membership generation) rather than refusing the move, then moves the job."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from pscluster.config import Settings
+from pscluster.coordinator import store as st
+from pscluster.coordinator.memory_store import MemoryStore
+from pscluster.coordinator.move_plan import plan_move
+from pscluster.coordinator.moves import JobMover
+from pscluster.coordinator.shard_directory import Slot
+from pscluster.coordinator.shard_init import layout_configs
+from pscluster.server.main import ShardServer, serve
+from pscluster.shard_client import JobShards, ShardClient, ShardRange
+from pscluster.transport import wire
+from pscluster.v1 import coordinator_pb2 as co_pb2
+from pscluster.v1 import parameter_server_pb2 as ps_pb2
+from tests.server.relayout import momentum_sgd
+
+N = 1000
+LAG = 0.3  # seconds between the change reaching the first shard and the second
+
+
+@pytest.fixture
+def addresses() -> Iterator[list[str]]:
+    settings = Settings(host="127.0.0.1", pull_wait_seconds=5.0, grace_seconds=0.0)
+    running: list[ShardServer] = [serve(settings, port=0) for _ in range(3)]
+    yield [f"127.0.0.1:{server.port}" for server in running]
+    for server in running:
+        server.stop(0)
+
+
+@pytest.fixture
+def shards() -> Iterator[ShardClient]:
+    client = ShardClient(Settings(host="127.0.0.1"))
+    yield client
+    client.close()
+
+
+def _sync_job(shards: ShardClient, addresses: list[str]) -> st.JobRecord:
+    """A sync job over ``addresses`` with members w1 and w2, as the coordinator starts it."""
+    spec = co_pb2.JobSpec(mode="sync", optimizer=momentum_sgd())
+    half = N // 2
+    slices = [
+        st.ShardSlice(addresses[0], 0, half, "s0"),
+        st.ShardSlice(addresses[1], half, half, "s1"),
+    ]
+    job = st.JobRecord(
+        "j", "n", spec.SerializeToString(), "sync", 1, 1, N, slices, state=st.RUNNING,
+        layout_generation=1,
+    )  # fmt: skip
+    values = torch.randn(N, generator=torch.Generator().manual_seed(0))
+    shards.init_job(
+        [
+            (s.address, c, values[s.start : s.start + s.length])
+            for s, c in zip(slices, layout_configs(job), strict=True)
+        ]
+    )
+    shards.set_members(addresses[:2], "j", ["w1", "w2"], 1)
+    return job
+
+
+def test_a_move_waits_for_a_membership_change_to_reach_every_shard(
+    shards: ShardClient, addresses: list[str]
+) -> None:
+    # Prepare: w1 pushed for step 0 on both shards (open, waiting for w2); w2's departure
+    # has reached the second shard only, where the step closed without it.
+    job = _sync_job(shards, addresses)
+    view = JobShards(shards, "j", [ShardRange(s.address, s.start, s.length) for s in job.shards], 1)
+    grad = torch.ones(N)
+    parts = {i: wire.encode(grad[r.start : r.start + r.length]) for i, r in enumerate(view.ranges)}
+    replies = view.push("w1", 1, parts, "none", view.pull("w1", None, 5.0), 1, timeout=10.0)
+    for reply in replies.values():
+        assert isinstance(reply, ps_pb2.PushReply), reply
+        assert reply.outcome == ps_pb2.PUSH_OUTCOME_BUFFERED, reply
+    shards.set_members([addresses[1]], "j", ["w1"], 2)
+    plan = plan_move(job, [Slot(f"s{i}", a) for i, a in enumerate(addresses)])
+    assert plan is not None
+
+    # Execute: the move starts; the change reaches the first shard LAG seconds later
+    late = threading.Timer(LAG, lambda: shards.set_members([addresses[0]], "j", ["w1"], 2))
+    late.start()
+    try:
+        moved = JobMover(shards, lambda record: None, 5.0, MemoryStore()).move(plan)
+    finally:
+        late.join()
+
+    # Assert: moved once the shards agreed, with step 0 closed everywhere (version 1)
+    assert moved.moved, moved.reason
+    assert moved.quiesce_seconds >= LAG * 0.9, moved
+    new = [ShardRange(s.address, s.start, s.length) for s in plan.new.shards]
+    after = JobShards(shards, "j", new, plan.new.layout_generation).pull("", None, 5.0)
+    assert after.versions == [1, 1, 1]
