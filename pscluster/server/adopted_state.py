@@ -4,9 +4,9 @@ Either a checkpoint image of the whole state (kept as it came, so the shard writ
 first checkpoint without serialising it again), or a skeleton image and the pieces of its
 per-value tensors (:mod:`pscluster.server.durability.dense`): the pieces this shard held
 already under an older generation of the job are copied from that copy, the others are read
-from the shard that holds them (a segment's ``source``) or come raw after the image, received
-straight into the new tensors either way. Everything is checked before the
-job is built from it, since it comes over the network rather than from this shard's disk.
+from the shard that holds them (a segment's ``source``), received straight into the new
+tensors. Everything is checked before the job is built from it, since it comes over the
+network rather than from this shard's disk.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ Fetch = Callable[[str, int, int, list[tuple[str, int]]], Iterable[bytes | memory
 
 @dataclass(frozen=True)
 class Segment:
-    """A piece of the new range's per-value tensors: kept from the copy here (``local``),
-    read from the shard at ``source``, or sent after the image."""
+    """A piece of the new range's per-value tensors: kept from the copy here (``local``), or
+    read from the shard at ``source``."""
 
     start: int
     length: int
@@ -77,20 +77,15 @@ def received_state(
         raise ResourceExhausted(f"job {job_id}'s {config.length} values are more than this takes")
     tensors = {name: torch.empty(config.length, dtype=dtype) for name, dtype in dtypes.items()}
     held = own() if own is not None and any(s.local for s in segments) else None
+    stream.end(f"job {job_id}'s announced state")
     for segment in segments:
         at = segment.start - config.start
+        parts = {name: t[at : at + segment.length] for name, t in tensors.items()}
         if segment.source:
-            parts = {name: t[at : at + segment.length] for name, t in tensors.items()}
             _fill_from_source(job_id, fetch, segment, parts)
             continue
-        for name, tensor in tensors.items():
-            part = tensor[at : at + segment.length]
-            if segment.local:
-                part.copy_(_own_part(job_id, held, name, segment))
-            else:
-                what = f"{name} [{segment.start}, {segment.start + segment.length})"
-                stream.fill(part.view(torch.uint8).numpy().data, what)
-    stream.end(f"job {job_id}'s announced state")
+        for name, part in parts.items():
+            part.copy_(_own_part(job_id, held, name, segment))
     return dn.join(skeleton, tensors), None
 
 
@@ -126,10 +121,12 @@ def _check_cover(job_id: str, config: JobConfig, segments: Sequence[Segment]) ->
     here and read from another shard."""
     at = config.start
     for segment in segments:
-        if segment.local and segment.source:
+        if segment.local == bool(segment.source):
+            what = f"both kept here and read from shard {segment.source}"
             raise InvalidArgument(
-                f"a segment of job {job_id}'s adopted state at {segment.start} is both kept "
-                f"here and read from shard {segment.source}; it is one or the other"
+                f"a segment of job {job_id}'s adopted state at {segment.start} is "
+                f"{what if segment.local else 'neither kept here nor read from a shard'}; it is "
+                "one or the other"
             )
         if segment.start != at or segment.length <= 0:
             raise InvalidArgument(

@@ -102,17 +102,16 @@ class RelayoutCalls:
     ) -> Relay:
         """Global ``(start, length)`` ``ranges`` of the job's per-value tensors ``dense``
         (name and bytes per value, in the order of its skeleton's listing) on the shard at
-        ``address``, as it was at layout ``generation``, raw: read once the relay is sent on
-        (an AdoptJob elsewhere carries it)."""
+        ``address``, as it was at layout ``generation``, raw: read as the relay's payloads
+        are (a shard adopting them reads them so, :mod:`pscluster.server.peer_ranges`)."""
         request = ps_pb2.ExportJobRequest(
             job_id=job_id,
             ranges=[ps_pb2.DenseRange(start=start, length=length) for start, length in ranges],
             dense_names=[name for name, _ in dense],
             layout_generation=generation,
         )
-        size = sum(length for _, length in ranges) * sum(width for _, width in dense)
         call, timeout = self.streams(address).export_ranges, self.timeout
-        return Relay(address, size, lambda: call(request, timeout=timeout))
+        return Relay(address, lambda: call(request, timeout=timeout))
 
     def adopt_job(
         self: _Client,
@@ -121,38 +120,33 @@ class RelayoutCalls:
         layout_generation: int,
         state: bytes,
         segments: Sequence[ps_pb2.DenseSegment] = (),
-        dense: Sequence[Relay] = (),
         source_generation: int = 0,
         table_sources: Sequence[ps_pb2.TableSource] = (),
     ) -> ps_pb2.AdoptJobReply:
         """Install ``state`` (:func:`state_to_bytes`; its config's layout generation must be
         ``layout_generation``) on the shard at ``address``, replacing an older generation of
         the job there; durable once this returns. A skeleton state comes with the
-        ``segments`` of its per-value tensors: local, read by the shard from their ``source``
-        (which holds the job at ``source_generation``), or sent here from the ``dense`` relays
-        in order (a failure of one names the shard it reads from); its tables' rows come from
-        ``table_sources``, read by the shard as the segments are."""
+        ``segments`` of its per-value tensors, each kept from the shard's own older copy
+        (local) or read by the shard from its ``source`` (which holds the job at
+        ``source_generation``); its tables' rows come from ``table_sources``, read by the
+        shard as the segments are."""
         header = ps_pb2.AdoptJobHeader(
             job_id=job_id,
             layout_generation=layout_generation,
             state_bytes=len(state),
             segments=segments,
-            dense_bytes=sum(r.size for r in dense),
             source_generation=source_generation,
             table_sources=table_sources,
         )
         messages = itertools.chain(
             [ps_pb2.AdoptJobChunk(header=header)],
             framing.frames(memoryview(state), self.settings.chunk_bytes),
-            *(r.frames() for r in dense),
         )
         try:
             reply: ps_pb2.AdoptJobReply = self.streams(address).adopt(
                 messages, timeout=self.timeout
             )
         except grpc.RpcError as e:
-            for relay in dense:
-                relay.raise_error()
             raise shard_error(address, e) from None
         return reply
 
@@ -175,32 +169,18 @@ class RelayoutCalls:
 
 
 class Relay:
-    """One ExportJob stream of raw ranges, carried on as AdoptJob data chunks as it arrives
-    (never whole in the caller's memory). gRPC turns an error raised while it reads the
-    requests into a cancelled AdoptJob; the relay keeps the source shard's error, so that
-    the failure names the shard that failed."""
+    """One ExportJob stream of raw ranges, read as it arrives (never whole in memory) by
+    the shard that adopts them; it keeps the source shard's error, so that the failure
+    names the shard that failed."""
 
-    def __init__(self, address: str, size: int, chunks: Callable[[], Iterable[bytes]]) -> None:
+    def __init__(self, address: str, chunks: Callable[[], Iterable[bytes]]) -> None:
         self.address = address
-        self.size = size  # bytes it carries
         self._chunks = chunks
         self._error: ShardError | None = None
 
-    def frames(self) -> Iterator[bytes]:
-        """The serialized chunks as they came: StateChunk.range_data is field 2, as
-        AdoptJobChunk.data is, so each is an AdoptJob data chunk without a copy."""
-        for chunk, _ in self._checked():
-            yield chunk
-
     def payloads(self) -> Iterator[memoryview]:
-        """The raw bytes of the ranges, chunk by chunk, without a copy (a shard reading
-        them itself)."""
-        for _, data in self._checked():
-            yield data
-
-    def _checked(self) -> Iterator[tuple[bytes, memoryview]]:
-        """Each chunk with its payload; a chunk without one, or the stream's failure, is
-        kept as the source shard's error and raised."""
+        """The raw bytes of the ranges, chunk by chunk, without a copy; a chunk without
+        them, or the stream's failure, is kept as the source shard's error and raised."""
         try:
             for chunk in self._chunks():
                 data = framing.data_of(chunk)
@@ -209,7 +189,7 @@ class Relay:
                         self.address, grpc.StatusCode.INTERNAL, "a range chunk without its data"
                     )
                     raise self._error
-                yield chunk, data
+                yield data
         except grpc.RpcError as e:
             self._error = shard_error(self.address, e)
             raise
@@ -218,7 +198,3 @@ class Relay:
     def error(self) -> ShardError | None:
         """The source shard's error, once reading from it failed."""
         return self._error
-
-    def raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error

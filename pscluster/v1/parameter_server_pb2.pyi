@@ -1073,11 +1073,10 @@ class DenseSegment(_message.Message):
     """global offset"""
     length: _builtins.int
     local: _builtins.bool
-    """From this shard's own copy of the job (an older generation of it held here), not sent."""
+    """From this shard's own copy of the job (an older generation of it held here)."""
     source: _builtins.str
-    """Not local and set: not sent either; the adopting shard reads it itself from the shard at
-    this address (ExportJob of the range at the header's `source_generation`), so the bytes
-    cross the network once instead of through the caller.
+    """Otherwise: the adopting shard reads it itself from the shard at this address (ExportJob
+    of the range at the header's `source_generation`), so the bytes cross the network once.
     """
     def __init__(
         self,
@@ -1103,9 +1102,7 @@ class StateChunk(_message.Message):
     RANGE_DATA_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     range_data: _builtins.bytes
-    """ExportJob of `ranges`: their raw bytes come here instead, field 2 like AdoptJobChunk's
-    data, so that a relay sends each serialized chunk on as an AdoptJob data chunk unchanged.
-    """
+    """ExportJob of `ranges`: their raw bytes come here instead (framed by hand, one copy)."""
     def __init__(
         self,
         *,
@@ -1128,7 +1125,6 @@ class AdoptJobHeader(_message.Message):
     LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
     STATE_BYTES_FIELD_NUMBER: _builtins.int
     SEGMENTS_FIELD_NUMBER: _builtins.int
-    DENSE_BYTES_FIELD_NUMBER: _builtins.int
     RESTORE_RETIRED_FIELD_NUMBER: _builtins.int
     SOURCE_GENERATION_FIELD_NUMBER: _builtins.int
     TABLE_SOURCES_FIELD_NUMBER: _builtins.int
@@ -1137,7 +1133,6 @@ class AdoptJobHeader(_message.Message):
     """must equal the state's config's"""
     state_bytes: _builtins.int
     """bytes of state that follow"""
-    dense_bytes: _builtins.int
     restore_retired: _builtins.bool
     """No state follows: take back the copy of the job kept when the last adoption replaced it,
     under `layout_generation` (a move rolled back). FAILED_PRECONDITION if none is kept.
@@ -1147,9 +1142,7 @@ class AdoptJobHeader(_message.Message):
     @_builtins.property
     def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DenseSegment]:
         """A skeleton state (ExportJobRequest.skeleton): its per-value tensors are these segments,
-        covering its range in order; after the state's bytes come `dense_bytes` raw bytes, each
-        segment neither local nor with a source in turn, in it each of the state's dense names
-        in turn.
+        covering its range in order, each kept here or read from its source.
         """
 
     @_builtins.property
@@ -1165,14 +1158,13 @@ class AdoptJobHeader(_message.Message):
         layout_generation: _builtins.int = ...,
         state_bytes: _builtins.int = ...,
         segments: _abc.Iterable[Global___DenseSegment] | None = ...,
-        dense_bytes: _builtins.int = ...,
         restore_retired: _builtins.bool = ...,
         source_generation: _builtins.int = ...,
         table_sources: _abc.Iterable[Global___TableSource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dense_bytes", b"dense_bytes", "job_id", b"job_id", "layout_generation", b"layout_generation", "restore_retired", b"restore_retired", "segments", b"segments", "source_generation", b"source_generation", "state_bytes", b"state_bytes", "table_sources", b"table_sources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "layout_generation", b"layout_generation", "restore_retired", b"restore_retired", "segments", b"segments", "source_generation", b"source_generation", "state_bytes", b"state_bytes", "table_sources", b"table_sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

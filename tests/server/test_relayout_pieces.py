@@ -1,8 +1,8 @@
 """A move that sends only what changes shard, on real shards over gRPC: a job on one shard is
-split over two (the first keeps its half in place, the second gets the other half raw from
-the first's copy, already retired by then: relayed by the caller, or read by the second shard
-itself), goes on exactly as the unmoved job, and is rolled back by the first taking its
-retired copy back; SETTLED lets the copy go. A source that cannot be read changes nothing."""
+split over two (the first keeps its half in place, the second reads the other half raw from
+the first's copy, already retired by then), goes on exactly as the unmoved job, and is rolled
+back by the first taking its retired copy back; SETTLED lets the copy go. A source that cannot
+be read, or a segment neither kept nor read, changes nothing."""
 
 from __future__ import annotations
 
@@ -52,9 +52,8 @@ def _segment(start: int, local: bool) -> ps_pb2.DenseSegment:
     return ps_pb2.DenseSegment(start=start, length=HALF, local=local)
 
 
-@pytest.mark.parametrize("carried", ["relayed", "read by the shard"])
 def test_a_split_keeps_one_half_in_place_sends_the_other_and_rolls_back(
-    shards: ShardClient, first: str, second: str, carried: str
+    shards: ShardClient, first: str, second: str
 ) -> None:
     # Prepare: the job and its never-moved twin, with the same pushes (momentum builds up)
     job = make_job(shards, first, "j", _values(1))
@@ -66,17 +65,12 @@ def test_a_split_keeps_one_half_in_place_sends_the_other_and_rolls_back(
     skeleton = shards.export_job(first, "j", skeleton=True)
     dtypes = dn.dense_dtypes(state_from_bytes(skeleton)[1])
     assert dtypes is not None and list(dtypes) == ["opt.momentum_buffer", "values"]
-    dense = [(name, dn.bytes_per_value([dtype])) for name, dtype in dtypes.items()]
 
     # Execute: the first shard adopts its half first (its whole copy retired), then the
     # second gets the other half, read from that retired copy
     shards.adopt_job(first, "j", 1, _half(skeleton, 0), [_segment(0, True)])
-    if carried == "relayed":
-        relay = shards.export_ranges(first, "j", 0, [(HALF, HALF)], dense)
-        shards.adopt_job(second, "j", 1, _half(skeleton, HALF), [_segment(HALF, False)], [relay])
-    else:
-        sourced = ps_pb2.DenseSegment(start=HALF, length=HALF, source=first)
-        shards.adopt_job(second, "j", 1, _half(skeleton, HALF), [sourced], source_generation=0)
+    sourced = ps_pb2.DenseSegment(start=HALF, length=HALF, source=first)
+    shards.adopt_job(second, "j", 1, _half(skeleton, HALF), [sourced], source_generation=0)
 
     # Assert: the two halves at generation 1 go on exactly as the unmoved job
     moved = JobShards(shards, "j", [ShardRange(first, 0, HALF), ShardRange(second, HALF, HALF)], 1)
@@ -131,18 +125,19 @@ def push_both(job: JobShards, seq: int) -> None:
         assert reply.outcome == ps_pb2.PUSH_OUTCOME_APPLIED, reply
 
 
-def test_a_source_that_cannot_be_read_or_is_also_local_changes_nothing(
+def test_a_source_that_cannot_be_read_or_is_also_local_or_missing_changes_nothing(
     shards: ShardClient, first: str, second: str
 ) -> None:
     skeleton = _held_skeleton(shards, first)
     down = "127.0.0.1:1"  # nothing listens there
 
     # A source that is down; one that holds the job at another generation; a segment that
-    # is both kept here and read from elsewhere
+    # is both kept here and read from elsewhere, and one that is neither
     for source, generation, local, code, says in (
         (down, 0, False, grpc.StatusCode.FAILED_PRECONDITION, f"from shard {down}"),
         (first, 7, False, grpc.StatusCode.FAILED_PRECONDITION, f"from shard {first}"),
-        (first, 0, True, grpc.StatusCode.INVALID_ARGUMENT, "one or the other"),
+        (first, 0, True, grpc.StatusCode.INVALID_ARGUMENT, "both kept here"),
+        ("", 0, False, grpc.StatusCode.INVALID_ARGUMENT, "neither kept here"),
     ):
         segment = ps_pb2.DenseSegment(start=HALF, length=HALF, local=local, source=source)
         with pytest.raises(ShardError) as refused:
