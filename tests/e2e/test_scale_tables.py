@@ -12,11 +12,15 @@ import pytest
 import torch
 
 from pscluster.client.local import LocalCluster
-from pscluster.model.objective import rank_auc
 from tests.e2e.conftest import FAST
-from tests.e2e.sparse_models import Recommender
 from tests.e2e.test_scale_shards import steps_past
-from tests.e2e.test_sparse_tables import exact_reference, submit_exact
+from tests.e2e.test_sparse_tables import (
+    exact_reference,
+    hashed_ids,
+    recommender_auc,
+    submit_exact,
+    submit_recommender,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -62,26 +66,11 @@ def test_a_dynamic_table_keeps_its_admitted_ids_across_a_move(tmp_path: Path) ->
     # test_sparse_tables); admitted at their second lookup. Two workers in sync: a step is
     # often open at the move (one worker pushed, the other not), and its summed gradient
     # and row gradients move with it.
-    g = torch.Generator().manual_seed(0)
-    pool = torch.randint(0, 2**40, (300,), generator=g)
-    items = pool[torch.randint(0, 300, (2000, 3), generator=g)]
-    y = (items[:, 0] % 2).float()
+    items, y = hashed_ids()
     cluster = registering(tmp_path, workers=2)
     with cluster, cluster.client() as client:
         cluster.add_shard()
-        job = client.submit(
-            model=Recommender,
-            train=(items[:1500], y[:1500]),
-            test=(items[1500:], y[1500:]),
-            loss="bce_with_logits",
-            metric="auc",
-            mode="sync",
-            optimizer={"name": "adam", "lr": 0.01},
-            sparse_optimizer={"name": "adagrad", "lr": 0.2},
-            epochs=6,
-            batch_size=50,
-            shards=2,
-        )
+        job = submit_recommender(client, items, y, mode="sync", epochs=6, shards=2)
 
         # Execute: 2 -> 3 once every id has been seen twice (admitted)
         steps_past(job, 40)
@@ -95,10 +84,6 @@ def test_a_dynamic_table_keeps_its_admitted_ids_across_a_move(tmp_path: Path) ->
     assert moved.jobs[0].moved, moved
     assert info.state == "completed", info.error
     assert table.admitted == state["items.ids"].numel() == 300 == table.rows
-    model = Recommender()
-    model.load_state_dict(state)
-    model.eval()
-    with torch.no_grad():
-        auc = rank_auc(y[1500:], model(items[1500:]))
+    _, auc = recommender_auc(state, items[1500:], y[1500:])
     assert info.metric_value == pytest.approx(auc, abs=1e-6)
     assert auc > 0.7

@@ -76,6 +76,43 @@ def train_one_process(
 SparseOpt = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
+def hashed_ids() -> tuple[torch.Tensor, torch.Tensor]:
+    """2,000 bags of 3 of 300 hashed ids anywhere in int64, the label planted on the first
+    id's parity (Recommender's data): 1,500 to train, 500 to test."""
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randint(0, 2**40, (300,), generator=g)
+    items = pool[torch.randint(0, 300, (2000, 3), generator=g)]
+    return items, (items[:, 0] % 2).float()
+
+
+def submit_recommender(
+    client: Client, items: torch.Tensor, y: torch.Tensor, **options: object
+) -> Job:
+    """Recommender on :func:`hashed_ids` (first 1,500 to train), scored by AUC."""
+    return client.submit(
+        model=Recommender,
+        train=(items[:1500], y[:1500]),
+        test=(items[1500:], y[1500:]),
+        loss="bce_with_logits",
+        metric="auc",
+        optimizer={"name": "adam", "lr": 0.01},
+        sparse_optimizer={"name": "adagrad", "lr": 0.2},
+        batch_size=50,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def recommender_auc(
+    state: dict[str, torch.Tensor], items: torch.Tensor, y: torch.Tensor
+) -> tuple[Recommender, float]:
+    """The fetched ``state`` in the user's own Recommender, and its AUC on ``items``."""
+    model = Recommender()
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        return model, rank_auc(y, model(items))
+
+
 def exact_reference(
     torch_sparse: SparseOpt, epochs: int = EPOCHS
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -222,26 +259,13 @@ def test_a_dynamic_table_admits_ids_on_the_shards_and_the_fetched_model_holds_th
     one_worker: LocalCluster,
 ) -> None:
     # Prepare: 300 hashed ids anywhere in int64, the label planted on the first id's parity.
-    g = torch.Generator().manual_seed(0)
-    pool = torch.randint(0, 2**40, (300,), generator=g)
-    items = pool[torch.randint(0, 300, (2000, 3), generator=g)]
-    y = (items[:, 0] % 2).float()
+    items, y = hashed_ids()
     # Ids only the test split has: evaluation (every epoch) must not admit them.
     items[1500:, 2] = 2**41 + torch.arange(500)
 
     # Execute
     with one_worker.client() as client:
-        job = client.submit(
-            model=Recommender,
-            train=(items[:1500], y[:1500]),
-            test=(items[1500:], y[1500:]),
-            loss="bce_with_logits",
-            metric="auc",
-            optimizer={"name": "adam", "lr": 0.01},
-            sparse_optimizer={"name": "adagrad", "lr": 0.2},
-            epochs=4,
-            batch_size=50,
-        )
+        job = submit_recommender(client, items, y, epochs=4)
         info = job.wait(timeout=300)
         state = job.fetch_model()
         (table,) = job.metrics().tables
@@ -252,11 +276,8 @@ def test_a_dynamic_table_admits_ids_on_the_shards_and_the_fetched_model_holds_th
     assert info.state == "completed", info.error
     assert table.admitted == state["items.ids"].numel() == 300 == table.rows
     assert table.dropped > 0
-    model = Recommender()
-    model.load_state_dict(state)
-    model.eval()
+    model, auc = recommender_auc(state, items[1500:], y[1500:])
     with torch.no_grad():
-        auc = rank_auc(y[1500:], model(items[1500:]))
         assert torch.equal(unknown, model.items.rows_of(torch.tensor([7])))
     assert info.metric_value == pytest.approx(auc, abs=1e-6)
     assert auc > 0.7

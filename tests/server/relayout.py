@@ -7,13 +7,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+import grpc
 import pytest
 import torch
 
 from pscluster.config import Settings
 from pscluster.server.durability.checkpoint import state_from_bytes, state_to_bytes
 from pscluster.server.main import ShardServer, serve
-from pscluster.shard_client import JobShards, ShardClient, ShardRange, Snapshot
+from pscluster.shard_client import JobShards, ShardClient, ShardError, ShardRange, Snapshot
 from pscluster.transport import wire
 from pscluster.transport.retry import retry
 from pscluster.v1 import common_pb2
@@ -145,3 +146,12 @@ def shards_fixture(settings: Settings) -> Iterator[ShardClient]:
     client = ShardClient(settings)
     yield client
     client.close()
+
+
+def assert_not_adopted(shards: ShardClient, adopter: str, holder: str, job_id: str = "j") -> None:
+    """A refused adoption changed nothing: ``adopter`` has no such job, ``holder`` still holds
+    it at layout generation 0."""
+    with pytest.raises(ShardError) as absent:
+        shards.hold_job(adopter, job_id, HOLD)
+    assert absent.value.status == grpc.StatusCode.NOT_FOUND
+    assert shards.hold_job(holder, job_id, HOLD).layout_generation == 0

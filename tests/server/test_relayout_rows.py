@@ -14,7 +14,7 @@ from pscluster.shard_client import ShardClient, ShardError
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from tests.server import relayout
-from tests.server.relayout import HOLD, momentum_sgd
+from tests.server.relayout import HOLD, assert_not_adopted, momentum_sgd
 
 N, HALF, ROWS, DIM = 40, 20, 11, 4
 
@@ -107,7 +107,4 @@ def test_a_row_source_that_cannot_be_read_changes_nothing(
         assert says in str(refused.value)
 
     # Nothing changed: the second shard has no job "j", the first still holds it at 0
-    with pytest.raises(ShardError) as absent:
-        shards.hold_job(second, "j", HOLD)
-    assert absent.value.status == grpc.StatusCode.NOT_FOUND
-    assert shards.hold_job(first, "j", HOLD).layout_generation == 0
+    assert_not_adopted(shards, second, first)
