@@ -19,7 +19,12 @@ from torch import nn
 
 from pscluster.client.errors import InvalidJobError
 from pscluster.errors import PSError
-from pscluster.model.hosted import TableInfo, host_tables, hosting
+from pscluster.model.hosted import TableInfo, host_model_tables, hosting
+
+# A table this small (float32 rows) is built with the model when the job is submitted, and
+# the rows its constructor gives it are the job's initial rows (uploaded with the job), as
+# in one process; a larger one starts as rows drawn on the shards.
+KEPT_TABLE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,8 @@ class Initial:
     loaded: tuple[str, ...] = ()  # entries taken from init_from
     fresh: tuple[str, ...] = ()  # entries init_from did not have (kept as initialised)
     # Tables hosted on the shards (pscluster.model.hosted); ``state`` holds the rows of those
-    # init_from gave, the others start on the shards.
+    # init_from gave or the constructor built (KEPT_TABLE_BYTES), the others start on the
+    # shards.
     tables: tuple[TableInfo, ...] = ()
 
 
@@ -43,15 +49,16 @@ def build(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            with hosting():
+            with hosting(keep_bytes=KEPT_TABLE_BYTES):
                 instance = model_cls(**kwargs)
-            tables = tuple(host_tables(instance))
+            hosted = host_model_tables(instance)
         except PSError as e:
             raise InvalidJobError(str(e)) from e
         except Exception as e:  # the user's constructor: any error is theirs to see
             raise InvalidJobError(
                 f"could not build {model_cls.__name__}(**{kwargs!r}): {type(e).__name__}: {e}"
             ) from e
+    tables = tuple(hosted.tables)
     _check_params(model_cls, instance, tables)
     loaded: tuple[str, ...] = ()
     fresh: tuple[str, ...] = ()
@@ -61,9 +68,26 @@ def build(
         rest = {k: v for k, v in init_from.items() if k not in given_tables}
         loaded, fresh = _load(instance, rest)
         loaded = tuple(sorted((*loaded, *given_tables)))
+    _check_unreproducible(model_cls, [n for n in hosted.changed if n not in given_tables])
     state = {k: v.detach().to("cpu").contiguous() for k, v in instance.state_dict().items()}
+    state.update(hosted.rows)  # the constructor's own rows of the tables it kept
     state.update(given_tables)
     return Initial(instance, state, loaded, fresh, tables)
+
+
+def _check_unreproducible(model_cls: type[nn.Module], changed: list[str]) -> None:
+    """Tables over :data:`KEPT_TABLE_BYTES` are never built here: they start as rows drawn
+    on the shards, N(0, 1) as nn.Embedding's own initialisation. A constructor that changed
+    one in place (``nn.init.normal_(..., std=0.01)``, ``.mul_()``, ``.zero_()``) meant other
+    values, which nobody has: refused rather than silently trained from N(0, 1)."""
+    if changed:
+        raise InvalidJobError(
+            f"{model_cls.__name__}'s constructor changes table(s) {', '.join(changed)} after "
+            f"building them; a table over {KEPT_TABLE_BYTES >> 20} MB is not built where the "
+            "job is submitted, its rows start as N(0, 1) drawn on the shards "
+            "(nn.Embedding's default). Pass the rows you want with init_from={name: rows}, or "
+            "leave the default initialisation"
+        )
 
 
 def _table_rows(

@@ -2,8 +2,10 @@
 with ``sparse=True``, never allocated where the model is built.
 
 While a job's model is built (by the SDK, and by every worker) :func:`hosting` makes those
-modules allocate their weight on the ``meta`` device, so a 50M-row table costs nothing; then
-:func:`host_tables` swaps each for a :class:`HostedEmbedding` that holds no weight. In the
+modules allocate their weight on the ``meta`` device, so a 50M-row table costs nothing (the
+SDK keeps small tables real, so that the rows its constructor gives them are the job's
+initial rows, as in one process); then :func:`host_tables` swaps each for a
+:class:`HostedEmbedding` that holds no weight. In the
 forward pass it asks its :class:`RowSource` for the rows of the batch's unique ids only,
 computes the same function on them, and keeps them so that their gradient can be pushed
 after backward (:func:`take_row_grads`). The user's model code does not change, as with
@@ -88,27 +90,43 @@ class DrawnRows:
 
 
 @contextlib.contextmanager
-def hosting() -> Iterator[None]:
+def hosting(keep_bytes: int = 0) -> Iterator[None]:
     """Build models inside: every embedding with ``sparse=True`` gets a weight on the meta
-    device. Process-wide while it lasts (a lock keeps two builds from interleaving)."""
+    device, but one of at most ``keep_bytes`` (as float32 rows), which is built as usual with
+    the values its constructor gives it (the SDK's build: :func:`host_model_tables` takes
+    them as the table's initial rows). Process-wide while it lasts (a lock keeps two builds
+    from interleaving)."""
     with _LOCK:
         saved = nn.Embedding.__init__, nn.EmbeddingBag.__init__
-        nn.Embedding.__init__ = _on_meta(saved[0])  # type: ignore[method-assign]
-        nn.EmbeddingBag.__init__ = _on_meta(saved[1])  # type: ignore[method-assign]
+        nn.Embedding.__init__ = _on_meta(saved[0], keep_bytes)  # type: ignore[method-assign]
+        nn.EmbeddingBag.__init__ = _on_meta(saved[1], keep_bytes)  # type: ignore[method-assign]
         try:
             yield
         finally:
             nn.Embedding.__init__, nn.EmbeddingBag.__init__ = saved  # type: ignore[method-assign]
 
 
-def _on_meta(init: Callable[..., None]) -> Callable[..., None]:
+# Set on a sparse embedding built by :func:`hosting`: the weight's version once built (meta:
+# a later in-place change by the constructor shows as a newer one), or True for one kept.
+_BUILT, _KEPT = "_psc_built_version", "_psc_kept"
+
+
+def _on_meta(init: Callable[..., None], keep_bytes: int) -> Callable[..., None]:
     signature = inspect.signature(init)
 
     def patched(self: nn.Module, *args: Any, **kwargs: Any) -> None:
         bound = signature.bind(self, *args, **kwargs)
-        if bound.arguments.get("sparse") and bound.arguments.get("_weight") is None:
-            bound.arguments["device"] = "meta"
+        args_of = bound.arguments
+        hosted = bool(args_of.get("sparse")) and args_of.get("_weight") is None
+        size = int(args_of["num_embeddings"]) * int(args_of["embedding_dim"]) * 4
+        kept = hosted and size <= keep_bytes
+        if hosted and not kept:
+            args_of["device"] = "meta"
         init(*bound.args, **bound.kwargs)
+        if hosted:
+            weight = self.weight
+            assert isinstance(weight, torch.Tensor)
+            setattr(self, _KEPT if kept else _BUILT, True if kept else weight._version)
 
     return patched
 
@@ -194,10 +212,28 @@ class HostedEmbedding(nn.Module):
         self._touched = []
 
 
+@dataclass(frozen=True)
+class HostedTables:
+    """What :func:`host_model_tables` found: the tables, in module order; the rows of those
+    kept (built with their constructor's values) by name; and the names of meta tables the
+    constructor changed in place after building them (values nobody can reproduce)."""
+
+    tables: list[TableInfo]
+    rows: dict[str, torch.Tensor]
+    changed: list[str]
+
+
 def host_tables(model: nn.Module) -> list[TableInfo]:
-    """Swap every meta-device sparse embedding of ``model`` (built under :func:`hosting`) for
-    a :class:`HostedEmbedding`; the tables, in module order."""
+    """Swap every sparse embedding of ``model`` built under :func:`hosting` for a
+    :class:`HostedEmbedding`; the tables, in module order."""
+    return host_model_tables(model).tables
+
+
+def host_model_tables(model: nn.Module) -> HostedTables:
+    """:func:`host_tables`, with the kept tables' rows and the meta ones changed in place."""
     found: list[TableInfo] = []
+    rows: dict[str, torch.Tensor] = {}
+    changed: list[str] = []
     for path, module in list(model.named_modules()):
         if isinstance(module, DynamicEmbedding):
             info = _dynamic_info(path, module)
@@ -207,16 +243,21 @@ def host_tables(model: nn.Module) -> list[TableInfo]:
             found.append(info)
             continue
         bag = isinstance(module, nn.EmbeddingBag)
-        if not isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or not module.weight.is_meta:
+        if not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            continue
+        kept = bool(getattr(module, _KEPT, False))
+        if not module.weight.is_meta and not kept:
             continue
         _check_supported(path, module)
         num_rows, dim = module.weight.shape
-        pad = module.padding_idx
-        info = TableInfo(f"{path}.weight", int(num_rows), int(dim), pad)
-        hosted = HostedEmbedding(len(found), info, module, bag)
-        _replace(model, path, hosted)
+        info = TableInfo(f"{path}.weight", int(num_rows), int(dim), module.padding_idx)
+        if kept:
+            rows[info.name] = module.weight.detach().to(torch.float32).contiguous()
+        elif module.weight._version != getattr(module, _BUILT, module.weight._version):
+            changed.append(info.name)
+        _replace(model, path, HostedEmbedding(len(found), info, module, bag))
         found.append(info)
-    return found
+    return HostedTables(found, rows, changed)
 
 
 def _dynamic_info(path: str, module: DynamicEmbedding) -> TableInfo:

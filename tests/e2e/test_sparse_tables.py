@@ -184,7 +184,8 @@ def test_one_worker_in_sync_is_single_process_torch_with_sparse_gradients(
 def test_the_fetched_model_scores_what_the_job_reported(
     one_worker: LocalCluster, tmp_path: Path
 ) -> None:
-    # Prepare: tables drawn on the shards (no init_from), mean bags.
+    # Prepare: no init_from (the table starts with the rows its constructor gives it), mean
+    # bags.
     g = torch.Generator().manual_seed(5)
     ids = torch.randint(0, 5000, (600, 4), generator=g)
     y = torch.remainder(ids[:, 0], 3)  # the class lives in the first id's row
