@@ -16,7 +16,12 @@ A move sends the half of the parameters and momentum that changes shard (one suc
 relayed by the coordinator) and checkpoints every new shard's part; the ratio says how close
 it is to that.
 
-    .venv/bin/python bench/scale_shards.py [--hidden 4544] [--warmup 30]
+With ``--table-rows N`` the job is a bag-of-ids classifier whose one embedding table (N rows
+of 16, rowwise adagrad: N x 68 bytes on the shards, drawn there) is nearly all of it: what a
+move of a sparse job costs, its rows read by each new shard from the old ones. Its baseline
+pull is of the few dense parameters only, so its ratio says little.
+
+    .venv/bin/python bench/scale_shards.py [--hidden 4544] [--warmup 30] [--table-rows 0]
 """
 
 from __future__ import annotations
@@ -29,12 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
 from bench.compression import upsampled  # noqa: E402
 from bench.compression_model import WideNet  # noqa: E402
+from bench.scale_shards_model import TableBag  # noqa: E402
 from pscluster.client.job import Job  # noqa: E402
 from pscluster.client.local import LocalCluster  # noqa: E402
 from pscluster.client.scaling import JobMove, ShardScaling  # noqa: E402
@@ -106,9 +114,20 @@ def row(label: str, move: JobMove, pull: float) -> dict[str, Any]:
     }
 
 
+def table_data(rows: int) -> tuple[Any, Any]:
+    """Bags of 8 ids, the label planted on the first id's parity."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, rows, (4000, 8), generator=g)
+    y = ids[:, 0] % 2
+    return (ids[:3000], y[:3000]), (ids[3000:], y[3000:])
+
+
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    digits = load_job_file(ROOT / "examples" / "digits.yaml").submit_kwargs()
-    train, test = upsampled(digits["train"], digits["test"])
+    if args.table_rows:
+        train, test = table_data(args.table_rows)
+    else:
+        digits = load_job_file(ROOT / "examples" / "digits.yaml").submit_kwargs()
+        train, test = upsampled(digits["train"], digits["test"])
     cluster = LocalCluster(shards=2, workers=2, state_dir=folder, register_shards=True)
     with cluster, cluster.client() as client:
         job = submit(client, train, test, args)
@@ -125,11 +144,24 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     return {
         "params": params,
         "model_mb": round(params * 4 / 1e6, 1),
+        "table_rows": args.table_rows,
         "rows": [row("2 -> 3", grown, before), row("3 -> 2", shrunk, on_three)],
     }
 
 
 def submit(client: Client, train: Any, test: Any, args: argparse.Namespace) -> Job:
+    if args.table_rows:
+        return client.submit(
+            model=TableBag,
+            model_kwargs={"rows": args.table_rows},
+            train=train,
+            test=test,
+            mode="async",
+            epochs=1000,  # cancelled once measured
+            batch_size=32,
+            optimizer={"name": "adam", "lr": 0.01},
+            sparse_optimizer={"name": "rowwise_adagrad", "lr": 0.1},
+        )
     return client.submit(
         model=WideNet,
         model_kwargs={"hidden": args.hidden},
@@ -161,6 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=4544)
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--table-rows", type=int, default=0, help="a table job of this many rows")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="scale_shards-") as folder:
         try:
@@ -172,10 +205,15 @@ def main() -> None:
             raise
     result["machine"] = machine()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale_shards.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"WideNet(hidden={args.hidden}): {result['params']:,} parameters, {result['model_mb']} MB"
-    )
+    name = f"scale_shards_table{args.table_rows}.json" if args.table_rows else "scale_shards.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    if args.table_rows:
+        print(f"TableBag: {args.table_rows:,} rows of 16 on the shards")
+    else:
+        print(
+            f"WideNet(hidden={args.hidden}): {result['params']:,} parameters, "
+            f"{result['model_mb']} MB"
+        )
     print(table(result))
 
 
