@@ -151,26 +151,25 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 def submit(client: Client, train: Any, test: Any, args: argparse.Namespace) -> Job:
     if args.table_rows:
-        return client.submit(
-            model=TableBag,
-            model_kwargs={"rows": args.table_rows},
-            train=train,
-            test=test,
-            mode="async",
-            epochs=1000,  # cancelled once measured
-            batch_size=32,
-            optimizer={"name": "adam", "lr": 0.01},
-            sparse_optimizer={"name": "rowwise_adagrad", "lr": 0.1},
-        )
+        model: dict[str, Any] = {
+            "model": TableBag,
+            "model_kwargs": {"rows": args.table_rows},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "sparse_optimizer": {"name": "rowwise_adagrad", "lr": 0.1},
+        }
+    else:
+        model = {
+            "model": WideNet,
+            "model_kwargs": {"hidden": args.hidden},
+            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+        }
     return client.submit(
-        model=WideNet,
-        model_kwargs={"hidden": args.hidden},
         train=train,
         test=test,
         mode="async",
         epochs=1000,  # cancelled once measured
         batch_size=32,
-        optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9},
+        **model,
     )
 
 

@@ -35,7 +35,7 @@ from pscluster.v1 import parameter_server_pb2 as ps_pb2
 State = tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 _BUFFERS, _ZEROS = "buffers", "hold_zeros"
-_OPT, _POLICY, _STEP_SUM = "opt.", "policy.", "policy.sum"
+_OPT, _POLICY = "opt.", "policy."
 # What the job runs with, which a move must not change (a live switch may have changed the
 # consistency since the job was submitted, so the old states say it, not the new configs).
 _KEPT = (
@@ -92,7 +92,7 @@ def recut_skeletons(
         _owners(kept, len(configs)),
     )
     open_step = any(m.get("pushes") for _, m in policies)
-    if open_step and _STEP_SUM not in (dn.dense_dtypes(olds[0].meta) or {}):
+    if open_step and dn.STEP_SUM not in (dn.dense_dtypes(olds[0].meta) or {}):
         raise ValueError("an old shard holds pushes of an open sync step but no gradient sum")
     meta = _job_meta(olds, open_step=open_step)
     counter_homes = homes([o.values for o in olds], new_values)

@@ -5,10 +5,10 @@ While a job's model is built (by the SDK, and by every worker) :func:`hosting` m
 modules allocate their weight on the ``meta`` device, so a 50M-row table costs nothing (the
 SDK keeps small tables real, so that the rows its constructor gives them are the job's
 initial rows, as in one process); then :func:`host_tables` swaps each for a
-:class:`HostedEmbedding` that holds no weight. In the
-forward pass it asks its :class:`RowSource` for the rows of the batch's unique ids only,
-computes the same function on them, and keeps them so that their gradient can be pushed
-after backward (:func:`take_row_grads`). The user's model code does not change, as with
+:class:`HostedEmbedding` that holds no weight. In the forward pass it asks its
+:class:`RowSource` for the rows of the batch's unique ids only, computes the same function on
+them, and keeps them so that their gradient can be pushed after backward
+(:func:`take_row_grads`). The user's model code does not change, as with
 TorchRec's sharded modules.
 """
 
@@ -106,9 +106,10 @@ def hosting(keep_bytes: int = 0) -> Iterator[None]:
             nn.Embedding.__init__, nn.EmbeddingBag.__init__ = saved  # type: ignore[method-assign]
 
 
-# Set on a sparse embedding built by :func:`hosting`: the weight's version once built (meta:
-# a later in-place change by the constructor shows as a newer one), or True for one kept.
-_BUILT, _KEPT = "_psc_built_version", "_psc_kept"
+# Set on a sparse embedding built by :func:`hosting` to hold its table: its weight's version
+# once built. On the meta device, a later in-place change by the constructor shows as a newer
+# one; a weight not on it was kept (small enough) and carries its values.
+_BUILT = "_psc_built_version"
 
 
 def _on_meta(init: Callable[..., None], keep_bytes: int) -> Callable[..., None]:
@@ -124,9 +125,7 @@ def _on_meta(init: Callable[..., None], keep_bytes: int) -> Callable[..., None]:
             args_of["device"] = "meta"
         init(*bound.args, **bound.kwargs)
         if hosted:
-            weight = self.weight
-            assert isinstance(weight, torch.Tensor)
-            setattr(self, _KEPT if kept else _BUILT, True if kept else weight._version)
+            setattr(self, _BUILT, self.weight._version)
 
     return patched
 
@@ -245,7 +244,8 @@ def host_model_tables(model: nn.Module) -> HostedTables:
         bag = isinstance(module, nn.EmbeddingBag)
         if not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             continue
-        kept = bool(getattr(module, _KEPT, False))
+        built = getattr(module, _BUILT, None)
+        kept = built is not None and not module.weight.is_meta
         if not module.weight.is_meta and not kept:
             continue
         _check_supported(path, module)
@@ -253,7 +253,7 @@ def host_model_tables(model: nn.Module) -> HostedTables:
         info = TableInfo(f"{path}.weight", int(num_rows), int(dim), module.padding_idx)
         if kept:
             rows[info.name] = module.weight.detach().to(torch.float32).contiguous()
-        elif module.weight._version != getattr(module, _BUILT, module.weight._version):
+        elif built is not None and module.weight._version != built:
             changed.append(info.name)
         _replace(model, path, HostedEmbedding(len(found), info, module, bag))
         found.append(info)

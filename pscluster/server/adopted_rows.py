@@ -41,6 +41,13 @@ def without_rows(tensors: Tensors) -> Tensors:
     return {name: t for name, t in tensors.items() if not name.startswith(TABLES)}
 
 
+def rows_for(tensors: Tensors, specs: Sequence[TableSpec], shards: int, index: int) -> Tensors:
+    """The rows of a state's tables (held under ``specs``) that new shard ``index`` of
+    ``shards`` owns: :func:`moving_rows.outgoing` of its ``"tables."`` tensors."""
+    tables = {k[len(TABLES) :]: v for k, v in tensors.items() if k.startswith(TABLES)}
+    return moving_rows.outgoing(tables, specs, shards, index)
+
+
 def with_rows(
     job_id: str,
     state: dn.State,

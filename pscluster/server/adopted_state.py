@@ -117,16 +117,19 @@ def _fill_from_source(
 
 
 def _check_cover(job_id: str, config: JobConfig, segments: Sequence[Segment]) -> None:
-    """The segments must cover the state's range, in order, each once; none is both kept
-    here and read from another shard."""
+    """The segments must cover the state's range, in order, each once; each is either kept
+    here or read from another shard."""
     at = config.start
     for segment in segments:
         if segment.local == bool(segment.source):
-            what = f"both kept here and read from shard {segment.source}"
+            how = (
+                f"both kept here and read from shard {segment.source}"
+                if segment.local
+                else "neither kept here nor read from a shard"
+            )
             raise InvalidArgument(
-                f"a segment of job {job_id}'s adopted state at {segment.start} is "
-                f"{what if segment.local else 'neither kept here nor read from a shard'}; it is "
-                "one or the other"
+                f"a segment of job {job_id}'s adopted state at {segment.start} is {how}; it "
+                "is one or the other"
             )
         if segment.start != at or segment.length <= 0:
             raise InvalidArgument(

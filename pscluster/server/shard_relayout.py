@@ -24,7 +24,7 @@ import torch
 
 from pscluster.errors import FailedPrecondition, InvalidArgument, LayoutMoved
 from pscluster.server import relayout
-from pscluster.server.adopted_rows import TABLES, FetchRows, RowSource, with_rows, without_rows
+from pscluster.server.adopted_rows import FetchRows, RowSource, rows_for, with_rows, without_rows
 from pscluster.server.adopted_state import Fetch, OwnCopy, Segment, received_state
 from pscluster.server.domain import JobConfig
 from pscluster.server.durability import dense as dn
@@ -34,7 +34,6 @@ from pscluster.server.durability.journal import DurabilityConfig, Journal
 from pscluster.server.durability.staging import stage
 from pscluster.server.layout_gate import HoldAction, HoldStatus
 from pscluster.server.shard_job import ShardJob
-from pscluster.server.tables import moving_rows
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +106,8 @@ class RelayoutMixin:
     def export_rows(self, job_id: str, generation: int, shards: int, index: int) -> bytes:
         """The rows of the job's tables at layout ``generation`` (held here, or the copy an
         adoption retired) that new shard ``index`` of ``shards`` owns, with their ids, as an
-        image of tensors alone (:func:`moving_rows.outgoing`). Read as the ranges are: lent,
-        outside the lock, from a job no push changes."""
+        image of tensors alone (:func:`~pscluster.server.adopted_rows.rows_for`). Read as the
+        ranges are: lent, outside the lock, from a job no push changes."""
         if not 0 <= index < shards:
             raise InvalidArgument(f"rows for new shard {index} of {shards}: no such shard")
         try:
@@ -116,7 +115,7 @@ class RelayoutMixin:
         except LayoutMoved:  # an adoption here retired it just now
             job, (tensors, _) = self._state_at(job_id, generation)
         version = job.version
-        rows = moving_rows.outgoing(_tables_of(tensors), job.config.tables, shards, index)
+        rows = rows_for(tensors, job.config.tables, shards, index)
         if job.version != version:
             raise FailedPrecondition(f"job {job_id} took a push while its rows were read")
         return state_to_bytes(rows, {})
@@ -184,8 +183,7 @@ class RelayoutMixin:
                 return dn.split(*held.state_dict(copy=False))[1], held.config.start
 
             def own_rows(shards: int, index: int) -> dict[str, torch.Tensor]:
-                tables = _tables_of(held.state_dict(copy=False)[0])
-                return moving_rows.outgoing(tables, held.config.tables, shards, index)
+                return rows_for(held.state_dict(copy=False)[0], held.config.tables, shards, index)
 
         limit = self.max_state_bytes
         state, image = received_state(job_id, size, data, segments, own, limit, fetch)
@@ -272,8 +270,3 @@ class RelayoutMixin:
         here = old.config.layout_generation if old is not None else self._moved.get(job_id)
         relayout.check_newer(job_id, generation, here, "AdoptJob")
         return old
-
-
-def _tables_of(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state's table tensors, named as :mod:`moving_rows` names them (no prefix)."""
-    return {k[len(TABLES) :]: v for k, v in tensors.items() if k.startswith(TABLES)}

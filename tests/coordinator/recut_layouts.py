@@ -14,13 +14,12 @@ from pscluster.coordinator.model_spec import counter_spans_in
 from pscluster.coordinator.recut import State, recut_skeletons
 from pscluster.coordinator.recut_ranges import Piece, cut
 from pscluster.model.partition import BalancedRanges, Range, rows_partitioner
-from pscluster.server.adopted_rows import TABLES, RowSource, with_rows, without_rows
+from pscluster.server.adopted_rows import RowSource, rows_for, with_rows, without_rows
 from pscluster.server.convert import job_config
 from pscluster.server.domain import JobConfig, PushHeader, PushResult
 from pscluster.server.durability import dense as dn
 from pscluster.server.durability.image import restore
 from pscluster.server.shard_job import ShardJob
-from pscluster.server.tables.moving_rows import outgoing
 from pscluster.server.tables.rows import encode_rows
 from pscluster.transport import wire
 from pscluster.v1 import common_pb2
@@ -281,8 +280,7 @@ def recut(
 def _rows(old: Sequence[State], source: str, shards: int, index: int) -> dict[str, torch.Tensor]:
     """What old shard number ``source`` sends new shard ``index`` of ``shards``."""
     tensors, meta = old[int(source)]
-    tables = {k[len(TABLES) :]: v for k, v in tensors.items() if k.startswith(TABLES)}
-    return outgoing(tables, JobConfig.from_json(meta["config"]).tables, shards, index)
+    return rows_for(tensors, JobConfig.from_json(meta["config"]).tables, shards, index)
 
 
 def _values_range(state: State) -> Range:

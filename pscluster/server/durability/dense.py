@@ -5,9 +5,9 @@ moments (momentum, Adam's two) and an open sync step's summed gradient, cut by g
 alone. That part is kept apart from the rest (the *skeleton*: buffers, the rest of an open
 sync step, the held-zeros mask and the JSON; the tables' rows go shard to shard on their own,
 :mod:`pscluster.server.adopted_rows`), which travels as a checkpoint image through the
-coordinator and is recut there. The per-value
-tensors travel as raw bytes of global ranges, and only the ranges that change shard: a shard
-in both layouts keeps its overlap where it is (:mod:`pscluster.coordinator.recut_moves`).
+coordinator and is recut there. The per-value tensors travel as raw bytes of global ranges,
+and only the ranges that change shard: a shard in both layouts keeps its overlap where it is
+(:mod:`pscluster.coordinator.recut_moves`).
 
 A skeleton's metadata lists its per-value tensors (``dense``: name and dtype, in the order
 their bytes travel), so that a state is never mistaken for a whole one.
@@ -24,7 +24,8 @@ from pscluster.errors import InvalidArgument
 
 State = tuple[dict[str, torch.Tensor], dict[str, Any]]
 DENSE_KEY = "dense"
-_VALUES, _OPT, _STEP_SUM = "values", "opt.", "policy.sum"
+_VALUES, _OPT = "values", "opt."
+STEP_SUM = "policy.sum"  # an open sync step's summed gradient (server/consistency/sync.py)
 _DTYPES = {
     str(d).removeprefix("torch."): d
     for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8)
@@ -34,7 +35,7 @@ _DTYPES = {
 def is_dense(name: str, tensor: torch.Tensor) -> bool:
     """The values, the optimizer's per-element state (not a 0-d one such as Adam's step) and
     an open sync step's summed gradient."""
-    return name in (_VALUES, _STEP_SUM) or (name.startswith(_OPT) and tensor.dim() > 0)
+    return name in (_VALUES, STEP_SUM) or (name.startswith(_OPT) and tensor.dim() > 0)
 
 
 def split(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> tuple[State, dict[str, Any]]:
