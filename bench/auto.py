@@ -197,19 +197,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=RESULTS / "auto.json")
+    parser.add_argument(
+        "--only", default="", help="a quick look: 'job|scenario' (e.g. 'digits lr 0.2|4 equal')"
+    )
     args = parser.parse_args()
+    only_job, _, only_scenario = args.only.partition("|")
     base = load_job_file(ROOT / "examples" / "digits.yaml").submit_kwargs()
     base["epochs"] = args.epochs
-    raw: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {j: {} for j in JOBS}
+    jobs = {j: lr for j, lr in JOBS.items() if only_job in ("", j)}
+    raw: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {j: {} for j in jobs}
     with tempfile.TemporaryDirectory(prefix="psc-auto-") as tmp:
         for scenario, (slowdown, halfway) in SCENARIOS.items():
+            if only_scenario and scenario != only_scenario:
+                continue
             cluster = start(Path(tmp) / scenario.replace(" ", "-"), slowdown)
             for by in raw.values():
                 by[scenario] = {name: [] for name, _ in SETTINGS}
             try:
                 # Interleaved, so that whatever else loads the machine weighs on all alike.
                 for repeat in range(args.repeats):
-                    for job_name, lr in JOBS.items():
+                    for job_name, lr in jobs.items():
                         for name, setting in SETTINGS:
                             optimizer = {**base["optimizer"], "lr": lr}
                             job = {**base, **setting, "optimizer": optimizer, "seed": repeat}

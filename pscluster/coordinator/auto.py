@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from pscluster.coordinator.auto_loss import LossJudge, LossRules
 from pscluster.errors import InvalidArgument
+from pscluster.server.consistency import TrialStep
 
 # A threshold is crossed back only at this fraction of the way in (Schmitt trigger).
 _OUT = 0.8
@@ -115,8 +116,12 @@ class Observation:
 
 @dataclass(frozen=True)
 class Switch:
+    """A new setting and why; or, with no reason, only a step of the trial (the setting
+    stays)."""
+
     to: Consistency
     reason: str
+    trial: TrialStep = TrialStep.NONE
 
 
 class AutoConsistency:
@@ -126,7 +131,13 @@ class AutoConsistency:
 
     ``resumed``: the job ran under an earlier coordinator, so its shards may hold any
     setting; the first observation then says which one they are to hold, whatever it is.
-    Verdicts are not carried across a restart: the job starts at the free rung again."""
+    Verdicts are not carried across a restart: the job starts at the free rung again.
+
+    ``undoable``: the shards keep a copy of the job's state when a stale setting begins (a
+    *trial*, :mod:`pscluster.server.trial`; not for jobs with embedding tables). A verdict
+    against the setting while its trial is open sends the job back to that copy, so the
+    damage staleness did is not trained out of; one block judged without a verdict keeps the
+    trial, and a later verdict only tightens."""
 
     def __init__(
         self,
@@ -135,6 +146,7 @@ class AutoConsistency:
         start: Consistency = SYNC,
         *,
         resumed: bool = False,
+        undoable: bool = True,
     ) -> None:
         self.settings = settings or AutoSettings()
         self.current = start
@@ -148,6 +160,8 @@ class AutoConsistency:
         self._last = -math.inf  # when the last observation was judged
         self._opening = True
         self._resumed = resumed
+        self.undoable = undoable
+        self.trial_since: float | None = None  # when the open trial began (None: none open)
 
     def observe(self, obs: Observation) -> Switch | None:
         """Fold one observation in; the switch it calls for, if any (already in force here:
@@ -155,6 +169,9 @@ class AutoConsistency:
         verdict = self.judge.feed(obs.losses, judged=self.current.stale)
         if verdict is not None:
             return self._tighten(obs, verdict)
+        if self.trial_since is not None and self.judge.passed:
+            self.trial_since = None  # a block judged fine: the setting keeps what it did
+            return Switch(self.current, "", TrialStep.END)
         if obs.now - self._last < self.settings.interval_seconds:
             return None
         self._last = obs.now
@@ -168,7 +185,10 @@ class AutoConsistency:
             self._opening = False
             if self._resumed:
                 why = why or "no measured workers yet"
-                return self._switch(target, obs.now, f"the coordinator restarted; {why}")
+                # The shards may hold an earlier controller's trial copy: it goes.
+                return self._switch(
+                    target, obs.now, f"the coordinator restarted; {why}", TrialStep.END
+                )
             if target != self.current:
                 return self._switch(target, obs.now, why)
         self._votes.append(target)
@@ -220,14 +240,35 @@ class AutoConsistency:
         if len(obs.busy) < obs.members:
             target, why = SYNC, "not every member measured yet"
         self._opening = False
-        return self._switch(target, obs.now, f"{verdict}; no staleness for {held:.0f} s ({why})")
+        why = f"{verdict}; no staleness for {held:.0f} s ({why})"
+        if self.trial_since is not None:
+            ago = obs.now - self.trial_since
+            why += (
+                f"; the parameters go back to where {self.current.describe()} began {ago:.1f} s ago"
+            )
+            return self._switch(target, obs.now, why, TrialStep.UNDO)
+        return self._switch(target, obs.now, why)
 
-    def _switch(self, to: Consistency, now: float, why: str) -> Switch:
+    def _switch(
+        self, to: Consistency, now: float, why: str, trial: TrialStep = TrialStep.NONE
+    ) -> Switch:
+        """Put ``to`` in force; ``trial`` (UNDO, or END on a restart) or else the step the
+        change calls for: a stale setting entered from a staleness-free one begins a trial,
+        one left without a verdict ends it."""
         before = self.current
+        if trial is TrialStep.NONE and to.stale != before.stale:
+            if to.stale and self.undoable:
+                trial = TrialStep.BEGIN
+            elif not to.stale and self.trial_since is not None:
+                trial = TrialStep.END
+        if trial is TrialStep.BEGIN:
+            self.trial_since = now
+        elif trial is not TrialStep.NONE:
+            self.trial_since = None
         self.current, self.since = to, now
         self._votes.clear()
         self.judge.restart()  # the loss is judged anew under each setting
-        return Switch(to, f"{before.describe()} -> {to.describe()}: {why}")
+        return Switch(to, f"{before.describe()} -> {to.describe()}: {why}", trial)
 
 
 def _outliers(busy: Mapping[str, float], factor: float) -> dict[str, float]:

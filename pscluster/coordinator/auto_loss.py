@@ -54,10 +54,12 @@ class LossJudge:
         self._block: list[float] = []
         self._previous: float | None = None
         self.first: float | None = None
+        self.passed = 0  # blocks judged without a verdict since the last restart
 
     def restart(self) -> None:
         self._block.clear()
         self._previous = None
+        self.passed = 0
 
     def feed(self, losses: Iterable[float], judged: bool) -> str | None:
         """Add step losses; with ``judged`` (the setting in force is stale), why the last
@@ -73,6 +75,7 @@ class LossJudge:
                 self.first = mean
             if judged and self._previous is not None and verdict is None:
                 verdict = self._judge(self._previous, mean)
+                self.passed += verdict is None
             self._previous = mean
         return verdict
 

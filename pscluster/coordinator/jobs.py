@@ -191,6 +191,7 @@ class JobManager:
             done=job.done_partitions,
             evals=job.pending_evals,
             samples=job.samples,
+            undoable=not spec.model.tables,
         )
 
     def _batch_counts(self, job: st.JobRecord, spec: co_pb2.JobSpec) -> list[int] | None:

@@ -160,6 +160,11 @@ class FlatOptimizer:
                 scalars[key] = value
         return tensors, scalars
 
+    def reset_state(self) -> None:
+        """Forget the per-parameter state, as before the first step (the next step creates it
+        anew, exactly as torch.optim does on a fresh optimizer)."""
+        self._opt.state.clear()
+
     def load_state_tensors(
         self, tensors: dict[str, torch.Tensor], scalars: dict[str, float | None]
     ) -> None:

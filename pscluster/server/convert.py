@@ -21,6 +21,7 @@ from pscluster.server.domain import (
 from pscluster.server.layout_gate import HoldAction, HoldStatus
 from pscluster.server.tables.rows import F32, RowBlockInfo
 from pscluster.server.tables.spec import table_spec
+from pscluster.server.trial import TrialStep
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
@@ -152,3 +153,19 @@ def hold_reply(status: HoldStatus) -> ps_pb2.HoldJobReply:
         version=status.version,
         layout_generation=status.layout_generation,
     )
+
+
+_TRIAL_STEPS = {
+    ps_pb2.TRIAL_UNSPECIFIED: TrialStep.NONE,
+    ps_pb2.TRIAL_BEGIN: TrialStep.BEGIN,
+    ps_pb2.TRIAL_UNDO: TrialStep.UNDO,
+    ps_pb2.TRIAL_END: TrialStep.END,
+}
+
+
+def trial_step(trial: int) -> TrialStep:
+    """A SetConsistencyRequest's trial; InvalidArgument for a value this shard does not know."""
+    try:
+        return _TRIAL_STEPS[trial]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(f"unknown trial step {trial}: expected 0-3") from None

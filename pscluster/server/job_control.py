@@ -16,6 +16,7 @@ from pscluster.server.clocks import check_member_ids
 from pscluster.server.consistency import validate_consistency
 from pscluster.server.domain import JobConfig
 from pscluster.server.job_state import JobState
+from pscluster.server.trial import TrialStep
 
 if TYPE_CHECKING:
     from pscluster.server.durability.journal import Journal
@@ -70,32 +71,44 @@ class JobControl:
         return generation
 
     def set_consistency(
-        self, mode: str, staleness: int, backup_workers: int, revision: int
-    ) -> tuple[int, int]:
+        self,
+        mode: str,
+        staleness: int,
+        backup_workers: int,
+        revision: int,
+        trial: TrialStep = TrialStep.NONE,
+    ) -> tuple[int, int, bool]:
         """Switch the job's consistency live (mode "auto" on the coordinator) unless
-        ``revision`` is not newer than the one in force; returns (revision in force, version).
-        Logged like a membership change, so that recovery replays it between the same pushes.
+        ``revision`` is not newer than the one in force, doing ``trial`` to the trial copy
+        (:mod:`pscluster.server.trial`); returns (revision in force, version, whether the
+        state went back to the copy). Logged like a membership change, so that recovery
+        replays it between the same pushes.
         """
         validate_consistency(mode, staleness, backup_workers)
         state = self._state
         with self._cond:
             self._check_alive()
             if revision <= state.revision:
-                return state.revision, state.version
+                return state.revision, state.version, False
             ticket = 0
             if self._journal is not None:
-                ticket = self._journal.log_consistency(mode, staleness, backup_workers, revision)
-            state.set_consistency(mode, staleness, backup_workers, revision)
+                ticket = self._journal.log_consistency(
+                    mode, staleness, backup_workers, revision, trial.value
+                )
+            _, undone = state.set_consistency(mode, staleness, backup_workers, revision, trial)
             self.config = state.config
             version = state.version
         self._commit(ticket)
         log.info(
-            "job %s revision %d: consistency is now %s (staleness %d, backup workers %d)",
+            "job %s revision %d: consistency is now %s (staleness %d, backup workers %d)%s",
             self.config.job_id,
             revision,
             mode,
             staleness,
             backup_workers,
+            f", trial {trial.value}" + (" (went back to the copy)" if undone else "")
+            if trial is not TrialStep.NONE
+            else "",
             extra={"job_id": self.config.job_id},
         )
-        return revision, version
+        return revision, version, undone

@@ -29,6 +29,7 @@ from pscluster.server.snapshots import SnapshotCache
 from pscluster.server.stats import JobCounters
 from pscluster.server.tables.job_tables import JobTables
 from pscluster.server.tables.rows import RowGrads
+from pscluster.server.trial import TrialCopy, TrialStep
 from pscluster.server.zero_mask import ZeroMask
 
 
@@ -69,6 +70,7 @@ class JobState(JobStateCheckpoint):
         self.generation = 0
         self.ledger = PushLedger()
         self.counters = JobCounters()
+        self.trial: TrialCopy | None = None  # mode auto's copy to go back to (server/trial.py)
         # Not state: copies of the values that pulls stream from (copy-on-write).
         self.snapshots = SnapshotCache(config.length)
         self._wake = wake
@@ -152,20 +154,47 @@ class JobState(JobStateCheckpoint):
         return result
 
     def set_consistency(
-        self, mode: str, staleness: int, backup_workers: int, revision: int
-    ) -> bool:
+        self,
+        mode: str,
+        staleness: int,
+        backup_workers: int,
+        revision: int,
+        trial: TrialStep = TrialStep.NONE,
+    ) -> tuple[bool, bool]:
         """Replace the mode between two pushes (see :mod:`pscluster.server.consistency.switch`)
-        unless ``revision`` is not newer than the one in force; whether it was replaced. The
-        config says the mode in force, so a checkpoint rebuilds the job in it."""
+        unless ``revision`` is not newer than the one in force, and do ``trial`` to the trial
+        copy (:mod:`pscluster.server.trial`); (whether the revision was taken, whether the
+        state went back to the copy). The config says the mode in force, so a checkpoint
+        rebuilds the job in it."""
         if revision <= self.revision:
-            return False
-        self.policy = switch_policy(self, self.policy, mode, staleness, backup_workers)
-        self.config = replace(
-            self.config, mode=mode, staleness=staleness, backup_workers=backup_workers
-        )
+            return False, False
+        if (mode, staleness, backup_workers) != (
+            self.config.mode,
+            self.config.staleness,
+            self.config.backup_workers,
+        ):
+            self.policy = switch_policy(self, self.policy, mode, staleness, backup_workers)
+            self.config = replace(
+                self.config, mode=mode, staleness=staleness, backup_workers=backup_workers
+            )
         self.revision = revision
+        if trial is TrialStep.BEGIN and not len(self.tables):
+            # After the switch: an open sync step the switch applied is in the copy.
+            self.trial = TrialCopy.take(self.opt, self.buffers)
+        undone = trial is TrialStep.UNDO and self.trial is not None
+        if undone:
+            self._undo_trial()
+        if trial in (TrialStep.UNDO, TrialStep.END):
+            self.trial = None
         self._wake()  # a step may have closed, a bound loosened: waiting pulls look again
-        return True
+        return True, undone
+
+    def _undo_trial(self) -> None:
+        """The learned state becomes the trial copy, at a new version (pulls must see it)."""
+        assert self.trial is not None
+        self.snapshots.before_update()
+        self.trial.restore_into(self.opt, self.buffers)
+        self.version += 1
 
     def check_member(self, worker_id: str) -> None:
         if worker_id not in self.clocks:

@@ -20,6 +20,7 @@ from pscluster.server.job_buffers import JobBuffers
 from pscluster.server.snapshots import SnapshotCache
 from pscluster.server.stats import JobCounters
 from pscluster.server.tables.job_tables import JobTables
+from pscluster.server.trial import TrialCopy
 from pscluster.server.zero_mask import ZeroMask
 
 StateDict = tuple[dict[str, torch.Tensor], dict[str, Any]]
@@ -48,6 +49,7 @@ class JobStateCheckpoint:
     ledger: PushLedger
     counters: JobCounters
     snapshots: SnapshotCache
+    trial: TrialCopy | None
     _wake: Callable[[], None]
 
     def state_dict(self, checkpoint: str = "", *, copy: bool = True) -> StateDict:
@@ -70,6 +72,10 @@ class JobStateCheckpoint:
         zeros = self.zeros.to_state()
         if zeros is not None:
             tensors[_ZEROS] = zeros
+        trial_meta = None
+        if checkpoint and self.trial is not None:  # moves leave it behind (server/trial.py)
+            trial_tensors, trial_meta = self.trial.to_state()
+            tensors.update(trial_tensors)
         meta = {
             "config": self.config.to_json(),
             "version": self.version,
@@ -81,6 +87,7 @@ class JobStateCheckpoint:
             "policy": policy_meta,
             "consistency_revision": self.revision,
             "tables": table_scalars,
+            "trial": trial_meta,
             # Whether this holds only the table rows changed since the previous checkpoint.
             "delta": any(".delta." in name for name in table_tensors),
         }
@@ -108,6 +115,7 @@ class JobStateCheckpoint:
         self.clocks.load_state(meta["clocks"])
         self.ledger.load_state_dict(meta["last_push"])
         self.counters.load_state(meta["counters"])
+        self.trial = TrialCopy.from_state(tensors, meta.get("trial"))
         self._wake()
 
     def _load_consistency(self, meta: dict[str, Any]) -> None:

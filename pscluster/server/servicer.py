@@ -79,10 +79,14 @@ class ParameterServerServicer:
         self, request: ps_pb2.SetConsistencyRequest, context: grpc.ServicerContext
     ) -> ps_pb2.SetConsistencyReply:
         job = self._shard.job(request.job_id)
-        revision, version = job.set_consistency(
-            request.mode, request.staleness, request.backup_workers, request.revision
+        revision, version, undone = job.set_consistency(
+            request.mode,
+            request.staleness,
+            request.backup_workers,
+            request.revision,
+            convert.trial_step(request.trial),
         )
-        return ps_pb2.SetConsistencyReply(revision=revision, version=version)
+        return ps_pb2.SetConsistencyReply(revision=revision, version=version, undone=undone)
 
     @grpc_errors
     def Pull(

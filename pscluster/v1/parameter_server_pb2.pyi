@@ -65,6 +65,36 @@ payload was not taken. Pull with min_version = next_version, then push this batc
 """
 Global___PushOutcome: _TypeAlias = PushOutcome  # noqa: Y015
 
+class _Trial:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrialEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trial.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRIAL_UNSPECIFIED: _Trial.ValueType  # 0
+    """the copy, if any, stays as it is"""
+    TRIAL_BEGIN: _Trial.ValueType  # 1
+    """copy the state now (replacing an older copy)"""
+    TRIAL_UNDO: _Trial.ValueType  # 2
+    """the state becomes the copy again (a new version), the copy goes"""
+    TRIAL_END: _Trial.ValueType  # 3
+    """the copy goes: the trial is kept"""
+
+class Trial(_Trial, metaclass=_TrialEnumTypeWrapper):
+    """Mode "auto" tries a stale setting on a copy of the job's learned state (values, buffers,
+    optimizer state) kept on each shard, so that a trial the loss judges harmful is undone.
+    """
+
+TRIAL_UNSPECIFIED: Trial.ValueType  # 0
+"""the copy, if any, stays as it is"""
+TRIAL_BEGIN: Trial.ValueType  # 1
+"""copy the state now (replacing an older copy)"""
+TRIAL_UNDO: Trial.ValueType  # 2
+"""the state becomes the copy again (a new version), the copy goes"""
+TRIAL_END: Trial.ValueType  # 3
+"""the copy goes: the trial is kept"""
+Global___Trial: _TypeAlias = Trial  # noqa: Y015
+
 class _HoldAction:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -818,6 +848,7 @@ class SetConsistencyRequest(_message.Message):
     STALENESS_FIELD_NUMBER: _builtins.int
     BACKUP_WORKERS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    TRIAL_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     mode: _builtins.str
     """a shard mode: "async" | "sync" | "ssp" """
@@ -827,6 +858,8 @@ class SetConsistencyRequest(_message.Message):
     """sync: a step closes without the last this many pushes"""
     revision: _builtins.int
     """increases with every switch of the job; older ones are ignored"""
+    trial: Global___Trial.ValueType
+    """what becomes of the job's trial copy as the switch takes effect"""
     def __init__(
         self,
         *,
@@ -835,10 +868,11 @@ class SetConsistencyRequest(_message.Message):
         staleness: _builtins.int = ...,
         backup_workers: _builtins.int = ...,
         revision: _builtins.int = ...,
+        trial: Global___Trial.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "job_id", b"job_id", "mode", b"mode", "revision", b"revision", "staleness", b"staleness"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "job_id", b"job_id", "mode", b"mode", "revision", b"revision", "staleness", b"staleness", "trial", b"trial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -850,19 +884,23 @@ class SetConsistencyReply(_message.Message):
 
     REVISION_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    UNDONE_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """the revision in force on this shard"""
     version: _builtins.int
     """the job's version on this shard once it is in force"""
+    undone: _builtins.bool
+    """TRIAL_UNDO: the state went back to the copy (false: none held)"""
     def __init__(
         self,
         *,
         revision: _builtins.int = ...,
         version: _builtins.int = ...,
+        undone: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "undone", b"undone", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

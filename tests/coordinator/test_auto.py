@@ -22,7 +22,11 @@ from pscluster.coordinator.auto import (
 )
 from pscluster.coordinator.auto_loss import LossRules
 from pscluster.errors import InvalidArgument
-from pscluster.server.consistency import starting_consistency, validate_job_consistency
+from pscluster.server.consistency import (
+    TrialStep,
+    starting_consistency,
+    validate_job_consistency,
+)
 
 STEP = 0.25  # seconds between observations (a report from some worker)
 
@@ -42,7 +46,7 @@ def run(
     for i in range(int(seconds / STEP)):
         busy = {w: t * (1 + rng.uniform(-noise, noise)) for w, t in base.items()}
         switch = auto.observe(Observation(start + i * STEP, busy, [0.5]))
-        if switch is not None:
+        if switch is not None and switch.reason:  # not only a step of the trial
             switched.append(switch.to)
     return switched
 
@@ -90,8 +94,9 @@ def test_while_the_loss_falls_async_stays_whatever_the_speeds(busy: dict[str, fl
         for i in range(50)
     ]
 
-    # Assert
-    assert made == [None] * 50 and auto.current == ASYNC
+    # Assert: the one thing said is that the trial is kept, once a block was judged
+    said = [m for m in made if m is not None]
+    assert said == [Switch(ASYNC, "", TrialStep.END)] and auto.current == ASYNC
 
 
 def test_a_stalled_loss_sends_async_to_sync_and_the_reason_says_so() -> None:
@@ -117,8 +122,9 @@ def test_a_loss_that_has_settled_may_flatten_but_not_climb() -> None:
     jitter = verdict(auto, 3.0, EQUAL, [0.18] * 4)  # +64%, but 0.07 < 25% of 2.0
     climb = verdict(auto, 4.0, EQUAL, [0.8] * 4)
 
-    # Assert
-    assert flat is None and jitter is None
+    # Assert: the flat blocks keep the trial (its copy goes); nothing else is said until the climb
+    assert flat == Switch(ASYNC, "", TrialStep.END) and jitter is None
+    assert climb is not None and climb.trial is TrialStep.NONE and "go back" not in climb.reason
     assert climb is not None and climb.to == SYNC and "rose from 0.18 to 0.8" in climb.reason
 
 
@@ -128,6 +134,52 @@ def test_a_non_finite_loss_is_a_verdict() -> None:
     switch = verdict(auto, 1.0, {}, [0.5, 0.5, 0.5, 0.4, 0.5, math.nan, 0.4, 0.3])
 
     assert switch is not None and switch.to == SYNC and "not finite" in switch.reason
+
+
+def test_a_verdict_while_the_trial_is_open_sends_the_job_back_to_where_async_began() -> None:
+    # Prepare
+    auto = AutoConsistency(0.0, AutoSettings(loss=LossRules(block=4)))
+    begun = auto.observe(Observation(0.5, {}))
+
+    # Execute
+    switch = verdict(auto, 2.0, EQUAL, [2.3, 2.3, 2.4, 2.3, 2.5, 4.0, 5.0, 6.0])
+
+    # Assert
+    assert begun is not None and begun.trial is TrialStep.BEGIN
+    assert switch is not None and switch.to == SYNC and switch.trial is TrialStep.UNDO
+    assert switch.reason.endswith("the parameters go back to where async began 1.5 s ago")
+    assert auto.trial_since is None
+
+
+def test_a_job_whose_state_is_not_copied_tightens_without_going_back() -> None:
+    # Prepare (a job with embedding tables: its shards keep no trial copy)
+    auto = AutoConsistency(0.0, AutoSettings(loss=LossRules(block=4)), undoable=False)
+    begun = auto.observe(Observation(0.5, {}))
+
+    # Execute
+    switch = verdict(auto, 2.0, EQUAL, [2.3] * 8)
+
+    # Assert
+    assert begun is not None and begun.to == ASYNC and begun.trial is TrialStep.NONE
+    assert switch is not None and switch.trial is TrialStep.NONE
+    assert "go back" not in switch.reason
+
+
+def test_a_stale_rung_left_without_a_verdict_ends_its_trial() -> None:
+    # Prepare: down to sync at a verdict, then the bounded rung picks ssp for a spread
+    auto = opened(AutoSettings(loss=LossRules(block=4), hold_seconds=1.0, dwell_seconds=0.0))
+    spread = {"a": 0.01, "b": 0.014, "c": 0.018, "d": 0.025}
+    verdict(auto, 1.0, spread, [2.3] * 8)
+    steps = [auto.observe(Observation(2.0 + i * STEP, spread)) for i in range(4)]
+    into_ssp = next(s for s in steps if s is not None)
+
+    # Execute: the spread closes while still on the bounded rung
+    equal = [auto.observe(Observation(3.0 + i * STEP, EQUAL)) for i in range(4)]
+    back = next(s for s in equal if s is not None)
+
+    # Assert
+    assert into_ssp.to == Consistency("ssp", staleness=3) and into_ssp.trial is TrialStep.BEGIN
+    assert back.to == SYNC and back.trial is TrialStep.END
 
 
 def test_after_a_verdict_a_straggler_gets_a_backup_worker_not_staleness() -> None:
@@ -178,6 +230,7 @@ def test_a_resumed_job_is_told_its_setting_at_once() -> None:
     switch = auto.observe(Observation(0.0, {"a": 0.02, "b": 0.02}))
 
     assert switch is not None and switch.to == ASYNC and "restarted" in switch.reason
+    assert switch.trial is TrialStep.END  # a copy an earlier controller began goes
 
 
 def test_settings_out_of_range_are_refused() -> None:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pscluster.compression import CompressionSettings, make_compressor
 from pscluster.errors import PSError
 from pscluster.model.optimizer import OptimizerSpec
+from pscluster.server.consistency import TrialStep
 from pscluster.server.domain import JobConfig, PushHeader
 from pscluster.server.durability.journal import DurabilityConfig
 from pscluster.server.durability.recovery import recover_job
@@ -47,7 +48,8 @@ class Case:
     buffers: bool = True  # the job keeps buffers and pushes change them
     scaled: bool = False  # some pushes carry a loss scale (float32 ones: a durable job logs the
     # receive buffer itself, so the scale must be undone elsewhere)
-    switches: bool = False  # the consistency is switched live now and then (mode "auto")
+    switches: bool = False  # the consistency is switched live now and then (mode "auto"),
+    # its trial copy taken, gone back to and dropped
 
 
 CASES = {
@@ -89,7 +91,8 @@ class Driver:
             # Now and then a revision that is not newer: ignored by both.
             self.revision += self.rng.choice([-1, 1, 1, 2])
             mode, staleness, backup, revision = (*self.rng.choice(SWITCHES), self.revision)
-            _same(jobs, lambda job: job.set_consistency(mode, staleness, backup, revision))
+            trial = self.rng.choice(list(TrialStep))  # auto's trial copy: begun, undone, ended
+            _same(jobs, lambda job: job.set_consistency(mode, staleness, backup, revision, trial))
         else:
             worker = self.rng.choice(POOL)
             _same(jobs, lambda job: _pull(job, worker))
@@ -169,8 +172,10 @@ def _same(jobs: list[ShardJob], call: Any) -> None:
 
 def _state(job: ShardJob) -> dict[str, Any]:
     stats = job.stats()
-    tensors, meta = job.state_dict()
+    # As a checkpoint reads it: with mode auto's trial copy, if one is held.
+    tensors, meta = job.capture(lambda: None, "full")
     return {
+        "trial": meta["trial"],
         "tensors": {k: v.numpy().tobytes() for k, v in tensors.items()},
         **{k: meta[k] for k in ("optimizer", "policy", "generation", "clocks", "last_push")},
         "consistency": [meta["config"][k] for k in ("mode", "staleness", "backup_workers")]

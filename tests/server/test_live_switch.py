@@ -21,10 +21,21 @@ def sgd(lr: float) -> common_pb2.OptimizerConfig:
 
 
 def switch(
-    client: Any, job_id: str, mode: str, revision: int, staleness: int = 0, backup: int = 0
+    client: Any,
+    job_id: str,
+    mode: str,
+    revision: int,
+    staleness: int = 0,
+    backup: int = 0,
+    trial: ps_pb2.Trial.ValueType = ps_pb2.TRIAL_UNSPECIFIED,
 ) -> ps_pb2.SetConsistencyReply:
     request = ps_pb2.SetConsistencyRequest(
-        job_id=job_id, mode=mode, staleness=staleness, backup_workers=backup, revision=revision
+        job_id=job_id,
+        mode=mode,
+        staleness=staleness,
+        backup_workers=backup,
+        revision=revision,
+        trial=trial,
     )
     reply: ps_pb2.SetConsistencyReply = client.stub.SetConsistency(request, timeout=10)
     return reply
@@ -132,3 +143,30 @@ def test_switching_while_three_workers_push_loses_and_repeats_nothing(client: An
     # Every push answered as taken was applied exactly once, and nothing else was.
     assert stats.pushes_applied == sum(taken.values()), (stats.pushes_applied, taken)
     assert torch.equal(values, torch.full((N,), -float(stats.version)))
+
+
+def test_a_trial_undone_brings_back_values_and_momentum_at_a_new_version(client: Any) -> None:
+    # Prepare: two sync steps build a momentum buffer; the switch to async copies the state
+    momentum = common_pb2.OptimizerConfig(name="sgd", lr=0.5, momentum=0.9)
+    client.init_job("t", torch.ones(N), mode="sync", optimizer=momentum)
+    client.set_members("t", ["w1"], 1)
+    for seq in (1, 2):
+        client.push("t", "w1", torch.full((N,), 1.0), seq=seq, base_version=seq - 1)
+    _, at_trial, _ = client.pull("t", "w1", min_version=2, timeout=5)
+    begun = switch(client, "t", "async", revision=1, trial=ps_pb2.TRIAL_BEGIN)
+    for seq in (3, 4, 5):  # the trial: three async updates, the momentum grows
+        client.push("t", "w1", torch.full((N,), -8.0), seq=seq, base_version=seq - 1)
+
+    # Execute: the verdict: back to sync, and to the copy
+    undone = switch(client, "t", "sync", revision=2, trial=ps_pb2.TRIAL_UNDO)
+    header, values, _ = client.pull("t", "w1", min_version=undone.version, timeout=5)
+    again = switch(client, "t", "sync", revision=3, trial=ps_pb2.TRIAL_UNDO)
+    client.push("t", "w1", torch.full((N,), 1.0), seq=6, base_version=header.version)
+    _, after, _ = client.pull("t", "w1", min_version=header.version + 1, timeout=5)
+
+    # Assert: the copy's values at version 6 (5 + the undo); the copy is gone after one undo
+    assert begun.version == 2 and undone.undone and undone.version == 6
+    assert header.version == 6 and torch.equal(values, at_trial)
+    assert not again.undone and again.version == 6
+    # The next step goes on from the copy's momentum (0.9 * 1.9 + 1 = 2.71), not the trial's.
+    assert torch.allclose(after, at_trial - 0.5 * 2.71)

@@ -12,6 +12,7 @@ import torch
 from pscluster.errors import InvalidArgument
 from pscluster.model.optimizer import OptimizerSpec
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
+from pscluster.server.consistency import TrialStep
 from pscluster.server.domain import JobConfig, Outcome, PushHeader
 from pscluster.server.durability import journal as journal_module
 from pscluster.server.durability.checkpoint import read_checkpoint, write_checkpoint
@@ -277,3 +278,20 @@ def test_a_full_checkpoint_follows_max_deltas_and_frees_the_old_chain(
         "000000000002",
         "000000000003",
     ]
+
+
+def test_a_job_with_tables_keeps_no_trial_copy_and_is_never_sent_back() -> None:
+    # Prepare: mode auto's trial begins; an update changes values and rows
+    job = ShardJob(config("sync"), torch.zeros(N), None, [given_rows(), None])
+    job.set_members(["w"], 1)
+    job.set_consistency("async", 0, 0, 1, TrialStep.BEGIN)
+    push(job, "w", 1, [1, 3])
+    values, rows = job.state_dict()[0]["values"].clone(), rows_of(job)
+
+    # Execute
+    revision, version, undone = job.set_consistency("sync", 0, 0, 2, TrialStep.UNDO)
+
+    # Assert: the rows may be gigabytes: not copied, so nothing goes back (the values neither)
+    assert (revision, version, undone) == (2, 1, False)
+    assert torch.equal(job.state_dict()[0]["values"], values)
+    assert all(torch.equal(a, b) for a, b in zip(rows_of(job), rows, strict=True))

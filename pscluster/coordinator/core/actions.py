@@ -12,6 +12,7 @@ from typing import TypeAlias
 from pscluster.coordinator.lease_values import Lease
 from pscluster.coordinator.store import EventRecord, LeaseRecord
 from pscluster.coordinator.writes import EventAppended, LeaseSaved, Write
+from pscluster.server.consistency import TrialStep
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class SwitchConsistency:
     staleness: int
     backup_workers: int
     revision: int
+    trial: TrialStep = TrialStep.NONE  # what the shards do to their trial copy
 
 
 Action: TypeAlias = Write | SyncMembers | FinishJob | FailJob | SwitchConsistency

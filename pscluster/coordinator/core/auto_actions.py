@@ -39,8 +39,10 @@ def observe(
     if switch is None:
         return []
     to = switch.to
+    shards = SwitchConsistency(
+        job_id, to.mode, to.staleness, to.backup_workers, int(wall * 1e6), switch.trial
+    )
+    if not switch.reason:  # only the trial's end: the setting stays
+        return [shards]
     relief.set_consistency(job_id, to.mode, to.backup_workers)
-    return [
-        event(job_id, wall, "consistency", "", switch.reason),
-        SwitchConsistency(job_id, to.mode, to.staleness, to.backup_workers, int(wall * 1e6)),
-    ]
+    return [event(job_id, wall, "consistency", "", switch.reason), shards]

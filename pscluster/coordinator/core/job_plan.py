@@ -41,6 +41,8 @@ class JobPlan:
     evals: Sequence[int] = ()
     samples: int = 0
     kind: str = TRAIN  # what its units are leased as: TRAIN, or PREDICT (no evaluations)
+    # Mode auto may undo a stale trial (shards keep a copy: not of embedding tables).
+    undoable: bool = True
 
 
 class NotScheduled(FailedPrecondition):

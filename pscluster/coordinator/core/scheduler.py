@@ -75,7 +75,7 @@ class Scheduler:
         mode, _, backup_workers = starting_consistency(plan.mode, 0, plan.backup_workers)
         if plan.mode == AUTO and plan.kind == TRAIN:
             resumed = plan.samples > 0 or plan.epoch > 0 or bool(plan.done)
-            self.auto[plan.job_id] = AutoConsistency(now, resumed=resumed)
+            self.auto[plan.job_id] = AutoConsistency(now, resumed=resumed, undoable=plan.undoable)
         self.relief.add_job(plan.job_id, mode, plan.stragglers, backup_workers)
         traits = mode_traits(mode, backup_workers)
         if not traits.steps and not traits.clock_bound:

@@ -19,6 +19,7 @@ from pscluster.server.consistency.registry import (
 from pscluster.server.consistency.ssp import SSPPolicy
 from pscluster.server.consistency.switch import switch_policy
 from pscluster.server.consistency.sync import SyncPolicy
+from pscluster.server.consistency.trial_step import TrialStep
 
 __all__ = [
     "AUTO",
@@ -32,6 +33,7 @@ __all__ = [
     "SSPPolicy",
     "SyncPolicy",
     "Traits",
+    "TrialStep",
     "clock_bound",
     "make_policy",
     "mode_traits",

@@ -205,13 +205,17 @@ class Journal:
         meta = {"worker_ids": worker_ids, "generation": generation, "excluded": excluded}
         return self._wal.append(RecordType.MEMBERS, meta)
 
-    def log_consistency(self, mode: str, staleness: int, backup_workers: int, revision: int) -> int:
-        meta = {
+    def log_consistency(
+        self, mode: str, staleness: int, backup_workers: int, revision: int, trial: str = ""
+    ) -> int:
+        meta: dict[str, Any] = {
             "mode": mode,
             "staleness": staleness,
             "backup_workers": backup_workers,
             "revision": revision,
         }
+        if trial:  # records from before trials have none
+            meta["trial"] = trial
         return self._wal.append(RecordType.CONSISTENCY, meta)
 
     def log_read(self, worker_id: str) -> int:

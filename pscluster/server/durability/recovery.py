@@ -37,6 +37,7 @@ from pscluster.server.durability.wal import (
 )
 from pscluster.server.shard_job import ShardJob
 from pscluster.server.tables.rows import RowBlockInfo
+from pscluster.server.trial import TrialStep
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,11 @@ def _replay(
             job.set_members(meta["worker_ids"], meta["generation"], meta["excluded"])
         elif record.type is RecordType.CONSISTENCY:
             job.set_consistency(
-                meta["mode"], meta["staleness"], meta["backup_workers"], meta["revision"]
+                meta["mode"],
+                meta["staleness"],
+                meta["backup_workers"],
+                meta["revision"],
+                TrialStep(meta.get("trial", "")),
             )
         elif record.type is RecordType.READ:
             job.replay_read(meta["worker_id"])
