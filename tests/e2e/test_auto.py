@@ -2,8 +2,8 @@
 (``PSC_SLOWDOWN=5``) on two shards: the digits job goes to async at its first report and
 stays there while its loss falls; the same job at a learning rate where staleness stalls it
 is sent back to a staleness-free setting (a backup worker for the straggler) and to the
-parameters it had when async began, says why in its events, and still reaches 95%. The switches reach the shards by their SetConsistency RPC
-while pushes go on.
+parameters it had when async began, says why in its events, and still reaches 95%. The
+switches reach the shards by their SetConsistency RPC while pushes go on.
 """
 
 from __future__ import annotations
