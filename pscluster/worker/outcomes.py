@@ -55,6 +55,15 @@ class PushRound:
         """Why the update is not everywhere (the reason of the last shard to refuse it)."""
         return next(reversed(self.refused.values()), "")
 
+    def retry_versions(self, min_versions: list[int]) -> list[int]:
+        """What a retry's pull waits for: each pending shard's named version, and nothing on
+        the shards that took the push (or refused it for good). Waiting there for the step it
+        is buffered in would deadlock two workers in sync whose pushes two shards answered
+        crosswise (each buffered on one, stale on the other: each shard's step then waits
+        for the retry of the worker that waits for the other's). The versions the shards
+        named stay in ``min_versions`` for the next window's pull."""
+        return [v if i in self.pending else 0 for i, v in enumerate(min_versions)]
+
     def drop(self, reason: str) -> None:
         """Give up on the shards still pending, for ``reason`` (the job moved between shards
         under this push: what they did not take is dropped, never sent twice)."""

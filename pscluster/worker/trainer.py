@@ -169,8 +169,12 @@ class Trainer:
             # The first attempt overlaps its pull with forward and its push with backward
             # where the job allows; a retry pulls, then resends what it has.
             try:
-                found = self._overlapped(data) if attempt == 0 else None
-                window, snap = found or self._pulled(data, first=attempt == 0)
+                if attempt == 0:
+                    found = self._overlapped(data)
+                    window, snap = found or self._pulled(data, rt.min_versions, first=True)
+                else:
+                    waits = push.retry_versions(rt.min_versions)
+                    window, snap = self._pulled(data, waits, first=False)
             except LayoutMovedError as e:  # between two steps: train this window there
                 self._follow(e)
                 push = PushRound.to(len(rt.shards.ranges))
@@ -211,12 +215,14 @@ class Trainer:
                 self.telemetry.stepped(rt.job_id)
         return window.samples, waited
 
-    def _pulled(self, data: list[Batch], *, first: bool) -> tuple[Window, Snapshot]:
+    def _pulled(
+        self, data: list[Batch], min_versions: list[int], *, first: bool
+    ) -> tuple[Window, Snapshot]:
         """The window trained after a whole pull (its push still leaves during backward on
         the first attempt, where the job allows)."""
         rt = self.rt
         with rt.local.clock.phase("pull"):
-            snap = self.pull(rt.min_versions)
+            snap = self.pull(min_versions)
         start = step.starter(rt, self.worker_id, self.settings, lambda: snap, self._check)
         return rt.local.run(snap.values, snap.buffers, data, start if first else None), snap
 

@@ -115,3 +115,21 @@ def test_a_push_cut_by_a_move_is_dropped_for_the_shards_left_and_says_why() -> N
     push.pending.discard(0)  # shard 0 took it before the move
     push.drop("layout")
     assert push.done and not push.taken_everywhere and push.reason == "layout"
+
+
+def test_a_retry_waits_only_on_the_shards_that_did_not_take_the_push() -> None:
+    # Prepare: three shards; 0 buffered it for its open sync step (its next pull waits for
+    # version 8), 1 refused it as stale, 2 closed a step without it (late: refused for good)
+    push = PushRound.to(3)
+    min_versions = [0, 0, 0]
+    replies = {0: _reply(BUFFERED, 8), 1: _reply(STALE, 5), 2: _reply(LATE, 4)}
+    encoder = PushEncoder(CompressionSettings(name="none"), [(0, 4), (4, 4), (8, 4)])
+    push.settle(replies, encoder.encode(torch.ones(12), epoch=0), encoder, min_versions)
+
+    # Execute
+    waits = push.retry_versions(min_versions)
+
+    # Assert: the retry's pull does not wait for shard 0's step (which may wait for another
+    # worker's retry to shard 1); the next window's pull still does
+    assert waits == [0, 5, 0]
+    assert min_versions == [8, 5, 4]
