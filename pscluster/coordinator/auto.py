@@ -237,17 +237,24 @@ class AutoConsistency:
         held = self._hold
         self.rung, self._held_until, self._hold = STALENESS_FREE, obs.now + held, held * 2
         target, why = self.target(obs.busy)
-        if len(obs.busy) < obs.members:
+        unmeasured = len(obs.busy) < obs.members
+        if unmeasured:
             target, why = SYNC, "not every member measured yet"
         self._opening = False
         why = f"{verdict}; no staleness for {held:.0f} s ({why})"
+        trial = TrialStep.NONE
         if self.trial_since is not None:
             ago = obs.now - self.trial_since
             why += (
                 f"; the parameters go back to where {self.current.describe()} began {ago:.1f} s ago"
             )
-            return self._switch(target, obs.now, why, TrialStep.UNDO)
-        return self._switch(target, obs.now, why)
+            trial = TrialStep.UNDO
+        switch = self._switch(target, obs.now, why, trial)
+        if unmeasured:
+            # Plain sync was no choice from busy times: the first one (a backup worker for a
+            # straggler measured since) needs its agreeing observations, not the dwell.
+            self.since -= self.settings.dwell_seconds
+        return switch
 
     def _switch(
         self, to: Consistency, now: float, why: str, trial: TrialStep = TrialStep.NONE

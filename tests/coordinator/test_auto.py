@@ -213,6 +213,22 @@ def test_the_ladder_climbs_back_one_rung_a_hold_and_each_verdict_doubles_the_hol
     assert "rose from 0.5 to 1.85" in again.reason
 
 
+def test_a_straggler_measured_after_the_verdict_gets_its_backup_without_the_dwell() -> None:
+    # Prepare: the verdict came before the straggler was measured, so plain sync
+    auto = opened(AutoSettings(loss=LossRules(block=4), dwell_seconds=2.0))
+    three = {"a": 0.02, "b": 0.02, "c": 0.02}
+    tightened = auto.observe(Observation(1.0, three, [2.3] * 8, members=4))
+
+    # Execute: measured now, well within the 2 s dwell
+    made = [auto.observe(Observation(1.3 + i * STEP, SLOW, members=4)) for i in range(3)]
+
+    # Assert: three agreeing observations suffice
+    assert tightened is not None and tightened.to == SYNC
+    assert "not every member measured yet" in tightened.reason
+    assert made[:2] == [None, None]
+    assert made[2] is not None and made[2].to == Consistency("sync", backup_workers=1)
+
+
 def test_no_setting_is_chosen_from_busy_times_before_every_member_is_measured() -> None:
     auto = opened(AutoSettings(loss=LossRules(block=4)))
     two_of_four = {"a": 0.02, "slow": 0.1}
