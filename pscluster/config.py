@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     worker_timeout_seconds: float = Field(3.0, gt=0)
     # A job that makes no progress for this long says why in its status.
     stall_seconds: float = Field(20.0, gt=0)
+    # ... and fails with that reason once it is this long (0: never), if workers hold its
+    # leases: a deadlock, or a worker hung in user code while its heartbeats go on, would hold
+    # it forever. A job waiting for workers (none alive, none taking a lease) waits on.
+    stall_fail_seconds: float = Field(1800.0, ge=0)
     default_partitions: int = Field(12, ge=1)
 
     chunk_bytes: int = Field(1 << 20, ge=1024)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pscluster.coordinator.finish import Finisher
 from pscluster.coordinator.jobs import JobManager
@@ -23,6 +24,15 @@ from pscluster.coordinator.tasks import TaskDispatcher
 from pscluster.shard_client import ShardError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Status:
+    """A running job's status line; ``hopeless``: it stalled past ``stall_fail_seconds`` with
+    its leases held, and fails with that line."""
+
+    line: str
+    hopeless: bool = False
 
 
 class Monitor:
@@ -83,15 +93,18 @@ class Monitor:
         with self.rt.lock:
             running = self.rt.book.job_ids()
         for job_id in running:
-            message = self.describe(job_id)
+            status = self.describe(job_id)
             job = self.rt.store.get_job(job_id)
-            if message is None or job is None or job.status_message == message:
+            if status is None or job is None or job.status_message == status.line:
+                continue
+            if status.hopeless:
+                self.jobs.fail(job_id, status.line)
                 continue
             with self.rt.lock:  # the job may have ended since: never overwrite its final line
                 if self.rt.book.has_job(job_id):
-                    self.rt.store.update_job(job_id, status_message=message)
+                    self.rt.store.update_job(job_id, status_message=status.line)
 
-    def describe(self, job_id: str) -> str | None:
+    def describe(self, job_id: str) -> Status | None:
         """The running job's status line; None if it is no longer scheduled."""
         rt = self.rt
         with rt.lock:
@@ -116,7 +129,7 @@ class Monitor:
         now = rt.mono()
         idle = now - act.last_progress
         if idle < rt.settings.stall_seconds:
-            return base
+            return Status(base)
         if alive == 0:
             why = "no workers alive"
         elif not holders:
@@ -124,7 +137,11 @@ class Monitor:
         else:
             stuck = ", ".join(holders)
             why = self._shard_reason(job_id) or f"workers [{stuck}] hold leases but report nothing"
-        return f"{base}; stalled for {idle:.0f} s: {why}"
+            limit = rt.settings.stall_fail_seconds
+            if 0 < limit <= idle:
+                line = f"no progress for {idle:.0f} s (PSC_STALL_FAIL_SECONDS={limit:g}): {why}"
+                return Status(line, hopeless=True)
+        return Status(f"{base}; stalled for {idle:.0f} s: {why}")
 
     def _shard_reason(self, job_id: str) -> str | None:
         job = self.rt.store.get_job(job_id)

@@ -112,6 +112,50 @@ def test_a_stuck_sync_barrier_names_the_missing_worker(
     )
 
 
+def test_a_job_stalled_past_its_limit_with_its_leases_held_fails_with_the_reason(
+    shards: Shards, make_coordinator: Callable[..., Running]
+) -> None:
+    # Prepare: the stuck barrier above, past PSC_STALL_FAIL_SECONDS, while both workers beat
+    running = make_coordinator(shards.addresses, stall_seconds=0.5, stall_fail_seconds=2.0)
+    info = submit(running.stub, tiny_job(mode="sync"))
+    plan = plan_of(running.stub, info.job_id)
+    eager, stuck = HandWorker(running.stub, shards), HandWorker(running.stub, shards)
+    eager.acquire()
+    stuck.acquire()
+    eager.push_ones(plan)
+
+    # Execute
+    def ended() -> bool:
+        eager.heartbeat()
+        stuck.heartbeat()
+        return get_job(running.stub, info.job_id).state == "failed"
+
+    wait_for(ended, WAIT, what="the stalled job to fail")
+
+    # Assert: the error says how long, the limit, and what it waited for
+    error = get_job(running.stub, info.job_id).error
+    assert error.startswith("no progress for "), error
+    assert "(PSC_STALL_FAIL_SECONDS=2): sync barrier on shard" in error, error
+    assert f"waiting on workers [{stuck.worker_id}]" in error, error
+
+
+def test_a_job_without_workers_waits_past_the_stall_limit(
+    shards: Shards, make_coordinator: Callable[..., Running]
+) -> None:
+    running = make_coordinator(shards.addresses, stall_seconds=0.2, stall_fail_seconds=0.5)
+    info = submit(running.stub, tiny_job())
+
+    wait_for(
+        lambda: (
+            "stalled for 2 s: no workers alive" in get_job(running.stub, info.job_id).status_message
+        ),
+        WAIT,
+        what="two seconds of stall without workers",
+    )
+
+    assert get_job(running.stub, info.job_id).state == "running"
+
+
 def _closed_port() -> int:
     """A port nothing listens on (bound once, then released)."""
     with socket.socket() as s:
