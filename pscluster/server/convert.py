@@ -10,6 +10,7 @@ from pscluster.compression import parse_settings
 from pscluster.errors import InvalidArgument
 from pscluster.model.optimizer import parse_optimizer
 from pscluster.model.sparse_optimizer import parse_sparse_optimizer
+from pscluster.server.consistency import TrialStep
 from pscluster.server.domain import (
     JobConfig,
     JobStats,
@@ -21,7 +22,6 @@ from pscluster.server.domain import (
 from pscluster.server.layout_gate import HoldAction, HoldStatus
 from pscluster.server.tables.rows import F32, RowBlockInfo
 from pscluster.server.tables.spec import table_spec
-from pscluster.server.trial import TrialStep
 from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 

@@ -13,10 +13,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from pscluster.server.clocks import check_member_ids
-from pscluster.server.consistency import validate_consistency
+from pscluster.server.consistency import TrialStep, validate_consistency
 from pscluster.server.domain import JobConfig
 from pscluster.server.job_state import JobState
-from pscluster.server.trial import TrialStep
 
 if TYPE_CHECKING:
     from pscluster.server.durability.journal import Journal

@@ -20,7 +20,7 @@ from pscluster.errors import InvalidArgument, NotFound
 from pscluster.model.optimizer import FlatOptimizer
 from pscluster.model.sparse_optimizer import SparseOptimizerSpec
 from pscluster.server.clocks import MemberClocks
-from pscluster.server.consistency import make_policy, switch_policy
+from pscluster.server.consistency import TrialStep, make_policy, switch_policy
 from pscluster.server.dedup import PushLedger
 from pscluster.server.domain import JobConfig, JobStats, PushHeader, PushResult
 from pscluster.server.job_buffers import JobBuffers
@@ -29,7 +29,7 @@ from pscluster.server.snapshots import SnapshotCache
 from pscluster.server.stats import JobCounters
 from pscluster.server.tables.job_tables import JobTables
 from pscluster.server.tables.rows import RowGrads
-from pscluster.server.trial import TrialCopy, TrialStep
+from pscluster.server.trial import TrialCopy
 from pscluster.server.zero_mask import ZeroMask
 
 

@@ -27,10 +27,9 @@ from typing import Any
 import torch
 
 from pscluster.model.optimizer import FlatOptimizer
-from pscluster.server.consistency.trial_step import TrialStep
 from pscluster.server.job_buffers import JobBuffers
 
-__all__ = ["PREFIX", "TrialCopy", "TrialStep"]
+__all__ = ["PREFIX", "TrialCopy"]
 
 PREFIX = "trial."
 _VALUES, _BUFFERS, _OPT = "values", "buffers", "opt."

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pscluster.errors import PSError
+from pscluster.server.consistency import TrialStep
 from pscluster.server.domain import PushHeader
 from pscluster.server.durability.checkpoint import (
     CheckpointError,
@@ -37,7 +38,6 @@ from pscluster.server.durability.wal import (
 )
 from pscluster.server.shard_job import ShardJob
 from pscluster.server.tables.rows import RowBlockInfo
-from pscluster.server.trial import TrialStep
 
 log = logging.getLogger(__name__)
 
