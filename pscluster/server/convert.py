@@ -155,7 +155,7 @@ def hold_reply(status: HoldStatus) -> ps_pb2.HoldJobReply:
     )
 
 
-_TRIAL_STEPS = {
+_TRIAL_STEPS: dict[int, TrialStep] = {
     ps_pb2.TRIAL_UNSPECIFIED: TrialStep.NONE,
     ps_pb2.TRIAL_BEGIN: TrialStep.BEGIN,
     ps_pb2.TRIAL_UNDO: TrialStep.UNDO,
@@ -166,6 +166,6 @@ _TRIAL_STEPS = {
 def trial_step(trial: int) -> TrialStep:
     """A SetConsistencyRequest's trial; InvalidArgument for a value this shard does not know."""
     try:
-        return _TRIAL_STEPS[trial]  # type: ignore[index]
+        return _TRIAL_STEPS[trial]
     except KeyError:
         raise InvalidArgument(f"unknown trial step {trial}: expected 0-3") from None
