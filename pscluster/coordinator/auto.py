@@ -162,6 +162,7 @@ class AutoConsistency:
         self._resumed = resumed
         self.undoable = undoable
         self.trial_since: float | None = None  # when the open trial began (None: none open)
+        self._trial_of = ""  # the setting it began with (an ssp bound may change during it)
 
     def observe(self, obs: Observation) -> Switch | None:
         """Fold one observation in; the switch it calls for, if any (already in force here:
@@ -245,9 +246,7 @@ class AutoConsistency:
         trial = TrialStep.NONE
         if self.trial_since is not None:
             ago = obs.now - self.trial_since
-            why += (
-                f"; the parameters go back to where {self.current.describe()} began {ago:.1f} s ago"
-            )
+            why += f"; the parameters go back to where {self._trial_of} began {ago:.1f} s ago"
             trial = TrialStep.UNDO
         switch = self._switch(target, obs.now, why, trial)
         if unmeasured:
@@ -269,7 +268,7 @@ class AutoConsistency:
             elif not to.stale and self.trial_since is not None:
                 trial = TrialStep.END
         if trial is TrialStep.BEGIN:
-            self.trial_since = now
+            self.trial_since, self._trial_of = now, to.describe()
         elif trial is not TrialStep.NONE:
             self.trial_since = None
         self.current, self.since = to, now
