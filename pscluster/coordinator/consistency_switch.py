@@ -15,6 +15,7 @@ from functools import partial
 from pscluster.coordinator.core.actions import SwitchConsistency
 from pscluster.coordinator.store import JobStore
 from pscluster.server.consistency import TrialStep
+from pscluster.server.convert import TRIAL_PROTO
 from pscluster.shard_client import ShardClient, ShardError
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 
@@ -22,14 +23,6 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = 3
 RETRY_SECONDS = 0.5
-
-
-_TRIALS = {
-    TrialStep.NONE: ps_pb2.TRIAL_UNSPECIFIED,
-    TrialStep.BEGIN: ps_pb2.TRIAL_BEGIN,
-    TrialStep.UNDO: ps_pb2.TRIAL_UNDO,
-    TrialStep.END: ps_pb2.TRIAL_END,
-}
 
 
 def send_consistency(shards: ShardClient, store: JobStore, action: SwitchConsistency) -> None:
@@ -44,7 +37,7 @@ def send_consistency(shards: ShardClient, store: JobStore, action: SwitchConsist
         staleness=action.staleness,
         backup_workers=action.backup_workers,
         revision=action.revision,
-        trial=_TRIALS[action.trial],
+        trial=TRIAL_PROTO[action.trial],
     )
     addresses = [s.address for s in job.shards]
     for attempt in range(ATTEMPTS):

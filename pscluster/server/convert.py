@@ -155,12 +155,14 @@ def hold_reply(status: HoldStatus) -> ps_pb2.HoldJobReply:
     )
 
 
-_TRIAL_STEPS: dict[int, TrialStep] = {
-    ps_pb2.TRIAL_UNSPECIFIED: TrialStep.NONE,
-    ps_pb2.TRIAL_BEGIN: TrialStep.BEGIN,
-    ps_pb2.TRIAL_UNDO: TrialStep.UNDO,
-    ps_pb2.TRIAL_END: TrialStep.END,
+# The proto's Trial for each step: the coordinator sends it, the shard reads it back.
+TRIAL_PROTO: dict[TrialStep, ps_pb2.Trial.ValueType] = {
+    TrialStep.NONE: ps_pb2.TRIAL_UNSPECIFIED,
+    TrialStep.BEGIN: ps_pb2.TRIAL_BEGIN,
+    TrialStep.UNDO: ps_pb2.TRIAL_UNDO,
+    TrialStep.END: ps_pb2.TRIAL_END,
 }
+_TRIAL_STEPS: dict[int, TrialStep] = {proto: step for step, proto in TRIAL_PROTO.items()}
 
 
 def trial_step(trial: int) -> TrialStep:
