@@ -135,9 +135,12 @@ class AutoConsistency:
 
     ``undoable``: the shards keep a copy of the job's state when a stale setting begins (a
     *trial*, :mod:`pscluster.server.trial`; not for jobs with embedding tables). A verdict
-    against the setting while its trial is open sends the job back to that copy, so the
-    damage staleness did is not trained out of; one block judged without a verdict keeps the
-    trial, and a later verdict only tightens."""
+    against the setting sends the job back to that copy, so the damage staleness did is not
+    trained out of. The copy follows the loss: each block judged fine whose mean is the lowest
+    yet under the setting takes it again (a job may gain under async for a while and then blow
+    up: the digits job at lr 0.2 fell to 0.74 and rose to 2.7 in a CI run), so an undo loses
+    only what came after the last good block. Leaving the stale setting without a verdict
+    drops the copy."""
 
     def __init__(
         self,
@@ -161,8 +164,8 @@ class AutoConsistency:
         self._opening = True
         self._resumed = resumed
         self.undoable = undoable
-        self.trial_since: float | None = None  # when the open trial began (None: none open)
-        self._trial_of = ""  # the setting it began with (an ssp bound may change during it)
+        self.trial_since: float | None = None  # when the copy was taken (None: none held)
+        self._trial_at = ""  # where the copy was taken, for the undo's reason
 
     def observe(self, obs: Observation) -> Switch | None:
         """Fold one observation in; the switch it calls for, if any (already in force here:
@@ -170,9 +173,14 @@ class AutoConsistency:
         verdict = self.judge.feed(obs.losses, judged=self.current.stale)
         if verdict is not None:
             return self._tighten(obs, verdict)
-        if self.trial_since is not None and self.judge.passed:
-            self.trial_since = None  # a block judged fine: the setting keeps what it did
-            return Switch(self.current, "", TrialStep.END)
+        if self.trial_since is not None and self.judge.new_low:
+            # The lowest block yet judged fine: the copy moves up to here (taken again).
+            self.trial_since = obs.now
+            self._trial_at = (
+                f"where the mean loss was lowest under {self.current.describe()} "
+                f"({self.judge.lowest:.4g})"
+            )
+            return Switch(self.current, "", TrialStep.BEGIN)
         if obs.now - self._last < self.settings.interval_seconds:
             return None
         self._last = obs.now
@@ -246,7 +254,7 @@ class AutoConsistency:
         trial = TrialStep.NONE
         if self.trial_since is not None:
             ago = obs.now - self.trial_since
-            why += f"; the parameters go back to where {self._trial_of} began {ago:.1f} s ago"
+            why += f"; the parameters go back to {self._trial_at}, {ago:.1f} s ago"
             trial = TrialStep.UNDO
         switch = self._switch(target, obs.now, why, trial)
         if unmeasured:
@@ -268,7 +276,7 @@ class AutoConsistency:
             elif not to.stale and self.trial_since is not None:
                 trial = TrialStep.END
         if trial is TrialStep.BEGIN:
-            self.trial_since, self._trial_of = now, to.describe()
+            self.trial_since, self._trial_at = now, f"where {to.describe()} began"
         elif trial is not TrialStep.NONE:
             self.trial_since = None
         self.current, self.since = to, now

@@ -54,17 +54,21 @@ class LossJudge:
         self._block: list[float] = []
         self._previous: float | None = None
         self.first: float | None = None
-        self.passed = 0  # blocks judged without a verdict since the last restart
+        # The lowest mean of a block judged without a verdict since the last restart, and
+        # whether the last :meth:`feed` judged a new one (mode auto's trial copy follows it).
+        self.lowest = math.inf
+        self.new_low = False
 
     def restart(self) -> None:
         self._block.clear()
         self._previous = None
-        self.passed = 0
+        self.lowest, self.new_low = math.inf, False
 
     def feed(self, losses: Iterable[float], judged: bool) -> str | None:
         """Add step losses; with ``judged`` (the setting in force is stale), why the last
         completed block says the setting costs progress, or None."""
         verdict = None
+        self.new_low = False
         for loss in losses:
             self._block.append(loss)
             if len(self._block) < self.rules.block:
@@ -75,7 +79,8 @@ class LossJudge:
                 self.first = mean
             if judged and self._previous is not None and verdict is None:
                 verdict = self._judge(self._previous, mean)
-                self.passed += verdict is None
+                if verdict is None and mean < self.lowest:
+                    self.lowest, self.new_low = mean, True
             self._previous = mean
         return verdict
 

@@ -7,8 +7,10 @@ spent 11-16 epochs climbing back, against 3-6 from the start (bench/auto.py). Th
 therefore switches into a stale setting with ``TRIAL_BEGIN``: each shard copies what training
 changes (the values, the model's buffers, the optimizer's state) as the switch takes effect.
 A verdict against the setting comes with ``TRIAL_UNDO``: the state becomes the copy again, at
-a new version (versions never go back: a worker's pull sees the change like any update); a
-setting that proved itself comes with ``TRIAL_END`` and the copy goes.
+a new version (versions never go back: a worker's pull sees the change like any update). A
+``TRIAL_BEGIN`` while a copy is held takes it again (the coordinator moves it up to each block
+with the lowest loss yet); leaving the stale setting without a verdict comes with
+``TRIAL_END`` and the copy goes.
 
 What does not go back: the members' clocks, the push ledger (retries are still answered),
 the counters and the membership. A job with embedding tables is not copied (its rows may be

@@ -73,7 +73,7 @@ def test_auto_leaves_async_when_the_loss_stalls_and_says_why(cluster: LocalClust
     verdict = switches[1]
     assert verdict.startswith("async -> sync") and "training loss" in verdict, switches
     # What async did is undone: the shards went back to their copy from when async began.
-    assert "the parameters go back to where async began" in verdict, switches
+    assert "the parameters go back to where" in verdict, switches
     # The straggler is relieved by a backup worker (in the verdict or once measured), and the
     # shards did switch: its pushes for closed steps were dropped as late.
     backup = [m for m in switches[1:] if "-> sync with 1 backup worker(s)" in m]

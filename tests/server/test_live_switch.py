@@ -170,3 +170,22 @@ def test_a_trial_undone_brings_back_values_and_momentum_at_a_new_version(client:
     assert not again.undone and again.version == 6
     # The next step goes on from the copy's momentum (0.9 * 1.9 + 1 = 2.71), not the trial's.
     assert torch.allclose(after, at_trial - 0.5 * 2.71)
+
+
+def test_a_trial_begun_again_in_the_same_mode_moves_the_copy_up(client: Any) -> None:
+    # Prepare: async with a copy at version 0, two updates, then the copy taken again
+    client.init_job("m", torch.zeros(N), mode="sync", optimizer=sgd(1.0))
+    client.set_members("m", ["w1"], 1)
+    switch(client, "m", "async", revision=1, trial=ps_pb2.TRIAL_BEGIN)
+    for seq in (1, 2):
+        client.push("m", "w1", torch.full((N,), -1.0), seq=seq, base_version=seq - 1)
+    again = switch(client, "m", "async", revision=2, trial=ps_pb2.TRIAL_BEGIN)
+    client.push("m", "w1", torch.full((N,), 5.0), seq=3, base_version=2)
+
+    # Execute
+    undone = switch(client, "m", "sync", revision=3, trial=ps_pb2.TRIAL_UNDO)
+    _, values, _ = client.pull("m", "w1", min_version=undone.version, timeout=5)
+
+    # Assert: back to the second copy (2.0 everywhere), not to the first (zeros)
+    assert again.version == 2 and undone.undone and undone.version == 4
+    assert torch.equal(values, torch.full((N,), 2.0))

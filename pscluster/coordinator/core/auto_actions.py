@@ -42,7 +42,7 @@ def observe(
     shards = SwitchConsistency(
         job_id, to.mode, to.staleness, to.backup_workers, int(wall * 1e6), switch.trial
     )
-    if not switch.reason:  # only the trial's end: the setting stays
+    if not switch.reason:  # only a step of the trial (a new copy, or its end): the setting stays
         return [shards]
     relief.set_consistency(job_id, to.mode, to.backup_workers)
     return [event(job_id, wall, "consistency", "", switch.reason), shards]
