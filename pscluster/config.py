@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # leases: a deadlock, or a worker hung in user code while its heartbeats go on, would hold
     # it forever. A job waiting for workers (none alive, none taking a lease) waits on.
     stall_fail_seconds: float = Field(1800.0, ge=0)
+    # Coordinator, mode "auto": the most a job's trial copy (pscluster/server/trial.py: its
+    # parameters and optimizer state, held on each shard while a stale setting is in force so
+    # that a verdict can undo it) may take on one shard, in MiB. A job whose copy would take
+    # more keeps none, and its verdicts only tighten; 0: no job keeps one.
+    auto_trial_max_mb: float = Field(1024.0, ge=0)
     default_partitions: int = Field(12, ge=1)
 
     chunk_bytes: int = Field(1 << 20, ge=1024)

@@ -30,6 +30,7 @@ from pscluster.data.dataset import train_rows
 from pscluster.data.partitions import batch_counts
 from pscluster.errors import FailedPrecondition, NotFound
 from pscluster.model.partition import BalancedRanges
+from pscluster.server.trial import copy_bytes
 from pscluster.shard_client import ShardError
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -191,8 +192,15 @@ class JobManager:
             done=job.done_partitions,
             evals=job.pending_evals,
             samples=job.samples,
-            undoable=not spec.model.tables,
+            undoable=self._trial_fits(job, spec),
         )
+
+    def _trial_fits(self, job: st.JobRecord, spec: co_pb2.JobSpec) -> bool:
+        """Whether mode auto may keep a trial copy of the job on its shards: not with embedding
+        tables (rows may be gigabytes), nor past PSC_AUTO_TRIAL_MAX_MB on the largest slice."""
+        largest = max((s.length for s in job.shards), default=job.num_params)
+        need = copy_bytes(largest, spec.optimizer.name, spec.optimizer.momentum)
+        return not spec.model.tables and need <= self.rt.settings.auto_trial_max_mb * 2**20
 
     def _batch_counts(self, job: st.JobRecord, spec: co_pb2.JobSpec) -> list[int] | None:
         """Batches per partition: from the uploaded data's header, or from the sizes of its

@@ -31,7 +31,7 @@ import torch
 from pscluster.model.optimizer import FlatOptimizer
 from pscluster.server.job_buffers import JobBuffers
 
-__all__ = ["PREFIX", "TrialCopy"]
+__all__ = ["PREFIX", "TrialCopy", "copy_bytes"]
 
 PREFIX = "trial."
 _VALUES, _BUFFERS, _OPT = "values", "buffers", "opt."
@@ -84,3 +84,11 @@ class TrialCopy:
             opt,
             dict(meta["optimizer"]),
         )
+
+
+def copy_bytes(values: int, optimizer: str, momentum: float) -> int:
+    """What a copy of ``values`` float32 parameters and their optimizer's state takes (the
+    model's buffers, a few running statistics, aside): Adam keeps two moments, SGD a momentum
+    buffer when it has momentum."""
+    slots = 2 if optimizer in ("adam", "adamw") else int(momentum > 0)
+    return 4 * values * (1 + slots)
