@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from functools import partial
 
 from pscluster.coordinator.core.actions import SwitchConsistency
@@ -86,12 +87,18 @@ class ConsistencySender:
 
     def resend(self, job_id: str) -> None:
         """The job's last switch, to its shards as the store has them now (nothing if it
-        never switched); a shard that does not take it is logged, not raised."""
+        never switched); a shard that does not take it is logged, not raised.
+
+        Without its trial step: every shard of the new layout adopted without a trial copy
+        (server/trial.py), and a copy taken again on only those whose adopted revision is
+        older (a switch that reached some old shards before their export and others after)
+        would make a later undo go back on some ranges and not on others. The controller's
+        next copy (its next lowest block) reaches them all."""
         with self._lock:
             last = self._last.get(job_id)
         if last is None:
             return
         try:
-            send_consistency(self._shards, self._store, last)
+            send_consistency(self._shards, self._store, replace(last, trial=TrialStep.NONE))
         except ShardError as e:
             log.warning("job %s: its consistency did not reach a new shard: %s", job_id, e)
