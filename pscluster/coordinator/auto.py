@@ -112,6 +112,8 @@ class Observation:
     # Workers taking part now: no setting is chosen from the busy times of fewer measured
     # ones than that (the first reports would otherwise decide on two workers out of four).
     members: int = 0
+    # Those of them not in ``busy`` (fewer batches timed than the tracker needs, or silent).
+    unmeasured: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,7 @@ class AutoConsistency:
         target, why = self.target(obs.busy)
         unmeasured = len(obs.busy) < obs.members
         if unmeasured:
-            target, why = SYNC, "not every member measured yet"
+            target, why = _behind(obs)
         self._opening = False
         why = f"{verdict}; no staleness for {held:.0f} s ({why})"
         trial = TrialStep.NONE
@@ -258,8 +260,8 @@ class AutoConsistency:
             trial = TrialStep.UNDO
         switch = self._switch(target, obs.now, why, trial)
         if unmeasured:
-            # Plain sync was no choice from busy times: the first one (a backup worker for a
-            # straggler measured since) needs its agreeing observations, not the dwell.
+            # No choice from busy times: the first one (once every member is measured) needs
+            # its agreeing observations, not the dwell.
             self.since -= self.settings.dwell_seconds
         return switch
 
@@ -283,6 +285,21 @@ class AutoConsistency:
         self._votes.clear()
         self.judge.restart()  # the loss is judged anew under each setting
         return Switch(to, f"{before.describe()} -> {to.describe()}: {why}", trial)
+
+
+def _behind(obs: Observation) -> tuple[Consistency, str]:
+    """The staleness-free setting at a verdict before every member is measured. A member
+    that has not timed the batches the straggler tracker needs while others have, all of them
+    free to run (the verdict ends a stale setting), is behind them: a straggler, or just
+    joined. Each gets a backup worker, so the first steps of sync do not wait on it (a 5x
+    straggler otherwise held every step for its ten batches); a step must still wait for two
+    workers at least and for most of them. Once all are measured, the busy times decide."""
+    missing = obs.members - len(obs.busy)
+    if len(obs.busy) >= 2 and missing <= (obs.members - 1) // 2:
+        names = ", ".join(obs.unmeasured) or f"{missing} worker(s)"
+        why = f"{names} not measured yet while {len(obs.busy)} others are: behind them"
+        return Consistency("sync", backup_workers=missing), why
+    return SYNC, "not every member measured yet"
 
 
 def _outliers(busy: Mapping[str, float], factor: float) -> dict[str, float]:

@@ -21,12 +21,12 @@ def observe(
     relief: StragglerRelief,
     job_id: str,
     losses: Sequence[float],
-    members: int,
+    members: Sequence[str],
     now: float,
     wall: float,
 ) -> list[Action]:
-    """Fold a report into the job's controller (``members``: how many workers take part
-    now); a switch's event and shard update, if any.
+    """Fold a report into the job's controller (``members``: the workers taking part now); a
+    switch's event and shard update, if any.
 
     The revision is the wall time in microseconds: it grows across a coordinator restart too
     (the shards keep the revision in force and ignore anything not newer)."""
@@ -35,7 +35,8 @@ def observe(
         for s in relief.speeds(job_id, now)
         if s.active and s.batches >= MIN_BATCHES
     }
-    switch = auto.observe(Observation(now, busy, losses, members))
+    unmeasured = tuple(sorted(w for w in members if w not in busy))
+    switch = auto.observe(Observation(now, busy, losses, len(members), unmeasured))
     if switch is None:
         return []
     to = switch.to

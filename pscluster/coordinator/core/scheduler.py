@@ -240,7 +240,7 @@ class Scheduler:
         auto = self.auto.get(job_id)
         if auto is not None:
             losses = [s.loss for s in steps]
-            members = len(self.book.members(job_id))
+            members = self.book.members(job_id)
             actions += observe(auto, self.relief, job_id, losses, members, now, wall)
         return end, actions
 
