@@ -18,7 +18,8 @@ measured, and the setting follows them on a ladder of three rungs:
 - *staleness-free*, on that judge's verdict: sync, with backup workers when a few workers
   are much slower than the rest (busy time per batch ``outlier`` times the median of the
   others or more: a step closes without the last ``k`` pushes, Chen et al. 2016, so the fast
-  workers stop waiting for them, and still nothing is stale);
+  workers stop waiting for them, and still nothing is stale; at a verdict before every
+  member is measured, those not measured yet are the ones behind, see :func:`_behind`);
 - *bounded*, once the staleness-free rung has held for a hold without a new verdict: as the
   one below, but a spread of speeds without outliers gets ssp, its bound from the spread (a
   worker ``spread`` times as fast as the slowest gains that many clocks per clock of it).
