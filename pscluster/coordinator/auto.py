@@ -116,6 +116,11 @@ class Observation:
     # Those of them not in ``busy`` (fewer batches timed than the tracker needs, or silent).
     unmeasured: Sequence[str] = ()
 
+    @property
+    def missing(self) -> int:
+        """How many members are not measured (counted when they are not named)."""
+        return len(self.unmeasured) if self.unmeasured else max(0, self.members - len(self.busy))
+
 
 @dataclass(frozen=True)
 class Switch:
@@ -191,16 +196,16 @@ class AutoConsistency:
             self.rung += 1
             self._held_until = obs.now + self._hold
         target, why = self.target(obs.busy)
-        if self.rung < FREE and len(obs.busy) < obs.members:
+        if self.rung < FREE and obs.missing:
             target, why = self.current, ""
         if self._opening:
             self._opening = False
             if self._resumed:
                 why = why or "no measured workers yet"
-                # The shards may hold an earlier controller's trial copy: it goes.
-                return self._switch(
-                    target, obs.now, f"the coordinator restarted; {why}", TrialStep.END
-                )
+                # The shards may hold an earlier controller's trial copy: it goes, or is
+                # taken anew for a stale setting, whose undo must go back to this point.
+                step = TrialStep.BEGIN if target.stale and self.undoable else TrialStep.END
+                return self._switch(target, obs.now, f"the coordinator restarted; {why}", step)
             if target != self.current:
                 return self._switch(target, obs.now, why)
         self._votes.append(target)
@@ -249,7 +254,7 @@ class AutoConsistency:
         held = self._hold
         self.rung, self._held_until, self._hold = STALENESS_FREE, obs.now + held, held * 2
         target, why = self.target(obs.busy)
-        unmeasured = len(obs.busy) < obs.members
+        unmeasured = obs.missing > 0
         if unmeasured:
             target, why = _behind(obs)
         self._opening = False
@@ -295,10 +300,10 @@ def _behind(obs: Observation) -> tuple[Consistency, str]:
     joined. Each gets a backup worker, so the first steps of sync do not wait on it (a 5x
     straggler otherwise held every step for its ten batches); a step must still wait for two
     workers at least and for most of them. Once all are measured, the busy times decide."""
-    missing = obs.members - len(obs.busy)
-    if len(obs.busy) >= 2 and missing <= (obs.members - 1) // 2:
+    missing, measured = obs.missing, obs.members - obs.missing
+    if measured >= 2 and missing <= (obs.members - 1) // 2:
         names = ", ".join(obs.unmeasured) or f"{missing} worker(s)"
-        why = f"{names} not measured yet while {len(obs.busy)} others are: behind them"
+        why = f"{names} not measured yet while {measured} others are: behind them"
         return Consistency("sync", backup_workers=missing), why
     return SYNC, "not every member measured yet"
 

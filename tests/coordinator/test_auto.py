@@ -275,13 +275,15 @@ def test_no_setting_is_chosen_from_busy_times_before_every_member_is_measured() 
     assert made == [None] * 20 and auto.current == SYNC
 
 
-def test_a_resumed_job_is_told_its_setting_at_once() -> None:
-    auto = AutoConsistency(0.0, resumed=True)
+@pytest.mark.parametrize(("undoable", "step"), [(True, TrialStep.BEGIN), (False, TrialStep.END)])
+def test_a_resumed_job_is_told_its_setting_at_once(undoable: bool, step: TrialStep) -> None:
+    auto = AutoConsistency(0.0, resumed=True, undoable=undoable)
 
     switch = auto.observe(Observation(0.0, {"a": 0.02, "b": 0.02}))
 
     assert switch is not None and switch.to == ASYNC and "restarted" in switch.reason
-    assert switch.trial is TrialStep.END  # a copy an earlier controller began goes
+    # A copy an earlier controller took goes, or is taken anew from here for async.
+    assert switch.trial is step and (auto.trial_since is not None) is undoable
 
 
 def test_settings_out_of_range_are_refused() -> None:
