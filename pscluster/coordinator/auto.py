@@ -144,11 +144,13 @@ class AutoConsistency:
     ``undoable``: the shards keep a copy of the job's state when a stale setting begins (a
     *trial*, :mod:`pscluster.server.trial`; not for jobs with embedding tables). A verdict
     against the setting sends the job back to that copy, so the damage staleness did is not
-    trained out of. The copy follows the loss: each block judged fine whose mean is the lowest
-    yet under the setting takes it again (a job may gain under async for a while and then blow
-    up: the digits job at lr 0.2 fell to 0.74 and rose to 2.7 in a CI run), so an undo loses
-    only what came after the last good block. Leaving the stale setting without a verdict
-    drops the copy."""
+    trained out of. The copy follows the loss: each block judged fine whose mean is below the
+    loss where the copy was taken (at first the last ``block`` losses before the switch) takes
+    it again (a job may gain under async for a while and then blow up: the digits job at lr
+    0.2 fell to 0.74 and rose to 2.7 in a CI run), so an undo loses only what came after the
+    last good block, and never goes back to a block worse than the start (a block that fell
+    from a loss async had already blown up is judged fine, but is no better). Leaving the
+    stale setting without a verdict drops the copy."""
 
     def __init__(
         self,
@@ -174,6 +176,7 @@ class AutoConsistency:
         self.undoable = undoable
         self.trial_since: float | None = None  # when the copy was taken (None: none held)
         self._trial_at = ""  # where the copy was taken, for the undo's reason
+        self._copy_loss = math.inf  # the mean step loss when it was taken
 
     def observe(self, obs: Observation) -> Switch | None:
         """Fold one observation in; the switch it calls for, if any (already in force here:
@@ -181,12 +184,13 @@ class AutoConsistency:
         verdict = self.judge.feed(obs.losses, judged=self.current.stale)
         if verdict is not None:
             return self._tighten(obs, verdict)
-        if self.trial_since is not None and self.judge.new_low:
-            # The lowest block yet judged fine: the copy moves up to here (taken again).
-            self.trial_since = obs.now
+        passed = self.judge.passed
+        if self.trial_since is not None and passed is not None and passed < self._copy_loss:
+            # A block judged fine, below the loss where the copy was taken: the copy moves up
+            # to here (taken again).
+            self.trial_since, self._copy_loss = obs.now, passed
             self._trial_at = (
-                f"where the mean loss was lowest under {self.current.describe()} "
-                f"({self.judge.lowest:.4g})"
+                f"where the mean loss was lowest under {self.current.describe()} ({passed:.4g})"
             )
             return Switch(self.current, "", TrialStep.BEGIN)
         if obs.now - self._last < self.settings.interval_seconds:
@@ -285,6 +289,7 @@ class AutoConsistency:
                 trial = TrialStep.END
         if trial is TrialStep.BEGIN:
             self.trial_since, self._trial_at = now, f"where {to.describe()} began"
+            self._copy_loss = self.judge.recent  # the losses reported under the last setting
         elif trial is not TrialStep.NONE:
             self.trial_since = None
         self.current, self.since = to, now

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -54,23 +55,31 @@ class LossJudge:
         self._block: list[float] = []
         self._previous: float | None = None
         self.first: float | None = None
-        # The lowest mean of a block judged without a verdict since the last restart, and
-        # whether the last :meth:`feed` judged a new one (mode auto's trial copy follows it).
-        self.lowest = math.inf
-        self.new_low = False
+        # The mean of the last block the last :meth:`feed` judged without a verdict (None:
+        # none), which mode auto's trial copy may move up to.
+        self.passed: float | None = None
+        # The last step losses, whatever the setting (a restart keeps them).
+        self._recent: deque[float] = deque(maxlen=self.rules.block)
 
     def restart(self) -> None:
         self._block.clear()
         self._previous = None
-        self.lowest, self.new_low = math.inf, False
+        self.passed = None
+
+    @property
+    def recent(self) -> float:
+        """The mean of the last ``block`` step losses (fewer at the start; inf: none yet):
+        where the loss stands when a switch takes a trial copy."""
+        return statistics.fmean(self._recent) if self._recent else math.inf
 
     def feed(self, losses: Iterable[float], judged: bool) -> str | None:
         """Add step losses; with ``judged`` (the setting in force is stale), why the last
         completed block says the setting costs progress, or None."""
         verdict = None
-        self.new_low = False
+        self.passed = None
         for loss in losses:
             self._block.append(loss)
+            self._recent.append(loss)
             if len(self._block) < self.rules.block:
                 continue
             mean = statistics.fmean(self._block)
@@ -79,8 +88,7 @@ class LossJudge:
                 self.first = mean
             if judged and self._previous is not None and verdict is None:
                 verdict = self._judge(self._previous, mean)
-                if verdict is None and mean < self.lowest:
-                    self.lowest, self.new_low = mean, True
+                self.passed = mean if verdict is None else self.passed
             self._previous = mean
         return verdict
 

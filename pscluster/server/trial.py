@@ -8,8 +8,8 @@ therefore switches into a stale setting with ``TRIAL_BEGIN``: each shard copies 
 changes (the values, the model's buffers, the optimizer's state) as the switch takes effect.
 A verdict against the setting comes with ``TRIAL_UNDO``: the state becomes the copy again, at
 a new version (versions never go back: a worker's pull sees the change like any update). A
-``TRIAL_BEGIN`` while a copy is held takes it again (the coordinator moves it up to each block
-with the lowest loss yet); leaving the stale setting without a verdict comes with
+``TRIAL_BEGIN`` while a copy is held takes it again (the coordinator moves it up to each good
+block below the loss where it was taken); leaving the stale setting without a verdict comes with
 ``TRIAL_END`` and the copy goes.
 
 What does not go back: the members' clocks, the push ledger (retries are still answered),

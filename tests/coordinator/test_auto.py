@@ -123,13 +123,13 @@ def test_a_loss_that_has_settled_may_flatten_but_not_climb() -> None:
     jitter = verdict(auto, 3.0, EQUAL, [0.18] * 4)  # +64%, but 0.07 < 25% of 2.0
     climb = verdict(auto, 4.0, EQUAL, [0.8] * 4)
 
-    # Assert: the flat blocks move the copy up to the lowest (0.1); the jitter is no new low,
-    # and the climb goes back to that copy
+    # Assert: the flat blocks move the copy up to where they end (0.11); the jitter is above
+    # it, and the climb goes back to that copy
     assert flat == Switch(ASYNC, "", TrialStep.BEGIN) and jitter is None
     assert climb is not None and climb.to == SYNC and "rose from 0.18 to 0.8" in climb.reason
     assert climb.trial is TrialStep.UNDO
     assert climb.reason.endswith(
-        "back to where the mean loss was lowest under async (0.1), 2.0 s ago"
+        "back to where the mean loss was lowest under async (0.11), 2.0 s ago"
     )
 
 
@@ -170,6 +170,22 @@ def test_a_job_that_gains_under_async_and_then_blows_up_goes_back_to_its_lowest_
     assert higher is None
     assert blown is not None and blown.to == SYNC and blown.trial is TrialStep.UNDO
     assert blown.reason.endswith("lowest under async (0.432), 2.5 s ago"), blown.reason
+
+
+def test_a_block_that_falls_from_a_loss_async_blew_up_does_not_move_the_copy() -> None:
+    # Prepare: the losses under sync before the switch (0.7), then async blows the loss up
+    auto = AutoConsistency(0.0, AutoSettings(loss=LossRules(block=4)))
+    begun = auto.observe(Observation(0.1, EQUAL, [0.7] * 3))
+    auto.observe(Observation(0.5, EQUAL, [30.0] * 5))
+
+    # Execute: a fall of a third (judged fine), then a stall
+    fell = auto.observe(Observation(1.0, EQUAL, [20.0] * 4))
+    stalled = auto.observe(Observation(1.5, EQUAL, [19.5] * 4))
+
+    # Assert: the copy stayed where async began
+    assert begun is not None and begun.trial is TrialStep.BEGIN and fell is None
+    assert stalled is not None and stalled.trial is TrialStep.UNDO
+    assert stalled.reason.endswith("go back to where async began, 1.4 s ago"), stalled.reason
 
 
 def test_a_job_whose_state_is_not_copied_tightens_without_going_back() -> None:
