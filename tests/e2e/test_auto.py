@@ -2,8 +2,9 @@
 (``PSC_SLOWDOWN=5``) on two shards: the digits job goes to async at its first report and
 stays there while its loss falls; the same job at a learning rate where staleness stalls it
 is sent back to a staleness-free setting (a backup worker for the straggler) and to the
-parameters it had when async began, says why in its events, and still reaches 95%. The
-switches reach the shards by their SetConsistency RPC while pushes go on.
+parameters of its last good block under async (or where async began), says why in its
+events, and still reaches 95%. The switches reach the shards by their SetConsistency RPC
+while pushes go on.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def test_auto_leaves_async_when_the_loss_stalls_and_says_why(cluster: LocalClust
     assert switches[0].startswith("sync -> async"), switches
     verdict = switches[1]
     assert verdict.startswith("async -> sync") and "training loss" in verdict, switches
-    # What async did is undone: the shards went back to their copy from when async began.
+    # What async did is undone: the shards went back to their copy (where async began, or its
+    # last block judged fine below that; a CI run fell to 0.74 and then rose to 2.7).
     assert "the parameters go back to where" in verdict, switches
     # The straggler is relieved by a backup worker (in the verdict or once measured), and the
     # shards did switch: its pushes for closed steps were dropped as late.
