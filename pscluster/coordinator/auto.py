@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pscluster.coordinator.auto_loss import LossJudge, LossRules
+from pscluster.coordinator.stragglers import outliers
 from pscluster.errors import InvalidArgument
 from pscluster.server.consistency import TrialStep
 
@@ -232,7 +233,7 @@ class AutoConsistency:
         cur = self.current
         if len(speeds) < 2:
             return (cur if not cur.stale else SYNC), "too few measured workers"
-        slow = _outliers(speeds, s.outlier * (_OUT if cur.backup_workers else 1.0))
+        slow = outliers(speeds, s.outlier * (_OUT if cur.backup_workers else 1.0))
         # A step must still wait for two workers at least, and for most of them.
         if slow and len(slow) <= (len(speeds) - 1) // 2 and len(speeds) - len(slow) >= 2:
             names = ", ".join(f"{w} at {r:.1f}x" for w, r in sorted(slow.items()))
@@ -311,30 +312,3 @@ def _behind(obs: Observation) -> tuple[Consistency, str]:
         why = f"{names} not measured yet while {measured} others are: behind them"
         return Consistency("sync", backup_workers=missing), why
     return SYNC, "not every member measured yet"
-
-
-def _outliers(busy: Mapping[str, float], factor: float) -> dict[str, float]:
-    """Workers whose busy time is at least ``factor`` times the median of the others', with
-    that ratio. From the slowest down, stopping at the first that is not one: O(n log n) per
-    observation, which runs under the coordinator's lock."""
-    ranked = sorted(busy.items(), key=lambda item: item[1])
-    values = [t for _, t in ranked]
-    out: dict[str, float] = {}
-    for index in range(len(ranked) - 1, -1, -1):
-        worker, t = ranked[index]
-        ratio = t / _median_without(values, index)
-        if ratio < factor:
-            break
-        out[worker] = ratio
-    return out
-
-
-def _median_without(values: list[float], index: int) -> float:
-    """The median of sorted ``values`` (two or more) without the one at ``index``."""
-    n = len(values) - 1
-
-    def at(k: int) -> float:
-        return values[k if k < index else k + 1]
-
-    middle = n // 2
-    return at(middle) if n % 2 else (at(middle - 1) + at(middle)) / 2

@@ -19,6 +19,7 @@ coordinator lock around every call.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pscluster.errors import InvalidArgument
@@ -80,6 +81,23 @@ class Change:
     worker_id: str
     kind: str  # "straggler" | "recovered"
     message: str
+
+
+def outliers(busy: Mapping[str, float], factor: float) -> dict[str, float]:
+    """Workers whose busy time is at least ``factor`` times the median of the others', with
+    that ratio (mode auto's backup workers). From the slowest down, stopping at the first
+    that is not one: O(n log n) per call, which runs under the coordinator's lock."""
+    ranked = sorted(busy.items(), key=lambda item: item[1])
+    values = [t for _, t in ranked]
+    out: dict[str, float] = {}
+    for index in range(len(ranked) - 1, -1, -1):
+        worker, t = ranked[index]
+        median = _median_without(values, index)
+        ratio = t / median if median else 0.0
+        if ratio < factor:
+            break
+        out[worker] = ratio
+    return out
 
 
 def _median_without(values: list[float], index: int) -> float | None:
