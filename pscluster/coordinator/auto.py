@@ -143,15 +143,16 @@ class AutoConsistency:
     Verdicts are not carried across a restart: the job starts at the free rung again.
 
     ``undoable``: the shards keep a copy of the job's state when a stale setting begins (a
-    *trial*, :mod:`pscluster.server.trial`; not for jobs with embedding tables). A verdict
-    against the setting sends the job back to that copy, so the damage staleness did is not
-    trained out of. The copy follows the loss: each block judged fine whose mean is below the
-    loss where the copy was taken (at first the last ``block`` losses before the switch) takes
-    it again (a job may gain under async for a while and then blow up: the digits job at lr
-    0.2 fell to 0.74 and rose to 2.7 in a CI run), so an undo loses only what came after the
-    last good block, and never goes back to a block worse than the start (a block that fell
-    from a loss async had already blown up is judged fine, but is no better). Leaving the
-    stale setting without a verdict drops the copy."""
+    *trial*, :mod:`pscluster.server.trial`; not for jobs with embedding tables, nor past
+    PSC_AUTO_TRIAL_MAX_MB). A verdict against the setting sends the job back to that copy, so
+    the damage staleness did is not trained out of. The copy follows the loss: each block
+    judged fine whose mean is below the loss where the copy was taken (at first the last
+    ``block`` losses before the switch) takes it again (a job may gain under async for a
+    while and then blow up: the digits job at lr 0.2 fell to 0.74 and rose to 2.7 in a CI
+    run), so an undo loses only what came after the last good block, and never goes back to
+    a block worse than the start (a block that fell from a loss async had already blown up is
+    judged fine, but is no better). Leaving the stale setting without a verdict drops the
+    copy."""
 
     def __init__(
         self,
