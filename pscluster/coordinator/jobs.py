@@ -29,6 +29,7 @@ from pscluster.coordinator.stats import aggregate, shard_part
 from pscluster.data.dataset import train_rows
 from pscluster.data.partitions import batch_counts
 from pscluster.errors import FailedPrecondition, NotFound
+from pscluster.model.optimizer import parse_optimizer
 from pscluster.model.partition import BalancedRanges
 from pscluster.server.trial import copy_bytes
 from pscluster.shard_client import ShardError
@@ -199,7 +200,7 @@ class JobManager:
         """Whether mode auto may keep a trial copy of the job on its shards: not with embedding
         tables (rows may be gigabytes), nor past PSC_AUTO_TRIAL_MAX_MB on the largest slice."""
         largest = max((s.length for s in job.shards), default=job.num_params)
-        need = copy_bytes(largest, spec.optimizer.name, spec.optimizer.momentum)
+        need = copy_bytes(largest, parse_optimizer(spec.optimizer))
         return not spec.model.tables and need <= self.rt.settings.auto_trial_max_mb * 2**20
 
     def _batch_counts(self, job: st.JobRecord, spec: co_pb2.JobSpec) -> list[int] | None:

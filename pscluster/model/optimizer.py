@@ -39,6 +39,12 @@ class OptimizerSpec:
     betas: tuple[float, float] = (_DEFAULT_BETA1, _DEFAULT_BETA2)
     eps: float = _DEFAULT_EPS
 
+    @property
+    def state_slots(self) -> int:
+        """Tensors of the parameters' size the optimizer keeps: Adam's two moments, SGD's
+        momentum buffer when it has momentum."""
+        return 2 if self.name in ("adam", "adamw") else int(self.momentum > 0)
+
 
 def parse_optimizer(config: common_pb2.OptimizerConfig) -> OptimizerSpec:
     """Validate ``config``; InvalidArgument names the field and the accepted values."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from pscluster.model.optimizer import FlatOptimizer
+from pscluster.model.optimizer import FlatOptimizer, OptimizerSpec
 from pscluster.server.job_buffers import JobBuffers
 
 __all__ = ["PREFIX", "TrialCopy", "copy_bytes"]
@@ -86,9 +86,7 @@ class TrialCopy:
         )
 
 
-def copy_bytes(values: int, optimizer: str, momentum: float) -> int:
+def copy_bytes(values: int, optimizer: OptimizerSpec) -> int:
     """What a copy of ``values`` float32 parameters and their optimizer's state takes (the
-    model's buffers, a few running statistics, aside): Adam keeps two moments, SGD a momentum
-    buffer when it has momentum."""
-    slots = 2 if optimizer in ("adam", "adamw") else int(momentum > 0)
-    return 4 * values * (1 + slots)
+    model's buffers, a few running statistics, aside)."""
+    return 4 * values * (1 + optimizer.state_slots)

@@ -10,8 +10,10 @@ from collections.abc import Callable
 import pytest
 
 from pscluster.coordinator.core.actions import SwitchConsistency
+from pscluster.model.optimizer import parse_optimizer
 from pscluster.server.consistency import TrialStep
 from pscluster.server.trial import copy_bytes
+from pscluster.v1 import common_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from tests.coordinator.conftest import RPC_TIMEOUT, Running, Shards, submit
 from tests.support import tiny_job
@@ -19,12 +21,13 @@ from tests.support import tiny_job
 
 @pytest.mark.parametrize(
     ("optimizer", "momentum", "expected"),
-    [("sgd", 0.0, 400), ("sgd", 0.9, 800), ("adam", 0.0, 1200), ("adamw", 0.0, 1200)],
+    [("sgd", 0.0, 400), ("sgd", 0.9, 800), ("adam", 0.0, 1200), ("AdamW", 0.0, 1200)],
 )
 def test_a_copy_holds_the_values_and_each_optimizer_slot(
     optimizer: str, momentum: float, expected: int
 ) -> None:
-    assert copy_bytes(100, optimizer, momentum) == expected
+    config = common_pb2.OptimizerConfig(name=optimizer, lr=0.1, momentum=momentum)
+    assert copy_bytes(100, parse_optimizer(config)) == expected
 
 
 @pytest.mark.parametrize(("cap_mb", "undoable"), [(1024.0, True), (0.0, False)])
