@@ -88,7 +88,8 @@ class LossJudge:
                 self.first = mean
             if judged and self._previous is not None and verdict is None:
                 verdict = self._judge(self._previous, mean)
-                self.passed = mean if verdict is None else self.passed
+                if verdict is None:
+                    self.passed = mean
             self._previous = mean
         return verdict
 
