@@ -35,7 +35,8 @@ def observe(
         for s in relief.speeds(job_id, now)
         if s.active and s.batches >= MIN_BATCHES
     }
-    unmeasured = tuple(sorted(w for w in members if w not in busy))
+    # Named only while some are (every report of every worker comes through here).
+    unmeasured = () if len(busy) >= len(members) else tuple(w for w in members if w not in busy)
     switch = auto.observe(Observation(now, busy, losses, len(members), unmeasured))
     if switch is None:
         return []
