@@ -8,12 +8,13 @@ made from outside, as a throttled machine would be: the bench stops the worker's
 80% of every 50 ms (SIGSTOP / SIGCONT), so everything it does, compute and transfers, takes
 five times as long.
 
-On each, two jobs run in sync, sync with one backup worker, ssp (s=2), async and auto,
-interleaved, ``--repeats`` times each: the digits job as examples/digits.yaml has it (lr 0.05,
-momentum 0.9), where staleness costs nothing measurable, and the same job at lr 0.2, where it
-does (under async or ssp s=2 its loss wanders near where it began and it never reaches the
-target, while sync does in 3-6 epochs): the best fixed setting then differs between the
-two jobs, and a policy has to find out which case it is in. Time to target is from the
+On each, two jobs run in sync, sync with one backup worker, ssp (s=2), async, sync and async
+with 8 local steps per push (local SGD), and auto, interleaved, ``--repeats`` times each: the
+digits job as examples/digits.yaml has it (lr 0.05, momentum 0.9), where staleness costs
+nothing measurable, and the same job at lr 0.2, where it does (under async or ssp s=2 its
+loss wanders near where it began and it never reaches the target, while sync does in 3-6
+epochs): the best fixed setting then differs between the two jobs, and a policy has to find
+out which case it is in. Time to target is from the
 job's start to its first per-epoch evaluation at or above ``TARGET`` test accuracy; the job is
 cancelled there (the rest of its epochs would measure nothing). A run that never reaches it
 counts with its whole training time and is marked. The figures per setting are medians.
@@ -52,6 +53,9 @@ SETTINGS: list[tuple[str, dict[str, Any]]] = [
     ("sync + 1 backup", {"mode": "sync", "backup_workers": 1}),
     ("ssp s=2", {"mode": "ssp", "staleness": 2}),
     ("async", {"mode": "async"}),
+    # Local SGD, 8 steps per push: the most auto takes (pscluster/coordinator/auto_local.py).
+    ("sync, 8 local", {"mode": "sync", "local_steps": 8}),
+    ("async, 8 local", {"mode": "async", "local_steps": 8}),
     ("auto", {"mode": "auto", "staleness": 0}),
 ]
 # job -> what it changes in examples/digits.yaml (the optimizer's learning rate)

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # that a verdict can undo it) may take on one shard, in MiB. A job whose copy would take
     # more keeps none, and its verdicts only tighten; 0: no job keeps one.
     auto_trial_max_mb: float = Field(1024.0, ge=0)
+    # The most local steps per push mode "auto" may give a job's workers; 1: never any.
+    auto_max_local_steps: int = Field(8, ge=1, le=1024)
     default_partitions: int = Field(12, ge=1)
 
     chunk_bytes: int = Field(1 << 20, ge=1024)

@@ -98,10 +98,12 @@ def sparse_options(spec: co_pb2.JobSpec, options: SubmitOptions) -> None:
 
 
 def check_consistency(options: SubmitOptions) -> None:
-    """The coordinator's own rules for mode, staleness and backup_workers (mode "auto"
-    included), checked here so that a wrong combination fails before any work is done."""
+    """The coordinator's own rules for mode, staleness, backup_workers and local_steps (mode
+    "auto" included), checked here so that a wrong combination fails before any work is done."""
     try:
-        validate_job_consistency(options.mode, options.staleness, options.backup_workers)
+        validate_job_consistency(
+            options.mode, options.staleness, options.backup_workers, options.local_steps
+        )
     except PSError as e:
         raise InvalidJobError(str(e)) from e
 

@@ -39,6 +39,7 @@ def send_consistency(shards: ShardClient, store: JobStore, action: SwitchConsist
         backup_workers=action.backup_workers,
         revision=action.revision,
         trial=TRIAL_PROTO[action.trial],
+        local_steps=action.local_steps,
     )
     addresses = [s.address for s in job.shards]
     for attempt in range(ATTEMPTS):
@@ -53,7 +54,7 @@ def send_consistency(shards: ShardClient, store: JobStore, action: SwitchConsist
             for a, r in zip(addresses, replies, strict=True)
             if not isinstance(r, ShardError) and not r.undone
         ]
-        if action.trial is TrialStep.UNDO and kept:
+        if action.trial in (TrialStep.UNDO, TrialStep.UNDO_KEEP) and kept:
             # A move since the trial began leaves the copy behind on every shard (see
             # server/trial.py), and a retried round finds it gone: not undone there.
             log.warning("job %s: no trial copy to go back to on %s", action.job_id, kept)

@@ -21,6 +21,7 @@ from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.shard_init import Initial, initial_vectors, shard_configs
 from pscluster.coordinator.spec import (
     SUBMITTED_BLOBS,
+    local_steps_fit,
     read_submission,
     straggler_settings,
     validate_job,
@@ -194,6 +195,7 @@ class JobManager:
             evals=job.pending_evals,
             samples=job.samples,
             undoable=self._trial_fits(job, spec),
+            local_steps=self.rt.settings.auto_max_local_steps if local_steps_fit(spec) else 1,
         )
 
     def _trial_fits(self, job: st.JobRecord, spec: co_pb2.JobSpec) -> bool:

@@ -29,7 +29,11 @@ from pscluster.errors import FailedPrecondition, InvalidArgument, ResourceExhaus
 from pscluster.model import objective, state
 from pscluster.model.layout import ParamLayout
 from pscluster.model.optimizer import parse_optimizer
-from pscluster.server.consistency import AUTO, mode_traits, validate_job_consistency
+from pscluster.server.consistency import (
+    AUTO,
+    mode_traits,
+    validate_job_consistency,
+)
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -39,7 +43,6 @@ MAX_BATCH_SIZE = 1 << 20
 MAX_PARTITIONS = 1 << 16
 MAX_NAME = 200
 # Local SGD windows longer than this are not local SGD any more but separate training runs.
-MAX_LOCAL_STEPS = 1024
 # A submission is held in memory while it is checked; beyond this it is refused up front.
 MAX_SUBMISSION_BYTES = 4 << 30
 SUBMITTED_BLOBS = (blobs.DATASET, blobs.INITIAL_STATE)
@@ -172,7 +175,7 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     validate_tables(spec, dense)
     # The shards' own rules (and their one list of modes), so a job the coordinator accepts
     # is one every shard accepts.
-    validate_job_consistency(spec.mode, spec.staleness, spec.backup_workers)
+    validate_job_consistency(spec.mode, spec.staleness, spec.backup_workers, spec.local_steps)
     validate_optimizer(spec.optimizer)
     # The shards' own parser: a codec the coordinator accepts is one every shard decodes.
     codec = parse_settings(spec.compression)
@@ -181,7 +184,6 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
     _in_range("batch_size", spec.batch_size, 1, MAX_BATCH_SIZE)
     _in_range("partitions", spec.partitions, 0, MAX_PARTITIONS, "0 for the coordinator's default")
     _in_range("shards", spec.shards, 0, configured_shards, "0 for all configured shards")
-    _in_range("local_steps", spec.local_steps, 0, MAX_LOCAL_STEPS, "0 or 1 for every step")
     if spec.local_steps > 1 and codec.name == "dgc":
         raise InvalidArgument(
             "compression 'dgc' keeps its own momentum on the workers, and with local_steps > 1 "
@@ -193,6 +195,14 @@ def validate_spec(spec: co_pb2.JobSpec, configured_shards: int) -> ParamLayout:
             f"precision {spec.precision!r} is unknown; expected one of {list(PRECISIONS)}"
         )
     return layout
+
+
+def local_steps_fit(spec: co_pb2.JobSpec) -> bool:
+    """Whether the job's workers may take local steps (mode "auto" asks, before choosing
+    them): not with tables on the shards (each step looks its rows up there, so there is no
+    local copy to step), nor with 'dgc', whose own momentum on the workers would run beside
+    the job's optimizer."""
+    return not spec.model.tables and parse_settings(spec.compression).name != "dgc"
 
 
 def straggler_settings(spec: co_pb2.JobSpec) -> StragglerSettings:

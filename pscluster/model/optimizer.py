@@ -151,6 +151,18 @@ class FlatOptimizer:
                 # Dropped so the shard does not keep the last gradient alive between pushes.
                 self.param.grad = None
 
+    def add_change(self, change: torch.Tensor) -> None:
+        """Add a change some other copy of this optimizer made (local SGD steps on a worker,
+        sent divided by lr): ``w -= lr * change``, the state untouched. With plain SGD this
+        is exactly :meth:`step`."""
+        if change.shape != self.param.shape or change.dtype != torch.float32:
+            raise InvalidArgument(
+                f"change must be float32 of shape {tuple(self.param.shape)}, "
+                f"got {change.dtype} {tuple(change.shape)}"
+            )
+        with torch.no_grad():
+            self.param.add_(change, alpha=-self.spec.lr)
+
     def state_tensors(
         self, *, copy: bool = True
     ) -> tuple[dict[str, torch.Tensor], dict[str, float | None]]:

@@ -84,6 +84,7 @@ def push_header(header: ps_pb2.PushHeader) -> PushHeader:
         buffer_delta=header.buffer_delta,
         rows=tuple(RowBlockInfo(b.table, b.count, b.dtype or F32) for b in header.rows),
         bucket_bytes=header.bucket_bytes,
+        local_steps=header.local_steps,
     )
 
 
@@ -109,6 +110,8 @@ def pull_header(snapshot: PullSnapshot) -> ps_pb2.PullChunk:
             dtype=common_pb2.DType.ValueType(snapshot.dtype or common_pb2.DTYPE_FLOAT32),
             waited_seconds=snapshot.waited_seconds,
             buffers=snapshot.buffers,
+            revision=snapshot.revision,
+            local_steps=snapshot.local_steps,
         )
     )
 
@@ -160,6 +163,7 @@ TRIAL_PROTO: dict[TrialStep, ps_pb2.Trial.ValueType] = {
     TrialStep.NONE: ps_pb2.TRIAL_UNSPECIFIED,
     TrialStep.BEGIN: ps_pb2.TRIAL_BEGIN,
     TrialStep.UNDO: ps_pb2.TRIAL_UNDO,
+    TrialStep.UNDO_KEEP: ps_pb2.TRIAL_UNDO_KEEP,
     TrialStep.END: ps_pb2.TRIAL_END,
 }
 _TRIAL_STEPS: dict[int, TrialStep] = {proto: step for step, proto in TRIAL_PROTO.items()}

@@ -44,6 +44,9 @@ class JobConfig:
     # naming another nonzero one are refused "layout moved" (pscluster.server.layout_gate).
     # Checkpoints written before it have none: 0.
     layout_generation: int = 0
+    # The local steps a worker is to take between a pull and a push (0 or 1: one), as mode
+    # "auto" sets it; pulls say it, so that the workers follow it.
+    local_steps: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able, for checkpoints."""
@@ -93,6 +96,9 @@ class PushHeader:
     rows: tuple[RowBlockInfo, ...] = ()
     # 0: the payload in order; else buckets of this many bytes, last first (raw float32).
     bucket_bytes: int = 0
+    # 0: a gradient for the job's optimizer; n > 0: the change of n local optimizer steps
+    # on the worker divided by lr, which the shard adds (see JobState.apply).
+    local_steps: int = 0
 
     @property
     def scale(self) -> float:
@@ -141,6 +147,8 @@ class PullSnapshot:
     payload: SnapshotLease
     waited_seconds: float = 0.0  # how long the consistency mode held the pull
     buffers: bytes = b""  # the job's buffers at the same version, float64 little-endian
+    revision: int = 0  # the consistency revision in force
+    local_steps: int = 0  # the local steps it asks the workers to take per push
 
     def __enter__(self) -> PullSnapshot:
         return self

@@ -76,14 +76,16 @@ class JobControl:
         backup_workers: int,
         revision: int,
         trial: TrialStep = TrialStep.NONE,
+        local_steps: int = 0,
     ) -> tuple[int, int, bool]:
         """Switch the job's consistency live (mode "auto" on the coordinator) unless
         ``revision`` is not newer than the one in force, doing ``trial`` to the trial copy
         (:mod:`pscluster.server.trial`); returns (revision in force, version, whether the
         state went back to the copy). Logged like a membership change, so that recovery
-        replays it between the same pushes.
+        replays it between the same pushes. ``local_steps`` is what the job's pulls tell the
+        workers to take per push from now on.
         """
-        validate_consistency(mode, staleness, backup_workers)
+        validate_consistency(mode, staleness, backup_workers, local_steps)
         state = self._state
         with self._cond:
             self._check_alive()
@@ -92,19 +94,23 @@ class JobControl:
             ticket = 0
             if self._journal is not None:
                 ticket = self._journal.log_consistency(
-                    mode, staleness, backup_workers, revision, trial.value
+                    mode, staleness, backup_workers, revision, trial.value, local_steps
                 )
-            _, undone = state.set_consistency(mode, staleness, backup_workers, revision, trial)
+            _, undone = state.set_consistency(
+                mode, staleness, backup_workers, revision, trial, local_steps
+            )
             self.config = state.config
             version = state.version
         self._commit(ticket)
         log.info(
-            "job %s revision %d: consistency is now %s (staleness %d, backup workers %d)%s",
+            "job %s revision %d: consistency is now %s (staleness %d, backup workers %d, "
+            "local steps %d)%s",
             self.config.job_id,
             revision,
             mode,
             staleness,
             backup_workers,
+            local_steps,
             f", trial {trial.value}" + (" (went back to the copy)" if undone else "")
             if trial is not TrialStep.NONE
             else "",

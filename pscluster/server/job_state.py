@@ -99,18 +99,33 @@ class JobState(JobStateCheckpoint):
         step: bool,
         buffer_delta: torch.Tensor | None = None,
         rows: RowGrads | None = None,
+        change: torch.Tensor | None = None,
     ) -> None:
+        """See JobContext.apply. ``grad`` is what the pushes carry: a gradient, or the change
+        of local steps on the workers (their headers' ``local_steps``), which is added at the
+        optimizer's lr (w -= lr * change) and leaves its state (momentum, Adam moments) as it
+        was, since the workers' own optimizer already took those steps. A sync step whose
+        pushes carry both (a switch of mode "auto" between them) passes the changes' part as
+        ``change``."""
         version, clock = self.version, self.clocks.clock
+        gradient: torch.Tensor | None = grad
+        if change is None and all(push.local_steps for push in pushes):
+            gradient, change = None, grad
         if self.config.staleness_aware_lr and not step:
             # Staleness-aware async SGD (Zhang et al. 2016): a gradient computed on parameters
             # tau updates old moves them 1 / (tau + 1) as far. Sync steps have tau = 0.
             lag = max(version - push.base_version for push in pushes)
             if lag > 0:
-                grad.div_(lag + 1)  # lent memory: ours to change until we return
+                for part in (gradient, change):
+                    if part is not None:
+                        part.div_(lag + 1)  # lent memory: ours to change until we return
                 if rows is not None:
                     rows.scale_(1 / (lag + 1))
         self.snapshots.before_update()
-        self.opt.step(grad)
+        if gradient is not None:
+            self.opt.step(gradient)
+        if change is not None:
+            self.opt.add_change(change)
         self.zeros.apply(self.opt.values)  # pruned weights: zero after every step, every mode
         if rows is not None:
             self.tables.apply(rows)
@@ -160,12 +175,14 @@ class JobState(JobStateCheckpoint):
         backup_workers: int,
         revision: int,
         trial: TrialStep = TrialStep.NONE,
+        local_steps: int = 0,
     ) -> tuple[bool, bool]:
         """Replace the mode between two pushes (see :mod:`pscluster.server.consistency.switch`)
         unless ``revision`` is not newer than the one in force, and do ``trial`` to the trial
         copy (:mod:`pscluster.server.trial`); (whether the revision was taken, whether the
         state went back to the copy). The config says the mode in force, so a checkpoint
-        rebuilds the job in it."""
+        rebuilds the job in it. ``local_steps`` needs no new policy: each push says what it
+        carries (see :meth:`apply`), and pulls tell the workers the number in force."""
         if revision <= self.revision:
             return False, False
         if (mode, staleness, backup_workers) != (
@@ -177,11 +194,13 @@ class JobState(JobStateCheckpoint):
             self.config = replace(
                 self.config, mode=mode, staleness=staleness, backup_workers=backup_workers
             )
+        if local_steps != self.config.local_steps:
+            self.config = replace(self.config, local_steps=local_steps)
         self.revision = revision
         if trial is TrialStep.BEGIN and not len(self.tables):
             # After the switch: an open sync step the switch applied is in the copy.
             self.trial = TrialCopy.take(self.opt, self.buffers)
-        undone = trial is TrialStep.UNDO and self.trial is not None
+        undone = trial in (TrialStep.UNDO, TrialStep.UNDO_KEEP) and self.trial is not None
         if undone:
             self._undo_trial()
         if trial in (TrialStep.UNDO, TrialStep.END):

@@ -85,6 +85,7 @@ class ParameterServerServicer:
             request.backup_workers,
             request.revision,
             convert.trial_step(request.trial),
+            request.local_steps,
         )
         return ps_pb2.SetConsistencyReply(revision=revision, version=version, undone=undone)
 

@@ -63,7 +63,9 @@ class Shard(RelayoutMixin):
     def _check_config(self, config: JobConfig) -> None:
         if not config.job_id:
             raise InvalidArgument("config.job_id is empty; name the job")
-        validate_consistency(config.mode, config.staleness, config.backup_workers)
+        validate_consistency(
+            config.mode, config.staleness, config.backup_workers, config.local_steps
+        )
         check_buffer_spec(config.buffer_length, config.counters)
         held = config.length + sum(t.local_rows * t.dim for t in config.tables)
         if held > self.max_values:

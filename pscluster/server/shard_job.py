@@ -192,6 +192,8 @@ class ShardJob(JobControl, JobPersistence):
                 lease,
                 waited_seconds=time.monotonic() - arrived if held else 0.0,
                 buffers=state.buffers.snapshot(),  # of the same moment as the values
+                revision=state.revision,
+                local_steps=state.config.local_steps,
             )
         self._commit(ticket)
         return snapshot

@@ -256,6 +256,7 @@ class ShardClient(RelayoutCalls):
             [h.version for h in headers],
             [h.clock for h in headers],
             max((h.waited_seconds for h in headers), default=0.0),
+            max(headers, key=lambda h: h.revision).local_steps if headers else 0,
         )
 
     def push_all(
@@ -325,6 +326,7 @@ def push_header(
         codec="none",
         buffer_delta=extras.buffer_slice(r),
         grad_scale=extras.grad_scale if extras.grad_scale != 1.0 else 0.0,
+        local_steps=extras.local_steps,
     )
 
 

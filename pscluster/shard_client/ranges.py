@@ -45,6 +45,9 @@ class Snapshot:
     # The longest any shard held the pull for the consistency mode (the shards are pulled in
     # parallel, so this is what the puller spent waiting on other workers).
     waited_seconds: float = 0.0
+    # The local steps per push the job's consistency asks for, as the shard holding the newest
+    # revision says (mode "auto" revises it; the shards take a switch a moment apart).
+    local_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class PushExtras:
     # Per shard index, the row blocks of the job's tables that shard owns and their bytes
     # (pscluster.server.tables.rows.encode_rows); shards not in it get none.
     rows: Mapping[int, tuple[Sequence[RowBlockInfo], bytes]] = field(default_factory=dict)
+    # 0: the update is a gradient; n > 0: the change of n local optimizer steps, over lr.
+    local_steps: int = 0
 
     def buffer_slice(self, r: ShardRange) -> bytes:
         """A shard's slice of the buffers' change; nothing when it did not change (constant

@@ -79,6 +79,10 @@ class _TrialEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trial.ValueType
     """the state becomes the copy again (a new version), the copy goes"""
     TRIAL_END: _Trial.ValueType  # 3
     """the copy goes: the trial is kept"""
+    TRIAL_UNDO_KEEP: _Trial.ValueType  # 4
+    """As TRIAL_UNDO, but the copy stays: the setting switched to is on trial from the same
+    point (mode "auto" leaves async for sync that keeps local steps).
+    """
 
 class Trial(_Trial, metaclass=_TrialEnumTypeWrapper):
     """Mode "auto" tries a stale setting on a copy of the job's learned state (values, buffers,
@@ -93,6 +97,10 @@ TRIAL_UNDO: Trial.ValueType  # 2
 """the state becomes the copy again (a new version), the copy goes"""
 TRIAL_END: Trial.ValueType  # 3
 """the copy goes: the trial is kept"""
+TRIAL_UNDO_KEEP: Trial.ValueType  # 4
+"""As TRIAL_UNDO, but the copy stays: the setting switched to is on trial from the same
+point (mode "auto" leaves async for sync that keeps local steps).
+"""
 Global___Trial: _TypeAlias = Trial  # noqa: Y015
 
 class _HoldAction:
@@ -491,6 +499,8 @@ class PullHeader(_message.Message):
     BUFFERS_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
     DIM_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    LOCAL_STEPS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     clock: _builtins.int
     start: _builtins.int
@@ -505,6 +515,11 @@ class PullHeader(_message.Message):
     rows: _builtins.int
     """A Lookup's answer: the number of rows and their width (the data is rows * dim values)."""
     dim: _builtins.int
+    revision: _builtins.int
+    """The job's consistency revision in force here, and the local steps it asks the workers to
+    take between a pull and a push (0 or 1: one step; mode "auto" revises it live).
+    """
+    local_steps: _builtins.int
     def __init__(
         self,
         *,
@@ -517,10 +532,12 @@ class PullHeader(_message.Message):
         buffers: _builtins.bytes = ...,
         rows: _builtins.int = ...,
         dim: _builtins.int = ...,
+        revision: _builtins.int = ...,
+        local_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "clock", b"clock", "dim", b"dim", "dtype", b"dtype", "length", b"length", "rows", b"rows", "start", b"start", "version", b"version", "waited_seconds", b"waited_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "clock", b"clock", "dim", b"dim", "dtype", b"dtype", "length", b"length", "local_steps", b"local_steps", "revision", b"revision", "rows", b"rows", "start", b"start", "version", b"version", "waited_seconds", b"waited_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -649,6 +666,7 @@ class PushHeader(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     BUCKET_BYTES_FIELD_NUMBER: _builtins.int
     LAYOUT_GENERATION_FIELD_NUMBER: _builtins.int
+    LOCAL_STEPS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     worker_id: _builtins.str
     seq: _builtins.int
@@ -687,6 +705,11 @@ class PushHeader(_message.Message):
     """
     layout_generation: _builtins.int
     """of the plan the worker pushes by; 0: not checked"""
+    local_steps: _builtins.int
+    """0: the payload is a gradient, for the job's optimizer on the shard. n > 0: it is the
+    change n steps of the worker's own copy of the job's optimizer made (local SGD), divided
+    by lr; the shard adds it (w -= lr * payload) and leaves its optimizer's state as it is.
+    """
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowBlock]:
         """Row gradients of the job's tables, after the dense payload (see RowBlock). They are
@@ -711,10 +734,11 @@ class PushHeader(_message.Message):
         rows: _abc.Iterable[Global___RowBlock] | None = ...,
         bucket_bytes: _builtins.int = ...,
         layout_generation: _builtins.int = ...,
+        local_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "bucket_bytes", b"bucket_bytes", "buffer_delta", b"buffer_delta", "codec", b"codec", "dtype", b"dtype", "grad_scale", b"grad_scale", "job_id", b"job_id", "layout_generation", b"layout_generation", "length", b"length", "payload_bytes", b"payload_bytes", "rows", b"rows", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_clock", b"base_clock", "base_version", b"base_version", "batch_size", b"batch_size", "bucket_bytes", b"bucket_bytes", "buffer_delta", b"buffer_delta", "codec", b"codec", "dtype", b"dtype", "grad_scale", b"grad_scale", "job_id", b"job_id", "layout_generation", b"layout_generation", "length", b"length", "local_steps", b"local_steps", "payload_bytes", b"payload_bytes", "rows", b"rows", "seq", b"seq", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -849,6 +873,7 @@ class SetConsistencyRequest(_message.Message):
     BACKUP_WORKERS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     TRIAL_FIELD_NUMBER: _builtins.int
+    LOCAL_STEPS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     mode: _builtins.str
     """a shard mode: "async" | "sync" | "ssp" """
@@ -860,6 +885,8 @@ class SetConsistencyRequest(_message.Message):
     """increases with every switch of the job; older ones are ignored"""
     trial: Global___Trial.ValueType
     """what becomes of the job's trial copy as the switch takes effect"""
+    local_steps: _builtins.int
+    """the steps a worker takes between a pull and a push (0 or 1: one)"""
     def __init__(
         self,
         *,
@@ -869,10 +896,11 @@ class SetConsistencyRequest(_message.Message):
         backup_workers: _builtins.int = ...,
         revision: _builtins.int = ...,
         trial: Global___Trial.ValueType = ...,
+        local_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "job_id", b"job_id", "mode", b"mode", "revision", b"revision", "staleness", b"staleness", "trial", b"trial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_workers", b"backup_workers", "job_id", b"job_id", "local_steps", b"local_steps", "mode", b"mode", "revision", b"revision", "staleness", b"staleness", "trial", b"trial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -217,7 +217,9 @@ class WorkerAgent:
                     self.settings.progress_seconds,
                     task.lease_id,
                     task.end_batch,
+                    early=not rt.reported,
                 )
+                rt.reported = True
                 request = train_lease(trainer, task, reporter)
             else:
                 request = evaluate_lease(trainer, task)

@@ -14,6 +14,12 @@ window.
 k = 1 is the ordinary step: one gradient on the pulled parameters, applied by the shards'
 optimizer.
 
+Mode "auto" changes k while the job runs (its pulls say the number in force, and the worker
+follows it from its next window: :meth:`LocalSGD.follow`). Each push says which it carries
+(``Window.local_steps``), so the shards add a change and step their optimizer on a gradient
+whatever the number is when it arrives; their optimizer's state waits, untouched, while the
+workers' own copies take the steps.
+
 Either way the window also yields the change of the model's buffers (BatchNorm statistics),
 which goes with the push: the shards merge it (see :mod:`pscluster.model.buffers`).
 """
@@ -77,6 +83,8 @@ class Window:
     rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     # The push already on its way, started from backward (None: push ``update`` after).
     started: StartedPush | None = None
+    # 0: ``update`` is a gradient; n > 0: the change n steps of the worker's optimizer made.
+    local_steps: int = 0
 
     @property
     def samples(self) -> int:
@@ -98,17 +106,30 @@ class LocalSGD:
         self.model = model
         self.clock = clock or PhaseClock()  # forward and backward are timed here
         # One step per push only: the gradient goes out bucket by bucket during backward.
-        self.stream = stream if local_steps <= 1 else None
+        self.stream = stream if local_steps <= 1 else None  # (run() uses it for one step only)
         self.layout, self.buffers = layouts
         self.objective = objective  # the job's loss, or distillation's: see worker/objectives
         self.precision = precision
-        self.local_steps = max(1, local_steps)
+        self.local_steps = 1
         self.lr = optimizer.lr
+        self._optimizer = optimizer
         self._opt: torch.optim.Optimizer | None = None
         self._before: dict[str, Any] | None = None  # optimizer state as the window began
-        if self.local_steps > 1:
-            trainable = [p for _, p in model.named_parameters() if p.requires_grad]
-            self._opt = torch_optimizer(trainable, parse_optimizer(optimizer))
+        self.follow(local_steps)
+
+    def follow(self, local_steps: int) -> None:
+        """Take ``local_steps`` steps per window from the next window on (0 or 1: one step
+        per push). The worker's optimizer starts afresh when local steps begin and goes when
+        they end: between those the shards' optimizer, with the job's state, takes the steps."""
+        k = max(1, local_steps)
+        if k == self.local_steps:
+            return
+        self.local_steps = k
+        if k == 1:
+            self._opt = self._before = None
+        elif self._opt is None:
+            trainable = [p for _, p in self.model.named_parameters() if p.requires_grad]
+            self._opt = torch_optimizer(trainable, parse_optimizer(self._optimizer))
 
     def run(
         self,
@@ -225,6 +246,10 @@ class LocalSGD:
 
     def _local_steps(self, start: torch.Tensor, batches: Sequence[Batch]) -> Window:
         assert self._opt is not None
+        if _holds_parameters(start, self.model):
+            # Pulled straight into the model (ParamLayout.bind, one step per push until auto
+            # chose local steps): the steps would move the start with them.
+            start = start.clone()
         window = Window(update=None)
         for x, y in batches:
             scale = self.precision.scale
@@ -248,11 +273,17 @@ class LocalSGD:
             # (start - now) / lr: the shards' SGD step at lr turns it back into the change.
             update = start.sub(now).div_(self.lr)
             if all_finite(update):
-                window.update = update
+                window.update, window.local_steps = update, len(window.steps)
             else:  # the local steps diverged: nothing of this window is worth pushing
                 window.nonfinite += len(window.steps)
                 window.steps = []
         return window
+
+
+def _holds_parameters(values: torch.Tensor, model: nn.Module) -> bool:
+    """Whether the model's parameters live in ``values``' memory."""
+    ptr = values.untyped_storage().data_ptr()
+    return any(p.untyped_storage().data_ptr() == ptr for p in model.parameters())
 
 
 def all_finite(values: torch.Tensor) -> bool:

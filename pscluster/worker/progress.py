@@ -12,6 +12,7 @@ batch timing out.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 
@@ -42,7 +43,12 @@ class ProgressReporter:
         every: float,
         lease_id: str = "",
         end_batch: int = 0,
+        *,
+        early: bool = False,
     ) -> None:
+        """``early``: the first report goes after the first window, not ``every`` seconds
+        in (a worker's first lease of a job: mode "auto" decides at the first report, from
+        its phases)."""
         self.stub = stub
         self.worker_id = worker_id
         self.job_id = job_id
@@ -52,7 +58,7 @@ class ProgressReporter:
         self.end_batch = end_batch
         self._pending: list[coordinator_pb2.StepMetric] = []
         self._progress = coordinator_pb2.LeaseProgress(lease_id=lease_id)
-        self._last_flush = time.monotonic()
+        self._last_flush = -math.inf if early else time.monotonic()
         self._backoff = Backoff(1.0, 8.0)
         self._retry_at = 0.0  # after a failed report, no attempt before this (monotonic)
         self.dropped_reports = 0

@@ -99,6 +99,7 @@ class JobRuntime:
         # Which shard holds each row of each of the model's tables (pscluster.model.partition).
         self.row_partitioners = [rows_partitioner(t.dynamic) for t in plan.spec.model.tables]
         self.seq = 0  # push sequence number, strictly increasing over this worker's pushes
+        self.reported = False  # whether a lease of the job on this worker has reported yet
         self.gate: PullGate | None = None
         self.min_versions: list[int] = []
         self._settings = settings

@@ -20,6 +20,7 @@ import grpc
 
 from pscluster.config import Settings
 from pscluster.model.hosted import attach_rows
+from pscluster.server.consistency import AUTO
 from pscluster.shard_client import PushExtras, ShardError, Snapshot
 from pscluster.shard_client.errors import LayoutMovedError
 from pscluster.shard_client.tables import split_rows
@@ -124,10 +125,11 @@ class Trainer:
 
     def train(self, task: coordinator_pb2.Task, reporter: ProgressReporter) -> int:
         """Train on the lease's batches, a window of ``local_steps`` batches per pull and push
-        (one batch when the job has no local steps); the samples trained."""
+        (one batch when the job has no local steps; in mode "auto" the number its shards say
+        at each pull, for the next window); the samples trained."""
         rt = self.rt
         plan = rt.data.plan(task)
-        window_size = max(1, rt.spec.local_steps)
+        follows = rt.spec.mode == AUTO
         samples = 0
         position = task.first_batch
         # Read ahead by the loader from the lease's first batch to its end as granted.
@@ -139,9 +141,11 @@ class Trainer:
 
         while position < lease_end():
             started = time.perf_counter()
-            end = min(position + window_size, lease_end())
+            end = min(position + rt.local.local_steps, lease_end())
             data = [next(reader) for _ in range(position, end)]
-            trained, waited = self._window(data, task.epoch, reporter)
+            trained, waited, asked = self._window(data, task.epoch, reporter)
+            if follows and asked is not None:
+                rt.local.follow(asked)
             samples += trained
             if self.telemetry is not None:
                 self.telemetry.trained(rt.job_id, trained)
@@ -157,12 +161,14 @@ class Trainer:
 
     def _window(
         self, data: list[Batch], epoch: int, reporter: ProgressReporter
-    ) -> tuple[int, float]:
+    ) -> tuple[int, float, int | None]:
         """Pull, train and push one window until every shard took it or it is dropped; the
-        samples trained and the seconds pulls waited on other workers."""
+        samples trained, the seconds pulls waited on other workers, and the local steps the
+        last pull asked for (None: no pull went through)."""
         rt = self.rt
         push = PushRound.to(len(rt.shards.ranges))
         waited = 0.0
+        asked: int | None = None
         window = Window(update=None)  # replaced by the first attempt
         clock = rt.local.clock
         for attempt in range(MAX_ATTEMPTS):
@@ -181,6 +187,7 @@ class Trainer:
                 continue
             clock.move(snap.waited_seconds, "pull", "wait")
             waited += snap.waited_seconds
+            asked = snap.local_steps
             if window.update is None:
                 break  # nothing finite to push: every batch is dropped below
             try:
@@ -204,16 +211,16 @@ class Trainer:
                 window.nonfinite,
             )
         if window.update is None:
-            return 0, waited
+            return 0, waited, asked
         if not push.taken_everywhere:
             reporter.dropped(push.reason, len(window.steps))
             log.info("job %s: %d batch(es) dropped (%s)", rt.job_id, len(window.steps), push.reason)
-            return 0, waited
+            return 0, waited, asked
         for loss, size in window.steps:
             reporter.step(loss, size, epoch)
             if self.telemetry is not None:
                 self.telemetry.stepped(rt.job_id)
-        return window.samples, waited
+        return window.samples, waited, asked
 
     def _pulled(
         self, data: list[Batch], min_versions: list[int], *, first: bool
@@ -230,6 +237,8 @@ class Trainer:
         """The window trained while its pull arrives (None: the job's pulls cannot overlap,
         or this one failed and the window must be trained again after an ordinary pull)."""
         rt = self.rt
+        if rt.local.local_steps > 1:  # forward under the pull: one step per push only
+            return None
         ahead = step.pull_ahead(rt, self.worker_id, self.settings, self._pulled_in)
         into = rt.pull_into
         if ahead is None or rt.gate is None or into is None:
@@ -276,7 +285,7 @@ class Trainer:
             dtype = ROW_DTYPES.get(rt.encoder.name, F32)
             shards = len(rt.shards.ranges)
             rows = split_rows(window.rows, shards, dtype, rt.row_partitioners)
-        extras = PushExtras(window.buffer_delta, window.grad_scale, rows)
+        extras = PushExtras(window.buffer_delta, window.grad_scale, rows, window.local_steps)
         replies: dict[int, ps_pb2.PushReply] = {}
 
         def send() -> dict[int, ps_pb2.PushReply]:

@@ -1,10 +1,16 @@
-"""Mode "auto" on a real cluster of three normal workers and one five times slower
-(``PSC_SLOWDOWN=5``) on two shards: the digits job goes to async at its first report and
-stays there while its loss falls; the same job at a learning rate where staleness stalls it
-is sent back to a staleness-free setting (a backup worker for the straggler) and to the
-parameters of its last good block under async (or where async began), says why in its
-events, and still reaches 95%. The switches reach the shards by their SetConsistency RPC
-while pushes go on.
+"""Mode "auto" on real clusters of processes, two shards each.
+
+Three normal workers and one five times slower (``PSC_SLOWDOWN=5``), with local steps ruled
+out (``PSC_AUTO_MAX_LOCAL_STEPS=1``) so that the staleness ladder is what is tested: the
+digits job goes to async at its first report and stays there while its loss falls; the same
+job at a learning rate where staleness stalls it is sent back to a staleness-free setting (a
+backup worker for the straggler) and to the parameters of its last good block under async
+(or where async began), says why in its events, and still reaches 95%. The switches reach the
+shards by their SetConsistency RPC while pushes go on.
+
+Four equal workers with local steps allowed: the digits MLP's pulls and pushes outweigh its
+compute many times over on loopback, so auto starts it in sync with local steps, the workers
+follow the number their pulls carry, and the model fetched is the one the job reported.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pscluster.client.errors import InvalidJobError
 from pscluster.client.local import LocalCluster
 from pscluster.client.spec_file import load_job_file
 from tests.e2e.conftest import start_cluster
+from tests.e2e.data import accuracy
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +34,9 @@ STRAGGLER = "straggler"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = start_cluster(tmp_path_factory.mktemp("auto"), shards=2, workers=3)
+    c = start_cluster(
+        tmp_path_factory.mktemp("auto"), shards=2, workers=3, PSC_AUTO_MAX_LOCAL_STEPS="1"
+    )
     try:
         c.add_worker(wait=True, env={"PSC_SLOWDOWN": "5", "PSC_WORKER_ID": STRAGGLER})
         yield c
@@ -91,3 +100,40 @@ def test_auto_refuses_a_staleness_of_its_own(cluster: LocalCluster) -> None:
     # Execute / Assert
     with cluster.client() as client, pytest.raises(InvalidJobError, match="remove staleness"):
         client.submit(**kwargs)
+
+
+def test_auto_takes_local_steps_where_communication_outweighs_compute(
+    tmp_path: Path,
+) -> None:
+    # Prepare: four equal workers, local steps allowed (the coordinator's default)
+    cluster = start_cluster(tmp_path, shards=2, workers=4)
+    example = load_job_file(ROOT / "examples" / "digits.yaml")
+    kwargs = example.submit_kwargs()
+    kwargs.update(mode="auto", staleness=0, epochs=8, seed=3)
+    kwargs["optimizer"] = {**kwargs["optimizer"], "lr": 0.2}
+
+    # Execute
+    try:
+        with cluster.client() as client:
+            job = client.submit(**kwargs)
+            info = job.wait(timeout=300)
+            m = job.metrics()
+            state = job.fetch_model()
+    finally:
+        cluster.stop()
+
+    # Assert: sync with local steps from the first report, and no verdict against them
+    assert info.state == "completed", info.error or info.status_message
+    switches = [e.message for e in m.events if e.kind == "consistency"]
+    assert switches[0].startswith("sync -> sync with 8 local steps: a window's pull and push"), (
+        switches
+    )
+    assert info.test_accuracy is not None and info.test_accuracy >= 0.95, (info, switches)
+    # A push per window of eight, not per batch (a window ends at its lease's end; before the
+    # first report each worker pushed a batch or so on its own)
+    steps = len(m.steps)
+    for shard in m.shards:
+        assert 0 < shard.pushes_applied <= steps // 3, (shard.pushes_applied, steps)
+    model = kwargs["model"](**kwargs["model_kwargs"])
+    model.load_state_dict(state)
+    assert accuracy(model, *kwargs["test"]) == pytest.approx(info.test_accuracy, abs=1e-9)

@@ -132,9 +132,11 @@ class ShardClient:
         buffer_delta: torch.Tensor | bytes = b"",
         grad_scale: float = 0.0,
         bucket_bytes: int = 0,
+        local_steps: int = 0,
     ) -> ps_pb2.PushReply:
         """``buffer_delta``: the buffers' change (a tensor, sent as float64, or raw bytes);
-        ``grad_scale``: the loss scale ``grad`` (or ``payload``) was already multiplied by."""
+        ``grad_scale``: the loss scale ``grad`` (or ``payload``) was already multiplied by;
+        ``local_steps`` > 0: ``grad`` is the change of that many local steps over lr."""
         if isinstance(buffer_delta, torch.Tensor):
             buffer_delta = encode_buffers(buffer_delta)
         header = ps_pb2.PushHeader(
@@ -149,6 +151,7 @@ class ShardClient:
             buffer_delta=buffer_delta,
             grad_scale=grad_scale,
             bucket_bytes=bucket_bytes,
+            local_steps=local_steps,
         )
         body = wire.encode(grad, dtype) if payload is None else memoryview(payload)
 

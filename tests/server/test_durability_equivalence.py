@@ -50,6 +50,7 @@ class Case:
     # receive buffer itself, so the scale must be undone elsewhere)
     switches: bool = False  # the consistency is switched live now and then (mode "auto"),
     # its trial copy taken, gone back to and dropped
+    local_pushes: bool = False  # some pushes carry local steps' changes, not gradients
 
 
 CASES = {
@@ -65,6 +66,10 @@ CASES = {
     "sync-backup": Case("sync", OptimizerSpec(name="sgd", lr=0.1), backup_workers=1),
     "ssp": Case("ssp", OptimizerSpec(name="adamw", lr=0.01, weight_decay=0.1), staleness=1),
     "switching": Case("sync", OptimizerSpec(name="sgd", lr=0.1, momentum=0.9), switches=True),
+    # Mode auto's local steps: changes and gradients mixed, in sync steps and out of them.
+    "switching-local": Case(
+        "sync", OptimizerSpec(name="adam", lr=0.01), switches=True, local_pushes=True
+    ),
 }
 # What a live switch may set (mode, staleness, backup workers).
 SWITCHES = [("sync", 0, 0), ("sync", 0, 1), ("ssp", 1, 0), ("ssp", 3, 0), ("async", 0, 0)]
@@ -92,7 +97,11 @@ class Driver:
             self.revision += self.rng.choice([-1, 1, 1, 2])
             mode, staleness, backup, revision = (*self.rng.choice(SWITCHES), self.revision)
             trial = self.rng.choice(list(TrialStep))  # auto's trial copy: begun, undone, ended
-            _same(jobs, lambda job: job.set_consistency(mode, staleness, backup, revision, trial))
+            local = self.rng.choice([0, 4]) if self.case.local_pushes else 0
+            _same(
+                jobs,
+                lambda job: job.set_consistency(mode, staleness, backup, revision, trial, local),
+            )
         else:
             worker = self.rng.choice(POOL)
             _same(jobs, lambda job: _pull(job, worker))
@@ -131,6 +140,7 @@ class Driver:
             payload_bytes=len(payload) if codec != "none" else 0,
             grad_scale=scale if codec == "none" else 0.0,
             buffer_delta=self._buffer_delta(),
+            local_steps=self.rng.choice([0, 3]) if self.case.local_pushes else 0,
         )
         _same(jobs, lambda job: job.push(header, [payload]))
 
@@ -178,7 +188,9 @@ def _state(job: ShardJob) -> dict[str, Any]:
         "trial": meta["trial"],
         "tensors": {k: v.numpy().tobytes() for k, v in tensors.items()},
         **{k: meta[k] for k in ("optimizer", "policy", "generation", "clocks", "last_push")},
-        "consistency": [meta["config"][k] for k in ("mode", "staleness", "backup_workers")]
+        "consistency": [
+            meta["config"][k] for k in ("mode", "staleness", "backup_workers", "local_steps")
+        ]
         + [meta["consistency_revision"]],
         **{
             k: getattr(stats, k)

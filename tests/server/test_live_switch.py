@@ -28,6 +28,7 @@ def switch(
     staleness: int = 0,
     backup: int = 0,
     trial: ps_pb2.Trial.ValueType = ps_pb2.TRIAL_UNSPECIFIED,
+    local_steps: int = 0,
 ) -> ps_pb2.SetConsistencyReply:
     request = ps_pb2.SetConsistencyRequest(
         job_id=job_id,
@@ -36,6 +37,7 @@ def switch(
         backup_workers=backup,
         revision=revision,
         trial=trial,
+        local_steps=local_steps,
     )
     reply: ps_pb2.SetConsistencyReply = client.stub.SetConsistency(request, timeout=10)
     return reply

@@ -225,3 +225,47 @@ def test_fp16_loss_scale_halves_on_overflow_and_grows_after_good_steps() -> None
 def test_fp16_on_a_cpu_worker_says_to_use_bf16() -> None:
     with pytest.raises(PrecisionUnavailable, match="bf16"):
         Precision("fp16", torch.device("cpu"))
+
+
+def test_following_local_steps_on_bound_parameters_pushes_each_kind_and_back() -> None:
+    # Prepare: a worker whose pulls land in the model itself (one step per push), Adam; the
+    # shard's side holds the job's Adam (mode auto: the shards keep the job's optimizer)
+    model = net()
+    layout = ParamLayout.of_module(model)
+    vector = layout.bind(model)
+    assert vector is not None
+    shard = FlatOptimizer(vector.clone(), OptimizerSpec(name="adam", lr=ADAM.lr))
+    reference = copy.deepcopy(model)
+    batches = data(4)
+    local = make_local(model, ADAM, 0)
+
+    # Execute: a step; then 3 local steps (auto's pull said so); then one step again
+    def window(part: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        vector.copy_(shard.values)  # the pull
+        got = local.run(vector, NO_BUFFERS, part)
+        assert got.update is not None
+        if got.local_steps:
+            shard.add_change(got.update)
+        else:
+            shard.step(got.update)
+        return got.local_steps
+
+    kinds = [window(batches[:1])]
+    local.follow(3)
+    kinds.append(window(batches[1:4]))
+    local.follow(1)
+    kinds.append(window(batches[:1]))
+
+    # Assert: the same as the shard's Adam on the first and last batch and a fresh Adam on the
+    # worker for the three between (the local steps start from the pulled values, which the
+    # model's own memory held)
+    outer = torch.optim.Adam(reference.parameters(), lr=ADAM.lr)
+    inner = torch.optim.Adam(reference.parameters(), lr=ADAM.lr)
+    for opt, part in ((outer, batches[:1]), (inner, batches[1:4]), (outer, batches[:1])):
+        for x, y in part:
+            opt.zero_grad()
+            F.cross_entropy(reference(x), y).backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    assert kinds == [0, 3, 0]
+    expected = layout.flatten(dict(reference.named_parameters()))
+    torch.testing.assert_close(shard.values, expected, rtol=1e-5, atol=1e-6)

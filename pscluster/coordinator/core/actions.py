@@ -47,6 +47,7 @@ class SwitchConsistency:
     backup_workers: int
     revision: int
     trial: TrialStep = TrialStep.NONE  # what the shards do to their trial copy
+    local_steps: int = 1  # what the shards' pulls tell the workers to take per push
 
 
 Action: TypeAlias = Write | SyncMembers | FinishJob | FailJob | SwitchConsistency

@@ -3,7 +3,8 @@ switch becomes (the relief's new rules, the job's event, the shards' new mode).
 
 :mod:`pscluster.coordinator.auto` decides; this module feeds it what the coordinator has
 measured (the straggler tracker's busy time per batch of each active worker, the losses just
-reported) and turns its answer into actions. Pure, under the caller's lock.
+reported, the report's seconds per phase) and turns its answer into actions. Pure, under the
+caller's lock.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pscluster.coordinator.auto import AutoConsistency, Observation
 from pscluster.coordinator.core.actions import Action, SwitchConsistency, event
 from pscluster.coordinator.relief import StragglerRelief
 from pscluster.coordinator.stragglers import MIN_BATCHES
+from pscluster.v1 import coordinator_pb2 as co_pb2
 
 
 def observe(
@@ -22,6 +24,7 @@ def observe(
     job_id: str,
     losses: Sequence[float],
     members: Sequence[str],
+    progress: co_pb2.LeaseProgress | None,
     now: float,
     wall: float,
 ) -> list[Action]:
@@ -37,12 +40,20 @@ def observe(
     }
     # Named only while some are (every report of every worker comes through here).
     unmeasured = () if len(busy) >= len(members) else tuple(w for w in members if w not in busy)
-    switch = auto.observe(Observation(now, busy, losses, len(members), unmeasured))
+    phases, batches = (dict(progress.phase_seconds), progress.batches) if progress else ({}, 0)
+    observation = Observation(now, busy, losses, len(members), unmeasured, phases, batches)
+    switch = auto.observe(observation)
     if switch is None:
         return []
     to = switch.to
     shards = SwitchConsistency(
-        job_id, to.mode, to.staleness, to.backup_workers, int(wall * 1e6), switch.trial
+        job_id,
+        to.mode,
+        to.staleness,
+        to.backup_workers,
+        int(wall * 1e6),
+        switch.trial,
+        to.local_steps,
     )
     if not switch.reason:  # only a step of the trial (a new copy, or its end): the setting stays
         return [shards]

@@ -43,6 +43,9 @@ class JobPlan:
     kind: str = TRAIN  # what its units are leased as: TRAIN, or PREDICT (no evaluations)
     # Mode auto may undo a stale trial (shards keep a copy: not of embedding tables).
     undoable: bool = True
+    # The most local steps mode auto may give the workers (1: none; not with tables, nor
+    # with dgc, nor past PSC_AUTO_MAX_LOCAL_STEPS).
+    local_steps: int = 8
 
 
 class NotScheduled(FailedPrecondition):

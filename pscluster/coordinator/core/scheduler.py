@@ -75,7 +75,9 @@ class Scheduler:
         mode, _, backup_workers = starting_consistency(plan.mode, 0, plan.backup_workers)
         if plan.mode == AUTO and plan.kind == TRAIN:
             resumed = plan.samples > 0 or plan.epoch > 0 or bool(plan.done)
-            self.auto[plan.job_id] = AutoConsistency(now, resumed=resumed, undoable=plan.undoable)
+            self.auto[plan.job_id] = AutoConsistency(
+                now, resumed=resumed, undoable=plan.undoable, local_steps=plan.local_steps
+            )
         self.relief.add_job(plan.job_id, mode, plan.stragglers, backup_workers)
         traits = mode_traits(mode, backup_workers)
         if not traits.steps and not traits.clock_bound:
@@ -241,7 +243,7 @@ class Scheduler:
         if auto is not None:
             losses = [s.loss for s in steps]
             members = self.book.members(job_id)
-            actions += observe(auto, self.relief, job_id, losses, members, now, wall)
+            actions += observe(auto, self.relief, job_id, losses, members, progress, now, wall)
         return end, actions
 
     def may_fail(self, worker_id: str, job_id: str, now: float) -> None:

@@ -10,6 +10,7 @@ from pscluster.server.consistency.job_modes import (
     validate_job_consistency,
 )
 from pscluster.server.consistency.registry import (
+    MAX_LOCAL_STEPS,
     MODES,
     clock_bound,
     make_policy,
@@ -24,6 +25,7 @@ from pscluster.server.consistency.trial_step import TrialStep
 __all__ = [
     "AUTO",
     "JOB_MODES",
+    "MAX_LOCAL_STEPS",
     "MODES",
     "AsyncPolicy",
     "BackupSyncPolicy",

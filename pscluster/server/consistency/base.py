@@ -46,10 +46,12 @@ class JobContext(Protocol):
         step: bool,
         buffer_delta: torch.Tensor | None = None,
         rows: RowGrads | None = None,
+        change: torch.Tensor | None = None,
     ) -> None:
-        """Run the optimizer on ``grad`` once, version += 1, record the pushes' staleness, and
-        add ``buffer_delta`` to the job's buffers; step the table rows of ``rows`` (already
-        averaged like ``grad``; scaled with it for staleness).
+        """Run the optimizer on ``grad`` once (or add it at lr, when the pushes carry local
+        steps' changes; ``change``: a sync step's changes beside its gradients), version += 1,
+        record the pushes' staleness, and add ``buffer_delta`` to the job's buffers; step the
+        table rows of ``rows`` (already averaged like ``grad``; scaled with it for staleness).
 
         ``pushes`` are the pushes behind ``grad``; ``step`` marks a sync barrier step. With the
         job's ``staleness_aware_lr`` a push applied on its own (``step=False``) is scaled by

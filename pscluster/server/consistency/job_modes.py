@@ -20,15 +20,22 @@ JOB_MODES = (*MODES, AUTO)
 AUTO_START = ("sync", 0, 0)
 
 
-def validate_job_consistency(mode: str, staleness: int = 0, backup_workers: int = 0) -> None:
-    """InvalidArgument, saying what to change, unless the three fit together in a job spec."""
+def validate_job_consistency(
+    mode: str, staleness: int = 0, backup_workers: int = 0, local_steps: int = 0
+) -> None:
+    """InvalidArgument, saying what to change, unless the four fit together in a job spec."""
     if mode != AUTO:
         if mode not in MODES:
             raise InvalidArgument(
                 f"mode {mode!r} is not supported; expected one of {list(JOB_MODES)}"
             )
-        validate_consistency(mode, staleness, backup_workers)
+        validate_consistency(mode, staleness, backup_workers, local_steps)
         return
+    if local_steps > 1:
+        raise InvalidArgument(
+            f"local_steps={local_steps} cannot be given with mode 'auto', which decides on "
+            "local steps itself; remove local_steps, or use mode 'sync' or 'async' to fix them"
+        )
     if staleness:
         raise InvalidArgument(
             f"staleness={staleness} cannot be given with mode 'auto', which sets the ssp "

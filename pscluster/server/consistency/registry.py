@@ -32,14 +32,24 @@ _CLASSES: dict[str, Callable[[int], PolicyClass]] = {
     "ssp": lambda backup_workers: SSPPolicy,
 }
 MODES = tuple(_CLASSES)
+# The most local SGD steps a worker may take between a pull and a push.
+MAX_LOCAL_STEPS = 1024
 
 
-def validate_consistency(mode: str, staleness: int = 0, backup_workers: int = 0) -> None:
-    """InvalidArgument, saying what to change, unless the three fit together.
+def validate_consistency(
+    mode: str, staleness: int = 0, backup_workers: int = 0, local_steps: int = 0
+) -> None:
+    """InvalidArgument, saying what to change, unless the four fit together.
 
     ``staleness`` is the ssp bound (ignored by the other modes); ``backup_workers`` is only
-    for modes that take them, where a step closes without the last ``backup_workers`` pushes.
+    for modes that take them, where a step closes without the last ``backup_workers`` pushes;
+    ``local_steps`` (any mode) is how many steps a worker takes between a pull and a push.
     """
+    if not 0 <= local_steps <= MAX_LOCAL_STEPS:
+        raise InvalidArgument(
+            f"local_steps={local_steps} is out of range; expected 0..{MAX_LOCAL_STEPS} "
+            "(0 or 1 for every step)"
+        )
     if mode not in _CLASSES:
         raise InvalidArgument(f"mode {mode!r} is not supported; expected one of {list(MODES)}")
     if staleness < 0:

@@ -9,6 +9,10 @@ the pushes are summed, and when the last one arrives the average is applied (``v
 synchronous SGD: with one worker it is exactly single-process training. The pushes' buffer
 changes are summed beside the gradients and handed to the job with them, which averages them
 (the members' new running statistics) except over counters such as num_batches_tracked.
+
+A push that carries the change of local steps (its header's ``local_steps``) is summed apart
+from the gradients: a step in which mode "auto" changed the local steps between two pushes
+holds both kinds, and the job applies each as what it is (see ``JobState.apply``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class SyncPolicy(ConsistencyPolicy):
 
     def __init__(self) -> None:
         self._sum: torch.Tensor | None = None  # kept across steps: fresh memory is slow
+        self._change_sum: torch.Tensor | None = None  # the same for local steps' changes
         # The open step's summed buffer changes (small, so made afresh; None: none so far).
         self._buffer_sum: torch.Tensor | None = None
         self._pushes: dict[str, PushHeader] = {}  # by worker, for the open step
@@ -66,14 +71,10 @@ class SyncPolicy(ConsistencyPolicy):
                 reject_key="already_pushed",
                 next_version=job.version + 1,
             )
-        if self._sum is None:
-            self._sum = torch.empty_like(grad)
-        if self._pushes:
-            self._sum.add_(grad)
-        else:
-            self._sum.copy_(grad)  # the gradient is only lent to us
+        if not self._pushes:
             self._buffer_sum = None
             self._rows = []
+        self._add(grad, push)
         if rows is not None:
             self._rows.append(rows)
         if buffer_delta is not None:
@@ -89,6 +90,25 @@ class SyncPolicy(ConsistencyPolicy):
         # The next pull waits for this step's barrier: its own parameters again would make
         # its next push stale.
         return Decision(Outcome.BUFFERED, next_version=job.version + 1)
+
+    def _add(self, grad: torch.Tensor, push: PushHeader) -> None:
+        """Into the sum of its kind (the gradient is only lent to us: copied, not kept)."""
+        local = bool(push.local_steps)
+        total = self._change_sum if local else self._sum
+        if total is None:
+            total = torch.empty_like(grad)
+            if local:
+                self._change_sum = total
+            else:
+                self._sum = total
+        if self._holds(local):
+            total.add_(grad)
+        else:
+            total.copy_(grad)
+
+    def _holds(self, local: bool) -> bool:
+        """Whether the open step holds a push of this kind (local steps' change or not)."""
+        return any(bool(p.local_steps) == local for p in self._pushes.values())
 
     def refuse_old(self, job: JobContext, push: PushHeader) -> Decision:
         return Decision(
@@ -124,9 +144,15 @@ class SyncPolicy(ConsistencyPolicy):
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         pushes = [_header_json(push) for push in self._pushes.values()]
-        if not pushes or self._sum is None:
+        if not pushes:
             return {}, {"pushes": []}
-        tensors = {"sum": self._sum.clone()}
+        tensors: dict[str, torch.Tensor] = {}
+        for name, total, local in (
+            ("sum", self._sum, False),
+            ("change_sum", self._change_sum, True),
+        ):
+            if total is not None and self._holds(local):
+                tensors[name] = total.clone()
         if self._buffer_sum is not None:
             tensors["buffer_sum"] = self._buffer_sum.clone()
         for table, (ids, grads) in RowGrads.merged(self._rows).blocks.items():
@@ -137,6 +163,8 @@ class SyncPolicy(ConsistencyPolicy):
         self._pushes = {p["worker_id"]: PushHeader(**p) for p in meta.get("pushes", [])}
         held = tensors.get("sum")
         self._sum = None if held is None else held.clone()
+        held = tensors.get("change_sum")  # absent: no local steps in the step
+        self._change_sum = None if held is None else held.clone()
         held = tensors.get("buffer_sum")  # absent: no change so far (or an older checkpoint)
         self._buffer_sum = None if held is None else held.clone()
         rows = RowGrads()
@@ -147,17 +175,24 @@ class SyncPolicy(ConsistencyPolicy):
         self._rows = [rows] if rows.blocks else []
 
     def _apply(self, job: JobContext) -> None:
-        grad, pushes, buffer_sum = self._sum, list(self._pushes.values()), self._buffer_sum
+        pushes, buffer_sum = list(self._pushes.values()), self._buffer_sum
         rows = RowGrads.merged(self._rows) if self._rows else None
         self._pushes, self._buffer_sum, self._rows = {}, None, []
-        if grad is None or not pushes:
+        if not pushes:
             return
-        if len(pushes) > 1:
-            grad.div_(len(pushes))  # the average over the pushes that made the step
-            if rows is not None:
-                rows.scale_(1 / len(pushes))  # rows a push left out count as zero in it
+        # The average over the pushes that made the step: a push of the other kind counts as
+        # zero in each part, as rows a push left out do.
+        grad = self._sum if any(not p.local_steps for p in pushes) else None
+        change = self._change_sum if any(p.local_steps for p in pushes) else None
+        for part in (grad, change):
+            if part is not None and len(pushes) > 1:
+                part.div_(len(pushes))
+        if rows is not None and len(pushes) > 1:
+            rows.scale_(1 / len(pushes))
         # The buffer sum goes as a sum: the job averages it, except over its counters.
-        job.apply(grad, pushes, step=True, buffer_delta=buffer_sum, rows=rows)
+        first, extra = (grad, change) if grad is not None else (change, None)
+        assert first is not None
+        job.apply(first, pushes, step=True, buffer_delta=buffer_sum, rows=rows, change=extra)
 
 
 def _header_json(push: PushHeader) -> dict[str, Any]:

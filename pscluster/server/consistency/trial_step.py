@@ -13,4 +13,6 @@ class TrialStep(str, Enum):
     NONE = ""  # the copy, if any, stays as it is
     BEGIN = "begin"  # copy the learned state now, replacing an older copy
     UNDO = "undo"  # the state becomes the copy again, at a new version; the copy goes
+    # As UNDO, but the copy stays: the setting switched to is on trial from the same point.
+    UNDO_KEEP = "undo_keep"
     END = "end"  # the copy goes: the trial is kept

@@ -194,6 +194,8 @@ class Journal:
             "grad_scale": header.grad_scale,
             "buffer_delta_bytes": len(header.buffer_delta),
         }
+        if header.local_steps:  # records from before local steps in pushes have none
+            meta["local_steps"] = header.local_steps
         if header.rows:  # their bytes are in the payload, after the dense part
             meta["rows"] = [[b.table, b.count, b.dtype] for b in header.rows]
         if logged is not None and logged == self._wal.rolls:
@@ -206,7 +208,13 @@ class Journal:
         return self._wal.append(RecordType.MEMBERS, meta)
 
     def log_consistency(
-        self, mode: str, staleness: int, backup_workers: int, revision: int, trial: str = ""
+        self,
+        mode: str,
+        staleness: int,
+        backup_workers: int,
+        revision: int,
+        trial: str = "",
+        local_steps: int = 0,
     ) -> int:
         meta: dict[str, Any] = {
             "mode": mode,
@@ -216,6 +224,8 @@ class Journal:
         }
         if trial:  # records from before trials have none
             meta["trial"] = trial
+        if local_steps:  # nor from before local steps
+            meta["local_steps"] = local_steps
         return self._wal.append(RecordType.CONSISTENCY, meta)
 
     def log_read(self, worker_id: str) -> int:

@@ -159,6 +159,7 @@ def _replay(
                 meta["backup_workers"],
                 meta["revision"],
                 TrialStep(meta.get("trial", "")),
+                int(meta.get("local_steps", 0)),
             )
         elif record.type is RecordType.READ:
             job.replay_read(meta["worker_id"])

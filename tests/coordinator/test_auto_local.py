@@ -1,0 +1,176 @@
+"""Mode "auto"'s local steps: the number from the measured phases, with hysteresis, and the
+controller choosing them, and leaving them on the loss's verdict."""
+
+from __future__ import annotations
+
+import pytest
+
+from pscluster.coordinator.auto import ASYNC, SYNC, AutoConsistency, Observation
+from pscluster.coordinator.auto_local import CommunicationMeter, LocalStepRules, local_steps_for
+from pscluster.coordinator.auto_setting import Consistency
+from pscluster.errors import InvalidArgument
+from pscluster.server.consistency import TrialStep
+
+RULES = LocalStepRules()
+EQUAL = {"a": 0.02, "b": 0.021, "c": 0.019, "d": 0.02}
+
+
+@pytest.mark.parametrize(
+    ("ratio", "current", "expected"),
+    [
+        (None, 1, 1),  # nothing measured
+        (0.3, 1, 1),  # below enter
+        (0.5, 1, 2),  # at enter: the least number, 2
+        (1.0, 1, 4),  # 1.0 / 4 = aim
+        (5.0, 1, 8),  # capped at max_steps
+        (0.45, 2, 2),  # between the way out (0.4) and the way in: stays
+        (0.35, 4, 1),  # below the way out: ends
+        (1.5, 4, 4),  # 6 is less than twice 4: not worth a switch
+        (4.0, 2, 8),  # 16, capped: twice 2 at least
+    ],
+)
+def test_the_number_of_local_steps_follows_the_ratio_with_hysteresis(
+    ratio: float | None, current: int, expected: int
+) -> None:
+    assert local_steps_for(ratio, current, RULES)[0] == expected
+
+
+def test_the_reason_names_the_ratio_and_the_number() -> None:
+    _, why = local_steps_for(1.0, 1, RULES)
+
+    assert why == "a window's pull and push take 1.00x a batch's compute, so 4 local steps per push"
+
+
+def test_the_meter_counts_one_pull_and_push_per_window_of_local_steps() -> None:
+    meter = CommunicationMeter(alpha=1.0)
+    phases = {"pull": 0.03, "push": 0.05, "forward": 0.02, "backward": 0.02, "wait": 9.0}
+
+    meter.add(phases, batches=8, local_steps=4)  # two windows of four
+
+    assert meter.window_seconds == pytest.approx(0.04)
+    assert meter.batch_seconds == pytest.approx(0.005)
+    assert meter.ratio == pytest.approx(8.0)
+
+
+def test_rules_out_of_range_are_refused() -> None:
+    with pytest.raises(InvalidArgument):
+        LocalStepRules(enter=0.2, aim=0.5)
+
+
+def observe_talky(
+    auto: AutoConsistency, start: float, seconds: float, losses: list[float], talk: float = 2.0
+) -> list[Consistency]:
+    """Reports every 0.25 s whose pull + push per window are ``talk`` times the compute of a
+    batch (at the local steps in force); the settings switched to."""
+    switched = []
+    per_report = 4
+    for i in range(int(seconds / 0.25)):
+        k = auto.current.local_steps
+        compute = 0.01 * per_report
+        phases = {"pull": talk * 0.01 * per_report / k / 2, "push": 0.0, "forward": compute}
+        phases["push"] = phases["pull"]
+        chunk = losses[i * per_report : (i + 1) * per_report]
+        switch = auto.observe(Observation(start + i * 0.25, EQUAL, chunk, 4, (), phases, 4))
+        if switch is not None and switch.reason:
+            switched.append(switch.to)
+    return switched
+
+
+FALLING = [2.3 * 0.99**i for i in range(2000)]
+SYNC8, ASYNC8 = Consistency("sync", local_steps=8), Consistency("async", local_steps=8)
+
+
+def test_a_job_whose_pulls_and_pushes_outweigh_compute_starts_in_sync_with_local_steps() -> None:
+    # Prepare
+    auto = AutoConsistency(0.0)
+
+    # Execute: 45 s of reports, the loss falling all along
+    switched = observe_talky(auto, 0.0, 45.0, FALLING)
+
+    # Assert: sync with 8 local steps at the first report, and async (with them) only once
+    # the staleness-free and bounded rungs have each held for 20 s
+    assert switched == [SYNC8, ASYNC8]
+    assert auto.current.describe() == "async with 8 local steps"
+
+
+def test_the_first_reason_says_why_local_steps_and_why_sync() -> None:
+    auto = AutoConsistency(0.0)
+
+    first = auto.observe(
+        Observation(0.0, {}, [2.3], 4, (), {"pull": 0.02, "push": 0.02, "forward": 0.01}, 1)
+    )
+
+    assert first is not None and first.to == SYNC8 and first.trial is TrialStep.BEGIN
+    assert first.reason == (
+        "sync -> sync with 8 local steps: a window's pull and push take 4.00x a batch's "
+        "compute, so 8 local steps per push; with a barrier once per 8 batches sync waits little"
+    )
+
+
+def test_a_verdict_under_sync_with_local_steps_ends_them_for_a_hold_and_goes_back() -> None:
+    # Prepare: a job in sync with local steps
+    auto = AutoConsistency(0.0)
+    observe_talky(auto, 0.0, 5.0, FALLING)
+    assert auto.current == SYNC8
+
+    # Execute: the loss climbs under them (two blocks of 32 steps); then 25 s more
+    switch = auto.observe(Observation(6.0, EQUAL, [0.5] * 32 + [3.0] * 32, 4))
+    later = observe_talky(auto, 6.25, 25.0, FALLING[200:])
+
+    # Assert: back to the copy, one step per push for 20 s, then local steps again
+    assert switch is not None and switch.to == SYNC and switch.trial is TrialStep.UNDO
+    assert switch.reason.startswith("sync with 8 local steps -> sync: the mean training loss rose")
+    assert "one step per push for 20 s; the parameters go back to where" in switch.reason
+    assert later == [SYNC8]
+
+
+def test_a_verdict_under_async_with_local_steps_keeps_them_in_sync_and_the_copy() -> None:
+    # Prepare: a job that reached async with local steps
+    auto = AutoConsistency(0.0)
+    observe_talky(auto, 0.0, 45.0, FALLING)
+    assert auto.current == ASYNC8 and auto.trial_since is not None
+    copied = auto.trial_since
+
+    # Execute: a verdict under async; then another under sync with local steps
+    first = auto.observe(Observation(46.0, EQUAL, [0.5] * 32 + [3.0] * 32, 4))
+    kept = auto.trial_since
+    second = auto.observe(Observation(47.0, EQUAL, [0.5] * 32 + [3.0] * 32, 4))
+
+    # Assert: staleness goes first, the copy stays for the trial of the local steps; then
+    # they go too, back to the same copy
+    assert first is not None and first.to == SYNC8 and first.trial is TrialStep.UNDO_KEEP
+    assert "no staleness for 20 s" in first.reason
+    assert kept == copied and second is not None
+    assert second.to == SYNC and second.trial is TrialStep.UNDO
+    assert "one step per push for 20 s" in second.reason and auto.trial_since is None
+
+
+def test_a_job_that_cannot_take_local_steps_is_never_given_them() -> None:
+    auto = AutoConsistency(0.0, local_steps=1)
+
+    switched = observe_talky(auto, 0.0, 5.0, [2.3 * 0.99**i for i in range(400)])
+
+    assert switched == [ASYNC]
+
+
+def test_cheap_communication_keeps_one_step_per_push() -> None:
+    auto = AutoConsistency(0.0)
+
+    switched = observe_talky(auto, 0.0, 5.0, [2.3 * 0.99**i for i in range(400)], talk=0.2)
+
+    assert switched == [ASYNC]
+
+
+def test_a_slow_start_under_sync_with_local_steps_is_no_verdict_but_a_rise_is() -> None:
+    # Prepare: a job in sync with local steps
+    auto = AutoConsistency(0.0)
+    observe_talky(auto, 0.0, 0.5, FALLING)
+    assert auto.current == SYNC8
+
+    # Execute: two blocks that fall 10% (digits at lr 0.05 did), then two that climb
+    slow = auto.observe(Observation(1.0, EQUAL, [2.3] * 32 + [2.07] * 32, 4))
+    climb = auto.observe(Observation(1.1, EQUAL, [2.07] * 32 + [4.0] * 32, 4))
+
+    # Assert
+    assert slow is None or not slow.reason
+    assert climb is not None and climb.to == SYNC and "rose" in climb.reason
