@@ -9,7 +9,10 @@ judged to cost progress when, between two blocks measured under it:
 
 - the loss is not finite, or it *rose*: by ``rise`` of the older block's mean and by at least
   ``rise_floor`` of the job's first block (so that the jitter of a loss near zero, 0.05 to
-  0.08, is no rise, and a loss climbing back up is);
+  0.08, is no rise, and a loss climbing back up is), in two blocks in a row against the same
+  older one (a loss that blows up stays up: digits at lr 0.2 under async went from 2.1 to 7.8
+  and on; one block alone can spike, as a model with BatchNorm on noisy rows did under plain
+  sync, 0.08 to 0.28 and back to 0.14);
 - or it *stalled*: it fell by less than ``min_drop`` while still above ``settled`` of the
   job's first block. A job that learns halves its loss early (digits under async: a block of
   32 steps falls by 30-40% while it is high), while staleness that outruns the learning rate
@@ -66,11 +69,13 @@ class LossJudge:
         self.passed: float | None = None
         # The last step losses, whatever the setting (a restart keeps them).
         self._recent: deque[float] = deque(maxlen=self.rules.block)
+        self._rising = False  # the last block rose; one more against the same older is a verdict
 
     def restart(self) -> None:
         self._block.clear()
         self._previous = None
         self.passed = None
+        self._rising = False
 
     @property
     def recent(self) -> float:
@@ -94,18 +99,29 @@ class LossJudge:
             if self.first is None and math.isfinite(mean):
                 self.first = mean
             if judged and self._previous is not None and verdict is None:
+                if self._rose(self._previous, mean) and not self._rising:
+                    self._rising = True
+                    continue  # the older block stays the one to compare the next with
                 verdict = self._judge(self._previous, mean, stalls)
                 if verdict is None:
                     self.passed = mean
+            self._rising = False
             self._previous = mean
         return verdict
+
+    def _rose(self, older: float, newer: float) -> bool:
+        r, first = self.rules, self.first or older
+        return newer > older * (1 + r.rise) and newer - older > r.rise_floor * first
 
     def _judge(self, older: float, newer: float, stalls: bool) -> str | None:
         r, n, first = self.rules, self.rules.block, self.first or older
         if not math.isfinite(newer):
             return f"the training loss is not finite ({newer}) over the last {n} steps"
-        if newer > older * (1 + r.rise) and newer - older > r.rise_floor * first:
-            return f"the mean training loss rose from {older:.4g} to {newer:.4g} over {n} steps"
+        if self._rose(older, newer):  # (and the block before this one rose too)
+            return (
+                f"the mean training loss rose from {older:.4g} to {newer:.4g} over two blocks "
+                f"of {n} steps"
+            )
         if stalls and newer > older * (1 - r.min_drop) and newer > first * r.settled:
             moved = f"fell only {1 - newer / older:.0%}" if newer < older else "did not fall"
             return (

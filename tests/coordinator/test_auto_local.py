@@ -114,7 +114,7 @@ def test_a_verdict_under_sync_with_local_steps_ends_them_for_a_hold_and_goes_bac
     assert auto.current == SYNC8
 
     # Execute: the loss climbs under them (two blocks of 32 steps); then 25 s more
-    switch = auto.observe(Observation(6.0, EQUAL, [0.5] * 32 + [3.0] * 32, 4))
+    switch = auto.observe(Observation(6.0, EQUAL, [0.5] * 32 + [3.0] * 64, 4))
     later = observe_talky(auto, 6.25, 25.0, FALLING[200:])
 
     # Assert: back to the copy, one step per push for 20 s, then local steps again
@@ -132,9 +132,9 @@ def test_a_verdict_under_async_with_local_steps_keeps_them_in_sync_and_the_copy(
     copied = auto.trial_since
 
     # Execute: a verdict under async; then another under sync with local steps
-    first = auto.observe(Observation(46.0, EQUAL, [0.5] * 32 + [3.0] * 32, 4))
+    first = auto.observe(Observation(46.0, EQUAL, [0.5] * 32 + [3.0] * 64, 4))
     kept = auto.trial_since
-    second = auto.observe(Observation(47.0, EQUAL, [0.5] * 32 + [3.0] * 32, 4))
+    second = auto.observe(Observation(47.0, EQUAL, [0.5] * 32 + [3.0] * 64, 4))
 
     # Assert: staleness goes first, the copy stays for the trial of the local steps; then
     # they go too, back to the same copy
@@ -169,7 +169,7 @@ def test_a_slow_start_under_sync_with_local_steps_is_no_verdict_but_a_rise_is() 
 
     # Execute: two blocks that fall 10% (digits at lr 0.05 did), then two that climb
     slow = auto.observe(Observation(1.0, EQUAL, [2.3] * 32 + [2.07] * 32, 4))
-    climb = auto.observe(Observation(1.1, EQUAL, [2.07] * 32 + [4.0] * 32, 4))
+    climb = auto.observe(Observation(1.1, EQUAL, [2.07] * 32 + [4.0] * 64, 4))
 
     # Assert
     assert slow is None or not slow.reason
