@@ -39,7 +39,7 @@ _OPT, _POLICY = "opt.", "policy."
 # What the job runs with, which a move must not change (a live switch may have changed the
 # consistency since the job was submitted, so the old states say it, not the new configs).
 _KEPT = (
-    "job_id", "mode", "staleness", "backup_workers", "optimizer", "codec",
+    "job_id", "mode", "staleness", "backup_workers", "local_steps", "optimizer", "codec",
     "staleness_aware_lr", "sparse_optimizer",
 )  # fmt: skip
 _GENERATION = "layout_generation"
@@ -92,7 +92,8 @@ def recut_skeletons(
         _owners(kept, len(configs)),
     )
     open_step = any(m.get("pushes") for _, m in policies)
-    if open_step and dn.STEP_SUM not in (dn.dense_dtypes(olds[0].meta) or {}):
+    sums = {dn.STEP_SUM, dn.STEP_CHANGE_SUM} & set(dn.dense_dtypes(olds[0].meta) or {})
+    if open_step and not sums:
         raise ValueError("an old shard holds pushes of an open sync step but no gradient sum")
     meta = _job_meta(olds, open_step=open_step)
     counter_homes = homes([o.values for o in olds], new_values)

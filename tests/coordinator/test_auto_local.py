@@ -174,3 +174,15 @@ def test_a_slow_start_under_sync_with_local_steps_is_no_verdict_but_a_rise_is() 
     # Assert
     assert slow is None or not slow.reason
     assert climb is not None and climb.to == SYNC and "rose" in climb.reason
+
+
+def test_a_resumed_job_that_calls_for_local_steps_resumes_in_sync_with_them() -> None:
+    auto = AutoConsistency(0.0, resumed=True, start=ASYNC)
+
+    first = auto.observe(
+        Observation(0.0, {}, [0.4], 4, (), {"pull": 0.02, "push": 0.02, "forward": 0.01}, 1)
+    )
+
+    # A copy taken anew: a verdict under them goes back to this point
+    assert first is not None and first.to == SYNC8 and first.trial is TrialStep.BEGIN
+    assert first.reason.startswith("async -> sync with 8 local steps: the coordinator restarted")

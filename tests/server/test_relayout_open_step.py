@@ -11,7 +11,7 @@ import torch
 from pscluster.coordinator.recut import recut_skeletons
 from pscluster.server.durability import dense as dn
 from pscluster.server.durability.checkpoint import state_from_bytes, state_to_bytes
-from pscluster.shard_client import JobShards, ShardClient, ShardRange
+from pscluster.shard_client import JobShards, PushExtras, ShardClient, ShardRange
 from pscluster.transport import wire
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from tests.server import relayout
@@ -83,4 +83,62 @@ def test_an_open_steps_sum_moves_shard_to_shard_and_the_step_closes_there(
         _push(each, "w2", 2, APPLIED)
     after, expected = moved.pull("", None, 5.0), twin.pull("", None, 5.0)
     assert after.versions == [2, 2] and expected.versions == [2]
+    assert torch.equal(after.values, expected.values)
+
+
+def _switch_local_steps(shards: ShardClient, address: str, job_id: str) -> None:
+    """Mode auto's switch to sync with 4 local steps per push."""
+    request = ps_pb2.SetConsistencyRequest(job_id=job_id, mode="sync", revision=2, local_steps=4)
+    shards.stub(address).SetConsistency(request, timeout=10.0)
+
+
+def _push_change(job: JobShards, worker: str, seq: int, outcome: int) -> None:
+    """``worker``'s change of 3 local steps (over lr), answered ``outcome`` by every range."""
+    change, base = _values(20 + seq), job.pull(worker, None, 5.0)
+    parts = {i: wire.encode(change[r.start : r.start + r.length]) for i, r in enumerate(job.ranges)}
+    extras = PushExtras(local_steps=3)
+    for reply in job.push(worker, seq, parts, "none", base, 1, 10.0, extras).values():
+        assert isinstance(reply, ps_pb2.PushReply), reply
+        assert reply.outcome == outcome, reply
+
+
+def test_an_open_step_of_gradients_and_local_changes_moves_with_the_local_steps(
+    shards: ShardClient, first: str, second: str
+) -> None:
+    # Prepare: local steps in force; of three members w1 pushed a gradient, w2 a change
+    jobs = []
+    for job_id in ("l", "ltwin"):
+        shards.init_job([(first, _config(0, N, job_id), _values(1))])
+        shards.set_members([first], job_id, ["w1", "w2", "w3"], 1)
+        _switch_local_steps(shards, first, job_id)
+        jobs.append(view(shards, first, job_id, N))
+    job, twin = jobs
+    for each in (job, twin):
+        _push(each, "w1", 1, BUFFERED)
+        _push_change(each, "w2", 1, BUFFERED)
+    shards.hold_job(first, "l", HOLD)
+    skeleton = state_from_bytes(shards.export_job(first, "l", skeleton=True))
+    assert {"policy.sum", "policy.change_sum"} <= set(dn.dense_dtypes(skeleton[1]) or {})
+
+    # Execute: split over the two shards as above
+    configs = [_config(0, HALF, "l"), _config(HALF, HALF, "l")]
+    halves = recut_skeletons([skeleton], configs, 1)
+    for index, (address, local) in enumerate([(first, True), (second, False)]):
+        segment = ps_pb2.DenseSegment(
+            start=index * HALF, length=HALF, local=local, source="" if local else first
+        )
+        image = state_to_bytes(*halves[index])
+        shards.adopt_job(address, "l", 1, image, [segment], source_generation=0)
+    moved = JobShards(shards, "l", [ShardRange(first, 0, HALF), ShardRange(second, HALF, HALF)], 1)
+    for address in (first, second):
+        shards.hold_job(address, "l", RELEASE, 1)
+
+    # Assert: the new shards still ask for 4 local steps, and w3's push closes the step with
+    # each part applied as what it is, as on the twin
+    pulled = moved.pull("w3", None, 5.0)
+    assert pulled.local_steps == 4
+    for each in (moved, twin):
+        _push(each, "w3", 1, APPLIED)
+    after, expected = moved.pull("", None, 5.0), twin.pull("", None, 5.0)
+    assert after.versions == [1, 1] and expected.versions == [1]
     assert torch.equal(after.values, expected.values)

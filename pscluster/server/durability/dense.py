@@ -1,7 +1,8 @@
 """A job's state split for a move that sends only what changes shard.
 
 Nearly all of a dense job's state is per value: the values, the optimizer's per-element
-moments (momentum, Adam's two) and an open sync step's summed gradient, cut by global offset
+moments (momentum, Adam's two) and an open sync step's summed gradient (and its summed
+local-step changes, mode auto), cut by global offset
 alone. That part is kept apart from the rest (the *skeleton*: buffers, the rest of an open
 sync step, the held-zeros mask and the JSON; the tables' rows go shard to shard on their own,
 :mod:`pscluster.server.adopted_rows`), which travels as a checkpoint image through the
@@ -26,6 +27,7 @@ State = tuple[dict[str, torch.Tensor], dict[str, Any]]
 DENSE_KEY = "dense"
 _VALUES, _OPT = "values", "opt."
 STEP_SUM = "policy.sum"  # an open sync step's summed gradient (server/consistency/sync.py)
+STEP_CHANGE_SUM = "policy.change_sum"  # and its summed local-step changes
 _DTYPES = {
     str(d).removeprefix("torch."): d
     for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8)
@@ -34,8 +36,10 @@ _DTYPES = {
 
 def is_dense(name: str, tensor: torch.Tensor) -> bool:
     """The values, the optimizer's per-element state (not a 0-d one such as Adam's step) and
-    an open sync step's summed gradient."""
-    return name in (_VALUES, STEP_SUM) or (name.startswith(_OPT) and tensor.dim() > 0)
+    an open sync step's sums."""
+    return name in (_VALUES, STEP_SUM, STEP_CHANGE_SUM) or (
+        name.startswith(_OPT) and tensor.dim() > 0
+    )
 
 
 def split(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> tuple[State, dict[str, Any]]:
