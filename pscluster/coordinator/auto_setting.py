@@ -33,11 +33,6 @@ class Consistency:
         return text
 
     @property
-    def relaxed(self) -> bool:
-        """Whether the setting departs from plain sync (exact, every step waits for all)."""
-        return self != SYNC
-
-    @property
     def stale_mode(self) -> bool:
         """Whether the mode itself lets a push be computed on old parameters."""
         return self.mode in ("async", "ssp")
