@@ -29,11 +29,7 @@ from pscluster.errors import FailedPrecondition, InvalidArgument, ResourceExhaus
 from pscluster.model import objective, state
 from pscluster.model.layout import ParamLayout
 from pscluster.model.optimizer import parse_optimizer
-from pscluster.server.consistency import (
-    AUTO,
-    mode_traits,
-    validate_job_consistency,
-)
+from pscluster.server.consistency import AUTO, mode_traits, validate_job_consistency
 from pscluster.v1 import common_pb2
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -42,7 +38,6 @@ MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 1 << 20
 MAX_PARTITIONS = 1 << 16
 MAX_NAME = 200
-# Local SGD windows longer than this are not local SGD any more but separate training runs.
 # A submission is held in memory while it is checked; beyond this it is refused up front.
 MAX_SUBMISSION_BYTES = 4 << 30
 SUBMITTED_BLOBS = (blobs.DATASET, blobs.INITIAL_STATE)

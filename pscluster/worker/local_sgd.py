@@ -106,7 +106,7 @@ class LocalSGD:
         self.model = model
         self.clock = clock or PhaseClock()  # forward and backward are timed here
         # One step per push only: the gradient goes out bucket by bucket during backward.
-        self.stream = stream if local_steps <= 1 else None  # (run() uses it for one step only)
+        self.stream = stream if local_steps <= 1 else None
         self.layout, self.buffers = layouts
         self.objective = objective  # the job's loss, or distillation's: see worker/objectives
         self.precision = precision

@@ -129,6 +129,12 @@ def test_auto_takes_local_steps_where_communication_outweighs_compute(
         switches
     )
     assert info.test_accuracy is not None and info.test_accuracy >= 0.95, (info, switches)
+    # Decided at the first report, which a worker's first lease of a job sends after its first
+    # window: the job starts in plain sync, so the four workers were a step or so in (half a
+    # second of reports, the default, would be a dozen steps here)
+    decided = next(e.unix_time for e in m.events if e.kind == "consistency")
+    before = [s for s in m.steps if s.unix_time < decided]
+    assert len(before) <= 6, (len(before), switches)
     # A push per window of eight, not per batch (a window ends at its lease's end; before the
     # first report each worker pushed a batch or so on its own)
     steps = len(m.steps)

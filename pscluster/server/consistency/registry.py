@@ -32,7 +32,8 @@ _CLASSES: dict[str, Callable[[int], PolicyClass]] = {
     "ssp": lambda backup_workers: SSPPolicy,
 }
 MODES = tuple(_CLASSES)
-# The most local SGD steps a worker may take between a pull and a push.
+# The most local SGD steps a worker may take between a pull and a push: windows longer than
+# this are not local SGD any more but separate training runs.
 MAX_LOCAL_STEPS = 1024
 
 
