@@ -105,8 +105,9 @@ class LocalSGD:
     ) -> None:
         self.model = model
         self.clock = clock or PhaseClock()  # forward and backward are timed here
-        # One step per push only: the gradient goes out bucket by bucket during backward.
-        self.stream = stream if local_steps <= 1 else None
+        # One step per push only (run() takes it for no window of local steps): the gradient
+        # goes out bucket by bucket during backward.
+        self.stream = stream
         self.layout, self.buffers = layouts
         self.objective = objective  # the job's loss, or distillation's: see worker/objectives
         self.precision = precision

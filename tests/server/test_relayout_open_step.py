@@ -42,13 +42,34 @@ def _sync_job(shards: ShardClient, address: str, job_id: str) -> JobShards:
     return view(shards, address, job_id, N)
 
 
-def _push(job: JobShards, worker: str, seq: int, outcome: int) -> None:
-    """``worker``'s gradient ``seq`` over the job's ranges, each answered ``outcome``."""
-    grad, base = _values(10 + seq), job.pull(worker, None, 5.0)
-    parts = {i: wire.encode(grad[r.start : r.start + r.length]) for i, r in enumerate(job.ranges)}
-    for reply in job.push(worker, seq, parts, "none", base, 1, timeout=10.0).values():
+def _push(job: JobShards, worker: str, seq: int, outcome: int, local_steps: int = 0) -> None:
+    """``worker``'s gradient ``seq`` (with ``local_steps``: its change of that many local
+    steps, over lr) over the job's ranges, each answered ``outcome``."""
+    update, base = _values((20 if local_steps else 10) + seq), job.pull(worker, None, 5.0)
+    parts = {i: wire.encode(update[r.start : r.start + r.length]) for i, r in enumerate(job.ranges)}
+    extras = PushExtras(local_steps=local_steps)
+    for reply in job.push(worker, seq, parts, "none", base, 1, 10.0, extras).values():
         assert isinstance(reply, ps_pb2.PushReply), reply
         assert reply.outcome == outcome, reply
+
+
+def _split_in_halves(
+    shards: ShardClient, first: str, second: str, job_id: str, skeleton: dn.State
+) -> JobShards:
+    """The coordinator's cut of the held job over two shards: the first keeps its half, the
+    second reads the other half (values, optimizer state, the step's sums) from the first."""
+    configs = [_config(0, HALF, job_id), _config(HALF, HALF, job_id)]
+    halves = recut_skeletons([skeleton], configs, 1)
+    for index, (address, local) in enumerate([(first, True), (second, False)]):
+        segment = ps_pb2.DenseSegment(
+            start=index * HALF, length=HALF, local=local, source="" if local else first
+        )
+        image = state_to_bytes(*halves[index])
+        shards.adopt_job(address, job_id, 1, image, [segment], source_generation=0)
+    ranges = [ShardRange(first, 0, HALF), ShardRange(second, HALF, HALF)]
+    for address in (first, second):
+        shards.hold_job(address, job_id, RELEASE, 1)
+    return JobShards(shards, job_id, ranges, 1)
 
 
 def test_an_open_steps_sum_moves_shard_to_shard_and_the_step_closes_there(
@@ -63,18 +84,9 @@ def test_an_open_steps_sum_moves_shard_to_shard_and_the_step_closes_there(
     assert "policy.sum" not in skeleton[0]
     assert "policy.sum" in (dn.dense_dtypes(skeleton[1]) or {})
 
-    # Execute: the coordinator's cut; the first shard keeps its half, the second reads the
-    # other half (values, momentum, the step's sum) from the first
-    halves = recut_skeletons([skeleton], [_config(0, HALF), _config(HALF, HALF)], 1)
-    for index, (address, local) in enumerate([(first, True), (second, False)]):
-        segment = ps_pb2.DenseSegment(
-            start=index * HALF, length=HALF, local=local, source="" if local else first
-        )
-        image = state_to_bytes(*halves[index])
-        shards.adopt_job(address, "j", 1, image, [segment], source_generation=0)
-    moved = JobShards(shards, "j", [ShardRange(first, 0, HALF), ShardRange(second, HALF, HALF)], 1)
-    for address in (first, second):
-        shards.hold_job(address, "j", RELEASE, 1)
+    # Execute: the coordinator's cut over two shards (the second reads values, momentum and
+    # the step's sum from the first)
+    moved = _split_in_halves(shards, first, second, "j", skeleton)
 
     # Assert: w2's push closes the step on both new shards, as on the twin; one step more
     for each in (moved, twin):
@@ -92,16 +104,6 @@ def _switch_local_steps(shards: ShardClient, address: str, job_id: str) -> None:
     shards.stub(address).SetConsistency(request, timeout=10.0)
 
 
-def _push_change(job: JobShards, worker: str, seq: int, outcome: int) -> None:
-    """``worker``'s change of 3 local steps (over lr), answered ``outcome`` by every range."""
-    change, base = _values(20 + seq), job.pull(worker, None, 5.0)
-    parts = {i: wire.encode(change[r.start : r.start + r.length]) for i, r in enumerate(job.ranges)}
-    extras = PushExtras(local_steps=3)
-    for reply in job.push(worker, seq, parts, "none", base, 1, 10.0, extras).values():
-        assert isinstance(reply, ps_pb2.PushReply), reply
-        assert reply.outcome == outcome, reply
-
-
 def test_an_open_step_of_gradients_and_local_changes_moves_with_the_local_steps(
     shards: ShardClient, first: str, second: str
 ) -> None:
@@ -115,23 +117,13 @@ def test_an_open_step_of_gradients_and_local_changes_moves_with_the_local_steps(
     job, twin = jobs
     for each in (job, twin):
         _push(each, "w1", 1, BUFFERED)
-        _push_change(each, "w2", 1, BUFFERED)
+        _push(each, "w2", 1, BUFFERED, local_steps=3)
     shards.hold_job(first, "l", HOLD)
     skeleton = state_from_bytes(shards.export_job(first, "l", skeleton=True))
     assert {"policy.sum", "policy.change_sum"} <= set(dn.dense_dtypes(skeleton[1]) or {})
 
     # Execute: split over the two shards as above
-    configs = [_config(0, HALF, "l"), _config(HALF, HALF, "l")]
-    halves = recut_skeletons([skeleton], configs, 1)
-    for index, (address, local) in enumerate([(first, True), (second, False)]):
-        segment = ps_pb2.DenseSegment(
-            start=index * HALF, length=HALF, local=local, source="" if local else first
-        )
-        image = state_to_bytes(*halves[index])
-        shards.adopt_job(address, "l", 1, image, [segment], source_generation=0)
-    moved = JobShards(shards, "l", [ShardRange(first, 0, HALF), ShardRange(second, HALF, HALF)], 1)
-    for address in (first, second):
-        shards.hold_job(address, "l", RELEASE, 1)
+    moved = _split_in_halves(shards, first, second, "l", skeleton)
 
     # Assert: the new shards still ask for 4 local steps, and w3's push closes the step with
     # each part applied as what it is, as on the twin

@@ -176,14 +176,14 @@ class SyncPolicy(ConsistencyPolicy):
 
     def _apply(self, job: JobContext) -> None:
         pushes, buffer_sum = list(self._pushes.values()), self._buffer_sum
+        grad = self._sum if self._holds(local=False) else None
+        change = self._change_sum if self._holds(local=True) else None
         rows = RowGrads.merged(self._rows) if self._rows else None
         self._pushes, self._buffer_sum, self._rows = {}, None, []
         if not pushes:
             return
         # The average over the pushes that made the step: a push of the other kind counts as
         # zero in each part, as rows a push left out do.
-        grad = self._sum if any(not p.local_steps for p in pushes) else None
-        change = self._change_sum if any(p.local_steps for p in pushes) else None
         for part in (grad, change):
             if part is not None and len(pushes) > 1:
                 part.div_(len(pushes))
