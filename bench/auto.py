@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import threading
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
+from bench.auto_stats import summarise, table, verdicts  # noqa: E402
 from bench.common import machine  # noqa: E402
 from pscluster.client.local import LocalCluster  # noqa: E402
 from pscluster.client.spec_file import load_job_file  # noqa: E402
@@ -58,6 +58,7 @@ SETTINGS: list[tuple[str, dict[str, Any]]] = [
     ("async, 8 local", {"mode": "async", "local_steps": 8}),
     ("auto", {"mode": "auto", "staleness": 0}),
 ]
+NAMES = [n for n, _ in SETTINGS]
 # job -> what it changes in examples/digits.yaml (the optimizer's learning rate)
 JOBS: dict[str, float] = {"digits": 0.05, "digits lr 0.2": 0.2}
 # scenario -> (the slow worker's PSC_SLOWDOWN, or None: none; slowed halfway by the bench)
@@ -149,53 +150,6 @@ def run(cluster: LocalCluster, job: dict[str, Any], halfway: bool) -> dict[str, 
     }
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    times = [r["to_target_s"] for r in runs]
-    return {
-        "median_s": round(statistics.median(times), 2),
-        "times_s": times,
-        "all_reached": all(r["reached"] for r in runs),
-    }
-
-
-def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
-    names = [n for n, _ in SETTINGS]
-    lines = [
-        "| scenario | " + " | ".join(names) + " | best fixed | auto / best |",
-        "|---|" + "---|" * (len(names) + 2),
-    ]
-    for scenario, by_setting in summary.items():
-        fixed = {n: by_setting[n]["median_s"] for n in names if n != "auto"}
-        best = min(fixed, key=lambda n: fixed[n])
-        cells = [
-            f"{by_setting[n]['median_s']:.2f}" + ("" if by_setting[n]["all_reached"] else "*")
-            for n in names
-        ]
-        ratio = by_setting["auto"]["median_s"] / fixed[best]
-        lines.append(f"| {scenario} | " + " | ".join(cells) + f" | {best} | {ratio:.2f} |")
-    totals = [sum(summary[s][n]["median_s"] for s in summary) for n in names]
-    lines.append("| sum | " + " | ".join(f"{t:.2f}" for t in totals) + " | | |")
-    return "\n".join(lines)
-
-
-def verdicts(summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Auto over the best fixed setting per row, and the sums of every setting over the rows."""
-    names = [n for n, _ in SETTINGS]
-    ratios = {}
-    for row, by_setting in summary.items():
-        best = min(by_setting[n]["median_s"] for n in names if n != "auto")
-        ratios[row] = round(by_setting["auto"]["median_s"] / best, 3)
-    totals = {n: round(sum(summary[r][n]["median_s"] for r in summary), 2) for n in names}
-    return {
-        "auto_over_best_fixed": ratios,
-        "within_10_percent": {r: x <= 1.10 for r, x in ratios.items()},
-        "sum_s": totals,
-        "auto_beats_every_fixed_setting_in_sum": all(
-            totals["auto"] < t for n, t in totals.items() if n != "auto"
-        ),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -242,15 +196,16 @@ def main() -> None:
         + " and ".join(map(str, JOBS.values()))
         + f", 2 shards, 4 workers, target {TARGET} test accuracy, median of {args.repeats}",
         "summary": summary,
-        "per_job": {j: verdicts(sc) for j, sc in summary.items()},
-        "both_jobs": verdicts(rows),
+        "per_job": {j: verdicts(sc, NAMES) for j, sc in summary.items()},
+        "both_jobs": verdicts(rows, NAMES),
         "runs": raw,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     for j, sc in summary.items():
-        print(f"\n{j}\n" + table(sc))
-    print("\nboth jobs\n" + table(rows))
+        print(f"\n{j}\n" + table(sc, NAMES))
+    print("\nboth jobs\n" + table(rows, NAMES))
+    print(json.dumps(out["both_jobs"], indent=1))
 
 
 if __name__ == "__main__":
