@@ -222,11 +222,7 @@ class AutoConsistency:
         the staleness-free rung: with a barrier once per ``k`` batches sync waits ``k`` times
         less, while async's staleness would add to the drift of the local steps (digits at
         lr 0.2: sync with 8 local steps reached 95% in about a second in all 12 runs, async
-        with 8 in none; bench/auto.py). The rung rises after a hold, as after a verdict.
-        No busy time is measured yet here, so the first choice from them (a backup worker for
-        a straggler) needs only its agreeing observations, not the dwell after this switch:
-        a 3x straggler otherwise held every barrier of a digits job that reached its target
-        before the dwell was over."""
+        with 8 in none; bench/auto.py). The rung rises after a hold, as after a verdict."""
         self._opening = False
         if target.local_steps > 1:
             self.rung, self._held_until = STALENESS_FREE, now + self._hold
@@ -238,13 +234,8 @@ class AutoConsistency:
             # The shards may hold an earlier controller's trial copy: it goes, or is
             # taken anew for a stale setting, whose undo must go back to this point.
             step = TrialStep.BEGIN if target.stale and self.undoable else TrialStep.END
-            switch: Switch | None = self._switch(
-                target, now, f"the coordinator restarted; {why}", step
-            )
-        else:
-            switch = self._switch(target, now, why) if target != self.current else None
-        self.since = now - self.settings.dwell_seconds
-        return switch
+            return self._switch(target, now, f"the coordinator restarted; {why}", step)
+        return self._switch(target, now, why) if target != self.current else None
 
     def _with_local_steps(
         self, target: Consistency, why: str, now: float

@@ -107,26 +107,6 @@ def test_the_first_reason_says_why_local_steps_and_why_sync() -> None:
     )
 
 
-def test_a_straggler_measured_after_the_start_gets_a_backup_worker_before_the_dwell() -> None:
-    # Prepare: a job that started in sync with local steps before anyone was measured
-    auto = AutoConsistency(0.0)
-    talky = {"pull": 0.02, "push": 0.02, "forward": 0.01}
-    auto.observe(Observation(0.0, {}, [2.3], 4, ("a", "b", "c", "slow"), talky, 1))
-    assert auto.current == SYNC8
-    busy = {"a": 0.02, "b": 0.021, "c": 0.019, "slow": 0.06}
-
-    # Execute: the straggler measured from 0.3 s on, a report every 0.25 s
-    switched = [
-        (t, s.to)
-        for t in (0.3, 0.55, 0.8, 1.05)
-        if (s := auto.observe(Observation(t, busy, [2.2], 4, (), talky, 4))) is not None
-        and s.reason
-    ]
-
-    # Assert: a backup worker for it at the third agreeing report, well before the 2 s dwell
-    assert switched == [(0.8, Consistency("sync", backup_workers=1, local_steps=8))]
-
-
 def test_a_verdict_under_sync_with_local_steps_ends_them_for_a_hold_and_goes_back() -> None:
     # Prepare: a job in sync with local steps
     auto = AutoConsistency(0.0)
