@@ -26,7 +26,8 @@ measured, and the setting follows them on a ladder of three rungs:
   After another hold without a verdict the job is back at the free rung.
 
 On any rung the workers also take local steps between a pull and a push where a window's
-communication outweighs their compute (:mod:`pscluster.coordinator.auto_local`), and a job
+communication outweighs their compute (:mod:`pscluster.coordinator.auto_local`), then with no
+backup workers (a push refused as late would throw its whole window away), and a job
 whose first report calls for them starts on the staleness-free rung (see
 ``AutoConsistency._open``); the loss judge watches them as it watches staleness.
 
@@ -240,11 +241,20 @@ class AutoConsistency:
     def _with_local_steps(
         self, target: Consistency, why: str, now: float
     ) -> tuple[Consistency, str]:
-        """``target`` with the local steps the measured communication calls for."""
+        """``target`` with the local steps the measured communication calls for, and then
+        without backup workers. A push refused as late throws away the ``k`` batches behind
+        it, and the straggler still holds its lease to the end of the epoch: on the auto
+        bench's straggler scenarios, runs with a backup worker beside 8 local steps needed
+        more epochs than sync with 8 local steps and none, of no shorter seconds each
+        (docs/architecture.md, "Local steps")."""
         k, because = self.local.choose(now, self.current.local_steps)
         if k == 1 and self.current.local_steps == 1:
             return target, why
-        return replace(target, local_steps=k), f"{why}; {because}" if because else why
+        why = f"{why}; {because}" if because else why
+        if k > 1 and target.backup_workers:
+            why += "; no backup workers beside local steps (a late push wastes its window)"
+            target = replace(target, backup_workers=0)
+        return replace(target, local_steps=k), why
 
     def _tighten(self, obs: Observation, verdict: str) -> Switch:
         """The loss says the setting in force costs progress. A stale mode goes first: down

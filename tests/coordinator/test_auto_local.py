@@ -107,6 +107,31 @@ def test_the_first_reason_says_why_local_steps_and_why_sync() -> None:
     )
 
 
+def test_a_straggler_gets_no_backup_worker_beside_local_steps_but_does_without_them() -> None:
+    # Prepare: a job in sync with local steps, one worker 3x the others
+    auto = AutoConsistency(0.0)
+    busy = {"a": 0.02, "b": 0.021, "c": 0.019, "slow": 0.06}
+    talky = {"pull": 0.02, "push": 0.02, "forward": 0.01}
+    quiet = {"pull": 0.0002, "push": 0.0002, "forward": 0.01}
+    auto.observe(Observation(0.0, {}, [2.3], 4, ("a", "b", "c", "slow"), talky, 1))
+
+    # Execute: 5 s of reports with communication that calls for local steps; then 15 s more
+    # once it no longer does (the smoothed ratio comes down over a few reports)
+    talking = [auto.observe(Observation(t / 4, busy, [2.2], 4, (), talky, 4)) for t in range(20)]
+    after_talking = auto.current
+    quieter = [
+        s.to
+        for t in range(20, 80)
+        if (s := auto.observe(Observation(t / 4, busy, [2.2], 4, (), quiet, 4))) and s.reason
+    ]
+
+    # Assert: no backup while local steps last (a late push would waste their window); the
+    # backup for the straggler comes with one step per push
+    assert all(s is None or not s.reason for s in talking) and after_talking == SYNC8
+    assert all(c.backup_workers == 0 for c in quieter if c.local_steps > 1)
+    assert quieter[-1] == Consistency("sync", backup_workers=1)
+
+
 def test_a_verdict_under_sync_with_local_steps_ends_them_for_a_hold_and_goes_back() -> None:
     # Prepare: a job in sync with local steps
     auto = AutoConsistency(0.0)
