@@ -143,9 +143,7 @@ def run(cluster: LocalCluster, job: dict[str, Any], halfway: bool) -> dict[str, 
     if reached is None and info.state != "completed":
         raise RuntimeError(f"job {info.job_id} ended {info.state}: {info.error}")
     # The ended job's workers finish their window and the shards drop its state, so that the
-    # next job starts on a quiet cluster. (In a fixed order, auto, always last, measured 5-15%
-    # more seconds per epoch than the setting it chose run fixed; the two alone, 8 runs
-    # each in turn, measured the same 0.21 s.)
+    # next job starts on a quiet cluster, whichever setting it runs.
     time.sleep(SETTLE_SECONDS)
     switches = [e.message for e in m.events if e.kind == "consistency"]
     return {
