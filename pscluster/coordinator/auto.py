@@ -151,7 +151,7 @@ class AutoConsistency:
     def observe(self, obs: Observation) -> Switch | None:
         """Fold one observation in; the switch it calls for, if any (already in force here:
         the caller carries it out)."""
-        self.local.meter.add(obs.phases, obs.batches, self.current.local_steps)
+        self.local.meter.add(obs.phases, obs.batches, obs.windows, self.current.local_steps)
         verdict = self.judge.feed(
             obs.losses, judged=self.current.stale, stalls=self.current.stale_mode
         )

@@ -51,12 +51,17 @@ class CommunicationMeter:
         self.window_seconds: float | None = None  # pull + push, per window
         self.batch_seconds: float | None = None  # forward + backward, per batch
 
-    def add(self, phases: Mapping[str, float], batches: int, local_steps: int) -> None:
-        """One report: ``batches`` batches timed, taken ``local_steps`` per window."""
+    def add(
+        self, phases: Mapping[str, float], batches: int, windows: int, local_steps: int
+    ) -> None:
+        """One report: ``batches`` batches timed in ``windows`` windows, as the worker
+        counted them: a window ends early at its lease's end, and a report may straddle a
+        switch. A worker that does not count them (0) is taken to have run ``local_steps``
+        per window, the number in force."""
         if batches <= 0 or not phases:
             return
-        windows = max(1.0, batches / max(1, local_steps))
-        talk = sum(phases.get(p, 0.0) for p in COMMUNICATION) / windows
+        pushes = float(windows) if windows > 0 else max(1.0, batches / max(1, local_steps))
+        talk = sum(phases.get(p, 0.0) for p in COMMUNICATION) / pushes
         work = sum(phases.get(p, 0.0) for p in COMPUTE) / batches
         self.window_seconds = self._smooth(self.window_seconds, talk)
         self.batch_seconds = self._smooth(self.batch_seconds, work)

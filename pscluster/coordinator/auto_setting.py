@@ -62,6 +62,7 @@ class Observation:
     # The report's seconds per phase (pscluster.worker.phases) over its ``batches``.
     phases: Mapping[str, float] = field(default_factory=dict)
     batches: int = 0
+    windows: int = 0  # the pulls and pushes that took them (0: not counted by the worker)
 
     @property
     def missing(self) -> int:

@@ -21,7 +21,7 @@ from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.shard_init import Initial, initial_vectors, shard_configs
 from pscluster.coordinator.spec import (
     SUBMITTED_BLOBS,
-    local_steps_fit,
+    auto_local_steps,
     read_submission,
     straggler_settings,
     validate_job,
@@ -182,6 +182,7 @@ class JobManager:
         spec = co_pb2.JobSpec.FromString(job.spec)
         if spec.HasField("predict"):
             return predict_jobs.plan(job)
+        batch_counts = self._batch_counts(job, spec)
         return JobPlan(
             job.job_id,
             job.epochs,
@@ -189,13 +190,13 @@ class JobManager:
             mode=spec.mode,
             stragglers=straggler_settings(spec),
             backup_workers=spec.backup_workers,
-            batch_counts=self._batch_counts(job, spec),
+            batch_counts=batch_counts,
             epoch=job.epoch,
             done=job.done_partitions,
             evals=job.pending_evals,
             samples=job.samples,
             undoable=self._trial_fits(job, spec),
-            local_steps=self.rt.settings.auto_max_local_steps if local_steps_fit(spec) else 1,
+            local_steps=auto_local_steps(spec, self.rt.settings.auto_max_local_steps, batch_counts),
         )
 
     def _trial_fits(self, job: st.JobRecord, spec: co_pb2.JobSpec) -> bool:

@@ -7,7 +7,7 @@ named in the spec are in the initial state with the right shapes, and the data l
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -198,6 +198,19 @@ def local_steps_fit(spec: co_pb2.JobSpec) -> bool:
     local copy to step), nor with 'dgc', whose own momentum on the workers would run beside
     the job's optimizer."""
     return not spec.model.tables and parse_settings(spec.compression).name != "dgc"
+
+
+def auto_local_steps(spec: co_pb2.JobSpec, most: int, batch_counts: Sequence[int] | None) -> int:
+    """The most local steps per push mode "auto" may give the job's workers: ``most``
+    (PSC_AUTO_MAX_LOCAL_STEPS), 1 where they do not fit (:func:`local_steps_fit`), and no more
+    than the batches of its largest partition where those are known, since a window ends at
+    its lease's end: more would only be a number in the switch's reason that no window takes
+    (digits in 12 partitions: 3-4 batches each)."""
+    if not local_steps_fit(spec):
+        return 1
+    if batch_counts:
+        most = min(most, max(batch_counts))
+    return max(1, most)
 
 
 def straggler_settings(spec: co_pb2.JobSpec) -> StragglerSettings:

@@ -1773,6 +1773,7 @@ class LeaseProgress(_message.Message):
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
     PHASE_SECONDS_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     position: _builtins.int
     """batches of the partition's plan done (absolute index)"""
@@ -1782,6 +1783,11 @@ class LeaseProgress(_message.Message):
     """their wall time less what pulls waited on other workers"""
     step_seconds: _builtins.float
     """their wall time, waits included"""
+    windows: _builtins.int
+    """The windows (one pull and push each: a batch, or a window of local steps, which may end
+    early at the lease's end) that took these batches. 0 from a worker that does not count
+    them: the coordinator then takes batches / the local steps in force.
+    """
     @_builtins.property
     def dropped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Batches of these that trained nothing, by reason: "stale" (refused as stale on every
@@ -1805,10 +1811,11 @@ class LeaseProgress(_message.Message):
         step_seconds: _builtins.float = ...,
         dropped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         phase_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        windows: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "busy_seconds", b"busy_seconds", "dropped", b"dropped", "lease_id", b"lease_id", "phase_seconds", b"phase_seconds", "position", b"position", "step_seconds", b"step_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "busy_seconds", b"busy_seconds", "dropped", b"dropped", "lease_id", b"lease_id", "phase_seconds", b"phase_seconds", "position", b"position", "step_seconds", b"step_seconds", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

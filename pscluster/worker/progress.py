@@ -63,7 +63,7 @@ class ProgressReporter:
         self._retry_at = 0.0  # after a failed report, no attempt before this (monotonic)
         self.dropped_reports = 0
 
-    def batch_done(
+    def window_done(
         self,
         position: int,
         busy_seconds: float,
@@ -71,13 +71,14 @@ class ProgressReporter:
         batches: int = 1,
         phases: Mapping[str, float] | None = None,
     ) -> None:
-        """``batches`` batches of the lease are done (trained or dropped; more than one with
-        local SGD steps): ``position`` is the index of the next one;
+        """One window of the lease is done: its ``batches`` batches (trained or dropped;
+        more than one with local SGD steps), ``position`` the index of the next one;
         ``busy_seconds`` is their wall time less the waits on others; ``phases`` where their
         wall time went (pscluster.worker.phases)."""
         p = self._progress
         p.position = position
         p.batches += batches
+        p.windows += 1
         p.busy_seconds += busy_seconds
         p.step_seconds += step_seconds
         for name, seconds in (phases or {}).items():
@@ -143,6 +144,7 @@ class ProgressReporter:
             lease_id=self.lease_id,
             position=max(now.position, progress.position),
             batches=progress.batches + now.batches,
+            windows=progress.windows + now.windows,
             busy_seconds=progress.busy_seconds + now.busy_seconds,
             step_seconds=progress.step_seconds + now.step_seconds,
         )

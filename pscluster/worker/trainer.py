@@ -154,7 +154,7 @@ class Trainer:
             own = max(0.0, wall - waited)
             busy = self._slow_down(own)  # the injected delay adds to both
             phases = rt.local.clock.close(wall + busy - own)
-            reporter.batch_done(position, busy, wall + busy - own, len(data), phases)
+            reporter.window_done(position, busy, wall + busy - own, len(data), phases)
             if self.telemetry is not None:
                 self.telemetry.phased(rt.job_id, phases)
         return samples

@@ -8,8 +8,11 @@ import pytest
 from pscluster.coordinator.auto import ASYNC, SYNC, AutoConsistency, Observation
 from pscluster.coordinator.auto_local import CommunicationMeter, LocalStepRules, local_steps_for
 from pscluster.coordinator.auto_setting import Consistency
+from pscluster.coordinator.spec import auto_local_steps
 from pscluster.errors import InvalidArgument
 from pscluster.server.consistency import TrialStep
+from pscluster.v1 import common_pb2
+from pscluster.v1 import coordinator_pb2 as co_pb2
 
 RULES = LocalStepRules()
 EQUAL = {"a": 0.02, "b": 0.021, "c": 0.019, "d": 0.02}
@@ -45,11 +48,49 @@ def test_the_meter_counts_one_pull_and_push_per_window_of_local_steps() -> None:
     meter = CommunicationMeter(alpha=1.0)
     phases = {"pull": 0.03, "push": 0.05, "forward": 0.02, "backward": 0.02, "wait": 9.0}
 
-    meter.add(phases, batches=8, local_steps=4)  # two windows of four
+    meter.add(phases, batches=8, windows=2, local_steps=4)  # two windows of four
 
     assert meter.window_seconds == pytest.approx(0.04)
     assert meter.batch_seconds == pytest.approx(0.005)
     assert meter.ratio == pytest.approx(8.0)
+
+
+def test_the_meter_takes_the_windows_the_worker_counted_not_the_steps_in_force() -> None:
+    # 8 local steps in force, but leases of 3 batches: 4 windows ended at a lease's end. Taking
+    # 12 / 8 = 1.5 windows would make each window's pull and push look 2.7x as long.
+    meter = CommunicationMeter(alpha=1.0)
+    phases = {"pull": 0.04, "push": 0.04, "forward": 0.006, "backward": 0.006}
+
+    meter.add(phases, batches=12, windows=4, local_steps=8)
+
+    assert meter.window_seconds == pytest.approx(0.02)
+    assert meter.ratio == pytest.approx(20.0)
+
+
+def test_a_report_without_a_window_count_is_taken_at_the_steps_in_force() -> None:
+    meter = CommunicationMeter(alpha=1.0)
+    phases = {"pull": 0.04, "push": 0.04, "forward": 0.006, "backward": 0.006}
+
+    meter.add(phases, batches=16, windows=0, local_steps=8)
+
+    assert meter.window_seconds == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize(
+    ("batch_counts", "compression", "expected"),
+    [
+        ([4, 4, 3], "", 4),  # a window ends at its lease's end: 8 would be a number only
+        ([40, 39], "", 8),  # PSC_AUTO_MAX_LOCAL_STEPS rules
+        (None, "", 8),  # a data source not sized yet: the setting alone
+        ([40], "dgc", 1),  # dgc's own momentum on the workers: none
+    ],
+)
+def test_auto_gives_no_more_local_steps_than_a_partition_has_batches(
+    batch_counts: list[int] | None, compression: str, expected: int
+) -> None:
+    spec = co_pb2.JobSpec(compression=common_pb2.CompressionConfig(name=compression))
+
+    assert auto_local_steps(spec, 8, batch_counts) == expected
 
 
 def test_rules_out_of_range_are_refused() -> None:
