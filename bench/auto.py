@@ -98,8 +98,8 @@ class Throttle:
         os.kill(self.pid, signal.SIGCONT)
 
 
-def start(path: Path, slowdown: float | None, env: dict[str, str] | None = None) -> LocalCluster:
-    cluster = LocalCluster(shards=2, workers=3, state_dir=path, env={**ENV, **(env or {})})
+def start(path: Path, slowdown: float | None) -> LocalCluster:
+    cluster = LocalCluster(shards=2, workers=3, state_dir=path, env=ENV)
     cluster.start()
     cluster.wait_for_workers(3, timeout=300)
     env = {"PSC_WORKER_ID": SLOW}

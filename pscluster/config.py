@@ -88,10 +88,6 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0)
     # How often a worker sends its step losses (and its lease's progress) to the coordinator.
     progress_seconds: float = Field(0.5, gt=0)
-    # Workers: ask for the next lease with each CompleteTask (``acquire_next``: one RPC per
-    # lease instead of two; measured 10-20% off the epoch of a job with leases of 3-4
-    # batches, bench/lease_size.py). Off: an AcquireTask after each, as before.
-    acquire_with_complete: bool = True
     # Workers: push each bucket of the gradient as backward produces it and run forward while
     # the pull arrives (one step per push, uncompressed, no embedding tables;
     # pscluster/worker/overlap.py). "auto": on for a CUDA worker, whose cores are free to move

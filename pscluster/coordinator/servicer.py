@@ -15,7 +15,6 @@ import torch
 from pscluster.coordinator.admission import Admission
 from pscluster.coordinator.app import Coordinator
 from pscluster.coordinator.core.kinds import TaskResult, kind_of
-from pscluster.coordinator.lease_values import Lease
 from pscluster.coordinator.reports import StepReport
 from pscluster.errors import InvalidArgument
 from pscluster.transport.auth import JobTokens, admin_token, caller_identity
@@ -147,9 +146,6 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
                 wait_seconds=got.retry_after,
                 held_seconds=got.held_seconds,
             )
-        return self._task(lease, got.held_seconds)
-
-    def _task(self, lease: Lease, held_seconds: float = 0.0) -> co_pb2.Task:
         return co_pb2.Task(
             kind=kind_of(lease).wire,
             job_id=lease.job_id,
@@ -160,7 +156,7 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
             lease_seconds=self.c.settings.worker_timeout_seconds,
             first_batch=lease.first_batch,
             end_batch=lease.end_batch,
-            held_seconds=held_seconds,
+            held_seconds=got.held_seconds,
         )
 
     @grpc_errors
@@ -174,12 +170,7 @@ class CoordinatorServicer(co_grpc.CoordinatorServicer):
                 metrics["accuracy"] = request.test_accuracy
         result = TaskResult(request.samples, metrics, tuple(request.versions))
         self.c.tasks.complete(request.worker_id, request.lease_id, result)
-        reply = co_pb2.CompleteTaskReply()
-        if request.acquire_next:
-            lease = self.c.tasks.acquire_after_complete(request.worker_id)
-            if lease is not None:
-                reply.next.CopyFrom(self._task(lease))
-        return reply
+        return co_pb2.CompleteTaskReply()
 
     @grpc_errors
     def CompletePrediction(

@@ -24,7 +24,7 @@ from pscluster.coordinator.predictions import PredictionStore
 from pscluster.coordinator.reports import StepReport, check_progress
 from pscluster.coordinator.runtime import Runtime
 from pscluster.coordinator.workers import WorkerInfo
-from pscluster.errors import FailedPrecondition, InvalidArgument, NotFound
+from pscluster.errors import FailedPrecondition, InvalidArgument
 from pscluster.transport.retry import period
 from pscluster.v1 import coordinator_pb2 as co_pb2
 
@@ -149,18 +149,6 @@ class TaskDispatcher:
         with rt.lock:
             actions = rt.core.complete(worker_id, lease_id, result, rt.mono(), rt.wall())
         rt.executor.run(actions)
-
-    def acquire_after_complete(self, worker_id: str) -> Lease | None:
-        """The next lease for a worker that just handed one in (CompleteTask's
-        ``acquire_next``), if one is free now; None otherwise, never an error: the lease
-        handed in is done either way, and the worker calls AcquireTask (which may hold it)
-        if this finds nothing. A lease granted here whose reply never reaches the worker is
-        released by its next AcquireTask or CompleteTask, as a lost AcquireTask reply's is."""
-        try:
-            return self.acquire(worker_id)
-        except (FailedPrecondition, InvalidArgument, NotFound) as e:
-            log.debug("no next lease for worker %s with its completion: %s", worker_id, e)
-            return None
 
     def complete_prediction(self, chunks: Iterator[co_pb2.PredictionChunk]) -> None:
         """Store a predict lease's outputs, then hand the lease in (:meth:`complete`).

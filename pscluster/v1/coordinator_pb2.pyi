@@ -1632,7 +1632,6 @@ class CompleteTaskRequest(_message.Message):
     SAMPLES_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
-    ACQUIRE_NEXT_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     lease_id: _builtins.str
     test_accuracy: _builtins.float
@@ -1641,11 +1640,6 @@ class CompleteTaskRequest(_message.Message):
     """eval"""
     samples: _builtins.int
     """train: samples trained on"""
-    acquire_next: _builtins.bool
-    """Also lease this worker its next task if one is free now, in the reply (never held for
-    work, unlike AcquireTask): a lease of 3-4 batches otherwise pays an AcquireTask on top of
-    its windows (bench/lease_size.py).
-    """
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """eval: everything measured ("loss", and the job's metric); test_accuracy and test_loss
@@ -1668,11 +1662,10 @@ class CompleteTaskRequest(_message.Message):
         samples: _builtins.int = ...,
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         versions: _abc.Iterable[_builtins.int] | None = ...,
-        acquire_next: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquire_next", b"acquire_next", "lease_id", b"lease_id", "metrics", b"metrics", "samples", b"samples", "test_accuracy", b"test_accuracy", "test_loss", b"test_loss", "versions", b"versions", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "metrics", b"metrics", "samples", b"samples", "test_accuracy", b"test_accuracy", "test_loss", b"test_loss", "versions", b"versions", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1682,19 +1675,12 @@ Global___CompleteTaskRequest: _TypeAlias = CompleteTaskRequest  # noqa: Y015
 class CompleteTaskReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    NEXT_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def next(self) -> Global___Task:
-        """With acquire_next: the worker's next lease. Unset: nothing was free; call AcquireTask."""
-
     def __init__(
         self,
-        *,
-        next: Global___Task | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["next", b"next"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next", b"next"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

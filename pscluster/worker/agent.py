@@ -20,7 +20,6 @@ import socket
 import threading
 import traceback
 from collections.abc import Callable
-from typing import TypeVar
 
 import grpc
 
@@ -59,8 +58,6 @@ ACQUIRE_RETRY = RetryPolicy(
 )
 
 
-T = TypeVar("T")
-
 # The leases a worker runs, by their wire kind, as its logs and metrics name them.
 _KINDS = {
     coordinator_pb2.TASK_KIND_TRAIN: "train",
@@ -85,9 +82,6 @@ class WorkerAgent:
         self.worker_id = settings.worker_id  # "" lets the coordinator pick one
         self.heartbeat_seconds = settings.heartbeat_seconds
         self._lease = ""  # the lease being worked on, "" when idle
-        # The lease the last CompleteTask's reply handed out (acquire_next), to run next
-        # without an AcquireTask.
-        self._next: coordinator_pb2.Task | None = None
         self._revoked: set[str] = set()
         self._lock = threading.Lock()
         self.jobs = JobCache(self.stub, settings, self.shards, self._report_failure, telemetry)
@@ -154,7 +148,7 @@ class WorkerAgent:
         try:
             while not self.stop.is_set():
                 try:
-                    task, self._next = self._next or self._acquire(), None
+                    task = self._acquire()
                 except Stopped:
                     break
                 except grpc.RpcError:  # NOT_FOUND: the coordinator does not know us
@@ -278,17 +272,10 @@ class WorkerAgent:
         )
 
     def _complete(self, request: coordinator_pb2.CompleteTaskRequest) -> None:
-        """Hand the lease in, and take the next one from the reply where the coordinator
-        had one free (one RPC per lease instead of two)."""
         timeout = self.settings.rpc_timeout_seconds
-        request.acquire_next = self.settings.acquire_with_complete
-        reply = self._hand_in(
-            lambda: self.stub.CompleteTask(request, timeout=timeout), request.lease_id
-        )
-        if reply.HasField("next") and reply.next.kind in _KINDS:
-            self._next = reply.next
+        self._hand_in(lambda: self.stub.CompleteTask(request, timeout=timeout), request.lease_id)
 
-    def _hand_in(self, call: Callable[[], T], lease_id: str) -> T:
+    def _hand_in(self, call: Callable[[], object], lease_id: str) -> None:
         """Hand the finished lease in, through a coordinator outage if need be: the work is
         done (applied on the shards, or scored), so it is worth waiting for. Gives up
         (LeaseLost) once the lease is revoked, e.g. the restarted coordinator no longer knows
@@ -300,7 +287,7 @@ class WorkerAgent:
                 raise lost
 
         try:
-            return retry(
+            retry(
                 call,
                 COMPLETE_RETRY,
                 what=f"completing {lease_id}",
