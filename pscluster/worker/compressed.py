@@ -4,6 +4,14 @@ Error-feedback residuals and DGC momentum belong to the worker (the shard is sta
 compression), and to one range each, because each shard's push succeeds or is refused on its
 own. A range's new state is kept only once its shard has taken the push (``commit``): a push
 refused as stale is recomputed on fresh parameters, and its residual must not count twice.
+
+Under mode "auto" a push carries a gradient or, with local steps, the change of the worker's
+own steps over lr (pscluster.worker.local_sgd), and the number can change while the job runs.
+The shards step the job's optimizer on a gradient but add a change at lr, so a residual held
+back from changes is not added to a gradient: momentum would apply it up to 1 / (1 - beta)
+times over, and Adam would rescale it as if it were one. Such a range starts afresh instead
+(what it held back is dropped, as at the end of a job). A gradient's residual does go into a
+change: the shards add it at lr, one plain SGD step of what was held back.
 """
 
 from __future__ import annotations
@@ -21,22 +29,36 @@ class PushEncoder:
         self.codec = make_compressor(settings)
         self.ranges = list(ranges)
         self._states = [self.codec.new_state(length) for _, length in self.ranges]
+        # Per range: whether its state was left by a change of local steps (not a gradient),
+        # and what the last encode would leave there once committed.
+        self._from_change = [False] * len(self.ranges)
+        self._encoded_change = False
 
     @property
     def name(self) -> str:
         return self.codec.name
 
     def encode(
-        self, gradient: torch.Tensor, epoch: int, ranges: Iterable[int] | None = None
+        self,
+        gradient: torch.Tensor,
+        epoch: int,
+        ranges: Iterable[int] | None = None,
+        *,
+        change: bool = False,
     ) -> dict[int, Encoded]:
         """The payload of each range in ``ranges`` (all by default), by index, with the state
-        to commit if its shard takes it. Nothing changes until :meth:`commit`."""
+        to commit if its shard takes it. Nothing changes until :meth:`commit`. ``change``:
+        the update is the change of local steps over lr, not a gradient (see the module)."""
         prepared = self.codec.prepare(gradient.detach().reshape(-1).to(torch.float32))
         wanted = range(len(self.ranges)) if ranges is None else ranges
         out = {}
         for i in wanted:
             start, length = self.ranges[i]
-            out[i] = self.codec.compress(prepared[start : start + length], self._states[i], epoch)
+            state = self._states[i]
+            if self._from_change[i] and not change:
+                state = self.codec.new_state(length)
+            out[i] = self.codec.compress(prepared[start : start + length], state, epoch)
+        self._encoded_change = change
         return out
 
     def recut(self, ranges: Sequence[tuple[int, int]]) -> None:
@@ -52,12 +74,16 @@ class PushEncoder:
             {k: v[start : start + length].clone() for k, v in whole.items()}
             for start, length in ranges
         ]
+        # A range whose state came from a change marks every new range: at worst a gradient's
+        # residual is dropped with it, never a change's run through the optimizer.
+        self._from_change = [any(self._from_change)] * len(ranges)
         self.ranges = ranges
 
     def commit(self, index: int, encoded: Encoded) -> None:
         """Range ``index``'s push was taken by its shard: its state moves on. Every range is
         committed on its own shard's answer, never on another's."""
         self._states[index] = encoded.state
+        self._from_change[index] = self._encoded_change
 
     def state(self, index: int) -> CodecState:
         """Range ``index``'s codec state now (a residual, DGC's momentum; empty if none)."""

@@ -279,7 +279,9 @@ class Trainer:
         timeout = self.settings.rpc_timeout_seconds
         # Encoded once: a retry resends the same bytes; each range's codec state moves on only
         # when its own shard takes the push.
-        encoded = rt.encoder.encode(window.update, epoch, sorted(push.pending))
+        encoded = rt.encoder.encode(
+            window.update, epoch, sorted(push.pending), change=window.local_steps > 0
+        )
         rows = {}
         if window.rows:  # half precision rows when the job's codec sends half precision
             dtype = ROW_DTYPES.get(rt.encoder.name, F32)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from pscluster.compression import CompressionSettings, make_compressor
+from pscluster.compression import CompressionSettings, Encoded, make_compressor
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.worker.compressed import PushEncoder
 from pscluster.worker.outcomes import PushRound
@@ -133,3 +133,34 @@ def test_a_retry_waits_only_on_the_shards_that_did_not_take_the_push() -> None:
     # worker's retry to shard 1); the next window's pull still does
     assert waits == [0, 5, 0]
     assert min_versions == [8, 5, 4]
+
+
+def test_a_residual_of_local_steps_changes_never_goes_into_a_gradient() -> None:
+    # Prepare: mode "auto" moved from a push per step to local steps and back. Gradients held
+    # back 0.8 of each range under topk at 20%.
+    encoder = _topk()
+    gradient, change, again = torch.arange(1.0, 21.0), torch.full((20,), 0.5), torch.ones(20)
+    push = PushRound.to(2)
+    first = encoder.encode(gradient, epoch=0)
+    push.settle({0: _reply(APPLIED), 1: _reply(APPLIED)}, first, encoder, [0, 0])
+    held = encoder.state(0)["residual"].clone()
+
+    # Execute: a change of local steps, then a gradient again
+    push = PushRound.to(2)
+    local = encoder.encode(change, epoch=0, change=True)
+    push.settle({0: _reply(APPLIED), 1: _reply(APPLIED)}, local, encoder, [0, 0])
+    push = PushRound.to(2)
+    after = encoder.encode(again, epoch=0)
+    push.settle({0: _reply(APPLIED), 1: _reply(APPLIED)}, after, encoder, [0, 0])
+
+    # Assert: the gradients' residual went out with the change (the shards add it at lr);
+    # the change's residual did not go out with the gradient, which starts afresh
+    assert torch.equal(
+        _decoded(local[0].payload) + encoder_residual_after(local, 0), change[:10] + held
+    )
+    assert torch.equal(_decoded(after[0].payload) + encoder.state(0)["residual"], again[:10])
+
+
+def encoder_residual_after(encoded: dict[int, Encoded], index: int) -> torch.Tensor:
+    """The residual the push ``encoded`` left in range ``index`` once committed."""
+    return encoded[index].state["residual"]
