@@ -55,25 +55,26 @@ def test_the_meter_counts_one_pull_and_push_per_window_of_local_steps() -> None:
     assert meter.ratio == pytest.approx(8.0)
 
 
-def test_the_meter_takes_the_windows_the_worker_counted_not_the_steps_in_force() -> None:
-    # 8 local steps in force, but leases of 3 batches: 4 windows ended at a lease's end. Taking
-    # 12 / 8 = 1.5 windows would make each window's pull and push look 2.7x as long.
+@pytest.mark.parametrize(
+    ("windows", "local_steps", "per_window"),
+    [
+        # 8 local steps in force, but leases of 3 batches: 4 windows, each ended at its
+        # lease's end (12 / 8 = 1.5 windows would make each look 2.7x as long)
+        (4, 8, 0.02),
+        (0, 8, 0.0533),  # a worker that does not count them: 12 / 8 windows, as in force
+        (12, 1, 0.00667),  # one step per push
+    ],
+)
+def test_the_meter_takes_the_windows_the_worker_counted(
+    windows: int, local_steps: int, per_window: float
+) -> None:
     meter = CommunicationMeter(alpha=1.0)
     phases = {"pull": 0.04, "push": 0.04, "forward": 0.006, "backward": 0.006}
 
-    meter.add(phases, batches=12, windows=4, local_steps=8)
+    meter.add(phases, batches=12, windows=windows, local_steps=local_steps)
 
-    assert meter.window_seconds == pytest.approx(0.02)
-    assert meter.ratio == pytest.approx(20.0)
-
-
-def test_a_report_without_a_window_count_is_taken_at_the_steps_in_force() -> None:
-    meter = CommunicationMeter(alpha=1.0)
-    phases = {"pull": 0.04, "push": 0.04, "forward": 0.006, "backward": 0.006}
-
-    meter.add(phases, batches=16, windows=0, local_steps=8)
-
-    assert meter.window_seconds == pytest.approx(0.04)
+    assert meter.window_seconds == pytest.approx(per_window, rel=1e-2)
+    assert meter.batch_seconds == pytest.approx(0.001)
 
 
 @pytest.mark.parametrize(
