@@ -45,7 +45,9 @@ class Compressor(Protocol):
     name: str
 
     def new_state(self, length: int) -> CodecState:
-        """The worker-side state of one fresh slice of ``length`` values."""
+        """The worker-side state of one fresh slice of ``length`` values. Its tensors must be
+        linear in the gradients that make them (a residual, a momentum): the worker rescales
+        them when fp16's loss scale moves (pscluster.worker.compressed)."""
         ...
 
     def prepare(self, gradient: torch.Tensor) -> torch.Tensor:

@@ -12,15 +12,31 @@ back from changes is not added to a gradient: momentum would apply it up to 1 / 
 times over, and Adam would rescale it as if it were one. Such a range starts afresh instead
 (what it held back is dropped, as at the end of a job). A gradient's residual does go into a
 change: the shards add it at lr, one plain SGD step of what was held back.
+
+With fp16 loss scaling a gradient goes out times its loss scale (the shards divide by the
+header's ``grad_scale``), and the scale moves while the job runs (doubled after a run of
+finite steps, halved at an overflow). A state is kept in the units of the push that left it,
+so it is rescaled by the new scale over the old before it is added: the codecs' states (a
+residual, DGC's momentum and accumulation) are linear in the gradients they were made of.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
 from pscluster.compression import CodecState, CompressionSettings, Encoded, make_compressor
+
+
+@dataclass(frozen=True)
+class Units:
+    """What a codec state is made of: gradients times ``scale`` (fp16's loss scale, 1 without
+    it), or the change of local steps over lr (``change``)."""
+
+    change: bool = False
+    scale: float = 1.0
 
 
 class PushEncoder:
@@ -29,10 +45,10 @@ class PushEncoder:
         self.codec = make_compressor(settings)
         self.ranges = list(ranges)
         self._states = [self.codec.new_state(length) for _, length in self.ranges]
-        # Per range: whether its state was left by a change of local steps (not a gradient),
-        # and what the last encode would leave there once committed.
-        self._from_change = [False] * len(self.ranges)
-        self._encoded_change = False
+        # Per range, the units of its state; and those the last encode would leave there once
+        # committed.
+        self._units = [Units()] * len(self.ranges)
+        self._encoded = Units()
 
     @property
     def name(self) -> str:
@@ -44,22 +60,31 @@ class PushEncoder:
         epoch: int,
         ranges: Iterable[int] | None = None,
         *,
-        change: bool = False,
+        units: Units = Units(),
     ) -> dict[int, Encoded]:
         """The payload of each range in ``ranges`` (all by default), by index, with the state
-        to commit if its shard takes it. Nothing changes until :meth:`commit`. ``change``:
-        the update is the change of local steps over lr, not a gradient (see the module)."""
+        to commit if its shard takes it. Nothing changes until :meth:`commit`. ``units``:
+        what ``gradient`` is (see the module)."""
         prepared = self.codec.prepare(gradient.detach().reshape(-1).to(torch.float32))
         wanted = range(len(self.ranges)) if ranges is None else ranges
         out = {}
         for i in wanted:
             start, length = self.ranges[i]
-            state = self._states[i]
-            if self._from_change[i] and not change:
-                state = self.codec.new_state(length)
+            state = self._state_in(i, units)
             out[i] = self.codec.compress(prepared[start : start + length], state, epoch)
-        self._encoded_change = change
+        self._encoded = units
         return out
+
+    def _state_in(self, index: int, units: Units) -> CodecState:
+        """Range ``index``'s state, in ``units``: afresh where it came from a change and a
+        gradient goes out, rescaled where the loss scale moved."""
+        held, state = self._units[index], self._states[index]
+        if held.change and not units.change:
+            return self.codec.new_state(self.ranges[index][1])
+        if held.scale != units.scale:
+            factor = units.scale / held.scale
+            return {k: v * factor for k, v in state.items()}
+        return state
 
     def recut(self, ranges: Sequence[tuple[int, int]]) -> None:
         """Cut the codec state (a residual, DGC's momentum: one value per parameter) over new
@@ -68,22 +93,25 @@ class PushEncoder:
         ranges = list(ranges)
         if ranges == self.ranges:
             return
-        keys = set().union(*(s.keys() for s in self._states)) if self._states else set()
-        whole = {k: torch.cat([s[k] for s in self._states]) for k in keys}
+        # One scale for all (the last push's) before the cut; a range whose state came from a
+        # change marks every new range: at worst a gradient's residual is dropped with it,
+        # never a change's run through the optimizer.
+        cut = Units(change=any(u.change for u in self._units), scale=self._encoded.scale)
+        states = [self._state_in(i, replace(cut, change=True)) for i in range(len(self.ranges))]
+        keys = set().union(*(s.keys() for s in states)) if states else set()
+        whole = {k: torch.cat([s[k] for s in states]) for k in keys}
         self._states = [
             {k: v[start : start + length].clone() for k, v in whole.items()}
             for start, length in ranges
         ]
-        # A range whose state came from a change marks every new range: at worst a gradient's
-        # residual is dropped with it, never a change's run through the optimizer.
-        self._from_change = [any(self._from_change)] * len(ranges)
+        self._units = [cut] * len(ranges)
         self.ranges = ranges
 
     def commit(self, index: int, encoded: Encoded) -> None:
         """Range ``index``'s push was taken by its shard: its state moves on. Every range is
         committed on its own shard's answer, never on another's."""
         self._states[index] = encoded.state
-        self._from_change[index] = self._encoded_change
+        self._units[index] = self._encoded
 
     def state(self, index: int) -> CodecState:
         """Range ``index``'s codec state now (a residual, DGC's momentum; empty if none)."""

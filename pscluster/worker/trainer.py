@@ -29,6 +29,7 @@ from pscluster.transport.retry import RetryPolicy, retry
 from pscluster.v1 import common_pb2, coordinator_pb2
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
 from pscluster.worker import overlapped_step as step
+from pscluster.worker.compressed import Units
 from pscluster.worker.hosted_rows import ShardRows
 from pscluster.worker.local_sgd import Batch, Window
 from pscluster.worker.outcomes import PushRound
@@ -279,9 +280,8 @@ class Trainer:
         timeout = self.settings.rpc_timeout_seconds
         # Encoded once: a retry resends the same bytes; each range's codec state moves on only
         # when its own shard takes the push.
-        encoded = rt.encoder.encode(
-            window.update, epoch, sorted(push.pending), change=window.local_steps > 0
-        )
+        units = Units(change=window.local_steps > 0, scale=window.grad_scale)
+        encoded = rt.encoder.encode(window.update, epoch, sorted(push.pending), units=units)
         rows = {}
         if window.rows:  # half precision rows when the job's codec sends half precision
             dtype = ROW_DTYPES.get(rt.encoder.name, F32)

@@ -8,7 +8,7 @@ import torch
 
 from pscluster.compression import CompressionSettings, make_compressor
 from pscluster.v1 import parameter_server_pb2 as ps_pb2
-from pscluster.worker.compressed import PushEncoder
+from pscluster.worker.compressed import PushEncoder, Units
 from pscluster.worker.outcomes import PushRound
 
 APPLIED = ps_pb2.PUSH_OUTCOME_APPLIED
@@ -147,7 +147,7 @@ def test_a_residual_of_local_steps_changes_never_goes_into_a_gradient() -> None:
 
     # Execute: a change of local steps, then a gradient again
     push = PushRound.to(2)
-    local = encoder.encode(change, epoch=0, change=True)
+    local = encoder.encode(change, epoch=0, units=Units(change=True))
     push.settle({0: _reply(APPLIED), 1: _reply(APPLIED)}, local, encoder, [0, 0])
     push = PushRound.to(2)
     after = encoder.encode(again, epoch=0)
@@ -157,3 +157,41 @@ def test_a_residual_of_local_steps_changes_never_goes_into_a_gradient() -> None:
     # the change's residual did not go out with the gradient, which starts afresh
     assert torch.equal(_decoded(local[0].payload) + local[0].state["residual"], change[:10] + held)
     assert torch.equal(_decoded(after[0].payload) + encoder.state(0)["residual"], again[:10])
+
+
+def test_a_residual_follows_the_loss_scale_from_push_to_push() -> None:
+    # Prepare: fp16 loss scaling; a push at scale 4 held back 80% of each range, times 4
+    encoder = _topk()
+    gradient, later = torch.arange(1.0, 21.0), torch.arange(20.0, 0.0, -1.0)
+    push = PushRound.to(2)
+    first = encoder.encode(gradient * 4, epoch=0, units=Units(scale=4.0))
+    push.settle({0: _reply(APPLIED), 1: _reply(APPLIED)}, first, encoder, [0, 0])
+    held = encoder.state(0)["residual"].clone()
+
+    # Execute: the scale halved (an overflow); the next gradient goes out times 2
+    push = PushRound.to(2)
+    second = encoder.encode(later * 2, epoch=0, units=Units(scale=2.0))
+    push.settle({0: _reply(APPLIED), 1: _reply(APPLIED)}, second, encoder, [0, 0])
+
+    # Assert: what was held back went out at the new scale (the shard divides by 2): half
+    # of what was held at 4
+    sent = _decoded(second[0].payload) + encoder.state(0)["residual"]
+    assert torch.allclose(sent, later[:10] * 2 + held / 2)
+
+
+def test_a_recut_keeps_every_held_value_at_the_last_pushs_scale() -> None:
+    # Prepare: shard 0 took a push at scale 4 and refused the one at scale 2 that shard 1 took
+    encoder = _topk()
+    push = PushRound.to(2)
+    first = encoder.encode(torch.arange(1.0, 21.0) * 4, epoch=0, units=Units(scale=4.0))
+    push.settle({0: _reply(APPLIED), 1: _reply(STALE)}, first, encoder, [0, 0])
+    second = encoder.encode(torch.arange(1.0, 21.0) * 2, epoch=0, units=Units(scale=2.0))
+    push.settle({1: _reply(APPLIED)}, {1: second[1]}, encoder, [0, 0])
+    whole = torch.cat([encoder.state(0)["residual"] / 4, encoder.state(1)["residual"] / 2])
+
+    # Execute: the job moves to ranges of 5 and 15 values
+    encoder.recut([(0, 5), (5, 15)])
+
+    # Assert: the same values held back, all at scale 2 now
+    after = torch.cat([encoder.state(0)["residual"], encoder.state(1)["residual"]])
+    assert torch.allclose(after, whole * 2)
