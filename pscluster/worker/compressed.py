@@ -23,7 +23,7 @@ residual, DGC's momentum and accumulation) are linear in the gradients they were
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -78,13 +78,16 @@ class PushEncoder:
     def _state_in(self, index: int, units: Units) -> CodecState:
         """Range ``index``'s state, in ``units``: afresh where it came from a change and a
         gradient goes out, rescaled where the loss scale moved."""
-        held, state = self._units[index], self._states[index]
-        if held.change and not units.change:
+        if self._units[index].change and not units.change:
             return self.codec.new_state(self.ranges[index][1])
-        if held.scale != units.scale:
-            factor = units.scale / held.scale
-            return {k: v * factor for k, v in state.items()}
-        return state
+        return self._rescaled(index, units.scale)
+
+    def _rescaled(self, index: int, scale: float) -> CodecState:
+        """Range ``index``'s state at loss scale ``scale``."""
+        held, state = self._units[index].scale, self._states[index]
+        if held == scale:
+            return state
+        return {k: v * (scale / held) for k, v in state.items()}
 
     def recut(self, ranges: Sequence[tuple[int, int]]) -> None:
         """Cut the codec state (a residual, DGC's momentum: one value per parameter) over new
@@ -96,15 +99,15 @@ class PushEncoder:
         # One scale for all (the last push's) before the cut; a range whose state came from a
         # change marks every new range: at worst a gradient's residual is dropped with it,
         # never a change's run through the optimizer.
-        cut = Units(change=any(u.change for u in self._units), scale=self._encoded.scale)
-        states = [self._state_in(i, replace(cut, change=True)) for i in range(len(self.ranges))]
+        scale = self._encoded.scale
+        states = [self._rescaled(i, scale) for i in range(len(self.ranges))]
         keys = set().union(*(s.keys() for s in states)) if states else set()
         whole = {k: torch.cat([s[k] for s in states]) for k in keys}
         self._states = [
             {k: v[start : start + length].clone() for k, v in whole.items()}
             for start, length in ranges
         ]
-        self._units = [cut] * len(ranges)
+        self._units = [Units(any(u.change for u in self._units), scale)] * len(ranges)
         self.ranges = ranges
 
     def commit(self, index: int, encoded: Encoded) -> None:

@@ -10,7 +10,6 @@ caller's lock.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from pscluster.coordinator.auto import AutoConsistency, Observation
 from pscluster.coordinator.core.actions import Action, SwitchConsistency, event
@@ -41,14 +40,12 @@ def observe(
     }
     # Named only while some are (every report of every worker comes through here).
     unmeasured = () if len(busy) >= len(members) else tuple(w for w in members if w not in busy)
-    observation = Observation(now, busy, losses, len(members), unmeasured)
-    if progress is not None:
-        observation = replace(
-            observation,
-            phases=dict(progress.phase_seconds),
-            batches=progress.batches,
-            windows=progress.windows,
-        )
+    phases, batches, windows = (
+        (dict(progress.phase_seconds), progress.batches, progress.windows)
+        if progress
+        else ({}, 0, 0)
+    )
+    observation = Observation(now, busy, losses, len(members), unmeasured, phases, batches, windows)
     switch = auto.observe(observation)
     if switch is None:
         return []
