@@ -52,6 +52,7 @@ bench: install
 	$(PY) bench/staleness.py --repeats 2 --staleness-lr --slowdown 3
 	$(PY) bench/stragglers.py --repeats 2
 	$(PY) bench/auto.py --repeats 2
+	$(PY) bench/auto_judge.py --seeds 0,1
 	$(PY) bench/lease_size.py --repeats 3
 	$(PY) bench/durability.py
 	$(PY) bench/faults.py

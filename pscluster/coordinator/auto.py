@@ -31,8 +31,8 @@ backup workers (a push refused as late would throw its whole window away), and a
 whose first report calls for them starts on the staleness-free rung (see
 ``AutoConsistency._open``); the loss judge watches them as it watches staleness.
 
-Hysteresis, so that it never flaps: a verdict needs two blocks of steps measured under the
-stale setting and sends the job down to the staleness-free rung at once, for a hold that
+Hysteresis, so that it never flaps: a verdict needs three blocks of steps measured under the
+stale setting (two in a row against the first; two for a loss that is not finite) and sends the job down to the staleness-free rung at once, for a hold that
 doubles with each verdict (so a job whose staleness hurts tries it again less and less
 often); a setting chosen from busy times is left only for another one that every one of the
 last ``confirm`` observations agreed on, at least ``dwell_seconds`` after the last switch;

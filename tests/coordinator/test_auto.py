@@ -62,7 +62,8 @@ def opened(settings: AutoSettings | None = None) -> AutoConsistency:
 def verdict(
     auto: AutoConsistency, now: float, busy: dict[str, float], losses: list[float]
 ) -> Switch | None:
-    """Feed two blocks of losses at ``now``; the switch they call for."""
+    """Feed blocks of losses at ``now`` (a stall is a verdict in the second of two blocks
+    after the one it is measured from); the switch they call for."""
     return auto.observe(Observation(now, busy, losses))
 
 
@@ -105,7 +106,8 @@ def test_a_stalled_loss_sends_async_to_sync_and_the_reason_says_so() -> None:
     auto = opened(AutoSettings(loss=LossRules(block=4)))
 
     # Execute
-    switch = verdict(auto, 1.0, EQUAL, [2.3, 2.2, 2.3, 2.2, 2.2, 2.1, 2.2, 2.1])
+    three_blocks = [2.3, 2.2, 2.3, 2.2, 2.2, 2.1, 2.2, 2.1, 2.2, 2.1, 2.1, 2.2]
+    switch = verdict(auto, 1.0, EQUAL, three_blocks)
 
     # Assert
     assert switch is not None and switch.to == SYNC
@@ -193,12 +195,14 @@ def test_a_block_that_falls_from_a_loss_async_blew_up_does_not_move_the_copy() -
     begun = auto.observe(Observation(0.1, EQUAL, [0.7] * 3))
     auto.observe(Observation(0.5, EQUAL, [30.0] * 5))
 
-    # Execute: a fall of a third (judged fine), then a stall
+    # Execute: a fall of a third (judged fine), then a stall of two blocks
     fell = auto.observe(Observation(1.0, EQUAL, [20.0] * 4))
-    stalled = auto.observe(Observation(1.5, EQUAL, [19.5] * 4))
+    doubted = [auto.observe(Observation(t, EQUAL, [19.6] * 4)) for t in (1.2, 1.4)]
+    stalled = auto.observe(Observation(1.5, EQUAL, [19.6] * 4))
 
     # Assert: the copy stayed where async began
     assert begun is not None and begun.trial is TrialStep.BEGIN and fell is None
+    assert doubted == [None, None]
     assert stalled is not None and stalled.trial is TrialStep.UNDO
     assert stalled.reason.endswith("go back to where async began, 1.4 s ago"), stalled.reason
 
@@ -209,7 +213,7 @@ def test_a_job_whose_state_is_not_copied_tightens_without_going_back() -> None:
     begun = auto.observe(Observation(0.5, {}))
 
     # Execute
-    switch = verdict(auto, 2.0, EQUAL, [2.3] * 8)
+    switch = verdict(auto, 2.0, EQUAL, [2.3] * 12)
 
     # Assert
     assert begun is not None and begun.to == ASYNC and begun.trial is TrialStep.NONE
@@ -221,7 +225,7 @@ def test_a_stale_rung_left_without_a_verdict_ends_its_trial() -> None:
     # Prepare: down to sync at a verdict, then the bounded rung picks ssp for a spread
     auto = opened(AutoSettings(loss=LossRules(block=4), hold_seconds=1.0, dwell_seconds=0.0))
     spread = {"a": 0.01, "b": 0.014, "c": 0.018, "d": 0.025}
-    verdict(auto, 1.0, spread, [2.3] * 8)
+    verdict(auto, 1.0, spread, [2.3] * 12)
     steps = [auto.observe(Observation(2.0 + i * STEP, spread)) for i in range(4)]
     into_ssp = next(s for s in steps if s is not None)
 
@@ -239,7 +243,7 @@ def test_after_a_verdict_a_straggler_gets_a_backup_worker_not_staleness() -> Non
     auto = opened(AutoSettings(loss=LossRules(block=4)))
 
     # Execute
-    switch = verdict(auto, 1.0, SLOW, [2.3] * 8)
+    switch = verdict(auto, 1.0, SLOW, [2.3] * 12)
 
     # Assert
     assert switch is not None and switch.to == Consistency("sync", backup_workers=1)
@@ -250,7 +254,7 @@ def test_the_ladder_climbs_back_one_rung_a_hold_and_each_verdict_doubles_the_hol
     # Prepare
     auto = opened(AutoSettings(loss=LossRules(block=4), hold_seconds=10.0))
     spread = {"a": 0.01, "b": 0.014, "c": 0.018, "d": 0.025}
-    verdict(auto, 1.0, spread, [2.3] * 8)
+    verdict(auto, 1.0, spread, [2.3] * 12)
     assert auto.current == SYNC
 
     # Execute
@@ -271,7 +275,7 @@ def test_a_member_not_measured_at_the_verdict_gets_a_backup_worker_at_once() -> 
     three = {"a": 0.02, "b": 0.02, "c": 0.02}
 
     # Execute: the straggler has not timed its ten batches while the others have theirs
-    tightened = auto.observe(Observation(1.0, three, [2.3] * 8, 4, ("slow",)))
+    tightened = auto.observe(Observation(1.0, three, [2.3] * 12, 4, ("slow",)))
 
     # Assert
     assert tightened is not None and tightened.to == Consistency("sync", backup_workers=1)
@@ -284,7 +288,7 @@ def test_a_member_behind_at_the_verdict_that_proves_fast_loses_its_backup_withou
     # Prepare: a backup for "d", which was only late to start
     auto = opened(AutoSettings(loss=LossRules(block=4), dwell_seconds=2.0))
     three = {"a": 0.02, "b": 0.02, "c": 0.02}
-    tightened = auto.observe(Observation(1.0, three, [2.3] * 8, 4, ("d",)))
+    tightened = auto.observe(Observation(1.0, three, [2.3] * 12, 4, ("d",)))
 
     # Execute: measured now, as fast as the others, well within the 2 s dwell
     made = [auto.observe(Observation(1.3 + i * STEP, EQUAL, members=4)) for i in range(3)]
@@ -299,7 +303,7 @@ def test_no_setting_is_chosen_from_busy_times_before_every_member_is_measured() 
     auto = opened(AutoSettings(loss=LossRules(block=4)))
     two_of_four = {"a": 0.02, "slow": 0.1}
 
-    tightened = verdict(auto, 1.0, two_of_four, [2.3] * 8)
+    tightened = verdict(auto, 1.0, two_of_four, [2.3] * 12)
     made = [auto.observe(Observation(2 + i * STEP, two_of_four, members=4)) for i in range(20)]
 
     assert tightened is not None and tightened.to == SYNC
@@ -339,7 +343,7 @@ def test_noisy_but_stationary_speeds_never_flap(base: list[float], seed: int) ->
     # Prepare
     auto = opened(AutoSettings(loss=LossRules(block=4), hold_seconds=1000.0))
     speeds = {f"w{i}": t for i, t in enumerate(base)}
-    auto.observe(Observation(0.1, {}, [2.3] * 8))
+    auto.observe(Observation(0.1, {}, [2.3] * 12))
     assert auto.current == SYNC
 
     # Execute
