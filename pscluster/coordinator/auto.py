@@ -34,8 +34,9 @@ whose first report calls for them starts on the staleness-free rung (see
 Hysteresis, so that it never flaps: a verdict needs three blocks of steps measured under the
 stale setting (two in a row against the first; two for a loss that is not finite) and sends
 the job down to the staleness-free rung at once, for a hold that doubles with each verdict
-(so a job whose staleness hurts tries it again less and less often); a setting chosen from busy times is left only for another one that every one of the
-last ``confirm`` observations agreed on, at least ``dwell_seconds`` after the last switch;
+(so a job whose staleness hurts tries it again less and less often); a setting chosen from
+busy times is left only for another one that every one of the last ``confirm`` observations
+agreed on, at least ``dwell_seconds`` after the last switch;
 every threshold has a way in and a lower way out (``_OUT``), wider than the noise of the
 smoothed busy times; and an ssp bound is only changed for one at least twice or half as large.
 """
