@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # (0 keeps torch's default; local clusters on few cores set 1 so processes do not contend).
     device: str = ""
     torch_threads: int = Field(0, ge=0)
+    # Workers: how much of a job's uploaded training rows to keep between leases, in MiB (the
+    # partitions fetched, least recently leased dropped first; a lease's own is always held):
+    # a job whose rows fit is fetched once per worker, not once per lease.
+    data_cache_mb: float = Field(256.0, ge=0)
     # How often a worker sends its step losses (and its lease's progress) to the coordinator.
     progress_seconds: float = Field(0.5, gt=0)
     # Workers: push each bucket of the gradient as backward produces it and run forward while

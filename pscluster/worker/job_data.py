@@ -71,11 +71,13 @@ class JobData:
         code: LoadedBundle,
         device: torch.device,
         fetch: tuple[co_grpc.CoordinatorStub, str, float],
+        cache_bytes: int,
     ) -> JobData:
-        """The job's data: its source, or the uploaded blob (``fetch``: stub, job, timeout)."""
+        """The job's data: its source, or the uploaded blob (``fetch``: stub, job, timeout;
+        ``cache_bytes`` of its training rows kept between leases)."""
         if spec.data.source:
             return cls(spec, sources.open_source(spec.data, code.lookup), device)
-        return cls(spec, open_uploaded(*fetch, spec.seed), device)
+        return cls(spec, open_uploaded(*fetch, spec.seed, cache_bytes), device)
 
     @property
     def train_rows(self) -> int:

@@ -70,7 +70,8 @@ class JobRuntime:
         # One step per push on the CPU: pulls are received straight into the model's
         # parameters (ParamLayout.bind) rather than into a second copy of them.
         bound = self.layout.bind(self.model) if plan.spec.local_steps <= 1 else None
-        self.data = JobData.open(plan.spec, code, self.device, (stub, job_id, timeout))
+        cache = int(settings.data_cache_mb * (1 << 20))
+        self.data = JobData.open(plan.spec, code, self.device, (stub, job_id, timeout), cache)
         if plan.spec.data.source:
             self._describe_data(stub, worker_id, timeout)
         # What each batch trains on: the job's loss, or distillation's with its teacher.

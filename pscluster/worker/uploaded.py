@@ -1,11 +1,15 @@
-"""Uploaded arrays, fetched by partition: a worker holds only the rows of its lease.
+"""Uploaded arrays, fetched by partition: a worker fetches only the rows of its leases.
 
 The SDK stores the training rows in the order the job's seed deals them into partitions
 (:meth:`pscluster.data.dataset.Dataset.to_blob`), so a partition is one contiguous range of
 rows of each training tensor. A worker reads the blob's header, then, for each lease, only
-that range of bytes of each tensor (``FetchBlob`` with an offset and a length), and drops the
-previous partition's rows when it moves to another. The test split is fetched whole, once.
-A blob stored in the given order (an older SDK) is fetched whole, as it always was.
+that range of bytes of each tensor (``FetchBlob`` with an offset and a length). It keeps the
+partitions it fetched up to ``data_cache_mb`` (the least recently leased dropped first,
+:class:`~pscluster.data.byte_cache.ByteLRU`; the lease's own is held while it is read), so
+that a job whose training rows fit is fetched once per worker, not once per lease: a lease of
+a few batches spent more time in its two FetchBlob calls than in reading its batches
+(bench/lease_size.py). The test split is fetched whole, once. A blob stored in the given
+order (an older SDK) is fetched whole, as it always was.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from pscluster.data import inputs
+from pscluster.data.byte_cache import ByteLRU
 from pscluster.data.dataset import Dataset, stored_order, structure_of_header
 from pscluster.data.inputs import Inputs, Structure
 from pscluster.data.partitions import row_order
@@ -81,52 +87,81 @@ class BlobRows:
         return torch.frombuffer(data, dtype=self.dtype).view(shape)
 
 
+@dataclass(frozen=True)
+class _Partition:
+    """One partition's rows as fetched, and where each of its row indices is among them."""
+
+    x: Inputs
+    y: torch.Tensor
+    sorted: np.ndarray  # its row indices, sorted
+    sorter: np.ndarray  # where each of them is in x and y
+
+
 class LeasedRows:
-    """The training split, fetched a partition at a time (:meth:`prepare` before reading)."""
+    """The training split, fetched a partition at a time (:meth:`prepare` before reading) and
+    kept while the partitions held fit in ``cache_bytes``."""
 
     block_rows = 1
 
-    def __init__(self, x: list[BlobRows], y: BlobRows, structure: Structure, seed: int) -> None:
+    def __init__(
+        self, x: list[BlobRows], y: BlobRows, structure: Structure, seed: int, cache_bytes: int
+    ) -> None:
         self.x_entries, self.y_entry, self.structure, self.seed = x, y, structure, seed
         self.rows = y.shape[0]
-        self._loaded: tuple[int, int] | None = None
-        self._x: Inputs | None = None
-        self._y = torch.empty(0)
-        # The held partition's rows, sorted, to find where each asked-for row is held.
-        self._sorted = np.zeros(0, dtype=np.int64)
-        self._sorter = np.zeros(0, dtype=np.int64)
+        self._held: ByteLRU[tuple[int, int], _Partition] = ByteLRU(cache_bytes)
+        self._current: _Partition | None = None  # the lease's, kept or not
+        self._current_key: tuple[int, int] | None = None
+        self.fetches = 0  # partitions fetched from the coordinator
 
     def __len__(self) -> int:
         return self.rows
 
+    @property
+    def held_bytes(self) -> int:
+        """What the partitions kept for later leases take."""
+        return self._held.bytes
+
     def prepare(self, partitions: int, partition: int) -> None:
-        """Hold the rows of ``partition`` (only): fetched now unless already held."""
-        if self._loaded == (partitions, partition):
+        """Read from the rows of ``partition``: fetched now unless already held."""
+        key = (partitions, partition)
+        if key == self._current_key:
             return
-        self._x, self._loaded = None, None  # the previous partition's rows go first
+        held = self._held.get(key)
+        if held is None:
+            self._current = self._current_key = None  # the last lease's rows go first
+            held = self._fetch(partitions, partition)
+            entries = [*self.x_entries, self.y_entry]
+            rows = len(held.sorted)
+            self._held.put(key, held, sum(e.row_bytes for e in entries) * rows)
+        self._current, self._current_key = held, key
+
+    def _fetch(self, partitions: int, partition: int) -> _Partition:
         r = BalancedRanges().split(self.rows, partitions)[partition]
         mine = row_order(self.rows, self.seed)[r.start : r.end]
-        self._sorter = np.argsort(mine)
-        self._sorted = mine[self._sorter]
-        self._x = self.structure.build([e.rows(r.start, r.end) for e in self.x_entries])
-        self._y = self.y_entry.rows(r.start, r.end)
-        self._loaded = (partitions, partition)
+        sorter = np.argsort(mine)
+        x = self.structure.build([e.rows(r.start, r.end) for e in self.x_entries])
+        y = self.y_entry.rows(r.start, r.end)
+        self.fetches += 1
+        return _Partition(x, y, mine[sorter], sorter)
 
     def _local(self, indices: Sequence[int]) -> torch.Tensor:
-        """Where the asked-for rows are in the partition held."""
+        """Where the asked-for rows are in the partition being read."""
+        held = self._current
         wanted = np.asarray(indices, dtype=np.int64)
-        at = np.searchsorted(self._sorted, wanted).clip(0, max(len(self._sorted) - 1, 0))
-        if len(self._sorted) == 0 or not np.array_equal(self._sorted[at], wanted):
+        if held is None or len(held.sorted) == 0:
+            raise InvalidArgument("no partition is held: prepare(partitions, partition) first")
+        at = np.searchsorted(held.sorted, wanted).clip(0, len(held.sorted) - 1)
+        if not np.array_equal(held.sorted[at], wanted):
             raise InvalidArgument(
-                f"rows asked for are not all in the partition held ({self._loaded}); "
+                "rows asked for are not all in the partition held; "
                 "prepare(partitions, partition) before reading"
             )
-        return torch.from_numpy(self._sorter[at])
+        return torch.from_numpy(held.sorter[at])
 
     def __getitems__(self, indices: Sequence[int]) -> ReadyBatch:
         local = self._local(indices)
-        assert self._x is not None
-        return ReadyBatch(inputs.take(self._x, local), self._y[local])
+        assert self._current is not None
+        return ReadyBatch(inputs.take(self._current.x, local), self._current.y[local])
 
     def __getitem__(self, index: int) -> Sample:
         batch = self.__getitems__([index])
@@ -137,7 +172,9 @@ class LeasedUpload:
     kind: ClassVar[str] = "uploaded"
     seeds_samples: ClassVar[bool] = False
 
-    def __init__(self, blob: RemoteBlob, header: dict[str, Any], start: int, seed: int) -> None:
+    def __init__(
+        self, blob: RemoteBlob, header: dict[str, Any], start: int, seed: int, cache_bytes: int
+    ) -> None:
         self.structure = structure_of_header(header)
         keys = self.structure.keys
         self.entries = {
@@ -154,26 +191,27 @@ class LeasedUpload:
         ]
         if missing:
             raise InvalidArgument(f"{_WHAT} lacks {missing}")
-        self.seed = seed
+        self.seed, self.cache_bytes = seed, cache_bytes
 
     def open(self, split: str) -> LeasedRows | ArraySamples:
         x = [self.entries[n] for n in self.x_names[split]]
         y = self.entries[f"{split}_y"]
         if split == "train":
-            return LeasedRows(x, y, self.structure, self.seed)
+            return LeasedRows(x, y, self.structure, self.seed, self.cache_bytes)
         return ArraySamples(
             self.structure.build([e.rows(0, e.shape[0]) for e in x]), y.rows(0, y.shape[0])
         )
 
 
 def open_uploaded(
-    stub: co_grpc.CoordinatorStub, job_id: str, timeout: float, seed: int
+    stub: co_grpc.CoordinatorStub, job_id: str, timeout: float, seed: int, cache_bytes: int
 ) -> DataSource:
-    """The job's uploaded arrays, by partition when they are stored in its seed's order."""
+    """The job's uploaded arrays, by partition when they are stored in its seed's order
+    (``cache_bytes`` of fetched partitions kept between leases)."""
     blob = RemoteBlob(stub, job_id, "dataset", timeout)
     header, start = blob.header()
     if stored_order(header) == seed:
-        return LeasedUpload(blob, header, start, seed)
+        return LeasedUpload(blob, header, start, seed, cache_bytes)
     whole = blob.read(0, start + _data_bytes(header))
     return UploadedSource(Dataset.from_buffer(whole))
 

@@ -16,7 +16,6 @@ keeps recent groups for the next batches (the partitioner hands a process whole 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pscluster.data.byte_cache import ByteLRU
 from pscluster.data.inputs import Inputs
 from pscluster.data.sources.base import (
     SPLITS,
@@ -169,16 +169,20 @@ class ParquetSamples:
     ) -> None:
         self.files, self.columns, self.groups = files, columns, groups
         self.starts = np.concatenate([[0], np.cumsum([g[2] for g in groups])]).astype(np.int64)
-        self.block_rows, self.cache_limit = block_rows, cache_bytes
-        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self.cache_bytes = 0
+        self.block_rows = block_rows
+        self._cache: ByteLRU[int, dict[str, np.ndarray]] = ByteLRU(cache_bytes)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    @property
+    def cache_bytes(self) -> int:
+        """What the decoded row groups held take."""
+        return self._cache.bytes
+
     def __getstate__(self) -> dict[str, Any]:
         # The decoded groups stay here: another process decodes what it reads itself.
-        return {**self.__dict__, "_cache": OrderedDict(), "cache_bytes": 0}
+        return {**self.__dict__, "_cache": ByteLRU(self._cache.limit)}
 
     def _file(self, index: int) -> Any:
         """A reader of the file, opened for one read. A kept reader retains Arrow buffers
@@ -190,19 +194,13 @@ class ParquetSamples:
     def _group(self, g: int) -> dict[str, np.ndarray]:
         """Row group g decoded (its needed columns only), from the LRU cache if it is there;
         a group larger than the whole cache is decoded and not kept."""
-        if g in self._cache:
-            self._cache.move_to_end(g)
-            return self._cache[g]
+        held = self._cache.get(g)
+        if held is not None:
+            return held
         file_index, rg, _ = self.groups[g]
         table = self._file(file_index).read_row_group(rg, columns=self.columns.needed())
         decoded = _decode(table, self.columns)
-        size = sum(a.nbytes for a in decoded.values())
-        if size <= self.cache_limit:
-            self._cache[g] = decoded
-            self.cache_bytes += size
-            while self.cache_bytes > self.cache_limit:
-                _, old = self._cache.popitem(last=False)
-                self.cache_bytes -= sum(a.nbytes for a in old.values())
+        self._cache.put(g, decoded, sum(a.nbytes for a in decoded.values()))
         return decoded
 
     def _batch(self, parts: dict[str, np.ndarray]) -> tuple[Inputs, torch.Tensor]:
