@@ -98,14 +98,14 @@ class Throttle:
         os.kill(self.pid, signal.SIGCONT)
 
 
-def start(path: Path, slowdown: float | None) -> LocalCluster:
-    cluster = LocalCluster(shards=2, workers=3, state_dir=path, env=ENV)
+def start(path: Path, slowdown: float | None, env: dict[str, str] | None = None) -> LocalCluster:
+    cluster = LocalCluster(shards=2, workers=3, state_dir=path, env={**ENV, **(env or {})})
     cluster.start()
     cluster.wait_for_workers(3, timeout=300)
-    env = {"PSC_WORKER_ID": SLOW}
+    slow = {"PSC_WORKER_ID": SLOW}
     if slowdown is not None:
-        env["PSC_SLOWDOWN"] = str(slowdown)
-    cluster.add_worker(wait=True, env=env)
+        slow["PSC_SLOWDOWN"] = str(slowdown)
+    cluster.add_worker(wait=True, env=slow)
     return cluster
 
 

@@ -59,31 +59,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/lease_size.json")
+    parser.add_argument(
+        "--without-cache",
+        action="store_true",
+        help="also on a second cluster whose workers fetch each lease's rows again "
+        "(PSC_DATA_CACHE_MB=0), interleaved",
+    )
     args = parser.parse_args()
     base = load_job_file(ROOT / "examples" / "digits.yaml").submit_kwargs()
     base["epochs"] = 20
     raw: dict[str, list[dict[str, Any]]] = {}
+    variants = {"": {}, " (no data cache)": {"PSC_DATA_CACHE_MB": "0"}}
+    if not args.without_cache:
+        del variants[" (no data cache)"]
     with tempfile.TemporaryDirectory(prefix="psc-lease-") as tmp:
-        cluster = start(Path(tmp), None)
+        clusters = {
+            k: start(Path(tmp) / str(i), None, env) for i, (k, env) in enumerate(variants.items())
+        }
         try:
             for seed in range(args.repeats):
                 for lr in LRS:
                     for parts in PARTITIONS:
                         for name, setting in SETTINGS.items():
-                            optimizer = {**base["optimizer"], "lr": lr}
-                            job = {**base, **setting, "optimizer": optimizer}
-                            job.update(partitions=parts, seed=seed, name=name)
-                            result = run(cluster, job, halfway=False)
-                            key = f"lr {lr}, {parts} partitions: {name}"
-                            raw.setdefault(key, []).append(result)
-                            print(key, result, flush=True)
+                            for variant, cluster in clusters.items():
+                                optimizer = {**base["optimizer"], "lr": lr}
+                                job = {**base, **setting, "optimizer": optimizer}
+                                job.update(partitions=parts, seed=seed, name=name)
+                                result = run(cluster, job, halfway=False)
+                                key = f"lr {lr}, {parts} partitions: {name}{variant}"
+                                raw.setdefault(key, []).append(result)
+                                print(key, result, flush=True)
         finally:
-            cluster.stop()
+            for cluster in clusters.values():
+                cluster.stop()
     rows = {key: summary(runs) for key, runs in raw.items()}
     out = {
         "machine": machine(),
         "when": time.strftime("%Y-%m-%d %H:%M"),
-        "command": f"nice python bench/lease_size.py --repeats {args.repeats}",
+        "command": f"nice python bench/lease_size.py --repeats {args.repeats}"
+        + (" --without-cache" if args.without_cache else ""),
         "summary": rows,
         "runs": raw,
     }
