@@ -32,7 +32,8 @@ outruns the learning rate looks the other way: a model whose outputs stay near u
 nearly the same loss on every batch (digits at lr 0.2 under async: 2.35, spread 0.06), so its
 stall is clear of the noise at once. Where the job began is its first block's median, which a
 blow-up within that block does not move. ``bench/auto_judge.py`` replays real loss curves of
-both kinds through these rules.
+both kinds through these rules. A loss that began at or below zero (the log-likelihood of a
+density) is judged by the size of its changes, and on rises only.
 
 Local steps under a mode without staleness (sync) are judged on the first rule only: their
 failure is drift between the workers' copies, which climbs, while a slow start under them is
@@ -150,8 +151,9 @@ class LossJudge:
 
     def _rose(self, older: Block, newer: Block) -> bool:
         r, first = self.rules, self.first or older.mean
-        low = newer.mean - self._noise(older, newer)  # the least it plausibly rose to
-        return low > older.mean * (1 + r.rise) and low - older.mean > r.rise_floor * first
+        # By the least it plausibly rose, against the losses' size (a loss may be negative)
+        rise = newer.mean - self._noise(older, newer) - older.mean
+        return rise > r.rise * abs(older.mean) and rise > r.rise_floor * abs(first)
 
     def _judge(self, old: Block, new: Block, stalls: bool) -> str | None:
         r, n, first = self.rules, self.rules.block, self.first or old.mean
@@ -163,8 +165,10 @@ class LossJudge:
                 f"the mean training loss rose from {older:.4g} to {newer:.4g} over two blocks "
                 f"of {n} steps (beyond their noise, {noise:.2g})"
             )
-        stalled = newer - noise > older * (1 - r.min_drop)  # even if it fell by the noise more
-        if stalls and stalled and newer > first * r.settled:
+        # Fell by less than min_drop even had it fallen by the noise more; a loss that began at
+        # or below zero has no floor to measure a fall against, and is judged on rises only.
+        stalled = older - (newer - noise) < r.min_drop * older
+        if stalls and stalled and first > 0 and newer > first * r.settled:
             moved = f"fell only {1 - newer / older:.0%}" if newer < older else "did not fall"
             return (
                 f"the mean training loss {moved} ({older:.4g} to {newer:.4g}) over two blocks "

@@ -92,6 +92,22 @@ def test_where_the_loss_began_is_the_first_blocks_median_not_a_blow_up_within_it
     assert said[2] is not None and "while still at 103% of where it began" in said[2]
 
 
+@pytest.mark.parametrize(
+    ("means", "expected"),
+    [
+        ([-1.0, -2.0, -2.0, -2.01, -2.0], None),  # flat below zero: no rise, and no stall
+        ([-1.0, -2.0, -0.5, -0.4], "rose from -2 to -0.4"),  # climbing back towards zero
+    ],
+)
+def test_a_negative_loss_is_judged_by_its_size_and_on_rises_only(
+    means: list[float], expected: str | None
+) -> None:
+    # A user's loss may be negative (the log-likelihood of a density)
+    said = verdicts(means, 0.01)
+
+    assert said == [] if expected is None else expected in said[0], said
+
+
 def test_a_non_finite_loss_is_a_verdict_at_once_whatever_the_noise() -> None:
     judge = LossJudge(LossRules(block=4))
 
