@@ -88,8 +88,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0)
     # Workers: how much of a job's uploaded training rows to keep between leases, in MiB (the
     # partitions fetched, least recently leased dropped first; a lease's own is always held):
-    # a job whose rows fit is fetched once per worker, not once per lease.
-    data_cache_mb: float = Field(256.0, ge=0)
+    # a job whose rows fit is fetched once per worker, not once per lease. 64, as a parquet
+    # source's cache_mb: the small jobs whose leases are short enough for the fetch to show.
+    data_cache_mb: float = Field(64.0, ge=0)
     # How often a worker sends its step losses (and its lease's progress) to the coordinator.
     progress_seconds: float = Field(0.5, gt=0)
     # Workers: push each bucket of the gradient as backward produces it and run forward while

@@ -147,13 +147,13 @@ class LeasedRows:
     def _local(self, indices: Sequence[int]) -> torch.Tensor:
         """Where the asked-for rows are in the partition being read."""
         held = self._current
-        wanted = np.asarray(indices, dtype=np.int64)
-        if held is None or len(held.sorted) == 0:
+        if held is None:
             raise InvalidArgument("no partition is held: prepare(partitions, partition) first")
-        at = np.searchsorted(held.sorted, wanted).clip(0, len(held.sorted) - 1)
-        if not np.array_equal(held.sorted[at], wanted):
+        wanted = np.asarray(indices, dtype=np.int64)
+        at = np.searchsorted(held.sorted, wanted).clip(0, max(len(held.sorted) - 1, 0))
+        if len(held.sorted) == 0 or not np.array_equal(held.sorted[at], wanted):
             raise InvalidArgument(
-                "rows asked for are not all in the partition held; "
+                f"rows asked for are not all in the partition held {self._current_key}; "
                 "prepare(partitions, partition) before reading"
             )
         return torch.from_numpy(held.sorter[at])
