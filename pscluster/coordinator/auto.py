@@ -159,12 +159,17 @@ class AutoConsistency:
         if verdict is not None:
             return self._tighten(obs, verdict)
         passed = self.judge.passed
-        if self.trial_since is not None and passed is not None and passed < self._copy_loss:
-            # A block judged fine, below the loss where the copy was taken: the copy moves up
-            # to here (taken again).
-            self.trial_since, self._copy_loss = obs.now, passed
+        if (
+            self.trial_since is not None
+            and passed is not None
+            and self.judge.clearly_below(passed, self._copy_loss)
+        ):
+            # A block judged fine, below the loss where the copy was taken by more than its
+            # noise: the copy moves up to here (taken again).
+            self.trial_since, self._copy_loss = obs.now, passed.mean
             self._trial_at = (
-                f"where the mean loss was lowest under {self.current.describe()} ({passed:.4g})"
+                f"where the mean loss was lowest under {self.current.describe()} "
+                f"({passed.mean:.4g})"
             )
             return Switch(self.current, "", TrialStep.BEGIN)
         if obs.now - self._last < self.settings.interval_seconds:

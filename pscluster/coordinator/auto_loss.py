@@ -96,19 +96,24 @@ class LossJudge:
         self._block: list[float] = []
         self._previous: Block | None = None
         self.first: float | None = None
-        # The mean of the last block the last :meth:`feed` judged without a verdict (None:
-        # none), which mode auto's trial copy may move up to.
-        self.passed: float | None = None
+        # The last block the last :meth:`feed` judged without a verdict, while none since the
+        # last restart rose or stalled (None: none), which mode auto's trial copy may move up
+        # to (:meth:`clearly_below`): parameters that a stale setting has once set back are
+        # no place to go back to, however low a later block's loss.
+        self.passed: Block | None = None
         # The last step losses, whatever the setting (a restart keeps them).
         self._recent: deque[float] = deque(maxlen=self.rules.block)
         # The last block rose or stalled: one more against the same older block is a verdict.
         self._doubted = False
+        # A block rose or stalled since the last restart: nothing passes for good any more.
+        self._troubled = False
 
     def restart(self) -> None:
         self._block.clear()
         self._previous = None
         self.passed = None
         self._doubted = False
+        self._troubled = False
 
     @property
     def recent(self) -> float:
@@ -136,13 +141,21 @@ class LossJudge:
             if judged and self._previous is not None and verdict is None:
                 verdict = self._judge(self._previous, block, stalls)
                 if verdict is not None and math.isfinite(block.mean) and not self._doubted:
-                    self._doubted, verdict = True, None
+                    self._doubted = self._troubled = True
+                    verdict = None
                     continue  # the older block stays the one to compare the next with
-                if verdict is None:
-                    self.passed = block.mean
+                if verdict is None and not self._troubled:
+                    self.passed = block
             self._doubted = False
             self._previous = block
         return verdict
+
+    def clearly_below(self, block: Block, loss: float) -> bool:
+        """Whether ``block``'s mean, with its noise, is below ``settled`` of ``loss``:
+        progress worth a new trial copy, not a swing (docs/architecture.md, "Mode auto": in
+        tests/e2e/test_auto.py's scenario, undos to copies taken under async reached 95% in
+        6 of 16 runs, undos to where async began in 32 of 32)."""
+        return block.mean + self.rules.z * block.error < loss * self.rules.settled
 
     def _noise(self, older: Block, newer: Block) -> float:
         """How far the newer block's mean may lie from where the loss really stands: ``z``

@@ -174,19 +174,21 @@ def test_a_verdict_while_the_trial_is_open_sends_the_job_back_to_where_async_beg
 
 
 def test_a_job_that_gains_under_async_and_then_blows_up_goes_back_to_its_lowest_block() -> None:
-    # Prepare: falling blocks (each a new low: the copy is taken again), then one that is not
+    # Prepare: falling blocks, each below half the last copy's loss (the copy is taken again),
+    # then one 40% lower (progress, but not enough for a copy), then one that is not lower
     auto = opened(AutoSettings(loss=LossRules(block=4)))
-    falling = [verdict(auto, 1.0 + i, EQUAL, [2.0 * 0.6**i] * 4) for i in range(4)]
-    higher = verdict(auto, 5.0, EQUAL, [0.5] * 4)  # rose 14%: no verdict, and no new low
+    falling = [verdict(auto, 1.0 + i, EQUAL, [2.0 * 0.4**i] * 4) for i in range(4)]
+    lower = verdict(auto, 4.5, EQUAL, [0.077] * 4)
+    higher = verdict(auto, 5.0, EQUAL, [0.085] * 4)  # rose 10%: no verdict, and no new low
 
     # Execute (the CI run that made this design: 0.74 to 2.7)
     blown = verdict(auto, 6.5, EQUAL, [2.7] * 8)
 
     # Assert
     assert falling[0] is None and all(f == Switch(ASYNC, "", TrialStep.BEGIN) for f in falling[1:])
-    assert higher is None
+    assert lower is None and higher is None
     assert blown is not None and blown.to == SYNC and blown.trial is TrialStep.UNDO
-    assert blown.reason.endswith("lowest under async (0.432), 2.5 s ago"), blown.reason
+    assert blown.reason.endswith("lowest under async (0.128), 2.5 s ago"), blown.reason
 
 
 def test_a_block_that_falls_from_a_loss_async_blew_up_does_not_move_the_copy() -> None:

@@ -108,6 +108,33 @@ def test_a_negative_loss_is_judged_by_its_size_and_on_rises_only(
     assert said == [] if expected is None else expected in said[0], said
 
 
+def test_after_a_block_that_rose_or_stalled_none_passes_until_a_restart() -> None:
+    # What passes is where mode auto's trial copy may move up to: parameters a stale setting
+    # has once set back are no place to go back to, however low a later block's loss
+    judge = LossJudge(LossRules(block=BLOCK))
+    for mean in (2.3, 2.25, 1.0):  # a stall (doubted), then a fall
+        judge.feed(block(mean, 0.01), judged=True)
+    troubled = judge.passed
+    judge.restart()
+    for mean in (0.9, 0.4):
+        judge.feed(block(mean, 0.01), judged=True)
+
+    assert troubled is None
+    assert judge.passed is not None and judge.passed.mean == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(
+    ("mean", "spread", "expected"),
+    [(0.9, 0.01, True), (1.2, 0.01, False), (0.9, 0.5, False)],
+)
+def test_a_copy_moves_only_for_a_loss_clearly_below_half(
+    mean: float, spread: float, expected: bool
+) -> None:
+    judge = LossJudge(LossRules(block=BLOCK))
+
+    assert judge.clearly_below(Block.of(block(mean, spread)), loss=2.0) is expected
+
+
 def test_a_non_finite_loss_is_a_verdict_at_once_whatever_the_noise() -> None:
     judge = LossJudge(LossRules(block=4))
 
