@@ -164,8 +164,9 @@ class AutoConsistency:
             and passed is not None
             and self.judge.clearly_below(passed, self._copy_loss)
         ):
-            # A block judged fine, below the loss where the copy was taken by more than its
-            # noise: the copy moves up to here (taken again).
+            # Clean progress (no block since the switch rose or stalled) to below half the
+            # loss where the copy was taken, noise and all: the copy moves up to here (taken
+            # again).
             self.trial_since, self._copy_loss = obs.now, passed.mean
             self._trial_at = (
                 f"where the mean loss was lowest under {self.current.describe()} "
