@@ -69,9 +69,9 @@ def main() -> None:
     base = load_job_file(ROOT / "examples" / "digits.yaml").submit_kwargs()
     base["epochs"] = 20
     raw: dict[str, list[dict[str, Any]]] = {}
-    variants = {"": {}, " (no data cache)": {"PSC_DATA_CACHE_MB": "0"}}
-    if not args.without_cache:
-        del variants[" (no data cache)"]
+    variants: dict[str, dict[str, str]] = {"": {}}
+    if args.without_cache:
+        variants[" (no data cache)"] = {"PSC_DATA_CACHE_MB": "0"}
     with tempfile.TemporaryDirectory(prefix="psc-lease-") as tmp:
         clusters = {
             k: start(Path(tmp) / str(i), None, env) for i, (k, env) in enumerate(variants.items())

@@ -48,7 +48,3 @@ class ByteLRU(Generic[K, V]):
             self.bytes -= dropped
         self._values[key] = (value, nbytes)
         self.bytes += nbytes
-
-    def clear(self) -> None:
-        self._values.clear()
-        self.bytes = 0

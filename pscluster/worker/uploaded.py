@@ -91,6 +91,7 @@ class BlobRows:
 class _Partition:
     """One partition's rows as fetched, and where each of its row indices is among them."""
 
+    key: tuple[int, int]  # (partitions, partition)
     x: Inputs
     y: torch.Tensor
     sorted: np.ndarray  # its row indices, sorted
@@ -108,9 +109,9 @@ class LeasedRows:
     ) -> None:
         self.x_entries, self.y_entry, self.structure, self.seed = x, y, structure, seed
         self.rows = y.shape[0]
+        self._row_bytes = sum(e.row_bytes for e in [*x, y])  # x and y of one training row
         self._held: ByteLRU[tuple[int, int], _Partition] = ByteLRU(cache_bytes)
         self._current: _Partition | None = None  # the lease's, kept or not
-        self._current_key: tuple[int, int] | None = None
         self.fetches = 0  # partitions fetched from the coordinator
 
     def __len__(self) -> int:
@@ -124,16 +125,14 @@ class LeasedRows:
     def prepare(self, partitions: int, partition: int) -> None:
         """Read from the rows of ``partition``: fetched now unless already held."""
         key = (partitions, partition)
-        if key == self._current_key:
+        if self._current is not None and self._current.key == key:
             return
         held = self._held.get(key)
         if held is None:
-            self._current = self._current_key = None  # the last lease's rows go first
+            self._current = None  # the last lease's rows go first
             held = self._fetch(partitions, partition)
-            entries = [*self.x_entries, self.y_entry]
-            rows = len(held.sorted)
-            self._held.put(key, held, sum(e.row_bytes for e in entries) * rows)
-        self._current, self._current_key = held, key
+            self._held.put(key, held, self._row_bytes * len(held.sorted))
+        self._current = held
 
     def _fetch(self, partitions: int, partition: int) -> _Partition:
         r = BalancedRanges().split(self.rows, partitions)[partition]
@@ -142,7 +141,7 @@ class LeasedRows:
         x = self.structure.build([e.rows(r.start, r.end) for e in self.x_entries])
         y = self.y_entry.rows(r.start, r.end)
         self.fetches += 1
-        return _Partition(x, y, mine[sorter], sorter)
+        return _Partition((partitions, partition), x, y, mine[sorter], sorter)
 
     def _local(self, indices: Sequence[int]) -> torch.Tensor:
         """Where the asked-for rows are in the partition being read."""
@@ -153,7 +152,7 @@ class LeasedRows:
         at = np.searchsorted(held.sorted, wanted).clip(0, max(len(held.sorted) - 1, 0))
         if len(held.sorted) == 0 or not np.array_equal(held.sorted[at], wanted):
             raise InvalidArgument(
-                f"rows asked for are not all in the partition held {self._current_key}; "
+                f"rows asked for are not all in the partition held {held.key}; "
                 "prepare(partitions, partition) before reading"
             )
         return torch.from_numpy(held.sorter[at])
