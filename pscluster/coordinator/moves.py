@@ -39,7 +39,7 @@ from typing import TypeVar
 from pscluster.coordinator import store as st
 from pscluster.coordinator.move_calls import MoveCalls
 from pscluster.coordinator.move_plan import Cut, LostRange, MoveFailed, MovePlan
-from pscluster.coordinator.recut import State
+from pscluster.coordinator.recut import State, boundary_mismatch
 from pscluster.server.durability.checkpoint import CheckpointError
 from pscluster.shard_client import ShardClient, ShardError
 from pscluster.shard_client.layout import state_from_bytes
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 POLL_SECONDS = 0.005
+# How long a job whose shards were not at one step boundary trains between two holds.
+GO_ON_SECONDS = 0.05
 
 
 class JobMover:
@@ -95,27 +97,26 @@ class JobMover:
         return reply
 
     def _quiet_skeletons(self, plan: MovePlan) -> tuple[list[State], float]:
-        """The old shards' skeletons once every member is between two steps on every one,
-        and when the last hold began to export. Exported again while they are at different
-        membership generations: a SetMembers that reached some shards only (a worker's lease
-        ended) may have closed a sync step for the departed member on one shard and not yet
-        on another, and it lands on the others within moments."""
+        """The old shards' skeletons once every member is between two steps on every one and
+        the shards are at one step boundary (:func:`~pscluster.coordinator.recut.
+        boundary_mismatch`), and when the last hold began to export. Until then the hold is
+        let go for :data:`GO_ON_SECONDS`, so that what brings the shards together can land (a
+        SetMembers on its way, the pushes a step waits for), and taken again."""
         deadline = time.monotonic() + self._quiesce_seconds
         while True:
             self._hold(plan, deadline)
             held = time.perf_counter()
             skeletons = self._exported(plan)
-            generations = sorted({int(meta["generation"]) for _, meta in skeletons})
-            if len(generations) == 1:
+            mismatch = boundary_mismatch(skeletons)
+            if mismatch is None:
                 return skeletons, held
+            self._release(plan)
             if time.monotonic() >= deadline:
-                self._release(plan)
                 raise MoveFailed(
-                    f"the job's shards stayed at different membership generations "
-                    f"{generations} for {self._quiesce_seconds:.0f}s (a membership change that "
-                    "did not reach them all); the job goes on on its old shards"
+                    f"{mismatch} for {self._quiesce_seconds:.0f}s; the job goes on on its old "
+                    "shards"
                 )
-            time.sleep(POLL_SECONDS)
+            time.sleep(GO_ON_SECONDS)
 
     def _exported(self, plan: MovePlan) -> list[State]:
         """The old shards' skeletons (the job held on them); released on failure."""

@@ -23,7 +23,7 @@ import torch
 
 from pscluster.coordinator.recut_meta import merge_clocks, merge_ledgers, summed_counters
 from pscluster.coordinator.recut_ranges import Piece, check_contiguous, cut, homes
-from pscluster.coordinator.recut_step import Owner, recut_policy
+from pscluster.coordinator.recut_step import Owner, pushes_differ, recut_policy
 from pscluster.coordinator.recut_tables import recut_table
 from pscluster.errors import InvalidArgument
 from pscluster.model.partition import Range, rows_partitioner
@@ -114,6 +114,22 @@ def recut_skeletons(
         }
         out.append((tensors, state_meta))
     return out
+
+
+def boundary_mismatch(old: Sequence[State]) -> str | None:
+    """Why the old shards' skeletons are not at one step boundary of the job (None: they
+    are), though every member is between two steps on each. Either a membership change has
+    reached some of them only (a SetMembers on its way), or a sync job's shards are half a
+    step apart: a newcomer's joining reached one shard before a step closed there and another
+    after, so each waits for different workers, and only their next pushes put them at one
+    step again. Neither can be cut exactly, and both pass once the job goes on a little."""
+    generations = sorted({int(meta["generation"]) for _, meta in old})
+    if len(generations) > 1:
+        return (
+            f"the job's shards are at different membership generations {generations} (a "
+            "membership change that has not reached them all)"
+        )
+    return pushes_differ([meta.get("policy", {}) for _, meta in old])
 
 
 def _job_meta(olds: Sequence[_Old], *, open_step: bool) -> dict[str, Any]:

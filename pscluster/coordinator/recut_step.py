@@ -63,18 +63,29 @@ def recut_policy(
     return out
 
 
-def _check_one_step(old: Sequence[PolicyState]) -> None:
-    """ValueError unless every old shard holds the same pushes (by worker, seq and version)
-    and only the parts of a step that can be cut."""
+def pushes_differ(metas: Sequence[dict[str, Any]]) -> str | None:
+    """Why the old shards' consistency states (their metas) are not one open step: different
+    pushes held (by worker, seq and version); None where they hold the same ones, or none."""
     held = [
         sorted((p["worker_id"], int(p["seq"]), int(p["base_version"])) for p in m.get("pushes", []))
-        for _, m in old
+        for m in metas
     ]
-    if any(h != held[0] for h in held) or not held[0]:
-        raise ValueError(
-            "the old shards hold different pushes of the open sync step "
-            f"(worker, seq, version per shard: {held}); its pushes have not all landed"
-        )
+    if all(h == held[0] for h in held):
+        return None
+    return (
+        "the old shards hold different pushes of the open sync step "
+        f"(worker, seq, version per shard: {held})"
+    )
+
+
+def _check_one_step(old: Sequence[PolicyState]) -> None:
+    """ValueError unless every old shard holds the same pushes and only the parts of a step
+    that can be cut."""
+    differ = pushes_differ([meta for _, meta in old])
+    if differ is not None:
+        raise ValueError(f"{differ}; its pushes have not all landed")
+    if not old[0][1].get("pushes"):
+        raise ValueError("the consistency state holds a step's sums but none of its pushes")
     for tensors, _ in old:
         unknown = [k for k in tensors if k != _BUFFER_SUM and not k.startswith(_ROWS)]
         if unknown:

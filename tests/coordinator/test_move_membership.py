@@ -1,8 +1,15 @@
-"""A move that meets a membership change half landed, on real shards over gRPC: a worker's
-lease ended, so a SetMembers without it reached one of the job's shards and not yet the
-other. On the first, the open sync step closed without the departed worker; on the second it
-is still open. The mover waits for the change to reach every shard (the skeletons agree on
-the membership generation) rather than refusing the move, then moves the job."""
+"""A move that meets a membership change half landed, on real shards over gRPC.
+
+A worker's lease ended, so a SetMembers without it reached one of the job's shards and not yet
+the other. On the first, the open sync step closed without the departed worker; on the second
+it is still open. The mover waits for the change to reach every shard (the skeletons agree on
+the membership generation) rather than refusing the move, then moves the job.
+
+A worker's lease began, and its SetMembers reached one shard before the others pushed there and
+the other shard after: that shard's step closed without the newcomer and the first waits for
+it. The shards are then half a step apart with every worker between two steps, and stay so
+until the newcomer pushes where it is waited for. The mover lets the job go on and holds it
+again until its shards hold one step (or says so once its wait is over)."""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ import torch
 from pscluster.config import Settings
 from pscluster.coordinator import store as st
 from pscluster.coordinator.memory_store import MemoryStore
-from pscluster.coordinator.move_plan import plan_move
+from pscluster.coordinator.move_plan import MovePlan, plan_move
 from pscluster.coordinator.moves import JobMover
 from pscluster.coordinator.shard_directory import Slot
 from pscluster.coordinator.shard_init import layout_configs
@@ -100,3 +107,66 @@ def test_a_move_waits_for_a_membership_change_to_reach_every_shard(
     new = [ShardRange(s.address, s.start, s.length) for s in plan.new.shards]
     after = JobShards(shards, "j", new, plan.new.layout_generation).pull("", None, 5.0)
     assert after.versions == [1, 1, 1]
+
+
+def _half_a_step_apart(shards: ShardClient, addresses: list[str]) -> tuple[st.JobRecord, MovePlan]:
+    """w1 and w2 pushed for step 0 while w3's joining had reached the first shard only: the
+    second closed step 0 (version 1), the first holds both pushes and waits for w3."""
+    job = _sync_job(shards, addresses)
+    view = JobShards(shards, "j", [ShardRange(s.address, s.start, s.length) for s in job.shards], 1)
+    shards.set_members([addresses[0]], "j", ["w1", "w2", "w3"], 2)
+    for seq, worker in enumerate(("w1", "w2"), start=1):
+        parts = {i: wire.encode(torch.ones(r.length)) for i, r in enumerate(view.ranges)}
+        view.push(worker, seq, parts, "none", view.pull(worker, None, 5.0), 1, timeout=10.0)
+    shards.set_members([addresses[1]], "j", ["w1", "w2", "w3"], 2)
+    versions = view.pull("", None, 5.0).versions
+    assert versions == [0, 1], versions
+    plan = plan_move(job, [Slot(f"s{i}", a) for i, a in enumerate(addresses)])
+    assert plan is not None
+    return job, plan
+
+
+def test_a_move_waits_for_shards_half_a_step_apart_to_hold_one_step(
+    shards: ShardClient, addresses: list[str]
+) -> None:
+    # Prepare: the shards half a step apart; w3 pushes where it is waited for LAG seconds into
+    # the move (on the first shard only, the one whose step waits for it).
+    job, plan = _half_a_step_apart(shards, addresses)
+    first = job.shards[0]
+    w3 = JobShards(shards, "j", [ShardRange(first.address, first.start, first.length)], 1)
+
+    def newcomer_pushes() -> None:
+        base = w3.pull("w3", None, 5.0)  # held while the move holds the job: waits its turn
+        w3.push("w3", 1, {0: wire.encode(torch.ones(first.length))}, "none", base, 1, 10.0)
+
+    late = threading.Timer(LAG, newcomer_pushes)
+    late.start()
+    try:
+        moved = JobMover(shards, lambda record: None, 5.0, MemoryStore()).move(plan)
+    finally:
+        late.join()
+
+    # Assert: moved once both shards had closed step 0
+    assert moved.moved, moved.reason
+    assert moved.quiesce_seconds >= LAG * 0.9, moved
+    new = [ShardRange(s.address, s.start, s.length) for s in plan.new.shards]
+    after = JobShards(shards, "j", new, plan.new.layout_generation).pull("", None, 5.0)
+    assert after.versions == [1, 1, 1]
+
+
+def test_a_move_says_why_when_the_shards_stay_half_a_step_apart(
+    shards: ShardClient, addresses: list[str]
+) -> None:
+    # Prepare: the shards half a step apart, and w3 never pushes
+    job, plan = _half_a_step_apart(shards, addresses)
+
+    # Execute
+    moved = JobMover(shards, lambda record: None, 1.0, MemoryStore()).move(plan)
+
+    # Assert: not moved, for a reason that says what differed; the job is released, so w3's
+    # pull goes through on its old shards as before (held, it would give up).
+    assert not moved.moved
+    assert "different pushes of the open sync step" in moved.reason, moved.reason
+    assert "for 1s" in moved.reason, moved.reason
+    old = [ShardRange(s.address, s.start, s.length) for s in job.shards]
+    assert JobShards(shards, "j", old, 1).pull("w3", None, 5.0).versions == [0, 1]
