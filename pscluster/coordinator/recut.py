@@ -121,8 +121,9 @@ def boundary_mismatch(old: Sequence[State]) -> str | None:
     are), though every member is between two steps on each. Either a membership change has
     reached some of them only (a SetMembers on its way), or a sync job's shards are half a
     step apart: a newcomer's joining reached one shard before a step closed there and another
-    after, so each waits for different workers, and only their next pushes put them at one
-    step again. Neither can be cut exactly, and both pass once the job goes on a little."""
+    after, so each waits for different workers. That lasts until the roster changes again (a
+    lease ends or begins), or the workers one shard waits for push there alone. Neither can be
+    cut exactly; the caller lets the job go on and looks again."""
     generations = sorted({int(meta["generation"]) for _, meta in old})
     if len(generations) > 1:
         return (
