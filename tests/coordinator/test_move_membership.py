@@ -8,8 +8,9 @@ the membership generation) rather than refusing the move, then moves the job.
 A worker's lease began, and its SetMembers reached one shard before the others pushed there and
 the other shard after: that shard's step closed without the newcomer and the first waits for
 it. The shards are then half a step apart with every worker between two steps, and stay so
-until the newcomer pushes where it is waited for. The mover lets the job go on and holds it
-again until its shards hold one step (or says so once its wait is over)."""
+until the roster changes again or, as here, the newcomer pushes on the waiting shard alone.
+The mover lets the job go on and holds it again until its shards hold one step (or says so
+once its wait is over)."""
 
 from __future__ import annotations
 
