@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +129,14 @@ def replay(losses: list[float], stalls: bool, judge: LossJudge) -> list[int]:
     return steps
 
 
-def sweep(traces: dict[str, dict[str, Any]], make: Callable[[float], LossJudge]) -> dict[str, Any]:
+def sweep(traces: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each trace replayed through a judge of each ``z`` in Z_VALUES, the rest as shipped."""
     out: dict[str, Any] = {}
     for z in Z_VALUES:
-        verdicts = {k: replay(t["losses"], t["stalls"], make(z)) for k, t in traces.items()}
+        verdicts = {
+            k: replay(t["losses"], t["stalls"], LossJudge(LossRules(z=z)))
+            for k, t in traces.items()
+        }
         stale = [v for k, v in verdicts.items() if traces[k]["stale"]]
         sound = [v for k, v in verdicts.items() if not traces[k]["stale"]]
         firsts = [v[0] for v in stale if v]
@@ -163,7 +166,7 @@ def main() -> None:
     else:
         collected = {"when": time.strftime("%Y-%m-%d %H:%M"), "command": command}
         traces = collect([int(s) for s in args.seeds.split(",")])
-    results = sweep(traces, lambda z: LossJudge(LossRules(z=z)))
+    results = sweep(traces)
     for label, r in results.items():
         print(
             f"{label:7s} stale jobs missed {r['stale_jobs_missed']}/{r['stale_jobs']}, first "
