@@ -54,6 +54,7 @@ bench: install
 	$(PY) bench/auto.py --repeats 2
 	$(PY) bench/auto_judge.py --seeds 0,1
 	$(PY) bench/lease_size.py --repeats 3
+	$(PY) bench/sync_drift.py
 	$(PY) bench/durability.py
 	$(PY) bench/faults.py
 	$(PY) bench/finetune.py
